@@ -1,0 +1,54 @@
+//! The `vitconv` command line: parses arguments, calls the library crates, prints results.
+//!
+//! Exit codes: 0 success; 1 a verification that ran and found a mismatch;
+//! 2 bad input, a refusal, or any other error (the reason goes to stderr on one line).
+
+mod cmd_convert;
+mod cmd_inspect;
+mod cmd_verify;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "vitconv", version, about = "Convert JAX/Flax ViT checkpoints to PyTorch, inspect tensor files, verify conversions")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List the tensors of .npz, .npy, .safetensors and .pt files, and say what model they hold.
+    Inspect(cmd_inspect::InspectArgs),
+    /// Convert a google-research/vision_transformer .npz into a timm, transformers or CLIP-style checkpoint.
+    #[command(name = "npz-to-pt")]
+    NpzToPt(cmd_convert::ConvertArgs),
+    /// Run the source .npz and its conversion side by side on libtorch and compare their outputs.
+    Verify(cmd_verify::VerifyArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            // clap prints help and version to stdout with exit 0; usage errors exit 2.
+            let _ = err.print();
+            return if err.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+        }
+    };
+    let result = match cli.command {
+        Command::Inspect(args) => cmd_inspect::run(args),
+        Command::NpzToPt(args) => cmd_convert::run(args),
+        Command::Verify(args) => cmd_verify::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            // One line: the chain of causes joined, so the file and tensor names show.
+            eprintln!("vitconv: error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
