@@ -9,12 +9,24 @@
 
 mod dtype;
 mod error;
+mod npy;
+mod npz;
+mod pickle;
+mod pt;
+mod safetensors_io;
+mod source;
+mod writer;
+mod zip_writer;
 
 pub use dtype::DType;
 pub use error::{Error, Result};
+pub use writer::Writer;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
 use std::path::{Path, PathBuf};
+
+use source::Location;
 
 /// The container a tensor file uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -62,4 +74,178 @@ pub struct TensorSpec {
     pub name: String,
     pub dtype: DType,
     pub shape: Vec<usize>,
+}
+
+/// An open tensor file: its directory in memory, its data on disk until asked for.
+///
+/// Reads use positional I/O on a shared handle, so one `TensorFile` can serve many
+/// threads at once (it is `Send + Sync`).
+#[derive(Debug)]
+pub struct TensorFile {
+    path: PathBuf,
+    format: Format,
+    file: File,
+    tensors: Vec<TensorInfo>,
+    locations: Vec<Location>,
+    index: HashMap<String, usize>,
+    metadata: BTreeMap<String, String>,
+}
+
+/// Bytes read from the start of a file to tell its format.
+const SNIFF_LEN: usize = 16;
+
+impl TensorFile {
+    /// Opens a tensor file, telling its format from its content, and reads its directory.
+    pub fn open(path: impl AsRef<Path>) -> Result<TensorFile> {
+        let path = path.as_ref();
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let mut head = [0u8; SNIFF_LEN];
+        let head_len = usize::try_from(file_len).unwrap_or(SNIFF_LEN).min(SNIFF_LEN);
+        let head = head.get_mut(..head_len).unwrap_or_default();
+        source::read_exact_at(&file, head, 0).map_err(|e| Error::io(path, e))?;
+        let head: &[u8] = head;
+
+        let mut metadata = BTreeMap::new();
+        let (format, tensors, locations) = if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
+            let entries = npz::read_directory(path, &file, file_len)?;
+            if entries.iter().any(|e| e.name.ends_with("data.pkl")) {
+                let opened = pt::open(path, &file, &entries)?;
+                metadata = opened.metadata;
+                (Format::Pt, opened.infos, opened.locs)
+            } else {
+                let (infos, locs) = npz::open(path, &file, &entries)?;
+                (Format::Npz, infos, locs)
+            }
+        } else if head.starts_with(npy::MAGIC) {
+            let mut reader = source::RangeReader::new(&file, 0, file_len);
+            let name = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let header = npy::read_header(&mut reader, path, &name)?;
+            let layout = header
+                .layout()
+                .ok_or_else(|| Error::shape_overflow(path, &name, &header.shape))?;
+            let loc = Location {
+                base: source::Base::Stored {
+                    offset: 0,
+                    len: file_len,
+                },
+                start: header.data_offset,
+                layout,
+                byteswap: header.byteswap,
+            };
+            let info = TensorInfo {
+                name,
+                dtype: header.dtype,
+                shape: header.shape,
+                stored_as: header.stored_as,
+            };
+            npz::check_exact_size(path, &info, &loc)?;
+            (Format::Npy, vec![info], vec![loc])
+        } else if safetensors_io::sniff(head) {
+            let opened = safetensors_io::open(path, &file, file_len)?;
+            metadata = opened.metadata;
+            (Format::Safetensors, opened.infos, opened.locs)
+        } else {
+            return Err(Error::NotATensorFile {
+                path: path.to_path_buf(),
+                found: describe_head(head),
+            });
+        };
+
+        for (info, loc) in tensors.iter().zip(&locations) {
+            source::validate(path, info, loc, file_len)?;
+        }
+        let mut index = HashMap::with_capacity(tensors.len());
+        for (i, t) in tensors.iter().enumerate() {
+            if index.insert(t.name.clone(), i).is_some() {
+                return Err(Error::unsupported(path, &t.name, "the name occurs twice"));
+            }
+        }
+        Ok(TensorFile {
+            path: path.to_path_buf(),
+            format,
+            file,
+            tensors,
+            locations,
+            index,
+            metadata,
+        })
+    }
+
+    /// The path the file was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The container format, told from the content.
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// Every tensor's directory entry, in file order.
+    pub fn tensors(&self) -> &[TensorInfo] {
+        &self.tensors
+    }
+
+    /// The directory entry of one tensor.
+    pub fn get(&self, name: &str) -> Option<&TensorInfo> {
+        self.index.get(name).and_then(|&i| self.tensors.get(i))
+    }
+
+    /// Free-form string metadata: safetensors' `__metadata__`, or the record vitconv writes into `.pt` files.
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.metadata
+    }
+
+    /// One tensor's data: exactly `nbytes` bytes, little-endian, C order.
+    pub fn read(&self, name: &str) -> Result<Vec<u8>> {
+        let i = *self.index.get(name).ok_or_else(|| Error::UnknownTensor {
+            path: self.path.clone(),
+            tensor: name.to_string(),
+        })?;
+        let (Some(info), Some(loc)) = (self.tensors.get(i), self.locations.get(i)) else {
+            return Err(Error::UnknownTensor {
+                path: self.path.clone(),
+                tensor: name.to_string(),
+            });
+        };
+        source::read_tensor(&self.file, &self.path, info, loc)
+    }
+
+    /// One tensor's data converted to `f32` (exact for every type but f64 and wide integers).
+    pub fn read_f32(&self, name: &str) -> Result<Vec<f32>> {
+        let bytes = self.read(name)?;
+        let dtype = self.get(name).map(|t| t.dtype).unwrap_or(DType::U8);
+        Ok(source::to_f32(dtype, &bytes))
+    }
+}
+
+/// Describes the first bytes of an unrecognised file for the error message.
+fn describe_head(head: &[u8]) -> String {
+    if head.is_empty() {
+        return "an empty file".into();
+    }
+    if head.starts_with(b"\x80") {
+        return "a bare pickle (legacy torch.save before 1.6?): re-save it with a current torch".into();
+    }
+    let shown: String = head
+        .iter()
+        .take(8)
+        .map(|&b| if b.is_ascii_graphic() { (b as char).to_string() } else { format!("\\x{b:02x}") })
+        .collect();
+    format!("first bytes \"{shown}\"")
+}
+
+/// The output format a path's extension asks for: `.pt`/`.pth`/`.bin`, `.safetensors`, `.npz`.
+pub fn output_format(path: &Path) -> Option<Format> {
+    let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+    match ext.as_str() {
+        "pt" | "pth" | "bin" => Some(Format::Pt),
+        "safetensors" => Some(Format::Safetensors),
+        "npz" => Some(Format::Npz),
+        _ => None,
+    }
 }

@@ -1,0 +1,416 @@
+//! Where a tensor's bytes live inside a file, and how they become little-endian C-order bytes.
+//!
+//! Every reader in this crate resolves a tensor to a [`Location`] at open time; reading
+//! is then one positional read (or one bounded inflate) plus, where the file stored the
+//! data another way, a byte swap or a gather into C order. Reads take `&File` and never
+//! move a shared cursor, so one open file serves many threads.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::Path;
+
+use crate::{DType, Error, Result, TensorInfo};
+
+/// Largest expansion a deflate stream can achieve (RFC 1951 tops out near 1032:1).
+/// An entry claiming more than this is lying, and is refused before anything is allocated.
+pub(crate) const MAX_DEFLATE_RATIO: u64 = 1032;
+
+/// Slack added to [`MAX_DEFLATE_RATIO`] so tiny entries (a few header bytes) are not refused.
+const DEFLATE_SLACK: u64 = 4096;
+
+/// The bytes of one container entry (a zip member, or the data section of a flat file).
+#[derive(Debug, Clone)]
+pub(crate) enum Base {
+    /// Bytes stored as they are: `len` of them from file offset `offset`.
+    Stored { offset: u64, len: u64 },
+    /// A raw deflate stream of `compressed_len` bytes at `offset` that inflates to `len` bytes.
+    Deflate {
+        offset: u64,
+        compressed_len: u64,
+        len: u64,
+    },
+}
+
+impl Base {
+    /// Length of the entry's decoded content.
+    pub(crate) fn len(&self) -> u64 {
+        match *self {
+            Base::Stored { len, .. } | Base::Deflate { len, .. } => len,
+        }
+    }
+}
+
+/// How the tensor's elements are arranged in the entry.
+#[derive(Debug, Clone)]
+pub(crate) enum Layout {
+    /// Row-major and contiguous: the common case, read as is.
+    C,
+    /// Arbitrary element strides from the first element (torch views, numpy Fortran order).
+    Strided(Vec<usize>),
+}
+
+/// Everything needed to read one tensor's data.
+#[derive(Debug, Clone)]
+pub(crate) struct Location {
+    pub base: Base,
+    /// Byte offset of the tensor's first element within the decoded entry.
+    pub start: u64,
+    pub layout: Layout,
+    /// Whether the file stores elements big-endian.
+    pub byteswap: bool,
+}
+
+/// Column-major (Fortran) element strides for `shape`, or `None` on overflow.
+pub(crate) fn fortran_strides(shape: &[usize]) -> Option<Vec<usize>> {
+    let mut strides = Vec::with_capacity(shape.len());
+    let mut acc = 1usize;
+    for &d in shape {
+        strides.push(acc);
+        acc = acc.checked_mul(d)?;
+    }
+    Some(strides)
+}
+
+/// Number of bytes a strided tensor spans from its first element, or `None` on overflow.
+pub(crate) fn strided_span(shape: &[usize], strides: &[usize], elem: usize) -> Option<u64> {
+    if shape.contains(&0) {
+        return Some(0);
+    }
+    let mut last = 0usize;
+    for (&d, &s) in shape.iter().zip(strides) {
+        last = last.checked_add(d.checked_sub(1)?.checked_mul(s)?)?;
+    }
+    let span = last.checked_add(1)?.checked_mul(elem)?;
+    u64::try_from(span).ok()
+}
+
+/// Bytes of the entry this location needs, checked against the entry.
+pub(crate) fn span_of(path: &Path, info: &TensorInfo, loc: &Location) -> Result<u64> {
+    let nbytes = info
+        .nbytes()
+        .ok_or_else(|| Error::shape_overflow(path, &info.name, &info.shape))?;
+    match &loc.layout {
+        Layout::C => u64::try_from(nbytes).map_err(|_| Error::shape_overflow(path, &info.name, &info.shape)),
+        Layout::Strided(strides) => {
+            if strides.len() != info.shape.len() {
+                return Err(Error::unsupported(path, &info.name, "strides and shape differ in length"));
+            }
+            strided_span(&info.shape, strides, info.dtype.size())
+                .ok_or_else(|| Error::shape_overflow(path, &info.name, &info.shape))
+        }
+    }
+}
+
+/// Checks at open time that a location fits inside its entry and the entry inside the file.
+pub(crate) fn validate(path: &Path, info: &TensorInfo, loc: &Location, file_len: u64) -> Result<()> {
+    let span = span_of(path, info, loc)?;
+    let end = loc
+        .start
+        .checked_add(span)
+        .ok_or_else(|| Error::shape_overflow(path, &info.name, &info.shape))?;
+    let entry_len = loc.base.len();
+    if end > entry_len {
+        return Err(Error::SizeMismatch {
+            path: path.to_path_buf(),
+            tensor: info.name.clone(),
+            expected: span,
+            found: entry_len.saturating_sub(loc.start),
+        });
+    }
+    match loc.base {
+        Base::Stored { offset, len } => {
+            let file_end = offset.saturating_add(len);
+            if file_end > file_len {
+                return Err(Error::truncated(
+                    path,
+                    &info.name,
+                    offset,
+                    len,
+                    file_len.saturating_sub(offset),
+                ));
+            }
+        }
+        Base::Deflate {
+            offset,
+            compressed_len,
+            len,
+        } => {
+            if offset.saturating_add(compressed_len) > file_len {
+                return Err(Error::truncated(
+                    path,
+                    &info.name,
+                    offset,
+                    compressed_len,
+                    file_len.saturating_sub(offset),
+                ));
+            }
+            check_deflate_claim(path, &info.name, compressed_len, len)?;
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a deflate entry whose claimed size no deflate stream of that length could produce.
+pub(crate) fn check_deflate_claim(path: &Path, tensor: &str, compressed_len: u64, len: u64) -> Result<()> {
+    let max = compressed_len
+        .saturating_mul(MAX_DEFLATE_RATIO)
+        .saturating_add(DEFLATE_SLACK);
+    if len > max {
+        return Err(Error::zip(
+            path,
+            tensor,
+            format!("entry claims {len} bytes from {compressed_len} compressed bytes, more than deflate can produce"),
+        ));
+    }
+    Ok(())
+}
+
+/// Reads exactly `buf.len()` bytes at `offset` without moving any shared cursor.
+pub(crate) fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+    }
+    #[cfg(windows)]
+    {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let rest = buf.get_mut(done..).unwrap_or_default();
+            let pos = offset.checked_add(done as u64).ok_or(io::ErrorKind::InvalidInput)?;
+            match std::os::windows::fs::FileExt::seek_read(file, rest, pos) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A `Read` over a byte range of a file, built on positional reads.
+pub(crate) struct RangeReader<'a> {
+    file: &'a File,
+    pos: u64,
+    end: u64,
+}
+
+impl<'a> RangeReader<'a> {
+    pub(crate) fn new(file: &'a File, offset: u64, len: u64) -> Self {
+        RangeReader {
+            file,
+            pos: offset,
+            end: offset.saturating_add(len),
+        }
+    }
+}
+
+impl Read for RangeReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.end.saturating_sub(self.pos);
+        let want = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+        let Some(chunk) = buf.get_mut(..want) else {
+            return Ok(0);
+        };
+        if chunk.is_empty() {
+            return Ok(0);
+        }
+        #[cfg(unix)]
+        let n = std::os::unix::fs::FileExt::read_at(self.file, chunk, self.pos)?;
+        #[cfg(windows)]
+        let n = std::os::windows::fs::FileExt::seek_read(self.file, chunk, self.pos)?;
+        self.pos = self.pos.saturating_add(n as u64);
+        Ok(n)
+    }
+}
+
+/// Size of the buffer between the file and the inflater.
+const INFLATE_BUF: usize = 256 * 1024;
+
+/// Opens the decoded content of an entry as a reader, positioned at its start.
+///
+/// The reader yields at most the entry's claimed length, so a deflate stream that
+/// expands without end is cut off at the size its header claims.
+pub(crate) fn entry_reader<'a>(file: &'a File, base: &Base) -> Box<dyn Read + 'a> {
+    match *base {
+        Base::Stored { offset, len } => Box::new(RangeReader::new(file, offset, len)),
+        Base::Deflate {
+            offset,
+            compressed_len,
+            len,
+        } => {
+            let raw = io::BufReader::with_capacity(INFLATE_BUF, RangeReader::new(file, offset, compressed_len));
+            Box::new(flate2::bufread::DeflateDecoder::new(raw).take(len))
+        }
+    }
+}
+
+/// Maps an I/O error from reading a tensor to the crate's error, turning an early end into `Truncated`.
+fn read_error(path: &Path, tensor: &str, offset: u64, expected: u64, err: io::Error) -> Error {
+    if err.kind() == io::ErrorKind::UnexpectedEof {
+        Error::truncated(path, tensor, offset, expected, 0)
+    } else if err.kind() == io::ErrorKind::InvalidInput || err.kind() == io::ErrorKind::InvalidData {
+        Error::zip(path, tensor, format!("corrupt compressed data: {err}"))
+    } else {
+        Error::io_tensor(path, tensor, err)
+    }
+}
+
+/// Reads `span` bytes starting `start` bytes into the entry.
+fn fetch(file: &File, path: &Path, tensor: &str, base: &Base, start: u64, span: u64) -> Result<Vec<u8>> {
+    // The span was validated against the entry at open time, and the entry against
+    // the file's length (or, for deflate, against the most its compressed bytes can
+    // produce), so this allocation is bounded by what the file really holds.
+    let len = usize::try_from(span).map_err(|_| Error::unsupported(path, tensor, "tensor larger than memory"))?;
+    let mut buf = vec![0u8; len];
+    match *base {
+        Base::Stored { offset, .. } => {
+            let at = offset.saturating_add(start);
+            read_exact_at(file, &mut buf, at).map_err(|e| read_error(path, tensor, at, span, e))?;
+        }
+        Base::Deflate { offset, .. } => {
+            let mut reader = entry_reader(file, base);
+            let skipped =
+                io::copy(&mut (&mut reader).take(start), &mut io::sink()).map_err(|e| read_error(path, tensor, offset, span, e))?;
+            if skipped != start {
+                return Err(Error::truncated(path, tensor, offset, start.saturating_add(span), skipped));
+            }
+            reader
+                .read_exact(&mut buf)
+                .map_err(|e| read_error(path, tensor, offset, span, e))?;
+        }
+    }
+    Ok(buf)
+}
+
+/// Reads one tensor: exactly `info.nbytes()` bytes, little-endian, C order.
+pub(crate) fn read_tensor(file: &File, path: &Path, info: &TensorInfo, loc: &Location) -> Result<Vec<u8>> {
+    let span = span_of(path, info, loc)?;
+    let raw = fetch(file, path, &info.name, &loc.base, loc.start, span)?;
+    let mut out = match &loc.layout {
+        Layout::C => raw,
+        Layout::Strided(strides) => gather(path, info, &raw, strides)?,
+    };
+    if loc.byteswap {
+        let size = info.dtype.size();
+        if size > 1 {
+            for chunk in out.chunks_exact_mut(size) {
+                chunk.reverse();
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Copies a strided tensor's elements out of `raw` into C order.
+fn gather(path: &Path, info: &TensorInfo, raw: &[u8], strides: &[usize]) -> Result<Vec<u8>> {
+    let elem = info.dtype.size();
+    let numel = info
+        .numel()
+        .ok_or_else(|| Error::shape_overflow(path, &info.name, &info.shape))?;
+    let nbytes = numel
+        .checked_mul(elem)
+        .ok_or_else(|| Error::shape_overflow(path, &info.name, &info.shape))?;
+    let mut out = Vec::with_capacity(nbytes);
+    if numel == 0 {
+        return Ok(out);
+    }
+    let ndim = info.shape.len();
+    let mut index = vec![0usize; ndim];
+    let bad = || Error::unsupported(path, &info.name, "strided view reaches outside its storage");
+    for _ in 0..numel {
+        let mut at = 0usize;
+        for (&i, &s) in index.iter().zip(strides) {
+            at = at.checked_add(i.checked_mul(s).ok_or_else(bad)?).ok_or_else(bad)?;
+        }
+        let from = at.checked_mul(elem).ok_or_else(bad)?;
+        let to = from.checked_add(elem).ok_or_else(bad)?;
+        out.extend_from_slice(raw.get(from..to).ok_or_else(bad)?);
+        // Advance the multi-index, last axis fastest.
+        for axis in (0..ndim).rev() {
+            let (Some(i), Some(&d)) = (index.get_mut(axis), info.shape.get(axis)) else {
+                break;
+            };
+            *i += 1;
+            if *i < d {
+                break;
+            }
+            *i = 0;
+        }
+    }
+    Ok(out)
+}
+
+/// Converts little-endian bytes of `dtype` to `f32`.
+pub(crate) fn to_f32(dtype: DType, bytes: &[u8]) -> Vec<f32> {
+    fn conv<const N: usize>(bytes: &[u8], f: impl Fn([u8; N]) -> f32) -> Vec<f32> {
+        bytes
+            .chunks_exact(N)
+            .map(|c| {
+                let mut a = [0u8; N];
+                a.copy_from_slice(c);
+                f(a)
+            })
+            .collect()
+    }
+    match dtype {
+        DType::F64 => conv(bytes, |a| f64::from_le_bytes(a) as f32),
+        DType::F32 => conv(bytes, f32::from_le_bytes),
+        DType::F16 => conv(bytes, |a| half::f16::from_le_bytes(a).to_f32()),
+        DType::BF16 => conv(bytes, |a| half::bf16::from_le_bytes(a).to_f32()),
+        DType::I64 => conv(bytes, |a| i64::from_le_bytes(a) as f32),
+        DType::I32 => conv(bytes, |a| i32::from_le_bytes(a) as f32),
+        DType::I16 => conv(bytes, |a| f32::from(i16::from_le_bytes(a))),
+        DType::I8 => conv(bytes, |a| f32::from(i8::from_le_bytes(a))),
+        DType::U8 => conv(bytes, |a: [u8; 1]| f32::from(a[0])),
+        DType::Bool => conv(bytes, |a: [u8; 1]| if a[0] != 0 { 1.0 } else { 0.0 }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fortran_strides_and_span() {
+        let strides = fortran_strides(&[2, 3, 4]).unwrap();
+        assert_eq!(strides, vec![1, 2, 6]);
+        assert_eq!(strided_span(&[2, 3, 4], &strides, 4), Some(24 * 4));
+        assert_eq!(strided_span(&[2, 0, 4], &strides, 4), Some(0));
+        assert_eq!(strided_span(&[usize::MAX, 2], &[usize::MAX, 1], 4), None);
+    }
+
+    #[test]
+    fn gather_transposes_fortran_order() {
+        let info = TensorInfo {
+            name: "t".into(),
+            dtype: DType::U8,
+            shape: vec![2, 3],
+            stored_as: None,
+        };
+        // Column-major storage of [[0,1,2],[3,4,5]].
+        let raw = [0u8, 3, 1, 4, 2, 5];
+        let out = gather(Path::new("x"), &info, &raw, &fortran_strides(&info.shape).unwrap()).unwrap();
+        assert_eq!(out, vec![0, 1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn deflate_claims_beyond_ratio_are_refused() {
+        assert!(check_deflate_claim(Path::new("x"), "t", 10, 10 * MAX_DEFLATE_RATIO).is_ok());
+        assert!(matches!(
+            check_deflate_claim(Path::new("x"), "t", 10, 1 << 60),
+            Err(Error::Zip { .. })
+        ));
+    }
+
+    #[test]
+    fn to_f32_converts_every_dtype() {
+        assert_eq!(to_f32(DType::F64, &1.5f64.to_le_bytes()), vec![1.5]);
+        assert_eq!(to_f32(DType::BF16, &half::bf16::from_f32(2.0).to_le_bytes()), vec![2.0]);
+        assert_eq!(to_f32(DType::F16, &half::f16::from_f32(-3.0).to_le_bytes()), vec![-3.0]);
+        assert_eq!(to_f32(DType::I8, &[0xff]), vec![-1.0]);
+        assert_eq!(to_f32(DType::U8, &[0xff]), vec![255.0]);
+        assert_eq!(to_f32(DType::Bool, &[0, 7]), vec![0.0, 1.0]);
+        assert_eq!(to_f32(DType::I64, &(-5i64).to_le_bytes()), vec![-5.0]);
+    }
+}

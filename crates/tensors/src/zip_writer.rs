@@ -1,0 +1,1 @@
+//! A streaming writer of stored (uncompressed) zip archives, with zip64 and data alignment.
