@@ -1,0 +1,584 @@
+//! The reference forward: the ViT run straight from the google-research/vision_transformer `.npz`, in the flax model's own layouts and semantics.
+//!
+//! Written against `vit_jax/models_vit.py` and `vit_jax/models_resnet.py`
+//! (<https://github.com/google-research/vision_transformer>) and the golden data's
+//! README: HWIO patch kernel, `[D, H, Dh]` q/k/v kernels with `[H, Dh]` biases,
+//! `[H, Dh, D]` out kernel, tanh GELU, LayerNorm eps 1e-6, the class token prepended
+//! before the position embedding is added, `encoder_norm` on all tokens then token 0
+//! or the mean, `pre_logits` dense + tanh; hybrid stems with StdConv
+//! `(w - mean) / (std + 1e-5)` over (H, W, in), GroupNorm(32, eps 1e-6), TensorFlow
+//! SAME padding and a 3x3/2 SAME max-pool. Every size is inferred here from the
+//! shapes; nothing is borrowed from the converter, so a mapping bug there cannot
+//! hide in both sides.
+
+use tch::{Device, Kind, Tensor};
+use vitconv_tensors::TensorFile;
+
+use crate::error::{Error, Result};
+use crate::ops::{self, Gelu};
+use crate::params::{dim, Params};
+
+/// flax's `nn.LayerNorm` default epsilon.
+pub const FLAX_LAYER_NORM_EPS: f64 = 1e-6;
+/// flax's `nn.GroupNorm` default epsilon.
+pub const FLAX_GROUP_NORM_EPS: f64 = 1e-6;
+/// `models_resnet.weight_standardize`'s epsilon, added to the standard deviation.
+pub const STD_CONV_EPS: f64 = 1e-5;
+/// flax's `nn.GroupNorm` default group count.
+pub const GROUPS: i64 = 32;
+
+/// How the sequence is pooled after `encoder_norm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Classifier {
+    /// Token 0, the class token.
+    Token,
+    /// The mean over all tokens (no class token).
+    Gap,
+}
+
+/// A ResNet stem's shape.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ResNetArch {
+    /// Channels of `conv_root`.
+    pub width: usize,
+    /// Units per stage (`block1`, `block2`...); empty for a root-only stem.
+    pub stages: Vec<usize>,
+}
+
+/// The architecture read from the source file's shapes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SourceArch {
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub grid: usize,
+    pub hidden: usize,
+    pub depth: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub mlp: usize,
+    pub classifier: Classifier,
+    pub representation: Option<usize>,
+    pub num_classes: Option<usize>,
+    pub resnet: Option<ResNetArch>,
+    /// Channels entering the patch embedding (3, or the stem's output).
+    pub embed_in: usize,
+}
+
+/// Everything the reference computes, float32 on the device it ran on.
+pub struct RefOutputs {
+    /// `encoder_norm` output, `[B, N, D]`.
+    pub tokens: Tensor,
+    /// Token 0 or the mean, before `pre_logits`: `[B, D]`.
+    pub pooled: Tensor,
+    /// The `pre_logits` output (dense + tanh), or `pooled` when there is none.
+    pub features: Tensor,
+    /// The head's output, when the file has a head.
+    pub logits: Option<Tensor>,
+}
+
+/// The names one encoder block's parts go by: pre-linen files number the sub-modules
+/// in creation order (`LayerNorm_0, MultiHeadDotProductAttention_1, LayerNorm_2,
+/// MlpBlock_3`), linen files per type (`LayerNorm_0, MultiHeadDotProductAttention_0,
+/// LayerNorm_1, MlpBlock_0`).
+struct BlockNames {
+    ln1: &'static str,
+    attn: &'static str,
+    ln2: &'static str,
+    mlp: &'static str,
+}
+
+const PRE_LINEN: BlockNames = BlockNames {
+    ln1: "LayerNorm_0",
+    attn: "MultiHeadDotProductAttention_1",
+    ln2: "LayerNorm_2",
+    mlp: "MlpBlock_3",
+};
+const LINEN: BlockNames = BlockNames {
+    ln1: "LayerNorm_0",
+    attn: "MultiHeadDotProductAttention_0",
+    ln2: "LayerNorm_1",
+    mlp: "MlpBlock_0",
+};
+
+/// The flax ViT of one `.npz`, ready to run.
+pub struct Reference {
+    params: Params,
+    arch: SourceArch,
+    names: &'static BlockNames,
+}
+
+impl Reference {
+    /// Opens a source checkpoint and reads its architecture from the shapes.
+    pub fn open(path: &std::path::Path, device: Device) -> Result<Reference> {
+        if !path.exists() {
+            return Err(Error::NotFound { path: path.to_path_buf() });
+        }
+        let file = TensorFile::open(path)?;
+        let prefix = if file.tensors().iter().any(|t| t.name.starts_with("opt/target/")) {
+            "opt/target/"
+        } else {
+            ""
+        };
+        let params = Params::new(file, prefix, device, Kind::Float);
+        let names = if params.has(&format!("Transformer/encoderblock_0/{}/query/kernel", PRE_LINEN.attn)) {
+            &PRE_LINEN
+        } else {
+            &LINEN
+        };
+        let arch = read_arch(&params, names)?;
+        Ok(Reference { params, arch, names })
+    }
+
+    pub fn arch(&self) -> &SourceArch {
+        &self.arch
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        self.params.path()
+    }
+
+    /// Runs the model on NHWC pixels in [-1, 1]. `grid` is the token grid to run at: the
+    /// source's own, or another one, for which the position embedding is resized the way
+    /// `vit_jax.checkpoint.interpolate_posembed` does (scipy zoom order 1 on the grid, the
+    /// class-token row untouched).
+    pub fn forward(&self, nhwc: &Tensor, grid: usize) -> Result<RefOutputs> {
+        let a = &self.arch;
+        let p = &self.params;
+        let d = dim(a.hidden)?;
+        let mut x = nhwc.f_to_kind(Kind::Float)?.f_to_device(p.device())?.f_permute([0, 3, 1, 2])?;
+        if let Some(resnet) = &a.resnet {
+            x = self.stem(&x, resnet)?;
+        }
+        // The patch embedding: a VALID convolution with stride = kernel, HWIO kernel.
+        let patch = dim(a.patch_size)?;
+        let kernel = p.load("embedding/kernel", &[a.patch_size, a.patch_size, a.embed_in, a.hidden])?;
+        let weight = kernel.f_permute([3, 2, 0, 1])?.f_contiguous()?;
+        let bias = p.load("embedding/bias", &[a.hidden])?;
+        let y = ops::conv2d(&x, &weight, Some(&bias), patch, 0)?;
+        let size = y.size();
+        let (b, gh, gw) = match size.as_slice() {
+            [b, _, gh, gw] => (*b, *gh, *gw),
+            _ => return Err(Error::BadRequest("patch embedding gave no 4-D output".into())),
+        };
+        if gh != dim(grid)? || gw != dim(grid)? {
+            return Err(Error::BadRequest(format!(
+                "the input gives a {gh}x{gw} token grid, the model runs at {grid}x{grid}"
+            )));
+        }
+        // NHWC reshape order in flax: tokens run over rows, then columns.
+        let mut x = y.f_flatten(2, 3)?.f_transpose(1, 2)?;
+        let pos = self.pos_embedding(grid)?;
+        if a.classifier == Classifier::Token {
+            let cls = p.load("cls", &[1, 1, a.hidden])?.f_expand([b, 1, d], false)?;
+            x = Tensor::f_cat(&[cls, x], 1)?;
+        }
+        x = x.f_add(&pos)?;
+        for i in 0..a.depth {
+            x = self.block(&x, i)?;
+        }
+        let tokens = ops::layer_norm(
+            &x,
+            &p.load("Transformer/encoder_norm/scale", &[a.hidden])?,
+            &p.load("Transformer/encoder_norm/bias", &[a.hidden])?,
+            FLAX_LAYER_NORM_EPS,
+        )?;
+        let pooled = match a.classifier {
+            Classifier::Token => tokens.f_select(1, 0)?,
+            Classifier::Gap => tokens.f_mean_dim(1, false, Kind::Float)?,
+        };
+        let features = match a.representation {
+            Some(r) => ops::dense_in_out(
+                &pooled,
+                &p.load("pre_logits/kernel", &[a.hidden, r])?,
+                Some(&p.load("pre_logits/bias", &[r])?),
+            )?
+            .f_tanh()?,
+            None => pooled.shallow_clone(),
+        };
+        let logits = match a.num_classes {
+            Some(c) => {
+                let fin = a.representation.unwrap_or(a.hidden);
+                Some(ops::dense_in_out(
+                    &features,
+                    &p.load("head/kernel", &[fin, c])?,
+                    Some(&p.load("head/bias", &[c])?),
+                )?)
+            }
+            None => None,
+        };
+        Ok(RefOutputs { tokens, pooled, features, logits })
+    }
+
+    /// The position embedding for a `grid` x `grid` run, `[1, N, D]`.
+    fn pos_embedding(&self, grid: usize) -> Result<Tensor> {
+        let a = &self.arch;
+        let n_prefix = usize::from(a.classifier == Classifier::Token);
+        let n = a.grid * a.grid + n_prefix;
+        let pos = self.params.load("Transformer/posembed_input/pos_embedding", &[1, n, a.hidden])?;
+        if grid == a.grid {
+            return Ok(pos);
+        }
+        let (g, new, d) = (dim(a.grid)?, dim(grid)?, dim(a.hidden)?);
+        let prefix = pos.f_narrow(1, 0, dim(n_prefix)?)?;
+        let rows = pos.f_narrow(1, dim(n_prefix)?, g * g)?;
+        // [1, g*g, D] -> [1, D, g, g]; scipy's zoom with order 1 and grid_mode=False maps
+        // corner to corner, which is bilinear interpolation with align_corners=True.
+        let grid_img = rows.f_reshape([1, g, g, d])?.f_permute([0, 3, 1, 2])?;
+        let resized = grid_img.f_upsample_bilinear2d([new, new], true, None, None)?;
+        let rows = resized.f_permute([0, 2, 3, 1])?.f_reshape([1, new * new, d])?;
+        Ok(Tensor::f_cat(&[prefix, rows], 1)?)
+    }
+
+    /// One pre-norm encoder block.
+    fn block(&self, x: &Tensor, i: usize) -> Result<Tensor> {
+        let a = &self.arch;
+        let p = &self.params;
+        let n = self.names;
+        let base = format!("Transformer/encoderblock_{i}");
+        let (dd, h, dh, m) = (a.hidden, a.heads, a.head_dim, a.mlp);
+        let y = ops::layer_norm(
+            x,
+            &p.load(&format!("{base}/{}/scale", n.ln1), &[dd])?,
+            &p.load(&format!("{base}/{}/bias", n.ln1), &[dd])?,
+            FLAX_LAYER_NORM_EPS,
+        )?;
+        let att = format!("{base}/{}", n.attn);
+        let size = y.size();
+        let (b, t) = match size.as_slice() {
+            [b, t, _] => (*b, *t),
+            _ => return Err(Error::BadRequest("encoder input is not [B, N, D]".into())),
+        };
+        let (hh, dhh) = (dim(h)?, dim(dh)?);
+        // q/k/v: x @ kernel[D, H*Dh] + bias[H*Dh], then split into heads: [B, H, N, Dh].
+        let project = |which: &str| -> Result<Tensor> {
+            let kernel = p.load(&format!("{att}/{which}/kernel"), &[dd, h, dh])?.f_reshape([dim(dd)?, hh * dhh])?;
+            let bias = p.load(&format!("{att}/{which}/bias"), &[h, dh])?.f_reshape([hh * dhh])?;
+            Ok(ops::dense_in_out(&y, &kernel, Some(&bias))?.f_reshape([b, t, hh, dhh])?.f_transpose(1, 2)?)
+        };
+        let (q, k, v) = (project("query")?, project("key")?, project("value")?);
+        let o = ops::attention_explicit(&q, &k, &v)?.f_transpose(1, 2)?.f_reshape([b, t, hh * dhh])?;
+        let out_kernel = p.load(&format!("{att}/out/kernel"), &[h, dh, dd])?.f_reshape([hh * dhh, dim(dd)?])?;
+        let o = ops::dense_in_out(&o, &out_kernel, Some(&p.load(&format!("{att}/out/bias"), &[dd])?))?;
+        let x = x.f_add(&o)?;
+        let y = ops::layer_norm(
+            &x,
+            &p.load(&format!("{base}/{}/scale", n.ln2), &[dd])?,
+            &p.load(&format!("{base}/{}/bias", n.ln2), &[dd])?,
+            FLAX_LAYER_NORM_EPS,
+        )?;
+        let mlp = format!("{base}/{}", n.mlp);
+        let y = ops::dense_in_out(
+            &y,
+            &p.load(&format!("{mlp}/Dense_0/kernel"), &[dd, m])?,
+            Some(&p.load(&format!("{mlp}/Dense_0/bias"), &[m])?),
+        )?;
+        let y = Gelu::Tanh.apply(&y)?;
+        let y = ops::dense_in_out(
+            &y,
+            &p.load(&format!("{mlp}/Dense_1/kernel"), &[m, dd])?,
+            Some(&p.load(&format!("{mlp}/Dense_1/bias"), &[dd])?),
+        )?;
+        Ok(x.f_add(&y)?)
+    }
+
+    /// The ResNet stem of `models_vit.py`: root conv 7x7/2, GroupNorm, ReLU, max-pool 3x3/2,
+    /// then the bottleneck stages.
+    fn stem(&self, x: &Tensor, r: &ResNetArch) -> Result<Tensor> {
+        let x = self.std_conv(x, "conv_root/kernel", 2)?;
+        let x = self.gn(&x, "gn_root", r.width)?.f_relu()?;
+        let mut x = ops::max_pool_same(&x, 3, 2)?;
+        for (si, &units) in r.stages.iter().enumerate() {
+            for u in 0..units {
+                let stride = if si > 0 && u == 0 { 2 } else { 1 };
+                x = self.unit(&x, &format!("block{}/unit{}", si + 1, u + 1), stride)?;
+            }
+        }
+        Ok(x)
+    }
+
+    /// `models_resnet.ResidualUnit`: 1x1, 3x3 (strided), 1x1 convs with GroupNorm, a projected
+    /// shortcut where the shape changes, ReLU after the sum.
+    fn unit(&self, x: &Tensor, base: &str, stride: i64) -> Result<Tensor> {
+        let p = &self.params;
+        let out = |name: &str| -> Result<usize> {
+            let shape = p.require_shape(&format!("{base}/{name}/kernel"), "ResNet unit")?;
+            shape.get(3).copied().ok_or_else(|| Error::BadShape {
+                path: p.path().to_path_buf(),
+                tensor: format!("{base}/{name}/kernel"),
+                expected: "[kh, kw, in, out]".into(),
+                found: shape.to_vec(),
+            })
+        };
+        let residual = if p.has(&format!("{base}/conv_proj/kernel")) {
+            let r = self.std_conv(x, &format!("{base}/conv_proj/kernel"), stride)?;
+            self.gn(&r, &format!("{base}/gn_proj"), out("conv_proj")?)?
+        } else {
+            x.shallow_clone()
+        };
+        let y = self.std_conv(x, &format!("{base}/conv1/kernel"), 1)?;
+        let y = self.gn(&y, &format!("{base}/gn1"), out("conv1")?)?.f_relu()?;
+        let y = self.std_conv(&y, &format!("{base}/conv2/kernel"), stride)?;
+        let y = self.gn(&y, &format!("{base}/gn2"), out("conv2")?)?.f_relu()?;
+        let y = self.std_conv(&y, &format!("{base}/conv3/kernel"), 1)?;
+        let y = self.gn(&y, &format!("{base}/gn3"), out("conv3")?)?;
+        Ok(residual.f_add(&y)?.f_relu()?)
+    }
+
+    /// `models_resnet.StdConv`: the HWIO kernel standardised over (H, W, in) with
+    /// `(w - mean) / (std + 1e-5)`, then a SAME convolution.
+    fn std_conv(&self, x: &Tensor, name: &str, stride: i64) -> Result<Tensor> {
+        let p = &self.params;
+        let shape = p.require_shape(name, "ResNet stem")?.to_vec();
+        let cin = x.size().get(1).copied().unwrap_or(0);
+        let ok = matches!(shape.as_slice(), [kh, kw, i, _] if kh == kw && i64::try_from(*i).ok() == Some(cin));
+        if !ok {
+            return Err(Error::BadShape {
+                path: p.path().to_path_buf(),
+                tensor: name.to_owned(),
+                expected: format!("[k, k, {cin}, out]"),
+                found: shape,
+            });
+        }
+        let w = p.load_any(name)?;
+        let centred = w.f_sub(&w.f_mean_dim([0i64, 1, 2].as_slice(), true, Kind::Float)?)?;
+        let std = centred.f_std_dim([0i64, 1, 2].as_slice(), false, true)?;
+        let w = centred.f_div(&std.f_add_scalar(STD_CONV_EPS)?)?;
+        let w = w.f_permute([3, 2, 0, 1])?.f_contiguous()?;
+        ops::conv2d_same(x, &w, stride)
+    }
+
+    /// flax `nn.GroupNorm(32, eps 1e-6)`; the params may be stored `(C,)` or `(1, 1, 1, C)`.
+    fn gn(&self, x: &Tensor, base: &str, channels: usize) -> Result<Tensor> {
+        let load = |which: &str| -> Result<Tensor> {
+            let name = format!("{base}/{which}");
+            let shape = self.params.require_shape(&name, "GroupNorm")?;
+            let expected: &[usize] = if shape.len() == 4 { &[1, 1, 1, channels] } else { &[channels] };
+            Ok(self.params.load(&name, expected)?.f_reshape([dim(channels)?])?)
+        };
+        ops::group_norm(x, GROUPS, &load("scale")?, &load("bias")?, FLAX_GROUP_NORM_EPS)
+    }
+}
+
+/// Reads the architecture from the shapes, checking that the parts agree.
+fn read_arch(p: &Params, names: &BlockNames) -> Result<SourceArch> {
+    let not_vit = |reason: String| Error::NotAModel { path: p.path().to_path_buf(), reason };
+    let bad = |tensor: &str, expected: String, found: &[usize]| Error::BadShape {
+        path: p.path().to_path_buf(),
+        tensor: tensor.to_owned(),
+        expected,
+        found: found.to_vec(),
+    };
+    let emb = p.shape("embedding/kernel").ok_or_else(|| {
+        not_vit("no `embedding/kernel`: not a google-research/vision_transformer checkpoint".into())
+    })?;
+    let (patch_size, embed_in, hidden) = match emb {
+        [ph, pw, cin, d] if ph == pw => (*ph, *cin, *d),
+        other => return Err(bad("embedding/kernel", "[p, p, in, D] (square patches)".into(), other)),
+    };
+    let q = format!("Transformer/encoderblock_0/{}/query/kernel", names.attn);
+    let (heads, head_dim) = match p.require_shape(&q, "attention of block 0")? {
+        [d, h, dh] if *d == hidden => (*h, *dh),
+        other => return Err(bad(&q, format!("[{hidden}, heads, head_dim]"), other)),
+    };
+    let m = format!("Transformer/encoderblock_0/{}/Dense_0/kernel", names.mlp);
+    let mlp = match p.require_shape(&m, "MLP of block 0")? {
+        [d, m] if *d == hidden => *m,
+        other => return Err(bad(&m, format!("[{hidden}, mlp]"), other)),
+    };
+    let mut depth = 0usize;
+    while p.has(&format!("Transformer/encoderblock_{depth}/{}/query/kernel", names.attn)) {
+        depth = depth.saturating_add(1);
+    }
+    let classifier = if p.has("cls") { Classifier::Token } else { Classifier::Gap };
+    let pos_name = "Transformer/posembed_input/pos_embedding";
+    let n = match p.require_shape(pos_name, "position embedding")? {
+        [1, n, d] if *d == hidden => *n,
+        other => return Err(bad(pos_name, format!("[1, N, {hidden}]"), other)),
+    };
+    let patches = n.checked_sub(usize::from(classifier == Classifier::Token)).unwrap_or(0);
+    let grid = isqrt(patches);
+    if grid == 0 || grid.checked_mul(grid) != Some(patches) {
+        return Err(bad(pos_name, "a square token grid (plus the class token)".into(), &[1, n, hidden]));
+    }
+    let representation = match p.shape("pre_logits/kernel") {
+        Some([d, r]) if *d == hidden => Some(*r),
+        Some(other) => return Err(bad("pre_logits/kernel", format!("[{hidden}, R]"), other)),
+        None => None,
+    };
+    let fin = representation.unwrap_or(hidden);
+    let num_classes = match p.shape("head/kernel") {
+        Some([f, c]) if *f == fin => Some(*c),
+        Some(other) => return Err(bad("head/kernel", format!("[{fin}, classes]"), other)),
+        None => None,
+    };
+    let resnet = match p.shape("conv_root/kernel") {
+        Some([_, _, _, w]) => {
+            let mut stages = Vec::new();
+            loop {
+                let stage = stages.len().saturating_add(1);
+                let mut units = 0usize;
+                while p.has(&format!("block{stage}/unit{}/conv1/kernel", units.saturating_add(1))) {
+                    units = units.saturating_add(1);
+                }
+                if units == 0 {
+                    break;
+                }
+                stages.push(units);
+            }
+            Some(ResNetArch { width: *w, stages })
+        }
+        Some(other) => return Err(bad("conv_root/kernel", "[7, 7, 3, width]".into(), other)),
+        None => None,
+    };
+    // The stem divides the image by 4 (root conv and pool), then by 2 per stage after the first.
+    let stem_stride = match &resnet {
+        Some(r) => 4usize.checked_shl(u32::try_from(r.stages.len().saturating_sub(1)).unwrap_or(u32::MAX)),
+        None => Some(1),
+    };
+    let image_size = stem_stride
+        .and_then(|s| grid.checked_mul(patch_size)?.checked_mul(s))
+        .ok_or_else(|| not_vit("image size overflows".into()))?;
+    if depth == 0 || heads == 0 || head_dim == 0 {
+        return Err(not_vit("no encoder blocks with attention".into()));
+    }
+    Ok(SourceArch {
+        image_size,
+        patch_size,
+        grid,
+        hidden,
+        depth,
+        heads,
+        head_dim,
+        mlp,
+        classifier,
+        representation,
+        num_classes,
+        resnet,
+        embed_in,
+    })
+}
+
+/// The integer square root (floor).
+pub(crate) fn isqrt(n: usize) -> usize {
+    let mut r = 0usize;
+    while (r + 1).checked_mul(r + 1).is_some_and(|sq| sq <= n) {
+        r += 1;
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    /// The golden files were written by the flax model in float32; the issue asks the
+    /// reference to equal them within 1e-4.
+    const GOLDEN_TOLERANCE: f64 = 1e-4;
+
+    fn fixture(rel: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures").join(rel)
+    }
+
+    fn npy(rel: &str) -> Tensor {
+        let file = TensorFile::open(fixture(rel)).expect("golden npy opens");
+        let info = file.tensors().first().expect("npy holds one array").clone();
+        let values = file.read_f32(&info.name).expect("golden npy reads");
+        let dims: Vec<i64> = info.shape.iter().map(|&d| i64::try_from(d).expect("small")).collect();
+        Tensor::from_slice(&values).reshape(dims.as_slice())
+    }
+
+    fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
+        assert_eq!(a.size(), b.size(), "shapes differ");
+        (a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).abs().max().double_value(&[])
+    }
+
+    fn check(case: &str, checkpoint: &str, logits_file: &str) {
+        let model = Reference::open(&fixture(&format!("{case}/{checkpoint}")), Device::Cpu).expect("opens");
+        let input = npy(&format!("{}/input.npy", if case == "vit-token-variants" { "vit-token" } else { case }));
+        let out = model.forward(&input, model.arch().grid).expect("forward runs");
+        let logits = out.logits.expect("golden cases have a head");
+        let diff = max_abs(&logits, &npy(&format!("{case}/{logits_file}")));
+        assert!(diff <= GOLDEN_TOLERANCE, "{case}/{checkpoint}: logits differ by {diff}");
+        if case != "vit-token-variants" {
+            // The golden features.npy holds the `pre_logits` Dense module's own output,
+            // captured before the tanh that models_vit.py applies after it (checked by hand:
+            // tanh(features.npy) @ head + bias reproduces logits.npy, features.npy itself
+            // does not), so the tanh is applied to the golden side here.
+            let mut golden = npy(&format!("{case}/features.npy"));
+            if model.arch().representation.is_some() {
+                golden = golden.tanh();
+            }
+            let diff = max_abs(&out.features, &golden);
+            assert!(diff <= GOLDEN_TOLERANCE, "{case}: features differ by {diff}");
+            let diff = max_abs(&out.tokens, &npy(&format!("{case}/tokens.npy")));
+            assert!(diff <= GOLDEN_TOLERANCE, "{case}: tokens differ by {diff}");
+        }
+    }
+
+    #[test]
+    fn matches_golden_vit_token() {
+        check("vit-token", "checkpoint.npz", "logits.npy");
+    }
+
+    #[test]
+    fn matches_golden_vit_prelogits() {
+        check("vit-prelogits", "checkpoint.npz", "logits.npy");
+    }
+
+    #[test]
+    fn matches_golden_vit_gap() {
+        check("vit-gap", "checkpoint.npz", "logits.npy");
+    }
+
+    #[test]
+    fn matches_golden_vit_mlp4() {
+        check("vit-mlp4", "checkpoint.npz", "logits.npy");
+    }
+
+    #[test]
+    fn matches_golden_hybrid_r2() {
+        check("hybrid-r2", "checkpoint.npz", "logits.npy");
+    }
+
+    #[test]
+    fn matches_golden_hybrid_root() {
+        check("hybrid-root", "checkpoint.npz", "logits.npy");
+    }
+
+    #[test]
+    fn matches_golden_variants() {
+        check("vit-token-variants", "opt-target-prefix.npz", "../vit-token/logits.npy");
+        check("vit-token-variants", "compressed.npz", "../vit-token/logits.npy");
+        check("vit-token-variants", "bfloat16.npz", "bfloat16_logits.npy");
+    }
+
+    #[test]
+    fn resized_posembed_matches_vit_jax() {
+        let model = Reference::open(&fixture("vit-token/checkpoint.npz"), Device::Cpu).expect("opens");
+        let pos = model.pos_embedding(6).expect("resizes");
+        let diff = max_abs(&pos, &npy("vit-token/resized_96_pos_embedding.npy").reshape([1, 37, 64]));
+        assert!(diff <= GOLDEN_TOLERANCE, "resized position embedding differs by {diff}");
+        let out = model.forward(&npy("vit-token/resized_96_input.npy"), 6).expect("forward runs");
+        let diff = max_abs(&out.logits.expect("head"), &npy("vit-token/resized_96_logits.npy"));
+        assert!(diff <= GOLDEN_TOLERANCE, "resized logits differ by {diff}");
+    }
+
+    #[test]
+    fn reads_the_architecture_from_shapes() {
+        let model = Reference::open(&fixture("hybrid-r2/checkpoint.npz"), Device::Cpu).expect("opens");
+        let a = model.arch();
+        assert_eq!((a.image_size, a.patch_size, a.grid, a.hidden, a.depth, a.heads), (64, 1, 8, 64, 2, 4));
+        assert_eq!(a.resnet, Some(ResNetArch { width: 64, stages: vec![1, 1] }));
+        let model = Reference::open(&fixture("vit-prelogits/checkpoint.npz"), Device::Cpu).expect("opens");
+        assert_eq!(model.arch().representation, Some(40));
+        assert_eq!(model.arch().num_classes, Some(21));
+    }
+
+    #[test]
+    fn a_missing_source_is_an_error() {
+        let err = Reference::open(&fixture("nope/checkpoint.npz"), Device::Cpu).err().expect("fails");
+        assert!(err.to_string().contains("not found"), "{err}");
+    }
+}
