@@ -16,7 +16,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         return Err("usage: recode IN OUT [--force]".into());
     };
     let output = std::path::Path::new(output.as_str());
-    let format = output_format(output).ok_or("OUT must end in .pt, .pth, .bin, .safetensors or .npz")?;
+    let format =
+        output_format(output).ok_or("OUT must end in .pt, .pth, .bin, .safetensors or .npz")?;
     let src = TensorFile::open(input.as_str())?;
     let specs = src
         .tensors()

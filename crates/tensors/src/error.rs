@@ -160,7 +160,13 @@ impl Error {
     }
 
     /// A truncation at `offset`: `expected` bytes wanted, `found` present.
-    pub(crate) fn truncated(path: &Path, tensor: &str, offset: u64, expected: u64, found: u64) -> Error {
+    pub(crate) fn truncated(
+        path: &Path,
+        tensor: &str,
+        offset: u64,
+        expected: u64,
+        found: u64,
+    ) -> Error {
         Error::Truncated {
             path: path.to_path_buf(),
             tensor: tensor.to_string(),

@@ -18,6 +18,9 @@ mod source;
 mod writer;
 mod zip_writer;
 
+#[cfg(test)]
+mod tests;
+
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use writer::Writer;
@@ -59,7 +62,9 @@ pub struct TensorInfo {
 impl TensorInfo {
     /// Number of elements, or `None` if the product overflows `usize`.
     pub fn numel(&self) -> Option<usize> {
-        self.shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        self.shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
     }
 
     /// Number of bytes of data, or `None` on overflow.
@@ -101,59 +106,62 @@ impl TensorFile {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         let mut head = [0u8; SNIFF_LEN];
-        let head_len = usize::try_from(file_len).unwrap_or(SNIFF_LEN).min(SNIFF_LEN);
+        let head_len = usize::try_from(file_len)
+            .unwrap_or(SNIFF_LEN)
+            .min(SNIFF_LEN);
         let head = head.get_mut(..head_len).unwrap_or_default();
         source::read_exact_at(&file, head, 0).map_err(|e| Error::io(path, e))?;
         let head: &[u8] = head;
 
         let mut metadata = BTreeMap::new();
-        let (format, tensors, locations) = if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
-            let entries = npz::read_directory(path, &file, file_len)?;
-            if entries.iter().any(|e| e.name.ends_with("data.pkl")) {
-                let opened = pt::open(path, &file, &entries)?;
+        let (format, tensors, locations) =
+            if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
+                let entries = npz::read_directory(path, &file, file_len)?;
+                if entries.iter().any(|e| e.name.ends_with("data.pkl")) {
+                    let opened = pt::open(path, &file, &entries)?;
+                    metadata = opened.metadata;
+                    (Format::Pt, opened.infos, opened.locs)
+                } else {
+                    let (infos, locs) = npz::open(path, &file, &entries)?;
+                    (Format::Npz, infos, locs)
+                }
+            } else if head.starts_with(npy::MAGIC) {
+                let mut reader = source::RangeReader::new(&file, 0, file_len);
+                let name = path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let header = npy::read_header(&mut reader, path, &name)?;
+                let layout = header
+                    .layout()
+                    .ok_or_else(|| Error::shape_overflow(path, &name, &header.shape))?;
+                let loc = Location {
+                    base: source::Base::Stored {
+                        offset: 0,
+                        len: file_len,
+                    },
+                    start: header.data_offset,
+                    layout,
+                    byteswap: header.byteswap,
+                };
+                let info = TensorInfo {
+                    name,
+                    dtype: header.dtype,
+                    shape: header.shape,
+                    stored_as: header.stored_as,
+                };
+                npz::check_exact_size(path, &info, &loc)?;
+                (Format::Npy, vec![info], vec![loc])
+            } else if safetensors_io::sniff(head) {
+                let opened = safetensors_io::open(path, &file, file_len)?;
                 metadata = opened.metadata;
-                (Format::Pt, opened.infos, opened.locs)
+                (Format::Safetensors, opened.infos, opened.locs)
             } else {
-                let (infos, locs) = npz::open(path, &file, &entries)?;
-                (Format::Npz, infos, locs)
-            }
-        } else if head.starts_with(npy::MAGIC) {
-            let mut reader = source::RangeReader::new(&file, 0, file_len);
-            let name = path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let header = npy::read_header(&mut reader, path, &name)?;
-            let layout = header
-                .layout()
-                .ok_or_else(|| Error::shape_overflow(path, &name, &header.shape))?;
-            let loc = Location {
-                base: source::Base::Stored {
-                    offset: 0,
-                    len: file_len,
-                },
-                start: header.data_offset,
-                layout,
-                byteswap: header.byteswap,
+                return Err(Error::NotATensorFile {
+                    path: path.to_path_buf(),
+                    found: describe_head(head),
+                });
             };
-            let info = TensorInfo {
-                name,
-                dtype: header.dtype,
-                shape: header.shape,
-                stored_as: header.stored_as,
-            };
-            npz::check_exact_size(path, &info, &loc)?;
-            (Format::Npy, vec![info], vec![loc])
-        } else if safetensors_io::sniff(head) {
-            let opened = safetensors_io::open(path, &file, file_len)?;
-            metadata = opened.metadata;
-            (Format::Safetensors, opened.infos, opened.locs)
-        } else {
-            return Err(Error::NotATensorFile {
-                path: path.to_path_buf(),
-                found: describe_head(head),
-            });
-        };
 
         for (info, loc) in tensors.iter().zip(&locations) {
             source::validate(path, info, loc, file_len)?;
@@ -229,12 +237,19 @@ fn describe_head(head: &[u8]) -> String {
         return "an empty file".into();
     }
     if head.starts_with(b"\x80") {
-        return "a bare pickle (legacy torch.save before 1.6?): re-save it with a current torch".into();
+        return "a bare pickle (legacy torch.save before 1.6?): re-save it with a current torch"
+            .into();
     }
     let shown: String = head
         .iter()
         .take(8)
-        .map(|&b| if b.is_ascii_graphic() { (b as char).to_string() } else { format!("\\x{b:02x}") })
+        .map(|&b| {
+            if b.is_ascii_graphic() {
+                (b as char).to_string()
+            } else {
+                format!("\\x{b:02x}")
+            }
+        })
         .collect();
     format!("first bytes \"{shown}\"")
 }

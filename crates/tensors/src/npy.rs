@@ -71,7 +71,10 @@ pub(crate) fn read_header(r: &mut impl Read, path: &Path, tensor: &str) -> Resul
         .map_err(|e| header_io(path, tensor, "magic", 8, e))?;
     let (magic, version) = prefix.split_at(6);
     if magic != MAGIC {
-        return Err(bad(format!("missing the \\x93NUMPY magic (found {:?})", magic)));
+        return Err(bad(format!(
+            "missing the \\x93NUMPY magic (found {:?})",
+            magic
+        )));
     }
     let major = version.first().copied().unwrap_or(0);
     let (len, prefix_len) = match major {
@@ -88,10 +91,16 @@ pub(crate) fn read_header(r: &mut impl Read, path: &Path, tensor: &str) -> Resul
             let len = usize::try_from(u32::from_le_bytes(b)).unwrap_or(usize::MAX);
             (len, 12u64)
         }
-        other => return Err(bad(format!("unsupported format version {other} (1, 2 and 3 are known)"))),
+        other => {
+            return Err(bad(format!(
+                "unsupported format version {other} (1, 2 and 3 are known)"
+            )))
+        }
     };
     if len > MAX_HEADER_LEN {
-        return Err(bad(format!("header of {len} bytes exceeds the {MAX_HEADER_LEN}-byte limit")));
+        return Err(bad(format!(
+            "header of {len} bytes exceeds the {MAX_HEADER_LEN}-byte limit"
+        )));
     }
     let mut text = vec![0u8; len];
     r.read_exact(&mut text)
@@ -121,7 +130,11 @@ struct Parser<'a> {
 
 impl Parser<'_> {
     fn skip_ws(&mut self) {
-        while self.s.get(self.pos).is_some_and(|b| b.is_ascii_whitespace()) {
+        while self
+            .s
+            .get(self.pos)
+            .is_some_and(|b| b.is_ascii_whitespace())
+        {
             self.pos += 1;
         }
     }
@@ -165,7 +178,9 @@ impl Parser<'_> {
                     self.pos += 1;
                 }
                 let digits = self.s.get(start..self.pos).unwrap_or_default();
-                let digits = std::str::from_utf8(digits).unwrap_or_default().trim_end_matches('L');
+                let digits = std::str::from_utf8(digits)
+                    .unwrap_or_default()
+                    .trim_end_matches('L');
                 digits
                     .parse::<u64>()
                     .map(Lit::Int)
@@ -184,7 +199,12 @@ impl Parser<'_> {
                     match self.peek() {
                         Some(b',') => self.pos += 1,
                         Some(c) if c == close => {}
-                        _ => return Err(format!("expected ',' or {:?} at byte {}", close as char, self.pos)),
+                        _ => {
+                            return Err(format!(
+                                "expected ',' or {:?} at byte {}",
+                                close as char, self.pos
+                            ))
+                        }
                     }
                 }
                 Ok(Lit::Seq(items))
@@ -269,7 +289,10 @@ fn parse_dict(text: &str, path: &Path, tensor: &str) -> Result<NpyHeader> {
                 let n = usize::try_from(*n).map_err(|_| Error::ShapeOverflow {
                     path: path.to_path_buf(),
                     tensor: tensor.to_string(),
-                    shape: dims.iter().map(|d| if let Lit::Int(n) = d { *n } else { 0 }).collect(),
+                    shape: dims
+                        .iter()
+                        .map(|d| if let Lit::Int(n) = d { *n } else { 0 })
+                        .collect(),
                 })?;
                 shape.push(n);
             }
@@ -317,7 +340,8 @@ fn parse_descr(descr: &str) -> Option<(DType, bool, Option<String>)> {
         '>' => true,
         _ => return None,
     };
-    let stored_as = (dtype == DType::BF16).then(|| format!("{descr} (numpy void, read as bfloat16)"));
+    let stored_as =
+        (dtype == DType::BF16).then(|| format!("{descr} (numpy void, read as bfloat16)"));
     Some((dtype, big && dtype.size() > 1, stored_as))
 }
 
@@ -347,7 +371,11 @@ pub(crate) fn write_header(dtype: DType, shape: &[usize]) -> Vec<u8> {
         [d] => format!("({d},)"),
         _ => format!(
             "({})",
-            shape.iter().map(usize::to_string).collect::<Vec<_>>().join(", ")
+            shape
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     };
     let mut dict = format!(
@@ -426,17 +454,32 @@ mod tests {
 
     #[test]
     fn big_endian_is_swapped() {
-        let h = parse(&header_v1("{'descr': '>f4', 'fortran_order': False, 'shape': (2,)}\n")).unwrap();
+        let h = parse(&header_v1(
+            "{'descr': '>f4', 'fortran_order': False, 'shape': (2,)}\n",
+        ))
+        .unwrap();
         assert!(h.byteswap);
-        let h = parse(&header_v1("{'descr': '>i1', 'fortran_order': False, 'shape': (2,)}\n")).unwrap();
+        let h = parse(&header_v1(
+            "{'descr': '>i1', 'fortran_order': False, 'shape': (2,)}\n",
+        ))
+        .unwrap();
         assert!(!h.byteswap);
     }
 
     #[test]
     fn unknown_dtype_is_refused() {
-        let err = parse(&header_v1("{'descr': '<c8', 'fortran_order': False, 'shape': (2,)}\n")).unwrap_err();
-        assert!(matches!(err, Error::UnknownDType { ref descr, .. } if descr == "<c8"), "{err}");
-        let err = parse(&header_v1("{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (2,)}\n")).unwrap_err();
+        let err = parse(&header_v1(
+            "{'descr': '<c8', 'fortran_order': False, 'shape': (2,)}\n",
+        ))
+        .unwrap_err();
+        assert!(
+            matches!(err, Error::UnknownDType { ref descr, .. } if descr == "<c8"),
+            "{err}"
+        );
+        let err = parse(&header_v1(
+            "{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (2,)}\n",
+        ))
+        .unwrap_err();
         assert!(matches!(err, Error::UnknownDType { .. }), "{err}");
     }
 
@@ -458,7 +501,10 @@ mod tests {
             "{'descr': '<f4', 'fortran_order': False, 'shape': ((((((((((2,),),),),),),),),),)}",
             "{'descr': '<f4', 'fortran_order': Nope, 'shape': (2,)}",
         ] {
-            assert!(matches!(parse(&header_v1(dict)), Err(Error::NpyHeader { .. })), "{dict}");
+            assert!(
+                matches!(parse(&header_v1(dict)), Err(Error::NpyHeader { .. })),
+                "{dict}"
+            );
         }
         let mut v = MAGIC.to_vec();
         v.extend_from_slice(&[9, 0, 0, 0]);

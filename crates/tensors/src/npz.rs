@@ -30,14 +30,18 @@ const DIRECTORY_BUF: usize = 64 * 1024;
 /// Maps the zip crate's errors to ours, with a hint where the likely cause is known.
 fn zip_error(path: &Path, err: ZipError) -> Error {
     match err {
-        ZipError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            Error::zip(path, "", format!("the directory points past the end of the file (truncated?): {e}"))
-        }
+        ZipError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Error::zip(
+            path,
+            "",
+            format!("the directory points past the end of the file (truncated?): {e}"),
+        ),
         ZipError::Io(e) => Error::io(path, e),
         ZipError::InvalidArchive(msg) => Error::zip(
             path,
             "",
-            format!("{msg} (no valid central directory: the file is probably truncated or not a zip)"),
+            format!(
+                "{msg} (no valid central directory: the file is probably truncated or not a zip)"
+            ),
         ),
         other => Error::zip(path, "", other.to_string()),
     }
@@ -102,7 +106,11 @@ pub(crate) fn read_directory(path: &Path, file: &File, file_len: u64) -> Result<
 }
 
 /// Opens an `.npz`: one tensor per `.npy` member, in directory order.
-pub(crate) fn open(path: &Path, file: &File, entries: &[ZipEntry]) -> Result<(Vec<TensorInfo>, Vec<Location>)> {
+pub(crate) fn open(
+    path: &Path,
+    file: &File,
+    entries: &[ZipEntry],
+) -> Result<(Vec<TensorInfo>, Vec<Location>)> {
     let mut infos = Vec::with_capacity(entries.len());
     let mut locs = Vec::with_capacity(entries.len());
     for entry in entries {

@@ -21,7 +21,7 @@ const MAX_MEMO: usize = 1 << 20;
 const MAX_DEPTH: u32 = 64;
 /// Most values created or copied in total, so `BINGET` of a large container in a loop cannot
 /// grow memory without end.
-const MAX_NODES: u64 = 1 << 26;
+const MAX_NODES: u64 = 1 << 21;
 /// Longest `GLOBAL` module or name line.
 const MAX_GLOBAL_LINE: usize = 256;
 /// Longest tensor rank accepted.
@@ -128,10 +128,12 @@ impl Value {
     /// Number of values inside, itself included (recursion bounded by `MAX_DEPTH`).
     fn weight(&self) -> u64 {
         match self {
-            Value::Seq { items, .. } => items.iter().fold(1u64, |a, v| a.saturating_add(v.weight())),
-            Value::Dict { items, .. } => items
-                .iter()
-                .fold(1u64, |a, (k, v)| a.saturating_add(k.weight()).saturating_add(v.weight())),
+            Value::Seq { items, .. } => {
+                items.iter().fold(1u64, |a, v| a.saturating_add(v.weight()))
+            }
+            Value::Dict { items, .. } => items.iter().fold(1u64, |a, (k, v)| {
+                a.saturating_add(k.weight()).saturating_add(v.weight())
+            }),
             _ => 1,
         }
     }
@@ -177,7 +179,10 @@ impl<'a> Machine<'a> {
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        let end = self.pos.checked_add(n).ok_or_else(|| self.err("length overflows"))?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .ok_or_else(|| self.err("length overflows"))?;
         let data: &'a [u8] = self.data;
         let bytes = data
             .get(self.pos..end)
@@ -195,7 +200,9 @@ impl<'a> Machine<'a> {
 
     fn line(&mut self) -> Result<String> {
         let rest = self.data.get(self.pos..).unwrap_or_default();
-        let window = rest.get(..MAX_GLOBAL_LINE.min(rest.len())).unwrap_or_default();
+        let window = rest
+            .get(..MAX_GLOBAL_LINE.min(rest.len()))
+            .unwrap_or_default();
         let nl = window
             .iter()
             .position(|&b| b == b'\n')
@@ -234,7 +241,10 @@ impl<'a> Machine<'a> {
     }
 
     fn pop_mark(&mut self) -> Result<Vec<Value>> {
-        let mark = self.marks.pop().ok_or_else(|| self.err("no MARK to pop to"))?;
+        let mark = self
+            .marks
+            .pop()
+            .ok_or_else(|| self.err("no MARK to pop to"))?;
         if mark > self.stack.len() {
             return Err(self.err("MARK above the stack"));
         }
@@ -256,7 +266,12 @@ impl<'a> Machine<'a> {
     }
 
     fn seq(&self, list: bool, items: Vec<Value>) -> Result<Value> {
-        let depth = items.iter().map(Value::depth).max().unwrap_or(0).saturating_add(1);
+        let depth = items
+            .iter()
+            .map(Value::depth)
+            .max()
+            .unwrap_or(0)
+            .saturating_add(1);
         if depth > MAX_DEPTH {
             return Err(self.err(format!("containers nest deeper than {MAX_DEPTH}")));
         }
@@ -325,12 +340,21 @@ impl<'a> Machine<'a> {
     }
 
     fn append(&mut self, values: Vec<Value>) -> Result<()> {
-        let added = values.iter().map(Value::depth).max().unwrap_or(0).saturating_add(1);
+        let added = values
+            .iter()
+            .map(Value::depth)
+            .max()
+            .unwrap_or(0)
+            .saturating_add(1);
         if added > MAX_DEPTH {
             return Err(self.err(format!("containers nest deeper than {MAX_DEPTH}")));
         }
         let kind = match self.top()? {
-            Value::Seq { list: true, items, depth } => {
+            Value::Seq {
+                list: true,
+                items,
+                depth,
+            } => {
                 *depth = (*depth).max(added);
                 items.extend(values);
                 return Ok(());
@@ -342,7 +366,9 @@ impl<'a> Machine<'a> {
 
     fn int_arg(&self, v: &Value, what: &str) -> Result<usize> {
         match v {
-            Value::Int(i) => usize::try_from(*i).map_err(|_| self.err(format!("{what} {i} is negative"))),
+            Value::Int(i) => {
+                usize::try_from(*i).map_err(|_| self.err(format!("{what} {i} is negative")))
+            }
             other => Err(self.err(format!("{what} is a {}, not an int", other.kind()))),
         }
     }
@@ -393,7 +419,9 @@ impl<'a> Machine<'a> {
                 let (Some(storage), Some(offset), Some(size), Some(stride)) =
                     (args.first(), args.get(1), args.get(2), args.get(3))
                 else {
-                    return Err(self.err("_rebuild_tensor_v2 needs storage, offset, size and stride"));
+                    return Err(
+                        self.err("_rebuild_tensor_v2 needs storage, offset, size and stride")
+                    );
                 };
                 let Value::Storage(storage) = storage else {
                     return Err(self.err(format!("_rebuild_tensor_v2 over a {}", storage.kind())));
@@ -419,7 +447,9 @@ impl<'a> Machine<'a> {
                 ))),
             },
             Global::Device => Ok(Value::Device),
-            Global::Storage(_) => Err(self.err("storage classes are only used as persistent-id tags")),
+            Global::Storage(_) => {
+                Err(self.err("storage classes are only used as persistent-id tags"))
+            }
         }
     }
 
@@ -439,7 +469,10 @@ impl<'a> Machine<'a> {
                     numel,
                 }))
             }
-            _ => Err(self.err("persistent id is not ('storage', <StorageClass>, key, location, numel)")),
+            _ => {
+                Err(self
+                    .err("persistent id is not ('storage', <StorageClass>, key, location, numel)"))
+            }
         }
     }
 
@@ -523,7 +556,8 @@ impl<'a> Machine<'a> {
                         b'X' => u64::from(u32::from_le_bytes(self.take_array::<4>()?)),
                         _ => u64::from_le_bytes(self.take_array::<8>()?),
                     };
-                    let len = usize::try_from(len).map_err(|_| self.err("string length overflows"))?;
+                    let len =
+                        usize::try_from(len).map_err(|_| self.err("string length overflows"))?;
                     // `take` checks the length against the bytes really present before copying.
                     let bytes = self.take(len)?;
                     let s = std::str::from_utf8(bytes)
@@ -608,7 +642,8 @@ impl<'a> Machine<'a> {
                     self.memo_put(k)?;
                 }
                 0x94 => {
-                    let k = u32::try_from(self.memo.len()).map_err(|_| self.err("memo overflows"))?;
+                    let k =
+                        u32::try_from(self.memo.len()).map_err(|_| self.err("memo overflows"))?;
                     self.memo_put(k)?;
                 }
                 b'h' => {
@@ -652,7 +687,11 @@ fn flatten(v: &Value, prefix: &str, out: &mut Vec<(String, TensorRef)>) {
             Value::Int(i) => i.to_string(),
             _ => continue,
         };
-        let name = if prefix.is_empty() { key } else { format!("{prefix}.{key}") };
+        let name = if prefix.is_empty() {
+            key
+        } else {
+            format!("{prefix}.{key}")
+        };
         match v {
             Value::Tensor(t) => out.push((name, t.clone())),
             Value::Dict { .. } => flatten(v, &name, out),
@@ -675,7 +714,10 @@ pub(crate) fn read_state_dict(path: &Path, data: &[u8]) -> Result<Vec<(String, T
     };
     let root = m.run()?;
     if !matches!(root, Value::Dict { .. }) {
-        return Err(m.err(format!("the pickle holds a {}, not a state dict", root.kind())));
+        return Err(m.err(format!(
+            "the pickle holds a {}, not a state dict",
+            root.kind()
+        )));
     }
     let mut out = Vec::new();
     flatten(&root, "", &mut out);
@@ -683,7 +725,7 @@ pub(crate) fn read_state_dict(path: &Path, data: &[u8]) -> Result<Vec<(String, T
 }
 
 /// Appends a pickle int in the shortest opcode that holds it.
-fn put_int(out: &mut Vec<u8>, v: u64) {
+pub(crate) fn put_int(out: &mut Vec<u8>, v: u64) {
     if let Ok(b) = u8::try_from(v) {
         out.push(b'K');
         out.push(b);
@@ -702,13 +744,13 @@ fn put_int(out: &mut Vec<u8>, v: u64) {
     }
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn put_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'X');
     out.extend_from_slice(&(s.len() as u32).to_le_bytes());
     out.extend_from_slice(s.as_bytes());
 }
 
-fn put_global(out: &mut Vec<u8>, module: &str, name: &str) {
+pub(crate) fn put_global(out: &mut Vec<u8>, module: &str, name: &str) {
     out.push(b'c');
     out.extend_from_slice(module.as_bytes());
     out.push(b'\n');
@@ -851,12 +893,8 @@ mod tests {
     #[test]
     fn deep_nesting_and_memo_bombs_are_bounded() {
         let mut deep = vec![0x80, 2];
-        for _ in 0..100_000 {
-            deep.push(b']');
-        }
-        for _ in 0..99_999 {
-            deep.push(b'a');
-        }
+        deep.extend(std::iter::repeat_n(b']', 100_000));
+        deep.extend(std::iter::repeat_n(b'a', 99_999));
         deep.push(b'.');
         assert!(read(&deep).unwrap_err().to_string().contains("nest"));
 
@@ -892,7 +930,16 @@ mod tests {
 
     #[test]
     fn ints_round_trip_through_every_width() {
-        for v in [0u64, 255, 256, 65535, 65536, i32::MAX as u64, 1 << 40, u64::MAX >> 1] {
+        for v in [
+            0u64,
+            255,
+            256,
+            65535,
+            65536,
+            i32::MAX as u64,
+            1 << 40,
+            u64::MAX >> 1,
+        ] {
             let mut data = vec![0x80, 2];
             put_int(&mut data, v);
             data.push(b'.');

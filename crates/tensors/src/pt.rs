@@ -47,7 +47,10 @@ fn read_record(path: &Path, file: &File, entry: &ZipEntry, limit: u64) -> Result
         return Err(Error::unsupported(
             path,
             "",
-            format!("record `{}` of {len} bytes exceeds the {limit}-byte limit", entry.name),
+            format!(
+                "record `{}` of {len} bytes exceeds the {limit}-byte limit",
+                entry.name
+            ),
         ));
     }
     let mut out = Vec::new();
@@ -74,7 +77,11 @@ pub(crate) fn open(path: &Path, file: &File, entries: &[ZipEntry]) -> Result<Ope
             tensor: String::new(),
             record: "data.pkl".into(),
         })?;
-    let prefix = pkl.name.strip_suffix("data.pkl").unwrap_or_default().to_string();
+    let prefix = pkl
+        .name
+        .strip_suffix("data.pkl")
+        .unwrap_or_default()
+        .to_string();
     let by_name: HashMap<&str, &ZipEntry> = entries.iter().map(|e| (e.name.as_str(), e)).collect();
 
     let big_endian = match by_name.get(format!("{prefix}byteorder").as_str()) {
@@ -96,7 +103,11 @@ pub(crate) fn open(path: &Path, file: &File, entries: &[ZipEntry]) -> Result<Ope
         Some(e) => {
             let bytes = read_record(path, file, e, MAX_METADATA_LEN)?;
             serde_json::from_slice::<BTreeMap<String, String>>(&bytes).map_err(|err| {
-                Error::unsupported(path, "", format!("metadata record is not a JSON object of strings: {err}"))
+                Error::unsupported(
+                    path,
+                    "",
+                    format!("metadata record is not a JSON object of strings: {err}"),
+                )
             })?
         }
         None => BTreeMap::new(),
@@ -109,11 +120,13 @@ pub(crate) fn open(path: &Path, file: &File, entries: &[ZipEntry]) -> Result<Ope
     let mut locs = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let record = format!("{prefix}data/{}", t.storage.key);
-        let entry = by_name.get(record.as_str()).ok_or_else(|| Error::MissingRecord {
-            path: path.to_path_buf(),
-            tensor: name.clone(),
-            record: record.clone(),
-        })?;
+        let entry = by_name
+            .get(record.as_str())
+            .ok_or_else(|| Error::MissingRecord {
+                path: path.to_path_buf(),
+                tensor: name.clone(),
+                record: record.clone(),
+            })?;
         let elem = t.storage.dtype.size() as u64;
         let storage_bytes = t
             .storage
@@ -136,7 +149,9 @@ pub(crate) fn open(path: &Path, file: &File, entries: &[ZipEntry]) -> Result<Ope
                 len: storage_bytes,
             },
             Base::Deflate {
-                offset, compressed_len, ..
+                offset,
+                compressed_len,
+                ..
             } => Base::Deflate {
                 offset,
                 compressed_len,
@@ -146,8 +161,11 @@ pub(crate) fn open(path: &Path, file: &File, entries: &[ZipEntry]) -> Result<Ope
         let start = (t.offset as u64)
             .checked_mul(elem)
             .ok_or_else(|| Error::shape_overflow(path, &name, &t.shape))?;
-        let layout = if t.strides == contiguous_strides(&t.shape) 
-            || t.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).is_some_and(|n| n <= 1)
+        let layout = if t.strides == contiguous_strides(&t.shape)
+            || t.shape
+                .iter()
+                .try_fold(1usize, |a, &d| a.checked_mul(d))
+                .is_some_and(|n| n <= 1)
         {
             Layout::C
         } else {
@@ -166,5 +184,9 @@ pub(crate) fn open(path: &Path, file: &File, entries: &[ZipEntry]) -> Result<Ope
             byteswap: big_endian,
         });
     }
-    Ok(Opened { infos, locs, metadata })
+    Ok(Opened {
+        infos,
+        locs,
+        metadata,
+    })
 }

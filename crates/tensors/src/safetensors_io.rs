@@ -87,11 +87,19 @@ pub(crate) fn open(path: &Path, file: &File, file_len: u64) -> Result<Opened> {
     read_exact_at(file, &mut b, 0).map_err(|e| Error::io(path, e))?;
     let n = u64::from_le_bytes(b);
     if n > MAX_HEADER_LEN {
-        return Err(bad(format!("header of {n} bytes exceeds the {MAX_HEADER_LEN}-byte limit")));
+        return Err(bad(format!(
+            "header of {n} bytes exceeds the {MAX_HEADER_LEN}-byte limit"
+        )));
     }
     let header_end = PREFIX + n;
     if header_end > file_len {
-        return Err(Error::truncated(path, "", PREFIX, n, file_len.saturating_sub(PREFIX)));
+        return Err(Error::truncated(
+            path,
+            "",
+            PREFIX,
+            n,
+            file_len.saturating_sub(PREFIX),
+        ));
     }
     // `n` is now bounded by both the limit and the bytes present.
     let mut header = vec![0u8; usize::try_from(n).map_err(|_| bad("header too large".into()))?];
@@ -100,7 +108,13 @@ pub(crate) fn open(path: &Path, file: &File, file_len: u64) -> Result<Opened> {
     let data_len = meta.data_len() as u64;
     let needed = header_end.saturating_add(data_len);
     if needed > file_len {
-        return Err(Error::truncated(path, "", header_end, data_len, file_len.saturating_sub(header_end)));
+        return Err(Error::truncated(
+            path,
+            "",
+            header_end,
+            data_len,
+            file_len.saturating_sub(header_end),
+        ));
     }
     if needed < file_len {
         return Err(bad(format!(
@@ -138,7 +152,11 @@ pub(crate) fn open(path: &Path, file: &File, file_len: u64) -> Result<Opened> {
         .as_ref()
         .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
         .unwrap_or_default();
-    Ok(Opened { infos, locs, metadata })
+    Ok(Opened {
+        infos,
+        locs,
+        metadata,
+    })
 }
 
 /// Builds the header bytes (length prefix included) for tensors written in `specs` order.
@@ -168,7 +186,12 @@ pub(crate) fn header_bytes(
         ));
         offset = end;
     }
-    let meta_map = (!metadata.is_empty()).then(|| metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
+    let meta_map = (!metadata.is_empty()).then(|| {
+        metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    });
     let meta = Metadata::new(meta_map, tensors).map_err(|e| Error::Writer {
         path: path.to_path_buf(),
         tensor: String::new(),

@@ -90,10 +90,16 @@ pub(crate) fn span_of(path: &Path, info: &TensorInfo, loc: &Location) -> Result<
         .nbytes()
         .ok_or_else(|| Error::shape_overflow(path, &info.name, &info.shape))?;
     match &loc.layout {
-        Layout::C => u64::try_from(nbytes).map_err(|_| Error::shape_overflow(path, &info.name, &info.shape)),
+        Layout::C => {
+            u64::try_from(nbytes).map_err(|_| Error::shape_overflow(path, &info.name, &info.shape))
+        }
         Layout::Strided(strides) => {
             if strides.len() != info.shape.len() {
-                return Err(Error::unsupported(path, &info.name, "strides and shape differ in length"));
+                return Err(Error::unsupported(
+                    path,
+                    &info.name,
+                    "strides and shape differ in length",
+                ));
             }
             strided_span(&info.shape, strides, info.dtype.size())
                 .ok_or_else(|| Error::shape_overflow(path, &info.name, &info.shape))
@@ -102,7 +108,12 @@ pub(crate) fn span_of(path: &Path, info: &TensorInfo, loc: &Location) -> Result<
 }
 
 /// Checks at open time that a location fits inside its entry and the entry inside the file.
-pub(crate) fn validate(path: &Path, info: &TensorInfo, loc: &Location, file_len: u64) -> Result<()> {
+pub(crate) fn validate(
+    path: &Path,
+    info: &TensorInfo,
+    loc: &Location,
+    file_len: u64,
+) -> Result<()> {
     let span = span_of(path, info, loc)?;
     let end = loc
         .start
@@ -151,7 +162,12 @@ pub(crate) fn validate(path: &Path, info: &TensorInfo, loc: &Location, file_len:
 }
 
 /// Refuses a deflate entry whose claimed size no deflate stream of that length could produce.
-pub(crate) fn check_deflate_claim(path: &Path, tensor: &str, compressed_len: u64, len: u64) -> Result<()> {
+pub(crate) fn check_deflate_claim(
+    path: &Path,
+    tensor: &str,
+    compressed_len: u64,
+    len: u64,
+) -> Result<()> {
     let max = compressed_len
         .saturating_mul(MAX_DEFLATE_RATIO)
         .saturating_add(DEFLATE_SLACK);
@@ -176,7 +192,9 @@ pub(crate) fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Res
         let mut done = 0usize;
         while done < buf.len() {
             let rest = buf.get_mut(done..).unwrap_or_default();
-            let pos = offset.checked_add(done as u64).ok_or(io::ErrorKind::InvalidInput)?;
+            let pos = offset
+                .checked_add(done as u64)
+                .ok_or(io::ErrorKind::InvalidInput)?;
             match std::os::windows::fs::FileExt::seek_read(file, rest, pos) {
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
                 Ok(n) => done += n,
@@ -239,7 +257,10 @@ pub(crate) fn entry_reader<'a>(file: &'a File, base: &Base) -> Box<dyn Read + 'a
             compressed_len,
             len,
         } => {
-            let raw = io::BufReader::with_capacity(INFLATE_BUF, RangeReader::new(file, offset, compressed_len));
+            let raw = io::BufReader::with_capacity(
+                INFLATE_BUF,
+                RangeReader::new(file, offset, compressed_len),
+            );
             Box::new(flate2::bufread::DeflateDecoder::new(raw).take(len))
         }
     }
@@ -249,7 +270,8 @@ pub(crate) fn entry_reader<'a>(file: &'a File, base: &Base) -> Box<dyn Read + 'a
 fn read_error(path: &Path, tensor: &str, offset: u64, expected: u64, err: io::Error) -> Error {
     if err.kind() == io::ErrorKind::UnexpectedEof {
         Error::truncated(path, tensor, offset, expected, 0)
-    } else if err.kind() == io::ErrorKind::InvalidInput || err.kind() == io::ErrorKind::InvalidData {
+    } else if err.kind() == io::ErrorKind::InvalidInput || err.kind() == io::ErrorKind::InvalidData
+    {
         Error::zip(path, tensor, format!("corrupt compressed data: {err}"))
     } else {
         Error::io_tensor(path, tensor, err)
@@ -257,11 +279,19 @@ fn read_error(path: &Path, tensor: &str, offset: u64, expected: u64, err: io::Er
 }
 
 /// Reads `span` bytes starting `start` bytes into the entry.
-fn fetch(file: &File, path: &Path, tensor: &str, base: &Base, start: u64, span: u64) -> Result<Vec<u8>> {
+fn fetch(
+    file: &File,
+    path: &Path,
+    tensor: &str,
+    base: &Base,
+    start: u64,
+    span: u64,
+) -> Result<Vec<u8>> {
     // The span was validated against the entry at open time, and the entry against
     // the file's length (or, for deflate, against the most its compressed bytes can
     // produce), so this allocation is bounded by what the file really holds.
-    let len = usize::try_from(span).map_err(|_| Error::unsupported(path, tensor, "tensor larger than memory"))?;
+    let len = usize::try_from(span)
+        .map_err(|_| Error::unsupported(path, tensor, "tensor larger than memory"))?;
     let mut buf = vec![0u8; len];
     match *base {
         Base::Stored { offset, .. } => {
@@ -270,10 +300,16 @@ fn fetch(file: &File, path: &Path, tensor: &str, base: &Base, start: u64, span: 
         }
         Base::Deflate { offset, .. } => {
             let mut reader = entry_reader(file, base);
-            let skipped =
-                io::copy(&mut (&mut reader).take(start), &mut io::sink()).map_err(|e| read_error(path, tensor, offset, span, e))?;
+            let skipped = io::copy(&mut (&mut reader).take(start), &mut io::sink())
+                .map_err(|e| read_error(path, tensor, offset, span, e))?;
             if skipped != start {
-                return Err(Error::truncated(path, tensor, offset, start.saturating_add(span), skipped));
+                return Err(Error::truncated(
+                    path,
+                    tensor,
+                    offset,
+                    start.saturating_add(span),
+                    skipped,
+                ));
             }
             reader
                 .read_exact(&mut buf)
@@ -284,7 +320,12 @@ fn fetch(file: &File, path: &Path, tensor: &str, base: &Base, start: u64, span: 
 }
 
 /// Reads one tensor: exactly `info.nbytes()` bytes, little-endian, C order.
-pub(crate) fn read_tensor(file: &File, path: &Path, info: &TensorInfo, loc: &Location) -> Result<Vec<u8>> {
+pub(crate) fn read_tensor(
+    file: &File,
+    path: &Path,
+    info: &TensorInfo,
+    loc: &Location,
+) -> Result<Vec<u8>> {
     let span = span_of(path, info, loc)?;
     let raw = fetch(file, path, &info.name, &loc.base, loc.start, span)?;
     let mut out = match &loc.layout {
@@ -321,7 +362,9 @@ fn gather(path: &Path, info: &TensorInfo, raw: &[u8], strides: &[usize]) -> Resu
     for _ in 0..numel {
         let mut at = 0usize;
         for (&i, &s) in index.iter().zip(strides) {
-            at = at.checked_add(i.checked_mul(s).ok_or_else(bad)?).ok_or_else(bad)?;
+            at = at
+                .checked_add(i.checked_mul(s).ok_or_else(bad)?)
+                .ok_or_else(bad)?;
         }
         let from = at.checked_mul(elem).ok_or_else(bad)?;
         let to = from.checked_add(elem).ok_or_else(bad)?;
@@ -390,7 +433,13 @@ mod tests {
         };
         // Column-major storage of [[0,1,2],[3,4,5]].
         let raw = [0u8, 3, 1, 4, 2, 5];
-        let out = gather(Path::new("x"), &info, &raw, &fortran_strides(&info.shape).unwrap()).unwrap();
+        let out = gather(
+            Path::new("x"),
+            &info,
+            &raw,
+            &fortran_strides(&info.shape).unwrap(),
+        )
+        .unwrap();
         assert_eq!(out, vec![0, 1, 2, 3, 4, 5]);
     }
 
@@ -406,8 +455,14 @@ mod tests {
     #[test]
     fn to_f32_converts_every_dtype() {
         assert_eq!(to_f32(DType::F64, &1.5f64.to_le_bytes()), vec![1.5]);
-        assert_eq!(to_f32(DType::BF16, &half::bf16::from_f32(2.0).to_le_bytes()), vec![2.0]);
-        assert_eq!(to_f32(DType::F16, &half::f16::from_f32(-3.0).to_le_bytes()), vec![-3.0]);
+        assert_eq!(
+            to_f32(DType::BF16, &half::bf16::from_f32(2.0).to_le_bytes()),
+            vec![2.0]
+        );
+        assert_eq!(
+            to_f32(DType::F16, &half::f16::from_f32(-3.0).to_le_bytes()),
+            vec![-3.0]
+        );
         assert_eq!(to_f32(DType::I8, &[0xff]), vec![-1.0]);
         assert_eq!(to_f32(DType::U8, &[0xff]), vec![255.0]);
         assert_eq!(to_f32(DType::Bool, &[0, 7]), vec![0.0, 1.0]);

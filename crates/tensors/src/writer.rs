@@ -92,7 +92,10 @@ impl Writer {
         let mut sizes = Vec::with_capacity(specs.len());
         for spec in &specs {
             if !seen.insert(spec.name.as_str()) {
-                return Err(misuse("unique tensor names", format!("`{}` twice", spec.name)));
+                return Err(misuse(
+                    "unique tensor names",
+                    format!("`{}` twice", spec.name),
+                ));
             }
             let n = spec
                 .shape
@@ -104,7 +107,10 @@ impl Writer {
             sizes.push(n);
         }
         if format == Format::Npz && !metadata.is_empty() {
-            return Err(misuse("no metadata (.npz cannot hold it)", format!("{} keys", metadata.len())));
+            return Err(misuse(
+                "no metadata (.npz cannot hold it)",
+                format!("{} keys", metadata.len()),
+            ));
         }
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -121,9 +127,7 @@ impl Writer {
         // ordinary readable output like any other the user writes.
         #[cfg(unix)]
         builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(OUTPUT_MODE));
-        let temp = builder
-            .tempfile_in(&dir)
-            .map_err(|e| Error::io(path, e))?;
+        let temp = builder.tempfile_in(&dir).map_err(|e| Error::io(path, e))?;
         let file = temp.as_file().try_clone().map_err(|e| Error::io(path, e))?;
         let out = BufWriter::with_capacity(WRITE_BUF, file);
         let sink = match format {
@@ -152,7 +156,8 @@ impl Writer {
     /// Writes the data of the next tensor in spec order; its length must be exactly the spec's byte count.
     pub fn write_next(&mut self, data: &[u8]) -> Result<()> {
         let path = self.path.clone();
-        let (Some(spec), Some(&size)) = (self.specs.get(self.next), self.sizes.get(self.next)) else {
+        let (Some(spec), Some(&size)) = (self.specs.get(self.next), self.sizes.get(self.next))
+        else {
             return Err(Error::Writer {
                 path,
                 tensor: String::new(),
@@ -197,7 +202,11 @@ impl Writer {
         if self.next != self.specs.len() {
             return Err(Error::Writer {
                 path,
-                tensor: self.specs.get(self.next).map(|s| s.name.clone()).unwrap_or_default(),
+                tensor: self
+                    .specs
+                    .get(self.next)
+                    .map(|s| s.name.clone())
+                    .unwrap_or_default(),
                 expected: format!("{} tensors", self.specs.len()),
                 found: format!("{} written", self.next),
             });
@@ -210,16 +219,28 @@ impl Writer {
                 // Small records after the data, then the pickle, as the brief of this format asks.
                 zip.entry(&format!("{ARCHIVE_PREFIX}byteorder"), b"little", PT_ALIGN)
                     .map_err(io)?;
-                zip.entry(&format!("{ARCHIVE_PREFIX}version"), VERSION_RECORD, PT_ALIGN)
-                    .map_err(io)?;
+                zip.entry(
+                    &format!("{ARCHIVE_PREFIX}version"),
+                    VERSION_RECORD,
+                    PT_ALIGN,
+                )
+                .map_err(io)?;
                 zip.entry(&format!("{ARCHIVE_PREFIX}.format_version"), b"1", PT_ALIGN)
                     .map_err(io)?;
-                zip.entry(&format!("{ARCHIVE_PREFIX}.storage_alignment"), b"64", PT_ALIGN)
-                    .map_err(io)?;
+                zip.entry(
+                    &format!("{ARCHIVE_PREFIX}.storage_alignment"),
+                    b"64",
+                    PT_ALIGN,
+                )
+                .map_err(io)?;
                 let meta = serde_json::to_vec(&self.metadata)
                     .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
-                zip.entry(&format!("{ARCHIVE_PREFIX}{METADATA_RECORD}"), &meta, PT_ALIGN)
-                    .map_err(io)?;
+                zip.entry(
+                    &format!("{ARCHIVE_PREFIX}{METADATA_RECORD}"),
+                    &meta,
+                    PT_ALIGN,
+                )
+                .map_err(io)?;
                 let pkl = pickle::write_state_dict(&self.specs);
                 zip.entry(&format!("{ARCHIVE_PREFIX}data.pkl"), &pkl, PT_ALIGN)
                     .map_err(io)?;

@@ -81,9 +81,12 @@ impl<W: Write + Seek> ZipStream<W> {
     /// Starts an entry of exactly `size` bytes whose data begins at a multiple of `align`.
     pub(crate) fn start_entry(&mut self, name: &str, size: u64, align: u64) -> io::Result<()> {
         if self.current.is_some() {
-            return Err(invalid("zip entry started before the previous one finished".into()));
+            return Err(invalid(
+                "zip entry started before the previous one finished".into(),
+            ));
         }
-        let name_len = u16::try_from(name.len()).map_err(|_| invalid(format!("entry name too long: {name}")))?;
+        let name_len = u16::try_from(name.len())
+            .map_err(|_| invalid(format!("entry name too long: {name}")))?;
         let zip64 = size >= U32_LIMIT;
         let mut extra = Vec::new();
         if zip64 {
@@ -94,14 +97,16 @@ impl<W: Write + Seek> ZipStream<W> {
         }
         if align > 1 {
             // The padding record itself takes 4 bytes of id and length before its filler.
-            let unpadded = self.pos + LOCAL_HEADER_LEN + u64::from(name_len) + extra.len() as u64 + 4;
+            let unpadded =
+                self.pos + LOCAL_HEADER_LEN + u64::from(name_len) + extra.len() as u64 + 4;
             let pad = (align - unpadded % align) % align;
             let pad16 = u16::try_from(pad).map_err(|_| invalid("alignment too large".into()))?;
             extra.extend_from_slice(&PADDING_EXTRA_ID.to_le_bytes());
             extra.extend_from_slice(&pad16.to_le_bytes());
             extra.resize(extra.len() + usize::from(pad16), b'Z');
         }
-        let extra_len = u16::try_from(extra.len()).map_err(|_| invalid("extra field too long".into()))?;
+        let extra_len =
+            u16::try_from(extra.len()).map_err(|_| invalid("extra field too long".into()))?;
         let header_offset = self.pos;
         let flags = if name.is_ascii() { 0 } else { FLAG_UTF8 };
         let size32 = if zip64 { U32_LIMIT as u32 } else { size as u32 };
@@ -138,7 +143,10 @@ impl<W: Write + Seek> ZipStream<W> {
             .ok_or_else(|| invalid("zip data written outside an entry".into()))?;
         let written = cur.written.saturating_add(data.len() as u64);
         if written > cur.size {
-            return Err(invalid(format!("entry overflows its announced {} bytes", cur.size)));
+            return Err(invalid(format!(
+                "entry overflows its announced {} bytes",
+                cur.size
+            )));
         }
         cur.written = written;
         cur.crc.update(data);
@@ -158,7 +166,8 @@ impl<W: Write + Seek> ZipStream<W> {
             )));
         }
         let crc = cur.crc.sum();
-        self.out.seek(SeekFrom::Start(cur.header_offset + LOCAL_CRC_OFFSET))?;
+        self.out
+            .seek(SeekFrom::Start(cur.header_offset + LOCAL_CRC_OFFSET))?;
         self.out.write_all(&crc.to_le_bytes())?;
         self.out.seek(SeekFrom::Start(self.pos))?;
         self.done.push(Finished {
@@ -204,8 +213,16 @@ impl<W: Write + Seek> ZipStream<W> {
             let zip64 = size_big || offset_big;
             let version = if zip64 { VERSION_ZIP64 } else { VERSION_PLAIN };
             let flags = if e.name.is_ascii() { 0 } else { FLAG_UTF8 };
-            let size32 = if size_big { U32_LIMIT as u32 } else { e.size as u32 };
-            let offset32 = if offset_big { U32_LIMIT as u32 } else { e.header_offset as u32 };
+            let size32 = if size_big {
+                U32_LIMIT as u32
+            } else {
+                e.size as u32
+            };
+            let offset32 = if offset_big {
+                U32_LIMIT as u32
+            } else {
+                e.header_offset as u32
+            };
             let mut h = Vec::with_capacity(46 + e.name.len() + extra.len());
             h.extend_from_slice(&CENTRAL_SIG.to_le_bytes());
             h.extend_from_slice(&VERSION_ZIP64.to_le_bytes()); // made by
@@ -250,9 +267,21 @@ impl<W: Write + Seek> ZipStream<W> {
             r.extend_from_slice(&1u32.to_le_bytes());
             self.put(&r)?;
         }
-        let count16 = if need64 { U16_LIMIT as u16 } else { count as u16 };
-        let cd_size32 = if need64 { U32_LIMIT as u32 } else { cd_size as u32 };
-        let cd_offset32 = if need64 { U32_LIMIT as u32 } else { cd_offset as u32 };
+        let count16 = if need64 {
+            U16_LIMIT as u16
+        } else {
+            count as u16
+        };
+        let cd_size32 = if need64 {
+            U32_LIMIT as u32
+        } else {
+            cd_size as u32
+        };
+        let cd_offset32 = if need64 {
+            U32_LIMIT as u32
+        } else {
+            cd_offset as u32
+        };
         let mut r = Vec::with_capacity(22);
         r.extend_from_slice(&EOCD_SIG.to_le_bytes());
         r.extend_from_slice(&0u16.to_le_bytes());
