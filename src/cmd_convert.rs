@@ -1,10 +1,235 @@
-//! `vitconv convert`: placeholder until its issue lands.
+//! `vitconv npz-to-pt`: converts a google-research/vision_transformer `.npz` into a timm, transformers or CLIP-style checkpoint.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-#[derive(clap::Args)]
-pub struct ConvertArgs {}
+use anyhow::Context as _;
+use clap::ValueEnum;
+use indicatif::{ProgressBar, ProgressStyle};
+use vitconv_convert::{
+    Gelu, HeadChoice, InputNorm, Layout, Options, OutDType, ProjChoice, ResizeMethod,
+};
+use vitconv_tensors::TensorFile;
 
-pub fn run(_args: ConvertArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not implemented yet")
+#[derive(Clone, Copy, ValueEnum)]
+enum LayoutArg {
+    Timm,
+    Hf,
+    #[value(name = "open_clip", alias = "open-clip")]
+    OpenClip,
+    Clip,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DTypeArg {
+    F32,
+    F16,
+    Bf16,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ResizeArg {
+    VitJax,
+    Bilinear,
+    Bicubic,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum NormArg {
+    Clip,
+    Imagenet,
+    Unit,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GeluArg {
+    Tanh,
+    Erf,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ProjArg {
+    Head,
+    None,
+}
+
+#[derive(clap::Args)]
+pub struct ConvertArgs {
+    /// The source checkpoint (.npz of google-research/vision_transformer).
+    source: PathBuf,
+    /// The output: .pt/.pth/.bin or .safetensors; a directory for --layout hf.
+    output: PathBuf,
+    /// Target layout.
+    #[arg(long, value_enum)]
+    layout: LayoutArg,
+    /// Element type of the written weights.
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: DTypeArg,
+    /// New input resolution in pixels (the position embedding grid is resampled).
+    #[arg(long, value_name = "N")]
+    image_size: Option<usize>,
+    /// How the position embedding is resampled for --image-size (vit-jax = scipy zoom order 1, as vit_jax does).
+    #[arg(long, value_enum, default_value = "vit-jax", requires = "image_size")]
+    resize: ResizeArg,
+    /// Check the class count (must match the source); 0 drops the head.
+    #[arg(long, value_name = "N", conflicts_with = "drop_head")]
+    num_classes: Option<usize>,
+    /// Drop the classification head (and pre_logits): a feature extractor.
+    #[arg(long)]
+    drop_head: bool,
+    /// CLIP-style layouts: `proj` holds the head kernel (default) or an identity (pooled features).
+    #[arg(long, value_enum)]
+    proj: Option<ProjArg>,
+    /// Pixel normalisation the converted model expects, folded into the patch embedding
+    /// (default: clip for open_clip/clip, unit = the source's own [-1, 1] for timm/hf).
+    #[arg(long, value_enum)]
+    input_norm: Option<NormArg>,
+    /// GELU the target is configured with: tanh (the source's) or erf (the loaders' usual).
+    #[arg(long, value_enum, default_value = "tanh")]
+    gelu: GeluArg,
+    /// Overwrite an existing output.
+    #[arg(long)]
+    force: bool,
+    /// Print nothing but errors (no progress bar, no report).
+    #[arg(long)]
+    quiet: bool,
+}
+
+impl ConvertArgs {
+    fn options(&self) -> Options {
+        let layout = match self.layout {
+            LayoutArg::Timm => Layout::Timm,
+            LayoutArg::Hf => Layout::Hf,
+            LayoutArg::OpenClip => Layout::OpenClip,
+            LayoutArg::Clip => Layout::Clip,
+        };
+        let mut o = Options::new(layout);
+        o.dtype = match self.dtype {
+            DTypeArg::F32 => OutDType::F32,
+            DTypeArg::F16 => OutDType::F16,
+            DTypeArg::Bf16 => OutDType::BF16,
+        };
+        o.image_size = self.image_size;
+        o.resize = match self.resize {
+            ResizeArg::VitJax => ResizeMethod::VitJax,
+            ResizeArg::Bilinear => ResizeMethod::Bilinear,
+            ResizeArg::Bicubic => ResizeMethod::Bicubic,
+        };
+        o.head = match (self.drop_head, self.num_classes) {
+            (true, _) => HeadChoice::Drop,
+            (false, Some(n)) => HeadChoice::NumClasses(n),
+            (false, None) => HeadChoice::Keep,
+        };
+        o.proj = self.proj.map(|p| match p {
+            ProjArg::Head => ProjChoice::Head,
+            ProjArg::None => ProjChoice::None,
+        });
+        o.input_norm = self.input_norm.map(|n| match n {
+            NormArg::Clip => InputNorm::Clip,
+            NormArg::Imagenet => InputNorm::Imagenet,
+            NormArg::Unit => InputNorm::Unit,
+        });
+        o.gelu = match self.gelu {
+            GeluArg::Tanh => Gelu::Tanh,
+            GeluArg::Erf => Gelu::Erf,
+        };
+        o.overwrite = self.force;
+        o
+    }
+}
+
+pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
+    let opts = args.options();
+    let file = TensorFile::open(&args.source)?;
+    let conv = vitconv_convert::prepare(&file, &opts)
+        .with_context(|| args.source.display().to_string())?;
+
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar
+    };
+    let written = vitconv_convert::write(&file, &conv, &opts, &args.output, &mut |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    });
+    bar.finish_and_clear();
+    let written = written?;
+    if args.quiet {
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let layout = opts.layout.as_str();
+    println!(
+        "source: {}: vit_jax {}",
+        args.source.display(),
+        conv.arch.describe()
+    );
+    for n in &conv.source_notes {
+        println!("  ({n})");
+    }
+    println!(
+        "wrote: {} ({layout} layout, {} tensors, {}, {} bytes)",
+        written.weights.display(),
+        written.tensors,
+        opts.dtype.as_str(),
+        written.bytes
+    );
+    for s in &written.side_files {
+        println!("wrote: {}", s.display());
+    }
+    println!("notes:");
+    for n in &conv.plan.notes {
+        println!("  - {n}");
+    }
+    println!("python:");
+    // The plan names the output by placeholders; put the real paths in so the lines run as printed.
+    let stem = args
+        .output
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let config_json = args.output.with_file_name(format!("{stem}.open_clip.json"));
+    let python = conv
+        .plan
+        .python
+        .replace("OUTPUT_DIR", &format!("'{}'", args.output.display()))
+        .replace("CONFIG_JSON", &format!("'{}'", config_json.display()));
+    for line in python.lines() {
+        println!("  {line}");
+    }
+    for line in load_lines(opts.layout, &written.weights) {
+        println!("  {line}");
+    }
+    if opts.layout == Layout::Clip {
+        eprintln!(
+            "vitconv: warning: {}",
+            vitconv_convert::layout::clip::NOT_EXACT
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The Python that loads the written weights into the model the plan's lines build.
+fn load_lines(layout: Layout, weights: &Path) -> Vec<String> {
+    let w = weights.display();
+    let read = if weights.extension().is_some_and(|e| e == "safetensors") {
+        format!("safetensors.torch.load_file('{w}')")
+    } else {
+        format!("torch.load('{w}', weights_only=True)")
+    };
+    match layout {
+        Layout::Timm => vec![format!("model.load_state_dict({read})  # strict")],
+        Layout::Hf => vec![],
+        Layout::OpenClip | Layout::Clip => {
+            vec![format!("visual.load_state_dict({{k.removeprefix('visual.'): v for k, v in {read}.items()}})  # strict")]
+        }
+    }
 }

@@ -1,4 +1,26 @@
 //! Detects Vision Transformer checkpoints from their keys and shapes and maps them into timm, transformers and CLIP-style layouts.
+//!
+//! - [`detect`]: recognises a family (vit_jax as the conversion source; timm, transformers, open_clip,
+//!   OpenAI CLIP for `inspect`) and reads the architecture ([`arch::Arch`]) off the shapes.
+//! - [`layout`]: one module per target layout, each a table of names plus the transforms it needs.
+//! - [`plan`]: the transforms (transpose, q/k/v fusion, HWIO -> OIHW, bias and normalisation folding,
+//!   position-embedding resizing via [`resize`]).
+//! - [`convert`]: runs a plan, streaming one output tensor at a time into an atomic writer.
+
+pub mod arch;
+pub mod convert;
+pub mod detect;
+pub mod error;
+pub mod layout;
+pub mod options;
+pub mod plan;
+pub mod resize;
+
+pub use convert::{prepare, write, Conversion, Written};
+pub use error::{Error, Result};
+pub use options::{
+    Gelu, HeadChoice, InputNorm, Layout, Options, OutDType, ProjChoice, ResizeMethod,
+};
 
 use vitconv_tensors::TensorInfo;
 
@@ -14,6 +36,13 @@ pub struct Summary {
 }
 
 /// Recognises the layout and architecture of a key/shape list, or `None` when it is not a known layout.
-pub fn summarize(_tensors: &[TensorInfo]) -> Option<Summary> {
-    None
+pub fn summarize(tensors: &[TensorInfo]) -> Option<Summary> {
+    let (family, arch, notes) = detect::summarize_family(tensors)?;
+    let mut parts = arch.parts();
+    parts.extend(notes);
+    Some(Summary {
+        family: family.as_str().to_string(),
+        architecture: arch.describe(),
+        parts,
+    })
 }

@@ -1,0 +1,299 @@
+//! The architecture of a Vision Transformer as read off its tensor shapes: sizes, pooling, head, hybrid stem.
+
+use serde::Serialize;
+
+/// How the encoder output becomes one vector per image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Classifier {
+    /// A learned class token is prepended; its output (token 0) is the image representation.
+    Token,
+    /// No class token; the mean over all tokens after the final norm (vit_jax `classifier='gap'`).
+    Gap,
+}
+
+impl Classifier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Classifier::Token => "token",
+            Classifier::Gap => "gap",
+        }
+    }
+}
+
+/// A BiT-style ResNet stem in front of the patch embedding (vit_jax hybrids).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ResNet {
+    /// Units per stage; empty for a root-only stem (conv, norm, max-pool).
+    pub stages: Vec<usize>,
+    /// Channels of the root convolution (64 times the width factor).
+    pub width: usize,
+}
+
+impl ResNet {
+    /// Channels of stage `s` (0-based) bottleneck interior; the stage outputs four times this.
+    pub fn stage_width(&self, s: usize) -> usize {
+        self.width << s.min(16)
+    }
+
+    /// Channels the stem hands to the patch embedding.
+    pub fn out_channels(&self) -> usize {
+        match self.stages.len() {
+            0 => self.width,
+            n => 4 * self.stage_width(n - 1),
+        }
+    }
+
+    /// Spatial reduction of the stem: root conv /2, max-pool /2, then /2 for every stage after the first.
+    pub fn stride(&self) -> usize {
+        4 << self.stages.len().saturating_sub(1).min(16)
+    }
+
+    /// The conventional name: `R50` for (3, 4, 9), `R26` for (2, 2, 2, 2), `R` for a root-only stem.
+    pub fn name(&self) -> String {
+        if self.stages.is_empty() {
+            "R".to_string()
+        } else {
+            format!("R{}", 3 * self.stages.iter().sum::<usize>() + 2)
+        }
+    }
+}
+
+/// Everything about a ViT that its shapes determine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Arch {
+    /// Side of the square patch the embedding convolution sees (after the stem, for hybrids).
+    pub patch: usize,
+    /// Channels the patch embedding reads: 3 for plain ViTs, the stem's output for hybrids.
+    pub in_chans: usize,
+    pub hidden: usize,
+    /// `None` where the weights do not say (fused q/k/v layouts).
+    pub heads: Option<usize>,
+    pub mlp: usize,
+    pub depth: usize,
+    /// Patch grid (rows, columns).
+    pub grid: (usize, usize),
+    pub classifier: Classifier,
+    pub num_classes: Option<usize>,
+    /// Width of the `pre_logits` dense + tanh layer, where there is one.
+    pub representation: Option<usize>,
+    pub resnet: Option<ResNet>,
+}
+
+impl Arch {
+    pub fn head_dim(&self) -> Option<usize> {
+        self.heads.and_then(|h| self.hidden.checked_div(h))
+    }
+
+    /// Pixels per patch-grid cell: the patch times the stem's reduction.
+    pub fn stride(&self) -> usize {
+        self.patch
+            .saturating_mul(self.resnet.as_ref().map_or(1, ResNet::stride))
+    }
+
+    /// Image side in pixels (the grid is square for every published checkpoint; rows are used).
+    pub fn image_size(&self) -> usize {
+        self.grid.0.saturating_mul(self.stride())
+    }
+
+    pub fn class_token(&self) -> bool {
+        self.classifier == Classifier::Token
+    }
+
+    /// Rows of the position embedding: the grid plus one for the class token.
+    pub fn pos_rows(&self) -> usize {
+        self.grid
+            .0
+            .saturating_mul(self.grid.1)
+            .saturating_add(usize::from(self.class_token()))
+    }
+
+    /// The paper's size name (`Ti`, `S`, `B`, `L`, `H`, `g`, `G`) when hidden, depth and heads match one.
+    pub fn size_name(&self) -> Option<&'static str> {
+        const SIZES: &[(usize, usize, usize, &str)] = &[
+            (192, 12, 3, "Ti"),
+            (384, 12, 6, "S"),
+            (768, 12, 12, "B"),
+            (1024, 24, 16, "L"),
+            (1280, 32, 16, "H"),
+            (1408, 40, 16, "g"),
+            (1664, 48, 16, "G"),
+        ];
+        SIZES
+            .iter()
+            .find(|(d, l, h, _)| {
+                *d == self.hidden && *l == self.depth && self.heads.is_none_or(|x| x == *h)
+            })
+            .map(|s| s.3)
+    }
+
+    /// `ViT-L/32`, `R50+ViT-B/16`, or `ViT/16` for sizes without a name.
+    pub fn name(&self) -> String {
+        let vit = match self.size_name() {
+            Some(s) => format!("ViT-{s}"),
+            None => "ViT".to_string(),
+        };
+        match &self.resnet {
+            Some(r) => format!("{}+{vit}/{}", r.name(), self.stride()),
+            None => format!("{vit}/{}", self.patch),
+        }
+    }
+
+    /// The one-line description `inspect` and `npz-to-pt` print.
+    pub fn describe(&self) -> String {
+        let heads = match (self.heads, self.head_dim()) {
+            (Some(h), _) => format!("{h} heads"),
+            (None, _) => "heads not stored (fused q/k/v)".to_string(),
+        };
+        let pool = match self.classifier {
+            Classifier::Token => "+ class token",
+            Classifier::Gap => "no class token, mean pooling",
+        };
+        let classes = match self.num_classes {
+            Some(c) => format!("{c} classes"),
+            None => "no head".to_string(),
+        };
+        let pre = match self.representation {
+            Some(r) => format!("pre_logits {r}"),
+            None => "no pre_logits".to_string(),
+        };
+        format!(
+            "{}: hidden {}, {} layers, {heads}, mlp {}, {} px ({}x{} grid {pool}), {classes}, {pre}",
+            self.name(),
+            self.hidden,
+            self.depth,
+            self.mlp,
+            self.image_size(),
+            self.grid.0,
+            self.grid.1,
+        )
+    }
+
+    /// One sentence per part, for users asking what the tensors are.
+    pub fn parts(&self) -> Vec<String> {
+        let mut parts = Vec::new();
+        if let Some(r) = &self.resnet {
+            let stages = if r.stages.is_empty() {
+                "no stages (root only)".to_string()
+            } else {
+                let widths: Vec<String> = (0..r.stages.len())
+                    .map(|s| (4 * r.stage_width(s)).to_string())
+                    .collect();
+                format!(
+                    "stages {:?} bottleneck units, output widths {}",
+                    r.stages,
+                    widths.join("/")
+                )
+            };
+            parts.push(format!(
+                "ResNet stem ({}): 7x7/2 StdConv root with {} channels, GroupNorm(32), 3x3/2 max-pool, {stages}; total stride {}",
+                r.name(),
+                r.width,
+                r.stride()
+            ));
+        }
+        let values = self
+            .patch
+            .saturating_mul(self.patch)
+            .saturating_mul(self.in_chans);
+        parts.push(format!(
+            "patch embedding: {p}x{p}x{c} = {values} values -> {d} (a {p}x{p} convolution with stride {p} and bias)",
+            p = self.patch,
+            c = self.in_chans,
+            d = self.hidden
+        ));
+        match self.classifier {
+            Classifier::Token => {
+                parts.push(format!("class token: learned, [1, 1, {}]", self.hidden))
+            }
+            Classifier::Gap => {
+                parts.push("class token: none (global average pooling over the tokens)".to_string())
+            }
+        }
+        let prefix = if self.class_token() { "1 + " } else { "" };
+        parts.push(format!(
+            "position embedding: learned, {prefix}{}x{} rows of {}",
+            self.grid.0, self.grid.1, self.hidden
+        ));
+        let heads = match (self.heads, self.head_dim()) {
+            (Some(h), Some(dh)) => format!("{h} heads x {dh}"),
+            _ => "heads not stored".to_string(),
+        };
+        parts.push(format!(
+            "encoder: {} pre-norm blocks (attention {heads}, MLP {d} -> {} -> {d})",
+            self.depth,
+            self.mlp,
+            d = self.hidden
+        ));
+        if let Some(r) = self.representation {
+            parts.push(format!("pre_logits: dense {} -> {r} + tanh", self.hidden));
+        }
+        if let Some(c) = self.num_classes {
+            parts.push(format!(
+                "head: {} -> {c}",
+                self.representation.unwrap_or(self.hidden)
+            ));
+        }
+        parts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vit_l32() -> Arch {
+        Arch {
+            patch: 32,
+            in_chans: 3,
+            hidden: 1024,
+            heads: Some(16),
+            mlp: 4096,
+            depth: 24,
+            grid: (12, 12),
+            classifier: Classifier::Token,
+            num_classes: Some(1000),
+            representation: None,
+            resnet: None,
+        }
+    }
+
+    #[test]
+    fn describes_vit_l32_like_the_issue() {
+        assert_eq!(
+            vit_l32().describe(),
+            "ViT-L/32: hidden 1024, 24 layers, 16 heads, mlp 4096, 384 px (12x12 grid + class token), 1000 classes, no pre_logits"
+        );
+        let parts = vit_l32().parts();
+        assert!(
+            parts
+                .iter()
+                .any(|p| p.contains("32x32x3 = 3072 values -> 1024")),
+            "{parts:?}"
+        );
+        assert!(
+            parts.iter().any(|p| p.contains("1 + 12x12 rows")),
+            "{parts:?}"
+        );
+    }
+
+    #[test]
+    fn resnet_strides_and_names() {
+        let r50 = ResNet {
+            stages: vec![3, 4, 9],
+            width: 64,
+        };
+        assert_eq!(
+            (r50.stride(), r50.out_channels(), r50.name()),
+            (16, 1024, "R50".to_string())
+        );
+        let root = ResNet {
+            stages: vec![],
+            width: 64,
+        };
+        assert_eq!(
+            (root.stride(), root.out_channels(), root.name()),
+            (4, 64, "R".to_string())
+        );
+    }
+}

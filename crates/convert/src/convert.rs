@@ -1,0 +1,307 @@
+//! Runs a conversion: detect the source, build the layout's plan, then stream it into an atomic writer.
+//!
+//! Memory holds one output tensor at a time (for fused q/k/v, the three inputs and the output), never the model.
+//! Weights go through `vitconv_tensors::Writer` (temporary file beside the target, renamed by `finish`), and the
+//! small JSON side files are written the same way after it, so an interrupted run leaves no partial output.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use vitconv_tensors::{output_format, DType, Format, TensorFile, TensorSpec, Writer};
+
+use crate::arch::Arch;
+use crate::detect::detect_vit_jax;
+use crate::error::{Error, Result};
+use crate::layout;
+use crate::layout::hf;
+use crate::options::{Options, OutDType};
+use crate::plan::{Fetch, OutputKind, Plan};
+
+impl Fetch for TensorFile {
+    fn fetch(&self, name: &str) -> Result<Vec<f32>> {
+        Ok(self.read_f32(name)?)
+    }
+    fn fetch_raw(&self, name: &str) -> Result<(DType, Vec<u8>)> {
+        let dtype = self
+            .get(name)
+            .map(|t| t.dtype)
+            .ok_or_else(|| Error::Unrecognised {
+                recognised: "the planned source".to_string(),
+                missing: format!("tensor {name} vanished"),
+            })?;
+        Ok((dtype, self.read(name)?))
+    }
+}
+
+/// A checked conversion, ready to write.
+#[derive(Debug, Clone)]
+pub struct Conversion {
+    /// The source's architecture as detected.
+    pub arch: Arch,
+    /// Notes about the source itself (prefix, block naming).
+    pub source_notes: Vec<String>,
+    pub plan: Plan,
+}
+
+/// Detects the source and builds the plan for `opts`, refusing anything the layout cannot hold.
+pub fn prepare(file: &TensorFile, opts: &Options) -> Result<Conversion> {
+    let src = detect_vit_jax(file.tensors())?;
+    let source_name = file
+        .path()
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let plan = layout::plan(&src, opts, file, &source_name)?;
+    plan.check_complete(&src.shapes, "vit_jax")?;
+    let mut source_notes = Vec::new();
+    if !src.names.prefix.is_empty() {
+        source_notes.push(format!("keys under {}", src.names.prefix));
+    }
+    if src.names.style == crate::detect::BlockStyle::Linen {
+        source_notes.push("linen block names".to_string());
+    }
+    if let Some(t) = file.tensors().iter().find(|t| t.dtype == DType::BF16) {
+        source_notes.push(format!("stored as bfloat16 ({} and others)", t.name));
+    }
+    Ok(Conversion {
+        arch: src.arch,
+        source_notes,
+        plan,
+    })
+}
+
+/// What was written.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// The weights file.
+    pub weights: PathBuf,
+    /// Side files (configs), in the order written.
+    pub side_files: Vec<PathBuf>,
+    pub tensors: usize,
+    pub bytes: u64,
+}
+
+/// Where a `File` plan's side file goes: OUTPUT with its extension replaced by the suffix.
+fn side_path(output: &Path, suffix: &str) -> PathBuf {
+    let stem = output
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    output.with_file_name(format!("{stem}{suffix}"))
+}
+
+/// Writes the conversion to `output`, calling `progress(bytes_done, bytes_total)` after each tensor.
+pub fn write(
+    file: &TensorFile,
+    conv: &Conversion,
+    opts: &Options,
+    output: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Written> {
+    let plan = &conv.plan;
+    let (weights, format, sides, created_dir) = match plan.kind {
+        OutputKind::File => {
+            let format = match output_format(output) {
+                Some(f @ (Format::Pt | Format::Safetensors)) => f,
+                _ => {
+                    return Err(Error::BadOption {
+                        option: "OUTPUT",
+                        why: format!(
+                            "{}: the format follows the extension: .pt, .pth, .bin or .safetensors (a directory only for --layout hf)",
+                            output.display()
+                        ),
+                    })
+                }
+            };
+            let sides: Vec<(PathBuf, &str)> = plan
+                .side_files
+                .iter()
+                .map(|s| (side_path(output, &s.name), s.contents.as_str()))
+                .collect();
+            for p in std::iter::once(output).chain(sides.iter().map(|s| s.0.as_path())) {
+                if p.exists() && !opts.overwrite {
+                    return Err(Error::Exists {
+                        path: p.to_path_buf(),
+                    });
+                }
+            }
+            (output.to_path_buf(), format, sides, false)
+        }
+        OutputKind::HfDirectory => {
+            if output.is_file() || output_format(output).is_some() {
+                return Err(Error::BadOption {
+                    option: "OUTPUT",
+                    why: format!("{}: --layout hf writes a directory (config.json, model.safetensors, preprocessor_config.json); name one without a weights extension", output.display()),
+                });
+            }
+            let existed = output.exists();
+            if existed && !opts.overwrite {
+                let nonempty = std::fs::read_dir(output)
+                    .map_err(|e| Error::Io {
+                        path: output.to_path_buf(),
+                        source: e,
+                    })?
+                    .next()
+                    .is_some();
+                if nonempty {
+                    return Err(Error::Exists {
+                        path: output.to_path_buf(),
+                    });
+                }
+            }
+            std::fs::create_dir_all(output).map_err(|e| Error::Io {
+                path: output.to_path_buf(),
+                source: e,
+            })?;
+            let sides = plan
+                .side_files
+                .iter()
+                .map(|s| (output.join(&s.name), s.contents.as_str()))
+                .collect();
+            (
+                output.join(hf::WEIGHTS_FILE),
+                Format::Safetensors,
+                sides,
+                !existed,
+            )
+        }
+    };
+    let result = write_weights(file, plan, opts.dtype, &weights, format, progress).and_then(
+        |(tensors, bytes)| {
+            for (path, contents) in &sides {
+                write_atomic(path, contents.as_bytes())?;
+            }
+            Ok(Written {
+                weights: weights.clone(),
+                side_files: sides.iter().map(|s| s.0.clone()).collect(),
+                tensors,
+                bytes,
+            })
+        },
+    );
+    if result.is_err() && created_dir {
+        // Only a directory this run created is removed; an existing one keeps whatever it held.
+        let _ = std::fs::remove_dir_all(output);
+    }
+    result
+}
+
+fn write_weights(
+    file: &TensorFile,
+    plan: &Plan,
+    dtype: OutDType,
+    path: &Path,
+    format: Format,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(usize, u64)> {
+    let out_dtype = dtype.dtype();
+    let specs: Vec<TensorSpec> = plan
+        .tensors
+        .iter()
+        .map(|t| TensorSpec {
+            name: t.name.clone(),
+            dtype: out_dtype,
+            shape: t.shape.clone(),
+        })
+        .collect();
+    let mut total: u64 = 0;
+    for t in &plan.tensors {
+        let n = t
+            .shape
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d as u64));
+        let bytes = n.and_then(|n| n.checked_mul(out_dtype.size() as u64));
+        total = bytes
+            .and_then(|b| total.checked_add(b))
+            .ok_or(Error::Overflow {
+                name: t.name.clone(),
+                what: "output size",
+            })?;
+    }
+    // The hf directory was checked (or created) by the caller, so the weights file inside may be replaced.
+    let overwrite = true;
+    let mut writer = Writer::create(path, format, specs, plan.metadata.clone(), overwrite)?;
+    let mut done: u64 = 0;
+    let mut buf = Vec::new();
+    for t in &plan.tensors {
+        let expected = t.shape.iter().product::<usize>();
+        // A plain copy in the output's own dtype goes through as bytes, skipping two conversions.
+        let raw = match t.recipe.passthrough() {
+            Some(src) if file.get(src).map(|i| i.dtype) == Some(out_dtype) => {
+                let (_, bytes) = file.fetch_raw(src)?;
+                (bytes.len() == expected * out_dtype.size()).then_some(bytes)
+            }
+            _ => None,
+        };
+        match raw {
+            Some(bytes) => writer.write_next(&bytes)?,
+            None => {
+                let values = t.recipe.eval(file)?;
+                if values.len() != expected {
+                    return Err(Error::Length {
+                        name: t.name.clone(),
+                        shape: t.shape.clone(),
+                        expected,
+                        found: values.len(),
+                    });
+                }
+                encode(&values, dtype, &mut buf);
+                writer.write_next(&buf)?;
+            }
+        }
+        done = done.saturating_add((expected * out_dtype.size()) as u64);
+        progress(done, total);
+    }
+    writer.finish()?;
+    Ok((plan.tensors.len(), total))
+}
+
+/// Encodes f32 values as little-endian bytes of the output type into `buf` (reused between tensors).
+pub fn encode(values: &[f32], dtype: OutDType, buf: &mut Vec<u8>) {
+    buf.clear();
+    match dtype {
+        OutDType::F32 => {
+            buf.reserve(values.len() * 4);
+            values
+                .iter()
+                .for_each(|v| buf.extend_from_slice(&v.to_le_bytes()));
+        }
+        OutDType::F16 => {
+            buf.reserve(values.len() * 2);
+            values
+                .iter()
+                .for_each(|v| buf.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes()));
+        }
+        OutDType::BF16 => {
+            buf.reserve(values.len() * 2);
+            values
+                .iter()
+                .for_each(|v| buf.extend_from_slice(&half::bf16::from_f32(*v).to_le_bytes()));
+        }
+    }
+}
+
+/// Writes a small file through a temporary sibling and a rename, so readers never see half of it.
+fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let io = |e| Error::Io {
+        path: path.to_path_buf(),
+        source: e,
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+    tmp.write_all(contents).map_err(io)?;
+    tmp.persist(path).map_err(|e| Error::Io {
+        path: path.to_path_buf(),
+        source: e.error,
+    })?;
+    Ok(())
+}
+
+/// Sorted metadata, for callers that print it.
+pub fn metadata(conv: &Conversion) -> &BTreeMap<String, String> {
+    &conv.plan.metadata
+}

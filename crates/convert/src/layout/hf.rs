@@ -1,0 +1,284 @@
+//! The Hugging Face transformers layout: a directory that `ViTForImageClassification.from_pretrained` loads.
+//!
+//! Names follow transformers 5.24 `models/vit/modeling_vit.py` (`vit.layers.N.attention.{q,k,v,o}_proj`,
+//! `layernorm_before/after`, `mlp.fc1/fc2`, `classifier`) and `configuration_vit.py` (`ViTConfig`: `hidden_act`,
+//! `layer_norm_eps` defaulting to 1e-12, `pooler_output_size`, `pooler_act`). transformers 5 has no ViT-hybrid
+//! class, and its ViT always prepends a class token and pools token 0, so gap and hybrid sources are refused.
+
+use serde_json::{json, Map, Value};
+
+use crate::detect::{BlockNorm, Proj};
+use crate::error::Result;
+use crate::layout::{name, Prepared, FLAX_LN_EPS};
+use crate::options::Gelu;
+use crate::plan::{OutTensor, OutputKind, Plan, Recipe, SideFile};
+
+/// transformers state-dict names (`{i}` = layer index), without the `vit.` prefix `ViTForImageClassification` adds.
+pub mod names {
+    pub const CLS: &str = "embeddings.cls_token";
+    pub const POS: &str = "embeddings.position_embeddings";
+    pub const PATCH_W: &str = "embeddings.patch_embeddings.projection.weight";
+    pub const PATCH_B: &str = "embeddings.patch_embeddings.projection.bias";
+    pub const LN1_W: &str = "layers.{i}.layernorm_before.weight";
+    pub const LN1_B: &str = "layers.{i}.layernorm_before.bias";
+    pub const Q_W: &str = "layers.{i}.attention.q_proj.weight";
+    pub const Q_B: &str = "layers.{i}.attention.q_proj.bias";
+    pub const K_W: &str = "layers.{i}.attention.k_proj.weight";
+    pub const K_B: &str = "layers.{i}.attention.k_proj.bias";
+    pub const V_W: &str = "layers.{i}.attention.v_proj.weight";
+    pub const V_B: &str = "layers.{i}.attention.v_proj.bias";
+    pub const O_W: &str = "layers.{i}.attention.o_proj.weight";
+    pub const O_B: &str = "layers.{i}.attention.o_proj.bias";
+    pub const LN2_W: &str = "layers.{i}.layernorm_after.weight";
+    pub const LN2_B: &str = "layers.{i}.layernorm_after.bias";
+    pub const FC1_W: &str = "layers.{i}.mlp.fc1.weight";
+    pub const FC1_B: &str = "layers.{i}.mlp.fc1.bias";
+    pub const FC2_W: &str = "layers.{i}.mlp.fc2.weight";
+    pub const FC2_B: &str = "layers.{i}.mlp.fc2.bias";
+    pub const NORM_W: &str = "layernorm.weight";
+    pub const NORM_B: &str = "layernorm.bias";
+    pub const POOLER_W: &str = "pooler.dense.weight";
+    pub const POOLER_B: &str = "pooler.dense.bias";
+    pub const CLASSIFIER_W: &str = "classifier.weight";
+    pub const CLASSIFIER_B: &str = "classifier.bias";
+    /// Prefix of the backbone inside `ViTForImageClassification`.
+    pub const BACKBONE: &str = "vit.";
+}
+
+/// Files inside the output directory.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+pub const CONFIG_FILE: &str = "config.json";
+pub const PREPROCESSOR_FILE: &str = "preprocessor_config.json";
+
+pub fn plan(mut prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
+    let a = prep.arch().clone();
+    if a.resnet.is_some() {
+        return Err(prep.refuse(
+            "a hybrid ResNet stem",
+            "transformers 5 has no ViT-hybrid model class; use --layout timm",
+        ));
+    }
+    if !a.class_token() {
+        return Err(prep.refuse(
+            "a gap (no class token) model",
+            "transformers' ViT always prepends a class token and pools token 0; use --layout timm",
+        ));
+    }
+    let n = prep.src.names.clone();
+    // ViTForImageClassification has no pooler, so pre_logits only fits as ViTModel's pooler (dense + tanh):
+    // with the head dropped, keep it there instead of dropping it.
+    let pooler = a.representation.filter(|_| !prep.keep_head);
+    if prep.has_pre_logits() {
+        return Err(prep.refuse(
+            format!("pre_logits (dense {} -> {} + tanh) together with a head", a.hidden, a.representation.unwrap_or(0)),
+            "ViTForImageClassification classifies token 0 without a pooler; pass --drop-head to get a ViTModel whose pooler is pre_logits",
+        ));
+    }
+    if pooler.is_some() {
+        let keep = [n.pre_logits("kernel"), n.pre_logits("bias")];
+        prep.dropped.retain(|k| !keep.contains(k));
+        prep.notes.retain(|s| !s.starts_with("pre_logits"));
+        prep.notes.push(
+            "pre_logits (dense + tanh) mapped to ViTModel's pooler (pooler_act tanh)".to_string(),
+        );
+    }
+    let classify = prep.keep_head && a.num_classes.is_some();
+    let prefix = if classify { names::BACKBONE } else { "" };
+    let (d, m) = (a.hidden, a.mlp);
+    let t = |nm: &str, i: usize, shape: Vec<usize>, recipe: Recipe| OutTensor {
+        name: format!("{prefix}{}", name(nm, i)),
+        shape,
+        recipe,
+    };
+    let mut out = vec![
+        t(names::CLS, 0, vec![1, 1, d], Recipe::Copy(n.cls())),
+        t(
+            names::POS,
+            0,
+            vec![1, prep.pos_rows(), d],
+            prep.pos_embed(false),
+        ),
+        t(
+            names::PATCH_W,
+            0,
+            vec![d, a.in_chans, a.patch, a.patch],
+            prep.patch_kernel(),
+        ),
+        t(names::PATCH_B, 0, vec![d], prep.patch_bias()),
+    ];
+    for i in 0..a.depth {
+        out.push(t(
+            names::LN1_W,
+            i,
+            vec![d],
+            prep.block_norm(i, BlockNorm::Attention, "scale"),
+        ));
+        out.push(t(
+            names::LN1_B,
+            i,
+            vec![d],
+            prep.block_norm(i, BlockNorm::Attention, "bias"),
+        ));
+        for (w, b, p) in [
+            (names::Q_W, names::Q_B, Proj::Query),
+            (names::K_W, names::K_B, Proj::Key),
+            (names::V_W, names::V_B, Proj::Value),
+            (names::O_W, names::O_B, Proj::Out),
+        ] {
+            out.push(t(w, i, vec![d, d], prep.proj_weight(i, p)));
+            out.push(t(b, i, vec![d], prep.proj_bias(i, p)));
+        }
+        out.push(t(
+            names::LN2_W,
+            i,
+            vec![d],
+            prep.block_norm(i, BlockNorm::Mlp, "scale"),
+        ));
+        out.push(t(
+            names::LN2_B,
+            i,
+            vec![d],
+            prep.block_norm(i, BlockNorm::Mlp, "bias"),
+        ));
+        out.push(t(names::FC1_W, i, vec![m, d], prep.mlp_weight(i, 0)));
+        out.push(t(names::FC1_B, i, vec![m], prep.mlp_bias(i, 0)));
+        out.push(t(names::FC2_W, i, vec![d, m], prep.mlp_weight(i, 1)));
+        out.push(t(names::FC2_B, i, vec![d], prep.mlp_bias(i, 1)));
+    }
+    out.push(t(
+        names::NORM_W,
+        0,
+        vec![d],
+        Recipe::Copy(n.encoder_norm("scale")),
+    ));
+    out.push(t(
+        names::NORM_B,
+        0,
+        vec![d],
+        Recipe::Copy(n.encoder_norm("bias")),
+    ));
+    if let Some(r) = pooler {
+        out.push(t(
+            names::POOLER_W,
+            0,
+            vec![r, d],
+            Recipe::Transpose {
+                src: n.pre_logits("kernel"),
+                rows: d,
+                cols: r,
+            },
+        ));
+        out.push(t(
+            names::POOLER_B,
+            0,
+            vec![r],
+            Recipe::Copy(n.pre_logits("bias")),
+        ));
+    }
+    let classes = if classify {
+        a.num_classes.unwrap_or(0)
+    } else {
+        0
+    };
+    if classify {
+        out.push(OutTensor {
+            name: names::CLASSIFIER_W.to_string(),
+            shape: vec![classes, d],
+            recipe: Recipe::Transpose {
+                src: n.head("kernel"),
+                rows: d,
+                cols: classes,
+            },
+        });
+        out.push(OutTensor {
+            name: names::CLASSIFIER_B.to_string(),
+            shape: vec![classes],
+            recipe: Recipe::Copy(n.head("bias")),
+        });
+    }
+
+    let act = match prep.opts.gelu {
+        Gelu::Tanh => "gelu_pytorch_tanh",
+        Gelu::Erf => "gelu",
+    };
+    let arch_class = if classify {
+        "ViTForImageClassification"
+    } else {
+        "ViTModel"
+    };
+    let mut cfg = Map::new();
+    cfg.insert("architectures".into(), json!([arch_class]));
+    cfg.insert("model_type".into(), json!("vit"));
+    cfg.insert("hidden_size".into(), json!(d));
+    cfg.insert("num_hidden_layers".into(), json!(a.depth));
+    cfg.insert("num_attention_heads".into(), json!(a.heads));
+    cfg.insert("intermediate_size".into(), json!(m));
+    cfg.insert("hidden_act".into(), json!(act));
+    cfg.insert("hidden_dropout_prob".into(), json!(0.0));
+    cfg.insert("attention_probs_dropout_prob".into(), json!(0.0));
+    cfg.insert("layer_norm_eps".into(), json!(FLAX_LN_EPS));
+    cfg.insert("image_size".into(), json!(prep.image_size));
+    cfg.insert("patch_size".into(), json!(a.patch));
+    cfg.insert("num_channels".into(), json!(a.in_chans));
+    cfg.insert("qkv_bias".into(), json!(true));
+    if let Some(r) = pooler {
+        cfg.insert("pooler_output_size".into(), json!(r));
+        cfg.insert("pooler_act".into(), json!("tanh"));
+    }
+    if classify {
+        let id2label: Map<String, Value> = (0..classes)
+            .map(|c| (c.to_string(), json!(format!("LABEL_{c}"))))
+            .collect();
+        let label2id: Map<String, Value> = (0..classes)
+            .map(|c| (format!("LABEL_{c}"), json!(c)))
+            .collect();
+        cfg.insert("id2label".into(), Value::Object(id2label));
+        cfg.insert("label2id".into(), Value::Object(label2id));
+    }
+    cfg.insert("torch_dtype".into(), json!(dtype_name(prep.opts.dtype)));
+    let preprocessor = json!({
+        "image_processor_type": "ViTImageProcessor",
+        "do_resize": true,
+        "size": {"height": prep.image_size, "width": prep.image_size},
+        "resample": 2,
+        "do_rescale": true,
+        "rescale_factor": 1.0 / 255.0,
+        "do_normalize": true,
+        "image_mean": prep.norm.mean(),
+        "image_std": prep.norm.std(),
+    });
+    let python = if classify || pooler.is_some() {
+        format!("from transformers import {arch_class}\nmodel = {arch_class}.from_pretrained(OUTPUT_DIR)")
+    } else {
+        "from transformers import ViTModel\nmodel = ViTModel.from_pretrained(OUTPUT_DIR, add_pooling_layer=False)".to_string()
+    };
+    let head = if classify { "head" } else { "none" };
+    let config = prep.config(prep.opts.gelu.as_str(), FLAX_LN_EPS, false, head, None);
+    let mut meta = prep.metadata(source_name, &config);
+    meta.insert("vitconv.hf_architecture".into(), arch_class.to_string());
+    let side = vec![
+        SideFile {
+            name: CONFIG_FILE.to_string(),
+            contents: pretty(&Value::Object(cfg)),
+        },
+        SideFile {
+            name: PREPROCESSOR_FILE.to_string(),
+            contents: pretty(&preprocessor),
+        },
+    ];
+    Ok(prep.finish(OutputKind::HfDirectory, out, meta, python, side))
+}
+
+fn dtype_name(d: crate::options::OutDType) -> &'static str {
+    match d {
+        crate::options::OutDType::F32 => "float32",
+        crate::options::OutDType::F16 => "float16",
+        crate::options::OutDType::BF16 => "bfloat16",
+    }
+}
+
+fn pretty(v: &Value) -> String {
+    let mut s = serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string());
+    s.push('\n');
+    s
+}

@@ -1,0 +1,375 @@
+//! Target layouts, one module each, and the layout-independent decisions they share (grid, head, input norm).
+//!
+//! A layout module holds a reviewable `const` table of its tensor names and a `plan` function that turns a
+//! [`Prepared`] source into a [`Plan`]. Adding a layout means adding a module and a match arm in [`plan`];
+//! no other layout changes.
+
+pub mod clip;
+pub mod hf;
+pub mod open_clip;
+pub mod timm;
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+
+use crate::arch::Arch;
+use crate::detect::{BlockNorm, JaxSource, Proj};
+use crate::error::{Error, Result};
+use crate::options::{HeadChoice, InputNorm, Layout, Options};
+use crate::plan::{Fetch, OutTensor, Plan, Recipe};
+
+/// LayerNorm epsilon of the flax model (`nn.LayerNorm` default).
+pub const FLAX_LN_EPS: f64 = 1e-6;
+
+/// The source with the layout-independent options resolved.
+pub struct Prepared<'a> {
+    pub src: &'a JaxSource,
+    pub opts: &'a Options,
+    /// Patch grid of the output (differs from the source's with `--image-size`).
+    pub grid: (usize, usize),
+    pub image_size: usize,
+    /// Whether `head` is written (false with `--drop-head`, `--num-classes 0`, or no head in the source).
+    pub keep_head: bool,
+    pub norm: InputNorm,
+    pub notes: Vec<String>,
+    pub dropped: Vec<String>,
+}
+
+impl<'a> Prepared<'a> {
+    /// Resolves image size, head and input normalisation against the source.
+    pub fn new(src: &'a JaxSource, opts: &'a Options) -> Result<Self> {
+        let arch = &src.arch;
+        let stride = arch.stride();
+        let (grid, image_size) = match opts.image_size {
+            None => (arch.grid, arch.image_size()),
+            Some(n) => {
+                if n == 0 || stride == 0 || n % stride != 0 {
+                    return Err(Error::BadOption {
+                        option: "--image-size",
+                        why: format!(
+                            "{n} px is not a positive multiple of the model's stride {stride} px"
+                        ),
+                    });
+                }
+                ((n / stride, n / stride), n)
+            }
+        };
+        let mut notes = Vec::new();
+        if grid != arch.grid {
+            notes.push(format!(
+                "position embedding grid resized from {}x{} to {}x{} ({image_size} px) with --resize {}; class-token row unchanged",
+                arch.grid.0,
+                arch.grid.1,
+                grid.0,
+                grid.1,
+                opts.resize.as_str()
+            ));
+        }
+        let names = &src.names;
+        let mut dropped = Vec::new();
+        let keep_head = match (opts.head, arch.num_classes) {
+            (HeadChoice::Keep, c) => c.is_some(),
+            (HeadChoice::NumClasses(0) | HeadChoice::Drop, _) => false,
+            (HeadChoice::NumClasses(n), Some(c)) if n == c => true,
+            (HeadChoice::NumClasses(n), c) => {
+                return Err(Error::BadOption {
+                    option: "--num-classes",
+                    why: format!(
+                        "the source has {}; a {n}-class head would be untrained: use --drop-head and attach your own",
+                        c.map_or("no head".to_string(), |c| format!("a {c}-class head"))
+                    ),
+                })
+            }
+        };
+        if !keep_head && arch.num_classes.is_some() {
+            dropped.extend([names.head("kernel"), names.head("bias")]);
+            notes.push(
+                "head dropped (--drop-head / --num-classes 0): the model outputs pooled features"
+                    .to_string(),
+            );
+        }
+        if arch.representation.is_some() && !keep_head {
+            dropped.extend([names.pre_logits("kernel"), names.pre_logits("bias")]);
+            notes.push(
+                "pre_logits (dense + tanh) dropped with the head: features are the pooled encoder_norm output".to_string(),
+            );
+        }
+        let norm = opts.input_norm();
+        if norm != InputNorm::Unit && arch.resnet.is_some() {
+            return Err(Error::BadOption {
+                option: "--input-norm",
+                why: format!(
+                    "{} cannot be folded into a hybrid: the ResNet root is a weight-standardised convolution, which undoes any per-channel scaling; use --input-norm unit",
+                    norm.as_str()
+                ),
+            });
+        }
+        notes.push(format!(
+            "input normalisation: {} (mean {:?}, std {:?} on [0, 1] pixels){}",
+            norm.as_str(),
+            norm.mean(),
+            norm.std(),
+            if norm == InputNorm::Unit {
+                ", the source's own"
+            } else {
+                ", folded into the patch embedding"
+            }
+        ));
+        Ok(Prepared {
+            src,
+            opts,
+            grid,
+            image_size,
+            keep_head,
+            norm,
+            notes,
+            dropped,
+        })
+    }
+
+    pub fn arch(&self) -> &Arch {
+        &self.src.arch
+    }
+
+    /// Whether `pre_logits` is still to be written (source has it and the head is kept).
+    pub fn has_pre_logits(&self) -> bool {
+        self.arch().representation.is_some() && self.keep_head
+    }
+
+    /// A refusal for this layout.
+    pub fn refuse(&self, what: impl Into<String>, why: impl Into<String>) -> Error {
+        Error::Refused {
+            layout: self.opts.layout.as_str(),
+            what: what.into(),
+            why: why.into(),
+        }
+    }
+
+    fn hd(&self) -> (usize, usize) {
+        let a = self.arch();
+        (
+            a.hidden,
+            a.heads.unwrap_or(1) * a.head_dim().unwrap_or(a.hidden),
+        )
+    }
+
+    /// Fused `[3D, D]` q/k/v weight in q, k, v order with heads contiguous (timm `qkv`, CLIP `in_proj_weight`).
+    pub fn qkv_weight(&self, i: usize) -> Recipe {
+        Recipe::Concat(
+            [Proj::Query, Proj::Key, Proj::Value]
+                .iter()
+                .map(|p| self.proj_weight(i, *p))
+                .collect(),
+        )
+    }
+
+    /// Fused `[3D]` q/k/v bias.
+    pub fn qkv_bias(&self, i: usize) -> Recipe {
+        Recipe::Concat(
+            [Proj::Query, Proj::Key, Proj::Value]
+                .iter()
+                .map(|p| self.proj_bias(i, *p))
+                .collect(),
+        )
+    }
+
+    /// One projection's `[out, in]` weight: q/k/v `[D, H, Dh]` seen as `[D, H*Dh]`, out `[H, Dh, D]` as `[H*Dh, D]`,
+    /// both transposed.
+    pub fn proj_weight(&self, i: usize, p: Proj) -> Recipe {
+        let (d, hd) = self.hd();
+        let (rows, cols) = if p == Proj::Out { (hd, d) } else { (d, hd) };
+        Recipe::Transpose {
+            src: self.src.names.attn(i, p, "kernel"),
+            rows,
+            cols,
+        }
+    }
+
+    pub fn proj_bias(&self, i: usize, p: Proj) -> Recipe {
+        Recipe::Copy(self.src.names.attn(i, p, "bias"))
+    }
+
+    /// A block LayerNorm parameter; `p` is `scale` or `bias`.
+    pub fn block_norm(&self, i: usize, which: BlockNorm, p: &str) -> Recipe {
+        Recipe::Copy(self.src.names.block_norm(i, which, p))
+    }
+
+    /// MLP dense `layer` (0 or 1) weight `[out, in]`.
+    pub fn mlp_weight(&self, i: usize, layer: usize) -> Recipe {
+        let a = self.arch();
+        let (rows, cols) = if layer == 0 {
+            (a.hidden, a.mlp)
+        } else {
+            (a.mlp, a.hidden)
+        };
+        Recipe::Transpose {
+            src: self.src.names.mlp(i, layer, "kernel"),
+            rows,
+            cols,
+        }
+    }
+
+    pub fn mlp_bias(&self, i: usize, layer: usize) -> Recipe {
+        Recipe::Copy(self.src.names.mlp(i, layer, "bias"))
+    }
+
+    fn embed_hwio(&self) -> [usize; 4] {
+        let a = self.arch();
+        [a.patch, a.patch, a.in_chans, a.hidden]
+    }
+
+    /// OIHW patch kernel with the input normalisation's scale folded in.
+    pub fn patch_kernel(&self) -> Recipe {
+        let (scale, _) = self.norm.affine();
+        let in_scale = (self.norm != InputNorm::Unit).then(|| scale.to_vec());
+        Recipe::ConvKernel {
+            src: self.src.names.embed_kernel(),
+            hwio: self.embed_hwio(),
+            in_scale,
+        }
+    }
+
+    /// Patch bias with the input normalisation's offset folded in.
+    pub fn patch_bias(&self) -> Recipe {
+        if self.norm == InputNorm::Unit {
+            return Recipe::Copy(self.src.names.embed_bias());
+        }
+        let (_, offset) = self.norm.affine();
+        Recipe::PatchBias {
+            bias: self.src.names.embed_bias(),
+            kernel: self.src.names.embed_kernel(),
+            hwio: self.embed_hwio(),
+            in_offset: offset.to_vec(),
+        }
+    }
+
+    /// The position embedding rows, resized to the output grid; `fold_patch_bias` adds the patch bias to
+    /// every grid row (CLIP-style `conv1` has no bias; adding it after the convolution is the same sum).
+    pub fn pos_embed(&self, fold_patch_bias: bool) -> Recipe {
+        let a = self.arch();
+        Recipe::PosEmbed {
+            src: self.src.names.pos_embed(),
+            prefix_rows: usize::from(a.class_token()),
+            from: a.grid,
+            to: self.grid,
+            dim: a.hidden,
+            method: self.opts.resize,
+            add_to_grid: fold_patch_bias.then(|| Box::new(self.patch_bias())),
+        }
+    }
+
+    /// Position-embedding rows of the output.
+    pub fn pos_rows(&self) -> usize {
+        self.grid.0 * self.grid.1 + usize::from(self.arch().class_token())
+    }
+
+    /// `vitconv.config`: the semantics the output declares, shared keys per the project brief.
+    pub fn config(
+        &self,
+        gelu: &str,
+        ln_eps: f64,
+        ln_pre: bool,
+        head: &str,
+        head_bias: Option<Vec<f32>>,
+    ) -> Value {
+        let a = self.arch();
+        json!({
+            "image_size": self.image_size,
+            "patch_size": a.patch,
+            "hidden": a.hidden,
+            "depth": a.depth,
+            "heads": a.heads,
+            "mlp": a.mlp,
+            "classifier": a.classifier.as_str(),
+            "num_classes": if self.keep_head { a.num_classes } else { None },
+            "representation": if self.has_pre_logits() { a.representation } else { None },
+            "gelu": gelu,
+            "layer_norm_eps": ln_eps,
+            "ln_pre": ln_pre,
+            "input_norm": {"name": self.norm.as_str(), "mean": self.norm.mean(), "std": self.norm.std()},
+            "resnet": a.resnet.as_ref().map(|r| json!({"stages": r.stages, "width": r.width})),
+            "head": head,
+            "head_bias": head_bias,
+            "dtype": self.opts.dtype.as_str(),
+        })
+    }
+
+    /// The metadata keys every output carries; layouts add their own.
+    pub fn metadata(&self, source_name: &str, config: &Value) -> BTreeMap<String, String> {
+        let mut m = BTreeMap::new();
+        m.insert("format".to_string(), "pt".to_string());
+        m.insert(
+            "vitconv.layout".to_string(),
+            self.opts.layout.as_str().to_string(),
+        );
+        m.insert("vitconv.source".to_string(), source_name.to_string());
+        m.insert("vitconv.config".to_string(), config.to_string());
+        m.insert(
+            "vitconv.version".to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        );
+        m
+    }
+
+    /// Builds the plan's common part; the layout fills in tensors, python and side files.
+    pub fn finish(
+        self,
+        kind: crate::plan::OutputKind,
+        tensors: Vec<OutTensor>,
+        mut metadata: BTreeMap<String, String>,
+        python: String,
+        side_files: Vec<crate::plan::SideFile>,
+    ) -> Plan {
+        metadata.insert("vitconv.notes".to_string(), self.notes.join("\n"));
+        Plan {
+            kind,
+            tensors,
+            dropped: self.dropped,
+            metadata,
+            notes: self.notes,
+            python,
+            side_files,
+        }
+    }
+}
+
+/// Builds the plan for the chosen layout.
+pub fn plan(src: &JaxSource, opts: &Options, fetch: &dyn Fetch, source_name: &str) -> Result<Plan> {
+    let prep = Prepared::new(src, opts)?;
+    match opts.layout {
+        Layout::Timm => timm::plan(prep, source_name),
+        Layout::Hf => hf::plan(prep, source_name),
+        Layout::OpenClip => open_clip::plan(prep, fetch, source_name),
+        Layout::Clip => clip::plan(prep, fetch, source_name),
+    }
+}
+
+/// Expands `{i}` in a name template.
+pub fn name(template: &str, i: usize) -> String {
+    template.replace("{i}", &i.to_string())
+}
+
+/// Formats a float for Python source (`1e-06`, `2.0`).
+pub fn py_float(x: f64) -> String {
+    let s = format!("{x:?}");
+    if s.contains('.') || s.contains('e') {
+        s
+    } else {
+        format!("{s}.0")
+    }
+}
+
+/// `mlp / hidden` as the float ratio timm and open_clip take, checked to give back `mlp` exactly
+/// (both compute `int(hidden * ratio)`).
+pub fn mlp_ratio(prep: &Prepared<'_>) -> Result<f64> {
+    let a = prep.arch();
+    let ratio = a.mlp as f64 / a.hidden as f64;
+    if (a.hidden as f64 * ratio) as usize != a.mlp {
+        return Err(prep.refuse(
+            format!("an MLP of {} for hidden {}", a.mlp, a.hidden),
+            "the layout derives the MLP width from a float ratio that cannot express it",
+        ));
+    }
+    Ok(ratio)
+}

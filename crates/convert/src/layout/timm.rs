@@ -1,0 +1,414 @@
+//! The timm layout: `timm.models.vision_transformer.VisionTransformer` and its hybrid (ResNetV2 stem) form.
+//!
+//! Names and semantics follow timm 1.0.31: `vision_transformer.py` (`VisionTransformer`, `_load_weights` for the
+//! npz mapping), `vision_transformer_hybrid.py` (`_resnetv2`: `StdConv2dSame`, `stem_type='same'`, `HybridEmbed`)
+//! and `resnetv2.py` (non-pre-activation `Bottleneck`: `conv1..3`, `norm1..3`, `downsample.{conv,norm}`).
+//! timm's `LayerNorm` defaults to eps 1e-6 like flax, so only the GELU (`act_layer`), the pooling and, for hybrids,
+//! the GroupNorm eps (1e-6 in flax, 1e-5 in timm) need stating.
+
+use serde_json::{json, Map, Value};
+
+use crate::detect::{BlockNorm, Proj};
+use crate::error::Result;
+use crate::layout::{mlp_ratio, name, py_float, Prepared, FLAX_LN_EPS};
+use crate::options::Gelu;
+use crate::plan::{OutTensor, OutputKind, Plan, Recipe};
+
+/// timm state-dict names (`{i}` = block index).
+pub mod names {
+    pub const CLS: &str = "cls_token";
+    pub const POS: &str = "pos_embed";
+    pub const PATCH_W: &str = "patch_embed.proj.weight";
+    pub const PATCH_B: &str = "patch_embed.proj.bias";
+    pub const NORM1_W: &str = "blocks.{i}.norm1.weight";
+    pub const NORM1_B: &str = "blocks.{i}.norm1.bias";
+    pub const QKV_W: &str = "blocks.{i}.attn.qkv.weight";
+    pub const QKV_B: &str = "blocks.{i}.attn.qkv.bias";
+    pub const PROJ_W: &str = "blocks.{i}.attn.proj.weight";
+    pub const PROJ_B: &str = "blocks.{i}.attn.proj.bias";
+    pub const NORM2_W: &str = "blocks.{i}.norm2.weight";
+    pub const NORM2_B: &str = "blocks.{i}.norm2.bias";
+    pub const FC1_W: &str = "blocks.{i}.mlp.fc1.weight";
+    pub const FC1_B: &str = "blocks.{i}.mlp.fc1.bias";
+    pub const FC2_W: &str = "blocks.{i}.mlp.fc2.weight";
+    pub const FC2_B: &str = "blocks.{i}.mlp.fc2.bias";
+    pub const NORM_W: &str = "norm.weight";
+    pub const NORM_B: &str = "norm.bias";
+    pub const HEAD_W: &str = "head.weight";
+    pub const HEAD_B: &str = "head.bias";
+    /// ResNetV2 with stages: the root lives in `stem`; root-only stems are the `Sequential` itself.
+    pub const STEM: &str = "patch_embed.backbone.stem.";
+    pub const ROOT_ONLY: &str = "patch_embed.backbone.";
+    /// `{s}`/`{u}` are 0-based stage and block.
+    pub const UNIT: &str = "patch_embed.backbone.stages.{s}.blocks.{u}.";
+}
+
+/// Registered plain ViTs (timm 1.0.31): name, patch, hidden, depth, heads, mlp, image size.
+const REGISTERED: &[(&str, usize, usize, usize, usize, usize, usize)] = &[
+    ("vit_tiny_patch16_224", 16, 192, 12, 3, 768, 224),
+    ("vit_tiny_patch16_384", 16, 192, 12, 3, 768, 384),
+    ("vit_small_patch32_224", 32, 384, 12, 6, 1536, 224),
+    ("vit_small_patch32_384", 32, 384, 12, 6, 1536, 384),
+    ("vit_small_patch16_224", 16, 384, 12, 6, 1536, 224),
+    ("vit_small_patch16_384", 16, 384, 12, 6, 1536, 384),
+    ("vit_small_patch8_224", 8, 384, 12, 6, 1536, 224),
+    ("vit_base_patch32_224", 32, 768, 12, 12, 3072, 224),
+    ("vit_base_patch32_384", 32, 768, 12, 12, 3072, 384),
+    ("vit_base_patch16_224", 16, 768, 12, 12, 3072, 224),
+    ("vit_base_patch16_384", 16, 768, 12, 12, 3072, 384),
+    ("vit_base_patch8_224", 8, 768, 12, 12, 3072, 224),
+    ("vit_large_patch32_224", 32, 1024, 24, 16, 4096, 224),
+    ("vit_large_patch32_384", 32, 1024, 24, 16, 4096, 384),
+    ("vit_large_patch16_224", 16, 1024, 24, 16, 4096, 224),
+    ("vit_large_patch16_384", 16, 1024, 24, 16, 4096, 384),
+    ("vit_huge_patch14_224", 14, 1280, 32, 16, 5120, 224),
+];
+
+/// GroupNorm eps of the flax ResNet stem (`nn.GroupNorm` default).
+const FLAX_GN_EPS: f64 = 1e-6;
+/// timm's `_resnetv2` standardises kernels with this eps (`partial(StdConv2dSame, eps=1e-8)`).
+const TIMM_STDCONV_EPS: f64 = 1e-8;
+
+fn t(name: impl Into<String>, shape: Vec<usize>, recipe: Recipe) -> OutTensor {
+    OutTensor {
+        name: name.into(),
+        shape,
+        recipe,
+    }
+}
+
+pub fn plan(prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
+    let a = prep.arch().clone();
+    if prep.has_pre_logits() {
+        return Err(prep.refuse(
+            format!("pre_logits (dense {} -> {} + tanh)", a.hidden, a.representation.unwrap_or(0)),
+            "timm's VisionTransformer has no representation layer; pass --drop-head for a feature extractor",
+        ));
+    }
+    let ratio = mlp_ratio(&prep)?;
+    let n = &prep.src.names;
+    let (d, m) = (a.hidden, a.mlp);
+    let mut out = Vec::new();
+    if a.class_token() {
+        out.push(t(names::CLS, vec![1, 1, d], Recipe::Copy(n.cls())));
+    }
+    out.push(t(
+        names::POS,
+        vec![1, prep.pos_rows(), d],
+        prep.pos_embed(false),
+    ));
+    if let Some(r) = &a.resnet {
+        let gn = |key: String| Recipe::Copy(key);
+        let root = if r.stages.is_empty() {
+            names::ROOT_ONLY
+        } else {
+            names::STEM
+        };
+        out.push(t(
+            format!("{root}conv.weight"),
+            vec![r.width, 3, 7, 7],
+            Recipe::ConvKernel {
+                src: n.conv_root(),
+                hwio: [7, 7, 3, r.width],
+                in_scale: None,
+            },
+        ));
+        out.push(t(
+            format!("{root}norm.weight"),
+            vec![r.width],
+            gn(n.gn_root("scale")),
+        ));
+        out.push(t(
+            format!("{root}norm.bias"),
+            vec![r.width],
+            gn(n.gn_root("bias")),
+        ));
+        let mut in_ch = r.width;
+        for (s, &units) in r.stages.iter().enumerate() {
+            let f = r.stage_width(s);
+            for u in 0..units {
+                let unit_in = if u == 0 { in_ch } else { 4 * f };
+                let p = names::UNIT
+                    .replace("{s}", &s.to_string())
+                    .replace("{u}", &u.to_string());
+                let convs = [
+                    ("conv1", "gn1", [1, 1, unit_in, f]),
+                    ("conv2", "gn2", [3, 3, f, f]),
+                    ("conv3", "gn3", [1, 1, f, 4 * f]),
+                ];
+                if u == 0 {
+                    let hwio = [1, 1, unit_in, 4 * f];
+                    out.push(t(
+                        format!("{p}downsample.conv.weight"),
+                        vec![4 * f, unit_in, 1, 1],
+                        Recipe::ConvKernel {
+                            src: n.unit_conv(s + 1, 1, "conv_proj"),
+                            hwio,
+                            in_scale: None,
+                        },
+                    ));
+                    out.push(t(
+                        format!("{p}downsample.norm.weight"),
+                        vec![4 * f],
+                        gn(n.unit_gn(s + 1, 1, "gn_proj", "scale")),
+                    ));
+                    out.push(t(
+                        format!("{p}downsample.norm.bias"),
+                        vec![4 * f],
+                        gn(n.unit_gn(s + 1, 1, "gn_proj", "bias")),
+                    ));
+                }
+                for (k, (conv, g, hwio)) in convs.iter().enumerate() {
+                    let [h, w, i, o] = *hwio;
+                    out.push(t(
+                        format!("{p}conv{}.weight", k + 1),
+                        vec![o, i, h, w],
+                        Recipe::ConvKernel {
+                            src: n.unit_conv(s + 1, u + 1, conv),
+                            hwio: *hwio,
+                            in_scale: None,
+                        },
+                    ));
+                    out.push(t(
+                        format!("{p}norm{}.weight", k + 1),
+                        vec![o],
+                        gn(n.unit_gn(s + 1, u + 1, g, "scale")),
+                    ));
+                    out.push(t(
+                        format!("{p}norm{}.bias", k + 1),
+                        vec![o],
+                        gn(n.unit_gn(s + 1, u + 1, g, "bias")),
+                    ));
+                }
+            }
+            in_ch = 4 * f;
+        }
+    }
+    out.push(t(
+        names::PATCH_W,
+        vec![d, a.in_chans, a.patch, a.patch],
+        prep.patch_kernel(),
+    ));
+    out.push(t(names::PATCH_B, vec![d], prep.patch_bias()));
+    for i in 0..a.depth {
+        out.push(t(
+            name(names::NORM1_W, i),
+            vec![d],
+            prep.block_norm(i, BlockNorm::Attention, "scale"),
+        ));
+        out.push(t(
+            name(names::NORM1_B, i),
+            vec![d],
+            prep.block_norm(i, BlockNorm::Attention, "bias"),
+        ));
+        out.push(t(name(names::QKV_W, i), vec![3 * d, d], prep.qkv_weight(i)));
+        out.push(t(name(names::QKV_B, i), vec![3 * d], prep.qkv_bias(i)));
+        out.push(t(
+            name(names::PROJ_W, i),
+            vec![d, d],
+            prep.proj_weight(i, Proj::Out),
+        ));
+        out.push(t(
+            name(names::PROJ_B, i),
+            vec![d],
+            prep.proj_bias(i, Proj::Out),
+        ));
+        out.push(t(
+            name(names::NORM2_W, i),
+            vec![d],
+            prep.block_norm(i, BlockNorm::Mlp, "scale"),
+        ));
+        out.push(t(
+            name(names::NORM2_B, i),
+            vec![d],
+            prep.block_norm(i, BlockNorm::Mlp, "bias"),
+        ));
+        out.push(t(name(names::FC1_W, i), vec![m, d], prep.mlp_weight(i, 0)));
+        out.push(t(name(names::FC1_B, i), vec![m], prep.mlp_bias(i, 0)));
+        out.push(t(name(names::FC2_W, i), vec![d, m], prep.mlp_weight(i, 1)));
+        out.push(t(name(names::FC2_B, i), vec![d], prep.mlp_bias(i, 1)));
+    }
+    // With fc_norm=False timm applies `norm` to every token before pooling, like flax's encoder_norm.
+    out.push(t(
+        names::NORM_W,
+        vec![d],
+        Recipe::Copy(n.encoder_norm("scale")),
+    ));
+    out.push(t(
+        names::NORM_B,
+        vec![d],
+        Recipe::Copy(n.encoder_norm("bias")),
+    ));
+    let classes = if prep.keep_head {
+        a.num_classes.unwrap_or(0)
+    } else {
+        0
+    };
+    if classes > 0 {
+        out.push(t(
+            names::HEAD_W,
+            vec![classes, d],
+            Recipe::Transpose {
+                src: n.head("kernel"),
+                rows: d,
+                cols: classes,
+            },
+        ));
+        out.push(t(
+            names::HEAD_B,
+            vec![classes],
+            Recipe::Copy(n.head("bias")),
+        ));
+    }
+
+    let act = match prep.opts.gelu {
+        Gelu::Tanh => "gelu_tanh",
+        Gelu::Erf => "gelu",
+    };
+    let mut kw = Map::new();
+    kw.insert("img_size".into(), json!(prep.image_size));
+    kw.insert("patch_size".into(), json!(a.patch));
+    kw.insert("embed_dim".into(), json!(d));
+    kw.insert("depth".into(), json!(a.depth));
+    kw.insert("num_heads".into(), json!(a.heads));
+    kw.insert("mlp_ratio".into(), json!(ratio));
+    kw.insert("num_classes".into(), json!(classes));
+    kw.insert(
+        "global_pool".into(),
+        json!(if a.class_token() { "token" } else { "avg" }),
+    );
+    kw.insert("class_token".into(), json!(a.class_token()));
+    if !a.class_token() {
+        kw.insert("fc_norm".into(), json!(false));
+    }
+    kw.insert("act_layer".into(), json!(act));
+    let kwargs = Value::Object(kw.clone());
+    let mean_std = format!("mean={:?}, std={:?}", prep.norm.mean(), prep.norm.std())
+        .replace('[', "(")
+        .replace(']', ")");
+    let pretrained_cfg = json!({
+        "input_size": [3, prep.image_size, prep.image_size],
+        "mean": prep.norm.mean(),
+        "std": prep.norm.std(),
+        "num_classes": classes,
+        "crop_pct": 1.0,
+    });
+
+    let py_kwargs = |map: &Map<String, Value>| -> String {
+        map.iter()
+            .map(|(k, v)| format!("{k}={}", py_value(v)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut backbone_desc = None;
+    let python = match &a.resnet {
+        None => {
+            let registered = REGISTERED.iter().find(|r| {
+                a.class_token()
+                    && (r.1, r.2, r.3, Some(r.4), r.5) == (a.patch, d, a.depth, a.heads, a.mlp)
+            });
+            match registered {
+                Some(r) => {
+                    let mut extra = format!("num_classes={classes}, act_layer='{act}'");
+                    if r.6 != prep.image_size {
+                        extra.push_str(&format!(", img_size={}", prep.image_size));
+                    }
+                    format!(
+                        "import timm\nmodel = timm.create_model('{}', pretrained=False, {extra}, pretrained_cfg_overlay=dict({mean_std}))",
+                        r.0
+                    )
+                }
+                None => format!(
+                    "from timm.models.vision_transformer import VisionTransformer\nmodel = VisionTransformer({})",
+                    py_kwargs(&kw)
+                ),
+            }
+        }
+        Some(r) => {
+            let norm = format!(
+                "functools.partial(GroupNormAct, num_groups=32, eps={})",
+                py_float(FLAX_GN_EPS)
+            );
+            let conv = format!(
+                "functools.partial(StdConv2dSame, eps={})",
+                py_float(TIMM_STDCONV_EPS)
+            );
+            if r.width % 64 != 0 {
+                return Err(prep.refuse(
+                    format!("a ResNet stem of width {}", r.width),
+                    "timm's ResNetV2 widths are multiples of 64 (width_factor)",
+                ));
+            }
+            let wf = r.width / 64;
+            let backbone = if r.stages.is_empty() {
+                format!(
+                    "backbone = create_resnetv2_stem(3, out_chs={}, stem_type='same', preact=False, conv_layer={conv}, norm_layer={norm})",
+                    r.width
+                )
+            } else {
+                let layers: Vec<String> = r.stages.iter().map(usize::to_string).collect();
+                format!(
+                    "backbone = ResNetV2(layers=({},), width_factor={wf}, num_classes=0, global_pool='', preact=False, stem_type='same', conv_layer={conv}, norm_layer={norm})",
+                    layers.join(", ")
+                )
+            };
+            backbone_desc = Some(json!({
+                "class": if r.stages.is_empty() { "create_resnetv2_stem" } else { "ResNetV2" },
+                "layers": r.stages,
+                "width_factor": wf,
+                "stem_chs": r.width,
+                "stem_type": "same",
+                "preact": false,
+                "conv_layer": "StdConv2dSame",
+                "conv_eps": TIMM_STDCONV_EPS,
+                "norm_layer": "GroupNormAct",
+                "num_groups": 32,
+                "norm_eps": FLAX_GN_EPS,
+            }));
+            format!(
+                "import functools\nfrom timm.layers import GroupNormAct, HybridEmbed, StdConv2dSame\nfrom timm.models.resnetv2 import ResNetV2, create_resnetv2_stem\nfrom timm.models.vision_transformer import VisionTransformer\n{backbone}\nmodel = VisionTransformer(embed_layer=functools.partial(HybridEmbed, backbone=backbone), {})",
+                py_kwargs(&kw)
+            )
+        }
+    };
+    let mut prep = prep;
+    if a.resnet.is_some() {
+        prep.notes.push(
+            "StdConv: flax standardises with (w - mean) / (std + 1e-5), timm's StdConv2dSame with (w - mean) / sqrt(var + 1e-8); the stem's GroupNorm is declared with flax's eps 1e-6"
+                .to_string(),
+        );
+    }
+    let gelu = prep.opts.gelu.as_str();
+    let config = prep.config(
+        gelu,
+        FLAX_LN_EPS,
+        false,
+        if classes > 0 { "head" } else { "none" },
+        None,
+    );
+    let mut meta = prep.metadata(source_name, &config);
+    meta.insert("vitconv.timm_kwargs".into(), kwargs.to_string());
+    meta.insert(
+        "vitconv.timm_pretrained_cfg".into(),
+        pretrained_cfg.to_string(),
+    );
+    if let Some(b) = backbone_desc {
+        meta.insert("vitconv.timm_backbone".into(), b.to_string());
+    }
+    Ok(prep.finish(OutputKind::File, out, meta, python, vec![]))
+}
+
+/// A JSON value written as a Python literal.
+fn py_value(v: &Value) -> String {
+    match v {
+        Value::Bool(true) => "True".to_string(),
+        Value::Bool(false) => "False".to_string(),
+        Value::Null => "None".to_string(),
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if !n.is_i64() && !n.is_u64() => py_float(f),
+            _ => n.to_string(),
+        },
+        Value::String(s) => format!("'{s}'"),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,212 @@
+//! What the user asked for: target layout, dtype, resolution, head, projection, input normalisation, GELU.
+
+use serde::Serialize;
+
+/// A target layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Layout {
+    Timm,
+    Hf,
+    OpenClip,
+    Clip,
+}
+
+impl Layout {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Layout::Timm => "timm",
+            Layout::Hf => "hf",
+            Layout::OpenClip => "open_clip",
+            Layout::Clip => "clip",
+        }
+    }
+
+    /// CLIP-style layouts take CLIP-normalised pixels by default, the others the source's own [-1, 1].
+    pub fn default_input_norm(self) -> InputNorm {
+        match self {
+            Layout::Timm | Layout::Hf => InputNorm::Unit,
+            Layout::OpenClip | Layout::Clip => InputNorm::Clip,
+        }
+    }
+}
+
+/// Element type of the written tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutDType {
+    F32,
+    F16,
+    BF16,
+}
+
+impl OutDType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutDType::F32 => "f32",
+            OutDType::F16 => "f16",
+            OutDType::BF16 => "bf16",
+        }
+    }
+    pub fn dtype(self) -> vitconv_tensors::DType {
+        match self {
+            OutDType::F32 => vitconv_tensors::DType::F32,
+            OutDType::F16 => vitconv_tensors::DType::F16,
+            OutDType::BF16 => vitconv_tensors::DType::BF16,
+        }
+    }
+}
+
+/// How the position-embedding grid is resampled for `--image-size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResizeMethod {
+    /// vit_jax `interpolate_posembed`: scipy `ndimage.zoom(order=1)`, i.e. bilinear with aligned corners.
+    VitJax,
+    /// timm's npz loader: `F.interpolate(mode='bilinear', align_corners=False, antialias=False)`.
+    Bilinear,
+    /// `F.interpolate(mode='bicubic', align_corners=False, antialias=False)` (cubic coefficient -0.75).
+    Bicubic,
+}
+
+impl ResizeMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResizeMethod::VitJax => "vit-jax",
+            ResizeMethod::Bilinear => "bilinear",
+            ResizeMethod::Bicubic => "bicubic",
+        }
+    }
+}
+
+/// The pixel normalisation the converted model expects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputNorm {
+    /// OpenAI CLIP's mean/std.
+    Clip,
+    /// ImageNet's mean/std.
+    Imagenet,
+    /// The source's own: [0, 1] pixels mapped to [-1, 1] (mean 0.5, std 0.5).
+    Unit,
+}
+
+/// OpenAI CLIP's preprocessing (clip/clip.py `_transform`).
+pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
+/// torchvision's ImageNet statistics (timm `IMAGENET_DEFAULT_MEAN/STD`).
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+impl InputNorm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InputNorm::Clip => "clip",
+            InputNorm::Imagenet => "imagenet",
+            InputNorm::Unit => "unit",
+        }
+    }
+    pub fn mean(self) -> [f32; 3] {
+        match self {
+            InputNorm::Clip => CLIP_MEAN,
+            InputNorm::Imagenet => IMAGENET_MEAN,
+            InputNorm::Unit => [0.5; 3],
+        }
+    }
+    pub fn std(self) -> [f32; 3] {
+        match self {
+            InputNorm::Clip => CLIP_STD,
+            InputNorm::Imagenet => IMAGENET_STD,
+            InputNorm::Unit => [0.5; 3],
+        }
+    }
+
+    /// Per-channel `(scale, offset)` such that the source's input is `scale * x + offset` for the target's input `x`.
+    ///
+    /// The source reads `2p - 1` for [0, 1] pixels `p`; the target reads `x = (p - m) / s`, so `p = s x + m` and the
+    /// source input is `2 s x + (2 m - 1)`. Folding that affine map into a convolution without padding is exact.
+    pub fn affine(self) -> ([f32; 3], [f32; 3]) {
+        let (m, s) = (self.mean(), self.std());
+        (
+            [2.0 * s[0], 2.0 * s[1], 2.0 * s[2]],
+            [2.0 * m[0] - 1.0, 2.0 * m[1] - 1.0, 2.0 * m[2] - 1.0],
+        )
+    }
+}
+
+/// The GELU the converted model is configured with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Gelu {
+    /// The tanh approximation flax's `nn.gelu` uses: the source's semantics.
+    Tanh,
+    /// The exact (erf) GELU the PyTorch libraries use by default.
+    Erf,
+}
+
+impl Gelu {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Gelu::Tanh => "tanh",
+            Gelu::Erf => "erf",
+        }
+    }
+}
+
+/// What becomes of the classification head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadChoice {
+    /// Keep the source's head (and refuse where the layout cannot hold it).
+    Keep,
+    /// `--num-classes N`: must equal the source's class count (0 drops the head).
+    NumClasses(usize),
+    /// `--drop-head`: drop `head` (and `pre_logits`); the model gives pooled features.
+    Drop,
+}
+
+/// What CLIP-style `proj` holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProjChoice {
+    /// The head kernel (the model gives logits minus the head bias).
+    Head,
+    /// An identity matrix: the model gives the pooled features.
+    None,
+}
+
+/// Everything `npz-to-pt` was asked.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub layout: Layout,
+    pub dtype: OutDType,
+    pub image_size: Option<usize>,
+    pub resize: ResizeMethod,
+    pub head: HeadChoice,
+    /// `None` = the default (`head` where there is one).
+    pub proj: Option<ProjChoice>,
+    /// `None` = the layout's default.
+    pub input_norm: Option<InputNorm>,
+    pub gelu: Gelu,
+    pub overwrite: bool,
+}
+
+impl Options {
+    /// Defaults for a layout: f32, source resolution, head kept, source GELU, no overwrite.
+    pub fn new(layout: Layout) -> Self {
+        Options {
+            layout,
+            dtype: OutDType::F32,
+            image_size: None,
+            resize: ResizeMethod::VitJax,
+            head: HeadChoice::Keep,
+            proj: None,
+            input_norm: None,
+            gelu: Gelu::Tanh,
+            overwrite: false,
+        }
+    }
+
+    pub fn input_norm(&self) -> InputNorm {
+        self.input_norm.unwrap_or(self.layout.default_input_norm())
+    }
+}

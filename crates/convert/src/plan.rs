@@ -1,0 +1,401 @@
+//! A conversion plan: the output tensors in write order, each with the recipe that computes it from the source.
+//!
+//! Layouts build plans out of these few transforms; the executor in `convert.rs` runs them one output tensor
+//! at a time. Every recipe reads only the source tensors it names, so memory stays at one tensor (one q/k/v group).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use vitconv_tensors::DType;
+
+use crate::error::{Error, Result};
+use crate::options::ResizeMethod;
+use crate::resize::resize_grid;
+
+/// Reads source tensors; implemented for `TensorFile` and, in tests, for in-memory maps.
+pub trait Fetch {
+    /// The tensor's values as f32, in C order.
+    fn fetch(&self, name: &str) -> Result<Vec<f32>>;
+    /// The tensor's stored element type and raw little-endian bytes.
+    fn fetch_raw(&self, name: &str) -> Result<(DType, Vec<u8>)>;
+}
+
+/// How one output tensor is computed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Recipe {
+    /// The source values unchanged (only the shape label may change, e.g. `(1,1,1,C)` -> `(C,)`).
+    Copy(String),
+    /// A source matrix `[rows, cols]` written as `[cols, rows]` (Dense kernels; q/k/v kernels seen as `[D, H*Dh]`).
+    Transpose {
+        src: String,
+        rows: usize,
+        cols: usize,
+    },
+    /// Several recipes written one after the other along the first axis (fused q, k, v).
+    Concat(Vec<Recipe>),
+    /// An HWIO convolution kernel written OIHW, each input channel multiplied by `in_scale[c]` when given.
+    ConvKernel {
+        src: String,
+        hwio: [usize; 4],
+        in_scale: Option<Vec<f32>>,
+    },
+    /// A patch bias plus the kernel applied to a constant per-channel input offset (the folded normalisation).
+    PatchBias {
+        bias: String,
+        kernel: String,
+        hwio: [usize; 4],
+        in_offset: Vec<f32>,
+    },
+    /// A position embedding `[.., prefix + grid, dim]`: prefix rows copied, grid resampled, `add_to_grid`
+    /// (a `[dim]` vector, e.g. a folded patch bias) added to every grid row.
+    PosEmbed {
+        src: String,
+        prefix_rows: usize,
+        from: (usize, usize),
+        to: (usize, usize),
+        dim: usize,
+        method: ResizeMethod,
+        add_to_grid: Option<Box<Recipe>>,
+    },
+    /// `len` copies of one value (OpenAI CLIP's `ln_pre`, which the source does not have: weight 1, bias 0).
+    Fill { value: f32, len: usize },
+    /// An `n x n` identity (CLIP-style `proj` with `--proj none`).
+    Identity(usize),
+}
+
+impl Recipe {
+    /// The source tensors this recipe reads.
+    pub fn sources(&self, out: &mut BTreeSet<String>) {
+        match self {
+            Recipe::Copy(s)
+            | Recipe::Transpose { src: s, .. }
+            | Recipe::ConvKernel { src: s, .. } => {
+                out.insert(s.clone());
+            }
+            Recipe::Concat(parts) => parts.iter().for_each(|p| p.sources(out)),
+            Recipe::PatchBias { bias, kernel, .. } => {
+                out.insert(bias.clone());
+                out.insert(kernel.clone());
+            }
+            Recipe::PosEmbed {
+                src, add_to_grid, ..
+            } => {
+                out.insert(src.clone());
+                if let Some(r) = add_to_grid {
+                    r.sources(out);
+                }
+            }
+            Recipe::Fill { .. } | Recipe::Identity(_) => {}
+        }
+    }
+
+    /// The single source tensor whose bytes are the output unchanged, if this is a plain copy.
+    pub fn passthrough(&self) -> Option<&str> {
+        match self {
+            Recipe::Copy(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Computes the output values.
+    pub fn eval(&self, src: &dyn Fetch) -> Result<Vec<f32>> {
+        match self {
+            Recipe::Copy(s) => src.fetch(s),
+            Recipe::Transpose { src: s, rows, cols } => {
+                let v = fetch_len(src, s, &[*rows, *cols])?;
+                Ok(transpose(&v, *rows, *cols))
+            }
+            Recipe::Concat(parts) => {
+                let mut out = Vec::new();
+                for p in parts {
+                    out.extend(p.eval(src)?);
+                }
+                Ok(out)
+            }
+            Recipe::ConvKernel {
+                src: s,
+                hwio,
+                in_scale,
+            } => {
+                let v = fetch_len(src, s, hwio)?;
+                Ok(hwio_to_oihw(&v, *hwio, in_scale.as_deref()))
+            }
+            Recipe::PatchBias {
+                bias,
+                kernel,
+                hwio,
+                in_offset,
+            } => {
+                let b = fetch_len(src, bias, &[hwio[3]])?;
+                let k = fetch_len(src, kernel, hwio)?;
+                Ok(fold_bias(&b, &k, *hwio, in_offset))
+            }
+            Recipe::PosEmbed {
+                src: s,
+                prefix_rows,
+                from,
+                to,
+                dim,
+                method,
+                add_to_grid,
+            } => {
+                let rows = from.0 * from.1 + prefix_rows;
+                let v = fetch_len(src, s, &[rows, *dim])?;
+                let split = prefix_rows * dim;
+                let (prefix, grid) = v.split_at(split.min(v.len()));
+                let mut out = prefix.to_vec();
+                let mut grid = if from == to {
+                    grid.to_vec()
+                } else {
+                    resize_grid(grid, *from, *to, *dim, *method)
+                };
+                if let Some(add) = add_to_grid {
+                    let a = add.eval(src)?;
+                    if a.len() != *dim {
+                        return Err(Error::Length {
+                            name: s.clone(),
+                            shape: vec![*dim],
+                            expected: *dim,
+                            found: a.len(),
+                        });
+                    }
+                    for row in grid.chunks_exact_mut(*dim) {
+                        row.iter_mut().zip(&a).for_each(|(g, a)| *g += a);
+                    }
+                }
+                out.append(&mut grid);
+                Ok(out)
+            }
+            Recipe::Fill { value, len } => Ok(vec![*value; *len]),
+            Recipe::Identity(n) => {
+                let mut v = vec![0f32; n * n];
+                v.iter_mut().step_by(n + 1).for_each(|x| *x = 1.0);
+                Ok(v)
+            }
+        }
+    }
+}
+
+/// Fetches a tensor and checks it holds exactly the product of `shape` values.
+fn fetch_len(src: &dyn Fetch, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+    let v = src.fetch(name)?;
+    let expected = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or(Error::Overflow {
+            name: name.to_string(),
+            what: "element count",
+        })?;
+    if v.len() != expected {
+        return Err(Error::Length {
+            name: name.to_string(),
+            shape: shape.to_vec(),
+            expected,
+            found: v.len(),
+        });
+    }
+    Ok(v)
+}
+
+/// Cache-friendly transpose of a row-major `[rows, cols]` matrix, in square tiles.
+pub fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const TILE: usize = 32;
+    let mut out = vec![0f32; v.len()];
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                for c in c0..(c0 + TILE).min(cols) {
+                    if let (Some(o), Some(x)) = (out.get_mut(c * rows + r), v.get(r * cols + c)) {
+                        *o = *x;
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// HWIO -> OIHW, optionally scaling each input channel.
+pub fn hwio_to_oihw(v: &[f32], [h, w, i, o]: [usize; 4], in_scale: Option<&[f32]>) -> Vec<f32> {
+    // Seen as [(h, w, i), o], OIHW is its transpose [o, (h, w, i)] with the inner (h, w, i) reordered to (i, h, w).
+    let t = transpose(v, h * w * i, o);
+    let mut out = vec![0f32; v.len()];
+    for oc in 0..o {
+        for y in 0..h {
+            for x in 0..w {
+                for c in 0..i {
+                    let scale = in_scale.and_then(|s| s.get(c)).copied().unwrap_or(1.0);
+                    if let (Some(d), Some(s)) = (
+                        out.get_mut(((oc * i + c) * h + y) * w + x),
+                        t.get(oc * h * w * i + (y * w + x) * i + c),
+                    ) {
+                        *d = *s * scale;
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `b[o] + sum over (y, x, c) of K[y, x, c, o] * offset[c]`, accumulated in f64.
+pub fn fold_bias(b: &[f32], k: &[f32], [h, w, i, o]: [usize; 4], offset: &[f32]) -> Vec<f32> {
+    let mut acc: Vec<f64> = b.iter().map(|&x| f64::from(x)).collect();
+    for pos in 0..h * w {
+        for c in 0..i {
+            let off = f64::from(offset.get(c).copied().unwrap_or(0.0));
+            if off == 0.0 {
+                continue;
+            }
+            let base = (pos * i + c) * o;
+            if let Some(row) = k.get(base..base + o) {
+                acc.iter_mut()
+                    .zip(row)
+                    .for_each(|(a, &kv)| *a += f64::from(kv) * off);
+            }
+        }
+    }
+    acc.into_iter().map(|x| x as f32).collect()
+}
+
+/// One tensor of the output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub recipe: Recipe,
+}
+
+/// Where the plan's files go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputKind {
+    /// One weights file (`.pt` / `.safetensors`), plus any side files.
+    File,
+    /// A Hugging Face model directory: `model.safetensors` and JSON configs inside OUTPUT.
+    HfDirectory,
+}
+
+/// A side file written next to (or, for hf, inside) the output: e.g. `config.json`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SideFile {
+    /// For `File` outputs: the suffix replacing OUTPUT's extension (`.open_clip.json`); for hf: the file name.
+    pub name: String,
+    pub contents: String,
+}
+
+/// Everything a layout decided: tensors, metadata, messages, side files.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub kind: OutputKind,
+    pub tensors: Vec<OutTensor>,
+    /// Source tensors deliberately left out, each with the option that asked for it (also in the notes).
+    pub dropped: Vec<String>,
+    pub metadata: BTreeMap<String, String>,
+    /// What was mapped, folded or dropped, one sentence each (also in `vitconv.notes`).
+    pub notes: Vec<String>,
+    /// Python that builds the matching model and loads the output.
+    pub python: String,
+    pub side_files: Vec<SideFile>,
+}
+
+impl Plan {
+    /// Checks that every source tensor is read by some output or listed as dropped.
+    pub fn check_complete(
+        &self,
+        source: &BTreeMap<String, Vec<usize>>,
+        recognised: &str,
+    ) -> Result<()> {
+        let mut used = BTreeSet::new();
+        for t in &self.tensors {
+            t.recipe.sources(&mut used);
+        }
+        used.extend(self.dropped.iter().cloned());
+        match source.iter().find(|(k, _)| !used.contains(*k)) {
+            Some((name, shape)) => Err(Error::Unmapped {
+                name: name.clone(),
+                shape: shape.clone(),
+                recognised: recognised.to_string(),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transpose_matches_index_formula() {
+        let (r, c) = (37, 70);
+        let v: Vec<f32> = (0..r * c).map(|x| x as f32).collect();
+        let t = transpose(&v, r, c);
+        for i in 0..r {
+            for j in 0..c {
+                assert_eq!(t[j * r + i], v[i * c + j]);
+            }
+        }
+    }
+
+    #[test]
+    fn hwio_to_oihw_moves_every_element() {
+        let hwio = [2, 3, 4, 5];
+        let v: Vec<f32> = (0..120).map(|x| x as f32).collect();
+        let out = hwio_to_oihw(&v, hwio, Some(&[1.0, 2.0, 1.0, 1.0]));
+        for y in 0..2 {
+            for x in 0..3 {
+                for c in 0..4 {
+                    for o in 0..5 {
+                        let src = v[((y * 3 + x) * 4 + c) * 5 + o];
+                        let scale = if c == 1 { 2.0 } else { 1.0 };
+                        assert_eq!(out[((o * 4 + c) * 2 + y) * 3 + x], src * scale);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn folded_bias_equals_kernel_on_constant_input() {
+        let hwio = [2, 2, 3, 2];
+        let k: Vec<f32> = (0..24).map(|x| (x as f32 - 11.0) * 0.1).collect();
+        let b = vec![0.5, -0.25];
+        let off = [0.1, -0.2, 0.3];
+        let got = fold_bias(&b, &k, hwio, &off);
+        for o in 0..2 {
+            let mut want = f64::from(b[o]);
+            for p in 0..4 {
+                for c in 0..3 {
+                    want += f64::from(k[(p * 3 + c) * 2 + o]) * f64::from(off[c]);
+                }
+            }
+            assert!((f64::from(got[o]) - want).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn identity_and_fill() {
+        struct None_;
+        impl Fetch for None_ {
+            fn fetch(&self, name: &str) -> Result<Vec<f32>> {
+                Err(Error::BadOption {
+                    option: "test",
+                    why: name.to_string(),
+                })
+            }
+            fn fetch_raw(&self, name: &str) -> Result<(DType, Vec<u8>)> {
+                Err(Error::BadOption {
+                    option: "test",
+                    why: name.to_string(),
+                })
+            }
+        }
+        assert_eq!(
+            Recipe::Identity(2).eval(&None_).ok(),
+            Some(vec![1.0, 0.0, 0.0, 1.0])
+        );
+        assert_eq!(
+            Recipe::Fill { value: 1.0, len: 3 }.eval(&None_).ok(),
+            Some(vec![1.0; 3])
+        );
+    }
+}
