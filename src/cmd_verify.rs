@@ -1,10 +1,208 @@
-//! `vitconv verify`: placeholder until its issue lands.
+//! `vitconv verify`: runs the source `.npz` and its conversion side by side on libtorch and prints how far their outputs are apart.
+//!
+//! Built only with the cargo feature `verify` (it links libtorch through the
+//! vitconv-verify crate); without it the command keeps its arguments, so `--help`
+//! still documents them, and says in one line how to get it. Exit codes: 0 within
+//! tolerance, 1 a real mismatch, 2 bad input.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(clap::Args)]
-pub struct VerifyArgs {}
+#[command(group(clap::ArgGroup::new("inputs").args(["input", "images"])))]
+pub struct VerifyArgs {
+    /// The source checkpoint (.npz of google-research/vision_transformer).
+    source: PathBuf,
+    /// The converted file (.pt, .safetensors) or, for hf, its directory.
+    converted: PathBuf,
+    /// The converted layout: timm, hf, open_clip or clip (default: from the file's metadata or config).
+    #[arg(long)]
+    layout: Option<String>,
+    /// auto (CUDA when available), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Precision of the converted model's forward: f32, bf16 or f16 (the reference always runs in f32).
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Number of random images (uniform in [-1, 1]).
+    #[arg(long, default_value_t = 2)]
+    batch: usize,
+    /// Seed of the random images.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// NHWC float .npy in [-1, 1] (like the golden input.npy) instead of random images.
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// A directory of PNG/JPEG images, resized and centre-cropped to the model's size.
+    #[arg(long)]
+    images: Option<PathBuf>,
+    /// With --images: the size to resize to, N or WxH; must be the model's (square) size.
+    #[arg(long, requires = "images")]
+    image_size: Option<String>,
+    /// Logits produced elsewhere (e.g. by the original JAX code) to hold the reference against.
+    #[arg(long)]
+    expect: Option<PathBuf>,
+    /// Largest allowed max-abs difference, relative to max(1, max |reference|)
+    /// (default 1e-4 for f32, 5e-2 bf16, 1e-2 f16; the clip layout is judged only when given).
+    #[arg(long)]
+    tolerance: Option<f64>,
+    /// Print one JSON object instead of tables.
+    #[arg(long)]
+    json: bool,
+}
 
+#[cfg(not(feature = "verify"))]
 pub fn run(_args: VerifyArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not implemented yet")
+    anyhow::bail!(
+        "this vitconv was built without libtorch; build it with `scripts/with-libtorch cargo build --release --features verify` to use verify"
+    )
+}
+
+#[cfg(feature = "verify")]
+pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    use anyhow::Context as _;
+    use vitconv_verify::{InputSource, Layout, Options, Precision};
+
+    // Before libtorch touches CUDA, so that cuBLAS and cuDNN start without TF32.
+    vitconv_verify::disable_tf32();
+    let layout =
+        match args.layout.as_deref() {
+            Some(name) => Some(Layout::parse(name).with_context(|| {
+                format!("--layout {name}: expected timm, hf, open_clip or clip")
+            })?),
+            None => None,
+        };
+    let precision = Precision::parse(&args.dtype)
+        .with_context(|| format!("--dtype {}: expected f32, bf16 or f16", args.dtype))?;
+    if let Some(t) = args.tolerance {
+        anyhow::ensure!(
+            t.is_finite() && t >= 0.0,
+            "--tolerance {t}: expected a non-negative number"
+        );
+    }
+    let input = match (args.input, args.images) {
+        (Some(path), _) => InputSource::Npy(path),
+        (None, Some(dir)) => InputSource::Images {
+            dir,
+            size: args.image_size.as_deref().map(parse_size).transpose()?,
+        },
+        (None, None) => InputSource::Random {
+            batch: args.batch,
+            seed: args.seed,
+        },
+    };
+    let opts = Options {
+        source: args.source,
+        converted: args.converted,
+        layout,
+        device: args.device,
+        precision,
+        input,
+        expect: args.expect,
+        tolerance: args.tolerance,
+    };
+    let report = vitconv_verify::verify(&opts)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(if report.pass {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Parses `N` or `WxH`.
+#[cfg(feature = "verify")]
+fn parse_size(text: &str) -> anyhow::Result<(usize, usize)> {
+    let parse = |s: &str| {
+        s.trim()
+            .parse::<usize>()
+            .map_err(|_| anyhow::anyhow!("--image-size {text}: expected N or WxH"))
+    };
+    match text.split_once(['x', 'X']) {
+        Some((w, h)) => Ok((parse(w)?, parse(h)?)),
+        None => {
+            let n = parse(text)?;
+            Ok((n, n))
+        }
+    }
+}
+
+#[cfg(feature = "verify")]
+fn print_report(r: &vitconv_verify::Report) {
+    use comfy_table::{presets::UTF8_FULL, Table};
+
+    let mut run = Table::new();
+    run.load_preset(UTF8_FULL);
+    run.set_header(vec![
+        "layout",
+        "device",
+        "dtype",
+        "batch",
+        "image",
+        "reference forward",
+        "converted forward",
+    ]);
+    run.add_row(vec![
+        r.layout.as_str().to_string(),
+        r.device.clone(),
+        r.dtype.clone(),
+        r.batch.to_string(),
+        format!("{0}x{0}", r.image_size),
+        format!("{:.2} ms", r.reference_ms),
+        format!("{:.2} ms", r.target_ms),
+    ]);
+    println!("{run}");
+
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL);
+    table.set_header(vec![
+        "output",
+        "max abs diff",
+        "max rel diff",
+        "mean abs diff",
+        "cosine",
+        "top-1 agree",
+        "top-5 overlap",
+        "bound",
+        "within",
+    ]);
+    let rows = [
+        ("logits", &r.logits),
+        ("pooled features", &r.features),
+        ("reference vs --expect", &r.expect),
+    ];
+    for (name, m) in rows {
+        match m {
+            Some(m) => table.add_row(vec![
+                name.to_string(),
+                format!("{:.3e}", m.max_abs_diff),
+                format!("{:.3e}", m.max_rel_diff),
+                format!("{:.3e}", m.mean_abs_diff),
+                format!("{:.8}", m.cosine),
+                format!("{:.1}%", m.top1_agreement * 100.0),
+                format!("{:.1}%", m.top5_overlap * 100.0),
+                format!("{:.1e}", m.bound),
+                if m.within { "yes".into() } else { "NO".into() },
+            ]),
+            None if name == "reference vs --expect" => continue,
+            None => table.add_row(vec![name.to_string(), "not compared".into()]),
+        };
+    }
+    println!("{table}");
+    for note in &r.notes {
+        println!("note: {note}");
+    }
+    let verdict = match (r.judged, r.pass) {
+        (false, true) => format!(
+            "NOT JUDGED: drift reported only (give --tolerance to judge the {} layout)",
+            r.layout.as_str()
+        ),
+        (_, true) => format!("PASS: within tolerance {:e}", r.tolerance),
+        (_, false) => format!("FAIL: outputs differ beyond tolerance {:e}", r.tolerance),
+    };
+    println!("{verdict}");
 }

@@ -24,11 +24,20 @@ pub enum Error {
 
     /// A tensor the forward needs is missing from the file.
     #[error("{path}: tensor {tensor:?} is missing ({why})")]
-    MissingTensor { path: PathBuf, tensor: String, why: String },
+    MissingTensor {
+        path: PathBuf,
+        tensor: String,
+        why: String,
+    },
 
     /// A tensor is there but its shape does not fit the architecture read so far.
     #[error("{path}: tensor {tensor:?} has shape {found:?}, expected {expected}")]
-    BadShape { path: PathBuf, tensor: String, expected: String, found: Vec<usize> },
+    BadShape {
+        path: PathBuf,
+        tensor: String,
+        expected: String,
+        found: Vec<usize>,
+    },
 
     /// The file is not a ViT checkpoint in the layout the forward reads.
     #[error("{path}: {reason}")]
@@ -36,7 +45,11 @@ pub enum Error {
 
     /// The converted file and the source describe different models; there is nothing to compare.
     #[error("{converted} does not hold the architecture of {source_file}: {reason}")]
-    ArchitectureMismatch { source_file: PathBuf, converted: PathBuf, reason: String },
+    ArchitectureMismatch {
+        source_file: PathBuf,
+        converted: PathBuf,
+        reason: String,
+    },
 
     /// A user request that cannot be honoured (a device, dtype, size or input file).
     #[error("{0}")]

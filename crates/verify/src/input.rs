@@ -1,0 +1,224 @@
+//! The pixels both sides see: seeded random images, an NHWC `.npy`, or decoded PNG/JPEG files, all in the source's [-1, 1] space.
+
+use std::path::{Path, PathBuf};
+
+use tch::{Kind, Tensor};
+use vitconv_tensors::TensorFile;
+
+use crate::error::{Error, Result};
+use crate::params::{dim, to_i64_dims};
+
+/// Most images `--images` decodes, so a large folder cannot exhaust memory by accident.
+pub const MAX_IMAGES: usize = 256;
+/// Largest batch of random images.
+pub const MAX_BATCH: usize = 4096;
+
+/// Where the inputs come from.
+#[derive(Debug, Clone)]
+pub enum InputSource {
+    /// `batch` images, uniform in [-1, 1], from a seeded generator independent of libtorch
+    /// (so CPU and CUDA runs see the same pixels).
+    Random { batch: usize, seed: u64 },
+    /// An NHWC float array in [-1, 1], like the golden `input.npy`.
+    Npy(PathBuf),
+    /// Every PNG/JPEG in a directory (sorted by name), decoded, resized so the shorter side is
+    /// `size`, centre-cropped to `size` x `size`, scaled to [-1, 1].
+    Images {
+        dir: PathBuf,
+        size: Option<(usize, usize)>,
+    },
+}
+
+/// Builds the NHWC float32 batch at `image_size` x `image_size` on the CPU.
+pub fn load(source: &InputSource, image_size: usize) -> Result<Tensor> {
+    match source {
+        InputSource::Random { batch, seed } => random(*batch, *seed, image_size),
+        InputSource::Npy(path) => npy(path, image_size),
+        InputSource::Images { dir, size } => images(dir, *size, image_size),
+    }
+}
+
+fn random(batch: usize, seed: u64, s: usize) -> Result<Tensor> {
+    if batch == 0 || batch > MAX_BATCH {
+        return Err(Error::BadRequest(format!(
+            "--batch must be 1..={MAX_BATCH}, got {batch}"
+        )));
+    }
+    let n = batch
+        .checked_mul(s)
+        .and_then(|v| v.checked_mul(s))
+        .and_then(|v| v.checked_mul(3))
+        .ok_or_else(|| Error::BadRequest("batch x image size overflows".into()))?;
+    let mut state = seed;
+    let values: Vec<f32> = (0..n)
+        .map(|_| {
+            // splitmix64, then the top 24 bits as a float in [0, 1).
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            #[allow(clippy::cast_precision_loss)]
+            let unit = (z >> 40) as f32 / (1u64 << 24) as f32;
+            unit * 2.0 - 1.0
+        })
+        .collect();
+    Ok(Tensor::f_from_slice(&values)?.f_reshape([dim(batch)?, dim(s)?, dim(s)?, 3])?)
+}
+
+fn npy(path: &Path, s: usize) -> Result<Tensor> {
+    if !path.exists() {
+        return Err(Error::NotFound {
+            path: path.to_path_buf(),
+        });
+    }
+    let file = TensorFile::open(path)?;
+    let info = file
+        .tensors()
+        .first()
+        .ok_or_else(|| Error::Unreadable {
+            path: path.to_path_buf(),
+            reason: "holds no array".into(),
+        })?
+        .clone();
+    match info.shape.as_slice() {
+        [b, h, w, 3] if *h == s && *w == s && *b > 0 => {}
+        other => return Err(Error::BadRequest(format!(
+            "{}: input has shape {other:?}; the model takes NHWC [batch, {s}, {s}, 3] in [-1, 1]",
+            path.display()
+        ))),
+    }
+    let dims = to_i64_dims(&info.shape)
+        .ok_or_else(|| Error::BadRequest("input shape too large".into()))?;
+    let values = file.read_f32(&info.name)?;
+    Ok(Tensor::f_from_slice(&values)?
+        .f_reshape(dims.as_slice())?
+        .f_to_kind(Kind::Float)?)
+}
+
+fn images(dir: &Path, size: Option<(usize, usize)>, s: usize) -> Result<Tensor> {
+    if let Some((w, h)) = size {
+        if w != h {
+            return Err(Error::BadRequest(format!(
+                "--image-size {w}x{h} is not square: the models take square {s}x{s} inputs"
+            )));
+        }
+        if w != s {
+            return Err(Error::BadRequest(format!(
+                "--image-size {w}: the model's position embedding is for {s}x{s} inputs; convert with --image-size {w} to run at {w}"
+            )));
+        }
+    }
+    if !dir.is_dir() {
+        return Err(Error::NotFound {
+            path: dir.to_path_buf(),
+        });
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::Unreadable {
+            path: dir.to_path_buf(),
+            reason: e.to_string(),
+        })?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
+        })
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(Error::BadRequest(format!(
+            "{}: no .png/.jpg/.jpeg files",
+            dir.display()
+        )));
+    }
+    files.truncate(MAX_IMAGES);
+    let side =
+        u32::try_from(s).map_err(|_| Error::BadRequest(format!("image size {s} too large")))?;
+    let mut values = Vec::new();
+    for path in &files {
+        let img = image::open(path).map_err(|e| Error::Unreadable {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        // Resize the shorter side to the model's size, then centre-crop: the aspect ratio is kept,
+        // as timm's and CLIP's eval transforms do.
+        let img = img
+            .resize_to_fill(side, side, image::imageops::FilterType::Triangle)
+            .to_rgb8();
+        values.extend(
+            img.as_raw()
+                .iter()
+                .map(|&v| f32::from(v) / 255.0 * 2.0 - 1.0),
+        );
+    }
+    let batch = dim(files.len())?;
+    Ok(Tensor::f_from_slice(&values)?.f_reshape([batch, dim(s)?, dim(s)?, 3])?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_inputs_are_seeded_and_in_range() {
+        let a = load(&InputSource::Random { batch: 2, seed: 7 }, 8).expect("builds");
+        let b = load(&InputSource::Random { batch: 2, seed: 7 }, 8).expect("builds");
+        let c = load(&InputSource::Random { batch: 2, seed: 8 }, 8).expect("builds");
+        assert_eq!(a.size(), vec![2, 8, 8, 3]);
+        assert!(a.equal(&b));
+        assert!(!a.equal(&c));
+        assert!(a.max().double_value(&[]) <= 1.0 && a.min().double_value(&[]) >= -1.0);
+        assert!(
+            a.std(true).double_value(&[]) > 0.4,
+            "uniform on [-1, 1] has std 0.58"
+        );
+    }
+
+    #[test]
+    fn a_non_square_image_size_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = load(
+            &InputSource::Images {
+                dir: dir.path().to_path_buf(),
+                size: Some((64, 48)),
+            },
+            64,
+        )
+        .err()
+        .expect("refused");
+        assert!(err.to_string().contains("not square"), "{err}");
+    }
+
+    #[test]
+    fn images_are_decoded_cropped_and_scaled() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A 40x20 image: white left half, black right half; the centre crop keeps both.
+        let img = image::RgbImage::from_fn(40, 20, |x, _| {
+            if x < 20 {
+                image::Rgb([255, 255, 255])
+            } else {
+                image::Rgb([0, 0, 0])
+            }
+        });
+        img.save(dir.path().join("a.png")).expect("saves");
+        let x = load(
+            &InputSource::Images {
+                dir: dir.path().to_path_buf(),
+                size: None,
+            },
+            10,
+        )
+        .expect("loads");
+        assert_eq!(x.size(), vec![1, 10, 10, 3]);
+        assert!(
+            (x.double_value(&[0, 5, 0, 0]) - 1.0).abs() < 1e-6,
+            "left edge is white"
+        );
+        assert!(
+            (x.double_value(&[0, 5, 9, 0]) + 1.0).abs() < 1e-6,
+            "right edge is black"
+        );
+    }
+}

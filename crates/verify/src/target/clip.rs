@@ -1,0 +1,184 @@
+//! The OpenAI CLIP target: `clip.model.VisionTransformer` (`model.visual`) run with the semantics that class fixes.
+//!
+//! Semantics from openai-clip 1.0.1 (`clip/model.py`): `conv1` without bias, the
+//! class embedding prepended, `positional_embedding` added, `ln_pre` always,
+//! `ResidualAttentionBlock`s with `nn.MultiheadAttention` and QuickGELU
+//! (`x * sigmoid(1.702 x)`), its `LayerNorm` subclass computing in float32 with
+//! `nn.LayerNorm`'s eps 1e-5, `ln_post` on token 0, then `@ proj`. None of this is
+//! configurable in that class, so the declared GELU and eps are ignored here on
+//! purpose: the point is to measure what users of the class really get. The head
+//! count is a constructor argument: the declared `heads` when the file says it, else
+//! `build_model`'s `width // 64`.
+
+use tch::{Kind, Tensor};
+
+use super::{
+    bad_shape, grid_of, pair, shape2, split_qkv, Block, BlockSemantics, DeclaredConfig,
+    FeatureKind, InputNorm, Parts, TargetArch, TargetOutputs,
+};
+use crate::error::{Error, Result};
+use crate::ops::{self, Gelu};
+use crate::params::{dim, Params};
+
+/// `clip.model.LayerNorm` inherits `nn.LayerNorm`'s default eps.
+const CLIP_LAYER_NORM_EPS: f64 = 1e-5;
+/// `build_model` derives the head count as `vision_width // 64`.
+const CLIP_HEAD_WIDTH: usize = 64;
+
+pub struct Clip {
+    p: Params,
+    pre: String,
+    semantics: BlockSemantics,
+    blocks: Vec<Block>,
+    arch: TargetArch,
+}
+
+impl Clip {
+    pub(crate) fn open(p: Params, config: &DeclaredConfig) -> Result<(Clip, Parts)> {
+        let path = p.path().to_path_buf();
+        let pre = if p.has("visual.conv1.weight") {
+            "visual."
+        } else {
+            ""
+        };
+        let conv = format!("{pre}conv1.weight");
+        let (d, patch_size) = match p.require_shape(&conv, "patch embedding (conv1)")? {
+            [d, _, ph, pw] if ph == pw => (*d, *ph),
+            other => return Err(bad_shape(&path, &conv, "[width, 3, p, p]", other)),
+        };
+        let pos = format!("{pre}positional_embedding");
+        let [rows, pd] = shape2(&p, &pos)?;
+        if pd != d {
+            return Err(bad_shape(&path, &pos, &format!("[N, {d}]"), &[rows, pd]));
+        }
+        let grid = grid_of(&path, &pos, rows, true)?;
+        let mut depth = 0usize;
+        while p.has(&format!(
+            "{pre}transformer.resblocks.{depth}.attn.in_proj_weight"
+        )) {
+            depth = depth.saturating_add(1);
+        }
+        let [mlp, _] = shape2(&p, &format!("{pre}transformer.resblocks.0.mlp.c_fc.weight"))?;
+        if !p.has(&format!("{pre}ln_pre.weight")) {
+            return Err(Error::NotAModel {
+                path,
+                reason: "no ln_pre: OpenAI CLIP's VisionTransformer always has one (an open_clip file? give --layout open_clip)".into(),
+            });
+        }
+        let heads = config.heads.unwrap_or(d / CLIP_HEAD_WIDTH);
+        if heads == 0 || d % heads != 0 {
+            return Err(Error::NotAModel {
+                path,
+                reason: format!("{heads} heads do not divide width {d}"),
+            });
+        }
+        let semantics = BlockSemantics {
+            heads,
+            gelu: Gelu::Quick,
+            eps: CLIP_LAYER_NORM_EPS,
+            ln_fp32: true,
+        };
+        let mut blocks = Vec::with_capacity(depth);
+        for i in 0..depth {
+            let b = format!("{pre}transformer.resblocks.{i}");
+            let w = p.load(&format!("{b}.attn.in_proj_weight"), &[3 * d, d])?;
+            let bias = p.load(&format!("{b}.attn.in_proj_bias"), &[3 * d])?;
+            let [q, k, v] = split_qkv(&w, &bias)?;
+            blocks.push(Block {
+                ln1: pair(&p, &format!("{b}.ln_1"), &[d], &[d])?,
+                q,
+                k,
+                v,
+                proj: pair(&p, &format!("{b}.attn.out_proj"), &[d, d], &[d])?,
+                ln2: pair(&p, &format!("{b}.ln_2"), &[d], &[d])?,
+                fc1: pair(&p, &format!("{b}.mlp.c_fc"), &[mlp, d], &[mlp])?,
+                fc2: pair(&p, &format!("{b}.mlp.c_proj"), &[d, mlp], &[d])?,
+            });
+        }
+        let notes = vec![format!(
+            "OpenAI CLIP semantics (fixed by the class): ln_pre, QuickGELU, float32 LayerNorm eps {CLIP_LAYER_NORM_EPS:e}, {heads} heads ({})",
+            if config.heads.is_some() { "as declared" } else { "width // 64 as build_model does" }
+        )];
+        let arch = TargetArch {
+            hidden: d,
+            depth,
+            heads,
+            mlp,
+            patch_size,
+            grid,
+            image_size: grid.saturating_mul(patch_size),
+            class_token: true,
+        };
+        let norm = config.input_norm.clone().unwrap_or_else(InputNorm::unit);
+        let logits_offset = config.head_bias.clone();
+        let m = Clip {
+            p,
+            pre: pre.to_owned(),
+            semantics,
+            blocks,
+            arch: arch.clone(),
+        };
+        Ok((
+            m,
+            Parts {
+                arch,
+                norm,
+                logits_offset,
+                notes,
+            },
+        ))
+    }
+
+    pub(crate) fn kind(&self) -> Kind {
+        self.p.kind()
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<TargetOutputs> {
+        let p = &self.p;
+        let a = &self.arch;
+        let (pre, d) = (&self.pre, dim(a.hidden)?);
+        let x = x.f_to_kind(p.kind())?;
+        let w = p.load_any(&format!("{pre}conv1.weight"))?;
+        let y = ops::conv2d(&x, &w, None, dim(a.patch_size)?, 0)?;
+        let x = y.f_flatten(2, 3)?.f_transpose(1, 2)?;
+        let batch = x.size().first().copied().unwrap_or(1);
+        let cls = p
+            .load(&format!("{pre}class_embedding"), &[a.hidden])?
+            .f_view([1, 1, d])?
+            .f_expand([batch, 1, d], false)?;
+        let x = Tensor::f_cat(&[cls, x], 1)?
+            .f_add(&p.load_any(&format!("{pre}positional_embedding"))?)?;
+        let mut x = self.semantics.norm(
+            &x,
+            &pair(p, &format!("{pre}ln_pre"), &[a.hidden], &[a.hidden])?,
+        )?;
+        for block in &self.blocks {
+            x = block.forward(&x, &self.semantics)?;
+        }
+        let token = x.f_select(1, 0)?;
+        let pooled = self.semantics.norm(
+            &token,
+            &pair(p, &format!("{pre}ln_post"), &[a.hidden], &[a.hidden])?,
+        )?;
+        let proj = format!("{pre}proj");
+        let logits = if p.has(&proj) {
+            let [f, out] = shape2(p, &proj)?;
+            if f != a.hidden {
+                return Err(bad_shape(
+                    p.path(),
+                    &proj,
+                    &format!("[{}, out]", a.hidden),
+                    &[f, out],
+                ));
+            }
+            Some(pooled.f_matmul(&p.load_any(&proj)?)?)
+        } else {
+            None
+        };
+        Ok(TargetOutputs {
+            features: pooled,
+            features_kind: FeatureKind::Pooled,
+            logits,
+        })
+    }
+}

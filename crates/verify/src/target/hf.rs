@@ -1,0 +1,336 @@
+//! The transformers target: a `ViTForImageClassification` directory (config.json + model.safetensors) run from its own keys and config.
+//!
+//! Semantics from transformers 5.24 (`models/vit/modeling_vit.py`,
+//! `configuration_vit.py`, `activations.py`, `conversion_mapping.py`): the class token is
+//! concatenated before `position_embeddings` are added; separate q/k/v linears;
+//! `layernorm_before`/`layernorm_after` with `config.layer_norm_eps` (library default
+//! 1e-12); the layer names of transformers 5 (`layers.N.attention.q_proj`,
+//! `mlp.fc1`) or of 4.x checkpoints (`encoder.layer.N.attention.attention.query`,
+//! `intermediate.dense`), which 5.x renames on load; `hidden_act` from the config (`gelu` = erf; `gelu_pytorch_tanh`,
+//! `gelu_new`, `gelu_fast` = the tanh form); `vit.layernorm` on all tokens; the
+//! classifier on token 0 (ViTForImageClassification builds no pooler). A
+//! `vit.pooler` in the file (ViTModel's dense + tanh) gives the pooled features.
+//! The input normalisation comes from `preprocessor_config.json`, which is what
+//! `ViTImageProcessor` applies.
+
+use std::path::Path;
+
+use serde::Deserialize;
+use tch::{Device, Kind, Tensor};
+use vitconv_tensors::TensorFile;
+
+use super::{
+    bad_shape, grid_of, pair, shape2, Block, BlockSemantics, DeclaredConfig, FeatureKind,
+    InputNorm, Parts, TargetArch, TargetOutputs,
+};
+use crate::error::{Error, Result};
+use crate::ops::{self, Gelu};
+use crate::params::{dim, Params};
+
+/// `ViTConfig`'s defaults where config.json leaves a field out.
+const HF_DEFAULT_LAYER_NORM_EPS: f64 = 1e-12;
+
+#[derive(Debug, Deserialize)]
+struct HfConfig {
+    model_type: Option<String>,
+    hidden_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    intermediate_size: usize,
+    #[serde(default)]
+    hidden_act: Option<String>,
+    #[serde(default)]
+    layer_norm_eps: Option<f64>,
+    #[serde(default)]
+    qkv_bias: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Preprocessor {
+    image_mean: Option<[f64; 3]>,
+    image_std: Option<[f64; 3]>,
+    #[serde(default)]
+    do_normalize: Option<bool>,
+}
+
+pub struct Hf {
+    p: Params,
+    pre: String,
+    semantics: BlockSemantics,
+    blocks: Vec<Block>,
+    arch: TargetArch,
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::Unreadable {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    serde_json::from_str(&text).map_err(|e| Error::Unreadable {
+        path: path.to_path_buf(),
+        reason: format!("not a transformers config: {e}"),
+    })
+}
+
+impl Hf {
+    pub(crate) fn open(dir: &Path, device: Device, kind: Kind) -> Result<(Hf, Parts)> {
+        let config_path = dir.join("config.json");
+        let weights_path = dir.join("model.safetensors");
+        for needed in [&config_path, &weights_path] {
+            if !needed.exists() {
+                return Err(Error::NotFound {
+                    path: needed.clone(),
+                });
+            }
+        }
+        let config: HfConfig = read_json(&config_path)?;
+        if let Some(t) = config.model_type.as_deref().filter(|t| *t != "vit") {
+            return Err(Error::NotAModel {
+                path: config_path,
+                reason: format!("model_type is {t:?}, not \"vit\""),
+            });
+        }
+        let file = TensorFile::open(&weights_path)?;
+        let declared = DeclaredConfig::from_metadata(&weights_path, file.metadata())?;
+        let pre = if file.get("vit.embeddings.cls_token").is_some() {
+            "vit."
+        } else {
+            ""
+        };
+        let p = Params::new(file, "", device, kind);
+        let path = weights_path.clone();
+        let d = config.hidden_size;
+        let heads = config.num_attention_heads;
+        if heads == 0 || d % heads != 0 {
+            return Err(Error::NotAModel {
+                path: config_path,
+                reason: format!("{heads} heads do not divide hidden_size {d}"),
+            });
+        }
+        let act = config.hidden_act.clone().unwrap_or_else(|| "gelu".into());
+        let gelu = match act.as_str() {
+            "gelu" => Gelu::Erf,
+            "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" => Gelu::Tanh,
+            "quick_gelu" => Gelu::Quick,
+            other => {
+                return Err(Error::NotAModel {
+                    path: config_path,
+                    reason: format!("hidden_act {other:?} is not a GELU this verifier knows"),
+                })
+            }
+        };
+        let eps = config.layer_norm_eps.unwrap_or(HF_DEFAULT_LAYER_NORM_EPS);
+        let semantics = BlockSemantics {
+            heads,
+            gelu,
+            eps,
+            ln_fp32: false,
+        };
+        let emb = format!("{pre}embeddings");
+        let patch_size = match p.require_shape(
+            &format!("{emb}.patch_embeddings.projection.weight"),
+            "patch embedding",
+        )? {
+            [od, _, ph, pw] if ph == pw && *od == d => *ph,
+            other => {
+                return Err(bad_shape(
+                    &path,
+                    &format!("{emb}.patch_embeddings.projection.weight"),
+                    &format!("[{d}, in, p, p]"),
+                    other,
+                ))
+            }
+        };
+        let pos_rows =
+            match p.require_shape(&format!("{emb}.position_embeddings"), "position embedding")? {
+                [1, n, pd] if *pd == d => *n,
+                other => {
+                    return Err(bad_shape(
+                        &path,
+                        &format!("{emb}.position_embeddings"),
+                        &format!("[1, N, {d}]"),
+                        other,
+                    ))
+                }
+            };
+        let grid = grid_of(&path, &format!("{emb}.position_embeddings"), pos_rows, true)?;
+        let m = config.intermediate_size;
+        let qkv_bias = config.qkv_bias.unwrap_or(true);
+        if !qkv_bias {
+            return Err(Error::NotAModel {
+                path: config_path,
+                reason: "qkv_bias false: no Google ViT has bias-free attention".into(),
+            });
+        }
+        // transformers 5 names the layers `layers.N.attention.{q,k,v,o}_proj` and `mlp.fc1/fc2`;
+        // checkpoints saved by 4.x use `encoder.layer.N.attention.attention.query` and friends,
+        // which 5.x renames on load (conversion_mapping.py, "ViTModel"). Both are read.
+        let native = p.has(&format!("{pre}layers.0.attention.q_proj.weight"));
+        let names: [&str; 8] = if native {
+            [
+                "layernorm_before",
+                "attention.q_proj",
+                "attention.k_proj",
+                "attention.v_proj",
+                "attention.o_proj",
+                "layernorm_after",
+                "mlp.fc1",
+                "mlp.fc2",
+            ]
+        } else {
+            [
+                "layernorm_before",
+                "attention.attention.query",
+                "attention.attention.key",
+                "attention.attention.value",
+                "attention.output.dense",
+                "layernorm_after",
+                "intermediate.dense",
+                "output.dense",
+            ]
+        };
+        let layer = if native { "layers" } else { "encoder.layer" };
+        let [ln1, q, k, v, o, ln2, fc1, fc2] = names;
+        let mut blocks = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let b = format!("{pre}{layer}.{i}");
+            blocks.push(Block {
+                ln1: pair(&p, &format!("{b}.{ln1}"), &[d], &[d])?,
+                q: pair(&p, &format!("{b}.{q}"), &[d, d], &[d])?,
+                k: pair(&p, &format!("{b}.{k}"), &[d, d], &[d])?,
+                v: pair(&p, &format!("{b}.{v}"), &[d, d], &[d])?,
+                proj: pair(&p, &format!("{b}.{o}"), &[d, d], &[d])?,
+                ln2: pair(&p, &format!("{b}.{ln2}"), &[d], &[d])?,
+                fc1: pair(&p, &format!("{b}.{fc1}"), &[m, d], &[m])?,
+                fc2: pair(&p, &format!("{b}.{fc2}"), &[d, m], &[d])?,
+            });
+        }
+        let image_size = grid.saturating_mul(patch_size);
+        let arch = TargetArch {
+            hidden: d,
+            depth: config.num_hidden_layers,
+            heads,
+            mlp: m,
+            patch_size,
+            grid,
+            image_size,
+            class_token: true,
+        };
+        let mut notes = vec![format!(
+            "transformers semantics from config.json: hidden_act {act:?}, layer_norm_eps {eps:e}"
+        )];
+        let pre_path = dir.join("preprocessor_config.json");
+        let norm = if pre_path.exists() {
+            let pp: Preprocessor = read_json(&pre_path)?;
+            match (pp.do_normalize.unwrap_or(true), pp.image_mean, pp.image_std) {
+                (false, _, _) => InputNorm {
+                    name: "none".into(),
+                    mean: [0.0; 3],
+                    std: [1.0; 3],
+                },
+                (true, Some(mean), Some(std)) => InputNorm {
+                    name: "preprocessor_config".into(),
+                    mean,
+                    std,
+                },
+                // ViTImageProcessor's defaults are IMAGENET_STANDARD_MEAN/STD = 0.5.
+                (true, _, _) => InputNorm::unit(),
+            }
+        } else {
+            notes.push(
+                "no preprocessor_config.json: input normalisation from vitconv.config".into(),
+            );
+            declared.input_norm.clone().unwrap_or_else(InputNorm::unit)
+        };
+        let hf = Hf {
+            p,
+            pre: pre.to_owned(),
+            semantics,
+            blocks,
+            arch: arch.clone(),
+        };
+        Ok((
+            hf,
+            Parts {
+                arch,
+                norm,
+                logits_offset: None,
+                notes,
+            },
+        ))
+    }
+
+    pub(crate) fn kind(&self) -> Kind {
+        self.p.kind()
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<TargetOutputs> {
+        let p = &self.p;
+        let a = &self.arch;
+        let (pre, d) = (&self.pre, dim(a.hidden)?);
+        let x = x.f_to_kind(p.kind())?;
+        let emb = format!("{pre}embeddings");
+        let w = p.load_any(&format!("{emb}.patch_embeddings.projection.weight"))?;
+        let b = p.load(
+            &format!("{emb}.patch_embeddings.projection.bias"),
+            &[a.hidden],
+        )?;
+        let y = ops::conv2d(&x, &w, Some(&b), dim(a.patch_size)?, 0)?;
+        let x = y.f_flatten(2, 3)?.f_transpose(1, 2)?;
+        let batch = x.size().first().copied().unwrap_or(1);
+        let cls = p
+            .load(&format!("{emb}.cls_token"), &[1, 1, a.hidden])?
+            .f_expand([batch, 1, d], false)?;
+        let mut x = Tensor::f_cat(&[cls, x], 1)?
+            .f_add(&p.load_any(&format!("{emb}.position_embeddings"))?)?;
+        for block in &self.blocks {
+            x = block.forward(&x, &self.semantics)?;
+        }
+        let ln = pair(p, &format!("{pre}layernorm"), &[a.hidden], &[a.hidden])?;
+        let x = self.semantics.norm(&x, &ln)?;
+        let token = x.f_select(1, 0)?;
+        let logits = if p.has("classifier.weight") {
+            let [c, f] = shape2(p, "classifier.weight")?;
+            if f != a.hidden {
+                return Err(bad_shape(
+                    p.path(),
+                    "classifier.weight",
+                    &format!("[labels, {}]", a.hidden),
+                    &[c, f],
+                ));
+            }
+            Some(ops::linear(
+                &token,
+                &p.load_any("classifier.weight")?,
+                Some(&p.load("classifier.bias", &[c])?),
+            )?)
+        } else {
+            None
+        };
+        let pooler = format!("{pre}pooler.dense");
+        let (features, features_kind) = if p.has(&format!("{pooler}.weight")) {
+            let [r, f] = shape2(p, &format!("{pooler}.weight"))?;
+            if f != a.hidden {
+                return Err(bad_shape(
+                    p.path(),
+                    &format!("{pooler}.weight"),
+                    &format!("[out, {}]", a.hidden),
+                    &[r, f],
+                ));
+            }
+            let y = ops::linear(
+                &token,
+                &p.load_any(&format!("{pooler}.weight"))?,
+                Some(&p.load(&format!("{pooler}.bias"), &[r])?),
+            )?;
+            (y.f_tanh()?, FeatureKind::Representation)
+        } else {
+            (token, FeatureKind::Pooled)
+        };
+        Ok(TargetOutputs {
+            features,
+            features_kind,
+            logits,
+        })
+    }
+}

@@ -1,0 +1,433 @@
+//! The target forwards: a converted file run by its own key names with the semantics of the library it is for.
+//!
+//! One module per layout ([`timm`], [`hf`], [`open_clip`], [`clip`]); each reads its
+//! file's keys directly and never asks the converter how it mapped them. What they
+//! share here is the declared configuration (`vitconv.config`), the pre-norm block
+//! arithmetic on PyTorch-layout weights, and the outputs they hand back.
+
+pub mod clip;
+pub mod hf;
+pub mod open_clip;
+pub mod timm;
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{Error, Result};
+use crate::ops::{self, Gelu};
+use crate::params::{dim, Params};
+
+/// The converted layouts `verify` can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Layout {
+    Timm,
+    Hf,
+    OpenClip,
+    Clip,
+}
+
+impl Layout {
+    /// Parses `timm`, `hf`, `open_clip` or `clip` (the names of `vitconv.layout` and `--layout`).
+    pub fn parse(name: &str) -> Option<Layout> {
+        match name {
+            "timm" => Some(Layout::Timm),
+            "hf" | "transformers" => Some(Layout::Hf),
+            "open_clip" | "open-clip" => Some(Layout::OpenClip),
+            "clip" | "openai_clip" => Some(Layout::Clip),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Layout::Timm => "timm",
+            Layout::Hf => "hf",
+            Layout::OpenClip => "open_clip",
+            Layout::Clip => "clip",
+        }
+    }
+}
+
+/// The input normalisation a target declares: it expects `((x + 1) / 2 - mean) / std` for
+/// source pixels `x` in [-1, 1].
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+pub struct InputNorm {
+    #[serde(default)]
+    pub name: String,
+    pub mean: [f64; 3],
+    pub std: [f64; 3],
+}
+
+impl InputNorm {
+    /// The source's own space: mean 0.5, std 0.5 on [0, 1] pixels.
+    pub fn unit() -> InputNorm {
+        InputNorm {
+            name: "unit".into(),
+            mean: [0.5; 3],
+            std: [0.5; 3],
+        }
+    }
+
+    /// Maps NHWC source pixels in [-1, 1] to the NCHW input this target expects.
+    pub fn apply(&self, nhwc: &Tensor) -> Result<Tensor> {
+        let device = nhwc.device();
+        let mean = Tensor::f_from_slice(&self.mean)?
+            .f_to_kind(Kind::Float)?
+            .f_to_device(device)?;
+        let std = Tensor::f_from_slice(&self.std)?
+            .f_to_kind(Kind::Float)?
+            .f_to_device(device)?;
+        let x = nhwc
+            .f_add_scalar(1.0)?
+            .f_mul_scalar(0.5)?
+            .f_sub(&mean)?
+            .f_div(&std)?;
+        Ok(x.f_permute([0, 3, 1, 2])?.f_contiguous()?)
+    }
+}
+
+/// `vitconv.config`, the semantics a converted file declares (see the project brief).
+/// Every field is optional so that a file from elsewhere still runs with the library's defaults.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct DeclaredConfig {
+    pub image_size: Option<usize>,
+    pub patch_size: Option<usize>,
+    pub hidden: Option<usize>,
+    pub depth: Option<usize>,
+    pub heads: Option<usize>,
+    pub mlp: Option<usize>,
+    pub classifier: Option<String>,
+    pub num_classes: Option<usize>,
+    pub representation: Option<usize>,
+    pub gelu: Option<String>,
+    pub layer_norm_eps: Option<f64>,
+    pub ln_pre: Option<bool>,
+    pub input_norm: Option<InputNorm>,
+    pub head: Option<String>,
+    pub head_bias: Option<Vec<f32>>,
+}
+
+impl DeclaredConfig {
+    /// Reads `vitconv.config` from a file's metadata; absent means "nothing declared".
+    pub fn from_metadata(
+        path: &Path,
+        metadata: &std::collections::BTreeMap<String, String>,
+    ) -> Result<DeclaredConfig> {
+        match metadata.get("vitconv.config") {
+            Some(text) => serde_json::from_str(text).map_err(|e| Error::Unreadable {
+                path: path.to_path_buf(),
+                reason: format!("metadata vitconv.config is not the expected JSON object: {e}"),
+            }),
+            None => Ok(DeclaredConfig::default()),
+        }
+    }
+
+    /// The declared GELU, or `default` when none is declared.
+    pub fn gelu_or(&self, path: &Path, default: Gelu) -> Result<Gelu> {
+        match &self.gelu {
+            Some(name) => Gelu::from_config(name).ok_or_else(|| Error::Unreadable {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "vitconv.config declares gelu {name:?}; expected tanh, erf or quick"
+                ),
+            }),
+            None => Ok(default),
+        }
+    }
+}
+
+/// What a target's pooled output corresponds to on the reference side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeatureKind {
+    /// The normed token 0 or mean, before any `pre_logits` layer.
+    Pooled,
+    /// After the `pre_logits` dense + tanh (HF's pooler).
+    Representation,
+}
+
+/// A target forward's results, in the target's dtype on its device.
+pub struct TargetOutputs {
+    /// The pooled features (before the head or projection).
+    pub features: Tensor,
+    pub features_kind: FeatureKind,
+    /// The head's (or CLIP projection's) output, if the file has one.
+    pub logits: Option<Tensor>,
+}
+
+/// The architecture a target file holds, for checking it against the source.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TargetArch {
+    pub hidden: usize,
+    pub depth: usize,
+    pub heads: usize,
+    pub mlp: usize,
+    pub patch_size: usize,
+    pub grid: usize,
+    pub image_size: usize,
+    pub class_token: bool,
+}
+
+/// A loaded target model.
+pub struct Target {
+    pub layout: Layout,
+    pub arch: TargetArch,
+    pub norm: InputNorm,
+    /// The head bias the file left out (CLIP-style `proj` = head kernel): subtract it from the
+    /// reference's logits before comparing.
+    pub logits_offset: Option<Vec<f32>>,
+    /// What was assumed or read, one sentence each, for the report.
+    pub notes: Vec<String>,
+    model: Model,
+}
+
+enum Model {
+    Timm(timm::Timm),
+    Hf(hf::Hf),
+    OpenClip(open_clip::OpenClip),
+    Clip(clip::Clip),
+}
+
+impl Target {
+    /// Runs the target on NCHW pixels already normalised its way.
+    pub fn forward(&self, nchw: &Tensor) -> Result<TargetOutputs> {
+        match &self.model {
+            Model::Timm(m) => m.forward(nchw),
+            Model::Hf(m) => m.forward(nchw),
+            Model::OpenClip(m) => m.forward(nchw),
+            Model::Clip(m) => m.forward(nchw),
+        }
+    }
+
+    /// The dtype the weights were loaded in.
+    pub fn kind(&self) -> Kind {
+        match &self.model {
+            Model::Timm(m) => m.kind(),
+            Model::Hf(m) => m.kind(),
+            Model::OpenClip(m) => m.kind(),
+            Model::Clip(m) => m.kind(),
+        }
+    }
+}
+
+/// Opens a converted file or hf directory: the layout comes from `--layout`, else the file's
+/// metadata or config, else the keys.
+pub fn open(path: &Path, layout: Option<Layout>, device: Device, kind: Kind) -> Result<Target> {
+    if !path.exists() {
+        return Err(Error::NotFound {
+            path: path.to_path_buf(),
+        });
+    }
+    if path.is_dir() {
+        if let Some(l) = layout.filter(|l| *l != Layout::Hf) {
+            return Err(Error::BadRequest(format!(
+                "{}: a directory is a transformers (hf) conversion, not {}",
+                path.display(),
+                l.as_str()
+            )));
+        }
+        let (m, parts) = hf::Hf::open(path, device, kind)?;
+        return Ok(Target::build(Layout::Hf, Model::Hf(m), parts));
+    }
+    let file = vitconv_tensors::TensorFile::open(path)?;
+    let declared_layout = file.metadata().get("vitconv.layout").cloned();
+    let layout = match (layout, declared_layout.as_deref()) {
+        (Some(l), _) => l,
+        (None, Some(name)) => Layout::parse(name).ok_or_else(|| Error::NotAModel {
+            path: path.to_path_buf(),
+            reason: format!("metadata vitconv.layout is {name:?}; give --layout timm|hf|open_clip|clip"),
+        })?,
+        (None, None) => guess_layout(&file).ok_or_else(|| Error::NotAModel {
+            path: path.to_path_buf(),
+            reason: "no vitconv.layout metadata and the keys are neither timm's nor CLIP's; give --layout".into(),
+        })?,
+    };
+    let config = DeclaredConfig::from_metadata(path, file.metadata())?;
+    let params = Params::new(file, "", device, kind);
+    match layout {
+        Layout::Timm => {
+            let (m, parts) = timm::Timm::open(params, &config)?;
+            Ok(Target::build(Layout::Timm, Model::Timm(m), parts))
+        }
+        Layout::OpenClip => {
+            let (m, parts) = open_clip::OpenClip::open(params, &config)?;
+            Ok(Target::build(Layout::OpenClip, Model::OpenClip(m), parts))
+        }
+        Layout::Clip => {
+            let (m, parts) = clip::Clip::open(params, &config)?;
+            Ok(Target::build(Layout::Clip, Model::Clip(m), parts))
+        }
+        Layout::Hf => Err(Error::BadRequest(format!(
+            "{}: the hf layout is a directory (config.json + model.safetensors); give the directory",
+            path.display()
+        ))),
+    }
+}
+
+/// Recognises a layout from its keys when no metadata says it.
+fn guess_layout(file: &vitconv_tensors::TensorFile) -> Option<Layout> {
+    let has = |k: &str| file.get(k).is_some();
+    if has("blocks.0.attn.qkv.weight") {
+        Some(Layout::Timm)
+    } else if has("visual.ln_pre.weight") || has("ln_pre.weight") {
+        Some(Layout::Clip)
+    } else if has("visual.transformer.resblocks.0.attn.in_proj_weight") {
+        Some(Layout::OpenClip)
+    } else {
+        None
+    }
+}
+
+/// What every layout module hands back beside its model.
+pub(crate) struct Parts {
+    pub arch: TargetArch,
+    pub norm: InputNorm,
+    pub logits_offset: Option<Vec<f32>>,
+    pub notes: Vec<String>,
+}
+
+impl Target {
+    fn build(layout: Layout, model: Model, parts: Parts) -> Target {
+        let Parts {
+            arch,
+            norm,
+            logits_offset,
+            notes,
+        } = parts;
+        Target {
+            layout,
+            arch,
+            norm,
+            logits_offset,
+            notes,
+            model,
+        }
+    }
+}
+
+/// A pre-norm transformer block in PyTorch layouts (`[out, in]` weights), q, k and v apart.
+pub(crate) struct Block {
+    pub ln1: (Tensor, Tensor),
+    pub q: (Tensor, Tensor),
+    pub k: (Tensor, Tensor),
+    pub v: (Tensor, Tensor),
+    pub proj: (Tensor, Tensor),
+    pub ln2: (Tensor, Tensor),
+    pub fc1: (Tensor, Tensor),
+    pub fc2: (Tensor, Tensor),
+}
+
+/// How the blocks of one library compute.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BlockSemantics {
+    pub heads: usize,
+    pub gelu: Gelu,
+    pub eps: f64,
+    /// OpenAI CLIP's LayerNorm computes in float32 whatever the model's dtype.
+    pub ln_fp32: bool,
+}
+
+impl BlockSemantics {
+    pub(crate) fn norm(&self, x: &Tensor, wb: &(Tensor, Tensor)) -> Result<Tensor> {
+        if self.ln_fp32 {
+            ops::layer_norm_fp32(x, &wb.0, &wb.1, self.eps)
+        } else {
+            ops::layer_norm(x, &wb.0, &wb.1, self.eps)
+        }
+    }
+}
+
+impl Block {
+    /// `x + attn(ln1(x))`, then `x + mlp(ln2(x))`, attention by libtorch's fused SDPA kernel.
+    pub(crate) fn forward(&self, x: &Tensor, s: &BlockSemantics) -> Result<Tensor> {
+        let size = x.size();
+        let (b, n, d) = match size.as_slice() {
+            [b, n, d] => (*b, *n, *d),
+            _ => return Err(Error::BadRequest("block input is not [B, N, D]".into())),
+        };
+        let h = dim(s.heads)?;
+        let dh = d / h.max(1);
+        let y = s.norm(x, &self.ln1)?;
+        let split = |wb: &(Tensor, Tensor)| -> Result<Tensor> {
+            Ok(ops::linear(&y, &wb.0, Some(&wb.1))?
+                .f_reshape([b, n, h, dh])?
+                .f_transpose(1, 2)?)
+        };
+        let (q, k, v) = (split(&self.q)?, split(&self.k)?, split(&self.v)?);
+        let o = ops::attention_sdpa(&q, &k, &v)?
+            .f_transpose(1, 2)?
+            .f_reshape([b, n, d])?;
+        let x = x.f_add(&ops::linear(&o, &self.proj.0, Some(&self.proj.1))?)?;
+        let y = s.norm(&x, &self.ln2)?;
+        let y = s
+            .gelu
+            .apply(&ops::linear(&y, &self.fc1.0, Some(&self.fc1.1))?)?;
+        Ok(x.f_add(&ops::linear(&y, &self.fc2.0, Some(&self.fc2.1))?)?)
+    }
+}
+
+/// Loads a `weight`/`bias` pair under `base`.
+pub(crate) fn pair(p: &Params, base: &str, w: &[usize], b: &[usize]) -> Result<(Tensor, Tensor)> {
+    Ok((
+        p.load(&format!("{base}.weight"), w)?,
+        p.load(&format!("{base}.bias"), b)?,
+    ))
+}
+
+/// Splits a fused `[3D, D]` in-projection (and its `[3D]` bias) into q, k and v, in that
+/// order, as timm's `Attention` (reshape to `(3, H, Dh)`) and `nn.MultiheadAttention`
+/// (`in_proj_weight.chunk(3)`) both read it.
+pub(crate) fn split_qkv(w: &Tensor, b: &Tensor) -> Result<[(Tensor, Tensor); 3]> {
+    let ws = w.f_chunk(3, 0)?;
+    let bs = b.f_chunk(3, 0)?;
+    match (ws.as_slice(), bs.as_slice()) {
+        ([wq, wk, wv], [bq, bk, bv]) => Ok([
+            (wq.shallow_clone(), bq.shallow_clone()),
+            (wk.shallow_clone(), bk.shallow_clone()),
+            (wv.shallow_clone(), bv.shallow_clone()),
+        ]),
+        _ => Err(Error::BadRequest(
+            "fused qkv does not split in three".into(),
+        )),
+    }
+}
+
+/// The token grid side of a position embedding with `rows` rows (after any class token).
+pub(crate) fn grid_of(path: &Path, tensor: &str, rows: usize, class_token: bool) -> Result<usize> {
+    let patches = rows.checked_sub(usize::from(class_token)).unwrap_or(0);
+    let g = crate::reference::isqrt(patches);
+    if g == 0 || g.checked_mul(g) != Some(patches) {
+        return Err(Error::BadShape {
+            path: path.to_path_buf(),
+            tensor: tensor.to_owned(),
+            expected: "a square token grid (plus the class token)".into(),
+            found: vec![rows],
+        });
+    }
+    Ok(g)
+}
+
+/// Converts a shape read from a file into the first dims, or a shape error.
+pub(crate) fn shape2(p: &Params, name: &str) -> Result<[usize; 2]> {
+    let s = p.require_shape(name, "needed by the forward")?;
+    <[usize; 2]>::try_from(s).map_err(|_| bad_shape(p.path(), name, "2-D", s))
+}
+
+pub(crate) fn bad_shape(path: &Path, name: &str, expected: &str, found: &[usize]) -> Error {
+    Error::BadShape {
+        path: path.to_path_buf(),
+        tensor: name.to_owned(),
+        expected: expected.to_owned(),
+        found: found.to_vec(),
+    }
+}
+
+/// A side file beside a converted file: `<path minus extension><suffix>`.
+pub(crate) fn side_file(path: &Path, suffix: &str) -> PathBuf {
+    let stem = path.with_extension("");
+    let mut s = stem.into_os_string();
+    s.push(suffix);
+    PathBuf::from(s)
+}

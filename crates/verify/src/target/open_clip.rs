@@ -1,0 +1,299 @@
+//! The open_clip target: `open_clip.transformer.VisionTransformer` (`visual.*` keys) run with the semantics its model config gives it.
+//!
+//! Semantics from open_clip 3.3.0 (`open_clip/transformer.py`, `model.py`): `conv1`
+//! has no bias; `class_embedding` is prepended, then `positional_embedding` (2-D,
+//! `[N, D]`) is added; `ln_pre` unless `no_ln_pre`; `ResidualAttentionBlock`s with
+//! `nn.MultiheadAttention` (`in_proj_weight` rows q, k, v); `ln_post` on all tokens
+//! (`final_ln_after_pool=False`), then token 0 (`pool_type='tok'`) or the mean of
+//! the others (`'avg'`); `x @ proj`. Heads are `width // head_width`; the activation
+//! is QuickGELU when `quick_gelu`, else `nn.GELU(**act_kwargs)`; LayerNorm eps from
+//! `norm_kwargs` (nn.LayerNorm's 1e-5 otherwise). These come from the model config
+//! written beside the weights (`<name>.open_clip.json`), or from `vitconv.config`
+//! when there is none.
+
+use serde::Deserialize;
+use tch::{Kind, Tensor};
+
+use super::{
+    bad_shape, grid_of, pair, shape2, side_file, split_qkv, Block, BlockSemantics, DeclaredConfig,
+    FeatureKind, InputNorm, Parts, TargetArch, TargetOutputs,
+};
+use crate::error::{Error, Result};
+use crate::ops::{self, Gelu};
+use crate::params::{dim, Params};
+
+/// `nn.LayerNorm`'s default eps, which open_clip keeps unless `norm_kwargs` says otherwise.
+const TORCH_LAYER_NORM_EPS: f64 = 1e-5;
+/// `CLIPVisionCfg.head_width`'s default.
+const DEFAULT_HEAD_WIDTH: usize = 64;
+
+/// The fields of open_clip's `CLIPVisionCfg` that change the arithmetic.
+#[derive(Debug, Default, Deserialize)]
+struct VisionCfg {
+    width: Option<usize>,
+    head_width: Option<usize>,
+    no_ln_pre: Option<bool>,
+    pool_type: Option<String>,
+    final_ln_after_pool: Option<bool>,
+    act_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
+    norm_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ModelCfg {
+    #[serde(default)]
+    quick_gelu: Option<bool>,
+    vision_cfg: Option<VisionCfg>,
+}
+
+pub struct OpenClip {
+    p: Params,
+    pre: String,
+    semantics: BlockSemantics,
+    blocks: Vec<Block>,
+    arch: TargetArch,
+    ln_pre: bool,
+    avg_pool: bool,
+    final_ln_after_pool: bool,
+}
+
+impl OpenClip {
+    pub(crate) fn open(p: Params, config: &DeclaredConfig) -> Result<(OpenClip, Parts)> {
+        let path = p.path().to_path_buf();
+        let pre = if p.has("visual.conv1.weight") {
+            "visual."
+        } else {
+            ""
+        };
+        let conv = format!("{pre}conv1.weight");
+        let (d, patch_size) = match p.require_shape(&conv, "patch embedding (conv1)")? {
+            [d, _, ph, pw] if ph == pw => (*d, *ph),
+            other => return Err(bad_shape(&path, &conv, "[width, 3, p, p]", other)),
+        };
+        let pos = format!("{pre}positional_embedding");
+        let [rows, pd] = shape2(&p, &pos)?;
+        if pd != d {
+            return Err(bad_shape(&path, &pos, &format!("[N, {d}]"), &[rows, pd]));
+        }
+        let grid = grid_of(&path, &pos, rows, true)?;
+        let mut depth = 0usize;
+        while p.has(&format!(
+            "{pre}transformer.resblocks.{depth}.attn.in_proj_weight"
+        )) {
+            depth = depth.saturating_add(1);
+        }
+        let [mlp, _] = shape2(&p, &format!("{pre}transformer.resblocks.0.mlp.c_fc.weight"))?;
+
+        let sidecar = side_file(&path, ".open_clip.json");
+        let mut notes = Vec::new();
+        let model_cfg: Option<ModelCfg> = if sidecar.exists() {
+            let text = std::fs::read_to_string(&sidecar).map_err(|e| Error::Unreadable {
+                path: sidecar.clone(),
+                reason: e.to_string(),
+            })?;
+            let cfg = serde_json::from_str(&text).map_err(|e| Error::Unreadable {
+                path: sidecar.clone(),
+                reason: format!("not an open_clip model config: {e}"),
+            })?;
+            notes.push(format!("open_clip semantics from {}", sidecar.display()));
+            Some(cfg)
+        } else {
+            notes.push(
+                "no .open_clip.json beside the weights: open_clip semantics from vitconv.config"
+                    .into(),
+            );
+            None
+        };
+        let vision = model_cfg.as_ref().and_then(|m| m.vision_cfg.as_ref());
+        let heads = match vision {
+            Some(v) => {
+                let width = v.width.unwrap_or(d);
+                if width != d {
+                    return Err(Error::NotAModel {
+                        path: sidecar,
+                        reason: format!("vision_cfg.width {width} but conv1 is {d} wide"),
+                    });
+                }
+                d / v.head_width.unwrap_or(DEFAULT_HEAD_WIDTH).max(1)
+            }
+            None => config.heads.unwrap_or(d / DEFAULT_HEAD_WIDTH),
+        };
+        if heads == 0 || d % heads != 0 {
+            return Err(Error::NotAModel {
+                path,
+                reason: format!("{heads} heads do not divide width {d}"),
+            });
+        }
+        let gelu = match (model_cfg.as_ref(), vision) {
+            (Some(m), _) if m.quick_gelu == Some(true) => Gelu::Quick,
+            (Some(_), Some(v)) => match v
+                .act_kwargs
+                .as_ref()
+                .and_then(|k| k.get("approximate"))
+                .and_then(|a| a.as_str())
+            {
+                Some("tanh") => Gelu::Tanh,
+                _ => Gelu::Erf,
+            },
+            (Some(_), None) => Gelu::Erf,
+            (None, _) => config.gelu_or(&path, Gelu::Erf)?,
+        };
+        let eps = match vision {
+            Some(v) => v
+                .norm_kwargs
+                .as_ref()
+                .and_then(|k| k.get("eps"))
+                .and_then(|e| e.as_f64())
+                .unwrap_or(TORCH_LAYER_NORM_EPS),
+            None => config.layer_norm_eps.unwrap_or(TORCH_LAYER_NORM_EPS),
+        };
+        let ln_pre_keys = p.has(&format!("{pre}ln_pre.weight"));
+        let ln_pre = match vision.and_then(|v| v.no_ln_pre) {
+            Some(no) => !no,
+            None => config.ln_pre.unwrap_or(ln_pre_keys),
+        };
+        if ln_pre != ln_pre_keys {
+            return Err(Error::NotAModel {
+                path,
+                reason: format!(
+                    "the config {} ln_pre but the file {} it: open_clip's strict load would refuse it",
+                    if ln_pre { "asks for" } else { "disables" },
+                    if ln_pre_keys { "has" } else { "lacks" }
+                ),
+            });
+        }
+        let avg_pool = match vision.and_then(|v| v.pool_type.as_deref()) {
+            Some("avg") => true,
+            Some("tok") | None => false,
+            Some(other) => {
+                return Err(Error::NotAModel {
+                    path,
+                    reason: format!("pool_type {other:?} is not one a Google ViT maps to"),
+                })
+            }
+        };
+        let final_ln_after_pool = vision.and_then(|v| v.final_ln_after_pool).unwrap_or(false);
+        let semantics = BlockSemantics {
+            heads,
+            gelu,
+            eps,
+            ln_fp32: false,
+        };
+        let mut blocks = Vec::with_capacity(depth);
+        for i in 0..depth {
+            let b = format!("{pre}transformer.resblocks.{i}");
+            let w = p.load(&format!("{b}.attn.in_proj_weight"), &[3 * d, d])?;
+            let bias = p.load(&format!("{b}.attn.in_proj_bias"), &[3 * d])?;
+            let [q, k, v] = split_qkv(&w, &bias)?;
+            blocks.push(Block {
+                ln1: pair(&p, &format!("{b}.ln_1"), &[d], &[d])?,
+                q,
+                k,
+                v,
+                proj: pair(&p, &format!("{b}.attn.out_proj"), &[d, d], &[d])?,
+                ln2: pair(&p, &format!("{b}.ln_2"), &[d], &[d])?,
+                fc1: pair(&p, &format!("{b}.mlp.c_fc"), &[mlp, d], &[mlp])?,
+                fc2: pair(&p, &format!("{b}.mlp.c_proj"), &[d, mlp], &[d])?,
+            });
+        }
+        notes.push(format!(
+            "open_clip semantics: {heads} heads, {gelu:?} GELU, LayerNorm eps {eps:e}, ln_pre {ln_pre}, {} pooling",
+            if avg_pool { "average" } else { "token" }
+        ));
+        let arch = TargetArch {
+            hidden: d,
+            depth,
+            heads,
+            mlp,
+            patch_size,
+            grid,
+            image_size: grid.saturating_mul(patch_size),
+            class_token: true,
+        };
+        let norm = config.input_norm.clone().unwrap_or_else(InputNorm::unit);
+        let logits_offset = config.head_bias.clone();
+        let m = OpenClip {
+            p,
+            pre: pre.to_owned(),
+            semantics,
+            blocks,
+            arch: arch.clone(),
+            ln_pre,
+            avg_pool,
+            final_ln_after_pool,
+        };
+        Ok((
+            m,
+            Parts {
+                arch,
+                norm,
+                logits_offset,
+                notes,
+            },
+        ))
+    }
+
+    pub(crate) fn kind(&self) -> Kind {
+        self.p.kind()
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<TargetOutputs> {
+        let p = &self.p;
+        let a = &self.arch;
+        let (pre, d) = (&self.pre, dim(a.hidden)?);
+        let x = x.f_to_kind(p.kind())?;
+        let w = p.load_any(&format!("{pre}conv1.weight"))?;
+        let y = ops::conv2d(&x, &w, None, dim(a.patch_size)?, 0)?;
+        let x = y.f_flatten(2, 3)?.f_transpose(1, 2)?;
+        let batch = x.size().first().copied().unwrap_or(1);
+        let cls = p
+            .load(&format!("{pre}class_embedding"), &[a.hidden])?
+            .f_view([1, 1, d])?
+            .f_expand([batch, 1, d], false)?;
+        let mut x = Tensor::f_cat(&[cls, x], 1)?
+            .f_add(&p.load_any(&format!("{pre}positional_embedding"))?)?;
+        if self.ln_pre {
+            x = self.semantics.norm(
+                &x,
+                &pair(p, &format!("{pre}ln_pre"), &[a.hidden], &[a.hidden])?,
+            )?;
+        }
+        for block in &self.blocks {
+            x = block.forward(&x, &self.semantics)?;
+        }
+        let ln_post = pair(p, &format!("{pre}ln_post"), &[a.hidden], &[a.hidden])?;
+        if !self.final_ln_after_pool {
+            x = self.semantics.norm(&x, &ln_post)?;
+        }
+        let mut pooled = if self.avg_pool {
+            let n = x.size().get(1).copied().unwrap_or(1);
+            x.f_narrow(1, 1, n - 1)?
+                .f_mean_dim(1, false, None::<Kind>)?
+        } else {
+            x.f_select(1, 0)?
+        };
+        if self.final_ln_after_pool {
+            pooled = self.semantics.norm(&pooled, &ln_post)?;
+        }
+        let proj = format!("{pre}proj");
+        let logits = if p.has(&proj) {
+            let [f, out] = shape2(p, &proj)?;
+            if f != a.hidden {
+                return Err(bad_shape(
+                    p.path(),
+                    &proj,
+                    &format!("[{}, out]", a.hidden),
+                    &[f, out],
+                ));
+            }
+            Some(pooled.f_matmul(&p.load_any(&proj)?)?)
+        } else {
+            None
+        };
+        Ok(TargetOutputs {
+            features: pooled,
+            features_kind: FeatureKind::Pooled,
+            logits,
+        })
+    }
+}
