@@ -21,6 +21,28 @@ mod zip_writer;
 #[cfg(test)]
 mod tests;
 
+/// Entry points into the internal parsers for the fuzz targets in `fuzz/` and the
+/// regression tests; not part of the supported API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::path::Path;
+
+    /// Parses an `.npy` header from the start of `bytes`; returns the dtype and shape it declares.
+    pub fn npy_header(bytes: &[u8]) -> crate::Result<(crate::DType, Vec<usize>)> {
+        let mut reader = bytes;
+        let header = crate::npy::read_header(&mut reader, Path::new("fuzz.npy"), "fuzz")?;
+        // The layout computation (Fortran strides) is part of what a header drives.
+        let _ = header.layout();
+        Ok((header.dtype, header.shape))
+    }
+
+    /// Runs the allowlist pickle reader over a `data.pkl`; returns each tensor's name and shape.
+    pub fn pickle_state_dict(bytes: &[u8]) -> crate::Result<Vec<(String, Vec<usize>)>> {
+        let tensors = crate::pickle::read_state_dict(Path::new("fuzz.pkl"), bytes)?;
+        Ok(tensors.into_iter().map(|(n, t)| (n, t.shape)).collect())
+    }
+}
+
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use writer::Writer;
