@@ -83,10 +83,12 @@ fn npy(path: &Path, s: usize) -> Result<Tensor> {
         .clone();
     match info.shape.as_slice() {
         [b, h, w, 3] if *h == s && *w == s && *b > 0 => {}
-        other => return Err(Error::BadRequest(format!(
+        other => {
+            return Err(Error::BadRequest(format!(
             "{}: input has shape {other:?}; the model takes NHWC [batch, {s}, {s}, 3] in [-1, 1]",
             path.display()
-        ))),
+        )))
+        }
     }
     let dims = to_i64_dims(&info.shape)
         .ok_or_else(|| Error::BadRequest("input shape too large".into()))?;

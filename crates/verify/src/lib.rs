@@ -100,7 +100,8 @@ pub struct Options {
 pub struct Report {
     /// Every judged comparison within its bound (true when nothing was judged: see `judged`).
     pub pass: bool,
-    /// False for the `clip` layout without `--tolerance`: its drift is reported, not judged.
+    /// False for a target that cannot be exact (the `clip` layout, a declared exact GELU)
+    /// without `--tolerance`: its drift is reported, not judged.
     pub judged: bool,
     pub layout: Layout,
     pub device: String,
@@ -205,15 +206,27 @@ pub fn verify(opts: &Options) -> Result<Report> {
     let (out, reference_ms) = timed(device, || reference.forward(&pixels, grid))?;
     let (tout, target_ms) = timed(device, || target.forward(&target_input))?;
 
-    let judged = opts.tolerance.is_some() || target.layout != Layout::Clip;
-    if !judged {
-        notes.push(
-            "clip layout: OpenAI's VisionTransformer cannot hold a Google ViT exactly (ln_pre, QuickGELU, eps 1e-5); drift reported, not judged: give --tolerance to judge it".into(),
-        );
+    let mut inexact = target.inexact.clone();
+    if grid != src.grid {
+        if let Some(method) = target.declared.resize_method().filter(|m| m != "vit-jax") {
+            inexact = Some(format!(
+                "the position embedding was resized with {method}, the reference resizes it the vit_jax way"
+            ));
+        }
     }
-    let tolerance = opts
-        .tolerance
-        .unwrap_or_else(|| opts.precision.default_tolerance());
+    let judged = opts.tolerance.is_some() || inexact.is_none();
+    if let (false, Some(why)) = (judged, &inexact) {
+        notes.push(format!(
+            "{why}: drift reported, not judged; give --tolerance to judge it"
+        ));
+    }
+    // Weights written in a narrower type than the forward runs in lost precision already:
+    // the default tolerance is the looser of the two.
+    let stored = target.declared.dtype.as_deref().and_then(Precision::parse);
+    let default_tolerance = stored
+        .map_or(F32_TOLERANCE, Precision::default_tolerance)
+        .max(opts.precision.default_tolerance());
+    let tolerance = opts.tolerance.unwrap_or(default_tolerance);
 
     let ref_features = match tout.features_kind {
         FeatureKind::Pooled => &out.pooled,

@@ -31,6 +31,8 @@ pub struct Clip {
     semantics: BlockSemantics,
     blocks: Vec<Block>,
     arch: TargetArch,
+    /// The config declares `head: none`: `proj` passes the pooled features through.
+    proj_is_features: bool,
 }
 
 impl Clip {
@@ -117,6 +119,7 @@ impl Clip {
             semantics,
             blocks,
             arch: arch.clone(),
+            proj_is_features: config.head.as_deref() == Some("none"),
         };
         Ok((
             m,
@@ -125,6 +128,8 @@ impl Clip {
                 norm,
                 logits_offset,
                 notes,
+                inexact: Some("OpenAI CLIP's VisionTransformer cannot hold a Google ViT exactly (ln_pre, QuickGELU, LayerNorm eps 1e-5)".into()),
+                declared: config.clone(),
             },
         ))
     }
@@ -175,6 +180,17 @@ impl Clip {
         } else {
             None
         };
+        if self.proj_is_features {
+            // `--proj none`: proj is declared to carry the pooled features through (an
+            // identity), so its output is compared with the reference's pooled features.
+            if let Some(projected) = logits {
+                return Ok(TargetOutputs {
+                    features: projected,
+                    features_kind: FeatureKind::Pooled,
+                    logits: None,
+                });
+            }
+        }
         Ok(TargetOutputs {
             features: pooled,
             features_kind: FeatureKind::Pooled,

@@ -20,8 +20,8 @@ use tch::{Device, Kind, Tensor};
 use vitconv_tensors::TensorFile;
 
 use super::{
-    bad_shape, grid_of, pair, shape2, Block, BlockSemantics, DeclaredConfig, FeatureKind,
-    InputNorm, Parts, TargetArch, TargetOutputs,
+    bad_shape, gelu_inexact, grid_of, pair, shape2, Block, BlockSemantics, DeclaredConfig,
+    FeatureKind, InputNorm, Parts, TargetArch, TargetOutputs,
 };
 use crate::error::{Error, Result};
 use crate::ops::{self, Gelu};
@@ -256,6 +256,8 @@ impl Hf {
                 norm,
                 logits_offset: None,
                 notes,
+                inexact: gelu_inexact(gelu),
+                declared,
             },
         ))
     }

@@ -108,6 +108,13 @@ pub struct DeclaredConfig {
     pub input_norm: Option<InputNorm>,
     pub head: Option<String>,
     pub head_bias: Option<Vec<f32>>,
+    /// The element type the weights were written in (`f32`, `f16`, `bf16`).
+    pub dtype: Option<String>,
+    /// How the position embedding was resampled, where the converter says so.
+    pub resize: Option<String>,
+    /// `vitconv.notes`, the converter's account of what it did.
+    #[serde(skip)]
+    pub notes: Option<String>,
 }
 
 impl DeclaredConfig {
@@ -116,13 +123,30 @@ impl DeclaredConfig {
         path: &Path,
         metadata: &std::collections::BTreeMap<String, String>,
     ) -> Result<DeclaredConfig> {
-        match metadata.get("vitconv.config") {
+        let mut config: DeclaredConfig = match metadata.get("vitconv.config") {
             Some(text) => serde_json::from_str(text).map_err(|e| Error::Unreadable {
                 path: path.to_path_buf(),
                 reason: format!("metadata vitconv.config is not the expected JSON object: {e}"),
-            }),
-            None => Ok(DeclaredConfig::default()),
+            })?,
+            None => DeclaredConfig::default(),
+        };
+        config.notes = metadata.get("vitconv.notes").cloned();
+        Ok(config)
+    }
+
+    /// The resampling method of a resized position embedding: `resize` when declared, else
+    /// the `--resize METHOD` the converter's notes mention.
+    pub fn resize_method(&self) -> Option<String> {
+        if let Some(r) = &self.resize {
+            return Some(r.clone());
         }
+        let notes = self.notes.as_deref()?;
+        let rest = &notes[notes.find("--resize ")? + "--resize ".len()..];
+        let method: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+            .collect();
+        (!method.is_empty()).then_some(method)
     }
 
     /// The declared GELU, or `default` when none is declared.
@@ -180,6 +204,11 @@ pub struct Target {
     pub logits_offset: Option<Vec<f32>>,
     /// What was assumed or read, one sentence each, for the report.
     pub notes: Vec<String>,
+    /// Why the target cannot equal the source even when converted right (OpenAI CLIP's fixed
+    /// semantics, a declared exact GELU): its drift is reported, judged only on request.
+    pub inexact: Option<String>,
+    /// What the file declares (`vitconv.config`, `vitconv.notes`).
+    pub declared: DeclaredConfig,
     model: Model,
 }
 
@@ -280,12 +309,24 @@ fn guess_layout(file: &vitconv_tensors::TensorFile) -> Option<Layout> {
     }
 }
 
+/// The reason a target that declares `gelu` cannot equal the tanh-GELU source, if any.
+pub(crate) fn gelu_inexact(gelu: Gelu) -> Option<String> {
+    match gelu {
+        Gelu::Tanh => None,
+        other => Some(format!(
+            "the converted model declares {other:?} GELU where the flax source uses the tanh approximation (about 1e-4 apart)"
+        )),
+    }
+}
+
 /// What every layout module hands back beside its model.
 pub(crate) struct Parts {
     pub arch: TargetArch,
     pub norm: InputNorm,
     pub logits_offset: Option<Vec<f32>>,
     pub notes: Vec<String>,
+    pub inexact: Option<String>,
+    pub declared: DeclaredConfig,
 }
 
 impl Target {
@@ -295,6 +336,8 @@ impl Target {
             norm,
             logits_offset,
             notes,
+            inexact,
+            declared,
         } = parts;
         Target {
             layout,
@@ -302,6 +345,8 @@ impl Target {
             norm,
             logits_offset,
             notes,
+            inexact,
+            declared,
             model,
         }
     }

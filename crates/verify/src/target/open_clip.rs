@@ -15,8 +15,8 @@ use serde::Deserialize;
 use tch::{Kind, Tensor};
 
 use super::{
-    bad_shape, grid_of, pair, shape2, side_file, split_qkv, Block, BlockSemantics, DeclaredConfig,
-    FeatureKind, InputNorm, Parts, TargetArch, TargetOutputs,
+    bad_shape, gelu_inexact, grid_of, pair, shape2, side_file, split_qkv, Block, BlockSemantics,
+    DeclaredConfig, FeatureKind, InputNorm, Parts, TargetArch, TargetOutputs,
 };
 use crate::error::{Error, Result};
 use crate::ops::{self, Gelu};
@@ -52,6 +52,8 @@ pub struct OpenClip {
     semantics: BlockSemantics,
     blocks: Vec<Block>,
     arch: TargetArch,
+    /// The config declares `head: none`: `proj` passes the pooled features through.
+    proj_is_features: bool,
     ln_pre: bool,
     avg_pool: bool,
     final_ln_after_pool: bool,
@@ -218,6 +220,7 @@ impl OpenClip {
             semantics,
             blocks,
             arch: arch.clone(),
+            proj_is_features: config.head.as_deref() == Some("none"),
             ln_pre,
             avg_pool,
             final_ln_after_pool,
@@ -229,6 +232,8 @@ impl OpenClip {
                 norm,
                 logits_offset,
                 notes,
+                inexact: gelu_inexact(gelu),
+                declared: config.clone(),
             },
         ))
     }
@@ -290,6 +295,17 @@ impl OpenClip {
         } else {
             None
         };
+        if self.proj_is_features {
+            // `--proj none`: proj is declared to carry the pooled features through (an
+            // identity), so its output is compared with the reference's pooled features.
+            if let Some(projected) = logits {
+                return Ok(TargetOutputs {
+                    features: projected,
+                    features_kind: FeatureKind::Pooled,
+                    logits: None,
+                });
+            }
+        }
         Ok(TargetOutputs {
             features: pooled,
             features_kind: FeatureKind::Pooled,

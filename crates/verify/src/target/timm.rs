@@ -13,8 +13,8 @@
 use tch::{Kind, Tensor};
 
 use super::{
-    bad_shape, grid_of, pair, shape2, split_qkv, Block, BlockSemantics, DeclaredConfig,
-    FeatureKind, InputNorm, Parts, TargetArch, TargetOutputs,
+    bad_shape, gelu_inexact, grid_of, pair, shape2, split_qkv, Block, BlockSemantics,
+    DeclaredConfig, FeatureKind, InputNorm, Parts, TargetArch, TargetOutputs,
 };
 use crate::error::{Error, Result};
 use crate::ops::{self, Gelu};
@@ -192,6 +192,8 @@ impl Timm {
                 norm,
                 logits_offset: None,
                 notes,
+                inexact: gelu_inexact(gelu),
+                declared: config.clone(),
             },
         ))
     }
