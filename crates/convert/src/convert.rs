@@ -259,25 +259,26 @@ fn write_weights(
 
 /// Encodes f32 values as little-endian bytes of the output type into `buf` (reused between tensors).
 pub fn encode(values: &[f32], dtype: OutDType, buf: &mut Vec<u8>) {
+    // Sized once, then filled in fixed-size chunks: the loops vectorise, unlike per-element pushes.
     buf.clear();
     match dtype {
         OutDType::F32 => {
-            buf.reserve(values.len() * 4);
-            values
-                .iter()
-                .for_each(|v| buf.extend_from_slice(&v.to_le_bytes()));
+            buf.resize(values.len() * 4, 0);
+            for (d, v) in buf.chunks_exact_mut(4).zip(values) {
+                d.copy_from_slice(&v.to_le_bytes());
+            }
         }
         OutDType::F16 => {
-            buf.reserve(values.len() * 2);
-            values
-                .iter()
-                .for_each(|v| buf.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes()));
+            buf.resize(values.len() * 2, 0);
+            for (d, v) in buf.chunks_exact_mut(2).zip(values) {
+                d.copy_from_slice(&half::f16::from_f32(*v).to_le_bytes());
+            }
         }
         OutDType::BF16 => {
-            buf.reserve(values.len() * 2);
-            values
-                .iter()
-                .for_each(|v| buf.extend_from_slice(&half::bf16::from_f32(*v).to_le_bytes()));
+            buf.resize(values.len() * 2, 0);
+            for (d, v) in buf.chunks_exact_mut(2).zip(values) {
+                d.copy_from_slice(&half::bf16::from_f32(*v).to_le_bytes());
+            }
         }
     }
 }

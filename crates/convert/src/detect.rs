@@ -285,7 +285,7 @@ pub fn detect_vit_jax(tensors: &[TensorInfo]) -> Result<JaxSource> {
                     .to_string(),
             });
         }
-        let family = summarize_family(tensors).map(|(f, _, _)| f.as_str());
+        let family = detect_torch_family(tensors).map(|(f, _, _)| f.as_str());
         return Err(Error::Unrecognised {
             recognised: match family {
                 Some(f) => format!("a {f} checkpoint, which is already a PyTorch layout"),
@@ -640,6 +640,11 @@ pub fn summarize_family(tensors: &[TensorInfo]) -> Option<(Family, Arch, Vec<Str
         }
         return Some((Family::VitJax, src.arch, notes));
     }
+    detect_torch_family(tensors)
+}
+
+/// Recognises the PyTorch layouts (everything but the vit_jax source).
+fn detect_torch_family(tensors: &[TensorInfo]) -> Option<(Family, Arch, Vec<String>)> {
     let shapes: BTreeMap<&str, &[usize]> = tensors
         .iter()
         .map(|t| (t.name.as_str(), t.shape.as_slice()))
@@ -825,4 +830,325 @@ fn detect_clip(s: &Shapes<'_>, p: &str) -> Option<(Family, Arch, Vec<String>)> {
         resnet: None,
     };
     Some((family, arch, notes))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::path::PathBuf;
+
+    use serde_json::Value;
+    use vitconv_tensors::{DType, TensorFile};
+
+    use super::*;
+
+    pub fn fixtures() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+    }
+
+    /// The golden cases and the file holding each one's weights.
+    pub const GOLDEN: &[&str] = &[
+        "vit-token",
+        "vit-prelogits",
+        "vit-gap",
+        "hybrid-r2",
+        "hybrid-root",
+        "vit-mlp4",
+    ];
+    pub const VARIANTS: &[&str] = &["bfloat16", "compressed", "opt-target-prefix"];
+
+    pub fn info(name: &str, shape: &[usize]) -> TensorInfo {
+        TensorInfo {
+            name: name.to_string(),
+            dtype: DType::F32,
+            shape: shape.to_vec(),
+            stored_as: None,
+        }
+    }
+
+    fn read_json(path: &std::path::Path) -> Value {
+        let text =
+            std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// Compares a detected architecture with a golden `model.json` / shapes `model` object.
+    fn assert_matches(arch: &Arch, model: &Value, what: &str) {
+        let get = |k: &str| model.get(k).and_then(Value::as_u64).map(|v| v as usize);
+        assert_eq!(Some(arch.patch), get("patch"), "{what}: patch");
+        assert_eq!(Some(arch.hidden), get("hidden"), "{what}: hidden");
+        assert_eq!(arch.heads, get("heads"), "{what}: heads");
+        assert_eq!(Some(arch.mlp), get("mlp"), "{what}: mlp");
+        assert_eq!(Some(arch.depth), get("layers"), "{what}: layers");
+        assert_eq!(Some(arch.image_size()), get("image"), "{what}: image size");
+        assert_eq!(arch.num_classes, get("classes"), "{what}: classes");
+        assert_eq!(
+            arch.representation,
+            get("representation"),
+            "{what}: representation"
+        );
+        assert_eq!(
+            Some(arch.classifier.as_str()),
+            model.get("classifier").and_then(Value::as_str),
+            "{what}: classifier"
+        );
+        let resnet: Option<Vec<usize>> = model.get("resnet").and_then(Value::as_array).map(|a| {
+            a.iter()
+                .filter_map(Value::as_u64)
+                .map(|v| v as usize)
+                .collect()
+        });
+        assert_eq!(
+            arch.resnet.as_ref().map(|r| r.stages.clone()),
+            resnet,
+            "{what}: resnet stages"
+        );
+    }
+
+    #[test]
+    fn detects_every_published_shape_list() {
+        let dir = fixtures().join("shapes");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).expect("fixtures/shapes") {
+            let path = entry.expect("entry").path();
+            let json = read_json(&path);
+            let tensors: Vec<TensorInfo> = json["tensors"]
+                .as_object()
+                .expect("tensors object")
+                .iter()
+                .map(|(k, v)| {
+                    let shape: Vec<usize> = v
+                        .as_array()
+                        .expect("shape")
+                        .iter()
+                        .filter_map(Value::as_u64)
+                        .map(|d| d as usize)
+                        .collect();
+                    info(k, &shape)
+                })
+                .collect();
+            let src =
+                detect_vit_jax(&tensors).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert_matches(&src.arch, &json["model"], &path.display().to_string());
+            let summary = crate::summarize(&tensors).expect("summary");
+            assert_eq!(summary.family, "vit_jax");
+            seen += 1;
+        }
+        assert_eq!(seen, 7, "every shapes/*.json was checked");
+    }
+
+    #[test]
+    fn published_sizes_get_their_names() {
+        let path = fixtures().join("shapes/ViT-L_32-imagenet2012-384.json");
+        let json = read_json(&path);
+        let tensors: Vec<TensorInfo> = json["tensors"]
+            .as_object()
+            .expect("tensors")
+            .iter()
+            .map(|(k, v)| {
+                info(
+                    k,
+                    &v.as_array()
+                        .expect("shape")
+                        .iter()
+                        .filter_map(Value::as_u64)
+                        .map(|d| d as usize)
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .collect();
+        let s = crate::summarize(&tensors).expect("summary");
+        assert_eq!(
+            s.architecture,
+            "ViT-L/32: hidden 1024, 24 layers, 16 heads, mlp 4096, 384 px (12x12 grid + class token), 1000 classes, no pre_logits"
+        );
+        let r50 = read_json(&fixtures().join("shapes/R50+ViT-B_16-imagenet2012-384.json"));
+        let tensors: Vec<TensorInfo> = r50["tensors"]
+            .as_object()
+            .expect("tensors")
+            .iter()
+            .map(|(k, v)| {
+                info(
+                    k,
+                    &v.as_array()
+                        .expect("shape")
+                        .iter()
+                        .filter_map(Value::as_u64)
+                        .map(|d| d as usize)
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .collect();
+        let s = crate::summarize(&tensors).expect("summary");
+        assert!(
+            s.architecture.starts_with("R50+ViT-B/16: hidden 768"),
+            "{}",
+            s.architecture
+        );
+        assert!(
+            s.parts.iter().any(|p| p.contains("stages [3, 4, 9]")),
+            "{:?}",
+            s.parts
+        );
+    }
+
+    pub fn golden_file(case: &str) -> TensorFile {
+        let path = if VARIANTS.contains(&case) {
+            fixtures().join(format!("vit-token-variants/{case}.npz"))
+        } else {
+            fixtures().join(format!("{case}/checkpoint.npz"))
+        };
+        TensorFile::open(&path).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn detects_every_golden_case() {
+        for case in GOLDEN.iter().chain(VARIANTS) {
+            let dir = if VARIANTS.contains(case) {
+                "vit-token"
+            } else {
+                case
+            };
+            let model = read_json(&fixtures().join(dir).join("model.json"));
+            let src = detect_vit_jax(golden_file(case).tensors())
+                .unwrap_or_else(|e| panic!("{case}: {e}"));
+            assert_matches(&src.arch, &model, case);
+            let want_prefix = if *case == "opt-target-prefix" {
+                "opt/target/"
+            } else {
+                ""
+            };
+            assert_eq!(src.names.prefix, want_prefix, "{case}");
+            assert_eq!(src.names.style, BlockStyle::PreLinen, "{case}");
+        }
+    }
+
+    /// vit-token's key list, renamed by `f`.
+    fn renamed(f: impl Fn(&str) -> String) -> Vec<TensorInfo> {
+        golden_file("vit-token")
+            .tensors()
+            .iter()
+            .map(|t| TensorInfo {
+                name: f(&t.name),
+                ..t.clone()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn detects_linen_block_names() {
+        let linen = renamed(|n| {
+            n.replace(
+                "MultiHeadDotProductAttention_1",
+                "MultiHeadDotProductAttention_0",
+            )
+            .replace("LayerNorm_2", "LayerNorm_1")
+            .replace("MlpBlock_3", "MlpBlock_0")
+        });
+        let src = detect_vit_jax(&linen).expect("linen names are recognised");
+        assert_eq!(src.names.style, BlockStyle::Linen);
+        let pre = detect_vit_jax(golden_file("vit-token").tensors()).expect("pre-linen");
+        assert_eq!(src.arch, pre.arch);
+        assert_eq!(
+            src.names.mlp(1, 0, "kernel"),
+            "Transformer/encoderblock_1/MlpBlock_0/Dense_0/kernel"
+        );
+    }
+
+    fn err_text(tensors: &[TensorInfo]) -> String {
+        match detect_vit_jax(tensors) {
+            Ok(_) => panic!("detection accepted a broken file"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn missing_tensor_is_named() {
+        let missing = "Transformer/encoderblock_1/MultiHeadDotProductAttention_1/key/bias";
+        let tensors: Vec<TensorInfo> = golden_file("vit-token")
+            .tensors()
+            .iter()
+            .filter(|t| t.name != missing)
+            .cloned()
+            .collect();
+        let e = err_text(&tensors);
+        assert!(e.contains(missing) && e.contains("missing"), "{e}");
+    }
+
+    #[test]
+    fn contradictory_shape_is_named_with_both_shapes() {
+        let mut tensors = golden_file("vit-token").tensors().to_vec();
+        let bad = "Transformer/encoderblock_1/MlpBlock_3/Dense_1/kernel";
+        tensors
+            .iter_mut()
+            .filter(|t| t.name == bad)
+            .for_each(|t| t.shape = vec![100, 64]);
+        let e = err_text(&tensors);
+        assert!(
+            e.contains(bad) && e.contains("[128, 64]") && e.contains("[100, 64]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_extra_tensor_is_refused() {
+        let mut tensors = golden_file("vit-token").tensors().to_vec();
+        tensors.push(info("Transformer/encoderblock_0/extra/scale", &[64]));
+        let e = err_text(&tensors);
+        assert!(e.contains("Transformer/encoderblock_0/extra/scale"), "{e}");
+    }
+
+    #[test]
+    fn non_square_grid_is_explained() {
+        let mut tensors = golden_file("vit-token").tensors().to_vec();
+        tensors
+            .iter_mut()
+            .filter(|t| t.name.ends_with("pos_embedding"))
+            .for_each(|t| t.shape = vec![1, 16, 64]);
+        let e = err_text(&tensors);
+        assert!(e.contains("pos_embedding") && e.contains("15 cells"), "{e}");
+    }
+
+    #[test]
+    fn non_float_tensor_is_refused() {
+        let mut tensors = golden_file("vit-token").tensors().to_vec();
+        if let Some(t) = tensors.first_mut() {
+            t.dtype = DType::I32;
+        }
+        assert!(err_text(&tensors).contains("not a floating-point type"));
+    }
+
+    #[test]
+    fn hybrid_stem_must_feed_the_patch_embedding() {
+        let mut tensors = golden_file("hybrid-r2").tensors().to_vec();
+        // Drop stage 2 entirely: the stem then ends with 256 channels but embedding/kernel reads 512.
+        tensors.retain(|t| !t.name.starts_with("block2/"));
+        let e = err_text(&tensors);
+        assert!(e.contains("256 channels") && e.contains("reads 512"), "{e}");
+    }
+
+    #[test]
+    fn gn_params_in_either_shape() {
+        // hybrid-r2 stores (1, 1, 1, C), hybrid-root (C,): both detect, and a third shape is refused.
+        assert!(detect_vit_jax(golden_file("hybrid-r2").tensors()).is_ok());
+        assert!(detect_vit_jax(golden_file("hybrid-root").tensors()).is_ok());
+        let mut tensors = golden_file("hybrid-root").tensors().to_vec();
+        tensors
+            .iter_mut()
+            .filter(|t| t.name == "gn_root/scale")
+            .for_each(|t| t.shape = vec![1, 64]);
+        assert!(err_text(&tensors).contains("gn_root/scale"));
+    }
+
+    #[test]
+    fn other_families_are_named_not_converted() {
+        let timm = vec![
+            info("patch_embed.proj.weight", &[64, 3, 16, 16]),
+            info("blocks.0.attn.qkv.weight", &[192, 64]),
+        ];
+        let e = err_text(&timm);
+        assert!(e.contains("no embedding/kernel"), "{e}");
+        let bv = vec![info("params/embedding/kernel", &[16, 16, 3, 64])];
+        assert!(err_text(&bv).contains("big_vision"));
+        assert!(crate::summarize(&[info("foo", &[1])]).is_none());
+    }
 }

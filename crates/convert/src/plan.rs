@@ -196,16 +196,34 @@ fn fetch_len(src: &dyn Fetch, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
     Ok(v)
 }
 
-/// Cache-friendly transpose of a row-major `[rows, cols]` matrix, in square tiles.
-pub fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    const TILE: usize = 32;
-    let mut out = vec![0f32; v.len()];
-    for r0 in (0..rows).step_by(TILE) {
-        for c0 in (0..cols).step_by(TILE) {
-            for r in r0..(r0 + TILE).min(rows) {
-                for c in c0..(c0 + TILE).min(cols) {
-                    if let (Some(o), Some(x)) = (out.get_mut(c * rows + r), v.get(r * cols + c)) {
-                        *o = *x;
+/// Side of the square blocks [`transpose`] moves through a local buffer.
+const BLOCK: usize = 32;
+
+/// Cache-friendly transpose of a row-major `[rows, cols]` matrix.
+///
+/// Each 32 x 32 block is copied into a local buffer row by row and written out column by column, so both the
+/// reads and the writes touch whole cache lines; a plain strided loop is about 4x slower on the power-of-two
+/// widths ViTs use (every row of a block would land in the same cache set).
+pub fn transpose<T: Copy + Default>(v: &[T], rows: usize, cols: usize) -> Vec<T> {
+    let mut out = vec![T::default(); v.len()];
+    let mut buf = [[T::default(); BLOCK]; BLOCK];
+    for r0 in (0..rows).step_by(BLOCK) {
+        let rn = BLOCK.min(rows - r0);
+        for c0 in (0..cols).step_by(BLOCK) {
+            let cn = BLOCK.min(cols - c0);
+            for (i, row) in buf.iter_mut().enumerate().take(rn) {
+                let s = (r0 + i) * cols + c0;
+                if let (Some(dst), Some(src)) = (row.get_mut(..cn), v.get(s..s + cn)) {
+                    dst.copy_from_slice(src);
+                }
+            }
+            for j in 0..cn {
+                let d = (c0 + j) * rows + r0;
+                if let Some(dst) = out.get_mut(d..d + rn) {
+                    for (x, row) in dst.iter_mut().zip(buf.iter()) {
+                        if let Some(val) = row.get(j) {
+                            *x = *val;
+                        }
                     }
                 }
             }

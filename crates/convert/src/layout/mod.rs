@@ -373,3 +373,297 @@ pub fn mlp_ratio(prep: &Prepared<'_>) -> Result<f64> {
     }
     Ok(ratio)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use vitconv_tensors::{DType, TensorFile, TensorInfo};
+
+    use super::*;
+    use crate::detect::detect_vit_jax;
+    use crate::detect::tests::{fixtures, golden_file, GOLDEN, VARIANTS};
+    use crate::options::{Gelu, ProjChoice};
+
+    const LAYOUTS: [Layout; 4] = [Layout::Timm, Layout::Hf, Layout::OpenClip, Layout::Clip];
+
+    fn plan_for(case: &str, opts: &Options) -> Result<Plan> {
+        let file = golden_file(case);
+        let src = detect_vit_jax(file.tensors())?;
+        let p = plan(&src, opts, &file, "checkpoint.npz")?;
+        p.check_complete(&src.shapes, "vit_jax")?;
+        Ok(p)
+    }
+
+    fn refusal(case: &str, opts: &Options) -> String {
+        match plan_for(case, opts) {
+            Ok(_) => panic!("{case} to {} was accepted", opts.layout.as_str()),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// Which golden cases each layout can hold with default options.
+    fn holds(layout: Layout, case: &str) -> bool {
+        let hybrid = case.starts_with("hybrid");
+        match layout {
+            Layout::Timm => case != "vit-prelogits",
+            Layout::Hf | Layout::OpenClip => {
+                !hybrid && case != "vit-gap" && case != "vit-prelogits"
+            }
+            Layout::Clip => case == "vit-mlp4",
+        }
+    }
+
+    #[test]
+    fn every_golden_case_plans_completely_where_the_layout_holds_it() {
+        for case in GOLDEN.iter().chain(VARIANTS) {
+            for layout in LAYOUTS {
+                let opts = Options::new(layout);
+                match plan_for(case, &opts) {
+                    Ok(p) => {
+                        assert!(
+                            holds(layout, case),
+                            "{case} -> {layout:?} should be refused"
+                        );
+                        let config: serde_json::Value =
+                            serde_json::from_str(&p.metadata["vitconv.config"])
+                                .expect("config is JSON");
+                        assert_eq!(p.metadata["vitconv.layout"], layout.as_str());
+                        assert_eq!(p.metadata["format"], "pt");
+                        assert_eq!(config["input_norm"]["name"], opts.input_norm().as_str());
+                        // Each output's recipe produces exactly its shape's element count.
+                        let file = golden_file(case);
+                        for t in &p.tensors {
+                            let n: usize = t.shape.iter().product();
+                            let v = t
+                                .recipe
+                                .eval(&file)
+                                .unwrap_or_else(|e| panic!("{case} {}: {e}", t.name));
+                            assert_eq!(v.len(), n, "{case} -> {layout:?}: {}", t.name);
+                        }
+                    }
+                    Err(e) => assert!(!holds(layout, case), "{case} -> {layout:?} refused: {e}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn outputs_are_recognised_as_their_family() {
+        let want = [
+            (Layout::Timm, "timm"),
+            (Layout::Hf, "transformers"),
+            (Layout::OpenClip, "open_clip"),
+            (Layout::Clip, "openai_clip"),
+        ];
+        for (layout, family) in want {
+            let p =
+                plan_for("vit-mlp4", &Options::new(layout)).expect("vit-mlp4 converts everywhere");
+            let infos: Vec<TensorInfo> = p
+                .tensors
+                .iter()
+                .map(|t| TensorInfo {
+                    name: t.name.clone(),
+                    dtype: DType::F32,
+                    shape: t.shape.clone(),
+                    stored_as: None,
+                })
+                .collect();
+            let s = crate::summarize(&infos)
+                .unwrap_or_else(|| panic!("{layout:?} output not recognised"));
+            assert_eq!(s.family, family);
+            assert!(
+                s.architecture.contains("hidden 64, 2 layers")
+                    && s.architecture.contains("mlp 256"),
+                "{}",
+                s.architecture
+            );
+            assert!(
+                s.architecture.contains("32 px (4x4 grid"),
+                "{}",
+                s.architecture
+            );
+        }
+    }
+
+    #[test]
+    fn refusals_name_the_layout_and_the_way_out() {
+        let hf = Options::new(Layout::Hf);
+        assert!(refusal("vit-gap", &hf).contains("--layout hf cannot hold a gap"));
+        assert!(refusal("hybrid-r2", &hf).contains("no ViT-hybrid"));
+        assert!(refusal("vit-prelogits", &hf).contains("--drop-head"));
+        for layout in [Layout::OpenClip, Layout::Clip] {
+            let o = Options::new(layout);
+            assert!(refusal("vit-gap", &o).contains("gap"), "{layout:?}");
+            assert!(refusal("hybrid-root", &o).contains("hybrid"), "{layout:?}");
+        }
+        assert!(refusal("vit-prelogits", &Options::new(Layout::OpenClip)).contains("--drop-head"));
+        assert!(refusal("vit-token", &Options::new(Layout::Clip)).contains("4x"));
+        assert!(refusal("vit-prelogits", &Options::new(Layout::Timm)).contains("--drop-head"));
+    }
+
+    #[test]
+    fn option_errors() {
+        let mut o = Options::new(Layout::Timm);
+        o.image_size = Some(100);
+        assert!(refusal("vit-token", &o).contains("--image-size"));
+        let mut o = Options::new(Layout::Timm);
+        o.head = HeadChoice::NumClasses(7);
+        assert!(refusal("vit-token", &o).contains("--num-classes"));
+        let mut o = Options::new(Layout::Timm);
+        o.input_norm = Some(InputNorm::Imagenet);
+        assert!(refusal("hybrid-r2", &o).contains("--input-norm"));
+        let mut o = Options::new(Layout::OpenClip);
+        o.head = HeadChoice::Drop;
+        o.proj = Some(ProjChoice::Head);
+        assert!(refusal("vit-token", &o).contains("--proj head"));
+    }
+
+    #[test]
+    fn dropping_is_recorded_never_silent() {
+        let mut o = Options::new(Layout::Timm);
+        o.head = HeadChoice::Drop;
+        let p = plan_for("vit-prelogits", &o).expect("--drop-head makes a feature extractor");
+        assert!(p.tensors.iter().all(|t| !t.name.starts_with("head")));
+        assert_eq!(p.dropped.len(), 4, "{:?}", p.dropped);
+        assert!(p.metadata["vitconv.notes"].contains("pre_logits"));
+        let kwargs: serde_json::Value =
+            serde_json::from_str(&p.metadata["vitconv.timm_kwargs"]).expect("json");
+        assert_eq!(kwargs["num_classes"], 0);
+        // hf keeps pre_logits as ViTModel's pooler instead.
+        let mut o = Options::new(Layout::Hf);
+        o.head = HeadChoice::Drop;
+        let p = plan_for("vit-prelogits", &o).expect("hf feature extractor");
+        assert!(p
+            .tensors
+            .iter()
+            .any(|t| t.name == "pooler.dense.weight" && t.shape == [40, 48]));
+        assert_eq!(p.dropped.len(), 2, "{:?}", p.dropped);
+    }
+
+    /// An in-memory source with recognisable values.
+    struct Mem(BTreeMap<String, Vec<f32>>);
+
+    impl Fetch for Mem {
+        fn fetch(&self, name: &str) -> Result<Vec<f32>> {
+            self.0.get(name).cloned().ok_or_else(|| Error::BadOption {
+                option: "test",
+                why: name.to_string(),
+            })
+        }
+        fn fetch_raw(&self, name: &str) -> Result<(DType, Vec<u8>)> {
+            Err(Error::BadOption {
+                option: "test",
+                why: name.to_string(),
+            })
+        }
+    }
+
+    #[test]
+    fn fused_qkv_is_q_k_v_with_heads_contiguous() {
+        let file = golden_file("vit-token");
+        let src = detect_vit_jax(file.tensors()).expect("vit-token");
+        let (d, h, dh) = (64usize, 4usize, 16usize);
+        // value = (which projection) * 1e6 + input * 1e3 + (head * dh + dim), so every entry says where it came from.
+        let mut mem = BTreeMap::new();
+        for (pi, p) in [Proj::Query, Proj::Key, Proj::Value]
+            .into_iter()
+            .enumerate()
+        {
+            let k: Vec<f32> = (0..d * h * dh)
+                .map(|x| (pi * 1_000_000 + (x / (h * dh)) * 1000 + x % (h * dh)) as f32)
+                .collect();
+            mem.insert(src.names.attn(0, p, "kernel"), k);
+        }
+        let opts = Options::new(Layout::Timm);
+        let prep = Prepared::new(&src, &opts).expect("prepared");
+        let w = prep.qkv_weight(0).eval(&Mem(mem)).expect("qkv");
+        assert_eq!(w.len(), 3 * d * d);
+        for row in 0..3 * d {
+            for col in 0..d {
+                let (pi, out) = (row / d, row % d);
+                assert_eq!(
+                    w[row * d + col],
+                    (pi * 1_000_000 + col * 1000 + out) as f32,
+                    "row {row} col {col}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn out_projection_maps_heads_to_columns() {
+        let file = golden_file("vit-token");
+        let src = detect_vit_jax(file.tensors()).expect("vit-token");
+        let (d, hd) = (64usize, 64usize);
+        let k: Vec<f32> = (0..hd * d)
+            .map(|x| ((x / d) * 1000 + x % d) as f32)
+            .collect();
+        let mem = Mem([(src.names.attn(0, Proj::Out, "kernel"), k)]
+            .into_iter()
+            .collect());
+        let opts = Options::new(Layout::Timm);
+        let prep = Prepared::new(&src, &opts).expect("prepared");
+        let w = prep.proj_weight(0, Proj::Out).eval(&mem).expect("out");
+        // torch weight [out, in]: out = model dim, in = head * dh + dim.
+        for o in 0..d {
+            for i in 0..hd {
+                assert_eq!(w[o * hd + i], (i * 1000 + o) as f32);
+            }
+        }
+    }
+
+    #[test]
+    fn vit_jax_resize_equals_vit_jax_interpolate_posembed() {
+        let file = golden_file("vit-token");
+        let src = detect_vit_jax(file.tensors()).expect("vit-token");
+        let mut opts = Options::new(Layout::Timm);
+        opts.image_size = Some(96);
+        let prep = Prepared::new(&src, &opts).expect("prepared");
+        assert_eq!(prep.grid, (6, 6));
+        let got = prep.pos_embed(false).eval(&file).expect("resized");
+        let golden = TensorFile::open(fixtures().join("vit-token/resized_96_pos_embedding.npy"))
+            .expect("golden npy");
+        let name = golden
+            .tensors()
+            .first()
+            .map(|t| t.name.clone())
+            .expect("one array");
+        let want = golden.read_f32(&name).expect("golden values");
+        assert_eq!(got.len(), want.len());
+        let max = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(max < 1e-6, "max |ours - vit_jax| = {max}");
+        // The class-token row is untouched.
+        let orig = file.read_f32(&src.names.pos_embed()).expect("source");
+        assert_eq!(&got[..64], &orig[..64]);
+    }
+
+    #[test]
+    fn gelu_and_norm_reach_the_configs() {
+        let mut o = Options::new(Layout::Hf);
+        o.gelu = Gelu::Erf;
+        o.input_norm = Some(InputNorm::Imagenet);
+        let p = plan_for("vit-token", &o).expect("hf");
+        let cfg = p
+            .side_files
+            .iter()
+            .find(|f| f.name == "config.json")
+            .expect("config.json");
+        assert!(
+            cfg.contents.contains("\"hidden_act\": \"gelu\""),
+            "{}",
+            cfg.contents
+        );
+        let pre = p
+            .side_files
+            .iter()
+            .find(|f| f.name == "preprocessor_config.json")
+            .expect("preprocessor");
+        assert!(pre.contents.contains("0.229"), "{}", pre.contents);
+        assert!(p.notes.iter().any(|n| n.contains("imagenet")));
+    }
+}
