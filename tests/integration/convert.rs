@@ -1,1 +1,407 @@
-//! Tests of `vitconv convert`.
+//! Tests of `vitconv npz-to-pt`: every golden case to every layout that can hold it, in .pt and .safetensors;
+//! refusals, existing outputs, unwritable paths, and the metadata the verify crate relies on.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use vitconv_tensors::{DType, Format, TensorFile};
+
+use crate::common::{assert_bad_input, fixture, scratch, stderr, stdout, vitconv};
+
+/// Every golden source and whether each layout holds it with default options.
+const CASES: [&str; 9] = [
+    "vit-token/checkpoint.npz",
+    "vit-prelogits/checkpoint.npz",
+    "vit-gap/checkpoint.npz",
+    "vit-mlp4/checkpoint.npz",
+    "hybrid-r2/checkpoint.npz",
+    "hybrid-root/checkpoint.npz",
+    "vit-token-variants/bfloat16.npz",
+    "vit-token-variants/compressed.npz",
+    "vit-token-variants/opt-target-prefix.npz",
+];
+
+const LAYOUTS: [&str; 4] = ["timm", "hf", "open_clip", "clip"];
+
+/// Metadata keys every converted file carries (the verify crate reads them).
+const META_KEYS: [&str; 5] = [
+    "format",
+    "vitconv.layout",
+    "vitconv.source",
+    "vitconv.config",
+    "vitconv.notes",
+];
+
+/// Keys `vitconv.config` declares.
+const CONFIG_KEYS: [&str; 17] = [
+    "image_size",
+    "patch_size",
+    "hidden",
+    "depth",
+    "heads",
+    "mlp",
+    "classifier",
+    "num_classes",
+    "representation",
+    "gelu",
+    "layer_norm_eps",
+    "ln_pre",
+    "input_norm",
+    "resnet",
+    "head",
+    "head_bias",
+    "dtype",
+];
+
+fn holds(layout: &str, case: &str) -> bool {
+    let hybrid = case.starts_with("hybrid");
+    let gap = case.starts_with("vit-gap");
+    let prelogits = case.starts_with("vit-prelogits");
+    match layout {
+        "timm" => !prelogits,
+        "hf" | "open_clip" => !hybrid && !gap && !prelogits,
+        _ => case.starts_with("vit-mlp4"),
+    }
+}
+
+fn convert(src: &Path, out: &Path, layout: &str, extra: &[&str]) -> std::process::Output {
+    let mut args: Vec<String> = vec![
+        "npz-to-pt".into(),
+        src.display().to_string(),
+        out.display().to_string(),
+    ];
+    args.extend(["--layout".into(), layout.into(), "--quiet".into()]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    vitconv(&args)
+}
+
+fn out_path(dir: &Path, case: &str, layout: &str, ext: &str) -> PathBuf {
+    let stem = case.replace(['/', '.'], "_");
+    if layout == "hf" {
+        dir.join(format!("{stem}-hf"))
+    } else {
+        // The extension is in the stem too, so the two formats' open_clip side files differ.
+        dir.join(format!(
+            "{stem}-{layout}-{}{ext}",
+            ext.trim_start_matches('.')
+        ))
+    }
+}
+
+/// Files in a directory, sorted, so leftovers (temporary files) show.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .expect("readable dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn check_metadata(weights: &Path, layout: &str, case: &str) {
+    let f = TensorFile::open(weights).unwrap_or_else(|e| panic!("{e}"));
+    let want_format = if weights.extension().is_some_and(|e| e == "pt") {
+        Format::Pt
+    } else {
+        Format::Safetensors
+    };
+    assert_eq!(f.format(), want_format);
+    let meta = f.metadata();
+    for k in META_KEYS {
+        assert!(
+            meta.contains_key(k),
+            "{case} -> {layout}: metadata lacks {k}: {meta:?}"
+        );
+    }
+    assert_eq!(meta["vitconv.layout"], layout);
+    assert_eq!(meta["format"], "pt");
+    assert_eq!(
+        meta["vitconv.source"],
+        Path::new(case)
+            .file_name()
+            .map(|s| s.to_string_lossy())
+            .unwrap_or_default()
+    );
+    let config: Value =
+        serde_json::from_str(&meta["vitconv.config"]).expect("vitconv.config is JSON");
+    for k in CONFIG_KEYS {
+        assert!(
+            config.get(k).is_some(),
+            "{case} -> {layout}: config lacks {k}: {config}"
+        );
+    }
+    assert!(
+        f.tensors().iter().all(|t| t.dtype == DType::F32),
+        "{case} -> {layout}: default dtype is f32"
+    );
+    let summary =
+        vitconv_convert::summarize(f.tensors()).expect("the output is a recognised layout");
+    let family = match layout {
+        "timm" => "timm",
+        "hf" => "transformers",
+        "open_clip" => "open_clip",
+        _ => "openai_clip",
+    };
+    assert_eq!(summary.family, family, "{case} -> {layout}");
+}
+
+#[test]
+fn every_golden_case_to_every_layout_in_both_formats() {
+    let dir = scratch();
+    for case in CASES {
+        let src = fixture(case);
+        for layout in LAYOUTS {
+            for ext in [".pt", ".safetensors"] {
+                if layout == "hf" && ext == ".safetensors" {
+                    continue; // hf writes a directory; one run per case covers it
+                }
+                let out = out_path(dir.path(), case, layout, ext);
+                let o = convert(&src, &out, layout, &[]);
+                if holds(layout, case) {
+                    assert_eq!(
+                        o.status.code(),
+                        Some(0),
+                        "{case} -> {layout}{ext}: {}",
+                        stderr(&o)
+                    );
+                    let weights = if layout == "hf" {
+                        out.join("model.safetensors")
+                    } else {
+                        out.clone()
+                    };
+                    check_metadata(&weights, layout, case);
+                    if layout == "hf" {
+                        assert_eq!(
+                            listing(&out),
+                            [
+                                "config.json",
+                                "model.safetensors",
+                                "preprocessor_config.json"
+                            ]
+                        );
+                    }
+                    if layout == "open_clip" {
+                        let side = out.with_file_name(format!(
+                            "{}.open_clip.json",
+                            out.file_stem()
+                                .map(|s| s.to_string_lossy())
+                                .unwrap_or_default()
+                        ));
+                        let cfg: Value = serde_json::from_str(
+                            &std::fs::read_to_string(&side).expect("open_clip config"),
+                        )
+                        .expect("JSON");
+                        assert_eq!(cfg["vision_cfg"]["no_ln_pre"], true);
+                        assert_eq!(cfg["vision_cfg"]["norm_kwargs"]["eps"], 1e-6);
+                    }
+                } else {
+                    assert_bad_input(&o, &format!("--layout {layout} cannot hold"));
+                    assert!(
+                        !out.exists(),
+                        "{case} -> {layout}: a refused conversion left {}",
+                        out.display()
+                    );
+                }
+            }
+        }
+    }
+    // Nothing but finished outputs remains: no temporary files from any run.
+    assert!(
+        listing(dir.path())
+            .iter()
+            .all(|n| !n.starts_with('.') && !n.contains("tmp")),
+        "{:?}",
+        listing(dir.path())
+    );
+}
+
+#[test]
+fn report_prints_the_python_and_the_input_norm() {
+    let dir = scratch();
+    let out = dir.path().join("m.pt");
+    let o = vitconv([
+        "npz-to-pt",
+        fixture("vit-token/checkpoint.npz").to_str().expect("utf8"),
+        out.to_str().expect("utf8"),
+        "--layout",
+        "timm",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let s = stdout(&o);
+    assert!(s.contains("ViT/16: hidden 64, 2 layers, 4 heads, mlp 128, 64 px (4x4 grid + class token), 10 classes"), "{s}");
+    assert!(s.contains("input normalisation: unit"), "{s}");
+    assert!(
+        s.contains("VisionTransformer(img_size=64, patch_size=16, embed_dim=64"),
+        "{s}"
+    );
+    assert!(s.contains("act_layer='gelu_tanh'"), "{s}");
+    let meta = TensorFile::open(&out).expect("written").metadata().clone();
+    let kwargs: Value =
+        serde_json::from_str(&meta["vitconv.timm_kwargs"]).expect("timm kwargs JSON");
+    assert_eq!(kwargs["embed_dim"], 64);
+    assert_eq!(kwargs["num_classes"], 10);
+}
+
+#[test]
+fn hybrid_timm_records_the_backbone() {
+    let dir = scratch();
+    let out = dir.path().join("h.safetensors");
+    let o = convert(&fixture("hybrid-r2/checkpoint.npz"), &out, "timm", &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let meta = TensorFile::open(&out).expect("written").metadata().clone();
+    let b: Value = serde_json::from_str(&meta["vitconv.timm_backbone"]).expect("backbone JSON");
+    assert_eq!(b["layers"], serde_json::json!([1, 1]));
+    assert_eq!(b["norm_eps"], 1e-6);
+}
+
+#[test]
+fn existing_output_is_untouched_without_force() {
+    let dir = scratch();
+    let out = dir.path().join("m.pt");
+    std::fs::write(&out, b"precious").expect("write");
+    let src = fixture("vit-token/checkpoint.npz");
+    let o = convert(&src, &out, "timm", &[]);
+    assert_bad_input(&o, "--force");
+    assert_eq!(std::fs::read(&out).expect("still there"), b"precious");
+    let o = convert(&src, &out, "timm", &["--force"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(TensorFile::open(&out).is_ok());
+    assert_eq!(listing(dir.path()), ["m.pt"]);
+
+    let hf = dir.path().join("hfdir");
+    std::fs::create_dir(&hf).expect("mkdir");
+    std::fs::write(hf.join("notes.txt"), b"mine").expect("write");
+    assert_bad_input(&convert(&src, &hf, "hf", &[]), "--force");
+    assert_eq!(listing(&hf), ["notes.txt"]);
+}
+
+#[test]
+fn unwritable_output_path_is_a_clean_error() {
+    let dir = scratch();
+    let blocker = dir.path().join("a-file");
+    std::fs::write(&blocker, b"x").expect("write");
+    // A path below a regular file cannot be created, even by root.
+    let out = blocker.join("m.pt");
+    let o = convert(&fixture("vit-token/checkpoint.npz"), &out, "timm", &[]);
+    assert_bad_input(&o, "m.pt");
+    assert_eq!(listing(dir.path()), ["a-file"]);
+}
+
+#[test]
+fn output_extension_decides_the_format() {
+    let dir = scratch();
+    let o = convert(
+        &fixture("vit-token/checkpoint.npz"),
+        &dir.path().join("m.txt"),
+        "timm",
+        &[],
+    );
+    assert_bad_input(&o, ".safetensors");
+    let o = convert(
+        &fixture("vit-token/checkpoint.npz"),
+        &dir.path().join("m.pt"),
+        "hf",
+        &[],
+    );
+    assert_bad_input(&o, "directory");
+    assert!(listing(dir.path()).is_empty());
+}
+
+#[test]
+fn refusals_and_option_errors_exit_2() {
+    let dir = scratch();
+    let out = dir.path().join("x.pt");
+    let token = fixture("vit-token/checkpoint.npz");
+    assert_bad_input(
+        &convert(&fixture("vit-prelogits/checkpoint.npz"), &out, "timm", &[]),
+        "--drop-head",
+    );
+    assert_bad_input(&convert(&token, &out, "clip", &[]), "4x");
+    assert_bad_input(
+        &convert(&fixture("vit-gap/checkpoint.npz"), &out, "hf", &[]),
+        "class token",
+    );
+    assert_bad_input(
+        &convert(&token, &out, "timm", &["--image-size", "100"]),
+        "--image-size",
+    );
+    assert_bad_input(
+        &convert(&token, &out, "timm", &["--num-classes", "3"]),
+        "--num-classes",
+    );
+    assert_bad_input(
+        &convert(
+            &fixture("hybrid-r2/checkpoint.npz"),
+            &out,
+            "timm",
+            &["--input-norm", "clip"],
+        ),
+        "--input-norm",
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn a_pytorch_file_is_not_a_source() {
+    let dir = scratch();
+    let first = dir.path().join("m.safetensors");
+    assert_eq!(
+        convert(&fixture("vit-token/checkpoint.npz"), &first, "timm", &[])
+            .status
+            .code(),
+        Some(0)
+    );
+    let o = convert(&first, &dir.path().join("again.pt"), "timm", &[]);
+    assert_bad_input(&o, "timm checkpoint");
+}
+
+#[test]
+fn low_precision_outputs_hold_rounded_weights() {
+    let dir = scratch();
+    let src = fixture("vit-token/checkpoint.npz");
+    let f32_out = dir.path().join("f32.safetensors");
+    let bf16_out = dir.path().join("bf16.pt");
+    assert_eq!(convert(&src, &f32_out, "timm", &[]).status.code(), Some(0));
+    assert_eq!(
+        convert(&src, &bf16_out, "timm", &["--dtype", "bf16"])
+            .status
+            .code(),
+        Some(0)
+    );
+    let a = TensorFile::open(&f32_out).expect("f32");
+    let b = TensorFile::open(&bf16_out).expect("bf16");
+    assert!(b.tensors().iter().all(|t| t.dtype == DType::BF16));
+    for t in a.tensors() {
+        let x = a.read_f32(&t.name).expect("f32 values");
+        let y = b.read_f32(&t.name).expect("bf16 values");
+        for (p, q) in x.iter().zip(&y) {
+            assert_eq!(half::bf16::from_f32(*p).to_f32(), *q, "{}", t.name);
+        }
+    }
+    let cfg: Value = serde_json::from_str(&b.metadata()["vitconv.config"]).expect("config");
+    assert_eq!(cfg["dtype"], "bf16");
+}
+
+#[test]
+fn resize_changes_the_grid_and_says_so() {
+    let dir = scratch();
+    let out = dir.path().join("r.pt");
+    let o = vitconv([
+        "npz-to-pt",
+        fixture("vit-token/checkpoint.npz").to_str().expect("utf8"),
+        out.to_str().expect("utf8"),
+        "--layout",
+        "timm",
+        "--image-size",
+        "96",
+        "--resize",
+        "bilinear",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("from 4x4 to 6x6"), "{}", stdout(&o));
+    let f = TensorFile::open(&out).expect("written");
+    assert_eq!(
+        f.get("pos_embed").map(|t| t.shape.clone()),
+        Some(vec![1, 37, 64])
+    );
+}

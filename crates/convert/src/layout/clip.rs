@@ -64,6 +64,7 @@ pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Res
             "OpenAI CLIP's ResidualAttentionBlock fixes the MLP at 4x the width; use --layout open_clip",
         ));
     }
+    prep.check_input_norm()?;
     let proj = resolve_proj(&mut prep)?;
     let n = prep.src.names.clone();
     let (d, m) = (a.hidden, a.mlp);

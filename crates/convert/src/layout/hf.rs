@@ -64,6 +64,7 @@ pub fn plan(mut prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
             "transformers' ViT always prepends a class token and pools token 0; use --layout timm",
         ));
     }
+    prep.check_input_norm()?;
     let n = prep.src.names.clone();
     // ViTForImageClassification has no pooler, so pre_logits only fits as ViTModel's pooler (dense + tanh):
     // with the head dropped, keep it there instead of dropping it.

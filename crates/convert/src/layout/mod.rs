@@ -96,15 +96,6 @@ impl<'a> Prepared<'a> {
             );
         }
         let norm = opts.input_norm();
-        if norm != InputNorm::Unit && arch.resnet.is_some() {
-            return Err(Error::BadOption {
-                option: "--input-norm",
-                why: format!(
-                    "{} cannot be folded into a hybrid: the ResNet root is a weight-standardised convolution, which undoes any per-channel scaling; use --input-norm unit",
-                    norm.as_str()
-                ),
-            });
-        }
         notes.push(format!(
             "input normalisation: {} (mean {:?}, std {:?} on [0, 1] pixels){}",
             norm.as_str(),
@@ -126,6 +117,21 @@ impl<'a> Prepared<'a> {
             notes,
             dropped,
         })
+    }
+
+    /// Refuses an input normalisation that cannot be folded exactly; layouts call it after their own
+    /// structural refusals, so a source the layout cannot hold at all is told that first.
+    pub fn check_input_norm(&self) -> Result<()> {
+        if self.norm != InputNorm::Unit && self.arch().resnet.is_some() {
+            return Err(Error::BadOption {
+                option: "--input-norm",
+                why: format!(
+                    "{} cannot be folded into a hybrid: the ResNet root is a weight-standardised convolution, which undoes any per-channel scaling; use --input-norm unit",
+                    self.norm.as_str()
+                ),
+            });
+        }
+        Ok(())
     }
 
     pub fn arch(&self) -> &Arch {

@@ -54,6 +54,7 @@ pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Res
             "a class token is always prepended and attends to the patches, so the result would differ; use --layout timm",
         ));
     }
+    prep.check_input_norm()?;
     let ratio = mlp_ratio(&prep)?;
     let proj = resolve_proj(&mut prep)?;
     let n = prep.src.names.clone();

@@ -85,6 +85,7 @@ pub fn plan(prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
             "timm's VisionTransformer has no representation layer; pass --drop-head for a feature extractor",
         ));
     }
+    prep.check_input_norm()?;
     let ratio = mlp_ratio(&prep)?;
     let n = &prep.src.names;
     let (d, m) = (a.hidden, a.mlp);
