@@ -1,0 +1,840 @@
+//! Corrupted-file corpus: every fixture checkpoint and every format we write, truncated and
+//! bit-flipped, must give a clean one-line error (or, where only tensor values were damaged,
+//! a clean read), and never a panic, an unbounded allocation or an endless loop. Also the
+//! crafted hostile files: headers claiming 2^60 elements in each format, a deflate bomb, and
+//! pickles naming globals outside the allowlist.
+//!
+//! Every case runs on a fresh thread under `catch_unwind` with a deadline, and a counting
+//! global allocator records the largest single allocation that thread asked for.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use vitconv_tensors::{Error, Format, TensorFile, TensorInfo, TensorSpec, Writer};
+
+/// How long one open-and-read-everything may take before it counts as an endless loop. The
+/// largest fixture reads in well under a second even in a debug build.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Largest single allocation allowed while reading a file, as a multiple of its length...
+const ALLOC_PER_FILE_BYTE: usize = 4;
+/// ...plus fixed room for I/O buffers (the 256 KiB inflate buffer, the zip directory buffer).
+const ALLOC_SLACK: usize = 4 << 20;
+
+/// Evenly spaced truncation points per file (the empty file included).
+const TRUNCATIONS: usize = 16;
+/// Byte flips per region (header, central directory, data).
+const FLIPS_PER_REGION: usize = 4;
+
+/// 2^60: the element count the hostile headers claim.
+const HUGE: u64 = 1 << 60;
+
+// ---------------------------------------------------------------------------------------
+// The allocation probe.
+
+/// The system allocator, noting the largest request made on the current thread.
+struct Tracking;
+
+thread_local! {
+    static LARGEST: Cell<usize> = const { Cell::new(0) };
+}
+
+fn note(size: usize) {
+    // `try_with`: the thread-local may already be gone while a thread is being torn down.
+    let _ = LARGEST.try_with(|c| {
+        if size > c.get() {
+            c.set(size);
+        }
+    });
+}
+
+// SAFETY: every method forwards unchanged to `System`, which upholds the `GlobalAlloc`
+// contract; the bookkeeping touches only a const-initialised thread-local `Cell`, which
+// never allocates.
+unsafe impl GlobalAlloc for Tracking {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note(layout.size());
+        // SAFETY: same layout the caller gave us.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note(layout.size());
+        // SAFETY: same layout the caller gave us.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note(new_size);
+        // SAFETY: the caller's pointer, layout and size, unchanged.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's pointer and layout, unchanged.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Tracking = Tracking;
+
+// ---------------------------------------------------------------------------------------
+// Running one case.
+
+/// What opening and reading every tensor gave.
+#[derive(Debug)]
+enum Outcome {
+    /// Every tensor read: its directory entry and bytes, in file order.
+    Read(Vec<(TensorInfo, Vec<u8>)>),
+    /// The first error, as displayed.
+    Failed(String),
+}
+
+/// Opens `path` and reads every tensor, checking each read's length and each error's message.
+fn read_all(path: &Path) -> Outcome {
+    let file = match TensorFile::open(path) {
+        Ok(f) => f,
+        Err(e) => return Outcome::Failed(checked_message(path, &e)),
+    };
+    let mut out = Vec::new();
+    for info in file.tensors() {
+        match file.read(&info.name) {
+            Ok(bytes) => {
+                assert_eq!(
+                    Some(bytes.len()),
+                    info.nbytes(),
+                    "{}: `{}` read a different length than its shape says",
+                    path.display(),
+                    info.name
+                );
+                out.push((info.clone(), bytes));
+            }
+            Err(e) => return Outcome::Failed(checked_message(path, &e)),
+        }
+    }
+    Outcome::Read(out)
+}
+
+/// An error's message, after checking it is one line naming the file.
+fn checked_message(path: &Path, err: &Error) -> String {
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&path.display().to_string()),
+        "error does not name the file: {msg}"
+    );
+    assert!(!msg.contains('\n'), "error is not one line: {msg}");
+    msg
+}
+
+/// Runs [`read_all`] on a fresh thread: fails the test on a panic, on a run past
+/// [`DEADLINE`], or on an allocation beyond what the file's size justifies.
+fn probe(path: &Path) -> Outcome {
+    let owned = path.to_path_buf();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        LARGEST.with(|c| c.set(0));
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_all(&owned)));
+        let largest = LARGEST.with(Cell::get);
+        let _ = tx.send((result.map_err(|p| panic_text(&p)), largest));
+    });
+    let (result, largest) = match rx.recv_timeout(DEADLINE) {
+        Ok(r) => r,
+        Err(_) => panic!(
+            "{}: open and read did not finish within {DEADLINE:?} (endless loop?)",
+            path.display()
+        ),
+    };
+    let outcome = result.unwrap_or_else(|p| panic!("{}: reading panicked: {p}", path.display()));
+    let file_len = std::fs::metadata(path).map_or(0, |m| m.len() as usize);
+    let bound = file_len
+        .saturating_mul(ALLOC_PER_FILE_BYTE)
+        .saturating_add(ALLOC_SLACK);
+    assert!(
+        largest <= bound,
+        "{}: a single allocation of {largest} bytes for a {file_len}-byte file (bound {bound})",
+        path.display()
+    );
+    outcome
+}
+
+fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "non-string panic".into())
+}
+
+/// Writes `bytes` as `name` in `dir` and probes it.
+fn probe_bytes(dir: &Path, name: &str, bytes: &[u8]) -> Outcome {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    probe(&path)
+}
+
+fn expect_failed(outcome: Outcome, what: &str) -> String {
+    match outcome {
+        Outcome::Failed(msg) => msg,
+        Outcome::Read(t) => panic!("{what}: expected an error, read {} tensors", t.len()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The corpus: fixtures and files we write, and where their header, directory and data lie.
+
+fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+/// Every fixture checkpoint (the published-layout npz files and their variants).
+fn fixture_checkpoints() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for dir in std::fs::read_dir(fixtures_dir()).unwrap() {
+        let dir = dir.unwrap().path();
+        if !dir.is_dir() {
+            continue;
+        }
+        for f in std::fs::read_dir(&dir).unwrap() {
+            let f = f.unwrap().path();
+            if f.extension().is_some_and(|e| e == "npz") {
+                out.push(f);
+            }
+        }
+    }
+    out.sort();
+    assert!(out.len() >= 6, "fixtures missing: {out:?}");
+    out
+}
+
+/// Rewrites `src` through [`Writer`] in `format`.
+fn write_as(src: &Path, dst: &Path, format: Format) {
+    let file = TensorFile::open(src).unwrap();
+    let specs = file
+        .tensors()
+        .iter()
+        .map(|t| TensorSpec {
+            name: t.name.clone(),
+            dtype: t.dtype,
+            shape: t.shape.clone(),
+        })
+        .collect();
+    let mut meta = BTreeMap::new();
+    if format != Format::Npz {
+        meta.insert("format".to_string(), "pt".to_string());
+    }
+    let mut w = Writer::create(dst, format, specs, meta, false).unwrap();
+    for t in file.tensors() {
+        w.write_next(&file.read(&t.name).unwrap()).unwrap();
+    }
+    w.finish().unwrap();
+}
+
+/// Byte ranges of a file by role.
+#[derive(Debug, Default)]
+struct Regions {
+    /// Format headers: zip local headers plus `.npy` headers, or the safetensors JSON.
+    header: Vec<(usize, usize)>,
+    /// The zip central directory and end records.
+    directory: Vec<(usize, usize)>,
+    /// Bytes that are tensor values and nothing else.
+    data: Vec<(usize, usize)>,
+    /// Whether flips in `data` must read back cleanly (false when the data is compressed,
+    /// where a flip may break the stream).
+    data_is_plain: bool,
+    /// Offsets where any flip must be refused (signatures, magics, the JSON's opening brace).
+    must_fail: Vec<usize>,
+}
+
+/// Length of the `.npy` header at the start of `bytes`.
+fn npy_header_len(bytes: &[u8]) -> usize {
+    assert_eq!(&bytes[..6], b"\x93NUMPY");
+    match bytes[6] {
+        1 => 10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize,
+        _ => 12 + u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+    }
+}
+
+fn zip_regions(bytes: &[u8], format: Format) -> Regions {
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
+    let mut r = Regions {
+        data_is_plain: true,
+        ..Regions::default()
+    };
+    let mut cd_start = bytes.len();
+    for i in 0..archive.len() {
+        let e = archive.by_index_raw(i).unwrap();
+        let header = e.header_start() as usize;
+        let data = e.data_start() as usize;
+        let end = data + e.compressed_size() as usize;
+        cd_start = cd_start.min(e.central_header_start() as usize);
+        let stored = e.compression() == zip::CompressionMethod::Stored;
+        r.data_is_plain &= stored;
+        let name = e.name().to_string();
+        if format == Format::Npz && stored {
+            let hlen = npy_header_len(&bytes[data..]);
+            r.header.push((header, data + hlen));
+            r.data.push((data + hlen, end));
+            if i == 0 {
+                r.must_fail.push(data);
+            }
+        } else if format == Format::Npz || name.contains("/data/") {
+            // A compressed npz member, or a `.pt` storage record: all of it is tensor values.
+            r.header.push((header, data));
+            r.data.push((data, end));
+        } else {
+            // The pickle and the small records describe the tensors: header-like.
+            r.header.push((header, end));
+            if name.ends_with("data.pkl") {
+                r.must_fail.push(data);
+            }
+        }
+    }
+    r.directory.push((cd_start, bytes.len()));
+    r.must_fail.push(cd_start);
+    r.data.retain(|(a, b)| b > a);
+    r
+}
+
+fn safetensors_regions(bytes: &[u8]) -> Regions {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    Regions {
+        header: vec![(0, 8 + n)],
+        directory: Vec::new(),
+        data: vec![(8 + n, bytes.len())],
+        data_is_plain: true,
+        must_fail: vec![8],
+    }
+}
+
+/// `count` offsets spread evenly over the concatenation of `ranges`.
+fn spread(ranges: &[(usize, usize)], count: usize) -> Vec<usize> {
+    let total: usize = ranges.iter().map(|(a, b)| b - a).sum();
+    if total == 0 {
+        return Vec::new();
+    }
+    (0..count)
+        .map(|k| {
+            let mut at = (k * total) / count + total / (2 * count);
+            for &(a, b) in ranges {
+                if at < b - a {
+                    return a + at;
+                }
+                at -= b - a;
+            }
+            unreachable!("offset inside the ranges")
+        })
+        .collect()
+}
+
+/// Flips one byte: alternately all bits (makes text invalid) and the lowest bit (keeps
+/// digits digits, so shapes and lengths change subtly).
+fn flipped(bytes: &[u8], at: usize, k: usize) -> Vec<u8> {
+    let mut v = bytes.to_vec();
+    v[at] ^= if k.is_multiple_of(2) { 0xFF } else { 0x01 };
+    v
+}
+
+/// Runs the whole corpus treatment on one file: truncations and flips by region.
+fn torture(path: &Path, format: Format, scratch: &Path) {
+    let bytes = std::fs::read(path).unwrap();
+    let label = path.file_name().unwrap().to_string_lossy().into_owned();
+    let Outcome::Read(original) = probe(path) else {
+        panic!("{label}: the undamaged file does not read");
+    };
+    assert!(!original.is_empty());
+    let ext = path.extension().unwrap().to_string_lossy().into_owned();
+    let case = |name: &str, data: &[u8]| probe_bytes(scratch, &format!("{name}.{ext}"), data);
+
+    // Truncation anywhere before the end leaves an archive without its directory, a header
+    // without its data, or data short of its header's promise: always an error.
+    for k in 0..TRUNCATIONS {
+        let at = k * bytes.len() / TRUNCATIONS;
+        let msg = expect_failed(
+            case(&format!("{label}-cut{at}"), &bytes[..at]),
+            &format!("{label} truncated to {at} bytes"),
+        );
+        assert!(!msg.is_empty());
+    }
+
+    let regions = match format {
+        Format::Safetensors => safetensors_regions(&bytes),
+        _ => zip_regions(&bytes, format),
+    };
+    assert!(
+        !regions.header.is_empty() && !regions.data.is_empty(),
+        "{label}: {regions:?}"
+    );
+    if format != Format::Safetensors {
+        assert!(!regions.directory.is_empty());
+    }
+
+    // Header and directory damage: any clean outcome, but no panic, hang or huge allocation.
+    for (what, ranges) in [
+        ("header", &regions.header),
+        ("directory", &regions.directory),
+    ] {
+        for (k, at) in spread(ranges, FLIPS_PER_REGION).into_iter().enumerate() {
+            let _ = case(&format!("{label}-{what}{at}"), &flipped(&bytes, at, k));
+        }
+    }
+    // Damage to structure the reader depends on must be refused.
+    for (k, &at) in regions.must_fail.iter().enumerate() {
+        expect_failed(
+            case(&format!("{label}-sig{at}"), &flipped(&bytes, at, k * 2)),
+            &format!("{label} with byte {at} (a signature or magic) flipped"),
+        );
+    }
+
+    // Data damage: where data is stored plainly, the file still reads, with the same
+    // directory, and exactly the flipped byte differs.
+    for (k, at) in spread(&regions.data, FLIPS_PER_REGION)
+        .into_iter()
+        .enumerate()
+    {
+        let outcome = case(&format!("{label}-data{at}"), &flipped(&bytes, at, k));
+        if !regions.data_is_plain {
+            // A flip in a compressed stream may break it or change the `.npy` header inside:
+            // any clean outcome will do.
+            continue;
+        }
+        let Outcome::Read(damaged) = outcome else {
+            panic!("{label}: a flip at {at} in plain tensor data was refused: {outcome:?}");
+        };
+        assert_eq!(damaged.len(), original.len(), "{label}: data flip at {at}");
+        let mut differing = 0usize;
+        for ((ia, da), (ib, db)) in original.iter().zip(&damaged) {
+            assert_eq!(ia, ib, "{label}: a data flip at {at} changed the directory");
+            differing += da.iter().zip(db).filter(|(x, y)| x != y).count();
+        }
+        assert_eq!(differing, 1, "{label}: data flip at {at}");
+    }
+}
+
+#[test]
+fn every_fixture_checkpoint_survives_truncation_and_flips() {
+    let scratch = tempfile::tempdir().unwrap();
+    for f in fixture_checkpoints() {
+        torture(&f, Format::Npz, scratch.path());
+    }
+}
+
+#[test]
+fn every_written_format_survives_truncation_and_flips() {
+    let scratch = tempfile::tempdir().unwrap();
+    let written = tempfile::tempdir().unwrap();
+    // A plain and a bfloat16 checkpoint: every format's dtype paths.
+    for src in [
+        "vit-prelogits/checkpoint.npz",
+        "vit-token-variants/bfloat16.npz",
+    ] {
+        let src = fixtures_dir().join(src);
+        let stem = src.parent().unwrap().file_name().unwrap().to_string_lossy();
+        for (format, ext) in [
+            (Format::Safetensors, "safetensors"),
+            (Format::Pt, "pt"),
+            (Format::Npz, "npz"),
+        ] {
+            let dst = written.path().join(format!("{stem}.{ext}"));
+            write_as(&src, &dst, format);
+            torture(&dst, format, scratch.path());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Crafted files: builders.
+
+/// A zip member for [`zip_bytes`]: `payload` is stored as given (already compressed for
+/// method 8), and `claimed` is the uncompressed size the headers announce.
+struct Member<'a> {
+    name: &'a str,
+    deflate: bool,
+    payload: &'a [u8],
+    claimed: u32,
+}
+
+/// A minimal zip (no zip64, no data descriptors) whose headers say exactly what we ask.
+fn zip_bytes(members: &[Member]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut central = Vec::new();
+    for m in members {
+        let offset = out.len() as u32;
+        let method: u16 = if m.deflate { 8 } else { 0 };
+        let mut crc = flate2::Crc::new();
+        crc.update(m.payload);
+        let fixed = |sig: u32, buf: &mut Vec<u8>| {
+            buf.extend_from_slice(&sig.to_le_bytes());
+            if sig == 0x0201_4b50 {
+                buf.extend_from_slice(&20u16.to_le_bytes()); // version made by
+            }
+            buf.extend_from_slice(&20u16.to_le_bytes()); // version needed
+            buf.extend_from_slice(&0u16.to_le_bytes()); // flags
+            buf.extend_from_slice(&method.to_le_bytes());
+            buf.extend_from_slice(&[0, 0, 0x21, 0]); // time, date
+            buf.extend_from_slice(&crc.sum().to_le_bytes());
+            buf.extend_from_slice(&(m.payload.len() as u32).to_le_bytes());
+            buf.extend_from_slice(&m.claimed.to_le_bytes());
+            buf.extend_from_slice(&(m.name.len() as u16).to_le_bytes());
+            buf.extend_from_slice(&0u16.to_le_bytes()); // extra length
+        };
+        fixed(0x0403_4b50, &mut out);
+        out.extend_from_slice(m.name.as_bytes());
+        out.extend_from_slice(m.payload);
+        fixed(0x0201_4b50, &mut central);
+        central.extend_from_slice(&[0; 6]); // comment length, disk, internal attributes
+        central.extend_from_slice(&0u32.to_le_bytes()); // external attributes
+        central.extend_from_slice(&offset.to_le_bytes());
+        central.extend_from_slice(m.name.as_bytes());
+    }
+    let cd_offset = out.len() as u32;
+    out.extend_from_slice(&central);
+    out.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
+    out.extend_from_slice(&[0; 4]); // disk numbers
+    out.extend_from_slice(&(members.len() as u16).to_le_bytes());
+    out.extend_from_slice(&(members.len() as u16).to_le_bytes());
+    out.extend_from_slice(&(central.len() as u32).to_le_bytes());
+    out.extend_from_slice(&cd_offset.to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out
+}
+
+fn stored<'a>(name: &'a str, payload: &'a [u8]) -> Member<'a> {
+    Member {
+        name,
+        deflate: false,
+        payload,
+        claimed: payload.len() as u32,
+    }
+}
+
+/// A version-1 `.npy` header with the given dict text.
+fn npy_header(dict: &str) -> Vec<u8> {
+    let mut text = dict.to_string();
+    while !(10 + text.len() + 1).is_multiple_of(64) {
+        text.push(' ');
+    }
+    text.push('\n');
+    let mut v = b"\x93NUMPY\x01\x00".to_vec();
+    v.extend_from_slice(&(text.len() as u16).to_le_bytes());
+    v.extend_from_slice(text.as_bytes());
+    v
+}
+
+/// Pickle opcodes, spelled out so each crafted stream reads like the disassembly.
+mod pk {
+    pub fn global(out: &mut Vec<u8>, module: &str, name: &str) {
+        out.push(b'c');
+        out.extend_from_slice(format!("{module}\n{name}\n").as_bytes());
+    }
+    pub fn stack_global(out: &mut Vec<u8>, module: &str, name: &str) {
+        string(out, module);
+        string(out, name);
+        out.push(0x93);
+    }
+    pub fn string(out: &mut Vec<u8>, s: &str) {
+        out.push(b'X');
+        out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+    /// LONG1 with eight bytes: any u64 below 2^63.
+    pub fn int(out: &mut Vec<u8>, v: u64) {
+        out.push(0x8a);
+        out.push(8);
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    /// `{name: _rebuild_tensor_v2(storage(key, numel), 0, shape, contiguous strides)}` as an
+    /// OrderedDict, the way torch.save lays out a state dict.
+    pub fn state_dict(tensors: &[(&str, &str, u64, &[u64])]) -> Vec<u8> {
+        let mut out = vec![0x80, 2];
+        global(&mut out, "collections", "OrderedDict");
+        out.extend_from_slice(b")R(");
+        for &(name, key, numel, shape) in tensors {
+            string(&mut out, name);
+            global(&mut out, "torch._utils", "_rebuild_tensor_v2");
+            out.extend_from_slice(b"((");
+            string(&mut out, "storage");
+            global(&mut out, "torch", "FloatStorage");
+            string(&mut out, key);
+            string(&mut out, "cpu");
+            int(&mut out, numel);
+            out.extend_from_slice(b"tQ");
+            int(&mut out, 0);
+            out.push(b'(');
+            for &d in shape {
+                int(&mut out, d);
+            }
+            out.extend_from_slice(b"t(");
+            let mut stride = 1u64;
+            let mut strides = Vec::new();
+            for &d in shape.iter().rev() {
+                strides.push(stride);
+                stride = stride.saturating_mul(d.max(1));
+            }
+            for s in strides.iter().rev() {
+                int(&mut out, *s);
+            }
+            out.extend_from_slice(b"t\x89");
+            global(&mut out, "collections", "OrderedDict");
+            out.extend_from_slice(b")RtR");
+        }
+        out.extend_from_slice(b"u.");
+        out
+    }
+}
+
+/// A torch.save-style archive around `pickle`, with the given storage records.
+fn pt_bytes(pickle: &[u8], records: &[(&str, &[u8])]) -> Vec<u8> {
+    let names: Vec<String> = records
+        .iter()
+        .map(|(k, _)| format!("archive/data/{k}"))
+        .collect();
+    let mut members = vec![stored("archive/data.pkl", pickle)];
+    for ((_, data), name) in records.iter().zip(&names) {
+        members.push(stored(name, data));
+    }
+    members.push(stored("archive/byteorder", b"little"));
+    members.push(stored("archive/version", b"3\n"));
+    zip_bytes(&members)
+}
+
+fn raw_deflate(data: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+    enc.write_all(data).unwrap();
+    enc.finish().unwrap()
+}
+
+// ---------------------------------------------------------------------------------------
+// Crafted files: the cases.
+
+#[test]
+fn crafted_archives_read_back_as_built() {
+    // The builders are only as good as their output: a well-formed crafted file must read.
+    let dir = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..16).collect();
+    let mut npy = npy_header("{'descr': '<f4', 'fortran_order': False, 'shape': (4,), }");
+    npy.extend_from_slice(&data);
+    let Outcome::Read(t) = probe_bytes(dir.path(), "ok.npz", &zip_bytes(&[stored("x.npy", &npy)]))
+    else {
+        panic!("crafted npz does not read");
+    };
+    assert_eq!(
+        (t[0].0.shape.as_slice(), t[0].1.as_slice()),
+        (&[4][..], &data[..])
+    );
+    let pkl = pk::state_dict(&[("a.weight", "0", 4, &[2, 2])]);
+    let Outcome::Read(t) = probe_bytes(dir.path(), "ok.pt", &pt_bytes(&pkl, &[("0", &data)]))
+    else {
+        panic!("crafted pt does not read");
+    };
+    assert_eq!(t[0].0.name, "a.weight");
+    assert_eq!(t[0].1, data);
+}
+
+#[test]
+fn npy_claiming_2_pow_60_elements_fails_before_allocating() {
+    let dir = tempfile::tempdir().unwrap();
+    for shape in [
+        format!("({HUGE},)"),
+        format!("({}, {})", 1u64 << 40, 1u64 << 40),
+    ] {
+        let mut v = npy_header(&format!(
+            "{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}"
+        ));
+        v.extend_from_slice(&[0; 16]);
+        // `probe` bounds the largest allocation to a few MiB for this tiny file.
+        let msg = expect_failed(probe_bytes(dir.path(), "huge.npy", &v), "npy 2^60");
+        assert!(
+            msg.contains("size mismatch") || msg.contains("overflows"),
+            "{msg}"
+        );
+    }
+}
+
+#[test]
+fn npz_member_claiming_2_pow_60_elements_fails_before_allocating() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut npy = npy_header(&format!(
+        "{{'descr': '<f8', 'fortran_order': True, 'shape': ({HUGE}, 3), }}"
+    ));
+    npy.extend_from_slice(&[0; 48]);
+    let msg = expect_failed(
+        probe_bytes(
+            dir.path(),
+            "huge.npz",
+            &zip_bytes(&[stored("big.npy", &npy)]),
+        ),
+        "npz 2^60",
+    );
+    assert!(msg.contains("`big`"), "names the tensor: {msg}");
+}
+
+#[test]
+fn safetensors_claiming_2_pow_60_elements_fails_before_allocating() {
+    let dir = tempfile::tempdir().unwrap();
+    let total = HUGE * 4;
+    for (shape, end) in [(HUGE, 16u64), (HUGE, total)] {
+        let json =
+            format!(r#"{{"big":{{"dtype":"F32","shape":[{shape}],"data_offsets":[0,{end}]}}}}"#);
+        let mut v = (json.len() as u64).to_le_bytes().to_vec();
+        v.extend_from_slice(json.as_bytes());
+        v.extend_from_slice(&[0; 16]);
+        expect_failed(
+            probe_bytes(dir.path(), "huge.safetensors", &v),
+            "safetensors 2^60",
+        );
+    }
+}
+
+#[test]
+fn pt_claiming_2_pow_60_elements_fails_before_allocating() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = [0u8; 16];
+    // A storage claiming 2^60 floats over a 16-byte record, and a view of 2^60 elements
+    // over a storage that honestly holds 4.
+    for (numel, shape) in [(HUGE, HUGE), (4, HUGE)] {
+        let pkl = pk::state_dict(&[("big", "0", numel, &[shape])]);
+        let msg = expect_failed(
+            probe_bytes(dir.path(), "huge.pt", &pt_bytes(&pkl, &[("0", &data)])),
+            "pt 2^60",
+        );
+        assert!(msg.contains("`big`"), "names the tensor: {msg}");
+    }
+}
+
+#[test]
+fn deflate_bomb_is_cut_off_at_the_claimed_size() {
+    // A member whose deflate stream expands to 64 MiB of zeros while its headers claim a
+    // 16-byte array: the read stops at the claim, allocates nothing near 64 MiB, and ends.
+    let dir = tempfile::tempdir().unwrap();
+    let mut npy = npy_header("{'descr': '|u1', 'fortran_order': False, 'shape': (16,), }");
+    let claimed = (npy.len() + 16) as u32;
+    npy.resize(64 << 20, 0);
+    let compressed = raw_deflate(&npy);
+    let member = Member {
+        name: "bomb.npy",
+        deflate: true,
+        payload: &compressed,
+        claimed,
+    };
+    let Outcome::Read(t) = probe_bytes(dir.path(), "bomb.npz", &zip_bytes(&[member])) else {
+        panic!("a bomb claiming 16 bytes should read its 16 bytes");
+    };
+    assert_eq!(t.len(), 1);
+    assert_eq!(t[0].1, vec![0u8; 16]);
+
+    // The same stream claiming more than deflate could ever produce from it is refused
+    // before anything is inflated.
+    let liar = Member {
+        name: "bomb.npy",
+        deflate: true,
+        payload: &compressed,
+        claimed: u32::MAX,
+    };
+    let msg = expect_failed(
+        probe_bytes(dir.path(), "liar.npz", &zip_bytes(&[liar])),
+        "deflate claim beyond the maximum ratio",
+    );
+    assert!(msg.contains("bomb"), "{msg}");
+}
+
+#[test]
+fn deflate_stream_shorter_than_its_claim_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut npy = npy_header("{'descr': '<f4', 'fortran_order': False, 'shape': (256,), }");
+    npy.extend_from_slice(&[7u8; 1024]);
+    let compressed = raw_deflate(&npy[..npy.len() - 512]);
+    let member = Member {
+        name: "short.npy",
+        deflate: true,
+        payload: &compressed,
+        claimed: npy.len() as u32,
+    };
+    expect_failed(
+        probe_bytes(dir.path(), "short.npz", &zip_bytes(&[member])),
+        "deflate stream ending before its claim",
+    );
+}
+
+/// Globals a pickle could use to run code; each must be refused by name.
+const HOSTILE_GLOBALS: [(&str, &str); 10] = [
+    ("os", "system"),
+    ("posix", "system"),
+    ("builtins", "eval"),
+    ("builtins", "exec"),
+    ("__builtin__", "getattr"),
+    ("subprocess", "Popen"),
+    ("torch", "load"),
+    ("torch._utils", "_rebuild_tensor"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("collections", "defaultdict"),
+];
+
+#[test]
+fn pickle_globals_outside_the_allowlist_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = [0u8; 16];
+    for (module, name) in HOSTILE_GLOBALS {
+        // GLOBAL (protocol 2), STACK_GLOBAL (protocol 4), and a hostile global hidden after a
+        // valid tensor entry.
+        let mut by_global = vec![0x80, 2];
+        pk::global(&mut by_global, module, name);
+        pk::string(&mut by_global, "touch pwned");
+        by_global.extend_from_slice(b"\x85R.");
+        let mut by_stack = vec![0x80, 4];
+        pk::stack_global(&mut by_stack, module, name);
+        pk::string(&mut by_stack, "touch pwned");
+        by_stack.extend_from_slice(b"\x85R.");
+        let mut hidden = pk::state_dict(&[("ok", "0", 4, &[4])]);
+        hidden.truncate(hidden.len() - 2); // before SETITEMS and STOP
+        pk::string(&mut hidden, "evil");
+        pk::global(&mut hidden, module, name);
+        hidden.extend_from_slice(b"u.");
+        for pkl in [by_global, by_stack, hidden] {
+            let path = dir.path().join("hostile.pt");
+            std::fs::write(&path, pt_bytes(&pkl, &[("0", &data)])).unwrap();
+            let err = TensorFile::open(&path).expect_err("a hostile global must be refused");
+            match &err {
+                Error::DisallowedGlobal {
+                    module: m, name: n, ..
+                } => assert_eq!((m.as_str(), n.as_str()), (module, name)),
+                other => panic!("{module}.{name}: expected DisallowedGlobal, got {other}"),
+            }
+            let msg = checked_message(&path, &err);
+            assert!(msg.contains(&format!("{module}.{name}")), "{msg}");
+        }
+    }
+}
+
+#[test]
+fn crafted_dtype_and_shape_lies_are_errors() {
+    // Smaller lies of the kinds the 2^60 cases push to the extreme.
+    let dir = tempfile::tempdir().unwrap();
+    let mut npy = npy_header("{'descr': '<f4', 'fortran_order': False, 'shape': (5,), }");
+    npy.extend_from_slice(&[0; 16]);
+    expect_failed(
+        probe_bytes(dir.path(), "short.npy", &npy),
+        "npy one element short",
+    );
+    let mut npy = npy_header("{'descr': '<c8', 'fortran_order': False, 'shape': (2,), }");
+    npy.extend_from_slice(&[0; 16]);
+    let msg = expect_failed(
+        probe_bytes(dir.path(), "complex.npy", &npy),
+        "complex dtype",
+    );
+    assert!(msg.contains("<c8"), "{msg}");
+    let pkl = pk::state_dict(&[("w", "7", 4, &[4])]);
+    let msg = expect_failed(
+        probe_bytes(
+            dir.path(),
+            "norecord.pt",
+            &pt_bytes(&pkl, &[("0", &[0; 16])]),
+        ),
+        "missing storage record",
+    );
+    assert!(msg.contains("data/7"), "{msg}");
+}
