@@ -245,6 +245,30 @@ impl TensorFile {
         source::read_tensor(&self.file, &self.path, info, loc)
     }
 
+    /// Streams one tensor's data (little-endian, C order) through `f` in pieces of at most
+    /// `chunk_bytes` bytes, each a whole number of elements, with one reused buffer.
+    ///
+    /// For whole-file passes such as statistics: memory stays at one chunk and the data is
+    /// still in cache when `f` sees it. Like [`TensorFile::read`], callable from many threads.
+    pub fn read_chunked(
+        &self,
+        name: &str,
+        chunk_bytes: usize,
+        mut f: impl FnMut(&[u8]),
+    ) -> Result<()> {
+        let i = *self.index.get(name).ok_or_else(|| Error::UnknownTensor {
+            path: self.path.clone(),
+            tensor: name.to_string(),
+        })?;
+        let (Some(info), Some(loc)) = (self.tensors.get(i), self.locations.get(i)) else {
+            return Err(Error::UnknownTensor {
+                path: self.path.clone(),
+                tensor: name.to_string(),
+            });
+        };
+        source::read_tensor_chunked(&self.file, &self.path, info, loc, chunk_bytes, &mut f)
+    }
+
     /// One tensor's data converted to `f32` (exact for every type but f64 and wide integers).
     pub fn read_f32(&self, name: &str) -> Result<Vec<f32>> {
         let bytes = self.read(name)?;

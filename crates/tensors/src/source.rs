@@ -292,11 +292,13 @@ fn fetch(
     // produce), so this allocation is bounded by what the file really holds.
     let len = usize::try_from(span)
         .map_err(|_| Error::unsupported(path, tensor, "tensor larger than memory"))?;
-    let mut buf = vec![0u8; len];
-    match *base {
+    // Reading into spare capacity (`read_to_end`) skips zero-filling a buffer that is
+    // about to be overwritten, which is measurable when `--stats` reads a whole checkpoint.
+    let mut buf = Vec::with_capacity(len);
+    let (mut reader, at): (Box<dyn Read + '_>, u64) = match *base {
         Base::Stored { offset, .. } => {
             let at = offset.saturating_add(start);
-            read_exact_at(file, &mut buf, at).map_err(|e| read_error(path, tensor, at, span, e))?;
+            (Box::new(RangeReader::new(file, at, span)), at)
         }
         Base::Deflate { offset, .. } => {
             let mut reader = entry_reader(file, base);
@@ -311,10 +313,14 @@ fn fetch(
                     skipped,
                 ));
             }
-            reader
-                .read_exact(&mut buf)
-                .map_err(|e| read_error(path, tensor, offset, span, e))?;
+            (Box::new(reader.take(span)), offset)
         }
+    };
+    reader
+        .read_to_end(&mut buf)
+        .map_err(|e| read_error(path, tensor, at, span, e))?;
+    if buf.len() as u64 != span {
+        return Err(Error::truncated(path, tensor, at, span, buf.len() as u64));
     }
     Ok(buf)
 }
@@ -341,6 +347,62 @@ pub(crate) fn read_tensor(
         }
     }
     Ok(out)
+}
+
+/// Streams one tensor through `f` in pieces of at most `chunk` bytes (whole elements),
+/// reusing one buffer: memory stays at one chunk, and the data stays in cache between the
+/// read and whatever `f` computes.
+pub(crate) fn read_tensor_chunked(
+    file: &File,
+    path: &Path,
+    info: &TensorInfo,
+    loc: &Location,
+    chunk: usize,
+    f: &mut dyn FnMut(&[u8]),
+) -> Result<()> {
+    let elem = info.dtype.size();
+    let chunk = (chunk / elem).max(1) * elem;
+    if !matches!(loc.layout, Layout::C) || loc.byteswap {
+        // Views and byte-swapped data are rare; they go through the whole-tensor path.
+        let all = read_tensor(file, path, info, loc)?;
+        all.chunks(chunk).for_each(f);
+        return Ok(());
+    }
+    let span = span_of(path, info, loc)?;
+    let mut reader = match loc.base {
+        Base::Stored { offset, .. } => Box::new(RangeReader::new(
+            file,
+            offset.saturating_add(loc.start),
+            span,
+        )) as Box<dyn Read + '_>,
+        Base::Deflate { offset, .. } => {
+            let mut reader = entry_reader(file, &loc.base);
+            let skipped = io::copy(&mut (&mut reader).take(loc.start), &mut io::sink())
+                .map_err(|e| read_error(path, &info.name, offset, span, e))?;
+            if skipped != loc.start {
+                return Err(Error::truncated(
+                    path,
+                    &info.name,
+                    offset,
+                    loc.start.saturating_add(span),
+                    skipped,
+                ));
+            }
+            Box::new(reader.take(span))
+        }
+    };
+    let mut buf = vec![0u8; usize::try_from(span).map_or(chunk, |s| s.min(chunk))];
+    let mut left = span;
+    while left > 0 {
+        let n = usize::try_from(left).map_or(buf.len(), |l| l.min(buf.len()));
+        let piece = buf.get_mut(..n).unwrap_or_default();
+        reader
+            .read_exact(piece)
+            .map_err(|e| read_error(path, &info.name, span.saturating_sub(left), span, e))?;
+        f(piece);
+        left = left.saturating_sub(n as u64);
+    }
+    Ok(())
 }
 
 /// Copies a strided tensor's elements out of `raw` into C order.

@@ -611,3 +611,36 @@ fn zero_sized_and_scalar_tensors_round_trip() {
         }
     }
 }
+
+#[test]
+fn chunked_reads_equal_whole_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = TensorFile::open(fixtures().join("vit-token/checkpoint.npz")).unwrap();
+    let pt = dir.path().join("w.pt");
+    recode(&src, &pt, Format::Pt, BTreeMap::new());
+    for path in [
+        fixtures().join("vit-token/checkpoint.npz"),
+        fixtures().join("vit-token-variants/compressed.npz"),
+        fixtures().join("vit-token-variants/bfloat16.npz"),
+        pt,
+    ] {
+        let f = TensorFile::open(&path).unwrap();
+        for t in f.tensors() {
+            let whole = f.read(&t.name).unwrap();
+            let mut pieces = Vec::new();
+            let mut joined = Vec::new();
+            // 1000 bytes is not a multiple of any element size but 1, 2, 4 and 8 divide into it unevenly.
+            f.read_chunked(&t.name, 1000, |p| {
+                pieces.push(p.len());
+                joined.extend_from_slice(p);
+            })
+            .unwrap();
+            assert_eq!(joined, whole, "{} in {path:?}", t.name);
+            assert!(pieces.iter().all(|&n| n <= 1000 && n % t.dtype.size() == 0));
+        }
+    }
+    assert!(matches!(
+        src.read_chunked("nope", 8, |_| {}),
+        Err(Error::UnknownTensor { .. })
+    ));
+}
