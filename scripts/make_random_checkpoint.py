@@ -1,0 +1,46 @@
+#!/usr/bin/env python3
+"""Builds a random-valued .npz with the exact keys and shapes of a published checkpoint.
+
+Usage: make_random_checkpoint.py SHAPES_JSON OUT.npz [--seed N]
+
+SHAPES_JSON is one of fixtures/shapes/*.json ({"tensors": {key: shape}, "dtype": ...}).
+The file is written the way np.savez writes one (a zip of stored .npy members, each
+opened with force_zip64=True, headers by numpy.lib.format.write_array), but one array
+at a time, so building the 2.5 GB ViT-H/14 needs the memory of its largest tensor, not
+of the whole model. Values are N(0, 0.02), float32: realistic magnitudes, no zeros.
+"""
+
+import argparse
+import json
+import os
+import zipfile
+
+import numpy as np
+
+SCALE = 0.02
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("shapes")
+    ap.add_argument("out")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    spec = json.load(open(args.shapes))
+    dtype = np.dtype(spec.get("dtype", "float32"))
+    rng = np.random.default_rng(args.seed)
+    tmp = args.out + ".partial"
+    # np.savez: ZIP_STORED, allowZip64, one member per array named KEY.npy.
+    with zipfile.ZipFile(tmp, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for key, shape in spec["tensors"].items():
+            arr = (rng.standard_normal(tuple(shape), dtype=np.float32) * SCALE).astype(dtype, copy=False)
+            with zf.open(key + ".npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, arr, allow_pickle=False)
+    os.replace(tmp, args.out)
+    params = sum(int(np.prod(s)) for s in spec["tensors"].values())
+    print(f"wrote {args.out}: {len(spec['tensors'])} tensors, {params} parameters")
+
+
+if __name__ == "__main__":
+    main()
