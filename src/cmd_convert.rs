@@ -220,16 +220,24 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
 /// The Python that loads the written weights into the model the plan's lines build.
 fn load_lines(layout: Layout, weights: &Path) -> Vec<String> {
     let w = weights.display();
-    let read = if weights.extension().is_some_and(|e| e == "safetensors") {
-        format!("safetensors.torch.load_file('{w}')")
+    let (import, read) = if weights.extension().is_some_and(|e| e == "safetensors") {
+        (
+            "import safetensors.torch",
+            format!("safetensors.torch.load_file('{w}')"),
+        )
     } else {
-        format!("torch.load('{w}', weights_only=True)")
+        (
+            "import torch",
+            format!("torch.load('{w}', weights_only=True)"),
+        )
     };
-    match layout {
-        Layout::Timm => vec![format!("model.load_state_dict({read})  # strict")],
-        Layout::Hf => vec![],
+    let load = match layout {
+        Layout::Timm => format!("model.load_state_dict({read})  # strict"),
+        // from_pretrained reads the directory itself.
+        Layout::Hf => return vec![],
         Layout::OpenClip | Layout::Clip => {
-            vec![format!("visual.load_state_dict({{k.removeprefix('visual.'): v for k, v in {read}.items()}})  # strict")]
+            format!("visual.load_state_dict({{k.removeprefix('visual.'): v for k, v in {read}.items()}})  # strict")
         }
-    }
+    };
+    vec![import.to_string(), load]
 }

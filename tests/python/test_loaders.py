@@ -320,3 +320,32 @@ def test_openai_clip_loads_strictly_and_reports_drift(tmp_path, ext):
     want = golden("vit-mlp4", "logits.npy") - np.asarray(cfg["head_bias"], np.float32)
     print(f"OpenAI CLIP drift on vit-mlp4 ({ext}): max |pooled - (logits - bias)| = {max_diff(pooled, want):.4g}")
     assert np.all(np.isfinite(pooled))
+
+
+# ---------------------------------------------------------------- the printed Python
+
+
+@pytest.mark.parametrize("case,layout,name", [
+    ("vit-token", "timm", "p.pt"),
+    ("hybrid-root", "timm", "p.safetensors"),
+    ("vit-gap", "timm", "p.pt"),
+    ("vit-token", "hf", "p-hf"),
+    ("vit-token", "open_clip", "p.safetensors"),
+    ("vit-mlp4", "clip", "p.pt"),
+])
+def test_printed_python_builds_and_loads_the_model(tmp_path, case, layout, name):
+    out = tmp_path / name
+    cmd = [str(BINARY), "npz-to-pt", str(source(case)), str(out), "--layout", layout]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.split("python:\n", 1)[1].splitlines()
+    code = "\n".join(line[2:] for line in lines if line.startswith("  "))
+    scope = {}
+    exec(compile(code, f"<printed by vitconv for {case} -> {layout}>", "exec"), scope)
+    model = scope.get("model", scope.get("visual"))
+    assert isinstance(model, torch.nn.Module), code
+    x = golden(case, "input.npy")
+    cfg = json.loads(read_metadata(out / "model.safetensors" if layout == "hf" else out)["vitconv.config"])
+    y = model.eval()(renormalise(x, cfg))
+    y = getattr(y, "logits", y)
+    assert y.shape[0] == x.shape[0]

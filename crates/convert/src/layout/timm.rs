@@ -304,10 +304,16 @@ pub fn plan(prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
     let mut backbone_desc = None;
     let python = match &a.resnet {
         None => {
-            let registered = REGISTERED.iter().find(|r| {
+            let same_arch = |r: &&(&str, usize, usize, usize, usize, usize, usize)| {
                 a.class_token()
                     && (r.1, r.2, r.3, Some(r.4), r.5) == (a.patch, d, a.depth, a.heads, a.mlp)
-            });
+            };
+            // Prefer the name registered at this resolution; otherwise the same architecture with img_size set.
+            let registered = REGISTERED
+                .iter()
+                .filter(same_arch)
+                .find(|r| r.6 == prep.image_size)
+                .or_else(|| REGISTERED.iter().find(same_arch));
             match registered {
                 Some(r) => {
                     let mut extra = format!("num_classes={classes}, act_layer='{act}'");
@@ -348,8 +354,10 @@ pub fn plan(prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
                 )
             } else {
                 let layers: Vec<String> = r.stages.iter().map(usize::to_string).collect();
+                // A one-element Python tuple needs its trailing comma.
+                let comma = if layers.len() == 1 { "," } else { "" };
                 format!(
-                    "backbone = ResNetV2(layers=({},), width_factor={wf}, num_classes=0, global_pool='', preact=False, stem_type='same', conv_layer={conv}, norm_layer={norm})",
+                    "backbone = ResNetV2(layers=({}{comma}), width_factor={wf}, num_classes=0, global_pool='', preact=False, stem_type='same', conv_layer={conv}, norm_layer={norm})",
                     layers.join(", ")
                 )
             };
@@ -411,5 +419,101 @@ fn py_value(v: &Value) -> String {
         },
         Value::String(s) => format!("'{s}'"),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+    use vitconv_tensors::{DType, TensorInfo};
+
+    use crate::detect::detect_vit_jax;
+    use crate::detect::tests::fixtures;
+    use crate::error::{Error, Result};
+    use crate::options::{HeadChoice, Layout, Options};
+    use crate::plan::Fetch;
+
+    /// The shapes fixtures have no values; the timm layout never needs any at planning time.
+    struct NoValues;
+    impl Fetch for NoValues {
+        fn fetch(&self, name: &str) -> Result<Vec<f32>> {
+            Err(Error::BadOption {
+                option: "test",
+                why: format!("{name} has no values"),
+            })
+        }
+        fn fetch_raw(&self, name: &str) -> Result<(DType, Vec<u8>)> {
+            Err(Error::BadOption {
+                option: "test",
+                why: format!("{name} has no values"),
+            })
+        }
+    }
+
+    fn shapes(name: &str) -> Vec<TensorInfo> {
+        let text =
+            std::fs::read_to_string(fixtures().join("shapes").join(name)).expect("shapes fixture");
+        let json: Value = serde_json::from_str(&text).expect("JSON");
+        json["tensors"]
+            .as_object()
+            .expect("tensors")
+            .iter()
+            .map(|(k, v)| TensorInfo {
+                name: k.clone(),
+                dtype: DType::F32,
+                shape: v
+                    .as_array()
+                    .expect("shape")
+                    .iter()
+                    .filter_map(Value::as_u64)
+                    .map(|d| d as usize)
+                    .collect(),
+                stored_as: None,
+            })
+            .collect()
+    }
+
+    fn python(name: &str, opts: &Options) -> String {
+        let src = detect_vit_jax(&shapes(name)).expect("published shapes");
+        let plan = crate::layout::plan(&src, opts, &NoValues, name).expect("plan");
+        plan.check_complete(&src.shapes, "vit_jax")
+            .expect("complete");
+        plan.python
+    }
+
+    #[test]
+    fn registered_names_for_published_models() {
+        let opts = Options::new(Layout::Timm);
+        let py = python("ViT-L_32-imagenet2012-384.json", &opts);
+        assert!(py.contains("timm.create_model('vit_large_patch32_384', pretrained=False, num_classes=1000, act_layer='gelu_tanh'"), "{py}");
+        let py = python("ViT-B_16-imagenet2012-384.json", &opts);
+        assert!(py.contains("'vit_base_patch16_384'"), "{py}");
+        // 21k files carry pre_logits: only a feature extractor fits timm, and its head is 0 classes.
+        let mut drop = Options::new(Layout::Timm);
+        drop.head = HeadChoice::Drop;
+        let py = python("ViT-H_14-imagenet21k.json", &drop);
+        assert!(
+            py.contains("'vit_huge_patch14_224', pretrained=False, num_classes=0"),
+            "{py}"
+        );
+        let py = python("Ti_16-augreg-i21k.json", &opts);
+        assert!(
+            py.contains("'vit_tiny_patch16_224', pretrained=False, num_classes=21843"),
+            "{py}"
+        );
+    }
+
+    #[test]
+    fn hybrids_build_their_backbone_explicitly() {
+        let py = python(
+            "R50+ViT-B_16-imagenet2012-384.json",
+            &Options::new(Layout::Timm),
+        );
+        assert!(
+            py.contains("ResNetV2(layers=(3, 4, 9), width_factor=1"),
+            "{py}"
+        );
+        assert!(py.contains("GroupNormAct, num_groups=32, eps=1e-6"), "{py}");
+        assert!(py.contains("HybridEmbed, backbone=backbone"), "{py}");
     }
 }
