@@ -5,9 +5,12 @@
 //! - `inspect`: `vitconv inspect` on every format, grouping, stats, JSON, bad input.
 //! - `convert`: `vitconv npz-to-pt` on every golden case and layout, options, refusals.
 //! - `verify`: `vitconv verify` passes good conversions and catches planted bugs (feature `verify`).
+//! - `hardening`: hostile pickles run nothing; failed conversions (unwritable directory, a source
+//!   breaking half-way, a full disk) leave no output and existing files intact; only `--force` replaces.
 
 mod common;
 mod convert;
+mod hardening;
 mod inspect;
 #[cfg(feature = "verify")]
 mod verify;
