@@ -136,54 +136,56 @@ impl TensorFile {
         let head: &[u8] = head;
 
         let mut metadata = BTreeMap::new();
-        let (format, tensors, locations) =
-            if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
-                let entries = npz::read_directory(path, &file, file_len)?;
-                if entries.iter().any(|e| e.name.ends_with("data.pkl")) {
-                    let opened = pt::open(path, &file, &entries)?;
-                    metadata = opened.metadata;
-                    (Format::Pt, opened.infos, opened.locs)
-                } else {
-                    let (infos, locs) = npz::open(path, &file, &entries)?;
-                    (Format::Npz, infos, locs)
-                }
-            } else if head.starts_with(npy::MAGIC) {
-                let mut reader = source::RangeReader::new(&file, 0, file_len);
-                let name = path
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                let header = npy::read_header(&mut reader, path, &name)?;
-                let layout = header
-                    .layout()
-                    .ok_or_else(|| Error::shape_overflow(path, &name, &header.shape))?;
-                let loc = Location {
-                    base: source::Base::Stored {
-                        offset: 0,
-                        len: file_len,
-                    },
-                    start: header.data_offset,
-                    layout,
-                    byteswap: header.byteswap,
-                };
-                let info = TensorInfo {
-                    name,
-                    dtype: header.dtype,
-                    shape: header.shape,
-                    stored_as: header.stored_as,
-                };
-                npz::check_exact_size(path, &info, &loc)?;
-                (Format::Npy, vec![info], vec![loc])
-            } else if safetensors_io::sniff(head) {
-                let opened = safetensors_io::open(path, &file, file_len)?;
+        let (format, tensors, locations) = if [b"PK\x03\x04", b"PK\x05\x06", b"PK\x06\x06"]
+            .iter()
+            .any(|m| head.starts_with(*m))
+        {
+            let entries = npz::read_directory(path, &file, file_len)?;
+            if entries.iter().any(|e| e.name.ends_with("data.pkl")) {
+                let opened = pt::open(path, &file, &entries)?;
                 metadata = opened.metadata;
-                (Format::Safetensors, opened.infos, opened.locs)
+                (Format::Pt, opened.infos, opened.locs)
             } else {
-                return Err(Error::NotATensorFile {
-                    path: path.to_path_buf(),
-                    found: describe_head(head),
-                });
+                let (infos, locs) = npz::open(path, &file, &entries)?;
+                (Format::Npz, infos, locs)
+            }
+        } else if head.starts_with(npy::MAGIC) {
+            let mut reader = source::RangeReader::new(&file, 0, file_len);
+            let name = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let header = npy::read_header(&mut reader, path, &name)?;
+            let layout = header
+                .layout()
+                .ok_or_else(|| Error::shape_overflow(path, &name, &header.shape))?;
+            let loc = Location {
+                base: source::Base::Stored {
+                    offset: 0,
+                    len: file_len,
+                },
+                start: header.data_offset,
+                layout,
+                byteswap: header.byteswap,
             };
+            let info = TensorInfo {
+                name,
+                dtype: header.dtype,
+                shape: header.shape,
+                stored_as: header.stored_as,
+            };
+            npz::check_exact_size(path, &info, &loc)?;
+            (Format::Npy, vec![info], vec![loc])
+        } else if safetensors_io::sniff(head) {
+            let opened = safetensors_io::open(path, &file, file_len)?;
+            metadata = opened.metadata;
+            (Format::Safetensors, opened.infos, opened.locs)
+        } else {
+            return Err(Error::NotATensorFile {
+                path: path.to_path_buf(),
+                found: describe_head(head),
+            });
+        };
 
         for (info, loc) in tensors.iter().zip(&locations) {
             source::validate(path, info, loc, file_len)?;

@@ -138,7 +138,7 @@ impl Writer {
                 Sink::Safetensors(out)
             }
             Format::Pt => Sink::Pt(ZipStream::new(out)),
-            Format::Npz => Sink::Npz(ZipStream::new(out)),
+            Format::Npz => Sink::Npz(ZipStream::new_zip64(out)),
             Format::Npy => return Err(misuse("safetensors, pt or npz", "npy".into())),
         };
         Ok(Writer {

@@ -56,6 +56,8 @@ pub(crate) struct ZipStream<W: Write + Seek> {
     pos: u64,
     done: Vec<Finished>,
     current: Option<Current>,
+    /// Write zip64 records for every entry, as `np.savez` does, not only where sizes need them.
+    force_zip64: bool,
 }
 
 fn invalid(msg: String) -> io::Error {
@@ -69,6 +71,16 @@ impl<W: Write + Seek> ZipStream<W> {
             pos: 0,
             done: Vec::new(),
             current: None,
+            force_zip64: false,
+        }
+    }
+
+    /// A writer that gives every entry zip64 sizes and offsets, like numpy's `np.savez`
+    /// (`zipfile.open(..., force_zip64=True)`), so readers meet the same records small or large.
+    pub(crate) fn new_zip64(out: W) -> Self {
+        ZipStream {
+            force_zip64: true,
+            ..ZipStream::new(out)
         }
     }
 
@@ -87,7 +99,7 @@ impl<W: Write + Seek> ZipStream<W> {
         }
         let name_len = u16::try_from(name.len())
             .map_err(|_| invalid(format!("entry name too long: {name}")))?;
-        let zip64 = size >= U32_LIMIT;
+        let zip64 = self.force_zip64 || size >= U32_LIMIT;
         let mut extra = Vec::new();
         if zip64 {
             extra.extend_from_slice(&ZIP64_EXTRA_ID.to_le_bytes());
@@ -194,8 +206,8 @@ impl<W: Write + Seek> ZipStream<W> {
         let cd_offset = self.pos;
         let done = std::mem::take(&mut self.done);
         for e in &done {
-            let size_big = e.size >= U32_LIMIT;
-            let offset_big = e.header_offset >= U32_LIMIT;
+            let size_big = self.force_zip64 || e.size >= U32_LIMIT;
+            let offset_big = self.force_zip64 || e.header_offset >= U32_LIMIT;
             let mut extra = Vec::new();
             if size_big || offset_big {
                 let mut body = Vec::new();
@@ -247,7 +259,10 @@ impl<W: Write + Seek> ZipStream<W> {
         }
         let cd_size = self.pos - cd_offset;
         let count = done.len() as u64;
-        let need64 = count >= U16_LIMIT || cd_size >= U32_LIMIT || cd_offset >= U32_LIMIT;
+        let need64 = self.force_zip64
+            || count >= U16_LIMIT
+            || cd_size >= U32_LIMIT
+            || cd_offset >= U32_LIMIT;
         if need64 {
             let eocd64_offset = self.pos;
             let mut r = Vec::with_capacity(56 + 20);
@@ -320,6 +335,24 @@ mod tests {
             f.read_to_end(&mut got).unwrap();
             assert_eq!(got, want);
         }
+    }
+
+    #[test]
+    fn forced_zip64_archives_read_back() {
+        let mut z = ZipStream::new_zip64(Cursor::new(Vec::new()));
+        z.entry("a.npy", b"first", 1).unwrap();
+        z.entry("b.npy", b"second!", 64).unwrap();
+        let bytes = z.finish().unwrap().into_inner();
+        assert!(bytes.windows(4).any(|w| w == ZIP64_EOCD_SIG.to_le_bytes()));
+        let mut archive = zip::ZipArchive::new(Cursor::new(bytes)).unwrap();
+        let mut got = String::new();
+        archive
+            .by_name("b.npy")
+            .unwrap()
+            .read_to_string(&mut got)
+            .unwrap();
+        assert_eq!(got, "second!");
+        assert_eq!(archive.by_index(0).unwrap().size(), 5);
     }
 
     #[test]
