@@ -118,7 +118,7 @@ pub(crate) fn open(
         let Some(name) = entry.name.strip_suffix(".npy") else {
             continue;
         };
-        let mut reader = source::entry_reader(file, &entry.base);
+        let mut reader = source::entry_reader(file, &entry.base, source::HEADER_INFLATE_BUF);
         let header = npy::read_header(&mut reader, path, name)?;
         let layout = header
             .layout()

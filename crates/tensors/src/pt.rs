@@ -54,7 +54,7 @@ fn read_record(path: &Path, file: &File, entry: &ZipEntry, limit: u64) -> Result
         ));
     }
     let mut out = Vec::new();
-    source::entry_reader(file, &entry.base)
+    source::entry_reader(file, &entry.base, source::INFLATE_BUF)
         .read_to_end(&mut out)
         .map_err(|e| Error::zip(path, "", format!("reading record `{}`: {e}", entry.name)))?;
     if out.len() as u64 != len {

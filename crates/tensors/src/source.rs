@@ -242,14 +242,22 @@ impl Read for RangeReader<'_> {
     }
 }
 
-/// Size of the buffer between the file and the inflater.
-const INFLATE_BUF: usize = 256 * 1024;
+/// Size of the buffer between the file and the inflater when reading tensor data.
+pub(crate) const INFLATE_BUF: usize = 256 * 1024;
+
+/// Size of that buffer when only a header is wanted: opening a compressed `.npz` must not
+/// read a quarter megabyte of every member to learn its first hundred bytes.
+pub(crate) const HEADER_INFLATE_BUF: usize = 4096;
 
 /// Opens the decoded content of an entry as a reader, positioned at its start.
 ///
 /// The reader yields at most the entry's claimed length, so a deflate stream that
 /// expands without end is cut off at the size its header claims.
-pub(crate) fn entry_reader<'a>(file: &'a File, base: &Base) -> Box<dyn Read + 'a> {
+pub(crate) fn entry_reader<'a>(
+    file: &'a File,
+    base: &Base,
+    inflate_buf: usize,
+) -> Box<dyn Read + 'a> {
     match *base {
         Base::Stored { offset, len } => Box::new(RangeReader::new(file, offset, len)),
         Base::Deflate {
@@ -258,7 +266,7 @@ pub(crate) fn entry_reader<'a>(file: &'a File, base: &Base) -> Box<dyn Read + 'a
             len,
         } => {
             let raw = io::BufReader::with_capacity(
-                INFLATE_BUF,
+                inflate_buf,
                 RangeReader::new(file, offset, compressed_len),
             );
             Box::new(flate2::bufread::DeflateDecoder::new(raw).take(len))
@@ -301,7 +309,7 @@ fn fetch(
             (Box::new(RangeReader::new(file, at, span)), at)
         }
         Base::Deflate { offset, .. } => {
-            let mut reader = entry_reader(file, base);
+            let mut reader = entry_reader(file, base, INFLATE_BUF);
             let skipped = io::copy(&mut (&mut reader).take(start), &mut io::sink())
                 .map_err(|e| read_error(path, tensor, offset, span, e))?;
             if skipped != start {
@@ -376,7 +384,7 @@ pub(crate) fn read_tensor_chunked(
             span,
         )) as Box<dyn Read + '_>,
         Base::Deflate { offset, .. } => {
-            let mut reader = entry_reader(file, &loc.base);
+            let mut reader = entry_reader(file, &loc.base, INFLATE_BUF);
             let skipped = io::copy(&mut (&mut reader).take(loc.start), &mut io::sink())
                 .map_err(|e| read_error(path, &info.name, offset, span, e))?;
             if skipped != loc.start {
