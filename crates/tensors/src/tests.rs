@@ -644,3 +644,25 @@ fn chunked_reads_equal_whole_reads() {
         Err(Error::UnknownTensor { .. })
     ));
 }
+
+#[test]
+fn tensor_file_is_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<TensorFile>();
+}
+
+#[test]
+fn output_format_follows_the_extension() {
+    use crate::output_format;
+    for (name, want) in [
+        ("a.pt", Some(Format::Pt)),
+        ("a.PTH", Some(Format::Pt)),
+        ("pytorch_model.bin", Some(Format::Pt)),
+        ("model.safetensors", Some(Format::Safetensors)),
+        ("w.npz", Some(Format::Npz)),
+        ("w.npy", None),
+        ("noext", None),
+    ] {
+        assert_eq!(output_format(Path::new(name)), want, "{name}");
+    }
+}
