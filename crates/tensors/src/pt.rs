@@ -30,6 +30,9 @@ pub(crate) const VERSION_RECORD: &[u8] = b"3\n";
 /// Largest `data.pkl` read; a state dict of thousands of tensors takes well under a megabyte.
 const MAX_PICKLE_LEN: u64 = 256 * 1024 * 1024;
 
+/// Most times a strided view may repeat its storage's bytes (through zero strides).
+const MAX_VIEW_EXPANSION: u64 = 1024;
+
 /// Largest metadata record read.
 const MAX_METADATA_LEN: u64 = 16 * 1024 * 1024;
 
@@ -169,6 +172,20 @@ pub(crate) fn open(path: &Path, file: &File, entries: &[ZipEntry]) -> Result<Ope
         {
             Layout::C
         } else {
+            // A view with zero strides (`expand`) reads fewer bytes than it yields; bound
+            // the expansion so a hostile pickle cannot turn a 4-byte storage into terabytes.
+            let yields = t
+                .shape
+                .iter()
+                .try_fold(elem, |a, &d| a.checked_mul(d as u64))
+                .ok_or_else(|| Error::shape_overflow(path, &name, &t.shape))?;
+            if yields > storage_bytes.max(elem).saturating_mul(MAX_VIEW_EXPANSION) {
+                return Err(Error::unsupported(
+                    path,
+                    &name,
+                    format!("a view expanding its {storage_bytes}-byte storage to {yields} bytes"),
+                ));
+            }
             Layout::Strided(t.strides.clone())
         };
         infos.push(TensorInfo {
