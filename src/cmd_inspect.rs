@@ -37,6 +37,9 @@ pub struct InspectArgs {
     filter: Option<String>,
 }
 
+/// Characters of each metadata value shown in the table view (JSON has them whole).
+const METADATA_WIDTH: usize = 100;
+
 /// Files at least this large show a progress bar while `--stats` reads them (when stderr is a terminal).
 const PROGRESS_MIN_BYTES: u64 = 256 * 1024 * 1024;
 
@@ -558,6 +561,17 @@ fn render_table(l: &Listing, args: &InspectArgs) -> String {
         format!("{:?}", l.file.format()).to_lowercase(),
         l.file.tensors().len()
     );
+    // Metadata (safetensors `__metadata__`, vitconv's record in .pt) says how a file was made.
+    for (k, v) in l.file.metadata() {
+        let one_line = v.split_whitespace().collect::<Vec<_>>().join(" ");
+        let shown: String = one_line.chars().take(METADATA_WIDTH).collect();
+        let more = if shown.len() < one_line.len() {
+            " ..."
+        } else {
+            ""
+        };
+        let _ = writeln!(out, "metadata {k}: {shown}{more}");
+    }
     if let Some(s) = &l.summary {
         let _ = writeln!(out, "{} | {}", s.family, s.architecture);
         for p in &s.parts {

@@ -395,3 +395,27 @@ fn crc32(data: &[u8]) -> u32 {
     }
     !crc
 }
+
+#[test]
+fn metadata_is_shown_in_tables_and_json() {
+    let dir = scratch();
+    let p = dir.path().join("meta.pt");
+    let spec = TensorSpec {
+        name: "w".into(),
+        dtype: DType::F16,
+        shape: vec![2],
+    };
+    let meta: BTreeMap<String, String> =
+        [("vitconv.layout".to_string(), "timm".to_string())].into();
+    let mut w = Writer::create(&p, Format::Pt, vec![spec], meta, false).unwrap();
+    w.write_next(&[0, 60, 0, 64]).unwrap();
+    w.finish().unwrap();
+    let v = inspect_json(&[p.to_str().unwrap()]);
+    assert_eq!(v["files"][0]["metadata"]["vitconv.layout"], "timm");
+    let o = vitconv(["inspect", p.to_str().unwrap()]);
+    assert!(
+        stdout(&o).contains("metadata vitconv.layout: timm"),
+        "{}",
+        stdout(&o)
+    );
+}
