@@ -550,10 +550,18 @@ mod pk {
     /// `{name: _rebuild_tensor_v2(storage(key, numel), 0, shape, contiguous strides)}` as an
     /// OrderedDict, the way torch.save lays out a state dict.
     pub fn state_dict(tensors: &[(&str, &str, u64, &[u64])]) -> Vec<u8> {
+        let strided: Vec<_> = tensors
+            .iter()
+            .map(|&(name, key, numel, shape)| (name, key, numel, shape, None))
+            .collect();
+        state_dict_strided(&strided)
+    }
+    /// As [`state_dict`], with explicit strides where given (a view: transposed, expanded).
+    pub fn state_dict_strided(tensors: &[(&str, &str, u64, &[u64], Option<&[u64]>)]) -> Vec<u8> {
         let mut out = vec![0x80, 2];
         global(&mut out, "collections", "OrderedDict");
         out.extend_from_slice(b")R(");
-        for &(name, key, numel, shape) in tensors {
+        for &(name, key, numel, shape, given) in tensors {
             string(&mut out, name);
             global(&mut out, "torch._utils", "_rebuild_tensor_v2");
             out.extend_from_slice(b"((");
@@ -575,8 +583,9 @@ mod pk {
                 strides.push(stride);
                 stride = stride.saturating_mul(d.max(1));
             }
-            for s in strides.iter().rev() {
-                int(&mut out, *s);
+            strides.reverse();
+            for s in given.map_or(strides, <[u64]>::to_vec) {
+                int(&mut out, s);
             }
             out.extend_from_slice(b"t\x89");
             global(&mut out, "collections", "OrderedDict");
@@ -704,6 +713,34 @@ fn pt_claiming_2_pow_60_elements_fails_before_allocating() {
         );
         assert!(msg.contains("`big`"), "names the tensor: {msg}");
     }
+}
+
+#[test]
+fn pt_expanded_view_of_2_pow_40_elements_fails_before_allocating() {
+    // Stride 0 repeats one stored element: the view spans 4 bytes of its storage but would
+    // read out 2^42. It must be refused at open, not allocated at read.
+    let dir = tempfile::tempdir().unwrap();
+    let data = [0u8; 16];
+    let huge = 1u64 << 40;
+    let pkl = pk::state_dict_strided(&[("expanded", "0", 4, &[huge], Some(&[0]))]);
+    let msg = expect_failed(
+        probe_bytes(dir.path(), "expanded.pt", &pt_bytes(&pkl, &[("0", &data)])),
+        "pt stride-0 view of 2^40 elements",
+    );
+    assert!(msg.contains("`expanded`"), "names the tensor: {msg}");
+
+    // A transposed view reads back in C order, so the check does not refuse honest views.
+    let data: Vec<u8> = (0..6u32).flat_map(|v| (v as f32).to_le_bytes()).collect();
+    let pkl = pk::state_dict_strided(&[("t", "0", 6, &[3, 2], Some(&[1, 3]))]);
+    let Outcome::Read(t) = probe_bytes(dir.path(), "t.pt", &pt_bytes(&pkl, &[("0", &data)])) else {
+        panic!("a transposed view should read");
+    };
+    let values: Vec<f32> = t[0]
+        .1
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(values, [0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
 }
 
 #[test]

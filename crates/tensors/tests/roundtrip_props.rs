@@ -139,8 +139,10 @@ fn names(tensors: &[Tensor]) -> Vec<&str> {
 }
 
 proptest! {
+    // No persistence file: a failure prints its shrunk case, which belongs in a named test.
     #![proptest_config(ProptestConfig {
         cases: CASES,
+        failure_persistence: None,
         ..ProptestConfig::default()
     })]
 
