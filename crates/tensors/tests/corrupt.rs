@@ -556,8 +556,10 @@ mod pk {
             .collect();
         state_dict_strided(&strided)
     }
+    /// One tensor: name, storage key, storage numel, shape, and strides (contiguous if `None`).
+    pub type Entry<'a> = (&'a str, &'a str, u64, &'a [u64], Option<&'a [u64]>);
     /// As [`state_dict`], with explicit strides where given (a view: transposed, expanded).
-    pub fn state_dict_strided(tensors: &[(&str, &str, u64, &[u64], Option<&[u64]>)]) -> Vec<u8> {
+    pub fn state_dict_strided(tensors: &[Entry]) -> Vec<u8> {
         let mut out = vec![0x80, 2];
         global(&mut out, "collections", "OrderedDict");
         out.extend_from_slice(b")R(");
