@@ -1,1 +1,728 @@
-//! Tests of `vitconv verify`.
+//! Tests of `vitconv verify`: every golden conversion passes, planted conversion bugs exit 1, bad input exits 2.
+//!
+//! Conversions come from the real `vitconv npz-to-pt`; the planted bugs are written by
+//! reading a good conversion with `TensorFile`, changing bytes or metadata, and writing
+//! it back with `Writer`, so each test breaks exactly one thing.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use vitconv_tensors::{DType, Format, TensorFile, TensorSpec, Writer};
+
+use crate::common::{assert_bad_input, fixture, scratch, stderr, stdout, vitconv};
+
+/// The verifier's default tolerance for float32 (`vitconv_verify::F32_TOLERANCE`): the JSON's
+/// bound must be this times max(1, max |reference|).
+const F32_TOLERANCE: f64 = 1e-4;
+
+/// Converts `case/checkpoint.npz` (or another file under fixtures/) into `out`.
+fn convert(source: &str, out: &Path, layout: &str, extra: &[&str]) {
+    let src = fixture(source);
+    let mut args = vec![
+        "npz-to-pt".to_string(),
+        src.display().to_string(),
+        out.display().to_string(),
+    ];
+    args.extend([
+        "--layout".to_string(),
+        layout.to_string(),
+        "--quiet".to_string(),
+    ]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let o = vitconv(&args);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "npz-to-pt {args:?} failed: {}",
+        stderr(&o)
+    );
+}
+
+/// Runs `verify --json --device cpu` and returns the exit code and the parsed report.
+fn verify_json(source: &str, converted: &Path, extra: &[&str]) -> (Option<i32>, Value) {
+    let mut args = vec![
+        "verify".to_string(),
+        fixture(source).display().to_string(),
+        converted.display().to_string(),
+        "--json".into(),
+        "--device".into(),
+        "cpu".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let o = vitconv(&args);
+    let out = stdout(&o);
+    let report: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| {
+        panic!(
+            "verify {args:?} printed no JSON ({e}): stdout {out:?} stderr {}",
+            stderr(&o)
+        )
+    });
+    (o.status.code(), report)
+}
+
+fn num(report: &Value, path: &[&str]) -> f64 {
+    let mut v = report;
+    for p in path {
+        v = &v[*p];
+    }
+    v.as_f64()
+        .unwrap_or_else(|| panic!("{path:?} is not a number in {report}"))
+}
+
+/// Asserts a judged pass whose logits and features are within the f32 bound.
+fn assert_passes(source: &str, converted: &Path, extra: &[&str]) -> Value {
+    let (code, r) = verify_json(source, converted, extra);
+    assert_eq!(code, Some(0), "{source} vs {}: {r}", converted.display());
+    assert_eq!(r["pass"], Value::Bool(true), "{r}");
+    assert_eq!(r["judged"], Value::Bool(true), "{r}");
+    assert_eq!(r["device"], "cpu");
+    for part in ["logits", "features"] {
+        if r[part].is_null() {
+            continue;
+        }
+        let diff = num(&r, &[part, "max_abs_diff"]);
+        assert!(
+            diff <= num(&r, &[part, "bound"]),
+            "{part} differ by {diff}: {r}"
+        );
+        if num(&r, &["tolerance"]) == F32_TOLERANCE {
+            // Exact conversions in f32: float noise only.
+            assert!(num(&r, &[part, "cosine"]) > 0.999_999, "{r}");
+            assert_eq!(num(&r, &[part, "top1_agreement"]), 1.0, "{r}");
+        }
+    }
+    assert!(
+        !r["features"].is_null(),
+        "features are always compared: {r}"
+    );
+    r
+}
+
+/// Asserts exit 1 (a real mismatch) with `pass: false`.
+fn assert_caught(source: &str, converted: &Path, extra: &[&str]) -> Value {
+    let (code, r) = verify_json(source, converted, extra);
+    assert_eq!(
+        code,
+        Some(1),
+        "planted bug in {} not caught: {r}",
+        converted.display()
+    );
+    assert_eq!(r["pass"], Value::Bool(false), "{r}");
+    r
+}
+
+// ---- every golden case, to every layout that holds it ----
+
+#[test]
+fn vit_token_passes_in_every_layout() {
+    let dir = scratch();
+    let d = dir.path();
+    let golden = [
+        "--input",
+        &fixture("vit-token/input.npy").display().to_string(),
+    ]
+    .map(String::from)
+    .to_vec();
+    let expect = fixture("vit-token/logits.npy").display().to_string();
+    for (layout, out) in [
+        ("timm", d.join("t.safetensors")),
+        ("timm", d.join("t.pt")),
+        ("hf", d.join("hf")),
+        ("open_clip", d.join("oc.safetensors")),
+        ("open_clip", d.join("oc2.pt")),
+    ] {
+        convert("vit-token/checkpoint.npz", &out, layout, &[]);
+        let r = assert_passes("vit-token/checkpoint.npz", &out, &[]);
+        assert_eq!(r["layout"], layout);
+        assert!(num(&r, &["logits", "max_abs_diff"]) <= F32_TOLERANCE, "{r}");
+        // The golden input and the flax logits: the reference itself is held to the JAX output.
+        let mut extra: Vec<&str> = golden.iter().map(String::as_str).collect();
+        extra.extend(["--expect", expect.as_str()]);
+        let r = assert_passes("vit-token/checkpoint.npz", &out, &extra);
+        assert!(num(&r, &["expect", "max_abs_diff"]) <= F32_TOLERANCE, "{r}");
+    }
+}
+
+#[test]
+fn vit_mlp4_passes_and_clip_drift_is_reported_not_judged() {
+    let dir = scratch();
+    let d = dir.path();
+    for (layout, out) in [
+        ("timm", d.join("t.pt")),
+        ("hf", d.join("hf")),
+        ("open_clip", d.join("oc.pt")),
+    ] {
+        convert("vit-mlp4/checkpoint.npz", &out, layout, &[]);
+        assert_passes("vit-mlp4/checkpoint.npz", &out, &[]);
+    }
+    let out = d.join("clip.pt");
+    convert("vit-mlp4/checkpoint.npz", &out, "clip", &[]);
+    let (code, r) = verify_json("vit-mlp4/checkpoint.npz", &out, &[]);
+    assert_eq!(code, Some(0), "{r}");
+    assert_eq!(r["judged"], Value::Bool(false), "{r}");
+    let drift = num(&r, &["logits", "max_abs_diff"]);
+    // OpenAI's class adds ln_pre and QuickGELU: the drift is real and must show.
+    assert!(
+        drift > F32_TOLERANCE,
+        "clip drift {drift} suspiciously small: {r}"
+    );
+    // Judged on request, against a tolerance it cannot meet, the same file fails.
+    let (code, r) = verify_json("vit-mlp4/checkpoint.npz", &out, &["--tolerance", "1e-4"]);
+    assert_eq!(code, Some(1), "{r}");
+}
+
+#[test]
+fn vit_gap_passes_in_timm() {
+    let dir = scratch();
+    for name in ["g.pt", "g.safetensors"] {
+        let out = dir.path().join(name);
+        convert("vit-gap/checkpoint.npz", &out, "timm", &[]);
+        assert_passes("vit-gap/checkpoint.npz", &out, &[]);
+    }
+}
+
+#[test]
+fn vit_prelogits_features_pass_when_the_head_is_dropped() {
+    let dir = scratch();
+    let d = dir.path();
+    for (layout, out) in [
+        ("timm", d.join("t.pt")),
+        ("hf", d.join("hf")),
+        ("open_clip", d.join("oc.pt")),
+    ] {
+        convert(
+            "vit-prelogits/checkpoint.npz",
+            &out,
+            layout,
+            &["--drop-head"],
+        );
+        let r = assert_passes("vit-prelogits/checkpoint.npz", &out, &[]);
+        assert!(r["logits"].is_null(), "no head, no logits: {r}");
+    }
+}
+
+#[test]
+fn hybrids_pass_in_timm() {
+    let dir = scratch();
+    for case in ["hybrid-r2", "hybrid-root"] {
+        let out = dir.path().join(format!("{case}.safetensors"));
+        let src = format!("{case}/checkpoint.npz");
+        convert(&src, &out, "timm", &[]);
+        // timm's StdConv2dSame (eps 1e-8 under the root) and GroupNorm eps 1e-5 differ from
+        // flax's, but every convolution is followed by a GroupNorm: the drift stays in the bound.
+        assert_passes(&src, &out, &[]);
+    }
+}
+
+#[test]
+fn stored_variants_pass() {
+    let dir = scratch();
+    let d = dir.path();
+    let opt = d.join("opt-hf");
+    convert("vit-token-variants/opt-target-prefix.npz", &opt, "hf", &[]);
+    assert_passes("vit-token-variants/opt-target-prefix.npz", &opt, &[]);
+    let comp = d.join("comp.safetensors");
+    convert("vit-token-variants/compressed.npz", &comp, "open_clip", &[]);
+    assert_passes("vit-token-variants/compressed.npz", &comp, &[]);
+    // bfloat16 weights: the reference reads them as they are, and must equal the flax logits of
+    // the rounded weights.
+    let bf = d.join("bf.pt");
+    convert("vit-token-variants/bfloat16.npz", &bf, "timm", &[]);
+    let input = fixture("vit-token/input.npy").display().to_string();
+    let expect = fixture("vit-token-variants/bfloat16_logits.npy")
+        .display()
+        .to_string();
+    let r = assert_passes(
+        "vit-token-variants/bfloat16.npz",
+        &bf,
+        &["--input", &input, "--expect", &expect],
+    );
+    assert!(num(&r, &["expect", "max_abs_diff"]) <= F32_TOLERANCE, "{r}");
+}
+
+#[test]
+fn options_that_keep_the_source_semantics_pass() {
+    let dir = scratch();
+    let d = dir.path();
+    let cases: [(&str, &str, &[&str]); 5] = [
+        ("imnet.safetensors", "timm", &["--input-norm", "imagenet"]),
+        ("clipnorm.pt", "timm", &["--input-norm", "clip"]),
+        ("unit.pt", "open_clip", &["--input-norm", "unit"]),
+        ("projnone.pt", "open_clip", &["--proj", "none"]),
+        ("r96.safetensors", "timm", &["--image-size", "96"]),
+    ];
+    for (name, layout, extra) in cases {
+        let out = d.join(name);
+        convert("vit-token/checkpoint.npz", &out, layout, extra);
+        let r = assert_passes("vit-token/checkpoint.npz", &out, &[]);
+        if name == "r96.safetensors" {
+            assert_eq!(num(&r, &["image_size"]), 96.0, "{r}");
+        }
+    }
+}
+
+#[test]
+fn narrower_dtypes_pass_their_own_tolerance_and_show_their_cost() {
+    let dir = scratch();
+    let out = dir.path().join("t.safetensors");
+    convert("vit-token/checkpoint.npz", &out, "timm", &[]);
+    let (code, f32_run) = verify_json("vit-token/checkpoint.npz", &out, &[]);
+    assert_eq!(code, Some(0));
+    let (code, bf16_run) = verify_json("vit-token/checkpoint.npz", &out, &["--dtype", "bf16"]);
+    assert_eq!(code, Some(0), "{bf16_run}");
+    assert_eq!(bf16_run["dtype"], "bf16");
+    let (f32_diff, bf16_diff) = (
+        num(&f32_run, &["logits", "max_abs_diff"]),
+        num(&bf16_run, &["logits", "max_abs_diff"]),
+    );
+    assert!(
+        bf16_diff > 10.0 * f32_diff,
+        "bf16 forward should cost precision: f32 {f32_diff}, bf16 {bf16_diff}"
+    );
+    // Weights written in bf16 and run in f32 are judged at the bf16 tolerance by default...
+    let bf = dir.path().join("bf.safetensors");
+    convert(
+        "vit-token/checkpoint.npz",
+        &bf,
+        "timm",
+        &["--dtype", "bf16"],
+    );
+    let r = assert_passes("vit-token/checkpoint.npz", &bf, &[]);
+    // ...and fail an explicit f32 tolerance, because the rounding is real.
+    assert_caught("vit-token/checkpoint.npz", &bf, &["--tolerance", "1e-4"]);
+    assert!(num(&r, &["logits", "max_abs_diff"]) > F32_TOLERANCE, "{r}");
+}
+
+// ---- planted bugs: each must exit 1 ----
+
+/// Rewrites a converted safetensors file, passing each tensor (name, shape, f32 values) through
+/// `edit`, and the metadata through `meta`.
+fn plant(
+    from: &Path,
+    to: &Path,
+    edit: impl Fn(&str, &[usize], &mut Vec<f32>),
+    meta: impl Fn(&mut BTreeMap<String, String>),
+) {
+    let file = TensorFile::open(from).expect("converted file opens");
+    let mut metadata = file.metadata().clone();
+    meta(&mut metadata);
+    let specs: Vec<TensorSpec> = file
+        .tensors()
+        .iter()
+        .map(|t| TensorSpec {
+            name: t.name.clone(),
+            dtype: DType::F32,
+            shape: t.shape.clone(),
+        })
+        .collect();
+    let mut w = Writer::create(to, Format::Safetensors, specs, metadata, false).expect("writer");
+    for t in file.tensors() {
+        let mut values = file.read_f32(&t.name).expect("reads");
+        edit(&t.name, &t.shape, &mut values);
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        w.write_next(&bytes).expect("writes");
+    }
+    w.finish().expect("finishes");
+}
+
+fn keep_meta(_: &mut BTreeMap<String, String>) {}
+
+/// A good timm conversion of vit-token (width 64, 4 heads of 16).
+fn timm_token(dir: &Path) -> PathBuf {
+    let out = dir.join("good.safetensors");
+    convert("vit-token/checkpoint.npz", &out, "timm", &[]);
+    assert_passes("vit-token/checkpoint.npz", &out, &[]);
+    out
+}
+
+const D: usize = 64;
+const HEADS: usize = 4;
+const DH: usize = 16;
+
+#[test]
+fn planted_q_k_swap_is_caught() {
+    let dir = scratch();
+    let good = timm_token(dir.path());
+    let bad = dir.path().join("qk.safetensors");
+    plant(
+        &good,
+        &bad,
+        |name, _, v| {
+            if name == "blocks.0.attn.qkv.weight" || name == "blocks.0.attn.qkv.bias" {
+                // Rows 0..D are q, D..2D are k; a row is D values for the weight, 1 for the bias.
+                let row = if name.ends_with("weight") { D } else { 1 };
+                let (q, rest) = v.split_at_mut(D * row);
+                q.swap_with_slice(&mut rest[..D * row]);
+            }
+        },
+        keep_meta,
+    );
+    assert_caught("vit-token/checkpoint.npz", &bad, &[]);
+}
+
+#[test]
+fn planted_interleaved_heads_are_caught() {
+    let dir = scratch();
+    let good = dir.path().join("oc.safetensors");
+    convert("vit-token/checkpoint.npz", &good, "open_clip", &[]);
+    assert_passes("vit-token/checkpoint.npz", &good, &[]);
+    let bad = dir.path().join("heads.safetensors");
+    // The classic reshape bug: q/k/v rows laid out (head_dim, heads) instead of (heads, head_dim).
+    plant(
+        &good,
+        &bad,
+        |name, _, v| {
+            let row = match name {
+                "visual.transformer.resblocks.0.attn.in_proj_weight" => D,
+                "visual.transformer.resblocks.0.attn.in_proj_bias" => 1,
+                _ => return,
+            };
+            let old = v.clone();
+            for part in 0..3 {
+                for h in 0..HEADS {
+                    for e in 0..DH {
+                        let from = (part * D + h * DH + e) * row;
+                        let to = (part * D + e * HEADS + h) * row;
+                        v[to..to + row].copy_from_slice(&old[from..from + row]);
+                    }
+                }
+            }
+        },
+        keep_meta,
+    );
+    assert_caught("vit-token/checkpoint.npz", &bad, &[]);
+}
+
+#[test]
+fn planted_patch_kernel_transpose_is_caught() {
+    let dir = scratch();
+    let good = timm_token(dir.path());
+    let bad = dir.path().join("hw.safetensors");
+    plant(
+        &good,
+        &bad,
+        |name, shape, v| {
+            if name != "patch_embed.proj.weight" {
+                return;
+            }
+            let (p, planes) = (shape[3], shape[0] * shape[1]);
+            let old = v.clone();
+            for plane in 0..planes {
+                for y in 0..p {
+                    for x in 0..p {
+                        v[plane * p * p + y * p + x] = old[plane * p * p + x * p + y];
+                    }
+                }
+            }
+        },
+        keep_meta,
+    );
+    let r = assert_caught("vit-token/checkpoint.npz", &bad, &[]);
+    assert!(
+        num(&r, &["logits", "max_abs_diff"]) > 100.0 * F32_TOLERANCE,
+        "{r}"
+    );
+}
+
+#[test]
+fn planted_unfolded_conv_bias_is_caught() {
+    let dir = scratch();
+    let good = dir.path().join("oc.safetensors");
+    // --input-norm unit keeps the patch bias as it is, so the fold is exactly embedding/bias.
+    convert(
+        "vit-token/checkpoint.npz",
+        &good,
+        "open_clip",
+        &["--input-norm", "unit"],
+    );
+    assert_passes("vit-token/checkpoint.npz", &good, &[]);
+    let src = TensorFile::open(fixture("vit-token/checkpoint.npz")).expect("source opens");
+    let bias = src.read_f32("embedding/bias").expect("bias");
+    let bad = dir.path().join("nofold.safetensors");
+    plant(
+        &good,
+        &bad,
+        |name, _, v| {
+            if name == "visual.positional_embedding" {
+                // Rows 1.. carry the folded bias (conv1 has none); take it out again.
+                for (i, x) in v.iter_mut().enumerate().skip(D) {
+                    *x -= bias[i % D];
+                }
+            }
+        },
+        keep_meta,
+    );
+    assert_caught("vit-token/checkpoint.npz", &bad, &[]);
+}
+
+#[test]
+fn planted_class_token_row_resized_with_the_grid_is_caught() {
+    let dir = scratch();
+    let good = dir.path().join("r96.safetensors");
+    convert(
+        "vit-token/checkpoint.npz",
+        &good,
+        "timm",
+        &["--image-size", "96"],
+    );
+    assert_passes("vit-token/checkpoint.npz", &good, &[]);
+    // The bug: the whole sequence, class row included, resampled as one line of 17 -> 37 rows
+    // (linear, corners aligned) instead of the 4x4 grid alone to 6x6.
+    let src = TensorFile::open(fixture("vit-token/checkpoint.npz")).expect("source opens");
+    let pos = src
+        .read_f32("Transformer/posembed_input/pos_embedding")
+        .expect("pos");
+    let (n_old, n_new) = (17usize, 37usize);
+    let bad = dir.path().join("clsrow.safetensors");
+    plant(
+        &good,
+        &bad,
+        |name, _, v| {
+            if name != "pos_embed" {
+                return;
+            }
+            for i in 0..n_new {
+                let t = i as f64 * (n_old - 1) as f64 / (n_new - 1) as f64;
+                let (lo, frac) = (t.floor() as usize, t - t.floor());
+                let hi = (lo + 1).min(n_old - 1);
+                for c in 0..D {
+                    let a = f64::from(pos[lo * D + c]);
+                    let b = f64::from(pos[hi * D + c]);
+                    v[i * D + c] = (a + (b - a) * frac) as f32;
+                }
+            }
+        },
+        keep_meta,
+    );
+    assert_caught("vit-token/checkpoint.npz", &bad, &[]);
+}
+
+/// LayerNorm eps 1e-12 declared instead of 1e-6. The inputs of every LayerNorm here have
+/// variance of order one, so the eps moves each normalised value by about 5e-7 relative:
+/// measured on vit-token (timm, random inputs) the logits move by about 1e-7, far inside the
+/// 1e-4 tolerance. The verifier must still run with the declared eps (the diff changes) and
+/// judge the result by its bound; it does not, and cannot honestly, fail this file.
+#[test]
+fn declared_layer_norm_eps_is_used_and_measured() {
+    let dir = scratch();
+    let good = timm_token(dir.path());
+    let bad = dir.path().join("eps.safetensors");
+    plant(
+        &good,
+        &bad,
+        |_, _, _| {},
+        |meta| {
+            let config = meta.get_mut("vitconv.config").expect("config metadata");
+            let mut v: Value = serde_json::from_str(config).expect("json");
+            v["layer_norm_eps"] = serde_json::json!(1e-12);
+            *config = v.to_string();
+        },
+    );
+    let (_, good_r) = verify_json("vit-token/checkpoint.npz", &good, &[]);
+    let (code, bad_r) = verify_json("vit-token/checkpoint.npz", &bad, &[]);
+    let (g, b) = (
+        num(&good_r, &["features", "max_abs_diff"]),
+        num(&bad_r, &["features", "max_abs_diff"]),
+    );
+    assert_ne!(g, b, "the declared eps was not used: {bad_r}");
+    let within = num(&bad_r, &["logits", "max_abs_diff"]) <= num(&bad_r, &["logits", "bound"]);
+    assert_eq!(code, Some(if within { 0 } else { 1 }), "{bad_r}");
+    eprintln!(
+        "eps 1e-12 instead of 1e-6: logits max abs diff {} (correct file: {})",
+        num(&bad_r, &["logits", "max_abs_diff"]),
+        num(&good_r, &["logits", "max_abs_diff"])
+    );
+}
+
+#[test]
+fn a_failing_run_prints_the_table_and_says_fail() {
+    let dir = scratch();
+    let good = timm_token(dir.path());
+    let bad = dir.path().join("zero.safetensors");
+    plant(
+        &good,
+        &bad,
+        |name, _, v| {
+            if name == "norm.bias" {
+                v.iter_mut().for_each(|x| *x += 0.5)
+            }
+        },
+        keep_meta,
+    );
+    let o = vitconv(
+        ["verify", "--device", "cpu"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([
+                fixture("vit-token/checkpoint.npz").display().to_string(),
+                bad.display().to_string(),
+            ]),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let out = stdout(&o);
+    for needle in [
+        "max abs diff",
+        "cosine",
+        "top-1",
+        "top-5",
+        "FAIL",
+        "cpu",
+        "f32",
+    ] {
+        assert!(out.contains(needle), "table lacks {needle:?}: {out}");
+    }
+}
+
+// ---- bad input: exit 2, one line ----
+
+#[test]
+fn another_architecture_is_bad_input() {
+    let dir = scratch();
+    let out = dir.path().join("mlp4.pt");
+    convert("vit-mlp4/checkpoint.npz", &out, "timm", &[]);
+    let o = vitconv([
+        "verify".to_string(),
+        fixture("vit-token/checkpoint.npz").display().to_string(),
+        out.display().to_string(),
+        "--device".into(),
+        "cpu".into(),
+    ]);
+    assert_bad_input(&o, "does not hold the architecture");
+}
+
+#[test]
+fn missing_files_are_bad_input() {
+    let dir = scratch();
+    let good = timm_token(dir.path());
+    let missing = dir.path().join("nope.safetensors");
+    let o = vitconv([
+        "verify".to_string(),
+        fixture("vit-token/checkpoint.npz").display().to_string(),
+        missing.display().to_string(),
+    ]);
+    assert_bad_input(&o, "not found");
+    let o = vitconv([
+        "verify".to_string(),
+        fixture("nope/checkpoint.npz").display().to_string(),
+        good.display().to_string(),
+    ]);
+    assert_bad_input(&o, "not found");
+}
+
+#[test]
+fn a_pickle_with_a_disallowed_global_is_bad_input() {
+    let dir = scratch();
+    let evil = dir.path().join("evil.pt");
+    // protocol 2: GLOBAL os.system, the string "true", TUPLE1, REDUCE, STOP.
+    let pickle = b"\x80\x02cos\nsystem\nX\x04\x00\x00\x00true\x85R.".to_vec();
+    std::fs::write(
+        &evil,
+        stored_zip(&[
+            ("archive/data.pkl", pickle),
+            ("archive/byteorder", b"little".to_vec()),
+        ]),
+    )
+    .expect("writes");
+    let o = vitconv([
+        "verify".to_string(),
+        fixture("vit-token/checkpoint.npz").display().to_string(),
+        evil.display().to_string(),
+    ]);
+    assert_bad_input(&o, "os.system");
+}
+
+#[test]
+fn a_non_square_image_request_is_bad_input() {
+    let dir = scratch();
+    let good = timm_token(dir.path());
+    let o = vitconv([
+        "verify".to_string(),
+        fixture("vit-token/checkpoint.npz").display().to_string(),
+        good.display().to_string(),
+        "--images".into(),
+        dir.path().display().to_string(),
+        "--image-size".into(),
+        "64x48".into(),
+    ]);
+    assert_bad_input(&o, "not square");
+}
+
+#[test]
+fn bad_options_are_bad_input() {
+    let dir = scratch();
+    let good = timm_token(dir.path());
+    let src = fixture("vit-token/checkpoint.npz").display().to_string();
+    let good = good.display().to_string();
+    let o = vitconv(["verify", &src, &good, "--layout", "keras"]);
+    assert_bad_input(&o, "--layout keras");
+    let o = vitconv(["verify", &src, &good, "--dtype", "f8"]);
+    assert_bad_input(&o, "--dtype f8");
+    let o = vitconv(["verify", &src, &good, "--device", "tpu"]);
+    assert_bad_input(&o, "--device tpu");
+    let input = fixture("vit-gap/input.npy").display().to_string();
+    let o = vitconv(["verify", &src, &good, "--input", &input]);
+    assert_bad_input(&o, "NHWC");
+}
+
+/// A zip archive of stored (uncompressed) members, as `torch.save` writes them.
+fn stored_zip(members: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut central = Vec::new();
+    for (name, data) in members {
+        let offset = out.len() as u32;
+        let crc = crc32(data);
+        let header = |sig: u32, central: bool| {
+            let mut h = Vec::new();
+            h.extend(sig.to_le_bytes());
+            if central {
+                h.extend(20u16.to_le_bytes());
+            }
+            h.extend(20u16.to_le_bytes()); // version needed
+            h.extend(0u16.to_le_bytes()); // flags
+            h.extend(0u16.to_le_bytes()); // stored
+            h.extend(0u32.to_le_bytes()); // time and date
+            h.extend(crc.to_le_bytes());
+            h.extend((data.len() as u32).to_le_bytes());
+            h.extend((data.len() as u32).to_le_bytes());
+            h.extend((name.len() as u16).to_le_bytes());
+            h.extend(0u16.to_le_bytes()); // extra
+            if central {
+                h.extend([0u8; 6]); // comment length, disk number, internal attributes
+                h.extend(0u32.to_le_bytes()); // external attributes
+                h.extend(offset.to_le_bytes());
+            }
+            h.extend(name.as_bytes());
+            h
+        };
+        out.extend(header(0x0403_4b50, false));
+        out.extend(data);
+        central.extend(header(0x0201_4b50, true));
+    }
+    let start = out.len() as u32;
+    let size = central.len() as u32;
+    out.extend(central);
+    out.extend(0x0605_4b50u32.to_le_bytes());
+    out.extend([0u8; 4]);
+    out.extend((members.len() as u16).to_le_bytes());
+    out.extend((members.len() as u16).to_le_bytes());
+    out.extend(size.to_le_bytes());
+    out.extend(start.to_le_bytes());
+    out.extend(0u16.to_le_bytes());
+    out
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}

@@ -27,7 +27,7 @@ pub struct Metrics {
 /// Compares `target` with `reference`, both `[batch, n]` row-major, against `tolerance`.
 /// Returns `None` when the shapes differ.
 pub fn compare(target: &[f64], reference: &[f64], batch: usize, tolerance: f64) -> Option<Metrics> {
-    if target.len() != reference.len() || batch == 0 || reference.len() % batch != 0 {
+    if target.len() != reference.len() || batch == 0 || !reference.len().is_multiple_of(batch) {
         return None;
     }
     let n = reference.len() / batch;

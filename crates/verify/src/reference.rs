@@ -253,15 +253,19 @@ impl Reference {
             return Ok(pos);
         }
         let (g, new, d) = (dim(a.grid)?, dim(grid)?, dim(a.hidden)?);
+        let (cells, new_cells) = (
+            dim(a.grid.saturating_mul(a.grid))?,
+            dim(grid.saturating_mul(grid))?,
+        );
         let prefix = pos.f_narrow(1, 0, dim(n_prefix)?)?;
-        let rows = pos.f_narrow(1, dim(n_prefix)?, g * g)?;
+        let rows = pos.f_narrow(1, dim(n_prefix)?, cells)?;
         // [1, g*g, D] -> [1, D, g, g]; scipy's zoom with order 1 and grid_mode=False maps
         // corner to corner, which is bilinear interpolation with align_corners=True.
         let grid_img = rows.f_reshape([1, g, g, d])?.f_permute([0, 3, 1, 2])?;
         let resized = grid_img.f_upsample_bilinear2d([new, new], true, None, None)?;
         let rows = resized
             .f_permute([0, 2, 3, 1])?
-            .f_reshape([1, new * new, d])?;
+            .f_reshape([1, new_cells, d])?;
         Ok(Tensor::f_cat(&[prefix, rows], 1)?)
     }
 
@@ -285,14 +289,16 @@ impl Reference {
             _ => return Err(Error::BadRequest("encoder input is not [B, N, D]".into())),
         };
         let (hh, dhh) = (dim(h)?, dim(dh)?);
+        // H * Dh is the size of a kernel axis that read_arch found in the file, so it fits.
+        let inner = dim(h.saturating_mul(dh))?;
         // q/k/v: x @ kernel[D, H*Dh] + bias[H*Dh], then split into heads: [B, H, N, Dh].
         let project = |which: &str| -> Result<Tensor> {
             let kernel = p
                 .load(&format!("{att}/{which}/kernel"), &[dd, h, dh])?
-                .f_reshape([dim(dd)?, hh * dhh])?;
+                .f_reshape([dim(dd)?, inner])?;
             let bias = p
                 .load(&format!("{att}/{which}/bias"), &[h, dh])?
-                .f_reshape([hh * dhh])?;
+                .f_reshape([inner])?;
             Ok(ops::dense_in_out(&y, &kernel, Some(&bias))?
                 .f_reshape([b, t, hh, dhh])?
                 .f_transpose(1, 2)?)
@@ -300,10 +306,10 @@ impl Reference {
         let (q, k, v) = (project("query")?, project("key")?, project("value")?);
         let o = ops::attention_explicit(&q, &k, &v)?
             .f_transpose(1, 2)?
-            .f_reshape([b, t, hh * dhh])?;
+            .f_reshape([b, t, inner])?;
         let out_kernel = p
             .load(&format!("{att}/out/kernel"), &[h, dh, dd])?
-            .f_reshape([hh * dhh, dim(dd)?])?;
+            .f_reshape([inner, dim(dd)?])?;
         let o = ops::dense_in_out(
             &o,
             &out_kernel,
@@ -478,9 +484,7 @@ fn read_arch(p: &Params, names: &BlockNames) -> Result<SourceArch> {
         [1, n, d] if *d == hidden => *n,
         other => return Err(bad(pos_name, format!("[1, N, {hidden}]"), other)),
     };
-    let patches = n
-        .checked_sub(usize::from(classifier == Classifier::Token))
-        .unwrap_or(0);
+    let patches = n.saturating_sub(usize::from(classifier == Classifier::Token));
     let grid = isqrt(patches);
     if grid == 0 || grid.checked_mul(grid) != Some(patches) {
         return Err(bad(
@@ -734,9 +738,9 @@ mod tests {
 
     #[test]
     fn a_missing_source_is_an_error() {
-        let err = Reference::open(&fixture("nope/checkpoint.npz"), Device::Cpu)
-            .err()
-            .expect("fails");
+        let Err(err) = Reference::open(&fixture("nope/checkpoint.npz"), Device::Cpu) else {
+            panic!("a missing file opened");
+        };
         assert!(err.to_string().contains("not found"), "{err}");
     }
 }

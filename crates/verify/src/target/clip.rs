@@ -68,7 +68,7 @@ impl Clip {
             });
         }
         let heads = config.heads.unwrap_or(d / CLIP_HEAD_WIDTH);
-        if heads == 0 || d % heads != 0 {
+        if heads == 0 || !d.is_multiple_of(heads) {
             return Err(Error::NotAModel {
                 path,
                 reason: format!("{heads} heads do not divide width {d}"),
@@ -83,8 +83,11 @@ impl Clip {
         let mut blocks = Vec::with_capacity(depth);
         for i in 0..depth {
             let b = format!("{pre}transformer.resblocks.{i}");
-            let w = p.load(&format!("{b}.attn.in_proj_weight"), &[3 * d, d])?;
-            let bias = p.load(&format!("{b}.attn.in_proj_bias"), &[3 * d])?;
+            let w = p.load(
+                &format!("{b}.attn.in_proj_weight"),
+                &[d.saturating_mul(3), d],
+            )?;
+            let bias = p.load(&format!("{b}.attn.in_proj_bias"), &[d.saturating_mul(3)])?;
             let [q, k, v] = split_qkv(&w, &bias)?;
             blocks.push(Block {
                 ln1: pair(&p, &format!("{b}.ln_1"), &[d], &[d])?,

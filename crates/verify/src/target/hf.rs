@@ -101,7 +101,7 @@ impl Hf {
         let path = weights_path.clone();
         let d = config.hidden_size;
         let heads = config.num_attention_heads;
-        if heads == 0 || d % heads != 0 {
+        if heads == 0 || !d.is_multiple_of(heads) {
             return Err(Error::NotAModel {
                 path: config_path,
                 reason: format!("{heads} heads do not divide hidden_size {d}"),

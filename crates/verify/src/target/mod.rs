@@ -140,8 +140,7 @@ impl DeclaredConfig {
         if let Some(r) = &self.resize {
             return Some(r.clone());
         }
-        let notes = self.notes.as_deref()?;
-        let rest = &notes[notes.find("--resize ")? + "--resize ".len()..];
+        let (_, rest) = self.notes.as_deref()?.split_once("--resize ")?;
         let method: String = rest
             .chars()
             .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
@@ -441,7 +440,7 @@ pub(crate) fn split_qkv(w: &Tensor, b: &Tensor) -> Result<[(Tensor, Tensor); 3]>
 
 /// The token grid side of a position embedding with `rows` rows (after any class token).
 pub(crate) fn grid_of(path: &Path, tensor: &str, rows: usize, class_token: bool) -> Result<usize> {
-    let patches = rows.checked_sub(usize::from(class_token)).unwrap_or(0);
+    let patches = rows.saturating_sub(usize::from(class_token));
     let g = crate::reference::isqrt(patches);
     if g == 0 || g.checked_mul(g) != Some(patches) {
         return Err(Error::BadShape {

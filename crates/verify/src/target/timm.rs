@@ -85,7 +85,7 @@ impl Timm {
                 path: path.clone(),
                 reason: "the head count is neither in vitconv.config nor in vitconv.timm_kwargs; timm needs num_heads".into(),
             })?;
-        if heads == 0 || d % heads != 0 {
+        if heads == 0 || !d.is_multiple_of(heads) {
             return Err(Error::NotAModel {
                 path: path.clone(),
                 reason: format!("{heads} heads do not divide width {d}"),
@@ -102,7 +102,12 @@ impl Timm {
         let mut blocks = Vec::with_capacity(depth);
         for i in 0..depth {
             let b = format!("blocks.{i}");
-            let (qkv_w, qkv_b) = pair(&p, &format!("{b}.attn.qkv"), &[3 * d, d], &[3 * d])?;
+            let (qkv_w, qkv_b) = pair(
+                &p,
+                &format!("{b}.attn.qkv"),
+                &[d.saturating_mul(3), d],
+                &[d.saturating_mul(3)],
+            )?;
             let [q, k, v] = split_qkv(&qkv_w, &qkv_b)?;
             blocks.push(Block {
                 ln1: pair(&p, &format!("{b}.norm1"), &[d], &[d])?,
