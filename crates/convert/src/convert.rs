@@ -16,11 +16,29 @@ use crate::error::{Error, Result};
 use crate::layout;
 use crate::layout::hf;
 use crate::options::{Options, OutDType};
-use crate::plan::{Fetch, OutputKind, Plan};
+use crate::plan::{Fetch, OutputKind, Plan, Scratch};
 
 impl Fetch for TensorFile {
     fn fetch(&self, name: &str) -> Result<Vec<f32>> {
         Ok(self.read_f32(name)?)
+    }
+    fn fetch_into(&self, name: &str, out: &mut Vec<f32>) -> Result<()> {
+        // Decoded piece by piece through the reader's one small buffer: no tensor-sized byte vector.
+        let dtype = self
+            .get(name)
+            .map(|t| t.dtype)
+            .ok_or_else(|| Error::Unrecognised {
+                recognised: "the planned source".to_string(),
+                missing: format!("tensor {name} vanished"),
+            })?;
+        out.clear();
+        let mut bad = None;
+        self.read_chunked(name, READ_CHUNK, |chunk| {
+            if let Err(e) = decode_append(name, dtype, chunk, out) {
+                bad.get_or_insert(e);
+            }
+        })?;
+        bad.map_or(Ok(()), Err)
     }
     fn fetch_raw(&self, name: &str) -> Result<(DType, Vec<u8>)> {
         let dtype = self
@@ -32,6 +50,47 @@ impl Fetch for TensorFile {
             })?;
         Ok((dtype, self.read(name)?))
     }
+}
+
+/// Bytes per piece when streaming a source tensor: fits in L2, so decoding finds it in cache.
+const READ_CHUNK: usize = 1 << 20;
+
+/// Appends little-endian float bytes, decoded, to `out`.
+fn decode_append(name: &str, dtype: DType, bytes: &[u8], out: &mut Vec<f32>) -> Result<()> {
+    match dtype {
+        DType::F32 => out.extend(
+            bytes
+                .chunks_exact(4)
+                .filter_map(|c| c.try_into().ok())
+                .map(f32::from_le_bytes),
+        ),
+        DType::BF16 => out.extend(
+            bytes
+                .chunks_exact(2)
+                .filter_map(|c| c.try_into().ok())
+                .map(|b| half::bf16::from_le_bytes(b).to_f32()),
+        ),
+        DType::F16 => out.extend(
+            bytes
+                .chunks_exact(2)
+                .filter_map(|c| c.try_into().ok())
+                .map(|b| half::f16::from_le_bytes(b).to_f32()),
+        ),
+        // f64 weights are rare; narrowing them to f32 is what every target stores anyway.
+        DType::F64 => out.extend(
+            bytes
+                .chunks_exact(8)
+                .filter_map(|c| c.try_into().ok())
+                .map(|b| f64::from_le_bytes(b) as f32),
+        ),
+        other => {
+            return Err(Error::NotFloat {
+                name: name.to_string(),
+                dtype: other.to_string(),
+            })
+        }
+    }
+    Ok(())
 }
 
 /// A checked conversion, ready to write.
@@ -223,7 +282,10 @@ fn write_weights(
     let overwrite = true;
     let mut writer = Writer::create(path, format, specs, plan.metadata.clone(), overwrite)?;
     let mut done: u64 = 0;
+    // Reused between tensors so their capacity (and resident pages) carry over.
     let mut buf = Vec::new();
+    let mut values = Vec::new();
+    let mut scratch = Scratch::default();
     for t in &plan.tensors {
         let expected = t.shape.iter().product::<usize>();
         // A plain copy in the output's own dtype goes through as bytes, skipping two conversions.
@@ -237,7 +299,7 @@ fn write_weights(
         match raw {
             Some(bytes) => writer.write_next(&bytes)?,
             None => {
-                let values = t.recipe.eval(file)?;
+                t.recipe.eval_into(file, &mut scratch, &mut values)?;
                 if values.len() != expected {
                     return Err(Error::Length {
                         name: t.name.clone(),

@@ -17,6 +17,23 @@ pub trait Fetch {
     fn fetch(&self, name: &str) -> Result<Vec<f32>>;
     /// The tensor's stored element type and raw little-endian bytes.
     fn fetch_raw(&self, name: &str) -> Result<(DType, Vec<u8>)>;
+    /// Like [`Fetch::fetch`], into a buffer the caller reuses between tensors (its capacity is kept).
+    fn fetch_into(&self, name: &str, out: &mut Vec<f32>) -> Result<()> {
+        let v = self.fetch(name)?;
+        out.clear();
+        out.extend_from_slice(&v);
+        Ok(())
+    }
+}
+
+/// Buffers reused from one output tensor to the next.
+///
+/// Freshly allocated multi-megabyte vectors come from `mmap` and are returned with `munmap`, so every tensor
+/// would pay a page fault per 4 KiB twice over; on a ViT-L that kernel work cost more than the conversion.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    input: Vec<f32>,
+    part: Vec<f32>,
 }
 
 /// How one output tensor is computed.
@@ -93,6 +110,39 @@ impl Recipe {
         match self {
             Recipe::Copy(s) => Some(s),
             _ => None,
+        }
+    }
+
+    /// Computes the output values into `out`, reusing `scratch` and `out`'s capacity.
+    pub fn eval_into(
+        &self,
+        src: &dyn Fetch,
+        scratch: &mut Scratch,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        match self {
+            Recipe::Copy(s) => src.fetch_into(s, out),
+            Recipe::Transpose { src: s, rows, cols } => {
+                src.fetch_into(s, &mut scratch.input)?;
+                check_len(s, &[*rows, *cols], scratch.input.len())?;
+                transpose_into(&scratch.input, *rows, *cols, out);
+                Ok(())
+            }
+            Recipe::Concat(parts) => {
+                let mut part = std::mem::take(&mut scratch.part);
+                out.clear();
+                for p in parts {
+                    p.eval_into(src, scratch, &mut part)?;
+                    out.extend_from_slice(&part);
+                }
+                scratch.part = part;
+                Ok(())
+            }
+            // The rest are small (patch kernel, biases, position embedding) or rare (stem convolutions).
+            other => {
+                *out = other.eval(src)?;
+                Ok(())
+            }
         }
     }
 
@@ -178,6 +228,12 @@ impl Recipe {
 /// Fetches a tensor and checks it holds exactly the product of `shape` values.
 fn fetch_len(src: &dyn Fetch, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
     let v = src.fetch(name)?;
+    check_len(name, shape, v.len())?;
+    Ok(v)
+}
+
+/// Checks that `found` values fill `shape`.
+fn check_len(name: &str, shape: &[usize], found: usize) -> Result<()> {
     let expected = shape
         .iter()
         .try_fold(1usize, |a, &d| a.checked_mul(d))
@@ -185,15 +241,15 @@ fn fetch_len(src: &dyn Fetch, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
             name: name.to_string(),
             what: "element count",
         })?;
-    if v.len() != expected {
+    if found != expected {
         return Err(Error::Length {
             name: name.to_string(),
             shape: shape.to_vec(),
             expected,
-            found: v.len(),
+            found,
         });
     }
-    Ok(v)
+    Ok(())
 }
 
 /// Side of the square blocks [`transpose`] moves through a local buffer.
@@ -205,7 +261,15 @@ const BLOCK: usize = 32;
 /// reads and the writes touch whole cache lines; a plain strided loop is about 4x slower on the power-of-two
 /// widths ViTs use (every row of a block would land in the same cache set).
 pub fn transpose<T: Copy + Default>(v: &[T], rows: usize, cols: usize) -> Vec<T> {
-    let mut out = vec![T::default(); v.len()];
+    let mut out = Vec::new();
+    transpose_into(v, rows, cols, &mut out);
+    out
+}
+
+/// [`transpose`] into a reused buffer.
+pub fn transpose_into<T: Copy + Default>(v: &[T], rows: usize, cols: usize, out: &mut Vec<T>) {
+    out.clear();
+    out.resize(v.len(), T::default());
     let mut buf = [[T::default(); BLOCK]; BLOCK];
     for r0 in (0..rows).step_by(BLOCK) {
         let rn = BLOCK.min(rows - r0);
@@ -229,7 +293,6 @@ pub fn transpose<T: Copy + Default>(v: &[T], rows: usize, cols: usize) -> Vec<T>
             }
         }
     }
-    out
 }
 
 /// HWIO -> OIHW, optionally scaling each input channel.
