@@ -189,9 +189,6 @@ const LANES: usize = 8;
 /// `FAST_BLOCK / LANES` terms per lane, around a shift) and are merged across blocks in f64.
 const FAST_BLOCK: usize = 4096;
 
-/// Bit pattern of an f32 exponent that is all ones: the value is NaN or infinite.
-const F32_EXP_MASK: u32 = 0x7f80_0000;
-
 /// Statistics of a block of little-endian f32 values, written so the compiler vectorises it.
 ///
 /// Checkpoints are dominated by f32, and `--stats` must keep pace with the disk; the scalar
@@ -213,22 +210,35 @@ fn stats_f32(bytes: &[u8]) -> Stats {
     total
 }
 
+/// Orders f32 bit patterns as integers: floats are sign-magnitude, so flipping the magnitude
+/// bits of negatives makes integer order match float order (NaNs land beyond the infinities).
+const fn order_key(bits: u32) -> i32 {
+    let i = bits as i32;
+    i ^ ((i >> 31) & 0x7fff_ffff)
+}
+
 /// Statistics of one block of f32 values: one simple loop per quantity, so each vectorises.
 #[inline(never)]
 fn stats_f32_block(values: &[f32]) -> Stats {
-    let odd = values.iter().fold(0u32, |acc, x| {
-        acc | u32::from(x.to_bits() & F32_EXP_MASK == F32_EXP_MASK)
-    });
-    if odd != 0 {
+    // Float min/max folds do not vectorise (NaN rules); integer ones do. The same keys tell
+    // whether the block holds a NaN or an infinity: then the scalar path sorts them out.
+    let kmin = values.iter().map(|x| order_key(x.to_bits())).min();
+    let kmax = values.iter().map(|x| order_key(x.to_bits())).max();
+    let (Some(kmin), Some(kmax)) = (kmin, kmax) else {
+        return Stats::EMPTY;
+    };
+    if kmax >= order_key(f32::INFINITY.to_bits()) || kmin <= order_key(f32::NEG_INFINITY.to_bits())
+    {
         return Stats::of(values.iter().copied());
     }
+    let from_key = |k: i32| f64::from(f32::from_bits(order_key(k as u32) as u32));
     let shift = values.first().copied().unwrap_or(0.0);
     let chunks = values.chunks_exact(LANES);
     let tail = chunks.remainder();
     let mut sum = [0f32; LANES];
     let mut sumsq = [0f32; LANES];
     // One accumulator per loop: with two, the compiler pairs sum and sumsq of one lane into
-    // a vector instead of eight lanes of one quantity. The block is in L1, so two passes cost little.
+    // a vector instead of eight lanes of one quantity. The block is in L1, so passes are cheap.
     for c in chunks.clone() {
         let Ok(v) = <&[f32; LANES]>::try_from(c) else {
             continue;
@@ -246,24 +256,6 @@ fn stats_f32_block(values: &[f32]) -> Stats {
             sumsq[lane] += d * d;
         }
     }
-    // Float min/max folds do not vectorise (NaN rules); integer ones do. The key maps floats
-    // to integers in the same order (floats are sign-magnitude; flip the magnitude of negatives).
-    let key = |x: &f32| {
-        let i = x.to_bits() as i32;
-        i ^ ((i >> 31) & 0x7fff_ffff)
-    };
-    let unkey = |k: i32| f32::from_bits((k ^ ((k >> 31) & 0x7fff_ffff)) as u32);
-    let whole_values = values.get(..values.len() - tail.len()).unwrap_or_default();
-    let min = whole_values
-        .iter()
-        .map(key)
-        .min()
-        .map_or(f32::INFINITY, unkey);
-    let max = whole_values
-        .iter()
-        .map(key)
-        .max()
-        .map_or(f32::NEG_INFINITY, unkey);
     let whole = values.len() - tail.len();
     let mut s = Stats::EMPTY;
     if whole > 0 {
@@ -274,13 +266,17 @@ fn stats_f32_block(values: &[f32]) -> Stats {
             count: whole as u64,
             mean: f64::from(shift) + sum / nf,
             m2: (sumsq - sum * sum / nf).max(0.0),
-            min: f64::from(min),
-            max: f64::from(max),
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
             nan: 0,
             inf: 0,
         };
     }
-    s.merge(Stats::of(tail.iter().copied()))
+    let mut s = s.merge(Stats::of(tail.iter().copied()));
+    // The keys covered the whole block, tail included.
+    s.min = from_key(kmin);
+    s.max = from_key(kmax);
+    s
 }
 
 /// Bytes read at a time for `--stats`: small enough to stay in L2 cache between the read
@@ -880,6 +876,37 @@ mod tests {
             .collect();
         let s = stats_of_bytes(DType::BF16, &bytes);
         assert_eq!((s.count, s.nan, s.max), (1, 1, 2.0));
+    }
+
+    #[test]
+    fn vectorised_f32_kernel_agrees_with_the_scalar_path() {
+        // Negative and positive values, a block boundary, a ragged tail, and (second run) a NaN
+        // and an infinity in the middle block.
+        let mut values: Vec<f32> = (0..FAST_BLOCK * 2 + 13)
+            .map(|i| ((i * 7919) % 1000) as f32 / 37.0 - 13.0)
+            .collect();
+        for round in 0..2 {
+            if round == 1 {
+                values[FAST_BLOCK + 5] = f32::NAN;
+                values[FAST_BLOCK + 9] = f32::NEG_INFINITY;
+            }
+            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let fast = stats_of_bytes(DType::F32, &bytes);
+            let slow = Stats::of(values.iter().copied());
+            assert_eq!(
+                (fast.count, fast.nan, fast.inf),
+                (slow.count, slow.nan, slow.inf)
+            );
+            assert_eq!((fast.min, fast.max), (slow.min, slow.max));
+            assert!(
+                (fast.mean - slow.mean).abs() < 1e-5 * slow.std(),
+                "{fast:?} {slow:?}"
+            );
+            assert!(
+                (fast.std() - slow.std()).abs() < 1e-5 * slow.std(),
+                "{fast:?} {slow:?}"
+            );
+        }
     }
 
     #[test]
