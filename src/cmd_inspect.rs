@@ -193,7 +193,6 @@ const FAST_BLOCK: usize = 4096;
 ///
 /// Checkpoints are dominated by f32, and `--stats` must keep pace with the disk; the scalar
 /// path ([`Stats::of`]) runs only for the tail of a block or a block holding NaN or Inf.
-#[inline(never)]
 fn stats_f32(bytes: &[u8]) -> Stats {
     // Decode each block into a reused buffer first: whole-word loads that the loops below
     // can vectorise, where assembling floats from bytes in place would not be.
@@ -218,6 +217,8 @@ const fn order_key(bits: u32) -> i32 {
 }
 
 /// Statistics of one block of f32 values: one simple loop per quantity, so each vectorises.
+///
+/// Kept out of line so its loops are compiled, checked (`objdump`) and profiled on their own.
 #[inline(never)]
 fn stats_f32_block(values: &[f32]) -> Stats {
     // Float min/max folds do not vectorise (NaN rules); integer ones do. The same keys tell

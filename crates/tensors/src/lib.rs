@@ -3,9 +3,14 @@
 //! The public surface is deliberately small:
 //! - [`TensorFile::open`] reads a file's directory (names, dtypes, shapes) without
 //!   loading tensor data; [`TensorFile::read`] returns one tensor's bytes on demand,
-//!   little-endian and in C (row-major) order whatever the file stored.
-//! - [`Writer`] writes `.safetensors` or `.pt` one tensor at a time into a temporary
-//!   file beside the target and renames it into place only in [`Writer::finish`].
+//!   little-endian and in C (row-major) order whatever the file stored;
+//!   [`TensorFile::read_chunked`] streams it through a small buffer instead.
+//! - [`Writer`] writes `.safetensors`, `.pt` or `.npz` one tensor at a time into a
+//!   temporary file beside the target and renames it into place only in [`Writer::finish`].
+//!
+//! Module map: `npy` (array headers), `npz` (zip directory, `.npy` members),
+//! `safetensors_io`, `pickle` (allowlist unpickler and state-dict pickler), `pt` (torch
+//! archives), `source` (where bytes live, positional reads), `zip_writer`, `writer`.
 
 mod dtype;
 mod error;
