@@ -4,6 +4,9 @@ use std::io::Write;
 
 use vitconv_tensors::TensorFile;
 
+/// Chunk size for the streamed reads: small and odd, so chunk boundaries fall everywhere.
+const CHUNK: usize = 61;
+
 /// Writes `data` to a temporary file with `suffix`, opens it as a tensor file and reads every
 /// tensor, checking each read returns exactly the bytes its shape and dtype announce.
 ///
@@ -21,11 +24,26 @@ pub fn open_and_read_all(data: &[u8], suffix: &str) {
     };
     for info in tf.tensors() {
         let _ = tf.get(&info.name);
-        if let Ok(bytes) = tf.read(&info.name) {
-            assert_eq!(
-                Some(bytes.len()),
-                info.nbytes(),
-                "read of `{}` returned a different length than its shape and dtype announce",
+        let Ok(bytes) = tf.read(&info.name) else {
+            continue;
+        };
+        assert_eq!(
+            Some(bytes.len()),
+            info.nbytes(),
+            "read of `{}` returned a different length than its shape and dtype announce",
+            info.name
+        );
+        // The streamed path must agree with the whole-tensor path, in whole elements.
+        let mut streamed = Vec::with_capacity(bytes.len());
+        let elem = info.dtype.size();
+        let chunked = tf.read_chunked(&info.name, CHUNK, |piece| {
+            assert!(piece.len() <= CHUNK.max(elem) && piece.len() % elem == 0);
+            streamed.extend_from_slice(piece);
+        });
+        if chunked.is_ok() {
+            assert!(
+                streamed == bytes,
+                "read_chunked of `{}` differs from read",
                 info.name
             );
         }
