@@ -18,7 +18,8 @@ if [ ! -x /usr/bin/time ]; then
   echo "bench: installing GNU time for /usr/bin/time -v" >&2
   apt-get install -y time >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y time >/dev/null; }
 fi
-/usr/bin/time -v true 2>&1 | grep -q "Maximum resident set size" || { echo "bench: /usr/bin/time -v is not GNU time" >&2; exit 2; }
+probe=$(/usr/bin/time -v true 2>&1 || true)
+grep -q "Maximum resident set size" <<<"$probe" || { echo "bench: /usr/bin/time -v is not GNU time" >&2; exit 2; }
 
 cargo build --release --quiet --bin vitconv
 bin=target/release/vitconv
