@@ -24,14 +24,15 @@ impl Fetch for TensorFile {
     }
     fn fetch_into(&self, name: &str, out: &mut Vec<f32>) -> Result<()> {
         // Decoded piece by piece through the reader's one small buffer: no tensor-sized byte vector.
-        let dtype = self
-            .get(name)
-            .map(|t| t.dtype)
-            .ok_or_else(|| Error::Unrecognised {
-                recognised: "the planned source".to_string(),
-                missing: format!("tensor {name} vanished"),
-            })?;
+        let info = self.get(name).ok_or_else(|| Error::Unrecognised {
+            recognised: "the planned source".to_string(),
+            missing: format!("tensor {name} vanished"),
+        })?;
+        let dtype = info.dtype;
         out.clear();
+        // Exact capacity: growing by doubling would leave up to twice the tensor allocated. The reader has
+        // checked at open that the file really holds this many elements.
+        out.reserve_exact(info.numel().unwrap_or(0));
         let mut bad = None;
         self.read_chunked(name, READ_CHUNK, |chunk| {
             if let Err(e) = decode_append(name, dtype, chunk, out) {
@@ -284,7 +285,6 @@ fn write_weights(
     let mut done: u64 = 0;
     // Reused between tensors so their capacity (and resident pages) carry over.
     let mut buf = Vec::new();
-    let mut values = Vec::new();
     let mut scratch = Scratch::default();
     for t in &plan.tensors {
         let expected = t.shape.iter().product::<usize>();
@@ -299,16 +299,18 @@ fn write_weights(
         match raw {
             Some(bytes) => writer.write_next(&bytes)?,
             None => {
-                t.recipe.eval_into(file, &mut scratch, &mut values)?;
-                if values.len() != expected {
+                let want = expected * out_dtype.size();
+                buf.clear();
+                buf.reserve_exact(want);
+                t.recipe.eval_bytes(file, &mut scratch, dtype, &mut buf)?;
+                if buf.len() != want {
                     return Err(Error::Length {
                         name: t.name.clone(),
                         shape: t.shape.clone(),
                         expected,
-                        found: values.len(),
+                        found: buf.len() / out_dtype.size(),
                     });
                 }
-                encode(&values, dtype, &mut buf);
                 writer.write_next(&buf)?;
             }
         }
@@ -317,32 +319,6 @@ fn write_weights(
     }
     writer.finish()?;
     Ok((plan.tensors.len(), total))
-}
-
-/// Encodes f32 values as little-endian bytes of the output type into `buf` (reused between tensors).
-pub fn encode(values: &[f32], dtype: OutDType, buf: &mut Vec<u8>) {
-    // Sized once, then filled in fixed-size chunks: the loops vectorise, unlike per-element pushes.
-    buf.clear();
-    match dtype {
-        OutDType::F32 => {
-            buf.resize(values.len() * 4, 0);
-            for (d, v) in buf.chunks_exact_mut(4).zip(values) {
-                d.copy_from_slice(&v.to_le_bytes());
-            }
-        }
-        OutDType::F16 => {
-            buf.resize(values.len() * 2, 0);
-            for (d, v) in buf.chunks_exact_mut(2).zip(values) {
-                d.copy_from_slice(&half::f16::from_f32(*v).to_le_bytes());
-            }
-        }
-        OutDType::BF16 => {
-            buf.resize(values.len() * 2, 0);
-            for (d, v) in buf.chunks_exact_mut(2).zip(values) {
-                d.copy_from_slice(&half::bf16::from_f32(*v).to_le_bytes());
-            }
-        }
-    }
 }
 
 /// Writes a small file through a temporary sibling and a rename, so readers never see half of it.

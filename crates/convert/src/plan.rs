@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use vitconv_tensors::DType;
 
 use crate::error::{Error, Result};
-use crate::options::ResizeMethod;
+use crate::options::{OutDType, ResizeMethod};
 use crate::resize::resize_grid;
 
 /// Reads source tensors; implemented for `TensorFile` and, in tests, for in-memory maps.
@@ -34,6 +34,7 @@ pub trait Fetch {
 pub struct Scratch {
     input: Vec<f32>,
     part: Vec<f32>,
+    values: Vec<f32>,
 }
 
 /// How one output tensor is computed.
@@ -110,6 +111,37 @@ impl Recipe {
         match self {
             Recipe::Copy(s) => Some(s),
             _ => None,
+        }
+    }
+
+    /// Appends the output, encoded as `dtype`, to `out`.
+    ///
+    /// The large tensors (transposed kernels, fused q/k/v) go from the decoded source straight into the
+    /// encoded output, so memory holds the source and the output bytes and nothing in between.
+    pub fn eval_bytes(
+        &self,
+        src: &dyn Fetch,
+        scratch: &mut Scratch,
+        dtype: OutDType,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        match self {
+            Recipe::Transpose { src: s, rows, cols } => {
+                src.fetch_into(s, &mut scratch.input)?;
+                check_len(s, &[*rows, *cols], scratch.input.len())?;
+                transpose_encode(&scratch.input, *rows, *cols, dtype, out);
+                Ok(())
+            }
+            Recipe::Concat(parts) => parts
+                .iter()
+                .try_for_each(|p| p.eval_bytes(src, scratch, dtype, out)),
+            other => {
+                let mut values = std::mem::take(&mut scratch.values);
+                let r = other.eval_into(src, scratch, &mut values);
+                encode_append(&values, dtype, out);
+                scratch.values = values;
+                r
+            }
         }
     }
 
@@ -295,6 +327,64 @@ pub fn transpose_into<T: Copy + Default>(v: &[T], rows: usize, cols: usize, out:
     }
 }
 
+/// Appends `values` encoded as little-endian `dtype` to `out`.
+pub fn encode_append(values: &[f32], dtype: OutDType, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.resize(start + values.len() * dtype.dtype().size(), 0);
+    if let Some(dst) = out.get_mut(start..) {
+        encode_into(values, dtype, dst);
+    }
+}
+
+/// Encodes `values` into `dst`, which holds exactly their encoded size; filled in fixed-size chunks so it vectorises.
+fn encode_into(values: &[f32], dtype: OutDType, dst: &mut [u8]) {
+    match dtype {
+        OutDType::F32 => dst
+            .chunks_exact_mut(4)
+            .zip(values)
+            .for_each(|(d, v)| d.copy_from_slice(&v.to_le_bytes())),
+        OutDType::F16 => dst
+            .chunks_exact_mut(2)
+            .zip(values)
+            .for_each(|(d, v)| d.copy_from_slice(&half::f16::from_f32(*v).to_le_bytes())),
+        OutDType::BF16 => dst
+            .chunks_exact_mut(2)
+            .zip(values)
+            .for_each(|(d, v)| d.copy_from_slice(&half::bf16::from_f32(*v).to_le_bytes())),
+    }
+}
+
+/// Appends the transpose of a row-major `[rows, cols]` matrix to `out`, encoded as `dtype`, block by block
+/// (see [`transpose`]) so no transposed f32 copy is ever held.
+pub fn transpose_encode(v: &[f32], rows: usize, cols: usize, dtype: OutDType, out: &mut Vec<u8>) {
+    let es = dtype.dtype().size();
+    let start = out.len();
+    out.resize(start + v.len() * es, 0);
+    let mut block = [[0f32; BLOCK]; BLOCK];
+    let mut column = [0f32; BLOCK];
+    for r0 in (0..rows).step_by(BLOCK) {
+        let rn = BLOCK.min(rows - r0);
+        for c0 in (0..cols).step_by(BLOCK) {
+            let cn = BLOCK.min(cols - c0);
+            for (i, row) in block.iter_mut().enumerate().take(rn) {
+                let s = (r0 + i) * cols + c0;
+                if let (Some(dst), Some(src)) = (row.get_mut(..cn), v.get(s..s + cn)) {
+                    dst.copy_from_slice(src);
+                }
+            }
+            for j in 0..cn {
+                for (x, row) in column.iter_mut().zip(block.iter()).take(rn) {
+                    *x = row.get(j).copied().unwrap_or(0.0);
+                }
+                let d = start + ((c0 + j) * rows + r0) * es;
+                if let (Some(dst), Some(src)) = (out.get_mut(d..d + rn * es), column.get(..rn)) {
+                    encode_into(src, dtype, dst);
+                }
+            }
+        }
+    }
+}
+
 /// HWIO -> OIHW, optionally scaling each input channel.
 pub fn hwio_to_oihw(v: &[f32], [h, w, i, o]: [usize; 4], in_scale: Option<&[f32]>) -> Vec<f32> {
     // Seen as [(h, w, i), o], OIHW is its transpose [o, (h, w, i)] with the inner (h, w, i) reordered to (i, h, w).
@@ -414,6 +504,19 @@ mod tests {
             for j in 0..c {
                 assert_eq!(t[j * r + i], v[i * c + j]);
             }
+        }
+    }
+
+    #[test]
+    fn fused_transpose_encode_equals_transpose_then_encode() {
+        let (r, c) = (45, 70);
+        let v: Vec<f32> = (0..r * c).map(|x| x as f32 * 0.37 - 100.0).collect();
+        for dtype in [OutDType::F32, OutDType::F16, OutDType::BF16] {
+            let mut fused = vec![7u8; 3];
+            transpose_encode(&v, r, c, dtype, &mut fused);
+            let mut want = vec![7u8; 3];
+            encode_append(&transpose(&v, r, c), dtype, &mut want);
+            assert_eq!(fused, want, "{dtype:?}");
         }
     }
 
