@@ -171,6 +171,12 @@ impl Arch {
 
     /// One sentence per part, for users asking what the tensors are.
     pub fn parts(&self) -> Vec<String> {
+        self.parts_with(true, &format!("[1, 1, {}]", self.hidden))
+    }
+
+    /// [`Arch::parts`] for layouts whose patch convolution may lack a bias (CLIP-style `conv1`) and whose
+    /// class token has another shape (`class_embedding` is `[D]`).
+    pub fn parts_with(&self, patch_bias: bool, class_shape: &str) -> Vec<String> {
         let mut parts = Vec::new();
         if let Some(r) = &self.resnet {
             let stages = if r.stages.is_empty() {
@@ -197,7 +203,8 @@ impl Arch {
             .saturating_mul(self.patch)
             .saturating_mul(self.in_chans);
         parts.push(format!(
-            "patch embedding: {p}x{p}x{c} = {values} values -> {d} (a {p}x{p} convolution with stride {p} and bias)",
+            "patch embedding: {p}x{p}x{c} = {values} values -> {d} (a {p}x{p} convolution with stride {p}{})",
+            if patch_bias { " and bias" } else { ", no bias" },
             p = self.patch,
             c = self.in_chans,
             d = self.hidden

@@ -38,7 +38,12 @@ pub struct Summary {
 /// Recognises the layout and architecture of a key/shape list, or `None` when it is not a known layout.
 pub fn summarize(tensors: &[TensorInfo]) -> Option<Summary> {
     let (family, arch, notes) = detect::summarize_family(tensors)?;
-    let mut parts = arch.parts();
+    let mut parts = match family {
+        detect::Family::OpenClip | detect::Family::OpenAiClip => {
+            arch.parts_with(false, &format!("[{}] (class_embedding)", arch.hidden))
+        }
+        _ => arch.parts(),
+    };
     parts.extend(notes);
     Some(Summary {
         family: family.as_str().to_string(),
