@@ -210,9 +210,7 @@ impl Arch {
             d = self.hidden
         ));
         match self.classifier {
-            Classifier::Token => {
-                parts.push(format!("class token: learned, [1, 1, {}]", self.hidden))
-            }
+            Classifier::Token => parts.push(format!("class token: learned, {class_shape}")),
             Classifier::Gap => {
                 parts.push("class token: none (global average pooling over the tokens)".to_string())
             }
