@@ -2,9 +2,10 @@
 //!
 //! Memory holds one output tensor at a time (for fused q/k/v, the three inputs and the output), never the model.
 //! Weights go through `vitconv_tensors::Writer` (temporary file beside the target, renamed by `finish`), and the
-//! small JSON side files are written the same way after it, so an interrupted run leaves no partial output.
+//! small JSON side files are written the same way after it: a failed run leaves no partial output and an
+//! existing output untouched. (A run killed by a signal can leave the writer's temporary file, never a
+//! half-written target.)
 
-use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -338,9 +339,4 @@ fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
         source: e.error,
     })?;
     Ok(())
-}
-
-/// Sorted metadata, for callers that print it.
-pub fn metadata(conv: &Conversion) -> &BTreeMap<String, String> {
-    &conv.plan.metadata
 }
