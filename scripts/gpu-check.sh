@@ -153,7 +153,10 @@ PY
     continue
   fi
   t1=$SECONDS
-  convert "$npz" "$conv" timm || { say "  $model: conversion failed (logs/convert.err)"; continue; }
+  # timm has no place for pre_logits (ViT-H/14 21k has one): convert those as feature extractors.
+  head_opt=()
+  grep -q '"pre_logits/kernel"' "$shapes" && head_opt=(--drop-head)
+  convert "$npz" "$conv" timm "${head_opt[@]}" || { say "  $model: conversion failed (logs/convert.err)"; continue; }
   say "  $model: random npz in $((t1 - t0)) s, converted in $((SECONDS - t1)) s"
   if [ "$CUDA" = 1 ]; then
     verify "$model-cuda-f32" "$npz" "$conv" cuda f32 --batch "$CUDA_BATCH" --seed 1
