@@ -349,3 +349,36 @@ def test_printed_python_builds_and_loads_the_model(tmp_path, case, layout, name)
     y = model.eval()(renormalise(x, cfg))
     y = getattr(y, "logits", y)
     assert y.shape[0] == x.shape[0]
+
+
+# ---------------------------------------------------------------- --gelu erf everywhere it can be declared
+
+
+@pytest.mark.parametrize("case", ["vit-token", "vit-mlp4"])
+def test_erf_gelu_in_transformers_and_open_clip_matches_timm_golden(tmp_path, case):
+    """With the loaders' usual exact GELU both libraries must give what timm's own npz loader gives."""
+    from transformers import ViTForImageClassification
+
+    x = golden(case, "input.npy")
+    want = golden(case, "timm_logits.npy")
+    out, _ = convert(tmp_path, case, "hf", "hf", "--gelu", "erf")
+    assert json.loads((out / "config.json").read_text())["hidden_act"] == "gelu"
+    model = ViTForImageClassification.from_pretrained(str(out)).eval()
+    d = max_diff(model(pixel_values=nchw(x)).logits.numpy(), want)
+    assert d < TOL_SAME, f"hf: {d}"
+    out, _ = convert(tmp_path, case, "open_clip", "oc.pt", "--gelu", "erf", "--input-norm", "unit")
+    visual, cfg = open_clip_visual(out)
+    assert cfg["gelu"] == "erf"
+    d = max_diff(visual(renormalise(x, cfg)).numpy(), want - np.asarray(cfg["head_bias"], np.float32))
+    assert d < TOL_SAME, f"open_clip: {d}"
+
+
+def test_bfloat16_source_to_bfloat16_output_is_bit_exact(tmp_path):
+    out, _ = convert(tmp_path, "bfloat16", "timm", "b.safetensors", "--dtype", "bf16")
+    sd = read_weights(out)
+    src = np.load(source("bfloat16"))
+    # numpy stores JAX bfloat16 as 2-byte voids; their bits are the top half of the f32 value.
+    raw = src["Transformer/encoder_norm/scale"].view(np.uint16)
+    assert np.array_equal(sd["norm.weight"].view(torch.int16).numpy().view(np.uint16), raw)
+    kernel = src["Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel"].view(np.uint16)
+    assert np.array_equal(sd["blocks.0.mlp.fc1.weight"].view(torch.int16).numpy().view(np.uint16), kernel.T)
