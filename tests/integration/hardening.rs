@@ -286,6 +286,48 @@ fn a_pickle_that_would_run_a_command_runs_nothing() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Broken and lying files at the command line: exit 2, one line naming the file.
+
+#[test]
+fn inspect_refuses_broken_and_lying_files_cleanly() {
+    let dir = scratch();
+    let good = read(&fixture(SOURCE));
+
+    let cut = dir.path().join("cut.npz");
+    std::fs::write(&cut, &good[..good.len() / 2]).expect("write");
+    assert_bad_input(&vitconv(["inspect".as_ref(), cut.as_os_str()]), "cut.npz");
+
+    // A header claiming 2^60 elements over 16 bytes of data.
+    let mut text = format!(
+        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({},), }}",
+        1u64 << 60
+    );
+    let pad = (64 - (10 + text.len() + 1) % 64) % 64;
+    text.push_str(&" ".repeat(pad));
+    text.push('\n');
+    let mut huge = b"\x93NUMPY\x01\x00".to_vec();
+    huge.extend_from_slice(&(text.len() as u16).to_le_bytes());
+    huge.extend_from_slice(text.as_bytes());
+    huge.extend_from_slice(&[0; 16]);
+    let huge_path = dir.path().join("huge.npy");
+    std::fs::write(&huge_path, &huge).expect("write");
+    for extra in [&[][..], &["--stats"][..], &["--json"][..]] {
+        let mut args = vec!["inspect".to_string()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.push(huge_path.display().to_string());
+        assert_bad_input(&vitconv(&args), "huge.npy");
+    }
+
+    // The half-way source: `inspect` lists it (only the directory is read), `--stats` reads
+    // every tensor and must fail cleanly on the broken one.
+    let broken = source_breaking_halfway(dir.path(), BROKEN_TENSOR);
+    let o = vitconv(["inspect".as_ref(), broken.as_os_str()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = vitconv(["inspect".as_ref(), "--stats".as_ref(), broken.as_os_str()]);
+    assert_bad_input(&o, BROKEN_TENSOR);
+}
+
+// ---------------------------------------------------------------------------------------
 // Nothing lost.
 
 /// The uid this process runs as, from /proc (no libc needed).
