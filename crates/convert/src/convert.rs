@@ -8,6 +8,7 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 
 use vitconv_tensors::{output_format, DType, Format, TensorFile, TensorSpec, Writer};
 
@@ -17,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::layout;
 use crate::layout::hf;
 use crate::options::{Options, OutDType};
-use crate::plan::{Fetch, OutputKind, Plan, Scratch};
+use crate::plan::{Fetch, OutTensor, OutputKind, Plan, Scratch};
 
 impl Fetch for TensorFile {
     fn fetch(&self, name: &str) -> Result<Vec<f32>> {
@@ -283,43 +284,84 @@ fn write_weights(
     // The hf directory was checked (or created) by the caller, so the weights file inside may be replaced.
     let overwrite = true;
     let mut writer = Writer::create(path, format, specs, plan.metadata.clone(), overwrite)?;
-    let mut done: u64 = 0;
-    // Reused between tensors so their capacity (and resident pages) carry over.
-    let mut buf = Vec::new();
-    let mut scratch = Scratch::default();
-    for t in &plan.tensors {
-        let expected = t.shape.iter().product::<usize>();
-        // A plain copy in the output's own dtype goes through as bytes, skipping two conversions.
-        let raw = match t.recipe.passthrough() {
-            Some(src) if file.get(src).map(|i| i.dtype) == Some(out_dtype) => {
-                let (_, bytes) = file.fetch_raw(src)?;
-                (bytes.len() == expected * out_dtype.size()).then_some(bytes)
-            }
-            _ => None,
-        };
-        match raw {
-            Some(bytes) => writer.write_next(&bytes)?,
-            None => {
-                let want = expected * out_dtype.size();
-                buf.clear();
-                buf.reserve_exact(want);
-                t.recipe.eval_bytes(file, &mut scratch, dtype, &mut buf)?;
-                if buf.len() != want {
-                    return Err(Error::Length {
-                        name: t.name.clone(),
-                        shape: t.shape.clone(),
-                        expected,
-                        found: buf.len() / out_dtype.size(),
-                    });
-                }
-                writer.write_next(&buf)?;
-            }
+    // Two stages overlap: a worker computes the next tensor's bytes while this thread writes the current one
+    // (the write is mostly kernel time). Two buffers circulate between them, so memory stays at two output
+    // tensors plus the worker's scratch, and a failure on either side stops both.
+    std::thread::scope(|scope| -> Result<()> {
+        let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<Vec<u8>>>(1);
+        let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+        for _ in 0..2 {
+            // Cannot fail: the receiver is alive in this scope.
+            let _ = free_tx.send(Vec::new());
         }
-        done = done.saturating_add((expected * out_dtype.size()) as u64);
-        progress(done, total);
-    }
+        scope.spawn(move || {
+            let mut scratch = Scratch::default();
+            for t in &plan.tensors {
+                let Ok(mut buf) = free_rx.recv() else { return };
+                let result = produce(file, t, dtype, &mut scratch, &mut buf).map(|()| buf);
+                let failed = result.is_err();
+                if ready_tx.send(result).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        let mut done: u64 = 0;
+        for t in &plan.tensors {
+            let buf = ready_rx.recv().map_err(|_| Error::Worker {
+                name: t.name.clone(),
+            })??;
+            writer.write_next(&buf)?;
+            let _ = free_tx.send(buf);
+            done = done.saturating_add(buf_len(t, out_dtype));
+            progress(done, total);
+        }
+        Ok(())
+    })?;
     writer.finish()?;
     Ok((plan.tensors.len(), total))
+}
+
+/// Bytes of one output tensor (checked against overflow when the total was computed).
+fn buf_len(t: &OutTensor, dtype: DType) -> u64 {
+    t.shape
+        .iter()
+        .product::<usize>()
+        .saturating_mul(dtype.size()) as u64
+}
+
+/// Computes one output tensor's bytes into `buf` (replaced for plain copies, refilled otherwise).
+fn produce(
+    file: &TensorFile,
+    t: &OutTensor,
+    dtype: OutDType,
+    scratch: &mut Scratch,
+    buf: &mut Vec<u8>,
+) -> Result<()> {
+    let out_dtype = dtype.dtype();
+    let expected = t.shape.iter().product::<usize>();
+    let want = expected * out_dtype.size();
+    // A plain copy in the output's own dtype goes through as the file's bytes, skipping two conversions.
+    if let Some(src) = t.recipe.passthrough() {
+        if file.get(src).map(|i| i.dtype) == Some(out_dtype) {
+            let (_, bytes) = file.fetch_raw(src)?;
+            if bytes.len() == want {
+                *buf = bytes;
+                return Ok(());
+            }
+        }
+    }
+    buf.clear();
+    buf.reserve_exact(want);
+    t.recipe.eval_bytes(file, scratch, dtype, buf)?;
+    if buf.len() != want {
+        return Err(Error::Length {
+            name: t.name.clone(),
+            shape: t.shape.clone(),
+            expected,
+            found: buf.len() / out_dtype.size(),
+        });
+    }
+    Ok(())
 }
 
 /// Writes a small file through a temporary sibling and a rename, so readers never see half of it.

@@ -65,6 +65,10 @@ pub enum Error {
     #[error("tensor {name}: size overflows ({what})")]
     Overflow { name: String, what: &'static str },
 
+    /// The worker computing tensors stopped without an error of its own (it panicked): a bug in vitconv.
+    #[error("tensor {name}: the conversion worker stopped unexpectedly (a bug in vitconv; please report it)")]
+    Worker { name: String },
+
     /// The source returned a different number of values than its shape announced.
     #[error("tensor {name}: read {found} values, its shape {shape:?} holds {expected}")]
     Length {
