@@ -382,3 +382,25 @@ def test_bfloat16_source_to_bfloat16_output_is_bit_exact(tmp_path):
     assert np.array_equal(sd["norm.weight"].view(torch.int16).numpy().view(np.uint16), raw)
     kernel = src["Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel"].view(np.uint16)
     assert np.array_equal(sd["blocks.0.mlp.fc1.weight"].view(torch.int16).numpy().view(np.uint16), kernel.T)
+
+
+def test_linen_block_names_convert_like_the_published_ones(tmp_path):
+    """Files written by the linen port name the block modules differently; the result must not change."""
+    src = np.load(source("vit-token"))
+    renames = {"MultiHeadDotProductAttention_1": "MultiHeadDotProductAttention_0",
+               "LayerNorm_2": "LayerNorm_1", "MlpBlock_3": "MlpBlock_0"}
+
+    def rename(key):
+        for old, new in renames.items():
+            key = key.replace(old, new)
+        return key
+
+    linen = tmp_path / "linen.npz"
+    np.savez(linen, **{rename(k): src[k] for k in src.files})
+    out = tmp_path / "linen.pt"
+    run = subprocess.run([str(BINARY), "npz-to-pt", str(linen), str(out), "--layout", "timm", "--quiet"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    model, meta = timm_model(out)
+    logits = model(nchw(golden("vit-token", "input.npy"))).numpy()
+    assert max_diff(logits, golden("vit-token", "logits.npy")) < TOL_FLAX
