@@ -138,16 +138,33 @@ for model in $MODELS; do
     continue
   fi
   t0=$SECONDS
-  if [ -f scripts/make_random_checkpoint.py ]; then
-    timeout 180 python3 scripts/make_random_checkpoint.py "$shapes" "$npz" >>"$OUT/logs/random.log" 2>&1
-  else
-    timeout 180 python3 - "$shapes" "$npz" <<'PY' >>"$OUT/logs/random.log" 2>&1
-import json, sys, numpy as np
+  # Not scripts/make_random_checkpoint.py: its N(0, 0.02) everywhere (LayerNorm scales
+  # included) shrinks every activation to ~1e-3, where float rounding says nothing about a
+  # real model. Here kernels get std 1/sqrt(fan_in), norm scales 1 + N(0, 0.02), the rest
+  # N(0, 0.02), so activations and logits are of order one, as in trained checkpoints.
+  # Written one array at a time like np.savez does, so ViT-H needs one tensor of memory.
+  timeout 240 python3 - "$shapes" "$npz" <<'PY' >>"$OUT/logs/random.log" 2>&1
+import json, sys, zipfile
+import numpy as np
 spec = json.load(open(sys.argv[1]))
 rng = np.random.default_rng(0)
-np.savez(sys.argv[2], **{k: (rng.standard_normal(tuple(s), dtype=np.float32) * 0.02) for k, s in spec["tensors"].items()})
+with zipfile.ZipFile(sys.argv[2], "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+    for key, shape in spec["tensors"].items():
+        shape = tuple(shape)
+        a = rng.standard_normal(shape, dtype=np.float32)
+        leaf = key.rsplit("/", 1)[-1]
+        if leaf == "kernel":
+            qkv = key.split("/")[-2] in ("query", "key", "value")
+            fan_in = shape[0] if qkv else int(np.prod(shape[:-1]))
+            a *= np.float32(1.0 / np.sqrt(fan_in))
+        elif leaf == "scale":
+            a = 1.0 + 0.02 * a
+        else:
+            a *= np.float32(0.02)
+        with zf.open(key + ".npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array(f, a.astype(np.float32, copy=False), allow_pickle=False)
+print(f"wrote {sys.argv[2]}: {len(spec['tensors'])} tensors")
 PY
-  fi
   if [ ! -f "$npz" ]; then
     say "  $model: could not build the random checkpoint (see logs/random.log)"
     continue

@@ -1,9 +1,11 @@
 //! How far two outputs are apart: the metrics of the report and the pass rule.
 //!
-//! The pass rule is `max_abs_diff <= tolerance * max(1, max|reference|)`: an absolute
-//! bound for outputs of order one (the golden models' logits are about 1.5), relative
-//! for large ones, so a full-size model with logits in the tens is held to the same
-//! number of correct digits.
+//! The pass rule has two parts. `max_abs_diff <= tolerance * max(1, max|reference|)`: an
+//! absolute bound for outputs of order one (the golden models' logits are about 1.5),
+//! relative for large ones, so a full-size model with logits in the tens is held to the
+//! same number of correct digits. And `cosine >= 1 - tolerance` for every sample: a
+//! scale-free check, so that outputs much smaller than one (a model whose norms shrink
+//! everything) cannot slip a wrong mapping under the absolute bound.
 
 /// The comparison of one output (logits or pooled features), target against reference.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -48,17 +50,20 @@ pub fn compare(target: &[f64], reference: &[f64], batch: usize, tolerance: f64) 
     #[allow(clippy::cast_precision_loss)]
     let (count, rows) = (reference.len() as f64, batch as f64);
     let mut cos_sum = 0.0;
+    let mut min_cos = f64::INFINITY;
     let mut top1 = 0usize;
     let mut top5 = 0.0;
     for (t, r) in target.chunks(n).zip(reference.chunks(n)) {
         let dot: f64 = t.iter().zip(r).map(|(a, b)| a * b).sum();
         let nt: f64 = t.iter().map(|a| a * a).sum::<f64>().sqrt();
         let nr: f64 = r.iter().map(|a| a * a).sum::<f64>().sqrt();
-        cos_sum += if nt > 0.0 && nr > 0.0 {
+        let cos = if nt > 0.0 && nr > 0.0 {
             dot / (nt * nr)
         } else {
             f64::from(u8::from(nt == nr))
         };
+        cos_sum += cos;
+        min_cos = min_cos.min(cos);
         let (tt, rt) = (top_k(t, 5), top_k(r, 5));
         if tt.first() == rt.first() {
             top1 += 1;
@@ -83,7 +88,7 @@ pub fn compare(target: &[f64], reference: &[f64], batch: usize, tolerance: f64) 
         top1_agreement,
         top5_overlap: top5 / rows,
         bound,
-        within: !nan && max_abs <= bound,
+        within: !nan && max_abs <= bound && min_cos >= 1.0 - tolerance,
     })
 }
 
@@ -135,6 +140,14 @@ mod tests {
         assert_eq!(m.top1_agreement, 0.0);
         assert!(!m.within);
         assert!(m.cosine < 0.9);
+    }
+
+    #[test]
+    fn small_outputs_are_held_by_their_direction() {
+        // Outputs of 1e-5 are under the absolute bound whatever they are; the cosine is not.
+        let m = compare(&[1e-5, 0.0], &[0.0, 1e-5], 1, 1e-4).expect("same shape");
+        assert!(m.max_abs_diff <= m.bound);
+        assert!(!m.within);
     }
 
     #[test]

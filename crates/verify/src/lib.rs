@@ -113,7 +113,7 @@ pub struct Report {
     pub features: Option<Metrics>,
     /// The reference against `--expect`.
     pub expect: Option<Metrics>,
-    /// Wall time of one forward, after a warm-up forward.
+    /// Mean wall time of one forward, after a warm-up forward.
     pub reference_ms: f64,
     pub target_ms: f64,
     pub input_norm: InputNorm,
@@ -377,14 +377,28 @@ fn check_architecture(opts: &Options, src: &SourceArch, target: &target::Target)
     Ok(t.grid)
 }
 
-/// Runs `f` once to warm up (first CUDA kernels, weight uploads), then times a second run.
+/// Least wall time spent timing one forward, so that small models are timed over many runs.
+const TIMING_MIN_MS: f64 = 200.0;
+/// Most timed runs of one forward.
+const TIMING_MAX_RUNS: u32 = 20;
+
+/// Runs `f` once to warm up (first CUDA kernels, weight uploads), then times further runs until
+/// [`TIMING_MIN_MS`] have passed or [`TIMING_MAX_RUNS`] were made; returns the last output and
+/// the mean time of one run in milliseconds.
 fn timed<T>(device: Device, f: impl Fn() -> Result<T>) -> Result<(T, f64)> {
     let _ = f()?;
     sync(device);
     let start = Instant::now();
-    let out = f()?;
-    sync(device);
-    Ok((out, start.elapsed().as_secs_f64() * 1e3))
+    let mut runs = 0u32;
+    loop {
+        let out = f()?;
+        sync(device);
+        runs += 1;
+        let total = start.elapsed().as_secs_f64() * 1e3;
+        if total >= TIMING_MIN_MS || runs >= TIMING_MAX_RUNS {
+            return Ok((out, total / f64::from(runs)));
+        }
+    }
 }
 
 fn sync(device: Device) {
