@@ -574,6 +574,67 @@ fn a_failing_run_prints_the_table_and_says_fail() {
     }
 }
 
+#[test]
+fn decoded_images_reach_both_sides_normalised_their_way() {
+    let dir = scratch();
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images).expect("mkdir");
+    // Non-square pictures: the verifier resizes the shorter side and centre-crops.
+    for (i, (w, h)) in [(80u32, 64u32), (64, 96)].into_iter().enumerate() {
+        let pixels: Vec<u8> = (0..w * h * 3)
+            .map(|k| ((k * 37 + i as u32 * 101) % 251) as u8)
+            .collect();
+        std::fs::write(images.join(format!("{i}.png")), png_rgb(w, h, &pixels))
+            .expect("writes png");
+    }
+    let dir_arg = images.display().to_string();
+    // open_clip declares CLIP's mean/std (the default --input-norm clip), timm the source's own.
+    for (layout, name) in [("timm", "t.pt"), ("open_clip", "oc.pt")] {
+        let out = dir.path().join(name);
+        convert("vit-token/checkpoint.npz", &out, layout, &[]);
+        let r = assert_passes("vit-token/checkpoint.npz", &out, &["--images", &dir_arg]);
+        assert_eq!(num(&r, &["batch"]), 2.0, "{r}");
+        let mean = r["input_norm"]["mean"][0].as_f64().expect("mean");
+        assert_eq!(mean == 0.5, layout == "timm", "{r}");
+    }
+}
+
+/// An 8-bit RGB PNG with stored (uncompressed) deflate blocks.
+fn png_rgb(w: u32, h: u32, rgb: &[u8]) -> Vec<u8> {
+    let mut raw = Vec::new();
+    for row in rgb.chunks((w * 3) as usize) {
+        raw.push(0); // filter: none
+        raw.extend(row);
+    }
+    let mut z = vec![0x78, 0x01];
+    let blocks: Vec<&[u8]> = raw.chunks(65_535).collect();
+    for (i, block) in blocks.iter().enumerate() {
+        z.push(u8::from(i + 1 == blocks.len()));
+        z.extend((block.len() as u16).to_le_bytes());
+        z.extend((!(block.len() as u16)).to_le_bytes());
+        z.extend(*block);
+    }
+    let (mut a, mut b) = (1u32, 0u32);
+    for &x in &raw {
+        a = (a + u32::from(x)) % 65_521;
+        b = (b + a) % 65_521;
+    }
+    z.extend(((b << 16) | a).to_be_bytes());
+    let mut ihdr = Vec::new();
+    ihdr.extend(w.to_be_bytes());
+    ihdr.extend(h.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]);
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    for (kind, data) in [(b"IHDR", ihdr), (b"IDAT", z), (b"IEND", Vec::new())] {
+        png.extend((data.len() as u32).to_be_bytes());
+        let mut body = kind.to_vec();
+        body.extend(&data);
+        png.extend(&body);
+        png.extend(crc32(&body).to_be_bytes());
+    }
+    png
+}
+
 // ---- bad input: exit 2, one line ----
 
 #[test]
