@@ -475,3 +475,64 @@ pub(crate) fn side_file(path: &Path, suffix: &str) -> PathBuf {
     s.push(suffix);
     PathBuf::from(s)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_norm_maps_source_pixels_to_nchw_in_the_declared_space() {
+        let clip = InputNorm {
+            name: "clip".into(),
+            mean: [0.48145466, 0.4578275, 0.40821073],
+            std: [0.26862954, 0.26130258, 0.27577711],
+        };
+        // One 1x2 NHWC image: pixel 0 all -1 (black), pixel 1 all +1 (white).
+        let x = Tensor::from_slice(&[-1.0f32, -1.0, -1.0, 1.0, 1.0, 1.0]).reshape([1, 1, 2, 3]);
+        let y = clip.apply(&x).expect("applies");
+        assert_eq!(y.size(), vec![1, 3, 1, 2]);
+        for c in 0..3 {
+            let black = y.double_value(&[0, c, 0, 0]);
+            let white = y.double_value(&[0, c, 0, 1]);
+            let (m, s) = (clip.mean[c as usize], clip.std[c as usize]);
+            assert!((black - (0.0 - m) / s).abs() < 1e-5, "channel {c}: {black}");
+            assert!((white - (1.0 - m) / s).abs() < 1e-5, "channel {c}: {white}");
+        }
+        let unit = InputNorm::unit().apply(&x).expect("applies");
+        assert!(
+            unit.permute([0, 2, 3, 1]).equal(&x),
+            "unit norm is the source's own space"
+        );
+    }
+
+    #[test]
+    fn the_resize_method_comes_from_config_or_notes() {
+        let mut c = DeclaredConfig {
+            notes: Some("position embedding grid resized from 4x4 to 6x6 (96 px) with --resize bilinear; class-token row unchanged".into()),
+            ..DeclaredConfig::default()
+        };
+        assert_eq!(c.resize_method().as_deref(), Some("bilinear"));
+        c.resize = Some("vit-jax".into());
+        assert_eq!(c.resize_method().as_deref(), Some("vit-jax"));
+        assert_eq!(DeclaredConfig::default().resize_method(), None);
+    }
+
+    #[test]
+    fn layouts_parse_by_their_metadata_names() {
+        for l in [Layout::Timm, Layout::Hf, Layout::OpenClip, Layout::Clip] {
+            assert_eq!(Layout::parse(l.as_str()), Some(l));
+        }
+        assert_eq!(Layout::parse("keras"), None);
+    }
+
+    #[test]
+    fn fused_qkv_splits_in_q_k_v_order() {
+        let w = Tensor::arange(6 * 2, (Kind::Float, Device::Cpu)).reshape([6, 2]);
+        let b = Tensor::arange(6, (Kind::Float, Device::Cpu));
+        let [q, k, v] = split_qkv(&w, &b).expect("splits");
+        assert_eq!(q.1.double_value(&[0]), 0.0);
+        assert_eq!(k.1.double_value(&[0]), 2.0);
+        assert_eq!(v.1.double_value(&[1]), 5.0);
+        assert_eq!(k.0.double_value(&[0, 0]), 4.0);
+    }
+}
