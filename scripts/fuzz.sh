@@ -110,7 +110,9 @@ for t in "${targets[@]}"; do
     echo "== $t: ${seconds}s" >&2
     # Allocation limits make a large allocation a finding rather than a slow pass.
     set +e
-    cargo fuzz run -O --fuzz-dir fuzz "$t" "$corpus/$t" "${extra[@]}" -- \
+    # -a: debug assertions and overflow checks, so unchecked arithmetic on parsed sizes is a
+    # finding rather than a silent wrap.
+    cargo fuzz run -O -a --fuzz-dir fuzz "$t" "$corpus/$t" "${extra[@]}" -- \
         -max_total_time="$seconds" -max_len="$(max_len "$t")" -timeout=10 \
         -rss_limit_mb=2048 -malloc_limit_mb=1536 -print_final_stats=1 \
         -artifact_prefix="fuzz/artifacts/$t/" 2>&1 | tee "$log" | grep -E '^#[0-9]+[[:space:]]+(DONE|INITED)|ERROR|SUMMARY|panicked' >&2
