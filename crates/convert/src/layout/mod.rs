@@ -294,6 +294,8 @@ impl<'a> Prepared<'a> {
             "layer_norm_eps": ln_eps,
             "ln_pre": ln_pre,
             "input_norm": {"name": self.norm.as_str(), "mean": self.norm.mean(), "std": self.norm.std()},
+            // How the position embedding was resampled, when the output's grid differs from the source's.
+            "resize": (self.grid != a.grid).then(|| self.opts.resize.as_str()),
             "resnet": a.resnet.as_ref().map(|r| json!({"stages": r.stages, "width": r.width})),
             "head": head,
             "head_bias": head_bias,

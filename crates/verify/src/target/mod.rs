@@ -110,11 +110,8 @@ pub struct DeclaredConfig {
     pub head_bias: Option<Vec<f32>>,
     /// The element type the weights were written in (`f32`, `f16`, `bf16`).
     pub dtype: Option<String>,
-    /// How the position embedding was resampled, where the converter says so.
+    /// How the position embedding was resampled (`vit-jax`, `bilinear`, `bicubic`), when it was.
     pub resize: Option<String>,
-    /// `vitconv.notes`, the converter's account of what it did.
-    #[serde(skip)]
-    pub notes: Option<String>,
 }
 
 impl DeclaredConfig {
@@ -123,29 +120,18 @@ impl DeclaredConfig {
         path: &Path,
         metadata: &std::collections::BTreeMap<String, String>,
     ) -> Result<DeclaredConfig> {
-        let mut config: DeclaredConfig = match metadata.get("vitconv.config") {
+        match metadata.get("vitconv.config") {
             Some(text) => serde_json::from_str(text).map_err(|e| Error::Unreadable {
                 path: path.to_path_buf(),
                 reason: format!("metadata vitconv.config is not the expected JSON object: {e}"),
-            })?,
-            None => DeclaredConfig::default(),
-        };
-        config.notes = metadata.get("vitconv.notes").cloned();
-        Ok(config)
+            }),
+            None => Ok(DeclaredConfig::default()),
+        }
     }
 
-    /// The resampling method of a resized position embedding: `resize` when declared, else
-    /// the `--resize METHOD` the converter's notes mention.
+    /// The resampling method of a resized position embedding, as `vitconv.config` declares it.
     pub fn resize_method(&self) -> Option<String> {
-        if let Some(r) = &self.resize {
-            return Some(r.clone());
-        }
-        let (_, rest) = self.notes.as_deref()?.split_once("--resize ")?;
-        let method: String = rest
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
-            .collect();
-        (!method.is_empty()).then_some(method)
+        self.resize.clone()
     }
 
     /// The declared GELU, or `default` when none is declared.
@@ -506,14 +492,10 @@ mod tests {
     }
 
     #[test]
-    fn the_resize_method_comes_from_config_or_notes() {
-        let mut c = DeclaredConfig {
-            notes: Some("position embedding grid resized from 4x4 to 6x6 (96 px) with --resize bilinear; class-token row unchanged".into()),
-            ..DeclaredConfig::default()
-        };
+    fn the_resize_method_comes_from_config() {
+        let c: DeclaredConfig =
+            serde_json::from_str(r#"{"resize": "bilinear"}"#).expect("parses");
         assert_eq!(c.resize_method().as_deref(), Some("bilinear"));
-        c.resize = Some("vit-jax".into());
-        assert_eq!(c.resize_method().as_deref(), Some("vit-jax"));
         assert_eq!(DeclaredConfig::default().resize_method(), None);
     }
 
