@@ -52,6 +52,16 @@ pub enum Error {
         detail: String,
     },
 
+    /// A zip member whose bytes do not hash to the CRC-32 its directory entry records.
+    #[error("{}{}: CRC-32 mismatch in zip member `{member}`: the directory records {expected:#010x}, the data hashes to {found:#010x} (the file is corrupt: re-download or re-export it)", .path.display(), tensor_part(.tensor))]
+    Crc {
+        path: PathBuf,
+        tensor: String,
+        member: String,
+        expected: u32,
+        found: u32,
+    },
+
     /// An `.npy` header that cannot be parsed.
     #[error("{}{}: bad .npy header: {detail}", .path.display(), tensor_part(.tensor))]
     NpyHeader {

@@ -5,21 +5,27 @@
 //!   loading tensor data; [`TensorFile::read`] returns one tensor's bytes on demand,
 //!   little-endian and in C (row-major) order whatever the file stored;
 //!   [`TensorFile::read_chunked`] streams it through a small buffer instead.
-//! - [`Writer`] writes `.safetensors`, `.pt` or `.npz` one tensor at a time into a
+//! - [`TensorFile::column_bands`] reads a large matrix a band of columns at a time
+//!   (positional reads, bounded memory), for writing its transpose.
+//! - [`Writer`] writes `.safetensors`, `.pt` or `.npz` one tensor (or part) at a time into a
 //!   temporary file beside the target and renames it into place only in [`Writer::finish`].
 //!
-//! Module map: `npy` (array headers), `npz` (zip directory, `.npy` members),
-//! `safetensors_io`, `pickle` (allowlist unpickler and state-dict pickler), `pt` (torch
+//! Module map: `bands` (column bands), `npy` (array headers), `npz` (zip directory, `.npy` members),
+//! `pending` (temporaries to remove on an interrupt), `safetensors_io`, `pickle` (allowlist unpickler and state-dict pickler), `pt` (torch
 //! archives), `source` (where bytes live, positional reads), `zip_writer`, `writer`.
 
+mod bands;
 mod dtype;
 mod error;
+pub mod names;
 mod npy;
 mod npz;
+mod pending;
 mod pickle;
 mod pt;
 mod safetensors_io;
 mod source;
+mod stats;
 mod writer;
 mod zip_writer;
 
@@ -48,8 +54,14 @@ pub mod fuzzing {
     }
 }
 
+pub use bands::ColumnBands;
 pub use dtype::DType;
 pub use error::{Error, Result};
+pub use pending::{
+    create_registered, finish_registered, register_temporary, remove_pending_temporaries,
+    TemporaryGuard,
+};
+pub use stats::TensorStats;
 pub use writer::Writer;
 
 use std::collections::{BTreeMap, HashMap};
@@ -172,6 +184,8 @@ impl TensorFile {
                 start: header.data_offset,
                 layout,
                 byteswap: header.byteswap,
+                // A bare `.npy` has no checksum to verify.
+                crc: None,
             };
             let info = TensorInfo {
                 name,

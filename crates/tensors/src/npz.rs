@@ -14,7 +14,7 @@ use zip::result::ZipError;
 use zip::CompressionMethod;
 
 use crate::npy;
-use crate::source::{self, Base, Location};
+use crate::source::{self, Base, Location, MemberCrc};
 use crate::{Error, Result, TensorInfo};
 
 /// One entry of a zip's central directory, as far as this crate cares.
@@ -22,6 +22,8 @@ use crate::{Error, Result, TensorInfo};
 pub(crate) struct ZipEntry {
     pub name: String,
     pub base: Base,
+    /// The CRC-32 of the member's decoded bytes, as the central directory records it.
+    pub crc32: u32,
 }
 
 /// Buffer for reading the central directory and local headers.
@@ -100,7 +102,11 @@ pub(crate) fn read_directory(path: &Path, file: &File, file_len: u64) -> Result<
                 ))
             }
         };
-        entries.push(ZipEntry { name, base });
+        entries.push(ZipEntry {
+            name,
+            base,
+            crc32: entry.crc32(),
+        });
     }
     Ok(entries)
 }
@@ -134,6 +140,11 @@ pub(crate) fn open(
             start: header.data_offset,
             layout,
             byteswap: header.byteswap,
+            // The member is the `.npy` header plus the data, so a full read covers all of it.
+            crc: Some(MemberCrc {
+                member: entry.name.clone(),
+                crc32: entry.crc32,
+            }),
         };
         check_exact_size(path, &info, &loc)?;
         infos.push(info);

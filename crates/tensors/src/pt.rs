@@ -15,7 +15,7 @@ use std::path::Path;
 
 use crate::npz::ZipEntry;
 use crate::pickle::{self, contiguous_strides};
-use crate::source::{self, Base, Layout, Location};
+use crate::source::{self, Base, Layout, Location, MemberCrc};
 use crate::{Error, Result, TensorInfo};
 
 /// The record, beside `data.pkl`, that holds vitconv's metadata map as a JSON object.
@@ -62,6 +62,16 @@ fn read_record(path: &Path, file: &File, entry: &ZipEntry, limit: u64) -> Result
         .map_err(|e| Error::zip(path, "", format!("reading record `{}`: {e}", entry.name)))?;
     if out.len() as u64 != len {
         return Err(Error::truncated(path, "", 0, len, out.len() as u64));
+    }
+    let found = crc32fast::hash(&out);
+    if found != entry.crc32 {
+        return Err(Error::Crc {
+            path: path.to_path_buf(),
+            tensor: String::new(),
+            member: entry.name.clone(),
+            expected: entry.crc32,
+            found,
+        });
     }
     Ok(out)
 }
@@ -199,6 +209,11 @@ pub(crate) fn open(path: &Path, file: &File, entries: &[ZipEntry]) -> Result<Ope
             start,
             layout,
             byteswap: big_endian,
+            // Only a storage that fills its whole record can be checked against the record's CRC-32.
+            crc: (record_len == storage_bytes).then(|| MemberCrc {
+                member: entry.name.clone(),
+                crc32: entry.crc32,
+            }),
         });
     }
     Ok(Opened {

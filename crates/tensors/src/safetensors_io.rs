@@ -139,6 +139,8 @@ pub(crate) fn open(path: &Path, file: &File, file_len: u64) -> Result<Opened> {
             start: 0,
             layout: Layout::C,
             byteswap: false,
+            // safetensors has no checksum to verify.
+            crc: None,
         });
         infos.push(TensorInfo {
             name,

@@ -58,6 +58,64 @@ pub(crate) struct Location {
     pub layout: Layout,
     /// Whether the file stores elements big-endian.
     pub byteswap: bool,
+    /// The zip member's recorded CRC-32, where `base` is a whole zip member; `None` for
+    /// flat files (safetensors, `.npy`) and for `.pt` storages that fill only part of their record.
+    pub crc: Option<MemberCrc>,
+}
+
+/// The CRC-32 a zip directory records for one member, checked by every read that covers
+/// the whole member (APPNOTE 4.4.7: the CRC of the uncompressed data).
+#[derive(Debug, Clone)]
+pub(crate) struct MemberCrc {
+    /// The member's name in the archive, for the error message.
+    pub member: String,
+    pub crc32: u32,
+}
+
+/// Most bytes ahead of a tensor's data within its member (an `.npy` header) that a read
+/// also fetches so it can check the member's CRC-32; numpy headers are a few hundred bytes.
+const MAX_CRC_PREFIX: u64 = 1 << 20;
+
+/// Bytes hashed per read call while checking a CRC: the data is hashed while still in cache.
+const CRC_PIECE: usize = 256 * 1024;
+
+/// The CRC to check for a read of `span` bytes at `loc.start`: only a read that reaches the
+/// member's end from at most [`MAX_CRC_PREFIX`] bytes after its start covers the whole member.
+pub(crate) fn crc_to_check(loc: &Location, span: u64) -> Option<&MemberCrc> {
+    let crc = loc.crc.as_ref()?;
+    let covers = loc.start <= MAX_CRC_PREFIX && loc.start.checked_add(span) == Some(loc.base.len());
+    covers.then_some(crc)
+}
+
+/// A reader that hashes everything read through it, in cache-sized pieces.
+struct CrcRead<'h, R> {
+    inner: R,
+    hasher: &'h mut crc32fast::Hasher,
+}
+
+impl<R: Read> Read for CrcRead<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = buf.len().min(CRC_PIECE);
+        let piece = buf.get_mut(..want).unwrap_or_default();
+        let n = self.inner.read(piece)?;
+        self.hasher.update(piece.get(..n).unwrap_or_default());
+        Ok(n)
+    }
+}
+
+/// Compares a finished hash with the member's recorded CRC-32.
+pub(crate) fn check_crc(path: &Path, tensor: &str, crc: &MemberCrc, found: u32) -> Result<()> {
+    if found == crc.crc32 {
+        Ok(())
+    } else {
+        Err(Error::Crc {
+            path: path.to_path_buf(),
+            tensor: tensor.to_string(),
+            member: crc.member.clone(),
+            expected: crc.crc32,
+            found,
+        })
+    }
 }
 
 /// Column-major (Fortran) element strides for `shape`, or `None` on overflow.
@@ -275,7 +333,13 @@ pub(crate) fn entry_reader<'a>(
 }
 
 /// Maps an I/O error from reading a tensor to the crate's error, turning an early end into `Truncated`.
-fn read_error(path: &Path, tensor: &str, offset: u64, expected: u64, err: io::Error) -> Error {
+pub(crate) fn read_error(
+    path: &Path,
+    tensor: &str,
+    offset: u64,
+    expected: u64,
+    err: io::Error,
+) -> Error {
     if err.kind() == io::ErrorKind::UnexpectedEof {
         Error::truncated(path, tensor, offset, expected, 0)
     } else if err.kind() == io::ErrorKind::InvalidInput || err.kind() == io::ErrorKind::InvalidData
@@ -286,14 +350,58 @@ fn read_error(path: &Path, tensor: &str, offset: u64, expected: u64, err: io::Er
     }
 }
 
-/// Reads `span` bytes starting `start` bytes into the entry.
-fn fetch(
-    file: &File,
+/// Opens the `span` bytes that start `start` bytes into the entry as a reader; returns it
+/// with the file offset to name in errors.
+///
+/// With `hasher`, the reader starts at the entry's first byte and hashes the `start` bytes
+/// it skips as well as the span, so a read reaching the entry's end has hashed all of it.
+fn open_span<'a>(
+    file: &'a File,
     path: &Path,
     tensor: &str,
     base: &Base,
     start: u64,
     span: u64,
+    hasher: Option<&'a mut crc32fast::Hasher>,
+) -> Result<(Box<dyn Read + 'a>, u64)> {
+    let (offset, plain_stored) = match *base {
+        Base::Stored { offset, .. } => (offset, hasher.is_none()),
+        Base::Deflate { offset, .. } => (offset, false),
+    };
+    if plain_stored {
+        let at = offset.saturating_add(start);
+        return Ok((Box::new(RangeReader::new(file, at, span)), at));
+    }
+    let entry = entry_reader(file, base, INFLATE_BUF);
+    let mut reader: Box<dyn Read + 'a> = match hasher {
+        Some(hasher) => Box::new(CrcRead {
+            inner: entry,
+            hasher,
+        }),
+        None => entry,
+    };
+    let skipped = io::copy(&mut (&mut reader).take(start), &mut io::sink())
+        .map_err(|e| read_error(path, tensor, offset, span, e))?;
+    if skipped != start {
+        return Err(Error::truncated(
+            path,
+            tensor,
+            offset,
+            start.saturating_add(span),
+            skipped,
+        ));
+    }
+    Ok((Box::new(reader.take(span)), offset))
+}
+
+/// Reads `span` bytes starting `start` bytes into the entry, checking `crc` over the whole entry when given.
+fn fetch(
+    file: &File,
+    path: &Path,
+    tensor: &str,
+    loc: &Location,
+    span: u64,
+    crc: Option<&MemberCrc>,
 ) -> Result<Vec<u8>> {
     // The span was validated against the entry at open time, and the entry against
     // the file's length (or, for deflate, against the most its compressed bytes can
@@ -303,37 +411,33 @@ fn fetch(
     // Reading into spare capacity (`read_to_end`) skips zero-filling a buffer that is
     // about to be overwritten, which is measurable when `--stats` reads a whole checkpoint.
     let mut buf = Vec::with_capacity(len);
-    let (mut reader, at): (Box<dyn Read + '_>, u64) = match *base {
-        Base::Stored { offset, .. } => {
-            let at = offset.saturating_add(start);
-            (Box::new(RangeReader::new(file, at, span)), at)
+    let mut hasher = crc32fast::Hasher::new();
+    {
+        let (mut reader, at) = open_span(
+            file,
+            path,
+            tensor,
+            &loc.base,
+            loc.start,
+            span,
+            crc.is_some().then_some(&mut hasher),
+        )?;
+        reader
+            .read_to_end(&mut buf)
+            .map_err(|e| read_error(path, tensor, at, span, e))?;
+        if buf.len() as u64 != span {
+            return Err(Error::truncated(path, tensor, at, span, buf.len() as u64));
         }
-        Base::Deflate { offset, .. } => {
-            let mut reader = entry_reader(file, base, INFLATE_BUF);
-            let skipped = io::copy(&mut (&mut reader).take(start), &mut io::sink())
-                .map_err(|e| read_error(path, tensor, offset, span, e))?;
-            if skipped != start {
-                return Err(Error::truncated(
-                    path,
-                    tensor,
-                    offset,
-                    start.saturating_add(span),
-                    skipped,
-                ));
-            }
-            (Box::new(reader.take(span)), offset)
-        }
-    };
-    reader
-        .read_to_end(&mut buf)
-        .map_err(|e| read_error(path, tensor, at, span, e))?;
-    if buf.len() as u64 != span {
-        return Err(Error::truncated(path, tensor, at, span, buf.len() as u64));
+    }
+    if let Some(crc) = crc {
+        check_crc(path, tensor, crc, hasher.finalize())?;
     }
     Ok(buf)
 }
 
 /// Reads one tensor: exactly `info.nbytes()` bytes, little-endian, C order.
+///
+/// A tensor that fills its zip member is checked against the member's CRC-32 on the way.
 pub(crate) fn read_tensor(
     file: &File,
     path: &Path,
@@ -341,7 +445,7 @@ pub(crate) fn read_tensor(
     loc: &Location,
 ) -> Result<Vec<u8>> {
     let span = span_of(path, info, loc)?;
-    let raw = fetch(file, path, &info.name, &loc.base, loc.start, span)?;
+    let raw = fetch(file, path, &info.name, loc, span, crc_to_check(loc, span))?;
     let mut out = match &loc.layout {
         Layout::C => raw,
         Layout::Strided(strides) => gather(path, info, &raw, strides)?,
@@ -360,6 +464,9 @@ pub(crate) fn read_tensor(
 /// Streams one tensor through `f` in pieces of at most `chunk` bytes (whole elements),
 /// reusing one buffer: memory stays at one chunk, and the data stays in cache between the
 /// read and whatever `f` computes.
+///
+/// The member's CRC-32 (where the tensor fills it) is hashed piece by piece and checked
+/// after the last piece: `f` may have seen corrupt data by then, but the call fails.
 pub(crate) fn read_tensor_chunked(
     file: &File,
     path: &Path,
@@ -377,38 +484,33 @@ pub(crate) fn read_tensor_chunked(
         return Ok(());
     }
     let span = span_of(path, info, loc)?;
-    let mut reader = match loc.base {
-        Base::Stored { offset, .. } => Box::new(RangeReader::new(
+    let crc = crc_to_check(loc, span);
+    let mut hasher = crc32fast::Hasher::new();
+    {
+        // The pieces are hashed by `CrcRead` as they are read, in cache.
+        let (mut reader, _) = open_span(
             file,
-            offset.saturating_add(loc.start),
+            path,
+            &info.name,
+            &loc.base,
+            loc.start,
             span,
-        )) as Box<dyn Read + '_>,
-        Base::Deflate { offset, .. } => {
-            let mut reader = entry_reader(file, &loc.base, INFLATE_BUF);
-            let skipped = io::copy(&mut (&mut reader).take(loc.start), &mut io::sink())
-                .map_err(|e| read_error(path, &info.name, offset, span, e))?;
-            if skipped != loc.start {
-                return Err(Error::truncated(
-                    path,
-                    &info.name,
-                    offset,
-                    loc.start.saturating_add(span),
-                    skipped,
-                ));
-            }
-            Box::new(reader.take(span))
+            crc.is_some().then_some(&mut hasher),
+        )?;
+        let mut buf = vec![0u8; usize::try_from(span).map_or(chunk, |s| s.min(chunk))];
+        let mut left = span;
+        while left > 0 {
+            let n = usize::try_from(left).map_or(buf.len(), |l| l.min(buf.len()));
+            let piece = buf.get_mut(..n).unwrap_or_default();
+            reader
+                .read_exact(piece)
+                .map_err(|e| read_error(path, &info.name, span.saturating_sub(left), span, e))?;
+            f(piece);
+            left = left.saturating_sub(n as u64);
         }
-    };
-    let mut buf = vec![0u8; usize::try_from(span).map_or(chunk, |s| s.min(chunk))];
-    let mut left = span;
-    while left > 0 {
-        let n = usize::try_from(left).map_or(buf.len(), |l| l.min(buf.len()));
-        let piece = buf.get_mut(..n).unwrap_or_default();
-        reader
-            .read_exact(piece)
-            .map_err(|e| read_error(path, &info.name, span.saturating_sub(left), span, e))?;
-        f(piece);
-        left = left.saturating_sub(n as u64);
+    }
+    if let Some(crc) = crc {
+        check_crc(path, &info.name, crc, hasher.finalize())?;
     }
     Ok(())
 }

@@ -666,3 +666,116 @@ fn output_format_follows_the_extension() {
         assert_eq!(output_format(Path::new(name)), want, "{name}");
     }
 }
+
+/// Where a zip member lives in the archive bytes: (name, data start, data length, central header start).
+fn zip_members(bytes: &[u8]) -> Vec<(String, usize, usize, usize)> {
+    let mut archive = zip::ZipArchive::new(Cursor::new(bytes)).unwrap();
+    (0..archive.len())
+        .map(|i| {
+            let e = archive.by_index_raw(i).unwrap();
+            (
+                e.name().to_string(),
+                e.data_start() as usize,
+                e.compressed_size() as usize,
+                e.central_header_start() as usize,
+            )
+        })
+        .collect()
+}
+
+/// Offset of the CRC-32 field within a central directory header (APPNOTE 4.3.12).
+const CENTRAL_CRC_OFFSET: usize = 16;
+
+/// Asserts both read paths of `tensor` fail with a CRC mismatch naming the file, tensor and member.
+fn assert_crc_error(path: &Path, tensor: &str, member: &str) -> (u32, u32) {
+    let f = TensorFile::open(path).unwrap();
+    let whole = f.read(tensor).unwrap_err();
+    let chunked = f.read_chunked(tensor, 1000, |_| {}).unwrap_err();
+    for err in [&whole, &chunked] {
+        let msg = err.to_string();
+        assert!(msg.contains(&path.display().to_string()), "{msg}");
+        assert!(msg.contains(&format!("`{tensor}`")), "{msg}");
+        assert!(msg.contains("CRC-32"), "{msg}");
+        assert!(!msg.contains('\n'), "{msg}");
+    }
+    let (
+        Error::Crc {
+            member: m,
+            expected,
+            found,
+            ..
+        },
+        Error::Crc { found: found2, .. },
+    ) = (whole, chunked)
+    else {
+        panic!("not CRC errors");
+    };
+    assert_eq!(m, member);
+    assert_ne!(expected, found);
+    assert_eq!(found, found2, "both read paths hash the same bytes");
+    (expected, found)
+}
+
+#[test]
+fn error_crc_mismatch_in_stored_npz_and_pt_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = TensorFile::open(fixtures().join("vit-token/checkpoint.npz")).unwrap();
+    for (format, ext, member_of) in [
+        (Format::Npz, "npz", None),
+        (Format::Pt, "pt", Some("archive/data/")),
+    ] {
+        let path = dir.path().join(format!("w.{ext}"));
+        recode(&src, &path, format, BTreeMap::new());
+        let mut bytes = std::fs::read(&path).unwrap();
+        // The largest member, and the tensor stored in it.
+        let (name, start, len, _) = zip_members(&bytes).into_iter().max_by_key(|m| m.2).unwrap();
+        let tensor = match member_of {
+            None => name.strip_suffix(".npy").unwrap().to_string(),
+            Some(prefix) => {
+                let index: usize = name.strip_prefix(prefix).unwrap().parse().unwrap();
+                src.tensors()[index].name.clone()
+            }
+        };
+        // One flipped bit in the last byte of the data: every other check still passes.
+        bytes[start + len - 1] ^= 0x01;
+        let damaged = write(dir.path(), &format!("damaged.{ext}"), &bytes);
+        assert_crc_error(&damaged, &tensor, &name);
+        // Every other tensor still reads.
+        let f = TensorFile::open(&damaged).unwrap();
+        for t in f.tensors().iter().filter(|t| t.name != tensor) {
+            assert_eq!(f.read(&t.name).unwrap(), src.read(&t.name).unwrap());
+        }
+    }
+}
+
+#[test]
+fn error_crc_mismatch_in_deflated_npz() {
+    let dir = tempfile::tempdir().unwrap();
+    let original = fixtures().join("vit-token-variants/compressed.npz");
+    let bytes = std::fs::read(&original).unwrap();
+    let (name, start, len, central) = zip_members(&bytes).into_iter().max_by_key(|m| m.2).unwrap();
+    let tensor = name.strip_suffix(".npy").unwrap();
+
+    // A directory recording another CRC than the data's: the deflate stream itself is intact,
+    // so only the CRC check can notice.
+    let mut patched = bytes.clone();
+    patched[central + CENTRAL_CRC_OFFSET] ^= 0x01;
+    let path = write(dir.path(), "crc.npz", &patched);
+    let (expected, found) = assert_crc_error(&path, tensor, &name);
+    assert_eq!(expected ^ found, 0x01);
+
+    // The reported corruption: 64 bytes flipped inside the compressed stream. Whatever the
+    // inflater makes of it, the read must fail (numpy says "Bad CRC-32").
+    let mut flipped = bytes.clone();
+    for b in &mut flipped[start + len / 2..start + len / 2 + 64] {
+        *b ^= 0xFF;
+    }
+    let path = write(dir.path(), "flipped.npz", &flipped);
+    let f = TensorFile::open(&path).unwrap();
+    let err = f.read(tensor).unwrap_err();
+    assert!(
+        matches!(err, Error::Crc { .. } | Error::Zip { .. }),
+        "{err}"
+    );
+    assert!(f.read_chunked(tensor, 1 << 16, |_| {}).is_err());
+}

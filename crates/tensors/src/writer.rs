@@ -3,7 +3,8 @@
 //! Output goes to a temporary file beside the target (same directory, so the final rename
 //! is atomic on one filesystem) and is renamed into place only by [`Writer::finish`]. A
 //! writer dropped before that removes its temporary file and leaves the target untouched.
-//! Every format is streamed: the safetensors header is computed up front from the specs,
+//! Every format is streamed, and a tensor may itself arrive in parts ([`Writer::write_part`]):
+//! the safetensors header is computed up front from the specs,
 //! zip entries have their sizes known before their data, and the `.pt` pickle (which only
 //! describes the tensors) is written last, after the data.
 
@@ -49,8 +50,16 @@ pub struct Writer {
     specs: Vec<TensorSpec>,
     sizes: Vec<u64>,
     metadata: BTreeMap<String, String>,
+    /// Index of the tensor being written.
     next: usize,
+    /// Bytes of that tensor written so far by [`Writer::write_part`].
+    part: u64,
+    /// Whether that tensor's zip entry has been started (a zero-byte first part starts it too).
+    entry_open: bool,
     overwrite: bool,
+    /// The temporary file's entry in the interrupt registry; declared after `temp`, so a dropped writer
+    /// removes the file before it forgets it.
+    pending: crate::pending::TemporaryGuard,
 }
 
 impl std::fmt::Debug for Writer {
@@ -127,7 +136,10 @@ impl Writer {
         // ordinary readable output like any other the user writes.
         #[cfg(unix)]
         builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(OUTPUT_MODE));
-        let temp = builder.tempfile_in(&dir).map_err(|e| Error::io(path, e))?;
+        // Registered so that an interrupt handler can remove it (see `pending`).
+        let (temp, pending) =
+            crate::pending::create_registered(|| builder.tempfile_in(&dir), |t| t.path())
+                .map_err(|e| Error::io(path, e))?;
         let file = temp.as_file().try_clone().map_err(|e| Error::io(path, e))?;
         let out = BufWriter::with_capacity(WRITE_BUF, file);
         let sink = match format {
@@ -149,51 +161,114 @@ impl Writer {
             sizes,
             metadata,
             next: 0,
+            part: 0,
+            entry_open: false,
             overwrite,
+            pending,
         })
     }
 
     /// Writes the data of the next tensor in spec order; its length must be exactly the spec's byte count.
+    ///
+    /// The whole-tensor form of [`Writer::write_part`]; it refuses to run while a tensor is
+    /// half written.
     pub fn write_next(&mut self, data: &[u8]) -> Result<()> {
+        let (Some(spec), Some(&size)) = (self.specs.get(self.next), self.sizes.get(self.next))
+        else {
+            return Err(self.one_more());
+        };
+        if self.part != 0 || data.len() as u64 != size {
+            return Err(Error::Writer {
+                path: self.path.clone(),
+                tensor: spec.name.clone(),
+                expected: format!("{size} bytes ({} {:?})", spec.dtype, spec.shape),
+                found: if self.part != 0 {
+                    format!(
+                        "a whole tensor after {} bytes were written in parts",
+                        self.part
+                    )
+                } else {
+                    format!("{} bytes", data.len())
+                },
+            });
+        }
+        self.write_part(data)
+    }
+
+    /// Appends `data` to the current tensor (the next in spec order), which may be written in
+    /// any number of parts; once its spec's byte count is reached the writer moves on to the
+    /// next tensor by itself. A part may not run past the end of its tensor.
+    ///
+    /// Lets a caller produce a large tensor from a small buffer: `.pt` and `.npz` members are
+    /// stored zip entries whose sizes come from the specs, so the local header is written
+    /// before the first part and only its CRC-32 is patched in after the last.
+    pub fn write_part(&mut self, data: &[u8]) -> Result<()> {
         let path = self.path.clone();
         let (Some(spec), Some(&size)) = (self.specs.get(self.next), self.sizes.get(self.next))
         else {
-            return Err(Error::Writer {
-                path,
-                tensor: String::new(),
-                expected: format!("{} tensors", self.specs.len()),
-                found: "one more".into(),
-            });
+            return Err(self.one_more());
         };
-        if data.len() as u64 != size {
+        let after = self.part.saturating_add(data.len() as u64);
+        if after > size {
             return Err(Error::Writer {
                 path,
                 tensor: spec.name.clone(),
-                expected: format!("{size} bytes ({} {:?})", spec.dtype, spec.shape),
+                expected: format!(
+                    "at most {} more bytes ({} {:?})",
+                    size - self.part,
+                    spec.dtype,
+                    spec.shape
+                ),
                 found: format!("{} bytes", data.len()),
             });
         }
         let io = |e| Error::io_tensor(&path, &spec.name, e);
+        let first = self.part == 0 && !self.entry_open;
         match &mut self.sink {
             Sink::Safetensors(out) => out.write_all(data).map_err(io)?,
             Sink::Pt(zip) => {
-                let name = format!("{ARCHIVE_PREFIX}data/{}", self.next);
-                zip.start_entry(&name, size, PT_ALIGN).map_err(io)?;
+                if first {
+                    let name = format!("{ARCHIVE_PREFIX}data/{}", self.next);
+                    zip.start_entry(&name, size, PT_ALIGN).map_err(io)?;
+                }
                 zip.write_data(data).map_err(io)?;
-                zip.finish_entry().map_err(io)?;
+                if after == size {
+                    zip.finish_entry().map_err(io)?;
+                }
             }
             Sink::Npz(zip) => {
-                let header = npy::write_header(spec.dtype, &spec.shape);
-                let total = size.saturating_add(header.len() as u64);
-                zip.start_entry(&format!("{}.npy", spec.name), total, NPZ_ALIGN)
-                    .map_err(io)?;
-                zip.write_data(&header).map_err(io)?;
+                if first {
+                    let header = npy::write_header(spec.dtype, &spec.shape);
+                    let total = size.saturating_add(header.len() as u64);
+                    zip.start_entry(&format!("{}.npy", spec.name), total, NPZ_ALIGN)
+                        .map_err(io)?;
+                    zip.write_data(&header).map_err(io)?;
+                }
                 zip.write_data(data).map_err(io)?;
-                zip.finish_entry().map_err(io)?;
+                if after == size {
+                    zip.finish_entry().map_err(io)?;
+                }
             }
         }
-        self.next += 1;
+        if after == size {
+            self.next += 1;
+            self.part = 0;
+            self.entry_open = false;
+        } else {
+            self.part = after;
+            self.entry_open = true;
+        }
         Ok(())
+    }
+
+    /// The error for data offered after the last tensor.
+    fn one_more(&self) -> Error {
+        Error::Writer {
+            path: self.path.clone(),
+            tensor: String::new(),
+            expected: format!("{} tensors", self.specs.len()),
+            found: "one more".into(),
+        }
     }
 
     /// Completes the file and renames it into place; errors if tensors are missing.
@@ -208,7 +283,7 @@ impl Writer {
                     .map(|s| s.name.clone())
                     .unwrap_or_default(),
                 expected: format!("{} tensors", self.specs.len()),
-                found: format!("{} written", self.next),
+                found: format!("{} written and {} bytes of the next", self.next, self.part),
             });
         }
         let io = |e| Error::io(&path, e);
@@ -250,18 +325,94 @@ impl Writer {
         let file = out.into_inner().map_err(|e| io(e.into_error()))?;
         file.sync_all().map_err(io)?;
         drop(file);
-        if self.overwrite {
-            self.temp.persist(&path).map_err(|e| io(e.error))?;
-        } else {
-            // Refuses, atomically, a target that appeared while we were writing.
-            self.temp.persist_noclobber(&path).map_err(|e| {
-                if e.error.kind() == std::io::ErrorKind::AlreadyExists {
-                    Error::Exists { path: path.clone() }
-                } else {
-                    io(e.error)
-                }
-            })?;
-        }
+        let (temp, overwrite) = (self.temp, self.overwrite);
+        // Renamed under the interrupt registry's lock: a handler either removed the file first (and the process
+        // ends before this runs) or finds it already in place.
+        crate::pending::finish_registered(self.pending, || {
+            if overwrite {
+                temp.persist(&path).map(drop).map_err(|e| io(e.error))
+            } else {
+                // Refuses, atomically, a target that appeared while we were writing.
+                temp.persist_noclobber(&path).map(drop).map_err(|e| {
+                    if e.error.kind() == std::io::ErrorKind::AlreadyExists {
+                        Error::Exists { path: path.clone() }
+                    } else {
+                        io(e.error)
+                    }
+                })
+            }
+        })?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::Writer;
+    use crate::{DType, Error, Format, TensorFile, TensorSpec};
+
+    fn specs() -> Vec<TensorSpec> {
+        [("a", vec![2, 3]), ("empty", vec![0]), ("b", vec![5])]
+            .into_iter()
+            .map(|(name, shape)| TensorSpec {
+                name: name.into(),
+                dtype: DType::U8,
+                shape,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn parts_equal_whole_tensors_in_every_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = ([1u8, 2, 3, 4, 5, 6], [7u8, 8, 9, 10, 11]);
+        for (format, ext) in [
+            (Format::Npz, "npz"),
+            (Format::Pt, "pt"),
+            (Format::Safetensors, "safetensors"),
+        ] {
+            let whole = dir.path().join(format!("whole.{ext}"));
+            let mut w = Writer::create(&whole, format, specs(), BTreeMap::new(), false).unwrap();
+            for data in [&a[..], &[], &b[..]] {
+                w.write_next(data).unwrap();
+            }
+            w.finish().unwrap();
+
+            let parts = dir.path().join(format!("parts.{ext}"));
+            let mut w = Writer::create(&parts, format, specs(), BTreeMap::new(), false).unwrap();
+            w.write_part(&a[..1]).unwrap();
+            w.write_part(&[]).unwrap();
+            // Mixing forms inside a tensor, or a part running into the next tensor, is refused.
+            assert!(matches!(w.write_next(&a), Err(Error::Writer { .. })));
+            assert!(matches!(w.write_part(&[0; 6]), Err(Error::Writer { .. })));
+            w.write_part(&a[1..]).unwrap();
+            // `a` is complete, so the writer is at the zero-sized tensor: an empty part completes it.
+            w.write_part(&[]).unwrap();
+            w.write_part(&b[..2]).unwrap();
+            w.write_part(&b[2..]).unwrap();
+            assert!(matches!(w.write_part(&[1]), Err(Error::Writer { .. })));
+            w.finish().unwrap();
+            assert_eq!(
+                std::fs::read(&whole).unwrap(),
+                std::fs::read(&parts).unwrap(),
+                "{ext}"
+            );
+            let f = TensorFile::open(&parts).unwrap();
+            assert_eq!(f.read("a").unwrap(), a);
+            assert_eq!(f.read("b").unwrap(), b);
+        }
+    }
+
+    #[test]
+    fn finish_refuses_a_half_written_tensor() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.pt");
+        let mut w = Writer::create(&path, Format::Pt, specs(), BTreeMap::new(), false).unwrap();
+        w.write_part(&[1, 2]).unwrap();
+        let err = w.finish().unwrap_err();
+        assert!(err.to_string().contains("2 bytes of the next"), "{err}");
+        assert!(!path.exists());
     }
 }

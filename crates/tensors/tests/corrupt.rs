@@ -1,6 +1,6 @@
 //! Corrupted-file corpus: every fixture checkpoint and every format we write, truncated and
-//! bit-flipped, must give a clean one-line error (or, where only tensor values were damaged,
-//! a clean read), and never a panic, an unbounded allocation or an endless loop. Also the
+//! bit-flipped, must give a clean one-line error (or, where only tensor values of a
+//! safetensors file were damaged, a clean read; zip members fail their CRC-32), and never a panic, an unbounded allocation or an endless loop. Also the
 //! crafted hostile files: headers claiming 2^60 elements in each format, a deflate bomb, and
 //! pickles naming globals outside the allowlist.
 //!
@@ -402,6 +402,12 @@ fn torture(path: &Path, format: Format, scratch: &Path) {
             // any clean outcome will do.
             continue;
         }
+        if format != Format::Safetensors {
+            // Zip members carry a CRC-32 that every full read checks: damaged values are refused.
+            let msg = expect_failed(outcome, &format!("{label} with data byte {at} flipped"));
+            assert!(msg.contains("CRC-32"), "{label}: data flip at {at}: {msg}");
+            continue;
+        }
         let Outcome::Read(damaged) = outcome else {
             panic!("{label}: a flip at {at} in plain tensor data was refused: {outcome:?}");
         };
@@ -465,8 +471,25 @@ fn zip_bytes(members: &[Member]) -> Vec<u8> {
     for m in members {
         let offset = out.len() as u32;
         let method: u16 = if m.deflate { 8 } else { 0 };
+        // The CRC-32 covers the uncompressed bytes the headers claim (APPNOTE 4.4.7), so a
+        // deflated member's is computed over the first `claimed` bytes it inflates to.
         let mut crc = flate2::Crc::new();
-        crc.update(m.payload);
+        if m.deflate {
+            let mut inflated = std::io::Read::take(
+                flate2::read::DeflateDecoder::new(m.payload),
+                u64::from(m.claimed),
+            );
+            let mut piece = [0u8; 1 << 16];
+            loop {
+                let n = std::io::Read::read(&mut inflated, &mut piece).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                crc.update(&piece[..n]);
+            }
+        } else {
+            crc.update(m.payload);
+        }
         let fixed = |sig: u32, buf: &mut Vec<u8>| {
             buf.extend_from_slice(&sig.to_le_bytes());
             if sig == 0x0201_4b50 {

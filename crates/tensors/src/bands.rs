@@ -1,0 +1,289 @@
+//! Column bands: a tensor read as a `[rows, row_bytes]` byte matrix, a band of columns at a time.
+//!
+//! A converter that writes the transpose of a large `[R, C]` matrix in C order needs, for
+//! each band of output rows, the same columns of every source row. Reading those slices
+//! with positional reads keeps memory at one band whatever the tensor's size. Where the
+//! data cannot be read in place (a deflated `.npz` member, a strided or byte-swapped `.pt`
+//! view) the whole tensor is read once, checked, and served from memory instead.
+//!
+//! Zip members are still checked against their CRC-32: each row's slices arrive in order,
+//! so each row keeps its own running CRC, and after the last band the rows' CRCs are joined
+//! in file order (`crc32fast::Hasher::combine`, zlib's `crc32_combine`) with the member's
+//! `.npy` header ahead of them.
+
+use crate::source::{self, Base, Layout, MemberCrc};
+use crate::{Error, Result, TensorFile};
+
+/// Where the bands come from.
+enum Source {
+    /// Data stored contiguously at `offset`: one positional read per row and band.
+    InPlace {
+        offset: u64,
+        /// The member's CRC, the hash of its bytes ahead of the data, and one running hash per row.
+        crc: Option<(MemberCrc, crc32fast::Hasher, Vec<crc32fast::Hasher>)>,
+    },
+    /// The whole tensor, read (and checked) up front.
+    Whole(Vec<u8>),
+}
+
+/// Reads one tensor as `[rows, row_bytes]` bytes, a band of columns at a time, left to right.
+///
+/// Made by [`TensorFile::column_bands`].
+pub struct ColumnBands<'f> {
+    file: &'f TensorFile,
+    name: String,
+    rows: usize,
+    row_bytes: usize,
+    /// First column (byte) of the next band.
+    next: usize,
+    source: Source,
+}
+
+impl std::fmt::Debug for ColumnBands<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ColumnBands")
+            .field("tensor", &self.name)
+            .field("rows", &self.rows)
+            .field("row_bytes", &self.row_bytes)
+            .field("next", &self.next)
+            .field("in_place", &self.in_place())
+            .finish()
+    }
+}
+
+impl TensorFile {
+    /// Prepares to read tensor `name` (little-endian, C order) as a `[rows, nbytes / rows]`
+    /// byte matrix in bands of columns; `rows` must divide its byte count.
+    ///
+    /// Uncompressed contiguous data is read in place, band by band, so memory stays at one
+    /// band; deflated members and strided views are read whole here (memory: the tensor).
+    pub fn column_bands(&self, name: &str, rows: usize) -> Result<ColumnBands<'_>> {
+        let unknown = || Error::UnknownTensor {
+            path: self.path.clone(),
+            tensor: name.to_string(),
+        };
+        let i = *self.index.get(name).ok_or_else(unknown)?;
+        let (Some(info), Some(loc)) = (self.tensors.get(i), self.locations.get(i)) else {
+            return Err(unknown());
+        };
+        let nbytes = info
+            .nbytes()
+            .ok_or_else(|| Error::shape_overflow(&self.path, name, &info.shape))?;
+        let row_bytes = nbytes.checked_div(rows).unwrap_or(0);
+        if rows == 0 || row_bytes.checked_mul(rows) != Some(nbytes) {
+            return Err(Error::Writer {
+                path: self.path.clone(),
+                tensor: name.to_string(),
+                expected: format!("a row count dividing {nbytes} bytes"),
+                found: format!("{rows} rows"),
+            });
+        }
+        let source = match loc.base {
+            Base::Stored { offset, .. } if matches!(loc.layout, Layout::C) && !loc.byteswap => {
+                let span = nbytes as u64;
+                let crc = match source::crc_to_check(loc, span) {
+                    Some(crc) => {
+                        // The bytes ahead of the data (an `.npy` header, at most `MAX_CRC_PREFIX`).
+                        let mut head = vec![0u8; usize::try_from(loc.start).unwrap_or(0)];
+                        source::read_exact_at(&self.file, &mut head, offset).map_err(|e| {
+                            source::read_error(&self.path, name, offset, loc.start, e)
+                        })?;
+                        let mut prefix = crc32fast::Hasher::new();
+                        prefix.update(&head);
+                        Some((crc.clone(), prefix, vec![crc32fast::Hasher::new(); rows]))
+                    }
+                    None => None,
+                };
+                Source::InPlace {
+                    offset: offset.saturating_add(loc.start),
+                    crc,
+                }
+            }
+            _ => Source::Whole(self.read(name)?),
+        };
+        Ok(ColumnBands {
+            file: self,
+            name: name.to_string(),
+            rows,
+            row_bytes,
+            next: 0,
+            source,
+        })
+    }
+}
+
+impl ColumnBands<'_> {
+    /// Whether bands are read from the file as asked (false: the tensor was read whole).
+    pub fn in_place(&self) -> bool {
+        matches!(self.source, Source::InPlace { .. })
+    }
+
+    /// Bytes of each row not read yet.
+    pub fn remaining(&self) -> usize {
+        self.row_bytes - self.next
+    }
+
+    /// Replaces `out` with the next `width` bytes of every row: `rows x width` bytes, row by row.
+    ///
+    /// The band that completes the rows also checks the member's CRC-32 (where the tensor
+    /// fills its zip member) and fails if it does not match.
+    pub fn read_band(&mut self, width: usize, out: &mut Vec<u8>) -> Result<()> {
+        let path = &self.file.path;
+        let end = self
+            .next
+            .checked_add(width)
+            .filter(|&e| e <= self.row_bytes)
+            .ok_or_else(|| Error::Writer {
+                path: path.clone(),
+                tensor: self.name.clone(),
+                expected: format!("at most {} more bytes per row", self.remaining()),
+                found: format!("a band of {width}"),
+            })?;
+        let total = width.saturating_mul(self.rows);
+        out.truncate(total);
+        out.resize(total, 0);
+        let (from, rows, row_bytes) = (self.next, self.rows, self.row_bytes);
+        match &mut self.source {
+            Source::Whole(all) => {
+                for (r, dst) in out.chunks_exact_mut(width.max(1)).enumerate().take(rows) {
+                    let at = r * row_bytes + from;
+                    if let Some(src) = all.get(at..at + width) {
+                        dst.copy_from_slice(src);
+                    }
+                }
+            }
+            Source::InPlace { offset, crc } => {
+                for r in 0..rows {
+                    let Some(dst) = out.get_mut(r * width..(r + 1) * width) else {
+                        break;
+                    };
+                    // Bounded by the tensor's byte count, which `open` checked against the file.
+                    let at = *offset + (r * row_bytes + from) as u64;
+                    source::read_exact_at(&self.file.file, dst, at)
+                        .map_err(|e| source::read_error(path, &self.name, at, width as u64, e))?;
+                    if let Some(h) = crc.as_mut().and_then(|(_, _, rows)| rows.get_mut(r)) {
+                        h.update(dst);
+                    }
+                }
+                if end == row_bytes {
+                    if let Some((member, mut whole, per_row)) = crc.take() {
+                        for h in &per_row {
+                            whole.combine(h);
+                        }
+                        source::check_crc(path, &self.name, &member, whole.finalize())?;
+                    }
+                }
+            }
+        }
+        self.next = end;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use crate::{DType, Error, Format, TensorFile, TensorSpec, Writer};
+
+    /// A `[rows, cols]` u8 tensor with distinct bytes, written in `format`.
+    fn matrix(
+        dir: &std::path::Path,
+        format: Format,
+        rows: usize,
+        cols: usize,
+    ) -> (TensorFile, Vec<u8>) {
+        let path = dir.join(match format {
+            Format::Pt => "m.pt",
+            _ => "m.npz",
+        });
+        let data: Vec<u8> = (0..rows * cols).map(|i| (i * 7 % 251) as u8).collect();
+        let specs = vec![TensorSpec {
+            name: "m".into(),
+            dtype: DType::U8,
+            shape: vec![rows, cols],
+        }];
+        let mut w = Writer::create(&path, format, specs, BTreeMap::new(), false).unwrap();
+        // Uneven parts exercise `write_part`.
+        for part in data.chunks(37) {
+            w.write_part(part).unwrap();
+        }
+        w.finish().unwrap();
+        (TensorFile::open(&path).unwrap(), data)
+    }
+
+    #[test]
+    fn bands_are_the_columns_of_every_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let (rows, cols) = (13, 50);
+        for format in [Format::Npz, Format::Pt] {
+            let (f, data) = matrix(dir.path(), format, rows, cols);
+            let mut bands = f.column_bands("m", rows).unwrap();
+            assert!(bands.in_place());
+            let mut out = Vec::new();
+            let mut from = 0;
+            for width in [7, 0, 20, 23] {
+                bands.read_band(width, &mut out).unwrap();
+                let want: Vec<u8> = data
+                    .chunks(cols)
+                    .flat_map(|row| row[from..from + width].to_vec())
+                    .collect();
+                assert_eq!(out, want, "{format:?} band at {from}");
+                from += width;
+            }
+            assert_eq!(bands.remaining(), 0);
+            assert!(matches!(
+                bands.read_band(1, &mut out),
+                Err(Error::Writer { .. })
+            ));
+            assert!(f.column_bands("m", 3).is_err(), "3 does not divide 650");
+        }
+    }
+
+    #[test]
+    fn the_last_band_checks_the_crc() {
+        let dir = tempfile::tempdir().unwrap();
+        let (rows, cols) = (8, 64);
+        let (f, data) = matrix(dir.path(), Format::Npz, rows, cols);
+        let path = f.path().to_path_buf();
+        drop(f);
+        let mut bytes = std::fs::read(&path).unwrap();
+        // The data ends the member; the central directory follows it.
+        let at = bytes
+            .windows(data.len())
+            .position(|w| w == data.as_slice())
+            .unwrap();
+        bytes[at + data.len() / 2] ^= 0x10;
+        let damaged = dir.path().join("damaged.npz");
+        std::fs::write(&damaged, &bytes).unwrap();
+        let f = TensorFile::open(&damaged).unwrap();
+        let mut bands = f.column_bands("m", rows).unwrap();
+        let mut out = Vec::new();
+        bands.read_band(cols / 2, &mut out).unwrap();
+        let err = bands.read_band(cols / 2, &mut out).unwrap_err();
+        assert!(matches!(err, Error::Crc { .. }), "{err}");
+    }
+
+    #[test]
+    fn deflated_members_are_served_whole() {
+        let f = TensorFile::open(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../fixtures/vit-token-variants/compressed.npz"),
+        )
+        .unwrap();
+        let t = f
+            .tensors()
+            .iter()
+            .max_by_key(|t| t.nbytes())
+            .unwrap()
+            .clone();
+        let rows = t.shape[0];
+        let whole = f.read(&t.name).unwrap();
+        let mut bands = f.column_bands(&t.name, rows).unwrap();
+        assert!(!bands.in_place());
+        let row_bytes = whole.len() / rows;
+        let mut out = Vec::new();
+        bands.read_band(row_bytes, &mut out).unwrap();
+        assert_eq!(out, whole);
+    }
+}
