@@ -138,7 +138,19 @@ impl ConvertArgs {
     }
 }
 
+/// Exit status after SIGINT or SIGTERM: 128 + SIGINT, as shells report an interrupted command.
+const INTERRUPTED: i32 = 130;
+
 pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
+    // A conversion killed half-way must leave no temporary file and an existing output untouched. The writer
+    // only renames its temporary into place when finished, so removing the pending temporaries and exiting is
+    // all a handler must do (`ctrlc` runs it on its own thread, outside the signal context).
+    ctrlc::set_handler(|| {
+        vitconv_tensors::remove_pending_temporaries();
+        eprintln!("vitconv: interrupted; removed the partial output");
+        std::process::exit(INTERRUPTED);
+    })
+    .context("installing the interrupt handler")?;
     let opts = args.options();
     let file = TensorFile::open(&args.source)?;
     let conv = vitconv_convert::prepare(&file, &opts)

@@ -405,3 +405,169 @@ fn resize_changes_the_grid_and_says_so() {
         Some(vec![1, 37, 64])
     );
 }
+
+/// Hidden width, MLP width and depth of the large model the interrupt tests convert: ~290 MB of f32, so the
+/// conversion is still running when the signal arrives.
+const BIG_DIMS: (usize, usize, usize) = (1024, 4096, 6);
+
+/// Writes a vit_jax `.npz` shaped like `vit-token/checkpoint.npz` but with [`BIG_DIMS`] (4 heads kept).
+#[cfg(unix)]
+fn write_big_vit(path: &Path) {
+    use std::collections::BTreeMap;
+    use vitconv_tensors::{TensorSpec, Writer};
+    let (d, m, depth) = BIG_DIMS;
+    let small = TensorFile::open(fixture("vit-token/checkpoint.npz")).unwrap();
+    let mut specs = Vec::new();
+    for t in small.tensors() {
+        let Some(rest) = t.name.strip_prefix("Transformer/encoderblock_") else {
+            // The fixture's 64-wide model: 64 is the width everywhere outside the patch kernel's 16x16.
+            let shape = t
+                .shape
+                .iter()
+                .map(|&x| if x == 64 { d } else { x })
+                .collect();
+            specs.push((t.name.clone(), shape));
+            continue;
+        };
+        let Some(local) = rest.strip_prefix("0/") else {
+            continue;
+        };
+        let attention = local.starts_with("MultiHeadDotProductAttention");
+        let shape: Vec<usize> = t
+            .shape
+            .iter()
+            .map(|&x| match x {
+                64 => d,
+                128 => m,
+                // The head width, in attention tensors only.
+                16 if attention => d / 4,
+                x => x,
+            })
+            .collect();
+        for i in 0..depth {
+            specs.push((
+                format!("Transformer/encoderblock_{i}/{local}"),
+                shape.clone(),
+            ));
+        }
+    }
+    let specs: Vec<TensorSpec> = specs
+        .into_iter()
+        .map(|(name, shape)| TensorSpec {
+            name,
+            dtype: DType::F32,
+            shape,
+        })
+        .collect();
+    let mut w = Writer::create(path, Format::Npz, specs.clone(), BTreeMap::new(), false).unwrap();
+    // Small finite values; their pattern does not matter to an interrupted run.
+    let piece: Vec<u8> = (0..1 << 18)
+        .flat_map(|i| ((i % 97) as f32 * 0.01).to_le_bytes())
+        .collect();
+    for s in &specs {
+        let mut left = s.shape.iter().product::<usize>() * 4;
+        while left > 0 {
+            let n = left.min(piece.len());
+            w.write_part(&piece[..n]).unwrap();
+            left -= n;
+        }
+        if s.shape.contains(&0) {
+            w.write_part(&[]).unwrap();
+        }
+    }
+    w.finish().unwrap();
+}
+
+/// Starts a conversion of `source`, sends `signal` once its temporary output exists, and returns the exit code.
+#[cfg(unix)]
+fn convert_and_interrupt(source: &Path, output: &Path, signal: &str) -> Option<i32> {
+    use std::time::{Duration, Instant};
+    /// How long the conversion may take to open its temporary output.
+    const START_DEADLINE: Duration = Duration::from_secs(60);
+    let dir = output.parent().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vitconv"))
+        .args(["npz-to-pt", "--layout", "timm", "--quiet", "--force"])
+        .arg(source)
+        .arg(output)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !partial_files(dir).iter().any(|_| true) {
+        assert!(
+            started.elapsed() < START_DEADLINE,
+            "no temporary output appeared"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "vitconv ended early");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let killed = std::process::Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    out.status.code()
+}
+
+/// The writer's temporary files in `dir` (`.NAME.*.partial`, and the side files' `.tmp*`).
+#[cfg(unix)]
+fn partial_files(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            name.ends_with(".partial") || name.starts_with(".tmp")
+        })
+        .collect()
+}
+
+#[cfg(unix)]
+#[test]
+fn an_interrupted_conversion_leaves_no_temporary_and_the_old_output() {
+    /// Exit status of an interrupted run (128 + SIGINT).
+    const INTERRUPTED: i32 = 130;
+    let dir = scratch();
+    let source = dir.path().join("big.npz");
+    write_big_vit(&source);
+    let out_dir = dir.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let output = out_dir.join("model.pt");
+
+    // SIGTERM with an existing output: the output keeps its bytes.
+    std::fs::write(&output, b"the previous output").unwrap();
+    assert_eq!(
+        convert_and_interrupt(&source, &output, "-TERM"),
+        Some(INTERRUPTED)
+    );
+    assert_eq!(std::fs::read(&output).unwrap(), b"the previous output");
+    assert_eq!(partial_files(&out_dir), Vec::<PathBuf>::new());
+
+    // SIGINT with no output: none appears.
+    std::fs::remove_file(&output).unwrap();
+    assert_eq!(
+        convert_and_interrupt(&source, &output, "-INT"),
+        Some(INTERRUPTED)
+    );
+    assert!(!output.exists());
+    assert_eq!(
+        std::fs::read_dir(&out_dir).unwrap().count(),
+        0,
+        "the output directory is not empty"
+    );
+
+    // Uninterrupted, the same source converts: the test model is one the converter accepts.
+    let o = vitconv([
+        "npz-to-pt".as_ref(),
+        source.as_os_str(),
+        output.as_os_str(),
+        "--layout".as_ref(),
+        "timm".as_ref(),
+        "--quiet".as_ref(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(TensorFile::open(&output).is_ok());
+}

@@ -1,10 +1,13 @@
 //! Runs a conversion: detect the source, build the layout's plan, then stream it into an atomic writer.
 //!
-//! Memory holds one output tensor at a time (for fused q/k/v, the three inputs and the output), never the model.
+//! Memory is bounded by a few bands, never a tensor or the model: the big matrices (Dense kernels, fused q/k/v)
+//! are read a band of columns at a time with positional reads and written as bands of output rows through
+//! `Writer::write_part` (see `stream_recipe`; a deflated source member is the exception, read whole).
 //! Weights go through `vitconv_tensors::Writer` (temporary file beside the target, renamed by `finish`), and the
 //! small JSON side files are written the same way after it: a failed run leaves no partial output and an
-//! existing output untouched. (A run killed by a signal can leave the writer's temporary file, never a
-//! half-written target.)
+//! existing output untouched. Every temporary file is registered with `vitconv_tensors::register_temporary`, so
+//! the binary's SIGINT/SIGTERM handler removes them (`remove_pending_temporaries`) before exiting. (An `hf`
+//! directory this run created stays behind, empty, after an interrupt; SIGKILL can leave a temporary file.)
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -18,7 +21,9 @@ use crate::error::{Error, Result};
 use crate::layout;
 use crate::layout::hf;
 use crate::options::{Options, OutDType};
-use crate::plan::{Fetch, OutTensor, OutputKind, Plan, Scratch};
+use crate::plan::{
+    encode_append, transpose_encode_bytes, Fetch, OutTensor, OutputKind, Plan, Recipe, Scratch,
+};
 
 impl Fetch for TensorFile {
     fn fetch(&self, name: &str) -> Result<Vec<f32>> {
@@ -284,35 +289,39 @@ fn write_weights(
     // The hf directory was checked (or created) by the caller, so the weights file inside may be replaced.
     let overwrite = true;
     let mut writer = Writer::create(path, format, specs, plan.metadata.clone(), overwrite)?;
-    // Two stages overlap: a worker computes the next tensor's bytes while this thread writes the current one
-    // (the write is mostly kernel time). Two buffers circulate between them, so memory stays at two output
-    // tensors plus the worker's scratch, and a failure on either side stops both.
+    // Two stages overlap: a worker computes the next band of output bytes while this thread writes the
+    // current one (the write is mostly kernel time). A few band-sized buffers circulate between them, so
+    // memory stays at a few bands plus the worker's scratch whatever the model's size, and a failure on
+    // either side stops both.
     std::thread::scope(|scope| -> Result<()> {
         let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<Vec<u8>>>(1);
         let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
-        for _ in 0..2 {
+        for _ in 0..BAND_BUFFERS {
             // Cannot fail: the receiver is alive in this scope.
             let _ = free_tx.send(Vec::new());
         }
         scope.spawn(move || {
-            let mut scratch = Scratch::default();
+            let mut scratch = BandScratch::default();
+            let mut emitter = Emitter {
+                free: &free_rx,
+                ready: &ready_tx,
+                sent: 0,
+            };
             for t in &plan.tensors {
-                let Ok(mut buf) = free_rx.recv() else { return };
-                let result = produce(file, t, dtype, &mut scratch, &mut buf).map(|()| buf);
-                let failed = result.is_err();
-                if ready_tx.send(result).is_err() || failed {
+                if let Err(e) = produce_tensor(file, t, dtype, &mut scratch, &mut emitter) {
+                    // The writer may already be gone (it failed first); then nobody needs the reason.
+                    let _ = ready_tx.send(Err(e));
                     return;
                 }
             }
         });
         let mut done: u64 = 0;
-        for t in &plan.tensors {
-            let buf = ready_rx.recv().map_err(|_| Error::Worker {
-                name: t.name.clone(),
-            })??;
-            writer.write_next(&buf)?;
+        // Ends when the worker has sent every band and dropped its sender.
+        while let Ok(band) = ready_rx.recv() {
+            let buf = band?;
+            writer.write_part(&buf)?;
+            done = done.saturating_add(buf.len() as u64);
             let _ = free_tx.send(buf);
-            done = done.saturating_add(buf_len(t, out_dtype));
             progress(done, total);
         }
         Ok(())
@@ -321,44 +330,176 @@ fn write_weights(
     Ok((plan.tensors.len(), total))
 }
 
-/// Bytes of one output tensor (checked against overflow when the total was computed).
-fn buf_len(t: &OutTensor, dtype: DType) -> u64 {
-    t.shape
-        .iter()
-        .product::<usize>()
-        .saturating_mul(dtype.size()) as u64
+/// Largest band of output bytes (and of decoded source values) computed at once: the big matrices are written
+/// in bands of this size, so peak memory does not grow with the model.
+const BAND_BYTES: usize = 8 << 20;
+
+/// Band buffers circulating between the worker and the writer: one being filled while the other is written.
+const BAND_BUFFERS: usize = 2;
+
+/// The worker's reused buffers.
+#[derive(Default)]
+struct BandScratch {
+    /// One band of source bytes.
+    raw: Vec<u8>,
+    /// The same band decoded.
+    values: Vec<f32>,
+    /// Scratch of the whole-tensor recipes.
+    plan: Scratch,
 }
 
-/// Computes one output tensor's bytes into `buf` (replaced for plain copies, refilled otherwise).
-fn produce(
+/// Hands filled band buffers from the worker to the writer.
+struct Emitter<'a> {
+    free: &'a mpsc::Receiver<Vec<u8>>,
+    ready: &'a mpsc::SyncSender<Result<Vec<u8>>>,
+    /// Bytes sent so far.
+    sent: u64,
+}
+
+impl Emitter<'_> {
+    /// Fills a free buffer with `fill` and passes it on to be written.
+    fn emit(&mut self, name: &str, fill: impl FnOnce(&mut Vec<u8>) -> Result<()>) -> Result<()> {
+        let stopped = || Error::Worker {
+            name: name.to_string(),
+        };
+        let mut buf = self.free.recv().map_err(|_| stopped())?;
+        buf.clear();
+        fill(&mut buf)?;
+        self.sent = self.sent.saturating_add(buf.len() as u64);
+        self.ready.send(Ok(buf)).map_err(|_| stopped())
+    }
+}
+
+/// Streams one output tensor's bytes as bands, checking that they add up to exactly its size (the writer
+/// moves on to the next tensor by byte count, so a short tensor must never reach it).
+fn produce_tensor(
     file: &TensorFile,
     t: &OutTensor,
     dtype: OutDType,
-    scratch: &mut Scratch,
-    buf: &mut Vec<u8>,
+    scratch: &mut BandScratch,
+    em: &mut Emitter<'_>,
 ) -> Result<()> {
-    let out_dtype = dtype.dtype();
     let expected = t.shape.iter().product::<usize>();
-    let want = expected * out_dtype.size();
-    // A plain copy in the output's own dtype goes through as the file's bytes, skipping two conversions.
-    if let Some(src) = t.recipe.passthrough() {
-        if file.get(src).map(|i| i.dtype) == Some(out_dtype) {
-            let (_, bytes) = file.fetch_raw(src)?;
-            if bytes.len() == want {
-                *buf = bytes;
-                return Ok(());
-            }
-        }
+    let want = expected.saturating_mul(dtype.dtype().size()) as u64;
+    let before = em.sent;
+    if want == 0 {
+        // An empty part is what completes a zero-sized tensor in the writer.
+        em.emit(&t.name, |_| Ok(()))?;
+    } else {
+        stream_recipe(file, &t.name, &t.recipe, dtype, scratch, em)?;
     }
-    buf.clear();
-    buf.reserve_exact(want);
-    t.recipe.eval_bytes(file, scratch, dtype, buf)?;
-    if buf.len() != want {
+    let found = em.sent.saturating_sub(before);
+    if found != want {
         return Err(Error::Length {
             name: t.name.clone(),
             shape: t.shape.clone(),
             expected,
-            found: buf.len() / out_dtype.size(),
+            found: usize::try_from(found).unwrap_or(usize::MAX) / dtype.dtype().size(),
+        });
+    }
+    Ok(())
+}
+
+/// Streams the bytes of one recipe: transposes and copies band by band, the small recipes whole.
+///
+/// Band reads are positional on uncompressed sources; a deflated `.npz` member cannot be read from the
+/// middle, so for those `column_bands` inflates the whole source tensor once and the memory is the tensor's.
+fn stream_recipe(
+    file: &TensorFile,
+    name: &str,
+    recipe: &Recipe,
+    dtype: OutDType,
+    scratch: &mut BandScratch,
+    em: &mut Emitter<'_>,
+) -> Result<()> {
+    match recipe {
+        Recipe::Transpose { src, rows, cols } => {
+            let (rows, cols) = (*rows, *cols);
+            let in_dtype = source_dtype(file, src)?;
+            if !in_dtype.is_float() {
+                return Err(Error::NotFloat {
+                    name: src.clone(),
+                    dtype: in_dtype.to_string(),
+                });
+            }
+            check_len(file, src, rows, cols)?;
+            if rows == 0 || cols == 0 {
+                return Ok(());
+            }
+            let mut bands = file.column_bands(src, rows)?;
+            // Output rows per band: the band's source bytes and its encoded output both stay within BAND_BYTES.
+            let widest = in_dtype.size().max(dtype.dtype().size());
+            let per_band = (BAND_BYTES / rows.saturating_mul(widest)).max(1);
+            let mut done = 0;
+            while done < cols {
+                let n = per_band.min(cols - done);
+                bands.read_band(n * in_dtype.size(), &mut scratch.raw)?;
+                let raw = &scratch.raw;
+                em.emit(name, |buf| {
+                    transpose_encode_bytes(raw, in_dtype, rows, n, dtype, buf);
+                    Ok(())
+                })?;
+                done += n;
+            }
+            Ok(())
+        }
+        Recipe::Concat(parts) => parts
+            .iter()
+            .try_for_each(|p| stream_recipe(file, name, p, dtype, scratch, em)),
+        Recipe::Copy(src) => {
+            let in_dtype = source_dtype(file, src)?;
+            let numel = file.get(src).and_then(|i| i.numel()).unwrap_or(0);
+            if numel == 0 {
+                return Ok(());
+            }
+            // One row: the bands are consecutive pieces of the tensor, each a whole number of elements.
+            let mut bands = file.column_bands(src, 1)?;
+            let piece = (BAND_BYTES / 4).max(1) * in_dtype.size();
+            while bands.remaining() > 0 {
+                let n = piece.min(bands.remaining());
+                if in_dtype == dtype.dtype() {
+                    // A copy in the output's own dtype goes through as the file's bytes.
+                    em.emit(name, |buf| Ok(bands.read_band(n, buf)?))?;
+                } else {
+                    bands.read_band(n, &mut scratch.raw)?;
+                    scratch.values.clear();
+                    decode_append(src, in_dtype, &scratch.raw, &mut scratch.values)?;
+                    let values = &scratch.values;
+                    em.emit(name, |buf| {
+                        encode_append(values, dtype, buf);
+                        Ok(())
+                    })?;
+                }
+            }
+            Ok(())
+        }
+        // The rest are small (patch kernel, biases, position embedding) or rare (stem convolutions).
+        other => {
+            let plan_scratch = &mut scratch.plan;
+            em.emit(name, |buf| other.eval_bytes(file, plan_scratch, dtype, buf))
+        }
+    }
+}
+
+/// The stored element type of a planned source tensor.
+fn source_dtype(file: &TensorFile, src: &str) -> Result<DType> {
+    file.get(src)
+        .map(|t| t.dtype)
+        .ok_or_else(|| Error::Unrecognised {
+            recognised: "the planned source".to_string(),
+            missing: format!("tensor {src} vanished"),
+        })
+}
+
+/// Refuses a source whose element count is not `rows x cols`.
+fn check_len(file: &TensorFile, src: &str, rows: usize, cols: usize) -> Result<()> {
+    let found = file.get(src).and_then(|t| t.numel()).unwrap_or(0);
+    if Some(found) != rows.checked_mul(cols) {
+        return Err(Error::Length {
+            name: src.to_string(),
+            shape: vec![rows, cols],
+            expected: rows.saturating_mul(cols),
+            found,
         });
     }
     Ok(())
@@ -374,9 +515,12 @@ fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
         path: path.to_path_buf(),
         source: e,
     };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+    // Registered like the writer's temporary, so an interrupt handler removes it too.
+    let (mut tmp, pending) =
+        vitconv_tensors::create_registered(|| tempfile::NamedTempFile::new_in(dir), |t| t.path())
+            .map_err(io)?;
     tmp.write_all(contents).map_err(io)?;
-    tmp.persist(path).map_err(|e| Error::Io {
+    vitconv_tensors::finish_registered(pending, || tmp.persist(path)).map_err(|e| Error::Io {
         path: path.to_path_buf(),
         source: e.error,
     })?;

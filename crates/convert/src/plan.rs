@@ -385,6 +385,92 @@ pub fn transpose_encode(v: &[f32], rows: usize, cols: usize, dtype: OutDType, ou
     }
 }
 
+/// [`transpose_encode`] straight from the source's little-endian bytes of `in_dtype` (a float type), decoding
+/// each 32 x 32 block as it is loaded: no decoded copy of the matrix is held, and the data is read once.
+///
+/// Elements decode exactly as [`crate::convert`]'s whole-tensor path does (`from_le_bytes`, then widening), so
+/// the output bytes are identical to decoding first.
+pub fn transpose_encode_bytes(
+    raw: &[u8],
+    in_dtype: DType,
+    rows: usize,
+    cols: usize,
+    dtype: OutDType,
+    out: &mut Vec<u8>,
+) {
+    match in_dtype {
+        DType::F32 => transpose_decode_encode::<4>(raw, rows, cols, f32::from_le_bytes, dtype, out),
+        DType::BF16 => transpose_decode_encode::<2>(
+            raw,
+            rows,
+            cols,
+            |b| half::bf16::from_le_bytes(b).to_f32(),
+            dtype,
+            out,
+        ),
+        DType::F16 => transpose_decode_encode::<2>(
+            raw,
+            rows,
+            cols,
+            |b| half::f16::from_le_bytes(b).to_f32(),
+            dtype,
+            out,
+        ),
+        DType::F64 => transpose_decode_encode::<8>(
+            raw,
+            rows,
+            cols,
+            |b| f64::from_le_bytes(b) as f32,
+            dtype,
+            out,
+        ),
+        // Callers check the source is a float type first; other types have no values to give.
+        _ => {}
+    }
+}
+
+/// The body of [`transpose_encode_bytes`] for `N`-byte source elements.
+fn transpose_decode_encode<const N: usize>(
+    raw: &[u8],
+    rows: usize,
+    cols: usize,
+    decode: impl Fn([u8; N]) -> f32,
+    dtype: OutDType,
+    out: &mut Vec<u8>,
+) {
+    let es = dtype.dtype().size();
+    let start = out.len();
+    let n = (raw.len() / N).min(rows * cols);
+    out.resize(start + n * es, 0);
+    let mut block = [[0f32; BLOCK]; BLOCK];
+    let mut column = [0f32; BLOCK];
+    for r0 in (0..rows).step_by(BLOCK) {
+        let rn = BLOCK.min(rows - r0);
+        for c0 in (0..cols).step_by(BLOCK) {
+            let cn = BLOCK.min(cols - c0);
+            for (i, row) in block.iter_mut().enumerate().take(rn) {
+                let s = ((r0 + i) * cols + c0) * N;
+                if let Some(src) = raw.get(s..s + cn * N) {
+                    for (d, c) in row.iter_mut().zip(src.chunks_exact(N)) {
+                        if let Ok(b) = c.try_into() {
+                            *d = decode(b);
+                        }
+                    }
+                }
+            }
+            for j in 0..cn {
+                for (x, row) in column.iter_mut().zip(block.iter()).take(rn) {
+                    *x = row.get(j).copied().unwrap_or(0.0);
+                }
+                let d = start + ((c0 + j) * rows + r0) * es;
+                if let (Some(dst), Some(src)) = (out.get_mut(d..d + rn * es), column.get(..rn)) {
+                    encode_into(src, dtype, dst);
+                }
+            }
+        }
+    }
+}
+
 /// HWIO -> OIHW, optionally scaling each input channel.
 pub fn hwio_to_oihw(v: &[f32], [h, w, i, o]: [usize; 4], in_scale: Option<&[f32]>) -> Vec<f32> {
     // Seen as [(h, w, i), o], OIHW is its transpose [o, (h, w, i)] with the inner (h, w, i) reordered to (i, h, w).
@@ -517,6 +603,49 @@ mod tests {
             let mut want = vec![7u8; 3];
             encode_append(&transpose(&v, r, c), dtype, &mut want);
             assert_eq!(fused, want, "{dtype:?}");
+        }
+    }
+
+    #[test]
+    fn transpose_from_bytes_equals_decode_then_transpose() {
+        let (r, c) = (45, 70);
+        let v: Vec<f32> = (0..r * c).map(|x| x as f32 * 0.37 - 100.0).collect();
+        let sources: [(DType, Vec<u8>); 4] = [
+            (DType::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            (
+                DType::BF16,
+                v.iter()
+                    .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+                    .collect(),
+            ),
+            (
+                DType::F16,
+                v.iter()
+                    .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+                    .collect(),
+            ),
+            (
+                DType::F64,
+                v.iter().flat_map(|x| f64::from(*x).to_le_bytes()).collect(),
+            ),
+        ];
+        for (in_dtype, raw) in &sources {
+            let decoded: Vec<f32> = raw
+                .chunks_exact(in_dtype.size())
+                .map(|b| match in_dtype {
+                    DType::F32 => f32::from_le_bytes(b.try_into().unwrap()),
+                    DType::BF16 => half::bf16::from_le_bytes(b.try_into().unwrap()).to_f32(),
+                    DType::F16 => half::f16::from_le_bytes(b.try_into().unwrap()).to_f32(),
+                    _ => f64::from_le_bytes(b.try_into().unwrap()) as f32,
+                })
+                .collect();
+            for dtype in [OutDType::F32, OutDType::F16, OutDType::BF16] {
+                let mut fused = vec![7u8; 3];
+                transpose_encode_bytes(raw, *in_dtype, r, c, dtype, &mut fused);
+                let mut want = vec![7u8; 3];
+                transpose_encode(&decoded, r, c, dtype, &mut want);
+                assert_eq!(fused, want, "{in_dtype:?} -> {dtype:?}");
+            }
         }
     }
 
