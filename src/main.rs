@@ -12,7 +12,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "vitconv", version, about = "Convert JAX/Flax ViT checkpoints to PyTorch, inspect tensor files, verify conversions")]
+#[command(
+    name = "vitconv",
+    version,
+    about = "Convert JAX/Flax ViT checkpoints to PyTorch, inspect tensor files, verify conversions"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -35,7 +39,11 @@ fn main() -> ExitCode {
         Err(err) => {
             // clap prints help and version to stdout with exit 0; usage errors exit 2.
             let _ = err.print();
-            return if err.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return if err.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     let result = match cli.command {

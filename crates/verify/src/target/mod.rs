@@ -493,8 +493,7 @@ mod tests {
 
     #[test]
     fn the_resize_method_comes_from_config() {
-        let c: DeclaredConfig =
-            serde_json::from_str(r#"{"resize": "bilinear"}"#).expect("parses");
+        let c: DeclaredConfig = serde_json::from_str(r#"{"resize": "bilinear"}"#).expect("parses");
         assert_eq!(c.resize_method().as_deref(), Some("bilinear"));
         assert_eq!(DeclaredConfig::default().resize_method(), None);
     }
