@@ -234,19 +234,32 @@ pub fn write(
             )
         }
     };
-    let result = write_weights(file, plan, opts.dtype, &weights, format, progress).and_then(
-        |(tensors, bytes)| {
-            for (path, contents) in &sides {
-                write_atomic(path, contents.as_bytes())?;
-            }
-            Ok(Written {
-                weights: weights.clone(),
-                side_files: sides.iter().map(|s| s.0.clone()).collect(),
-                tensors,
-                bytes,
-            })
-        },
-    );
+    // Inside an hf directory (checked or created above) the files may be replaced; a single-file output is
+    // replaced only with --force, which the writer's no-clobber rename enforces even against a file that
+    // appeared after the check above.
+    let overwrite = opts.overwrite || matches!(plan.kind, OutputKind::HfDirectory);
+    let result = (|| {
+        // Side files are staged first and the weights written in full before anything is renamed into place,
+        // so a failure anywhere (a side path that is a directory, a source tensor that breaks, a full disk)
+        // leaves every existing output as it was.
+        let staged = sides
+            .iter()
+            .map(|(path, contents)| stage_atomic(path, contents.as_bytes()))
+            .collect::<Result<Vec<_>>>()?;
+        let (writer, tensors, bytes) = write_weights(
+            file, plan, opts.dtype, &weights, format, overwrite, progress,
+        )?;
+        for side in staged {
+            side.commit(overwrite)?;
+        }
+        writer.finish()?;
+        Ok(Written {
+            weights: weights.clone(),
+            side_files: sides.iter().map(|s| s.0.clone()).collect(),
+            tensors,
+            bytes,
+        })
+    })();
     if result.is_err() && created_dir {
         // Only a directory this run created is removed; an existing one keeps whatever it held.
         let _ = std::fs::remove_dir_all(output);
@@ -260,8 +273,9 @@ fn write_weights(
     dtype: OutDType,
     path: &Path,
     format: Format,
+    overwrite: bool,
     progress: &mut dyn FnMut(u64, u64),
-) -> Result<(usize, u64)> {
+) -> Result<(Writer, usize, u64)> {
     let out_dtype = dtype.dtype();
     let specs: Vec<TensorSpec> = plan
         .tensors
@@ -286,8 +300,6 @@ fn write_weights(
                 what: "output size",
             })?;
     }
-    // The hf directory was checked (or created) by the caller, so the weights file inside may be replaced.
-    let overwrite = true;
     let mut writer = Writer::create(path, format, specs, plan.metadata.clone(), overwrite)?;
     // Two stages overlap: a worker computes the next band of output bytes while this thread writes the
     // current one (the write is mostly kernel time). A few band-sized buffers circulate between them, so
@@ -326,8 +338,8 @@ fn write_weights(
         }
         Ok(())
     })?;
-    writer.finish()?;
-    Ok((plan.tensors.len(), total))
+    // The caller renames the finished file into place once everything else is ready too.
+    Ok((writer, plan.tensors.len(), total))
 }
 
 /// Largest band of output bytes (and of decoded source values) computed at once: the big matrices are written
@@ -506,7 +518,16 @@ fn check_len(file: &TensorFile, src: &str, rows: usize, cols: usize) -> Result<(
 }
 
 /// Writes a small file through a temporary sibling and a rename, so readers never see half of it.
-fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
+/// A small file written to a registered temporary beside its target, waiting to be renamed into place.
+struct Staged {
+    path: PathBuf,
+    tmp: tempfile::NamedTempFile,
+    pending: vitconv_tensors::TemporaryGuard,
+}
+
+/// Writes `contents` to a temporary file beside `path` (registered like the writer's temporary, so an
+/// interrupt handler removes it too); [`Staged::commit`] renames it into place.
+fn stage_atomic(path: &Path, contents: &[u8]) -> Result<Staged> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -515,14 +536,32 @@ fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
         path: path.to_path_buf(),
         source: e,
     };
-    // Registered like the writer's temporary, so an interrupt handler removes it too.
     let (mut tmp, pending) =
         vitconv_tensors::create_registered(|| tempfile::NamedTempFile::new_in(dir), |t| t.path())
             .map_err(io)?;
     tmp.write_all(contents).map_err(io)?;
-    vitconv_tensors::finish_registered(pending, || tmp.persist(path)).map_err(|e| Error::Io {
+    Ok(Staged {
         path: path.to_path_buf(),
-        source: e.error,
-    })?;
-    Ok(())
+        tmp,
+        pending,
+    })
+}
+
+impl Staged {
+    /// Renames the staged file into place; without `overwrite` an existing file is refused, not replaced.
+    fn commit(self, overwrite: bool) -> Result<()> {
+        let Staged { path, tmp, pending } = self;
+        vitconv_tensors::finish_registered(pending, || {
+            if overwrite {
+                tmp.persist(&path)
+            } else {
+                tmp.persist_noclobber(&path)
+            }
+        })
+        .map_err(|e| Error::Io {
+            path: path.clone(),
+            source: e.error,
+        })?;
+        Ok(())
+    }
 }
