@@ -44,8 +44,14 @@ measure() {
 
 : > "$work/results.tsv"
 cat "$work"/*.npz > /dev/null   # warm the page cache for everyone alike
-echo "file: $work/vit-l32.npz ($(du -h "$work/vit-l32.npz" | cut -f1)), runs: $RUNS, best of each"
+echo "file: $work/vit-l32.npz ($(du -h "$work/vit-l32.npz" | cut -f1)), runs: $RUNS, best of each, $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 measure "cp (baseline)" cp "$work/vit-l32.npz" "$work/out/copy.npz"
+# cp copies inside the kernel (copy_file_range: no pass through user space); cat moves every
+# byte through a user-space buffer, the floor for any converter that reads and writes tensors.
+measure "cat > file (user-space copy)" sh -c "cat '$work/vit-l32.npz' > '$work/out/cat.npz'"
+# vitconv fsyncs its output before renaming it into place (a crash must not leave a renamed but
+# empty file); this is cp with the same durability.
+measure "cp + sync (durable copy)" sh -c "cp '$work/vit-l32.npz' '$work/out/copy.npz' && sync '$work/out/copy.npz'"
 measure "vitconv -> .pt (timm)" $bin npz-to-pt "$work/vit-l32.npz" "$work/out/l32.pt" --layout timm --quiet
 measure "vitconv -> .safetensors (timm)" $bin npz-to-pt "$work/vit-l32.npz" "$work/out/l32.safetensors" --layout timm --quiet
 measure "python timm _load_weights+save" scripts/with-libtorch python scripts/timm_npz_to_pt.py "$work/vit-l32.npz" "$work/out/timm.pt"
@@ -59,6 +65,10 @@ awk -F'\t' '
     printf "\nratios (same invocation):\n"
     printf "  .pt vs cp:                 %.2fx  (target <= 1.5x)\n", s["vitconv -> .pt (timm)"]/cp
     printf "  .safetensors vs cp:        %.2fx  (target <= 1.5x)\n", s["vitconv -> .safetensors (timm)"]/cp
+    printf "  .pt vs cp + sync:          %.2fx\n", s["vitconv -> .pt (timm)"]/s["cp + sync (durable copy)"]
+    printf "  .safetensors vs cp + sync: %.2fx\n", s["vitconv -> .safetensors (timm)"]/s["cp + sync (durable copy)"]
+    printf "  .pt vs cat > file:         %.2fx\n", s["vitconv -> .pt (timm)"]/s["cat > file (user-space copy)"]
+    printf "  .safetensors vs cat > file: %.2fx\n", s["vitconv -> .safetensors (timm)"]/s["cat > file (user-space copy)"]
     printf "  timm path vs .pt:          %.1fx slower  (target >= 6x)\n", py/s["vitconv -> .pt (timm)"]
     printf "  timm path vs cp:           %.1fx\n", py/cp
     printf "  peak RSS .pt:              %d MB  (target < 200 MB)\n", m["vitconv -> .pt (timm)"]
