@@ -24,6 +24,13 @@ use crate::{Error, Format, Result, TensorSpec};
 /// Buffer between the writer and the disk.
 const WRITE_BUF: usize = 1 << 20;
 
+/// How many bytes are written between two requests to start writing the file back to disk.
+///
+/// [`Writer::finish`] flushes the file before renaming it into place (a crash must never leave a renamed
+/// but empty file); starting the writeback as the data arrives lets the disk work while tensors are still
+/// being produced, so that final flush has little left to wait for.
+const WRITEBACK_EVERY: u64 = 64 << 20;
+
 /// Alignment of `.pt` storage records, as PyTorch's writer uses (`kFieldAlignment`), so
 /// `torch.load(mmap=True)` can map every storage aligned.
 const PT_ALIGN: u64 = 64;
@@ -57,6 +64,9 @@ pub struct Writer {
     /// Whether that tensor's zip entry has been started (a zero-byte first part starts it too).
     entry_open: bool,
     overwrite: bool,
+    /// Bytes handed to the sink so far, and that count when writeback was last started.
+    written: u64,
+    writeback_at: u64,
     /// The temporary file's entry in the interrupt registry; declared after `temp`, so a dropped writer
     /// removes the file before it forgets it.
     pending: crate::pending::TemporaryGuard,
@@ -164,6 +174,8 @@ impl Writer {
             part: 0,
             entry_open: false,
             overwrite,
+            written: 0,
+            writeback_at: 0,
             pending,
         })
     }
@@ -249,6 +261,11 @@ impl Writer {
                     zip.finish_entry().map_err(io)?;
                 }
             }
+        }
+        self.written = self.written.saturating_add(data.len() as u64);
+        if self.written - self.writeback_at >= WRITEBACK_EVERY {
+            self.writeback_at = self.written;
+            start_writeback(self.temp.as_file());
         }
         if after == size {
             self.next += 1;
@@ -345,6 +362,20 @@ impl Writer {
         Ok(())
     }
 }
+
+/// Asks the kernel to start writing the file's dirty pages to disk without waiting for them; a hint only,
+/// so a failure is ignored (the flush in [`Writer::finish`] reports real errors).
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: sync_file_range reads no memory of ours; the descriptor is open for the writer's lifetime,
+    // and offset 0 with length 0 means "the whole file".
+    let _ = unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+}
+
+/// Elsewhere the final flush does all the work.
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &File) {}
 
 #[cfg(test)]
 mod tests {
