@@ -5,6 +5,7 @@
 //! no other layout changes.
 
 pub mod clip;
+mod clip_style;
 pub mod hf;
 pub mod open_clip;
 pub mod timm;
