@@ -25,18 +25,7 @@ pub const NOT_EXACT: &str = "NOT EXACT: OpenAI CLIP's VisionTransformer always a
 
 pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Result<Plan> {
     let a = prep.arch().clone();
-    if a.resnet.is_some() {
-        return Err(prep.refuse(
-            "a hybrid ResNet stem",
-            "conv1 is a single patch convolution with no place for a stem; use --layout timm",
-        ));
-    }
-    if !a.class_token() {
-        return Err(prep.refuse(
-            "a gap (no class token) model",
-            "a class token is always prepended and attends to the patches, so the result would differ; use --layout timm",
-        ));
-    }
+    clip_style::check_tower(&prep)?;
     if a.mlp != 4 * a.hidden {
         return Err(prep.refuse(
             format!("an MLP of {} for hidden {} (ratio {:.3})", a.mlp, a.hidden, a.mlp as f64 / a.hidden as f64),

@@ -34,6 +34,24 @@ pub mod names {
     pub const PROJ: &str = "proj";
 }
 
+/// Refuses what neither CLIP-style `VisionTransformer` can hold: a ResNet stem, or a model without a class token.
+pub fn check_tower(prep: &Prepared<'_>) -> Result<()> {
+    let a = prep.arch();
+    if a.resnet.is_some() {
+        return Err(prep.refuse(
+            "a hybrid ResNet stem",
+            "conv1 is a single patch convolution with no place for a stem; use --layout timm",
+        ));
+    }
+    if !a.class_token() {
+        return Err(prep.refuse(
+            "a gap (no class token) model",
+            "a class token is always prepended and attends to the patches, so the result would differ; use --layout timm",
+        ));
+    }
+    Ok(())
+}
+
 /// One output tensor named `visual.` + the template with `{i}` replaced by the block index.
 pub fn tensor(template: &str, i: usize, shape: Vec<usize>, recipe: Recipe) -> OutTensor {
     OutTensor {

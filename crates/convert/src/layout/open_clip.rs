@@ -19,18 +19,7 @@ pub const CONFIG_SUFFIX: &str = ".open_clip.json";
 
 pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Result<Plan> {
     let a = prep.arch().clone();
-    if a.resnet.is_some() {
-        return Err(prep.refuse(
-            "a hybrid ResNet stem",
-            "conv1 is a single patch convolution with no place for a stem; use --layout timm",
-        ));
-    }
-    if !a.class_token() {
-        return Err(prep.refuse(
-            "a gap (no class token) model",
-            "a class token is always prepended and attends to the patches, so the result would differ; use --layout timm",
-        ));
-    }
+    clip_style::check_tower(&prep)?;
     prep.check_input_norm()?;
     let ratio = mlp_ratio(&prep)?;
     let proj = clip_style::resolve_proj(&mut prep)?;
