@@ -13,7 +13,7 @@
 use tch::{Kind, Tensor};
 
 use super::{
-    bad_shape, grid_of, pair, shape2, split_qkv, Block, BlockSemantics, DeclaredConfig,
+    bad_shape, pair, shape2, split_qkv, Block, BlockSemantics, ClipTower, DeclaredConfig,
     FeatureKind, InputNorm, Parts, TargetArch, TargetOutputs,
 };
 use crate::error::{Error, Result};
@@ -38,29 +38,14 @@ pub struct Clip {
 impl Clip {
     pub(crate) fn open(p: Params, config: &DeclaredConfig) -> Result<(Clip, Parts)> {
         let path = p.path().to_path_buf();
-        let pre = if p.has("visual.conv1.weight") {
-            "visual."
-        } else {
-            ""
-        };
-        let conv = format!("{pre}conv1.weight");
-        let (d, patch_size) = match p.require_shape(&conv, "patch embedding (conv1)")? {
-            [d, _, ph, pw] if ph == pw => (*d, *ph),
-            other => return Err(bad_shape(&path, &conv, "[width, 3, p, p]", other)),
-        };
-        let pos = format!("{pre}positional_embedding");
-        let [rows, pd] = shape2(&p, &pos)?;
-        if pd != d {
-            return Err(bad_shape(&path, &pos, &format!("[N, {d}]"), &[rows, pd]));
-        }
-        let grid = grid_of(&path, &pos, rows, true)?;
-        let mut depth = 0usize;
-        while p.has(&format!(
-            "{pre}transformer.resblocks.{depth}.attn.in_proj_weight"
-        )) {
-            depth = depth.saturating_add(1);
-        }
-        let [mlp, _] = shape2(&p, &format!("{pre}transformer.resblocks.0.mlp.c_fc.weight"))?;
+        let ClipTower {
+            pre,
+            d,
+            patch_size,
+            grid,
+            depth,
+            mlp,
+        } = ClipTower::read(&p)?;
         if !p.has(&format!("{pre}ln_pre.weight")) {
             return Err(Error::NotAModel {
                 path,

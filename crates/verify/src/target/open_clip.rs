@@ -15,7 +15,7 @@ use serde::Deserialize;
 use tch::{Kind, Tensor};
 
 use super::{
-    bad_shape, gelu_inexact, grid_of, pair, shape2, side_file, split_qkv, Block, BlockSemantics,
+    bad_shape, gelu_inexact, pair, shape2, side_file, split_qkv, Block, BlockSemantics, ClipTower,
     DeclaredConfig, FeatureKind, InputNorm, Parts, TargetArch, TargetOutputs,
 };
 use crate::error::{Error, Result};
@@ -62,29 +62,14 @@ pub struct OpenClip {
 impl OpenClip {
     pub(crate) fn open(p: Params, config: &DeclaredConfig) -> Result<(OpenClip, Parts)> {
         let path = p.path().to_path_buf();
-        let pre = if p.has("visual.conv1.weight") {
-            "visual."
-        } else {
-            ""
-        };
-        let conv = format!("{pre}conv1.weight");
-        let (d, patch_size) = match p.require_shape(&conv, "patch embedding (conv1)")? {
-            [d, _, ph, pw] if ph == pw => (*d, *ph),
-            other => return Err(bad_shape(&path, &conv, "[width, 3, p, p]", other)),
-        };
-        let pos = format!("{pre}positional_embedding");
-        let [rows, pd] = shape2(&p, &pos)?;
-        if pd != d {
-            return Err(bad_shape(&path, &pos, &format!("[N, {d}]"), &[rows, pd]));
-        }
-        let grid = grid_of(&path, &pos, rows, true)?;
-        let mut depth = 0usize;
-        while p.has(&format!(
-            "{pre}transformer.resblocks.{depth}.attn.in_proj_weight"
-        )) {
-            depth = depth.saturating_add(1);
-        }
-        let [mlp, _] = shape2(&p, &format!("{pre}transformer.resblocks.0.mlp.c_fc.weight"))?;
+        let ClipTower {
+            pre,
+            d,
+            patch_size,
+            grid,
+            depth,
+            mlp,
+        } = ClipTower::read(&p)?;
 
         let sidecar = side_file(&path, ".open_clip.json");
         let mut notes = Vec::new();
