@@ -301,40 +301,58 @@ fn write_weights(
             })?;
     }
     let mut writer = Writer::create(path, format, specs, plan.metadata.clone(), overwrite)?;
-    // Two stages overlap: a worker computes the next band of output bytes while this thread writes the
-    // current one (the write is mostly kernel time). A few band-sized buffers circulate between them, so
-    // memory stays at a few bands plus the worker's scratch whatever the model's size, and a failure on
-    // either side stops both.
+    // Producers compute bands of output bytes while this thread writes them (the write is mostly kernel time):
+    // each tensor goes to the producer with the fewest bytes so far (`owners`), so while one transposes a
+    // kernel the other is already reading the next. (Taking turns tensor by tensor would give one producer
+    // every kernel of a ViT block and the other only its biases.) Each producer has its own few band-sized buffers, which the writer hands back once
+    // written, so memory stays at a few bands per producer whatever the model's size, and a producer that runs
+    // ahead waits for its buffers instead of taking the other's. A failure on any side stops them all: a
+    // producer's error reaches the writer in tensor order, and when the writer stops, its ends of the
+    // channels close and every producer's next send or receive fails.
+    let owners = owners(&plan.tensors, PRODUCERS);
     std::thread::scope(|scope| -> Result<()> {
-        let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<Vec<u8>>>(1);
-        let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
-        for _ in 0..BAND_BUFFERS {
-            // Cannot fail: the receiver is alive in this scope.
-            let _ = free_tx.send(Vec::new());
-        }
-        scope.spawn(move || {
-            let mut scratch = BandScratch::default();
-            let mut emitter = Emitter {
-                free: &free_rx,
-                ready: &ready_tx,
-                sent: 0,
-            };
-            for t in &plan.tensors {
-                if let Err(e) = produce_tensor(file, t, dtype, &mut scratch, &mut emitter) {
-                    // The writer may already be gone (it failed first); then nobody needs the reason.
-                    let _ = ready_tx.send(Err(e));
-                    return;
-                }
+        let mut lanes = Vec::with_capacity(PRODUCERS);
+        for k in 0..PRODUCERS {
+            let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<Band>>(1);
+            let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+            for _ in 0..BAND_BUFFERS {
+                // Cannot fail: the receiver is alive in this scope.
+                let _ = free_tx.send(Vec::new());
             }
-        });
+            let owners = &owners;
+            scope.spawn(move || {
+                let mut scratch = BandScratch::default();
+                let mut emitter = Emitter {
+                    free: &free_rx,
+                    ready: &ready_tx,
+                    sent: 0,
+                };
+                let mine = plan.tensors.iter().zip(owners).filter(|(_, &o)| o == k);
+                for (t, _) in mine {
+                    let produced = produce_tensor(file, t, dtype, &mut scratch, &mut emitter)
+                        .and_then(|()| emitter.end(&t.name));
+                    if let Err(e) = produced {
+                        // The writer may already be gone (it failed first); then nobody needs the reason.
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                }
+            });
+            lanes.push((ready_rx, free_tx));
+        }
         let mut done: u64 = 0;
-        // Ends when the worker has sent every band and dropped its sender.
-        while let Ok(band) = ready_rx.recv() {
-            let buf = band?;
-            writer.write_part(&buf)?;
-            done = done.saturating_add(buf.len() as u64);
-            let _ = free_tx.send(buf);
-            progress(done, total);
+        for (i, t) in plan.tensors.iter().enumerate() {
+            let stopped = || Error::Worker {
+                name: t.name.clone(),
+            };
+            let lane = owners.get(i).and_then(|&k| lanes.get(k));
+            let (ready, free) = lane.ok_or_else(stopped)?;
+            while let Band::Bytes(buf, len) = ready.recv().map_err(|_| stopped())?? {
+                writer.write_part(buf.get(..len).unwrap_or_default())?;
+                done = done.saturating_add(len as u64);
+                let _ = free.send(buf);
+                progress(done, total);
+            }
         }
         Ok(())
     })?;
@@ -346,13 +364,55 @@ fn write_weights(
 /// in bands of this size, so peak memory does not grow with the model.
 const BAND_BYTES: usize = 8 << 20;
 
-/// Band buffers circulating between the worker and the writer: one being filled while the other is written.
+/// Source rows read and transposed together (see `stream_recipe`): a multiple of the transpose's block, and
+/// few enough that a group of a band's rows stays in cache.
+const GROUP_ROWS: usize = 32;
+
+/// The first `len` bytes of `buf`, growing it if needed but never shrinking it: a buffer reused for bands of
+/// different sizes is zeroed once, at its largest, instead of on every regrowth.
+fn sized(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
+    buf.get_mut(..len).unwrap_or_default()
+}
+
+/// Band buffers circulating between each producer and the writer: one being filled while the other is written.
 const BAND_BUFFERS: usize = 2;
 
-/// The worker's reused buffers.
+/// Threads computing output tensors, taking turns tensor by tensor.
+///
+/// Two keep two cores busy alongside the writer: on the 2-core machine measured, one producer was the
+/// bottleneck (reading and transposing took twice the writer's time).
+const PRODUCERS: usize = 2;
+
+/// Which of `producers` computes each tensor: the one with the fewest bytes assigned so far.
+fn owners(tensors: &[OutTensor], producers: usize) -> Vec<usize> {
+    let mut load = vec![0usize; producers.max(1)];
+    tensors
+        .iter()
+        .map(|t| {
+            let Some((k, least)) = load.iter_mut().enumerate().min_by_key(|(_, l)| **l) else {
+                return 0;
+            };
+            *least = least.saturating_add(t.shape.iter().product::<usize>());
+            k
+        })
+        .collect()
+}
+
+/// What a producer sends the writer.
+enum Band {
+    /// A buffer whose first `len` bytes continue the current tensor.
+    Bytes(Vec<u8>, usize),
+    /// The current tensor is complete; the next comes from the next producer.
+    End,
+}
+
+/// A producer's reused buffers.
 #[derive(Default)]
 struct BandScratch {
-    /// One band of source bytes.
+    /// One group of source rows of a band (or a band of a copied tensor), as read.
     raw: Vec<u8>,
     /// The same band decoded.
     values: Vec<f32>,
@@ -360,25 +420,37 @@ struct BandScratch {
     plan: Scratch,
 }
 
-/// Hands filled band buffers from the worker to the writer.
+/// Hands filled band buffers from a producer to the writer.
 struct Emitter<'a> {
     free: &'a mpsc::Receiver<Vec<u8>>,
-    ready: &'a mpsc::SyncSender<Result<Vec<u8>>>,
+    ready: &'a mpsc::SyncSender<Result<Band>>,
     /// Bytes sent so far.
     sent: u64,
 }
 
 impl Emitter<'_> {
-    /// Fills a free buffer with `fill` and passes it on to be written.
-    fn emit(&mut self, name: &str, fill: impl FnOnce(&mut Vec<u8>) -> Result<()>) -> Result<()> {
+    /// Fills a free buffer with `fill`, which returns how many of its leading bytes are the band, and passes
+    /// them on to be written.
+    ///
+    /// The buffer arrives holding earlier bands' bytes, and `fill` overwrites what it uses (see [`sized`]):
+    /// clearing or shrinking it would make the next fill zero megabytes again before overwriting them.
+    fn emit(&mut self, name: &str, fill: impl FnOnce(&mut Vec<u8>) -> Result<usize>) -> Result<()> {
         let stopped = || Error::Worker {
             name: name.to_string(),
         };
         let mut buf = self.free.recv().map_err(|_| stopped())?;
-        buf.clear();
-        fill(&mut buf)?;
-        self.sent = self.sent.saturating_add(buf.len() as u64);
-        self.ready.send(Ok(buf)).map_err(|_| stopped())
+        let len = fill(&mut buf)?.min(buf.len());
+        self.sent = self.sent.saturating_add(len as u64);
+        self.ready
+            .send(Ok(Band::Bytes(buf, len)))
+            .map_err(|_| stopped())
+    }
+
+    /// Tells the writer the current tensor is complete.
+    fn end(&mut self, name: &str) -> Result<()> {
+        self.ready.send(Ok(Band::End)).map_err(|_| Error::Worker {
+            name: name.to_string(),
+        })
     }
 }
 
@@ -396,7 +468,7 @@ fn produce_tensor(
     let before = em.sent;
     if want == 0 {
         // An empty part is what completes a zero-sized tensor in the writer.
-        em.emit(&t.name, |_| Ok(()))?;
+        em.emit(&t.name, |_| Ok(0))?;
     } else {
         stream_recipe(file, &t.name, &t.recipe, dtype, scratch, em)?;
     }
@@ -439,17 +511,28 @@ fn stream_recipe(
                 return Ok(());
             }
             let mut bands = file.column_bands(src, rows)?;
-            // Output rows per band: the band's source bytes and its encoded output both stay within BAND_BYTES.
-            let widest = in_dtype.size().max(dtype.dtype().size());
-            let per_band = (BAND_BYTES / rows.saturating_mul(widest)).max(1);
+            // Output rows per band: the band's encoded output stays within BAND_BYTES. Each band is read
+            // GROUP_ROWS source rows at a time into a small staging buffer and transposed from there while it
+            // is still in cache; reading the whole band first and transposing it afterwards ran at half speed.
+            let (in_size, out_size) = (in_dtype.size(), dtype.dtype().size());
+            let per_band = (BAND_BYTES / rows.saturating_mul(out_size)).max(1);
+            let stage = &mut scratch.raw;
             let mut done = 0;
             while done < cols {
                 let n = per_band.min(cols - done);
-                bands.read_band(n * in_dtype.size(), &mut scratch.raw)?;
-                let raw = &scratch.raw;
                 em.emit(name, |buf| {
-                    transpose_encode_bytes(raw, in_dtype, rows, n, dtype, buf);
-                    Ok(())
+                    let len = rows * n * out_size;
+                    let out = sized(buf, len);
+                    let mut r0 = 0;
+                    while r0 < rows {
+                        let g = GROUP_ROWS.min(rows - r0);
+                        let group = sized(stage, g * n * in_size);
+                        bands.read_rows(n * in_size, group)?;
+                        let strip = out.get_mut(r0 * out_size..).unwrap_or_default();
+                        transpose_encode_bytes(group, in_dtype, [g, n, n], dtype, strip, rows);
+                        r0 += g;
+                    }
+                    Ok(len)
                 })?;
                 done += n;
             }
@@ -471,15 +554,19 @@ fn stream_recipe(
                 let n = piece.min(bands.remaining());
                 if in_dtype == dtype.dtype() {
                     // A copy in the output's own dtype goes through as the file's bytes.
-                    em.emit(name, |buf| Ok(bands.read_band(n, buf)?))?;
+                    em.emit(name, |buf| {
+                        bands.read_rows(n, sized(buf, n))?;
+                        Ok(n)
+                    })?;
                 } else {
                     bands.read_band(n, &mut scratch.raw)?;
                     scratch.values.clear();
                     decode_append(src, in_dtype, &scratch.raw, &mut scratch.values)?;
                     let values = &scratch.values;
                     em.emit(name, |buf| {
+                        buf.clear();
                         encode_append(values, dtype, buf);
-                        Ok(())
+                        Ok(buf.len())
                     })?;
                 }
             }
@@ -488,7 +575,11 @@ fn stream_recipe(
         // The rest are small (patch kernel, biases, position embedding) or rare (stem convolutions).
         other => {
             let plan_scratch = &mut scratch.plan;
-            em.emit(name, |buf| other.eval_bytes(file, plan_scratch, dtype, buf))
+            em.emit(name, |buf| {
+                buf.clear();
+                other.eval_bytes(file, plan_scratch, dtype, buf)?;
+                Ok(buf.len())
+            })
         }
     }
 }

@@ -336,21 +336,30 @@ pub fn encode_append(values: &[f32], dtype: OutDType, out: &mut Vec<u8>) {
     }
 }
 
-/// Encodes `values` into `dst`, which holds exactly their encoded size; filled in fixed-size chunks so it vectorises.
+/// Encodes `values` into `dst`, which holds exactly their encoded size.
+///
+/// Elements are stored as fixed-size arrays (`as_chunks_mut`), so each store is one register move; copying
+/// through `copy_from_slice` on a runtime-sized chunk compiled to a `memcpy` call per element.
 fn encode_into(values: &[f32], dtype: OutDType, dst: &mut [u8]) {
     match dtype {
         OutDType::F32 => dst
-            .chunks_exact_mut(4)
+            .as_chunks_mut::<4>()
+            .0
+            .iter_mut()
             .zip(values)
-            .for_each(|(d, v)| d.copy_from_slice(&v.to_le_bytes())),
+            .for_each(|(d, v)| *d = v.to_le_bytes()),
         OutDType::F16 => dst
-            .chunks_exact_mut(2)
+            .as_chunks_mut::<2>()
+            .0
+            .iter_mut()
             .zip(values)
-            .for_each(|(d, v)| d.copy_from_slice(&half::f16::from_f32(*v).to_le_bytes())),
+            .for_each(|(d, v)| *d = half::f16::from_f32(*v).to_le_bytes()),
         OutDType::BF16 => dst
-            .chunks_exact_mut(2)
+            .as_chunks_mut::<2>()
+            .0
+            .iter_mut()
             .zip(values)
-            .for_each(|(d, v)| d.copy_from_slice(&half::bf16::from_f32(*v).to_le_bytes())),
+            .for_each(|(d, v)| *d = half::bf16::from_f32(*v).to_le_bytes()),
     }
 }
 
@@ -385,63 +394,120 @@ pub fn transpose_encode(v: &[f32], rows: usize, cols: usize, dtype: OutDType, ou
     }
 }
 
-/// [`transpose_encode`] straight from the source's little-endian bytes of `in_dtype` (a float type), decoding
-/// each 32 x 32 block as it is loaded: no decoded copy of the matrix is held, and the data is read once.
+/// [`transpose_encode`] straight from the source's little-endian bytes of `in_dtype` (a float type), into
+/// `dst`. Source row `r` starts at element `r * stride` of `raw` (`stride >= cols`), and output row `c` at
+/// element `c * dst_stride` of `dst` (`dst_stride >= rows`), so a band can be transposed a few columns, or
+/// a few rows, at a time: a group of source rows lands in a column strip of the output.
 ///
-/// Elements decode exactly as [`crate::convert`]'s whole-tensor path does (`from_le_bytes`, then widening), so
-/// the output bytes are identical to decoding first.
+/// Where the output keeps the source's type the elements are moved as they are, bytes untouched (the
+/// common case: f32 to f32). Otherwise each 32 x 32 block is decoded as it is loaded, exactly as
+/// [`crate::convert`]'s whole-tensor path decodes (`from_le_bytes`, then widening), so the output bytes are
+/// identical to decoding first. No decoded copy of the matrix is held and the data is read once.
 pub fn transpose_encode_bytes(
     raw: &[u8],
     in_dtype: DType,
-    rows: usize,
-    cols: usize,
+    [rows, cols, stride]: [usize; 3],
     dtype: OutDType,
-    out: &mut Vec<u8>,
+    dst: &mut [u8],
+    dst_stride: usize,
 ) {
+    let shape = [rows, cols, stride, dst_stride];
+    if in_dtype == dtype.dtype() {
+        match in_dtype.size() {
+            4 => transpose_elems::<4>(raw.as_chunks().0, shape, dst.as_chunks_mut().0),
+            2 => transpose_elems::<2>(raw.as_chunks().0, shape, dst.as_chunks_mut().0),
+            _ => {}
+        }
+        return;
+    }
     match in_dtype {
-        DType::F32 => transpose_decode_encode::<4>(raw, rows, cols, f32::from_le_bytes, dtype, out),
+        DType::F32 => transpose_decode_encode::<4>(raw, shape, f32::from_le_bytes, dtype, dst),
         DType::BF16 => transpose_decode_encode::<2>(
             raw,
-            rows,
-            cols,
+            shape,
             |b| half::bf16::from_le_bytes(b).to_f32(),
             dtype,
-            out,
+            dst,
         ),
         DType::F16 => transpose_decode_encode::<2>(
             raw,
-            rows,
-            cols,
+            shape,
             |b| half::f16::from_le_bytes(b).to_f32(),
             dtype,
-            out,
+            dst,
         ),
-        DType::F64 => transpose_decode_encode::<8>(
-            raw,
-            rows,
-            cols,
-            |b| f64::from_le_bytes(b) as f32,
-            dtype,
-            out,
-        ),
+        DType::F64 => {
+            transpose_decode_encode::<8>(raw, shape, |b| f64::from_le_bytes(b) as f32, dtype, dst)
+        }
         // Callers check the source is a float type first; other types have no values to give.
         _ => {}
     }
 }
 
-/// The body of [`transpose_encode_bytes`] for `N`-byte source elements.
+/// Transposes a `[rows, cols]` matrix of `N`-byte elements (row `r` at `r * stride`) into `dst` (row `c` at
+/// `c * dst_stride`) without looking at them.
+///
+/// Whole 32 x 32 blocks go through fixed-size arrays, which compile to straight vector loads and stores;
+/// the ragged edges take a slower, element-by-element path.
+fn transpose_elems<const N: usize>(
+    src: &[[u8; N]],
+    [rows, cols, stride, dst_stride]: [usize; 4],
+    dst: &mut [[u8; N]],
+) {
+    let mut block = [[[0u8; N]; BLOCK]; BLOCK];
+    for r0 in (0..rows).step_by(BLOCK) {
+        let rn = BLOCK.min(rows - r0);
+        for c0 in (0..cols).step_by(BLOCK) {
+            let cn = BLOCK.min(cols - c0);
+            if rn == BLOCK && cn == BLOCK {
+                for (i, row) in block.iter_mut().enumerate() {
+                    let s = (r0 + i) * stride + c0;
+                    if let Some(src) = src
+                        .get(s..s + BLOCK)
+                        .and_then(|s| <&[_; BLOCK]>::try_from(s).ok())
+                    {
+                        *row = *src;
+                    }
+                }
+                for j in 0..BLOCK {
+                    let d = (c0 + j) * dst_stride + r0;
+                    if let Some(out) = dst
+                        .get_mut(d..d + BLOCK)
+                        .and_then(|d| <&mut [_; BLOCK]>::try_from(d).ok())
+                    {
+                        for (o, row) in out.iter_mut().zip(&block) {
+                            if let Some(v) = row.get(j) {
+                                *o = *v;
+                            }
+                        }
+                    }
+                }
+            } else {
+                for j in 0..cn {
+                    for i in 0..rn {
+                        if let (Some(d), Some(s)) = (
+                            dst.get_mut((c0 + j) * dst_stride + r0 + i),
+                            src.get((r0 + i) * stride + c0 + j),
+                        ) {
+                            *d = *s;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The body of [`transpose_encode_bytes`] for `N`-byte source elements that change type.
 fn transpose_decode_encode<const N: usize>(
     raw: &[u8],
-    rows: usize,
-    cols: usize,
+    [rows, cols, stride, dst_stride]: [usize; 4],
     decode: impl Fn([u8; N]) -> f32,
     dtype: OutDType,
-    out: &mut Vec<u8>,
+    dst: &mut [u8],
 ) {
     let es = dtype.dtype().size();
-    let start = out.len();
-    let n = (raw.len() / N).min(rows * cols);
-    out.resize(start + n * es, 0);
+    let src = raw.as_chunks::<N>().0;
     let mut block = [[0f32; BLOCK]; BLOCK];
     let mut column = [0f32; BLOCK];
     for r0 in (0..rows).step_by(BLOCK) {
@@ -449,21 +515,17 @@ fn transpose_decode_encode<const N: usize>(
         for c0 in (0..cols).step_by(BLOCK) {
             let cn = BLOCK.min(cols - c0);
             for (i, row) in block.iter_mut().enumerate().take(rn) {
-                let s = ((r0 + i) * cols + c0) * N;
-                if let Some(src) = raw.get(s..s + cn * N) {
-                    for (d, c) in row.iter_mut().zip(src.chunks_exact(N)) {
-                        if let Ok(b) = c.try_into() {
-                            *d = decode(b);
-                        }
-                    }
+                let s = (r0 + i) * stride + c0;
+                if let Some(src) = src.get(s..s + cn) {
+                    row.iter_mut().zip(src).for_each(|(d, b)| *d = decode(*b));
                 }
             }
             for j in 0..cn {
                 for (x, row) in column.iter_mut().zip(block.iter()).take(rn) {
                     *x = row.get(j).copied().unwrap_or(0.0);
                 }
-                let d = start + ((c0 + j) * rows + r0) * es;
-                if let (Some(dst), Some(src)) = (out.get_mut(d..d + rn * es), column.get(..rn)) {
+                let d = ((c0 + j) * dst_stride + r0) * es;
+                if let (Some(dst), Some(src)) = (dst.get_mut(d..d + rn * es), column.get(..rn)) {
                     encode_into(src, dtype, dst);
                 }
             }
@@ -640,12 +702,97 @@ mod tests {
                 })
                 .collect();
             for dtype in [OutDType::F32, OutDType::F16, OutDType::BF16] {
-                let mut fused = vec![7u8; 3];
-                transpose_encode_bytes(raw, *in_dtype, r, c, dtype, &mut fused);
-                let mut want = vec![7u8; 3];
+                // Stale bytes in the buffer must all be overwritten.
+                let mut fused = vec![7u8; r * c * dtype.dtype().size()];
+                transpose_encode_bytes(raw, *in_dtype, [r, c, c], dtype, &mut fused, r);
+                let mut want = Vec::new();
                 transpose_encode(&decoded, r, c, dtype, &mut want);
                 assert_eq!(fused, want, "{in_dtype:?} -> {dtype:?}");
             }
+        }
+    }
+
+    #[test]
+    fn same_type_transposes_keep_every_bit() {
+        // A signalling NaN and a bf16 NaN payload would be altered by a decode/encode round trip.
+        let (r, c) = (64u32, 33usize);
+        let words: Vec<u32> = (0..r * c as u32)
+            .map(|i| 0x7f80_0001 ^ (i * 2_654_435_761))
+            .collect();
+        let raw: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let mut out = vec![0u8; raw.len()];
+        transpose_encode_bytes(
+            &raw,
+            DType::F32,
+            [r as usize, c, c],
+            OutDType::F32,
+            &mut out,
+            r as usize,
+        );
+        let want: Vec<u8> = transpose(&words, r as usize, c)
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .collect();
+        assert_eq!(out, want);
+        let halves: Vec<u16> = words.iter().map(|w| (*w >> 16) as u16 | 0x7f81).collect();
+        let raw: Vec<u8> = halves.iter().flat_map(|h| h.to_le_bytes()).collect();
+        let mut out = vec![0u8; raw.len()];
+        transpose_encode_bytes(
+            &raw,
+            DType::BF16,
+            [r as usize, c, c],
+            OutDType::BF16,
+            &mut out,
+            r as usize,
+        );
+        let want: Vec<u8> = transpose(&halves, r as usize, c)
+            .iter()
+            .flat_map(|h| h.to_le_bytes())
+            .collect();
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn strided_transposes_take_a_run_of_columns() {
+        // Columns 10..50 of a [45, 70] matrix, as a band reader hands them out: the rows of the full
+        // transpose from 10 on.
+        let (r, c, from, n) = (45, 70, 10, 40);
+        let v: Vec<f32> = (0..r * c).map(|x| x as f32 * 0.37 - 100.0).collect();
+        let raw: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        for dtype in [OutDType::F32, OutDType::BF16] {
+            let es = dtype.dtype().size();
+            let mut whole = Vec::new();
+            transpose_encode(&v, r, c, dtype, &mut whole);
+            let mut part = vec![0u8; r * n * es];
+            transpose_encode_bytes(&raw[from * 4..], DType::F32, [r, n, c], dtype, &mut part, r);
+            assert_eq!(part, whole[from * r * es..(from + n) * r * es], "{dtype:?}");
+        }
+    }
+
+    #[test]
+    fn row_groups_fill_column_strips() {
+        // A [45, 70] matrix transposed 32 rows and then 13 rows at a time, as the converter does with
+        // groups of rows read together, equals the whole transpose.
+        let (r, c) = (45, 70);
+        let v: Vec<f32> = (0..r * c).map(|x| x as f32 * 0.37 - 100.0).collect();
+        let raw: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        for dtype in [OutDType::F32, OutDType::F16] {
+            let es = dtype.dtype().size();
+            let mut whole = Vec::new();
+            transpose_encode(&v, r, c, dtype, &mut whole);
+            let mut strips = vec![0u8; r * c * es];
+            for (r0, g) in [(0, 32), (32, 13)] {
+                let group = &raw[r0 * c * 4..(r0 + g) * c * 4];
+                transpose_encode_bytes(
+                    group,
+                    DType::F32,
+                    [g, c, c],
+                    dtype,
+                    &mut strips[r0 * es..],
+                    r,
+                );
+            }
+            assert_eq!(strips, whole, "{dtype:?}");
         }
     }
 

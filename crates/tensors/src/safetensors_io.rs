@@ -194,18 +194,32 @@ pub(crate) fn header_bytes(
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     });
-    let meta = Metadata::new(meta_map, tensors).map_err(|e| Error::Writer {
+    let invalid = |found: String| Error::Writer {
         path: path.to_path_buf(),
         tensor: String::new(),
         expected: "a valid safetensors header".into(),
-        found: e.to_string(),
-    })?;
-    let mut json = serde_json::to_vec(&meta).map_err(|e| Error::Writer {
-        path: path.to_path_buf(),
-        tensor: String::new(),
-        expected: "a serializable header".into(),
-        found: e.to_string(),
-    })?;
+        found,
+    };
+    // Built only to validate the header the way every reader will.
+    Metadata::new(meta_map, tensors.clone()).map_err(|e| invalid(e.to_string()))?;
+    // Serialised here rather than by `Metadata`, which keeps the metadata in a `HashMap` and so would write
+    // its keys in a different order on every run: the same conversion must give the same bytes. Metadata
+    // first, keys sorted, then the tensors in file order.
+    let json_err = |e: serde_json::Error| invalid(e.to_string());
+    let mut json = b"{".to_vec();
+    if !metadata.is_empty() {
+        json.extend_from_slice(b"\"__metadata__\":");
+        serde_json::to_writer(&mut json, metadata).map_err(json_err)?;
+    }
+    for (name, info) in &tensors {
+        if json.len() > 1 {
+            json.push(b',');
+        }
+        serde_json::to_writer(&mut json, name).map_err(json_err)?;
+        json.push(b':');
+        serde_json::to_writer(&mut json, info).map_err(json_err)?;
+    }
+    json.push(b'}');
     // The spec recommends padding the header with spaces so the data starts 8-aligned.
     json.resize(json.len().div_ceil(8) * 8, b' ');
     let mut out = Vec::with_capacity(json.len() + 8);

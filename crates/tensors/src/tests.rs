@@ -779,3 +779,36 @@ fn error_crc_mismatch_in_deflated_npz() {
     );
     assert!(f.read_chunked(tensor, 1 << 16, |_| {}).is_err());
 }
+
+#[test]
+fn the_same_tensors_and_metadata_give_the_same_bytes() {
+    // Run to run, and format by format: a header serialised from a hash map would list the metadata in a
+    // different order each time.
+    let src = TensorFile::open(fixtures().join("vit-token/checkpoint.npz")).unwrap();
+    let metadata: BTreeMap<String, String> =
+        ["zeta", "alpha", "format", "vitconv.notes", "mu", "b", "y"]
+            .iter()
+            .map(|k| (k.to_string(), format!("value of {k}")))
+            .collect();
+    let dir = tempfile::tempdir().unwrap();
+    for (format, ext) in [(Format::Safetensors, "safetensors"), (Format::Pt, "pt")] {
+        let runs: Vec<Vec<u8>> = (0..3)
+            .map(|i| {
+                let p = dir.path().join(format!("run{i}.{ext}"));
+                recode(&src, &p, format, metadata.clone());
+                std::fs::read(&p).unwrap()
+            })
+            .collect();
+        assert!(runs.windows(2).all(|w| w[0] == w[1]), "{ext}");
+    }
+    let bytes = std::fs::read(dir.path().join("run0.safetensors")).unwrap();
+    let header = String::from_utf8_lossy(&bytes[8..]);
+    let at: Vec<usize> = metadata
+        .keys()
+        .map(|k| header.find(&format!("\"{k}\"")).unwrap())
+        .collect();
+    assert!(
+        at.windows(2).all(|w| w[0] < w[1]),
+        "metadata keys in sorted order: {header}"
+    );
+}

@@ -151,6 +151,7 @@ impl Writer {
             crate::pending::create_registered(|| builder.tempfile_in(&dir), |t| t.path())
                 .map_err(|e| Error::io(path, e))?;
         let file = temp.as_file().try_clone().map_err(|e| Error::io(path, e))?;
+        reserve(&file, sizes.iter().fold(0u64, |a, &n| a.saturating_add(n)));
         let out = BufWriter::with_capacity(WRITE_BUF, file);
         let sink = match format {
             Format::Safetensors => {
@@ -372,6 +373,20 @@ fn start_writeback(file: &File) {
     // and offset 0 with length 0 means "the whole file".
     let _ = unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
 }
+
+/// Reserves `len` bytes of disk for the file without changing its size; a hint only, like [`start_writeback`].
+#[cfg(target_os = "linux")]
+fn reserve(file: &File, len: u64) {
+    use std::os::fd::AsRawFd;
+    let Ok(len) = libc::off_t::try_from(len) else {
+        return;
+    };
+    // SAFETY: fallocate reads no memory of ours, and the descriptor is open.
+    let _ = unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, len) };
+}
+
+#[cfg(not(target_os = "linux"))]
+fn reserve(_file: &File, _len: u64) {}
 
 /// Elsewhere the final flush does all the work.
 #[cfg(not(target_os = "linux"))]
