@@ -478,15 +478,32 @@ fn write_big_vit(path: &Path) {
     w.finish().unwrap();
 }
 
-/// Starts a conversion of `source`, sends `signal` once its temporary output exists, and returns the exit code.
+/// The names in `dir`, sorted.
 #[cfg(unix)]
-fn convert_and_interrupt(source: &Path, output: &Path, signal: &str) -> Option<i32> {
+fn listing_of(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Starts a conversion of `source` to `layout`, sends `signal` once its temporary output exists, and returns the
+/// exit code.
+#[cfg(unix)]
+fn convert_and_interrupt(source: &Path, output: &Path, layout: &str, signal: &str) -> Option<i32> {
     use std::time::{Duration, Instant};
     /// How long the conversion may take to open its temporary output.
     const START_DEADLINE: Duration = Duration::from_secs(60);
-    let dir = output.parent().unwrap();
+    // An hf output is a directory, and its temporary files are inside it.
+    let dir = if layout == "hf" {
+        output
+    } else {
+        output.parent().unwrap()
+    };
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vitconv"))
-        .args(["npz-to-pt", "--layout", "timm", "--quiet", "--force"])
+        .args(["npz-to-pt", "--layout", layout, "--quiet", "--force"])
         .arg(source)
         .arg(output)
         .stderr(std::process::Stdio::piped())
@@ -512,11 +529,14 @@ fn convert_and_interrupt(source: &Path, output: &Path, signal: &str) -> Option<i
     out.status.code()
 }
 
-/// The writer's temporary files in `dir` (`.NAME.*.partial`, and the side files' `.tmp*`).
+/// The writer's temporary files in `dir` (`.NAME.*.partial`, and the side files' `.tmp*`); none if `dir` does
+/// not exist (yet).
 #[cfg(unix)]
 fn partial_files(dir: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(dir)
-        .unwrap()
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
         .map(|e| e.unwrap().path())
         .filter(|p| {
             let name = p.file_name().unwrap().to_string_lossy().into_owned();
@@ -540,7 +560,7 @@ fn an_interrupted_conversion_leaves_no_temporary_and_the_old_output() {
     // SIGTERM with an existing output: the output keeps its bytes.
     std::fs::write(&output, b"the previous output").unwrap();
     assert_eq!(
-        convert_and_interrupt(&source, &output, "-TERM"),
+        convert_and_interrupt(&source, &output, "timm", "-TERM"),
         Some(INTERRUPTED)
     );
     assert_eq!(std::fs::read(&output).unwrap(), b"the previous output");
@@ -549,7 +569,7 @@ fn an_interrupted_conversion_leaves_no_temporary_and_the_old_output() {
     // SIGINT with no output: none appears.
     std::fs::remove_file(&output).unwrap();
     assert_eq!(
-        convert_and_interrupt(&source, &output, "-INT"),
+        convert_and_interrupt(&source, &output, "timm", "-INT"),
         Some(INTERRUPTED)
     );
     assert!(!output.exists());
@@ -558,6 +578,26 @@ fn an_interrupted_conversion_leaves_no_temporary_and_the_old_output() {
         0,
         "the output directory is not empty"
     );
+
+    // An hf directory the run created, with a missing parent, goes too.
+    let hf_dir = out_dir.join("new/hf");
+    assert_eq!(
+        convert_and_interrupt(&source, &hf_dir, "hf", "-INT"),
+        Some(INTERRUPTED)
+    );
+    assert_eq!(
+        std::fs::read_dir(&out_dir).unwrap().count(),
+        0,
+        "the hf directory and its parent were left behind"
+    );
+    // An existing one stays, empty as it was.
+    std::fs::create_dir(out_dir.join("kept")).unwrap();
+    assert_eq!(
+        convert_and_interrupt(&source, &out_dir.join("kept"), "hf", "-INT"),
+        Some(INTERRUPTED)
+    );
+    assert_eq!(listing_of(&out_dir), ["kept"]);
+    assert_eq!(listing_of(&out_dir.join("kept")), Vec::<String>::new());
 
     // Uninterrupted, the same source converts: the test model is one the converter accepts.
     let o = vitconv([

@@ -8,8 +8,8 @@
 //! Weights go through `vitconv_tensors::Writer` (temporary file beside the target, renamed by `finish`), and the
 //! small JSON side files are written the same way after it: a failed run leaves no partial output and an
 //! existing output untouched. Every temporary file is registered with `vitconv_tensors::register_temporary`, so
-//! the binary's SIGINT/SIGTERM handler removes them (`remove_pending_temporaries`) before exiting. (An `hf`
-//! directory this run created stays behind, empty, after an interrupt; SIGKILL can leave a temporary file.)
+//! the binary's SIGINT/SIGTERM handler removes them (`remove_pending_temporaries`) before exiting, and with them
+//! an `hf` directory this run created (SIGKILL can still leave a temporary file).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -169,7 +169,7 @@ pub fn write(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Written> {
     let plan = &conv.plan;
-    let (weights, format, sides, created_dir) = match plan.kind {
+    let (weights, format, sides, created_dirs) = match plan.kind {
         OutputKind::File => {
             let format = match output_format(output) {
                 Some(f @ (Format::Pt | Format::Safetensors)) => f,
@@ -195,7 +195,7 @@ pub fn write(
                     });
                 }
             }
-            (output.to_path_buf(), format, sides, false)
+            (output.to_path_buf(), format, sides, None)
         }
         OutputKind::HfDirectory => {
             if output.is_file() || output_format(output).is_some() {
@@ -219,7 +219,9 @@ pub fn write(
                     });
                 }
             }
-            std::fs::create_dir_all(output).map_err(|e| Error::Io {
+            // Registered, so that an interrupt removes the directories this run created along with the
+            // temporary files inside them.
+            let dirs = vitconv_tensors::create_dirs_registered(output).map_err(|e| Error::Io {
                 path: output.to_path_buf(),
                 source: e,
             })?;
@@ -232,7 +234,7 @@ pub fn write(
                 output.join(hf::WEIGHTS_FILE),
                 Format::Safetensors,
                 sides,
-                !existed,
+                Some(dirs),
             )
         }
     };
@@ -262,9 +264,14 @@ pub fn write(
             bytes,
         })
     })();
-    if result.is_err() && created_dir {
-        // Only a directory this run created is removed; an existing one keeps whatever it held.
-        let _ = std::fs::remove_dir_all(output);
+    if let (Err(_), Some(dirs)) = (&result, &created_dirs) {
+        // Only directories this run created are removed; an existing one keeps whatever it held.
+        if !dirs.created().is_empty() {
+            let _ = std::fs::remove_dir_all(output);
+            for parent in dirs.created().iter().skip(1) {
+                let _ = std::fs::remove_dir(parent);
+            }
+        }
     }
     result
 }

@@ -715,82 +715,54 @@ mod tests {
     #[test]
     fn same_type_transposes_keep_every_bit() {
         // A signalling NaN and a bf16 NaN payload would be altered by a decode/encode round trip.
-        let (r, c) = (64u32, 33usize);
-        let words: Vec<u32> = (0..r * c as u32)
-            .map(|i| 0x7f80_0001 ^ (i * 2_654_435_761))
+        let (r, c) = (64, 33);
+        let words: Vec<u32> = (0..(r * c) as u32)
+            .map(|i| 0x7f80_0001 ^ i.wrapping_mul(2_654_435_761))
             .collect();
-        let raw: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-        let mut out = vec![0u8; raw.len()];
-        transpose_encode_bytes(
-            &raw,
-            DType::F32,
-            [r as usize, c, c],
-            OutDType::F32,
-            &mut out,
-            r as usize,
-        );
-        let want: Vec<u8> = transpose(&words, r as usize, c)
-            .iter()
-            .flat_map(|w| w.to_le_bytes())
-            .collect();
-        assert_eq!(out, want);
         let halves: Vec<u16> = words.iter().map(|w| (*w >> 16) as u16 | 0x7f81).collect();
-        let raw: Vec<u8> = halves.iter().flat_map(|h| h.to_le_bytes()).collect();
-        let mut out = vec![0u8; raw.len()];
-        transpose_encode_bytes(
-            &raw,
-            DType::BF16,
-            [r as usize, c, c],
-            OutDType::BF16,
-            &mut out,
-            r as usize,
-        );
-        let want: Vec<u8> = transpose(&halves, r as usize, c)
-            .iter()
-            .flat_map(|h| h.to_le_bytes())
-            .collect();
-        assert_eq!(out, want);
+        let le32 = |v: &[u32]| -> Vec<u8> { v.iter().flat_map(|w| w.to_le_bytes()).collect() };
+        let le16 = |v: &[u16]| -> Vec<u8> { v.iter().flat_map(|h| h.to_le_bytes()).collect() };
+        let cases = [
+            (
+                DType::F32,
+                OutDType::F32,
+                le32(&words),
+                le32(&transpose(&words, r, c)),
+            ),
+            (
+                DType::BF16,
+                OutDType::BF16,
+                le16(&halves),
+                le16(&transpose(&halves, r, c)),
+            ),
+        ];
+        for (in_dtype, dtype, raw, want) in cases {
+            let mut out = vec![0u8; raw.len()];
+            transpose_encode_bytes(&raw, in_dtype, [r, c, c], dtype, &mut out, r);
+            assert_eq!(out, want, "{in_dtype:?}");
+        }
     }
 
     #[test]
-    fn strided_transposes_take_a_run_of_columns() {
-        // Columns 10..50 of a [45, 70] matrix, as a band reader hands them out: the rows of the full
-        // transpose from 10 on.
+    fn runs_of_columns_and_groups_of_rows_transpose_into_place() {
+        // A [45, 70] matrix. Columns 10..50, as a band reader hands them out, give the rows of the whole
+        // transpose from 10 on; rows 0..32 and then 32..45, as the converter reads them together, fill the
+        // whole transpose column strip by column strip.
         let (r, c, from, n) = (45, 70, 10, 40);
         let v: Vec<f32> = (0..r * c).map(|x| x as f32 * 0.37 - 100.0).collect();
         let raw: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-        for dtype in [OutDType::F32, OutDType::BF16] {
+        for dtype in [OutDType::F32, OutDType::BF16, OutDType::F16] {
             let es = dtype.dtype().size();
             let mut whole = Vec::new();
             transpose_encode(&v, r, c, dtype, &mut whole);
             let mut part = vec![0u8; r * n * es];
             transpose_encode_bytes(&raw[from * 4..], DType::F32, [r, n, c], dtype, &mut part, r);
             assert_eq!(part, whole[from * r * es..(from + n) * r * es], "{dtype:?}");
-        }
-    }
-
-    #[test]
-    fn row_groups_fill_column_strips() {
-        // A [45, 70] matrix transposed 32 rows and then 13 rows at a time, as the converter does with
-        // groups of rows read together, equals the whole transpose.
-        let (r, c) = (45, 70);
-        let v: Vec<f32> = (0..r * c).map(|x| x as f32 * 0.37 - 100.0).collect();
-        let raw: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-        for dtype in [OutDType::F32, OutDType::F16] {
-            let es = dtype.dtype().size();
-            let mut whole = Vec::new();
-            transpose_encode(&v, r, c, dtype, &mut whole);
             let mut strips = vec![0u8; r * c * es];
             for (r0, g) in [(0, 32), (32, 13)] {
                 let group = &raw[r0 * c * 4..(r0 + g) * c * 4];
-                transpose_encode_bytes(
-                    group,
-                    DType::F32,
-                    [g, c, c],
-                    dtype,
-                    &mut strips[r0 * es..],
-                    r,
-                );
+                let strip = &mut strips[r0 * es..];
+                transpose_encode_bytes(group, DType::F32, [g, c, c], dtype, strip, r);
             }
             assert_eq!(strips, whole, "{dtype:?}");
         }

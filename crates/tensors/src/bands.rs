@@ -292,6 +292,13 @@ mod tests {
         (TensorFile::open(&path).unwrap(), data)
     }
 
+    /// Bytes `from..from + width` of every `cols`-byte row of `data`, row after row.
+    fn columns(data: &[u8], cols: usize, from: usize, width: usize) -> Vec<u8> {
+        data.chunks(cols)
+            .flat_map(|row| row[from..from + width].to_vec())
+            .collect()
+    }
+
     #[test]
     fn bands_are_the_columns_of_every_row() {
         let dir = tempfile::tempdir().unwrap();
@@ -304,10 +311,7 @@ mod tests {
             let mut from = 0;
             for width in [7, 0, 20, 23] {
                 bands.read_band(width, &mut out).unwrap();
-                let want: Vec<u8> = data
-                    .chunks(cols)
-                    .flat_map(|row| row[from..from + width].to_vec())
-                    .collect();
+                let want = columns(&data, cols, from, width);
                 assert_eq!(out, want, "{format:?} band at {from}");
                 from += width;
             }
@@ -337,10 +341,7 @@ mod tests {
                     bands.read_rows(width, &mut out).unwrap();
                     got.extend(out);
                 }
-                let want: Vec<u8> = data
-                    .chunks(cols)
-                    .flat_map(|row| row[from..from + width].to_vec())
-                    .collect();
+                let want = columns(&data, cols, from, width);
                 assert_eq!(got, want, "band of {width} at {from}");
                 from += width;
             }

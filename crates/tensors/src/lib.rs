@@ -58,8 +58,8 @@ pub use bands::ColumnBands;
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use pending::{
-    create_registered, finish_registered, register_temporary, remove_pending_temporaries,
-    TemporaryGuard,
+    create_dirs_registered, create_registered, finish_registered, register_temporary,
+    remove_pending_temporaries, DirectoriesGuard, TemporaryGuard,
 };
 pub use stats::TensorStats;
 pub use writer::Writer;
