@@ -12,13 +12,14 @@
 
 use tch::{Kind, Tensor};
 
+use super::clip_style::Tower;
 use super::{
-    bad_shape, pair, shape2, split_qkv, Block, BlockSemantics, ClipTower, DeclaredConfig,
-    FeatureKind, InputNorm, Parts, TargetArch, TargetOutputs,
+    pair, split_qkv, Block, BlockSemantics, ClipTower, DeclaredConfig, InputNorm, Parts,
+    TargetArch, TargetOutputs,
 };
 use crate::error::{Error, Result};
-use crate::ops::{self, Gelu};
-use crate::params::{dim, Params};
+use crate::ops::Gelu;
+use crate::params::Params;
 
 /// `clip.model.LayerNorm` inherits `nn.LayerNorm`'s default eps.
 const CLIP_LAYER_NORM_EPS: f64 = 1e-5;
@@ -26,13 +27,7 @@ const CLIP_LAYER_NORM_EPS: f64 = 1e-5;
 const CLIP_HEAD_WIDTH: usize = 64;
 
 pub struct Clip {
-    p: Params,
-    pre: String,
-    semantics: BlockSemantics,
-    blocks: Vec<Block>,
-    arch: TargetArch,
-    /// The config declares `head: none`: `proj` passes the pooled features through.
-    proj_is_features: bool,
+    tower: Tower,
 }
 
 impl Clip {
@@ -102,12 +97,18 @@ impl Clip {
         let norm = config.input_norm.clone().unwrap_or_else(InputNorm::unit);
         let logits_offset = config.head_bias.clone();
         let m = Clip {
-            p,
-            pre: pre.to_owned(),
-            semantics,
-            blocks,
-            arch: arch.clone(),
-            proj_is_features: config.head.as_deref() == Some("none"),
+            tower: Tower {
+                p,
+                pre: pre.to_owned(),
+                semantics,
+                blocks,
+                arch: arch.clone(),
+                proj_is_features: config.head.as_deref() == Some("none"),
+                // The class always applies ln_pre, and ln_post to token 0 after selecting it.
+                ln_pre: true,
+                avg_pool: false,
+                final_ln_after_pool: true,
+            },
         };
         Ok((
             m,
@@ -123,66 +124,10 @@ impl Clip {
     }
 
     pub(crate) fn kind(&self) -> Kind {
-        self.p.kind()
+        self.tower.kind()
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<TargetOutputs> {
-        let p = &self.p;
-        let a = &self.arch;
-        let (pre, d) = (&self.pre, dim(a.hidden)?);
-        let x = x.f_to_kind(p.kind())?;
-        let w = p.load_any(&format!("{pre}conv1.weight"))?;
-        let y = ops::conv2d(&x, &w, None, dim(a.patch_size)?, 0)?;
-        let x = y.f_flatten(2, 3)?.f_transpose(1, 2)?;
-        let batch = x.size().first().copied().unwrap_or(1);
-        let cls = p
-            .load(&format!("{pre}class_embedding"), &[a.hidden])?
-            .f_view([1, 1, d])?
-            .f_expand([batch, 1, d], false)?;
-        let x = Tensor::f_cat(&[cls, x], 1)?
-            .f_add(&p.load_any(&format!("{pre}positional_embedding"))?)?;
-        let mut x = self.semantics.norm(
-            &x,
-            &pair(p, &format!("{pre}ln_pre"), &[a.hidden], &[a.hidden])?,
-        )?;
-        for block in &self.blocks {
-            x = block.forward(&x, &self.semantics)?;
-        }
-        let token = x.f_select(1, 0)?;
-        let pooled = self.semantics.norm(
-            &token,
-            &pair(p, &format!("{pre}ln_post"), &[a.hidden], &[a.hidden])?,
-        )?;
-        let proj = format!("{pre}proj");
-        let logits = if p.has(&proj) {
-            let [f, out] = shape2(p, &proj)?;
-            if f != a.hidden {
-                return Err(bad_shape(
-                    p.path(),
-                    &proj,
-                    &format!("[{}, out]", a.hidden),
-                    &[f, out],
-                ));
-            }
-            Some(pooled.f_matmul(&p.load_any(&proj)?)?)
-        } else {
-            None
-        };
-        if self.proj_is_features {
-            // `--proj none`: proj is declared to carry the pooled features through (an
-            // identity), so its output is compared with the reference's pooled features.
-            if let Some(projected) = logits {
-                return Ok(TargetOutputs {
-                    features: projected,
-                    features_kind: FeatureKind::Pooled,
-                    logits: None,
-                });
-            }
-        }
-        Ok(TargetOutputs {
-            features: pooled,
-            features_kind: FeatureKind::Pooled,
-            logits,
-        })
+        self.tower.forward(x)
     }
 }

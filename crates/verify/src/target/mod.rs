@@ -6,6 +6,7 @@
 //! arithmetic on PyTorch-layout weights, and the outputs they hand back.
 
 pub mod clip;
+mod clip_style;
 pub mod hf;
 pub mod open_clip;
 pub mod timm;

@@ -14,13 +14,14 @@
 use serde::Deserialize;
 use tch::{Kind, Tensor};
 
+use super::clip_style::Tower;
 use super::{
-    bad_shape, gelu_inexact, pair, shape2, side_file, split_qkv, Block, BlockSemantics, ClipTower,
-    DeclaredConfig, FeatureKind, InputNorm, Parts, TargetArch, TargetOutputs,
+    gelu_inexact, pair, side_file, split_qkv, Block, BlockSemantics, ClipTower, DeclaredConfig,
+    InputNorm, Parts, TargetArch, TargetOutputs,
 };
 use crate::error::{Error, Result};
-use crate::ops::{self, Gelu};
-use crate::params::{dim, Params};
+use crate::ops::Gelu;
+use crate::params::Params;
 
 /// `nn.LayerNorm`'s default eps, which open_clip keeps unless `norm_kwargs` says otherwise.
 const TORCH_LAYER_NORM_EPS: f64 = 1e-5;
@@ -47,16 +48,7 @@ struct ModelCfg {
 }
 
 pub struct OpenClip {
-    p: Params,
-    pre: String,
-    semantics: BlockSemantics,
-    blocks: Vec<Block>,
-    arch: TargetArch,
-    /// The config declares `head: none`: `proj` passes the pooled features through.
-    proj_is_features: bool,
-    ln_pre: bool,
-    avg_pool: bool,
-    final_ln_after_pool: bool,
+    tower: Tower,
 }
 
 impl OpenClip {
@@ -203,15 +195,17 @@ impl OpenClip {
         let norm = config.input_norm.clone().unwrap_or_else(InputNorm::unit);
         let logits_offset = config.head_bias.clone();
         let m = OpenClip {
-            p,
-            pre: pre.to_owned(),
-            semantics,
-            blocks,
-            arch: arch.clone(),
-            proj_is_features: config.head.as_deref() == Some("none"),
-            ln_pre,
-            avg_pool,
-            final_ln_after_pool,
+            tower: Tower {
+                p,
+                pre: pre.to_owned(),
+                semantics,
+                blocks,
+                arch: arch.clone(),
+                proj_is_features: config.head.as_deref() == Some("none"),
+                ln_pre,
+                avg_pool,
+                final_ln_after_pool,
+            },
         };
         Ok((
             m,
@@ -227,77 +221,10 @@ impl OpenClip {
     }
 
     pub(crate) fn kind(&self) -> Kind {
-        self.p.kind()
+        self.tower.kind()
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<TargetOutputs> {
-        let p = &self.p;
-        let a = &self.arch;
-        let (pre, d) = (&self.pre, dim(a.hidden)?);
-        let x = x.f_to_kind(p.kind())?;
-        let w = p.load_any(&format!("{pre}conv1.weight"))?;
-        let y = ops::conv2d(&x, &w, None, dim(a.patch_size)?, 0)?;
-        let x = y.f_flatten(2, 3)?.f_transpose(1, 2)?;
-        let batch = x.size().first().copied().unwrap_or(1);
-        let cls = p
-            .load(&format!("{pre}class_embedding"), &[a.hidden])?
-            .f_view([1, 1, d])?
-            .f_expand([batch, 1, d], false)?;
-        let mut x = Tensor::f_cat(&[cls, x], 1)?
-            .f_add(&p.load_any(&format!("{pre}positional_embedding"))?)?;
-        if self.ln_pre {
-            x = self.semantics.norm(
-                &x,
-                &pair(p, &format!("{pre}ln_pre"), &[a.hidden], &[a.hidden])?,
-            )?;
-        }
-        for block in &self.blocks {
-            x = block.forward(&x, &self.semantics)?;
-        }
-        let ln_post = pair(p, &format!("{pre}ln_post"), &[a.hidden], &[a.hidden])?;
-        if !self.final_ln_after_pool {
-            x = self.semantics.norm(&x, &ln_post)?;
-        }
-        let mut pooled = if self.avg_pool {
-            let n = x.size().get(1).copied().unwrap_or(1);
-            x.f_narrow(1, 1, n - 1)?
-                .f_mean_dim(1, false, None::<Kind>)?
-        } else {
-            x.f_select(1, 0)?
-        };
-        if self.final_ln_after_pool {
-            pooled = self.semantics.norm(&pooled, &ln_post)?;
-        }
-        let proj = format!("{pre}proj");
-        let logits = if p.has(&proj) {
-            let [f, out] = shape2(p, &proj)?;
-            if f != a.hidden {
-                return Err(bad_shape(
-                    p.path(),
-                    &proj,
-                    &format!("[{}, out]", a.hidden),
-                    &[f, out],
-                ));
-            }
-            Some(pooled.f_matmul(&p.load_any(&proj)?)?)
-        } else {
-            None
-        };
-        if self.proj_is_features {
-            // `--proj none`: proj is declared to carry the pooled features through (an
-            // identity), so its output is compared with the reference's pooled features.
-            if let Some(projected) = logits {
-                return Ok(TargetOutputs {
-                    features: projected,
-                    features_kind: FeatureKind::Pooled,
-                    logits: None,
-                });
-            }
-        }
-        Ok(TargetOutputs {
-            features: pooled,
-            features_kind: FeatureKind::Pooled,
-            logits,
-        })
+        self.tower.forward(x)
     }
 }
