@@ -313,14 +313,16 @@ fn write_weights(
     // Producers compute bands of output bytes while this thread writes them (the write is mostly kernel time):
     // each tensor goes to the producer with the fewest bytes so far (`owners`), so while one transposes a
     // kernel the other is already reading the next. (Taking turns tensor by tensor would give one producer
-    // every kernel of a ViT block and the other only its biases.) Each producer has its own few band-sized buffers, which the writer hands back once
-    // written, so memory stays at a few bands per producer whatever the model's size, and a producer that runs
-    // ahead waits for its buffers instead of taking the other's. A failure on any side stops them all: a
-    // producer's error reaches the writer in tensor order, and when the writer stops, its ends of the
-    // channels close and every producer's next send or receive fails.
+    // every kernel of a ViT block and the other only its biases.) Each producer has its own few band-sized
+    // buffers, which the writer hands back once written, so memory stays at a few bands per producer whatever
+    // the model's size, and a producer that runs ahead waits for its buffers instead of taking the other's.
+    // A failure on any side stops them all: a producer's error reaches the writer in tensor order, and when the
+    // writer stops, its ends of the channels close and every producer's next send or receive fails. Producers
+    // are joined by hand, so that one that panicked (a bug) ends the conversion with an error, not a panic.
     let owners = owners(&plan.tensors, PRODUCERS);
     std::thread::scope(|scope| -> Result<()> {
         let mut lanes = Vec::with_capacity(PRODUCERS);
+        let mut producers = Vec::with_capacity(PRODUCERS);
         for k in 0..PRODUCERS {
             let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<Band>>(1);
             let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
@@ -329,7 +331,7 @@ fn write_weights(
                 let _ = free_tx.send(Vec::new());
             }
             let owners = &owners;
-            scope.spawn(move || {
+            producers.push(scope.spawn(move || {
                 let mut scratch = BandScratch::default();
                 let mut emitter = Emitter {
                     free: &free_rx,
@@ -346,11 +348,11 @@ fn write_weights(
                         return;
                     }
                 }
-            });
+            }));
             lanes.push((ready_rx, free_tx));
         }
         let mut done: u64 = 0;
-        for (i, t) in plan.tensors.iter().enumerate() {
+        let written = plan.tensors.iter().enumerate().try_for_each(|(i, t)| {
             let stopped = || Error::Worker {
                 name: t.name.clone(),
             };
@@ -362,8 +364,22 @@ fn write_weights(
                 let _ = free.send(buf);
                 progress(done, total);
             }
+            Ok(())
+        });
+        // Closing the writer's ends releases any producer still waiting on them.
+        drop(lanes);
+        // Every handle is joined (no short-circuit): one left to the scope would make it panic.
+        let panicked = producers
+            .into_iter()
+            .map(|h| h.join().is_err())
+            .fold(false, |a, b| a | b);
+        match written {
+            Err(e) => Err(e),
+            Ok(()) if panicked => Err(Error::Worker {
+                name: "(a producer thread)".to_string(),
+            }),
+            Ok(()) => Ok(()),
         }
-        Ok(())
     })?;
     // The caller renames the finished file into place once everything else is ready too.
     Ok((writer, plan.tensors.len(), total))
