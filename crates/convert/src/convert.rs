@@ -250,9 +250,14 @@ pub fn write(
             .iter()
             .map(|(path, contents)| stage_atomic(path, contents.as_bytes()))
             .collect::<Result<Vec<_>>>()?;
-        let (writer, tensors, bytes) = write_weights(
-            file, plan, opts.dtype, &weights, format, overwrite, progress,
-        )?;
+        let target = WeightsTarget {
+            path: &weights,
+            format,
+            overwrite,
+        };
+        let producers = opts.producers.unwrap_or_else(producers).max(1);
+        let (writer, tensors, bytes) =
+            write_weights(file, plan, opts.dtype, target, producers, progress)?;
         for side in staged {
             side.commit(overwrite)?;
         }
@@ -276,13 +281,23 @@ pub fn write(
     result
 }
 
+/// Where [`write_weights`] writes.
+struct WeightsTarget<'a> {
+    path: &'a Path,
+    format: Format,
+    overwrite: bool,
+}
+
 fn write_weights(
     file: &TensorFile,
     plan: &Plan,
     dtype: OutDType,
-    path: &Path,
-    format: Format,
-    overwrite: bool,
+    WeightsTarget {
+        path,
+        format,
+        overwrite,
+    }: WeightsTarget<'_>,
+    producers: usize,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<(Writer, usize, u64)> {
     let out_dtype = dtype.dtype();
@@ -319,11 +334,11 @@ fn write_weights(
     // A failure on any side stops them all: a producer's error reaches the writer in tensor order, and when the
     // writer stops, its ends of the channels close and every producer's next send or receive fails. Producers
     // are joined by hand, so that one that panicked (a bug) ends the conversion with an error, not a panic.
-    let owners = owners(&plan.tensors, PRODUCERS);
+    let owners = owners(&plan.tensors, producers);
     std::thread::scope(|scope| -> Result<()> {
-        let mut lanes = Vec::with_capacity(PRODUCERS);
-        let mut producers = Vec::with_capacity(PRODUCERS);
-        for k in 0..PRODUCERS {
+        let mut lanes = Vec::with_capacity(producers);
+        let mut handles = Vec::with_capacity(producers);
+        for k in 0..producers {
             let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<Band>>(1);
             let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
             for _ in 0..BAND_BUFFERS {
@@ -331,7 +346,7 @@ fn write_weights(
                 let _ = free_tx.send(Vec::new());
             }
             let owners = &owners;
-            producers.push(scope.spawn(move || {
+            handles.push(scope.spawn(move || {
                 let mut scratch = BandScratch::default();
                 let mut emitter = Emitter {
                     free: &free_rx,
@@ -369,7 +384,7 @@ fn write_weights(
         // Closing the writer's ends releases any producer still waiting on them.
         drop(lanes);
         // Every handle is joined (no short-circuit): one left to the scope would make it panic.
-        let panicked = producers
+        let panicked = handles
             .into_iter()
             .map(|h| h.join().is_err())
             .fold(false, |a, b| a | b);
@@ -405,11 +420,15 @@ fn sized(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
 /// Band buffers circulating between each producer and the writer: one being filled while the other is written.
 const BAND_BUFFERS: usize = 2;
 
-/// Threads computing output tensors, taking turns tensor by tensor.
-///
-/// Two keep two cores busy alongside the writer: on the 2-core machine measured, one producer was the
-/// bottleneck (reading and transposing took twice the writer's time).
-const PRODUCERS: usize = 2;
+/// How many threads compute output tensors by default: two where the writer and both can each have a core,
+/// else one. On the 2-core machine measured, a second producer competing with the writer for the two cores
+/// made the conversion slightly slower, not faster (BENCHMARKS.md).
+fn producers() -> usize {
+    match std::thread::available_parallelism() {
+        Ok(n) if n.get() >= 3 => 2,
+        _ => 1,
+    }
+}
 
 /// Which of `producers` computes each tensor: the one with the fewest bytes assigned so far.
 fn owners(tensors: &[OutTensor], producers: usize) -> Vec<usize> {
@@ -679,5 +698,39 @@ impl Staged {
             source: e.error,
         })?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::options::Layout;
+
+    /// The same bytes whatever the number of producer threads, for every output format and a bf16 source.
+    #[test]
+    fn any_number_of_producers_writes_the_same_file() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
+        let dir = tempfile::tempdir().unwrap();
+        let sources = [
+            "vit-token/checkpoint.npz",
+            "vit-token-variants/bfloat16.npz",
+        ];
+        for (i, source) in sources.iter().enumerate() {
+            let file = TensorFile::open(fixtures.join(source)).unwrap();
+            for ext in ["pt", "safetensors"] {
+                let outputs: Vec<Vec<u8>> = [1, 2, 3]
+                    .iter()
+                    .map(|&n| {
+                        let mut opts = Options::new(Layout::Timm);
+                        opts.producers = Some(n);
+                        let conv = prepare(&file, &opts).unwrap();
+                        let out = dir.path().join(format!("{i}-{n}.{ext}"));
+                        write(&file, &conv, &opts, &out, &mut |_, _| {}).unwrap();
+                        std::fs::read(&out).unwrap()
+                    })
+                    .collect();
+                assert!(outputs.windows(2).all(|w| w[0] == w[1]), "{source} {ext}");
+            }
+        }
     }
 }

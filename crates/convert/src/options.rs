@@ -188,6 +188,9 @@ pub struct Options {
     pub input_norm: Option<InputNorm>,
     pub gelu: Gelu,
     pub overwrite: bool,
+    /// Threads computing output tensors while another writes them; `None` chooses from the cores (see
+    /// `convert::producers`). The output is the same whatever the number.
+    pub producers: Option<usize>,
 }
 
 impl Options {
@@ -203,6 +206,7 @@ impl Options {
             input_norm: None,
             gelu: Gelu::Tanh,
             overwrite: false,
+            producers: None,
         }
     }
 
