@@ -3,8 +3,8 @@
 //! Memory is bounded by a few bands, never a tensor or the model: the big matrices (Dense kernels, fused q/k/v)
 //! are produced a band of output rows at a time, each band read a group of source rows at a time with
 //! positional reads, and written through `Writer::write_part` (see `stream_recipe`; a deflated source member is
-//! the exception, read whole). Producer threads (one on a 2-core machine) compute tensors while the calling thread writes them in
-//! order (see `write_weights`).
+//! the exception, read whole). Producer threads (one on a 2-core machine) compute tensors while the calling
+//! thread writes them in order (see `write_weights`).
 //! Weights go through `vitconv_tensors::Writer` (temporary file beside the target, renamed by `finish`), and the
 //! small JSON side files are written the same way after it: a failed run leaves no partial output and an
 //! existing output untouched. Every temporary file is registered with `vitconv_tensors::register_temporary`, so
