@@ -328,6 +328,20 @@ fn plant(
 
 fn keep_meta(_: &mut BTreeMap<String, String>) {}
 
+/// [`plant`] that edits one tensor, given its shape and values, and keeps the metadata.
+fn plant_one(from: &Path, to: &Path, tensor: &str, edit: impl Fn(&[usize], &mut Vec<f32>)) {
+    plant(
+        from,
+        to,
+        |name, shape, v| {
+            if name == tensor {
+                edit(shape, v);
+            }
+        },
+        keep_meta,
+    );
+}
+
 /// A good timm conversion of vit-token (width 64, 4 heads of 16).
 fn timm_token(dir: &Path) -> PathBuf {
     let out = dir.join("good.safetensors");
@@ -399,25 +413,17 @@ fn planted_patch_kernel_transpose_is_caught() {
     let dir = scratch();
     let good = timm_token(dir.path());
     let bad = dir.path().join("hw.safetensors");
-    plant(
-        &good,
-        &bad,
-        |name, shape, v| {
-            if name != "patch_embed.proj.weight" {
-                return;
-            }
-            let (p, planes) = (shape[3], shape[0] * shape[1]);
-            let old = v.clone();
-            for plane in 0..planes {
-                for y in 0..p {
-                    for x in 0..p {
-                        v[plane * p * p + y * p + x] = old[plane * p * p + x * p + y];
-                    }
+    plant_one(&good, &bad, "patch_embed.proj.weight", |shape, v| {
+        let (p, planes) = (shape[3], shape[0] * shape[1]);
+        let old = v.clone();
+        for plane in 0..planes {
+            for y in 0..p {
+                for x in 0..p {
+                    v[plane * p * p + y * p + x] = old[plane * p * p + x * p + y];
                 }
             }
-        },
-        keep_meta,
-    );
+        }
+    });
     let r = assert_caught("vit-token/checkpoint.npz", &bad, &[]);
     assert!(
         num(&r, &["logits", "max_abs_diff"]) > 100.0 * F32_TOLERANCE,
@@ -440,19 +446,12 @@ fn planted_unfolded_conv_bias_is_caught() {
     let src = TensorFile::open(fixture("vit-token/checkpoint.npz")).expect("source opens");
     let bias = src.read_f32("embedding/bias").expect("bias");
     let bad = dir.path().join("nofold.safetensors");
-    plant(
-        &good,
-        &bad,
-        |name, _, v| {
-            if name == "visual.positional_embedding" {
-                // Rows 1.. carry the folded bias (conv1 has none); take it out again.
-                for (i, x) in v.iter_mut().enumerate().skip(D) {
-                    *x -= bias[i % D];
-                }
-            }
-        },
-        keep_meta,
-    );
+    plant_one(&good, &bad, "visual.positional_embedding", |_, v| {
+        // Rows 1.. carry the folded bias (conv1 has none); take it out again.
+        for (i, x) in v.iter_mut().enumerate().skip(D) {
+            *x -= bias[i % D];
+        }
+    });
     assert_caught("vit-token/checkpoint.npz", &bad, &[]);
 }
 
@@ -475,26 +474,18 @@ fn planted_class_token_row_resized_with_the_grid_is_caught() {
         .expect("pos");
     let (n_old, n_new) = (17usize, 37usize);
     let bad = dir.path().join("clsrow.safetensors");
-    plant(
-        &good,
-        &bad,
-        |name, _, v| {
-            if name != "pos_embed" {
-                return;
+    plant_one(&good, &bad, "pos_embed", |_, v| {
+        for i in 0..n_new {
+            let t = i as f64 * (n_old - 1) as f64 / (n_new - 1) as f64;
+            let (lo, frac) = (t.floor() as usize, t - t.floor());
+            let hi = (lo + 1).min(n_old - 1);
+            for c in 0..D {
+                let a = f64::from(pos[lo * D + c]);
+                let b = f64::from(pos[hi * D + c]);
+                v[i * D + c] = (a + (b - a) * frac) as f32;
             }
-            for i in 0..n_new {
-                let t = i as f64 * (n_old - 1) as f64 / (n_new - 1) as f64;
-                let (lo, frac) = (t.floor() as usize, t - t.floor());
-                let hi = (lo + 1).min(n_old - 1);
-                for c in 0..D {
-                    let a = f64::from(pos[lo * D + c]);
-                    let b = f64::from(pos[hi * D + c]);
-                    v[i * D + c] = (a + (b - a) * frac) as f32;
-                }
-            }
-        },
-        keep_meta,
-    );
+        }
+    });
     assert_caught("vit-token/checkpoint.npz", &bad, &[]);
 }
 
@@ -540,16 +531,9 @@ fn a_failing_run_prints_the_table_and_says_fail() {
     let dir = scratch();
     let good = timm_token(dir.path());
     let bad = dir.path().join("zero.safetensors");
-    plant(
-        &good,
-        &bad,
-        |name, _, v| {
-            if name == "norm.bias" {
-                v.iter_mut().for_each(|x| *x += 0.5)
-            }
-        },
-        keep_meta,
-    );
+    plant_one(&good, &bad, "norm.bias", |_, v| {
+        v.iter_mut().for_each(|x| *x += 0.5)
+    });
     let o = vitconv(
         ["verify", "--device", "cpu"]
             .iter()
