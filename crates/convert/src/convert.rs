@@ -24,46 +24,14 @@ use crate::layout;
 use crate::layout::hf;
 use crate::options::{Options, OutDType};
 use crate::plan::{
-    encode_append, transpose_encode_bytes, Fetch, OutTensor, OutputKind, Plan, Recipe, Scratch,
+    encode_append, transpose_encode_bytes, Fetch, OutTensor, OutputKind, Plan, Recipe,
 };
 
 impl Fetch for TensorFile {
     fn fetch(&self, name: &str) -> Result<Vec<f32>> {
         Ok(self.read_f32(name)?)
     }
-    fn fetch_into(&self, name: &str, out: &mut Vec<f32>) -> Result<()> {
-        // Decoded piece by piece through the reader's one small buffer: no tensor-sized byte vector.
-        let info = self.get(name).ok_or_else(|| Error::Unrecognised {
-            recognised: "the planned source".to_string(),
-            missing: format!("tensor {name} vanished"),
-        })?;
-        let dtype = info.dtype;
-        out.clear();
-        // Exact capacity: growing by doubling would leave up to twice the tensor allocated. The reader has
-        // checked at open that the file really holds this many elements.
-        out.reserve_exact(info.numel().unwrap_or(0));
-        let mut bad = None;
-        self.read_chunked(name, READ_CHUNK, |chunk| {
-            if let Err(e) = decode_append(name, dtype, chunk, out) {
-                bad.get_or_insert(e);
-            }
-        })?;
-        bad.map_or(Ok(()), Err)
-    }
-    fn fetch_raw(&self, name: &str) -> Result<(DType, Vec<u8>)> {
-        let dtype = self
-            .get(name)
-            .map(|t| t.dtype)
-            .ok_or_else(|| Error::Unrecognised {
-                recognised: "the planned source".to_string(),
-                missing: format!("tensor {name} vanished"),
-            })?;
-        Ok((dtype, self.read(name)?))
-    }
 }
-
-/// Bytes per piece when streaming a source tensor: fits in L2, so decoding finds it in cache.
-const READ_CHUNK: usize = 1 << 20;
 
 /// Appends little-endian float bytes, decoded, to `out`.
 fn decode_append(name: &str, dtype: DType, bytes: &[u8], out: &mut Vec<f32>) -> Result<()> {
@@ -460,8 +428,6 @@ struct BandScratch {
     raw: Vec<u8>,
     /// The same band decoded.
     values: Vec<f32>,
-    /// Scratch of the whole-tensor recipes.
-    plan: Scratch,
 }
 
 /// Hands filled band buffers from a producer to the writer.
@@ -603,9 +569,10 @@ fn stream_recipe(
                         Ok(n)
                     })?;
                 } else {
-                    bands.read_band(n, &mut scratch.raw)?;
+                    let raw = sized(&mut scratch.raw, n);
+                    bands.read_rows(n, raw)?;
                     scratch.values.clear();
-                    decode_append(src, in_dtype, &scratch.raw, &mut scratch.values)?;
+                    decode_append(src, in_dtype, raw, &mut scratch.values)?;
                     let values = &scratch.values;
                     em.emit(name, |buf| {
                         buf.clear();
@@ -617,14 +584,11 @@ fn stream_recipe(
             Ok(())
         }
         // The rest are small (patch kernel, biases, position embedding) or rare (stem convolutions).
-        other => {
-            let plan_scratch = &mut scratch.plan;
-            em.emit(name, |buf| {
-                buf.clear();
-                other.eval_bytes(file, plan_scratch, dtype, buf)?;
-                Ok(buf.len())
-            })
-        }
+        other => em.emit(name, |buf| {
+            buf.clear();
+            other.eval_bytes(file, dtype, buf)?;
+            Ok(buf.len())
+        }),
     }
 }
 

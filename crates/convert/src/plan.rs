@@ -1,7 +1,8 @@
 //! A conversion plan: the output tensors in write order, each with the recipe that computes it from the source.
 //!
-//! Layouts build plans out of these few transforms; the executor in `convert.rs` runs them one output tensor
-//! at a time. Every recipe reads only the source tensors it names, so memory stays at one tensor (one q/k/v group).
+//! Layouts build plans out of these few transforms; the executor in `convert.rs` streams transposes and copies a
+//! band at a time (with [`transpose_encode_bytes`]) and evaluates the small recipes whole ([`Recipe::eval`]).
+//! Every recipe reads only the source tensors it names.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -15,26 +16,6 @@ use crate::resize::resize_grid;
 pub trait Fetch {
     /// The tensor's values as f32, in C order.
     fn fetch(&self, name: &str) -> Result<Vec<f32>>;
-    /// The tensor's stored element type and raw little-endian bytes.
-    fn fetch_raw(&self, name: &str) -> Result<(DType, Vec<u8>)>;
-    /// Like [`Fetch::fetch`], into a buffer the caller reuses between tensors (its capacity is kept).
-    fn fetch_into(&self, name: &str, out: &mut Vec<f32>) -> Result<()> {
-        let v = self.fetch(name)?;
-        out.clear();
-        out.extend_from_slice(&v);
-        Ok(())
-    }
-}
-
-/// Buffers reused from one output tensor to the next.
-///
-/// Freshly allocated multi-megabyte vectors come from `mmap` and are returned with `munmap`, so every tensor
-/// would pay a page fault per 4 KiB twice over; on a ViT-L that kernel work cost more than the conversion.
-#[derive(Debug, Default)]
-pub struct Scratch {
-    input: Vec<f32>,
-    part: Vec<f32>,
-    values: Vec<f32>,
 }
 
 /// How one output tensor is computed.
@@ -114,68 +95,11 @@ impl Recipe {
         }
     }
 
-    /// Appends the output, encoded as `dtype`, to `out`.
-    ///
-    /// The large tensors (transposed kernels, fused q/k/v) go from the decoded source straight into the
-    /// encoded output, so memory holds the source and the output bytes and nothing in between.
-    pub fn eval_bytes(
-        &self,
-        src: &dyn Fetch,
-        scratch: &mut Scratch,
-        dtype: OutDType,
-        out: &mut Vec<u8>,
-    ) -> Result<()> {
-        match self {
-            Recipe::Transpose { src: s, rows, cols } => {
-                src.fetch_into(s, &mut scratch.input)?;
-                check_len(s, &[*rows, *cols], scratch.input.len())?;
-                transpose_encode(&scratch.input, *rows, *cols, dtype, out);
-                Ok(())
-            }
-            Recipe::Concat(parts) => parts
-                .iter()
-                .try_for_each(|p| p.eval_bytes(src, scratch, dtype, out)),
-            other => {
-                let mut values = std::mem::take(&mut scratch.values);
-                let r = other.eval_into(src, scratch, &mut values);
-                encode_append(&values, dtype, out);
-                scratch.values = values;
-                r
-            }
-        }
-    }
-
-    /// Computes the output values into `out`, reusing `scratch` and `out`'s capacity.
-    pub fn eval_into(
-        &self,
-        src: &dyn Fetch,
-        scratch: &mut Scratch,
-        out: &mut Vec<f32>,
-    ) -> Result<()> {
-        match self {
-            Recipe::Copy(s) => src.fetch_into(s, out),
-            Recipe::Transpose { src: s, rows, cols } => {
-                src.fetch_into(s, &mut scratch.input)?;
-                check_len(s, &[*rows, *cols], scratch.input.len())?;
-                transpose_into(&scratch.input, *rows, *cols, out);
-                Ok(())
-            }
-            Recipe::Concat(parts) => {
-                let mut part = std::mem::take(&mut scratch.part);
-                out.clear();
-                for p in parts {
-                    p.eval_into(src, scratch, &mut part)?;
-                    out.extend_from_slice(&part);
-                }
-                scratch.part = part;
-                Ok(())
-            }
-            // The rest are small (patch kernel, biases, position embedding) or rare (stem convolutions).
-            other => {
-                *out = other.eval(src)?;
-                Ok(())
-            }
-        }
+    /// Appends the output, encoded as `dtype`, to `out`. For the small recipes (patch kernel, biases, position
+    /// embedding, stem convolutions): the executor streams transposes and copies band by band instead.
+    pub fn eval_bytes(&self, src: &dyn Fetch, dtype: OutDType, out: &mut Vec<u8>) -> Result<()> {
+        encode_append(&self.eval(src)?, dtype, out);
+        Ok(())
     }
 
     /// Computes the output values.
@@ -293,15 +217,7 @@ const BLOCK: usize = 32;
 /// reads and the writes touch whole cache lines; a plain strided loop is about 4x slower on the power-of-two
 /// widths ViTs use (every row of a block would land in the same cache set).
 pub fn transpose<T: Copy + Default>(v: &[T], rows: usize, cols: usize) -> Vec<T> {
-    let mut out = Vec::new();
-    transpose_into(v, rows, cols, &mut out);
-    out
-}
-
-/// [`transpose`] into a reused buffer.
-pub fn transpose_into<T: Copy + Default>(v: &[T], rows: usize, cols: usize, out: &mut Vec<T>) {
-    out.clear();
-    out.resize(v.len(), T::default());
+    let mut out = vec![T::default(); v.len()];
     let mut buf = [[T::default(); BLOCK]; BLOCK];
     for r0 in (0..rows).step_by(BLOCK) {
         let rn = BLOCK.min(rows - r0);
@@ -325,6 +241,7 @@ pub fn transpose_into<T: Copy + Default>(v: &[T], rows: usize, cols: usize, out:
             }
         }
     }
+    out
 }
 
 /// Appends `values` encoded as little-endian `dtype` to `out`.
@@ -363,38 +280,8 @@ fn encode_into(values: &[f32], dtype: OutDType, dst: &mut [u8]) {
     }
 }
 
-/// Appends the transpose of a row-major `[rows, cols]` matrix to `out`, encoded as `dtype`, block by block
-/// (see [`transpose`]) so no transposed f32 copy is ever held.
-pub fn transpose_encode(v: &[f32], rows: usize, cols: usize, dtype: OutDType, out: &mut Vec<u8>) {
-    let es = dtype.dtype().size();
-    let start = out.len();
-    out.resize(start + v.len() * es, 0);
-    let mut block = [[0f32; BLOCK]; BLOCK];
-    let mut column = [0f32; BLOCK];
-    for r0 in (0..rows).step_by(BLOCK) {
-        let rn = BLOCK.min(rows - r0);
-        for c0 in (0..cols).step_by(BLOCK) {
-            let cn = BLOCK.min(cols - c0);
-            for (i, row) in block.iter_mut().enumerate().take(rn) {
-                let s = (r0 + i) * cols + c0;
-                if let (Some(dst), Some(src)) = (row.get_mut(..cn), v.get(s..s + cn)) {
-                    dst.copy_from_slice(src);
-                }
-            }
-            for j in 0..cn {
-                for (x, row) in column.iter_mut().zip(block.iter()).take(rn) {
-                    *x = row.get(j).copied().unwrap_or(0.0);
-                }
-                let d = start + ((c0 + j) * rows + r0) * es;
-                if let (Some(dst), Some(src)) = (out.get_mut(d..d + rn * es), column.get(..rn)) {
-                    encode_into(src, dtype, dst);
-                }
-            }
-        }
-    }
-}
-
-/// [`transpose_encode`] straight from the source's little-endian bytes of `in_dtype` (a float type), into
+/// The transpose of a `[rows, cols]` matrix (see [`transpose`]), straight from the source's little-endian bytes
+/// of `in_dtype` (a float type), encoded as `dtype`, into
 /// `dst`. Source row `r` starts at element `r * stride` of `raw` (`stride >= cols`), and output row `c` at
 /// element `c * dst_stride` of `dst` (`dst_stride >= rows`), so a band can be transposed a few columns, or
 /// a few rows, at a time: a group of source rows lands in a column strip of the output.
@@ -656,19 +543,6 @@ mod tests {
     }
 
     #[test]
-    fn fused_transpose_encode_equals_transpose_then_encode() {
-        let (r, c) = (45, 70);
-        let v: Vec<f32> = (0..r * c).map(|x| x as f32 * 0.37 - 100.0).collect();
-        for dtype in [OutDType::F32, OutDType::F16, OutDType::BF16] {
-            let mut fused = vec![7u8; 3];
-            transpose_encode(&v, r, c, dtype, &mut fused);
-            let mut want = vec![7u8; 3];
-            encode_append(&transpose(&v, r, c), dtype, &mut want);
-            assert_eq!(fused, want, "{dtype:?}");
-        }
-    }
-
-    #[test]
     fn transpose_from_bytes_equals_decode_then_transpose() {
         let (r, c) = (45, 70);
         let v: Vec<f32> = (0..r * c).map(|x| x as f32 * 0.37 - 100.0).collect();
@@ -706,7 +580,7 @@ mod tests {
                 let mut fused = vec![7u8; r * c * dtype.dtype().size()];
                 transpose_encode_bytes(raw, *in_dtype, [r, c, c], dtype, &mut fused, r);
                 let mut want = Vec::new();
-                transpose_encode(&decoded, r, c, dtype, &mut want);
+                encode_append(&transpose(&decoded, r, c), dtype, &mut want);
                 assert_eq!(fused, want, "{in_dtype:?} -> {dtype:?}");
             }
         }
@@ -754,7 +628,7 @@ mod tests {
         for dtype in [OutDType::F32, OutDType::BF16, OutDType::F16] {
             let es = dtype.dtype().size();
             let mut whole = Vec::new();
-            transpose_encode(&v, r, c, dtype, &mut whole);
+            encode_append(&transpose(&v, r, c), dtype, &mut whole);
             let mut part = vec![0u8; r * n * es];
             transpose_encode_bytes(&raw[from * 4..], DType::F32, [r, n, c], dtype, &mut part, r);
             assert_eq!(part, whole[from * r * es..(from + n) * r * es], "{dtype:?}");
@@ -809,12 +683,6 @@ mod tests {
         struct None_;
         impl Fetch for None_ {
             fn fetch(&self, name: &str) -> Result<Vec<f32>> {
-                Err(Error::BadOption {
-                    option: "test",
-                    why: name.to_string(),
-                })
-            }
-            fn fetch_raw(&self, name: &str) -> Result<(DType, Vec<u8>)> {
                 Err(Error::BadOption {
                     option: "test",
                     why: name.to_string(),

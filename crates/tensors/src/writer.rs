@@ -244,38 +244,31 @@ impl Writer {
         }
         let io = |e| Error::io_tensor(&path, &spec.name, e);
         let first = self.part == 0 && !self.entry_open;
-        match &mut self.sink {
-            Sink::Safetensors(out) => {
-                for piece in data.chunks(WRITE_PIECE) {
-                    out.write_all(piece).map_err(io)?;
-                }
-            }
-            Sink::Pt(zip) => {
-                if first {
+        if first {
+            match &mut self.sink {
+                Sink::Safetensors(_) => {}
+                Sink::Pt(zip) => {
                     let name = format!("{ARCHIVE_PREFIX}data/{}", self.next);
                     zip.start_entry(&name, size, PT_ALIGN).map_err(io)?;
                 }
-                for piece in data.chunks(WRITE_PIECE) {
-                    zip.write_data(piece).map_err(io)?;
-                }
-                if after == size {
-                    zip.finish_entry().map_err(io)?;
-                }
-            }
-            Sink::Npz(zip) => {
-                if first {
+                Sink::Npz(zip) => {
                     let header = npy::write_header(spec.dtype, &spec.shape);
                     let total = size.saturating_add(header.len() as u64);
                     zip.start_entry(&format!("{}.npy", spec.name), total, NPZ_ALIGN)
                         .map_err(io)?;
                     zip.write_data(&header).map_err(io)?;
                 }
-                for piece in data.chunks(WRITE_PIECE) {
-                    zip.write_data(piece).map_err(io)?;
-                }
-                if after == size {
-                    zip.finish_entry().map_err(io)?;
-                }
+            }
+        }
+        for piece in data.chunks(WRITE_PIECE) {
+            match &mut self.sink {
+                Sink::Safetensors(out) => out.write_all(piece).map_err(io)?,
+                Sink::Pt(zip) | Sink::Npz(zip) => zip.write_data(piece).map_err(io)?,
+            }
+        }
+        if after == size {
+            if let Sink::Pt(zip) | Sink::Npz(zip) = &mut self.sink {
+                zip.finish_entry().map_err(io)?;
             }
         }
         self.written = self.written.saturating_add(data.len() as u64);

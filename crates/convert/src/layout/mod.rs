@@ -560,12 +560,6 @@ mod tests {
                 why: name.to_string(),
             })
         }
-        fn fetch_raw(&self, name: &str) -> Result<(DType, Vec<u8>)> {
-            Err(Error::BadOption {
-                option: "test",
-                why: name.to_string(),
-            })
-        }
     }
 
     #[test]

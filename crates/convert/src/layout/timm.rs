@@ -442,12 +442,6 @@ mod tests {
                 why: format!("{name} has no values"),
             })
         }
-        fn fetch_raw(&self, name: &str) -> Result<(DType, Vec<u8>)> {
-            Err(Error::BadOption {
-                option: "test",
-                why: format!("{name} has no values"),
-            })
-        }
     }
 
     fn shapes(name: &str) -> Vec<TensorInfo> {
