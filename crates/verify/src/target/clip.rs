@@ -12,11 +12,8 @@
 
 use tch::{Kind, Tensor};
 
-use super::clip_style::Tower;
-use super::{
-    pair, split_qkv, Block, BlockSemantics, ClipTower, DeclaredConfig, InputNorm, Parts,
-    TargetArch, TargetOutputs,
-};
+use super::clip_style::{Switches, Tower, TowerSizes};
+use super::{BlockSemantics, DeclaredConfig, InputNorm, Parts, TargetOutputs};
 use crate::error::{Error, Result};
 use crate::ops::Gelu;
 use crate::params::Params;
@@ -33,14 +30,8 @@ pub struct Clip {
 impl Clip {
     pub(crate) fn open(p: Params, config: &DeclaredConfig) -> Result<(Clip, Parts)> {
         let path = p.path().to_path_buf();
-        let ClipTower {
-            pre,
-            d,
-            patch_size,
-            grid,
-            depth,
-            mlp,
-        } = ClipTower::read(&p)?;
+        let sizes = TowerSizes::read(&p)?;
+        let (pre, d) = (sizes.pre, sizes.d);
         if !p.has(&format!("{pre}ln_pre.weight")) {
             return Err(Error::NotAModel {
                 path,
@@ -60,56 +51,22 @@ impl Clip {
             eps: CLIP_LAYER_NORM_EPS,
             ln_fp32: true,
         };
-        let mut blocks = Vec::with_capacity(depth);
-        for i in 0..depth {
-            let b = format!("{pre}transformer.resblocks.{i}");
-            let w = p.load(
-                &format!("{b}.attn.in_proj_weight"),
-                &[d.saturating_mul(3), d],
-            )?;
-            let bias = p.load(&format!("{b}.attn.in_proj_bias"), &[d.saturating_mul(3)])?;
-            let [q, k, v] = split_qkv(&w, &bias)?;
-            blocks.push(Block {
-                ln1: pair(&p, &format!("{b}.ln_1"), &[d], &[d])?,
-                q,
-                k,
-                v,
-                proj: pair(&p, &format!("{b}.attn.out_proj"), &[d, d], &[d])?,
-                ln2: pair(&p, &format!("{b}.ln_2"), &[d], &[d])?,
-                fc1: pair(&p, &format!("{b}.mlp.c_fc"), &[mlp, d], &[mlp])?,
-                fc2: pair(&p, &format!("{b}.mlp.c_proj"), &[d, mlp], &[d])?,
-            });
-        }
         let notes = vec![format!(
             "OpenAI CLIP semantics (fixed by the class): ln_pre, QuickGELU, float32 LayerNorm eps {CLIP_LAYER_NORM_EPS:e}, {heads} heads ({})",
             if config.heads.is_some() { "as declared" } else { "width // 64 as build_model does" }
         )];
-        let arch = TargetArch {
-            hidden: d,
-            depth,
-            heads,
-            mlp,
-            patch_size,
-            grid,
-            image_size: grid.saturating_mul(patch_size),
-            class_token: true,
-        };
         let norm = config.input_norm.clone().unwrap_or_else(InputNorm::unit);
         let logits_offset = config.head_bias.clone();
-        let m = Clip {
-            tower: Tower {
-                p,
-                pre: pre.to_owned(),
-                semantics,
-                blocks,
-                arch: arch.clone(),
-                proj_is_features: config.head.as_deref() == Some("none"),
-                // The class always applies ln_pre, and ln_post to token 0 after selecting it.
-                ln_pre: true,
-                avg_pool: false,
-                final_ln_after_pool: true,
-            },
+        let switches = Switches {
+            // The class always applies ln_pre, and ln_post to token 0 after selecting it.
+            ln_pre: true,
+            avg_pool: false,
+            final_ln_after_pool: true,
+            proj_is_features: config.head.as_deref() == Some("none"),
         };
+        let tower = Tower::load(p, &sizes, semantics, switches)?;
+        let arch = tower.arch.clone();
+        let m = Clip { tower };
         Ok((
             m,
             Parts {

@@ -20,7 +20,7 @@ use tch::{Device, Kind, Tensor};
 use vitconv_tensors::TensorFile;
 
 use super::{
-    bad_shape, gelu_inexact, grid_of, pair, shape2, Block, BlockSemantics, DeclaredConfig,
+    bad_shape, gelu_inexact, grid_of, pair, shape2, tokens, Block, BlockSemantics, DeclaredConfig,
     FeatureKind, InputNorm, Parts, TargetArch, TargetOutputs,
 };
 use crate::error::{Error, Result};
@@ -269,7 +269,7 @@ impl Hf {
     pub(crate) fn forward(&self, x: &Tensor) -> Result<TargetOutputs> {
         let p = &self.p;
         let a = &self.arch;
-        let (pre, d) = (&self.pre, dim(a.hidden)?);
+        let pre = &self.pre;
         let x = x.f_to_kind(p.kind())?;
         let emb = format!("{pre}embeddings");
         let w = p.load_any(&format!("{emb}.patch_embeddings.projection.weight"))?;
@@ -278,13 +278,9 @@ impl Hf {
             &[a.hidden],
         )?;
         let y = ops::conv2d(&x, &w, Some(&b), dim(a.patch_size)?, 0)?;
-        let x = y.f_flatten(2, 3)?.f_transpose(1, 2)?;
-        let batch = x.size().first().copied().unwrap_or(1);
-        let cls = p
-            .load(&format!("{emb}.cls_token"), &[1, 1, a.hidden])?
-            .f_expand([batch, 1, d], false)?;
-        let mut x = Tensor::f_cat(&[cls, x], 1)?
-            .f_add(&p.load_any(&format!("{emb}.position_embeddings"))?)?;
+        let cls = p.load(&format!("{emb}.cls_token"), &[1, 1, a.hidden])?;
+        let pos = p.load_any(&format!("{emb}.position_embeddings"))?;
+        let mut x = tokens(&y, Some(&cls), &pos)?;
         for block in &self.blocks {
             x = block.forward(&x, &self.semantics)?;
         }

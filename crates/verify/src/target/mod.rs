@@ -425,52 +425,22 @@ pub(crate) fn split_qkv(w: &Tensor, b: &Tensor) -> Result<[(Tensor, Tensor); 3]>
     }
 }
 
-/// The sizes of a CLIP-style tower (OpenAI CLIP and open_clip share key names), read off its shapes.
-pub(crate) struct ClipTower {
-    /// `visual.` when the keys carry it, else empty.
-    pub pre: &'static str,
-    pub d: usize,
-    pub patch_size: usize,
-    pub grid: usize,
-    pub depth: usize,
-    pub mlp: usize,
-}
-
-impl ClipTower {
-    pub(crate) fn read(p: &Params) -> Result<ClipTower> {
-        let path = p.path().to_path_buf();
-        let pre = if p.has("visual.conv1.weight") {
-            "visual."
-        } else {
-            ""
-        };
-        let conv = format!("{pre}conv1.weight");
-        let (d, patch_size) = match p.require_shape(&conv, "patch embedding (conv1)")? {
-            [d, _, ph, pw] if ph == pw => (*d, *ph),
-            other => return Err(bad_shape(&path, &conv, "[width, 3, p, p]", other)),
-        };
-        let pos = format!("{pre}positional_embedding");
-        let [rows, pd] = shape2(p, &pos)?;
-        if pd != d {
-            return Err(bad_shape(&path, &pos, &format!("[N, {d}]"), &[rows, pd]));
+/// The token sequence of a ViT: the patch convolution's output `y` (`[B, D, h, w]`) as rows, the class token
+/// (any tensor of `D` values) prepended where there is one, then the position embedding added.
+pub(crate) fn tokens(y: &Tensor, class: Option<&Tensor>, pos: &Tensor) -> Result<Tensor> {
+    let x = y.f_flatten(2, 3)?.f_transpose(1, 2)?;
+    let x = match class {
+        Some(c) => {
+            let (batch, d) = match x.size().as_slice() {
+                [b, _, d] => (*b, *d),
+                _ => (1, -1),
+            };
+            let c = c.f_reshape([1, 1, d])?.f_expand([batch, 1, d], false)?;
+            Tensor::f_cat(&[c, x], 1)?
         }
-        let grid = grid_of(&path, &pos, rows, true)?;
-        let mut depth = 0usize;
-        while p.has(&format!(
-            "{pre}transformer.resblocks.{depth}.attn.in_proj_weight"
-        )) {
-            depth = depth.saturating_add(1);
-        }
-        let [mlp, _] = shape2(p, &format!("{pre}transformer.resblocks.0.mlp.c_fc.weight"))?;
-        Ok(ClipTower {
-            pre,
-            d,
-            patch_size,
-            grid,
-            depth,
-            mlp,
-        })
-    }
+        None => x,
+    };
+    Ok(x.f_add(pos)?)
 }
 
 /// The token grid side of a position embedding with `rows` rows (after any class token).

@@ -14,10 +14,9 @@
 use serde::Deserialize;
 use tch::{Kind, Tensor};
 
-use super::clip_style::Tower;
+use super::clip_style::{Switches, Tower, TowerSizes};
 use super::{
-    gelu_inexact, pair, side_file, split_qkv, Block, BlockSemantics, ClipTower, DeclaredConfig,
-    InputNorm, Parts, TargetArch, TargetOutputs,
+    gelu_inexact, side_file, BlockSemantics, DeclaredConfig, InputNorm, Parts, TargetOutputs,
 };
 use crate::error::{Error, Result};
 use crate::ops::Gelu;
@@ -54,15 +53,8 @@ pub struct OpenClip {
 impl OpenClip {
     pub(crate) fn open(p: Params, config: &DeclaredConfig) -> Result<(OpenClip, Parts)> {
         let path = p.path().to_path_buf();
-        let ClipTower {
-            pre,
-            d,
-            patch_size,
-            grid,
-            depth,
-            mlp,
-        } = ClipTower::read(&p)?;
-
+        let sizes = TowerSizes::read(&p)?;
+        let (pre, d) = (sizes.pre, sizes.d);
         let sidecar = side_file(&path, ".open_clip.json");
         let mut notes = Vec::new();
         let model_cfg: Option<ModelCfg> = if sidecar.exists() {
@@ -158,55 +150,21 @@ impl OpenClip {
             eps,
             ln_fp32: false,
         };
-        let mut blocks = Vec::with_capacity(depth);
-        for i in 0..depth {
-            let b = format!("{pre}transformer.resblocks.{i}");
-            let w = p.load(
-                &format!("{b}.attn.in_proj_weight"),
-                &[d.saturating_mul(3), d],
-            )?;
-            let bias = p.load(&format!("{b}.attn.in_proj_bias"), &[d.saturating_mul(3)])?;
-            let [q, k, v] = split_qkv(&w, &bias)?;
-            blocks.push(Block {
-                ln1: pair(&p, &format!("{b}.ln_1"), &[d], &[d])?,
-                q,
-                k,
-                v,
-                proj: pair(&p, &format!("{b}.attn.out_proj"), &[d, d], &[d])?,
-                ln2: pair(&p, &format!("{b}.ln_2"), &[d], &[d])?,
-                fc1: pair(&p, &format!("{b}.mlp.c_fc"), &[mlp, d], &[mlp])?,
-                fc2: pair(&p, &format!("{b}.mlp.c_proj"), &[d, mlp], &[d])?,
-            });
-        }
         notes.push(format!(
             "open_clip semantics: {heads} heads, {gelu:?} GELU, LayerNorm eps {eps:e}, ln_pre {ln_pre}, {} pooling",
             if avg_pool { "average" } else { "token" }
         ));
-        let arch = TargetArch {
-            hidden: d,
-            depth,
-            heads,
-            mlp,
-            patch_size,
-            grid,
-            image_size: grid.saturating_mul(patch_size),
-            class_token: true,
-        };
         let norm = config.input_norm.clone().unwrap_or_else(InputNorm::unit);
         let logits_offset = config.head_bias.clone();
-        let m = OpenClip {
-            tower: Tower {
-                p,
-                pre: pre.to_owned(),
-                semantics,
-                blocks,
-                arch: arch.clone(),
-                proj_is_features: config.head.as_deref() == Some("none"),
-                ln_pre,
-                avg_pool,
-                final_ln_after_pool,
-            },
+        let switches = Switches {
+            ln_pre,
+            avg_pool,
+            final_ln_after_pool,
+            proj_is_features: config.head.as_deref() == Some("none"),
         };
+        let tower = Tower::load(p, &sizes, semantics, switches)?;
+        let arch = tower.arch.clone();
+        let m = OpenClip { tower };
         Ok((
             m,
             Parts {

@@ -13,7 +13,7 @@
 use tch::{Kind, Tensor};
 
 use super::{
-    bad_shape, gelu_inexact, grid_of, pair, shape2, split_qkv, Block, BlockSemantics,
+    bad_shape, gelu_inexact, grid_of, pair, shape2, split_qkv, tokens, Block, BlockSemantics,
     DeclaredConfig, FeatureKind, InputNorm, Parts, TargetArch, TargetOutputs,
 };
 use crate::error::{Error, Result};
@@ -210,7 +210,6 @@ impl Timm {
     pub(crate) fn forward(&self, x: &Tensor) -> Result<TargetOutputs> {
         let p = &self.p;
         let a = &self.arch;
-        let d = dim(a.hidden)?;
         let mut x = x.f_to_kind(p.kind())?;
         if let Some(stem) = &self.stem {
             x = self.backbone(&x, stem)?;
@@ -218,15 +217,12 @@ impl Timm {
         let w = p.load_any("patch_embed.proj.weight")?;
         let b = p.load("patch_embed.proj.bias", &[a.hidden])?;
         let y = ops::conv2d(&x, &w, Some(&b), dim(a.patch_size)?, 0)?;
-        let mut x = y.f_flatten(2, 3)?.f_transpose(1, 2)?;
-        let batch = x.size().first().copied().unwrap_or(1);
-        if a.class_token {
-            let cls = p
-                .load("cls_token", &[1, 1, a.hidden])?
-                .f_expand([batch, 1, d], false)?;
-            x = Tensor::f_cat(&[cls, x], 1)?;
-        }
-        x = x.f_add(&p.load_any("pos_embed")?)?;
+        let cls = if a.class_token {
+            Some(p.load("cls_token", &[1, 1, a.hidden])?)
+        } else {
+            None
+        };
+        let mut x = tokens(&y, cls.as_ref(), &p.load_any("pos_embed")?)?;
         for block in &self.blocks {
             x = block.forward(&x, &self.semantics)?;
         }
