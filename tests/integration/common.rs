@@ -56,3 +56,76 @@ pub fn scratch() -> tempfile::TempDir {
 pub fn exists(p: &Path) -> bool {
     p.exists()
 }
+
+/// Files in a directory, sorted, hidden ones included, so leftovers (temporary files) show.
+pub fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .expect("readable dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+// A minimal zip writer (stored and deflate members, no zip64), so the tests can build hostile
+// archives whose every byte they choose without depending on the writer under test.
+
+/// A zip member: `payload` as stored in the archive (a raw deflate stream when `deflate`),
+/// and the uncompressed bytes whose size and CRC the headers announce.
+pub struct Member {
+    pub name: String,
+    pub deflate: bool,
+    pub payload: Vec<u8>,
+    pub content: Vec<u8>,
+}
+
+/// The bytes of a zip archive of `members`, in order.
+pub fn zip_bytes(members: &[Member]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut central = Vec::new();
+    for m in members {
+        let offset = u32::try_from(out.len()).expect("small archive");
+        let common = |buf: &mut Vec<u8>| {
+            buf.extend_from_slice(&20u16.to_le_bytes()); // version needed
+            buf.extend_from_slice(&0u16.to_le_bytes()); // flags
+            buf.extend_from_slice(&(if m.deflate { 8u16 } else { 0 }).to_le_bytes());
+            buf.extend_from_slice(&[0, 0, 0x21, 0]); // time, date: 1980-01-01
+            buf.extend_from_slice(&crc32fast::hash(&m.content).to_le_bytes());
+            buf.extend_from_slice(&(m.payload.len() as u32).to_le_bytes());
+            buf.extend_from_slice(&(m.content.len() as u32).to_le_bytes());
+            buf.extend_from_slice(&(m.name.len() as u16).to_le_bytes());
+            buf.extend_from_slice(&0u16.to_le_bytes()); // extra field length
+        };
+        out.extend_from_slice(&0x0403_4b50u32.to_le_bytes());
+        common(&mut out);
+        out.extend_from_slice(m.name.as_bytes());
+        out.extend_from_slice(&m.payload);
+        central.extend_from_slice(&0x0201_4b50u32.to_le_bytes());
+        central.extend_from_slice(&20u16.to_le_bytes()); // version made by
+        common(&mut central);
+        central.extend_from_slice(&[0; 6]); // comment length, disk, internal attributes
+        central.extend_from_slice(&0u32.to_le_bytes()); // external attributes
+        central.extend_from_slice(&offset.to_le_bytes());
+        central.extend_from_slice(m.name.as_bytes());
+    }
+    let cd_offset = out.len() as u32;
+    out.extend_from_slice(&central);
+    out.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
+    out.extend_from_slice(&[0; 4]); // disk numbers
+    out.extend_from_slice(&(members.len() as u16).to_le_bytes());
+    out.extend_from_slice(&(members.len() as u16).to_le_bytes());
+    out.extend_from_slice(&(central.len() as u32).to_le_bytes());
+    out.extend_from_slice(&cd_offset.to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes()); // comment length
+    out
+}
+
+/// A stored member holding `content`.
+pub fn stored(name: &str, content: Vec<u8>) -> Member {
+    Member {
+        name: name.to_string(),
+        deflate: false,
+        payload: content.clone(),
+        content,
+    }
+}

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use vitconv_tensors::{DType, Format, TensorFile};
 
-use crate::common::{assert_bad_input, fixture, scratch, stderr, stdout, vitconv};
+use crate::common::{assert_bad_input, fixture, listing, scratch, stderr, stdout, vitconv};
 
 /// Every golden source and whether each layout holds it with default options.
 const CASES: [&str; 9] = [
@@ -86,16 +86,6 @@ fn out_path(dir: &Path, case: &str, layout: &str, ext: &str) -> PathBuf {
             ext.trim_start_matches('.')
         ))
     }
-}
-
-/// Files in a directory, sorted, so leftovers (temporary files) show.
-fn listing(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .expect("readable dir")
-        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
 }
 
 fn check_metadata(weights: &Path, layout: &str, case: &str) {
@@ -478,17 +468,6 @@ fn write_big_vit(path: &Path) {
     w.finish().unwrap();
 }
 
-/// The names in `dir`, sorted.
-#[cfg(unix)]
-fn listing_of(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
-
 /// Starts a conversion of `source` to `layout`, sends `signal` once its temporary output exists, and returns the
 /// exit code.
 #[cfg(unix)]
@@ -596,8 +575,8 @@ fn an_interrupted_conversion_leaves_no_temporary_and_the_old_output() {
         convert_and_interrupt(&source, &out_dir.join("kept"), "hf", "-INT"),
         Some(INTERRUPTED)
     );
-    assert_eq!(listing_of(&out_dir), ["kept"]);
-    assert_eq!(listing_of(&out_dir.join("kept")), Vec::<String>::new());
+    assert_eq!(listing(&out_dir), ["kept"]);
+    assert_eq!(listing(&out_dir.join("kept")), Vec::<String>::new());
 
     // Uninterrupted, the same source converts: the test model is one the converter accepts.
     let o = vitconv([

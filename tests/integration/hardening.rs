@@ -8,7 +8,9 @@ use std::process::{Command, Output};
 
 use vitconv_tensors::{DType, TensorFile};
 
-use crate::common::{assert_bad_input, fixture, scratch, stderr, vitconv};
+use crate::common::{
+    assert_bad_input, fixture, listing, scratch, stderr, stored, vitconv, zip_bytes, Member,
+};
 
 /// The source every conversion here uses, and its layout.
 const SOURCE: &str = "vit-token/checkpoint.npz";
@@ -43,95 +45,8 @@ fn convert(src: &Path, out: &Path, extra: &[&str]) -> Output {
     vitconv(convert_args(src, out, extra))
 }
 
-/// Files in a directory, sorted, hidden ones (temporary files) included.
-fn listing(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .expect("readable dir")
-        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
 fn read(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
-
-// ---------------------------------------------------------------------------------------
-// A minimal zip writer (stored and deflate members, no zip64), so the tests can build
-// archives whose every byte they choose.
-
-fn crc32(data: &[u8]) -> u32 {
-    let mut c = !0u32;
-    for &b in data {
-        c ^= u32::from(b);
-        for _ in 0..8 {
-            c = if c & 1 != 0 {
-                (c >> 1) ^ 0xEDB8_8320
-            } else {
-                c >> 1
-            };
-        }
-    }
-    !c
-}
-
-/// A zip member: `payload` as stored in the archive (a raw deflate stream when `deflate`),
-/// and the uncompressed bytes whose size and CRC the headers announce.
-struct Member {
-    name: String,
-    deflate: bool,
-    payload: Vec<u8>,
-    content: Vec<u8>,
-}
-
-fn zip_bytes(members: &[Member]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut central = Vec::new();
-    for m in members {
-        let offset = u32::try_from(out.len()).expect("small archive");
-        let common = |buf: &mut Vec<u8>| {
-            buf.extend_from_slice(&20u16.to_le_bytes()); // version needed
-            buf.extend_from_slice(&0u16.to_le_bytes()); // flags
-            buf.extend_from_slice(&(if m.deflate { 8u16 } else { 0 }).to_le_bytes());
-            buf.extend_from_slice(&[0, 0, 0x21, 0]); // time, date: 1980-01-01
-            buf.extend_from_slice(&crc32(&m.content).to_le_bytes());
-            buf.extend_from_slice(&(m.payload.len() as u32).to_le_bytes());
-            buf.extend_from_slice(&(m.content.len() as u32).to_le_bytes());
-            buf.extend_from_slice(&(m.name.len() as u16).to_le_bytes());
-            buf.extend_from_slice(&0u16.to_le_bytes()); // extra field length
-        };
-        out.extend_from_slice(&0x0403_4b50u32.to_le_bytes());
-        common(&mut out);
-        out.extend_from_slice(m.name.as_bytes());
-        out.extend_from_slice(&m.payload);
-        central.extend_from_slice(&0x0201_4b50u32.to_le_bytes());
-        central.extend_from_slice(&20u16.to_le_bytes()); // version made by
-        common(&mut central);
-        central.extend_from_slice(&[0; 6]); // comment length, disk, internal attributes
-        central.extend_from_slice(&0u32.to_le_bytes()); // external attributes
-        central.extend_from_slice(&offset.to_le_bytes());
-        central.extend_from_slice(m.name.as_bytes());
-    }
-    let cd_offset = out.len() as u32;
-    out.extend_from_slice(&central);
-    out.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
-    out.extend_from_slice(&[0; 4]); // disk numbers
-    out.extend_from_slice(&(members.len() as u16).to_le_bytes());
-    out.extend_from_slice(&(members.len() as u16).to_le_bytes());
-    out.extend_from_slice(&(central.len() as u32).to_le_bytes());
-    out.extend_from_slice(&cd_offset.to_le_bytes());
-    out.extend_from_slice(&0u16.to_le_bytes()); // comment length
-    out
-}
-
-fn stored(name: &str, content: Vec<u8>) -> Member {
-    Member {
-        name: name.to_string(),
-        deflate: false,
-        payload: content.clone(),
-        content,
-    }
 }
 
 /// A version-1 `.npy` header for a C-order array.

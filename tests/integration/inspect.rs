@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use vitconv_tensors::{DType, Format, TensorFile, TensorSpec, Writer};
 
-use crate::common::{assert_bad_input, fixture, scratch, stderr, stdout, vitconv};
+use crate::common::{
+    assert_bad_input, fixture, scratch, stderr, stdout, stored, vitconv, zip_bytes,
+};
 
 /// Tolerance of `--stats` mean and std against f64 statistics computed here, relative to the data's spread.
 const STATS_REL_TOL: f64 = 1e-5;
@@ -328,72 +330,14 @@ fn pickle_with_a_disallowed_global_is_refused_by_name() {
     pkl.extend_from_slice(cmd.as_bytes());
     pkl.extend_from_slice(b"\x85R.");
     let p = dir.path().join("evil.pt");
-    write_zip(
-        &p,
-        &[("archive/data.pkl", &pkl), ("archive/byteorder", b"little")],
-    );
+    let archive = zip_bytes(&[
+        stored("archive/data.pkl", pkl),
+        stored("archive/byteorder", b"little".to_vec()),
+    ]);
+    std::fs::write(&p, archive).unwrap();
     let o = vitconv(["inspect", p.to_str().unwrap()]);
     assert_bad_input(&o, "os.system");
     assert!(!marker.exists(), "the pickle ran");
-}
-
-/// Writes a minimal zip of stored members, by hand, so the test does not depend on the
-/// writer under test to produce a hostile archive.
-fn write_zip(path: &Path, members: &[(&str, &[u8])]) {
-    let mut out = Vec::new();
-    let mut central = Vec::new();
-    for (name, data) in members {
-        let offset = out.len() as u32;
-        let crc = crc32(data);
-        let mut h = Vec::new();
-        h.extend_from_slice(&0x0403_4b50u32.to_le_bytes());
-        h.extend_from_slice(&[20, 0, 0, 0, 0, 0, 0, 0, 0x21, 0]);
-        h.extend_from_slice(&crc.to_le_bytes());
-        h.extend_from_slice(&(data.len() as u32).to_le_bytes());
-        h.extend_from_slice(&(data.len() as u32).to_le_bytes());
-        h.extend_from_slice(&(name.len() as u16).to_le_bytes());
-        h.extend_from_slice(&0u16.to_le_bytes());
-        h.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(&h);
-        out.extend_from_slice(data);
-        let mut c = Vec::new();
-        c.extend_from_slice(&0x0201_4b50u32.to_le_bytes());
-        c.extend_from_slice(&[20, 0, 20, 0, 0, 0, 0, 0, 0, 0, 0x21, 0]);
-        c.extend_from_slice(&crc.to_le_bytes());
-        c.extend_from_slice(&(data.len() as u32).to_le_bytes());
-        c.extend_from_slice(&(data.len() as u32).to_le_bytes());
-        c.extend_from_slice(&(name.len() as u16).to_le_bytes());
-        c.extend_from_slice(&[0; 12]);
-        c.extend_from_slice(&offset.to_le_bytes());
-        c.extend_from_slice(name.as_bytes());
-        central.extend_from_slice(&c);
-    }
-    let cd_offset = out.len() as u32;
-    out.extend_from_slice(&central);
-    out.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
-    out.extend_from_slice(&[0, 0, 0, 0]);
-    out.extend_from_slice(&(members.len() as u16).to_le_bytes());
-    out.extend_from_slice(&(members.len() as u16).to_le_bytes());
-    out.extend_from_slice(&(central.len() as u32).to_le_bytes());
-    out.extend_from_slice(&cd_offset.to_le_bytes());
-    out.extend_from_slice(&[0, 0]);
-    std::fs::write(path, out).unwrap();
-}
-
-/// CRC-32 (IEEE), bit by bit: small inputs only.
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }
 
 #[test]

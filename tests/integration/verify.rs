@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use vitconv_tensors::{DType, Format, TensorFile, TensorSpec, Writer};
 
-use crate::common::{assert_bad_input, fixture, scratch, stderr, stdout, vitconv};
+use crate::common::{
+    assert_bad_input, fixture, scratch, stderr, stdout, stored, vitconv, zip_bytes,
+};
 
 /// The verifier's default tolerance for float32 (`vitconv_verify::F32_TOLERANCE`): the JSON's
 /// bound must be this times max(1, max |reference|).
@@ -614,7 +616,7 @@ fn png_rgb(w: u32, h: u32, rgb: &[u8]) -> Vec<u8> {
         let mut body = kind.to_vec();
         body.extend(&data);
         png.extend(&body);
-        png.extend(crc32(&body).to_be_bytes());
+        png.extend(crc32fast::hash(&body).to_be_bytes());
     }
     png
 }
@@ -663,9 +665,9 @@ fn a_pickle_with_a_disallowed_global_is_bad_input() {
     let pickle = b"\x80\x02cos\nsystem\nX\x04\x00\x00\x00true\x85R.".to_vec();
     std::fs::write(
         &evil,
-        stored_zip(&[
-            ("archive/data.pkl", pickle),
-            ("archive/byteorder", b"little".to_vec()),
+        zip_bytes(&[
+            stored("archive/data.pkl", pickle),
+            stored("archive/byteorder", b"little".to_vec()),
         ]),
     )
     .expect("writes");
@@ -708,66 +710,4 @@ fn bad_options_are_bad_input() {
     let input = fixture("vit-gap/input.npy").display().to_string();
     let o = vitconv(["verify", &src, &good, "--input", &input]);
     assert_bad_input(&o, "NHWC");
-}
-
-/// A zip archive of stored (uncompressed) members, as `torch.save` writes them.
-fn stored_zip(members: &[(&str, Vec<u8>)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut central = Vec::new();
-    for (name, data) in members {
-        let offset = out.len() as u32;
-        let crc = crc32(data);
-        let header = |sig: u32, central: bool| {
-            let mut h = Vec::new();
-            h.extend(sig.to_le_bytes());
-            if central {
-                h.extend(20u16.to_le_bytes());
-            }
-            h.extend(20u16.to_le_bytes()); // version needed
-            h.extend(0u16.to_le_bytes()); // flags
-            h.extend(0u16.to_le_bytes()); // stored
-            h.extend(0u32.to_le_bytes()); // time and date
-            h.extend(crc.to_le_bytes());
-            h.extend((data.len() as u32).to_le_bytes());
-            h.extend((data.len() as u32).to_le_bytes());
-            h.extend((name.len() as u16).to_le_bytes());
-            h.extend(0u16.to_le_bytes()); // extra
-            if central {
-                h.extend([0u8; 6]); // comment length, disk number, internal attributes
-                h.extend(0u32.to_le_bytes()); // external attributes
-                h.extend(offset.to_le_bytes());
-            }
-            h.extend(name.as_bytes());
-            h
-        };
-        out.extend(header(0x0403_4b50, false));
-        out.extend(data);
-        central.extend(header(0x0201_4b50, true));
-    }
-    let start = out.len() as u32;
-    let size = central.len() as u32;
-    out.extend(central);
-    out.extend(0x0605_4b50u32.to_le_bytes());
-    out.extend([0u8; 4]);
-    out.extend((members.len() as u16).to_le_bytes());
-    out.extend((members.len() as u16).to_le_bytes());
-    out.extend(size.to_le_bytes());
-    out.extend(start.to_le_bytes());
-    out.extend(0u16.to_le_bytes());
-    out
-}
-
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }
