@@ -28,13 +28,13 @@ const BROKEN_TAIL: usize = 16;
 /// vit-token checkpoint converts to about 480 KB), far above a small header.
 const FILE_SIZE_LIMIT_BLOCKS: u32 = 64;
 
-fn convert_args(src: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
+fn convert_args(src: &Path, out: &Path, layout: &str, extra: &[&str]) -> Vec<String> {
     let mut args = vec![
         "npz-to-pt".to_string(),
         src.display().to_string(),
         out.display().to_string(),
         "--layout".into(),
-        LAYOUT.into(),
+        layout.into(),
         "--quiet".into(),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
@@ -42,7 +42,7 @@ fn convert_args(src: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
 }
 
 fn convert(src: &Path, out: &Path, extra: &[&str]) -> Output {
-    vitconv(convert_args(src, out, extra))
+    vitconv(convert_args(src, out, LAYOUT, extra))
 }
 
 fn read(p: &Path) -> Vec<u8> {
@@ -320,7 +320,7 @@ fn convert_with_full_disk(src: &Path, out: &Path, extra: &[&str]) -> Output {
         .arg("-c")
         .arg(script)
         .arg(env!("CARGO_BIN_EXE_vitconv"))
-        .args(convert_args(src, out, extra))
+        .args(convert_args(src, out, LAYOUT, extra))
         .output()
         .expect("sh runs")
 }
@@ -371,14 +371,7 @@ fn only_force_replaces_an_existing_file() {
     let weights = dir.path().join("oc.pt");
     let side = dir.path().join("oc.open_clip.json");
     std::fs::write(&side, b"{}").expect("write");
-    let o = vitconv([
-        "npz-to-pt",
-        src.to_str().expect("utf-8 path"),
-        weights.to_str().expect("utf-8 path"),
-        "--layout",
-        "open_clip",
-        "--quiet",
-    ]);
+    let o = vitconv(convert_args(&src, &weights, "open_clip", &[]));
     assert_bad_input(&o, "--force");
     assert_eq!(read(&side), b"{}");
     assert!(!weights.exists());
@@ -392,15 +385,7 @@ fn a_side_file_that_cannot_be_written_leaves_the_old_weights() {
     std::fs::write(&weights, b"old weights").expect("write");
     // The open_clip config's path is taken by a directory, so its rename must fail.
     std::fs::create_dir(dir.path().join("oc.open_clip.json")).expect("mkdir");
-    let o = vitconv([
-        "npz-to-pt",
-        src.to_str().expect("utf-8 path"),
-        weights.to_str().expect("utf-8 path"),
-        "--layout",
-        "open_clip",
-        "--quiet",
-        "--force",
-    ]);
+    let o = vitconv(convert_args(&src, &weights, "open_clip", &["--force"]));
     assert_bad_input(&o, "oc.open_clip.json");
     assert_eq!(read(&weights), b"old weights");
     assert_eq!(listing(dir.path()), ["oc.open_clip.json", "oc.pt"]);
