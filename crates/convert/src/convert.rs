@@ -307,7 +307,7 @@ fn write_weights(
         let mut lanes = Vec::with_capacity(producers);
         let mut handles = Vec::with_capacity(producers);
         for k in 0..producers {
-            let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<Band>>(1);
+            let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<Band>>(IN_FLIGHT);
             let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
             for _ in 0..BAND_BUFFERS {
                 // Cannot fail: the receiver is alive in this scope.
@@ -320,6 +320,7 @@ fn write_weights(
                     free: &free_rx,
                     ready: &ready_tx,
                     sent: 0,
+                    small: false,
                 };
                 let mine = plan.tensors.iter().zip(owners).filter(|(_, &o)| o == k);
                 for (t, _) in mine {
@@ -341,10 +342,20 @@ fn write_weights(
             };
             let lane = owners.get(i).and_then(|&k| lanes.get(k));
             let (ready, free) = lane.ok_or_else(stopped)?;
-            while let Band::Bytes(buf, len) = ready.recv().map_err(|_| stopped())?? {
-                writer.write_part(buf.get(..len).unwrap_or_default())?;
-                done = done.saturating_add(len as u64);
-                let _ = free.send(buf);
+            loop {
+                match ready.recv().map_err(|_| stopped())?? {
+                    Band::Bytes(buf, len) => {
+                        writer.write_part(buf.get(..len).unwrap_or_default())?;
+                        done = done.saturating_add(len as u64);
+                        // Back to the producer's pool.
+                        let _ = free.send(buf);
+                    }
+                    Band::Small(buf) => {
+                        writer.write_part(&buf)?;
+                        done = done.saturating_add(buf.len() as u64);
+                    }
+                    Band::End => break,
+                }
                 progress(done, total);
             }
             Ok(())
@@ -376,6 +387,13 @@ const BAND_BYTES: usize = 8 << 20;
 /// few enough that a group of a band's rows stays in cache.
 const GROUP_ROWS: usize = 32;
 
+/// Bytes of padding after each staged source row: one cache line, a whole number of elements of every type.
+///
+/// Source rows are usually a power of two bytes wide, so unpadded they would all map to the same few cache
+/// sets, and the transpose, which reads down the rows, would evict each row's line before using all of it.
+/// Padding them took the transpose kernel from 4-5 GB/s to 7-10 GB/s in a micro-benchmark (BENCHMARKS.md).
+const STAGE_PAD: usize = 64;
+
 /// The first `len` bytes of `buf`, growing it if needed but never shrinking it: a buffer reused for bands of
 /// different sizes is zeroed once, at its largest, instead of on every regrowth.
 fn sized(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
@@ -385,8 +403,20 @@ fn sized(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
     buf.get_mut(..len).unwrap_or_default()
 }
 
-/// Band buffers circulating between each producer and the writer: one being filled while the other is written.
-const BAND_BUFFERS: usize = 2;
+/// Band buffers circulating between each producer and the writer: one being filled while the others wait or
+/// are written.
+const BAND_BUFFERS: usize = 3;
+
+/// Tensors of at most this many output bytes (biases, LayerNorm parameters, the class token) are sent in a
+/// buffer of their own instead of a band buffer. A ViT block has eight of them between its four big kernels;
+/// when each held one of the band buffers while it waited to be written, the producer spent 15-25% of the
+/// conversion waiting for a free buffer (BENCHMARKS.md).
+const SMALL_BYTES: u64 = 256 << 10;
+
+/// Messages a producer may have on their way to the writer: enough that the writer's queue never stalls a
+/// producer that has a free band buffer (a queue of one message did, on every tensor's last band), and few
+/// enough to bound the memory of queued small tensors (at most this many times `SMALL_BYTES`).
+const IN_FLIGHT: usize = 64;
 
 /// How many threads compute output tensors by default: two where the writer and both can each have a core,
 /// else one. On the 2-core machine measured, a second producer competing with the writer for the two cores
@@ -415,8 +445,10 @@ fn owners(tensors: &[OutTensor], producers: usize) -> Vec<usize> {
 
 /// What a producer sends the writer.
 enum Band {
-    /// A buffer whose first `len` bytes continue the current tensor.
+    /// A buffer of the producer's pool whose first `len` bytes continue the current tensor.
     Bytes(Vec<u8>, usize),
+    /// A small tensor's bytes, whole, in a buffer of their own that the writer drops.
+    Small(Vec<u8>),
     /// The current tensor is complete; the next comes from the next producer.
     End,
 }
@@ -436,6 +468,8 @@ struct Emitter<'a> {
     ready: &'a mpsc::SyncSender<Result<Band>>,
     /// Bytes sent so far.
     sent: u64,
+    /// Whether the current tensor is small (see `SMALL_BYTES`): its bytes then go in a buffer of their own.
+    small: bool,
 }
 
 impl Emitter<'_> {
@@ -448,6 +482,13 @@ impl Emitter<'_> {
         let stopped = || Error::Worker {
             name: name.to_string(),
         };
+        if self.small {
+            let mut buf = Vec::new();
+            let len = fill(&mut buf)?.min(buf.len());
+            buf.truncate(len);
+            self.sent = self.sent.saturating_add(len as u64);
+            return self.ready.send(Ok(Band::Small(buf))).map_err(|_| stopped());
+        }
         let mut buf = self.free.recv().map_err(|_| stopped())?;
         let len = fill(&mut buf)?.min(buf.len());
         self.sent = self.sent.saturating_add(len as u64);
@@ -476,6 +517,7 @@ fn produce_tensor(
     let expected = t.shape.iter().product::<usize>();
     let want = expected.saturating_mul(dtype.dtype().size()) as u64;
     let before = em.sent;
+    em.small = want <= SMALL_BYTES;
     if want == 0 {
         // An empty part is what completes a zero-sized tensor in the writer.
         em.emit(&t.name, |_| Ok(0))?;
@@ -534,12 +576,15 @@ fn stream_recipe(
                     let len = rows * n * out_size;
                     let out = sized(buf, len);
                     let mut r0 = 0;
+                    // Staged rows sit a cache line further apart than their width (see `STAGE_PAD`).
+                    let pitch = n * in_size + STAGE_PAD;
                     while r0 < rows {
                         let g = GROUP_ROWS.min(rows - r0);
-                        let group = sized(stage, g * n * in_size);
-                        bands.read_rows(n * in_size, group)?;
+                        let group = sized(stage, g * pitch);
+                        bands.read_rows_pitched(n * in_size, pitch, group)?;
                         let strip = out.get_mut(r0 * out_size..).unwrap_or_default();
-                        transpose_encode_bytes(group, in_dtype, [g, n, n], dtype, strip, rows);
+                        let shape = [g, n, pitch / in_size];
+                        transpose_encode_bytes(group, in_dtype, shape, dtype, strip, rows);
                         r0 += g;
                     }
                     Ok(len)

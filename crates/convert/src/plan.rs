@@ -301,7 +301,7 @@ pub fn transpose_encode_bytes(
     let shape = [rows, cols, stride, dst_stride];
     if in_dtype == dtype.dtype() {
         match in_dtype.size() {
-            4 => transpose_elems::<4>(raw.as_chunks().0, shape, dst.as_chunks_mut().0),
+            4 => crate::kernel::transpose4(raw.as_chunks().0, shape, dst.as_chunks_mut().0),
             2 => transpose_elems::<2>(raw.as_chunks().0, shape, dst.as_chunks_mut().0),
             _ => {}
         }
@@ -336,7 +336,7 @@ pub fn transpose_encode_bytes(
 ///
 /// Whole 32 x 32 blocks go through fixed-size arrays, which compile to straight vector loads and stores;
 /// the ragged edges take a slower, element-by-element path.
-fn transpose_elems<const N: usize>(
+pub(crate) fn transpose_elems<const N: usize>(
     src: &[[u8; N]],
     [rows, cols, stride, dst_stride]: [usize; 4],
     dst: &mut [[u8; N]],

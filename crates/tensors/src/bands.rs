@@ -158,6 +158,18 @@ impl ColumnBands<'_> {
     /// rows, top to bottom, all of the same `width`, and once its last row is read the next call
     /// starts the next band. The group that completes the tensor checks the member's CRC-32.
     pub fn read_rows(&mut self, width: usize, out: &mut [u8]) -> Result<()> {
+        self.read_rows_pitched(width, width, out)
+    }
+
+    /// Like [`ColumnBands::read_rows`], but row `i` of the group lands at byte `i * pitch` of `out`
+    /// (`pitch >= width`; the bytes between rows are left as they were), and the group is
+    /// `out.len() / pitch` rows.
+    ///
+    /// A caller that transposes the group reads it a column at a time, one element from each row:
+    /// rows a power of two apart in memory (the usual case in models) all fall in the same few
+    /// cache sets and evict one another, so padding the pitch by a cache line or so keeps them
+    /// in cache together.
+    pub fn read_rows_pitched(&mut self, width: usize, pitch: usize, out: &mut [u8]) -> Result<()> {
         let path = &self.file.path;
         let bad = |expected: String, found: String| Error::Writer {
             path: path.clone(),
@@ -181,20 +193,24 @@ impl ColumnBands<'_> {
                 format!("a band of {width}"),
             ));
         }
-        let count = out.len().checked_div(width).unwrap_or(0);
-        if count.checked_mul(width) != Some(out.len()) || count > self.rows - self.row {
+        let count = out.len().checked_div(pitch).unwrap_or(0);
+        if pitch < width
+            || count.checked_mul(pitch) != Some(out.len())
+            || count > self.rows - self.row
+        {
             return Err(bad(
                 format!(
-                    "whole rows of {width} bytes, at most {} of them",
+                    "whole rows of {width} bytes, {pitch} apart (at least {width}), at most {} of them",
                     self.rows - self.row
                 ),
                 format!("a buffer of {} bytes", out.len()),
             ));
         }
+
         let (from, first, row_bytes) = (self.next, self.row, self.row_bytes);
         match &mut self.source {
             Source::Whole(all) => {
-                for (i, dst) in out.chunks_exact_mut(width.max(1)).enumerate() {
+                for (i, dst) in rows_mut(out, width, pitch).enumerate() {
                     let at = (first + i) * row_bytes + from;
                     if let Some(src) = all.get(at..at + width) {
                         dst.copy_from_slice(src);
@@ -208,8 +224,8 @@ impl ColumnBands<'_> {
                     source::read_exact_at(&self.file.file, dst, at)
                         .map_err(|e| source::read_error(path, &self.name, at, dst.len() as u64, e))
                 };
-                if width == row_bytes {
-                    // Whole rows are contiguous: one read, straight into place.
+                if width == row_bytes && pitch == width {
+                    // Whole rows, packed, are contiguous: one read, straight into place.
                     read(out, start)?;
                 } else if count > 1 && row_bytes - width <= MAX_SKIP {
                     let span = (count - 1) * row_bytes + width;
@@ -219,22 +235,19 @@ impl ColumnBands<'_> {
                     if let Some(buf) = self.span.get_mut(..span) {
                         read(buf, start)?;
                     }
-                    for (i, dst) in out.chunks_exact_mut(width.max(1)).enumerate() {
+                    for (i, dst) in rows_mut(out, width, pitch).enumerate() {
                         if let Some(src) = self.span.get(i * row_bytes..i * row_bytes + width) {
                             dst.copy_from_slice(src);
                         }
                     }
                 } else {
-                    for (i, dst) in out.chunks_exact_mut(width.max(1)).enumerate() {
+                    for (i, dst) in rows_mut(out, width, pitch).enumerate() {
                         read(dst, start + (i * row_bytes) as u64)?;
                     }
                 }
                 if let Some((_, _, hashers)) = crc.as_mut() {
-                    for (h, data) in hashers
-                        .iter_mut()
-                        .skip(first)
-                        .zip(out.chunks_exact(width.max(1)))
-                    {
+                    let rows = out.chunks(pitch.max(1)).filter_map(|r| r.get(..width));
+                    for (h, data) in hashers.iter_mut().skip(first).zip(rows) {
                         h.update(data);
                     }
                 }
@@ -258,6 +271,13 @@ impl ColumnBands<'_> {
         }
         Ok(())
     }
+}
+
+/// The `width`-byte rows of a group laid out `pitch` bytes apart in `out` (see
+/// [`ColumnBands::read_rows_pitched`]).
+fn rows_mut(out: &mut [u8], width: usize, pitch: usize) -> impl Iterator<Item = &mut [u8]> {
+    out.chunks_mut(pitch.max(1))
+        .filter_map(move |row| row.get_mut(..width))
 }
 
 #[cfg(test)]
@@ -331,21 +351,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (rows, cols) = (40, 20_000);
         let (f, data) = matrix(dir.path(), Format::Npz, rows, cols);
-        for widths in [vec![100, 19_000, 900], vec![cols]] {
-            let mut bands = f.column_bands("m", rows).unwrap();
-            let mut from = 0;
-            for width in widths {
-                let mut got = Vec::new();
-                for group in [1, 7, 32] {
-                    let mut out = vec![0u8; group * width];
-                    bands.read_rows(width, &mut out).unwrap();
-                    got.extend(out);
+        // Packed, and padded: rows `pad` bytes apart beyond their width, the padding left as it was.
+        for pad in [0, 13] {
+            for widths in [vec![100, 19_000, 900], vec![cols]] {
+                let mut bands = f.column_bands("m", rows).unwrap();
+                let mut from = 0;
+                for width in widths {
+                    let pitch = width + pad;
+                    let mut got = Vec::new();
+                    for group in [1, 7, 32] {
+                        let mut out = vec![0xAAu8; group * pitch];
+                        bands.read_rows_pitched(width, pitch, &mut out).unwrap();
+                        for row in out.chunks(pitch) {
+                            got.extend_from_slice(&row[..width]);
+                            assert!(row[width..].iter().all(|&b| b == 0xAA), "padding kept");
+                        }
+                    }
+                    let want = columns(&data, cols, from, width);
+                    assert_eq!(got, want, "band of {width} at {from}, pad {pad}");
+                    from += width;
                 }
-                let want = columns(&data, cols, from, width);
-                assert_eq!(got, want, "band of {width} at {from}");
-                from += width;
+                assert_eq!(bands.remaining(), 0);
             }
-            assert_eq!(bands.remaining(), 0);
         }
     }
 
@@ -373,6 +400,14 @@ mod tests {
             bands.read_rows(16, &mut ragged),
             Err(Error::Writer { .. })
         ));
+        let mut narrow = vec![0u8; 2 * 8];
+        assert!(
+            matches!(
+                bands.read_rows_pitched(16, 8, &mut narrow),
+                Err(Error::Writer { .. })
+            ),
+            "a pitch narrower than the rows"
+        );
         let mut rest = vec![0u8; 5 * 16];
         bands.read_rows(16, &mut rest).unwrap();
         assert_eq!(bands.remaining(), cols - 16);
@@ -408,6 +443,16 @@ mod tests {
         }
         let err = bands.read_rows(cols / 2, &mut group).unwrap_err();
         assert!(matches!(err, Error::Crc { .. }), "{err}");
+        // And through padded groups of whole rows, which cannot be read straight into place.
+        let mut bands = f.column_bands("m", rows).unwrap();
+        let mut padded = vec![0u8; rows / 2 * (cols + 8)];
+        bands
+            .read_rows_pitched(cols, cols + 8, &mut padded)
+            .unwrap();
+        let err = bands
+            .read_rows_pitched(cols, cols + 8, &mut padded)
+            .unwrap_err();
+        assert!(matches!(err, Error::Crc { .. }), "{err}");
     }
 
     #[test]
@@ -431,5 +476,17 @@ mod tests {
         let mut out = Vec::new();
         bands.read_band(row_bytes, &mut out).unwrap();
         assert_eq!(out, whole);
+        // Padded rows from memory too.
+        let mut bands = f.column_bands(&t.name, rows).unwrap();
+        let pitch = row_bytes + 5;
+        let mut padded = vec![0u8; rows * pitch];
+        bands
+            .read_rows_pitched(row_bytes, pitch, &mut padded)
+            .unwrap();
+        let unpadded: Vec<u8> = padded
+            .chunks(pitch)
+            .flat_map(|r| r[..row_bytes].to_vec())
+            .collect();
+        assert_eq!(unpadded, whole);
     }
 }
