@@ -12,6 +12,7 @@
 //! an `hf` directory this run created (SIGKILL can still leave a temporary file).
 
 use std::io::Write as _;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
@@ -344,15 +345,17 @@ fn write_weights(
             let (ready, free) = lane.ok_or_else(stopped)?;
             loop {
                 match ready.recv().map_err(|_| stopped())?? {
-                    Band::Bytes(buf, len) => {
-                        writer.write_part(buf.get(..len).unwrap_or_default())?;
-                        done = done.saturating_add(len as u64);
+                    Band::Bytes(buf, at) => {
+                        let data = buf.get(at).unwrap_or_default();
+                        writer.write_part(data)?;
+                        done = done.saturating_add(data.len() as u64);
                         // Back to the producer's pool.
                         let _ = free.send(buf);
                     }
-                    Band::Small(buf) => {
-                        writer.write_part(&buf)?;
-                        done = done.saturating_add(buf.len() as u64);
+                    Band::Small(buf, at) => {
+                        let data = buf.get(at).unwrap_or_default();
+                        writer.write_part(data)?;
+                        done = done.saturating_add(data.len() as u64);
                     }
                     Band::End => break,
                 }
@@ -393,6 +396,10 @@ const GROUP_ROWS: usize = 32;
 /// sets, and the transpose, which reads down the rows, would evict each row's line before using all of it.
 /// Padding them took the transpose kernel from 4-5 GB/s to 7-10 GB/s in a micro-benchmark (BENCHMARKS.md).
 const STAGE_PAD: usize = 64;
+
+/// A cache line, in bytes: transposed bands start on one, so that the transpose kernel can write whole
+/// lines of output straight to memory (`kernel`).
+const LINE: usize = 64;
 
 /// The first `len` bytes of `buf`, growing it if needed but never shrinking it: a buffer reused for bands of
 /// different sizes is zeroed once, at its largest, instead of on every regrowth.
@@ -445,10 +452,10 @@ fn owners(tensors: &[OutTensor], producers: usize) -> Vec<usize> {
 
 /// What a producer sends the writer.
 enum Band {
-    /// A buffer of the producer's pool whose first `len` bytes continue the current tensor.
-    Bytes(Vec<u8>, usize),
+    /// A buffer of the producer's pool whose bytes in the range continue the current tensor.
+    Bytes(Vec<u8>, Range<usize>),
     /// A small tensor's bytes, whole, in a buffer of their own that the writer drops.
-    Small(Vec<u8>),
+    Small(Vec<u8>, Range<usize>),
     /// The current tensor is complete; the next comes from the next producer.
     End,
 }
@@ -473,28 +480,33 @@ struct Emitter<'a> {
 }
 
 impl Emitter<'_> {
-    /// Fills a free buffer with `fill`, which returns how many of its leading bytes are the band, and passes
-    /// them on to be written.
+    /// Fills a free buffer with `fill`, which returns where in it the band's bytes are (a transposed band
+    /// starts on a cache line, see `LINE`), and passes them on to be written.
     ///
     /// The buffer arrives holding earlier bands' bytes, and `fill` overwrites what it uses (see [`sized`]):
     /// clearing or shrinking it would make the next fill zero megabytes again before overwriting them.
-    fn emit(&mut self, name: &str, fill: impl FnOnce(&mut Vec<u8>) -> Result<usize>) -> Result<()> {
+    fn emit(
+        &mut self,
+        name: &str,
+        fill: impl FnOnce(&mut Vec<u8>) -> Result<Range<usize>>,
+    ) -> Result<()> {
         let stopped = || Error::Worker {
             name: name.to_string(),
         };
-        if self.small {
-            let mut buf = Vec::new();
-            let len = fill(&mut buf)?.min(buf.len());
-            buf.truncate(len);
-            self.sent = self.sent.saturating_add(len as u64);
-            return self.ready.send(Ok(Band::Small(buf))).map_err(|_| stopped());
-        }
-        let mut buf = self.free.recv().map_err(|_| stopped())?;
-        let len = fill(&mut buf)?.min(buf.len());
+        let mut buf = if self.small {
+            Vec::new()
+        } else {
+            self.free.recv().map_err(|_| stopped())?
+        };
+        let at = fill(&mut buf)?;
+        let len = buf.get(at.clone()).map_or(0, <[u8]>::len);
         self.sent = self.sent.saturating_add(len as u64);
-        self.ready
-            .send(Ok(Band::Bytes(buf, len)))
-            .map_err(|_| stopped())
+        let band = if self.small {
+            Band::Small(buf, at)
+        } else {
+            Band::Bytes(buf, at)
+        };
+        self.ready.send(Ok(band)).map_err(|_| stopped())
     }
 
     /// Tells the writer the current tensor is complete.
@@ -520,7 +532,7 @@ fn produce_tensor(
     em.small = want <= SMALL_BYTES;
     if want == 0 {
         // An empty part is what completes a zero-sized tensor in the writer.
-        em.emit(&t.name, |_| Ok(0))?;
+        em.emit(&t.name, |_| Ok(0..0))?;
     } else {
         stream_recipe(file, &t.name, &t.recipe, dtype, scratch, em)?;
     }
@@ -574,7 +586,12 @@ fn stream_recipe(
                 let n = per_band.min(cols - done);
                 em.emit(name, |buf| {
                     let len = rows * n * out_size;
-                    let out = sized(buf, len);
+                    // The band starts on a cache line (see `LINE`).
+                    if buf.capacity() < len + LINE {
+                        buf.reserve(len + LINE - buf.len());
+                    }
+                    let at = buf.as_ptr().align_offset(LINE).min(LINE);
+                    let out = sized(buf, at + len).get_mut(at..).unwrap_or_default();
                     let mut r0 = 0;
                     // Staged rows sit a cache line further apart than their width (see `STAGE_PAD`).
                     let pitch = n * in_size + STAGE_PAD;
@@ -587,7 +604,7 @@ fn stream_recipe(
                         transpose_encode_bytes(group, in_dtype, shape, dtype, strip, rows);
                         r0 += g;
                     }
-                    Ok(len)
+                    Ok(at..at + len)
                 })?;
                 done += n;
             }
@@ -611,7 +628,7 @@ fn stream_recipe(
                     // A copy in the output's own dtype goes through as the file's bytes.
                     em.emit(name, |buf| {
                         bands.read_rows(n, sized(buf, n))?;
-                        Ok(n)
+                        Ok(0..n)
                     })?;
                 } else {
                     let raw = sized(&mut scratch.raw, n);
@@ -622,7 +639,7 @@ fn stream_recipe(
                     em.emit(name, |buf| {
                         buf.clear();
                         encode_append(values, dtype, buf);
-                        Ok(buf.len())
+                        Ok(0..buf.len())
                     })?;
                 }
             }
@@ -632,7 +649,7 @@ fn stream_recipe(
         other => em.emit(name, |buf| {
             buf.clear();
             other.eval_bytes(file, dtype, buf)?;
-            Ok(buf.len())
+            Ok(0..buf.len())
         }),
     }
 }
