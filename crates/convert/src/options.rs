@@ -191,6 +191,9 @@ pub struct Options {
     /// Threads computing output tensors while another writes them; `None` chooses from the cores (see
     /// `convert::producers`). The output is the same whatever the number.
     pub producers: Option<usize>,
+    /// The largest band of a big tensor computed at once, in bytes; `None` is the default, 8 MiB
+    /// (`convert::BAND_BYTES`). For tests: the output is the same whatever the size.
+    pub band_bytes: Option<usize>,
 }
 
 impl Options {
@@ -207,6 +210,7 @@ impl Options {
             gelu: Gelu::Tanh,
             overwrite: false,
             producers: None,
+            band_bytes: None,
         }
     }
 
