@@ -392,7 +392,7 @@ fn write_weights(
 
 /// Largest band of output bytes (and of decoded source values) computed at once: the big matrices are written
 /// in bands of this size, so peak memory does not grow with the model.
-const BAND_BYTES: usize = 8 << 20;
+const BAND_BYTES: usize = 4 << 20;
 
 /// Source rows read and transposed together (see `stream_recipe`): a multiple of the transpose's block, and
 /// few enough that a group of a band's rows stays in cache.
@@ -429,16 +429,18 @@ fn sized(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
 }
 
 /// Band buffers circulating between each producer and the writer: some being filled (up to
-/// `BANDS_PER_PASS`) while the others wait or are written.
-const BAND_BUFFERS: usize = 4;
+/// `BANDS_PER_PASS`) while the others wait or are written. With fewer than twice `BANDS_PER_PASS`, the
+/// producer waited for the writer to free a whole pass's worth before starting the next (BENCHMARKS.md).
+const BAND_BUFFERS: usize = 8;
 
 /// Most bands of one tensor filled in one pass over its source rows.
 ///
 /// A band is a run of the source's columns, so reading one skips the rest of every row; where the gap is
 /// small, one read spans it anyway (`vitconv_tensors::MAX_SKIP`), and the skipped bytes are copied for
-/// nothing. Filling two bands per pass reads a ViT-L MLP kernel (16 MB, two bands) in whole rows, which
-/// cut the bytes read for ViT-L/32 by 40%; memory stays at `BAND_BUFFERS` bands.
-const BANDS_PER_PASS: usize = 2;
+/// nothing. Filling four bands per pass reads a ViT-L MLP kernel (16 MB, four bands) in whole rows, which
+/// cut the bytes read for ViT-L/32 by 40%; memory stays at `BAND_BUFFERS` bands. Bands of 4 MiB, four per
+/// pass, were as fast as bands of 8 MiB, two per pass, and the memory grew less with the model.
+const BANDS_PER_PASS: usize = 4;
 
 /// Tensors of at most this many output bytes (biases, LayerNorm parameters, the class token) are sent in a
 /// buffer of their own instead of a band buffer. A ViT block has eight of them between its four big kernels;
@@ -619,7 +621,11 @@ fn stream_recipe(
             // staging buffer and transposed from there while it is still in cache; reading the whole band
             // first and transposing it afterwards ran at half speed.
             let (in_size, out_size) = (in_dtype.size(), dtype.dtype().size());
+            // The bands share the columns evenly, so that a tensor a little over one band is not written
+            // as a full band and a sliver: memory then follows the model's size less.
             let per_band = (em.band_bytes / rows.saturating_mul(out_size)).max(1);
+            let band_count = cols.div_ceil(per_band);
+            let per_band = cols.div_ceil(band_count.max(1));
             let stage = &mut scratch.raw;
             let mut done = 0;
             while done < cols {
@@ -696,7 +702,56 @@ fn stream_recipe(
             }
             Ok(())
         }
-        // The rest are small (patch kernel, biases, position embedding) or rare (stem convolutions).
+        Recipe::ConvKernel {
+            src,
+            hwio,
+            in_scale: None,
+        } => {
+            // HWIO to OIHW is one transpose per input channel c: the kernel seen as a [(h w), o] matrix of
+            // the rows of channel c, i rows apart, goes to the output's [o, (h w)] rows starting at c * (h w),
+            // i * (h w) apart. Done from the file's bytes by the transpose kernel, this took a ViT-L/32 patch
+            // kernel (12.6 MB) from 25-30 ms, through decoded copies, to about half, and the writer waits
+            // for it before anything else.
+            let in_dtype = source_dtype(file, src)?;
+            if !in_dtype.is_float() {
+                return Err(Error::NotFloat {
+                    name: src.clone(),
+                    dtype: in_dtype.to_string(),
+                });
+            }
+            let [h, w, i, o] = *hwio;
+            let hw = h.saturating_mul(w);
+            check_len(file, src, hw.saturating_mul(i), o)?;
+            if hw == 0 || i == 0 || o == 0 {
+                return Ok(());
+            }
+            let (in_size, out_size) = (in_dtype.size(), dtype.dtype().size());
+            // Source rows are (position, channel) pairs of `o` values, read GROUP_ROWS positions (all their
+            // channels) at a time into the padded stage.
+            let mut bands = file.column_bands(src, hw * i)?;
+            let pitch = o * in_size + STAGE_PAD;
+            let stage = &mut scratch.raw;
+            em.emit(name, |buf| {
+                let at = line_aligned(buf, o * i * hw * out_size);
+                let out = buf.get_mut(at.clone()).unwrap_or_default();
+                let mut p0 = 0;
+                while p0 < hw {
+                    let g = GROUP_ROWS.min(hw - p0);
+                    let group = sized(stage, g * i * pitch);
+                    bands.read_rows_pitched(o * in_size, pitch, group)?;
+                    for c in 0..i {
+                        let from = group.get(c * pitch..).unwrap_or_default();
+                        let to = out.get_mut((c * hw + p0) * out_size..).unwrap_or_default();
+                        let shape = [g, o, i * pitch / in_size];
+                        transpose_encode_bytes(from, in_dtype, shape, dtype, to, i * hw);
+                    }
+                    p0 += g;
+                }
+                Ok(at)
+            })
+        }
+        // The rest are small (biases, position embedding) or scale the values they move (a patch kernel
+        // folding in an input normalisation).
         other => em.emit(name, |buf| {
             buf.clear();
             other.eval_bytes(file, dtype, buf)?;

@@ -191,7 +191,7 @@ pub struct Options {
     /// Threads computing output tensors while another writes them; `None` chooses from the cores (see
     /// `convert::producers`). The output is the same whatever the number.
     pub producers: Option<usize>,
-    /// The largest band of a big tensor computed at once, in bytes; `None` is the default, 8 MiB
+    /// The largest band of a big tensor computed at once, in bytes; `None` is the default, 4 MiB
     /// (`convert::BAND_BYTES`). For tests: the output is the same whatever the size.
     pub band_bytes: Option<usize>,
 }
