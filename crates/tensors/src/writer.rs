@@ -35,8 +35,9 @@ const WRITE_PIECE: usize = 1 << 20;
 ///
 /// [`Writer::finish`] flushes the file before renaming it into place (a crash must never leave a renamed
 /// but empty file); starting the writeback as the data arrives lets the disk work while tensors are still
-/// being produced, so that final flush has little left to wait for.
-const WRITEBACK_EVERY: u64 = 64 << 20;
+/// being produced, so that final flush has little left to wait for. Every 64 MiB, the final flush of a
+/// ViT-L/32 still waited 17-34 ms; every 8 MiB, 2-5 ms (BENCHMARKS.md).
+const WRITEBACK_EVERY: u64 = 8 << 20;
 
 /// Alignment of `.pt` storage records, as PyTorch's writer uses (`kFieldAlignment`), so
 /// `torch.load(mmap=True)` can map every storage aligned.
