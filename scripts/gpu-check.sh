@@ -11,7 +11,8 @@
 #      CUDA (falling back to the CPU when there is no GPU), JSON reports to $OUT/json;
 #   3. builds random-valued ViT-L/32 and ViT-H/14 .npz files with the published shapes
 #      (fixtures/shapes), converts them to timm, and verifies them on CUDA and CPU in f32
-#      and bf16, recording the time per forward and the drift;
+#      and bf16, recording the time per forward and the drift, and times their conversion
+#      to .pt against cp of the same file;
 #   4. writes $OUT/gpu-summary.txt.
 # Every step runs under `timeout`, and steps are skipped once the time budget
 # (GPU_CHECK_BUDGET_S, default 420 s) is spent, so the whole run ends well inside 8 minutes.
@@ -175,6 +176,23 @@ PY
   grep -q '"pre_logits/kernel"' "$shapes" && head_opt=(--drop-head)
   convert "$npz" "$conv" timm "${head_opt[@]}" || { say "  $model: conversion failed (logs/convert.err)"; continue; }
   say "  $model: random npz in $((t1 - t0)) s, converted in $((SECONDS - t1)) s"
+  # Conversion speed on this machine against cp of the same file: 3 rounds, interleaved, warm page cache,
+  # a sync before each run (wall seconds, best and all).
+  if [ "$(left)" -gt 90 ]; then
+    cat "$npz" >/dev/null
+    TIMEFORMAT=%R
+    cp_s=(); pt_s=()
+    for _ in 1 2 3; do
+      rm -f "$WORK/copy.npz" "$WORK/speed.pt"; sync
+      cp_s+=("$( { time cp "$npz" "$WORK/copy.npz" >/dev/null 2>&1; } 2>&1 )")
+      rm -f "$WORK/copy.npz"; sync
+      pt_s+=("$( { time "$BIN" npz-to-pt "$npz" "$WORK/speed.pt" --layout timm "${head_opt[@]}" --quiet --force >/dev/null 2>&1; } 2>&1 )")
+    done
+    rm -f "$WORK/copy.npz" "$WORK/speed.pt"
+    best() { printf '%s\n' "$@" | sort -n | head -1; }
+    bcp=$(best "${cp_s[@]}"); bpt=$(best "${pt_s[@]}")
+    say "  $model: npz-to-pt .pt ${pt_s[*]} s, cp ${cp_s[*]} s; best vs best $(python3 -c "print(f'{$bpt/$bcp:.2f}x')" 2>/dev/null) ($(nproc) cores)"
+  fi
   if [ "$CUDA" = 1 ]; then
     verify "$model-cuda-f32" "$npz" "$conv" cuda f32 --batch "$CUDA_BATCH" --seed 1
     verify "$model-cuda-bf16" "$npz" "$conv" cuda bf16 --batch "$CUDA_BATCH" --seed 1
