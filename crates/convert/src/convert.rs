@@ -402,7 +402,7 @@ const GROUP_ROWS: usize = 32;
 ///
 /// Source rows are usually a power of two bytes wide, so unpadded they would all map to the same few cache
 /// sets, and the transpose, which reads down the rows, would evict each row's line before using all of it.
-/// Padding them took the transpose kernel from 4-5 GB/s to 7-10 GB/s in a micro-benchmark (BENCHMARKS.md).
+/// Padding them made the transpose 8-18% faster (`examples/transpose_bench.rs`, BENCHMARKS.md).
 const STAGE_PAD: usize = 64;
 
 /// A cache line, in bytes: transposed bands start on one, so that the transpose kernel can write whole

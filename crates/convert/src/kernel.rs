@@ -47,6 +47,12 @@ pub fn transpose4(src: &[[u8; 4]], shape: [usize; 4], dst: &mut [[u8; 4]]) {
     crate::plan::transpose_elems(src, shape, dst);
 }
 
+/// [`transpose4`] without the AVX path: the portable 32 x 32 block transpose every machine runs (for tests
+/// and `examples/transpose_bench.rs`).
+pub fn transpose4_portable(src: &[[u8; 4]], shape: [usize; 4], dst: &mut [[u8; 4]]) {
+    crate::plan::transpose_elems(src, shape, dst);
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx {
     use std::arch::x86_64::{

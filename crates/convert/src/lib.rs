@@ -11,7 +11,7 @@ pub mod arch;
 pub mod convert;
 pub mod detect;
 pub mod error;
-mod kernel;
+pub mod kernel;
 pub mod layout;
 pub mod options;
 pub mod plan;
