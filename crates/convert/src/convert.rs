@@ -442,6 +442,9 @@ const BAND_BUFFERS: usize = 8;
 /// pass, were as fast as bands of 8 MiB, two per pass, and the memory grew less with the model.
 const BANDS_PER_PASS: usize = 4;
 
+// A pass takes its bands' buffers before it sends any: with fewer buffers than that it would wait forever.
+const _: () = assert!(BANDS_PER_PASS < BAND_BUFFERS);
+
 /// Tensors of at most this many output bytes (biases, LayerNorm parameters, the class token) are sent in a
 /// buffer of their own instead of a band buffer. A ViT block has eight of them between its four big kernels;
 /// when each held one of the band buffers while it waited to be written, the producer spent 15-25% of the
@@ -835,14 +838,16 @@ impl Staged {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use crate::options::Layout;
 
-    /// The same bytes whatever the number of producer threads, for every output format and a bf16 source.
+    /// The same bytes whatever the band size, with one producer and with two.
     #[test]
     fn any_band_size_writes_the_same_file() {
-        // Bands far smaller than the tensors: many per tensor, filled two per pass, the last pass often
-        // with one, band sizes that divide nothing, and the type changes as well as plain copies.
+        // Bands far smaller than the tensors: many per tensor, filled four per pass, the last pass often
+        // with fewer, band sizes that divide nothing, and the type changes as well as plain copies.
         let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
         let dir = tempfile::tempdir().unwrap();
         let sources = [
@@ -860,16 +865,18 @@ mod tests {
                 if layout == Layout::OpenClip && source.starts_with("hybrid") {
                     continue;
                 }
-                let outputs: Vec<Vec<u8>> = [None, Some(4096), Some(3000), Some(1)]
+                let runs = [(1, None), (1, Some(4096)), (2, Some(3000)), (2, Some(1))];
+                let outputs: Vec<Vec<u8>> = runs
                     .iter()
-                    .map(|&band_bytes| {
+                    .map(|&(producers, band_bytes)| {
                         let mut opts = Options::new(layout);
                         opts.dtype = dtype;
                         opts.band_bytes = band_bytes;
+                        opts.producers = Some(producers);
                         let conv = prepare(&file, &opts).unwrap();
                         let out = dir
                             .path()
-                            .join(format!("{i}-{dtype:?}-{band_bytes:?}.{ext}"));
+                            .join(format!("{i}-{dtype:?}-{producers}-{band_bytes:?}.{ext}"));
                         write(&file, &conv, &opts, &out, &mut |_, _| {}).unwrap();
                         std::fs::read(&out).unwrap()
                     })
@@ -878,6 +885,196 @@ mod tests {
                     outputs.windows(2).all(|w| w[0] == w[1]),
                     "{source} {layout:?} {dtype:?}"
                 );
+            }
+        }
+    }
+
+    /// Writes `sources` (name, dtype, shape) as a stored `.npz` with made-up values, and returns each
+    /// tensor's bytes.
+    fn write_npz(path: &Path, sources: &[(&str, DType, Vec<usize>)]) -> Vec<Vec<u8>> {
+        let specs = sources
+            .iter()
+            .map(|(name, dtype, shape)| TensorSpec {
+                name: name.to_string(),
+                dtype: *dtype,
+                shape: shape.clone(),
+            })
+            .collect();
+        let mut w = Writer::create(path, Format::Npz, specs, BTreeMap::new(), false).unwrap();
+        let mut all = Vec::new();
+        for (_, dtype, shape) in sources {
+            let values = (0..shape.iter().product::<usize>())
+                .map(|i| (i.wrapping_mul(2_654_435_761) % 1000) as f32 / 250.0 - 2.0);
+            let bytes: Vec<u8> = match dtype {
+                DType::BF16 => values
+                    .flat_map(|v| half::bf16::from_f32(v).to_le_bytes())
+                    .collect(),
+                DType::F16 => values
+                    .flat_map(|v| half::f16::from_f32(v).to_le_bytes())
+                    .collect(),
+                _ => values.flat_map(f32::to_le_bytes).collect(),
+            };
+            w.write_next(&bytes).unwrap();
+            all.push(bytes);
+        }
+        w.finish().unwrap();
+        all
+    }
+
+    /// A damaged source kernel, streamed in bands or as a convolution, through one producer or two: the
+    /// member's CRC-32 catches it, the conversion fails, and no file is left behind.
+    #[test]
+    fn a_damaged_kernel_stops_every_pipeline_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let sources = [
+            ("k", DType::F32, vec![4, 4, 3, 24]),
+            ("t", DType::F32, vec![96, 80]),
+        ];
+        let src = dir.path().join("src.npz");
+        let data = write_npz(&src, &sources);
+        let clean = std::fs::read(&src).unwrap();
+        for (which, (name, _, shape)) in sources.iter().enumerate() {
+            let mut bytes = clean.clone();
+            let at = bytes
+                .windows(data[which].len())
+                .position(|w| w == data[which].as_slice())
+                .unwrap();
+            bytes[at + data[which].len() / 2] ^= 0x40;
+            let damaged = dir.path().join(format!("damaged-{name}.npz"));
+            std::fs::write(&damaged, &bytes).unwrap();
+            let file = TensorFile::open(&damaged).unwrap();
+            let recipe = match *shape.as_slice() {
+                [h, w, i, o] => Recipe::ConvKernel {
+                    src: name.to_string(),
+                    hwio: [h, w, i, o],
+                    in_scale: None,
+                },
+                [rows, cols] => Recipe::Transpose {
+                    src: name.to_string(),
+                    rows,
+                    cols,
+                },
+                _ => unreachable!("the sources above are 2-D or 4-D"),
+            };
+            let plan = Plan {
+                kind: OutputKind::File,
+                tensors: vec![OutTensor {
+                    name: "out".into(),
+                    shape: shape.iter().rev().copied().collect(),
+                    recipe,
+                }],
+                dropped: Vec::new(),
+                metadata: BTreeMap::new(),
+                notes: Vec::new(),
+                python: String::new(),
+                side_files: Vec::new(),
+            };
+            for (producers, band_bytes) in [(1, BAND_BYTES), (2, 300), (2, 1)] {
+                let out_dir = dir
+                    .path()
+                    .join(format!("out-{name}-{producers}-{band_bytes}"));
+                std::fs::create_dir(&out_dir).unwrap();
+                let out = out_dir.join("o.pt");
+                let target = WeightsTarget {
+                    path: &out,
+                    format: Format::Pt,
+                    overwrite: false,
+                };
+                let sizes = [producers, band_bytes];
+                let result =
+                    write_weights(&file, &plan, OutDType::F32, target, sizes, &mut |_, _| {});
+                let err = result.err().map(|e| e.to_string()).unwrap_or_default();
+                assert!(err.contains("CRC"), "{name}, {producers} producers: {err}");
+                let left: Vec<_> = std::fs::read_dir(&out_dir).unwrap().collect();
+                assert!(left.is_empty(), "{name}, {producers} producers: {left:?}");
+            }
+        }
+    }
+
+    /// Streamed kernels of odd sizes in every float type, through one and two producers and bands of many
+    /// sizes, against the whole-tensor definition of the same recipes (`Recipe::eval_bytes`).
+    #[test]
+    fn streamed_kernels_equal_their_whole_tensor_recipes() {
+        let dir = tempfile::tempdir().unwrap();
+        let sources: [(&str, DType, Vec<usize>); 7] = [
+            ("k0", DType::F32, vec![3, 3, 2, 5]),
+            ("k1", DType::BF16, vec![2, 20, 3, 9]),
+            ("k2", DType::F16, vec![14, 14, 3, 40]),
+            ("k3", DType::F32, vec![1, 1, 5, 8]),
+            ("t0", DType::F32, vec![300, 257]),
+            ("t1", DType::BF16, vec![64, 200]),
+            ("t2", DType::F16, vec![33, 700]),
+        ];
+        let src = dir.path().join("src.npz");
+        write_npz(&src, &sources);
+        let file = TensorFile::open(&src).unwrap();
+        let tensors = sources
+            .iter()
+            .map(|(name, _, shape)| match *shape.as_slice() {
+                [h, w, i, o] => OutTensor {
+                    name: format!("{name}.out"),
+                    shape: vec![o, i, h, w],
+                    recipe: Recipe::ConvKernel {
+                        src: name.to_string(),
+                        hwio: [h, w, i, o],
+                        in_scale: None,
+                    },
+                },
+                [rows, cols] => OutTensor {
+                    name: format!("{name}.out"),
+                    shape: vec![cols, rows],
+                    recipe: Recipe::Transpose {
+                        src: name.to_string(),
+                        rows,
+                        cols,
+                    },
+                },
+                _ => unreachable!("the sources above are 2-D or 4-D"),
+            })
+            .collect();
+        let plan = Plan {
+            kind: OutputKind::File,
+            tensors,
+            dropped: Vec::new(),
+            metadata: BTreeMap::new(),
+            notes: Vec::new(),
+            python: String::new(),
+            side_files: Vec::new(),
+        };
+        for dtype in [OutDType::F32, OutDType::BF16, OutDType::F16] {
+            let want: Vec<Vec<u8>> = plan
+                .tensors
+                .iter()
+                .map(|t| {
+                    let mut bytes = Vec::new();
+                    t.recipe.eval_bytes(&file, dtype, &mut bytes).unwrap();
+                    bytes
+                })
+                .collect();
+            for producers in [1, 2] {
+                for band_bytes in [1, 300, 4096, BAND_BYTES] {
+                    let out = dir
+                        .path()
+                        .join(format!("{dtype:?}-{producers}-{band_bytes}.safetensors"));
+                    let target = WeightsTarget {
+                        path: &out,
+                        format: Format::Safetensors,
+                        overwrite: false,
+                    };
+                    let sizes = [producers, band_bytes];
+                    let (writer, ..) =
+                        write_weights(&file, &plan, dtype, target, sizes, &mut |_, _| {}).unwrap();
+                    writer.finish().unwrap();
+                    let got = TensorFile::open(&out).unwrap();
+                    for (t, want) in plan.tensors.iter().zip(&want) {
+                        assert_eq!(
+                            &got.read(&t.name).unwrap(),
+                            want,
+                            "{} as {dtype:?}, {producers} producers, bands of {band_bytes}",
+                            t.name
+                        );
+                    }
+                }
             }
         }
     }

@@ -223,6 +223,10 @@ mod tests {
                         &want[..],
                         "rows {rows}, cols {cols}, pads {pad} and {dst_pad}, offset {offset}"
                     );
+                    // Nothing written outside the destination.
+                    let (before, rest) = buf.split_at(offset);
+                    let after = &rest[cols * dst_stride..];
+                    assert!(before.iter().chain(after).all(|e| *e == [0xEE; 4]));
                 }
                 let mut got = vec![[0xEEu8; 4]; cols * dst_stride];
                 transpose_elems(&src, shape, &mut got);
