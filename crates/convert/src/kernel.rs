@@ -14,13 +14,24 @@
 /// Transposes a `[rows, cols]` matrix of 4-byte elements (source row `r` at element `r * stride` of
 /// `src`) into `dst` (output row `c` at element `c * dst_stride`), bytes untouched.
 pub fn transpose4(src: &[[u8; 4]], shape: [usize; 4], dst: &mut [[u8; 4]]) {
+    transpose4_to(src, shape, dst, true);
+}
+
+/// [`transpose4`] into a destination that is read again at once, so kept in cache: never with streaming
+/// stores.
+pub fn transpose4_cached(src: &[[u8; 4]], shape: [usize; 4], dst: &mut [[u8; 4]]) {
+    transpose4_to(src, shape, dst, false);
+}
+
+/// The body of [`transpose4`] and [`transpose4_cached`]; `stream` allows streaming stores.
+fn transpose4_to(src: &[[u8; 4]], shape: [usize; 4], dst: &mut [[u8; 4]], stream: bool) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx") {
         let [rows, cols, stride, dst_stride] = shape;
         let (full_rows, full_cols) = (rows - rows % avx::ROWS, cols - cols % avx::COLS);
         // SAFETY: the processor has AVX (checked just above), which is all `avx::tiles` needs beyond
         // what its signature states.
-        unsafe { avx::tiles(src, [full_rows, full_cols, stride, dst_stride], dst) };
+        unsafe { avx::tiles(src, [full_rows, full_cols, stride, dst_stride], dst, stream) };
         // The right-hand columns, every row of them, then the bottom rows left of those columns.
         if full_cols < cols {
             if let (Some(s), Some(d)) = (
@@ -53,6 +64,54 @@ pub fn transpose4_portable(src: &[[u8; 4]], shape: [usize; 4], dst: &mut [[u8; 4
     crate::plan::transpose_elems(src, shape, dst);
 }
 
+/// Writes `values` as little-endian f16 into `dst` (two bytes each; extra bytes of either are left alone),
+/// rounding to nearest, ties to even: with F16C eight at a time where the processor has it, through the
+/// `half` crate elsewhere, which gives the same bits. One `half` call per eight values cost as much as
+/// the rest of an f32 to f16 conversion (BENCHMARKS.md).
+pub fn f32_to_f16_bytes(values: &[f32], dst: &mut [u8]) {
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("f16c") && std::arch::is_x86_feature_detected!("avx") {
+        // SAFETY: the processor has F16C and AVX (checked just above), all `f16c::narrow` needs beyond
+        // what its signature states.
+        done = unsafe { f16c::narrow(values, dst) };
+    }
+    let rest = values.get(done..).unwrap_or_default();
+    let out = dst.get_mut(done * 2..).unwrap_or_default();
+    for (pair, v) in out.as_chunks_mut::<2>().0.iter_mut().zip(rest) {
+        *pair = half::f16::from_f32(*v).to_le_bytes();
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod f16c {
+    use std::arch::x86_64::{
+        _mm256_cvtps_ph, _mm256_loadu_ps, _mm_storeu_si128, _MM_FROUND_TO_NEAREST_INT,
+    };
+
+    /// Narrows whole groups of eight values into `dst` and returns how many values it wrote.
+    #[target_feature(enable = "avx,f16c")]
+    pub unsafe fn narrow(values: &[f32], dst: &mut [u8]) -> usize {
+        let mut done = 0;
+        for (eight, out) in values
+            .as_chunks::<8>()
+            .0
+            .iter()
+            .zip(dst.as_chunks_mut::<16>().0)
+        {
+            // SAFETY: `eight` is 8 readable f32 (32 bytes) and `out` 16 writable bytes; unaligned loads
+            // and stores need no alignment.
+            unsafe {
+                let x = _mm256_loadu_ps(eight.as_ptr());
+                let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x);
+                _mm_storeu_si128(out.as_mut_ptr().cast(), h);
+            }
+            done += 8;
+        }
+        done
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx {
     use std::arch::x86_64::{
@@ -69,8 +128,9 @@ mod avx {
     /// Transposes the `[rows, cols]` top-left corner, both multiples of the tile, tile by tile: down a
     /// column of tiles first, so that the output rows being written stay few and in cache.
     ///
-    /// Where the output is 32-byte aligned, the rows are stored with streaming (non-temporal) stores,
-    /// which write whole lines to memory without first reading them into the cache: the band is read
+    /// Where `stream` allows it and the output is 32-byte aligned, the rows are stored with streaming
+    /// (non-temporal) stores, which write whole lines to memory without first reading them into the
+    /// cache: the band is read
     /// next by the writer thread, on another core, not by this one. They made the whole conversion about
     /// 10% faster (BENCHMARKS.md). A store fence at the end orders them before whatever hands the band on.
     #[target_feature(enable = "avx")]
@@ -78,6 +138,7 @@ mod avx {
         src: &[[u8; 4]],
         [rows, cols, stride, dst_stride]: [usize; 4],
         dst: &mut [[u8; 4]],
+        stream: bool,
     ) {
         for c0 in (0..cols).step_by(COLS) {
             for r0 in (0..rows).step_by(ROWS) {
@@ -100,7 +161,7 @@ mod avx {
                         // streaming stores are used only where they are aligned as they must be, and
                         // unaligned stores need no alignment.
                         unsafe {
-                            if (left as usize).is_multiple_of(32) {
+                            if stream && (left as usize).is_multiple_of(32) {
                                 _mm256_stream_ps(left, t);
                                 _mm256_stream_ps(right, b);
                             } else {
@@ -171,7 +232,37 @@ mod avx {
 
 #[cfg(test)]
 mod tests {
-    use super::transpose4;
+    use super::{f32_to_f16_bytes, transpose4, transpose4_cached};
+
+    #[test]
+    fn f16_narrowing_matches_the_half_crate_bit_for_bit() {
+        // Every sign and exponent, with mantissas that round down, up and to even, infinities, NaNs
+        // (quiet and signalling), subnormals and zeros; lengths that leave remainders after eights.
+        let mut bits: Vec<u32> = Vec::new();
+        for exp in 0..=255u32 {
+            for mantissa in [
+                0, 1, 0xFFF, 0x1000, 0x1001, 0x2000, 0x3000, 0x7F_E000, 0x40_0001, 0x7F_FFFF,
+            ] {
+                for sign in [0, 1u32 << 31] {
+                    bits.push(sign | exp << 23 | mantissa);
+                }
+            }
+        }
+        let values: Vec<f32> = bits.iter().map(|&b| f32::from_bits(b)).collect();
+        for len in [values.len(), values.len() - 3, 7, 1, 0] {
+            let want: Vec<u8> = values[..len]
+                .iter()
+                .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+                .collect();
+            let mut got = vec![0xEE; len * 2 + 4];
+            f32_to_f16_bytes(&values[..len], &mut got);
+            assert_eq!(&got[..len * 2], &want[..], "{len} values");
+            assert!(
+                got[len * 2..].iter().all(|&b| b == 0xEE),
+                "nothing past the end"
+            );
+        }
+    }
     use crate::plan::transpose_elems;
 
     /// The transpose, element by element, as the definition says.
@@ -218,6 +309,9 @@ mod tests {
                     buf.fill([0xEE; 4]);
                     let got = &mut buf[offset..offset + cols * dst_stride];
                     transpose4(&src, shape, got);
+                    let mut cached = vec![[0xEEu8; 4]; cols * dst_stride];
+                    transpose4_cached(&src, shape, &mut cached);
+                    assert_eq!(cached, want, "cached: rows {rows}, cols {cols}");
                     assert_eq!(
                         got,
                         &want[..],
