@@ -298,6 +298,10 @@ pub fn transpose_encode_bytes(
         transpose_f32_narrow(raw.as_chunks().0, shape, dtype, dst);
         return;
     }
+    if in_dtype == DType::BF16 && dtype == OutDType::F32 {
+        transpose_bf16_widen(raw.as_chunks().0, shape, dst.as_chunks_mut().0);
+        return;
+    }
     if in_dtype == dtype.dtype() {
         match in_dtype.size() {
             4 => crate::kernel::transpose4(raw.as_chunks().0, shape, dst.as_chunks_mut().0),
@@ -415,6 +419,35 @@ fn transpose_f32_narrow(
             if let Some(out) = dst.get_mut(d..d + rows * es) {
                 encode_into(&values, dtype, out);
             }
+        }
+    }
+}
+
+/// The body of [`transpose_encode_bytes`] for bf16 to f32 (bf16 checkpoints written as f32, the default).
+///
+/// A bf16 value is the top half of an f32, so widening is exact: `CHUNK` source columns at a time are
+/// widened into a small block that stays in cache and transposed from there by the 4-byte kernel, which
+/// element by element took half as long again as an f32 source (BENCHMARKS.md).
+fn transpose_bf16_widen(
+    src: &[[u8; 2]],
+    [rows, cols, stride, dst_stride]: [usize; 4],
+    dst: &mut [[u8; 4]],
+) {
+    const CHUNK: usize = 64;
+    let mut block = vec![[0u8; 4]; rows * CHUNK];
+    for c0 in (0..cols).step_by(CHUNK) {
+        let width = CHUNK.min(cols - c0);
+        for (r, wide) in block.chunks_exact_mut(CHUNK).enumerate() {
+            let s = r * stride + c0;
+            if let Some(narrow) = src.get(s..s + width) {
+                for (w, [lo, hi]) in wide.iter_mut().zip(narrow) {
+                    // Little-endian f32 bytes of the bf16's bits shifted up by 16.
+                    *w = [0, 0, *lo, *hi];
+                }
+            }
+        }
+        if let Some(out) = dst.get_mut(c0 * dst_stride..) {
+            crate::kernel::transpose4(&block, [rows, width, CHUNK, dst_stride], out);
         }
     }
 }
