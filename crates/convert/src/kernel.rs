@@ -64,6 +64,117 @@ pub fn transpose4_portable(src: &[[u8; 4]], shape: [usize; 4], dst: &mut [[u8; 4
     crate::plan::transpose_elems(src, shape, dst);
 }
 
+/// Transposes a `[rows, cols]` matrix of 2-byte elements (bf16 or f16 kept as they are) like [`transpose4`]:
+/// 8 x 8 tiles in SSE2 registers on x86-64 (every such processor has SSE2), the portable block transpose
+/// elsewhere and for the ragged edges.
+pub fn transpose2(src: &[[u8; 2]], shape: [usize; 4], dst: &mut [[u8; 2]]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let [rows, cols, stride, dst_stride] = shape;
+        let (full_rows, full_cols) = (rows - rows % 8, cols - cols % 8);
+        // SAFETY: SSE2 is part of every x86-64 processor, and `sse2::tiles` needs nothing else beyond what
+        // its signature states.
+        unsafe { sse2::tiles(src, [full_rows, full_cols, stride, dst_stride], dst) };
+        if full_cols < cols {
+            if let (Some(s), Some(d)) = (
+                src.get(full_cols..),
+                dst.get_mut(full_cols.saturating_mul(dst_stride)..),
+            ) {
+                crate::plan::transpose_elems(s, [rows, cols - full_cols, stride, dst_stride], d);
+            }
+        }
+        if full_rows < rows {
+            if let (Some(s), Some(d)) = (
+                src.get(full_rows.saturating_mul(stride)..),
+                dst.get_mut(full_rows..),
+            ) {
+                crate::plan::transpose_elems(
+                    s,
+                    [rows - full_rows, full_cols, stride, dst_stride],
+                    d,
+                );
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    crate::plan::transpose_elems(src, shape, dst);
+}
+
+#[cfg(target_arch = "x86_64")]
+mod sse2 {
+    use std::arch::x86_64::{
+        __m128i, _mm_loadu_si128, _mm_storeu_si128, _mm_unpackhi_epi16, _mm_unpackhi_epi32,
+        _mm_unpackhi_epi64, _mm_unpacklo_epi16, _mm_unpacklo_epi32, _mm_unpacklo_epi64,
+    };
+
+    /// Transposes the `[rows, cols]` top-left corner, both multiples of 8, one 8 x 8 tile at a time, down a
+    /// column of tiles first (see `avx::tiles`).
+    #[target_feature(enable = "sse2")]
+    pub fn tiles(
+        src: &[[u8; 2]],
+        [rows, cols, stride, dst_stride]: [usize; 4],
+        dst: &mut [[u8; 2]],
+    ) {
+        for c0 in (0..cols).step_by(8) {
+            for r0 in (0..rows).step_by(8) {
+                let mut tile = [None; 8];
+                for (i, row) in tile.iter_mut().enumerate() {
+                    let s = (r0 + i) * stride + c0;
+                    *row = src
+                        .get(s..s + 8)
+                        .and_then(|r| <&[[u8; 2]; 8]>::try_from(r).ok())
+                        // SAFETY: the reference covers 8 readable elements (16 bytes); unaligned loads
+                        // need no alignment, and SSE2 is part of every x86-64 processor.
+                        .map(|r| unsafe { _mm_loadu_si128(r.as_ptr().cast()) });
+                }
+                let [Some(a0), Some(a1), Some(a2), Some(a3), Some(a4), Some(a5), Some(a6), Some(a7)] =
+                    tile
+                else {
+                    continue;
+                };
+                for (j, column) in transpose8([a0, a1, a2, a3, a4, a5, a6, a7])
+                    .into_iter()
+                    .enumerate()
+                {
+                    let d = (c0 + j) * dst_stride + r0;
+                    if let Some(out) = dst
+                        .get_mut(d..d + 8)
+                        .and_then(|o| <&mut [[u8; 2]; 8]>::try_from(o).ok())
+                    {
+                        // SAFETY: `out` is 8 writable elements (16 bytes); unaligned stores need no
+                        // alignment.
+                        unsafe { _mm_storeu_si128(out.as_mut_ptr().cast(), column) };
+                    }
+                }
+            }
+        }
+    }
+
+    /// The columns of an 8 x 8 matrix of 16-bit elements held as eight row vectors: interleave pairs of
+    /// rows at 16, then 32, then 64 bits.
+    #[target_feature(enable = "sse2")]
+    fn transpose8([a0, a1, a2, a3, a4, a5, a6, a7]: [__m128i; 8]) -> [__m128i; 8] {
+        let (b0, b1) = (_mm_unpacklo_epi16(a0, a1), _mm_unpackhi_epi16(a0, a1));
+        let (b2, b3) = (_mm_unpacklo_epi16(a2, a3), _mm_unpackhi_epi16(a2, a3));
+        let (b4, b5) = (_mm_unpacklo_epi16(a4, a5), _mm_unpackhi_epi16(a4, a5));
+        let (b6, b7) = (_mm_unpacklo_epi16(a6, a7), _mm_unpackhi_epi16(a6, a7));
+        let (c0, c1) = (_mm_unpacklo_epi32(b0, b2), _mm_unpackhi_epi32(b0, b2));
+        let (c2, c3) = (_mm_unpacklo_epi32(b1, b3), _mm_unpackhi_epi32(b1, b3));
+        let (c4, c5) = (_mm_unpacklo_epi32(b4, b6), _mm_unpackhi_epi32(b4, b6));
+        let (c6, c7) = (_mm_unpacklo_epi32(b5, b7), _mm_unpackhi_epi32(b5, b7));
+        [
+            _mm_unpacklo_epi64(c0, c4),
+            _mm_unpackhi_epi64(c0, c4),
+            _mm_unpacklo_epi64(c1, c5),
+            _mm_unpackhi_epi64(c1, c5),
+            _mm_unpacklo_epi64(c2, c6),
+            _mm_unpackhi_epi64(c2, c6),
+            _mm_unpacklo_epi64(c3, c7),
+            _mm_unpackhi_epi64(c3, c7),
+        ]
+    }
+}
+
 /// Writes `values` as little-endian f16 into `dst` (two bytes each; extra bytes of either are left alone),
 /// rounding to nearest, ties to even: with F16C eight at a time where the processor has it, through the
 /// `half` crate elsewhere, which gives the same bits. One `half` call per eight values cost as much as
@@ -233,6 +344,40 @@ mod avx {
 #[cfg(test)]
 mod tests {
     use super::{f32_to_f16_bytes, transpose4, transpose4_cached};
+
+    #[test]
+    fn two_byte_transposes_match_the_definition() {
+        for (rows, cols) in [
+            (8, 8),
+            (32, 64),
+            (17, 8),
+            (8, 9),
+            (35, 29),
+            (3, 5),
+            (1, 40),
+            (40, 1),
+            (0, 7),
+        ] {
+            for (pad, dst_pad) in [(0, 0), (8, 0), (0, 3), (5, 8)] {
+                let (stride, dst_stride) = (cols + pad, rows + dst_pad);
+                let src: Vec<[u8; 2]> = (0..rows * stride)
+                    .map(|i| (i as u16).wrapping_mul(40_503).to_le_bytes())
+                    .collect();
+                let mut want = vec![[0xEEu8; 2]; cols * dst_stride];
+                for r in 0..rows {
+                    for c in 0..cols {
+                        want[c * dst_stride + r] = src[r * stride + c];
+                    }
+                }
+                let mut got = vec![[0xEEu8; 2]; cols * dst_stride];
+                super::transpose2(&src, [rows, cols, stride, dst_stride], &mut got);
+                assert_eq!(
+                    got, want,
+                    "rows {rows}, cols {cols}, pads {pad} and {dst_pad}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn f16_narrowing_matches_the_half_crate_bit_for_bit() {

@@ -305,7 +305,7 @@ pub fn transpose_encode_bytes(
     if in_dtype == dtype.dtype() {
         match in_dtype.size() {
             4 => crate::kernel::transpose4(raw.as_chunks().0, shape, dst.as_chunks_mut().0),
-            2 => transpose_elems::<2>(raw.as_chunks().0, shape, dst.as_chunks_mut().0),
+            2 => crate::kernel::transpose2(raw.as_chunks().0, shape, dst.as_chunks_mut().0),
             _ => {}
         }
         return;
