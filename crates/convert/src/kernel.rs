@@ -1,15 +1,17 @@
-//! The 4-byte transpose kernel: AVX where the processor has it, the portable block transpose elsewhere.
+//! The vectorised inner loops of a conversion: 4- and 2-byte transposes, and f32 to f16 narrowing.
 //!
 //! Nearly every byte of a ViT conversion goes through a transpose (Flax stores `Dense` kernels as
 //! `[in, out]`, PyTorch's `Linear` as `[out, in]`), almost always f32 to f32, so this one loop sets the
 //! speed of the whole conversion. The portable code moves one element at a time; with AVX, a tile of
 //! 16 source rows by 8 columns is loaded as sixteen 8-wide vectors, transposed in registers with
 //! unpack/shuffle/permute steps, and stored as eight 16-element output rows (one 64-byte cache line
-//! each), straight to memory where they are aligned. The feature is detected once at run time, so one
+//! each), straight to memory where they are aligned. 2-byte elements (bf16, f16) go through 8 x 8 tiles
+//! in SSE2 registers, and f16 narrowing uses F16C. Optional features are detected at run time, so one
 //! binary runs everywhere.
 //!
 //! Every load and store goes through a bounds-checked array reference (`get` then `try_from`), so the
-//! only promise the `unsafe` blocks rely on beyond the type system is that the processor has AVX.
+//! only promise the `unsafe` blocks rely on beyond the type system is that the processor has the
+//! instructions they use.
 
 /// Transposes a `[rows, cols]` matrix of 4-byte elements (source row `r` at element `r * stride` of
 /// `src`) into `dst` (output row `c` at element `c * dst_stride`), bytes untouched.
