@@ -607,13 +607,7 @@ fn stream_recipe(
     match recipe {
         Recipe::Transpose { src, rows, cols } => {
             let (rows, cols) = (*rows, *cols);
-            let in_dtype = source_dtype(file, src)?;
-            if !in_dtype.is_float() {
-                return Err(Error::NotFloat {
-                    name: src.clone(),
-                    dtype: in_dtype.to_string(),
-                });
-            }
+            let in_dtype = float_source_dtype(file, src)?;
             check_len(file, src, rows, cols)?;
             if rows == 0 || cols == 0 {
                 return Ok(());
@@ -715,13 +709,7 @@ fn stream_recipe(
             // i * (h w) apart. Done from the file's bytes by the transpose kernel, this took a ViT-L/32 patch
             // kernel (12.6 MB) from 25-30 ms, through decoded copies, to about half, and the writer waits
             // for it before anything else.
-            let in_dtype = source_dtype(file, src)?;
-            if !in_dtype.is_float() {
-                return Err(Error::NotFloat {
-                    name: src.clone(),
-                    dtype: in_dtype.to_string(),
-                });
-            }
+            let in_dtype = float_source_dtype(file, src)?;
             let [h, w, i, o] = *hwio;
             let hw = h.saturating_mul(w);
             check_len(file, src, hw.saturating_mul(i), o)?;
@@ -771,6 +759,18 @@ fn source_dtype(file: &TensorFile, src: &str) -> Result<DType> {
             recognised: "the planned source".to_string(),
             missing: format!("tensor {src} vanished"),
         })
+}
+
+/// The stored element type of a planned source that is transposed, which must be a float type.
+fn float_source_dtype(file: &TensorFile, src: &str) -> Result<DType> {
+    let dtype = source_dtype(file, src)?;
+    if !dtype.is_float() {
+        return Err(Error::NotFloat {
+            name: src.to_string(),
+            dtype: dtype.to_string(),
+        });
+    }
+    Ok(dtype)
 }
 
 /// Refuses a source whose element count is not `rows x cols`.
@@ -849,13 +849,12 @@ mod tests {
         // Bands far smaller than the tensors: many per tensor, filled four per pass, the last pass often
         // with fewer, band sizes that divide nothing, and the type changes as well as plain copies.
         let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
-        let dir = tempfile::tempdir().unwrap();
         let sources = [
             "vit-token/checkpoint.npz",
             "vit-token-variants/bfloat16.npz",
             "hybrid-r2/checkpoint.npz",
         ];
-        for (i, source) in sources.iter().enumerate() {
+        for source in sources {
             let file = TensorFile::open(fixtures.join(source)).unwrap();
             for (layout, dtype, ext) in [
                 (Layout::Timm, OutDType::F32, "safetensors"),
@@ -866,27 +865,80 @@ mod tests {
                     continue;
                 }
                 let runs = [(1, None), (1, Some(4096)), (2, Some(3000)), (2, Some(1))];
-                let outputs: Vec<Vec<u8>> = runs
-                    .iter()
-                    .map(|&(producers, band_bytes)| {
-                        let mut opts = Options::new(layout);
-                        opts.dtype = dtype;
-                        opts.band_bytes = band_bytes;
-                        opts.producers = Some(producers);
-                        let conv = prepare(&file, &opts).unwrap();
-                        let out = dir
-                            .path()
-                            .join(format!("{i}-{dtype:?}-{producers}-{band_bytes:?}.{ext}"));
-                        write(&file, &conv, &opts, &out, &mut |_, _| {}).unwrap();
-                        std::fs::read(&out).unwrap()
-                    })
-                    .collect();
+                let mut opts = Options::new(layout);
+                opts.dtype = dtype;
+                let outputs = convert_runs(&file, &opts, ext, &runs);
                 assert!(
                     outputs.windows(2).all(|w| w[0] == w[1]),
                     "{source} {layout:?} {dtype:?}"
                 );
             }
         }
+    }
+
+    /// The output `out` streamed from source `name` of `shape`: an HWIO kernel written OIHW, a matrix
+    /// transposed.
+    fn streamed(name: &str, out: &str, shape: &[usize]) -> OutTensor {
+        let (shape, recipe) = match *shape {
+            [h, w, i, o] => (
+                vec![o, i, h, w],
+                Recipe::ConvKernel {
+                    src: name.to_string(),
+                    hwio: [h, w, i, o],
+                    in_scale: None,
+                },
+            ),
+            [rows, cols] => (
+                vec![cols, rows],
+                Recipe::Transpose {
+                    src: name.to_string(),
+                    rows,
+                    cols,
+                },
+            ),
+            _ => unreachable!("the test sources are 2-D or 4-D"),
+        };
+        OutTensor {
+            name: out.to_string(),
+            shape,
+            recipe,
+        }
+    }
+
+    /// A plan writing `tensors` to one file, and nothing else.
+    fn plan_of(tensors: Vec<OutTensor>) -> Plan {
+        Plan {
+            kind: OutputKind::File,
+            tensors,
+            dropped: Vec::new(),
+            metadata: BTreeMap::new(),
+            notes: Vec::new(),
+            python: String::new(),
+            side_files: Vec::new(),
+        }
+    }
+
+    /// Converts `file` once per run (producers, band size), with `opts` otherwise, to an `ext` file, and
+    /// returns each output's bytes.
+    fn convert_runs(
+        file: &TensorFile,
+        opts: &Options,
+        ext: &str,
+        runs: &[(usize, Option<usize>)],
+    ) -> Vec<Vec<u8>> {
+        let dir = tempfile::tempdir().unwrap();
+        runs.iter()
+            .enumerate()
+            .map(|(k, &(producers, band_bytes))| {
+                let mut opts = opts.clone();
+                opts.producers = Some(producers);
+                opts.band_bytes = band_bytes;
+                let conv = prepare(file, &opts).unwrap();
+                let out = dir.path().join(format!("run-{k}.{ext}"));
+                write(file, &conv, &opts, &out, &mut |_, _| {}).unwrap();
+                std::fs::read(&out).unwrap()
+            })
+            .collect()
     }
 
     /// Writes `sources` (name, dtype, shape) as a stored `.npz` with made-up values, and returns each
@@ -943,32 +995,7 @@ mod tests {
             let damaged = dir.path().join(format!("damaged-{name}.npz"));
             std::fs::write(&damaged, &bytes).unwrap();
             let file = TensorFile::open(&damaged).unwrap();
-            let recipe = match *shape.as_slice() {
-                [h, w, i, o] => Recipe::ConvKernel {
-                    src: name.to_string(),
-                    hwio: [h, w, i, o],
-                    in_scale: None,
-                },
-                [rows, cols] => Recipe::Transpose {
-                    src: name.to_string(),
-                    rows,
-                    cols,
-                },
-                _ => unreachable!("the sources above are 2-D or 4-D"),
-            };
-            let plan = Plan {
-                kind: OutputKind::File,
-                tensors: vec![OutTensor {
-                    name: "out".into(),
-                    shape: shape.iter().rev().copied().collect(),
-                    recipe,
-                }],
-                dropped: Vec::new(),
-                metadata: BTreeMap::new(),
-                notes: Vec::new(),
-                python: String::new(),
-                side_files: Vec::new(),
-            };
+            let plan = plan_of(vec![streamed(name, "out", shape)]);
             for (producers, band_bytes) in [(1, BAND_BYTES), (2, 300), (2, 1)] {
                 let out_dir = dir
                     .path()
@@ -1008,39 +1035,12 @@ mod tests {
         let src = dir.path().join("src.npz");
         write_npz(&src, &sources);
         let file = TensorFile::open(&src).unwrap();
-        let tensors = sources
-            .iter()
-            .map(|(name, _, shape)| match *shape.as_slice() {
-                [h, w, i, o] => OutTensor {
-                    name: format!("{name}.out"),
-                    shape: vec![o, i, h, w],
-                    recipe: Recipe::ConvKernel {
-                        src: name.to_string(),
-                        hwio: [h, w, i, o],
-                        in_scale: None,
-                    },
-                },
-                [rows, cols] => OutTensor {
-                    name: format!("{name}.out"),
-                    shape: vec![cols, rows],
-                    recipe: Recipe::Transpose {
-                        src: name.to_string(),
-                        rows,
-                        cols,
-                    },
-                },
-                _ => unreachable!("the sources above are 2-D or 4-D"),
-            })
-            .collect();
-        let plan = Plan {
-            kind: OutputKind::File,
-            tensors,
-            dropped: Vec::new(),
-            metadata: BTreeMap::new(),
-            notes: Vec::new(),
-            python: String::new(),
-            side_files: Vec::new(),
-        };
+        let plan = plan_of(
+            sources
+                .iter()
+                .map(|(name, _, shape)| streamed(name, &format!("{name}.out"), shape))
+                .collect(),
+        );
         for dtype in [OutDType::F32, OutDType::BF16, OutDType::F16] {
             let want: Vec<Vec<u8>> = plan
                 .tensors
@@ -1082,25 +1082,15 @@ mod tests {
     #[test]
     fn any_number_of_producers_writes_the_same_file() {
         let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
-        let dir = tempfile::tempdir().unwrap();
         let sources = [
             "vit-token/checkpoint.npz",
             "vit-token-variants/bfloat16.npz",
         ];
-        for (i, source) in sources.iter().enumerate() {
+        for source in sources {
             let file = TensorFile::open(fixtures.join(source)).unwrap();
             for ext in ["pt", "safetensors"] {
-                let outputs: Vec<Vec<u8>> = [1, 2, 3]
-                    .iter()
-                    .map(|&n| {
-                        let mut opts = Options::new(Layout::Timm);
-                        opts.producers = Some(n);
-                        let conv = prepare(&file, &opts).unwrap();
-                        let out = dir.path().join(format!("{i}-{n}.{ext}"));
-                        write(&file, &conv, &opts, &out, &mut |_, _| {}).unwrap();
-                        std::fs::read(&out).unwrap()
-                    })
-                    .collect();
+                let runs = [(1, None), (2, None), (3, None)];
+                let outputs = convert_runs(&file, &Options::new(Layout::Timm), ext, &runs);
                 assert!(outputs.windows(2).all(|w| w[0] == w[1]), "{source} {ext}");
             }
         }

@@ -27,34 +27,21 @@ pub fn transpose4_cached(src: &[[u8; 4]], shape: [usize; 4], dst: &mut [[u8; 4]]
 
 /// The body of [`transpose4`] and [`transpose4_cached`]; `stream` allows streaming stores.
 fn transpose4_to(src: &[[u8; 4]], shape: [usize; 4], dst: &mut [[u8; 4]], stream: bool) {
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = stream;
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx") {
-        let [rows, cols, stride, dst_stride] = shape;
-        let (full_rows, full_cols) = (rows - rows % avx::ROWS, cols - cols % avx::COLS);
-        // SAFETY: the processor has AVX (checked just above), which is all `avx::tiles` needs beyond
-        // what its signature states.
-        unsafe { avx::tiles(src, [full_rows, full_cols, stride, dst_stride], dst, stream) };
-        // The right-hand columns, every row of them, then the bottom rows left of those columns.
-        if full_cols < cols {
-            if let (Some(s), Some(d)) = (
-                src.get(full_cols..),
-                dst.get_mut(full_cols.saturating_mul(dst_stride)..),
-            ) {
-                crate::plan::transpose_elems(s, [rows, cols - full_cols, stride, dst_stride], d);
-            }
-        }
-        if full_rows < rows {
-            if let (Some(s), Some(d)) = (
-                src.get(full_rows.saturating_mul(stride)..),
-                dst.get_mut(full_rows..),
-            ) {
-                crate::plan::transpose_elems(
-                    s,
-                    [rows - full_rows, full_cols, stride, dst_stride],
-                    d,
-                );
-            }
-        }
+        with_edges(
+            src,
+            shape,
+            [avx::ROWS, avx::COLS],
+            dst,
+            |src, corner, dst| {
+                // SAFETY: the processor has AVX (checked just above), which is all `avx::tiles` needs beyond
+                // what its signature states.
+                unsafe { avx::tiles(src, corner, dst, stream) }
+            },
+        );
         return;
     }
     crate::plan::transpose_elems(src, shape, dst);
@@ -71,35 +58,44 @@ pub fn transpose4_portable(src: &[[u8; 4]], shape: [usize; 4], dst: &mut [[u8; 4
 /// elsewhere and for the ragged edges.
 pub fn transpose2(src: &[[u8; 2]], shape: [usize; 4], dst: &mut [[u8; 2]]) {
     #[cfg(target_arch = "x86_64")]
-    {
-        let [rows, cols, stride, dst_stride] = shape;
-        let (full_rows, full_cols) = (rows - rows % 8, cols - cols % 8);
+    with_edges(src, shape, [8, 8], dst, |src, corner, dst| {
         // SAFETY: SSE2 is part of every x86-64 processor, and `sse2::tiles` needs nothing else beyond what
         // its signature states.
-        unsafe { sse2::tiles(src, [full_rows, full_cols, stride, dst_stride], dst) };
-        if full_cols < cols {
-            if let (Some(s), Some(d)) = (
-                src.get(full_cols..),
-                dst.get_mut(full_cols.saturating_mul(dst_stride)..),
-            ) {
-                crate::plan::transpose_elems(s, [rows, cols - full_cols, stride, dst_stride], d);
-            }
-        }
-        if full_rows < rows {
-            if let (Some(s), Some(d)) = (
-                src.get(full_rows.saturating_mul(stride)..),
-                dst.get_mut(full_rows..),
-            ) {
-                crate::plan::transpose_elems(
-                    s,
-                    [rows - full_rows, full_cols, stride, dst_stride],
-                    d,
-                );
-            }
-        }
-    }
+        unsafe { sse2::tiles(src, corner, dst) }
+    });
     #[cfg(not(target_arch = "x86_64"))]
     crate::plan::transpose_elems(src, shape, dst);
+}
+
+/// Transposes the largest top-left corner made of whole `[tile_rows, tile_cols]` tiles with `tiles`, then
+/// the ragged edges with the portable transpose: the right-hand columns, every row of them, and the
+/// bottom rows left of those columns.
+#[cfg(target_arch = "x86_64")]
+fn with_edges<const N: usize>(
+    src: &[[u8; N]],
+    [rows, cols, stride, dst_stride]: [usize; 4],
+    [tile_rows, tile_cols]: [usize; 2],
+    dst: &mut [[u8; N]],
+    tiles: impl FnOnce(&[[u8; N]], [usize; 4], &mut [[u8; N]]),
+) {
+    let (full_rows, full_cols) = (rows - rows % tile_rows, cols - cols % tile_cols);
+    tiles(src, [full_rows, full_cols, stride, dst_stride], dst);
+    if full_cols < cols {
+        if let (Some(s), Some(d)) = (
+            src.get(full_cols..),
+            dst.get_mut(full_cols.saturating_mul(dst_stride)..),
+        ) {
+            crate::plan::transpose_elems(s, [rows, cols - full_cols, stride, dst_stride], d);
+        }
+    }
+    if full_rows < rows {
+        if let (Some(s), Some(d)) = (
+            src.get(full_rows.saturating_mul(stride)..),
+            dst.get_mut(full_rows..),
+        ) {
+            crate::plan::transpose_elems(s, [rows - full_rows, full_cols, stride, dst_stride], d);
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
