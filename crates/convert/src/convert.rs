@@ -16,21 +16,50 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
-use vitconv_tensors::{output_format, DType, Format, TensorFile, TensorSpec, Writer};
+use vitconv_tensors::{output_format, ColumnBands, DType, Format, TensorFile, TensorSpec, Writer};
 
 use crate::arch::Arch;
-use crate::detect::detect_vit_jax;
 use crate::error::{Error, Result};
 use crate::layout;
 use crate::layout::hf;
+use crate::model::Param;
 use crate::options::{Options, OutDType};
 use crate::plan::{
     encode_append, transpose_encode_bytes, Fetch, OutTensor, OutputKind, Plan, Recipe,
 };
 
 impl Fetch for TensorFile {
-    fn fetch(&self, name: &str) -> Result<Vec<f32>> {
-        Ok(self.read_f32(name)?)
+    fn fetch(&self, param: &Param) -> Result<Vec<f32>> {
+        let values = self.read_f32(&param.tensor)?;
+        let Some(i) = param.index else {
+            return Ok(values);
+        };
+        // A slice of a stacked tensor: the parameters of the stack are small ones here (biases, norms), the
+        // large kernels stream through `bands` instead.
+        let n = param.numel().unwrap_or(0);
+        let range = i
+            .checked_mul(n)
+            .and_then(|start| Some(start..start.checked_add(n)?));
+        match range.and_then(|r| values.get(r)) {
+            Some(slice) => Ok(slice.to_vec()),
+            None => Err(Error::Length {
+                name: param.describe(),
+                shape: param.shape.clone(),
+                expected: n,
+                found: values.len(),
+            }),
+        }
+    }
+}
+
+/// Reads a parameter as `[rows, ...]` bytes in bands of columns (see `TensorFile::column_bands`).
+fn bands<'f>(file: &'f TensorFile, param: &Param, rows: usize) -> Result<ColumnBands<'f>> {
+    match param.index {
+        None => Ok(file.column_bands(&param.tensor, rows)?),
+        Some(_) => Err(Error::Inconsistent {
+            recognised: "a stacked parameter".to_string(),
+            problem: format!("{} cannot be streamed yet", param.describe()),
+        }),
     }
 }
 
@@ -84,26 +113,20 @@ pub struct Conversion {
 
 /// Detects the source and builds the plan for `opts`, refusing anything the layout cannot hold.
 pub fn prepare(file: &TensorFile, opts: &Options) -> Result<Conversion> {
-    let src = detect_vit_jax(file.tensors())?;
+    let model = crate::sources::read(file.tensors())?;
     let source_name = file
         .path()
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let plan = layout::plan(&src, opts, file, &source_name)?;
-    plan.check_complete(&src.shapes, "vit_jax")?;
-    let mut source_notes = Vec::new();
-    if !src.names.prefix.is_empty() {
-        source_notes.push(format!("keys under {}", src.names.prefix));
-    }
-    if src.names.style == crate::detect::BlockStyle::Linen {
-        source_notes.push("linen block names".to_string());
-    }
+    let plan = layout::plan(&model, opts, file, &source_name)?;
+    plan.check_complete(&model.shapes, &model.recognised)?;
+    let mut source_notes = model.notes.clone();
     if let Some(t) = file.tensors().iter().find(|t| t.dtype == DType::BF16) {
         source_notes.push(format!("stored as bfloat16 ({} and others)", t.name));
     }
     Ok(Conversion {
-        arch: src.arch,
+        arch: model.image.arch,
         source_notes,
         plan,
     })
@@ -607,12 +630,12 @@ fn stream_recipe(
     match recipe {
         Recipe::Transpose { src, rows, cols } => {
             let (rows, cols) = (*rows, *cols);
-            let in_dtype = float_source_dtype(file, src)?;
-            check_len(file, src, rows, cols)?;
+            let in_dtype = float_source_dtype(src)?;
+            check_len(src, rows, cols)?;
             if rows == 0 || cols == 0 {
                 return Ok(());
             }
-            let mut bands = file.column_bands(src, rows)?;
+            let mut bands = bands(file, src, rows)?;
             // Output rows per band: the band's encoded output stays within `BAND_BYTES`. Up to BANDS_PER_PASS
             // bands are filled in one pass over the source, read GROUP_ROWS source rows at a time into a small
             // staging buffer and transposed from there while it is still in cache; reading the whole band
@@ -668,13 +691,13 @@ fn stream_recipe(
             .iter()
             .try_for_each(|p| stream_recipe(file, name, p, dtype, scratch, em)),
         Recipe::Copy(src) => {
-            let in_dtype = source_dtype(file, src)?;
-            let numel = file.get(src).and_then(|i| i.numel()).unwrap_or(0);
+            let in_dtype = src.dtype;
+            let numel = src.numel().unwrap_or(0);
             if numel == 0 {
                 return Ok(());
             }
             // One row: the bands are consecutive pieces of the tensor, each a whole number of elements.
-            let mut bands = file.column_bands(src, 1)?;
+            let mut bands = bands(file, src, 1)?;
             let piece = (em.band_bytes / 4).max(1) * in_dtype.size();
             while bands.remaining() > 0 {
                 let n = piece.min(bands.remaining());
@@ -688,7 +711,7 @@ fn stream_recipe(
                     let raw = sized(&mut scratch.raw, n);
                     bands.read_rows(n, raw)?;
                     scratch.values.clear();
-                    decode_append(src, in_dtype, raw, &mut scratch.values)?;
+                    decode_append(&src.describe(), in_dtype, raw, &mut scratch.values)?;
                     let values = &scratch.values;
                     em.emit(name, |buf| {
                         buf.clear();
@@ -709,17 +732,17 @@ fn stream_recipe(
             // i * (h w) apart. Done from the file's bytes by the transpose kernel, this took a ViT-L/32 patch
             // kernel (12.6 MB) from 25-30 ms, through decoded copies, to about half, and the writer waits
             // for it before anything else.
-            let in_dtype = float_source_dtype(file, src)?;
+            let in_dtype = float_source_dtype(src)?;
             let [h, w, i, o] = *hwio;
             let hw = h.saturating_mul(w);
-            check_len(file, src, hw.saturating_mul(i), o)?;
+            check_len(src, hw.saturating_mul(i), o)?;
             if hw == 0 || i == 0 || o == 0 {
                 return Ok(());
             }
             let (in_size, out_size) = (in_dtype.size(), dtype.dtype().size());
             // Source rows are (position, channel) pairs of `o` values, read GROUP_ROWS positions (all their
             // channels) at a time into the padded stage.
-            let mut bands = file.column_bands(src, hw * i)?;
+            let mut bands = bands(file, src, hw * i)?;
             let pitch = o * in_size + STAGE_PAD;
             let stage = &mut scratch.raw;
             em.emit(name, |buf| {
@@ -751,34 +774,23 @@ fn stream_recipe(
     }
 }
 
-/// The stored element type of a planned source tensor.
-fn source_dtype(file: &TensorFile, src: &str) -> Result<DType> {
-    file.get(src)
-        .map(|t| t.dtype)
-        .ok_or_else(|| Error::Unrecognised {
-            recognised: "the planned source".to_string(),
-            missing: format!("tensor {src} vanished"),
-        })
-}
-
 /// The stored element type of a planned source that is transposed, which must be a float type.
-fn float_source_dtype(file: &TensorFile, src: &str) -> Result<DType> {
-    let dtype = source_dtype(file, src)?;
-    if !dtype.is_float() {
+fn float_source_dtype(src: &Param) -> Result<DType> {
+    if !src.dtype.is_float() {
         return Err(Error::NotFloat {
-            name: src.to_string(),
-            dtype: dtype.to_string(),
+            name: src.describe(),
+            dtype: src.dtype.to_string(),
         });
     }
-    Ok(dtype)
+    Ok(src.dtype)
 }
 
 /// Refuses a source whose element count is not `rows x cols`.
-fn check_len(file: &TensorFile, src: &str, rows: usize, cols: usize) -> Result<()> {
-    let found = file.get(src).and_then(|t| t.numel()).unwrap_or(0);
+fn check_len(src: &Param, rows: usize, cols: usize) -> Result<()> {
+    let found = src.numel().unwrap_or(0);
     if Some(found) != rows.checked_mul(cols) {
         return Err(Error::Length {
-            name: src.to_string(),
+            name: src.describe(),
             shape: vec![rows, cols],
             expected: rows.saturating_mul(cols),
             found,
@@ -878,24 +890,18 @@ mod tests {
 
     /// The output `out` streamed from source `name` of `shape`: an HWIO kernel written OIHW, a matrix
     /// transposed.
-    fn streamed(name: &str, out: &str, shape: &[usize]) -> OutTensor {
+    fn streamed(name: &str, dtype: DType, out: &str, shape: &[usize]) -> OutTensor {
+        let src = Param::whole(name, dtype, shape);
         let (shape, recipe) = match *shape {
             [h, w, i, o] => (
                 vec![o, i, h, w],
                 Recipe::ConvKernel {
-                    src: name.to_string(),
+                    src: src.clone(),
                     hwio: [h, w, i, o],
                     in_scale: None,
                 },
             ),
-            [rows, cols] => (
-                vec![cols, rows],
-                Recipe::Transpose {
-                    src: name.to_string(),
-                    rows,
-                    cols,
-                },
-            ),
+            [rows, cols] => (vec![cols, rows], Recipe::Transpose { src, rows, cols }),
             _ => unreachable!("the test sources are 2-D or 4-D"),
         };
         OutTensor {
@@ -985,7 +991,7 @@ mod tests {
         let src = dir.path().join("src.npz");
         let data = write_npz(&src, &sources);
         let clean = std::fs::read(&src).unwrap();
-        for (which, (name, _, shape)) in sources.iter().enumerate() {
+        for (which, (name, dtype, shape)) in sources.iter().enumerate() {
             let mut bytes = clean.clone();
             let at = bytes
                 .windows(data[which].len())
@@ -995,7 +1001,7 @@ mod tests {
             let damaged = dir.path().join(format!("damaged-{name}.npz"));
             std::fs::write(&damaged, &bytes).unwrap();
             let file = TensorFile::open(&damaged).unwrap();
-            let plan = plan_of(vec![streamed(name, "out", shape)]);
+            let plan = plan_of(vec![streamed(name, *dtype, "out", shape)]);
             for (producers, band_bytes) in [(1, BAND_BYTES), (2, 300), (2, 1)] {
                 let out_dir = dir
                     .path()
@@ -1038,7 +1044,7 @@ mod tests {
         let plan = plan_of(
             sources
                 .iter()
-                .map(|(name, _, shape)| streamed(name, &format!("{name}.out"), shape))
+                .map(|(name, dtype, shape)| streamed(name, *dtype, &format!("{name}.out"), shape))
                 .collect(),
         );
         for dtype in [OutDType::F32, OutDType::BF16, OutDType::F16] {

@@ -13,9 +13,11 @@ pub mod detect;
 pub mod error;
 pub mod kernel;
 pub mod layout;
+pub mod model;
 pub mod options;
 pub mod plan;
 pub mod resize;
+pub mod sources;
 
 pub use convert::{prepare, write, Conversion, Written};
 pub use error::{Error, Result};

@@ -9,23 +9,24 @@ use std::collections::{BTreeMap, BTreeSet};
 use vitconv_tensors::DType;
 
 use crate::error::{Error, Result};
+use crate::model::Param;
 use crate::options::{OutDType, ResizeMethod};
 use crate::resize::resize_grid;
 
-/// Reads source tensors; implemented for `TensorFile` and, in tests, for in-memory maps.
+/// Reads source parameters; implemented for `TensorFile` and, in tests, for in-memory maps.
 pub trait Fetch {
-    /// The tensor's values as f32, in C order.
-    fn fetch(&self, name: &str) -> Result<Vec<f32>>;
+    /// The parameter's values as f32, in C order (one slice of a stacked tensor where it has an index).
+    fn fetch(&self, param: &Param) -> Result<Vec<f32>>;
 }
 
 /// How one output tensor is computed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Recipe {
     /// The source values unchanged (only the shape label may change, e.g. `(1,1,1,C)` -> `(C,)`).
-    Copy(String),
+    Copy(Param),
     /// A source matrix `[rows, cols]` written as `[cols, rows]` (Dense kernels; q/k/v kernels seen as `[D, H*Dh]`).
     Transpose {
-        src: String,
+        src: Param,
         rows: usize,
         cols: usize,
     },
@@ -33,21 +34,21 @@ pub enum Recipe {
     Concat(Vec<Recipe>),
     /// An HWIO convolution kernel written OIHW, each input channel multiplied by `in_scale[c]` when given.
     ConvKernel {
-        src: String,
+        src: Param,
         hwio: [usize; 4],
         in_scale: Option<Vec<f32>>,
     },
     /// A patch bias plus the kernel applied to a constant per-channel input offset (the folded normalisation).
     PatchBias {
-        bias: String,
-        kernel: String,
+        bias: Param,
+        kernel: Param,
         hwio: [usize; 4],
         in_offset: Vec<f32>,
     },
     /// A position embedding `[.., prefix + grid, dim]`: prefix rows copied, grid resampled, `add_to_grid`
     /// (a `[dim]` vector, e.g. a folded patch bias) added to every grid row.
     PosEmbed {
-        src: String,
+        src: Param,
         prefix_rows: usize,
         from: (usize, usize),
         to: (usize, usize),
@@ -68,17 +69,17 @@ impl Recipe {
             Recipe::Copy(s)
             | Recipe::Transpose { src: s, .. }
             | Recipe::ConvKernel { src: s, .. } => {
-                out.insert(s.clone());
+                out.insert(s.tensor.clone());
             }
             Recipe::Concat(parts) => parts.iter().for_each(|p| p.sources(out)),
             Recipe::PatchBias { bias, kernel, .. } => {
-                out.insert(bias.clone());
-                out.insert(kernel.clone());
+                out.insert(bias.tensor.clone());
+                out.insert(kernel.tensor.clone());
             }
             Recipe::PosEmbed {
                 src, add_to_grid, ..
             } => {
-                out.insert(src.clone());
+                out.insert(src.tensor.clone());
                 if let Some(r) = add_to_grid {
                     r.sources(out);
                 }
@@ -88,7 +89,7 @@ impl Recipe {
     }
 
     /// The single source tensor whose bytes are the output unchanged, if this is a plain copy.
-    pub fn passthrough(&self) -> Option<&str> {
+    pub fn passthrough(&self) -> Option<&Param> {
         match self {
             Recipe::Copy(s) => Some(s),
             _ => None,
@@ -158,7 +159,7 @@ impl Recipe {
                     let a = add.eval(src)?;
                     if a.len() != *dim {
                         return Err(Error::Length {
-                            name: s.clone(),
+                            name: s.describe(),
                             shape: vec![*dim],
                             expected: *dim,
                             found: a.len(),
@@ -182,9 +183,9 @@ impl Recipe {
 }
 
 /// Fetches a tensor and checks it holds exactly the product of `shape` values.
-fn fetch_len(src: &dyn Fetch, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-    let v = src.fetch(name)?;
-    check_len(name, shape, v.len())?;
+fn fetch_len(src: &dyn Fetch, param: &Param, shape: &[usize]) -> Result<Vec<f32>> {
+    let v = src.fetch(param)?;
+    check_len(&param.describe(), shape, v.len())?;
     Ok(v)
 }
 
@@ -749,10 +750,10 @@ mod tests {
     fn identity_and_fill() {
         struct None_;
         impl Fetch for None_ {
-            fn fetch(&self, name: &str) -> Result<Vec<f32>> {
+            fn fetch(&self, param: &Param) -> Result<Vec<f32>> {
                 Err(Error::BadOption {
                     option: "test",
-                    why: name.to_string(),
+                    why: param.describe(),
                 })
             }
         }

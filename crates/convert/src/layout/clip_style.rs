@@ -5,11 +5,11 @@
 //! `ResidualAttentionBlock`) share `transformer.resblocks.N.{ln_1, attn, ln_2, mlp.c_fc, mlp.c_proj}`, `ln_post`
 //! and `proj`. What differs between them (`ln_pre`, the MLP ratio, the activation, the config) stays in each layout.
 
-use crate::detect::{BlockNorm, Proj};
 use crate::error::{Error, Result};
-use crate::layout::{name, Prepared};
+use crate::layout::{name, BlockRole, BlockTable, Prepared};
+use crate::model::{Param, Proj};
 use crate::options::ProjChoice;
-use crate::plan::{OutTensor, Recipe};
+use crate::plan::{Fetch, OutTensor, Recipe};
 
 /// CLIP-style state-dict names shared by both layouts (`{i}` = block index).
 pub mod names {
@@ -32,6 +32,41 @@ pub mod names {
     pub const LN_POST_W: &str = "ln_post.weight";
     pub const LN_POST_B: &str = "ln_post.bias";
     pub const PROJ: &str = "proj";
+}
+
+/// One `transformer.resblocks.{i}` (`ResidualAttentionBlock`: `ln_1`, fused `attn.in_proj`, `attn.out_proj`,
+/// `ln_2`, `mlp.c_fc`, `mlp.c_proj`).
+pub const BLOCK: &BlockTable = &[
+    (names::LN1_W, BlockRole::Norm1Scale),
+    (names::LN1_B, BlockRole::Norm1Bias),
+    (names::IN_W, BlockRole::QkvWeight),
+    (names::IN_B, BlockRole::QkvBias),
+    (names::OUT_W, BlockRole::Weight(Proj::Out)),
+    (names::OUT_B, BlockRole::Bias(Proj::Out)),
+    (names::LN2_W, BlockRole::Norm2Scale),
+    (names::LN2_B, BlockRole::Norm2Bias),
+    (names::FC_W, BlockRole::Fc1Weight),
+    (names::FC_B, BlockRole::Fc1Bias),
+    (names::PROJ_W, BlockRole::Fc2Weight),
+    (names::PROJ_B, BlockRole::Fc2Bias),
+];
+
+/// The class token, which `class_embedding` holds as `[D]`; refused where there is none.
+pub fn class_token(prep: &Prepared<'_>) -> Result<Param> {
+    prep.tower().class_token.clone().ok_or_else(|| {
+        prep.refuse(
+            "a model without a class token",
+            "a class token is always prepended and attends to the patches, so the result would differ; use --layout timm",
+        )
+    })
+}
+
+/// The head bias values, which `proj` has no place for: they go into the metadata and the message.
+pub fn head_bias(prep: &Prepared<'_>, fetch: &dyn Fetch) -> Result<Vec<f32>> {
+    match &prep.tower().head {
+        Some(head) => fetch.fetch(&head.bias),
+        None => Ok(Vec::new()),
+    }
 }
 
 /// Refuses what neither CLIP-style `VisionTransformer` can hold: a ResNet stem, or a model without a class token.
@@ -63,56 +98,22 @@ pub fn tensor(template: &str, i: usize, shape: Vec<usize>, recipe: Recipe) -> Ou
 
 /// Pushes the tensors of every `transformer.resblocks.N`, then `ln_post`, in state-dict order.
 pub fn push_blocks_and_ln_post(prep: &Prepared<'_>, out: &mut Vec<OutTensor>) {
-    let a = prep.arch();
-    let n = &prep.src.names;
-    let (d, m) = (a.hidden, a.mlp);
-    for i in 0..a.depth {
-        out.extend([
-            tensor(
-                names::LN1_W,
-                i,
-                vec![d],
-                prep.block_norm(i, BlockNorm::Attention, "scale"),
-            ),
-            tensor(
-                names::LN1_B,
-                i,
-                vec![d],
-                prep.block_norm(i, BlockNorm::Attention, "bias"),
-            ),
-            tensor(names::IN_W, i, vec![3 * d, d], prep.qkv_weight(i)),
-            tensor(names::IN_B, i, vec![3 * d], prep.qkv_bias(i)),
-            tensor(names::OUT_W, i, vec![d, d], prep.proj_weight(i, Proj::Out)),
-            tensor(names::OUT_B, i, vec![d], prep.proj_bias(i, Proj::Out)),
-            tensor(
-                names::LN2_W,
-                i,
-                vec![d],
-                prep.block_norm(i, BlockNorm::Mlp, "scale"),
-            ),
-            tensor(
-                names::LN2_B,
-                i,
-                vec![d],
-                prep.block_norm(i, BlockNorm::Mlp, "bias"),
-            ),
-            tensor(names::FC_W, i, vec![m, d], prep.mlp_weight(i, 0)),
-            tensor(names::FC_B, i, vec![m], prep.mlp_bias(i, 0)),
-            tensor(names::PROJ_W, i, vec![d, m], prep.mlp_weight(i, 1)),
-            tensor(names::PROJ_B, i, vec![d], prep.mlp_bias(i, 1)),
-        ]);
+    let tower = prep.tower();
+    let d = prep.arch().hidden;
+    for (i, b) in tower.blocks.iter().enumerate() {
+        out.extend(prep.block_tensors(BLOCK, names::PREFIX, i, b));
     }
     out.push(tensor(
         names::LN_POST_W,
         0,
         vec![d],
-        Recipe::Copy(n.encoder_norm("scale")),
+        Recipe::Copy(tower.final_norm.scale.clone()),
     ));
     out.push(tensor(
         names::LN_POST_B,
         0,
         vec![d],
-        Recipe::Copy(n.encoder_norm("bias")),
+        Recipe::Copy(tower.final_norm.bias.clone()),
     ));
 }
 
@@ -122,12 +123,14 @@ pub fn push_proj(prep: &Prepared<'_>, proj: ProjChoice, out: &mut Vec<OutTensor>
     match proj {
         ProjChoice::Head => {
             let c = prep.arch().num_classes.unwrap_or(0);
-            out.push(tensor(
-                names::PROJ,
-                0,
-                vec![d, c],
-                Recipe::Copy(prep.src.names.head("kernel")),
-            ));
+            if let Some(head) = &prep.tower().head {
+                out.push(tensor(
+                    names::PROJ,
+                    0,
+                    vec![d, c],
+                    Recipe::Copy(head.kernel.clone()),
+                ));
+            }
             c
         }
         ProjChoice::None => {
@@ -148,7 +151,7 @@ pub fn head_kind(proj: ProjChoice) -> &'static str {
 /// Decides what `proj` holds and records it; refuses `pre_logits` (its tanh has no place before `proj`).
 pub fn resolve_proj(prep: &mut Prepared<'_>) -> Result<ProjChoice> {
     let a = prep.arch().clone();
-    let n = prep.src.names.clone();
+    let tower = prep.tower();
     let has_head = prep.keep_head && a.num_classes.is_some();
     let choice = prep.opts.proj.unwrap_or(if has_head {
         ProjChoice::Head
@@ -166,7 +169,9 @@ pub fn resolve_proj(prep: &mut Prepared<'_>) -> Result<ProjChoice> {
         )),
         ProjChoice::Head => {
             // The bias is not a tensor of the output: it goes into vitconv.config and the message.
-            prep.dropped.push(n.head("bias"));
+            if let Some(head) = &tower.head {
+                prep.dropped.push(head.bias.tensor.clone());
+            }
             prep.notes.push(format!(
                 "proj = head kernel [{}, {}]: the model outputs logits minus the head bias (head_bias in vitconv.config)",
                 a.hidden,
@@ -175,11 +180,11 @@ pub fn resolve_proj(prep: &mut Prepared<'_>) -> Result<ProjChoice> {
             Ok(ProjChoice::Head)
         }
         ProjChoice::None => {
-            if has_head {
-                prep.dropped.extend([n.head("kernel"), n.head("bias")]);
+            if let (true, Some(head)) = (has_head, &tower.head) {
+                prep.dropped.extend([head.kernel.tensor.clone(), head.bias.tensor.clone()]);
                 prep.notes.push("head dropped by --proj none".to_string());
-                if a.representation.is_some() {
-                    prep.dropped.extend([n.pre_logits("kernel"), n.pre_logits("bias")]);
+                if let Some(pre) = &tower.pre_logits {
+                    prep.dropped.extend([pre.kernel.tensor.clone(), pre.bias.tensor.clone()]);
                     prep.notes.push("pre_logits (dense + tanh) dropped by --proj none".to_string());
                 }
             }

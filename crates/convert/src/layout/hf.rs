@@ -7,9 +7,9 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::detect::{BlockNorm, Proj};
 use crate::error::Result;
-use crate::layout::{name, Prepared, FLAX_LN_EPS};
+use crate::layout::{name, BlockRole, BlockTable, Prepared, FLAX_LN_EPS};
+use crate::model::Proj;
 use crate::options::Gelu;
 use crate::plan::{OutTensor, OutputKind, Plan, Recipe, SideFile};
 
@@ -45,6 +45,26 @@ pub mod names {
     pub const BACKBONE: &str = "vit.";
 }
 
+/// One `layers.{i}` of transformers' `ViTLayer` (separate q, k, v and o projections).
+pub const BLOCK: &BlockTable = &[
+    (names::LN1_W, BlockRole::Norm1Scale),
+    (names::LN1_B, BlockRole::Norm1Bias),
+    (names::Q_W, BlockRole::Weight(Proj::Query)),
+    (names::Q_B, BlockRole::Bias(Proj::Query)),
+    (names::K_W, BlockRole::Weight(Proj::Key)),
+    (names::K_B, BlockRole::Bias(Proj::Key)),
+    (names::V_W, BlockRole::Weight(Proj::Value)),
+    (names::V_B, BlockRole::Bias(Proj::Value)),
+    (names::O_W, BlockRole::Weight(Proj::Out)),
+    (names::O_B, BlockRole::Bias(Proj::Out)),
+    (names::LN2_W, BlockRole::Norm2Scale),
+    (names::LN2_B, BlockRole::Norm2Bias),
+    (names::FC1_W, BlockRole::Fc1Weight),
+    (names::FC1_B, BlockRole::Fc1Bias),
+    (names::FC2_W, BlockRole::Fc2Weight),
+    (names::FC2_B, BlockRole::Fc2Bias),
+];
+
 /// Files inside the output directory.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const CONFIG_FILE: &str = "config.json";
@@ -65,7 +85,7 @@ pub fn plan(mut prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
         ));
     }
     prep.check_input_norm()?;
-    let n = prep.src.names.clone();
+    let tower = prep.tower();
     // ViTForImageClassification has no pooler, so pre_logits only fits as ViTModel's pooler (dense + tanh):
     // with the head dropped, keep it there instead of dropping it.
     let pooler = a.representation.filter(|_| !prep.keep_head);
@@ -75,8 +95,8 @@ pub fn plan(mut prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
             "ViTForImageClassification classifies token 0 without a pooler; pass --drop-head to get a ViTModel whose pooler is pre_logits",
         ));
     }
-    if pooler.is_some() {
-        let keep = [n.pre_logits("kernel"), n.pre_logits("bias")];
+    if let (Some(_), Some(pre)) = (pooler, &tower.pre_logits) {
+        let keep = [pre.kernel.tensor.clone(), pre.bias.tensor.clone()];
         prep.dropped.retain(|k| !keep.contains(k));
         prep.notes.retain(|s| !s.starts_with("pre_logits"));
         prep.notes.push(
@@ -91,8 +111,14 @@ pub fn plan(mut prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
         shape,
         recipe,
     };
+    let Some(cls) = &tower.class_token else {
+        return Err(prep.refuse(
+            "a model without a class token",
+            "transformers' ViT always prepends a class token and pools token 0; use --layout timm",
+        ));
+    };
     let mut out = vec![
-        t(names::CLS, 0, vec![1, 1, d], Recipe::Copy(n.cls())),
+        t(names::CLS, 0, vec![1, 1, d], Recipe::Copy(cls.clone())),
         t(
             names::POS,
             0,
@@ -107,64 +133,28 @@ pub fn plan(mut prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
         ),
         t(names::PATCH_B, 0, vec![d], prep.patch_bias()),
     ];
-    for i in 0..a.depth {
-        out.push(t(
-            names::LN1_W,
-            i,
-            vec![d],
-            prep.block_norm(i, BlockNorm::Attention, "scale"),
-        ));
-        out.push(t(
-            names::LN1_B,
-            i,
-            vec![d],
-            prep.block_norm(i, BlockNorm::Attention, "bias"),
-        ));
-        for (w, b, p) in [
-            (names::Q_W, names::Q_B, Proj::Query),
-            (names::K_W, names::K_B, Proj::Key),
-            (names::V_W, names::V_B, Proj::Value),
-            (names::O_W, names::O_B, Proj::Out),
-        ] {
-            out.push(t(w, i, vec![d, d], prep.proj_weight(i, p)));
-            out.push(t(b, i, vec![d], prep.proj_bias(i, p)));
-        }
-        out.push(t(
-            names::LN2_W,
-            i,
-            vec![d],
-            prep.block_norm(i, BlockNorm::Mlp, "scale"),
-        ));
-        out.push(t(
-            names::LN2_B,
-            i,
-            vec![d],
-            prep.block_norm(i, BlockNorm::Mlp, "bias"),
-        ));
-        out.push(t(names::FC1_W, i, vec![m, d], prep.mlp_weight(i, 0)));
-        out.push(t(names::FC1_B, i, vec![m], prep.mlp_bias(i, 0)));
-        out.push(t(names::FC2_W, i, vec![d, m], prep.mlp_weight(i, 1)));
-        out.push(t(names::FC2_B, i, vec![d], prep.mlp_bias(i, 1)));
+    for (i, b) in tower.blocks.iter().enumerate() {
+        out.extend(prep.block_tensors(BLOCK, prefix, i, b));
     }
     out.push(t(
         names::NORM_W,
         0,
         vec![d],
-        Recipe::Copy(n.encoder_norm("scale")),
+        Recipe::Copy(tower.final_norm.scale.clone()),
     ));
     out.push(t(
         names::NORM_B,
         0,
         vec![d],
-        Recipe::Copy(n.encoder_norm("bias")),
+        Recipe::Copy(tower.final_norm.bias.clone()),
     ));
-    if let Some(r) = pooler {
+    if let (Some(r), Some(pre)) = (pooler, &tower.pre_logits) {
         out.push(t(
             names::POOLER_W,
             0,
             vec![r, d],
             Recipe::Transpose {
-                src: n.pre_logits("kernel"),
+                src: pre.kernel.clone(),
                 rows: d,
                 cols: r,
             },
@@ -173,7 +163,7 @@ pub fn plan(mut prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
             names::POOLER_B,
             0,
             vec![r],
-            Recipe::Copy(n.pre_logits("bias")),
+            Recipe::Copy(pre.bias.clone()),
         ));
     }
     let classes = if classify {
@@ -181,12 +171,12 @@ pub fn plan(mut prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
     } else {
         0
     };
-    if classify {
+    if let (true, Some(head)) = (classify, &tower.head) {
         out.push(OutTensor {
             name: names::CLASSIFIER_W.to_string(),
             shape: vec![classes, d],
             recipe: Recipe::Transpose {
-                src: n.head("kernel"),
+                src: head.kernel.clone(),
                 rows: d,
                 cols: classes,
             },
@@ -194,7 +184,7 @@ pub fn plan(mut prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
         out.push(OutTensor {
             name: names::CLASSIFIER_B.to_string(),
             shape: vec![classes],
-            recipe: Recipe::Copy(n.head("bias")),
+            recipe: Recipe::Copy(head.bias.clone()),
         });
     }
 

@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 
 use crate::arch::Arch;
-use crate::detect::{BlockNorm, JaxSource, Proj};
 use crate::error::{Error, Result};
+use crate::model::{Block, Model, Param, PosEmbed, Proj, Tower};
 use crate::options::{HeadChoice, InputNorm, Layout, Options};
 use crate::plan::{Fetch, OutTensor, Plan, Recipe};
 
@@ -25,7 +25,7 @@ pub const FLAX_LN_EPS: f64 = 1e-6;
 
 /// The source with the layout-independent options resolved.
 pub struct Prepared<'a> {
-    pub src: &'a JaxSource,
+    pub model: &'a Model,
     pub opts: &'a Options,
     /// Patch grid of the output (differs from the source's with `--image-size`).
     pub grid: (usize, usize),
@@ -39,8 +39,9 @@ pub struct Prepared<'a> {
 
 impl<'a> Prepared<'a> {
     /// Resolves image size, head and input normalisation against the source.
-    pub fn new(src: &'a JaxSource, opts: &'a Options) -> Result<Self> {
-        let arch = &src.arch;
+    pub fn new(model: &'a Model, opts: &'a Options) -> Result<Self> {
+        let tower = &model.image;
+        let arch = &tower.arch;
         let stride = arch.stride();
         let (grid, image_size) = match opts.image_size {
             None => (arch.grid, arch.image_size()),
@@ -67,7 +68,6 @@ impl<'a> Prepared<'a> {
                 opts.resize.as_str()
             ));
         }
-        let names = &src.names;
         let mut dropped = Vec::new();
         let keep_head = match (opts.head, arch.num_classes) {
             (HeadChoice::Keep, c) => c.is_some(),
@@ -83,15 +83,15 @@ impl<'a> Prepared<'a> {
                 })
             }
         };
-        if !keep_head && arch.num_classes.is_some() {
-            dropped.extend([names.head("kernel"), names.head("bias")]);
+        if let (false, Some(head)) = (keep_head, &tower.head) {
+            dropped.extend([head.kernel.tensor.clone(), head.bias.tensor.clone()]);
             notes.push(
                 "head dropped (--drop-head / --num-classes 0): the model outputs pooled features"
                     .to_string(),
             );
         }
-        if arch.representation.is_some() && !keep_head {
-            dropped.extend([names.pre_logits("kernel"), names.pre_logits("bias")]);
+        if let (false, Some(pre)) = (keep_head, &tower.pre_logits) {
+            dropped.extend([pre.kernel.tensor.clone(), pre.bias.tensor.clone()]);
             notes.push(
                 "pre_logits (dense + tanh) dropped with the head: features are the pooled encoder_norm output".to_string(),
             );
@@ -109,7 +109,7 @@ impl<'a> Prepared<'a> {
             }
         ));
         Ok(Prepared {
-            src,
+            model,
             opts,
             grid,
             image_size,
@@ -136,7 +136,12 @@ impl<'a> Prepared<'a> {
     }
 
     pub fn arch(&self) -> &Arch {
-        &self.src.arch
+        &self.model.image.arch
+    }
+
+    /// The image tower being converted.
+    pub fn tower(&self) -> &'a Tower {
+        &self.model.image
     }
 
     /// Whether `pre_logits` is still to be written (source has it and the head is kept).
@@ -162,63 +167,101 @@ impl<'a> Prepared<'a> {
     }
 
     /// Fused `[3D, D]` q/k/v weight in q, k, v order with heads contiguous (timm `qkv`, CLIP `in_proj_weight`).
-    pub fn qkv_weight(&self, i: usize) -> Recipe {
+    pub fn qkv_weight(&self, b: &Block) -> Recipe {
         Recipe::Concat(
             [Proj::Query, Proj::Key, Proj::Value]
                 .iter()
-                .map(|p| self.proj_weight(i, *p))
+                .map(|p| self.proj_weight(b, *p))
                 .collect(),
         )
     }
 
     /// Fused `[3D]` q/k/v bias.
-    pub fn qkv_bias(&self, i: usize) -> Recipe {
+    pub fn qkv_bias(&self, b: &Block) -> Recipe {
         Recipe::Concat(
             [Proj::Query, Proj::Key, Proj::Value]
                 .iter()
-                .map(|p| self.proj_bias(i, *p))
+                .map(|p| self.proj_bias(b, *p))
                 .collect(),
         )
     }
 
     /// One projection's `[out, in]` weight: q/k/v `[D, H, Dh]` seen as `[D, H*Dh]`, out `[H, Dh, D]` as `[H*Dh, D]`,
     /// both transposed.
-    pub fn proj_weight(&self, i: usize, p: Proj) -> Recipe {
+    pub fn proj_weight(&self, b: &Block, p: Proj) -> Recipe {
         let (d, hd) = self.hd();
         let (rows, cols) = if p == Proj::Out { (hd, d) } else { (d, hd) };
         Recipe::Transpose {
-            src: self.src.names.attn(i, p, "kernel"),
+            src: b.attn.proj(p).kernel.clone(),
             rows,
             cols,
         }
     }
 
-    pub fn proj_bias(&self, i: usize, p: Proj) -> Recipe {
-        Recipe::Copy(self.src.names.attn(i, p, "bias"))
-    }
-
-    /// A block LayerNorm parameter; `p` is `scale` or `bias`.
-    pub fn block_norm(&self, i: usize, which: BlockNorm, p: &str) -> Recipe {
-        Recipe::Copy(self.src.names.block_norm(i, which, p))
+    pub fn proj_bias(&self, b: &Block, p: Proj) -> Recipe {
+        Recipe::Copy(b.attn.proj(p).bias.clone())
     }
 
     /// MLP dense `layer` (0 or 1) weight `[out, in]`.
-    pub fn mlp_weight(&self, i: usize, layer: usize) -> Recipe {
+    pub fn mlp_weight(&self, b: &Block, layer: usize) -> Recipe {
         let a = self.arch();
-        let (rows, cols) = if layer == 0 {
-            (a.hidden, a.mlp)
+        let (rows, cols, dense) = if layer == 0 {
+            (a.hidden, a.mlp, &b.mlp[0])
         } else {
-            (a.mlp, a.hidden)
+            (a.mlp, a.hidden, &b.mlp[1])
         };
         Recipe::Transpose {
-            src: self.src.names.mlp(i, layer, "kernel"),
+            src: dense.kernel.clone(),
             rows,
             cols,
         }
     }
 
-    pub fn mlp_bias(&self, i: usize, layer: usize) -> Recipe {
-        Recipe::Copy(self.src.names.mlp(i, layer, "bias"))
+    pub fn mlp_bias(&self, b: &Block, layer: usize) -> Recipe {
+        let dense = if layer == 0 { &b.mlp[0] } else { &b.mlp[1] };
+        Recipe::Copy(dense.bias.clone())
+    }
+
+    /// The output tensors of one block of a layout's [`BlockTable`], names expanded with the block index.
+    pub fn block_tensors(
+        &self,
+        table: &BlockTable,
+        prefix: &str,
+        i: usize,
+        b: &Block,
+    ) -> Vec<OutTensor> {
+        table
+            .iter()
+            .map(|(template, role)| {
+                let (shape, recipe) = self.block_role(*role, b);
+                OutTensor {
+                    name: format!("{prefix}{}", name(template, i)),
+                    shape,
+                    recipe,
+                }
+            })
+            .collect()
+    }
+
+    /// The shape and recipe of a block role in PyTorch's conventions (`[out, in]` weights).
+    pub fn block_role(&self, role: BlockRole, b: &Block) -> (Vec<usize>, Recipe) {
+        let a = self.arch();
+        let (d, m) = (a.hidden, a.mlp);
+        let copy = |p: &Param| Recipe::Copy(p.clone());
+        match role {
+            BlockRole::Norm1Scale => (vec![d], copy(&b.norm1.scale)),
+            BlockRole::Norm1Bias => (vec![d], copy(&b.norm1.bias)),
+            BlockRole::QkvWeight => (vec![3 * d, d], self.qkv_weight(b)),
+            BlockRole::QkvBias => (vec![3 * d], self.qkv_bias(b)),
+            BlockRole::Weight(p) => (vec![d, d], self.proj_weight(b, p)),
+            BlockRole::Bias(p) => (vec![d], self.proj_bias(b, p)),
+            BlockRole::Norm2Scale => (vec![d], copy(&b.norm2.scale)),
+            BlockRole::Norm2Bias => (vec![d], copy(&b.norm2.bias)),
+            BlockRole::Fc1Weight => (vec![m, d], self.mlp_weight(b, 0)),
+            BlockRole::Fc1Bias => (vec![m], self.mlp_bias(b, 0)),
+            BlockRole::Fc2Weight => (vec![d, m], self.mlp_weight(b, 1)),
+            BlockRole::Fc2Bias => (vec![d], self.mlp_bias(b, 1)),
+        }
     }
 
     fn embed_hwio(&self) -> [usize; 4] {
@@ -231,7 +274,7 @@ impl<'a> Prepared<'a> {
         let (scale, _) = self.norm.affine();
         let in_scale = (self.norm != InputNorm::Unit).then(|| scale.to_vec());
         Recipe::ConvKernel {
-            src: self.src.names.embed_kernel(),
+            src: self.tower().patch.kernel.clone(),
             hwio: self.embed_hwio(),
             in_scale,
         }
@@ -239,13 +282,14 @@ impl<'a> Prepared<'a> {
 
     /// Patch bias with the input normalisation's offset folded in.
     pub fn patch_bias(&self) -> Recipe {
+        let patch = &self.tower().patch;
         if self.norm == InputNorm::Unit {
-            return Recipe::Copy(self.src.names.embed_bias());
+            return Recipe::Copy(patch.bias.clone());
         }
         let (_, offset) = self.norm.affine();
         Recipe::PatchBias {
-            bias: self.src.names.embed_bias(),
-            kernel: self.src.names.embed_kernel(),
+            bias: patch.bias.clone(),
+            kernel: patch.kernel.clone(),
             hwio: self.embed_hwio(),
             in_offset: offset.to_vec(),
         }
@@ -255,9 +299,10 @@ impl<'a> Prepared<'a> {
     /// every grid row (CLIP-style `conv1` has no bias; adding it after the convolution is the same sum).
     pub fn pos_embed(&self, fold_patch_bias: bool) -> Recipe {
         let a = self.arch();
+        let PosEmbed::Table { param, class_row } = &self.tower().pos;
         Recipe::PosEmbed {
-            src: self.src.names.pos_embed(),
-            prefix_rows: usize::from(a.class_token()),
+            src: param.clone(),
+            prefix_rows: usize::from(*class_row),
             from: a.grid,
             to: self.grid,
             dim: a.hidden,
@@ -344,8 +389,8 @@ impl<'a> Prepared<'a> {
 }
 
 /// Builds the plan for the chosen layout.
-pub fn plan(src: &JaxSource, opts: &Options, fetch: &dyn Fetch, source_name: &str) -> Result<Plan> {
-    let prep = Prepared::new(src, opts)?;
+pub fn plan(model: &Model, opts: &Options, fetch: &dyn Fetch, source_name: &str) -> Result<Plan> {
+    let prep = Prepared::new(model, opts)?;
     match opts.layout {
         Layout::Timm => timm::plan(prep, source_name),
         Layout::Hf => hf::plan(prep, source_name),
@@ -353,6 +398,32 @@ pub fn plan(src: &JaxSource, opts: &Options, fetch: &dyn Fetch, source_name: &st
         Layout::Clip => clip::plan(prep, fetch, source_name),
     }
 }
+
+/// What one tensor of a block holds, in PyTorch's conventions; the shape and transform follow from the role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockRole {
+    /// The LayerNorm before attention.
+    Norm1Scale,
+    Norm1Bias,
+    /// q, k and v weights `[3D, D]`, fused in that order with heads contiguous.
+    QkvWeight,
+    QkvBias,
+    /// One projection's `[D, D]` weight (q, k, v or out).
+    Weight(Proj),
+    Bias(Proj),
+    /// The LayerNorm before the MLP.
+    Norm2Scale,
+    Norm2Bias,
+    /// The MLP's first dense `[M, D]`.
+    Fc1Weight,
+    Fc1Bias,
+    /// The MLP's second dense `[D, M]`.
+    Fc2Weight,
+    Fc2Bias,
+}
+
+/// A layout's block: each target key (`{i}` = block index) with the role it holds, in state-dict order.
+pub type BlockTable = [(&'static str, BlockRole)];
 
 /// Expands `{i}` in a name template.
 pub fn name(template: &str, i: usize) -> String {
@@ -390,9 +461,9 @@ mod tests {
     use vitconv_tensors::{DType, TensorFile, TensorInfo};
 
     use super::*;
-    use crate::detect::detect_vit_jax;
-    use crate::detect::tests::{fixtures, golden_file, GOLDEN, VARIANTS};
     use crate::options::{Gelu, ProjChoice};
+    use crate::sources::vit_jax::read as detect_vit_jax;
+    use crate::sources::vit_jax::tests::{fixtures, golden_file, GOLDEN, VARIANTS};
 
     const LAYOUTS: [Layout; 4] = [Layout::Timm, Layout::Hf, Layout::OpenClip, Layout::Clip];
 
@@ -400,7 +471,7 @@ mod tests {
         let file = golden_file(case);
         let src = detect_vit_jax(file.tensors())?;
         let p = plan(&src, opts, &file, "checkpoint.npz")?;
-        p.check_complete(&src.shapes, "vit_jax")?;
+        p.check_complete(&src.shapes, &src.recognised)?;
         Ok(p)
     }
 
@@ -554,11 +625,14 @@ mod tests {
     struct Mem(BTreeMap<String, Vec<f32>>);
 
     impl Fetch for Mem {
-        fn fetch(&self, name: &str) -> Result<Vec<f32>> {
-            self.0.get(name).cloned().ok_or_else(|| Error::BadOption {
-                option: "test",
-                why: name.to_string(),
-            })
+        fn fetch(&self, param: &Param) -> Result<Vec<f32>> {
+            self.0
+                .get(&param.tensor)
+                .cloned()
+                .ok_or_else(|| Error::BadOption {
+                    option: "test",
+                    why: param.describe(),
+                })
         }
     }
 
@@ -576,11 +650,14 @@ mod tests {
             let k: Vec<f32> = (0..d * h * dh)
                 .map(|x| (pi * 1_000_000 + (x / (h * dh)) * 1000 + x % (h * dh)) as f32)
                 .collect();
-            mem.insert(src.names.attn(0, p, "kernel"), k);
+            mem.insert(src.image.blocks[0].attn.proj(p).kernel.tensor.clone(), k);
         }
         let opts = Options::new(Layout::Timm);
         let prep = Prepared::new(&src, &opts).expect("prepared");
-        let w = prep.qkv_weight(0).eval(&Mem(mem)).expect("qkv");
+        let w = prep
+            .qkv_weight(&src.image.blocks[0])
+            .eval(&Mem(mem))
+            .expect("qkv");
         assert_eq!(w.len(), 3 * d * d);
         for row in 0..3 * d {
             for col in 0..d {
@@ -602,12 +679,15 @@ mod tests {
         let k: Vec<f32> = (0..hd * d)
             .map(|x| ((x / d) * 1000 + x % d) as f32)
             .collect();
-        let mem = Mem([(src.names.attn(0, Proj::Out, "kernel"), k)]
+        let mem = Mem([(src.image.blocks[0].attn.out.kernel.tensor.clone(), k)]
             .into_iter()
             .collect());
         let opts = Options::new(Layout::Timm);
         let prep = Prepared::new(&src, &opts).expect("prepared");
-        let w = prep.proj_weight(0, Proj::Out).eval(&mem).expect("out");
+        let w = prep
+            .proj_weight(&src.image.blocks[0], Proj::Out)
+            .eval(&mem)
+            .expect("out");
         // torch weight [out, in]: out = model dim, in = head * dh + dim.
         for o in 0..d {
             for i in 0..hd {
@@ -641,7 +721,9 @@ mod tests {
             .fold(0f32, f32::max);
         assert!(max < 1e-6, "max |ours - vit_jax| = {max}");
         // The class-token row is untouched.
-        let orig = file.read_f32(&src.names.pos_embed()).expect("source");
+        let orig = file
+            .read_f32("Transformer/posembed_input/pos_embedding")
+            .expect("source");
         assert_eq!(&got[..64], &orig[..64]);
     }
 

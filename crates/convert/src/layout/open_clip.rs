@@ -23,10 +23,10 @@ pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Res
     prep.check_input_norm()?;
     let ratio = mlp_ratio(&prep)?;
     let proj = clip_style::resolve_proj(&mut prep)?;
-    let n = prep.src.names.clone();
+    let cls = clip_style::class_token(&prep)?;
     let d = a.hidden;
     let mut out = vec![
-        t(names::CLASS, 0, vec![d], Recipe::Copy(n.cls())),
+        t(names::CLASS, 0, vec![d], Recipe::Copy(cls)),
         t(
             names::POS,
             0,
@@ -43,7 +43,7 @@ pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Res
     clip_style::push_blocks_and_ln_post(&prep, &mut out);
     let output_dim = clip_style::push_proj(&prep, proj, &mut out);
     let head_bias = match proj {
-        ProjChoice::Head => Some(head_bias(&prep, fetch)?),
+        ProjChoice::Head => Some(clip_style::head_bias(&prep, fetch)?),
         ProjChoice::None => None,
     };
     prep.notes.push(
@@ -78,9 +78,4 @@ pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Res
         contents: text,
     }];
     Ok(prep.finish(OutputKind::File, out, meta, python, side))
-}
-
-/// The head bias values, for the metadata and the message.
-fn head_bias(prep: &Prepared<'_>, fetch: &dyn Fetch) -> Result<Vec<f32>> {
-    fetch.fetch(&prep.src.names.head("bias"))
 }

@@ -8,9 +8,9 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::detect::{BlockNorm, Proj};
 use crate::error::Result;
-use crate::layout::{mlp_ratio, name, py_float, Prepared, FLAX_LN_EPS};
+use crate::layout::{mlp_ratio, py_float, BlockRole, BlockTable, Prepared, FLAX_LN_EPS};
+use crate::model::{Norm, Param, Proj};
 use crate::options::Gelu;
 use crate::plan::{OutTensor, OutputKind, Plan, Recipe};
 
@@ -42,6 +42,22 @@ pub mod names {
     /// `{s}`/`{u}` are 0-based stage and block.
     pub const UNIT: &str = "patch_embed.backbone.stages.{s}.blocks.{u}.";
 }
+
+/// One `blocks.{i}` of timm's `VisionTransformer` (`Block`: `norm1`, `attn.qkv`, `attn.proj`, `norm2`, `mlp.fc1/fc2`).
+pub const BLOCK: &BlockTable = &[
+    (names::NORM1_W, BlockRole::Norm1Scale),
+    (names::NORM1_B, BlockRole::Norm1Bias),
+    (names::QKV_W, BlockRole::QkvWeight),
+    (names::QKV_B, BlockRole::QkvBias),
+    (names::PROJ_W, BlockRole::Weight(Proj::Out)),
+    (names::PROJ_B, BlockRole::Bias(Proj::Out)),
+    (names::NORM2_W, BlockRole::Norm2Scale),
+    (names::NORM2_B, BlockRole::Norm2Bias),
+    (names::FC1_W, BlockRole::Fc1Weight),
+    (names::FC1_B, BlockRole::Fc1Bias),
+    (names::FC2_W, BlockRole::Fc2Weight),
+    (names::FC2_B, BlockRole::Fc2Bias),
+];
 
 /// Registered plain ViTs (timm 1.0.31): name, patch, hidden, depth, heads, mlp, image size.
 const REGISTERED: &[(&str, usize, usize, usize, usize, usize, usize)] = &[
@@ -87,103 +103,19 @@ pub fn plan(prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
     }
     prep.check_input_norm()?;
     let ratio = mlp_ratio(&prep)?;
-    let n = &prep.src.names;
-    let (d, m) = (a.hidden, a.mlp);
+    let tower = prep.tower();
+    let d = a.hidden;
     let mut out = Vec::new();
-    if a.class_token() {
-        out.push(t(names::CLS, vec![1, 1, d], Recipe::Copy(n.cls())));
+    if let Some(cls) = &tower.class_token {
+        out.push(t(names::CLS, vec![1, 1, d], Recipe::Copy(cls.clone())));
     }
     out.push(t(
         names::POS,
         vec![1, prep.pos_rows(), d],
         prep.pos_embed(false),
     ));
-    if let Some(r) = &a.resnet {
-        let gn = |key: String| Recipe::Copy(key);
-        let root = if r.stages.is_empty() {
-            names::ROOT_ONLY
-        } else {
-            names::STEM
-        };
-        out.push(t(
-            format!("{root}conv.weight"),
-            vec![r.width, 3, 7, 7],
-            Recipe::ConvKernel {
-                src: n.conv_root(),
-                hwio: [7, 7, 3, r.width],
-                in_scale: None,
-            },
-        ));
-        out.push(t(
-            format!("{root}norm.weight"),
-            vec![r.width],
-            gn(n.gn_root("scale")),
-        ));
-        out.push(t(
-            format!("{root}norm.bias"),
-            vec![r.width],
-            gn(n.gn_root("bias")),
-        ));
-        let mut in_ch = r.width;
-        for (s, &units) in r.stages.iter().enumerate() {
-            let f = r.stage_width(s);
-            for u in 0..units {
-                let unit_in = if u == 0 { in_ch } else { 4 * f };
-                let p = names::UNIT
-                    .replace("{s}", &s.to_string())
-                    .replace("{u}", &u.to_string());
-                let convs = [
-                    ("conv1", "gn1", [1, 1, unit_in, f]),
-                    ("conv2", "gn2", [3, 3, f, f]),
-                    ("conv3", "gn3", [1, 1, f, 4 * f]),
-                ];
-                if u == 0 {
-                    let hwio = [1, 1, unit_in, 4 * f];
-                    out.push(t(
-                        format!("{p}downsample.conv.weight"),
-                        vec![4 * f, unit_in, 1, 1],
-                        Recipe::ConvKernel {
-                            src: n.unit_conv(s + 1, 1, "conv_proj"),
-                            hwio,
-                            in_scale: None,
-                        },
-                    ));
-                    out.push(t(
-                        format!("{p}downsample.norm.weight"),
-                        vec![4 * f],
-                        gn(n.unit_gn(s + 1, 1, "gn_proj", "scale")),
-                    ));
-                    out.push(t(
-                        format!("{p}downsample.norm.bias"),
-                        vec![4 * f],
-                        gn(n.unit_gn(s + 1, 1, "gn_proj", "bias")),
-                    ));
-                }
-                for (k, (conv, g, hwio)) in convs.iter().enumerate() {
-                    let [h, w, i, o] = *hwio;
-                    out.push(t(
-                        format!("{p}conv{}.weight", k + 1),
-                        vec![o, i, h, w],
-                        Recipe::ConvKernel {
-                            src: n.unit_conv(s + 1, u + 1, conv),
-                            hwio: *hwio,
-                            in_scale: None,
-                        },
-                    ));
-                    out.push(t(
-                        format!("{p}norm{}.weight", k + 1),
-                        vec![o],
-                        gn(n.unit_gn(s + 1, u + 1, g, "scale")),
-                    ));
-                    out.push(t(
-                        format!("{p}norm{}.bias", k + 1),
-                        vec![o],
-                        gn(n.unit_gn(s + 1, u + 1, g, "bias")),
-                    ));
-                }
-            }
-            in_ch = 4 * f;
-        }
+    if let Some(stem) = &tower.stem {
+        push_stem(stem, &mut out);
     }
     out.push(t(
         names::PATCH_W,
@@ -191,66 +123,31 @@ pub fn plan(prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
         prep.patch_kernel(),
     ));
     out.push(t(names::PATCH_B, vec![d], prep.patch_bias()));
-    for i in 0..a.depth {
-        out.push(t(
-            name(names::NORM1_W, i),
-            vec![d],
-            prep.block_norm(i, BlockNorm::Attention, "scale"),
-        ));
-        out.push(t(
-            name(names::NORM1_B, i),
-            vec![d],
-            prep.block_norm(i, BlockNorm::Attention, "bias"),
-        ));
-        out.push(t(name(names::QKV_W, i), vec![3 * d, d], prep.qkv_weight(i)));
-        out.push(t(name(names::QKV_B, i), vec![3 * d], prep.qkv_bias(i)));
-        out.push(t(
-            name(names::PROJ_W, i),
-            vec![d, d],
-            prep.proj_weight(i, Proj::Out),
-        ));
-        out.push(t(
-            name(names::PROJ_B, i),
-            vec![d],
-            prep.proj_bias(i, Proj::Out),
-        ));
-        out.push(t(
-            name(names::NORM2_W, i),
-            vec![d],
-            prep.block_norm(i, BlockNorm::Mlp, "scale"),
-        ));
-        out.push(t(
-            name(names::NORM2_B, i),
-            vec![d],
-            prep.block_norm(i, BlockNorm::Mlp, "bias"),
-        ));
-        out.push(t(name(names::FC1_W, i), vec![m, d], prep.mlp_weight(i, 0)));
-        out.push(t(name(names::FC1_B, i), vec![m], prep.mlp_bias(i, 0)));
-        out.push(t(name(names::FC2_W, i), vec![d, m], prep.mlp_weight(i, 1)));
-        out.push(t(name(names::FC2_B, i), vec![d], prep.mlp_bias(i, 1)));
+    for (i, b) in tower.blocks.iter().enumerate() {
+        out.extend(prep.block_tensors(BLOCK, "", i, b));
     }
     // With fc_norm=False timm applies `norm` to every token before pooling, like flax's encoder_norm.
     out.push(t(
         names::NORM_W,
         vec![d],
-        Recipe::Copy(n.encoder_norm("scale")),
+        Recipe::Copy(tower.final_norm.scale.clone()),
     ));
     out.push(t(
         names::NORM_B,
         vec![d],
-        Recipe::Copy(n.encoder_norm("bias")),
+        Recipe::Copy(tower.final_norm.bias.clone()),
     ));
     let classes = if prep.keep_head {
         a.num_classes.unwrap_or(0)
     } else {
         0
     };
-    if classes > 0 {
+    if let (true, Some(head)) = (classes > 0, &tower.head) {
         out.push(t(
             names::HEAD_W,
             vec![classes, d],
             Recipe::Transpose {
-                src: n.head("kernel"),
+                src: head.kernel.clone(),
                 rows: d,
                 cols: classes,
             },
@@ -258,7 +155,7 @@ pub fn plan(prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
         out.push(t(
             names::HEAD_B,
             vec![classes],
-            Recipe::Copy(n.head("bias")),
+            Recipe::Copy(head.bias.clone()),
         ));
     }
 
@@ -407,6 +304,75 @@ pub fn plan(prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
     Ok(prep.finish(OutputKind::File, out, meta, python, vec![]))
 }
 
+/// The hybrid stem as timm's `ResNetV2` names it: the root in `stem` (or the `Sequential` itself for a
+/// root-only stem), then `stages.{s}.blocks.{u}` with `downsample` on each stage's first unit.
+fn push_stem(stem: &crate::model::Stem, out: &mut Vec<OutTensor>) {
+    let conv = |p: &Param| {
+        let hwio = match p.shape.as_slice() {
+            &[h, w, i, o] => [h, w, i, o],
+            _ => [0; 4],
+        };
+        let [h, w, i, o] = hwio;
+        (
+            vec![o, i, h, w],
+            Recipe::ConvKernel {
+                src: p.clone(),
+                hwio,
+                in_scale: None,
+            },
+        )
+    };
+    let mut push_conv_norm = |conv_name: String, norm_name: &str, p: &Param, norm: &Norm| {
+        let (shape, recipe) = conv(p);
+        let channels = shape.first().copied().unwrap_or(0);
+        out.push(t(conv_name, shape, recipe));
+        out.push(t(
+            format!("{norm_name}.weight"),
+            vec![channels],
+            Recipe::Copy(norm.scale.clone()),
+        ));
+        out.push(t(
+            format!("{norm_name}.bias"),
+            vec![channels],
+            Recipe::Copy(norm.bias.clone()),
+        ));
+    };
+    let root = if stem.stages.is_empty() {
+        names::ROOT_ONLY
+    } else {
+        names::STEM
+    };
+    push_conv_norm(
+        format!("{root}conv.weight"),
+        &format!("{root}norm"),
+        &stem.root,
+        &stem.root_norm,
+    );
+    for (s, units) in stem.stages.iter().enumerate() {
+        for (u, unit) in units.iter().enumerate() {
+            let p = names::UNIT
+                .replace("{s}", &s.to_string())
+                .replace("{u}", &u.to_string());
+            if let Some((conv, norm)) = &unit.proj {
+                push_conv_norm(
+                    format!("{p}downsample.conv.weight"),
+                    &format!("{p}downsample.norm"),
+                    conv,
+                    norm,
+                );
+            }
+            for (k, (conv, norm)) in unit.convs.iter().zip(&unit.norms).enumerate() {
+                push_conv_norm(
+                    format!("{p}conv{}.weight", k + 1),
+                    &format!("{p}norm{}", k + 1),
+                    conv,
+                    norm,
+                );
+            }
+        }
+    }
+}
+
 /// A JSON value written as a Python literal.
 fn py_value(v: &Value) -> String {
     match v {
@@ -427,19 +393,20 @@ mod tests {
     use serde_json::Value;
     use vitconv_tensors::{DType, TensorInfo};
 
-    use crate::detect::detect_vit_jax;
-    use crate::detect::tests::fixtures;
     use crate::error::{Error, Result};
+    use crate::model::Param;
     use crate::options::{HeadChoice, Layout, Options};
     use crate::plan::Fetch;
+    use crate::sources::vit_jax::read as detect_vit_jax;
+    use crate::sources::vit_jax::tests::fixtures;
 
     /// The shapes fixtures have no values; the timm layout never needs any at planning time.
     struct NoValues;
     impl Fetch for NoValues {
-        fn fetch(&self, name: &str) -> Result<Vec<f32>> {
+        fn fetch(&self, param: &Param) -> Result<Vec<f32>> {
             Err(Error::BadOption {
                 option: "test",
-                why: format!("{name} has no values"),
+                why: format!("{} has no values", param.describe()),
             })
         }
     }

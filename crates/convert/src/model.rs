@@ -1,0 +1,175 @@
+//! The neutral model description that stands between source families and target layouts.
+//!
+//! A source module (`sources::vit_jax`, ...) reads a file's keys and shapes into a [`Model`]; a layout module
+//! reads only the [`Model`], never a source's key names. Every parameter is a [`Param`]: a source tensor, an
+//! optional index along a stacked leading axis (blocks stored as one `[depth, ...]` array), its stored dtype
+//! and its logical shape. Sizes are read off the shapes once, by the source module, and summarised in
+//! [`Arch`]; a layout that needs a size asks the [`Arch`], not a shape.
+
+use std::collections::BTreeMap;
+
+use vitconv_tensors::DType;
+
+use crate::arch::Arch;
+
+/// Where one parameter's values are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Param {
+    /// The source tensor's name in the file.
+    pub tensor: String,
+    /// The slice along the tensor's leading (stacked) axis, for blocks stored as one `[depth, ...]` array.
+    pub index: Option<usize>,
+    /// The stored element type.
+    pub dtype: DType,
+    /// The parameter's own shape: the slice's shape for a stacked tensor, else the tensor's.
+    pub shape: Vec<usize>,
+}
+
+impl Param {
+    /// A whole source tensor.
+    pub fn whole(tensor: impl Into<String>, dtype: DType, shape: &[usize]) -> Param {
+        Param {
+            tensor: tensor.into(),
+            index: None,
+            dtype,
+            shape: shape.to_vec(),
+        }
+    }
+
+    /// Elements of the parameter.
+    pub fn numel(&self) -> Option<usize> {
+        self.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d))
+    }
+
+    /// How a report names it: the tensor, with `[i]` for a slice of a stacked tensor.
+    pub fn describe(&self) -> String {
+        match self.index {
+            Some(i) => format!("{}[{i}]", self.tensor),
+            None => self.tensor.clone(),
+        }
+    }
+}
+
+/// A LayerNorm's parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Norm {
+    pub scale: Param,
+    pub bias: Param,
+}
+
+/// A dense layer: the kernel as flax stores it (`[in, out]`, or `[D, H, Dh]` / `[H, Dh, D]` for attention
+/// projections) and its bias.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dense {
+    pub kernel: Param,
+    pub bias: Param,
+}
+
+/// One attention module: q, k, v kernels `[D, H, Dh]` with biases `[H, Dh]`, out kernel `[H, Dh, D]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attention {
+    pub query: Dense,
+    pub key: Dense,
+    pub value: Dense,
+    pub out: Dense,
+}
+
+/// The attention projections, in the order fused layouts concatenate the first three.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proj {
+    Query,
+    Key,
+    Value,
+    Out,
+}
+
+impl Attention {
+    pub fn proj(&self, p: Proj) -> &Dense {
+        match p {
+            Proj::Query => &self.query,
+            Proj::Key => &self.key,
+            Proj::Value => &self.value,
+            Proj::Out => &self.out,
+        }
+    }
+}
+
+/// A pre-norm encoder block: `x + attn(norm1(x))`, then `x + mlp(norm2(x))`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Block {
+    pub norm1: Norm,
+    pub attn: Attention,
+    pub norm2: Norm,
+    /// `[D, M]` then `[M, D]`, with the GELU between them.
+    pub mlp: [Dense; 2],
+}
+
+/// One bottleneck unit of a BiT ResNet stem: three weight-standardised convolutions (HWIO kernels) each
+/// followed by a GroupNorm, and on a stage's first unit a projection shortcut.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unit {
+    pub convs: [Param; 3],
+    pub norms: [Norm; 3],
+    pub proj: Option<(Param, Norm)>,
+}
+
+/// A BiT ResNet stem in front of the patch embedding (vit_jax hybrids).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stem {
+    /// The 7x7 root convolution, HWIO.
+    pub root: Param,
+    pub root_norm: Norm,
+    /// Units per stage.
+    pub stages: Vec<Vec<Unit>>,
+}
+
+/// Where the position embedding comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PosEmbed {
+    /// A stored `[1, rows, D]` table; `class_row` says whether its first row belongs to the class token.
+    Table { param: Param, class_row: bool },
+}
+
+/// How the encoder output becomes one vector per image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pool {
+    /// Token 0 (the class token).
+    Token,
+    /// The mean over all tokens after the final norm.
+    Mean,
+}
+
+/// One tower of a model: the image tower of a ViT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tower {
+    /// The sizes, read off the shapes once.
+    pub arch: Arch,
+    pub stem: Option<Stem>,
+    /// HWIO `[p, p, in, D]` kernel and `[D]` bias.
+    pub patch: Dense,
+    /// `[1, 1, D]`, prepended to the patch tokens.
+    pub class_token: Option<Param>,
+    pub pos: PosEmbed,
+    pub blocks: Vec<Block>,
+    /// The norm after the last block (flax `encoder_norm`).
+    pub final_norm: Norm,
+    pub pool: Pool,
+    /// The `pre_logits` dense (followed by tanh).
+    pub pre_logits: Option<Dense>,
+    /// The classification head `[features, classes]`.
+    pub head: Option<Dense>,
+}
+
+/// A checkpoint as the converter understands it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Model {
+    /// The source family's name (`vit_jax`).
+    pub family: &'static str,
+    /// What the source module recognised, for error messages (`vit_jax checkpoint under opt/target/`).
+    pub recognised: String,
+    pub image: Tower,
+    /// What the source module wants the report to say about the file itself (prefix, naming style, dtype).
+    pub notes: Vec<String>,
+    /// Every tensor of the file and its shape, for the check that a plan accounts for all of them.
+    pub shapes: BTreeMap<String, Vec<usize>>,
+}

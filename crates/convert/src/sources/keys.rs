@@ -1,0 +1,116 @@
+//! The bookkeeping every source module shares while it reads a file: which tensors exist, with which shape
+//! and dtype, which ones the model has accounted for, and the shape checks with their error messages.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use vitconv_tensors::TensorInfo;
+
+use crate::error::{Error, Result};
+use crate::model::Param;
+
+/// A key -> tensor view with a record of what detection has accounted for.
+pub(crate) struct Keys<'a> {
+    infos: BTreeMap<&'a str, &'a TensorInfo>,
+    used: BTreeSet<String>,
+    /// What has been recognised so far, for error messages (`vit_jax checkpoint under opt/target/`).
+    pub recognised: String,
+}
+
+impl<'a> Keys<'a> {
+    pub fn new(tensors: &'a [TensorInfo], recognised: &str) -> Self {
+        Keys {
+            infos: tensors.iter().map(|t| (t.name.as_str(), t)).collect(),
+            used: BTreeSet::new(),
+            recognised: recognised.to_string(),
+        }
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.infos.contains_key(name)
+    }
+
+    /// The shape of a tensor that must be there; marks it used.
+    pub fn need(&mut self, name: &str, what: &str) -> Result<&'a [usize]> {
+        match self.infos.get(name) {
+            Some(t) => {
+                self.used.insert(name.to_string());
+                Ok(t.shape.as_slice())
+            }
+            None => Err(Error::Inconsistent {
+                recognised: self.recognised.clone(),
+                problem: format!("tensor {name} ({what}) is missing"),
+            }),
+        }
+    }
+
+    /// A tensor that must have exactly `expected` as its shape.
+    pub fn need_shape(&mut self, name: &str, expected: &[usize], why: &str) -> Result<()> {
+        let found = self.need(name, why)?;
+        if found != expected {
+            return Err(Error::Shape {
+                name: name.to_string(),
+                expected: format!("{expected:?}"),
+                found: found.to_vec(),
+                why: why.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// A GroupNorm parameter: `(C,)` or `(1, 1, 1, C)` as the 2020 hybrid releases stored them.
+    pub fn need_gn(&mut self, name: &str, channels: usize) -> Result<()> {
+        let found = self.need(name, "GroupNorm parameter")?;
+        if found != [channels] && found != [1, 1, 1, channels] {
+            return Err(Error::Shape {
+                name: name.to_string(),
+                expected: format!("[{channels}] or [1, 1, 1, {channels}]"),
+                found: found.to_vec(),
+                why: "GroupNorm parameter of the preceding convolution".to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The whole tensor `name` as a parameter. Source modules call it only for tensors they have checked
+    /// with [`Keys::need`]; for any other name it is an error, not a panic.
+    pub fn param(&self, name: &str) -> Result<Param> {
+        match self.infos.get(name) {
+            Some(t) => Ok(Param::whole(name, t.dtype, &t.shape)),
+            None => Err(Error::Inconsistent {
+                recognised: self.recognised.clone(),
+                problem: format!("tensor {name} is missing"),
+            }),
+        }
+    }
+
+    /// The first tensor detection has not accounted for, if any: a file is converted whole or not at all.
+    pub fn unused(&self) -> Option<&'a TensorInfo> {
+        self.infos
+            .values()
+            .find(|t| !self.used.contains(&t.name))
+            .copied()
+    }
+
+    /// Every tensor's shape, for the plan's completeness check.
+    pub fn shapes(&self) -> BTreeMap<String, Vec<usize>> {
+        self.infos
+            .iter()
+            .map(|(k, t)| (k.to_string(), t.shape.clone()))
+            .collect()
+    }
+}
+
+/// A shape as an array of `N` dimensions, or an error saying what was expected.
+pub(crate) fn dims<const N: usize>(
+    name: &str,
+    shape: &[usize],
+    expected: &str,
+    why: &str,
+) -> Result<[usize; N]> {
+    shape.try_into().map_err(|_| Error::Shape {
+        name: name.to_string(),
+        expected: expected.to_string(),
+        found: shape.to_vec(),
+        why: why.to_string(),
+    })
+}

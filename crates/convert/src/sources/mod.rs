@@ -1,0 +1,66 @@
+//! The source families vitconv converts from, one module each, and the one registry that lists them.
+//!
+//! A source family is a module with two functions: `claims` says from the keys alone whether a file is of that
+//! family, and `read` describes a claimed file as a neutral [`Model`] or refuses it with a one-line reason.
+//! Adding a family means adding its module and one line in [`SOURCES`]; no layout and no other family
+//! changes. `inspect` recognises sources through the same registry.
+
+pub(crate) mod keys;
+pub mod vit_jax;
+
+use vitconv_tensors::TensorInfo;
+
+use crate::error::{Error, Result};
+use crate::model::Model;
+
+/// One source family.
+pub struct Source {
+    /// The family's name in reports and metadata.
+    pub name: &'static str,
+    /// Whether a key/shape listing belongs to this family (the first family that claims a file reads it).
+    pub claims: fn(&[TensorInfo]) -> bool,
+    /// The listing as a model, or the reason it cannot be one.
+    pub read: fn(&[TensorInfo]) -> Result<Model>,
+}
+
+/// Every source family, most specific first.
+pub const SOURCES: &[Source] = &[Source {
+    name: vit_jax::FAMILY,
+    claims: vit_jax::claims,
+    read: vit_jax::read,
+}];
+
+/// Roots of sources recognised but not converted yet, with what they are.
+const KNOWN_UNSUPPORTED: &[(&str, &str)] = &[
+    (
+        "params/img/embedding/kernel",
+        "a big_vision two-tower (SigLIP/LiT) checkpoint",
+    ),
+    (
+        "params/embedding/kernel",
+        "a big_vision ViT checkpoint (params/ prefix)",
+    ),
+];
+
+/// Reads a file of any source family into the neutral model.
+pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
+    if let Some(source) = SOURCES.iter().find(|s| (s.claims)(tensors)) {
+        return (source.read)(tensors);
+    }
+    let has = |k: &str| tensors.iter().any(|t| t.name == k);
+    if let Some((_, what)) = KNOWN_UNSUPPORTED.iter().find(|(k, _)| has(k)) {
+        return Err(Error::Unrecognised {
+            recognised: (*what).to_string(),
+            missing: "vitconv converts google-research/vision_transformer files only so far"
+                .to_string(),
+        });
+    }
+    let family = crate::detect::detect_torch_family(tensors).map(|(f, _, _)| f.as_str());
+    Err(Error::Unrecognised {
+        recognised: match family {
+            Some(f) => format!("a {f} checkpoint, which is already a PyTorch layout"),
+            None => format!("{} tensors of no known layout", tensors.len()),
+        },
+        missing: "no embedding/kernel (looked under no prefix and under opt/target/)".to_string(),
+    })
+}
