@@ -180,8 +180,9 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
 
     let layout = opts.layout.as_str();
     println!(
-        "source: {}: vit_jax {}",
+        "source: {}: {} {}",
         args.source.display(),
+        conv.family,
         conv.arch.describe()
     );
     for n in &conv.source_notes {

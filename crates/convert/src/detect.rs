@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use vitconv_tensors::TensorInfo;
 
-use crate::arch::{Arch, Classifier, ResNet};
+use crate::arch::{Arch, Classifier, PosEmbKind, ResNet};
 
 /// A checkpoint family, i.e. a naming and storage convention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,9 +41,6 @@ impl Family {
 
 /// Recognises any known family and its architecture, for `inspect`.
 pub fn summarize_family(tensors: &[TensorInfo]) -> Option<(Family, Arch, Vec<String>)> {
-    if let Ok(model) = crate::sources::read(tensors) {
-        return Some((Family::VitJax, model.image.arch, model.notes));
-    }
     detect_torch_family(tensors)
 }
 
@@ -121,7 +118,9 @@ fn detect_timm(s: &Shapes<'_>) -> Option<(Family, Arch, Vec<String>)> {
         heads: None,
         mlp,
         depth,
-        grid: (side, side),
+        grid: Some((side, side)),
+        posemb: PosEmbKind::Learned,
+        class_pos: true,
         classifier: if cls {
             Classifier::Token
         } else {
@@ -130,6 +129,7 @@ fn detect_timm(s: &Shapes<'_>) -> Option<(Family, Arch, Vec<String>)> {
         num_classes,
         representation: None,
         resnet,
+        stacked: false,
     };
     Some((Family::Timm, arch, vec![]))
 }
@@ -174,11 +174,14 @@ fn detect_hf(s: &Shapes<'_>) -> Option<(Family, Arch, Vec<String>)> {
         heads: None,
         mlp,
         depth,
-        grid: (side, side),
+        grid: Some((side, side)),
+        posemb: PosEmbKind::Learned,
+        class_pos: true,
         classifier: Classifier::Token,
         num_classes: get(s, "classifier.weight").and_then(|h| h.first().copied()),
         representation: get(s, &format!("{p}pooler.dense.weight")).and_then(|h| h.first().copied()),
         resnet: None,
+        stacked: false,
     };
     let mut notes = vec![];
     if arch.representation.is_some() {
@@ -227,11 +230,14 @@ fn detect_clip(s: &Shapes<'_>, p: &str) -> Option<(Family, Arch, Vec<String>)> {
         heads: None,
         mlp,
         depth,
-        grid: (side, side),
+        grid: Some((side, side)),
+        posemb: PosEmbKind::Learned,
+        class_pos: true,
         classifier: Classifier::Token,
         num_classes: None,
         representation: None,
         resnet: None,
+        stacked: false,
     };
     Some((family, arch, notes))
 }

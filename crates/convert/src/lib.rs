@@ -40,6 +40,16 @@ pub struct Summary {
 
 /// Recognises the layout and architecture of a key/shape list, or `None` when it is not a known layout.
 pub fn summarize(tensors: &[TensorInfo]) -> Option<Summary> {
+    if let Ok(model) = sources::read(tensors) {
+        let arch = &model.image.arch;
+        let mut parts = arch.parts();
+        parts.extend(model.notes.iter().cloned());
+        return Some(Summary {
+            family: model.family.to_string(),
+            architecture: arch.describe(),
+            parts,
+        });
+    }
     let (family, arch, notes) = detect::summarize_family(tensors)?;
     let mut parts = match family {
         detect::Family::OpenClip | detect::Family::OpenAiClip => {

@@ -5,6 +5,7 @@
 //! `ResidualAttentionBlock`) share `transformer.resblocks.N.{ln_1, attn, ln_2, mlp.c_fc, mlp.c_proj}`, `ln_post`
 //! and `proj`. What differs between them (`ln_pre`, the MLP ratio, the activation, the config) stays in each layout.
 
+use crate::arch::Classifier;
 use crate::error::{Error, Result};
 use crate::layout::{name, BlockRole, BlockTable, Prepared};
 use crate::model::{Param, Proj};
@@ -78,13 +79,17 @@ pub fn check_tower(prep: &Prepared<'_>) -> Result<()> {
             "conv1 is a single patch convolution with no place for a stem; use --layout timm",
         ));
     }
-    if !a.class_token() {
-        return Err(prep.refuse(
+    match a.classifier {
+        Classifier::Token => Ok(()),
+        Classifier::Gap => Err(prep.refuse(
             "a gap (no class token) model",
             "a class token is always prepended and attends to the patches, so the result would differ; use --layout timm",
-        ));
+        )),
+        Classifier::Map => Err(prep.refuse(
+            "a MAP head (attention pooling from a learned probe)",
+            "the tower pools the class token and has no place for the probe's attention and MLP; use --layout timm (global_pool='map') or --layout hf (SiglipVisionModel)",
+        )),
     }
-    Ok(())
 }
 
 /// One output tensor named `visual.` + the template with `{i}` replaced by the block index.

@@ -117,14 +117,10 @@ pub fn plan(mut prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
             "transformers' ViT always prepends a class token and pools token 0; use --layout timm",
         ));
     };
+    let (pos_rows, pos) = prep.pos_table(true, false)?;
     let mut out = vec![
         t(names::CLS, 0, vec![1, 1, d], Recipe::Copy(cls.clone())),
-        t(
-            names::POS,
-            0,
-            vec![1, prep.pos_rows(), d],
-            prep.pos_embed(false),
-        ),
+        t(names::POS, 0, vec![1, pos_rows, d], pos),
         t(
             names::PATCH_W,
             0,

@@ -25,14 +25,10 @@ pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Res
     let proj = clip_style::resolve_proj(&mut prep)?;
     let cls = clip_style::class_token(&prep)?;
     let d = a.hidden;
+    let (pos_rows, pos) = prep.pos_table(true, true)?;
     let mut out = vec![
         t(names::CLASS, 0, vec![d], Recipe::Copy(cls)),
-        t(
-            names::POS,
-            0,
-            vec![prep.pos_rows(), d],
-            prep.pos_embed(true),
-        ),
+        t(names::POS, 0, vec![pos_rows, d], pos),
         t(
             names::CONV1,
             0,

@@ -8,8 +8,11 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::arch::Classifier;
 use crate::error::Result;
-use crate::layout::{mlp_ratio, py_float, BlockRole, BlockTable, Prepared, FLAX_LN_EPS};
+use crate::layout::{
+    mlp_ratio, py_float, BlockRole, BlockTable, MapRole, MapTable, Prepared, FLAX_LN_EPS,
+};
 use crate::model::{Norm, Param, Proj};
 use crate::options::Gelu;
 use crate::plan::{OutTensor, OutputKind, Plan, Recipe};
@@ -57,6 +60,24 @@ pub const BLOCK: &BlockTable = &[
     (names::FC1_B, BlockRole::Fc1Bias),
     (names::FC2_W, BlockRole::Fc2Weight),
     (names::FC2_B, BlockRole::Fc2Bias),
+];
+
+/// timm's `attn_pool` (`AttentionPoolLatent`, `global_pool='map'`): the learned query `latent`, `q` and a fused
+/// `kv` (k then v), `proj`, then `x + mlp(norm(x))`; no q/k norm, the encoder's heads and MLP ratio.
+pub const ATTN_POOL: &MapTable = &[
+    ("attn_pool.latent", MapRole::Probe),
+    ("attn_pool.q.weight", MapRole::Weight(Proj::Query)),
+    ("attn_pool.q.bias", MapRole::Bias(Proj::Query)),
+    ("attn_pool.kv.weight", MapRole::KvWeight),
+    ("attn_pool.kv.bias", MapRole::KvBias),
+    ("attn_pool.proj.weight", MapRole::Weight(Proj::Out)),
+    ("attn_pool.proj.bias", MapRole::Bias(Proj::Out)),
+    ("attn_pool.norm.weight", MapRole::NormScale),
+    ("attn_pool.norm.bias", MapRole::NormBias),
+    ("attn_pool.mlp.fc1.weight", MapRole::Fc1Weight),
+    ("attn_pool.mlp.fc1.bias", MapRole::Fc1Bias),
+    ("attn_pool.mlp.fc2.weight", MapRole::Fc2Weight),
+    ("attn_pool.mlp.fc2.bias", MapRole::Fc2Bias),
 ];
 
 /// Registered plain ViTs (timm 1.0.31): name, patch, hidden, depth, heads, mlp, image size.
@@ -109,11 +130,11 @@ pub fn plan(prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
     if let Some(cls) = &tower.class_token {
         out.push(t(names::CLS, vec![1, 1, d], Recipe::Copy(cls.clone())));
     }
-    out.push(t(
-        names::POS,
-        vec![1, prep.pos_rows(), d],
-        prep.pos_embed(false),
-    ));
+    // timm gives the class token a row of pos_embed unless `no_embed_class`, which is how big_vision's
+    // class token (concatenated after the position embedding is added) is held.
+    let embed_class = a.class_token() && a.class_pos;
+    let (pos_rows, pos) = prep.pos_table(embed_class, false)?;
+    out.push(t(names::POS, vec![1, pos_rows, d], pos));
     if let Some(stem) = &tower.stem {
         push_stem(stem, &mut out);
     }
@@ -137,6 +158,10 @@ pub fn plan(prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
         vec![d],
         Recipe::Copy(tower.final_norm.bias.clone()),
     ));
+    let map = prep.map_head()?;
+    if let Some(map) = map {
+        out.extend(prep.map_tensors(ATTN_POOL, "", map));
+    }
     let classes = if prep.keep_head {
         a.num_classes.unwrap_or(0)
     } else {
@@ -171,13 +196,19 @@ pub fn plan(prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
     kw.insert("num_heads".into(), json!(a.heads));
     kw.insert("mlp_ratio".into(), json!(ratio));
     kw.insert("num_classes".into(), json!(classes));
-    kw.insert(
-        "global_pool".into(),
-        json!(if a.class_token() { "token" } else { "avg" }),
-    );
+    let pool = match a.classifier {
+        Classifier::Token => "token",
+        Classifier::Gap => "avg",
+        Classifier::Map => "map",
+    };
+    kw.insert("global_pool".into(), json!(pool));
     kw.insert("class_token".into(), json!(a.class_token()));
-    if !a.class_token() {
+    if a.classifier == Classifier::Gap {
+        // Average after `norm`, like flax's encoder_norm then mean, not timm's default fc_norm after it.
         kw.insert("fc_norm".into(), json!(false));
+    }
+    if a.class_token() && !embed_class {
+        kw.insert("no_embed_class".into(), json!(true));
     }
     kw.insert("act_layer".into(), json!(act));
     let kwargs = Value::Object(kw.clone());
@@ -202,7 +233,7 @@ pub fn plan(prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
     let python = match &a.resnet {
         None => {
             let same_arch = |r: &&(&str, usize, usize, usize, usize, usize, usize)| {
-                a.class_token()
+                embed_class
                     && (r.1, r.2, r.3, Some(r.4), r.5) == (a.patch, d, a.depth, a.heads, a.mlp)
             };
             // Prefer the name registered at this resolution; otherwise the same architecture with img_size set.
