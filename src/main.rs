@@ -3,6 +3,7 @@
 //! Exit codes: 0 success; 1 a verification that ran and found a mismatch;
 //! 2 bad input, a refusal, or any other error (the reason goes to stderr on one line).
 
+mod cmd_batch;
 mod cmd_convert;
 mod cmd_inspect;
 mod cmd_verify;
@@ -62,7 +63,7 @@ fn main() -> ExitCode {
 
 /// The error and its causes on one line, so the file and tensor names show; a cause whose text the message
 /// already quotes (library errors often embed their source) is not repeated.
-fn one_line(err: &anyhow::Error) -> String {
+pub(crate) fn one_line(err: &anyhow::Error) -> String {
     let mut line = err.to_string();
     for cause in err.chain().skip(1) {
         let text = cause.to_string();
