@@ -85,10 +85,11 @@ struct Outcome {
 }
 
 impl Outcome {
+    /// An outcome with a reason, put on one line (a table row, a line of stderr).
     fn new(status: Status, reason: impl Into<String>, started: Instant) -> Self {
         Outcome {
             status,
-            reason: Some(reason.into()),
+            reason: Some(reason.into().replace('\n', " ")),
             bytes: None,
             seconds: started.elapsed().as_secs_f64(),
         }
