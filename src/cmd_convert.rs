@@ -123,7 +123,8 @@ pub struct ConvertArgs {
     /// Batch mode: conversions run at once (default: the number of cores).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     jobs: Option<u16>,
-    /// Batch mode: the format of each output (not for --layout hf, which writes a directory per file).
+    /// Batch mode: the format of each output, default safetensors (not for --layout hf, which writes a directory
+    /// per file).
     #[arg(long, value_enum)]
     ext: Option<ExtArg>,
     /// Batch mode: print the summary as JSON on stdout instead of a table.

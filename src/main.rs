@@ -1,7 +1,8 @@
 //! The `vitconv` command line: parses arguments, calls the library crates, prints results.
 //!
 //! Exit codes: 0 success; 1 a verification that ran and found a mismatch;
-//! 2 bad input, a refusal, or any other error (the reason goes to stderr on one line).
+//! 2 bad input, a refusal, or any other error (the reason goes to stderr on one line);
+//! in batch mode (`npz-to-pt SRC_DIR OUT_DIR`), 2 when any file was refused or failed.
 
 mod cmd_batch;
 mod cmd_convert;
@@ -27,7 +28,7 @@ struct Cli {
 enum Command {
     /// List the tensors of .npz, .npy, .safetensors and .pt files, and say what model they hold.
     Inspect(cmd_inspect::InspectArgs),
-    /// Convert a google-research/vision_transformer .npz into a timm, transformers or CLIP-style checkpoint.
+    /// Convert a google-research/vision_transformer .npz (or every .npz under a directory) into a timm, transformers or CLIP-style checkpoint.
     #[command(name = "npz-to-pt")]
     NpzToPt(cmd_convert::ConvertArgs),
     /// Run the source .npz and its conversion side by side on libtorch and compare their outputs.

@@ -465,6 +465,23 @@ fn broken_and_refused_files_are_reported_while_the_others_convert() {
 }
 
 #[test]
+fn an_output_directory_inside_the_source_directory_is_not_searched() {
+    let dir = scratch();
+    let src = dir.path().join("src");
+    make_tree(&src, &TREE);
+    let out = src.join("converted");
+    std::fs::create_dir_all(&out).unwrap();
+    // Found only if batch mode searched its own output directory.
+    std::fs::copy(fixture("vit-token/checkpoint.npz"), out.join("stray.npz")).unwrap();
+    let (code, v) = batch_json(&src, &out, "timm", &["--jobs", "64"]);
+    assert_eq!((code, statuses(&v)), (Some(0), all("converted")));
+    assert_eq!(v["jobs"], TREE.len(), "more jobs than files: one per file");
+    assert!(!out.join("stray.safetensors").exists());
+    let (code, v) = batch_json(&src, &out, "timm", &[]);
+    assert_eq!((code, statuses(&v)), (Some(0), all("skipped")));
+}
+
+#[test]
 fn batch_usage_errors_are_one_line() {
     let dir = scratch();
     let src = dir.path().join("src");
