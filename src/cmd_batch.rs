@@ -266,7 +266,6 @@ fn find_sources(dir: &Path, skip: Option<&Path>) -> Found {
                 continue;
             }
         };
-        entries.sort_by_key(|e| e.file_name());
         let mut subdirs = Vec::new();
         for e in entries {
             let child = rel.join(e.file_name());
@@ -294,9 +293,9 @@ fn find_sources(dir: &Path, skip: Option<&Path>) -> Found {
                 _ => {}
             }
         }
-        // Popped last first, so pushing in reverse visits the subdirectories in name order.
-        pending.extend(subdirs.into_iter().rev());
+        pending.extend(subdirs);
     }
+    // The walk's own order is depth-first; the report is in path order.
     found.sort_by(|a, b| a.0.cmp(&b.0));
     Found {
         sources: found,
@@ -499,6 +498,36 @@ fn convert_one(e: &Entry, sh: &Shared) -> Outcome {
     outcome
 }
 
+/// One worker: converts the entries of `order` it takes (the next not taken by another) until none is left, and
+/// sends back each outcome with its entry's index. A panic fails that file only.
+fn work(
+    order: &[usize],
+    next: &AtomicUsize,
+    entries: &[Entry],
+    shared: &Shared,
+    tx: mpsc::Sender<(usize, Outcome)>,
+) {
+    while let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
+        let entry = &entries[i];
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| convert_one(entry, shared)))
+                .unwrap_or_else(|_| {
+                    let source = shared.batch.source_dir.join(&entry.rel);
+                    Outcome::new(
+                        Status::Failed,
+                        format!(
+                    "{}: the conversion stopped unexpectedly (a bug in vitconv; please report it)",
+                    source.display()
+                ),
+                        Instant::now(),
+                    )
+                });
+        if tx.send((i, outcome)).is_err() {
+            break;
+        }
+    }
+}
+
 /// Runs batch mode: finds the sources, converts them `jobs` at a time, prints the summary. Exit status 0 when
 /// every file was converted or skipped, 2 when any was refused or failed.
 pub fn run(batch: &Batch) -> anyhow::Result<ExitCode> {
@@ -521,6 +550,7 @@ pub fn run(batch: &Batch) -> anyhow::Result<ExitCode> {
         size: 0,
         problem: Some(why),
     }));
+    entries.sort_by(|a, b| a.rel.cmp(&b.rel));
 
     // The output directory and every directory an output goes into are made here, before any worker starts, so
     // that no worker's cleanup can remove a directory another is writing into. Registered, so that an interrupt
@@ -588,27 +618,7 @@ pub fn run(batch: &Batch) -> anyhow::Result<ExitCode> {
         for _ in 0..workers {
             let tx = tx.clone();
             let (next, order, entries, shared) = (&next, &order, &entries, &shared);
-            s.spawn(move || {
-                while let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
-                let entry = &entries[i];
-                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    convert_one(entry, shared)
-                }))
-                .unwrap_or_else(|_| {
-                    Outcome::new(
-                        Status::Failed,
-                        format!(
-                            "{}: the conversion stopped unexpectedly (a bug in vitconv; please report it)",
-                            batch.source_dir.join(&entry.rel).display()
-                        ),
-                        Instant::now(),
-                    )
-                });
-                if tx.send((i, outcome)).is_err() {
-                    break;
-                }
-            }
-            });
+            s.spawn(move || work(order, next, entries, shared, tx));
         }
         drop(tx);
         for (i, outcome) in rx {
