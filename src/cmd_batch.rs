@@ -259,7 +259,7 @@ fn find_sources(dir: &Path, skip: Option<&Path>) -> Found {
             Ok(rd) => rd.collect::<std::io::Result<Vec<_>>>(),
             Err(e) => Err(e),
         };
-        let mut entries = match entries {
+        let entries = match entries {
             Ok(v) => v,
             Err(e) => {
                 unreadable.push((rel, format!("{}: {e}", full.display())));
