@@ -402,7 +402,7 @@ const BIG_DIMS: (usize, usize, usize) = (1024, 4096, 6);
 
 /// Writes a vit_jax `.npz` shaped like `vit-token/checkpoint.npz` but with [`BIG_DIMS`] (4 heads kept).
 #[cfg(unix)]
-fn write_big_vit(path: &Path) {
+pub(crate) fn write_big_vit(path: &Path) {
     use std::collections::BTreeMap;
     use vitconv_tensors::{TensorSpec, Writer};
     let (d, m, depth) = BIG_DIMS;
@@ -511,7 +511,7 @@ fn convert_and_interrupt(source: &Path, output: &Path, layout: &str, signal: &st
 /// The writer's temporary files in `dir` (`.NAME.*.partial`, and the side files' `.tmp*`); none if `dir` does
 /// not exist (yet).
 #[cfg(unix)]
-fn partial_files(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn partial_files(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
