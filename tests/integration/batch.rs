@@ -374,8 +374,8 @@ fn broken_and_refused_files_are_reported_while_the_others_convert() {
     let halfway =
         crate::hardening::source_breaking_halfway(dir.path(), crate::hardening::BROKEN_TENSOR);
     std::fs::rename(&halfway, src.join("broken/halfway.npz")).unwrap();
-    // transformers has no class for a gap model.
-    std::fs::copy(fixture("vit-gap/checkpoint.npz"), src.join("a/gap.npz")).unwrap();
+    // transformers has no class for a hybrid model.
+    std::fs::copy(fixture("hybrid-root/checkpoint.npz"), src.join("a/gap.npz")).unwrap();
 
     let out = dir.path().join("out");
     let (code, v) = batch_json(&src, &out, "hf", &[]);
@@ -392,7 +392,7 @@ fn broken_and_refused_files_are_reported_while_the_others_convert() {
     .collect();
     assert_eq!(statuses(&v), want);
     assert!(
-        reason(&v, "a/gap.npz").contains("--layout hf cannot hold a gap"),
+        reason(&v, "a/gap.npz").contains("--layout hf cannot hold a hybrid"),
         "{v}"
     );
     assert!(reason(&v, "a/gap.npz").contains("gap.npz"), "{v}");
@@ -431,7 +431,7 @@ fn broken_and_refused_files_are_reported_while_the_others_convert() {
     for needle in [
         "a/gap.npz",
         "refused",
-        "cannot hold a gap",
+        "cannot hold a hybrid",
         "broken/truncated.npz",
         "failed",
         "2 skipped, 1 refused, 2 failed",

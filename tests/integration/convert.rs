@@ -59,7 +59,9 @@ fn holds(layout: &str, case: &str) -> bool {
     let prelogits = case.starts_with("vit-prelogits");
     match layout {
         "timm" => !prelogits,
-        "hf" | "open_clip" => !hybrid && !gap && !prelogits,
+        // transformers holds a gap model as SigLIP's vision tower (SiglipForImageClassification).
+        "hf" => !hybrid && !prelogits,
+        "open_clip" => !hybrid && !gap && !prelogits,
         _ => case.starts_with("vit-mlp4"),
     }
 }
@@ -308,7 +310,7 @@ fn refusals_and_option_errors_exit_2() {
     );
     assert_bad_input(&convert(&token, &out, "clip", &[]), "4x");
     assert_bad_input(
-        &convert(&fixture("vit-gap/checkpoint.npz"), &out, "hf", &[]),
+        &convert(&fixture("vit-gap/checkpoint.npz"), &out, "open_clip", &[]),
         "class token",
     );
     assert_bad_input(

@@ -14,7 +14,7 @@ use crate::options::ProjChoice;
 use crate::plan::{Fetch, OutputKind, Plan, Recipe};
 
 /// OpenAI CLIP's own state-dict names; the rest are shared in [`clip_style::names`].
-const LN_PRE_W: &str = "ln_pre.weight";
+pub(crate) const LN_PRE_W: &str = "ln_pre.weight";
 const LN_PRE_B: &str = "ln_pre.bias";
 
 /// OpenAI CLIP's `LayerNorm` is `nn.LayerNorm` with its default eps.
@@ -89,4 +89,11 @@ pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Res
     meta.insert("vitconv.clip_kwargs".into(), kwargs.to_string());
     meta.insert("vitconv.exact".into(), "false".to_string());
     Ok(prep.finish(OutputKind::File, out, meta, python, vec![]))
+}
+
+/// Recognises this layout's files for `inspect` (see `clip_style::recognise`).
+pub fn recognise(
+    s: &crate::layout::recognise::Shapes<'_>,
+) -> Option<crate::layout::recognise::Recognised> {
+    clip_style::recognise(s).filter(|r| r.family == "openai_clip")
 }

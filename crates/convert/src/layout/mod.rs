@@ -7,7 +7,9 @@
 pub mod clip;
 mod clip_style;
 pub mod hf;
+pub mod hf_siglip;
 pub mod open_clip;
+pub mod recognise;
 pub mod timm;
 
 use std::collections::BTreeMap;
@@ -19,6 +21,8 @@ use crate::error::{Error, Result};
 use crate::model::{Attention, Block, Dense, MapHead, Model, Param, Pool, PosEmbed, Proj, Tower};
 use crate::options::{HeadChoice, InputNorm, Layout, Options};
 use crate::plan::{Fetch, OutTensor, Plan, Recipe};
+use recognise::{Recognised, Shapes};
+use vitconv_tensors::TensorInfo;
 
 /// LayerNorm epsilon of the flax model (`nn.LayerNorm` default).
 pub const FLAX_LN_EPS: f64 = 1e-6;
@@ -507,15 +511,58 @@ impl<'a> Prepared<'a> {
     }
 }
 
+/// One target layout: the module that plans its output and the one that recognises its files.
+pub struct LayoutDef {
+    pub layout: Layout,
+    /// The output plan for a prepared source (`fetch` reads the few values a layout records, such as a
+    /// head bias that has no tensor of its own).
+    pub plan: fn(Prepared<'_>, &dyn Fetch, &str) -> Result<Plan>,
+    /// Recognises a converted file of this layout for `inspect`.
+    pub recognise: fn(&Shapes<'_>) -> Option<Recognised>,
+}
+
+/// Every target layout, in the order `inspect` tries to recognise them. Adding a layout means a module, a
+/// [`Layout`] name and a line here.
+pub const LAYOUTS: &[LayoutDef] = &[
+    LayoutDef {
+        layout: Layout::Timm,
+        plan: timm::plan,
+        recognise: timm::recognise,
+    },
+    LayoutDef {
+        layout: Layout::Hf,
+        plan: hf::plan,
+        recognise: hf::recognise,
+    },
+    LayoutDef {
+        layout: Layout::OpenClip,
+        plan: open_clip::plan,
+        recognise: open_clip::recognise,
+    },
+    LayoutDef {
+        layout: Layout::Clip,
+        plan: clip::plan,
+        recognise: clip::recognise,
+    },
+];
+
 /// Builds the plan for the chosen layout.
 pub fn plan(model: &Model, opts: &Options, fetch: &dyn Fetch, source_name: &str) -> Result<Plan> {
     let prep = Prepared::new(model, opts)?;
-    match opts.layout {
-        Layout::Timm => timm::plan(prep, source_name),
-        Layout::Hf => hf::plan(prep, source_name),
-        Layout::OpenClip => open_clip::plan(prep, fetch, source_name),
-        Layout::Clip => clip::plan(prep, fetch, source_name),
-    }
+    let def = LAYOUTS
+        .iter()
+        .find(|d| d.layout == opts.layout)
+        .ok_or(Error::BadOption {
+            option: "--layout",
+            why: format!("{} has no module", opts.layout.as_str()),
+        })?;
+    (def.plan)(prep, fetch, source_name)
+}
+
+/// Recognises a PyTorch state dict as one of the layouts, for `inspect`.
+pub fn recognise(tensors: &[TensorInfo]) -> Option<Recognised> {
+    let s = recognise::shapes(tensors);
+    LAYOUTS.iter().find_map(|d| (d.recognise)(&s))
 }
 
 /// What one tensor of a block holds, in PyTorch's conventions; the shape and transform follow from the role.
@@ -632,9 +679,8 @@ mod tests {
         let hybrid = case.starts_with("hybrid");
         match layout {
             Layout::Timm => case != "vit-prelogits",
-            Layout::Hf | Layout::OpenClip => {
-                !hybrid && case != "vit-gap" && case != "vit-prelogits"
-            }
+            Layout::Hf => !hybrid && case != "vit-prelogits",
+            Layout::OpenClip => !hybrid && case != "vit-gap" && case != "vit-prelogits",
             Layout::Clip => case == "vit-mlp4",
         }
     }
@@ -714,7 +760,7 @@ mod tests {
     #[test]
     fn refusals_name_the_layout_and_the_way_out() {
         let hf = Options::new(Layout::Hf);
-        assert!(refusal("vit-gap", &hf).contains("--layout hf cannot hold a gap"));
+        assert!(refusal("vit-gap", &Options::new(Layout::Clip)).contains("cannot hold a gap"));
         assert!(refusal("hybrid-r2", &hf).contains("no ViT-hybrid"));
         assert!(refusal("vit-prelogits", &hf).contains("--drop-head"));
         for layout in [Layout::OpenClip, Layout::Clip] {

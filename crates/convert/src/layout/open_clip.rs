@@ -75,3 +75,10 @@ pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Res
     }];
     Ok(prep.finish(OutputKind::File, out, meta, python, side))
 }
+
+/// Recognises this layout's files for `inspect` (see `clip_style::recognise`).
+pub fn recognise(
+    s: &crate::layout::recognise::Shapes<'_>,
+) -> Option<crate::layout::recognise::Recognised> {
+    clip_style::recognise(s).filter(|r| r.family == "open_clip")
+}

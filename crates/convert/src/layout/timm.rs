@@ -8,14 +8,15 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::arch::Classifier;
+use crate::arch::{Arch, Classifier, PosEmbKind, ResNet};
 use crate::error::Result;
+use crate::layout::recognise::{count_blocks, get, grid_side, Recognised, Shapes};
 use crate::layout::{
     mlp_ratio, py_float, BlockRole, BlockTable, MapRole, MapTable, Prepared, FLAX_LN_EPS,
 };
 use crate::model::{Norm, Param, Proj};
 use crate::options::Gelu;
-use crate::plan::{OutTensor, OutputKind, Plan, Recipe};
+use crate::plan::{Fetch, OutTensor, OutputKind, Plan, Recipe};
 
 /// timm state-dict names (`{i}` = block index).
 pub mod names {
@@ -114,7 +115,7 @@ fn t(name: impl Into<String>, shape: Vec<usize>, recipe: Recipe) -> OutTensor {
     }
 }
 
-pub fn plan(prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
+pub fn plan(prep: Prepared<'_>, _fetch: &dyn Fetch, source_name: &str) -> Result<Plan> {
     let a = prep.arch().clone();
     if prep.has_pre_logits() {
         return Err(prep.refuse(
@@ -333,6 +334,84 @@ pub fn plan(prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
         meta.insert("vitconv.timm_backbone".into(), b.to_string());
     }
     Ok(prep.finish(OutputKind::File, out, meta, python, vec![]))
+}
+
+/// Recognises a timm `VisionTransformer` state dict (and its hybrid stem) for `inspect`, from [`names`].
+pub fn recognise(s: &Shapes<'_>) -> Option<Recognised> {
+    let &[hidden, in_chans, patch, _] = get(s, names::PATCH_W)? else {
+        return None;
+    };
+    let depth = count_blocks(s, "", names::QKV_W);
+    if depth == 0 {
+        return None;
+    }
+    let &[mlp, _] = get(s, &crate::layout::name(names::FC1_W, 0))? else {
+        return None;
+    };
+    let cls = s.contains_key(names::CLS);
+    let map = ATTN_POOL
+        .first()
+        .is_some_and(|(latent, _)| s.contains_key(latent));
+    let &[_, rows, _] = get(s, names::POS)? else {
+        return None;
+    };
+    // Without `no_embed_class` the class token has a row; with it (big_vision sources) it has none.
+    let (side, class_pos) = match (grid_side(rows, usize::from(cls)), cls) {
+        (Some(side), _) => (side, cls),
+        (None, true) => (grid_side(rows, 0)?, false),
+        (None, false) => return None,
+    };
+    let num_classes = get(s, names::HEAD_W).and_then(|h| h.first().copied());
+    let stem_conv = format!("{}conv.weight", names::STEM);
+    let resnet = if s.contains_key(stem_conv.as_str()) {
+        let width = get(s, &stem_conv)?.first().copied()?;
+        let stages = (0..)
+            .map(|st| {
+                let unit = names::UNIT.replace("{s}", &st.to_string());
+                count_blocks(
+                    s,
+                    "",
+                    &format!("{}conv1.weight", unit.replace("{u}", "{i}")),
+                )
+            })
+            .take_while(|n| *n > 0)
+            .collect();
+        Some(ResNet { stages, width })
+    } else {
+        get(s, &format!("{}conv.weight", names::ROOT_ONLY))
+            .and_then(|w| w.first().copied())
+            .map(|width| ResNet {
+                stages: vec![],
+                width,
+            })
+    };
+    let arch = Arch {
+        patch,
+        in_chans,
+        hidden,
+        heads: None,
+        mlp,
+        depth,
+        grid: Some((side, side)),
+        posemb: PosEmbKind::Learned,
+        class_pos,
+        classifier: match (cls, map) {
+            (true, _) => Classifier::Token,
+            (false, true) => Classifier::Map,
+            (false, false) => Classifier::Gap,
+        },
+        num_classes,
+        representation: None,
+        resnet,
+        stacked: false,
+    };
+    Some(Recognised {
+        family: "timm",
+        arch,
+        class_shape: None,
+        patch_bias: true,
+        notes: vec![],
+    })
 }
 
 /// The hybrid stem as timm's `ResNetV2` names it: the root in `stem` (or the `Sequential` itself for a

@@ -58,7 +58,7 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
                     .to_string(),
         });
     }
-    let family = crate::detect::detect_torch_family(tensors).map(|(f, _, _)| f.as_str());
+    let family = crate::layout::recognise(tensors).map(|r| r.family);
     Err(Error::Unrecognised {
         recognised: match family {
             Some(f) => format!("a {f} checkpoint, which is already a PyTorch layout"),
