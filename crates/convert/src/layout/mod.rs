@@ -483,6 +483,24 @@ impl<'a> Prepared<'a> {
         m.insert("vitconv.source".to_string(), source_name.to_string());
         m.insert("vitconv.config".to_string(), config.to_string());
         m.insert(
+            "vitconv.source_notes".to_string(),
+            self.model.notes.join("\n"),
+        );
+        if !self.model.left_out.is_empty() {
+            // Training state that is not part of the model: how much, and under which roots.
+            let mut roots: Vec<&str> = Vec::new();
+            for n in &self.model.left_out {
+                let root = n.split_inclusive('/').next().unwrap_or(n);
+                if !roots.contains(&root) {
+                    roots.push(root);
+                }
+            }
+            m.insert(
+                "vitconv.left_out".to_string(),
+                json!({"tensors": self.model.left_out.len(), "roots": roots}).to_string(),
+            );
+        }
+        m.insert(
             "vitconv.version".to_string(),
             env!("CARGO_PKG_VERSION").to_string(),
         );
