@@ -22,6 +22,9 @@ make_ckpt() { # shapes-json name
 }
 make_ckpt bv-ViT-L_16-224-map-scan bv-l16
 make_ckpt bv-ViT-S_16-i1k-sincos-gap bv-s16
+# The vision_transformer ViT-L/32 of scripts/bench-convert.sh, for a same-invocation comparison with the
+# unstacked path.
+[ -f "$work/vit-l32.npz" ] || scripts/with-libtorch python scripts/make_random_checkpoint.py fixtures/shapes/ViT-L_32-imagenet2012-384.json "$work/vit-l32.npz"
 
 run_once() { # LABEL CMD...
   local label=$1; shift
@@ -34,10 +37,14 @@ run_once() { # LABEL CMD...
 }
 
 : > "$work/bv-runs.tsv"
-cat "$work"/bv-*.npz > /dev/null
+cat "$work"/bv-*.npz "$work/vit-l32.npz" > /dev/null
 echo "files: $work/bv-l16.npz ($(du -h "$work/bv-l16.npz" | cut -f1)), $work/bv-s16.npz ($(du -h "$work/bv-s16.npz" | cut -f1)); runs: $RUNS, interleaved, $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 for _ in $(seq "$RUNS"); do
   run_once "cp L/16 (baseline)" cp "$work/bv-l16.npz" "$work/out/copy.npz"
+  # vitconv fsyncs its output before renaming it into place; this is cp with the same durability.
+  run_once "cp + sync L/16 (durable copy)" sh -c "cp '$work/bv-l16.npz' '$work/out/copy.npz' && sync '$work/out/copy.npz'"
+  run_once "vitconv vit_jax L/32 -> .pt (timm)" $bin npz-to-pt "$work/vit-l32.npz" "$work/out/l32.pt" --layout timm --quiet
+  run_once "cp L/32" cp "$work/vit-l32.npz" "$work/out/copy32.npz"
   run_once "vitconv L/16 -> .pt (timm)" $bin npz-to-pt "$work/bv-l16.npz" "$work/out/l16.pt" --layout timm --quiet
   run_once "vitconv L/16 -> .safetensors (timm)" $bin npz-to-pt "$work/bv-l16.npz" "$work/out/l16.safetensors" --layout timm --quiet
   run_once "vitconv L/16 -> hf (SiglipVisionModel)" $bin npz-to-pt "$work/bv-l16.npz" "$work/out/l16-hf" --layout hf --drop-head --quiet
@@ -62,6 +69,8 @@ awk -F'\t' '
     printf "\nratios (same invocation; best of each, then median of each):\n"
     printf "  L/16 .pt vs cp:             %.2fx  %.2fx  (target <= 1.5x)\n", s["vitconv L/16 -> .pt (timm)"]/cp, md["vitconv L/16 -> .pt (timm)"]/mcp
     printf "  L/16 .safetensors vs cp:    %.2fx  %.2fx  (target <= 1.5x)\n", s["vitconv L/16 -> .safetensors (timm)"]/cp, md["vitconv L/16 -> .safetensors (timm)"]/mcp
+    printf "  L/16 .pt vs cp + sync:      %.2fx  %.2fx\n", s["vitconv L/16 -> .pt (timm)"]/s["cp + sync L/16 (durable copy)"], md["vitconv L/16 -> .pt (timm)"]/md["cp + sync L/16 (durable copy)"]
+    printf "  vit_jax L/32 .pt vs cp L/32: %.2fx  %.2fx  (the unstacked path, same invocation)\n", s["vitconv vit_jax L/32 -> .pt (timm)"]/s["cp L/32"], md["vitconv vit_jax L/32 -> .pt (timm)"]/md["cp L/32"]
     printf "  L/16 hf vs cp:              %.2fx  %.2fx\n", s["vitconv L/16 -> hf (SiglipVisionModel)"]/cp, md["vitconv L/16 -> hf (SiglipVisionModel)"]/mcp
     printf "  S/16 .pt vs cp S/16:        %.2fx  %.2fx\n", s["vitconv S/16 -> .pt (timm)"]/s["cp S/16"], md["vitconv S/16 -> .pt (timm)"]/md["cp S/16"]
     printf "  peak RSS L/16 .pt:          %d MB  (target < 200 MB)\n", m["vitconv L/16 -> .pt (timm)"]

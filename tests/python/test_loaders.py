@@ -351,6 +351,24 @@ def test_printed_python_builds_and_loads_the_model(tmp_path, case, layout, name)
     assert y.shape[0] == x.shape[0]
 
 
+@pytest.mark.parametrize("layout,name", [("timm", "m.pt"), ("timm", "m.safetensors"), ("hf", "hf"),
+                                         ("open_clip", "o.safetensors")])
+def test_printed_python_quotes_hostile_paths(tmp_path, layout, name):
+    """A path with spaces, both quotes, a backslash and non-ASCII letters still prints Python that runs."""
+    odd = tmp_path / "it's a \"Zürich\" dir \\ ü"
+    odd.mkdir()
+    out = odd / name
+    cmd = [str(BINARY), "npz-to-pt", str(source("vit-token")), str(out), "--layout", layout]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.split("python:\n", 1)[1].splitlines()
+    code = "\n".join(line[2:] for line in lines if line.startswith("  "))
+    scope = {}
+    exec(compile(code, f"<printed by vitconv for {layout}>", "exec"), scope)
+    model = scope.get("model", scope.get("visual"))
+    assert isinstance(model, torch.nn.Module), code
+
+
 # ---------------------------------------------------------------- --gelu erf everywhere it can be declared
 
 

@@ -493,7 +493,7 @@ fn py_value(v: &Value) -> String {
             Some(f) if !n.is_i64() && !n.is_u64() => py_float(f),
             _ => n.to_string(),
         },
-        Value::String(s) => format!("'{s}'"),
+        Value::String(s) => crate::layout::py_str(s),
         other => other.to_string(),
     }
 }
