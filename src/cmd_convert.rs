@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use clap::ValueEnum;
 use indicatif::{ProgressBar, ProgressStyle};
 use vitconv_convert::layout::py_str;
+use vitconv_convert::plan::OutputKind;
 use vitconv_convert::{
     Gelu, HeadChoice, InputNorm, Layout, Options, OutDType, ProjChoice, ResizeMethod,
 };
@@ -283,15 +284,18 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
     let config_json = args.output.with_file_name(format!("{stem}.open_clip.json"));
-    let python = conv
-        .plan
-        .python
+    // A folder loads itself: its own line replaces the constructor and the weights-loading lines.
+    let (python, load) = match &conv.plan.kind {
+        OutputKind::FileOrFolder { python } if written.folder => (python.as_str(), vec![]),
+        _ => (
+            conv.plan.python.as_str(),
+            load_lines(opts.layout, &written.weights),
+        ),
+    };
+    let python = python
         .replace("OUTPUT_DIR", &py_str(&args.output.to_string_lossy()))
         .replace("CONFIG_JSON", &py_str(&config_json.to_string_lossy()));
-    for line in python.lines() {
-        println!("  {line}");
-    }
-    for line in load_lines(opts.layout, &written.weights) {
+    for line in python.lines().map(str::to_string).chain(load) {
         println!("  {line}");
     }
     if opts.layout == Layout::Clip {

@@ -155,6 +155,22 @@ def test_learned_table_without_class_row_resizes(tmp_path):
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 7)
 
 
+@pytest.mark.parametrize("case,args,key", [
+    ("bv-vit-tok-scan", [], "logits"),
+    ("bv-vit-gap-sincos", ["--image-size", "32"], "logits"),
+    ("bv-vit-map-scan", ["--drop-head"], "features"),
+])
+def test_timm_folder_loads_with_create_model_alone(tmp_path, case, args, key):
+    import timm
+
+    out, _ = convert(tmp_path, case, "timm", "folder", *args)
+    model = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    y = model(nchw(golden(case, "input.npy"))).numpy()
+    if key == "features":
+        y = pre_logits(case, y)
+    assert max_diff(y, golden(case, f"{key}.npy")) < TOL
+
+
 # ---------------------------------------------------------------- transformers
 
 

@@ -666,7 +666,9 @@ pub fn py_str(text: &str) -> String {
                 out.push_str(&format!("\\x{:02x}", c as u32));
             }
             // C1 controls and the line and paragraph separators: Python's repr escapes the non-printable.
-            c if (0x80..0xa0).contains(&(c as u32)) => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if (0x80..0xa0).contains(&(c as u32)) => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
             '\u{2028}' | '\u{2029}' => out.push_str(&format!("\\u{:04x}", c as u32)),
             c => out.push(c),
         }
