@@ -10,7 +10,7 @@
 //! - [`Writer`] writes `.safetensors`, `.pt` or `.npz` one tensor (or part) at a time into a
 //!   temporary file beside the target and renames it into place only in [`Writer::finish`].
 //!
-//! Module map: `bands` (column bands), `npy` (array headers), `npz` (zip directory, `.npy` members),
+//! Module map: `bands` (column bands), `npy` (array headers), `zip_reader` (zip end record and directory, validated), `npz` (`.npy` members),
 //! `pending` (temporaries to remove on an interrupt), `safetensors_io`, `pickle` (allowlist unpickler and state-dict pickler), `pt` (torch
 //! archives), `source` (where bytes live, positional reads), `zip_writer`, `writer`.
 
@@ -27,6 +27,7 @@ mod safetensors_io;
 mod source;
 mod stats;
 mod writer;
+mod zip_reader;
 mod zip_writer;
 
 #[cfg(test)]
