@@ -900,3 +900,455 @@ fn crafted_dtype_and_shape_lies_are_errors() {
     );
     assert!(msg.contains("data/7"), "{msg}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Crafted zips laid out byte by byte: aliased, duplicated and misdescribed members.
+
+/// A zip laid out by hand: local records where the test puts them, and directory entries
+/// that say whatever the test chooses, so each archive breaks exactly one rule.
+mod raw {
+    /// What a central-directory entry (and its local header) records.
+    #[derive(Clone)]
+    pub struct Entry {
+        pub name: Vec<u8>,
+        pub flags: u16,
+        pub method: u16,
+        pub crc: u32,
+        pub compressed: u32,
+        pub size: u32,
+        pub offset: u32,
+        pub extra: Vec<u8>,
+    }
+
+    impl Entry {
+        /// A stored member of `content`, whose local header will sit at `offset`.
+        pub fn stored(name: &str, content: &[u8], offset: usize) -> Entry {
+            Entry {
+                name: name.as_bytes().to_vec(),
+                flags: 0,
+                method: 0,
+                crc: crc32fast::hash(content),
+                compressed: content.len() as u32,
+                size: content.len() as u32,
+                offset: offset as u32,
+                extra: Vec::new(),
+            }
+        }
+    }
+
+    fn common(e: &Entry, out: &mut Vec<u8>) {
+        out.extend_from_slice(&20u16.to_le_bytes()); // version needed
+        out.extend_from_slice(&e.flags.to_le_bytes());
+        out.extend_from_slice(&e.method.to_le_bytes());
+        out.extend_from_slice(&[0, 0, 0x21, 0]); // time, date
+        out.extend_from_slice(&e.crc.to_le_bytes());
+        out.extend_from_slice(&e.compressed.to_le_bytes());
+        out.extend_from_slice(&e.size.to_le_bytes());
+        out.extend_from_slice(&(e.name.len() as u16).to_le_bytes());
+        out.extend_from_slice(&(e.extra.len() as u16).to_le_bytes());
+    }
+
+    /// A local header for `e` followed by `payload`.
+    pub fn local(e: &Entry, payload: &[u8]) -> Vec<u8> {
+        let mut out = 0x0403_4b50u32.to_le_bytes().to_vec();
+        common(e, &mut out);
+        out.extend_from_slice(&e.name);
+        out.extend_from_slice(&e.extra);
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// The central-directory entry for `e`.
+    pub fn central(e: &Entry) -> Vec<u8> {
+        let mut out = 0x0201_4b50u32.to_le_bytes().to_vec();
+        out.extend_from_slice(&20u16.to_le_bytes()); // version made by
+        common(e, &mut out);
+        out.extend_from_slice(&[0; 8]); // comment length, disk, internal and external attributes
+        out.extend_from_slice(&[0; 2]);
+        out.extend_from_slice(&e.offset.to_le_bytes());
+        out.extend_from_slice(&e.name);
+        out.extend_from_slice(&e.extra);
+        out
+    }
+
+    /// An end record declaring `count` entries in `size` directory bytes at `offset`.
+    pub fn end(count: u16, size: usize, offset: usize, comment: &[u8]) -> Vec<u8> {
+        let mut out = 0x0605_4b50u32.to_le_bytes().to_vec();
+        out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(&count.to_le_bytes());
+        out.extend_from_slice(&count.to_le_bytes());
+        out.extend_from_slice(&(size as u32).to_le_bytes());
+        out.extend_from_slice(&(offset as u32).to_le_bytes());
+        out.extend_from_slice(&(comment.len() as u16).to_le_bytes());
+        out.extend_from_slice(comment);
+        out
+    }
+
+    /// Members laid out one after another, then the directory of `entries` (which may
+    /// differ from the members: aliases, lies), then the end record.
+    pub fn archive(locals: &[Vec<u8>], entries: &[Entry]) -> Vec<u8> {
+        let mut out: Vec<u8> = locals.concat();
+        let cd_offset = out.len();
+        let cd: Vec<u8> = entries.iter().flat_map(central).collect();
+        out.extend_from_slice(&cd);
+        out.extend_from_slice(&end(entries.len() as u16, cd.len(), cd_offset, b""));
+        out
+    }
+
+    /// An archive of stored members, entries matching their local headers.
+    pub fn honest(members: &[(&str, &[u8])]) -> (Vec<u8>, Vec<Entry>) {
+        let mut locals = Vec::new();
+        let mut entries = Vec::new();
+        let mut at = 0;
+        for (name, content) in members {
+            let e = Entry::stored(name, content, at);
+            let l = local(&e, content);
+            at += l.len();
+            locals.push(l);
+            entries.push(e);
+        }
+        (archive(&locals, &entries), entries)
+    }
+}
+
+/// An `.npy` of `|u1` elements holding `data`.
+fn npy_u8(data: &[u8]) -> Vec<u8> {
+    let mut v = npy_header(&format!(
+        "{{'descr': '|u1', 'fortran_order': False, 'shape': ({},), }}",
+        data.len()
+    ));
+    v.extend_from_slice(data);
+    v
+}
+
+/// Opens `bytes` as `name` and returns the error, checked to name the file on one line.
+fn open_error(dir: &Path, name: &str, bytes: &[u8]) -> Error {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    let err = TensorFile::open(&path).expect_err("the archive must be refused");
+    checked_message(&path, &err);
+    err
+}
+
+#[test]
+fn zip_members_whose_bytes_overlap_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    // Member `b.npy` lies inside member `a.npy`'s data: a valid array made of another's bytes.
+    let b_content = npy_u8(&[7; 8]);
+    let b_entry = raw::Entry::stored("b.npy", &b_content, 0);
+    let b_record = raw::local(&b_entry, &b_content);
+    let a_content = npy_u8(&b_record);
+    let a_entry = raw::Entry::stored("a.npy", &a_content, 0);
+    let a_record = raw::local(&a_entry, &a_content);
+    let b_at = a_record.len() - b_record.len();
+    let b_entry = raw::Entry {
+        offset: b_at as u32,
+        ..b_entry
+    };
+    let bytes = raw::archive(&[a_record], &[a_entry.clone(), b_entry]);
+    let err = open_error(dir.path(), "overlap.npz", &bytes);
+    match &err {
+        Error::ZipOverlap { member, other, .. } => {
+            assert_eq!(member, "b.npy");
+            assert!(other.contains("`a.npy`"), "{other}");
+        }
+        other => panic!("expected ZipOverlap, got {other}"),
+    }
+    // Without the alias the same archive reads: the check refuses only what overlaps.
+    let a_record = raw::local(&a_entry, &a_content);
+    let bytes = raw::archive(&[a_record], std::slice::from_ref(&a_entry));
+    let Outcome::Read(t) = probe_bytes(dir.path(), "one.npz", &bytes) else {
+        panic!("the honest archive must read");
+    };
+    assert_eq!(t.len(), 1);
+
+    // A member whose claimed size runs into the central directory.
+    let a_record = raw::local(&a_entry, &a_content);
+    let long = raw::Entry {
+        compressed: a_entry.compressed + 10,
+        size: a_entry.size + 10,
+        ..a_entry.clone()
+    };
+    let err = open_error(
+        dir.path(),
+        "intocd.npz",
+        &raw::archive(&[a_record], &[long]),
+    );
+    assert!(
+        matches!(&err, Error::ZipOverlap { other, .. } if other.contains("central directory")),
+        "{err}"
+    );
+}
+
+#[test]
+fn zip_aliases_of_one_member_fail_fast() {
+    // 2000 directory entries pointing at one deflated member: under other names the local
+    // header gives them away, under its own name they are duplicates. Either is refused
+    // at open, long before anything is inflated.
+    let dir = tempfile::tempdir().unwrap();
+    let content = npy_u8(&vec![0; 1 << 20]);
+    let payload = raw_deflate(&content);
+    let base = raw::Entry {
+        method: 8,
+        compressed: payload.len() as u32,
+        ..raw::Entry::stored("w.npy", &content, 0)
+    };
+    let record = raw::local(&base, &payload);
+    for rename in [true, false] {
+        let entries: Vec<raw::Entry> = (0..2000)
+            .map(|i| raw::Entry {
+                name: if rename && i > 0 {
+                    format!("w{i}.npy").into_bytes()
+                } else {
+                    base.name.clone()
+                },
+                ..base.clone()
+            })
+            .collect();
+        let bytes = raw::archive(std::slice::from_ref(&record), &entries);
+        let started = std::time::Instant::now();
+        let err = open_error(dir.path(), "aliases.npz", &bytes);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        if rename {
+            match &err {
+                Error::ZipLocalName { member, local, .. } => {
+                    assert_eq!((member.as_str(), local.as_str()), ("w1.npy", "w.npy"));
+                }
+                other => panic!("expected ZipLocalName, got {other}"),
+            }
+        } else {
+            assert!(
+                matches!(&err, Error::ZipDuplicateMember { member, .. } if member == "w.npy"),
+                "{err}"
+            );
+            assert!(err.to_string().contains("`w.npy` occurs twice"), "{err}");
+        }
+    }
+}
+
+#[test]
+fn zip_duplicate_member_names_are_refused_by_name() {
+    // Two real members of one name, each with its own bytes: the directory has both.
+    let dir = tempfile::tempdir().unwrap();
+    let one = npy_u8(&[1; 4]);
+    let two = npy_u8(&[2; 4]);
+    let (bytes, _) = raw::honest(&[("x.npy", &one), ("x.npy", &two)]);
+    let err = open_error(dir.path(), "dup.npz", &bytes);
+    assert!(
+        matches!(&err, Error::ZipDuplicateMember { member, .. } if member == "x.npy"),
+        "{err}"
+    );
+    // The same in a torch archive: two `data/0` records.
+    let pkl = pk::state_dict(&[("w", "0", 4, &[4])]);
+    let data = [0u8; 16];
+    let (bytes, _) = raw::honest(&[
+        ("archive/data.pkl", &pkl),
+        ("archive/data/0", &data),
+        ("archive/data/0", &data),
+    ]);
+    let err = open_error(dir.path(), "dup.pt", &bytes);
+    assert!(
+        matches!(&err, Error::ZipDuplicateMember { member, .. } if member == "archive/data/0"),
+        "{err}"
+    );
+}
+
+#[test]
+fn zip_end_record_disagreeing_with_its_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = npy_u8(&[1; 4]);
+    let (mut bytes, _) = raw::honest(&[("a.npy", &content), ("b.npy", &content)]);
+    // The end record's two entry counts sit 8 and 10 bytes into it, 22 bytes from the end.
+    let at = bytes.len() - 22;
+    bytes[at + 8..at + 12].copy_from_slice(&[1, 0, 1, 0]);
+    let err = open_error(dir.path(), "count.npz", &bytes);
+    assert!(
+        matches!(
+            err,
+            Error::ZipEntryCount {
+                declared: 1,
+                found: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    // A directory offset that points into the data, with the size unchanged.
+    let (mut bytes, _) = raw::honest(&[("a.npy", &content), ("b.npy", &content)]);
+    let at = bytes.len() - 22;
+    bytes[at + 16..at + 20].copy_from_slice(&10u32.to_le_bytes());
+    let err = open_error(dir.path(), "offset.npz", &bytes);
+    assert!(
+        matches!(err, Error::ZipDirectoryMisplaced { offset: 10, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("points into the data"), "{err}");
+
+    // A directory offset past the end of the file.
+    bytes[at + 16..at + 20].copy_from_slice(&0x7fff_0000u32.to_le_bytes());
+    let err = open_error(dir.path(), "past.npz", &bytes);
+    assert!(
+        matches!(
+            err,
+            Error::ZipOffsetPastEnd {
+                what: "central directory",
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    // Bytes after the end record that its comment does not account for.
+    let (mut bytes, _) = raw::honest(&[("a.npy", &content)]);
+    bytes.extend_from_slice(b"trailing");
+    let err = open_error(dir.path(), "trailing.npz", &bytes);
+    assert!(
+        matches!(err, Error::ZipTrailingData { trailing: 8, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn zip64_end_record_past_the_end_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = npy_u8(&[1; 4]);
+    let (bytes, _) = raw::honest(&[("a.npy", &content)]);
+    let (body, end) = bytes.split_at(bytes.len() - 22);
+    let mut out = body.to_vec();
+    // A zip64 locator naming a zip64 end record far past the end of the file.
+    out.extend_from_slice(&0x0706_4b50u32.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&(1u64 << 40).to_le_bytes());
+    out.extend_from_slice(&1u32.to_le_bytes());
+    out.extend_from_slice(end);
+    let err = open_error(dir.path(), "z64.npz", &out);
+    assert!(
+        matches!(err, Error::ZipOffsetPastEnd { what: "zip64 end record", offset, .. } if offset == 1 << 40),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("EOCD"), "{err}");
+}
+
+#[test]
+fn zip_local_header_naming_another_member_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = npy_u8(&[1; 4]);
+    let local_entry = raw::Entry::stored("real.npy", &content, 0);
+    let record = raw::local(&local_entry, &content);
+    // Same length of name, so everything else lines up.
+    let claimed = raw::Entry {
+        name: b"fake.npy".to_vec(),
+        ..local_entry
+    };
+    let err = open_error(dir.path(), "name.npz", &raw::archive(&[record], &[claimed]));
+    assert!(
+        matches!(&err, Error::ZipLocalName { member, local, .. } if member == "fake.npy" && local == "real.npy"),
+        "{err}"
+    );
+}
+
+#[test]
+fn zip_encrypted_members_are_named_and_aes_is_said() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = npy_u8(&[1; 4]);
+    // Traditional encryption: flag bit 0.
+    let e = raw::Entry {
+        flags: 1,
+        ..raw::Entry::stored("secret.npy", &content, 0)
+    };
+    let bytes = raw::archive(&[raw::local(&e, &content)], &[e]);
+    let err = open_error(dir.path(), "zipcrypto.npz", &bytes);
+    assert!(
+        matches!(&err, Error::ZipEncrypted { member, aes: false, .. } if member == "secret.npy"),
+        "{err}"
+    );
+    // WinZip AES: method 99 with its 0x9901 extra field (vendor version 2, "AE", AES-256, deflate).
+    let mut extra = 0x9901u16.to_le_bytes().to_vec();
+    extra.extend_from_slice(&7u16.to_le_bytes());
+    extra.extend_from_slice(&[2, 0, b'A', b'E', 3, 8, 0]);
+    let e = raw::Entry {
+        flags: 1,
+        method: 99,
+        extra,
+        ..raw::Entry::stored("secret.npy", &content, 0)
+    };
+    let bytes = raw::archive(&[raw::local(&e, &content)], &[e]);
+    let err = open_error(dir.path(), "aes.npz", &bytes);
+    assert!(
+        matches!(&err, Error::ZipEncrypted { aes: true, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("AES"), "{err}");
+}
+
+#[test]
+fn many_false_end_records_fail_in_milliseconds() {
+    // 300 KB of false end records (each claiming a directory) before a missing real one,
+    // and then the same with a real archive at the end: one scan of the tail either way.
+    let dir = tempfile::tempdir().unwrap();
+    let false_record = raw::end(1, 46, 0, b"");
+    let junk: Vec<u8> = false_record
+        .iter()
+        .copied()
+        .cycle()
+        .take(300_000 - false_record.len())
+        .collect();
+    let mut bytes = b"PK\x03\x04".to_vec();
+    bytes.extend_from_slice(&junk);
+    let started = std::time::Instant::now();
+    let err = open_error(dir.path(), "false.npz", &bytes);
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(
+            err,
+            Error::ZipTrailingData { .. } | Error::ZipDirectoryMisplaced { .. }
+        ),
+        "{err}"
+    );
+
+    // The false records inside a real member's data: the real end record still wins, and fast.
+    let content = npy_u8(&junk);
+    let (bytes, _) = raw::honest(&[("a.npy", &content)]);
+    let started = std::time::Instant::now();
+    let Outcome::Read(t) = probe_bytes(dir.path(), "real.npz", &bytes) else {
+        panic!("the real archive must read");
+    };
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(t[0].1, junk);
+}
+
+#[test]
+fn npz_members_without_the_npy_suffix_are_read_or_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = npy_u8(&[1, 2, 3]);
+    let b = npy_u8(&[4, 5]);
+    let c = npy_u8(&[6]);
+    let (bytes, _) = raw::honest(&[("w.npy", &a), ("head/extra", &b), ("x.NPY", &c)]);
+    let Outcome::Read(t) = probe_bytes(dir.path(), "suffixes.npz", &bytes) else {
+        panic!("arrays without the .npy suffix must read");
+    };
+    let names: Vec<&str> = t.iter().map(|(i, _)| i.name.as_str()).collect();
+    assert_eq!(names, ["w", "head/extra", "x.NPY"]);
+    assert_eq!(t[1].1, [4, 5]);
+
+    let (bytes, _) = raw::honest(&[("w.npy", &a), ("notes.txt", b"hello")]);
+    let err = open_error(dir.path(), "notes.npz", &bytes);
+    assert!(
+        matches!(&err, Error::NpzNotAnArray { member, .. } if member == "notes.txt"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("`notes.txt`"), "{err}");
+}
