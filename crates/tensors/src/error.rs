@@ -272,12 +272,12 @@ pub enum Error {
 
     /// A pickle whose strings, bytes and tensor names add up to more than its budget, a
     /// multiple of the file's size: a memo or name bomb.
-    #[error("{}: bad pickle at offset {offset}: it produces more than {budget} bytes of strings and names (the budget for a {file_len}-byte file)", .path.display())]
+    #[error("{}: bad pickle at offset {offset}: it produces more than {budget} bytes of strings and tensor names (the budget for a {pickle_len}-byte pickle: a memo or name bomb)", .path.display())]
     PickleBudget {
         path: PathBuf,
         offset: u64,
         budget: u64,
-        file_len: u64,
+        pickle_len: u64,
     },
 
     /// A tensor in a pickle under a key that cannot name it (neither a string nor an int).

@@ -588,36 +588,41 @@ mod pk {
         out.extend_from_slice(b")R(");
         for &(name, key, numel, shape, given) in tensors {
             string(&mut out, name);
-            global(&mut out, "torch._utils", "_rebuild_tensor_v2");
-            out.extend_from_slice(b"((");
-            string(&mut out, "storage");
-            global(&mut out, "torch", "FloatStorage");
-            string(&mut out, key);
-            string(&mut out, "cpu");
-            int(&mut out, numel);
-            out.extend_from_slice(b"tQ");
-            int(&mut out, 0);
-            out.push(b'(');
-            for &d in shape {
-                int(&mut out, d);
-            }
-            out.extend_from_slice(b"t(");
-            let mut stride = 1u64;
-            let mut strides = Vec::new();
-            for &d in shape.iter().rev() {
-                strides.push(stride);
-                stride = stride.saturating_mul(d.max(1));
-            }
-            strides.reverse();
-            for s in given.map_or(strides, <[u64]>::to_vec) {
-                int(&mut out, s);
-            }
-            out.extend_from_slice(b"t\x89");
-            global(&mut out, "collections", "OrderedDict");
-            out.extend_from_slice(b")RtR");
+            tensor(&mut out, key, numel, shape, given);
         }
         out.extend_from_slice(b"u.");
         out
+    }
+    /// `_rebuild_tensor_v2(storage(key, numel), 0, shape, strides)`: one tensor value, as
+    /// torch.save writes it, for placing anywhere in a hand-made pickle.
+    pub fn tensor(out: &mut Vec<u8>, key: &str, numel: u64, shape: &[u64], given: Option<&[u64]>) {
+        global(out, "torch._utils", "_rebuild_tensor_v2");
+        out.extend_from_slice(b"((");
+        string(out, "storage");
+        global(out, "torch", "FloatStorage");
+        string(out, key);
+        string(out, "cpu");
+        int(out, numel);
+        out.extend_from_slice(b"tQ");
+        int(out, 0);
+        out.push(b'(');
+        for &d in shape {
+            int(out, d);
+        }
+        out.extend_from_slice(b"t(");
+        let mut stride = 1u64;
+        let mut strides = Vec::new();
+        for &d in shape.iter().rev() {
+            strides.push(stride);
+            stride = stride.saturating_mul(d.max(1));
+        }
+        strides.reverse();
+        for s in given.map_or(strides, <[u64]>::to_vec) {
+            int(out, s);
+        }
+        out.extend_from_slice(b"t\x89");
+        global(out, "collections", "OrderedDict");
+        out.extend_from_slice(b")RtR");
     }
 }
 
@@ -1351,4 +1356,156 @@ fn npz_members_without_the_npy_suffix_are_read_or_refused_by_name() {
         "{err}"
     );
     assert!(err.to_string().contains("`notes.txt`"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Pickles: byte budgets, linear dicts, no tensor dropped, one pickle per archive.
+
+#[test]
+fn pickle_memo_string_read_back_thousands_of_times_hits_the_byte_budget() {
+    // A 60 KB string put in the memo once and fetched 5000 times: 300 MB if each fetch
+    // copied it. The fetches share it, count its length against the budget, and stop.
+    let dir = tempfile::tempdir().unwrap();
+    let mut pkl = vec![0x80, 2, b']', b'('];
+    pk::string(&mut pkl, &"s".repeat(60_000));
+    pkl.extend_from_slice(b"q\x00");
+    for _ in 0..5000 {
+        pkl.extend_from_slice(b"h\x00");
+    }
+    pkl.extend_from_slice(b"e.");
+    let path = dir.path().join("memo.pt");
+    std::fs::write(&path, pt_bytes(&pkl, &[])).unwrap();
+    let msg = expect_failed(probe(&path), "memo string bomb");
+    assert!(msg.contains("bytes of strings and tensor names"), "{msg}");
+    let err = TensorFile::open(&path).unwrap_err();
+    assert!(
+        matches!(err, Error::PickleBudget { pickle_len, .. } if pickle_len == pkl.len() as u64),
+        "{err}"
+    );
+}
+
+#[test]
+fn pickle_long_key_repeated_in_tensor_names_hits_the_byte_budget() {
+    // {K: {t0..t999}} with a 512 KB key K: every tensor's name starts with K, half a
+    // gigabyte of names from a 660 KB pickle. Names count against the budget.
+    let dir = tempfile::tempdir().unwrap();
+    let names: Vec<String> = (0..1000).map(|i| format!("t{i}")).collect();
+    let inner: Vec<(&str, &str, u64, &[u64])> = names
+        .iter()
+        .map(|n| (n.as_str(), "0", 1, &[1u64][..]))
+        .collect();
+    let inner = pk::state_dict(&inner);
+    let mut pkl = vec![0x80, 2, b'}', b'('];
+    pk::string(&mut pkl, &"k".repeat(512 << 10));
+    pkl.extend_from_slice(&inner[2..inner.len() - 1]);
+    pkl.extend_from_slice(b"u.");
+    let data = [0u8; 4];
+    let path = dir.path().join("names.pt");
+    std::fs::write(&path, pt_bytes(&pkl, &[("0", &data)])).unwrap();
+    let msg = expect_failed(probe(&path), "name bomb");
+    assert!(msg.contains("budget"), "{msg}");
+    // The same nesting with a short key reads, every tensor named under it.
+    let mut pkl = vec![0x80, 2, b'}', b'('];
+    pk::string(&mut pkl, "model");
+    pkl.extend_from_slice(&inner[2..inner.len() - 1]);
+    pkl.extend_from_slice(b"u.");
+    let path = dir.path().join("short.pt");
+    std::fs::write(&path, pt_bytes(&pkl, &[("0", &data)])).unwrap();
+    let Outcome::Read(t) = probe(&path) else {
+        panic!("a nested state dict must read");
+    };
+    assert_eq!(t.len(), 1000);
+    assert_eq!(t[999].0.name, "model.t999");
+}
+
+#[test]
+fn pickle_setitems_with_300_000_keys_is_linear() {
+    let mut pkl = vec![0x80, 2, b'}', b'('];
+    for i in 0..300_000u32 {
+        pk::string(&mut pkl, &format!("k{i}"));
+        pkl.extend_from_slice(b"K\x00");
+    }
+    // The first key again: a later assignment replaces the earlier one, as in Python.
+    pk::string(&mut pkl, "k0");
+    pkl.extend_from_slice(b"K\x01u.");
+    let started = std::time::Instant::now();
+    let got = vitconv_tensors::fuzzing::pickle_state_dict(&pkl).unwrap();
+    assert!(got.is_empty());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "SETITEMS took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn pickle_tensors_in_lists_and_tuples_are_named_never_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    // {"layers": [t, t], "pair": (t,), "w": t} over one storage of 2 floats.
+    let mut pkl = vec![0x80, 2, b'}', b'('];
+    pk::string(&mut pkl, "layers");
+    pkl.extend_from_slice(b"](");
+    pk::tensor(&mut pkl, "0", 2, &[2], None);
+    pk::tensor(&mut pkl, "0", 2, &[1], None);
+    pkl.push(b'e');
+    pk::string(&mut pkl, "pair");
+    pkl.push(b'(');
+    pk::tensor(&mut pkl, "0", 2, &[2], None);
+    pkl.push(b't');
+    pk::string(&mut pkl, "w");
+    pk::tensor(&mut pkl, "0", 2, &[2], None);
+    pkl.extend_from_slice(b"u.");
+    let data: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let Outcome::Read(t) = probe_bytes(dir.path(), "lists.pt", &pt_bytes(&pkl, &[("0", &data)]))
+    else {
+        panic!("tensors in lists must read");
+    };
+    let names: Vec<&str> = t.iter().map(|(i, _)| i.name.as_str()).collect();
+    assert_eq!(names, ["layers.0", "layers.1", "pair.0", "w"]);
+    assert_eq!(t[1].0.shape, [1]);
+
+    // A tensor under a key that cannot name it (None) is refused, not dropped.
+    let mut pkl = vec![0x80, 2, b'}', b'(', b'N'];
+    pk::tensor(&mut pkl, "0", 2, &[2], None);
+    pkl.extend_from_slice(b"u.");
+    let path = dir.path().join("nonekey.pt");
+    std::fs::write(&path, pt_bytes(&pkl, &[("0", &data)])).unwrap();
+    let err = TensorFile::open(&path).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::PickleTensorKey {
+                key_kind: "None",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // A BUILD state holding a tensor would drop it: refused too.
+    let mut pkl = vec![0x80, 2, b'}', b'}', b'('];
+    pk::string(&mut pkl, "hidden");
+    pk::tensor(&mut pkl, "0", 2, &[2], None);
+    pkl.extend_from_slice(b"ub.");
+    let msg = expect_failed(
+        probe_bytes(dir.path(), "build.pt", &pt_bytes(&pkl, &[("0", &data)])),
+        "BUILD state with a tensor",
+    );
+    assert!(msg.contains("BUILD"), "{msg}");
+}
+
+#[test]
+fn torch_archive_with_two_pickles_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let pkl = pk::state_dict(&[("w", "0", 4, &[4])]);
+    let data = [0u8; 16];
+    let (bytes, _) = raw::honest(&[
+        ("archive/data.pkl", &pkl),
+        ("other/data.pkl", &pkl),
+        ("archive/data/0", &data),
+    ]);
+    let err = open_error(dir.path(), "two.pt", &bytes);
+    assert!(
+        matches!(&err, Error::TwoPickles { first, second, .. } if first == "archive/data.pkl" && second == "other/data.pkl"),
+        "{err}"
+    );
 }
