@@ -65,9 +65,11 @@ pub use pending::{
 pub use stats::TensorStats;
 pub use writer::Writer;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 
 use source::Location;
 
@@ -134,7 +136,22 @@ pub struct TensorFile {
     locations: Vec<Location>,
     index: HashMap<String, usize>,
     metadata: BTreeMap<String, String>,
+    /// The file's length when opened, which the statistics' work budget is a multiple of.
+    file_len: u64,
+    /// Bytes decoded or visited so far by [`TensorFile::stats`] on first sight of an entry,
+    /// and on later sights (aliases, overlapping views), each against its own budget.
+    stats_work: AtomicU64,
+    stats_repeat_work: AtomicU64,
+    /// Entries (file offset, decoded length) that statistics have already visited once.
+    stats_seen: Mutex<HashSet<(u64, u64)>>,
+    /// File offsets of deflated entries that more than one tensor views: decoded once, kept in
+    /// `decoded` by offset and decoded length.
+    shared_deflate: HashSet<u64>,
+    decoded: Mutex<DecodedCache>,
 }
+
+/// Decoded shared entries by (file offset, decoded length).
+type DecodedCache = HashMap<(u64, u64), Arc<Vec<u8>>>;
 
 /// Bytes read from the start of a file to tell its format.
 const SNIFF_LEN: usize = 16;
@@ -216,6 +233,17 @@ impl TensorFile {
                 return Err(Error::unsupported(path, &t.name, "the name occurs twice"));
             }
         }
+        let mut deflate_users: HashMap<u64, usize> = HashMap::new();
+        for loc in &locations {
+            if let source::Base::Deflate { offset, .. } = loc.base {
+                *deflate_users.entry(offset).or_default() += 1;
+            }
+        }
+        let shared_deflate = deflate_users
+            .into_iter()
+            .filter(|&(_, n)| n > 1)
+            .map(|(offset, _)| offset)
+            .collect();
         Ok(TensorFile {
             path: path.to_path_buf(),
             format,
@@ -224,6 +252,12 @@ impl TensorFile {
             locations,
             index,
             metadata,
+            file_len,
+            stats_work: AtomicU64::new(0),
+            stats_repeat_work: AtomicU64::new(0),
+            stats_seen: Mutex::new(HashSet::new()),
+            shared_deflate,
+            decoded: Mutex::new(HashMap::new()),
         })
     }
 
@@ -250,6 +284,19 @@ impl TensorFile {
     /// Free-form string metadata: safetensors' `__metadata__`, or the record vitconv writes into `.pt` files.
     pub fn metadata(&self) -> &BTreeMap<String, String> {
         &self.metadata
+    }
+
+    /// One tensor's directory entry and location.
+    fn entry(&self, name: &str) -> Result<(&TensorInfo, &Location)> {
+        let unknown = || Error::UnknownTensor {
+            path: self.path.clone(),
+            tensor: name.to_string(),
+        };
+        let i = *self.index.get(name).ok_or_else(unknown)?;
+        match (self.tensors.get(i), self.locations.get(i)) {
+            (Some(info), Some(loc)) => Ok((info, loc)),
+            _ => Err(unknown()),
+        }
     }
 
     /// One tensor's data: exactly `nbytes` bytes, little-endian, C order.

@@ -395,7 +395,7 @@ fn open_span<'a>(
 }
 
 /// Reads `span` bytes starting `start` bytes into the entry, checking `crc` over the whole entry when given.
-fn fetch(
+pub(crate) fn fetch(
     file: &File,
     path: &Path,
     tensor: &str,

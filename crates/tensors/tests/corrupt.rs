@@ -1509,3 +1509,124 @@ fn torch_archive_with_two_pickles_is_refused() {
         "{err}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Statistics: work bounded by the file's size, views never materialised.
+
+/// A torch archive around `pickle` whose storage `data/0` is deflated from `storage`.
+fn pt_with_deflated_storage(pickle: &[u8], storage: &[u8]) -> Vec<u8> {
+    let compressed = raw_deflate(storage);
+    zip_bytes(&[
+        stored("archive/data.pkl", pickle),
+        Member {
+            name: "archive/data/0",
+            deflate: true,
+            payload: &compressed,
+            claimed: storage.len() as u32,
+        },
+        stored("archive/byteorder", b"little"),
+        stored("archive/version", b"3\n"),
+    ])
+}
+
+#[test]
+fn stats_over_thousands_of_aliases_of_one_deflated_storage_are_bounded() {
+    // 2000 views of one 1 MiB deflated storage (1 KB compressed): 2 GB of work from a
+    // 400 KB file if each view were decoded and visited. The storage is decoded once, and
+    // visits after the first count against the far smaller budget for repeated work.
+    let dir = tempfile::tempdir().unwrap();
+    let numel = (1u64 << 20) / 4;
+    let names: Vec<String> = (0..2000).map(|i| format!("alias{i}")).collect();
+    let entries: Vec<(&str, &str, u64, &[u64])> = names
+        .iter()
+        .map(|n| (n.as_str(), "0", numel, std::slice::from_ref(&numel)))
+        .collect();
+    let storage = vec![0u8; 1 << 20];
+    let path = dir.path().join("aliases.pt");
+    std::fs::write(
+        &path,
+        pt_with_deflated_storage(&pk::state_dict(&entries), &storage),
+    )
+    .unwrap();
+    let file = TensorFile::open(&path).unwrap();
+    let started = std::time::Instant::now();
+    let mut done = 0;
+    let err = loop {
+        match file.stats(&names[done]) {
+            Ok(s) => {
+                assert_eq!((s.count, s.min, s.max), (numel, 0.0, 0.0));
+                done += 1;
+            }
+            Err(e) => break e,
+        }
+        assert!(
+            done < names.len(),
+            "every alias was visited: nothing bounded the work"
+        );
+    };
+    assert!(
+        matches!(&err, Error::WorkBudget { tensor, .. } if *tensor == names[done]),
+        "{err}"
+    );
+    checked_message(&path, &err);
+    // The budget allows some views (honest files view a storage more than once), not thousands.
+    assert!((1..200).contains(&done), "{done} views before the budget");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn stats_of_a_stride_0_view_are_exact_without_materialising_it() {
+    // A [1024, 4096] view repeating a 4096-float storage 1024 times (the most expansion a
+    // view may have): statistics come from the storage, scaled by the repetition.
+    let dir = tempfile::tempdir().unwrap();
+    let values: Vec<f32> = (0..4096).map(|i| (i % 7) as f32 - 3.0).collect();
+    let storage: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let pkl = pk::state_dict_strided(&[("rep", "0", 4096, &[1024, 4096], Some(&[0, 1]))]);
+    for deflated in [false, true] {
+        let bytes = if deflated {
+            pt_with_deflated_storage(&pkl, &storage)
+        } else {
+            pt_bytes(&pkl, &[("0", &storage)])
+        };
+        let path = dir.path().join("rep.pt");
+        std::fs::write(&path, bytes).unwrap();
+        let file = TensorFile::open(&path).unwrap();
+        let s = file.stats("rep").unwrap();
+        let direct = vitconv_tensors::TensorStats::of_bytes(
+            vitconv_tensors::DType::F32,
+            &file.read("rep").unwrap(),
+        );
+        assert_eq!(s.count, 4096 * 1024);
+        assert_eq!(
+            (s.count, s.min, s.max, s.nan),
+            (direct.count, direct.min, direct.max, 0)
+        );
+        assert!(
+            (s.mean - direct.mean).abs() < 1e-9,
+            "{} vs {}",
+            s.mean,
+            direct.mean
+        );
+        assert!(
+            (s.std() - direct.std()).abs() < 1e-6,
+            "{} vs {}",
+            s.std(),
+            direct.std()
+        );
+    }
+    // A transposed view's statistics are those of its storage.
+    let pkl = pk::state_dict_strided(&[("t", "0", 4096, &[64, 64], Some(&[1, 64]))]);
+    let path = dir.path().join("t.pt");
+    std::fs::write(&path, pt_bytes(&pkl, &[("0", &storage)])).unwrap();
+    let s = TensorFile::open(&path).unwrap().stats("t").unwrap();
+    let direct = vitconv_tensors::TensorStats::of_bytes(vitconv_tensors::DType::F32, &storage);
+    assert_eq!(
+        (s.count, s.min, s.max),
+        (direct.count, direct.min, direct.max)
+    );
+    assert!((s.mean - direct.mean).abs() < 1e-9);
+}
