@@ -1630,3 +1630,59 @@ fn stats_of_a_stride_0_view_are_exact_without_materialising_it() {
     );
     assert!((s.mean - direct.mean).abs() < 1e-9);
 }
+
+// ---------------------------------------------------------------------------------------
+// Strict headers: what says two things is refused, not resolved by "the last one wins".
+
+#[test]
+fn safetensors_header_with_a_repeated_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = |json: &str, data: usize| {
+        let mut v = (json.len() as u64).to_le_bytes().to_vec();
+        v.extend_from_slice(json.as_bytes());
+        v.extend_from_slice(&vec![0; data]);
+        v
+    };
+    let json = r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
+    let path = dir.path().join("dup.safetensors");
+    std::fs::write(&path, st(json, 8)).unwrap();
+    let err = TensorFile::open(&path).unwrap_err();
+    assert!(
+        matches!(&err, Error::DuplicateKey { key, format: "safetensors", .. } if key == "w"),
+        "{err}"
+    );
+    checked_message(&path, &err);
+    // In the metadata too.
+    let json = r#"{"__metadata__":{"a":"1","a":"2"},"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+    std::fs::write(&path, st(json, 4)).unwrap();
+    let err = TensorFile::open(&path).unwrap_err();
+    assert!(
+        matches!(&err, Error::DuplicateKey { key, .. } if key == "a"),
+        "{err}"
+    );
+    // Distinct keys read.
+    let json = r#"{"__metadata__":{"a":"1"},"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+    std::fs::write(&path, st(json, 4)).unwrap();
+    assert_eq!(TensorFile::open(&path).unwrap().tensors().len(), 1);
+}
+
+#[test]
+fn npy_header_with_a_repeated_key_or_trailing_text_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut npy =
+        npy_header("{'descr': '<f4', 'fortran_order': False, 'shape': (1,), 'shape': (2,), }");
+    npy.extend_from_slice(&[0; 8]);
+    let err = open_error(dir.path(), "dup.npy", &npy);
+    assert!(
+        matches!(&err, Error::DuplicateKey { key, .. } if key == "shape"),
+        "{err}"
+    );
+    let mut npy = npy_header("{'descr': '<f4', 'fortran_order': False, 'shape': (2,), } # (1,)");
+    npy.extend_from_slice(&[0; 8]);
+    let err = open_error(dir.path(), "text.npy", &npy);
+    assert!(matches!(err, Error::NpyTrailingText { .. }), "{err}");
+    // Inside an npz the member is named.
+    let (bytes, _) = raw::honest(&[("m.npy", &npy)]);
+    let err = open_error(dir.path(), "text.npz", &bytes);
+    assert!(err.to_string().contains("`m`"), "{err}");
+}
