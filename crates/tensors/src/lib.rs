@@ -160,8 +160,15 @@ impl TensorFile {
     /// Opens a tensor file, telling its format from its content, and reads its directory.
     pub fn open(path: impl AsRef<Path>) -> Result<TensorFile> {
         let path = path.as_ref();
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        // A named pipe would block the open itself, and a device reads forever (or as
+        // "empty"): only regular files are read. The type is checked before opening, and
+        // again on the handle, in case the path was swapped in between.
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        check_regular(path, &meta)?;
+        let file = open_for_reading(path)?;
+        let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+        check_regular(path, &meta)?;
+        let file_len = meta.len();
         let mut head = [0u8; SNIFF_LEN];
         let head_len = usize::try_from(file_len)
             .unwrap_or(SNIFF_LEN)
@@ -344,6 +351,57 @@ impl TensorFile {
         let dtype = self.get(name).map(|t| t.dtype).unwrap_or(DType::U8);
         Ok(source::to_f32(dtype, &bytes))
     }
+}
+
+/// Refuses anything but a regular file, saying what it is.
+fn check_regular(path: &Path, meta: &std::fs::Metadata) -> Result<()> {
+    let kind = meta.file_type();
+    if kind.is_file() {
+        return Ok(());
+    }
+    let what = if kind.is_dir() {
+        "a directory"
+    } else {
+        special_kind(&kind)
+    };
+    Err(Error::NotARegularFile {
+        path: path.to_path_buf(),
+        kind: what,
+    })
+}
+
+#[cfg(unix)]
+fn special_kind(kind: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt as _;
+    if kind.is_fifo() {
+        "a named pipe (FIFO)"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "a special file of another kind"
+    }
+}
+
+#[cfg(not(unix))]
+fn special_kind(_: &std::fs::FileType) -> &'static str {
+    "a special file"
+}
+
+/// Opens a file for reading without blocking, should it have become a FIFO after the check.
+fn open_for_reading(path: &Path) -> Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        // O_NONBLOCK changes nothing for regular files, and makes opening a FIFO return at once.
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    options.open(path).map_err(|e| Error::io(path, e))
 }
 
 /// Describes the first bytes of an unrecognised file for the error message.

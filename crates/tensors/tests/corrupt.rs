@@ -1686,3 +1686,42 @@ fn npy_header_with_a_repeated_key_or_trailing_text_is_refused() {
     let err = open_error(dir.path(), "text.npz", &bytes);
     assert!(err.to_string().contains("`m`"), "{err}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Paths that are not regular files.
+
+#[test]
+fn fifos_devices_and_directories_are_refused_without_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("pipe.npz");
+    let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: `c_path` is a valid NUL-terminated path that outlives the call.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
+    // On a thread with a deadline: opening a FIFO for reading would block until a writer came.
+    let owned = fifo.clone();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(
+            TensorFile::open(&owned)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        );
+    });
+    let result = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("opening a FIFO must not block");
+    let msg = result.expect_err("a FIFO must be refused");
+    assert!(msg.contains("named pipe (FIFO)"), "{msg}");
+    assert!(msg.contains("pipe.npz"), "{msg}");
+
+    for (path, kind) in [
+        (PathBuf::from("/dev/zero"), "character device"),
+        (PathBuf::from("/dev/null"), "character device"),
+        (dir.path().to_path_buf(), "directory"),
+    ] {
+        let err = TensorFile::open(&path).unwrap_err();
+        assert!(matches!(err, Error::NotARegularFile { .. }), "{err}");
+        assert!(err.to_string().contains(kind), "{err}");
+        assert!(!err.to_string().contains("empty file"), "{err}");
+    }
+}
