@@ -180,6 +180,8 @@ pub(crate) fn open(path: &Path, file: &File, file_len: u64) -> Result<Opened> {
         });
     }
     let meta: Metadata = serde_json::from_slice(&header).map_err(|e| bad(e.to_string()))?;
+    // The text is parsed: free it before the directory is built (a 100 000-tensor header is 7 MB).
+    drop(header);
     let data_len = meta.data_len() as u64;
     let needed = header_end.saturating_add(data_len);
     if needed > file_len {
@@ -197,9 +199,10 @@ pub(crate) fn open(path: &Path, file: &File, file_len: u64) -> Result<Opened> {
             file_len.saturating_sub(needed)
         )));
     }
-    let mut infos = Vec::new();
-    let mut locs = Vec::new();
-    for name in meta.offset_keys() {
+    let keys = meta.offset_keys();
+    let mut infos = Vec::with_capacity(keys.len());
+    let mut locs = Vec::with_capacity(keys.len());
+    for name in keys {
         let Some(ti) = meta.info(&name) else { continue };
         let dtype = dtype_of(ti.dtype).ok_or_else(|| Error::UnknownDType {
             path: path.to_path_buf(),

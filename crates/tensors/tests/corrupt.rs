@@ -42,6 +42,9 @@ struct Tracking;
 
 thread_local! {
     static LARGEST: Cell<usize> = const { Cell::new(0) };
+    /// Bytes this thread has allocated and not freed, and the most that ever were.
+    static LIVE: Cell<usize> = const { Cell::new(0) };
+    static PEAK: Cell<usize> = const { Cell::new(0) };
 }
 
 fn note(size: usize) {
@@ -51,6 +54,20 @@ fn note(size: usize) {
             c.set(size);
         }
     });
+    grow(size);
+}
+
+fn grow(size: usize) {
+    let _ = LIVE.try_with(|live| {
+        let now = live.get().saturating_add(size);
+        live.set(now);
+        let _ = PEAK.try_with(|peak| peak.set(peak.get().max(now)));
+    });
+}
+
+fn shrink(size: usize) {
+    // Memory freed by another thread than allocated it is not tracked: saturate at zero.
+    let _ = LIVE.try_with(|live| live.set(live.get().saturating_sub(size)));
 }
 
 // SAFETY: every method forwards unchanged to `System`, which upholds the `GlobalAlloc`
@@ -70,12 +87,14 @@ unsafe impl GlobalAlloc for Tracking {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        shrink(layout.size());
         note(new_size);
         // SAFETY: the caller's pointer, layout and size, unchanged.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        shrink(layout.size());
         // SAFETY: the caller's pointer and layout, unchanged.
         unsafe { System.dealloc(ptr, layout) }
     }
@@ -1724,4 +1743,60 @@ fn fifos_devices_and_directories_are_refused_without_reading() {
         assert!(err.to_string().contains(kind), "{err}");
         assert!(!err.to_string().contains("empty file"), "{err}");
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Memory for large directories.
+
+/// The most memory opening a 100 000-tensor safetensors file may take, header included.
+const HEADER_100K_PEAK: usize = 100 << 20;
+
+#[test]
+fn a_100_000_tensor_safetensors_header_opens_in_under_100_mb() {
+    let dir = tempfile::tempdir().unwrap();
+    let count = 100_000usize;
+    let mut json = String::from("{");
+    for i in 0..count {
+        if i > 0 {
+            json.push(',');
+        }
+        json.push_str(&format!(
+            r#""encoder.layers.{i:06}.attention.output.dense.weight":{{"dtype":"F32","shape":[1],"data_offsets":[{},{}]}}"#,
+            4 * i,
+            4 * i + 4
+        ));
+    }
+    json.push('}');
+    assert!(json.len() > 7_000_000, "{} bytes of header", json.len());
+    let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(json.as_bytes());
+    bytes.extend(std::iter::repeat_n(0u8, 4 * count));
+    let path = dir.path().join("wide.safetensors");
+    std::fs::write(&path, &bytes).unwrap();
+    drop((json, bytes));
+
+    let owned = path.clone();
+    let (peak, held, tensors) = std::thread::spawn(move || {
+        LIVE.with(|c| c.set(0));
+        PEAK.with(|c| c.set(0));
+        let file = TensorFile::open(&owned).unwrap();
+        let tensors = file.tensors().len();
+        let held = LIVE.with(Cell::get);
+        let peak = PEAK.with(Cell::get);
+        drop(file);
+        (peak, held, tensors)
+    })
+    .join()
+    .unwrap();
+    assert_eq!(tensors, count);
+    assert!(
+        peak < HEADER_100K_PEAK,
+        "opening took {} MB at its peak",
+        peak >> 20
+    );
+    eprintln!(
+        "100 000-tensor header: peak {:.1} MB while opening, {:.1} MB held open",
+        peak as f64 / 1e6,
+        held as f64 / 1e6
+    );
 }
