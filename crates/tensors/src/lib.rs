@@ -48,6 +48,37 @@ pub mod fuzzing {
         Ok((header.dtype, header.shape))
     }
 
+    /// Reads and validates a zip's directory at `path`; returns each member's name and the file
+    /// range of its (possibly compressed) data, for the fuzz target that checks no two
+    /// members the reader accepts share bytes and no name is repeated.
+    pub fn zip_members(path: &Path) -> crate::Result<Vec<(String, u64, u64)>> {
+        let file = std::fs::File::open(path).map_err(|e| crate::Error::io(path, e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| crate::Error::io(path, e))?
+            .len();
+        let entries = crate::zip_reader::read_directory(path, &file, len)?;
+        Ok(entries
+            .into_iter()
+            .map(|e| {
+                let (start, stored) = match e.base {
+                    crate::source::Base::Stored { offset, len } => (offset, len),
+                    crate::source::Base::Deflate {
+                        offset,
+                        compressed_len,
+                        ..
+                    } => (offset, compressed_len),
+                };
+                (e.name, start, start.saturating_add(stored))
+            })
+            .collect())
+    }
+
+    /// The most bytes of tensor names a pickle of `len` bytes may produce: its byte budget.
+    pub fn pickle_budget(len: usize) -> u64 {
+        crate::pickle::budget(len)
+    }
+
     /// Runs the allowlist pickle reader over a `data.pkl`; returns each tensor's name and shape.
     pub fn pickle_state_dict(bytes: &[u8]) -> crate::Result<Vec<(String, Vec<usize>)>> {
         let tensors = crate::pickle::read_state_dict(Path::new("fuzz.pkl"), bytes)?;

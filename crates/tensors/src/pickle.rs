@@ -253,6 +253,13 @@ impl Value {
     }
 }
 
+/// The most bytes of strings and names a pickle of `len` bytes may produce.
+pub(crate) fn budget(len: usize) -> u64 {
+    (len as u64)
+        .saturating_mul(BYTES_PER_PICKLE_BYTE)
+        .saturating_add(BYTES_SLACK)
+}
+
 /// The interpreter's state.
 struct Machine<'a> {
     path: &'a Path,
@@ -272,9 +279,7 @@ struct Machine<'a> {
 
 impl<'a> Machine<'a> {
     fn new(path: &'a Path, data: &'a [u8]) -> Machine<'a> {
-        let budget = (data.len() as u64)
-            .saturating_mul(BYTES_PER_PICKLE_BYTE)
-            .saturating_add(BYTES_SLACK);
+        let budget = budget(data.len());
         Machine {
             path,
             data,

@@ -1800,3 +1800,65 @@ fn a_100_000_tensor_safetensors_header_opens_in_under_100_mb() {
         held as f64 / 1e6
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// The hostile fuzz seeds (fuzz/make_hostile_seeds.py) do what their names say.
+
+#[test]
+fn hostile_fuzz_seeds_fail_or_read_as_their_names_say() {
+    let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds");
+    let dir = tempfile::tempdir().unwrap();
+    // (target, seed, bytes to skip (the pt target's mode byte), tensors read or error text).
+    let cases: [(&str, &str, usize, Result<usize, &str>); 18] = [
+        // Written by torch.save (make_seeds.py): miniz archives with padding extra fields.
+        ("pt", "state_dict_p2.pt", 1, Ok(10)),
+        ("pt", "checkpoint_p4.pt", 1, Ok(10)),
+        ("pt", "linear.pt", 1, Ok(2)),
+        ("npz", "small.npz", 0, Ok(2)),
+        ("npz", "not_npy_suffix.npz", 0, Ok(3)),
+        ("npz", "false_end_records.npz", 0, Ok(1)),
+        ("npz", "duplicate_names.npz", 0, Err("`a.npy` occurs twice")),
+        ("npz", "alias_same_header.npz", 0, Err("names `a.npy`")),
+        ("npz", "local_name_differs.npz", 0, Err("names `z.npy`")),
+        ("npz", "entry_count_lies.npz", 0, Err("declares 1 entries")),
+        (
+            "npz",
+            "not_an_array.npz",
+            0,
+            Err("`README` is not an .npy array"),
+        ),
+        ("npz", "encrypted.npz", 0, Err("is encrypted")),
+        ("npz", "trailing_data.npz", 0, Err("followed by 4 bytes")),
+        (
+            "npz",
+            "overlapping_members.npz",
+            0,
+            Err("overlaps member `a.npy`"),
+        ),
+        ("pt", "two_pickles.pt", 1, Err("two pickle records")),
+        ("pt", "aliased_storage.pt", 1, Err("names `archive/data/0`")),
+        ("pt", "lists.wrapped", usize::MAX, Ok(3)),
+        ("pt", "none_key.wrapped", usize::MAX, Err("None key")),
+    ];
+    for (target, seed, skip, expected) in cases {
+        let bytes = std::fs::read(seeds.join(target).join(seed)).unwrap();
+        // The wrapped pickles need an archive around them, as the pt target builds one.
+        let bytes = if skip == usize::MAX {
+            let pkl = &bytes[2..];
+            pt_bytes(pkl, &[("0", &[0u8; 8])])
+        } else {
+            bytes[skip..].to_vec()
+        };
+        let name = format!("{seed}.{target}");
+        match (probe_bytes(dir.path(), &name, &bytes), expected) {
+            (Outcome::Read(t), Ok(n)) => assert_eq!(t.len(), n, "{seed}"),
+            (Outcome::Failed(msg), Err(needle)) => {
+                assert!(msg.contains(needle), "{seed}: {msg}")
+            }
+            (Outcome::Read(t), Err(needle)) => {
+                panic!("{seed}: read {} tensors, expected {needle:?}", t.len())
+            }
+            (Outcome::Failed(msg), Ok(_)) => panic!("{seed}: {msg}"),
+        }
+    }
+}
