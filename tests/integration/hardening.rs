@@ -301,6 +301,110 @@ fn inspect_refuses_duplicated_and_aliased_zip_members_by_name() {
     );
 }
 
+/// A protocol-2 state dict `{name: float32 view of storage "0" (numel 1), shape, strides}`
+/// for each entry, laid out as torch.save writes `_rebuild_tensor_v2`.
+fn views_pickle(numel: u64, views: &[(String, Vec<u64>, Vec<u64>)]) -> Vec<u8> {
+    fn string(p: &mut Vec<u8>, s: &str) {
+        p.push(b'X');
+        p.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        p.extend_from_slice(s.as_bytes());
+    }
+    fn int(p: &mut Vec<u8>, v: u64) {
+        p.extend_from_slice(&[0x8a, 8]);
+        p.extend_from_slice(&v.to_le_bytes());
+    }
+    let mut p = vec![0x80, 2, b'}', b'('];
+    for (name, shape, strides) in views {
+        string(&mut p, name);
+        p.extend_from_slice(b"ctorch._utils\n_rebuild_tensor_v2\n((");
+        string(&mut p, "storage");
+        p.extend_from_slice(b"ctorch\nFloatStorage\n");
+        string(&mut p, "0");
+        string(&mut p, "cpu");
+        int(&mut p, numel);
+        p.extend_from_slice(b"tQ");
+        int(&mut p, 0);
+        p.push(b'(');
+        shape.iter().for_each(|&d| int(&mut p, d));
+        p.extend_from_slice(b"t(");
+        strides.iter().for_each(|&s| int(&mut p, s));
+        p.extend_from_slice(b"t\x89ccollections\nOrderedDict\n)RtR");
+    }
+    p.extend_from_slice(b"u.");
+    p
+}
+
+/// `content` as a raw deflate stream of stored blocks (no compressor needed).
+fn stored_deflate(content: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut chunks = content.chunks(u16::MAX as usize).peekable();
+    while let Some(chunk) = chunks.next() {
+        out.push(u8::from(chunks.peek().is_none()));
+        let len = chunk.len() as u16;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(chunk);
+    }
+    out
+}
+
+#[test]
+fn inspect_stats_work_is_bounded_by_the_file_size() {
+    let dir = scratch();
+    // 2000 views of one deflated 256 KiB storage: the storage is decoded once, and the views
+    // after the first hundred or so hit the budget for repeated work instead of running on.
+    let numel = (1u64 << 18) / 4;
+    let views: Vec<_> = (0..2000)
+        .map(|i| (format!("alias{i:04}"), vec![numel], vec![1]))
+        .collect();
+    let storage = vec![0u8; 1 << 18];
+    let archive = |pickle: Vec<u8>, storage: &[u8]| {
+        zip_bytes(&[
+            stored("archive/data.pkl", pickle),
+            Member {
+                name: "archive/data/0".into(),
+                deflate: true,
+                payload: stored_deflate(storage),
+                content: storage.to_vec(),
+            },
+            stored("archive/byteorder", b"little".to_vec()),
+            stored("archive/version", b"3\n".to_vec()),
+        ])
+    };
+    let path = dir.path().join("aliases.pt");
+    std::fs::write(&path, archive(views_pickle(numel, &views), &storage)).expect("write");
+    let o = vitconv(["inspect".as_ref(), path.as_os_str()]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "listing reads no data: {}",
+        stderr(&o)
+    );
+    let o = vitconv(["inspect".as_ref(), "--stats".as_ref(), path.as_os_str()]);
+    assert_bad_input(&o, "refused: reading it would decode");
+
+    // A stride-0 view repeating its storage 1024 times: exact statistics, counted by
+    // multiplicity, with no 1024x buffer.
+    let values: Vec<u8> = (0..4096u32)
+        .flat_map(|i| (i as f32).to_le_bytes())
+        .collect();
+    let views = vec![("rep".to_string(), vec![1024, 4096], vec![0, 1])];
+    let path = dir.path().join("rep.pt");
+    std::fs::write(&path, archive(views_pickle(4096, &views), &values)).expect("write");
+    let o = vitconv([
+        "inspect".as_ref(),
+        "--stats".as_ref(),
+        "--json".as_ref(),
+        path.as_os_str(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    let stats = &v["files"][0]["tensors"][0]["stats"];
+    assert_eq!(stats["max"].as_f64(), Some(4095.0), "{stats}");
+    let mean = stats["mean"].as_f64().expect("a mean");
+    assert!((mean - 2047.5).abs() < 1e-9, "{stats}");
+}
+
 #[test]
 fn inspect_refuses_fifos_and_devices_at_once() {
     let dir = scratch();

@@ -164,8 +164,10 @@ const STATS_WORK_PER_FILE_BYTE: u64 = 2048;
 /// again rarely (tied embeddings), so this is far tighter: aliasing a compressed storage
 /// thousands of times buys no more than this.
 const STATS_REPEAT_PER_FILE_BYTE: u64 = 16;
-/// Work every file gets on top of each budget, so small honest files with views are never refused.
+/// Work every file gets on top of each budget, so small honest files are never refused.
 const STATS_WORK_SLACK: u64 = 64 << 20;
+/// The same for repeated work: room for a few views of a small file's storages.
+const STATS_REPEAT_SLACK: u64 = 16 << 20;
 /// Most bytes of decoded shared storages kept at once; past it, each is decoded again (and counted).
 const MAX_DECODED_CACHE: u64 = 512 << 20;
 
@@ -259,17 +261,24 @@ impl TensorFile {
 
     /// Counts bytes of decoding or visiting against the statistics' two work budgets.
     fn charge(&self, name: &str, fresh: u64, repeat: u64) -> Result<()> {
-        for (n, counter, per_byte) in [
-            (fresh, &self.stats_work, STATS_WORK_PER_FILE_BYTE),
-            (repeat, &self.stats_repeat_work, STATS_REPEAT_PER_FILE_BYTE),
+        for (n, counter, per_byte, slack) in [
+            (
+                fresh,
+                &self.stats_work,
+                STATS_WORK_PER_FILE_BYTE,
+                STATS_WORK_SLACK,
+            ),
+            (
+                repeat,
+                &self.stats_repeat_work,
+                STATS_REPEAT_PER_FILE_BYTE,
+                STATS_REPEAT_SLACK,
+            ),
         ] {
             if n == 0 {
                 continue;
             }
-            let budget = self
-                .file_len
-                .saturating_mul(per_byte)
-                .saturating_add(STATS_WORK_SLACK);
+            let budget = self.file_len.saturating_mul(per_byte).saturating_add(slack);
             let needed = counter.fetch_add(n, Ordering::Relaxed).saturating_add(n);
             if needed > budget {
                 return Err(Error::WorkBudget {
