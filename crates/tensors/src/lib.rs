@@ -181,6 +181,9 @@ pub struct TensorFile {
     decoded: Mutex<DecodedCache>,
 }
 
+/// Most bytes of decoded shared entries kept at once; past it, each is decoded again (and counted).
+const MAX_DECODED_CACHE: u64 = 512 << 20;
+
 /// Decoded shared entries by (file offset, decoded length).
 type DecodedCache = HashMap<(u64, u64), Arc<Vec<u8>>>;
 
@@ -338,20 +341,69 @@ impl TensorFile {
     }
 
     /// One tensor's data: exactly `nbytes` bytes, little-endian, C order.
+    ///
+    /// A deflated entry that several tensors view is decoded once, on the first read of any
+    /// of them, and kept for the others.
     pub fn read(&self, name: &str) -> Result<Vec<u8>> {
-        let i = *self.index.get(name).ok_or_else(|| Error::UnknownTensor {
+        let (info, loc) = self.entry(name)?;
+        if !self.is_shared_deflate(loc) {
+            return source::read_tensor(&self.file, &self.path, info, loc);
+        }
+        let whole = self.decoded_entry(name, loc)?;
+        let span = source::span_of(&self.path, info, loc)?;
+        let covered = usize::try_from(loc.start)
+            .ok()
+            .zip(usize::try_from(span).ok())
+            .and_then(|(from, n)| whole.get(from..from.checked_add(n)?));
+        let raw = covered.ok_or_else(|| Error::SizeMismatch {
             path: self.path.clone(),
             tensor: name.to_string(),
+            expected: span,
+            found: (whole.len() as u64).saturating_sub(loc.start),
         })?;
-        let (Some(info), Some(loc)) = (self.tensors.get(i), self.locations.get(i)) else {
-            return Err(Error::UnknownTensor {
-                path: self.path.clone(),
-                tensor: name.to_string(),
-            });
-        };
-        source::read_tensor(&self.file, &self.path, info, loc)
+        source::arrange(&self.path, info, loc, raw.to_vec())
     }
 
+    /// Whether `loc` is a deflated entry that more than one tensor views.
+    fn is_shared_deflate(&self, loc: &Location) -> bool {
+        match loc.base {
+            source::Base::Deflate { offset, .. } => self.shared_deflate.contains(&offset),
+            source::Base::Stored { .. } => false,
+        }
+    }
+
+    /// The whole decoded content of a deflated entry several tensors view, decoded on first use.
+    fn decoded_entry(&self, name: &str, loc: &Location) -> Result<Arc<Vec<u8>>> {
+        let key = stats::entry_key(loc);
+        // One decode at a time: a second thread wanting the same entry waits for it rather
+        // than decoding it again. A poisoned lock only means another read failed.
+        let mut cache = self.decoded.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(bytes) = cache.get(&key) {
+            return Ok(Arc::clone(bytes));
+        }
+        let len = loc.base.len();
+        self.charge(name, len, 0)?;
+        let whole = Location {
+            base: loc.base.clone(),
+            start: 0,
+            layout: source::Layout::C,
+            byteswap: false,
+            crc: loc.crc.clone(),
+        };
+        let bytes = Arc::new(source::fetch(
+            &self.file,
+            &self.path,
+            name,
+            &whole,
+            len,
+            source::crc_to_check(&whole, len),
+        )?);
+        let cached: u64 = cache.values().map(|b| b.len() as u64).sum();
+        if cached.saturating_add(len) <= MAX_DECODED_CACHE {
+            cache.insert(key, Arc::clone(&bytes));
+        }
+        Ok(bytes)
+    }
     /// Streams one tensor's data (little-endian, C order) through `f` in pieces of at most
     /// `chunk_bytes` bytes, each a whole number of elements, with one reused buffer.
     ///
@@ -373,6 +425,13 @@ impl TensorFile {
                 tensor: name.to_string(),
             });
         };
+        if self.is_shared_deflate(loc) {
+            // Decoded once for all the tensors that view it; served from memory.
+            let elem = info.dtype.size();
+            let all = self.read(name)?;
+            all.chunks((chunk_bytes / elem).max(1) * elem).for_each(f);
+            return Ok(());
+        }
         source::read_tensor_chunked(&self.file, &self.path, info, loc, chunk_bytes, &mut f)
     }
 

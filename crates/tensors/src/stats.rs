@@ -168,8 +168,6 @@ const STATS_REPEAT_PER_FILE_BYTE: u64 = 16;
 const STATS_WORK_SLACK: u64 = 64 << 20;
 /// The same for repeated work: room for a few views of a small file's storages.
 const STATS_REPEAT_SLACK: u64 = 16 << 20;
-/// Most bytes of decoded shared storages kept at once; past it, each is decoded again (and counted).
-const MAX_DECODED_CACHE: u64 = 512 << 20;
 
 impl TensorFile {
     /// Reads one tensor once, streamed through a small reused buffer, and returns its statistics.
@@ -182,10 +180,7 @@ impl TensorFile {
     pub fn stats(&self, name: &str) -> Result<TensorStats> {
         let (info, loc) = self.entry(name)?;
         let span = source::span_of(&self.path, info, loc)?;
-        let shared = match loc.base {
-            Base::Deflate { offset, .. } => self.shared_deflate.contains(&offset),
-            Base::Stored { .. } => false,
-        };
+        let shared = self.is_shared_deflate(loc);
         let dtype = info.dtype;
         let entry_len = loc.base.len();
         let first = self
@@ -260,7 +255,7 @@ impl TensorFile {
     }
 
     /// Counts bytes of decoding or visiting against the statistics' two work budgets.
-    fn charge(&self, name: &str, fresh: u64, repeat: u64) -> Result<()> {
+    pub(crate) fn charge(&self, name: &str, fresh: u64, repeat: u64) -> Result<()> {
         for (n, counter, per_byte, slack) in [
             (
                 fresh,
@@ -292,43 +287,10 @@ impl TensorFile {
         }
         Ok(())
     }
-
-    /// The whole decoded content of a deflated entry several tensors view, decoded on first use.
-    fn decoded_entry(&self, name: &str, loc: &Location) -> Result<Arc<Vec<u8>>> {
-        let key = entry_key(loc);
-        // One decode at a time: a second thread wanting the same entry waits for it rather
-        // than decoding it again. A poisoned lock only means another read failed.
-        let mut cache = self.decoded.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(bytes) = cache.get(&key) {
-            return Ok(Arc::clone(bytes));
-        }
-        let len = loc.base.len();
-        self.charge(name, len, 0)?;
-        let whole = Location {
-            base: loc.base.clone(),
-            start: 0,
-            layout: Layout::C,
-            byteswap: false,
-            crc: loc.crc.clone(),
-        };
-        let bytes = Arc::new(source::fetch(
-            &self.file,
-            &self.path,
-            name,
-            &whole,
-            len,
-            source::crc_to_check(&whole, len),
-        )?);
-        let cached: u64 = cache.values().map(|b| b.len() as u64).sum();
-        if cached.saturating_add(len) <= MAX_DECODED_CACHE {
-            cache.insert(key, Arc::clone(&bytes));
-        }
-        Ok(bytes)
-    }
 }
 
 /// Identifies a location's entry: its file offset and decoded length.
-fn entry_key(loc: &Location) -> (u64, u64) {
+pub(crate) fn entry_key(loc: &Location) -> (u64, u64) {
     match loc.base {
         Base::Deflate { offset, len, .. } | Base::Stored { offset, len } => (offset, len),
     }

@@ -1862,3 +1862,37 @@ fn hostile_fuzz_seeds_fail_or_read_as_their_names_say() {
         }
     }
 }
+
+#[test]
+fn views_of_one_deflated_storage_read_back_from_one_decode() {
+    // Three views of one deflated storage: the entry is decoded once for all of them, and
+    // each view still reads (whole and chunked) exactly as if it had its own.
+    let dir = tempfile::tempdir().unwrap();
+    let values: Vec<f32> = (0..4096).map(|i| i as f32).collect();
+    let storage: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let pkl = pk::state_dict_strided(&[
+        ("whole", "0", 4096, &[4096], None),
+        ("t", "0", 4096, &[64, 64], Some(&[1, 64])),
+        ("rep", "0", 4096, &[2, 4096], Some(&[0, 1])),
+    ]);
+    let path = dir.path().join("views.pt");
+    std::fs::write(&path, pt_with_deflated_storage(&pkl, &storage)).unwrap();
+    let file = TensorFile::open(&path).unwrap();
+    let f32s = |b: &[u8]| -> Vec<f32> {
+        b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    assert_eq!(f32s(&file.read("whole").unwrap()), values);
+    let t = f32s(&file.read("t").unwrap());
+    assert_eq!((t[0], t[1], t[64]), (0.0, 64.0, 1.0));
+    let rep = f32s(&file.read("rep").unwrap());
+    assert_eq!((&rep[..4096], &rep[4096..]), (&values[..], &values[..]));
+    let mut chunked = Vec::new();
+    file.read_chunked("whole", 1000, |piece| {
+        assert!(piece.len() <= 1000 && piece.len() % 4 == 0);
+        chunked.extend_from_slice(piece);
+    })
+    .unwrap();
+    assert_eq!(chunked, storage);
+}
