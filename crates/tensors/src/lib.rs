@@ -178,14 +178,27 @@ pub struct TensorFile {
     /// File offsets of deflated entries that more than one tensor views: decoded once, kept in
     /// `decoded` by offset and decoded length.
     shared_deflate: HashSet<u64>,
-    decoded: Mutex<DecodedCache>,
+    decoded: DecodedCache,
 }
 
 /// Most bytes of decoded shared entries kept at once; past it, each is decoded again (and counted).
 const MAX_DECODED_CACHE: u64 = 512 << 20;
 
-/// Decoded shared entries by (file offset, decoded length).
-type DecodedCache = HashMap<(u64, u64), Arc<Vec<u8>>>;
+/// Decoded shared entries by (file offset, decoded length). Its `Debug` shows only how
+/// many entries and bytes it holds, not megabytes of data.
+#[derive(Default)]
+struct DecodedCache(Mutex<HashMap<EntryKey, Arc<Vec<u8>>>>);
+
+/// An entry of the file: its offset and decoded length.
+type EntryKey = (u64, u64);
+
+impl std::fmt::Debug for DecodedCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let bytes: usize = map.values().map(|b| b.len()).sum();
+        write!(f, "DecodedCache({} entries, {bytes} bytes)", map.len())
+    }
+}
 
 /// Bytes read from the start of a file to tell its format.
 const SNIFF_LEN: usize = 16;
@@ -298,7 +311,7 @@ impl TensorFile {
             stats_repeat_work: AtomicU64::new(0),
             stats_seen: Mutex::new(HashSet::new()),
             shared_deflate,
-            decoded: Mutex::new(HashMap::new()),
+            decoded: DecodedCache::default(),
         })
     }
 
@@ -377,7 +390,7 @@ impl TensorFile {
         let key = stats::entry_key(loc);
         // One decode at a time: a second thread wanting the same entry waits for it rather
         // than decoding it again. A poisoned lock only means another read failed.
-        let mut cache = self.decoded.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = self.decoded.0.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(bytes) = cache.get(&key) {
             return Ok(Arc::clone(bytes));
         }
