@@ -113,14 +113,17 @@ struct EndRecord {
     directory_offset: u64,
 }
 
-/// Reads `len` bytes at `offset`, which the caller has checked lie inside the file.
+/// Reads `len` bytes at `offset`, which the caller has checked lie inside the file (so `len`
+/// fits in memory arithmetic wherever the file does).
 fn read_at(path: &Path, file: &File, offset: u64, len: u64) -> Result<Vec<u8>> {
-    let n = usize::try_from(len).map_err(|_| Error::ZipOffsetPastEnd {
-        path: path.to_path_buf(),
-        member: String::new(),
-        what: "read",
-        offset,
-        file_len: len,
+    let n = usize::try_from(len).map_err(|_| {
+        Error::io(
+            path,
+            std::io::Error::new(
+                std::io::ErrorKind::OutOfMemory,
+                "zip structure larger than the address space",
+            ),
+        )
     })?;
     let mut buf = vec![0u8; n];
     source::read_exact_at(file, &mut buf, offset).map_err(|e| Error::io(path, e))?;
