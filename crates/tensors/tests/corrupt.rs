@@ -1896,3 +1896,61 @@ fn views_of_one_deflated_storage_read_back_from_one_decode() {
     .unwrap();
     assert_eq!(chunked, storage);
 }
+
+#[test]
+fn zip_split_archives_short_entries_and_unknown_methods_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = npy_u8(&[1; 4]);
+    // A split archive: the end record says the directory is on disk 1.
+    let (mut bytes, _) = raw::honest(&[("a.npy", &content)]);
+    let at = bytes.len() - 22;
+    bytes[at + 6..at + 8].copy_from_slice(&1u16.to_le_bytes());
+    let err = open_error(dir.path(), "split.npz", &bytes);
+    assert!(
+        matches!(
+            err,
+            Error::ZipMultiDisk {
+                directory_disk: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // A directory entry whose name runs past the end of the directory.
+    let (mut bytes, entries) = raw::honest(&[("a.npy", &content)]);
+    let cd = bytes.len() - 22 - raw::central(&entries[0]).len();
+    bytes[cd + 28..cd + 30].copy_from_slice(&200u16.to_le_bytes());
+    let err = open_error(dir.path(), "short.npz", &bytes);
+    assert!(
+        matches!(
+            err,
+            Error::ZipShortRecord {
+                record: "central directory entry",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // Compression method 12 (bzip2), named with the member.
+    let e = raw::Entry {
+        method: 12,
+        ..raw::Entry::stored("b.npy", &content, 0)
+    };
+    let bytes = raw::archive(&[raw::local(&e, &content)], &[e]);
+    let err = open_error(dir.path(), "bzip2.npz", &bytes);
+    assert!(
+        matches!(&err, Error::ZipCompression { member, method: 12, .. } if member == "b.npy"),
+        "{err}"
+    );
+    // A stored member whose two sizes disagree.
+    let e = raw::Entry {
+        size: content.len() as u32 + 1,
+        ..raw::Entry::stored("c.npy", &content, 0)
+    };
+    let bytes = raw::archive(&[raw::local(&e, &content)], &[e]);
+    let err = open_error(dir.path(), "sizes.npz", &bytes);
+    assert!(
+        matches!(&err, Error::ZipStoredSizes { member, .. } if member == "c.npy"),
+        "{err}"
+    );
+}
