@@ -7,6 +7,13 @@
 //! is refused the moment it is named, so no callable is ever looked up, let alone run.
 //! Nothing here executes anything: `REDUCE` is interpreted only for the few allowed
 //! callables, producing plain data.
+//!
+//! Work and memory are bounded by the pickle's own length: values are shared (the memo
+//! holds references, not copies), every string, memo fetch and produced tensor name counts
+//! its bytes against a budget of [`BYTES_PER_PICKLE_BYTE`] times that length, values count
+//! against [`MAX_NODES`], and dicts are indexed so that building one is linear. Tensors are
+//! found wherever they sit in dicts, lists and tuples (`layers.0.weight`); one that cannot be
+//! named is an error, never dropped.
 
 use std::collections::HashMap;
 use std::path::Path;
