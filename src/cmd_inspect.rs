@@ -16,6 +16,8 @@ use regex::Regex;
 use serde_json::{json, Value};
 use vitconv_tensors::{names, DType, TensorFile, TensorInfo, TensorStats};
 
+use crate::terminal_safe as safe;
+
 #[derive(clap::Args)]
 pub struct InspectArgs {
     /// Tensor files: .npz, .npy, .safetensors, .pt/.pth/.bin (torch.save zip format).
@@ -217,7 +219,7 @@ fn list_file(
             {
                 bar.set_style(style);
             }
-            bar.set_message(format!("reading {}", path.display()));
+            bar.set_message(format!("reading {}", safe(&path.display().to_string())));
             bar
         } else {
             ProgressBar::hidden()
@@ -278,7 +280,7 @@ fn render_table(l: &Listing, args: &InspectArgs) -> String {
     let _ = writeln!(
         out,
         "{} ({}, {} tensors)",
-        l.file.path().display(),
+        safe(&l.file.path().display().to_string()),
         format!("{:?}", l.file.format()).to_lowercase(),
         l.file.tensors().len()
     );
@@ -291,12 +293,12 @@ fn render_table(l: &Listing, args: &InspectArgs) -> String {
         } else {
             ""
         };
-        let _ = writeln!(out, "metadata {k}: {shown}{more}");
+        let _ = writeln!(out, "metadata {}: {}{more}", safe(k), safe(&shown));
     }
     if let Some(s) = &l.summary {
-        let _ = writeln!(out, "{} | {}", s.family, s.architecture);
+        let _ = writeln!(out, "{} | {}", safe(&s.family), safe(&s.architecture));
         for p in &s.parts {
-            let _ = writeln!(out, "  - {p}");
+            let _ = writeln!(out, "  - {}", safe(p));
         }
     }
     let mut table = Table::new();
@@ -315,7 +317,7 @@ fn render_table(l: &Listing, args: &InspectArgs) -> String {
             Some(_) => format!("{}*", row.dtype),
             None => row.dtype.to_string(),
         };
-        let mut cells = vec![row.name.clone()];
+        let mut cells = vec![safe(&row.name).into_owned()];
         if args.group {
             cells.push(format!("x{}", row.count));
         }
@@ -384,9 +386,11 @@ fn render_table(l: &Listing, args: &InspectArgs) -> String {
     let _ = writeln!(out, "{table}");
     if let Some(note) = l.selected.iter().find_map(|t| t.stored_as.as_ref()) {
         let n = l.selected.iter().filter(|t| t.stored_as.is_some()).count();
-        let _ = writeln!(out, "* {n} tensors stored as {note}");
+        let _ = writeln!(out, "* {n} tensors stored as {}", safe(note));
     }
-    out
+    // Every field from the file was escaped above; this pass is the safety net for any
+    // that was not, keeping the table's own line breaks.
+    out.split('\n').map(safe).collect::<Vec<_>>().join("\n")
 }
 
 /// Writes to stdout; a closed pipe (`vitconv inspect ... | head`) ends output quietly.

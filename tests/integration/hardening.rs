@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use vitconv_tensors::{DType, TensorFile};
 
 use crate::common::{
-    assert_bad_input, fixture, listing, scratch, stderr, stored, vitconv, zip_bytes, Member,
+    assert_bad_input, fixture, listing, scratch, stderr, stdout, stored, vitconv, zip_bytes, Member,
 };
 
 /// The source every conversion here uses, and its layout.
@@ -236,6 +236,241 @@ fn inspect_refuses_broken_and_lying_files_cleanly() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let o = vitconv(["inspect".as_ref(), "--stats".as_ref(), broken.as_os_str()]);
     assert_bad_input(&o, BROKEN_TENSOR);
+}
+
+// ---------------------------------------------------------------------------------------
+// Hostile archives, special files and names at the command line (issue 12).
+
+/// A `.npy` of `|u1` elements holding `data`.
+fn npy_u8(data: &[u8]) -> Vec<u8> {
+    let mut text = format!(
+        "{{'descr': '|u1', 'fortran_order': False, 'shape': ({},), }}",
+        data.len()
+    );
+    let pad = (64 - (10 + text.len() + 1) % 64) % 64;
+    text.push_str(&" ".repeat(pad));
+    text.push('\n');
+    let mut v = b"\x93NUMPY\x01\x00".to_vec();
+    v.extend_from_slice(&(text.len() as u16).to_le_bytes());
+    v.extend_from_slice(text.as_bytes());
+    v.extend_from_slice(data);
+    v
+}
+
+#[test]
+fn inspect_refuses_duplicated_and_aliased_zip_members_by_name() {
+    let dir = scratch();
+    let content = npy_u8(&[1, 2, 3, 4]);
+    let dup = dir.path().join("dup.npz");
+    let bytes = zip_bytes(&[
+        stored("w.npy", content.clone()),
+        stored("w.npy", content.clone()),
+    ]);
+    std::fs::write(&dup, bytes).expect("write");
+    let o = vitconv(["inspect".as_ref(), dup.as_os_str()]);
+    assert_bad_input(&o, "member `w.npy` occurs twice");
+
+    // `b.npy`'s directory entry pointed at `a.npy`'s local header: an alias.
+    let mut bytes = zip_bytes(&[stored("a.npy", content.clone()), stored("b.npy", content)]);
+    let cd = bytes
+        .windows(4)
+        .rposition(|w| w == b"PK\x01\x02")
+        .expect("second directory entry");
+    bytes[cd + 42..cd + 46].copy_from_slice(&0u32.to_le_bytes());
+    let alias = dir.path().join("alias.npz");
+    std::fs::write(&alias, bytes).expect("write");
+    for extra in [&[][..], &["--stats"][..]] {
+        let mut args = vec!["inspect".to_string()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.push(alias.display().to_string());
+        let o = vitconv(&args);
+        assert_bad_input(&o, "names member `b.npy`");
+        assert!(stderr(&o).contains("names `a.npy`"), "{}", stderr(&o));
+    }
+
+    // A member that is not an array is named, not skipped.
+    let notes = dir.path().join("notes.npz");
+    let bytes = zip_bytes(&[
+        stored("w.npy", npy_u8(&[1])),
+        stored("README", b"hello".to_vec()),
+    ]);
+    std::fs::write(&notes, bytes).expect("write");
+    assert_bad_input(
+        &vitconv(["inspect".as_ref(), notes.as_os_str()]),
+        "member `README` is not an .npy array",
+    );
+}
+
+/// A protocol-2 state dict `{name: float32 view of storage "0" (numel 1), shape, strides}`
+/// for each entry, laid out as torch.save writes `_rebuild_tensor_v2`.
+fn views_pickle(numel: u64, views: &[(String, Vec<u64>, Vec<u64>)]) -> Vec<u8> {
+    fn string(p: &mut Vec<u8>, s: &str) {
+        p.push(b'X');
+        p.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        p.extend_from_slice(s.as_bytes());
+    }
+    fn int(p: &mut Vec<u8>, v: u64) {
+        p.extend_from_slice(&[0x8a, 8]);
+        p.extend_from_slice(&v.to_le_bytes());
+    }
+    let mut p = vec![0x80, 2, b'}', b'('];
+    for (name, shape, strides) in views {
+        string(&mut p, name);
+        p.extend_from_slice(b"ctorch._utils\n_rebuild_tensor_v2\n((");
+        string(&mut p, "storage");
+        p.extend_from_slice(b"ctorch\nFloatStorage\n");
+        string(&mut p, "0");
+        string(&mut p, "cpu");
+        int(&mut p, numel);
+        p.extend_from_slice(b"tQ");
+        int(&mut p, 0);
+        p.push(b'(');
+        shape.iter().for_each(|&d| int(&mut p, d));
+        p.extend_from_slice(b"t(");
+        strides.iter().for_each(|&s| int(&mut p, s));
+        p.extend_from_slice(b"t\x89ccollections\nOrderedDict\n)RtR");
+    }
+    p.extend_from_slice(b"u.");
+    p
+}
+
+/// `content` as a raw deflate stream of stored blocks (no compressor needed).
+fn stored_deflate(content: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut chunks = content.chunks(u16::MAX as usize).peekable();
+    while let Some(chunk) = chunks.next() {
+        out.push(u8::from(chunks.peek().is_none()));
+        let len = chunk.len() as u16;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(chunk);
+    }
+    out
+}
+
+#[test]
+fn inspect_stats_work_is_bounded_by_the_file_size() {
+    let dir = scratch();
+    // 2000 views of one deflated 256 KiB storage: the storage is decoded once, and the views
+    // after the first hundred or so hit the budget for repeated work instead of running on.
+    let numel = (1u64 << 18) / 4;
+    let views: Vec<_> = (0..2000)
+        .map(|i| (format!("alias{i:04}"), vec![numel], vec![1]))
+        .collect();
+    let storage = vec![0u8; 1 << 18];
+    let archive = |pickle: Vec<u8>, storage: &[u8]| {
+        zip_bytes(&[
+            stored("archive/data.pkl", pickle),
+            Member {
+                name: "archive/data/0".into(),
+                deflate: true,
+                payload: stored_deflate(storage),
+                content: storage.to_vec(),
+            },
+            stored("archive/byteorder", b"little".to_vec()),
+            stored("archive/version", b"3\n".to_vec()),
+        ])
+    };
+    let path = dir.path().join("aliases.pt");
+    std::fs::write(&path, archive(views_pickle(numel, &views), &storage)).expect("write");
+    let o = vitconv(["inspect".as_ref(), path.as_os_str()]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "listing reads no data: {}",
+        stderr(&o)
+    );
+    let o = vitconv(["inspect".as_ref(), "--stats".as_ref(), path.as_os_str()]);
+    assert_bad_input(&o, "refused: reading it would decode");
+
+    // A stride-0 view repeating its storage 1024 times: exact statistics, counted by
+    // multiplicity, with no 1024x buffer.
+    let values: Vec<u8> = (0..4096u32)
+        .flat_map(|i| (i as f32).to_le_bytes())
+        .collect();
+    let views = vec![("rep".to_string(), vec![1024, 4096], vec![0, 1])];
+    let path = dir.path().join("rep.pt");
+    std::fs::write(&path, archive(views_pickle(4096, &views), &values)).expect("write");
+    let o = vitconv([
+        "inspect".as_ref(),
+        "--stats".as_ref(),
+        "--json".as_ref(),
+        path.as_os_str(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    let stats = &v["files"][0]["tensors"][0]["stats"];
+    assert_eq!(stats["max"].as_f64(), Some(4095.0), "{stats}");
+    let mean = stats["mean"].as_f64().expect("a mean");
+    assert!((mean - 2047.5).abs() < 1e-9, "{stats}");
+}
+
+#[test]
+fn inspect_refuses_fifos_and_devices_at_once() {
+    let dir = scratch();
+    let fifo = dir.path().join("pipe.npz");
+    let made = Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success(), "mkfifo failed");
+    // `inspect` would block forever opening a FIFO nobody writes; a test harness timeout is
+    // not needed, because the check comes before the open.
+    let started = std::time::Instant::now();
+    let o = vitconv(["inspect".as_ref(), fifo.as_os_str()]);
+    assert_bad_input(&o, "not a regular file (it is a named pipe (FIFO))");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    let o = vitconv(["inspect", "/dev/zero"]);
+    assert_bad_input(&o, "it is a character device");
+    assert!(!stderr(&o).contains("empty file"), "{}", stderr(&o));
+}
+
+#[test]
+fn inspect_escapes_control_characters_in_names_and_paths() {
+    let dir = scratch();
+    // Names that would set the window title, clear the screen, rewrite the line, break it.
+    let hostile = [
+        "title\x1b]0;pwned\x07.npy",
+        "clear\x1b[2J\r.npy",
+        "line\nbreak.npy",
+    ];
+    let members: Vec<Member> = hostile.iter().map(|n| stored(n, npy_u8(&[1, 2]))).collect();
+    let path = dir.path().join("names.npz");
+    std::fs::write(&path, zip_bytes(&members)).expect("write");
+    let o = vitconv(["inspect".as_ref(), path.as_os_str()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    for raw in ['\x1b', '\x07', '\r'] {
+        assert!(
+            !out.contains(raw),
+            "raw {raw:?} reached the terminal: {out:?}"
+        );
+    }
+    assert!(out.contains("title\\u{1b}]0;pwned\\u{7}"), "{out}");
+    assert!(out.contains("clear\\u{1b}[2J\\r"), "{out}");
+    assert!(out.contains("line\\nbreak"), "{out}");
+    // JSON escapes them itself, and keeps the names exact.
+    let o = vitconv(["inspect".as_ref(), "--json".as_ref(), path.as_os_str()]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    let names: Vec<&str> = v["files"][0]["tensors"]
+        .as_array()
+        .expect("tensors")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["title\x1b]0;pwned\x07", "clear\x1b[2J\r", "line\nbreak"]
+    );
+
+    // In error lines: a hostile member name, and a path with a newline in it.
+    let bytes = zip_bytes(&[stored("x\x1b[2J.txt", b"not an array".to_vec())]);
+    let bad = dir.path().join("new\nline.npz");
+    std::fs::write(&bad, bytes).expect("write");
+    let o = vitconv(["inspect".as_ref(), bad.as_os_str()]);
+    assert_bad_input(&o, "x\\u{1b}[2J.txt");
+    assert!(stderr(&o).contains("new\\nline.npz"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains('\x1b'), "{:?}", stderr(&o));
 }
 
 // ---------------------------------------------------------------------------------------

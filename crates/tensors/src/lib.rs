@@ -10,7 +10,7 @@
 //! - [`Writer`] writes `.safetensors`, `.pt` or `.npz` one tensor (or part) at a time into a
 //!   temporary file beside the target and renames it into place only in [`Writer::finish`].
 //!
-//! Module map: `bands` (column bands), `npy` (array headers), `npz` (zip directory, `.npy` members),
+//! Module map: `bands` (column bands), `npy` (array headers), `zip_reader` (zip end record and directory, validated), `npz` (`.npy` members),
 //! `pending` (temporaries to remove on an interrupt), `safetensors_io`, `pickle` (allowlist unpickler and state-dict pickler), `pt` (torch
 //! archives), `source` (where bytes live, positional reads), `zip_writer`, `writer`.
 
@@ -27,6 +27,7 @@ mod safetensors_io;
 mod source;
 mod stats;
 mod writer;
+mod zip_reader;
 mod zip_writer;
 
 #[cfg(test)]
@@ -47,6 +48,37 @@ pub mod fuzzing {
         Ok((header.dtype, header.shape))
     }
 
+    /// Reads and validates a zip's directory at `path`; returns each member's name and the file
+    /// range of its (possibly compressed) data, for the fuzz target that checks no two
+    /// members the reader accepts share bytes and no name is repeated.
+    pub fn zip_members(path: &Path) -> crate::Result<Vec<(String, u64, u64)>> {
+        let file = std::fs::File::open(path).map_err(|e| crate::Error::io(path, e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| crate::Error::io(path, e))?
+            .len();
+        let entries = crate::zip_reader::read_directory(path, &file, len)?;
+        Ok(entries
+            .into_iter()
+            .map(|e| {
+                let (start, stored) = match e.base {
+                    crate::source::Base::Stored { offset, len } => (offset, len),
+                    crate::source::Base::Deflate {
+                        offset,
+                        compressed_len,
+                        ..
+                    } => (offset, compressed_len),
+                };
+                (e.name, start, start.saturating_add(stored))
+            })
+            .collect())
+    }
+
+    /// The most bytes of tensor names a pickle of `len` bytes may produce: its byte budget.
+    pub fn pickle_budget(len: usize) -> u64 {
+        crate::pickle::budget(len)
+    }
+
     /// Runs the allowlist pickle reader over a `data.pkl`; returns each tensor's name and shape.
     pub fn pickle_state_dict(bytes: &[u8]) -> crate::Result<Vec<(String, Vec<usize>)>> {
         let tensors = crate::pickle::read_state_dict(Path::new("fuzz.pkl"), bytes)?;
@@ -64,9 +96,11 @@ pub use pending::{
 pub use stats::TensorStats;
 pub use writer::Writer;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 
 use source::Location;
 
@@ -135,6 +169,37 @@ pub struct TensorFile {
     metadata: BTreeMap<String, String>,
     /// Slices of stacked tensors read so far (see [`TensorFile::slice_bands`]).
     slices: bands::Slices,
+    /// The file's length when opened, which the statistics' work budget is a multiple of.
+    file_len: u64,
+    /// Bytes decoded or visited so far by [`TensorFile::stats`] on first sight of an entry,
+    /// and on later sights (aliases, overlapping views), each against its own budget.
+    stats_work: AtomicU64,
+    stats_repeat_work: AtomicU64,
+    /// Entries (file offset, decoded length) that statistics have already visited once.
+    stats_seen: Mutex<HashSet<(u64, u64)>>,
+    /// File offsets of deflated entries that more than one tensor views: decoded once, kept in
+    /// `decoded` by offset and decoded length.
+    shared_deflate: HashSet<u64>,
+    decoded: DecodedCache,
+}
+
+/// Most bytes of decoded shared entries kept at once; past it, each is decoded again (and counted).
+const MAX_DECODED_CACHE: u64 = 512 << 20;
+
+/// Decoded shared entries by (file offset, decoded length). Its `Debug` shows only how
+/// many entries and bytes it holds, not megabytes of data.
+#[derive(Default)]
+struct DecodedCache(Mutex<HashMap<EntryKey, Arc<Vec<u8>>>>);
+
+/// An entry of the file: its offset and decoded length.
+type EntryKey = (u64, u64);
+
+impl std::fmt::Debug for DecodedCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let bytes: usize = map.values().map(|b| b.len()).sum();
+        write!(f, "DecodedCache({} entries, {bytes} bytes)", map.len())
+    }
 }
 
 /// Bytes read from the start of a file to tell its format.
@@ -144,8 +209,15 @@ impl TensorFile {
     /// Opens a tensor file, telling its format from its content, and reads its directory.
     pub fn open(path: impl AsRef<Path>) -> Result<TensorFile> {
         let path = path.as_ref();
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        // A named pipe would block the open itself, and a device reads forever (or as
+        // "empty"): only regular files are read. The type is checked before opening, and
+        // again on the handle, in case the path was swapped in between.
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        check_regular(path, &meta)?;
+        let file = open_for_reading(path)?;
+        let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+        check_regular(path, &meta)?;
+        let file_len = meta.len();
         let mut head = [0u8; SNIFF_LEN];
         let head_len = usize::try_from(file_len)
             .unwrap_or(SNIFF_LEN)
@@ -217,6 +289,17 @@ impl TensorFile {
                 return Err(Error::unsupported(path, &t.name, "the name occurs twice"));
             }
         }
+        let mut deflate_users: HashMap<u64, usize> = HashMap::new();
+        for loc in &locations {
+            if let source::Base::Deflate { offset, .. } = loc.base {
+                *deflate_users.entry(offset).or_default() += 1;
+            }
+        }
+        let shared_deflate = deflate_users
+            .into_iter()
+            .filter(|&(_, n)| n > 1)
+            .map(|(offset, _)| offset)
+            .collect();
         Ok(TensorFile {
             path: path.to_path_buf(),
             format,
@@ -226,6 +309,12 @@ impl TensorFile {
             index,
             metadata,
             slices: bands::Slices::default(),
+            file_len,
+            stats_work: AtomicU64::new(0),
+            stats_repeat_work: AtomicU64::new(0),
+            stats_seen: Mutex::new(HashSet::new()),
+            shared_deflate,
+            decoded: DecodedCache::default(),
         })
     }
 
@@ -254,21 +343,83 @@ impl TensorFile {
         &self.metadata
     }
 
-    /// One tensor's data: exactly `nbytes` bytes, little-endian, C order.
-    pub fn read(&self, name: &str) -> Result<Vec<u8>> {
-        let i = *self.index.get(name).ok_or_else(|| Error::UnknownTensor {
+    /// One tensor's directory entry and location.
+    fn entry(&self, name: &str) -> Result<(&TensorInfo, &Location)> {
+        let unknown = || Error::UnknownTensor {
             path: self.path.clone(),
             tensor: name.to_string(),
-        })?;
-        let (Some(info), Some(loc)) = (self.tensors.get(i), self.locations.get(i)) else {
-            return Err(Error::UnknownTensor {
-                path: self.path.clone(),
-                tensor: name.to_string(),
-            });
         };
-        source::read_tensor(&self.file, &self.path, info, loc)
+        let i = *self.index.get(name).ok_or_else(unknown)?;
+        match (self.tensors.get(i), self.locations.get(i)) {
+            (Some(info), Some(loc)) => Ok((info, loc)),
+            _ => Err(unknown()),
+        }
     }
 
+    /// One tensor's data: exactly `nbytes` bytes, little-endian, C order.
+    ///
+    /// A deflated entry that several tensors view is decoded once, on the first read of any
+    /// of them, and kept for the others.
+    pub fn read(&self, name: &str) -> Result<Vec<u8>> {
+        let (info, loc) = self.entry(name)?;
+        if !self.is_shared_deflate(loc) {
+            return source::read_tensor(&self.file, &self.path, info, loc);
+        }
+        let whole = self.decoded_entry(name, loc)?;
+        let span = source::span_of(&self.path, info, loc)?;
+        let covered = usize::try_from(loc.start)
+            .ok()
+            .zip(usize::try_from(span).ok())
+            .and_then(|(from, n)| whole.get(from..from.checked_add(n)?));
+        let raw = covered.ok_or_else(|| Error::SizeMismatch {
+            path: self.path.clone(),
+            tensor: name.to_string(),
+            expected: span,
+            found: (whole.len() as u64).saturating_sub(loc.start),
+        })?;
+        source::arrange(&self.path, info, loc, raw.to_vec())
+    }
+
+    /// Whether `loc` is a deflated entry that more than one tensor views.
+    fn is_shared_deflate(&self, loc: &Location) -> bool {
+        match loc.base {
+            source::Base::Deflate { offset, .. } => self.shared_deflate.contains(&offset),
+            source::Base::Stored { .. } => false,
+        }
+    }
+
+    /// The whole decoded content of a deflated entry several tensors view, decoded on first use.
+    fn decoded_entry(&self, name: &str, loc: &Location) -> Result<Arc<Vec<u8>>> {
+        let key = stats::entry_key(loc);
+        // One decode at a time: a second thread wanting the same entry waits for it rather
+        // than decoding it again. A poisoned lock only means another read failed.
+        let mut cache = self.decoded.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(bytes) = cache.get(&key) {
+            return Ok(Arc::clone(bytes));
+        }
+        let len = loc.base.len();
+        self.charge(name, len, 0)?;
+        let whole = Location {
+            base: loc.base.clone(),
+            start: 0,
+            layout: source::Layout::C,
+            byteswap: false,
+            crc: loc.crc.clone(),
+        };
+        let bytes = Arc::new(source::fetch(
+            &self.file,
+            &self.path,
+            name,
+            &whole,
+            len,
+            source::crc_to_check(&whole, len),
+        )?);
+        let cached: u64 = cache.values().map(|b| b.len() as u64).sum();
+        if cached.saturating_add(len) <= MAX_DECODED_CACHE {
+            cache.insert(key, Arc::clone(&bytes));
+        }
+        Ok(bytes)
+    }
     /// Streams one tensor's data (little-endian, C order) through `f` in pieces of at most
     /// `chunk_bytes` bytes, each a whole number of elements, with one reused buffer.
     ///
@@ -290,6 +441,13 @@ impl TensorFile {
                 tensor: name.to_string(),
             });
         };
+        if self.is_shared_deflate(loc) {
+            // Decoded once for all the tensors that view it; served from memory.
+            let elem = info.dtype.size();
+            let all = self.read(name)?;
+            all.chunks((chunk_bytes / elem).max(1) * elem).for_each(f);
+            return Ok(());
+        }
         source::read_tensor_chunked(&self.file, &self.path, info, loc, chunk_bytes, &mut f)
     }
 
@@ -299,6 +457,57 @@ impl TensorFile {
         let dtype = self.get(name).map(|t| t.dtype).unwrap_or(DType::U8);
         Ok(source::to_f32(dtype, &bytes))
     }
+}
+
+/// Refuses anything but a regular file, saying what it is.
+fn check_regular(path: &Path, meta: &std::fs::Metadata) -> Result<()> {
+    let kind = meta.file_type();
+    if kind.is_file() {
+        return Ok(());
+    }
+    let what = if kind.is_dir() {
+        "a directory"
+    } else {
+        special_kind(&kind)
+    };
+    Err(Error::NotARegularFile {
+        path: path.to_path_buf(),
+        kind: what,
+    })
+}
+
+#[cfg(unix)]
+fn special_kind(kind: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt as _;
+    if kind.is_fifo() {
+        "a named pipe (FIFO)"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "a special file of another kind"
+    }
+}
+
+#[cfg(not(unix))]
+fn special_kind(_: &std::fs::FileType) -> &'static str {
+    "a special file"
+}
+
+/// Opens a file for reading without blocking, should it have become a FIFO after the check.
+fn open_for_reading(path: &Path) -> Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        // O_NONBLOCK changes nothing for regular files, and makes opening a FIFO return at once.
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    options.open(path).map_err(|e| Error::io(path, e))
 }
 
 /// Describes the first bytes of an unrecognised file for the error message.

@@ -259,9 +259,30 @@ fn parse_dict(text: &str, path: &Path, tensor: &str) -> Result<NpyHeader> {
         pos: 0,
     };
     let lit = p.value(0).map_err(bad)?;
+    // Only the padding numpy writes (spaces, then a newline) may follow the dict.
+    p.skip_ws();
+    if p.pos < p.s.len() {
+        return Err(Error::NpyTrailingText {
+            path: path.to_path_buf(),
+            tensor: tensor.to_string(),
+            offset: p.pos as u64,
+        });
+    }
     let Lit::Dict(items) = lit else {
         return Err(bad("header is not a dict".into()));
     };
+    // Python would keep the last of a repeated key; a header that says two things is refused.
+    let mut seen = std::collections::HashSet::with_capacity(items.len());
+    for (key, _) in &items {
+        if !seen.insert(key.as_str()) {
+            return Err(Error::DuplicateKey {
+                path: path.to_path_buf(),
+                tensor: tensor.to_string(),
+                format: ".npy",
+                key: key.clone(),
+            });
+        }
+    }
     let get = |k: &str| items.iter().find(|(key, _)| key == k).map(|(_, v)| v);
     let descr = match get("descr") {
         Some(Lit::Str(s)) => s.clone(),
@@ -509,6 +530,31 @@ mod tests {
         let mut v = MAGIC.to_vec();
         v.extend_from_slice(&[9, 0, 0, 0]);
         assert!(matches!(parse(&v), Err(Error::NpyHeader { .. })));
+    }
+
+    #[test]
+    fn repeated_keys_and_text_after_the_dict_are_refused() {
+        let err = parse(&header_v1(
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), 'shape': (3,), }",
+        ))
+        .unwrap_err();
+        assert!(
+            matches!(&err, Error::DuplicateKey { key, format: ".npy", .. } if key == "shape"),
+            "{err}"
+        );
+        let err = parse(&header_v1(
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), } {'shape': (3,)}\n",
+        ))
+        .unwrap_err();
+        assert!(
+            matches!(err, Error::NpyTrailingText { offset: 58, .. }),
+            "{err}"
+        );
+        // Padding and the newline are not text.
+        assert!(parse(&header_v1(
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }     \n"
+        ))
+        .is_ok());
     }
 
     #[test]

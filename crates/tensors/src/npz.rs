@@ -1,115 +1,20 @@
 //! `.npz` archives: a zip of `.npy` members, as `np.savez` / `np.savez_compressed` write them.
 //!
 //! Spec: <https://numpy.org/doc/stable/reference/generated/numpy.savez.html> and the zip
-//! format (PKWARE APPNOTE 6.3, including zip64, which `np.savez` always writes). The `zip`
-//! crate parses the central directory; tensor data is then read here with positional
-//! reads at each member's data offset, so reads need only `&self`. Opening reads just
-//! the directory and each member's `.npy` header.
+//! format (PKWARE APPNOTE 6.3, including zip64, which `np.savez` always writes). The
+//! directory is parsed and validated by `zip_reader`; tensor data is then read here with
+//! positional reads at each member's data offset, so reads need only `&self`. Opening reads
+//! just the directory and each member's `.npy` header.
 
 use std::fs::File;
-use std::io::BufReader;
+use std::io::Read;
 use std::path::Path;
 
-use zip::result::ZipError;
-use zip::CompressionMethod;
-
 use crate::npy;
-use crate::source::{self, Base, Location, MemberCrc};
+use crate::source::{self, Location, MemberCrc};
 use crate::{Error, Result, TensorInfo};
 
-/// One entry of a zip's central directory, as far as this crate cares.
-#[derive(Debug, Clone)]
-pub(crate) struct ZipEntry {
-    pub name: String,
-    pub base: Base,
-    /// The CRC-32 of the member's decoded bytes, as the central directory records it.
-    pub crc32: u32,
-}
-
-/// Buffer for reading the central directory and local headers.
-const DIRECTORY_BUF: usize = 64 * 1024;
-
-/// Maps the zip crate's errors to ours, with a hint where the likely cause is known.
-fn zip_error(path: &Path, err: ZipError) -> Error {
-    match err {
-        ZipError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Error::zip(
-            path,
-            "",
-            format!("the directory points past the end of the file (truncated?): {e}"),
-        ),
-        ZipError::Io(e) => Error::io(path, e),
-        ZipError::InvalidArchive(msg) => Error::zip(
-            path,
-            "",
-            format!(
-                "{msg} (no valid central directory: the file is probably truncated or not a zip)"
-            ),
-        ),
-        other => Error::zip(path, "", other.to_string()),
-    }
-}
-
-/// Reads a zip's central directory and each entry's data offset.
-pub(crate) fn read_directory(path: &Path, file: &File, file_len: u64) -> Result<Vec<ZipEntry>> {
-    let reader = BufReader::with_capacity(DIRECTORY_BUF, file);
-    let mut archive = zip::ZipArchive::new(reader).map_err(|e| zip_error(path, e))?;
-    let mut entries = Vec::with_capacity(archive.len());
-    for i in 0..archive.len() {
-        let entry = archive.by_index_raw(i).map_err(|e| zip_error(path, e))?;
-        let name = entry.name().to_string();
-        if entry.is_dir() {
-            continue;
-        }
-        if entry.encrypted() {
-            return Err(Error::unsupported(path, &name, "encrypted zip entry"));
-        }
-        let offset = entry.data_start();
-        let compressed_len = entry.compressed_size();
-        let len = entry.size();
-        if offset.saturating_add(compressed_len) > file_len {
-            return Err(Error::truncated(
-                path,
-                &name,
-                offset,
-                compressed_len,
-                file_len.saturating_sub(offset),
-            ));
-        }
-        let base = match entry.compression() {
-            CompressionMethod::Stored => {
-                if compressed_len != len {
-                    return Err(Error::zip(
-                        path,
-                        &name,
-                        format!("stored entry with compressed size {compressed_len} != size {len}"),
-                    ));
-                }
-                Base::Stored { offset, len }
-            }
-            CompressionMethod::Deflated => {
-                source::check_deflate_claim(path, &name, compressed_len, len)?;
-                Base::Deflate {
-                    offset,
-                    compressed_len,
-                    len,
-                }
-            }
-            other => {
-                return Err(Error::unsupported(
-                    path,
-                    &name,
-                    format!("zip compression {other} (only stored and deflate)"),
-                ))
-            }
-        };
-        entries.push(ZipEntry {
-            name,
-            base,
-            crc32: entry.crc32(),
-        });
-    }
-    Ok(entries)
-}
+pub(crate) use crate::zip_reader::{read_directory, ZipEntry};
 
 /// Opens an `.npz`: one tensor per `.npy` member, in directory order.
 pub(crate) fn open(
@@ -120,9 +25,22 @@ pub(crate) fn open(
     let mut infos = Vec::with_capacity(entries.len());
     let mut locs = Vec::with_capacity(entries.len());
     for entry in entries {
-        // np.load exposes only `.npy` members as arrays; anything else in the zip is not a tensor.
-        let Some(name) = entry.name.strip_suffix(".npy") else {
-            continue;
+        // np.load names a `.npy` member by its stem and any other member by its full name,
+        // and loads either as an array if it is one; anything else is refused by name, so
+        // nothing in the archive is left out without a word.
+        let name = match entry.name.strip_suffix(".npy") {
+            Some(stem) => stem,
+            None => {
+                let mut magic = [0u8; npy::MAGIC.len()];
+                let mut probe = source::entry_reader(file, &entry.base, source::HEADER_INFLATE_BUF);
+                if probe.read_exact(&mut magic).is_err() || &magic != npy::MAGIC {
+                    return Err(Error::NpzNotAnArray {
+                        path: path.to_path_buf(),
+                        member: entry.name.clone(),
+                    });
+                }
+                entry.name.as_str()
+            }
         };
         let mut reader = source::entry_reader(file, &entry.base, source::HEADER_INFLATE_BUF);
         let header = npy::read_header(&mut reader, path, name)?;

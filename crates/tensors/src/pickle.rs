@@ -7,9 +7,17 @@
 //! is refused the moment it is named, so no callable is ever looked up, let alone run.
 //! Nothing here executes anything: `REDUCE` is interpreted only for the few allowed
 //! callables, producing plain data.
+//!
+//! Work and memory are bounded by the pickle's own length: values are shared (the memo
+//! holds references, not copies), every string, memo fetch and produced tensor name counts
+//! its bytes against a budget of [`BYTES_PER_PICKLE_BYTE`] times that length, values count
+//! against [`MAX_NODES`], and dicts are indexed so that building one is linear. Tensors are
+//! found wherever they sit in dicts, lists and tuples (`layers.0.weight`); one that cannot be
+//! named is an error, never dropped.
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::rc::Rc;
 
 use crate::{DType, Error, Result, TensorSpec};
 
@@ -24,6 +32,12 @@ const MAX_DEPTH: u32 = 64;
 const MAX_NODES: u64 = 1 << 21;
 /// Longest `GLOBAL` module or name line.
 const MAX_GLOBAL_LINE: usize = 256;
+/// Bytes of strings and tensor names a pickle may produce per byte of its own length: each
+/// string it holds counts once, a memo fetch counts again, and a name counts its whole
+/// dotted path. A state dict produces little more than its own length.
+const BYTES_PER_PICKLE_BYTE: u64 = 16;
+/// Budget every pickle gets on top, so tiny pickles with a few prefixes are never refused.
+const BYTES_SLACK: u64 = 1 << 20;
 /// Longest tensor rank accepted.
 const MAX_RANK: usize = 64;
 
@@ -79,7 +93,7 @@ fn allowed(module: &str, name: &str) -> Option<Global> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct StorageRef {
     pub dtype: DType,
-    pub key: String,
+    pub key: Rc<str>,
     pub numel: u64,
 }
 
@@ -94,22 +108,101 @@ pub(crate) struct TensorRef {
     pub strides: Vec<usize>,
 }
 
+/// What a value costs, cached in containers so that asking is O(1): nesting depth, values
+/// inside (itself included), bytes of strings and names inside, and tensors inside.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cost {
+    depth: u32,
+    nodes: u64,
+    bytes: u64,
+    tensors: u64,
+}
+
+impl Cost {
+    /// The cost of an empty container.
+    const CONTAINER: Cost = Cost {
+        depth: 1,
+        nodes: 1,
+        bytes: 0,
+        tensors: 0,
+    };
+
+    /// Adds a value held inside a container of this cost.
+    fn add(&mut self, inner: Cost) {
+        self.depth = self.depth.max(inner.depth.saturating_add(1));
+        self.nodes = self.nodes.saturating_add(inner.nodes);
+        self.bytes = self.bytes.saturating_add(inner.bytes);
+        self.tensors = self.tensors.saturating_add(inner.tensors);
+    }
+}
+
+/// A dict key that can be looked up: the kinds a state dict's keys are.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Str(Rc<str>),
+    Int(i64),
+}
+
+impl Key {
+    fn of(v: &Value) -> Option<Key> {
+        match v {
+            Value::Str(s) => Some(Key::Str(Rc::clone(s))),
+            Value::Int(i) => Some(Key::Int(*i)),
+            _ => None,
+        }
+    }
+}
+
+/// A dict's items in insertion order, with an index so that assigning to a key is one
+/// lookup, not a scan of the dict (a `SETITEMS` of 300 000 keys stays linear).
+#[derive(Debug, Clone, Default)]
+struct Items {
+    pairs: Vec<(Value, Value)>,
+    index: HashMap<Key, usize>,
+}
+
+impl Items {
+    /// Assigns `v` to `k`: a later assignment to the same key replaces the earlier one, as in
+    /// Python; keys that are neither strings nor ints never compare equal.
+    fn set(&mut self, k: Value, v: Value) {
+        let Some(key) = Key::of(&k) else {
+            self.pairs.push((k, v));
+            return;
+        };
+        match self.index.get(&key) {
+            Some(&i) => {
+                if let Some(slot) = self.pairs.get_mut(i) {
+                    slot.1 = v;
+                }
+            }
+            None => {
+                self.index.insert(key, self.pairs.len());
+                self.pairs.push((k, v));
+            }
+        }
+    }
+}
+
 /// A value on the unpickler's stack: plain data only.
+///
+/// Strings and containers are reference-counted, so the memo and the stack share them:
+/// `BINGET` of a large string or dict costs nothing to copy (it is still counted against
+/// the budgets, by its cached [`Cost`]). A shared container is copied only when mutated.
 #[derive(Debug, Clone)]
 enum Value {
     None,
     Bool,
     Int(i64),
     Float,
-    Str(String),
+    Str(Rc<str>),
     Seq {
         list: bool,
-        items: Vec<Value>,
-        depth: u32,
+        items: Rc<Vec<Value>>,
+        cost: Cost,
     },
     Dict {
-        items: Vec<(Value, Value)>,
-        depth: u32,
+        items: Rc<Items>,
+        cost: Cost,
     },
     Global(Global),
     Storage(StorageRef),
@@ -118,23 +211,34 @@ enum Value {
 }
 
 impl Value {
-    fn depth(&self) -> u32 {
-        match self {
-            Value::Seq { depth, .. } | Value::Dict { depth, .. } => *depth,
-            _ => 0,
+    fn empty_seq(list: bool) -> Value {
+        Value::Seq {
+            list,
+            items: Rc::new(Vec::new()),
+            cost: Cost::CONTAINER,
         }
     }
 
-    /// Number of values inside, itself included (recursion bounded by `MAX_DEPTH`).
-    fn weight(&self) -> u64 {
+    fn empty_dict() -> Value {
+        Value::Dict {
+            items: Rc::new(Items::default()),
+            cost: Cost::CONTAINER,
+        }
+    }
+
+    fn cost(&self) -> Cost {
+        let leaf = |bytes: usize, tensors: u64| Cost {
+            depth: 0,
+            nodes: 1,
+            bytes: bytes as u64,
+            tensors,
+        };
         match self {
-            Value::Seq { items, .. } => {
-                items.iter().fold(1u64, |a, v| a.saturating_add(v.weight()))
-            }
-            Value::Dict { items, .. } => items.iter().fold(1u64, |a, (k, v)| {
-                a.saturating_add(k.weight()).saturating_add(v.weight())
-            }),
-            _ => 1,
+            Value::Seq { cost, .. } | Value::Dict { cost, .. } => *cost,
+            Value::Str(s) => leaf(s.len(), 0),
+            Value::Storage(st) => leaf(st.key.len(), 0),
+            Value::Tensor(t) => leaf(t.storage.key.len(), 1),
+            _ => leaf(0, 0),
         }
     }
 
@@ -156,6 +260,13 @@ impl Value {
     }
 }
 
+/// The most bytes of strings and names a pickle of `len` bytes may produce.
+pub(crate) fn budget(len: usize) -> u64 {
+    (len as u64)
+        .saturating_mul(BYTES_PER_PICKLE_BYTE)
+        .saturating_add(BYTES_SLACK)
+}
+
 /// The interpreter's state.
 struct Machine<'a> {
     path: &'a Path,
@@ -167,9 +278,53 @@ struct Machine<'a> {
     marks: Vec<usize>,
     memo: HashMap<u32, Value>,
     nodes: u64,
+    /// Bytes of strings and names produced so far, against [`Machine::budget`].
+    bytes: u64,
+    /// The most bytes of strings and names this pickle may produce: a multiple of its length.
+    budget: u64,
 }
 
 impl<'a> Machine<'a> {
+    fn new(path: &'a Path, data: &'a [u8]) -> Machine<'a> {
+        let budget = budget(data.len());
+        Machine {
+            path,
+            data,
+            pos: 0,
+            op_at: 0,
+            stack: Vec::new(),
+            marks: Vec::new(),
+            memo: HashMap::new(),
+            nodes: 0,
+            bytes: 0,
+            budget,
+        }
+    }
+
+    /// Counts `n` bytes of strings or names against the budget.
+    fn spend(&mut self, n: u64) -> Result<()> {
+        self.bytes = self.bytes.saturating_add(n);
+        if self.bytes > self.budget {
+            return Err(Error::PickleBudget {
+                path: self.path.to_path_buf(),
+                offset: self.op_at as u64,
+                budget: self.budget,
+                pickle_len: self.data.len() as u64,
+            });
+        }
+        Ok(())
+    }
+
+    /// Counts the copy a mutation of the top container makes when the memo shares it.
+    fn count_copy_of_top(&mut self) -> Result<()> {
+        let len = match self.stack.last() {
+            Some(Value::Seq { items, .. }) if Rc::strong_count(items) > 1 => items.len(),
+            Some(Value::Dict { items, .. }) if Rc::strong_count(items) > 1 => items.pairs.len(),
+            _ => 0,
+        };
+        self.count(len as u64)
+    }
+
     fn err(&self, detail: impl Into<String>) -> Error {
         Error::Pickle {
             path: self.path.to_path_buf(),
@@ -266,22 +421,41 @@ impl<'a> Machine<'a> {
     }
 
     fn seq(&self, list: bool, items: Vec<Value>) -> Result<Value> {
-        let depth = items
-            .iter()
-            .map(Value::depth)
-            .max()
-            .unwrap_or(0)
-            .saturating_add(1);
-        if depth > MAX_DEPTH {
+        let mut cost = Cost::CONTAINER;
+        for v in &items {
+            cost.add(v.cost());
+        }
+        if cost.depth > MAX_DEPTH {
             return Err(self.err(format!("containers nest deeper than {MAX_DEPTH}")));
         }
-        Ok(Value::Seq { list, items, depth })
+        Ok(Value::Seq {
+            list,
+            items: Rc::new(items),
+            cost,
+        })
+    }
+
+    fn dict(&self, pairs: Vec<(Value, Value)>) -> Result<Value> {
+        let mut cost = Cost::CONTAINER;
+        let mut items = Items::default();
+        for (k, v) in pairs {
+            cost.add(k.cost());
+            cost.add(v.cost());
+            items.set(k, v);
+        }
+        if cost.depth > MAX_DEPTH {
+            return Err(self.err(format!("containers nest deeper than {MAX_DEPTH}")));
+        }
+        Ok(Value::Dict {
+            items: Rc::new(items),
+            cost,
+        })
     }
 
     fn memo_put(&mut self, key: u32) -> Result<()> {
+        // Sharing, not copying: the memo holds another reference to the same value.
         let v = self.top()?.clone();
-        let w = v.weight();
-        self.count(w)?;
+        self.count(1)?;
         if self.memo.len() >= MAX_MEMO && !self.memo.contains_key(&key) {
             return Err(self.err(format!("memo exceeds {MAX_MEMO} entries")));
         }
@@ -295,7 +469,11 @@ impl<'a> Machine<'a> {
             .get(&key)
             .cloned()
             .ok_or_else(|| self.err(format!("memo key {key} was never stored")))?;
-        self.count(v.weight())?;
+        // The value is shared, but everything inside it counts again: what a later pass
+        // (naming tensors) walks, and what a consumer would build, is the unshared tree.
+        let cost = v.cost();
+        self.count(cost.nodes)?;
+        self.spend(cost.bytes)?;
         self.push(v)
     }
 
@@ -312,56 +490,48 @@ impl<'a> Machine<'a> {
     }
 
     fn set_items(&mut self, pairs: Vec<(Value, Value)>) -> Result<()> {
-        let added = pairs
-            .iter()
-            .map(|(k, v)| k.depth().max(v.depth()))
-            .max()
-            .unwrap_or(0)
-            .saturating_add(1);
-        if added > MAX_DEPTH {
-            return Err(self.err(format!("containers nest deeper than {MAX_DEPTH}")));
-        }
-        let kind = match self.top()? {
-            Value::Dict { items, depth } => {
-                *depth = (*depth).max(added);
+        self.count_copy_of_top()?;
+        let outcome = match self.top()? {
+            Value::Dict { items, cost } => {
+                let items = Rc::make_mut(items);
                 for (k, v) in pairs {
-                    // A later assignment to the same key replaces the earlier one, as in Python.
-                    if let Some(slot) = items.iter_mut().find(|(old, _)| same_key(old, &k)) {
-                        slot.1 = v;
-                    } else {
-                        items.push((k, v));
-                    }
+                    cost.add(k.cost());
+                    cost.add(v.cost());
+                    items.set(k, v);
                 }
-                return Ok(());
+                Ok(cost.depth)
             }
-            other => other.kind(),
+            other => Err(other.kind()),
         };
-        Err(self.err(format!("SETITEM on a {kind}")))
+        self.nested(outcome, "SETITEM")
+    }
+
+    /// Turns the outcome of a container mutation into the crate's error: too deep, or the wrong kind.
+    fn nested(&self, outcome: std::result::Result<u32, &'static str>, op: &str) -> Result<()> {
+        match outcome {
+            Ok(depth) if depth <= MAX_DEPTH => Ok(()),
+            Ok(_) => Err(self.err(format!("containers nest deeper than {MAX_DEPTH}"))),
+            Err(kind) => Err(self.err(format!("{op} on a {kind}"))),
+        }
     }
 
     fn append(&mut self, values: Vec<Value>) -> Result<()> {
-        let added = values
-            .iter()
-            .map(Value::depth)
-            .max()
-            .unwrap_or(0)
-            .saturating_add(1);
-        if added > MAX_DEPTH {
-            return Err(self.err(format!("containers nest deeper than {MAX_DEPTH}")));
-        }
-        let kind = match self.top()? {
+        self.count_copy_of_top()?;
+        let outcome = match self.top()? {
             Value::Seq {
                 list: true,
                 items,
-                depth,
+                cost,
             } => {
-                *depth = (*depth).max(added);
-                items.extend(values);
-                return Ok(());
+                for v in &values {
+                    cost.add(v.cost());
+                }
+                Rc::make_mut(items).extend(values);
+                Ok(cost.depth)
             }
-            other => other.kind(),
+            other => Err(other.kind()),
         };
-        Err(self.err(format!("APPEND on a {kind}")))
+        self.nested(outcome, "APPEND")
     }
 
     fn int_arg(&self, v: &Value, what: &str) -> Result<usize> {
@@ -393,27 +563,20 @@ impl<'a> Machine<'a> {
         };
         match g {
             Global::OrderedDict => {
-                let mut items = Vec::new();
-                if let Some(Value::Seq { items: pairs, .. }) = args.first() {
-                    for pair in pairs {
+                let mut pairs = Vec::new();
+                if let Some(Value::Seq { items: given, .. }) = args.first() {
+                    for pair in given.iter() {
                         match pair {
                             Value::Seq { items: kv, .. } if kv.len() == 2 => {
-                                let mut kv = kv.iter().cloned();
-                                if let (Some(k), Some(v)) = (kv.next(), kv.next()) {
-                                    items.push((k, v));
+                                if let (Some(k), Some(v)) = (kv.first(), kv.get(1)) {
+                                    pairs.push((k.clone(), v.clone()));
                                 }
                             }
                             _ => return Err(self.err("OrderedDict item is not a pair")),
                         }
                     }
                 }
-                let depth = items
-                    .iter()
-                    .map(|(k, v)| k.depth().max(v.depth()))
-                    .max()
-                    .unwrap_or(0)
-                    .saturating_add(1);
-                Ok(Value::Dict { items, depth })
+                self.dict(pairs)
             }
             Global::RebuildTensorV2 => {
                 let (Some(storage), Some(offset), Some(size), Some(stride)) =
@@ -439,7 +602,7 @@ impl<'a> Machine<'a> {
                     strides,
                 }))
             }
-            Global::RebuildParameter => match args.into_iter().next() {
+            Global::RebuildParameter => match args.first().cloned() {
                 Some(t @ Value::Tensor(_)) => Ok(t),
                 other => Err(self.err(format!(
                     "_rebuild_parameter over a {}",
@@ -460,7 +623,7 @@ impl<'a> Machine<'a> {
         };
         match items.as_slice() {
             [Value::Str(tag), Value::Global(Global::Storage(dtype)), Value::Str(key), _location, Value::Int(numel)]
-                if tag == "storage" =>
+                if &**tag == "storage" =>
             {
                 let numel = u64::try_from(*numel).map_err(|_| self.err("negative storage size"))?;
                 Ok(Value::Storage(StorageRef {
@@ -498,20 +661,9 @@ impl<'a> Machine<'a> {
                     }
                     self.marks.push(self.stack.len());
                 }
-                b'}' => self.push(Value::Dict {
-                    items: Vec::new(),
-                    depth: 1,
-                })?,
-                b']' => self.push(Value::Seq {
-                    list: true,
-                    items: Vec::new(),
-                    depth: 1,
-                })?,
-                b')' => self.push(Value::Seq {
-                    list: false,
-                    items: Vec::new(),
-                    depth: 1,
-                })?,
+                b'}' => self.push(Value::empty_dict())?,
+                b']' => self.push(Value::empty_seq(true))?,
+                b')' => self.push(Value::empty_seq(false))?,
                 b'N' => self.push(Value::None)?,
                 0x88 | 0x89 => self.push(Value::Bool)?,
                 b'K' => {
@@ -560,10 +712,10 @@ impl<'a> Machine<'a> {
                         usize::try_from(len).map_err(|_| self.err("string length overflows"))?;
                     // `take` checks the length against the bytes really present before copying.
                     let bytes = self.take(len)?;
-                    let s = std::str::from_utf8(bytes)
-                        .map_err(|_| self.err("string is not UTF-8"))?
-                        .to_string();
-                    self.push(Value::Str(s))?;
+                    let s =
+                        std::str::from_utf8(bytes).map_err(|_| self.err("string is not UTF-8"))?;
+                    self.spend(bytes.len() as u64)?;
+                    self.push(Value::Str(Rc::from(s)))?;
                 }
                 b't' => {
                     let items = self.pop_mark()?;
@@ -602,7 +754,12 @@ impl<'a> Machine<'a> {
                 b'b' => {
                     // BUILD sets attributes from a state: an OrderedDict's `_metadata`, a
                     // tensor subclass's state. Neither matters for the data; the state is dropped.
-                    let _state = self.pop()?;
+                    let state = self.pop()?;
+                    if state.cost().tensors > 0 {
+                        return Err(
+                            self.err("BUILD with a state holding tensors: they would be dropped")
+                        );
+                    }
                     let kind = self.top()?.kind();
                     if !matches!(kind, "dict" | "tensor") {
                         return Err(self.err(format!("BUILD on a {kind}")));
@@ -669,49 +826,69 @@ impl<'a> Machine<'a> {
     }
 }
 
-/// Whether two dict keys are equal (strings and ints; other keys never compare equal).
-fn same_key(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Str(x), Value::Str(y)) => x == y,
-        (Value::Int(x), Value::Int(y)) => x == y,
-        _ => false,
+/// Joins a container's name and a key the way torch names state-dict entries.
+fn join(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_string()
+    } else {
+        format!("{prefix}.{key}")
     }
 }
 
-/// Collects the tensors of a (possibly nested) dict, joining nested keys with `.`.
-fn flatten(v: &Value, prefix: &str, out: &mut Vec<(String, TensorRef)>) {
-    let Value::Dict { items, .. } = v else { return };
-    for (k, v) in items {
-        let key = match k {
-            Value::Str(s) => s.clone(),
-            Value::Int(i) => i.to_string(),
-            _ => continue,
-        };
-        let name = if prefix.is_empty() {
-            key
-        } else {
-            format!("{prefix}.{key}")
-        };
+impl Machine<'_> {
+    /// Collects the tensors of a (possibly nested) container, joining dict keys and list or
+    /// tuple indices with `.` (`layers.0.weight`). Every produced name counts against the
+    /// byte budget, and no tensor is left out: one that cannot be named is an error.
+    fn flatten(
+        &mut self,
+        v: &Value,
+        prefix: &str,
+        out: &mut Vec<(String, TensorRef)>,
+    ) -> Result<()> {
         match v {
-            Value::Tensor(t) => out.push((name, t.clone())),
-            Value::Dict { .. } => flatten(v, &name, out),
+            Value::Dict { items, cost } if cost.tensors > 0 => {
+                for (k, v) in &items.pairs {
+                    let key = match k {
+                        Value::Str(s) => s.to_string(),
+                        Value::Int(i) => i.to_string(),
+                        other if other.cost().tensors > 0 || v.cost().tensors > 0 => {
+                            return Err(Error::PickleTensorKey {
+                                path: self.path.to_path_buf(),
+                                parent: prefix.to_string(),
+                                key_kind: other.kind(),
+                            })
+                        }
+                        _ => continue,
+                    };
+                    self.named(v, join(prefix, &key), out)?;
+                }
+            }
+            Value::Seq { items, cost, .. } if cost.tensors > 0 => {
+                for (i, v) in items.iter().enumerate() {
+                    self.named(v, join(prefix, &i.to_string()), out)?;
+                }
+            }
             _ => {}
+        }
+        Ok(())
+    }
+
+    /// Names one value found at `name`: a tensor is produced, a container followed.
+    fn named(&mut self, v: &Value, name: String, out: &mut Vec<(String, TensorRef)>) -> Result<()> {
+        match v {
+            Value::Tensor(t) => {
+                self.spend(name.len() as u64)?;
+                out.push((name, t.clone()));
+                Ok(())
+            }
+            _ => self.flatten(v, &name, out),
         }
     }
 }
 
 /// Unpickles a `data.pkl` into its tensors, in the order the pickle lists them.
 pub(crate) fn read_state_dict(path: &Path, data: &[u8]) -> Result<Vec<(String, TensorRef)>> {
-    let mut m = Machine {
-        path,
-        data,
-        pos: 0,
-        op_at: 0,
-        stack: Vec::new(),
-        marks: Vec::new(),
-        memo: HashMap::new(),
-        nodes: 0,
-    };
+    let mut m = Machine::new(path, data);
     let root = m.run()?;
     if !matches!(root, Value::Dict { .. }) {
         return Err(m.err(format!(
@@ -720,7 +897,7 @@ pub(crate) fn read_state_dict(path: &Path, data: &[u8]) -> Result<Vec<(String, T
         )));
     }
     let mut out = Vec::new();
-    flatten(&root, "", &mut out);
+    m.flatten(&root, "", &mut out)?;
     Ok(out)
 }
 
@@ -843,7 +1020,7 @@ mod tests {
         for (i, ((name, t), spec)) in got.iter().zip(&specs).enumerate() {
             assert_eq!(name, &spec.name);
             assert_eq!(t.storage.dtype, spec.dtype);
-            assert_eq!(t.storage.key, i.to_string());
+            assert_eq!(&*t.storage.key, i.to_string());
             assert_eq!(t.shape, spec.shape);
             assert_eq!(t.strides, contiguous_strides(&spec.shape));
         }
@@ -943,16 +1120,7 @@ mod tests {
             let mut data = vec![0x80, 2];
             put_int(&mut data, v);
             data.push(b'.');
-            let mut m = Machine {
-                path: Path::new("x"),
-                data: &data,
-                pos: 0,
-                op_at: 0,
-                stack: Vec::new(),
-                marks: Vec::new(),
-                memo: HashMap::new(),
-                nodes: 0,
-            };
+            let mut m = Machine::new(Path::new("x"), &data);
             match m.run().unwrap() {
                 Value::Int(i) => assert_eq!(i as u64, v),
                 other => panic!("{other:?}"),

@@ -79,17 +79,21 @@ fn read_record(path: &Path, file: &File, entry: &ZipEntry, limit: u64) -> Result
 /// Opens a torch zip archive: unpickles `data.pkl` with the allowlist reader and maps each
 /// tensor onto its storage record.
 pub(crate) fn open(path: &Path, file: &File, entries: &[ZipEntry]) -> Result<Opened> {
-    // The pickle sits at `<prefix>/data.pkl` with exactly one directory level above it.
-    let pkl = entries
-        .iter()
-        .filter(|e| e.name.ends_with("/data.pkl") && e.name.matches('/').count() == 1)
-        .min_by_key(|e| e.name.len())
-        .or_else(|| entries.iter().find(|e| e.name.ends_with("data.pkl")))
-        .ok_or_else(|| Error::MissingRecord {
+    // The pickle sits at `<prefix>/data.pkl`. An archive with two of them has no one
+    // meaning (torch reads the first it finds), so it is refused rather than guessed at.
+    let mut pickles = entries.iter().filter(|e| e.name.ends_with("data.pkl"));
+    let pkl = pickles.next().ok_or_else(|| Error::MissingRecord {
+        path: path.to_path_buf(),
+        tensor: String::new(),
+        record: "data.pkl".into(),
+    })?;
+    if let Some(second) = pickles.next() {
+        return Err(Error::TwoPickles {
             path: path.to_path_buf(),
-            tensor: String::new(),
-            record: "data.pkl".into(),
-        })?;
+            first: pkl.name.clone(),
+            second: second.name.clone(),
+        });
+    }
     let prefix = pkl
         .name
         .strip_suffix("data.pkl")

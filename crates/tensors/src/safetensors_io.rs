@@ -67,6 +67,72 @@ pub(crate) fn sniff(head: &[u8]) -> bool {
     brace == b'{' && (2..=MAX_HEADER_LEN).contains(&n)
 }
 
+/// The first key found twice in one JSON object, anywhere in a document (tensor names at the
+/// top, `__metadata__` keys below); `None` when every object's keys are distinct.
+struct Duplicates(Option<String>);
+
+impl<'de> serde::Deserialize<'de> for Duplicates {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_any(DuplicatesVisitor)
+    }
+}
+
+/// Walks any JSON value for [`Duplicates`], keeping nothing but the keys of the object being read.
+struct DuplicatesVisitor;
+
+impl<'de> serde::de::Visitor<'de> for DuplicatesVisitor {
+    type Value = Duplicates;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Duplicates, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        let mut first = None;
+        while let Some(key) = map.next_key::<String>()? {
+            let Duplicates(inner) = map.next_value()?;
+            if first.is_none() {
+                first = inner.or_else(|| (!seen.insert(key.clone())).then_some(key));
+            }
+        }
+        Ok(Duplicates(first))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<Duplicates, A::Error> {
+        let mut first = None;
+        while let Some(Duplicates(inner)) = seq.next_element()? {
+            first = first.or(inner);
+        }
+        Ok(Duplicates(first))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> std::result::Result<Duplicates, E> {
+        Ok(Duplicates(None))
+    }
+    fn visit_i64<E>(self, _: i64) -> std::result::Result<Duplicates, E> {
+        Ok(Duplicates(None))
+    }
+    fn visit_u64<E>(self, _: u64) -> std::result::Result<Duplicates, E> {
+        Ok(Duplicates(None))
+    }
+    fn visit_f64<E>(self, _: f64) -> std::result::Result<Duplicates, E> {
+        Ok(Duplicates(None))
+    }
+    fn visit_str<E>(self, _: &str) -> std::result::Result<Duplicates, E> {
+        Ok(Duplicates(None))
+    }
+    fn visit_unit<E>(self) -> std::result::Result<Duplicates, E> {
+        Ok(Duplicates(None))
+    }
+}
+
 /// What opening a safetensors file yields.
 pub(crate) struct Opened {
     pub infos: Vec<TensorInfo>,
@@ -104,7 +170,18 @@ pub(crate) fn open(path: &Path, file: &File, file_len: u64) -> Result<Opened> {
     // `n` is now bounded by both the limit and the bytes present.
     let mut header = vec![0u8; usize::try_from(n).map_err(|_| bad("header too large".into()))?];
     read_exact_at(file, &mut header, PREFIX).map_err(|e| Error::io(path, e))?;
+    // serde keeps the last of a repeated key; a header that names a tensor twice is refused.
+    if let Ok(Duplicates(Some(key))) = serde_json::from_slice::<Duplicates>(&header) {
+        return Err(Error::DuplicateKey {
+            path: path.to_path_buf(),
+            tensor: String::new(),
+            format: "safetensors",
+            key,
+        });
+    }
     let meta: Metadata = serde_json::from_slice(&header).map_err(|e| bad(e.to_string()))?;
+    // The text is parsed: free it before the directory is built (a 100 000-tensor header is 7 MB).
+    drop(header);
     let data_len = meta.data_len() as u64;
     let needed = header_end.saturating_add(data_len);
     if needed > file_len {
@@ -122,9 +199,10 @@ pub(crate) fn open(path: &Path, file: &File, file_len: u64) -> Result<Opened> {
             file_len.saturating_sub(needed)
         )));
     }
-    let mut infos = Vec::new();
-    let mut locs = Vec::new();
-    for name in meta.offset_keys() {
+    let keys = meta.offset_keys();
+    let mut infos = Vec::with_capacity(keys.len());
+    let mut locs = Vec::with_capacity(keys.len());
+    for name in keys {
         let Some(ti) = meta.info(&name) else { continue };
         let dtype = dtype_of(ti.dtype).ok_or_else(|| Error::UnknownDType {
             path: path.to_path_buf(),

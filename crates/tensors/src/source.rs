@@ -395,7 +395,7 @@ fn open_span<'a>(
 }
 
 /// Reads `span` bytes starting `start` bytes into the entry, checking `crc` over the whole entry when given.
-fn fetch(
+pub(crate) fn fetch(
     file: &File,
     path: &Path,
     tensor: &str,
@@ -446,6 +446,17 @@ pub(crate) fn read_tensor(
 ) -> Result<Vec<u8>> {
     let span = span_of(path, info, loc)?;
     let raw = fetch(file, path, &info.name, loc, span, crc_to_check(loc, span))?;
+    arrange(path, info, loc, raw)
+}
+
+/// Turns the `span` bytes a tensor covers (from its first element) into its C-order,
+/// little-endian bytes: a gather for a strided view, a byte swap for big-endian data.
+pub(crate) fn arrange(
+    path: &Path,
+    info: &TensorInfo,
+    loc: &Location,
+    raw: Vec<u8>,
+) -> Result<Vec<u8>> {
     let mut out = match &loc.layout {
         Layout::C => raw,
         Layout::Strided(strides) => gather(path, info, &raw, strides)?,

@@ -4,6 +4,10 @@
 //! so one corrupt element does not hide the rest. They merge exactly (Chan et al.'s parallel
 //! variance update), so callers can combine tensors, groups or chunks in any order.
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::source::{self, Base, Layout, Location};
 use crate::{DType, Error, Result, TensorFile};
 
 /// Summary statistics of one tensor (or of several merged), over its finite values.
@@ -150,23 +154,224 @@ impl TensorStats {
 /// the read and the statistics, large enough that system calls do not matter.
 const STATS_CHUNK: usize = 256 * 1024;
 
+/// Bytes [`TensorFile::stats`] may decode or visit, over all its calls on one open file, per
+/// byte of the file: above deflate's 1032:1 ceiling, so one pass over every tensor of an
+/// honest file always fits, while aliased views of one compressed storage or views that
+/// repeat their storage cannot turn a small file into unbounded work.
+const STATS_WORK_PER_FILE_BYTE: u64 = 2048;
+/// Bytes it may decode or visit again (an entry seen before: aliases of one storage, tied
+/// weights, views that overlap themselves) per byte of the file. Honest files view a storage
+/// again rarely (tied embeddings), so this is far tighter: aliasing a compressed storage
+/// thousands of times buys no more than this.
+const STATS_REPEAT_PER_FILE_BYTE: u64 = 16;
+/// Work every file gets on top of each budget, so small honest files are never refused.
+const STATS_WORK_SLACK: u64 = 64 << 20;
+/// The same for repeated work: room for a few views of a small file's storages.
+const STATS_REPEAT_SLACK: u64 = 16 << 20;
+
 impl TensorFile {
     /// Reads one tensor once, streamed through a small reused buffer, and returns its statistics.
     ///
     /// Like [`TensorFile::read`], callable from many threads at once (one tensor per thread).
+    /// The total work of all calls on one file is bounded by a multiple of the file's size
+    /// ([`Error::WorkBudget`] past it): a deflated entry that several tensors view is decoded
+    /// once, and a strided view is walked in place, never materialised, with axes that repeat
+    /// the storage (stride 0) counted by multiplicity rather than visited.
     pub fn stats(&self, name: &str) -> Result<TensorStats> {
-        let dtype = self
-            .get(name)
-            .ok_or_else(|| Error::UnknownTensor {
-                path: self.path().to_path_buf(),
-                tensor: name.to_string(),
-            })?
-            .dtype;
-        let mut total = TensorStats::EMPTY;
-        self.read_chunked(name, STATS_CHUNK, |piece| {
-            total = total.merge(TensorStats::of_bytes(dtype, piece));
+        let (info, loc) = self.entry(name)?;
+        let span = source::span_of(&self.path, info, loc)?;
+        let shared = self.is_shared_deflate(loc);
+        let dtype = info.dtype;
+        let entry_len = loc.base.len();
+        let first = self
+            .stats_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(entry_key(loc));
+        // Work on an entry's first sight counts as fresh, up to the entry's size; the rest repeats.
+        let charge = |n: u64| {
+            let fresh = if first { n.min(entry_len) } else { 0 };
+            self.charge(name, fresh, n - fresh)
+        };
+        if matches!(loc.layout, Layout::C) && !loc.byteswap && !shared {
+            charge(decoded_cost(loc, span))?;
+            let mut total = TensorStats::EMPTY;
+            self.read_chunked(name, STATS_CHUNK, |piece| {
+                total = total.merge(TensorStats::of_bytes(dtype, piece));
+            })?;
+            return Ok(total);
+        }
+        // Views, byte-swapped data and shared deflated entries: the bytes the tensor spans,
+        // decoded once, then walked in place.
+        let (bytes, at) = if shared {
+            (self.decoded_entry(name, loc)?, loc.start)
+        } else {
+            charge(decoded_cost(loc, span))?;
+            let raw = source::fetch(
+                &self.file,
+                &self.path,
+                name,
+                loc,
+                span,
+                source::crc_to_check(loc, span),
+            )?;
+            (Arc::new(raw), 0)
+        };
+        let strides = match &loc.layout {
+            Layout::C => crate::pickle::contiguous_strides(&info.shape),
+            Layout::Strided(s) => s.clone(),
+        };
+        // Axes of stride 0 repeat what the others reach; axes of one element add nothing.
+        let mut repeat = 1u64;
+        let mut shape = Vec::with_capacity(strides.len());
+        let mut kept = Vec::with_capacity(strides.len());
+        for (&d, &s) in info.shape.iter().zip(&strides) {
+            if d == 0 {
+                return Ok(TensorStats::EMPTY);
+            }
+            if s == 0 || d == 1 {
+                repeat = repeat.saturating_mul(d as u64);
+            } else {
+                shape.push(d);
+                kept.push(s);
+            }
+        }
+        let visits = shape
+            .iter()
+            .try_fold(dtype.size() as u64, |a, &d| a.checked_mul(d as u64))
+            .ok_or_else(|| Error::shape_overflow(&self.path, name, &info.shape))?;
+        charge(visits)?;
+        let view = View {
+            dtype,
+            shape: &shape,
+            strides: &kept,
+            byteswap: loc.byteswap,
+        };
+        let start = usize::try_from(at).unwrap_or(usize::MAX);
+        let stats = view.stats(&bytes, start).ok_or_else(|| {
+            Error::unsupported(&self.path, name, "strided view reaches outside its storage")
         })?;
-        Ok(total)
+        Ok(stats.repeated(repeat))
+    }
+
+    /// Counts bytes of decoding or visiting against the statistics' two work budgets.
+    pub(crate) fn charge(&self, name: &str, fresh: u64, repeat: u64) -> Result<()> {
+        for (n, counter, per_byte, slack) in [
+            (
+                fresh,
+                &self.stats_work,
+                STATS_WORK_PER_FILE_BYTE,
+                STATS_WORK_SLACK,
+            ),
+            (
+                repeat,
+                &self.stats_repeat_work,
+                STATS_REPEAT_PER_FILE_BYTE,
+                STATS_REPEAT_SLACK,
+            ),
+        ] {
+            if n == 0 {
+                continue;
+            }
+            let budget = self.file_len.saturating_mul(per_byte).saturating_add(slack);
+            let needed = counter.fetch_add(n, Ordering::Relaxed).saturating_add(n);
+            if needed > budget {
+                return Err(Error::WorkBudget {
+                    path: self.path.clone(),
+                    tensor: name.to_string(),
+                    needed,
+                    budget,
+                    file_len: self.file_len,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Identifies a location's entry: its file offset and decoded length.
+pub(crate) fn entry_key(loc: &Location) -> (u64, u64) {
+    match loc.base {
+        Base::Deflate { offset, len, .. } | Base::Stored { offset, len } => (offset, len),
+    }
+}
+
+/// Bytes a read of `span` bytes at `loc` decodes: a deflated entry is inflated from its start.
+fn decoded_cost(loc: &Location, span: u64) -> u64 {
+    match loc.base {
+        Base::Stored { .. } => span,
+        Base::Deflate { .. } => loc.start.saturating_add(span),
+    }
+}
+
+/// A strided view over decoded bytes, walked element by element in C order.
+struct View<'a> {
+    dtype: DType,
+    shape: &'a [usize],
+    /// Strides in elements, none of them zero.
+    strides: &'a [usize],
+    byteswap: bool,
+}
+
+impl View<'_> {
+    /// Statistics of the view's elements, the first at byte `start` of `bytes`, gathered a
+    /// chunk at a time; `None` if an element lies outside `bytes`.
+    fn stats(&self, bytes: &[u8], start: usize) -> Option<TensorStats> {
+        let elem = self.dtype.size();
+        let numel = self
+            .shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))?;
+        let mut chunk = Vec::with_capacity(STATS_CHUNK.min(numel.saturating_mul(elem)));
+        let mut total = TensorStats::EMPTY;
+        let mut index = vec![0usize; self.shape.len()];
+        for _ in 0..numel {
+            let mut at = 0usize;
+            for (&i, &s) in index.iter().zip(self.strides) {
+                at = at.checked_add(i.checked_mul(s)?)?;
+            }
+            let from = start.checked_add(at.checked_mul(elem)?)?;
+            let value = bytes.get(from..from.checked_add(elem)?)?;
+            let first = chunk.len();
+            chunk.extend_from_slice(value);
+            if self.byteswap {
+                if let Some(e) = chunk.get_mut(first..) {
+                    e.reverse();
+                }
+            }
+            if chunk.len() + elem > STATS_CHUNK {
+                total = total.merge(TensorStats::of_bytes(self.dtype, &chunk));
+                chunk.clear();
+            }
+            // Advance the multi-index, last axis fastest.
+            for axis in (0..index.len()).rev() {
+                let (Some(i), Some(&d)) = (index.get_mut(axis), self.shape.get(axis)) else {
+                    break;
+                };
+                *i += 1;
+                if *i < d {
+                    break;
+                }
+                *i = 0;
+            }
+        }
+        Some(total.merge(TensorStats::of_bytes(self.dtype, &chunk)))
+    }
+}
+
+impl TensorStats {
+    /// The statistics of these values each repeated `k` times (a view's stride-0 axes).
+    fn repeated(self, k: u64) -> TensorStats {
+        if k == 1 {
+            return self;
+        }
+        TensorStats {
+            count: self.count.saturating_mul(k),
+            nan: self.nan.saturating_mul(k),
+            inf: self.inf.saturating_mul(k),
+            m2: self.m2 * k as f64,
+            ..self
+        }
     }
 }
 
