@@ -452,3 +452,36 @@ def test_linen_block_names_convert_like_the_published_ones(tmp_path):
     model, meta = timm_model(out)
     logits = model(nchw(golden("vit-token", "input.npy"))).numpy()
     assert max_diff(logits, golden("vit-token", "logits.npy")) < TOL_FLAX
+
+
+# ---------------------------------------------------------------- exact hybrids
+
+# Plain ViTs reproduce the flax logits to a few 1e-6; hybrids are held to the same bound.
+TOL_EXACT = 3e-6
+
+
+@pytest.mark.parametrize("ext", EXTS)
+@pytest.mark.parametrize("case", HYBRID)
+def test_timm_hybrid_standardisation_is_exact(tmp_path, case, ext):
+    """The stem kernels are written so that timm's StdConv2dSame (eps 1e-8) recovers flax's standardised
+    kernel (eps 1e-5 on the std) exactly, so hybrids match flax as closely as the plain cases."""
+    from timm.layers import StdConv2dSame
+
+    out, stdout = convert(tmp_path, case, "timm", f"m{ext}")
+    assert "standardises back to T exactly" in stdout
+    model, meta = timm_model(out)
+    z = np.load(source(case))
+    conv = model.patch_embed.backbone.stem.conv if hasattr(model.patch_embed.backbone, "stem") \
+        else model.patch_embed.backbone.conv
+    assert isinstance(conv, StdConv2dSame)
+    w = z["conv_root/kernel"].astype(np.float64)
+    flax_std = (w - w.mean(axis=(0, 1, 2))) / (w.std(axis=(0, 1, 2)) + 1e-5)
+    timm_std = torch.nn.functional.batch_norm(
+        conv.weight.reshape(1, conv.out_channels, -1), None, None, training=True, momentum=0.0,
+        eps=conv.eps).reshape_as(conv.weight).numpy()
+    assert max_diff(timm_std.transpose(2, 3, 1, 0), flax_std) < 1e-5
+    cfg = json.loads(meta["vitconv.config"])
+    logits = model(renormalise(golden(case, "input.npy"), cfg)).numpy()
+    d = max_diff(logits, golden_logits(case))
+    print(f"{case}: max |timm - flax| = {d:.2e}")
+    assert d < TOL_EXACT, f"{case}: max |timm - flax| = {d}"

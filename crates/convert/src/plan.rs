@@ -38,6 +38,16 @@ pub enum Recipe {
         hwio: [usize; 4],
         in_scale: Option<Vec<f32>>,
     },
+    /// A weight-standardised HWIO kernel (flax `StdConv`: `(w - mean) / (std + source_eps)` per output
+    /// channel) written OIHW as the kernel that the target's own standardisation
+    /// (`(w - mean) / sqrt(var + target_eps)`, timm's `StdConv2dSame`) turns into exactly the same
+    /// standardised kernel: `a * T`, with `T` flax's standardised kernel and `a = sqrt(target_eps / (1 - var(T)))`.
+    StdConvKernel {
+        src: Param,
+        hwio: [usize; 4],
+        source_eps: f64,
+        target_eps: f64,
+    },
     /// A patch bias plus the kernel applied to a constant per-channel input offset (the folded normalisation).
     PatchBias {
         bias: Param,
@@ -75,7 +85,8 @@ impl Recipe {
         match self {
             Recipe::Copy(s)
             | Recipe::Transpose { src: s, .. }
-            | Recipe::ConvKernel { src: s, .. } => {
+            | Recipe::ConvKernel { src: s, .. }
+            | Recipe::StdConvKernel { src: s, .. } => {
                 out.insert(s.tensor.clone());
             }
             Recipe::Concat(parts) => parts.iter().for_each(|p| p.sources(out)),
@@ -150,6 +161,16 @@ impl Recipe {
             } => {
                 let v = fetch_len(src, s, hwio)?;
                 Ok(hwio_to_oihw(&v, *hwio, in_scale.as_deref()))
+            }
+            Recipe::StdConvKernel {
+                src: s,
+                hwio,
+                source_eps,
+                target_eps,
+            } => {
+                let v = fetch_len(src, s, hwio)?;
+                let standardised = restandardise(&v, hwio[3], *source_eps, *target_eps);
+                Ok(hwio_to_oihw(&standardised, *hwio, None))
             }
             Recipe::PatchBias {
                 bias,
@@ -566,6 +587,33 @@ fn transpose_decode_encode<const N: usize>(
             }
         }
     }
+}
+
+/// The HWIO kernel `v` with `out` output channels (the last axis), each channel replaced by `a * T`: `T` is
+/// the channel standardised as flax's `StdConv` does (`(w - mean) / (std + source_eps)`, population
+/// statistics over `(h, w, in)`), and `a = sqrt(target_eps / (1 - var(T)))` makes a target that
+/// standardises with `(w - mean) / sqrt(var + target_eps)` recover exactly `T`: `T` has mean 0, so the
+/// target sees mean 0 and variance `a^2 var(T)`, and `a / sqrt(a^2 var(T) + target_eps) = 1`. Computed in
+/// f64 and rounded once.
+pub fn restandardise(v: &[f32], out: usize, source_eps: f64, target_eps: f64) -> Vec<f32> {
+    let mut result = vec![0f32; v.len()];
+    let n = v.len().checked_div(out).unwrap_or(0);
+    if n == 0 {
+        return result;
+    }
+    for o in 0..out {
+        let channel = || v.iter().skip(o).step_by(out).map(|x| f64::from(*x));
+        let mean = channel().sum::<f64>() / n as f64;
+        let var = channel().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n as f64;
+        let denom = var.sqrt() + source_eps;
+        let t_var = var / (denom * denom);
+        // var(T) < 1 whenever source_eps > 0; a channel of equal values has T = 0 whatever `a` is.
+        let a = (target_eps / (1.0 - t_var).max(f64::MIN_POSITIVE)).sqrt();
+        for (dst, x) in result.iter_mut().skip(o).step_by(out).zip(channel()) {
+            *dst = (a * (x - mean) / denom) as f32;
+        }
+    }
+    result
 }
 
 /// HWIO -> OIHW, optionally scaling each input channel.

@@ -104,6 +104,8 @@ const REGISTERED: &[(&str, usize, usize, usize, usize, usize, usize)] = &[
 
 /// GroupNorm eps of the flax ResNet stem (`nn.GroupNorm` default).
 const FLAX_GN_EPS: f64 = 1e-6;
+/// flax's `StdConv` (vit_jax `models_resnet.weight_standardize`) adds this to the standard deviation.
+const FLAX_STDCONV_EPS: f64 = 1e-5;
 /// timm's `_resnetv2` standardises kernels with this eps (`partial(StdConv2dSame, eps=1e-8)`).
 const TIMM_STDCONV_EPS: f64 = 1e-8;
 
@@ -312,7 +314,7 @@ pub fn plan(prep: Prepared<'_>, _fetch: &dyn Fetch, source_name: &str) -> Result
     let mut prep = prep;
     if a.resnet.is_some() {
         prep.notes.push(
-            "StdConv: flax standardises with (w - mean) / (std + 1e-5), timm's StdConv2dSame with (w - mean) / sqrt(var + 1e-8); the stem's GroupNorm is declared with flax's eps 1e-6"
+            "StdConv: flax standardises with (w - mean) / (std + 1e-5), timm's StdConv2dSame with (w - mean) / sqrt(var + 1e-8); the stem's kernels are written as a * T (T flax's standardised kernel, a = sqrt(1e-8 / (1 - var(T)))), which timm standardises back to T exactly; the stem's GroupNorm is declared with flax's eps 1e-6"
                 .to_string(),
         );
     }
@@ -506,10 +508,11 @@ fn push_stem(stem: &crate::model::Stem, out: &mut Vec<OutTensor>) {
         let [h, w, i, o] = hwio;
         (
             vec![o, i, h, w],
-            Recipe::ConvKernel {
+            Recipe::StdConvKernel {
                 src: p.clone(),
                 hwio,
-                in_scale: None,
+                source_eps: FLAX_STDCONV_EPS,
+                target_eps: TIMM_STDCONV_EPS,
             },
         )
     };
