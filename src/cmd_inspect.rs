@@ -189,6 +189,8 @@ fn shape_str(shape: &[usize]) -> String {
 struct Listing {
     file: TensorFile,
     summary: Option<vitconv_convert::Summary>,
+    /// Top-level `.pt` entries that hold no tensor.
+    non_tensors: Vec<String>,
     rows: Vec<Row>,
     selected: Vec<TensorInfo>,
     stats: Option<Vec<TensorStats>>,
@@ -200,7 +202,7 @@ fn list_file(
     filter: Option<&Regex>,
 ) -> anyhow::Result<Listing> {
     let file = TensorFile::open(path)?;
-    let summary = vitconv_convert::summarize(file.tensors());
+    let summary = vitconv_convert::summarize_file(file.tensors(), file.metadata());
     let selected: Vec<TensorInfo> = file
         .tensors()
         .iter()
@@ -258,6 +260,7 @@ fn list_file(
         ));
     }
     Ok(Listing {
+        non_tensors: file.non_tensor_entries().to_vec(),
         file,
         summary,
         rows,
@@ -300,6 +303,10 @@ fn render_table(l: &Listing, args: &InspectArgs) -> String {
         for p in &s.parts {
             let _ = writeln!(out, "  - {}", safe(p));
         }
+    }
+    if !l.non_tensors.is_empty() {
+        let shown: Vec<String> = l.non_tensors.iter().map(|e| safe(e).into_owned()).collect();
+        let _ = writeln!(out, "non-tensor entries: {}", shown.join(", "));
     }
     let mut table = Table::new();
     table.load_preset(presets::UTF8_FULL_CONDENSED);
@@ -433,6 +440,7 @@ fn file_json(l: &Listing, args: &InspectArgs) -> Value {
         "path": l.file.path().display().to_string(),
         "format": l.file.format(),
         "summary": l.summary,
+        "non_tensor_entries": l.non_tensors,
         "metadata": l.file.metadata(),
         "tensors": tensors,
         "totals": {

@@ -196,3 +196,32 @@ def test_hostile_pickle_is_refused_and_runs_nothing(func, vitconv_bin, tmp_path)
     code = "import pickle,sys,time; pickle.loads(sys.stdin.buffer.read()); time.sleep(0.5)"
     subprocess.run([sys.executable, "-c", code], input=data, check=False, capture_output=True)
     assert marker.exists(), "the test payload is not live, so the refusal above proves nothing"
+
+
+def test_inspect_recognises_wrapped_training_checkpoints(tmp_path):
+    """A training checkpoint's weights under `state_dict` (or DDP's `module.`) are recognised, the wrapper
+    is named, and the entries that are not tensors are listed, not ignored."""
+    from test_loaders import BINARY, FIXTURES
+
+    out = tmp_path / "m.safetensors"
+    run = subprocess.run([str(BINARY), "npz-to-pt", str(FIXTURES / "vit-token/checkpoint.npz"), str(out),
+                          "--layout", "timm", "--quiet"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    sd = load_file(str(out))
+    ckpt = {"state_dict": {f"module.{k}": v for k, v in sd.items()},
+            "optimizer": {"state": {0: {"exp_avg": torch.zeros(3)}}, "param_groups": [{"lr": 0.1}]},
+            "epoch": 7, "arch": "vit"}
+    torch.save(ckpt, tmp_path / "train.pt")
+    torch.save({"model": sd}, tmp_path / "model.pt")
+    run = subprocess.run([str(BINARY), "inspect", "--json", str(tmp_path / "train.pt"), str(tmp_path / "model.pt"),
+                          str(out)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    train, model, plain = json.loads(run.stdout)["files"]
+    assert train["summary"]["family"] == "timm" and train["summary"]["wrapper"] == "state_dict.module."
+    assert any("1 other tensors lie outside" in p for p in train["summary"]["parts"]), train["summary"]
+    assert "epoch = 7" in train["non_tensor_entries"] and "arch (str)" in train["non_tensor_entries"]
+    assert model["summary"]["wrapper"] == "model." and model["non_tensor_entries"] == []
+    # The converted file records its head count, which fused q/k/v weights cannot tell.
+    assert "4 heads" in plain["summary"]["architecture"], plain["summary"]
+    text = subprocess.run([str(BINARY), "inspect", str(tmp_path / "train.pt")], capture_output=True, text=True)
+    assert "non-tensor entries: " in text.stdout and "epoch = 7" in text.stdout

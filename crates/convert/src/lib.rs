@@ -45,6 +45,64 @@ pub struct Summary {
     pub architecture: String,
     /// What the parts are, one sentence each (patch embedding, class token, position embedding, stem...).
     pub parts: Vec<String>,
+    /// The wrapper the layout was found under (`state_dict.`, `model.`, DDP's `module.`), if any.
+    pub wrapper: Option<String>,
+}
+
+/// Wrappers training checkpoints put around their weights: a dict entry, DDP's `module.`, or both.
+const WRAPPERS: &[&str] = &[
+    "state_dict.",
+    "model.",
+    "module.",
+    "state_dict.module.",
+    "model.module.",
+    "model_ema.",
+    "ema.",
+];
+
+/// [`summarize`] for a whole file: recognises a layout also under one wrapper key or a `module.` prefix
+/// (and says which, and how many tensors lie outside it), and takes from `vitconv.config` metadata what the
+/// shapes cannot tell (the head count of fused q/k/v layouts).
+pub fn summarize_file(
+    tensors: &[TensorInfo],
+    metadata: &std::collections::BTreeMap<String, String>,
+) -> Option<Summary> {
+    let heads = metadata
+        .get("vitconv.config")
+        .and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok())
+        .and_then(|c| c.get("heads").and_then(serde_json::Value::as_u64))
+        .and_then(|h| usize::try_from(h).ok());
+    if let Some(s) = summarize_with(tensors, heads) {
+        return Some(s);
+    }
+    WRAPPERS.iter().find_map(|w| {
+        let inner: Vec<TensorInfo> = tensors
+            .iter()
+            .filter_map(|t| {
+                t.name.strip_prefix(w).map(|n| TensorInfo {
+                    name: n.to_string(),
+                    ..t.clone()
+                })
+            })
+            .collect();
+        if inner.is_empty() {
+            return None;
+        }
+        let mut s = summarize_with(&inner, heads)?;
+        let outside = tensors.len().saturating_sub(inner.len());
+        s.parts.push(if outside == 0 {
+            format!("wrapped under {w}")
+        } else {
+            format!("wrapped under {w}; {outside} other tensors lie outside it (optimizer state and the like)")
+        });
+        s.wrapper = Some((*w).to_string());
+        Some(s)
+    })
+}
+
+/// Recognises the layout and architecture of a key/shape list, or `None` when it is not a known layout.
+pub fn summarize(tensors: &[TensorInfo]) -> Option<Summary> {
+    summarize_with(tensors, None)
 }
 
 /// The tensors of a source file that stack the blocks along their leading axis, with the depth of each, for
@@ -62,8 +120,8 @@ pub fn stacked_tensors(tensors: &[TensorInfo]) -> std::collections::BTreeMap<Str
         .collect()
 }
 
-/// Recognises the layout and architecture of a key/shape list, or `None` when it is not a known layout.
-pub fn summarize(tensors: &[TensorInfo]) -> Option<Summary> {
+/// [`summarize`], with a head count from elsewhere for layouts whose shapes do not give one.
+fn summarize_with(tensors: &[TensorInfo], heads: Option<usize>) -> Option<Summary> {
     if let Ok(model) = sources::read(tensors) {
         let arch = &model.image.arch;
         let mut parts = arch.parts();
@@ -72,9 +130,14 @@ pub fn summarize(tensors: &[TensorInfo]) -> Option<Summary> {
             family: model.family.to_string(),
             architecture: arch.describe(),
             parts,
+            wrapper: None,
         });
     }
-    let r = layout::recognise(tensors)?;
+    let mut r = layout::recognise(tensors)?;
+    if r.arch.heads.is_none() {
+        // Only a head count that divides the width is taken; the file's own record says it.
+        r.arch.heads = heads.filter(|h| *h > 0 && r.arch.hidden.is_multiple_of(*h));
+    }
     let class_shape = r
         .class_shape
         .clone()
@@ -85,5 +148,6 @@ pub fn summarize(tensors: &[TensorInfo]) -> Option<Summary> {
         family: r.family.to_string(),
         architecture: r.arch.describe(),
         parts,
+        wrapper: None,
     })
 }

@@ -169,6 +169,8 @@ pub struct TensorFile {
     metadata: BTreeMap<String, String>,
     /// Slices of stacked tensors read so far (see [`TensorFile::slice_bands`]).
     slices: bands::Slices,
+    /// Top-level entries of a `.pt` that hold no tensor (`epoch = 90`, `args (dict)`).
+    others: Vec<String>,
     /// The file's length when opened, which the statistics' work budget is a multiple of.
     file_len: u64,
     /// Bytes decoded or visited so far by [`TensorFile::stats`] on first sight of an entry,
@@ -227,6 +229,7 @@ impl TensorFile {
         let head: &[u8] = head;
 
         let mut metadata = BTreeMap::new();
+        let mut others = Vec::new();
         let (format, tensors, locations) = if [b"PK\x03\x04", b"PK\x05\x06", b"PK\x06\x06"]
             .iter()
             .any(|m| head.starts_with(*m))
@@ -235,6 +238,7 @@ impl TensorFile {
             if entries.iter().any(|e| e.name.ends_with("data.pkl")) {
                 let opened = pt::open(path, &file, &entries)?;
                 metadata = opened.metadata;
+                others = opened.others;
                 (Format::Pt, opened.infos, opened.locs)
             } else {
                 let (infos, locs) = npz::open(path, &file, &entries)?;
@@ -309,6 +313,7 @@ impl TensorFile {
             index,
             metadata,
             slices: bands::Slices::default(),
+            others,
             file_len,
             stats_work: AtomicU64::new(0),
             stats_repeat_work: AtomicU64::new(0),
@@ -336,6 +341,12 @@ impl TensorFile {
     /// The directory entry of one tensor.
     pub fn get(&self, name: &str) -> Option<&TensorInfo> {
         self.index.get(name).and_then(|&i| self.tensors.get(i))
+    }
+
+    /// Top-level entries of a `.pt` that hold no tensor (a training checkpoint's `epoch`, `args`), each
+    /// described in a few words; empty for the other formats.
+    pub fn non_tensor_entries(&self) -> &[String] {
+        &self.others
     }
 
     /// Free-form string metadata: safetensors' `__metadata__`, or the record vitconv writes into `.pt` files.

@@ -886,6 +886,44 @@ impl Machine<'_> {
     }
 }
 
+/// A `data.pkl`'s contents: its tensors in the order the pickle lists them, and the top-level entries that
+/// hold no tensor (a training checkpoint's `epoch`, `args`), described in a few words each.
+pub(crate) struct StateDict {
+    pub tensors: Vec<(String, TensorRef)>,
+    pub others: Vec<String>,
+}
+
+/// Unpickles a `data.pkl` into its tensors and the top-level entries that hold none.
+pub(crate) fn read_pickle(path: &Path, data: &[u8]) -> Result<StateDict> {
+    let mut m = Machine::new(path, data);
+    let root = m.run()?;
+    let Value::Dict { items, .. } = &root else {
+        return Err(m.err(format!(
+            "the pickle holds a {}, not a state dict",
+            root.kind()
+        )));
+    };
+    let others = items
+        .pairs
+        .iter()
+        .filter(|(_, v)| v.cost().tensors == 0)
+        .map(|(k, v)| {
+            let key = match k {
+                Value::Str(s) => s.to_string(),
+                Value::Int(i) => i.to_string(),
+                other => format!("({})", other.kind()),
+            };
+            match v {
+                Value::Int(i) => format!("{key} = {i}"),
+                other => format!("{key} ({})", other.kind()),
+            }
+        })
+        .collect();
+    let mut tensors = Vec::new();
+    m.flatten(&root, "", &mut tensors)?;
+    Ok(StateDict { tensors, others })
+}
+
 /// Unpickles a `data.pkl` into its tensors, in the order the pickle lists them.
 pub(crate) fn read_state_dict(path: &Path, data: &[u8]) -> Result<Vec<(String, TensorRef)>> {
     let mut m = Machine::new(path, data);

@@ -41,6 +41,8 @@ pub(crate) struct Opened {
     pub infos: Vec<TensorInfo>,
     pub locs: Vec<Location>,
     pub metadata: BTreeMap<String, String>,
+    /// Top-level entries of the pickle that hold no tensor, described briefly.
+    pub others: Vec<String>,
 }
 
 /// Reads a whole small record, refusing one longer than `limit`.
@@ -131,7 +133,7 @@ pub(crate) fn open(path: &Path, file: &File, entries: &[ZipEntry]) -> Result<Ope
     };
 
     let pickle_bytes = read_record(path, file, pkl, MAX_PICKLE_LEN)?;
-    let tensors = pickle::read_state_dict(path, &pickle_bytes)?;
+    let pickle::StateDict { tensors, others } = pickle::read_pickle(path, &pickle_bytes)?;
 
     let mut infos = Vec::with_capacity(tensors.len());
     let mut locs = Vec::with_capacity(tensors.len());
@@ -224,5 +226,6 @@ pub(crate) fn open(path: &Path, file: &File, entries: &[ZipEntry]) -> Result<Ope
         infos,
         locs,
         metadata,
+        others,
     })
 }
