@@ -1,7 +1,7 @@
 //! Runs a google-research/vision_transformer `.npz` and its conversion side by side on libtorch and reports how far their outputs are apart.
 //!
 //! - [`reference`]: the flax model straight from the `.npz` (never the converter's mapping code).
-//! - [`target`]: the converted file read by its own keys, one module per layout.
+//! - [`targets`]: the converted file read by its own keys, one module per layout.
 //! - [`input`]: the shared pixels; [`compare`]: metrics and the pass rule.
 //! - [`verify`] ties them together and returns a [`Report`]; a mismatch is a report with
 //!   `pass: false`, while [`Error`] means the comparison could not run (bad input).
@@ -12,7 +12,7 @@ pub mod input;
 pub mod ops;
 mod params;
 pub mod reference;
-pub mod target;
+pub mod targets;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -22,10 +22,10 @@ use tch::{Device, Kind, Tensor};
 pub use compare::Metrics;
 pub use error::{Error, Result};
 pub use input::InputSource;
-pub use target::{InputNorm, Layout};
+pub use targets::{InputNorm, Layout};
 
 use crate::reference::{Classifier, Reference, SourceArch};
-use crate::target::FeatureKind;
+use crate::targets::FeatureKind;
 
 /// Default tolerance when the target runs in float32 and declares the source's semantics:
 /// what is left is float rounding (the golden models differ by about 1e-6).
@@ -187,7 +187,7 @@ pub fn verify(opts: &Options) -> Result<Report> {
     disable_tf32();
     let device = parse_device(&opts.device)?;
     let reference = Reference::open(&opts.source, device)?;
-    let target = target::open(&opts.converted, opts.layout, device, opts.precision.kind())?;
+    let target = targets::open(&opts.converted, opts.layout, device, opts.precision.kind())?;
     let src = reference.arch().clone();
     let grid = check_architecture(opts, &src, &target)?;
     let image_size = target.arch.image_size;
@@ -324,7 +324,7 @@ pub fn verify(opts: &Options) -> Result<Report> {
 }
 
 /// Checks that the converted file holds the source's architecture; returns the token grid to run at.
-fn check_architecture(opts: &Options, src: &SourceArch, target: &target::Target) -> Result<usize> {
+fn check_architecture(opts: &Options, src: &SourceArch, target: &targets::Target) -> Result<usize> {
     let t = &target.arch;
     let mismatch = |what: &str, s: String, c: String| Error::ArchitectureMismatch {
         source_file: opts.source.clone(),
