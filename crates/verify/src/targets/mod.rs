@@ -446,7 +446,7 @@ pub(crate) fn tokens(y: &Tensor, class: Option<&Tensor>, pos: &Tensor) -> Result
 /// The token grid side of a position embedding with `rows` rows (after any class token).
 pub(crate) fn grid_of(path: &Path, tensor: &str, rows: usize, class_token: bool) -> Result<usize> {
     let patches = rows.saturating_sub(usize::from(class_token));
-    let g = crate::reference::isqrt(patches);
+    let g = crate::references::isqrt(patches);
     if g == 0 || g.checked_mul(g) != Some(patches) {
         return Err(Error::BadShape {
             path: path.to_path_buf(),
