@@ -1,4 +1,6 @@
 //! `vitconv npz-to-pt`: converts a google-research/vision_transformer `.npz` into a timm, transformers or CLIP-style checkpoint.
+//!
+//! With a directory as SOURCE it hands over to [`crate::cmd_batch`], which converts every `.npz` under it.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -53,11 +55,36 @@ enum ProjArg {
     None,
 }
 
+/// The weights format batch mode writes for the single-file layouts.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ExtArg {
+    Safetensors,
+    Pt,
+}
+
+impl ExtArg {
+    /// The file extension, without the dot.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExtArg::Safetensors => "safetensors",
+            ExtArg::Pt => "pt",
+        }
+    }
+}
+
+/// The name clap shows for a value of a `ValueEnum` (the one the user types).
+fn value_name<T: ValueEnum>(v: &T) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_string())
+        .unwrap_or_default()
+}
+
 #[derive(clap::Args)]
 pub struct ConvertArgs {
-    /// The source checkpoint (.npz of google-research/vision_transformer).
+    /// The source checkpoint (.npz of google-research/vision_transformer), or a directory: then every
+    /// .npz under it is converted (batch mode).
     source: PathBuf,
-    /// The output: .pt/.pth/.bin or .safetensors; a directory for --layout hf.
+    /// The output: .pt/.pth/.bin or .safetensors; a directory for --layout hf, and in batch mode.
     output: PathBuf,
     /// Target layout.
     #[arg(long, value_enum)]
@@ -87,12 +114,22 @@ pub struct ConvertArgs {
     /// GELU the target is configured with: tanh (the source's) or erf (the loaders' usual).
     #[arg(long, value_enum, default_value = "tanh")]
     gelu: GeluArg,
-    /// Overwrite an existing output.
+    /// Overwrite an existing output (batch mode: convert every file again, even those up to date).
     #[arg(long)]
     force: bool,
     /// Print nothing but errors (no progress bar, no report).
     #[arg(long)]
     quiet: bool,
+    /// Batch mode: conversions run at once (default: the number of cores).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    jobs: Option<u16>,
+    /// Batch mode: the format of each output, default safetensors (not for --layout hf, which writes a directory
+    /// per file).
+    #[arg(long, value_enum)]
+    ext: Option<ExtArg>,
+    /// Batch mode: print the summary as JSON on stdout instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 impl ConvertArgs {
@@ -136,6 +173,27 @@ impl ConvertArgs {
         o.overwrite = self.force;
         o
     }
+
+    /// Every option that changes what is written, in one stable line: batch mode records it with each
+    /// output and converts a file again when it differs.
+    fn fingerprint(&self, ext: &str) -> String {
+        let head = match (self.drop_head, self.num_classes) {
+            (true, _) => "drop".to_string(),
+            (false, Some(n)) => format!("num-classes={n}"),
+            (false, None) => "keep".to_string(),
+        };
+        let or_default = |v: Option<String>| v.unwrap_or_else(|| "default".to_string());
+        format!(
+            "layout={} dtype={} image-size={} resize={} head={head} proj={} input-norm={} gelu={} ext={ext}",
+            value_name(&self.layout),
+            value_name(&self.dtype),
+            or_default(self.image_size.map(|n| n.to_string())),
+            value_name(&self.resize),
+            or_default(self.proj.as_ref().map(value_name)),
+            or_default(self.input_norm.as_ref().map(value_name)),
+            value_name(&self.gelu),
+        )
+    }
 }
 
 /// Exit status after SIGINT or SIGTERM: 128 + SIGINT, as shells report an interrupted command.
@@ -152,6 +210,20 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
     })
     .context("installing the interrupt handler")?;
     let opts = args.options();
+    if args.source.is_dir() {
+        return run_batch(&args, opts);
+    }
+    let batch_only = [
+        ("--jobs", args.jobs.is_some()),
+        ("--ext", args.ext.is_some()),
+        ("--json", args.json),
+    ];
+    if let Some((flag, _)) = batch_only.iter().find(|(_, given)| *given) {
+        anyhow::bail!(
+            "{flag} applies only when SOURCE is a directory (batch mode); {} is a file",
+            args.source.display()
+        );
+    }
     let file = TensorFile::open(&args.source)?;
     let conv = vitconv_convert::prepare(&file, &opts)
         .with_context(|| args.source.display().to_string())?;
@@ -180,8 +252,9 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
 
     let layout = opts.layout.as_str();
     println!(
-        "source: {}: vit_jax {}",
+        "source: {}: {} {}",
         args.source.display(),
+        conv.family,
         conv.arch.describe()
     );
     for n in &conv.source_notes {
@@ -227,6 +300,33 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Batch mode: checks the options that only it takes, then converts every `.npz` under SOURCE.
+fn run_batch(args: &ConvertArgs, opts: Options) -> anyhow::Result<ExitCode> {
+    let ext = match (opts.layout, args.ext) {
+        (Layout::Hf, Some(_)) => anyhow::bail!(
+            "--ext does not apply to --layout hf, which writes a directory per checkpoint"
+        ),
+        (Layout::Hf, None) => None,
+        (_, ext) => Some(ext.unwrap_or(ExtArg::Safetensors)),
+    };
+    let jobs = match args.jobs {
+        Some(n) => usize::from(n),
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let batch = crate::cmd_batch::Batch {
+        source_dir: args.source.clone(),
+        output_dir: args.output.clone(),
+        ext: ext.map(ExtArg::as_str),
+        fingerprint: args.fingerprint(ext.map_or("directory", ExtArg::as_str)),
+        jobs,
+        force: args.force,
+        quiet: args.quiet,
+        json: args.json,
+        opts,
+    };
+    crate::cmd_batch::run(&batch)
 }
 
 /// The Python that loads the written weights into the model the plan's lines build.

@@ -1,8 +1,10 @@
 //! The `vitconv` command line: parses arguments, calls the library crates, prints results.
 //!
 //! Exit codes: 0 success; 1 a verification that ran and found a mismatch;
-//! 2 bad input, a refusal, or any other error (the reason goes to stderr on one line).
+//! 2 bad input, a refusal, or any other error (the reason goes to stderr on one line);
+//! in batch mode (`npz-to-pt SRC_DIR OUT_DIR`), 2 when any file was refused or failed.
 
+mod cmd_batch;
 mod cmd_convert;
 mod cmd_inspect;
 mod cmd_verify;
@@ -26,7 +28,7 @@ struct Cli {
 enum Command {
     /// List the tensors of .npz, .npy, .safetensors and .pt files, and say what model they hold.
     Inspect(cmd_inspect::InspectArgs),
-    /// Convert a google-research/vision_transformer .npz into a timm, transformers or CLIP-style checkpoint.
+    /// Convert a google-research/vision_transformer .npz (or every .npz under a directory) into a timm, transformers or CLIP-style checkpoint.
     #[command(name = "npz-to-pt")]
     NpzToPt(cmd_convert::ConvertArgs),
     /// Run the source .npz and its conversion side by side on libtorch and compare their outputs.
@@ -62,7 +64,7 @@ fn main() -> ExitCode {
 
 /// The error and its causes on one line, so the file and tensor names show; a cause whose text the message
 /// already quotes (library errors often embed their source) is not repeated.
-fn one_line(err: &anyhow::Error) -> String {
+pub(crate) fn one_line(err: &anyhow::Error) -> String {
     let mut line = err.to_string();
     for cause in err.chain().skip(1) {
         let text = cause.to_string();

@@ -59,7 +59,9 @@ fn holds(layout: &str, case: &str) -> bool {
     let prelogits = case.starts_with("vit-prelogits");
     match layout {
         "timm" => !prelogits,
-        "hf" | "open_clip" => !hybrid && !gap && !prelogits,
+        // transformers holds a gap model as SigLIP's vision tower (SiglipForImageClassification).
+        "hf" => !hybrid && !prelogits,
+        "open_clip" => !hybrid && !gap && !prelogits,
         _ => case.starts_with("vit-mlp4"),
     }
 }
@@ -308,7 +310,7 @@ fn refusals_and_option_errors_exit_2() {
     );
     assert_bad_input(&convert(&token, &out, "clip", &[]), "4x");
     assert_bad_input(
-        &convert(&fixture("vit-gap/checkpoint.npz"), &out, "hf", &[]),
+        &convert(&fixture("vit-gap/checkpoint.npz"), &out, "open_clip", &[]),
         "class token",
     );
     assert_bad_input(
@@ -402,7 +404,7 @@ const BIG_DIMS: (usize, usize, usize) = (1024, 4096, 6);
 
 /// Writes a vit_jax `.npz` shaped like `vit-token/checkpoint.npz` but with [`BIG_DIMS`] (4 heads kept).
 #[cfg(unix)]
-fn write_big_vit(path: &Path) {
+pub(crate) fn write_big_vit(path: &Path) {
     use std::collections::BTreeMap;
     use vitconv_tensors::{TensorSpec, Writer};
     let (d, m, depth) = BIG_DIMS;
@@ -511,7 +513,7 @@ fn convert_and_interrupt(source: &Path, output: &Path, layout: &str, signal: &st
 /// The writer's temporary files in `dir` (`.NAME.*.partial`, and the side files' `.tmp*`); none if `dir` does
 /// not exist (yet).
 #[cfg(unix)]
-fn partial_files(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn partial_files(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };

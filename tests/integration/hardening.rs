@@ -20,7 +20,7 @@ const LAYOUT: &str = "timm";
 /// timm layout writes after everything of block 0. It is 32 KiB, so its break (16 bytes
 /// before its end) lies past the 32 KiB an inflater decodes ahead when `open` reads the
 /// `.npy` header: the file opens, converts, and fails only when this tensor is read.
-const BROKEN_TENSOR: &str = "Transformer/encoderblock_1/MlpBlock_3/Dense_1/kernel";
+pub(crate) const BROKEN_TENSOR: &str = "Transformer/encoderblock_1/MlpBlock_3/Dense_1/kernel";
 /// Intact bytes at the end of the broken member's content (header included) that are lost.
 const BROKEN_TAIL: usize = 16;
 
@@ -92,7 +92,7 @@ fn deflate_broken_near_end(content: &[u8]) -> Vec<u8> {
 /// A copy of the fixture checkpoint, re-zipped with `broken`'s member failing near the end of
 /// its data; every other member is stored intact, so the file opens and converts until that
 /// tensor is read (checked here, so the tests below really fail half-way).
-fn source_breaking_halfway(dir: &Path, broken: &str) -> PathBuf {
+pub(crate) fn source_breaking_halfway(dir: &Path, broken: &str) -> PathBuf {
     let src = TensorFile::open(fixture(SOURCE)).expect("fixture opens");
     let mut members = Vec::new();
     for t in src.tensors() {

@@ -4,10 +4,14 @@
 //! - `common`: paths to fixtures and the binary, tolerances, small helpers.
 //! - `inspect`: `vitconv inspect` on every format, grouping, stats, JSON, bad input.
 //! - `convert`: `vitconv npz-to-pt` on every golden case and layout, options, refusals.
+//! - `batch`: `vitconv npz-to-pt SRC_DIR OUT_DIR`: same relative paths, byte-identical to single conversions,
+//!   resuming (skip, touched source, changed options, `--force`), broken and refused files among good ones,
+//!   `--json`, usage errors, an interrupt.
 //! - `verify`: `vitconv verify` passes good conversions and catches planted bugs (feature `verify`).
 //! - `hardening`: hostile pickles run nothing; failed conversions (unwritable directory, a source
 //!   breaking half-way, a full disk) leave no output and existing files intact; only `--force` replaces.
 
+mod batch;
 mod common;
 mod convert;
 mod hardening;

@@ -10,6 +10,9 @@ pub enum Classifier {
     Token,
     /// No class token; the mean over all tokens after the final norm (vit_jax `classifier='gap'`).
     Gap,
+    /// A learned probe attends over all tokens after the final norm, then a LayerNorm + MLP residual
+    /// (big_vision `pool_type='map'`, `MAPHead_0`).
+    Map,
 }
 
 impl Classifier {
@@ -17,6 +20,7 @@ impl Classifier {
         match self {
             Classifier::Token => "token",
             Classifier::Gap => "gap",
+            Classifier::Map => "map",
         }
     }
 }
@@ -59,6 +63,16 @@ impl ResNet {
     }
 }
 
+/// Where the position embedding comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PosEmbKind {
+    /// A stored, learned table.
+    Learned,
+    /// big_vision's fixed 2-D sine-cosine embedding, computed from the grid and the width, never stored.
+    Sincos2d,
+}
+
 /// Everything about a ViT that its shapes determine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Arch {
@@ -71,13 +85,21 @@ pub struct Arch {
     pub heads: Option<usize>,
     pub mlp: usize,
     pub depth: usize,
-    /// Patch grid (rows, columns).
-    pub grid: (usize, usize),
+    /// Patch grid (rows, columns); `None` where the file does not store it (a computed sincos2d position
+    /// embedding), so that the resolution must come from the user.
+    pub grid: Option<(usize, usize)>,
+    /// How the position embedding is made.
+    pub posemb: PosEmbKind,
     pub classifier: Classifier,
+    /// Whether the class token is given a position embedding (vit_jax: prepended first; big_vision `tok`:
+    /// concatenated after the position embedding is added, so it has none).
+    pub class_pos: bool,
     pub num_classes: Option<usize>,
     /// Width of the `pre_logits` dense + tanh layer, where there is one.
     pub representation: Option<usize>,
     pub resnet: Option<ResNet>,
+    /// Whether the blocks are stored stacked along a leading depth axis (big_vision's scan format).
+    pub stacked: bool,
 }
 
 impl Arch {
@@ -91,21 +113,14 @@ impl Arch {
             .saturating_mul(self.resnet.as_ref().map_or(1, ResNet::stride))
     }
 
-    /// Image side in pixels (the grid is square for every published checkpoint; rows are used).
-    pub fn image_size(&self) -> usize {
-        self.grid.0.saturating_mul(self.stride())
+    /// Image side in pixels (the grid is square for every published checkpoint; rows are used), where the
+    /// file says.
+    pub fn image_size(&self) -> Option<usize> {
+        self.grid.map(|g| g.0.saturating_mul(self.stride()))
     }
 
     pub fn class_token(&self) -> bool {
         self.classifier == Classifier::Token
-    }
-
-    /// Rows of the position embedding: the grid plus one for the class token.
-    pub fn pos_rows(&self) -> usize {
-        self.grid
-            .0
-            .saturating_mul(self.grid.1)
-            .saturating_add(usize::from(self.class_token()))
     }
 
     /// The paper's size name (`Ti`, `S`, `B`, `L`, `H`, `g`, `G`) when hidden, depth and heads match one.
@@ -145,9 +160,11 @@ impl Arch {
             (Some(h), _) => format!("{h} heads"),
             (None, _) => "heads not stored (fused q/k/v)".to_string(),
         };
-        let pool = match self.classifier {
-            Classifier::Token => "+ class token",
-            Classifier::Gap => "no class token, mean pooling",
+        let pool = match (self.classifier, self.class_pos) {
+            (Classifier::Token, true) => "+ class token",
+            (Classifier::Token, false) => "+ class token without a position embedding",
+            (Classifier::Gap, _) => "no class token, mean pooling",
+            (Classifier::Map, _) => "no class token, MAP head pooling",
         };
         let classes = match self.num_classes {
             Some(c) => format!("{c} classes"),
@@ -157,15 +174,20 @@ impl Arch {
             Some(r) => format!("pre_logits {r}"),
             None => "no pre_logits".to_string(),
         };
+        let resolution = match (self.grid, self.image_size()) {
+            (Some((h, w)), Some(px)) => format!("{px} px ({h}x{w} grid {pool})"),
+            _ => format!("resolution not stored (sincos2d position embedding, {pool})"),
+        };
+        let layers = if self.stacked {
+            format!("{} layers (stacked, scan format)", self.depth)
+        } else {
+            format!("{} layers", self.depth)
+        };
         format!(
-            "{}: hidden {}, {} layers, {heads}, mlp {}, {} px ({}x{} grid {pool}), {classes}, {pre}",
+            "{}: hidden {}, {layers}, {heads}, mlp {}, {resolution}, {classes}, {pre}",
             self.name(),
             self.hidden,
-            self.depth,
             self.mlp,
-            self.image_size(),
-            self.grid.0,
-            self.grid.1,
         )
     }
 
@@ -214,12 +236,24 @@ impl Arch {
             Classifier::Gap => {
                 parts.push("class token: none (global average pooling over the tokens)".to_string())
             }
+            Classifier::Map => parts.push(
+                "class token: none (a MAP head: a learned probe attends over the tokens, then LayerNorm + MLP)"
+                    .to_string(),
+            ),
         }
-        let prefix = if self.class_token() { "1 + " } else { "" };
-        parts.push(format!(
-            "position embedding: learned, {prefix}{}x{} rows of {}",
-            self.grid.0, self.grid.1, self.hidden
-        ));
+        let prefix = if self.class_token() && self.class_pos {
+            "1 + "
+        } else {
+            ""
+        };
+        parts.push(match (self.posemb, self.grid) {
+            (PosEmbKind::Learned, Some((h, w))) => format!(
+                "position embedding: learned, {prefix}{h}x{w} rows of {}",
+                self.hidden
+            ),
+            _ => "position embedding: sincos2d (computed, not stored): the resolution must be given with --image-size"
+                .to_string(),
+        });
         let heads = match (self.heads, self.head_dim()) {
             (Some(h), Some(dh)) => format!("{h} heads x {dh}"),
             _ => "heads not stored".to_string(),
@@ -255,11 +289,14 @@ mod tests {
             heads: Some(16),
             mlp: 4096,
             depth: 24,
-            grid: (12, 12),
+            grid: Some((12, 12)),
+            posemb: PosEmbKind::Learned,
             classifier: Classifier::Token,
+            class_pos: true,
             num_classes: Some(1000),
             representation: None,
             resnet: None,
+            stacked: false,
         }
     }
 

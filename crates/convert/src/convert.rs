@@ -22,7 +22,7 @@ use crate::arch::Arch;
 use crate::error::{Error, Result};
 use crate::layout;
 use crate::layout::hf;
-use crate::model::Param;
+use crate::model::{Param, Stacked};
 use crate::options::{Options, OutDType};
 use crate::plan::{
     encode_append, transpose_encode_bytes, Fetch, OutTensor, OutputKind, Plan, Recipe,
@@ -31,7 +31,7 @@ use crate::plan::{
 impl Fetch for TensorFile {
     fn fetch(&self, param: &Param) -> Result<Vec<f32>> {
         let values = self.read_f32(&param.tensor)?;
-        let Some(i) = param.index else {
+        let Some(Stacked { index: i, .. }) = param.stack else {
             return Ok(values);
         };
         // A slice of a stacked tensor: the parameters of the stack are small ones here (biases, norms), the
@@ -54,12 +54,11 @@ impl Fetch for TensorFile {
 
 /// Reads a parameter as `[rows, ...]` bytes in bands of columns (see `TensorFile::column_bands`).
 fn bands<'f>(file: &'f TensorFile, param: &Param, rows: usize) -> Result<ColumnBands<'f>> {
-    match param.index {
+    match param.stack {
         None => Ok(file.column_bands(&param.tensor, rows)?),
-        Some(_) => Err(Error::Inconsistent {
-            recognised: "a stacked parameter".to_string(),
-            problem: format!("{} cannot be streamed yet", param.describe()),
-        }),
+        Some(Stacked { index, count }) => {
+            Ok(file.slice_bands(&param.tensor, index, count, rows)?)
+        }
     }
 }
 
@@ -104,6 +103,8 @@ fn decode_append(name: &str, dtype: DType, bytes: &[u8], out: &mut Vec<f32>) -> 
 /// A checked conversion, ready to write.
 #[derive(Debug, Clone)]
 pub struct Conversion {
+    /// The source family (`vit_jax`, `big_vision`).
+    pub family: &'static str,
     /// The source's architecture as detected.
     pub arch: Arch,
     /// Notes about the source itself (prefix, block naming).
@@ -126,6 +127,7 @@ pub fn prepare(file: &TensorFile, opts: &Options) -> Result<Conversion> {
         source_notes.push(format!("stored as bfloat16 ({} and others)", t.name));
     }
     Ok(Conversion {
+        family: model.family,
         arch: model.image.arch,
         source_notes,
         plan,

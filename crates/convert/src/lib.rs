@@ -1,15 +1,24 @@
-//! Detects Vision Transformer checkpoints from their keys and shapes and maps them into timm, transformers and CLIP-style layouts.
+//! Reads Vision Transformer checkpoints from their keys and shapes into a neutral model and maps that model into
+//! timm, transformers and CLIP-style layouts.
 //!
-//! - [`detect`]: recognises a family (vit_jax as the conversion source; timm, transformers, open_clip,
-//!   OpenAI CLIP for `inspect`) and reads the architecture ([`arch::Arch`]) off the shapes.
-//! - [`layout`]: one module per target layout, each a table of names plus the transforms it needs.
+//! - [`sources`]: one module per source family (`vit_jax`, `big_vision`), each turning a key/shape listing
+//!   into a [`model::Model`] or refusing it with a one-line reason, and the registry that lists them.
+//! - [`model`]: the neutral description between sources and layouts: towers, blocks and heads whose every
+//!   parameter is a source tensor (with an index into a stacked axis where blocks are stacked), and the sizes
+//!   read off the shapes ([`arch::Arch`]).
+//! - [`layout`]: one module per target layout, each a table of target key and model role plus its refusals,
+//!   config and side files, and the recogniser `inspect` uses (built from the same names); the registry
+//!   [`layout::LAYOUTS`] lists them.
 //! - [`plan`]: the transforms (transpose, q/k/v fusion, HWIO -> OIHW, bias and normalisation folding,
-//!   position-embedding resizing via [`resize`]).
+//!   position-embedding resizing via [`resize`], sincos2d).
 //! - [`convert`]: runs a plan, streaming one output tensor at a time into an atomic writer.
+//!
+//! The rule: a new source family is a new module under [`sources`] plus one line in `sources::SOURCES`; a new
+//! target layout is a new module under [`layout`] plus one line in [`layout::LAYOUTS`] (and its name in
+//! [`Layout`]); neither edits another family or layout.
 
 pub mod arch;
 pub mod convert;
-pub mod detect;
 pub mod error;
 pub mod kernel;
 pub mod layout;
@@ -40,17 +49,26 @@ pub struct Summary {
 
 /// Recognises the layout and architecture of a key/shape list, or `None` when it is not a known layout.
 pub fn summarize(tensors: &[TensorInfo]) -> Option<Summary> {
-    let (family, arch, notes) = detect::summarize_family(tensors)?;
-    let mut parts = match family {
-        detect::Family::OpenClip | detect::Family::OpenAiClip => {
-            arch.parts_with(false, &format!("[{}] (class_embedding)", arch.hidden))
-        }
-        _ => arch.parts(),
-    };
-    parts.extend(notes);
+    if let Ok(model) = sources::read(tensors) {
+        let arch = &model.image.arch;
+        let mut parts = arch.parts();
+        parts.extend(model.notes.iter().cloned());
+        return Some(Summary {
+            family: model.family.to_string(),
+            architecture: arch.describe(),
+            parts,
+        });
+    }
+    let r = layout::recognise(tensors)?;
+    let class_shape = r
+        .class_shape
+        .clone()
+        .unwrap_or_else(|| format!("[1, 1, {}]", r.arch.hidden));
+    let mut parts = r.arch.parts_with(r.patch_bias, &class_shape);
+    parts.extend(r.notes);
     Some(Summary {
-        family: family.as_str().to_string(),
-        architecture: arch.describe(),
+        family: r.family.to_string(),
+        architecture: r.arch.describe(),
         parts,
     })
 }

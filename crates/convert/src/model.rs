@@ -18,19 +18,44 @@ pub struct Param {
     /// The source tensor's name in the file.
     pub tensor: String,
     /// The slice along the tensor's leading (stacked) axis, for blocks stored as one `[depth, ...]` array.
-    pub index: Option<usize>,
+    pub stack: Option<Stacked>,
     /// The stored element type.
     pub dtype: DType,
     /// The parameter's own shape: the slice's shape for a stacked tensor, else the tensor's.
     pub shape: Vec<usize>,
 }
 
+/// One slice of a tensor stacked along its leading axis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stacked {
+    /// Which slice.
+    pub index: usize,
+    /// How many slices the tensor holds (its leading dimension).
+    pub count: usize,
+}
+
 impl Param {
+    /// Slice `index` of a tensor stacked as `[count, ...shape]`.
+    pub fn slice(
+        tensor: impl Into<String>,
+        dtype: DType,
+        index: usize,
+        count: usize,
+        shape: &[usize],
+    ) -> Param {
+        Param {
+            tensor: tensor.into(),
+            stack: Some(Stacked { index, count }),
+            dtype,
+            shape: shape.to_vec(),
+        }
+    }
+
     /// A whole source tensor.
     pub fn whole(tensor: impl Into<String>, dtype: DType, shape: &[usize]) -> Param {
         Param {
             tensor: tensor.into(),
-            index: None,
+            stack: None,
             dtype,
             shape: shape.to_vec(),
         }
@@ -43,8 +68,8 @@ impl Param {
 
     /// How a report names it: the tensor, with `[i]` for a slice of a stacked tensor.
     pub fn describe(&self) -> String {
-        match self.index {
-            Some(i) => format!("{}[{i}]", self.tensor),
+        match self.stack {
+            Some(s) => format!("{}[{}]", self.tensor, s.index),
             None => self.tensor.clone(),
         }
     }
@@ -128,6 +153,8 @@ pub struct Stem {
 pub enum PosEmbed {
     /// A stored `[1, rows, D]` table; `class_row` says whether its first row belongs to the class token.
     Table { param: Param, class_row: bool },
+    /// big_vision's `posemb_sincos_2d`, computed for the output's grid (nothing is stored).
+    Sincos2d,
 }
 
 /// How the encoder output becomes one vector per image.
@@ -137,6 +164,19 @@ pub enum Pool {
     Token,
     /// The mean over all tokens after the final norm.
     Mean,
+    /// Multihead attention pooling: a learned probe attends over the tokens after the final norm.
+    Map(Box<MapHead>),
+}
+
+/// big_vision's `MAPHead`: `probe` `[1, 1, D]` as the only query of a multihead attention over the tokens,
+/// then `x + mlp(norm(x))`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapHead {
+    pub probe: Param,
+    pub attn: Attention,
+    pub norm: Norm,
+    /// `[D, M]` then `[M, D]`.
+    pub mlp: [Dense; 2],
 }
 
 /// One tower of a model: the image tower of a ViT.
@@ -172,4 +212,7 @@ pub struct Model {
     pub notes: Vec<String>,
     /// Every tensor of the file and its shape, for the check that a plan accounts for all of them.
     pub shapes: BTreeMap<String, Vec<usize>>,
+    /// Tensors of the file that are not part of the model (a training checkpoint's optimizer state), left
+    /// out of every conversion and named in its notes.
+    pub left_out: Vec<String>,
 }

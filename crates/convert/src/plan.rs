@@ -56,6 +56,13 @@ pub enum Recipe {
         method: ResizeMethod,
         add_to_grid: Option<Box<Recipe>>,
     },
+    /// big_vision's `posemb_sincos_2d` for a `grid` of rows x columns and width `dim`, computed in f64 and
+    /// rounded once to the output type; `add_to_grid` as for [`Recipe::PosEmbed`].
+    Sincos2d {
+        grid: (usize, usize),
+        dim: usize,
+        add_to_grid: Option<Box<Recipe>>,
+    },
     /// `len` copies of one value (OpenAI CLIP's `ln_pre`, which the source does not have: weight 1, bias 0).
     Fill { value: f32, len: usize },
     /// An `n x n` identity (CLIP-style `proj` with `--proj none`).
@@ -84,6 +91,11 @@ impl Recipe {
                     r.sources(out);
                 }
             }
+            Recipe::Sincos2d { add_to_grid, .. } => {
+                if let Some(r) = add_to_grid {
+                    r.sources(out);
+                }
+            }
             Recipe::Fill { .. } | Recipe::Identity(_) => {}
         }
     }
@@ -99,7 +111,20 @@ impl Recipe {
     /// Appends the output, encoded as `dtype`, to `out`. For the small recipes (patch kernel, biases, position
     /// embedding, stem convolutions): the executor streams transposes and copies band by band instead.
     pub fn eval_bytes(&self, src: &dyn Fetch, dtype: OutDType, out: &mut Vec<u8>) -> Result<()> {
-        encode_append(&self.eval(src)?, dtype, out);
+        match self {
+            Recipe::Concat(parts) => {
+                for p in parts {
+                    p.eval_bytes(src, dtype, out)?;
+                }
+            }
+            // Rounded once, from f64 to the output type, as the exactness asks.
+            Recipe::Sincos2d {
+                grid,
+                dim,
+                add_to_grid: None,
+            } => encode_append_f64(&sincos2d(*grid, *dim), dtype, out),
+            _ => encode_append(&self.eval(src)?, dtype, out),
+        }
         Ok(())
     }
 
@@ -172,12 +197,67 @@ impl Recipe {
                 out.append(&mut grid);
                 Ok(out)
             }
+            Recipe::Sincos2d {
+                grid,
+                dim,
+                add_to_grid,
+            } => {
+                let mut v: Vec<f32> = sincos2d(*grid, *dim).iter().map(|x| *x as f32).collect();
+                if let Some(add) = add_to_grid {
+                    let a = add.eval(src)?;
+                    if a.len() != *dim {
+                        return Err(Error::Length {
+                            name: "sincos2d position embedding".to_string(),
+                            shape: vec![*dim],
+                            expected: *dim,
+                            found: a.len(),
+                        });
+                    }
+                    for row in v.chunks_exact_mut((*dim).max(1)) {
+                        row.iter_mut().zip(&a).for_each(|(g, a)| *g += a);
+                    }
+                }
+                Ok(v)
+            }
             Recipe::Fill { value, len } => Ok(vec![*value; *len]),
             Recipe::Identity(n) => {
                 let mut v = vec![0f32; n * n];
                 v.iter_mut().step_by(n + 1).for_each(|x| *x = 1.0);
                 Ok(v)
             }
+        }
+    }
+}
+
+/// big_vision's `posemb_sincos_2d` (`models/vit.py`) for an `h x w` grid and width `dim`, in f64: rows in
+/// row-major `(y, x)` order, `omega = 1 / 10000^(k / (dim/4 - 1))` for `k < dim/4`, and each row
+/// `[sin(x omega), cos(x omega), sin(y omega), cos(y omega)]`. (timm's own helper divides by `dim/4`,
+/// not `dim/4 - 1`: a different table.) The source module guarantees `dim % 4 == 0`.
+pub fn sincos2d((h, w): (usize, usize), dim: usize) -> Vec<f64> {
+    let quarter = dim / 4;
+    let denom = quarter.saturating_sub(1).max(1) as f64;
+    let omega: Vec<f64> = (0..quarter)
+        .map(|k| 1.0 / 10_000f64.powf(k as f64 / denom))
+        .collect();
+    let mut out = Vec::with_capacity(h.saturating_mul(w).saturating_mul(dim));
+    for y in 0..h {
+        for x in 0..w {
+            out.extend(omega.iter().map(|o| (x as f64 * o).sin()));
+            out.extend(omega.iter().map(|o| (x as f64 * o).cos()));
+            out.extend(omega.iter().map(|o| (y as f64 * o).sin()));
+            out.extend(omega.iter().map(|o| (y as f64 * o).cos()));
+        }
+    }
+    out
+}
+
+/// Appends f64 `values` rounded once to the little-endian `dtype`.
+fn encode_append_f64(values: &[f64], dtype: OutDType, out: &mut Vec<u8>) {
+    for v in values {
+        match dtype {
+            OutDType::F32 => out.extend((*v as f32).to_le_bytes()),
+            OutDType::F16 => out.extend(half::f16::from_f64(*v).to_le_bytes()),
+            OutDType::BF16 => out.extend(half::bf16::from_f64(*v).to_le_bytes()),
         }
     }
 }

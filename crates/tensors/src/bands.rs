@@ -16,6 +16,9 @@
 //! in file order (`crc32fast::Hasher::combine`, zlib's `crc32_combine`) with the member's
 //! `.npy` header ahead of them.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use crate::source::{self, Base, Layout, MemberCrc};
 use crate::{Error, Result, TensorFile};
 
@@ -27,8 +30,54 @@ enum Source {
         /// The member's CRC, the hash of its bytes ahead of the data, and one running hash per row.
         crc: Option<(MemberCrc, crc32fast::Hasher, Vec<crc32fast::Hasher>)>,
     },
-    /// The whole tensor, read (and checked) up front.
-    Whole(Vec<u8>),
+    /// The whole tensor, read (and checked) up front, shared by every slice of a stacked tensor that reads it;
+    /// `base` is where this reader's bytes begin in it.
+    Whole { all: Arc<Vec<u8>>, base: usize },
+}
+
+/// What is known of the slices of stacked tensors read so far, per tensor: each slice's CRC-32 state while
+/// the others are still to come, and the decoded bytes of a tensor that could not be read in place.
+///
+/// A stacked `[depth, ...]` tensor is read one slice at a time, each by the output tensor of its block, so
+/// no single reader sees the whole member: each hands its slice's running CRC here, and the slice that
+/// completes the set checks the member's CRC-32. A deflated member is inflated once, by the first slice
+/// read, and kept until its last slice has been read.
+#[derive(Debug, Default)]
+pub(crate) struct Slices {
+    by_tensor: Mutex<HashMap<String, SliceState>>,
+}
+
+#[derive(Debug)]
+struct SliceState {
+    /// Each slice's hash once it has been read whole, in stack order.
+    crcs: Vec<Option<crc32fast::Hasher>>,
+    /// Which slices have been read whole.
+    seen: Vec<bool>,
+    /// The tensor's bytes, for tensors read whole, while slices of it remain to be read.
+    whole: Option<Arc<Vec<u8>>>,
+    /// Slices not read yet.
+    left: usize,
+}
+
+impl Slices {
+    /// The state of `name`'s `count` slices, created on first use.
+    fn with<T>(&self, name: &str, count: usize, f: impl FnOnce(&mut SliceState) -> T) -> T {
+        let mut map = self
+            .by_tensor
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let state = map.entry(name.to_string()).or_insert_with(|| SliceState {
+            crcs: vec![None; count],
+            seen: vec![false; count],
+            whole: None,
+            left: count,
+        });
+        let out = f(state);
+        if state.left == 0 && state.whole.is_some() {
+            state.whole = None;
+        }
+        out
+    }
 }
 
 /// Largest gap, in bytes, between the slices of consecutive rows that one spanning read covers.
@@ -54,6 +103,8 @@ pub struct ColumnBands<'f> {
     /// Spanning reads land here before their rows' slices are picked out.
     span: Vec<u8>,
     source: Source,
+    /// For a slice of a stacked tensor: which one, of how many.
+    slice: Option<(usize, usize)>,
 }
 
 impl std::fmt::Debug for ColumnBands<'_> {
@@ -75,6 +126,30 @@ impl TensorFile {
     /// Uncompressed contiguous data is read in place, band by band, so memory stays at one
     /// band; deflated members and strided views are read whole here (memory: the tensor).
     pub fn column_bands(&self, name: &str, rows: usize) -> Result<ColumnBands<'_>> {
+        self.bands_of(name, rows, None)
+    }
+
+    /// Like [`TensorFile::column_bands`], for slice `index` of a tensor stacked as `[count, ...]` along its
+    /// leading axis: the slice is read as a `[rows, slice bytes / rows]` byte matrix.
+    ///
+    /// The member's CRC-32 is checked once every slice has been read whole (by this reader and the others
+    /// made for its siblings, in any order); a deflated member is inflated once for all its slices.
+    pub fn slice_bands(
+        &self,
+        name: &str,
+        index: usize,
+        count: usize,
+        rows: usize,
+    ) -> Result<ColumnBands<'_>> {
+        self.bands_of(name, rows, Some((index, count)))
+    }
+
+    fn bands_of(
+        &self,
+        name: &str,
+        rows: usize,
+        slice: Option<(usize, usize)>,
+    ) -> Result<ColumnBands<'_>> {
         let unknown = || Error::UnknownTensor {
             path: self.path.clone(),
             tensor: name.to_string(),
@@ -86,15 +161,27 @@ impl TensorFile {
         let nbytes = info
             .nbytes()
             .ok_or_else(|| Error::shape_overflow(&self.path, name, &info.shape))?;
-        let row_bytes = nbytes.checked_div(rows).unwrap_or(0);
-        if rows == 0 || row_bytes.checked_mul(rows) != Some(nbytes) {
+        let (index, count) = slice.unwrap_or((0, 1));
+        let slice_bytes = nbytes.checked_div(count).unwrap_or(0);
+        if count == 0 || index >= count || slice_bytes.checked_mul(count) != Some(nbytes) {
             return Err(Error::Writer {
                 path: self.path.clone(),
                 tensor: name.to_string(),
-                expected: format!("a row count dividing {nbytes} bytes"),
+                expected: format!("a slice of a stack dividing {nbytes} bytes"),
+                found: format!("slice {index} of {count}"),
+            });
+        }
+        let row_bytes = slice_bytes.checked_div(rows).unwrap_or(0);
+        if rows == 0 || row_bytes.checked_mul(rows) != Some(slice_bytes) {
+            return Err(Error::Writer {
+                path: self.path.clone(),
+                tensor: name.to_string(),
+                expected: format!("a row count dividing {slice_bytes} bytes"),
                 found: format!("{rows} rows"),
             });
         }
+        // In bounds: index < count and count * slice_bytes == nbytes.
+        let first = index * slice_bytes;
         let source = match loc.base {
             Base::Stored { offset, .. } if matches!(loc.layout, Layout::C) && !loc.byteswap => {
                 let span = nbytes as u64;
@@ -112,11 +199,29 @@ impl TensorFile {
                     None => None,
                 };
                 Source::InPlace {
-                    offset: offset.saturating_add(loc.start),
+                    offset: offset
+                        .saturating_add(loc.start)
+                        .saturating_add(first as u64),
                     crc,
                 }
             }
-            _ => Source::Whole(self.read(name)?),
+            _ if slice.is_none() => Source::Whole {
+                all: Arc::new(self.read(name)?),
+                base: 0,
+            },
+            _ => {
+                let cached = self.slices.with(name, count, |s| s.whole.clone());
+                let all = match cached {
+                    Some(all) => all,
+                    None => {
+                        let all = Arc::new(self.read(name)?);
+                        self.slices
+                            .with(name, count, |s| s.whole = Some(Arc::clone(&all)));
+                        all
+                    }
+                };
+                Source::Whole { all, base: first }
+            }
         };
         Ok(ColumnBands {
             file: self,
@@ -128,6 +233,7 @@ impl TensorFile {
             width: 0,
             span: Vec::new(),
             source,
+            slice,
         })
     }
 }
@@ -209,9 +315,9 @@ impl ColumnBands<'_> {
 
         let (from, first, row_bytes) = (self.next, self.row, self.row_bytes);
         match &mut self.source {
-            Source::Whole(all) => {
+            Source::Whole { all, base } => {
                 for (i, dst) in rows_mut(out, width, pitch).enumerate() {
-                    let at = (first + i) * row_bytes + from;
+                    let at = *base + (first + i) * row_bytes + from;
                     if let Some(src) = all.get(at..at + width) {
                         dst.copy_from_slice(src);
                     }
@@ -259,14 +365,56 @@ impl ColumnBands<'_> {
             self.row = 0;
             self.next += width;
             if self.next == row_bytes {
-                if let Source::InPlace { crc, .. } = &mut self.source {
-                    if let Some((member, mut whole, per_row)) = crc.take() {
-                        for h in &per_row {
-                            whole.combine(h);
-                        }
-                        source::check_crc(path, &self.name, &member, whole.finalize())?;
-                    }
+                self.finish_crc()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ColumnBands<'_> {
+    /// Called once every byte has been read: checks the member's CRC-32, or for a slice of a stacked
+    /// tensor hands its hash to the file and checks the member when it completes the set.
+    fn finish_crc(&mut self) -> Result<()> {
+        let path = &self.file.path;
+        let crc = match &mut self.source {
+            Source::InPlace { crc, .. } => crc.take(),
+            Source::Whole { .. } => None,
+        };
+        let Some((index, count)) = self.slice else {
+            if let Some((member, mut whole, per_row)) = crc {
+                for h in &per_row {
+                    whole.combine(h);
                 }
+                source::check_crc(path, &self.name, &member, whole.finalize())?;
+            }
+            return Ok(());
+        };
+        let done = self.file.slices.with(&self.name, count, |state| {
+            let (Some(slot), Some(seen)) = (state.crcs.get_mut(index), state.seen.get_mut(index))
+            else {
+                return None;
+            };
+            if !*seen {
+                *seen = true;
+                state.left = state.left.saturating_sub(1);
+            }
+            if let Some((_, _, per_row)) = &crc {
+                let mut slice = crc32fast::Hasher::new();
+                for h in per_row {
+                    slice.combine(h);
+                }
+                *slot = Some(slice);
+            }
+            // Every slice is in: join them, in stack order, behind the bytes ahead of the data.
+            (state.left == 0).then(|| state.crcs.iter().flatten().cloned().collect::<Vec<_>>())
+        });
+        if let (Some(slices), Some((member, mut whole, _))) = (done, crc) {
+            if slices.len() == count {
+                for h in &slices {
+                    whole.combine(h);
+                }
+                source::check_crc(path, &self.name, &member, whole.finalize())?;
             }
         }
         Ok(())
@@ -411,6 +559,55 @@ mod tests {
         let mut rest = vec![0u8; 5 * 16];
         bands.read_rows(16, &mut rest).unwrap();
         assert_eq!(bands.remaining(), cols - 16);
+    }
+
+    #[test]
+    fn slices_of_a_stack_are_their_rows_and_check_the_crc_together() {
+        let dir = tempfile::tempdir().unwrap();
+        // A [3, 4, 10] stack of u8 seen as 12 rows of 10 bytes: slice k is rows 4k..4k+4.
+        let (rows, cols, count) = (12, 10, 3);
+        for format in [Format::Npz, Format::Pt] {
+            let (f, data) = matrix(dir.path(), format, rows, cols);
+            // Slices read in any order, each in two bands.
+            for index in [2, 0, 1] {
+                let mut bands = f.slice_bands("m", index, count, 4).unwrap();
+                let mut left = Vec::new();
+                let mut right = Vec::new();
+                bands.read_band(3, &mut left).unwrap();
+                bands.read_band(7, &mut right).unwrap();
+                let slice = &data[index * 40..(index + 1) * 40];
+                assert_eq!(left, columns(slice, cols, 0, 3), "{format:?} slice {index}");
+                assert_eq!(
+                    right,
+                    columns(slice, cols, 3, 7),
+                    "{format:?} slice {index}"
+                );
+            }
+            assert!(f.slice_bands("m", 3, count, 4).is_err());
+            assert!(f.slice_bands("m", 0, 7, 4).is_err());
+        }
+        // A damaged byte in slice 1 is found once the last of the three slices has been read.
+        let dir = tempfile::tempdir().unwrap();
+        let (f, data) = matrix(dir.path(), Format::Npz, rows, cols);
+        let path = f.path().to_path_buf();
+        drop(f);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = bytes
+            .windows(data.len())
+            .position(|w| w == data.as_slice())
+            .unwrap();
+        bytes[at + 45] ^= 0x10;
+        let damaged = dir.path().join("damaged-stack.npz");
+        std::fs::write(&damaged, &bytes).unwrap();
+        let f = TensorFile::open(&damaged).unwrap();
+        let mut out = Vec::new();
+        for index in [1, 2] {
+            let mut bands = f.slice_bands("m", index, count, 4).unwrap();
+            bands.read_band(cols, &mut out).unwrap();
+        }
+        let mut bands = f.slice_bands("m", 0, count, 4).unwrap();
+        let err = bands.read_band(cols, &mut out).unwrap_err();
+        assert!(matches!(err, Error::Crc { .. }), "{err}");
     }
 
     #[test]

@@ -133,6 +133,8 @@ pub struct TensorFile {
     locations: Vec<Location>,
     index: HashMap<String, usize>,
     metadata: BTreeMap<String, String>,
+    /// Slices of stacked tensors read so far (see [`TensorFile::slice_bands`]).
+    slices: bands::Slices,
 }
 
 /// Bytes read from the start of a file to tell its format.
@@ -223,6 +225,7 @@ impl TensorFile {
             locations,
             index,
             metadata,
+            slices: bands::Slices::default(),
         })
     }
 

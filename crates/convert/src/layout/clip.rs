@@ -14,7 +14,7 @@ use crate::options::ProjChoice;
 use crate::plan::{Fetch, OutputKind, Plan, Recipe};
 
 /// OpenAI CLIP's own state-dict names; the rest are shared in [`clip_style::names`].
-const LN_PRE_W: &str = "ln_pre.weight";
+pub(crate) const LN_PRE_W: &str = "ln_pre.weight";
 const LN_PRE_B: &str = "ln_pre.bias";
 
 /// OpenAI CLIP's `LayerNorm` is `nn.LayerNorm` with its default eps.
@@ -36,14 +36,10 @@ pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Res
     let proj = clip_style::resolve_proj(&mut prep)?;
     let cls = clip_style::class_token(&prep)?;
     let d = a.hidden;
+    let (pos_rows, pos) = prep.pos_table(true, true)?;
     let mut out = vec![
         t(names::CLASS, 0, vec![d], Recipe::Copy(cls)),
-        t(
-            names::POS,
-            0,
-            vec![prep.pos_rows(), d],
-            prep.pos_embed(true),
-        ),
+        t(names::POS, 0, vec![pos_rows, d], pos),
         t(
             names::CONV1,
             0,
@@ -93,4 +89,11 @@ pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Res
     meta.insert("vitconv.clip_kwargs".into(), kwargs.to_string());
     meta.insert("vitconv.exact".into(), "false".to_string());
     Ok(prep.finish(OutputKind::File, out, meta, python, vec![]))
+}
+
+/// Recognises this layout's files for `inspect` (see `clip_style::recognise`).
+pub fn recognise(
+    s: &crate::layout::recognise::Shapes<'_>,
+) -> Option<crate::layout::recognise::Recognised> {
+    clip_style::recognise(s).filter(|r| r.family == "openai_clip")
 }

@@ -5,7 +5,9 @@
 //! `ResidualAttentionBlock`) share `transformer.resblocks.N.{ln_1, attn, ln_2, mlp.c_fc, mlp.c_proj}`, `ln_post`
 //! and `proj`. What differs between them (`ln_pre`, the MLP ratio, the activation, the config) stays in each layout.
 
+use crate::arch::{Arch, Classifier, PosEmbKind};
 use crate::error::{Error, Result};
+use crate::layout::recognise::{count_blocks, get, grid_side, Recognised, Shapes};
 use crate::layout::{name, BlockRole, BlockTable, Prepared};
 use crate::model::{Param, Proj};
 use crate::options::ProjChoice;
@@ -51,6 +53,67 @@ pub const BLOCK: &BlockTable = &[
     (names::PROJ_B, BlockRole::Fc2Bias),
 ];
 
+/// Recognises a CLIP-style `VisionTransformer` (with or without the `visual.` prefix) for `inspect`, from
+/// [`names`]; `ln_pre` tells OpenAI CLIP's layout from open_clip's (open_clip models with `ln_pre` look the
+/// same as OpenAI's).
+pub fn recognise(s: &Shapes<'_>) -> Option<Recognised> {
+    [names::PREFIX, ""]
+        .iter()
+        .find_map(|p| recognise_under(s, p))
+}
+
+fn recognise_under(s: &Shapes<'_>, p: &str) -> Option<Recognised> {
+    let &[hidden, in_chans, patch, _] = get(s, &format!("{p}{}", names::CONV1))? else {
+        return None;
+    };
+    let &[rows, _] = get(s, &format!("{p}{}", names::POS))? else {
+        return None;
+    };
+    get(s, &format!("{p}{}", names::CLASS))?;
+    let side = grid_side(rows, 1)?;
+    let depth = count_blocks(s, p, names::IN_W);
+    if depth == 0 {
+        return None;
+    }
+    let &[mlp, _] = get(s, &format!("{p}{}", name(names::FC_W, 0)))? else {
+        return None;
+    };
+    let openai = s.contains_key(format!("{p}{}", super::clip::LN_PRE_W).as_str());
+    let mut notes = vec![];
+    if let Some(&[_, out]) = get(s, &format!("{p}{}", names::PROJ)) {
+        notes.push(format!("projection: {hidden} -> {out} (proj, no bias)"));
+    }
+    if openai {
+        notes.push(
+            "ln_pre present: OpenAI CLIP's layout (open_clip models with ln_pre share it)"
+                .to_string(),
+        );
+    }
+    let arch = Arch {
+        patch,
+        in_chans,
+        hidden,
+        heads: None,
+        mlp,
+        depth,
+        grid: Some((side, side)),
+        posemb: PosEmbKind::Learned,
+        class_pos: true,
+        classifier: Classifier::Token,
+        num_classes: None,
+        representation: None,
+        resnet: None,
+        stacked: false,
+    };
+    Some(Recognised {
+        family: if openai { "openai_clip" } else { "open_clip" },
+        arch,
+        class_shape: Some(format!("[{hidden}] (class_embedding)")),
+        patch_bias: false,
+        notes,
+    })
+}
+
 /// The class token, which `class_embedding` holds as `[D]`; refused where there is none.
 pub fn class_token(prep: &Prepared<'_>) -> Result<Param> {
     prep.tower().class_token.clone().ok_or_else(|| {
@@ -78,13 +141,17 @@ pub fn check_tower(prep: &Prepared<'_>) -> Result<()> {
             "conv1 is a single patch convolution with no place for a stem; use --layout timm",
         ));
     }
-    if !a.class_token() {
-        return Err(prep.refuse(
+    match a.classifier {
+        Classifier::Token => Ok(()),
+        Classifier::Gap => Err(prep.refuse(
             "a gap (no class token) model",
             "a class token is always prepended and attends to the patches, so the result would differ; use --layout timm",
-        ));
+        )),
+        Classifier::Map => Err(prep.refuse(
+            "a MAP head (attention pooling from a learned probe)",
+            "the tower pools the class token and has no place for the probe's attention and MLP; use --layout timm (global_pool='map') or --layout hf (SiglipVisionModel)",
+        )),
     }
-    Ok(())
 }
 
 /// One output tensor named `visual.` + the template with `{i}` replaced by the block index.

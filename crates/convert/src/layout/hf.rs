@@ -7,11 +7,13 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::arch::{Arch, Classifier, PosEmbKind};
 use crate::error::Result;
+use crate::layout::recognise::{count_blocks, get, grid_side, Recognised, Shapes};
 use crate::layout::{name, BlockRole, BlockTable, Prepared, FLAX_LN_EPS};
 use crate::model::Proj;
 use crate::options::Gelu;
-use crate::plan::{OutTensor, OutputKind, Plan, Recipe, SideFile};
+use crate::plan::{Fetch, OutTensor, OutputKind, Plan, Recipe, SideFile};
 
 /// transformers state-dict names (`{i}` = layer index), without the `vit.` prefix `ViTForImageClassification` adds.
 pub mod names {
@@ -65,12 +67,75 @@ pub const BLOCK: &BlockTable = &[
     (names::FC2_B, BlockRole::Fc2Bias),
 ];
 
+/// Block names of transformers before 5 (`encoder.layer.N.intermediate.dense` for `fc1`), still recognised.
+const OLD_FC1_W: &str = "encoder.layer.{i}.intermediate.dense.weight";
+
+/// Recognises a transformers ViT or SigLIP vision state dict for `inspect`, from [`names`] and
+/// [`super::hf_siglip::names`].
+pub fn recognise(s: &Shapes<'_>) -> Option<Recognised> {
+    if let Some(r) = super::hf_siglip::recognise(s) {
+        return Some(r);
+    }
+    let p = if s.contains_key(format!("{}{}", names::BACKBONE, names::CLS).as_str()) {
+        names::BACKBONE
+    } else {
+        ""
+    };
+    let &[hidden, in_chans, patch, _] = get(s, &format!("{p}{}", names::PATCH_W))? else {
+        return None;
+    };
+    let &[_, rows, _] = get(s, &format!("{p}{}", names::POS))? else {
+        return None;
+    };
+    let side = grid_side(rows, 1)?;
+    let new = count_blocks(s, p, names::FC1_W);
+    let old = count_blocks(s, p, OLD_FC1_W);
+    let (depth, fc1) = if new > 0 {
+        (new, names::FC1_W)
+    } else {
+        (old, OLD_FC1_W)
+    };
+    if depth == 0 {
+        return None;
+    }
+    let &[mlp, _] = get(s, &format!("{p}{}", name(fc1, 0)))? else {
+        return None;
+    };
+    let arch = Arch {
+        patch,
+        in_chans,
+        hidden,
+        heads: None,
+        mlp,
+        depth,
+        grid: Some((side, side)),
+        posemb: PosEmbKind::Learned,
+        class_pos: true,
+        classifier: Classifier::Token,
+        num_classes: get(s, names::CLASSIFIER_W).and_then(|h| h.first().copied()),
+        representation: get(s, &format!("{p}{}", names::POOLER_W)).and_then(|h| h.first().copied()),
+        resnet: None,
+        stacked: false,
+    };
+    let mut notes = vec![];
+    if arch.representation.is_some() {
+        notes.push("the pooler (dense + tanh) plays the role of pre_logits".to_string());
+    }
+    Some(Recognised {
+        family: "transformers",
+        arch,
+        class_shape: None,
+        patch_bias: true,
+        notes,
+    })
+}
+
 /// Files inside the output directory.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const CONFIG_FILE: &str = "config.json";
 pub const PREPROCESSOR_FILE: &str = "preprocessor_config.json";
 
-pub fn plan(mut prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
+pub fn plan(mut prep: Prepared<'_>, _fetch: &dyn Fetch, source_name: &str) -> Result<Plan> {
     let a = prep.arch().clone();
     if a.resnet.is_some() {
         return Err(prep.refuse(
@@ -79,10 +144,8 @@ pub fn plan(mut prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
         ));
     }
     if !a.class_token() {
-        return Err(prep.refuse(
-            "a gap (no class token) model",
-            "transformers' ViT always prepends a class token and pools token 0; use --layout timm",
-        ));
+        // Mean and MAP pooling without a class token are SigLIP's vision tower in transformers.
+        return super::hf_siglip::plan(prep, source_name);
     }
     prep.check_input_norm()?;
     let tower = prep.tower();
@@ -117,14 +180,10 @@ pub fn plan(mut prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
             "transformers' ViT always prepends a class token and pools token 0; use --layout timm",
         ));
     };
+    let (pos_rows, pos) = prep.pos_table(true, false)?;
     let mut out = vec![
         t(names::CLS, 0, vec![1, 1, d], Recipe::Copy(cls.clone())),
-        t(
-            names::POS,
-            0,
-            vec![1, prep.pos_rows(), d],
-            prep.pos_embed(false),
-        ),
+        t(names::POS, 0, vec![1, pos_rows, d], pos),
         t(
             names::PATCH_W,
             0,
@@ -260,7 +319,7 @@ pub fn plan(mut prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
     Ok(prep.finish(OutputKind::HfDirectory, out, meta, python, side))
 }
 
-fn dtype_name(d: crate::options::OutDType) -> &'static str {
+pub(crate) fn dtype_name(d: crate::options::OutDType) -> &'static str {
     match d {
         crate::options::OutDType::F32 => "float32",
         crate::options::OutDType::F16 => "float16",
@@ -268,7 +327,7 @@ fn dtype_name(d: crate::options::OutDType) -> &'static str {
     }
 }
 
-fn pretty(v: &Value) -> String {
+pub(crate) fn pretty(v: &Value) -> String {
     let mut s = serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string());
     s.push('\n');
     s

@@ -7,18 +7,22 @@
 pub mod clip;
 mod clip_style;
 pub mod hf;
+pub mod hf_siglip;
 pub mod open_clip;
+pub mod recognise;
 pub mod timm;
 
 use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
-use crate::arch::Arch;
+use crate::arch::{Arch, PosEmbKind};
 use crate::error::{Error, Result};
-use crate::model::{Block, Model, Param, PosEmbed, Proj, Tower};
+use crate::model::{Attention, Block, Dense, MapHead, Model, Param, Pool, PosEmbed, Proj, Tower};
 use crate::options::{HeadChoice, InputNorm, Layout, Options};
 use crate::plan::{Fetch, OutTensor, Plan, Recipe};
+use recognise::{Recognised, Shapes};
+use vitconv_tensors::TensorInfo;
 
 /// LayerNorm epsilon of the flax model (`nn.LayerNorm` default).
 pub const FLAX_LN_EPS: f64 = 1e-6;
@@ -43,9 +47,18 @@ impl<'a> Prepared<'a> {
         let tower = &model.image;
         let arch = &tower.arch;
         let stride = arch.stride();
-        let (grid, image_size) = match opts.image_size {
-            None => (arch.grid, arch.image_size()),
-            Some(n) => {
+        let (grid, image_size) = match (opts.image_size, arch.grid, arch.image_size()) {
+            (None, Some(grid), Some(px)) => (grid, px),
+            (None, _, _) => {
+                return Err(Error::BadOption {
+                    option: "--image-size",
+                    why: format!(
+                        "the position embedding is sincos2d, computed from the patch grid, and the file does not store the resolution: pass --image-size N, a multiple of the patch ({stride} px), e.g. {}",
+                        stride.saturating_mul(14)
+                    ),
+                })
+            }
+            (Some(n), _, _) => {
                 if n == 0 || stride == 0 || n % stride != 0 {
                     return Err(Error::BadOption {
                         option: "--image-size",
@@ -58,17 +71,23 @@ impl<'a> Prepared<'a> {
             }
         };
         let mut notes = Vec::new();
-        if grid != arch.grid {
-            notes.push(format!(
-                "position embedding grid resized from {}x{} to {}x{} ({image_size} px) with --resize {}; class-token row unchanged",
-                arch.grid.0,
-                arch.grid.1,
+        match (arch.grid, &tower.pos) {
+            (_, PosEmbed::Sincos2d) => notes.push(format!(
+                "position embedding: sincos2d computed for the {}x{} grid ({image_size} px)",
+                grid.0, grid.1
+            )),
+            (Some(from), PosEmbed::Table { class_row, .. }) if from != grid => notes.push(format!(
+                "position embedding grid resized from {}x{} to {}x{} ({image_size} px) with --resize {}{}",
+                from.0,
+                from.1,
                 grid.0,
                 grid.1,
-                opts.resize.as_str()
-            ));
+                opts.resize.as_str(),
+                if *class_row { "; class-token row unchanged" } else { "" }
+            )),
+            _ => {}
         }
-        let mut dropped = Vec::new();
+        let mut dropped = model.left_out.clone();
         let keep_head = match (opts.head, arch.num_classes) {
             (HeadChoice::Keep, c) => c.is_some(),
             (HeadChoice::NumClasses(0) | HeadChoice::Drop, _) => false,
@@ -167,48 +186,48 @@ impl<'a> Prepared<'a> {
     }
 
     /// Fused `[3D, D]` q/k/v weight in q, k, v order with heads contiguous (timm `qkv`, CLIP `in_proj_weight`).
-    pub fn qkv_weight(&self, b: &Block) -> Recipe {
+    pub fn qkv_weight(&self, attn: &Attention) -> Recipe {
         Recipe::Concat(
             [Proj::Query, Proj::Key, Proj::Value]
                 .iter()
-                .map(|p| self.proj_weight(b, *p))
+                .map(|p| self.proj_weight(attn, *p))
                 .collect(),
         )
     }
 
     /// Fused `[3D]` q/k/v bias.
-    pub fn qkv_bias(&self, b: &Block) -> Recipe {
+    pub fn qkv_bias(&self, attn: &Attention) -> Recipe {
         Recipe::Concat(
             [Proj::Query, Proj::Key, Proj::Value]
                 .iter()
-                .map(|p| self.proj_bias(b, *p))
+                .map(|p| self.proj_bias(attn, *p))
                 .collect(),
         )
     }
 
     /// One projection's `[out, in]` weight: q/k/v `[D, H, Dh]` seen as `[D, H*Dh]`, out `[H, Dh, D]` as `[H*Dh, D]`,
     /// both transposed.
-    pub fn proj_weight(&self, b: &Block, p: Proj) -> Recipe {
+    pub fn proj_weight(&self, attn: &Attention, p: Proj) -> Recipe {
         let (d, hd) = self.hd();
         let (rows, cols) = if p == Proj::Out { (hd, d) } else { (d, hd) };
         Recipe::Transpose {
-            src: b.attn.proj(p).kernel.clone(),
+            src: attn.proj(p).kernel.clone(),
             rows,
             cols,
         }
     }
 
-    pub fn proj_bias(&self, b: &Block, p: Proj) -> Recipe {
-        Recipe::Copy(b.attn.proj(p).bias.clone())
+    pub fn proj_bias(&self, attn: &Attention, p: Proj) -> Recipe {
+        Recipe::Copy(attn.proj(p).bias.clone())
     }
 
     /// MLP dense `layer` (0 or 1) weight `[out, in]`.
-    pub fn mlp_weight(&self, b: &Block, layer: usize) -> Recipe {
+    pub fn mlp_weight(&self, mlp: &[Dense; 2], layer: usize) -> Recipe {
         let a = self.arch();
         let (rows, cols, dense) = if layer == 0 {
-            (a.hidden, a.mlp, &b.mlp[0])
+            (a.hidden, a.mlp, &mlp[0])
         } else {
-            (a.mlp, a.hidden, &b.mlp[1])
+            (a.mlp, a.hidden, &mlp[1])
         };
         Recipe::Transpose {
             src: dense.kernel.clone(),
@@ -217,8 +236,8 @@ impl<'a> Prepared<'a> {
         }
     }
 
-    pub fn mlp_bias(&self, b: &Block, layer: usize) -> Recipe {
-        let dense = if layer == 0 { &b.mlp[0] } else { &b.mlp[1] };
+    pub fn mlp_bias(&self, mlp: &[Dense; 2], layer: usize) -> Recipe {
+        let dense = if layer == 0 { &mlp[0] } else { &mlp[1] };
         Recipe::Copy(dense.bias.clone())
     }
 
@@ -251,17 +270,86 @@ impl<'a> Prepared<'a> {
         match role {
             BlockRole::Norm1Scale => (vec![d], copy(&b.norm1.scale)),
             BlockRole::Norm1Bias => (vec![d], copy(&b.norm1.bias)),
-            BlockRole::QkvWeight => (vec![3 * d, d], self.qkv_weight(b)),
-            BlockRole::QkvBias => (vec![3 * d], self.qkv_bias(b)),
-            BlockRole::Weight(p) => (vec![d, d], self.proj_weight(b, p)),
-            BlockRole::Bias(p) => (vec![d], self.proj_bias(b, p)),
+            BlockRole::QkvWeight => (vec![3 * d, d], self.qkv_weight(&b.attn)),
+            BlockRole::QkvBias => (vec![3 * d], self.qkv_bias(&b.attn)),
+            BlockRole::Weight(p) => (vec![d, d], self.proj_weight(&b.attn, p)),
+            BlockRole::Bias(p) => (vec![d], self.proj_bias(&b.attn, p)),
             BlockRole::Norm2Scale => (vec![d], copy(&b.norm2.scale)),
             BlockRole::Norm2Bias => (vec![d], copy(&b.norm2.bias)),
-            BlockRole::Fc1Weight => (vec![m, d], self.mlp_weight(b, 0)),
-            BlockRole::Fc1Bias => (vec![m], self.mlp_bias(b, 0)),
-            BlockRole::Fc2Weight => (vec![d, m], self.mlp_weight(b, 1)),
-            BlockRole::Fc2Bias => (vec![d], self.mlp_bias(b, 1)),
+            BlockRole::Fc1Weight => (vec![m, d], self.mlp_weight(&b.mlp, 0)),
+            BlockRole::Fc1Bias => (vec![m], self.mlp_bias(&b.mlp, 0)),
+            BlockRole::Fc2Weight => (vec![d, m], self.mlp_weight(&b.mlp, 1)),
+            BlockRole::Fc2Bias => (vec![d], self.mlp_bias(&b.mlp, 1)),
         }
+    }
+
+    /// The MAP head, refused where the layout's pooling module derives its sizes from the encoder's (timm's
+    /// `AttentionPoolLatent` and transformers' `SiglipMultiheadAttentionPoolingHead` both take the encoder's
+    /// head count and MLP width).
+    pub fn map_head(&self) -> Result<Option<&'a MapHead>> {
+        let Pool::Map(map) = &self.tower().pool else {
+            return Ok(None);
+        };
+        let a = self.arch();
+        let heads = map.attn.query.kernel.shape.get(1).copied();
+        let mlp = map.mlp[0].kernel.shape.get(1).copied();
+        if heads != a.heads || mlp != Some(a.mlp) {
+            return Err(self.refuse(
+                format!(
+                    "a MAP head with {} heads and MLP {} (the encoder has {} and {})",
+                    heads.unwrap_or(0),
+                    mlp.unwrap_or(0),
+                    a.heads.unwrap_or(0),
+                    a.mlp
+                ),
+                "the layout's attention pooling takes the encoder's head count and MLP width",
+            ));
+        }
+        Ok(Some(map))
+    }
+
+    /// The output tensors of the MAP head for a layout's [`MapTable`], each name after `prefix`.
+    pub fn map_tensors(&self, table: &MapTable, prefix: &str, map: &MapHead) -> Vec<OutTensor> {
+        let a = self.arch();
+        let (d, m) = (a.hidden, a.mlp);
+        let copy = |p: &Param| Recipe::Copy(p.clone());
+        table
+            .iter()
+            .map(|(name, role)| {
+                let (shape, recipe) = match role {
+                    MapRole::Probe => (vec![1, 1, d], copy(&map.probe)),
+                    MapRole::Weight(p) => (vec![d, d], self.proj_weight(&map.attn, *p)),
+                    MapRole::Bias(p) => (vec![d], self.proj_bias(&map.attn, *p)),
+                    MapRole::KvWeight => (
+                        vec![2 * d, d],
+                        Recipe::Concat(vec![
+                            self.proj_weight(&map.attn, Proj::Key),
+                            self.proj_weight(&map.attn, Proj::Value),
+                        ]),
+                    ),
+                    MapRole::KvBias => (
+                        vec![2 * d],
+                        Recipe::Concat(vec![
+                            self.proj_bias(&map.attn, Proj::Key),
+                            self.proj_bias(&map.attn, Proj::Value),
+                        ]),
+                    ),
+                    MapRole::QkvWeight => (vec![3 * d, d], self.qkv_weight(&map.attn)),
+                    MapRole::QkvBias => (vec![3 * d], self.qkv_bias(&map.attn)),
+                    MapRole::NormScale => (vec![d], copy(&map.norm.scale)),
+                    MapRole::NormBias => (vec![d], copy(&map.norm.bias)),
+                    MapRole::Fc1Weight => (vec![m, d], self.mlp_weight(&map.mlp, 0)),
+                    MapRole::Fc1Bias => (vec![m], self.mlp_bias(&map.mlp, 0)),
+                    MapRole::Fc2Weight => (vec![d, m], self.mlp_weight(&map.mlp, 1)),
+                    MapRole::Fc2Bias => (vec![d], self.mlp_bias(&map.mlp, 1)),
+                };
+                OutTensor {
+                    name: format!("{prefix}{name}"),
+                    shape,
+                    recipe,
+                }
+            })
+            .collect()
     }
 
     fn embed_hwio(&self) -> [usize; 4] {
@@ -295,25 +383,56 @@ impl<'a> Prepared<'a> {
         }
     }
 
-    /// The position embedding rows, resized to the output grid; `fold_patch_bias` adds the patch bias to
-    /// every grid row (CLIP-style `conv1` has no bias; adding it after the convolution is the same sum).
-    pub fn pos_embed(&self, fold_patch_bias: bool) -> Recipe {
+    /// The output's position-embedding table: its row count and recipe. `class_row` says whether the
+    /// target's table has a row for the class token (timm without `no_embed_class`, transformers' ViT and the
+    /// CLIP-style layouts); a source whose class token has no position embedding (big_vision `tok`) gets a
+    /// zero row there, which adds nothing, so the sum is exact. The grid rows are the source's, resized to
+    /// the output grid, or sincos2d computed for it; `fold_patch_bias` adds the patch bias to every grid row
+    /// (CLIP-style `conv1` has no bias; adding it after the convolution is the same sum).
+    pub fn pos_table(&self, class_row: bool, fold_patch_bias: bool) -> Result<(usize, Recipe)> {
         let a = self.arch();
-        let PosEmbed::Table { param, class_row } = &self.tower().pos;
-        Recipe::PosEmbed {
-            src: param.clone(),
-            prefix_rows: usize::from(*class_row),
-            from: a.grid,
-            to: self.grid,
-            dim: a.hidden,
-            method: self.opts.resize,
-            add_to_grid: fold_patch_bias.then(|| Box::new(self.patch_bias())),
+        let add_to_grid = fold_patch_bias.then(|| Box::new(self.patch_bias()));
+        let cells = self.grid.0.saturating_mul(self.grid.1);
+        let (grid_rows, source_class_row) = match &self.tower().pos {
+            PosEmbed::Table { param, class_row } => (
+                Recipe::PosEmbed {
+                    src: param.clone(),
+                    prefix_rows: usize::from(*class_row),
+                    from: a.grid.unwrap_or(self.grid),
+                    to: self.grid,
+                    dim: a.hidden,
+                    method: self.opts.resize,
+                    add_to_grid,
+                },
+                *class_row,
+            ),
+            PosEmbed::Sincos2d => (
+                Recipe::Sincos2d {
+                    grid: self.grid,
+                    dim: a.hidden,
+                    add_to_grid,
+                },
+                false,
+            ),
+        };
+        let rows = cells.saturating_add(usize::from(class_row));
+        match (class_row, source_class_row) {
+            (want, have) if want == have => Ok((rows, grid_rows)),
+            (true, _) => Ok((
+                rows,
+                Recipe::Concat(vec![
+                    Recipe::Fill {
+                        value: 0.0,
+                        len: a.hidden,
+                    },
+                    grid_rows,
+                ]),
+            )),
+            (false, _) => Err(self.refuse(
+                "a class token with a position embedding",
+                "the layout adds none to the class token",
+            )),
         }
-    }
-
-    /// Position-embedding rows of the output.
-    pub fn pos_rows(&self) -> usize {
-        self.grid.0 * self.grid.1 + usize::from(self.arch().class_token())
     }
 
     /// `vitconv.config`: the semantics the output declares, shared keys per the project brief.
@@ -341,7 +460,11 @@ impl<'a> Prepared<'a> {
             "ln_pre": ln_pre,
             "input_norm": {"name": self.norm.as_str(), "mean": self.norm.mean(), "std": self.norm.std()},
             // How the position embedding was resampled, when the output's grid differs from the source's.
-            "resize": (self.grid != a.grid).then(|| self.opts.resize.as_str()),
+            "resize": (a.posemb == PosEmbKind::Learned && Some(self.grid) != a.grid)
+                .then(|| self.opts.resize.as_str()),
+            "posemb": a.posemb,
+            "class_pos": a.class_token() && a.class_pos,
+            "source_family": self.model.family,
             "resnet": a.resnet.as_ref().map(|r| json!({"stages": r.stages, "width": r.width})),
             "head": head,
             "head_bias": head_bias,
@@ -388,15 +511,58 @@ impl<'a> Prepared<'a> {
     }
 }
 
+/// One target layout: the module that plans its output and the one that recognises its files.
+pub struct LayoutDef {
+    pub layout: Layout,
+    /// The output plan for a prepared source (`fetch` reads the few values a layout records, such as a
+    /// head bias that has no tensor of its own).
+    pub plan: fn(Prepared<'_>, &dyn Fetch, &str) -> Result<Plan>,
+    /// Recognises a converted file of this layout for `inspect`.
+    pub recognise: fn(&Shapes<'_>) -> Option<Recognised>,
+}
+
+/// Every target layout, in the order `inspect` tries to recognise them. Adding a layout means a module, a
+/// [`Layout`] name and a line here.
+pub const LAYOUTS: &[LayoutDef] = &[
+    LayoutDef {
+        layout: Layout::Timm,
+        plan: timm::plan,
+        recognise: timm::recognise,
+    },
+    LayoutDef {
+        layout: Layout::Hf,
+        plan: hf::plan,
+        recognise: hf::recognise,
+    },
+    LayoutDef {
+        layout: Layout::OpenClip,
+        plan: open_clip::plan,
+        recognise: open_clip::recognise,
+    },
+    LayoutDef {
+        layout: Layout::Clip,
+        plan: clip::plan,
+        recognise: clip::recognise,
+    },
+];
+
 /// Builds the plan for the chosen layout.
 pub fn plan(model: &Model, opts: &Options, fetch: &dyn Fetch, source_name: &str) -> Result<Plan> {
     let prep = Prepared::new(model, opts)?;
-    match opts.layout {
-        Layout::Timm => timm::plan(prep, source_name),
-        Layout::Hf => hf::plan(prep, source_name),
-        Layout::OpenClip => open_clip::plan(prep, fetch, source_name),
-        Layout::Clip => clip::plan(prep, fetch, source_name),
-    }
+    let def = LAYOUTS
+        .iter()
+        .find(|d| d.layout == opts.layout)
+        .ok_or(Error::BadOption {
+            option: "--layout",
+            why: format!("{} has no module", opts.layout.as_str()),
+        })?;
+    (def.plan)(prep, fetch, source_name)
+}
+
+/// Recognises a PyTorch state dict as one of the layouts, for `inspect`.
+pub fn recognise(tensors: &[TensorInfo]) -> Option<Recognised> {
+    let s = recognise::shapes(tensors);
+    LAYOUTS.iter().find_map(|d| (d.recognise)(&s))
 }
 
 /// What one tensor of a block holds, in PyTorch's conventions; the shape and transform follow from the role.
@@ -421,6 +587,32 @@ pub enum BlockRole {
     Fc2Weight,
     Fc2Bias,
 }
+
+/// What one tensor of a MAP head holds, in PyTorch's conventions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MapRole {
+    /// The learned query `[1, 1, D]`.
+    Probe,
+    /// One projection's `[D, D]` weight and bias.
+    Weight(Proj),
+    Bias(Proj),
+    /// k and v fused `[2D, D]` (timm's `kv`).
+    KvWeight,
+    KvBias,
+    /// q, k and v fused `[3D, D]` (`nn.MultiheadAttention`'s `in_proj`).
+    QkvWeight,
+    QkvBias,
+    /// The LayerNorm before the MLP.
+    NormScale,
+    NormBias,
+    Fc1Weight,
+    Fc1Bias,
+    Fc2Weight,
+    Fc2Bias,
+}
+
+/// A layout's MAP head: each target key with the role it holds.
+pub type MapTable = [(&'static str, MapRole)];
 
 /// A layout's block: each target key (`{i}` = block index) with the role it holds, in state-dict order.
 pub type BlockTable = [(&'static str, BlockRole)];
@@ -487,9 +679,8 @@ mod tests {
         let hybrid = case.starts_with("hybrid");
         match layout {
             Layout::Timm => case != "vit-prelogits",
-            Layout::Hf | Layout::OpenClip => {
-                !hybrid && case != "vit-gap" && case != "vit-prelogits"
-            }
+            Layout::Hf => !hybrid && case != "vit-prelogits",
+            Layout::OpenClip => !hybrid && case != "vit-gap" && case != "vit-prelogits",
             Layout::Clip => case == "vit-mlp4",
         }
     }
@@ -569,7 +760,7 @@ mod tests {
     #[test]
     fn refusals_name_the_layout_and_the_way_out() {
         let hf = Options::new(Layout::Hf);
-        assert!(refusal("vit-gap", &hf).contains("--layout hf cannot hold a gap"));
+        assert!(refusal("vit-gap", &Options::new(Layout::Clip)).contains("cannot hold a gap"));
         assert!(refusal("hybrid-r2", &hf).contains("no ViT-hybrid"));
         assert!(refusal("vit-prelogits", &hf).contains("--drop-head"));
         for layout in [Layout::OpenClip, Layout::Clip] {
@@ -655,7 +846,7 @@ mod tests {
         let opts = Options::new(Layout::Timm);
         let prep = Prepared::new(&src, &opts).expect("prepared");
         let w = prep
-            .qkv_weight(&src.image.blocks[0])
+            .qkv_weight(&src.image.blocks[0].attn)
             .eval(&Mem(mem))
             .expect("qkv");
         assert_eq!(w.len(), 3 * d * d);
@@ -685,7 +876,7 @@ mod tests {
         let opts = Options::new(Layout::Timm);
         let prep = Prepared::new(&src, &opts).expect("prepared");
         let w = prep
-            .proj_weight(&src.image.blocks[0], Proj::Out)
+            .proj_weight(&src.image.blocks[0].attn, Proj::Out)
             .eval(&mem)
             .expect("out");
         // torch weight [out, in]: out = model dim, in = head * dh + dim.
@@ -704,7 +895,8 @@ mod tests {
         opts.image_size = Some(96);
         let prep = Prepared::new(&src, &opts).expect("prepared");
         assert_eq!(prep.grid, (6, 6));
-        let got = prep.pos_embed(false).eval(&file).expect("resized");
+        let (_, recipe) = prep.pos_table(true, false).expect("table");
+        let got = recipe.eval(&file).expect("resized");
         let golden = TensorFile::open(fixtures().join("vit-token/resized_96_pos_embedding.npy"))
             .expect("golden npy");
         let name = golden

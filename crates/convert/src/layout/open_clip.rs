@@ -25,14 +25,10 @@ pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Res
     let proj = clip_style::resolve_proj(&mut prep)?;
     let cls = clip_style::class_token(&prep)?;
     let d = a.hidden;
+    let (pos_rows, pos) = prep.pos_table(true, true)?;
     let mut out = vec![
         t(names::CLASS, 0, vec![d], Recipe::Copy(cls)),
-        t(
-            names::POS,
-            0,
-            vec![prep.pos_rows(), d],
-            prep.pos_embed(true),
-        ),
+        t(names::POS, 0, vec![pos_rows, d], pos),
         t(
             names::CONV1,
             0,
@@ -78,4 +74,11 @@ pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Res
         contents: text,
     }];
     Ok(prep.finish(OutputKind::File, out, meta, python, side))
+}
+
+/// Recognises this layout's files for `inspect` (see `clip_style::recognise`).
+pub fn recognise(
+    s: &crate::layout::recognise::Shapes<'_>,
+) -> Option<crate::layout::recognise::Recognised> {
+    clip_style::recognise(s).filter(|r| r.family == "open_clip")
 }

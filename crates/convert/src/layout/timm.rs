@@ -8,11 +8,15 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::arch::{Arch, Classifier, PosEmbKind, ResNet};
 use crate::error::Result;
-use crate::layout::{mlp_ratio, py_float, BlockRole, BlockTable, Prepared, FLAX_LN_EPS};
+use crate::layout::recognise::{count_blocks, get, grid_side, Recognised, Shapes};
+use crate::layout::{
+    mlp_ratio, py_float, BlockRole, BlockTable, MapRole, MapTable, Prepared, FLAX_LN_EPS,
+};
 use crate::model::{Norm, Param, Proj};
 use crate::options::Gelu;
-use crate::plan::{OutTensor, OutputKind, Plan, Recipe};
+use crate::plan::{Fetch, OutTensor, OutputKind, Plan, Recipe};
 
 /// timm state-dict names (`{i}` = block index).
 pub mod names {
@@ -59,6 +63,24 @@ pub const BLOCK: &BlockTable = &[
     (names::FC2_B, BlockRole::Fc2Bias),
 ];
 
+/// timm's `attn_pool` (`AttentionPoolLatent`, `global_pool='map'`): the learned query `latent`, `q` and a fused
+/// `kv` (k then v), `proj`, then `x + mlp(norm(x))`; no q/k norm, the encoder's heads and MLP ratio.
+pub const ATTN_POOL: &MapTable = &[
+    ("attn_pool.latent", MapRole::Probe),
+    ("attn_pool.q.weight", MapRole::Weight(Proj::Query)),
+    ("attn_pool.q.bias", MapRole::Bias(Proj::Query)),
+    ("attn_pool.kv.weight", MapRole::KvWeight),
+    ("attn_pool.kv.bias", MapRole::KvBias),
+    ("attn_pool.proj.weight", MapRole::Weight(Proj::Out)),
+    ("attn_pool.proj.bias", MapRole::Bias(Proj::Out)),
+    ("attn_pool.norm.weight", MapRole::NormScale),
+    ("attn_pool.norm.bias", MapRole::NormBias),
+    ("attn_pool.mlp.fc1.weight", MapRole::Fc1Weight),
+    ("attn_pool.mlp.fc1.bias", MapRole::Fc1Bias),
+    ("attn_pool.mlp.fc2.weight", MapRole::Fc2Weight),
+    ("attn_pool.mlp.fc2.bias", MapRole::Fc2Bias),
+];
+
 /// Registered plain ViTs (timm 1.0.31): name, patch, hidden, depth, heads, mlp, image size.
 const REGISTERED: &[(&str, usize, usize, usize, usize, usize, usize)] = &[
     ("vit_tiny_patch16_224", 16, 192, 12, 3, 768, 224),
@@ -93,7 +115,7 @@ fn t(name: impl Into<String>, shape: Vec<usize>, recipe: Recipe) -> OutTensor {
     }
 }
 
-pub fn plan(prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
+pub fn plan(prep: Prepared<'_>, _fetch: &dyn Fetch, source_name: &str) -> Result<Plan> {
     let a = prep.arch().clone();
     if prep.has_pre_logits() {
         return Err(prep.refuse(
@@ -109,11 +131,11 @@ pub fn plan(prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
     if let Some(cls) = &tower.class_token {
         out.push(t(names::CLS, vec![1, 1, d], Recipe::Copy(cls.clone())));
     }
-    out.push(t(
-        names::POS,
-        vec![1, prep.pos_rows(), d],
-        prep.pos_embed(false),
-    ));
+    // timm gives the class token a row of pos_embed unless `no_embed_class`, which is how big_vision's
+    // class token (concatenated after the position embedding is added) is held.
+    let embed_class = a.class_token() && a.class_pos;
+    let (pos_rows, pos) = prep.pos_table(embed_class, false)?;
+    out.push(t(names::POS, vec![1, pos_rows, d], pos));
     if let Some(stem) = &tower.stem {
         push_stem(stem, &mut out);
     }
@@ -137,6 +159,10 @@ pub fn plan(prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
         vec![d],
         Recipe::Copy(tower.final_norm.bias.clone()),
     ));
+    let map = prep.map_head()?;
+    if let Some(map) = map {
+        out.extend(prep.map_tensors(ATTN_POOL, "", map));
+    }
     let classes = if prep.keep_head {
         a.num_classes.unwrap_or(0)
     } else {
@@ -171,13 +197,19 @@ pub fn plan(prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
     kw.insert("num_heads".into(), json!(a.heads));
     kw.insert("mlp_ratio".into(), json!(ratio));
     kw.insert("num_classes".into(), json!(classes));
-    kw.insert(
-        "global_pool".into(),
-        json!(if a.class_token() { "token" } else { "avg" }),
-    );
+    let pool = match a.classifier {
+        Classifier::Token => "token",
+        Classifier::Gap => "avg",
+        Classifier::Map => "map",
+    };
+    kw.insert("global_pool".into(), json!(pool));
     kw.insert("class_token".into(), json!(a.class_token()));
-    if !a.class_token() {
+    if a.classifier == Classifier::Gap {
+        // Average after `norm`, like flax's encoder_norm then mean, not timm's default fc_norm after it.
         kw.insert("fc_norm".into(), json!(false));
+    }
+    if a.class_token() && !embed_class {
+        kw.insert("no_embed_class".into(), json!(true));
     }
     kw.insert("act_layer".into(), json!(act));
     let kwargs = Value::Object(kw.clone());
@@ -202,7 +234,7 @@ pub fn plan(prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
     let python = match &a.resnet {
         None => {
             let same_arch = |r: &&(&str, usize, usize, usize, usize, usize, usize)| {
-                a.class_token()
+                embed_class
                     && (r.1, r.2, r.3, Some(r.4), r.5) == (a.patch, d, a.depth, a.heads, a.mlp)
             };
             // Prefer the name registered at this resolution; otherwise the same architecture with img_size set.
@@ -302,6 +334,84 @@ pub fn plan(prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
         meta.insert("vitconv.timm_backbone".into(), b.to_string());
     }
     Ok(prep.finish(OutputKind::File, out, meta, python, vec![]))
+}
+
+/// Recognises a timm `VisionTransformer` state dict (and its hybrid stem) for `inspect`, from [`names`].
+pub fn recognise(s: &Shapes<'_>) -> Option<Recognised> {
+    let &[hidden, in_chans, patch, _] = get(s, names::PATCH_W)? else {
+        return None;
+    };
+    let depth = count_blocks(s, "", names::QKV_W);
+    if depth == 0 {
+        return None;
+    }
+    let &[mlp, _] = get(s, &crate::layout::name(names::FC1_W, 0))? else {
+        return None;
+    };
+    let cls = s.contains_key(names::CLS);
+    let map = ATTN_POOL
+        .first()
+        .is_some_and(|(latent, _)| s.contains_key(latent));
+    let &[_, rows, _] = get(s, names::POS)? else {
+        return None;
+    };
+    // Without `no_embed_class` the class token has a row; with it (big_vision sources) it has none.
+    let (side, class_pos) = match (grid_side(rows, usize::from(cls)), cls) {
+        (Some(side), _) => (side, cls),
+        (None, true) => (grid_side(rows, 0)?, false),
+        (None, false) => return None,
+    };
+    let num_classes = get(s, names::HEAD_W).and_then(|h| h.first().copied());
+    let stem_conv = format!("{}conv.weight", names::STEM);
+    let resnet = if s.contains_key(stem_conv.as_str()) {
+        let width = get(s, &stem_conv)?.first().copied()?;
+        let stages = (0..)
+            .map(|st| {
+                let unit = names::UNIT.replace("{s}", &st.to_string());
+                count_blocks(
+                    s,
+                    "",
+                    &format!("{}conv1.weight", unit.replace("{u}", "{i}")),
+                )
+            })
+            .take_while(|n| *n > 0)
+            .collect();
+        Some(ResNet { stages, width })
+    } else {
+        get(s, &format!("{}conv.weight", names::ROOT_ONLY))
+            .and_then(|w| w.first().copied())
+            .map(|width| ResNet {
+                stages: vec![],
+                width,
+            })
+    };
+    let arch = Arch {
+        patch,
+        in_chans,
+        hidden,
+        heads: None,
+        mlp,
+        depth,
+        grid: Some((side, side)),
+        posemb: PosEmbKind::Learned,
+        class_pos,
+        classifier: match (cls, map) {
+            (true, _) => Classifier::Token,
+            (false, true) => Classifier::Map,
+            (false, false) => Classifier::Gap,
+        },
+        num_classes,
+        representation: None,
+        resnet,
+        stacked: false,
+    };
+    Some(Recognised {
+        family: "timm",
+        arch,
+        class_shape: None,
+        patch_bias: true,
+        notes: vec![],
+    })
 }
 
 /// The hybrid stem as timm's `ResNetV2` names it: the root in `stem` (or the `Sequential` itself for a

@@ -83,6 +83,29 @@ impl<'a> Keys<'a> {
         }
     }
 
+    /// Slice `index` of the tensor `name` stacked as `[count, ...]`, as a parameter of the slice's shape.
+    pub fn slice(&self, name: &str, index: usize, count: usize) -> Result<Param> {
+        match self.infos.get(name) {
+            Some(t) if t.shape.first() == Some(&count) && index < count => Ok(Param::slice(
+                name,
+                t.dtype,
+                index,
+                count,
+                t.shape.get(1..).unwrap_or_default(),
+            )),
+            Some(t) => Err(Error::Shape {
+                name: name.to_string(),
+                expected: format!("[{count}, ...] (one slice per block)"),
+                found: t.shape.clone(),
+                why: "a stacked block tensor".to_string(),
+            }),
+            None => Err(Error::Inconsistent {
+                recognised: self.recognised.clone(),
+                problem: format!("tensor {name} is missing"),
+            }),
+        }
+    }
+
     /// The first tensor detection has not accounted for, if any: a file is converted whole or not at all.
     pub fn unused(&self) -> Option<&'a TensorInfo> {
         self.infos

@@ -5,6 +5,7 @@
 //! Adding a family means adding its module and one line in [`SOURCES`]; no layout and no other family
 //! changes. `inspect` recognises sources through the same registry.
 
+pub mod big_vision;
 pub(crate) mod keys;
 pub mod vit_jax;
 
@@ -24,23 +25,24 @@ pub struct Source {
 }
 
 /// Every source family, most specific first.
-pub const SOURCES: &[Source] = &[Source {
-    name: vit_jax::FAMILY,
-    claims: vit_jax::claims,
-    read: vit_jax::read,
-}];
+pub const SOURCES: &[Source] = &[
+    Source {
+        name: vit_jax::FAMILY,
+        claims: vit_jax::claims,
+        read: vit_jax::read,
+    },
+    Source {
+        name: big_vision::FAMILY,
+        claims: big_vision::claims,
+        read: big_vision::read,
+    },
+];
 
 /// Roots of sources recognised but not converted yet, with what they are.
-const KNOWN_UNSUPPORTED: &[(&str, &str)] = &[
-    (
-        "params/img/embedding/kernel",
-        "a big_vision two-tower (SigLIP/LiT) checkpoint",
-    ),
-    (
-        "params/embedding/kernel",
-        "a big_vision ViT checkpoint (params/ prefix)",
-    ),
-];
+const KNOWN_UNSUPPORTED: &[(&str, &str)] = &[(
+    "params/img/embedding/kernel",
+    "a big_vision two-tower (SigLIP/LiT) checkpoint",
+)];
 
 /// Reads a file of any source family into the neutral model.
 pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
@@ -51,16 +53,18 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
     if let Some((_, what)) = KNOWN_UNSUPPORTED.iter().find(|(k, _)| has(k)) {
         return Err(Error::Unrecognised {
             recognised: (*what).to_string(),
-            missing: "vitconv converts google-research/vision_transformer files only so far"
-                .to_string(),
+            missing:
+                "vitconv converts single-tower ViTs (vision_transformer and big_vision) so far"
+                    .to_string(),
         });
     }
-    let family = crate::detect::detect_torch_family(tensors).map(|(f, _, _)| f.as_str());
+    let family = crate::layout::recognise(tensors).map(|r| r.family);
     Err(Error::Unrecognised {
         recognised: match family {
             Some(f) => format!("a {f} checkpoint, which is already a PyTorch layout"),
             None => format!("{} tensors of no known layout", tensors.len()),
         },
-        missing: "no embedding/kernel (looked under no prefix and under opt/target/)".to_string(),
+        missing: "no embedding/kernel (looked at the top and under opt/target/ and params/)"
+            .to_string(),
     })
 }

@@ -7,7 +7,7 @@
 use vitconv_tensors::TensorInfo;
 
 use super::keys::{dims, Keys};
-use crate::arch::{Arch, Classifier, ResNet};
+use crate::arch::{Arch, Classifier, PosEmbKind, ResNet};
 use crate::error::{Error, Result};
 use crate::model::{Attention, Block, Dense, Model, Norm, Pool, PosEmbed, Proj, Stem, Tower, Unit};
 
@@ -354,11 +354,14 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
         heads: Some(heads),
         mlp,
         depth,
-        grid: (side, side),
+        grid: Some((side, side)),
+        posemb: PosEmbKind::Learned,
+        class_pos: classifier == Classifier::Token,
         classifier,
         num_classes,
         representation,
         resnet,
+        stacked: false,
     };
     let image = tower(&keys, &names, arch)?;
     let mut notes = Vec::new();
@@ -380,6 +383,7 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
         image,
         notes,
         shapes: keys.shapes(),
+        left_out: Vec::new(),
     })
 }
 
@@ -623,7 +627,7 @@ pub(crate) mod tests {
         assert_eq!(arch.heads, get("heads"), "{what}: heads");
         assert_eq!(Some(arch.mlp), get("mlp"), "{what}: mlp");
         assert_eq!(Some(arch.depth), get("layers"), "{what}: layers");
-        assert_eq!(Some(arch.image_size()), get("image"), "{what}: image size");
+        assert_eq!(arch.image_size(), get("image"), "{what}: image size");
         assert_eq!(arch.num_classes, get("classes"), "{what}: classes");
         assert_eq!(
             arch.representation,

@@ -1,0 +1,297 @@
+//! transformers' SigLIP vision classes, the `hf` layout's home for ViTs without a class token:
+//! `SiglipForImageClassification` (mean of the `post_layernorm` tokens, then `classifier`) for mean-pooled
+//! classifiers, and `SiglipVisionModel` for feature extractors, whose `pooler_output` is the MAP head
+//! (`vision_use_head=True`) where the source has one.
+//!
+//! Names and semantics follow transformers 5.24 `models/siglip/modeling_siglip.py` (`SiglipVisionEmbeddings`:
+//! a `patch_embedding` convolution with bias and an `nn.Embedding` of one position per patch, no class token;
+//! `SiglipEncoderLayer`: `layer_norm1`, `self_attn.{q,k,v,out}_proj`, `layer_norm2`, `mlp.fc1/fc2`;
+//! `SiglipMultiheadAttentionPoolingHead`: `probe`, an `nn.MultiheadAttention` with fused `in_proj`,
+//! `layernorm`, `mlp`) and `configuration_siglip.py` (`hidden_act`, `layer_norm_eps`, `vision_use_head`).
+//! `SiglipVisionModel` stores its parts at the top level; `SiglipForImageClassification` under `vision_model.`.
+
+use serde_json::{json, Map, Value};
+
+use crate::arch::{Arch, Classifier, PosEmbKind};
+use crate::error::Result;
+use crate::layout::hf::{dtype_name, pretty, CONFIG_FILE, PREPROCESSOR_FILE};
+use crate::layout::recognise::{count_blocks, get, grid_side, Recognised, Shapes};
+use crate::layout::{BlockRole, BlockTable, MapRole, MapTable, Prepared, FLAX_LN_EPS};
+use crate::model::Proj;
+use crate::options::Gelu;
+use crate::plan::{OutTensor, OutputKind, Plan, Recipe, SideFile};
+
+/// transformers state-dict names of `SiglipVisionModel` (`{i}` = layer index).
+pub mod names {
+    pub const PATCH_W: &str = "embeddings.patch_embedding.weight";
+    pub const PATCH_B: &str = "embeddings.patch_embedding.bias";
+    pub const POS: &str = "embeddings.position_embedding.weight";
+    pub const LN1_W: &str = "encoder.layers.{i}.layer_norm1.weight";
+    pub const LN1_B: &str = "encoder.layers.{i}.layer_norm1.bias";
+    pub const Q_W: &str = "encoder.layers.{i}.self_attn.q_proj.weight";
+    pub const Q_B: &str = "encoder.layers.{i}.self_attn.q_proj.bias";
+    pub const K_W: &str = "encoder.layers.{i}.self_attn.k_proj.weight";
+    pub const K_B: &str = "encoder.layers.{i}.self_attn.k_proj.bias";
+    pub const V_W: &str = "encoder.layers.{i}.self_attn.v_proj.weight";
+    pub const V_B: &str = "encoder.layers.{i}.self_attn.v_proj.bias";
+    pub const O_W: &str = "encoder.layers.{i}.self_attn.out_proj.weight";
+    pub const O_B: &str = "encoder.layers.{i}.self_attn.out_proj.bias";
+    pub const LN2_W: &str = "encoder.layers.{i}.layer_norm2.weight";
+    pub const LN2_B: &str = "encoder.layers.{i}.layer_norm2.bias";
+    pub const FC1_W: &str = "encoder.layers.{i}.mlp.fc1.weight";
+    pub const FC1_B: &str = "encoder.layers.{i}.mlp.fc1.bias";
+    pub const FC2_W: &str = "encoder.layers.{i}.mlp.fc2.weight";
+    pub const FC2_B: &str = "encoder.layers.{i}.mlp.fc2.bias";
+    pub const NORM_W: &str = "post_layernorm.weight";
+    pub const NORM_B: &str = "post_layernorm.bias";
+    pub const CLASSIFIER_W: &str = "classifier.weight";
+    pub const CLASSIFIER_B: &str = "classifier.bias";
+    /// Prefix of the vision tower inside `SiglipForImageClassification` (and `SiglipModel`).
+    pub const VISION_MODEL: &str = "vision_model.";
+}
+
+/// One `encoder.layers.{i}` (`SiglipEncoderLayer`).
+pub const BLOCK: &BlockTable = &[
+    (names::LN1_W, BlockRole::Norm1Scale),
+    (names::LN1_B, BlockRole::Norm1Bias),
+    (names::Q_W, BlockRole::Weight(Proj::Query)),
+    (names::Q_B, BlockRole::Bias(Proj::Query)),
+    (names::K_W, BlockRole::Weight(Proj::Key)),
+    (names::K_B, BlockRole::Bias(Proj::Key)),
+    (names::V_W, BlockRole::Weight(Proj::Value)),
+    (names::V_B, BlockRole::Bias(Proj::Value)),
+    (names::O_W, BlockRole::Weight(Proj::Out)),
+    (names::O_B, BlockRole::Bias(Proj::Out)),
+    (names::LN2_W, BlockRole::Norm2Scale),
+    (names::LN2_B, BlockRole::Norm2Bias),
+    (names::FC1_W, BlockRole::Fc1Weight),
+    (names::FC1_B, BlockRole::Fc1Bias),
+    (names::FC2_W, BlockRole::Fc2Weight),
+    (names::FC2_B, BlockRole::Fc2Bias),
+];
+
+/// `head` (`SiglipMultiheadAttentionPoolingHead`): q, k, v fused in `nn.MultiheadAttention`'s `in_proj`.
+pub const HEAD: &MapTable = &[
+    ("head.probe", MapRole::Probe),
+    ("head.attention.in_proj_weight", MapRole::QkvWeight),
+    ("head.attention.in_proj_bias", MapRole::QkvBias),
+    ("head.attention.out_proj.weight", MapRole::Weight(Proj::Out)),
+    ("head.attention.out_proj.bias", MapRole::Bias(Proj::Out)),
+    ("head.layernorm.weight", MapRole::NormScale),
+    ("head.layernorm.bias", MapRole::NormBias),
+    ("head.mlp.fc1.weight", MapRole::Fc1Weight),
+    ("head.mlp.fc1.bias", MapRole::Fc1Bias),
+    ("head.mlp.fc2.weight", MapRole::Fc2Weight),
+    ("head.mlp.fc2.bias", MapRole::Fc2Bias),
+];
+
+/// Recognises a transformers SigLIP vision state dict (`SiglipVisionModel`, or the tower inside
+/// `SiglipForImageClassification`) for `inspect`, from [`names`].
+pub fn recognise(s: &Shapes<'_>) -> Option<Recognised> {
+    let p = if s.contains_key(format!("{}{}", names::VISION_MODEL, names::PATCH_W).as_str()) {
+        names::VISION_MODEL
+    } else {
+        ""
+    };
+    let &[hidden, in_chans, patch, _] = get(s, &format!("{p}{}", names::PATCH_W))? else {
+        return None;
+    };
+    let &[rows, _] = get(s, &format!("{p}{}", names::POS))? else {
+        return None;
+    };
+    let side = grid_side(rows, 0)?;
+    let depth = count_blocks(s, p, names::FC1_W);
+    if depth == 0 {
+        return None;
+    }
+    let &[mlp, _] = get(s, &format!("{p}{}", crate::layout::name(names::FC1_W, 0)))? else {
+        return None;
+    };
+    let map = HEAD
+        .first()
+        .is_some_and(|(probe, _)| s.contains_key(format!("{p}{probe}").as_str()));
+    let arch = Arch {
+        patch,
+        in_chans,
+        hidden,
+        heads: None,
+        mlp,
+        depth,
+        grid: Some((side, side)),
+        posemb: PosEmbKind::Learned,
+        class_pos: false,
+        classifier: if map {
+            Classifier::Map
+        } else {
+            Classifier::Gap
+        },
+        num_classes: get(s, names::CLASSIFIER_W).and_then(|h| h.first().copied()),
+        representation: None,
+        resnet: None,
+        stacked: false,
+    };
+    Some(Recognised {
+        family: "transformers",
+        arch,
+        class_shape: None,
+        patch_bias: true,
+        notes: vec!["SigLIP vision tower (no class token)".to_string()],
+    })
+}
+
+/// The SigLIP vision classes for a model without a class token (mean or MAP pooling).
+pub fn plan(prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
+    let a = prep.arch().clone();
+    let tower = prep.tower();
+    let classify = prep.keep_head && tower.head.is_some();
+    if prep.has_pre_logits() {
+        return Err(prep.refuse(
+            format!(
+                "pre_logits (dense {} -> {} + tanh)",
+                a.hidden,
+                a.representation.unwrap_or(0)
+            ),
+            "transformers' SigLIP vision classes have no representation layer; pass --drop-head for a SiglipVisionModel feature extractor",
+        ));
+    }
+    if classify && a.classifier == Classifier::Map {
+        return Err(prep.refuse(
+            "a MAP head followed by a classifier",
+            "SiglipForImageClassification averages the tokens and has no place for the MAP head before its classifier; pass --drop-head for a SiglipVisionModel, whose pooler_output is the MAP head's output",
+        ));
+    }
+    prep.check_input_norm()?;
+    let map = prep.map_head()?;
+    let prefix = if classify { names::VISION_MODEL } else { "" };
+    let d = a.hidden;
+    let t = |nm: &str, shape: Vec<usize>, recipe: Recipe| OutTensor {
+        name: format!("{prefix}{nm}"),
+        shape,
+        recipe,
+    };
+    // `nn.Embedding` holds one row per patch: `[N, D]`, without the batch axis of the source's table.
+    let (pos_rows, pos) = prep.pos_table(false, false)?;
+    let mut out = vec![
+        t(
+            names::PATCH_W,
+            vec![d, a.in_chans, a.patch, a.patch],
+            prep.patch_kernel(),
+        ),
+        t(names::PATCH_B, vec![d], prep.patch_bias()),
+        t(names::POS, vec![pos_rows, d], pos),
+    ];
+    for (i, b) in tower.blocks.iter().enumerate() {
+        out.extend(prep.block_tensors(BLOCK, prefix, i, b));
+    }
+    out.push(t(
+        names::NORM_W,
+        vec![d],
+        Recipe::Copy(tower.final_norm.scale.clone()),
+    ));
+    out.push(t(
+        names::NORM_B,
+        vec![d],
+        Recipe::Copy(tower.final_norm.bias.clone()),
+    ));
+    if let Some(map) = map {
+        out.extend(prep.map_tensors(HEAD, prefix, map));
+    }
+    let classes = if classify {
+        a.num_classes.unwrap_or(0)
+    } else {
+        0
+    };
+    if let (true, Some(head)) = (classify, &tower.head) {
+        out.push(OutTensor {
+            name: names::CLASSIFIER_W.to_string(),
+            shape: vec![classes, d],
+            recipe: Recipe::Transpose {
+                src: head.kernel.clone(),
+                rows: d,
+                cols: classes,
+            },
+        });
+        out.push(OutTensor {
+            name: names::CLASSIFIER_B.to_string(),
+            shape: vec![classes],
+            recipe: Recipe::Copy(head.bias.clone()),
+        });
+    }
+
+    let act = match prep.opts.gelu {
+        Gelu::Tanh => "gelu_pytorch_tanh",
+        Gelu::Erf => "gelu",
+    };
+    let vision = json!({
+        "model_type": "siglip_vision_model",
+        "hidden_size": d,
+        "intermediate_size": a.mlp,
+        "num_hidden_layers": a.depth,
+        "num_attention_heads": a.heads,
+        "num_channels": a.in_chans,
+        "image_size": prep.image_size,
+        "patch_size": a.patch,
+        "hidden_act": act,
+        "layer_norm_eps": FLAX_LN_EPS,
+        "attention_dropout": 0.0,
+        "vision_use_head": map.is_some(),
+    });
+    let arch_class = if classify {
+        "SiglipForImageClassification"
+    } else {
+        "SiglipVisionModel"
+    };
+    let mut cfg = match (classify, vision) {
+        (true, vision) => {
+            let mut cfg = Map::new();
+            cfg.insert("model_type".into(), json!("siglip"));
+            cfg.insert("vision_config".into(), vision);
+            let id2label: Map<String, Value> = (0..classes)
+                .map(|c| (c.to_string(), json!(format!("LABEL_{c}"))))
+                .collect();
+            let label2id: Map<String, Value> = (0..classes)
+                .map(|c| (format!("LABEL_{c}"), json!(c)))
+                .collect();
+            cfg.insert("id2label".into(), Value::Object(id2label));
+            cfg.insert("label2id".into(), Value::Object(label2id));
+            cfg
+        }
+        (false, Value::Object(vision)) => vision,
+        (false, _) => Map::new(),
+    };
+    cfg.insert("architectures".into(), json!([arch_class]));
+    cfg.insert("torch_dtype".into(), json!(dtype_name(prep.opts.dtype)));
+    let preprocessor = json!({
+        "image_processor_type": "SiglipImageProcessor",
+        "do_resize": true,
+        "size": {"height": prep.image_size, "width": prep.image_size},
+        "resample": 2,
+        "do_rescale": true,
+        "rescale_factor": 1.0 / 255.0,
+        "do_normalize": true,
+        "image_mean": prep.norm.mean(),
+        "image_std": prep.norm.std(),
+    });
+    let python = format!(
+        "from transformers import {arch_class}\nmodel = {arch_class}.from_pretrained(OUTPUT_DIR)"
+    );
+    let head = match (classify, map.is_some()) {
+        (true, _) => "head",
+        (false, true) => "map",
+        (false, false) => "none",
+    };
+    let config = prep.config(prep.opts.gelu.as_str(), FLAX_LN_EPS, false, head, None);
+    let mut meta = prep.metadata(source_name, &config);
+    meta.insert("vitconv.hf_architecture".into(), arch_class.to_string());
+    let side = vec![
+        SideFile {
+            name: CONFIG_FILE.to_string(),
+            contents: pretty(&Value::Object(cfg)),
+        },
+        SideFile {
+            name: PREPROCESSOR_FILE.to_string(),
+            contents: pretty(&preprocessor),
+        },
+    ];
+    Ok(prep.finish(OutputKind::HfDirectory, out, meta, python, side))
+}

@@ -1,0 +1,51 @@
+//! What `inspect` needs to recognise a converted file: the shared helpers each layout's `recognise` uses to
+//! read an architecture off a state dict's keys and shapes, with the keys taken from the layout's own name
+//! tables, so that a target key is written in one place.
+
+use std::collections::BTreeMap;
+
+use vitconv_tensors::TensorInfo;
+
+use crate::arch::Arch;
+
+/// A state dict's keys and shapes.
+pub type Shapes<'a> = BTreeMap<&'a str, &'a [usize]>;
+
+/// A file recognised as one of the layouts.
+#[derive(Debug, Clone)]
+pub struct Recognised {
+    /// The family `inspect` names (`timm`, `transformers`, `open_clip`, `openai_clip`).
+    pub family: &'static str,
+    pub arch: Arch,
+    /// The class token's shape as the layout stores it, when it is not `[1, 1, D]`.
+    pub class_shape: Option<String>,
+    /// Whether the patch convolution has a bias.
+    pub patch_bias: bool,
+    pub notes: Vec<String>,
+}
+
+/// The listing's keys and shapes.
+pub fn shapes(tensors: &[TensorInfo]) -> Shapes<'_> {
+    tensors
+        .iter()
+        .map(|t| (t.name.as_str(), t.shape.as_slice()))
+        .collect()
+}
+
+pub fn get<'a>(s: &Shapes<'a>, k: &str) -> Option<&'a [usize]> {
+    s.get(k).copied()
+}
+
+/// How many of `template` with `{i}` = 0, 1, ... exist after `prefix`.
+pub fn count_blocks(s: &Shapes<'_>, prefix: &str, template: &str) -> usize {
+    (0..)
+        .take_while(|i| s.contains_key(format!("{prefix}{}", super::name(template, *i)).as_str()))
+        .count()
+}
+
+/// Grid side from position-embedding rows, given the number of prefix (class) rows.
+pub fn grid_side(rows: usize, prefix: usize) -> Option<usize> {
+    let cells = rows.checked_sub(prefix)?;
+    let side = cells.isqrt();
+    (side > 0 && side.checked_mul(side) == Some(cells)).then_some(side)
+}

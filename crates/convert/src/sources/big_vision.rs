@@ -1,0 +1,598 @@
+//! The google-research/big_vision source family: ViT `.npz` files written by big_vision's `vit.py`
+//! (a `params/` root or none, Linen block names, blocks unrolled or stacked along a leading depth axis, a
+//! learned `pos_embedding` without a class row or a computed sincos2d one, `tok`/`gap`/`map` pooling,
+//! `pre_logits`, an optional head), and training checkpoints whose `opt/` and `chrono/` state is left out.
+//!
+//! [`read`] checks the file completely and describes it as a [`Model`]; the key names below are known to
+//! this module alone. The semantics (which this module only names; the layouts and `verify` compute them)
+//! are those of big_vision's `models/vit.py`: the class token is concatenated after the position embedding
+//! is added, `MAPHead` attends from a learned probe, `pool_type='gap'` averages after `encoder_norm`.
+
+use vitconv_tensors::TensorInfo;
+
+use super::keys::{dims, Keys};
+use crate::arch::{Arch, Classifier, PosEmbKind};
+use crate::error::{Error, Result};
+use crate::model::{
+    Attention, Block, Dense, MapHead, Model, Norm, Param, Pool, PosEmbed, Proj, Tower,
+};
+
+/// The family's name in reports and metadata.
+pub const FAMILY: &str = "big_vision";
+
+/// Roots under which big_vision files keep the model: `params/` as `save_checkpoint` writes it, or none.
+const ROOTS: &[&str] = &["params/", ""];
+
+/// Top-level entries of a training checkpoint that are not model weights (optimizer state, step timers).
+const TRAINING_STATE: &[&str] = &["opt/", "chrono/"];
+
+/// The root of a big_vision ViT, if the file is one: `embedding/kernel` under `params/` or at the top, and
+/// no `Transformer/posembed_input/pos_embedding` (vision_transformer files keep their table there; big_vision
+/// keeps it at the top level or computes it).
+pub fn root(tensors: &[TensorInfo]) -> Option<&'static str> {
+    let has = |k: &str| tensors.iter().any(|t| t.name == k);
+    ROOTS.iter().copied().find(|r| {
+        has(&format!("{r}embedding/kernel"))
+            && !has(&format!("{r}Transformer/posembed_input/pos_embedding"))
+    })
+}
+
+/// Whether the file is of this family: the registry then leaves it to [`read`], whatever it finds wrong.
+pub fn claims(tensors: &[TensorInfo]) -> bool {
+    root(tensors).is_some()
+}
+
+/// Where each parameter lives: the root, and whether the blocks are stacked (`Transformer/encoderblock/`,
+/// big_vision's `scan` format) or unrolled (`Transformer/encoderblock_{i}/`).
+struct Names {
+    root: &'static str,
+    stacked: bool,
+}
+
+impl Names {
+    fn key(&self, rel: &str) -> String {
+        format!("{}{rel}", self.root)
+    }
+    /// A tensor of block `i`; for stacked blocks the one tensor that holds every block.
+    fn block(&self, i: usize, rel: &str) -> String {
+        if self.stacked {
+            self.key(&format!("Transformer/encoderblock/{rel}"))
+        } else {
+            self.key(&format!("Transformer/encoderblock_{i}/{rel}"))
+        }
+    }
+    fn attn(prefix: &str, p: Proj, what: &str) -> String {
+        let proj = match p {
+            Proj::Query => "query",
+            Proj::Key => "key",
+            Proj::Value => "value",
+            Proj::Out => "out",
+        };
+        format!("{prefix}MultiHeadDotProductAttention_0/{proj}/{what}")
+    }
+}
+
+/// The block names big_vision's Linen modules get inside one encoder block.
+const LN1: &str = "LayerNorm_0";
+const LN2: &str = "LayerNorm_1";
+const MLP: &str = "MlpBlock_0";
+
+/// Reads a big_vision ViT checkpoint into the neutral model, checking every shape against the others and
+/// accounting for every tensor (training state is left out, and said so).
+pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
+    let Some(root) = root(tensors) else {
+        return Err(Error::Unrecognised {
+            recognised: format!("{} tensors", tensors.len()),
+            missing: "no embedding/kernel under params/ or at the top".to_string(),
+        });
+    };
+    let recognised = if root.is_empty() {
+        "big_vision checkpoint".to_string()
+    } else {
+        format!("big_vision checkpoint under {root}")
+    };
+    // Training state is set aside first: it is not part of the model, and holds integer counters.
+    let (state, weights): (Vec<&TensorInfo>, Vec<&TensorInfo>) = tensors.iter().partition(|t| {
+        !root.is_empty()
+            && !t.name.starts_with(root)
+            && TRAINING_STATE.iter().any(|p| t.name.starts_with(p))
+    });
+    let weights: Vec<TensorInfo> = weights.into_iter().cloned().collect();
+    if let Some(t) = weights.iter().find(|t| !t.dtype.is_float()) {
+        return Err(Error::NotFloat {
+            name: t.name.clone(),
+            dtype: t.dtype.to_string(),
+        });
+    }
+    let mut keys = Keys::new(&weights, &recognised);
+
+    // Patch embedding: HWIO kernel [p, p, 3, D].
+    let ek = format!("{root}embedding/kernel");
+    let [ph, pw, in_chans, hidden] = dims(
+        &ek,
+        keys.need(&ek, "patch embedding")?,
+        "[p, p, in, hidden]",
+        "HWIO patch kernel",
+    )?;
+    if ph != pw || ph == 0 || hidden == 0 {
+        return Err(Error::Shape {
+            name: ek,
+            expected: "[p, p, in, hidden] with a square, non-empty patch".to_string(),
+            found: vec![ph, pw, in_chans, hidden],
+            why: "vitconv converts square patches".to_string(),
+        });
+    }
+    keys.need_shape(
+        &format!("{root}embedding/bias"),
+        &[hidden],
+        "patch embedding bias",
+    )?;
+
+    // Blocks: stacked along a leading axis, or numbered.
+    let stacked_ln = format!("{root}Transformer/encoderblock/{LN1}/scale");
+    let (names, depth) = if keys.has(&stacked_ln) {
+        let [depth, d] = dims(
+            &stacked_ln,
+            keys.need(&stacked_ln, "stacked block LayerNorm")?,
+            "[depth, hidden]",
+            "stacked (scan) block LayerNorm",
+        )?;
+        if d != hidden || depth == 0 {
+            return Err(Error::Shape {
+                name: stacked_ln,
+                expected: format!("[depth, {hidden}] with depth > 0"),
+                found: vec![depth, d],
+                why: "one LayerNorm scale per stacked block".to_string(),
+            });
+        }
+        (
+            Names {
+                root,
+                stacked: true,
+            },
+            depth,
+        )
+    } else {
+        let names = Names {
+            root,
+            stacked: false,
+        };
+        let depth = (0..)
+            .take_while(|i| keys.has(&names.block(*i, &format!("{LN1}/scale"))))
+            .count();
+        (names, depth)
+    };
+    if depth == 0 {
+        return Err(Error::Inconsistent {
+            recognised: keys.recognised.clone(),
+            problem: format!(
+                "no encoder blocks (neither {} nor {} is there)",
+                names.block(0, &format!("{LN1}/scale")),
+                stacked_ln
+            ),
+        });
+    }
+    // A stacked tensor carries the depth in front of each block's shape.
+    let lead: Vec<usize> = if names.stacked { vec![depth] } else { vec![] };
+    let shape = |s: &[usize]| -> Vec<usize> { lead.iter().chain(s).copied().collect() };
+    let qk = names.block(0, &Names::attn("", Proj::Query, "kernel"));
+    let q_shape = keys.need(&qk, "attention query")?;
+    let [_, heads, head_dim] = dims(
+        &qk,
+        q_shape.get(lead.len()..).unwrap_or_default(),
+        "[hidden, heads, head_dim] (after the depth axis, if stacked)",
+        "query kernel",
+    )?;
+    if heads.checked_mul(head_dim) != Some(hidden) {
+        return Err(Error::Shape {
+            name: qk,
+            expected: format!("[{hidden}, heads, head_dim] with heads x head_dim = {hidden}"),
+            found: q_shape.to_vec(),
+            why: "the attention must cover the hidden width".to_string(),
+        });
+    }
+    let d0 = names.block(0, &format!("{MLP}/Dense_0/kernel"));
+    let d0_shape = keys.need(&d0, "MLP input dense")?;
+    let [_, mlp] = dims(
+        &d0,
+        d0_shape.get(lead.len()..).unwrap_or_default(),
+        "[hidden, mlp] (after the depth axis, if stacked)",
+        "MLP kernel",
+    )?;
+    // Stacked tensors are checked once; unrolled blocks one by one.
+    let checked_blocks = if names.stacked { 1 } else { depth };
+    for i in 0..checked_blocks {
+        for ln in [LN1, LN2] {
+            for p in ["scale", "bias"] {
+                keys.need_shape(
+                    &names.block(i, &format!("{ln}/{p}")),
+                    &shape(&[hidden]),
+                    "block LayerNorm",
+                )?;
+            }
+        }
+        check_attention(
+            &mut keys,
+            &names.block(i, ""),
+            &shape,
+            [hidden, heads, head_dim],
+        )?;
+        check_mlp(
+            &mut keys,
+            &names.block(i, &format!("{MLP}/")),
+            &shape,
+            hidden,
+            mlp,
+        )?;
+    }
+    for p in ["scale", "bias"] {
+        keys.need_shape(
+            &format!("{root}Transformer/encoder_norm/{p}"),
+            &[hidden],
+            "encoder_norm",
+        )?;
+    }
+
+    // Pooling: a class token means `tok`, a MAP head `map`, neither `gap`.
+    let cls = format!("{root}cls");
+    let probe = format!("{root}MAPHead_0/probe");
+    let classifier = if keys.has(&cls) {
+        keys.need_shape(&cls, &[1, 1, hidden], "class token")?;
+        Classifier::Token
+    } else if keys.has(&probe) {
+        keys.need_shape(&probe, &[1, 1, hidden], "MAP head probe")?;
+        let map = format!("{root}MAPHead_0/");
+        let mq = Names::attn(&map, Proj::Query, "kernel");
+        let [_, mh, mdh] = dims(
+            &mq,
+            keys.need(&mq, "MAP head query")?,
+            "[hidden, heads, head_dim]",
+            "MAP head query kernel",
+        )?;
+        if mh.checked_mul(mdh) != Some(hidden) {
+            return Err(Error::Shape {
+                name: mq,
+                expected: format!("[{hidden}, heads, head_dim] with heads x head_dim = {hidden}"),
+                found: vec![hidden, mh, mdh],
+                why: "the MAP head's attention must cover the hidden width".to_string(),
+            });
+        }
+        check_attention(&mut keys, &map, &|s| s.to_vec(), [hidden, mh, mdh])?;
+        let md0 = format!("{map}{MLP}/Dense_0/kernel");
+        let [_, map_mlp] = dims(
+            &md0,
+            keys.need(&md0, "MAP head MLP")?,
+            "[hidden, mlp]",
+            "MAP head MLP kernel",
+        )?;
+        check_mlp(
+            &mut keys,
+            &format!("{map}{MLP}/"),
+            &|s| s.to_vec(),
+            hidden,
+            map_mlp,
+        )?;
+        for p in ["scale", "bias"] {
+            keys.need_shape(
+                &format!("{map}LayerNorm_0/{p}"),
+                &[hidden],
+                "MAP head LayerNorm",
+            )?;
+        }
+        Classifier::Map
+    } else {
+        Classifier::Gap
+    };
+
+    // Position embedding: a learned table of the grid (no class row), or nothing (sincos2d).
+    let pe = format!("{root}pos_embedding");
+    let (grid, posemb) = if keys.has(&pe) {
+        let [one, rows, pe_d] = dims(
+            &pe,
+            keys.need(&pe, "position embedding")?,
+            "[1, h*w, hidden]",
+            "position embedding",
+        )?;
+        let side = rows.isqrt();
+        if one != 1 || pe_d != hidden || side == 0 || side.checked_mul(side) != Some(rows) {
+            return Err(Error::Shape {
+                name: pe,
+                expected: format!("[1, s^2, {hidden}] for a square s x s grid"),
+                found: vec![one, rows, pe_d],
+                why: format!(
+                    "big_vision tables have one row per patch and none for the class token, so the grid is {rows} cells, which must be a square"
+                ),
+            });
+        }
+        (Some((side, side)), PosEmbKind::Learned)
+    } else {
+        if hidden % 4 != 0 {
+            return Err(Error::Shape {
+                name: ek,
+                expected: "a hidden width divisible by 4".to_string(),
+                found: vec![ph, pw, in_chans, hidden],
+                why: "there is no pos_embedding, so it is sincos2d, which splits the width in four"
+                    .to_string(),
+            });
+        }
+        (None, PosEmbKind::Sincos2d)
+    };
+
+    // Optional pre_logits (dense + tanh) and head.
+    let pk = format!("{root}pre_logits/kernel");
+    let representation = if keys.has(&pk) {
+        let [_, r] = dims(
+            &pk,
+            keys.need(&pk, "pre_logits")?,
+            "[hidden, representation]",
+            "pre_logits kernel",
+        )?;
+        keys.need_shape(&pk, &[hidden, r], "pre_logits kernel [D, R]")?;
+        keys.need_shape(&format!("{root}pre_logits/bias"), &[r], "pre_logits bias")?;
+        Some(r)
+    } else {
+        None
+    };
+    let hk = format!("{root}head/kernel");
+    let num_classes = if keys.has(&hk) || keys.has(&format!("{root}head/bias")) {
+        let [_, c] = dims(
+            &hk,
+            keys.need(&hk, "head")?,
+            "[features, classes]",
+            "head kernel",
+        )?;
+        keys.need_shape(
+            &hk,
+            &[representation.unwrap_or(hidden), c],
+            "head kernel [features, classes]",
+        )?;
+        keys.need_shape(&format!("{root}head/bias"), &[c], "head bias")?;
+        Some(c)
+    } else {
+        None
+    };
+
+    if let Some(t) = keys.unused() {
+        return Err(Error::Unmapped {
+            name: t.name.clone(),
+            shape: t.shape.clone(),
+            recognised: keys.recognised,
+        });
+    }
+    let arch = Arch {
+        patch: ph,
+        in_chans,
+        hidden,
+        heads: Some(heads),
+        mlp,
+        depth,
+        grid,
+        posemb,
+        classifier,
+        class_pos: false,
+        num_classes,
+        representation,
+        resnet: None,
+        stacked: names.stacked,
+    };
+    let image = tower(&keys, &names, arch)?;
+    let mut notes = vec![match names.stacked {
+        true => format!("blocks stacked along a leading depth axis of {depth} (Transformer/encoderblock/, the scan format)"),
+        false => format!(
+            "blocks unrolled (Transformer/encoderblock_0 to _{})",
+            depth.saturating_sub(1)
+        ),
+    }];
+    if image.arch.posemb == PosEmbKind::Sincos2d {
+        notes.push("position embedding: sincos2d (computed, not stored)".to_string());
+    }
+    if image.arch.classifier == Classifier::Gap {
+        notes.push(
+            "pooling: gap (mean over the tokens); big_vision's pool_type '0' (the first token) stores the same tensors, so a model trained with it is not told apart"
+                .to_string(),
+        );
+    }
+    let left_out: Vec<String> = state.iter().map(|t| t.name.clone()).collect();
+    if !left_out.is_empty() {
+        let mut prefixes: Vec<&str> = TRAINING_STATE
+            .iter()
+            .copied()
+            .filter(|p| left_out.iter().any(|n| n.starts_with(p)))
+            .collect();
+        prefixes.dedup();
+        notes.push(format!(
+            "training state left out: {} tensors under {} (optimizer state and step timers, not weights)",
+            left_out.len(),
+            prefixes.join(", ")
+        ));
+    }
+    let mut shapes = keys.shapes();
+    shapes.extend(state.iter().map(|t| (t.name.clone(), t.shape.clone())));
+    Ok(Model {
+        family: FAMILY,
+        recognised: keys.recognised.clone(),
+        image,
+        notes,
+        shapes,
+        left_out,
+    })
+}
+
+/// Checks one `MultiHeadDotProductAttention_0` under `prefix` (q/k/v `[D, H, Dh]` with `[H, Dh]` biases, out
+/// `[H, Dh, D]`); `shape` adds the depth axis of stacked blocks.
+fn check_attention(
+    keys: &mut Keys<'_>,
+    prefix: &str,
+    shape: &dyn Fn(&[usize]) -> Vec<usize>,
+    [hidden, heads, head_dim]: [usize; 3],
+) -> Result<()> {
+    for p in [Proj::Query, Proj::Key, Proj::Value] {
+        keys.need_shape(
+            &Names::attn(prefix, p, "kernel"),
+            &shape(&[hidden, heads, head_dim]),
+            "q/k/v kernel [D, H, Dh]",
+        )?;
+        keys.need_shape(
+            &Names::attn(prefix, p, "bias"),
+            &shape(&[heads, head_dim]),
+            "q/k/v bias [H, Dh]",
+        )?;
+    }
+    keys.need_shape(
+        &Names::attn(prefix, Proj::Out, "kernel"),
+        &shape(&[heads, head_dim, hidden]),
+        "out kernel [H, Dh, D]",
+    )?;
+    keys.need_shape(
+        &Names::attn(prefix, Proj::Out, "bias"),
+        &shape(&[hidden]),
+        "out bias",
+    )
+}
+
+/// Checks one `MlpBlock_0` whose names start with `prefix` (`Dense_0` `[D, M]`, `Dense_1` `[M, D]`).
+fn check_mlp(
+    keys: &mut Keys<'_>,
+    prefix: &str,
+    shape: &dyn Fn(&[usize]) -> Vec<usize>,
+    hidden: usize,
+    mlp: usize,
+) -> Result<()> {
+    keys.need_shape(
+        &format!("{prefix}Dense_0/kernel"),
+        &shape(&[hidden, mlp]),
+        "MLP kernel [D, M]",
+    )?;
+    keys.need_shape(&format!("{prefix}Dense_0/bias"), &shape(&[mlp]), "MLP bias")?;
+    keys.need_shape(
+        &format!("{prefix}Dense_1/kernel"),
+        &shape(&[mlp, hidden]),
+        "MLP kernel [M, D]",
+    )?;
+    keys.need_shape(
+        &format!("{prefix}Dense_1/bias"),
+        &shape(&[hidden]),
+        "MLP bias",
+    )
+}
+
+/// The checked file's parameters, each in its role.
+fn tower(keys: &Keys<'_>, n: &Names, arch: Arch) -> Result<Tower> {
+    let root = n.root;
+    let whole = |name: String| keys.param(&name);
+    let norm_at = |prefix: &str| -> Result<Norm> {
+        Ok(Norm {
+            scale: whole(format!("{prefix}scale"))?,
+            bias: whole(format!("{prefix}bias"))?,
+        })
+    };
+    let dense_at = |prefix: &str| -> Result<Dense> {
+        Ok(Dense {
+            kernel: whole(format!("{prefix}kernel"))?,
+            bias: whole(format!("{prefix}bias"))?,
+        })
+    };
+    let attention_at = |prefix: &str| -> Result<Attention> {
+        let proj = |p: Proj| -> Result<Dense> {
+            Ok(Dense {
+                kernel: whole(Names::attn(prefix, p, "kernel"))?,
+                bias: whole(Names::attn(prefix, p, "bias"))?,
+            })
+        };
+        Ok(Attention {
+            query: proj(Proj::Query)?,
+            key: proj(Proj::Key)?,
+            value: proj(Proj::Value)?,
+            out: proj(Proj::Out)?,
+        })
+    };
+    let depth = arch.depth;
+    let mut blocks = Vec::with_capacity(depth);
+    for i in 0..depth {
+        // Block i's part of a tensor: the whole tensor when unrolled, slice i when stacked.
+        let p = |rel: String| -> Result<Param> {
+            let name = n.block(i, &rel);
+            if n.stacked {
+                keys.slice(&name, i, depth)
+            } else {
+                keys.param(&name)
+            }
+        };
+        let norm = |ln: &str| -> Result<Norm> {
+            Ok(Norm {
+                scale: p(format!("{ln}/scale"))?,
+                bias: p(format!("{ln}/bias"))?,
+            })
+        };
+        let dense = |rel: &str| -> Result<Dense> {
+            Ok(Dense {
+                kernel: p(format!("{rel}/kernel"))?,
+                bias: p(format!("{rel}/bias"))?,
+            })
+        };
+        let proj = |pr: Proj| -> Result<Dense> {
+            Ok(Dense {
+                kernel: p(Names::attn("", pr, "kernel"))?,
+                bias: p(Names::attn("", pr, "bias"))?,
+            })
+        };
+        blocks.push(Block {
+            norm1: norm(LN1)?,
+            attn: Attention {
+                query: proj(Proj::Query)?,
+                key: proj(Proj::Key)?,
+                value: proj(Proj::Value)?,
+                out: proj(Proj::Out)?,
+            },
+            norm2: norm(LN2)?,
+            mlp: [
+                dense(&format!("{MLP}/Dense_0"))?,
+                dense(&format!("{MLP}/Dense_1"))?,
+            ],
+        });
+    }
+    let pool = match arch.classifier {
+        Classifier::Token => Pool::Token,
+        Classifier::Gap => Pool::Mean,
+        Classifier::Map => {
+            let map = format!("{root}MAPHead_0/");
+            Pool::Map(Box::new(MapHead {
+                probe: whole(format!("{map}probe"))?,
+                attn: attention_at(&map)?,
+                norm: norm_at(&format!("{map}LayerNorm_0/"))?,
+                mlp: [
+                    dense_at(&format!("{map}{MLP}/Dense_0/"))?,
+                    dense_at(&format!("{map}{MLP}/Dense_1/"))?,
+                ],
+            }))
+        }
+    };
+    let pos = match arch.posemb {
+        PosEmbKind::Learned => PosEmbed::Table {
+            param: whole(format!("{root}pos_embedding"))?,
+            class_row: false,
+        },
+        PosEmbKind::Sincos2d => PosEmbed::Sincos2d,
+    };
+    Ok(Tower {
+        stem: None,
+        patch: dense_at(&format!("{root}embedding/"))?,
+        class_token: match arch.classifier {
+            Classifier::Token => Some(whole(format!("{root}cls"))?),
+            _ => None,
+        },
+        pos,
+        blocks,
+        final_norm: norm_at(&format!("{root}Transformer/encoder_norm/"))?,
+        pool,
+        pre_logits: match arch.representation {
+            Some(_) => Some(dense_at(&format!("{root}pre_logits/"))?),
+            None => None,
+        },
+        head: match arch.num_classes {
+            Some(_) => Some(dense_at(&format!("{root}head/"))?),
+            None => None,
+        },
+        arch,
+    })
+}
