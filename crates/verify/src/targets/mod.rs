@@ -1,6 +1,6 @@
 //! The target forwards: a converted file run by its own key names with the semantics of the library it is for.
 //!
-//! One module per layout ([`timm`], [`hf`], [`open_clip`], [`clip`]); each reads its
+//! One module per layout ([`timm`], [`hf`] and [`hf_siglip`], [`open_clip`], [`clip`]); each reads its
 //! file's keys directly and never asks the converter how it mapped them. What they
 //! share here is the declared configuration (`vitconv.config`), the pre-norm block
 //! arithmetic on PyTorch-layout weights, and the outputs they hand back.
@@ -8,6 +8,7 @@
 pub mod clip;
 mod clip_style;
 pub mod hf;
+pub mod hf_siglip;
 pub mod open_clip;
 pub mod timm;
 
@@ -201,6 +202,7 @@ pub struct Target {
 enum Model {
     Timm(timm::Timm),
     Hf(hf::Hf),
+    HfSiglip(hf_siglip::HfSiglip),
     OpenClip(open_clip::OpenClip),
     Clip(clip::Clip),
 }
@@ -211,6 +213,7 @@ impl Target {
         match &self.model {
             Model::Timm(m) => m.forward(nchw),
             Model::Hf(m) => m.forward(nchw),
+            Model::HfSiglip(m) => m.forward(nchw),
             Model::OpenClip(m) => m.forward(nchw),
             Model::Clip(m) => m.forward(nchw),
         }
@@ -221,6 +224,7 @@ impl Target {
         match &self.model {
             Model::Timm(m) => m.kind(),
             Model::Hf(m) => m.kind(),
+            Model::HfSiglip(m) => m.kind(),
             Model::OpenClip(m) => m.kind(),
             Model::Clip(m) => m.kind(),
         }
@@ -242,6 +246,18 @@ pub fn open(path: &Path, layout: Option<Layout>, device: Device, kind: Kind) -> 
                 path.display(),
                 l.as_str()
             )));
+        }
+        #[derive(Deserialize)]
+        struct ModelType {
+            model_type: Option<String>,
+        }
+        let config_path = path.join("config.json");
+        if config_path.exists() {
+            let t: ModelType = hf::read_json(&config_path)?;
+            if hf_siglip::is_siglip(t.model_type.as_deref()) {
+                let (m, parts) = hf_siglip::HfSiglip::open(path, device, kind)?;
+                return Ok(Target::build(Layout::Hf, Model::HfSiglip(m), parts));
+            }
         }
         let (m, parts) = hf::Hf::open(path, device, kind)?;
         return Ok(Target::build(Layout::Hf, Model::Hf(m), parts));
