@@ -8,6 +8,8 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::ValueEnum;
 use indicatif::{ProgressBar, ProgressStyle};
+use vitconv_convert::layout::py_str;
+use vitconv_convert::plan::OutputKind;
 use vitconv_convert::{
     Gelu, HeadChoice, InputNorm, Layout, Options, OutDType, ProjChoice, ResizeMethod,
 };
@@ -282,15 +284,18 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
     let config_json = args.output.with_file_name(format!("{stem}.open_clip.json"));
-    let python = conv
-        .plan
-        .python
-        .replace("OUTPUT_DIR", &format!("'{}'", args.output.display()))
-        .replace("CONFIG_JSON", &format!("'{}'", config_json.display()));
-    for line in python.lines() {
-        println!("  {line}");
-    }
-    for line in load_lines(opts.layout, &written.weights) {
+    // A folder loads itself: its own line replaces the constructor and the weights-loading lines.
+    let (python, load) = match &conv.plan.kind {
+        OutputKind::FileOrFolder { python } if written.folder => (python.as_str(), vec![]),
+        _ => (
+            conv.plan.python.as_str(),
+            load_lines(opts.layout, &written.weights),
+        ),
+    };
+    let python = python
+        .replace("OUTPUT_DIR", &py_str(&args.output.to_string_lossy()))
+        .replace("CONFIG_JSON", &py_str(&config_json.to_string_lossy()));
+    for line in python.lines().map(str::to_string).chain(load) {
         println!("  {line}");
     }
     if opts.layout == Layout::Clip {
@@ -331,16 +336,16 @@ fn run_batch(args: &ConvertArgs, opts: Options) -> anyhow::Result<ExitCode> {
 
 /// The Python that loads the written weights into the model the plan's lines build.
 fn load_lines(layout: Layout, weights: &Path) -> Vec<String> {
-    let w = weights.display();
+    let w = py_str(&weights.to_string_lossy());
     let (import, read) = if weights.extension().is_some_and(|e| e == "safetensors") {
         (
             "import safetensors.torch",
-            format!("safetensors.torch.load_file('{w}')"),
+            format!("safetensors.torch.load_file({w})"),
         )
     } else {
         (
             "import torch",
-            format!("torch.load('{w}', weights_only=True)"),
+            format!("torch.load({w}, weights_only=True)"),
         )
     };
     let load = match layout {

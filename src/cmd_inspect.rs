@@ -90,6 +90,23 @@ const BLOCK_CONTAINERS: &[&str] = &[
     "unit",
 ];
 
+/// Writes each tensor that stacks `depth` blocks along its leading axis as the group of its slices:
+/// `name[{0..depth-1}]`, `depth` members of the per-block shape, like a group of numbered blocks.
+fn fold_stacked(rows: Vec<Row>, stacked: &std::collections::BTreeMap<String, usize>) -> Vec<Row> {
+    rows.into_iter()
+        .map(|mut r| {
+            if let Some(&depth) = stacked.get(&r.name) {
+                if r.shape.first() == Some(&depth) && depth > 0 {
+                    r.name = format!("{}[{{0..{}}}]", r.name, depth - 1);
+                    r.shape.remove(0);
+                    r.count = r.count.saturating_mul(depth);
+                }
+            }
+            r
+        })
+        .collect()
+}
+
 /// Folds tensors that differ only in block indices (with equal dtype and shape) into one row each.
 fn group_rows(rows: Vec<Row>) -> Vec<Row> {
     let groups = names::group_names(
@@ -233,7 +250,10 @@ fn list_file(
         })
         .collect();
     if args.group {
-        rows = group_rows(rows);
+        rows = group_rows(fold_stacked(
+            rows,
+            &vitconv_convert::stacked_tensors(file.tensors()),
+        ));
     }
     Ok(Listing {
         file,

@@ -363,3 +363,59 @@ fn metadata_is_shown_in_tables_and_json() {
         stdout(&o)
     );
 }
+
+#[test]
+fn big_vision_files_are_summarised_and_stacked_blocks_fold() {
+    let scan = fixture("big_vision/bv-vit-tok-scan/checkpoint.npz");
+    let unrolled = fixture("big_vision/bv-vit-tok-scan/variants/unrolled.npz");
+    let v = inspect_json(&[
+        "--group",
+        &scan.display().to_string(),
+        &unrolled.display().to_string(),
+    ]);
+    let files = v["files"].as_array().expect("files");
+    for f in files {
+        assert_eq!(f["summary"]["family"], "big_vision", "{f}");
+    }
+    let line = files[0]["summary"]["architecture"].as_str().expect("line");
+    assert!(line.contains("3 layers (stacked, scan format)"), "{line}");
+    assert!(
+        line.contains("class token without a position embedding"),
+        "{line}"
+    );
+    // The stacked [3, 64, 128] kernel is the group of its three slices, as the numbered blocks are.
+    let groups = |f: &Value| -> BTreeMap<String, (u64, Vec<u64>)> {
+        f["groups"]
+            .as_array()
+            .expect("groups")
+            .iter()
+            .map(|g| {
+                let shape = g["shape"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter_map(Value::as_u64)
+                    .collect();
+                (
+                    g["name"].as_str().unwrap().to_string(),
+                    (g["count"].as_u64().unwrap(), shape),
+                )
+            })
+            .collect()
+    };
+    let scan_groups = groups(&files[0]);
+    let kernel = "params/Transformer/encoderblock/MlpBlock_0/Dense_0/kernel[{0..2}]";
+    assert_eq!(
+        scan_groups.get(kernel),
+        Some(&(3, vec![64, 128])),
+        "{scan_groups:?}"
+    );
+    let unrolled_groups = groups(&files[1]);
+    let numbered = "params/Transformer/encoderblock_{0..2}/MlpBlock_0/Dense_0/kernel";
+    assert_eq!(
+        unrolled_groups.get(numbered),
+        Some(&(3, vec![64, 128])),
+        "{unrolled_groups:?}"
+    );
+    assert_eq!(scan_groups.len(), unrolled_groups.len());
+}

@@ -176,6 +176,36 @@ def test_timm_prelogits_needs_drop_head_and_gives_pooled_tokens(tmp_path):
     assert d < TOL_FLAX, d
 
 
+@pytest.mark.parametrize("case", ["vit-token", "vit-gap", "vit-mlp4", "vit-prelogits"] + VARIANTS)
+def test_timm_folder_loads_with_create_model_alone(tmp_path, case):
+    """A folder OUTPUT is a self-contained timm model: create_model('local-dir:...') builds it exactly."""
+    import timm
+
+    args = ["--drop-head"] if case == "vit-prelogits" else []
+    out, stdout = convert(tmp_path, case, "timm", "folder", *args)
+    assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+    assert "timm.create_model('local-dir:'" in stdout
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model_args"]["act_layer"] == "gelu_tanh"
+    model = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    x = nchw(golden(case, "input.npy"))
+    y = model(x).numpy()
+    if case == "vit-prelogits":
+        assert max_diff(y, golden(case, "tokens.npy")[:, 0]) < TOL_FLAX
+    else:
+        assert max_diff(y, golden_logits(case)) < TOL_FLAX
+    data = timm.data.resolve_data_config({}, model=model)
+    assert data["input_size"] == (3, model_json(case)["image"], model_json(case)["image"])
+    assert data["mean"] == (0.5, 0.5, 0.5) or list(data["mean"]) == [0.5, 0.5, 0.5]
+
+
+def test_timm_folder_is_refused_for_hybrids(tmp_path):
+    run = subprocess.run([str(BINARY), "npz-to-pt", str(source("hybrid-r2")), str(tmp_path / "folder"),
+                          "--layout", "timm"], capture_output=True, text=True)
+    assert run.returncode == 2 and ".safetensors" in run.stderr, run.stderr
+    assert not (tmp_path / "folder").exists()
+
+
 def test_timm_input_norm_imagenet_is_folded_exactly(tmp_path):
     out, stdout = convert(tmp_path, "vit-token", "timm", "m.safetensors", "--input-norm", "imagenet")
     model, meta = timm_model(out)
@@ -349,6 +379,24 @@ def test_printed_python_builds_and_loads_the_model(tmp_path, case, layout, name)
     y = model.eval()(renormalise(x, cfg))
     y = getattr(y, "logits", y)
     assert y.shape[0] == x.shape[0]
+
+
+@pytest.mark.parametrize("layout,name", [("timm", "m.pt"), ("timm", "m.safetensors"), ("hf", "hf"),
+                                         ("open_clip", "o.safetensors")])
+def test_printed_python_quotes_hostile_paths(tmp_path, layout, name):
+    """A path with spaces, both quotes, a backslash and non-ASCII letters still prints Python that runs."""
+    odd = tmp_path / "it's a \"Zürich\" dir \\ ü"
+    odd.mkdir()
+    out = odd / name
+    cmd = [str(BINARY), "npz-to-pt", str(source("vit-token")), str(out), "--layout", layout]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.split("python:\n", 1)[1].splitlines()
+    code = "\n".join(line[2:] for line in lines if line.startswith("  "))
+    scope = {}
+    exec(compile(code, f"<printed by vitconv for {layout}>", "exec"), scope)
+    model = scope.get("model", scope.get("visual"))
+    assert isinstance(model, torch.nn.Module), code
 
 
 # ---------------------------------------------------------------- --gelu erf everywhere it can be declared

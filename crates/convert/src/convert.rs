@@ -137,6 +137,8 @@ pub fn prepare(file: &TensorFile, opts: &Options) -> Result<Conversion> {
 /// What was written.
 #[derive(Debug, Clone)]
 pub struct Written {
+    /// Whether OUTPUT was written as a folder (weights and configs inside it).
+    pub folder: bool,
     /// The weights file.
     pub weights: PathBuf,
     /// Side files (configs), in the order written.
@@ -163,25 +165,36 @@ pub fn write(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Written> {
     let plan = &conv.plan;
-    let (weights, format, sides, created_dirs) = match plan.kind {
-        OutputKind::File => {
+    // A layout that offers both writes a folder when OUTPUT names no weights file.
+    let folder = match &plan.kind {
+        OutputKind::File => false,
+        OutputKind::HfDirectory => true,
+        // An unknown extension is a mistake, not a folder name.
+        OutputKind::FileOrFolder { .. } => output.is_dir() || output.extension().is_none(),
+    };
+    let (weights, format, sides, created_dirs) = match folder {
+        false => {
             let format = match output_format(output) {
                 Some(f @ (Format::Pt | Format::Safetensors)) => f,
                 _ => {
                     return Err(Error::BadOption {
                         option: "OUTPUT",
                         why: format!(
-                            "{}: the format follows the extension: .pt, .pth, .bin or .safetensors (a directory only for --layout hf)",
+                            "{}: the format follows the extension: .pt, .pth, .bin or .safetensors (a directory without an extension for --layout hf, and for timm folders)",
                             output.display()
                         ),
                     })
                 }
             };
-            let sides: Vec<(PathBuf, &str)> = plan
-                .side_files
-                .iter()
-                .map(|s| (side_path(output, &s.name), s.contents.as_str()))
-                .collect();
+            // A layout's folder files (`config.json`) belong to its folder form only.
+            let sides: Vec<(PathBuf, &str)> = match plan.kind {
+                OutputKind::FileOrFolder { .. } => Vec::new(),
+                _ => plan
+                    .side_files
+                    .iter()
+                    .map(|s| (side_path(output, &s.name), s.contents.as_str()))
+                    .collect(),
+            };
             for p in std::iter::once(output).chain(sides.iter().map(|s| s.0.as_path())) {
                 if p.exists() && !opts.overwrite {
                     return Err(Error::Exists {
@@ -191,11 +204,19 @@ pub fn write(
             }
             (output.to_path_buf(), format, sides, None)
         }
-        OutputKind::HfDirectory => {
+        true => {
             if output.is_file() || output_format(output).is_some() {
+                let files: Vec<&str> = std::iter::once(hf::WEIGHTS_FILE)
+                    .chain(plan.side_files.iter().map(|s| s.name.as_str()))
+                    .collect();
                 return Err(Error::BadOption {
                     option: "OUTPUT",
-                    why: format!("{}: --layout hf writes a directory (config.json, model.safetensors, preprocessor_config.json); name one without a weights extension", output.display()),
+                    why: format!(
+                        "{}: --layout {} writes a directory ({}); name one without a weights extension",
+                        output.display(),
+                        opts.layout.as_str(),
+                        files.join(", ")
+                    ),
                 });
             }
             let existed = output.exists();
@@ -235,7 +256,7 @@ pub fn write(
     // Inside an hf directory (checked or created above) the files may be replaced; a single-file output is
     // replaced only with --force, which the writer's no-clobber rename enforces even against a file that
     // appeared after the check above.
-    let overwrite = opts.overwrite || matches!(plan.kind, OutputKind::HfDirectory);
+    let overwrite = opts.overwrite || folder;
     let result = (|| {
         // Side files are staged first and the weights written in full before anything is renamed into place,
         // so a failure anywhere (a side path that is a directory, a source tensor that breaks, a full disk)
@@ -264,6 +285,7 @@ pub fn write(
         }
         writer.finish()?;
         Ok(Written {
+            folder,
             weights: weights.clone(),
             side_files: sides.iter().map(|s| s.0.clone()).collect(),
             tensors,

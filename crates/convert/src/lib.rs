@@ -47,6 +47,21 @@ pub struct Summary {
     pub parts: Vec<String>,
 }
 
+/// The tensors of a source file that stack the blocks along their leading axis, with the depth of each, for
+/// listings that fold them like numbered blocks; empty when the file is no source or stacks nothing.
+pub fn stacked_tensors(tensors: &[TensorInfo]) -> std::collections::BTreeMap<String, usize> {
+    let Ok(model) = sources::read(tensors) else {
+        return Default::default();
+    };
+    model
+        .image
+        .blocks
+        .iter()
+        .flat_map(|b| b.params())
+        .filter_map(|p| p.stack.map(|s| (p.tensor.clone(), s.count)))
+        .collect()
+}
+
 /// Recognises the layout and architecture of a key/shape list, or `None` when it is not a known layout.
 pub fn summarize(tensors: &[TensorInfo]) -> Option<Summary> {
     if let Ok(model) = sources::read(tensors) {

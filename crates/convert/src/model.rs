@@ -129,6 +129,31 @@ pub struct Block {
     pub mlp: [Dense; 2],
 }
 
+impl Block {
+    /// Every parameter of the block.
+    pub fn params(&self) -> [&Param; 16] {
+        let a = &self.attn;
+        [
+            &self.norm1.scale,
+            &self.norm1.bias,
+            &a.query.kernel,
+            &a.query.bias,
+            &a.key.kernel,
+            &a.key.bias,
+            &a.value.kernel,
+            &a.value.bias,
+            &a.out.kernel,
+            &a.out.bias,
+            &self.norm2.scale,
+            &self.norm2.bias,
+            &self.mlp[0].kernel,
+            &self.mlp[0].bias,
+            &self.mlp[1].kernel,
+            &self.mlp[1].bias,
+        ]
+    }
+}
+
 /// One bottleneck unit of a BiT ResNet stem: three weight-standardised convolutions (HWIO kernels) each
 /// followed by a GroupNorm, and on a stage's first unit a projection shortcut.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -620,12 +620,15 @@ pub struct OutTensor {
 }
 
 /// Where the plan's files go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OutputKind {
     /// One weights file (`.pt` / `.safetensors`), plus any side files.
     File,
     /// A Hugging Face model directory: `model.safetensors` and JSON configs inside OUTPUT.
     HfDirectory,
+    /// One weights file when OUTPUT has a weights extension; otherwise a self-contained folder holding
+    /// `model.safetensors` and the side files, which `python` (the folder's own loader line) builds from.
+    FileOrFolder { python: String },
 }
 
 /// A side file written next to (or, for hf, inside) the output: e.g. `config.json`.

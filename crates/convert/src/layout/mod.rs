@@ -483,6 +483,24 @@ impl<'a> Prepared<'a> {
         m.insert("vitconv.source".to_string(), source_name.to_string());
         m.insert("vitconv.config".to_string(), config.to_string());
         m.insert(
+            "vitconv.source_notes".to_string(),
+            self.model.notes.join("\n"),
+        );
+        if !self.model.left_out.is_empty() {
+            // Training state that is not part of the model: how much, and under which roots.
+            let mut roots: Vec<&str> = Vec::new();
+            for n in &self.model.left_out {
+                let root = n.split_inclusive('/').next().unwrap_or(n);
+                if !roots.contains(&root) {
+                    roots.push(root);
+                }
+            }
+            m.insert(
+                "vitconv.left_out".to_string(),
+                json!({"tensors": self.model.left_out.len(), "roots": roots}).to_string(),
+            );
+        }
+        m.insert(
             "vitconv.version".to_string(),
             env!("CARGO_PKG_VERSION").to_string(),
         );
@@ -620,6 +638,43 @@ pub type BlockTable = [(&'static str, BlockRole)];
 /// Expands `{i}` in a name template.
 pub fn name(template: &str, i: usize) -> String {
     template.replace("{i}", &i.to_string())
+}
+
+/// Writes a string as a Python literal the way Python's `repr` does: single quotes unless the text holds a
+/// single quote and no double quote, backslashes and the chosen quote escaped, `\n`, `\r`, `\t` and other
+/// control characters as escapes, printable non-ASCII letters as they are. A path pasted into printed Python
+/// through this stays one literal whatever it holds.
+pub fn py_str(text: &str) -> String {
+    let quote = if text.contains('\'') && !text.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
+    let mut out = String::with_capacity(text.len().saturating_add(2));
+    out.push(quote);
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            // C1 controls and the line and paragraph separators: Python's repr escapes the non-printable.
+            c if (0x80..0xa0).contains(&(c as u32)) => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
+            '\u{2028}' | '\u{2029}' => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push(quote);
+    out
 }
 
 /// Formats a float for Python source (`1e-06`, `2.0`).
@@ -917,6 +972,17 @@ mod tests {
             .read_f32("Transformer/posembed_input/pos_embedding")
             .expect("source");
         assert_eq!(&got[..64], &orig[..64]);
+    }
+
+    #[test]
+    fn python_strings_are_written_as_repr_writes_them() {
+        assert_eq!(py_str("a/b.pt"), "'a/b.pt'");
+        assert_eq!(py_str("it's"), "\"it's\"");
+        assert_eq!(py_str("it's \"q\""), "'it\\'s \"q\"'");
+        assert_eq!(py_str("back\\slash"), "'back\\\\slash'");
+        assert_eq!(py_str("new\nline\ttab\r"), "'new\\nline\\ttab\\r'");
+        assert_eq!(py_str("bell\u{7}"), "'bell\\x07'");
+        assert_eq!(py_str("Zürich ü"), "'Zürich ü'");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::layout::{
 };
 use crate::model::{Norm, Param, Proj};
 use crate::options::Gelu;
-use crate::plan::{Fetch, OutTensor, OutputKind, Plan, Recipe};
+use crate::plan::{Fetch, OutTensor, OutputKind, Plan, Recipe, SideFile};
 
 /// timm state-dict names (`{i}` = block index).
 pub mod names {
@@ -330,10 +330,91 @@ pub fn plan(prep: Prepared<'_>, _fetch: &dyn Fetch, source_name: &str) -> Result
         "vitconv.timm_pretrained_cfg".into(),
         pretrained_cfg.to_string(),
     );
-    if let Some(b) = backbone_desc {
-        meta.insert("vitconv.timm_backbone".into(), b.to_string());
+    let (kind, side) = match backbone_desc {
+        Some(b) => {
+            meta.insert("vitconv.timm_backbone".into(), b.to_string());
+            // timm's registered hybrids build their ResNetV2 inside the entry point, with GroupNorm at its
+            // default eps 1e-5 and fixed stages, which no config.json can change: a folder would load a
+            // different function, so hybrids stay a weights file with the constructor printed above.
+            (OutputKind::File, vec![])
+        }
+        None => {
+            let folder = folder_config(&a, &kwargs, &pretrained_cfg, classes, prep.image_size);
+            (
+                OutputKind::FileOrFolder {
+                    python: "import timm\nmodel = timm.create_model('local-dir:' + OUTPUT_DIR, pretrained=True)"
+                        .to_string(),
+                },
+                vec![SideFile {
+                    name: FOLDER_CONFIG.to_string(),
+                    contents: folder,
+                }],
+            )
+        }
+    };
+    Ok(prep.finish(kind, out, meta, python, side))
+}
+
+/// The config file of a self-contained timm folder (`timm.create_model('local-dir:DIR', pretrained=True)`
+/// reads it and `model.safetensors` beside it).
+pub const FOLDER_CONFIG: &str = "config.json";
+
+/// A timm folder's `config.json`: the registered architecture whose sizes match (or the closest one), with
+/// `model_args` giving every size and switch exactness needs, so that the one loader line builds the exact
+/// model; `pretrained_cfg` holds the preprocessing.
+fn folder_config(
+    a: &Arch,
+    kwargs: &Value,
+    pretrained_cfg: &Value,
+    classes: usize,
+    image_size: usize,
+) -> String {
+    let exact = |r: &&(&str, usize, usize, usize, usize, usize, usize)| {
+        (r.1, r.2, r.3, Some(r.4), r.5) == (a.patch, a.hidden, a.depth, a.heads, a.mlp)
+    };
+    let closest = REGISTERED
+        .iter()
+        .filter(exact)
+        .find(|r| r.6 == image_size)
+        .or_else(|| REGISTERED.iter().find(exact))
+        .or_else(|| {
+            REGISTERED.iter().min_by_key(|r| {
+                (
+                    r.1 != a.patch,
+                    r.2.abs_diff(a.hidden),
+                    r.3.abs_diff(a.depth),
+                )
+            })
+        })
+        .map_or("vit_base_patch16_224", |r| r.0);
+    let mut cfg = pretrained_cfg.clone();
+    if let Value::Object(m) = &mut cfg {
+        m.insert("tag".into(), json!("vitconv"));
+        m.insert("custom_load".into(), json!(false));
+        m.insert("fixed_input_size".into(), json!(true));
+        m.insert("interpolation".into(), json!("bilinear"));
+        m.insert("crop_mode".into(), json!("center"));
+        m.insert("pool_size".into(), Value::Null);
+        m.insert(
+            "first_conv".into(),
+            json!(names::PATCH_W.trim_end_matches(".weight")),
+        );
+        m.insert(
+            "classifier".into(),
+            json!(names::HEAD_W.trim_end_matches(".weight")),
+        );
     }
-    Ok(prep.finish(OutputKind::File, out, meta, python, vec![]))
+    let config = json!({
+        "architecture": closest,
+        "num_classes": classes,
+        "num_features": a.hidden,
+        "global_pool": kwargs.get("global_pool"),
+        "model_args": kwargs,
+        "pretrained_cfg": cfg,
+    });
+    let mut text = serde_json::to_string_pretty(&config).unwrap_or_else(|_| config.to_string());
+    text.push('\n');
+    text
 }
 
 /// Recognises a timm `VisionTransformer` state dict (and its hybrid stem) for `inspect`, from [`names`].
@@ -493,7 +574,7 @@ fn py_value(v: &Value) -> String {
             Some(f) if !n.is_i64() && !n.is_u64() => py_float(f),
             _ => n.to_string(),
         },
-        Value::String(s) => format!("'{s}'"),
+        Value::String(s) => crate::layout::py_str(s),
         other => other.to_string(),
     }
 }

@@ -27,14 +27,14 @@ pub struct Source {
 /// Every source family, most specific first.
 pub const SOURCES: &[Source] = &[
     Source {
-        name: vit_jax::FAMILY,
-        claims: vit_jax::claims,
-        read: vit_jax::read,
-    },
-    Source {
         name: big_vision::FAMILY,
         claims: big_vision::claims,
         read: big_vision::read,
+    },
+    Source {
+        name: vit_jax::FAMILY,
+        claims: vit_jax::claims,
+        read: vit_jax::read,
     },
 ];
 

@@ -1,0 +1,240 @@
+//! The big_vision source family end to end through the library: the golden variants of one model (stored
+//! unrolled, without the `params/` root, as a training checkpoint, in bf16) convert to the same tensors as
+//! the base case, the published shape lists are read with the sizes their `model` objects give, and each
+//! broken or ambiguous file is refused with the tensor or option that explains why.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use vitconv_convert::{prepare, summarize, write, Error, HeadChoice, Layout, Options, OutDType};
+use vitconv_tensors::{DType, TensorFile, TensorInfo};
+
+fn bv() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/big_vision")
+}
+
+/// Every tensor of a conversion: name, dtype, shape and bytes, in order.
+fn converted(
+    src: &Path,
+    opts: &Options,
+    dir: &Path,
+    name: &str,
+) -> Vec<(String, DType, Vec<usize>, Vec<u8>)> {
+    let file = TensorFile::open(src).expect("source opens");
+    let conv = prepare(&file, opts).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
+    let out = dir.join(name);
+    let written = write(&file, &conv, opts, &out, &mut |_, _| {}).expect("written");
+    let f = TensorFile::open(&written.weights).expect("output opens");
+    f.tensors()
+        .iter()
+        .map(|t| {
+            (
+                t.name.clone(),
+                t.dtype,
+                t.shape.clone(),
+                f.read(&t.name).expect("bytes"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn every_variant_converts_to_the_base_case_tensors() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let base = bv().join("bv-vit-tok-scan/checkpoint.npz");
+    let mut n = 0;
+    for layout in [Layout::Timm, Layout::Hf, Layout::OpenClip] {
+        let ext = if layout == Layout::Hf {
+            ""
+        } else {
+            ".safetensors"
+        };
+        for dtype in [OutDType::F32, OutDType::BF16] {
+            let mut opts = Options::new(layout);
+            opts.dtype = dtype;
+            let want = converted(&base, &opts, dir.path(), &format!("base-{n}{ext}"));
+            assert!(want.len() > 40, "{layout:?}: {} tensors", want.len());
+            let variants: &[&str] = match (dtype, layout) {
+                // The bf16 file holds the base weights rounded to bf16: written as bf16, they are the base
+                // case written as bf16. open_clip folds the patch bias into the position embedding, a sum
+                // of rounded values, so only the tensors it moves unchanged could match there.
+                (OutDType::BF16, Layout::Timm | Layout::Hf) => {
+                    &["unrolled", "no-prefix", "train-state", "bfloat16"]
+                }
+                _ => &["unrolled", "no-prefix", "train-state"],
+            };
+            for v in variants {
+                n += 1;
+                let src = bv().join(format!("bv-vit-tok-scan/variants/{v}.npz"));
+                let got = converted(&src, &opts, dir.path(), &format!("{v}-{n}{ext}"));
+                assert!(
+                    got == want,
+                    "{v} -> {layout:?} {dtype:?} differs from the base case"
+                );
+            }
+        }
+    }
+}
+
+fn infos(path: &Path) -> (Vec<TensorInfo>, Value) {
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("shapes")).expect("json");
+    let tensors = json["tensors"]
+        .as_object()
+        .expect("tensors")
+        .iter()
+        .map(|(k, v)| TensorInfo {
+            name: k.clone(),
+            dtype: DType::F32,
+            shape: v
+                .as_array()
+                .expect("shape")
+                .iter()
+                .filter_map(Value::as_u64)
+                .map(|d| d as usize)
+                .collect(),
+            stored_as: None,
+        })
+        .collect();
+    (tensors, json["model"].clone())
+}
+
+#[test]
+fn published_shapes_are_read_with_their_sizes() {
+    let mut seen = 0;
+    for entry in std::fs::read_dir(bv().join("shapes")).expect("shapes dir") {
+        let path = entry.expect("entry").path();
+        let (tensors, model) = infos(&path);
+        let summary = summarize(&tensors);
+        if model["kind"] == "siglip" {
+            // Two towers are recognised as SigLIP and not converted by this family.
+            let err = vitconv_convert::sources::read(&tensors).expect_err("two towers");
+            assert!(err.to_string().contains("two-tower"), "{err}");
+            seen += 1;
+            continue;
+        }
+        let s = summary.unwrap_or_else(|| panic!("{}: not recognised", path.display()));
+        assert_eq!(s.family, "big_vision");
+        let m = vitconv_convert::sources::read(&tensors).expect("read");
+        let a = &m.image.arch;
+        let get = |k: &str| model[k].as_u64().map(|v| v as usize);
+        assert_eq!(Some(a.hidden), get("hidden"));
+        assert_eq!(Some(a.depth), get("layers"));
+        assert_eq!(a.heads, get("heads"));
+        assert_eq!(Some(a.mlp), get("mlp"));
+        assert_eq!(Some(a.patch), get("patch"));
+        assert_eq!(a.num_classes, get("classes"));
+        assert_eq!(a.representation, get("representation"));
+        assert_eq!(
+            a.classifier.as_str(),
+            match model["pool"].as_str() {
+                Some("tok") => "token",
+                Some(p) => p,
+                None => "?",
+            }
+        );
+        assert!(a.stacked, "{}: scan", path.display());
+        match model["posemb"].as_str() {
+            Some("sincos2d") => {
+                assert_eq!(a.grid, None);
+                assert!(s.architecture.contains("sincos2d"), "{}", s.architecture);
+            }
+            _ => assert_eq!(a.image_size(), get("image")),
+        }
+        seen += 1;
+    }
+    assert_eq!(seen, 4, "every big_vision shapes file was checked");
+}
+
+fn read_err(tensors: &[TensorInfo]) -> Error {
+    match vitconv_convert::sources::read(tensors) {
+        Ok(_) => panic!("a broken file was read"),
+        Err(e) => e,
+    }
+}
+
+fn golden_infos(case: &str) -> Vec<TensorInfo> {
+    TensorFile::open(bv().join(case).join("checkpoint.npz"))
+        .expect("golden")
+        .tensors()
+        .to_vec()
+}
+
+#[test]
+fn broken_files_are_refused_naming_the_tensor() {
+    // A stacked tensor with the wrong depth.
+    let mut t = golden_infos("bv-vit-tok-scan");
+    let bad = "params/Transformer/encoderblock/MlpBlock_0/Dense_1/kernel";
+    t.iter_mut()
+        .filter(|x| x.name == bad)
+        .for_each(|x| x.shape[0] = 2);
+    let e = read_err(&t);
+    assert!(
+        matches!(&e, Error::Shape { name, .. } if name == bad),
+        "{e}"
+    );
+    // A missing MAP head tensor.
+    let mut t = golden_infos("bv-vit-map-scan");
+    let gone = "params/MAPHead_0/MultiHeadDotProductAttention_0/key/bias";
+    t.retain(|x| x.name != gone);
+    let e = read_err(&t);
+    assert!(e.to_string().contains(gone), "{e}");
+    // A tensor nothing accounts for, outside the training-state roots.
+    let mut t = golden_infos("bv-vit-tok-scan");
+    t.push(TensorInfo {
+        name: "params/extra/scale".to_string(),
+        dtype: DType::F32,
+        shape: vec![4],
+        stored_as: None,
+    });
+    assert!(matches!(read_err(&t), Error::Unmapped { name, .. } if name == "params/extra/scale"));
+    // Stray roots other than opt/ and chrono/ are not training state.
+    let mut t = golden_infos("bv-vit-tok-scan");
+    t.push(TensorInfo {
+        name: "ema/cls".to_string(),
+        dtype: DType::F32,
+        shape: vec![1, 1, 64],
+        stored_as: None,
+    });
+    assert!(matches!(read_err(&t), Error::Unmapped { name, .. } if name == "ema/cls"));
+}
+
+#[test]
+fn sincos2d_files_need_the_image_size() {
+    let file = TensorFile::open(bv().join("bv-vit-gap-sincos/checkpoint.npz")).expect("golden");
+    let e = prepare(&file, &Options::new(Layout::Timm)).expect_err("no resolution");
+    assert!(
+        matches!(
+            e,
+            Error::BadOption {
+                option: "--image-size",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let mut opts = Options::new(Layout::Timm);
+    opts.image_size = Some(32);
+    let conv = prepare(&file, &opts).expect("with --image-size");
+    assert!(conv
+        .plan
+        .notes
+        .iter()
+        .any(|n| n.contains("sincos2d computed for the 4x4 grid")));
+}
+
+#[test]
+fn map_heads_are_refused_where_a_layout_cannot_pool_that_way() {
+    let file = TensorFile::open(bv().join("bv-vit-map-scan/checkpoint.npz")).expect("golden");
+    for layout in [Layout::OpenClip, Layout::Clip] {
+        let mut opts = Options::new(layout);
+        opts.head = HeadChoice::Drop;
+        let e = prepare(&file, &opts).expect_err("CLIP-style layouts pool the class token");
+        assert!(
+            matches!(e, Error::Refused { .. }) && e.to_string().contains("MAP head"),
+            "{e}"
+        );
+    }
+    let e = prepare(&file, &Options::new(Layout::Hf)).expect_err("MAP head and classifier");
+    assert!(e.to_string().contains("--drop-head"), "{e}");
+}
