@@ -1097,3 +1097,45 @@ fn declared_settings_the_targets_cannot_run_are_bad_input() {
     let o = vitconv(["verify", &src, &hf.display().to_string(), "--device", "cpu"]);
     assert_bad_input(&o, "vision_use_head");
 }
+
+#[test]
+fn timm_folders_are_run_from_their_model_args() {
+    let dir = scratch();
+    let d = dir.path();
+    for (i, (source, case, opts)) in [
+        (
+            "bv-vit-gap-sincos/checkpoint.npz",
+            "bv-vit-gap-sincos",
+            &["--image-size", "32"][..],
+        ),
+        ("bv-vit-tok-scan/checkpoint.npz", "bv-vit-tok-scan", &[][..]),
+        (
+            "bv-vit-map-scan/checkpoint.npz",
+            "bv-vit-map-scan",
+            &["--drop-head"][..],
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let input = bv_input(case);
+        let input: Vec<&str> = input.iter().map(String::as_str).collect();
+        let folder = d.join(format!("folder-{i}"));
+        convert(&bv(source), &folder, "timm", opts);
+        assert!(folder.join("config.json").exists(), "not a timm folder");
+        let r = assert_exact(&bv(source), &folder, &input);
+        assert_eq!(r["layout"], "timm", "{r}");
+    }
+    // config.json's model_args decide the forward, as timm.create_model('local-dir:...') builds it:
+    // average pooling declared there is run, and caught against the class-token source.
+    let folder = d.join("folder-1");
+    let config_path = folder.join("config.json");
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).expect("reads")).expect("JSON");
+    config["model_args"]["global_pool"] = Value::String("avg".into());
+    config["model_args"]["fc_norm"] = Value::Bool(false);
+    std::fs::write(&config_path, config.to_string()).expect("writes");
+    let input = bv_input("bv-vit-tok-scan");
+    let input: Vec<&str> = input.iter().map(String::as_str).collect();
+    assert_caught(&bv("bv-vit-tok-scan/checkpoint.npz"), &folder, &input);
+}

@@ -240,24 +240,35 @@ pub fn open(path: &Path, layout: Option<Layout>, device: Device, kind: Kind) -> 
         });
     }
     if path.is_dir() {
-        if let Some(l) = layout.filter(|l| *l != Layout::Hf) {
+        #[derive(Deserialize)]
+        struct FolderConfig {
+            model_type: Option<String>,
+            architecture: Option<String>,
+        }
+        let config_path = path.join("config.json");
+        let folder: Option<FolderConfig> = if config_path.exists() {
+            Some(hf::read_json(&config_path)?)
+        } else {
+            None
+        };
+        let timm_folder = folder
+            .as_ref()
+            .is_some_and(|f| f.architecture.is_some() && f.model_type.is_none());
+        if let Some(l) = layout.filter(|l| *l != Layout::Hf && !(*l == Layout::Timm && timm_folder))
+        {
             return Err(Error::BadRequest(format!(
-                "{}: a directory is a transformers (hf) conversion, not {}",
+                "{}: a directory is a transformers (hf) or timm folder conversion, not {}",
                 path.display(),
                 l.as_str()
             )));
         }
-        #[derive(Deserialize)]
-        struct ModelType {
-            model_type: Option<String>,
+        if timm_folder && layout != Some(Layout::Hf) {
+            let (m, parts) = timm::Timm::open_folder(path, device, kind)?;
+            return Ok(Target::build(Layout::Timm, Model::Timm(m), parts));
         }
-        let config_path = path.join("config.json");
-        if config_path.exists() {
-            let t: ModelType = hf::read_json(&config_path)?;
-            if hf_siglip::is_siglip(t.model_type.as_deref()) {
-                let (m, parts) = hf_siglip::HfSiglip::open(path, device, kind)?;
-                return Ok(Target::build(Layout::Hf, Model::HfSiglip(m), parts));
-            }
+        if hf_siglip::is_siglip(folder.as_ref().and_then(|f| f.model_type.as_deref())) {
+            let (m, parts) = hf_siglip::HfSiglip::open(path, device, kind)?;
+            return Ok(Target::build(Layout::Hf, Model::HfSiglip(m), parts));
         }
         let (m, parts) = hf::Hf::open(path, device, kind)?;
         return Ok(Target::build(Layout::Hf, Model::Hf(m), parts));

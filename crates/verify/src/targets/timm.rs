@@ -12,7 +12,9 @@
 //! `AttentionPoolLatent` (no qk norm, pool type `token`) on the tokens after the
 //! prefix: the `latent` query through `q`, keys and values from the fused `kv` (k rows
 //! first), SDPA, `proj`, then `x + mlp(norm(x))`, latent 0 taken. Without
-//! `vitconv.timm_kwargs` the pooling follows `vitconv.config` and the keys. The hybrid stem is `ResNetV2(preact=False,
+//! `vitconv.timm_kwargs` the pooling follows `vitconv.config` and the keys. A timm folder
+//! (`config.json` + `model.safetensors`, what `create_model('local-dir:...')` reads) is
+//! decided by its `model_args` instead. The hybrid stem is `ResNetV2(preact=False,
 //! stem_type='same', conv_layer=StdConv2dSame(eps=1e-8))` with `GroupNormAct(32)`
 //! at timm's eps 1e-5. GELU and LayerNorm eps come from `vitconv.config` (timm's own
 //! defaults, exact GELU and eps 1e-6, when it declares none).
@@ -89,7 +91,65 @@ struct Stem {
 }
 
 impl Timm {
+    /// Opens a timm state dict whose kwargs are in its `vitconv.timm_kwargs` metadata.
     pub(crate) fn open(p: Params, config: &DeclaredConfig) -> Result<(Timm, Parts)> {
+        let kwargs = timm_kwargs(&p)?;
+        Timm::open_with(p, config, kwargs, None)
+    }
+
+    /// Opens a timm folder (`timm.create_model('local-dir:DIR')`): `config.json`'s `model_args`
+    /// are the kwargs timm builds the model with, its `pretrained_cfg` mean and std the input
+    /// normalisation timm's data config applies.
+    pub(crate) fn open_folder(
+        dir: &std::path::Path,
+        device: tch::Device,
+        kind: Kind,
+    ) -> Result<(Timm, Parts)> {
+        let config_path = dir.join("config.json");
+        let weights_path = dir.join("model.safetensors");
+        for needed in [&config_path, &weights_path] {
+            if !needed.exists() {
+                return Err(Error::NotFound {
+                    path: needed.clone(),
+                });
+            }
+        }
+        let folder: serde_json::Value = super::hf::read_json(&config_path)?;
+        let kwargs = match folder.get("model_args") {
+            Some(serde_json::Value::Object(m)) => m.clone(),
+            None => serde_json::Map::new(),
+            Some(other) => {
+                return Err(Error::Declared {
+                    path: config_path,
+                    key: "model_args".into(),
+                    expected: "a JSON object of VisionTransformer kwargs".into(),
+                    found: other.to_string(),
+                })
+            }
+        };
+        let cfg = folder.get("pretrained_cfg");
+        let triple =
+            |key: &str| -> Option<[f64; 3]> { serde_json::from_value(cfg?.get(key)?.clone()).ok() };
+        let norm = match (triple("mean"), triple("std")) {
+            (Some(mean), Some(std)) => Some(InputNorm {
+                name: "pretrained_cfg".into(),
+                mean,
+                std,
+            }),
+            _ => None,
+        };
+        let file = vitconv_tensors::TensorFile::open(&weights_path)?;
+        let config = DeclaredConfig::from_metadata(&weights_path, file.metadata())?;
+        let p = Params::new(file, "", device, kind);
+        Timm::open_with(p, &config, Some(kwargs), norm)
+    }
+
+    fn open_with(
+        p: Params,
+        config: &DeclaredConfig,
+        kwargs: Option<serde_json::Map<String, serde_json::Value>>,
+        norm: Option<InputNorm>,
+    ) -> Result<(Timm, Parts)> {
         let path = p.path().to_path_buf();
         let (d, patch_size) = match p.require_shape("patch_embed.proj.weight", "patch embedding")? {
             [d, _, ph, pw] if ph == pw => (*d, *ph),
@@ -102,7 +162,7 @@ impl Timm {
                 ))
             }
         };
-        let kw = Kwargs::read(&p, config)?;
+        let kw = Kwargs::read(&p, config, kwargs.as_ref())?;
         let class_token = kw.class_token;
         if class_token {
             p.require_shape("cls_token", "class_token=True")?;
@@ -134,7 +194,7 @@ impl Timm {
         let [mlp, _] = shape2(&p, "blocks.0.mlp.fc1.weight")?;
         let heads = config
             .heads
-            .or_else(|| timm_kwarg(&p, "num_heads"))
+            .or_else(|| kwarg_usize(kwargs.as_ref(), "num_heads"))
             .ok_or_else(|| Error::NotAModel {
                 path: path.clone(),
                 reason: "the head count is neither in vitconv.config nor in vitconv.timm_kwargs; timm needs num_heads".into(),
@@ -189,7 +249,11 @@ impl Timm {
             }
         }
         let attn_pool = if kw.global_pool == GlobalPool::Map {
-            Some(AttnPool::load(&p, d, timm_kwarg_f64(&p, "mlp_ratio"))?)
+            let ratio = kwargs
+                .as_ref()
+                .and_then(|m| m.get("mlp_ratio"))
+                .and_then(serde_json::Value::as_f64);
+            Some(AttnPool::load(&p, d, ratio)?)
         } else {
             if p.has("attn_pool.latent") {
                 return Err(unexpected(
@@ -261,7 +325,9 @@ impl Timm {
                 "timm hybrid stem: StdConv2dSame eps {TIMM_STD_CONV_EPS:e} (sqrt(var + eps)) and GroupNorm eps {TIMM_GROUP_NORM_EPS:e}, where flax uses std + 1e-5 and 1e-6"
             ));
         }
-        let norm = config.input_norm.clone().unwrap_or_else(InputNorm::unit);
+        let norm = norm
+            .or_else(|| config.input_norm.clone())
+            .unwrap_or_else(InputNorm::unit);
         let m = Timm {
             p,
             semantics,
@@ -465,19 +531,15 @@ fn timm_kwargs(p: &Params) -> Result<Option<serde_json::Map<String, serde_json::
     }
 }
 
-/// An integer from the `vitconv.timm_kwargs` metadata JSON, if present.
-fn timm_kwarg(p: &Params, key: &str) -> Option<usize> {
-    timm_kwargs(p)
-        .ok()
-        .flatten()?
+/// An integer kwarg, if present.
+fn kwarg_usize(
+    kwargs: Option<&serde_json::Map<String, serde_json::Value>>,
+    key: &str,
+) -> Option<usize> {
+    kwargs?
         .get(key)?
         .as_u64()
         .and_then(|v| usize::try_from(v).ok())
-}
-
-/// A number from the `vitconv.timm_kwargs` metadata JSON, if present.
-fn timm_kwarg_f64(p: &Params, key: &str) -> Option<f64> {
-    timm_kwargs(p).ok().flatten()?.get(key)?.as_f64()
 }
 
 /// A tensor timm's strict `load_state_dict` would reject as unexpected for the declared kwargs.
@@ -493,7 +555,11 @@ fn unexpected(path: &std::path::Path, tensor: &str, why: &str) -> Error {
 impl Kwargs {
     /// Decides the forward from `vitconv.timm_kwargs` the way `VisionTransformer.__init__` does,
     /// or, for a file without them, from `vitconv.config` and the keys.
-    fn read(p: &Params, config: &DeclaredConfig) -> Result<Kwargs> {
+    fn read(
+        p: &Params,
+        config: &DeclaredConfig,
+        kwargs: Option<&serde_json::Map<String, serde_json::Value>>,
+    ) -> Result<Kwargs> {
         let path = p.path();
         let declared = |key: &str, expected: &str, found: &serde_json::Value| Error::Declared {
             path: path.to_path_buf(),
@@ -501,7 +567,7 @@ impl Kwargs {
             expected: expected.to_owned(),
             found: found.to_string(),
         };
-        let Some(kw) = timm_kwargs(p)? else {
+        let Some(kw) = kwargs else {
             let class_token = p.has("cls_token");
             let global_pool = match config.classifier.as_deref() {
                 Some("gap") => GlobalPool::Avg,
