@@ -1139,3 +1139,22 @@ fn timm_folders_are_run_from_their_model_args() {
     let input: Vec<&str> = input.iter().map(String::as_str).collect();
     assert_caught(&bv("bv-vit-tok-scan/checkpoint.npz"), &folder, &input);
 }
+
+#[test]
+fn resized_big_vision_conversions_pass() {
+    let dir = scratch();
+    // A learned table without a class row, resized 3x3 -> 6x6 the way the reference resizes it.
+    let tok = dir.path().join("tok96.safetensors");
+    let source = bv("bv-vit-tok-scan/checkpoint.npz");
+    convert(&source, &tok, "timm", &["--image-size", "96"]);
+    let r = assert_exact(&source, &tok, &[]);
+    assert_eq!(num(&r, &["image_size"]), 96.0, "{r}");
+    // sincos2d recomputed for the new grid: exact whether the reference reads the size from the
+    // converted file or from --image-size at the source's own resolution.
+    let sincos = dir.path().join("sincos64.safetensors");
+    let source = bv("bv-vit-gap-sincos/checkpoint.npz");
+    convert(&source, &sincos, "timm", &["--image-size", "64"]);
+    assert_exact(&source, &sincos, &[]);
+    let r = assert_exact(&source, &sincos, &["--image-size", "32"]);
+    assert!(r["notes"].to_string().contains("sincos2d"), "{r}");
+}
