@@ -44,6 +44,27 @@ const SINCOS_TEMPERATURE: f64 = 10_000.0;
 /// Top-level prefixes of a big_vision training checkpoint that hold training state, not weights.
 const TRAINING_STATE: [&str; 2] = ["opt/", "chrono/"];
 
+/// The tower prefix of the image model in a file: empty for a plain ViT, `img/` for a two-tower
+/// model (SigLIP, LiT) whose root holds no `embedding/kernel` but whose `img/` does.
+pub fn image_tower(file: &TensorFile) -> &'static str {
+    let root = root_of(file);
+    let has = |name: &str| file.get(&format!("{root}{name}")).is_some();
+    if !has("embedding/kernel") && has("img/embedding/kernel") {
+        "img/"
+    } else {
+        ""
+    }
+}
+
+/// `params/` when the file's weights sit under that root, else empty.
+fn root_of(file: &TensorFile) -> &'static str {
+    if file.tensors().iter().any(|t| t.name.starts_with("params/")) {
+        "params/"
+    } else {
+        ""
+    }
+}
+
 /// What the caller decides for a big_vision model.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
@@ -84,11 +105,7 @@ impl BigVision {
         tower: &str,
         opts: &Options,
     ) -> Result<BigVision> {
-        let root = if file.tensors().iter().any(|t| t.name.starts_with("params/")) {
-            "params/"
-        } else {
-            ""
-        };
+        let root = root_of(&file);
         let mut left_out: BTreeMap<&str, usize> = BTreeMap::new();
         for t in file.tensors() {
             if let Some(pre) = TRAINING_STATE.iter().find(|p| t.name.starts_with(**p)) {
@@ -96,6 +113,11 @@ impl BigVision {
             }
         }
         let mut notes = Vec::new();
+        if !tower.is_empty() {
+            notes.push(format!(
+                "the source is a multi-tower model: its image tower {tower} is the model run; the other towers are not part of it"
+            ));
+        }
         if !left_out.is_empty() {
             let parts: Vec<String> = left_out
                 .iter()
@@ -759,6 +781,10 @@ mod tests {
 
     #[test]
     fn runs_the_siglip_image_tower_under_its_prefix() {
+        let file = TensorFile::open(fixture("siglip-tiny/checkpoint.npz")).expect("opens");
+        assert_eq!(image_tower(&file), "img/");
+        let file = TensorFile::open(fixture("bv-vit-map-scan/checkpoint.npz")).expect("opens");
+        assert_eq!(image_tower(&file), "");
         let input = npy("siglip-tiny/input.npy");
         let tower = open_with("siglip-tiny/checkpoint.npz", "img/", &Options::default())
             .expect("the image tower opens");

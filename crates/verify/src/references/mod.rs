@@ -143,15 +143,18 @@ impl Reference {
         let file = TensorFile::open(path)?;
         Ok(match detect_family(&file) {
             Family::VitJax => Reference::VitJax(vit_jax::VitJax::from_file(file, device)?),
-            Family::BigVision => Reference::BigVision(big_vision::BigVision::from_file(
-                file,
-                device,
-                "",
-                &big_vision::Options {
-                    image_size: opts.image_size,
-                    pool: None,
-                },
-            )?),
+            Family::BigVision => {
+                let tower = big_vision::image_tower(&file);
+                Reference::BigVision(big_vision::BigVision::from_file(
+                    file,
+                    device,
+                    tower,
+                    &big_vision::Options {
+                        image_size: opts.image_size,
+                        pool: None,
+                    },
+                )?)
+            }
         })
     }
 
