@@ -942,6 +942,53 @@ fn planted_class_token_position_embedding_is_caught() {
     )
     .expect("copies the open_clip config");
     assert_caught(&source, &bad, &input);
+    // timm holds the class token without a row (no_embed_class=True); declaring
+    // no_embed_class=False and giving pos_embed a class row copied from the first patch's is the
+    // same bug in a file timm loads.
+    let timm = dir.path().join("timm.safetensors");
+    convert(&source, &timm, "timm", &[]);
+    assert_exact(&source, &timm, &input);
+    let file = TensorFile::open(&timm).expect("opens");
+    let pos = file.read_f32("pos_embed").expect("reads");
+    let d = *file
+        .get("pos_embed")
+        .expect("has pos_embed")
+        .shape
+        .last()
+        .expect("3-D");
+    let rows = pos.len() / d;
+    let mut with_class = pos[..d].to_vec();
+    with_class.extend_from_slice(&pos);
+    let bad = dir.path().join("timm-class-pos.safetensors");
+    let mut metadata = file.metadata().clone();
+    let mut kw: Value = serde_json::from_str(&metadata["vitconv.timm_kwargs"]).expect("JSON");
+    kw["no_embed_class"] = Value::Bool(false);
+    metadata.insert("vitconv.timm_kwargs".into(), kw.to_string());
+    let specs: Vec<TensorSpec> = file
+        .tensors()
+        .iter()
+        .map(|t| TensorSpec {
+            name: t.name.clone(),
+            dtype: DType::F32,
+            shape: if t.name == "pos_embed" {
+                vec![1, rows + 1, d]
+            } else {
+                t.shape.clone()
+            },
+        })
+        .collect();
+    let mut w = Writer::create(&bad, Format::Safetensors, specs, metadata, false).expect("writer");
+    for t in file.tensors() {
+        let values = if t.name == "pos_embed" {
+            with_class.clone()
+        } else {
+            file.read_f32(&t.name).expect("reads")
+        };
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        w.write_next(&bytes).expect("writes");
+    }
+    w.finish().expect("finishes");
+    assert_caught(&source, &bad, &input);
 }
 
 #[test]
