@@ -11,7 +11,7 @@ use std::process::ExitCode;
 #[derive(clap::Args)]
 #[command(group(clap::ArgGroup::new("inputs").args(["input", "images"])))]
 pub struct VerifyArgs {
-    /// The source checkpoint (.npz of google-research/vision_transformer).
+    /// The source checkpoint (.npz of google-research/vision_transformer or big_vision).
     source: PathBuf,
     /// The converted file (.pt, .safetensors) or, for hf, its directory.
     converted: PathBuf,
@@ -36,8 +36,10 @@ pub struct VerifyArgs {
     /// A directory of PNG/JPEG images, resized and centre-cropped to the model's size.
     #[arg(long)]
     images: Option<PathBuf>,
-    /// With --images: the size to resize to, N or WxH; must be the model's (square) size.
-    #[arg(long, requires = "images")]
+    /// The model's resolution, N (or WxH with W = H). A big_vision sincos2d source stores
+    /// nothing that gives its grid: this says it (default: the converted file's declared
+    /// image_size). With --images, also the size the images are resized to.
+    #[arg(long)]
     image_size: Option<String>,
     /// Logits produced elsewhere (e.g. by the original JAX code) to hold the reference against.
     #[arg(long)]
@@ -80,12 +82,19 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             "--tolerance {t}: expected a non-negative number"
         );
     }
+    let size = args.image_size.as_deref().map(parse_size).transpose()?;
+    let image_size = match size {
+        Some((w, h)) if w != h => {
+            anyhow::bail!(
+                "--image-size {w}x{h} is not square: ViT models here take square inputs; give N"
+            )
+        }
+        Some((w, _)) => Some(w),
+        None => None,
+    };
     let input = match (args.input, args.images) {
         (Some(path), _) => InputSource::Npy(path),
-        (None, Some(dir)) => InputSource::Images {
-            dir,
-            size: args.image_size.as_deref().map(parse_size).transpose()?,
-        },
+        (None, Some(dir)) => InputSource::Images { dir, size },
         (None, None) => InputSource::Random {
             batch: args.batch,
             seed: args.seed,
@@ -100,6 +109,7 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         input,
         expect: args.expect,
         tolerance: args.tolerance,
+        image_size,
     };
     let report = vitconv_verify::verify(&opts)?;
     if args.json {

@@ -43,6 +43,38 @@ pub enum Error {
     #[error("{path}: {reason}")]
     NotAModel { path: PathBuf, reason: String },
 
+    /// A big_vision file with a sincos2d position embedding stores nothing that gives its grid,
+    /// and neither the caller nor the converted file's declared config said the resolution.
+    #[error("{path}: the sincos2d position embedding is computed, not stored, so the file does not say its grid; give --image-size N")]
+    ImageSizeNeeded { path: PathBuf },
+
+    /// The resolution given for a model does not split into whole patches.
+    #[error("{path}: image size {image_size} is not a multiple of the patch size {patch_size}")]
+    ImageSizeNotMultiple {
+        path: PathBuf,
+        image_size: usize,
+        patch_size: usize,
+    },
+
+    /// The pixels handed to a forward do not give the token grid it runs at.
+    #[error("{path}: the input gives a {found_h}x{found_w} token grid, the model runs at {expected}x{expected}")]
+    InputGrid {
+        path: PathBuf,
+        expected: usize,
+        found_h: i64,
+        found_w: i64,
+    },
+
+    /// A declared setting (timm kwargs, config.json) has a value the forward cannot honour or
+    /// that contradicts the file's keys.
+    #[error("{path}: {key} is {found}, expected {expected}")]
+    Declared {
+        path: PathBuf,
+        key: String,
+        expected: String,
+        found: String,
+    },
+
     /// The converted file and the source describe different models; there is nothing to compare.
     #[error("{converted} does not hold the architecture of {source_file}: {reason}")]
     ArchitectureMismatch {

@@ -1,7 +1,8 @@
-//! Runs a google-research/vision_transformer `.npz` and its conversion side by side on libtorch and reports how far their outputs are apart.
+//! Runs a Google ViT `.npz` (google-research/vision_transformer or big_vision) and its conversion side by side on libtorch and reports how far their outputs are apart.
 //!
-//! - [`reference`]: the flax model straight from the `.npz` (never the converter's mapping code).
-//! - [`target`]: the converted file read by its own keys, one module per layout.
+//! - [`references`]: the flax model straight from the `.npz`, one module per source family
+//!   (never the converter's mapping code).
+//! - [`targets`]: the converted file read by its own keys, one module per layout.
 //! - [`input`]: the shared pixels; [`compare`]: metrics and the pass rule.
 //! - [`verify`] ties them together and returns a [`Report`]; a mismatch is a report with
 //!   `pass: false`, while [`Error`] means the comparison could not run (bad input).
@@ -11,8 +12,8 @@ mod error;
 pub mod input;
 pub mod ops;
 mod params;
-pub mod reference;
-pub mod target;
+pub mod references;
+pub mod targets;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -22,10 +23,10 @@ use tch::{Device, Kind, Tensor};
 pub use compare::Metrics;
 pub use error::{Error, Result};
 pub use input::InputSource;
-pub use target::{InputNorm, Layout};
+pub use targets::{InputNorm, Layout};
 
-use crate::reference::{Classifier, Reference, SourceArch};
-use crate::target::FeatureKind;
+use crate::references::{Reference, SourceArch, SourceOptions};
+use crate::targets::FeatureKind;
 
 /// Default tolerance when the target runs in float32 and declares the source's semantics:
 /// what is left is float rounding (the golden models differ by about 1e-6).
@@ -93,6 +94,9 @@ pub struct Options {
     /// Logits produced elsewhere (e.g. by the original JAX code) to hold the reference against.
     pub expect: Option<PathBuf>,
     pub tolerance: Option<f64>,
+    /// The source's resolution where its file cannot say it (a big_vision sincos2d model);
+    /// without it the converted file's declared `image_size` is used.
+    pub image_size: Option<usize>,
 }
 
 /// The outcome of a comparison that ran.
@@ -186,16 +190,20 @@ pub fn disable_tf32() {
 pub fn verify(opts: &Options) -> Result<Report> {
     disable_tf32();
     let device = parse_device(&opts.device)?;
-    let reference = Reference::open(&opts.source, device)?;
-    let target = target::open(&opts.converted, opts.layout, device, opts.precision.kind())?;
+    let target = targets::open(&opts.converted, opts.layout, device, opts.precision.kind())?;
+    let source_opts = SourceOptions {
+        image_size: opts.image_size.or(target.declared.image_size),
+    };
+    let reference = Reference::open(&opts.source, device, &source_opts)?;
     let src = reference.arch().clone();
     let grid = check_architecture(opts, &src, &target)?;
     let image_size = target.arch.image_size;
-    let mut notes = target.notes.clone();
+    let mut notes = reference.notes();
+    notes.extend(target.notes.iter().cloned());
     if grid != src.grid {
         notes.push(format!(
-            "the converted model runs at {image_size} px ({grid}x{grid} tokens); the reference resized its position embedding from {g}x{g} the vit_jax way (scipy zoom order 1, class token kept)",
-            g = src.grid
+            "the converted model runs at {image_size} px ({grid}x{grid} tokens); {}",
+            reference.resize_note(grid)
         ));
     }
 
@@ -324,7 +332,7 @@ pub fn verify(opts: &Options) -> Result<Report> {
 }
 
 /// Checks that the converted file holds the source's architecture; returns the token grid to run at.
-fn check_architecture(opts: &Options, src: &SourceArch, target: &target::Target) -> Result<usize> {
+fn check_architecture(opts: &Options, src: &SourceArch, target: &targets::Target) -> Result<usize> {
     let t = &target.arch;
     let mismatch = |what: &str, s: String, c: String| Error::ArchitectureMismatch {
         source_file: opts.source.clone(),
@@ -359,7 +367,7 @@ fn check_architecture(opts: &Options, src: &SourceArch, target: &target::Target)
             t.patch_size.to_string(),
         ));
     }
-    let src_token = src.classifier == Classifier::Token;
+    let src_token = src.class_token();
     if t.class_token != src_token {
         return Err(mismatch(
             "class token",

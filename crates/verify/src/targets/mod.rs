@@ -1,6 +1,6 @@
 //! The target forwards: a converted file run by its own key names with the semantics of the library it is for.
 //!
-//! One module per layout ([`timm`], [`hf`], [`open_clip`], [`clip`]); each reads its
+//! One module per layout ([`timm`], [`hf`] and [`hf_siglip`], [`open_clip`], [`clip`]); each reads its
 //! file's keys directly and never asks the converter how it mapped them. What they
 //! share here is the declared configuration (`vitconv.config`), the pre-norm block
 //! arithmetic on PyTorch-layout weights, and the outputs they hand back.
@@ -8,6 +8,7 @@
 pub mod clip;
 mod clip_style;
 pub mod hf;
+pub mod hf_siglip;
 pub mod open_clip;
 pub mod timm;
 
@@ -201,6 +202,7 @@ pub struct Target {
 enum Model {
     Timm(timm::Timm),
     Hf(hf::Hf),
+    HfSiglip(hf_siglip::HfSiglip),
     OpenClip(open_clip::OpenClip),
     Clip(clip::Clip),
 }
@@ -211,6 +213,7 @@ impl Target {
         match &self.model {
             Model::Timm(m) => m.forward(nchw),
             Model::Hf(m) => m.forward(nchw),
+            Model::HfSiglip(m) => m.forward(nchw),
             Model::OpenClip(m) => m.forward(nchw),
             Model::Clip(m) => m.forward(nchw),
         }
@@ -221,6 +224,7 @@ impl Target {
         match &self.model {
             Model::Timm(m) => m.kind(),
             Model::Hf(m) => m.kind(),
+            Model::HfSiglip(m) => m.kind(),
             Model::OpenClip(m) => m.kind(),
             Model::Clip(m) => m.kind(),
         }
@@ -236,12 +240,35 @@ pub fn open(path: &Path, layout: Option<Layout>, device: Device, kind: Kind) -> 
         });
     }
     if path.is_dir() {
-        if let Some(l) = layout.filter(|l| *l != Layout::Hf) {
+        #[derive(Deserialize)]
+        struct FolderConfig {
+            model_type: Option<String>,
+            architecture: Option<String>,
+        }
+        let config_path = path.join("config.json");
+        let folder: Option<FolderConfig> = if config_path.exists() {
+            Some(hf::read_json(&config_path)?)
+        } else {
+            None
+        };
+        let timm_folder = folder
+            .as_ref()
+            .is_some_and(|f| f.architecture.is_some() && f.model_type.is_none());
+        if let Some(l) = layout.filter(|l| *l != Layout::Hf && !(*l == Layout::Timm && timm_folder))
+        {
             return Err(Error::BadRequest(format!(
-                "{}: a directory is a transformers (hf) conversion, not {}",
+                "{}: a directory is a transformers (hf) or timm folder conversion, not {}",
                 path.display(),
                 l.as_str()
             )));
+        }
+        if timm_folder && layout != Some(Layout::Hf) {
+            let (m, parts) = timm::Timm::open_folder(path, device, kind)?;
+            return Ok(Target::build(Layout::Timm, Model::Timm(m), parts));
+        }
+        if hf_siglip::is_siglip(folder.as_ref().and_then(|f| f.model_type.as_deref())) {
+            let (m, parts) = hf_siglip::HfSiglip::open(path, device, kind)?;
+            return Ok(Target::build(Layout::Hf, Model::HfSiglip(m), parts));
         }
         let (m, parts) = hf::Hf::open(path, device, kind)?;
         return Ok(Target::build(Layout::Hf, Model::Hf(m), parts));
@@ -446,7 +473,7 @@ pub(crate) fn tokens(y: &Tensor, class: Option<&Tensor>, pos: &Tensor) -> Result
 /// The token grid side of a position embedding with `rows` rows (after any class token).
 pub(crate) fn grid_of(path: &Path, tensor: &str, rows: usize, class_token: bool) -> Result<usize> {
     let patches = rows.saturating_sub(usize::from(class_token));
-    let g = crate::reference::isqrt(patches);
+    let g = crate::references::isqrt(patches);
     if g == 0 || g.checked_mul(g) != Some(patches) {
         return Err(Error::BadShape {
             path: path.to_path_buf(),

@@ -14,68 +14,13 @@
 use tch::{Device, Kind, Tensor};
 use vitconv_tensors::TensorFile;
 
+use super::{
+    isqrt, zoom_rows, Classifier, Family, PosEmb, RefOutputs, ResNetArch, SourceArch,
+    FLAX_GROUP_NORM_EPS, FLAX_LAYER_NORM_EPS, GROUPS, STD_CONV_EPS,
+};
 use crate::error::{Error, Result};
 use crate::ops::{self, Gelu};
 use crate::params::{dim, Params};
-
-/// flax's `nn.LayerNorm` default epsilon.
-pub const FLAX_LAYER_NORM_EPS: f64 = 1e-6;
-/// flax's `nn.GroupNorm` default epsilon.
-pub const FLAX_GROUP_NORM_EPS: f64 = 1e-6;
-/// `models_resnet.weight_standardize`'s epsilon, added to the standard deviation.
-pub const STD_CONV_EPS: f64 = 1e-5;
-/// flax's `nn.GroupNorm` default group count.
-pub const GROUPS: i64 = 32;
-
-/// How the sequence is pooled after `encoder_norm`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Classifier {
-    /// Token 0, the class token.
-    Token,
-    /// The mean over all tokens (no class token).
-    Gap,
-}
-
-/// A ResNet stem's shape.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct ResNetArch {
-    /// Channels of `conv_root`.
-    pub width: usize,
-    /// Units per stage (`block1`, `block2`...); empty for a root-only stem.
-    pub stages: Vec<usize>,
-}
-
-/// The architecture read from the source file's shapes.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct SourceArch {
-    pub image_size: usize,
-    pub patch_size: usize,
-    pub grid: usize,
-    pub hidden: usize,
-    pub depth: usize,
-    pub heads: usize,
-    pub head_dim: usize,
-    pub mlp: usize,
-    pub classifier: Classifier,
-    pub representation: Option<usize>,
-    pub num_classes: Option<usize>,
-    pub resnet: Option<ResNetArch>,
-    /// Channels entering the patch embedding (3, or the stem's output).
-    pub embed_in: usize,
-}
-
-/// Everything the reference computes, float32 on the device it ran on.
-pub struct RefOutputs {
-    /// `encoder_norm` output, `[B, N, D]`.
-    pub tokens: Tensor,
-    /// Token 0 or the mean, before `pre_logits`: `[B, D]`.
-    pub pooled: Tensor,
-    /// The `pre_logits` output (dense + tanh), or `pooled` when there is none.
-    pub features: Tensor,
-    /// The head's output, when the file has a head.
-    pub logits: Option<Tensor>,
-}
 
 /// The names one encoder block's parts go by: pre-linen files number the sub-modules
 /// in creation order (`LayerNorm_0, MultiHeadDotProductAttention_1, LayerNorm_2,
@@ -101,22 +46,16 @@ const LINEN: BlockNames = BlockNames {
     mlp: "MlpBlock_0",
 };
 
-/// The flax ViT of one `.npz`, ready to run.
-pub struct Reference {
+/// The flax ViT of one vision_transformer `.npz`, ready to run.
+pub struct VitJax {
     params: Params,
     arch: SourceArch,
     names: &'static BlockNames,
 }
 
-impl Reference {
-    /// Opens a source checkpoint and reads its architecture from the shapes.
-    pub fn open(path: &std::path::Path, device: Device) -> Result<Reference> {
-        if !path.exists() {
-            return Err(Error::NotFound {
-                path: path.to_path_buf(),
-            });
-        }
-        let file = TensorFile::open(path)?;
+impl VitJax {
+    /// Reads the architecture of an opened vision_transformer checkpoint from its shapes.
+    pub fn from_file(file: TensorFile, device: Device) -> Result<VitJax> {
         let prefix = if file
             .tensors()
             .iter()
@@ -136,7 +75,7 @@ impl Reference {
             &LINEN
         };
         let arch = read_arch(&params, names)?;
-        Ok(Reference {
+        Ok(VitJax {
             params,
             arch,
             names,
@@ -209,8 +148,9 @@ impl Reference {
             FLAX_LAYER_NORM_EPS,
         )?;
         let pooled = match a.classifier {
-            Classifier::Token => tokens.f_select(1, 0)?,
-            Classifier::Gap => tokens.f_mean_dim(1, false, Kind::Float)?,
+            // read_arch gives a vision_transformer file only these two.
+            Classifier::Token | Classifier::First => tokens.f_select(1, 0)?,
+            Classifier::Gap | Classifier::Map => tokens.f_mean_dim(1, false, Kind::Float)?,
         };
         let features = match a.representation {
             Some(r) => ops::dense_in_out(
@@ -253,19 +193,10 @@ impl Reference {
             return Ok(pos);
         }
         let (g, new, d) = (dim(a.grid)?, dim(grid)?, dim(a.hidden)?);
-        let (cells, new_cells) = (
-            dim(a.grid.saturating_mul(a.grid))?,
-            dim(grid.saturating_mul(grid))?,
-        );
+        let cells = dim(a.grid.saturating_mul(a.grid))?;
         let prefix = pos.f_narrow(1, 0, dim(n_prefix)?)?;
         let rows = pos.f_narrow(1, dim(n_prefix)?, cells)?;
-        // [1, g*g, D] -> [1, D, g, g]; scipy's zoom with order 1 and grid_mode=False maps
-        // corner to corner, which is bilinear interpolation with align_corners=True.
-        let grid_img = rows.f_reshape([1, g, g, d])?.f_permute([0, 3, 1, 2])?;
-        let resized = grid_img.f_upsample_bilinear2d([new, new], true, None, None)?;
-        let rows = resized
-            .f_permute([0, 2, 3, 1])?
-            .f_reshape([1, new_cells, d])?;
+        let rows = zoom_rows(&rows, g, new, d)?;
         Ok(Tensor::f_cat(&[prefix, rows], 1)?)
     }
 
@@ -540,6 +471,7 @@ fn read_arch(p: &Params, names: &BlockNames) -> Result<SourceArch> {
         return Err(not_vit("no encoder blocks with attention".into()));
     }
     Ok(SourceArch {
+        family: Family::VitJax,
         image_size,
         patch_size,
         grid,
@@ -549,6 +481,9 @@ fn read_arch(p: &Params, names: &BlockNames) -> Result<SourceArch> {
         head_dim,
         mlp,
         classifier,
+        posemb: PosEmb::Learned,
+        class_pos: true,
+        scan: false,
         representation,
         num_classes,
         resnet,
@@ -556,19 +491,22 @@ fn read_arch(p: &Params, names: &BlockNames) -> Result<SourceArch> {
     })
 }
 
-/// The integer square root (floor).
-pub(crate) fn isqrt(n: usize) -> usize {
-    let mut r = 0usize;
-    while (r + 1).checked_mul(r + 1).is_some_and(|sq| sq <= n) {
-        r += 1;
-    }
-    r
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
+
+    /// Opens a vision_transformer fixture the way `verify` does, through the family detection.
+    fn open(path: &Path) -> Result<VitJax> {
+        if !path.exists() {
+            return Err(Error::NotFound {
+                path: path.to_path_buf(),
+            });
+        }
+        let file = TensorFile::open(path)?;
+        assert_eq!(super::super::detect_family(&file), Family::VitJax);
+        VitJax::from_file(file, Device::Cpu)
+    }
 
     /// The golden files were written by the flax model in float32; the issue asks the
     /// reference to equal them within 1e-4.
@@ -601,8 +539,7 @@ mod tests {
     }
 
     fn check(case: &str, checkpoint: &str, logits_file: &str) {
-        let model =
-            Reference::open(&fixture(&format!("{case}/{checkpoint}")), Device::Cpu).expect("opens");
+        let model = open(&fixture(&format!("{case}/{checkpoint}"))).expect("opens");
         let input = npy(&format!(
             "{}/input.npy",
             if case == "vit-token-variants" {
@@ -686,8 +623,7 @@ mod tests {
 
     #[test]
     fn resized_posembed_matches_vit_jax() {
-        let model =
-            Reference::open(&fixture("vit-token/checkpoint.npz"), Device::Cpu).expect("opens");
+        let model = open(&fixture("vit-token/checkpoint.npz")).expect("opens");
         let pos = model.pos_embedding(6).expect("resizes");
         let diff = max_abs(
             &pos,
@@ -709,8 +645,7 @@ mod tests {
 
     #[test]
     fn reads_the_architecture_from_shapes() {
-        let model =
-            Reference::open(&fixture("hybrid-r2/checkpoint.npz"), Device::Cpu).expect("opens");
+        let model = open(&fixture("hybrid-r2/checkpoint.npz")).expect("opens");
         let a = model.arch();
         assert_eq!(
             (
@@ -730,15 +665,18 @@ mod tests {
                 stages: vec![1, 1]
             })
         );
-        let model =
-            Reference::open(&fixture("vit-prelogits/checkpoint.npz"), Device::Cpu).expect("opens");
+        let model = open(&fixture("vit-prelogits/checkpoint.npz")).expect("opens");
         assert_eq!(model.arch().representation, Some(40));
         assert_eq!(model.arch().num_classes, Some(21));
     }
 
     #[test]
     fn a_missing_source_is_an_error() {
-        let Err(err) = Reference::open(&fixture("nope/checkpoint.npz"), Device::Cpu) else {
+        let Err(err) = super::super::Reference::open(
+            &fixture("nope/checkpoint.npz"),
+            Device::Cpu,
+            &super::super::SourceOptions::default(),
+        ) else {
             panic!("a missing file opened");
         };
         assert!(err.to_string().contains("not found"), "{err}");

@@ -61,7 +61,7 @@ pub struct Hf {
     arch: TargetArch,
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::Unreadable {
         path: path.to_path_buf(),
         reason: e.to_string(),
@@ -70,6 +70,53 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
         path: path.to_path_buf(),
         reason: format!("not a transformers config: {e}"),
     })
+}
+
+/// transformers' `ACT2FN` names as the GELU they compute: `gelu` is the erf form; `gelu_pytorch_tanh`,
+/// `gelu_new` and `gelu_fast` the tanh approximation; `quick_gelu` `x * sigmoid(1.702 x)`.
+pub(crate) fn hidden_act(config_path: &Path, act: &str) -> Result<Gelu> {
+    match act {
+        "gelu" => Ok(Gelu::Erf),
+        "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" => Ok(Gelu::Tanh),
+        "quick_gelu" => Ok(Gelu::Quick),
+        other => Err(Error::Declared {
+            path: config_path.to_path_buf(),
+            key: "hidden_act".into(),
+            expected: "gelu, gelu_pytorch_tanh, gelu_new, gelu_fast or quick_gelu".into(),
+            found: format!("{other:?}"),
+        }),
+    }
+}
+
+/// The normalisation the directory's image processor applies (`preprocessor_config.json`), or,
+/// without one, what `vitconv.config` declares.
+pub(crate) fn input_norm(
+    dir: &Path,
+    declared: &DeclaredConfig,
+    notes: &mut Vec<String>,
+) -> Result<InputNorm> {
+    let pre_path = dir.join("preprocessor_config.json");
+    if !pre_path.exists() {
+        notes.push("no preprocessor_config.json: input normalisation from vitconv.config".into());
+        return Ok(declared.input_norm.clone().unwrap_or_else(InputNorm::unit));
+    }
+    let pp: Preprocessor = read_json(&pre_path)?;
+    Ok(
+        match (pp.do_normalize.unwrap_or(true), pp.image_mean, pp.image_std) {
+            (false, _, _) => InputNorm {
+                name: "none".into(),
+                mean: [0.0; 3],
+                std: [1.0; 3],
+            },
+            (true, Some(mean), Some(std)) => InputNorm {
+                name: "preprocessor_config".into(),
+                mean,
+                std,
+            },
+            // ViTImageProcessor's and SiglipImageProcessor's defaults are mean = std = 0.5.
+            (true, _, _) => InputNorm::unit(),
+        },
+    )
 }
 
 impl Hf {
@@ -108,17 +155,7 @@ impl Hf {
             });
         }
         let act = config.hidden_act.clone().unwrap_or_else(|| "gelu".into());
-        let gelu = match act.as_str() {
-            "gelu" => Gelu::Erf,
-            "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" => Gelu::Tanh,
-            "quick_gelu" => Gelu::Quick,
-            other => {
-                return Err(Error::NotAModel {
-                    path: config_path,
-                    reason: format!("hidden_act {other:?} is not a GELU this verifier knows"),
-                })
-            }
-        };
+        let gelu = hidden_act(&config_path, &act)?;
         let eps = config.layer_norm_eps.unwrap_or(HF_DEFAULT_LAYER_NORM_EPS);
         let semantics = BlockSemantics {
             heads,
@@ -219,29 +256,7 @@ impl Hf {
         let mut notes = vec![format!(
             "transformers semantics from config.json: hidden_act {act:?}, layer_norm_eps {eps:e}"
         )];
-        let pre_path = dir.join("preprocessor_config.json");
-        let norm = if pre_path.exists() {
-            let pp: Preprocessor = read_json(&pre_path)?;
-            match (pp.do_normalize.unwrap_or(true), pp.image_mean, pp.image_std) {
-                (false, _, _) => InputNorm {
-                    name: "none".into(),
-                    mean: [0.0; 3],
-                    std: [1.0; 3],
-                },
-                (true, Some(mean), Some(std)) => InputNorm {
-                    name: "preprocessor_config".into(),
-                    mean,
-                    std,
-                },
-                // ViTImageProcessor's defaults are IMAGENET_STANDARD_MEAN/STD = 0.5.
-                (true, _, _) => InputNorm::unit(),
-            }
-        } else {
-            notes.push(
-                "no preprocessor_config.json: input normalisation from vitconv.config".into(),
-            );
-            declared.input_norm.clone().unwrap_or_else(InputNorm::unit)
-        };
+        let norm = input_norm(dir, &declared, &mut notes)?;
         let hf = Hf {
             p,
             pre: pre.to_owned(),

@@ -1,0 +1,893 @@
+//! The big_vision reference forward: a google-research/big_vision ViT (or one image tower of a two-tower model) run straight from its `.npz` keys.
+//!
+//! Written from `big_vision/models/vit.py` as the golden data's README spells it out,
+//! never from the converter's mapping:
+//!
+//! - keys under a `params/` root or none; a training checkpoint's `opt/...` and
+//!   `chrono/...` entries are optimizer state and step timers, not weights, and are
+//!   left out (counted in [`BigVision::notes`]); a tower prefix (`img/` for SigLIP's
+//!   image tower) can be put after the root;
+//! - the patch embedding `embedding` (HWIO kernel, VALID, stride = patch), tokens in
+//!   row-major (y, x) order;
+//! - the position embedding is added to the patch tokens BEFORE the class token `cls`
+//!   (when there is one) is concatenated in front, so the class token gets none; it is
+//!   either learned (`pos_embedding` at the tower's top level, `[1, h*w, D]`) or
+//!   `posemb_sincos_2d` (nothing stored: [`sincos2d`], which needs the grid from the caller);
+//! - Linen block names `LayerNorm_0`, `MultiHeadDotProductAttention_0`, `LayerNorm_1`,
+//!   `MlpBlock_0/Dense_{0,1}`, blocks unrolled (`Transformer/encoderblock_{i}`) or stacked
+//!   along a leading depth axis (`Transformer/encoderblock`, the scan format: block i is
+//!   slice i); pre-norm blocks, tanh GELU, LayerNorm eps 1e-6, attention scale 1/sqrt(Dh);
+//! - `Transformer/encoder_norm` on every token, then the pool: `tok` token 0, `gap` the
+//!   mean, `map` the `MAPHead_0` (a learned `probe` `[1, 1, D]` is the only query of a
+//!   multihead attention over all tokens, then `x + MlpBlock_0(LayerNorm_0(x))`, the
+//!   probe's row taken), `0` token 0 of a model without a class token;
+//! - `pre_logits` dense + tanh where the file has one, then `head` where it has one.
+//!
+//! Every size is read from the shapes.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use tch::{Device, Kind, Tensor};
+use vitconv_tensors::TensorFile;
+
+use super::{
+    isqrt, zoom_rows, Classifier, Family, PosEmb, RefOutputs, SourceArch, FLAX_LAYER_NORM_EPS,
+};
+use crate::error::{Error, Result};
+use crate::ops::{self, Gelu};
+use crate::params::{dim, Params};
+
+/// `posemb_sincos_2d`'s default temperature.
+const SINCOS_TEMPERATURE: f64 = 10_000.0;
+
+/// Top-level prefixes of a big_vision training checkpoint that hold training state, not weights.
+const TRAINING_STATE: [&str; 2] = ["opt/", "chrono/"];
+
+/// The tower prefix of the image model in a file: empty for a plain ViT, `img/` for a two-tower
+/// model (SigLIP, LiT) whose root holds no `embedding/kernel` but whose `img/` does.
+pub fn image_tower(file: &TensorFile) -> &'static str {
+    let root = root_of(file);
+    let has = |name: &str| file.get(&format!("{root}{name}")).is_some();
+    if !has("embedding/kernel") && has("img/embedding/kernel") {
+        "img/"
+    } else {
+        ""
+    }
+}
+
+/// `params/` when the file's weights sit under that root, else empty.
+fn root_of(file: &TensorFile) -> &'static str {
+    if file.tensors().iter().any(|t| t.name.starts_with("params/")) {
+        "params/"
+    } else {
+        ""
+    }
+}
+
+/// What the caller decides for a big_vision model.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The resolution to read a sincos2d model at (its grid is stored nowhere).
+    pub image_size: Option<usize>,
+    /// The pool, where the keys cannot say it: `Classifier::First` (`pool_type='0'`) looks
+    /// exactly like `gap` (no class token, no MAP head), which is what the keys give.
+    pub pool: Option<Classifier>,
+}
+
+/// A big_vision image model, ready to run.
+pub struct BigVision {
+    params: Params,
+    arch: SourceArch,
+    /// The MAP head's sizes, when the model pools with one.
+    map: Option<MapSizes>,
+    notes: Vec<String>,
+}
+
+/// `(heads, head_dim, mlp)` of a MAP head.
+type MapSizes = (usize, usize, usize);
+
+/// Where a set of attention and MLP weights lives.
+#[derive(Clone, Copy)]
+enum Site {
+    /// Encoder block i.
+    Block(usize),
+    /// `MAPHead_0`.
+    Map,
+}
+
+impl BigVision {
+    /// Reads the architecture of an opened big_vision checkpoint from its shapes; `tower` is put
+    /// after the root (`img/` for a two-tower model's image tower, or empty).
+    pub fn from_file(
+        file: TensorFile,
+        device: Device,
+        tower: &str,
+        opts: &Options,
+    ) -> Result<BigVision> {
+        let root = root_of(&file);
+        let mut left_out: BTreeMap<&str, usize> = BTreeMap::new();
+        for t in file.tensors() {
+            if let Some(pre) = TRAINING_STATE.iter().find(|p| t.name.starts_with(**p)) {
+                *left_out.entry(pre).or_default() += 1;
+            }
+        }
+        let mut notes = Vec::new();
+        if !tower.is_empty() {
+            notes.push(format!(
+                "the source is a multi-tower model: its image tower {tower} is the model run; the other towers are not part of it"
+            ));
+        }
+        if !left_out.is_empty() {
+            let parts: Vec<String> = left_out
+                .iter()
+                .map(|(pre, n)| format!("{n} under {pre}"))
+                .collect();
+            notes.push(format!(
+                "the source is a training checkpoint: its training state ({}) is not weights and was left out",
+                parts.join(", ")
+            ));
+        }
+        let params = Params::new(file, &format!("{root}{tower}"), device, Kind::Float);
+        let (arch, map) = read_arch(&params, opts)?;
+        if arch.posemb == PosEmb::Sincos2d {
+            notes.push(format!(
+                "the source's sincos2d position embedding is computed for {0}x{0} px ({1}x{1} tokens), the resolution given",
+                arch.image_size, arch.grid
+            ));
+        }
+        Ok(BigVision {
+            params,
+            arch,
+            map,
+            notes,
+        })
+    }
+
+    pub fn arch(&self) -> &SourceArch {
+        &self.arch
+    }
+
+    pub fn path(&self) -> &Path {
+        self.params.path()
+    }
+
+    /// What was read or left out, one sentence each.
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+
+    /// Runs the model on NHWC pixels in [-1, 1] at a `grid` x `grid` token grid (the source's own,
+    /// or another: a sincos2d embedding is computed for it, a learned table is resized the
+    /// vit_jax way, scipy zoom order 1).
+    pub fn forward(&self, nhwc: &Tensor, grid: usize) -> Result<RefOutputs> {
+        let a = &self.arch;
+        let p = &self.params;
+        let d = dim(a.hidden)?;
+        let x = nhwc
+            .f_to_kind(Kind::Float)?
+            .f_to_device(p.device())?
+            .f_permute([0, 3, 1, 2])?;
+        let kernel = p.load(
+            "embedding/kernel",
+            &[a.patch_size, a.patch_size, a.embed_in, a.hidden],
+        )?;
+        let weight = kernel.f_permute([3, 2, 0, 1])?.f_contiguous()?;
+        let bias = p.load("embedding/bias", &[a.hidden])?;
+        let y = ops::conv2d(&x, &weight, Some(&bias), dim(a.patch_size)?, 0)?;
+        let size = y.size();
+        let (b, gh, gw) = match size.as_slice() {
+            [b, _, gh, gw] => (*b, *gh, *gw),
+            _ => (0, 0, 0),
+        };
+        if gh != dim(grid)? || gw != dim(grid)? {
+            return Err(Error::InputGrid {
+                path: p.path().to_path_buf(),
+                expected: grid,
+                found_h: gh,
+                found_w: gw,
+            });
+        }
+        // `[B, D, h, w]` flattened over (h, w) is flax's `reshape([n, h*w, c])` of the NHWC output.
+        let mut x = y.f_flatten(2, 3)?.f_transpose(1, 2)?;
+        x = x.f_add(&self.pos_embedding(grid)?)?;
+        if a.classifier == Classifier::Token {
+            let cls = p
+                .load("cls", &[1, 1, a.hidden])?
+                .f_expand([b, 1, d], false)?;
+            x = Tensor::f_cat(&[cls, x], 1)?;
+        }
+        for i in 0..a.depth {
+            x = self.block(&x, i)?;
+        }
+        let tokens = ops::layer_norm(
+            &x,
+            &p.load("Transformer/encoder_norm/scale", &[a.hidden])?,
+            &p.load("Transformer/encoder_norm/bias", &[a.hidden])?,
+            FLAX_LAYER_NORM_EPS,
+        )?;
+        let pooled = match a.classifier {
+            Classifier::Token | Classifier::First => tokens.f_select(1, 0)?,
+            Classifier::Gap => tokens.f_mean_dim(1, false, Kind::Float)?,
+            Classifier::Map => self.map_head(&tokens)?,
+        };
+        let features = match a.representation {
+            Some(r) => ops::dense_in_out(
+                &pooled,
+                &p.load("pre_logits/kernel", &[a.hidden, r])?,
+                Some(&p.load("pre_logits/bias", &[r])?),
+            )?
+            .f_tanh()?,
+            None => pooled.shallow_clone(),
+        };
+        let logits = match a.num_classes {
+            Some(c) => {
+                let fin = a.representation.unwrap_or(a.hidden);
+                Some(ops::dense_in_out(
+                    &features,
+                    &p.load("head/kernel", &[fin, c])?,
+                    Some(&p.load("head/bias", &[c])?),
+                )?)
+            }
+            None => None,
+        };
+        Ok(RefOutputs {
+            tokens,
+            pooled,
+            features,
+            logits,
+        })
+    }
+
+    /// The position embedding of the patch tokens for a `grid` x `grid` run, `[1, grid*grid, D]`.
+    fn pos_embedding(&self, grid: usize) -> Result<Tensor> {
+        let a = &self.arch;
+        match a.posemb {
+            PosEmb::Sincos2d => {
+                let values = sincos2d(grid, grid, a.hidden);
+                let cells = dim(grid.saturating_mul(grid))?;
+                Ok(Tensor::f_from_slice(&values)?
+                    .f_reshape([1, cells, dim(a.hidden)?])?
+                    .f_to_device(self.params.device())?)
+            }
+            PosEmb::Learned => {
+                let cells = a.grid.saturating_mul(a.grid);
+                let pos = self.params.load("pos_embedding", &[1, cells, a.hidden])?;
+                if grid == a.grid {
+                    Ok(pos)
+                } else {
+                    zoom_rows(&pos, dim(a.grid)?, dim(grid)?, dim(a.hidden)?)
+                }
+            }
+        }
+    }
+
+    /// Loads `rel` of a block or of the MAP head; a stacked (scan) block's tensor carries the
+    /// depth axis in front, and block i is its slice i.
+    fn load_at(&self, site: Site, rel: &str, shape: &[usize]) -> Result<Tensor> {
+        let p = &self.params;
+        match site {
+            Site::Block(i) if self.arch.scan => {
+                let mut full = Vec::with_capacity(shape.len().saturating_add(1));
+                full.push(self.arch.depth);
+                full.extend_from_slice(shape);
+                let stacked = p.load(&format!("Transformer/encoderblock/{rel}"), &full)?;
+                Ok(stacked.f_select(0, dim(i)?)?)
+            }
+            Site::Block(i) => p.load(&format!("Transformer/encoderblock_{i}/{rel}"), shape),
+            Site::Map => p.load(&format!("MAPHead_0/{rel}"), shape),
+        }
+    }
+
+    /// `(heads, head_dim)` of the attention at `site`.
+    fn heads_at(&self, site: Site) -> (usize, usize) {
+        match (site, self.map) {
+            (Site::Map, Some((h, dh, _))) => (h, dh),
+            _ => (self.arch.heads, self.arch.head_dim),
+        }
+    }
+
+    /// flax `MultiHeadDotProductAttention`: `[D, H, Dh]` query/key/value kernels with `[H, Dh]`
+    /// biases, the query divided by sqrt(Dh), softmax over the keys, `[H, Dh, D]` out kernel.
+    fn attention(&self, site: Site, q_in: &Tensor, kv_in: &Tensor) -> Result<Tensor> {
+        let d = self.arch.hidden;
+        let (h, dh) = self.heads_at(site);
+        let inner = dim(h.saturating_mul(dh))?;
+        let att = "MultiHeadDotProductAttention_0";
+        let project = |x: &Tensor, which: &str| -> Result<Tensor> {
+            let size = x.size();
+            let (b, t) = match size.as_slice() {
+                [b, t, _] => (*b, *t),
+                _ => (0, 0),
+            };
+            let kernel = self
+                .load_at(site, &format!("{att}/{which}/kernel"), &[d, h, dh])?
+                .f_reshape([dim(d)?, inner])?;
+            let bias = self
+                .load_at(site, &format!("{att}/{which}/bias"), &[h, dh])?
+                .f_reshape([inner])?;
+            Ok(ops::dense_in_out(x, &kernel, Some(&bias))?
+                .f_reshape([b, t, dim(h)?, dim(dh)?])?
+                .f_transpose(1, 2)?)
+        };
+        let q = project(q_in, "query")?;
+        let k = project(kv_in, "key")?;
+        let v = project(kv_in, "value")?;
+        let size = q_in.size();
+        let (b, t) = match size.as_slice() {
+            [b, t, _] => (*b, *t),
+            _ => (0, 0),
+        };
+        let o = ops::attention_explicit(&q, &k, &v)?
+            .f_transpose(1, 2)?
+            .f_reshape([b, t, inner])?;
+        let out = self
+            .load_at(site, &format!("{att}/out/kernel"), &[h, dh, d])?
+            .f_reshape([inner, dim(d)?])?;
+        let bias = self.load_at(site, &format!("{att}/out/bias"), &[d])?;
+        ops::dense_in_out(&o, &out, Some(&bias))
+    }
+
+    /// `MlpBlock`: Dense to `mlp`, tanh GELU, Dense back to D.
+    fn mlp(&self, site: Site, x: &Tensor, mlp: usize) -> Result<Tensor> {
+        let d = self.arch.hidden;
+        let y = ops::dense_in_out(
+            x,
+            &self.load_at(site, "MlpBlock_0/Dense_0/kernel", &[d, mlp])?,
+            Some(&self.load_at(site, "MlpBlock_0/Dense_0/bias", &[mlp])?),
+        )?;
+        let y = Gelu::Tanh.apply(&y)?;
+        ops::dense_in_out(
+            &y,
+            &self.load_at(site, "MlpBlock_0/Dense_1/kernel", &[mlp, d])?,
+            Some(&self.load_at(site, "MlpBlock_0/Dense_1/bias", &[d])?),
+        )
+    }
+
+    fn norm(&self, site: Site, name: &str, x: &Tensor) -> Result<Tensor> {
+        let d = self.arch.hidden;
+        ops::layer_norm(
+            x,
+            &self.load_at(site, &format!("{name}/scale"), &[d])?,
+            &self.load_at(site, &format!("{name}/bias"), &[d])?,
+            FLAX_LAYER_NORM_EPS,
+        )
+    }
+
+    /// `Encoder1DBlock`: `x + attn(LayerNorm_0(x))`, then `x + mlp(LayerNorm_1(x))`.
+    fn block(&self, x: &Tensor, i: usize) -> Result<Tensor> {
+        let site = Site::Block(i);
+        let y = self.norm(site, "LayerNorm_0", x)?;
+        let x = x.f_add(&self.attention(site, &y, &y)?)?;
+        let y = self.norm(site, "LayerNorm_1", &x)?;
+        Ok(x.f_add(&self.mlp(site, &y, self.arch.mlp)?)?)
+    }
+
+    /// `MAPHead`: the probe attends over all tokens, then `x + MlpBlock_0(LayerNorm_0(x))`; the
+    /// probe's row is the pooled vector.
+    fn map_head(&self, tokens: &Tensor) -> Result<Tensor> {
+        let mlp = self.map.map_or(self.arch.mlp, |(_, _, m)| m);
+        let b = tokens.size().first().copied().unwrap_or(0);
+        let d = dim(self.arch.hidden)?;
+        let probe = self
+            .load_at(Site::Map, "probe", &[1, 1, self.arch.hidden])?
+            .f_expand([b, 1, d], false)?;
+        let x = self.attention(Site::Map, &probe, tokens)?;
+        let y = self.norm(Site::Map, "LayerNorm_0", &x)?;
+        let x = x.f_add(&self.mlp(Site::Map, &y, mlp)?)?;
+        Ok(x.f_select(1, 0)?)
+    }
+}
+
+/// big_vision's `posemb_sincos_2d` for an `h` x `w` grid and width `d`, `[h*w, d]` row-major:
+/// `omega = 1 / 10000 ** (arange(d/4) / (d/4 - 1))`, rows in (y, x) order, features
+/// `[sin(x*omega), cos(x*omega), sin(y*omega), cos(y*omega)]`, computed in f64 and rounded to
+/// f32 once. The caller has checked `d % 4 == 0` and `d / 4 >= 2`.
+pub fn sincos2d(h: usize, w: usize, d: usize) -> Vec<f32> {
+    let quarter = d / 4;
+    #[allow(clippy::cast_precision_loss)]
+    let omega: Vec<f64> = (0..quarter)
+        .map(|i| 1.0 / SINCOS_TEMPERATURE.powf(i as f64 / (quarter as f64 - 1.0)))
+        .collect();
+    let mut out = Vec::with_capacity(h.saturating_mul(w).saturating_mul(d));
+    for y in 0..h {
+        for x in 0..w {
+            #[allow(clippy::cast_precision_loss)]
+            let (xf, yf) = (x as f64, y as f64);
+            #[allow(clippy::cast_possible_truncation)]
+            {
+                out.extend(omega.iter().map(|o| (xf * o).sin() as f32));
+                out.extend(omega.iter().map(|o| (xf * o).cos() as f32));
+                out.extend(omega.iter().map(|o| (yf * o).sin() as f32));
+                out.extend(omega.iter().map(|o| (yf * o).cos() as f32));
+            }
+        }
+    }
+    out
+}
+
+/// Reads the architecture from the shapes, checking that the parts agree; also returns the MAP
+/// head's `(heads, head_dim, mlp)` when there is one.
+fn read_arch(p: &Params, opts: &Options) -> Result<(SourceArch, Option<MapSizes>)> {
+    let path = p.path().to_path_buf();
+    let not_vit = |reason: String| Error::NotAModel {
+        path: path.clone(),
+        reason,
+    };
+    let bad = |tensor: &str, expected: String, found: &[usize]| Error::BadShape {
+        path: path.clone(),
+        tensor: tensor.to_owned(),
+        expected,
+        found: found.to_vec(),
+    };
+    let emb = p.shape("embedding/kernel").ok_or_else(|| {
+        not_vit("no `embedding/kernel` under the root: not a big_vision ViT checkpoint".into())
+    })?;
+    let (patch_size, embed_in, hidden) = match emb {
+        [ph, pw, cin, d] if ph == pw => (*ph, *cin, *d),
+        other => {
+            return Err(bad(
+                "embedding/kernel",
+                "[p, p, in, D] (square patches)".into(),
+                other,
+            ))
+        }
+    };
+    let stacked_q = "Transformer/encoderblock/MultiHeadDotProductAttention_0/query/kernel";
+    let scan = p.has(stacked_q);
+    let (depth, heads, head_dim, mlp) = if scan {
+        let (depth, heads, head_dim) = match p.require_shape(stacked_q, "stacked attention")? {
+            [l, d, h, dh] if *d == hidden => (*l, *h, *dh),
+            other => {
+                return Err(bad(
+                    stacked_q,
+                    format!("[depth, {hidden}, heads, head_dim]"),
+                    other,
+                ))
+            }
+        };
+        let m = "Transformer/encoderblock/MlpBlock_0/Dense_0/kernel";
+        let mlp = match p.require_shape(m, "stacked MLP")? {
+            [l, d, m] if *l == depth && *d == hidden => *m,
+            other => return Err(bad(m, format!("[{depth}, {hidden}, mlp]"), other)),
+        };
+        (depth, heads, head_dim, mlp)
+    } else {
+        let q = "Transformer/encoderblock_0/MultiHeadDotProductAttention_0/query/kernel";
+        let (heads, head_dim) = match p.require_shape(q, "attention of block 0")? {
+            [d, h, dh] if *d == hidden => (*h, *dh),
+            other => return Err(bad(q, format!("[{hidden}, heads, head_dim]"), other)),
+        };
+        let m = "Transformer/encoderblock_0/MlpBlock_0/Dense_0/kernel";
+        let mlp = match p.require_shape(m, "MLP of block 0")? {
+            [d, m] if *d == hidden => *m,
+            other => return Err(bad(m, format!("[{hidden}, mlp]"), other)),
+        };
+        let mut depth = 0usize;
+        while p.has(&format!(
+            "Transformer/encoderblock_{depth}/MultiHeadDotProductAttention_0/query/kernel"
+        )) {
+            depth = depth.saturating_add(1);
+        }
+        (depth, heads, head_dim, mlp)
+    };
+    if depth == 0 || heads == 0 || head_dim == 0 {
+        return Err(not_vit("no encoder blocks with attention".into()));
+    }
+    let has_cls = match p.shape("cls") {
+        Some([1, 1, d]) if *d == hidden => true,
+        Some(other) => return Err(bad("cls", format!("[1, 1, {hidden}]"), other)),
+        None => false,
+    };
+    let map = match p.shape("MAPHead_0/probe") {
+        Some([1, 1, d]) if *d == hidden => {
+            let q = "MAPHead_0/MultiHeadDotProductAttention_0/query/kernel";
+            let (h, dh) = match p.require_shape(q, "the MAP head's attention")? {
+                [d, h, dh] if *d == hidden => (*h, *dh),
+                other => return Err(bad(q, format!("[{hidden}, heads, head_dim]"), other)),
+            };
+            let m = "MAPHead_0/MlpBlock_0/Dense_0/kernel";
+            let mlp = match p.require_shape(m, "the MAP head's MLP")? {
+                [d, m] if *d == hidden => *m,
+                other => return Err(bad(m, format!("[{hidden}, mlp]"), other)),
+            };
+            Some((h, dh, mlp))
+        }
+        Some(other) => return Err(bad("MAPHead_0/probe", format!("[1, 1, {hidden}]"), other)),
+        None => None,
+    };
+    let from_keys = match (has_cls, map.is_some()) {
+        (true, true) => {
+            return Err(not_vit(
+                "both a class token `cls` and a `MAPHead_0`: big_vision adds the class token only for pool_type 'tok'".into(),
+            ))
+        }
+        (true, false) => Classifier::Token,
+        (false, true) => Classifier::Map,
+        (false, false) => Classifier::Gap,
+    };
+    let classifier = match opts.pool {
+        None => from_keys,
+        Some(asked) if asked == from_keys => asked,
+        // `0` and `gap` share their keys; anything else must match what the keys say.
+        Some(Classifier::First) if from_keys == Classifier::Gap => Classifier::First,
+        Some(asked) => {
+            return Err(Error::Declared {
+                path: path.clone(),
+                key: "pool".into(),
+                expected: format!("{from_keys:?} (what the keys give)"),
+                found: format!("{asked:?}"),
+            })
+        }
+    };
+    let (posemb, grid) = match p.shape("pos_embedding") {
+        Some([1, n, d]) if *d == hidden => {
+            let g = isqrt(*n);
+            if g == 0 || g.checked_mul(g) != Some(*n) {
+                return Err(bad(
+                    "pos_embedding",
+                    "[1, h*w, D] rows of a square grid (no class row)".into(),
+                    &[1, *n, *d],
+                ));
+            }
+            (PosEmb::Learned, g)
+        }
+        Some(other) => return Err(bad("pos_embedding", format!("[1, h*w, {hidden}]"), other)),
+        None => {
+            if !hidden.is_multiple_of(4) || hidden / 4 < 2 {
+                return Err(bad(
+                    "embedding/kernel",
+                    "a width D with D % 4 == 0 and D >= 8, as posemb_sincos_2d needs".into(),
+                    emb,
+                ));
+            }
+            let size = opts
+                .image_size
+                .ok_or_else(|| Error::ImageSizeNeeded { path: path.clone() })?;
+            if size == 0 || !size.is_multiple_of(patch_size) {
+                return Err(Error::ImageSizeNotMultiple {
+                    path: path.clone(),
+                    image_size: size,
+                    patch_size,
+                });
+            }
+            (PosEmb::Sincos2d, size / patch_size)
+        }
+    };
+    let representation = match p.shape("pre_logits/kernel") {
+        Some([d, r]) if *d == hidden => Some(*r),
+        Some(other) => return Err(bad("pre_logits/kernel", format!("[{hidden}, R]"), other)),
+        None => None,
+    };
+    let fin = representation.unwrap_or(hidden);
+    let num_classes = match p.shape("head/kernel") {
+        Some([f, c]) if *f == fin => Some(*c),
+        Some(other) => return Err(bad("head/kernel", format!("[{fin}, classes]"), other)),
+        None => None,
+    };
+    let image_size = grid
+        .checked_mul(patch_size)
+        .ok_or_else(|| not_vit("image size overflows".into()))?;
+    Ok((
+        SourceArch {
+            family: Family::BigVision,
+            image_size,
+            patch_size,
+            grid,
+            hidden,
+            depth,
+            heads,
+            head_dim,
+            mlp,
+            classifier,
+            posemb,
+            class_pos: false,
+            scan,
+            representation,
+            num_classes,
+            resnet: None,
+            embed_in,
+        },
+        map,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    /// The golden outputs were written by big_vision's own model in float32; the reference must
+    /// equal them within this absolute difference.
+    const GOLDEN_TOLERANCE: f64 = 1e-5;
+    /// A bfloat16 copy of the weights (8 significant bits) moves these small models' outputs by
+    /// a few 1e-3; this bounds the bf16 variant's distance from the float32 golden outputs.
+    const BF16_GOLDEN_TOLERANCE: f64 = 5e-2;
+
+    fn fixture(rel: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures/big_vision")
+            .join(rel)
+    }
+
+    fn npy(rel: &str) -> Tensor {
+        let file = TensorFile::open(fixture(rel)).expect("golden npy opens");
+        let info = file.tensors().first().expect("npy holds one array").clone();
+        let values = file.read_f32(&info.name).expect("golden npy reads");
+        let dims: Vec<i64> = info
+            .shape
+            .iter()
+            .map(|&d| i64::try_from(d).expect("small"))
+            .collect();
+        Tensor::from_slice(&values).reshape(dims.as_slice())
+    }
+
+    fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
+        assert_eq!(a.size(), b.size(), "shapes differ");
+        (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
+            .abs()
+            .max()
+            .double_value(&[])
+    }
+
+    fn open_with(rel: &str, tower: &str, opts: &Options) -> Result<BigVision> {
+        let file = TensorFile::open(fixture(rel))?;
+        assert_eq!(
+            super::super::detect_family(&file),
+            Family::BigVision,
+            "{rel}"
+        );
+        BigVision::from_file(file, Device::Cpu, tower, opts)
+    }
+
+    fn open(rel: &str, image_size: Option<usize>) -> BigVision {
+        open_with(
+            rel,
+            "",
+            &Options {
+                image_size,
+                pool: None,
+            },
+        )
+        .expect("opens")
+    }
+
+    /// Runs `checkpoint` on the case's input and checks logits, features and tokens against the
+    /// golden files within `tolerance`; returns the largest difference seen.
+    fn check(case: &str, checkpoint: &str, image_size: Option<usize>, tolerance: f64) -> f64 {
+        let model = open(&format!("{case}/{checkpoint}"), image_size);
+        let out = model
+            .forward(&npy(&format!("{case}/input.npy")), model.arch().grid)
+            .expect("forward runs");
+        let mut worst = 0.0f64;
+        let pairs = [
+            ("logits", out.logits.expect("golden cases have a head")),
+            ("features", out.features),
+            ("tokens", out.tokens),
+        ];
+        for (name, got) in pairs {
+            let diff = max_abs(&got, &npy(&format!("{case}/{name}.npy")));
+            assert!(
+                diff <= tolerance,
+                "{case}/{checkpoint}: {name} differ by {diff}"
+            );
+            worst = worst.max(diff);
+        }
+        worst
+    }
+
+    #[test]
+    fn matches_golden_gap_sincos() {
+        let worst = check(
+            "bv-vit-gap-sincos",
+            "checkpoint.npz",
+            Some(32),
+            GOLDEN_TOLERANCE,
+        );
+        eprintln!("bv-vit-gap-sincos: max abs diff {worst:e}");
+        let model = open("bv-vit-gap-sincos/checkpoint.npz", Some(32));
+        let a = model.arch();
+        assert_eq!(
+            (
+                a.classifier,
+                a.posemb,
+                a.scan,
+                a.grid,
+                a.depth,
+                a.heads,
+                a.mlp
+            ),
+            (Classifier::Gap, PosEmb::Sincos2d, false, 4, 2, 4, 256)
+        );
+    }
+
+    #[test]
+    fn matches_golden_tok_scan_and_its_variants() {
+        for file in [
+            "checkpoint.npz",
+            "variants/unrolled.npz",
+            "variants/no-prefix.npz",
+            "variants/train-state.npz",
+        ] {
+            let worst = check("bv-vit-tok-scan", file, None, GOLDEN_TOLERANCE);
+            eprintln!("bv-vit-tok-scan/{file}: max abs diff {worst:e}");
+        }
+        let scan = open("bv-vit-tok-scan/checkpoint.npz", None);
+        let a = scan.arch();
+        assert_eq!(
+            (a.classifier, a.posemb, a.scan, a.grid, a.depth, a.heads),
+            (Classifier::Token, PosEmb::Learned, true, 3, 3, 2)
+        );
+        assert!(
+            !open("bv-vit-tok-scan/variants/unrolled.npz", None)
+                .arch()
+                .scan
+        );
+        assert!(scan.notes().is_empty(), "{:?}", scan.notes());
+        let state = open("bv-vit-tok-scan/variants/train-state.npz", None);
+        let note = state.notes().join(" ");
+        assert!(
+            note.contains("under opt/") && note.contains("under chrono/"),
+            "the left-out training state is reported: {note}"
+        );
+    }
+
+    #[test]
+    fn the_bf16_variant_is_the_f32_model_on_bf16_rounded_weights() {
+        let base = TensorFile::open(fixture("bv-vit-tok-scan/checkpoint.npz")).expect("opens");
+        let bf16 =
+            TensorFile::open(fixture("bv-vit-tok-scan/variants/bfloat16.npz")).expect("opens");
+        assert_eq!(base.tensors().len(), bf16.tensors().len());
+        // Every bf16 weight is the f32 weight rounded to bf16, so the reference run on the bf16
+        // file is the f32 reference run on bf16-rounded weights.
+        for t in base.tensors() {
+            let rounded = Tensor::from_slice(&base.read_f32(&t.name).expect("reads"))
+                .to_kind(Kind::BFloat16)
+                .to_kind(Kind::Float);
+            let stored = Tensor::from_slice(&bf16.read_f32(&t.name).expect("bf16 decodes"));
+            assert!(
+                rounded.equal(&stored),
+                "{}: not the rounded f32 values",
+                t.name
+            );
+        }
+        let worst = check(
+            "bv-vit-tok-scan",
+            "variants/bfloat16.npz",
+            None,
+            BF16_GOLDEN_TOLERANCE,
+        );
+        eprintln!("bv-vit-tok-scan/variants/bfloat16.npz: max abs diff {worst:e}");
+        assert!(
+            worst > 0.0,
+            "bf16 weights cannot give the f32 outputs exactly"
+        );
+    }
+
+    #[test]
+    fn matches_golden_map_scan() {
+        let worst = check("bv-vit-map-scan", "checkpoint.npz", None, GOLDEN_TOLERANCE);
+        eprintln!("bv-vit-map-scan: max abs diff {worst:e}");
+        let model = open("bv-vit-map-scan/checkpoint.npz", None);
+        assert_eq!(model.arch().classifier, Classifier::Map);
+        assert_eq!(model.arch().representation, Some(32));
+        assert_eq!(model.map, Some((3, 16, 192)));
+    }
+
+    /// L2-normalises the rows of `[B, E]`.
+    fn l2(x: &Tensor) -> Tensor {
+        x / x.norm_scalaropt_dim(2.0, [1i64].as_slice(), true)
+    }
+
+    #[test]
+    fn runs_the_siglip_image_tower_under_its_prefix() {
+        let file = TensorFile::open(fixture("siglip-tiny/checkpoint.npz")).expect("opens");
+        assert_eq!(image_tower(&file), "img/");
+        let file = TensorFile::open(fixture("bv-vit-map-scan/checkpoint.npz")).expect("opens");
+        assert_eq!(image_tower(&file), "");
+        let input = npy("siglip-tiny/input.npy");
+        let tower = open_with("siglip-tiny/checkpoint.npz", "img/", &Options::default())
+            .expect("the image tower opens");
+        assert_eq!(tower.arch().classifier, Classifier::Map);
+        let out = tower.forward(&input, tower.arch().grid).expect("runs");
+        let embeds = l2(&out.logits.expect("siglip-tiny's image tower has a head"));
+        let diff = max_abs(&embeds, &npy("siglip-tiny/image_embeds.npy"));
+        assert!(
+            diff <= GOLDEN_TOLERANCE,
+            "siglip-tiny image embeds differ by {diff}"
+        );
+        // Without a head, the MAP head's output is the image embedding.
+        let tower =
+            open_with("siglip-nohead/checkpoint.npz", "img/", &Options::default()).expect("opens");
+        assert_eq!(tower.arch().num_classes, None);
+        let out = tower
+            .forward(&npy("siglip-nohead/input.npy"), tower.arch().grid)
+            .expect("runs");
+        let diff = max_abs(&l2(&out.pooled), &npy("siglip-nohead/image_embeds.npy"));
+        assert!(
+            diff <= GOLDEN_TOLERANCE,
+            "siglip-nohead image embeds differ by {diff}"
+        );
+    }
+
+    #[test]
+    fn a_sincos_file_needs_the_image_size() {
+        let Err(err) = open_with("bv-vit-gap-sincos/checkpoint.npz", "", &Options::default())
+        else {
+            panic!("a sincos2d file opened without an image size");
+        };
+        assert!(matches!(err, Error::ImageSizeNeeded { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains("--image-size") && !msg.contains('\n'), "{msg}");
+        let Err(err) = open_with(
+            "bv-vit-gap-sincos/checkpoint.npz",
+            "",
+            &Options {
+                image_size: Some(36),
+                pool: None,
+            },
+        ) else {
+            panic!("36 px opened with 8 px patches");
+        };
+        assert!(matches!(err, Error::ImageSizeNotMultiple { .. }), "{err}");
+    }
+
+    #[test]
+    fn sincos2d_follows_big_vision_not_timm() {
+        let (h, w, d) = (2, 3, 8);
+        let pe = sincos2d(h, w, d);
+        assert_eq!(pe.len(), h * w * d);
+        // Row of (y=1, x=2) is row 1*3+2 = 5; omega = [1, 1/10000] for d/4 = 2 (divided by d/4 - 1 = 1).
+        let row = &pe[5 * d..6 * d];
+        let omega = [1.0f64, 1e-4];
+        let want: Vec<f32> = [
+            omega.map(|o| (2.0 * o).sin()),
+            omega.map(|o| (2.0 * o).cos()),
+            omega.map(|o| (1.0 * o).sin()),
+            omega.map(|o| (1.0 * o).cos()),
+        ]
+        .concat()
+        .iter()
+        .map(|&v| v as f32)
+        .collect();
+        assert_eq!(row, want.as_slice());
+    }
+
+    #[test]
+    fn pool_zero_takes_the_first_token_of_a_gap_model() {
+        let model = open_with(
+            "bv-vit-gap-sincos/checkpoint.npz",
+            "",
+            &Options {
+                image_size: Some(32),
+                pool: Some(Classifier::First),
+            },
+        )
+        .expect("opens");
+        let out = model
+            .forward(&npy("bv-vit-gap-sincos/input.npy"), 4)
+            .expect("runs");
+        assert!(out.pooled.equal(&out.tokens.select(1, 0)));
+        let Err(err) = open_with(
+            "bv-vit-tok-scan/checkpoint.npz",
+            "",
+            &Options {
+                image_size: None,
+                pool: Some(Classifier::Map),
+            },
+        ) else {
+            panic!("a map pool was accepted for a file without a MAP head");
+        };
+        assert!(matches!(err, Error::Declared { .. }), "{err}");
+    }
+
+    #[test]
+    fn vit_jax_files_are_not_read_as_big_vision() {
+        let file = TensorFile::open(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../fixtures/vit-token/checkpoint.npz"),
+        )
+        .expect("opens");
+        assert_eq!(super::super::detect_family(&file), Family::VitJax);
+    }
+}

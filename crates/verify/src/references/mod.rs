@@ -1,0 +1,239 @@
+//! The reference forwards: a source `.npz` run straight from its own keys, in the flax model's layouts and semantics, one module per source family.
+//!
+//! - [`vit_jax`]: google-research/vision_transformer files (`Transformer/posembed_input`,
+//!   pre-Linen or Linen block names, hybrids).
+//! - [`big_vision`]: google-research/big_vision files (`params/` root, Linen names,
+//!   scan-stacked blocks, sincos2d or top-level learned position embeddings, `tok`, `gap`,
+//!   `map` and `0` pooling), for a plain ViT or one tower of a two-tower model.
+//!
+//! [`Reference`] picks the family from the keys and hands both forwards' results back
+//! in one shape ([`RefOutputs`]), with the architecture read from the shapes
+//! ([`SourceArch`]). Nothing here is borrowed from the converter, so a mapping bug
+//! there cannot hide in both sides.
+
+pub mod big_vision;
+pub mod vit_jax;
+
+use std::path::Path;
+
+use tch::{Device, Tensor};
+use vitconv_tensors::TensorFile;
+
+use crate::error::{Error, Result};
+
+/// flax's `nn.LayerNorm` default epsilon.
+pub const FLAX_LAYER_NORM_EPS: f64 = 1e-6;
+/// flax's `nn.GroupNorm` default epsilon.
+pub const FLAX_GROUP_NORM_EPS: f64 = 1e-6;
+/// `models_resnet.weight_standardize`'s epsilon, added to the standard deviation.
+pub const STD_CONV_EPS: f64 = 1e-5;
+/// flax's `nn.GroupNorm` default group count.
+pub const GROUPS: i64 = 32;
+
+/// The code base a source checkpoint was written by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    /// google-research/vision_transformer (`vit_jax`).
+    VitJax,
+    /// google-research/big_vision.
+    BigVision,
+}
+
+/// How the sequence is pooled after `encoder_norm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Classifier {
+    /// Token 0, the class token.
+    Token,
+    /// The mean over all tokens (no class token).
+    Gap,
+    /// big_vision's `MAPHead`: a learned probe attends over all tokens, then a LayerNorm + MLP residual.
+    Map,
+    /// big_vision's `pool_type='0'`: token 0 of a model without a class token (the first patch).
+    First,
+}
+
+/// Where the position embedding comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PosEmb {
+    /// A stored table.
+    Learned,
+    /// big_vision's `posemb_sincos_2d`, computed for the grid (nothing is stored).
+    Sincos2d,
+}
+
+/// A ResNet stem's shape.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ResNetArch {
+    /// Channels of `conv_root`.
+    pub width: usize,
+    /// Units per stage (`block1`, `block2`...); empty for a root-only stem.
+    pub stages: Vec<usize>,
+}
+
+/// The architecture read from the source file's shapes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SourceArch {
+    pub family: Family,
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub grid: usize,
+    pub hidden: usize,
+    pub depth: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub mlp: usize,
+    pub classifier: Classifier,
+    pub posemb: PosEmb,
+    /// Whether the class token has a row of the position embedding (vit_jax: yes; big_vision: no,
+    /// it is concatenated after the embedding is added).
+    pub class_pos: bool,
+    /// Blocks stored stacked along a leading depth axis (big_vision's scan format).
+    pub scan: bool,
+    pub representation: Option<usize>,
+    pub num_classes: Option<usize>,
+    pub resnet: Option<ResNetArch>,
+    /// Channels entering the patch embedding (3, or the stem's output).
+    pub embed_in: usize,
+}
+
+impl SourceArch {
+    /// Whether the model prepends a class token.
+    pub fn class_token(&self) -> bool {
+        self.classifier == Classifier::Token
+    }
+}
+
+/// Everything the reference computes, float32 on the device it ran on.
+pub struct RefOutputs {
+    /// `encoder_norm` output, `[B, N, D]`.
+    pub tokens: Tensor,
+    /// The pooled vector (token 0, the mean, or the MAP head's output), before `pre_logits`: `[B, D]`.
+    pub pooled: Tensor,
+    /// The `pre_logits` output (dense + tanh), or `pooled` when there is none.
+    pub features: Tensor,
+    /// The head's output, when the file has a head.
+    pub logits: Option<Tensor>,
+}
+
+/// What the caller knows that a source file cannot say.
+#[derive(Debug, Clone, Default)]
+pub struct SourceOptions {
+    /// The resolution the model runs at: needed for a big_vision sincos2d file, whose grid is
+    /// stored nowhere; ignored where a stored table gives the grid.
+    pub image_size: Option<usize>,
+}
+
+/// A source model of either family, ready to run.
+pub enum Reference {
+    VitJax(vit_jax::VitJax),
+    BigVision(big_vision::BigVision),
+}
+
+impl Reference {
+    /// Opens a source checkpoint, picks its family from the keys and reads its architecture from the shapes.
+    pub fn open(path: &Path, device: Device, opts: &SourceOptions) -> Result<Reference> {
+        if !path.exists() {
+            return Err(Error::NotFound {
+                path: path.to_path_buf(),
+            });
+        }
+        let file = TensorFile::open(path)?;
+        Ok(match detect_family(&file) {
+            Family::VitJax => Reference::VitJax(vit_jax::VitJax::from_file(file, device)?),
+            Family::BigVision => {
+                let tower = big_vision::image_tower(&file);
+                Reference::BigVision(big_vision::BigVision::from_file(
+                    file,
+                    device,
+                    tower,
+                    &big_vision::Options {
+                        image_size: opts.image_size,
+                        pool: None,
+                    },
+                )?)
+            }
+        })
+    }
+
+    pub fn arch(&self) -> &SourceArch {
+        match self {
+            Reference::VitJax(m) => m.arch(),
+            Reference::BigVision(m) => m.arch(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        match self {
+            Reference::VitJax(m) => m.path(),
+            Reference::BigVision(m) => m.path(),
+        }
+    }
+
+    /// What was read or left out of the source, one sentence each, for the report.
+    pub fn notes(&self) -> Vec<String> {
+        match self {
+            Reference::VitJax(_) => Vec::new(),
+            Reference::BigVision(m) => m.notes().to_vec(),
+        }
+    }
+
+    /// How the reference adapts its position embedding when it runs at another grid than its own.
+    pub fn resize_note(&self, grid: usize) -> String {
+        let g = self.arch().grid;
+        match (self, self.arch().posemb) {
+            (_, PosEmb::Sincos2d) => format!(
+                "the reference computed its sincos2d position embedding for the {grid}x{grid} grid (the source's own is {g}x{g}): exact at any grid"
+            ),
+            (Reference::VitJax(_), _) => format!(
+                "the reference resized its position embedding from {g}x{g} the vit_jax way (scipy zoom order 1, class token kept)"
+            ),
+            (Reference::BigVision(_), _) => format!(
+                "the reference resized its position embedding from {g}x{g} to {grid}x{grid} the vit_jax way (scipy zoom order 1; big_vision tables have no class row)"
+            ),
+        }
+    }
+
+    /// Runs the model on NHWC pixels in [-1, 1] at a `grid` x `grid` token grid.
+    pub fn forward(&self, nhwc: &Tensor, grid: usize) -> Result<RefOutputs> {
+        match self {
+            Reference::VitJax(m) => m.forward(nhwc, grid),
+            Reference::BigVision(m) => m.forward(nhwc, grid),
+        }
+    }
+}
+
+/// Picks the family from the keys: vision_transformer files keep their position embedding under
+/// `Transformer/posembed_input/` (at the root or under `opt/target/`); everything else is read as
+/// big_vision, whose files have a `params/` root, a top-level `pos_embedding` or none at all
+/// (sincos2d), stacked `Transformer/encoderblock/` weights or a `MAPHead_0`.
+pub fn detect_family(file: &TensorFile) -> Family {
+    let vit_jax = ["", "opt/target/"].iter().any(|prefix| {
+        file.get(&format!("{prefix}Transformer/posembed_input/pos_embedding"))
+            .is_some()
+    });
+    if vit_jax {
+        Family::VitJax
+    } else {
+        Family::BigVision
+    }
+}
+
+/// The integer square root (floor).
+pub(crate) fn isqrt(n: usize) -> usize {
+    n.isqrt()
+}
+
+/// Resizes a `[1, g*g, D]` grid of position-embedding rows to `[1, new*new, D]` the way
+/// `vit_jax.checkpoint.interpolate_posembed` does: scipy's zoom with order 1 and
+/// `grid_mode=False` maps corner to corner, which is bilinear interpolation with
+/// `align_corners=True`.
+pub(crate) fn zoom_rows(rows: &Tensor, g: i64, new: i64, d: i64) -> Result<Tensor> {
+    let grid_img = rows.f_reshape([1, g, g, d])?.f_permute([0, 3, 1, 2])?;
+    let resized = grid_img.f_upsample_bilinear2d([new, new], true, None, None)?;
+    Ok(resized
+        .f_permute([0, 2, 3, 1])?
+        .f_reshape([1, new.saturating_mul(new), d])?)
+}
