@@ -759,9 +759,7 @@ fn big_vision_cases_pass_in_every_layout_that_holds_them() {
     let d = dir.path();
     // (source, input case, layouts, conversion options); CLIP is refused for all three (no class
     // token, an MLP that is not 4x, a MAP head), open_clip for gap and map.
-    // The no-prefix variant is left out here: npz-to-pt at this commit reads it as a vit_jax file and
-    // refuses it (the reference reads it; see references::big_vision's tests).
-    let runs: [(&str, &str, &[&str], &[&str]); 6] = [
+    let runs: [(&str, &str, &[&str], &[&str]); 7] = [
         (
             "bv-vit-gap-sincos/checkpoint.npz",
             "bv-vit-gap-sincos",
@@ -776,6 +774,12 @@ fn big_vision_cases_pass_in_every_layout_that_holds_them() {
         ),
         (
             "bv-vit-tok-scan/variants/unrolled.npz",
+            "bv-vit-tok-scan",
+            &["timm", "hf", "open_clip"],
+            &[],
+        ),
+        (
+            "bv-vit-tok-scan/variants/no-prefix.npz",
             "bv-vit-tok-scan",
             &["timm", "hf", "open_clip"],
             &[],

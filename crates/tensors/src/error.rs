@@ -30,6 +30,13 @@ fn member_part(member: &str) -> String {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// The output would not fit on its file system: refused before anything is written or reserved.
+    #[error("{}: the output needs {needed} bytes but its file system has {available} free; free some space or write elsewhere", .path.display())]
+    NoSpace {
+        path: PathBuf,
+        needed: u64,
+        available: u64,
+    },
     /// The operating system refused a read or write.
     #[error("{}{}: {source}", .path.display(), tensor_part(.tensor))]
     Io {

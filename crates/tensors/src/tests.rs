@@ -810,3 +810,43 @@ fn the_same_tensors_and_metadata_give_the_same_bytes() {
         "metadata keys in sorted order: {header}"
     );
 }
+
+#[test]
+fn an_output_larger_than_the_free_space_is_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("huge.safetensors");
+    // A petabyte of u8: far more than any test machine's free space, and the size arithmetic holds.
+    let specs = vec![TensorSpec {
+        name: "huge".to_string(),
+        dtype: DType::U8,
+        shape: vec![1 << 25, 1 << 25],
+    }];
+    for format in [Format::Safetensors, Format::Pt] {
+        let err = Writer::create(&out, format, specs.clone(), BTreeMap::new(), false).unwrap_err();
+        match err {
+            Error::NoSpace {
+                needed, available, ..
+            } => assert!(
+                needed > available && needed >= 1 << 50,
+                "{needed} {available}"
+            ),
+            other => panic!("{format:?}: {other}"),
+        }
+        // No temporary file holds a reservation afterwards.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+    // The portable definition: the free space df reports for the same file system, within what other
+    // writers may change between the two readings.
+    let probe = dir.path().join("probe");
+    std::fs::write(&probe, b"x").unwrap();
+    let df = std::process::Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(&probe)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&df.stdout);
+    let avail: u64 = text.lines().nth(1).unwrap().trim().parse().unwrap();
+    let ours = crate::writer::free_bytes_of(&std::fs::File::open(&probe).unwrap()).unwrap();
+    let gap = avail.abs_diff(ours);
+    assert!(gap < 1 << 30, "df says {avail}, fstatvfs {ours}");
+}

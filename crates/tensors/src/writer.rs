@@ -159,7 +159,19 @@ impl Writer {
             crate::pending::create_registered(|| builder.tempfile_in(&dir), |t| t.path())
                 .map_err(|e| Error::io(path, e))?;
         let file = temp.as_file().try_clone().map_err(|e| Error::io(path, e))?;
-        reserve(&file, sizes.iter().fold(0u64, |a, &n| a.saturating_add(n)));
+        let total = sizes.iter().fold(0u64, |a, &n| a.saturating_add(n));
+        // An output that cannot fit is refused before any of it is written, and nothing is reserved
+        // beyond what the output will take.
+        if let Some(available) = free_bytes(&file) {
+            if total > available {
+                return Err(Error::NoSpace {
+                    path: path.to_path_buf(),
+                    needed: total,
+                    available,
+                });
+            }
+        }
+        reserve(&file, total);
         let out = BufWriter::with_capacity(WRITE_BUF, file);
         let sink = match format {
             Format::Safetensors => {
@@ -396,6 +408,33 @@ fn reserve(file: &File, len: u64) {
 
 #[cfg(not(target_os = "linux"))]
 fn reserve(_file: &File, _len: u64) {}
+
+/// Bytes an unprivileged writer may still use on the file system holding `file`, where the system says.
+#[cfg(unix)]
+fn free_bytes(file: &File) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: fstatvfs writes one `statvfs` into the buffer it is given, which is that size and ours;
+    // the descriptor is open. The value is read only when the call reports success.
+    let rc = unsafe { libc::fstatvfs(file.as_raw_fd(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: the call succeeded, so the struct is initialised (it was zeroed before, too).
+    let st = unsafe { st.assume_init() };
+    u64::from(st.f_bavail).checked_mul(u64::from(st.f_frsize))
+}
+
+#[cfg(not(unix))]
+fn free_bytes(_file: &File) -> Option<u64> {
+    None
+}
+
+/// [`free_bytes`], for the test against `df`.
+#[cfg(test)]
+pub(crate) fn free_bytes_of(file: &File) -> Option<u64> {
+    free_bytes(file)
+}
 
 /// Elsewhere the final flush does all the work.
 #[cfg(not(target_os = "linux"))]

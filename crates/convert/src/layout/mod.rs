@@ -24,6 +24,10 @@ use crate::plan::{Fetch, OutTensor, Plan, Recipe};
 use recognise::{Recognised, Shapes};
 use vitconv_tensors::TensorInfo;
 
+/// The largest `--image-size` accepted: 8192 px is over 20 times the published resolutions, and keeps the
+/// position table of a patch-14 ViT-G under 1.4 GB; beyond it a typo would ask for terabytes.
+pub const MAX_IMAGE_SIZE: usize = 8192;
+
 /// LayerNorm epsilon of the flax model (`nn.LayerNorm` default).
 pub const FLAX_LN_EPS: f64 = 1e-6;
 
@@ -55,6 +59,14 @@ impl<'a> Prepared<'a> {
                     why: format!(
                         "the position embedding is sincos2d, computed from the patch grid, and the file does not store the resolution: pass --image-size N, a multiple of the patch ({stride} px), e.g. {}",
                         stride.saturating_mul(14)
+                    ),
+                })
+            }
+            (Some(n), _, _) if n > MAX_IMAGE_SIZE => {
+                return Err(Error::BadOption {
+                    option: "--image-size",
+                    why: format!(
+                        "{n} px is over the limit of {MAX_IMAGE_SIZE} px (the position table grows with its square)"
                     ),
                 })
             }
