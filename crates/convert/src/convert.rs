@@ -20,13 +20,12 @@ use vitconv_tensors::{output_format, ColumnBands, DType, Format, TensorFile, Ten
 
 use crate::arch::Arch;
 use crate::error::{Error, Result};
+use crate::kernel::{self, encode_append, transpose_encode_bytes};
 use crate::layout;
 use crate::layout::hf;
 use crate::model::{Param, Stacked};
 use crate::options::{Options, OutDType};
-use crate::plan::{
-    encode_append, transpose_encode_bytes, Fetch, OutTensor, OutputKind, Plan, Recipe,
-};
+use crate::plan::{Fetch, OutTensor, OutputKind, Plan, Recipe};
 
 impl Fetch for TensorFile {
     fn fetch(&self, param: &Param) -> Result<Vec<f32>> {
@@ -62,42 +61,16 @@ fn bands<'f>(file: &'f TensorFile, param: &Param, rows: usize) -> Result<ColumnB
     }
 }
 
-/// Appends little-endian float bytes, decoded, to `out`.
+/// Appends little-endian float bytes, decoded, to `out`, or refuses a type that is not a float.
 fn decode_append(name: &str, dtype: DType, bytes: &[u8], out: &mut Vec<f32>) -> Result<()> {
-    match dtype {
-        DType::F32 => out.extend(
-            bytes
-                .chunks_exact(4)
-                .filter_map(|c| c.try_into().ok())
-                .map(f32::from_le_bytes),
-        ),
-        DType::BF16 => out.extend(
-            bytes
-                .chunks_exact(2)
-                .filter_map(|c| c.try_into().ok())
-                .map(|b| half::bf16::from_le_bytes(b).to_f32()),
-        ),
-        DType::F16 => out.extend(
-            bytes
-                .chunks_exact(2)
-                .filter_map(|c| c.try_into().ok())
-                .map(|b| half::f16::from_le_bytes(b).to_f32()),
-        ),
-        // f64 weights are rare; narrowing them to f32 is what every target stores anyway.
-        DType::F64 => out.extend(
-            bytes
-                .chunks_exact(8)
-                .filter_map(|c| c.try_into().ok())
-                .map(|b| f64::from_le_bytes(b) as f32),
-        ),
-        other => {
-            return Err(Error::NotFloat {
-                name: name.to_string(),
-                dtype: other.to_string(),
-            })
-        }
+    if kernel::decode_append(dtype, bytes, out) {
+        Ok(())
+    } else {
+        Err(Error::NotFloat {
+            name: name.to_string(),
+            dtype: dtype.to_string(),
+        })
     }
-    Ok(())
 }
 
 /// A checked conversion, ready to write.
