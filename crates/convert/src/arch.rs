@@ -1,5 +1,11 @@
 //! The architecture of a Vision Transformer as read off its tensor shapes: sizes, pooling, head, hybrid stem.
 
+#![deny(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
 use serde::Serialize;
 
 /// How the encoder output becomes one vector per image.
@@ -44,7 +50,7 @@ impl ResNet {
     pub fn out_channels(&self) -> usize {
         match self.stages.len() {
             0 => self.width,
-            n => 4 * self.stage_width(n - 1),
+            n => self.stage_width(n.saturating_sub(1)).saturating_mul(4),
         }
     }
 
@@ -58,7 +64,8 @@ impl ResNet {
         if self.stages.is_empty() {
             "R".to_string()
         } else {
-            format!("R{}", 3 * self.stages.iter().sum::<usize>() + 2)
+            let units = self.stages.iter().fold(0usize, |a, &u| a.saturating_add(u));
+            format!("R{}", units.saturating_mul(3).saturating_add(2))
         }
     }
 }
@@ -205,7 +212,7 @@ impl Arch {
                 "no stages (root only)".to_string()
             } else {
                 let widths: Vec<String> = (0..r.stages.len())
-                    .map(|s| (4 * r.stage_width(s)).to_string())
+                    .map(|s| r.stage_width(s).saturating_mul(4).to_string())
                     .collect();
                 format!(
                     "stages {:?} bottleneck units, output widths {}",
@@ -278,6 +285,12 @@ impl Arch {
 }
 
 #[cfg(test)]
+// Tests index fixtures they built themselves and unwrap what must be there: a panic is a failed test.
+#[allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 mod tests {
     use super::*;
 

@@ -4,6 +4,12 @@
 //! [`read`] checks the file completely (every tensor accounted for, every shape agreeing with the others) and
 //! describes it as a [`Model`]; the key names below are known to this module alone.
 
+#![deny(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
 use vitconv_tensors::TensorInfo;
 
 use super::keys::{dims, Keys};
@@ -287,7 +293,7 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
     let prefix_rows = usize::from(classifier == Classifier::Token);
     let cells = rows.saturating_sub(prefix_rows);
     let side = cells.isqrt();
-    if one != 1 || pe_d != hidden || side == 0 || side * side != cells {
+    if one != 1 || pe_d != hidden || side == 0 || side.checked_mul(side) != Some(cells) {
         return Err(Error::Shape {
             name: pe,
             expected: format!(
@@ -433,8 +439,8 @@ fn tower(keys: &Keys<'_>, n: &JaxNames, arch: Arch) -> Result<Tower> {
                 norm(n.unit_gn(s, u, g, "scale"), n.unit_gn(s, u, g, "bias"))
             };
             let mut stages = Vec::with_capacity(r.stages.len());
-            for (s, &units) in r.stages.iter().enumerate() {
-                let s = s + 1;
+            // Stages are numbered from 1 in the source's names.
+            for (s, &units) in (1usize..).zip(&r.stages) {
                 let mut us = Vec::with_capacity(units);
                 for u in 1..=units {
                     let proj = if u == 1 {
@@ -518,9 +524,10 @@ fn detect_resnet(keys: &mut Keys<'_>, names: &JaxNames, embed_in: usize) -> Resu
         if units == 0 {
             break;
         }
+        let shift = u32::try_from(s.saturating_sub(1)).unwrap_or(u32::MAX);
         let f = width
-            .checked_shl(u32::try_from(s - 1).unwrap_or(u32::MAX))
-            .filter(|f| f >> (s - 1) == width);
+            .checked_shl(shift)
+            .filter(|f| f.checked_shr(shift) == Some(width));
         let f = f.ok_or(Error::Overflow {
             name: names.unit_conv(s, 1, "conv1"),
             what: "stage width",
@@ -581,6 +588,12 @@ fn detect_resnet(keys: &mut Keys<'_>, names: &JaxNames, embed_in: usize) -> Resu
 }
 
 #[cfg(test)]
+// Tests index fixtures they built themselves and unwrap what must be there: a panic is a failed test.
+#[allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 pub(crate) mod tests {
     use std::path::PathBuf;
 
