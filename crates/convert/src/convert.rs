@@ -87,7 +87,17 @@ pub struct Conversion {
 
 /// Detects the source and builds the plan for `opts`, refusing anything the layout cannot hold.
 pub fn prepare(file: &TensorFile, opts: &Options) -> Result<Conversion> {
-    let model = crate::sources::read(file.tensors())?;
+    let model = crate::sources::read(file.tensors()).map_err(|e| match e {
+        // A file of no source family may be one already converted: say which layout it is in.
+        Error::NotASource {
+            tensors,
+            layout: None,
+        } => Error::NotASource {
+            tensors,
+            layout: layout::recognise(file.tensors()).map(|r| r.family),
+        },
+        e => e,
+    })?;
     let source_name = file
         .path()
         .file_name()
@@ -141,12 +151,8 @@ pub fn write(
             let format = match output_format(output) {
                 Some(f @ (Format::Pt | Format::Safetensors)) => f,
                 _ => {
-                    return Err(Error::BadOption {
-                        option: "OUTPUT",
-                        why: format!(
-                            "{}: the format follows the extension: .pt, .pth, .bin or .safetensors (a directory only for --layout hf)",
-                            output.display()
-                        ),
+                    return Err(Error::OutputExtension {
+                        path: output.to_path_buf(),
                     })
                 }
             };
@@ -166,9 +172,8 @@ pub fn write(
         }
         OutputKind::HfDirectory => {
             if output.is_file() || output_format(output).is_some() {
-                return Err(Error::BadOption {
-                    option: "OUTPUT",
-                    why: format!("{}: --layout hf writes a directory (config.json, model.safetensors, preprocessor_config.json); name one without a weights extension", output.display()),
+                return Err(Error::HfOutputNotDirectory {
+                    path: output.to_path_buf(),
                 });
             }
             let existed = output.exists();
@@ -176,6 +181,7 @@ pub fn write(
                 let nonempty = std::fs::read_dir(output)
                     .map_err(|e| Error::Io {
                         path: output.to_path_buf(),
+                        op: "cannot read the directory",
                         source: e,
                     })?
                     .next()
@@ -190,6 +196,7 @@ pub fn write(
             // temporary files inside them.
             let dirs = vitconv_tensors::create_dirs_registered(output).map_err(|e| Error::Io {
                 path: output.to_path_buf(),
+                op: "cannot create the directory",
                 source: e,
             })?;
             let sides = plan
@@ -791,6 +798,7 @@ fn stage_atomic(path: &Path, contents: &[u8]) -> Result<Staged> {
         .unwrap_or(Path::new("."));
     let io = |e| Error::Io {
         path: path.to_path_buf(),
+        op: "cannot write a temporary file beside it",
         source: e,
     };
     let (mut tmp, pending) =
@@ -817,6 +825,7 @@ impl Staged {
         })
         .map_err(|e| Error::Io {
             path: path.clone(),
+            op: "cannot rename the temporary file into place",
             source: e.error,
         })?;
         Ok(())

@@ -349,9 +349,10 @@ mod tests {
         struct None_;
         impl Fetch for None_ {
             fn fetch(&self, param: &Param) -> Result<Vec<f32>> {
-                Err(Error::BadOption {
-                    option: "test",
-                    why: param.describe(),
+                Err(Error::MissingTensor {
+                    recognised: "test map".to_string(),
+                    tensor: param.describe(),
+                    role: None,
                 })
             }
         }

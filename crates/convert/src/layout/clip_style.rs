@@ -226,10 +226,7 @@ pub fn resolve_proj(prep: &mut Prepared<'_>) -> Result<ProjChoice> {
         ProjChoice::None
     });
     match choice {
-        ProjChoice::Head if !has_head => Err(Error::BadOption {
-            option: "--proj head",
-            why: "there is no head to put in proj (the source has none or --drop-head was given)".to_string(),
-        }),
+        ProjChoice::Head if !has_head => Err(Error::ProjWithoutHead),
         ProjChoice::Head if a.representation.is_some() => Err(prep.refuse(
             format!("pre_logits (dense {} -> {} + tanh) before the head", a.hidden, a.representation.unwrap_or(0)),
             "proj is one matrix with no bias or tanh; pass --drop-head (or --proj none) for the pooled features",

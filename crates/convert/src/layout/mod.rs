@@ -49,23 +49,10 @@ impl<'a> Prepared<'a> {
         let stride = arch.stride();
         let (grid, image_size) = match (opts.image_size, arch.grid, arch.image_size()) {
             (None, Some(grid), Some(px)) => (grid, px),
-            (None, _, _) => {
-                return Err(Error::BadOption {
-                    option: "--image-size",
-                    why: format!(
-                        "the position embedding is sincos2d, computed from the patch grid, and the file does not store the resolution: pass --image-size N, a multiple of the patch ({stride} px), e.g. {}",
-                        stride.saturating_mul(14)
-                    ),
-                })
-            }
+            (None, _, _) => return Err(Error::ImageSizeRequired { stride }),
             (Some(n), _, _) => {
                 if n == 0 || stride == 0 || n % stride != 0 {
-                    return Err(Error::BadOption {
-                        option: "--image-size",
-                        why: format!(
-                            "{n} px is not a positive multiple of the model's stride {stride} px"
-                        ),
-                    });
+                    return Err(Error::ImageSizeNotMultiple { size: n, stride });
                 }
                 ((n / stride, n / stride), n)
             }
@@ -93,13 +80,7 @@ impl<'a> Prepared<'a> {
             (HeadChoice::NumClasses(0) | HeadChoice::Drop, _) => false,
             (HeadChoice::NumClasses(n), Some(c)) if n == c => true,
             (HeadChoice::NumClasses(n), c) => {
-                return Err(Error::BadOption {
-                    option: "--num-classes",
-                    why: format!(
-                        "the source has {}; a {n}-class head would be untrained: use --drop-head and attach your own",
-                        c.map_or("no head".to_string(), |c| format!("a {c}-class head"))
-                    ),
-                })
+                return Err(Error::NumClassesMismatch { asked: n, found: c })
             }
         };
         if let (false, Some(head)) = (keep_head, &tower.head) {
@@ -143,12 +124,8 @@ impl<'a> Prepared<'a> {
     /// structural refusals, so a source the layout cannot hold at all is told that first.
     pub fn check_input_norm(&self) -> Result<()> {
         if self.norm != InputNorm::Unit && self.arch().resnet.is_some() {
-            return Err(Error::BadOption {
-                option: "--input-norm",
-                why: format!(
-                    "{} cannot be folded into a hybrid: the ResNet root is a weight-standardised convolution, which undoes any per-channel scaling; use --input-norm unit",
-                    self.norm.as_str()
-                ),
+            return Err(Error::InputNormHybrid {
+                norm: self.norm.as_str(),
             });
         }
         Ok(())
@@ -570,9 +547,8 @@ pub fn plan(model: &Model, opts: &Options, fetch: &dyn Fetch, source_name: &str)
     let def = LAYOUTS
         .iter()
         .find(|d| d.layout == opts.layout)
-        .ok_or(Error::BadOption {
-            option: "--layout",
-            why: format!("{} has no module", opts.layout.as_str()),
+        .ok_or(Error::NoLayoutModule {
+            layout: opts.layout.as_str(),
         })?;
     (def.plan)(prep, fetch, source_name)
 }
@@ -838,9 +814,10 @@ mod tests {
             self.0
                 .get(&param.tensor)
                 .cloned()
-                .ok_or_else(|| Error::BadOption {
-                    option: "test",
-                    why: param.describe(),
+                .ok_or_else(|| Error::MissingTensor {
+                    recognised: "test map".to_string(),
+                    tensor: param.describe(),
+                    role: None,
                 })
         }
     }

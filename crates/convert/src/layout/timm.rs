@@ -514,9 +514,10 @@ mod tests {
     struct NoValues;
     impl Fetch for NoValues {
         fn fetch(&self, param: &Param) -> Result<Vec<f32>> {
-            Err(Error::BadOption {
-                option: "test",
-                why: format!("{} has no values", param.describe()),
+            Err(Error::MissingTensor {
+                recognised: "test map".to_string(),
+                tensor: param.describe(),
+                role: None,
             })
         }
     }

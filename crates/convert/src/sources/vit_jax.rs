@@ -151,10 +151,9 @@ pub fn claims(tensors: &[TensorInfo]) -> bool {
 pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
     let mut keys = Keys::new(tensors, "vit_jax checkpoint");
     let Some(prefix) = root(tensors) else {
-        return Err(Error::Unrecognised {
-            recognised: format!("{} tensors", tensors.len()),
-            missing: "no embedding/kernel (looked under no prefix and under opt/target/)"
-                .to_string(),
+        return Err(Error::NoRoot {
+            tensors: tensors.len(),
+            looked_for: "embedding/kernel (looked under no prefix and under opt/target/)",
         });
     };
     if let Some(t) = tensors.iter().find(|t| !t.dtype.is_float()) {
@@ -180,11 +179,9 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
         "HWIO patch kernel",
     )?;
     if ph != pw || ph == 0 || hidden == 0 {
-        return Err(Error::Shape {
+        return Err(Error::NonSquarePatch {
             name: ek,
-            expected: "[p, p, in, hidden] with a square, non-empty patch".to_string(),
             found: vec![ph, pw, in_chans, hidden],
-            why: "vitconv converts square patches".to_string(),
         });
     }
     keys.need_shape(&names.embed_bias(), &[hidden], "patch embedding bias")?;
@@ -196,12 +193,9 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
         .take_while(|i| keys.has(&names.block_norm(*i, BlockNorm::Attention, "scale")))
         .count();
     if depth == 0 {
-        return Err(Error::Inconsistent {
+        return Err(Error::NoBlocks {
             recognised: keys.recognised.clone(),
-            problem: format!(
-                "no encoder blocks ({} is missing)",
-                names.block_norm(0, BlockNorm::Attention, "scale")
-            ),
+            looked_for: vec![names.block_norm(0, BlockNorm::Attention, "scale")],
         });
     }
     let linen = JaxNames {
@@ -221,11 +215,10 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
         "query kernel",
     )?;
     if heads.checked_mul(head_dim) != Some(hidden) {
-        return Err(Error::Shape {
+        return Err(Error::HeadsMismatch {
             name: qk,
-            expected: format!("[{hidden}, heads, head_dim] with heads x head_dim = {hidden}"),
+            hidden,
             found: vec![hidden, heads, head_dim],
-            why: "the attention must cover the hidden width".to_string(),
         });
     }
     let d0 = names.mlp(0, 0, "kernel");
@@ -294,21 +287,12 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
     let cells = rows.saturating_sub(prefix_rows);
     let side = cells.isqrt();
     if one != 1 || pe_d != hidden || side == 0 || side.checked_mul(side) != Some(cells) {
-        return Err(Error::Shape {
+        return Err(Error::PosEmbNotSquare {
             name: pe,
-            expected: format!(
-                "[1, {}s^2, {hidden}] for a square s x s grid",
-                if prefix_rows == 1 { "1 + " } else { "" }
-            ),
+            hidden,
             found: vec![one, rows, pe_d],
-            why: format!(
-                "{} so the grid is {cells} cells, which is not a square",
-                if prefix_rows == 1 {
-                    "the file has a class token"
-                } else {
-                    "the file has no class token (gap)"
-                }
-            ),
+            class_row: prefix_rows == 1,
+            cells,
         });
     }
 
@@ -505,11 +489,9 @@ fn detect_resnet(keys: &mut Keys<'_>, names: &JaxNames, embed_in: usize) -> Resu
         "HWIO root kernel",
     )?;
     if kh != 7 || kw != 7 || width == 0 {
-        return Err(Error::Shape {
+        return Err(Error::BitRoot {
             name: root,
-            expected: "[7, 7, in, width]".to_string(),
             found: vec![kh, kw, cin, width],
-            why: "the BiT root is a 7x7 convolution".to_string(),
         });
     }
     for p in ["scale", "bias"] {
@@ -574,14 +556,13 @@ fn detect_resnet(keys: &mut Keys<'_>, names: &JaxNames, embed_in: usize) -> Resu
     }
     let resnet = ResNet { stages, width };
     if resnet.out_channels() != embed_in {
-        return Err(Error::Inconsistent {
+        return Err(Error::StemMismatch {
             recognised: keys.recognised.clone(),
-            problem: format!(
-                "the stem ends with {} channels (stages {:?}, width {width}) but {} reads {embed_in}",
-                resnet.out_channels(),
-                resnet.stages,
-                names.embed_kernel()
-            ),
+            stem_out: resnet.out_channels(),
+            stages: resnet.stages.clone(),
+            width,
+            embed: names.embed_kernel(),
+            embed_in,
         });
     }
     Ok(Some(resnet))
