@@ -22,7 +22,7 @@ use crate::arch::Arch;
 use crate::error::{Error, Result};
 use crate::kernel::{self, encode_append, transpose_encode_bytes};
 use crate::layout;
-use crate::layout::hf;
+use crate::layout::hf_files;
 use crate::model::{Param, Stacked};
 use crate::options::{Options, OutDType};
 use crate::plan::{Fetch, OutTensor, OutputKind, Plan, Recipe};
@@ -205,7 +205,7 @@ pub fn write(
                 .map(|s| (output.join(&s.name), s.contents.as_str()))
                 .collect();
             (
-                output.join(hf::WEIGHTS_FILE),
+                output.join(hf_files::WEIGHTS_FILE),
                 Format::Safetensors,
                 sides,
                 Some(dirs),

@@ -8,13 +8,12 @@
 use serde_json::json;
 
 use crate::error::Result;
-use crate::layout::clip_style::{self, names, tensor as t};
+use crate::layout::clip_style::{self, names, names::LN_PRE_W, tensor as t};
 use crate::layout::Prepared;
 use crate::options::ProjChoice;
 use crate::plan::{Fetch, OutputKind, Plan, Recipe};
 
 /// OpenAI CLIP's own state-dict names; the rest are shared in [`clip_style::names`].
-pub(crate) const LN_PRE_W: &str = "ln_pre.weight";
 const LN_PRE_B: &str = "ln_pre.bias";
 
 /// OpenAI CLIP's `LayerNorm` is `nn.LayerNorm` with its default eps.

@@ -16,6 +16,8 @@ use crate::plan::{Fetch, OutTensor, Recipe};
 /// CLIP-style state-dict names shared by both layouts (`{i}` = block index).
 pub mod names {
     pub const PREFIX: &str = "visual.";
+    /// OpenAI CLIP's `ln_pre` weight, which open_clip's names lack: it tells the two apart.
+    pub const LN_PRE_W: &str = "ln_pre.weight";
     pub const CONV1: &str = "conv1.weight";
     pub const CLASS: &str = "class_embedding";
     pub const POS: &str = "positional_embedding";
@@ -78,7 +80,7 @@ fn recognise_under(s: &Shapes<'_>, p: &str) -> Option<Recognised> {
     let &[mlp, _] = get(s, &format!("{p}{}", name(names::FC_W, 0)))? else {
         return None;
     };
-    let openai = s.contains_key(format!("{p}{}", super::clip::LN_PRE_W).as_str());
+    let openai = s.contains_key(format!("{p}{}", names::LN_PRE_W).as_str());
     let mut notes = vec![];
     if let Some(&[_, out]) = get(s, &format!("{p}{}", names::PROJ)) {
         notes.push(format!("projection: {hidden} -> {out} (proj, no bias)"));

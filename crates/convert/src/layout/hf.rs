@@ -9,6 +9,7 @@ use serde_json::{json, Map, Value};
 
 use crate::arch::{Arch, Classifier, PosEmbKind};
 use crate::error::Result;
+use crate::layout::hf_files::{dtype_name, pretty, CONFIG_FILE, PREPROCESSOR_FILE};
 use crate::layout::recognise::{count_blocks, get, grid_side, Recognised, Shapes};
 use crate::layout::{name, BlockRole, BlockTable, Prepared, FLAX_LN_EPS};
 use crate::model::Proj;
@@ -129,11 +130,6 @@ pub fn recognise(s: &Shapes<'_>) -> Option<Recognised> {
         notes,
     })
 }
-
-/// Files inside the output directory.
-pub const WEIGHTS_FILE: &str = "model.safetensors";
-pub const CONFIG_FILE: &str = "config.json";
-pub const PREPROCESSOR_FILE: &str = "preprocessor_config.json";
 
 pub fn plan(mut prep: Prepared<'_>, _fetch: &dyn Fetch, source_name: &str) -> Result<Plan> {
     let a = prep.arch().clone();
@@ -317,18 +313,4 @@ pub fn plan(mut prep: Prepared<'_>, _fetch: &dyn Fetch, source_name: &str) -> Re
         },
     ];
     Ok(prep.finish(OutputKind::HfDirectory, out, meta, python, side))
-}
-
-pub(crate) fn dtype_name(d: crate::options::OutDType) -> &'static str {
-    match d {
-        crate::options::OutDType::F32 => "float32",
-        crate::options::OutDType::F16 => "float16",
-        crate::options::OutDType::BF16 => "bfloat16",
-    }
-}
-
-pub(crate) fn pretty(v: &Value) -> String {
-    let mut s = serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string());
-    s.push('\n');
-    s
 }

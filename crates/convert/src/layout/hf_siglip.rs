@@ -14,7 +14,7 @@ use serde_json::{json, Map, Value};
 
 use crate::arch::{Arch, Classifier, PosEmbKind};
 use crate::error::Result;
-use crate::layout::hf::{dtype_name, pretty, CONFIG_FILE, PREPROCESSOR_FILE};
+use crate::layout::hf_files::{dtype_name, pretty, CONFIG_FILE, PREPROCESSOR_FILE};
 use crate::layout::recognise::{count_blocks, get, grid_side, Recognised, Shapes};
 use crate::layout::{BlockRole, BlockTable, MapRole, MapTable, Prepared, FLAX_LN_EPS};
 use crate::model::Proj;

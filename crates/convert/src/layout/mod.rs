@@ -7,6 +7,7 @@
 pub mod clip;
 mod clip_style;
 pub mod hf;
+pub mod hf_files;
 pub mod hf_siglip;
 pub mod open_clip;
 pub mod recognise;
