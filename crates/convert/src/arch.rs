@@ -22,6 +22,7 @@ pub enum Classifier {
 }
 
 impl Classifier {
+    /// The name used in reports and metadata.
     pub fn as_str(self) -> &'static str {
         match self {
             Classifier::Token => "token",
@@ -87,29 +88,36 @@ pub struct Arch {
     pub patch: usize,
     /// Channels the patch embedding reads: 3 for plain ViTs, the stem's output for hybrids.
     pub in_chans: usize,
+    /// Width of the token embeddings.
     pub hidden: usize,
     /// `None` where the weights do not say (fused q/k/v layouts).
     pub heads: Option<usize>,
+    /// Width of each block's MLP interior.
     pub mlp: usize,
+    /// Number of encoder blocks.
     pub depth: usize,
     /// Patch grid (rows, columns); `None` where the file does not store it (a computed sincos2d position
     /// embedding), so that the resolution must come from the user.
     pub grid: Option<(usize, usize)>,
     /// How the position embedding is made.
     pub posemb: PosEmbKind,
+    /// How the encoder's tokens are pooled for the head.
     pub classifier: Classifier,
     /// Whether the class token is given a position embedding (vit_jax: prepended first; big_vision `tok`:
     /// concatenated after the position embedding is added, so it has none).
     pub class_pos: bool,
+    /// Classes of the head, where the source has one.
     pub num_classes: Option<usize>,
     /// Width of the `pre_logits` dense + tanh layer, where there is one.
     pub representation: Option<usize>,
+    /// The ResNet stem of a hybrid, where there is one.
     pub resnet: Option<ResNet>,
     /// Whether the blocks are stored stacked along a leading depth axis (big_vision's scan format).
     pub stacked: bool,
 }
 
 impl Arch {
+    /// Width of one attention head, where the number of heads is known and divides the hidden width.
     pub fn head_dim(&self) -> Option<usize> {
         self.heads.and_then(|h| self.hidden.checked_div(h))
     }
@@ -126,6 +134,7 @@ impl Arch {
         self.grid.map(|g| g.0.saturating_mul(self.stride()))
     }
 
+    /// Whether the model has a class token (token pooling).
     pub fn class_token(&self) -> bool {
         self.classifier == Classifier::Token
     }

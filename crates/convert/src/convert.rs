@@ -82,6 +82,7 @@ pub struct Conversion {
     pub arch: Arch,
     /// Notes about the source itself (prefix, block naming).
     pub source_notes: Vec<String>,
+    /// The layout's plan: output tensors, metadata, notes and side files.
     pub plan: Plan,
 }
 
@@ -124,7 +125,9 @@ pub struct Written {
     pub weights: PathBuf,
     /// Side files (configs), in the order written.
     pub side_files: Vec<PathBuf>,
+    /// How many tensors the weights file holds.
     pub tensors: usize,
+    /// How many bytes of tensor data were written.
     pub bytes: u64,
 }
 

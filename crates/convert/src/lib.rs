@@ -17,6 +17,9 @@
 //! target layout is a new module under [`layout`] plus one line in [`layout::LAYOUTS`] (and its name in
 //! [`Layout`]); neither edits another family or layout.
 
+// Every public item says what it is; the parsing and sizing modules deny their own clippy lints.
+#![deny(missing_docs)]
+
 pub mod arch;
 pub mod convert;
 pub mod error;

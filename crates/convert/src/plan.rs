@@ -25,45 +25,70 @@ pub enum Recipe {
     Copy(Param),
     /// A source matrix `[rows, cols]` written as `[cols, rows]` (Dense kernels; q/k/v kernels seen as `[D, H*Dh]`).
     Transpose {
+        /// The source matrix.
         src: Param,
+        /// Rows of the source matrix.
         rows: usize,
+        /// Columns of the source matrix.
         cols: usize,
     },
     /// Several recipes written one after the other along the first axis (fused q, k, v).
     Concat(Vec<Recipe>),
     /// An HWIO convolution kernel written OIHW, each input channel multiplied by `in_scale[c]` when given.
     ConvKernel {
+        /// The source kernel.
         src: Param,
+        /// Its height, width, input and output channels.
         hwio: [usize; 4],
+        /// Per-input-channel factors (a folded normalisation's 1/std).
         in_scale: Option<Vec<f32>>,
     },
     /// A patch bias plus the kernel applied to a constant per-channel input offset (the folded normalisation).
     PatchBias {
+        /// The source bias.
         bias: Param,
+        /// The source kernel.
         kernel: Param,
+        /// The kernel's height, width, input and output channels.
         hwio: [usize; 4],
+        /// The constant per-channel input offset (a folded normalisation's -mean/std).
         in_offset: Vec<f32>,
     },
     /// A position embedding `[.., prefix + grid, dim]`: prefix rows copied, grid resampled, `add_to_grid`
     /// (a `[dim]` vector, e.g. a folded patch bias) added to every grid row.
     PosEmbed {
+        /// The source table.
         src: Param,
+        /// Rows before the grid (1 for a class-token row).
         prefix_rows: usize,
+        /// The source grid (rows, columns).
         from: (usize, usize),
+        /// The output grid (rows, columns).
         to: (usize, usize),
+        /// Width of each row.
         dim: usize,
+        /// How the grid is resampled.
         method: ResizeMethod,
+        /// A `[dim]` vector added to every grid row.
         add_to_grid: Option<Box<Recipe>>,
     },
     /// big_vision's `posemb_sincos_2d` for a `grid` of rows x columns and width `dim`, computed in f64 and
     /// rounded once to the output type; `add_to_grid` as for [`Recipe::PosEmbed`].
     Sincos2d {
+        /// The grid (rows, columns).
         grid: (usize, usize),
+        /// Width of each row.
         dim: usize,
+        /// A `[dim]` vector added to every row.
         add_to_grid: Option<Box<Recipe>>,
     },
     /// `len` copies of one value (OpenAI CLIP's `ln_pre`, which the source does not have: weight 1, bias 0).
-    Fill { value: f32, len: usize },
+    Fill {
+        /// The value.
+        value: f32,
+        /// How many copies.
+        len: usize,
+    },
     /// An `n x n` identity (CLIP-style `proj` with `--proj none`).
     Identity(usize),
 }
@@ -280,8 +305,11 @@ fn check_len(name: &str, shape: &[usize], found: usize) -> Result<()> {
 /// One tensor of the output.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutTensor {
+    /// The output tensor's name.
     pub name: String,
+    /// Its shape.
     pub shape: Vec<usize>,
+    /// How it is computed.
     pub recipe: Recipe,
 }
 
@@ -299,21 +327,26 @@ pub enum OutputKind {
 pub struct SideFile {
     /// For `File` outputs: the suffix replacing OUTPUT's extension (`.open_clip.json`); for hf: the file name.
     pub name: String,
+    /// The file's contents.
     pub contents: String,
 }
 
 /// Everything a layout decided: tensors, metadata, messages, side files.
 #[derive(Debug, Clone)]
 pub struct Plan {
+    /// Whether the output is one file or an hf directory.
     pub kind: OutputKind,
+    /// The output tensors in write order.
     pub tensors: Vec<OutTensor>,
     /// Source tensors deliberately left out, each with the option that asked for it (also in the notes).
     pub dropped: Vec<String>,
+    /// Metadata stored in the weights file (`vitconv.*`).
     pub metadata: BTreeMap<String, String>,
     /// What was mapped, folded or dropped, one sentence each (also in `vitconv.notes`).
     pub notes: Vec<String>,
     /// Python that builds the matching model and loads the output.
     pub python: String,
+    /// Files written beside (or, for hf, inside) the output.
     pub side_files: Vec<SideFile>,
 }
 

@@ -22,6 +22,7 @@ const CLIP_LN_EPS: f64 = 1e-5;
 /// What the output cannot reproduce, stated in the output and the metadata.
 pub const NOT_EXACT: &str = "NOT EXACT: OpenAI CLIP's VisionTransformer always applies ln_pre (written as weight 1, bias 0, which still normalises), uses QuickGELU instead of the tanh GELU and LayerNorm eps 1e-5 instead of 1e-6; the outputs drift from the source (measure it with vitconv verify)";
 
+/// The OpenAI CLIP visual tower (`clip.model.VisionTransformer`) plan for a prepared source.
 pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Result<Plan> {
     let a = prep.arch().clone();
     clip_style::check_tower(&prep)?;

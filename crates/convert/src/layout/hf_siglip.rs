@@ -23,28 +23,51 @@ use crate::plan::{OutTensor, OutputKind, Plan, Recipe, SideFile};
 
 /// transformers state-dict names of `SiglipVisionModel` (`{i}` = layer index).
 pub mod names {
+    /// The weight of the patch embedding's convolution.
     pub const PATCH_W: &str = "embeddings.patch_embedding.weight";
+    /// The bias of the patch embedding's convolution.
     pub const PATCH_B: &str = "embeddings.patch_embedding.bias";
+    /// The position embedding.
     pub const POS: &str = "embeddings.position_embedding.weight";
+    /// The weight of each layer's LayerNorm before attention.
     pub const LN1_W: &str = "encoder.layers.{i}.layer_norm1.weight";
+    /// The bias of each layer's LayerNorm before attention.
     pub const LN1_B: &str = "encoder.layers.{i}.layer_norm1.bias";
+    /// The weight of each layer's query projection.
     pub const Q_W: &str = "encoder.layers.{i}.self_attn.q_proj.weight";
+    /// The bias of each layer's query projection.
     pub const Q_B: &str = "encoder.layers.{i}.self_attn.q_proj.bias";
+    /// The weight of each layer's key projection.
     pub const K_W: &str = "encoder.layers.{i}.self_attn.k_proj.weight";
+    /// The bias of each layer's key projection.
     pub const K_B: &str = "encoder.layers.{i}.self_attn.k_proj.bias";
+    /// The weight of each layer's value projection.
     pub const V_W: &str = "encoder.layers.{i}.self_attn.v_proj.weight";
+    /// The bias of each layer's value projection.
     pub const V_B: &str = "encoder.layers.{i}.self_attn.v_proj.bias";
+    /// The weight of each layer's attention output projection.
     pub const O_W: &str = "encoder.layers.{i}.self_attn.out_proj.weight";
+    /// The bias of each layer's attention output projection.
     pub const O_B: &str = "encoder.layers.{i}.self_attn.out_proj.bias";
+    /// The weight of each layer's LayerNorm before the MLP.
     pub const LN2_W: &str = "encoder.layers.{i}.layer_norm2.weight";
+    /// The bias of each layer's LayerNorm before the MLP.
     pub const LN2_B: &str = "encoder.layers.{i}.layer_norm2.bias";
+    /// The weight of the first MLP layer of each block.
     pub const FC1_W: &str = "encoder.layers.{i}.mlp.fc1.weight";
+    /// The bias of the first MLP layer of each block.
     pub const FC1_B: &str = "encoder.layers.{i}.mlp.fc1.bias";
+    /// The weight of the second MLP layer of each block.
     pub const FC2_W: &str = "encoder.layers.{i}.mlp.fc2.weight";
+    /// The bias of the second MLP layer of each block.
     pub const FC2_B: &str = "encoder.layers.{i}.mlp.fc2.bias";
+    /// The weight of the final LayerNorm.
     pub const NORM_W: &str = "post_layernorm.weight";
+    /// The bias of the final LayerNorm.
     pub const NORM_B: &str = "post_layernorm.bias";
+    /// The weight of the classification head.
     pub const CLASSIFIER_W: &str = "classifier.weight";
+    /// The bias of the classification head.
     pub const CLASSIFIER_B: &str = "classifier.bias";
     /// Prefix of the vision tower inside `SiglipForImageClassification` (and `SiglipModel`).
     pub const VISION_MODEL: &str = "vision_model.";

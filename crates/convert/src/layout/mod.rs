@@ -30,15 +30,21 @@ pub const FLAX_LN_EPS: f64 = 1e-6;
 
 /// The source with the layout-independent options resolved.
 pub struct Prepared<'a> {
+    /// The source model.
     pub model: &'a Model,
+    /// The options asked for.
     pub opts: &'a Options,
     /// Patch grid of the output (differs from the source's with `--image-size`).
     pub grid: (usize, usize),
+    /// Input resolution of the output, in pixels.
     pub image_size: usize,
     /// Whether `head` is written (false with `--drop-head`, `--num-classes 0`, or no head in the source).
     pub keep_head: bool,
+    /// The input normalisation the output expects (folded into the patch embedding where it differs from the source's).
     pub norm: InputNorm,
+    /// What was resolved so far, one sentence each (they join the plan's notes).
     pub notes: Vec<String>,
+    /// Source tensors left out so far (training state, a dropped head).
     pub dropped: Vec<String>,
 }
 
@@ -132,6 +138,7 @@ impl<'a> Prepared<'a> {
         Ok(())
     }
 
+    /// The architecture of the image tower.
     pub fn arch(&self) -> &Arch {
         &self.model.image.arch
     }
@@ -195,6 +202,7 @@ impl<'a> Prepared<'a> {
         }
     }
 
+    /// The bias of one attention projection, as a recipe.
     pub fn proj_bias(&self, attn: &Attention, p: Proj) -> Recipe {
         Recipe::Copy(attn.proj(p).bias.clone())
     }
@@ -214,6 +222,7 @@ impl<'a> Prepared<'a> {
         }
     }
 
+    /// The bias of MLP layer `layer` (0 or 1), as a recipe.
     pub fn mlp_bias(&self, mlp: &[Dense; 2], layer: usize) -> Recipe {
         let dense = if layer == 0 { &mlp[0] } else { &mlp[1] };
         Recipe::Copy(dense.bias.clone())
@@ -509,6 +518,7 @@ impl<'a> Prepared<'a> {
 
 /// One target layout: the module that plans its output and the one that recognises its files.
 pub struct LayoutDef {
+    /// The layout's name on the command line.
     pub layout: Layout,
     /// The output plan for a prepared source (`fetch` reads the few values a layout records, such as a
     /// head bias that has no tensor of its own).
@@ -565,21 +575,27 @@ pub fn recognise(tensors: &[TensorInfo]) -> Option<Recognised> {
 pub enum BlockRole {
     /// The LayerNorm before attention.
     Norm1Scale,
+    /// The bias of the LayerNorm before attention.
     Norm1Bias,
     /// q, k and v weights `[3D, D]`, fused in that order with heads contiguous.
     QkvWeight,
+    /// q, k and v biases `[3D]`, fused in that order.
     QkvBias,
     /// One projection's `[D, D]` weight (q, k, v or out).
     Weight(Proj),
+    /// One projection's `[D]` bias (q, k, v or out).
     Bias(Proj),
     /// The LayerNorm before the MLP.
     Norm2Scale,
+    /// The bias of the LayerNorm before the MLP.
     Norm2Bias,
     /// The MLP's first dense `[M, D]`.
     Fc1Weight,
+    /// The bias `[M]` of the MLP's first dense.
     Fc1Bias,
     /// The MLP's second dense `[D, M]`.
     Fc2Weight,
+    /// The bias `[D]` of the MLP's second dense.
     Fc2Bias,
 }
 
@@ -590,19 +606,27 @@ pub enum MapRole {
     Probe,
     /// One projection's `[D, D]` weight and bias.
     Weight(Proj),
+    /// One projection's `[D]` bias.
     Bias(Proj),
     /// k and v fused `[2D, D]` (timm's `kv`).
     KvWeight,
+    /// k and v biases fused `[2D]`.
     KvBias,
     /// q, k and v fused `[3D, D]` (`nn.MultiheadAttention`'s `in_proj`).
     QkvWeight,
+    /// q, k and v biases fused `[3D]`.
     QkvBias,
     /// The LayerNorm before the MLP.
     NormScale,
+    /// The bias of the LayerNorm before the MLP.
     NormBias,
+    /// The MLP's first dense `[M, D]`.
     Fc1Weight,
+    /// The bias `[M]` of the MLP's first dense.
     Fc1Bias,
+    /// The MLP's second dense `[D, M]`.
     Fc2Weight,
+    /// The bias `[D]` of the MLP's second dense.
     Fc2Bias,
 }
 

@@ -17,6 +17,7 @@ use crate::plan::{Fetch, OutputKind, Plan, Recipe, SideFile};
 /// Suffix replacing OUTPUT's extension for the open_clip config.
 pub const CONFIG_SUFFIX: &str = ".open_clip.json";
 
+/// The open_clip visual tower plan, with its model config, for a prepared source.
 pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Result<Plan> {
     let a = prep.arch().clone();
     clip_style::check_tower(&prep)?;

@@ -16,11 +16,13 @@ pub type Shapes<'a> = BTreeMap<&'a str, &'a [usize]>;
 pub struct Recognised {
     /// The family `inspect` names (`timm`, `transformers`, `open_clip`, `openai_clip`).
     pub family: &'static str,
+    /// The architecture read off the shapes.
     pub arch: Arch,
     /// The class token's shape as the layout stores it, when it is not `[1, 1, D]`.
     pub class_shape: Option<String>,
     /// Whether the patch convolution has a bias.
     pub patch_bias: bool,
+    /// What the parts are, one sentence each, beyond the architecture's own.
     pub notes: Vec<String>,
 }
 
@@ -32,6 +34,7 @@ pub fn shapes(tensors: &[TensorInfo]) -> Shapes<'_> {
         .collect()
 }
 
+/// The shape of tensor `k`, if the file has it.
 pub fn get<'a>(s: &Shapes<'a>, k: &str) -> Option<&'a [usize]> {
     s.get(k).copied()
 }

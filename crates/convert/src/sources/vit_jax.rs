@@ -53,6 +53,7 @@ fn proj_name(p: Proj) -> &'static str {
 pub struct JaxNames {
     /// `""` or `"opt/target/"`.
     pub prefix: String,
+    /// How the blocks' modules are named.
     pub style: BlockStyle,
 }
 
@@ -60,15 +61,19 @@ impl JaxNames {
     fn key(&self, rel: &str) -> String {
         format!("{}{rel}", self.prefix)
     }
+    /// The patch embedding kernel.
     pub fn embed_kernel(&self) -> String {
         self.key("embedding/kernel")
     }
+    /// The patch embedding bias.
     pub fn embed_bias(&self) -> String {
         self.key("embedding/bias")
     }
+    /// The class token.
     pub fn cls(&self) -> String {
         self.key("cls")
     }
+    /// The position embedding.
     pub fn pos_embed(&self) -> String {
         self.key("Transformer/posembed_input/pos_embedding")
     }
@@ -106,12 +111,15 @@ impl JaxNames {
             "Transformer/encoderblock_{i}/MlpBlock_{n}/Dense_{layer}/{p}"
         ))
     }
+    /// Parameter `p` of the pre_logits dense layer.
     pub fn pre_logits(&self, p: &str) -> String {
         self.key(&format!("pre_logits/{p}"))
     }
+    /// Parameter `p` of the head.
     pub fn head(&self, p: &str) -> String {
         self.key(&format!("head/{p}"))
     }
+    /// The hybrid's root convolution kernel.
     pub fn conv_root(&self) -> String {
         self.key("conv_root/kernel")
     }
