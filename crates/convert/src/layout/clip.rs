@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::error::Result;
 use crate::layout::clip_style::{self, names, names::LN_PRE_W, tensor as t};
-use crate::layout::Prepared;
+use crate::layout::prepared::Prepared;
 use crate::options::ProjChoice;
 use crate::plan::{Fetch, OutputKind, Plan, Recipe};
 

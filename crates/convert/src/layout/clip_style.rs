@@ -7,8 +7,8 @@
 
 use crate::arch::{Arch, Classifier, PosEmbKind};
 use crate::error::{Error, Result};
+use crate::layout::prepared::{name, BlockRole, BlockTable, Prepared};
 use crate::layout::recognise::{count_blocks, get, grid_side, Recognised, Shapes};
-use crate::layout::{name, BlockRole, BlockTable, Prepared};
 use crate::model::{Param, Proj};
 use crate::options::ProjChoice;
 use crate::plan::{Fetch, OutTensor, Recipe};

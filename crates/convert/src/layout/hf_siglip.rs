@@ -15,8 +15,8 @@ use serde_json::{json, Map, Value};
 use crate::arch::{Arch, Classifier, PosEmbKind};
 use crate::error::Result;
 use crate::layout::hf_files::{dtype_name, pretty, CONFIG_FILE, PREPROCESSOR_FILE};
+use crate::layout::prepared::{BlockRole, BlockTable, MapRole, MapTable, Prepared, FLAX_LN_EPS};
 use crate::layout::recognise::{count_blocks, get, grid_side, Recognised, Shapes};
-use crate::layout::{BlockRole, BlockTable, MapRole, MapTable, Prepared, FLAX_LN_EPS};
 use crate::model::Proj;
 use crate::options::Gelu;
 use crate::plan::{OutTensor, OutputKind, Plan, Recipe, SideFile};
@@ -127,7 +127,11 @@ pub fn recognise(s: &Shapes<'_>) -> Option<Recognised> {
     if depth == 0 {
         return None;
     }
-    let &[mlp, _] = get(s, &format!("{p}{}", crate::layout::name(names::FC1_W, 0)))? else {
+    let &[mlp, _] = get(
+        s,
+        &format!("{p}{}", crate::layout::prepared::name(names::FC1_W, 0)),
+    )?
+    else {
         return None;
     };
     let map = HEAD

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::error::Result;
 use crate::layout::clip_style::{self, names, tensor as t};
-use crate::layout::{mlp_ratio, Prepared, FLAX_LN_EPS};
+use crate::layout::prepared::{mlp_ratio, Prepared, FLAX_LN_EPS};
 use crate::options::{Gelu, ProjChoice};
 use crate::plan::{Fetch, OutputKind, Plan, Recipe, SideFile};
 

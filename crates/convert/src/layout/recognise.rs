@@ -42,7 +42,9 @@ pub fn get<'a>(s: &Shapes<'a>, k: &str) -> Option<&'a [usize]> {
 /// How many of `template` with `{i}` = 0, 1, ... exist after `prefix`.
 pub fn count_blocks(s: &Shapes<'_>, prefix: &str, template: &str) -> usize {
     (0..)
-        .take_while(|i| s.contains_key(format!("{prefix}{}", super::name(template, *i)).as_str()))
+        .take_while(|i| {
+            s.contains_key(format!("{prefix}{}", super::prepared::name(template, *i)).as_str())
+        })
         .count()
 }
 

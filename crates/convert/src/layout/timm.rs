@@ -10,10 +10,10 @@ use serde_json::{json, Map, Value};
 
 use crate::arch::{Arch, Classifier, PosEmbKind, ResNet};
 use crate::error::Result;
-use crate::layout::recognise::{count_blocks, get, grid_side, Recognised, Shapes};
-use crate::layout::{
+use crate::layout::prepared::{
     mlp_ratio, py_float, BlockRole, BlockTable, MapRole, MapTable, Prepared, FLAX_LN_EPS,
 };
+use crate::layout::recognise::{count_blocks, get, grid_side, Recognised, Shapes};
 use crate::model::{Norm, Param, Proj};
 use crate::options::Gelu;
 use crate::plan::{Fetch, OutTensor, OutputKind, Plan, Recipe};
@@ -367,7 +367,7 @@ pub fn recognise(s: &Shapes<'_>) -> Option<Recognised> {
     if depth == 0 {
         return None;
     }
-    let &[mlp, _] = get(s, &crate::layout::name(names::FC1_W, 0))? else {
+    let &[mlp, _] = get(s, &crate::layout::prepared::name(names::FC1_W, 0))? else {
         return None;
     };
     let cls = s.contains_key(names::CLS);
