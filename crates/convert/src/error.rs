@@ -222,10 +222,10 @@ pub enum Error {
     Refused {
         /// The layout asked for.
         layout: &'static str,
-        /// The part of the source it cannot hold.
+        /// The part of the source it cannot hold, with its sizes.
         what: String,
-        /// Why, and what to pass instead.
-        why: String,
+        /// Why, and what to pass instead: the layout's fixed sentence.
+        why: &'static str,
     },
 
     /// A sincos2d source (which stores no resolution) converted without `--image-size`.

@@ -141,12 +141,13 @@ impl<'a> Prepared<'a> {
         self.arch().representation.is_some() && self.keep_head
     }
 
-    /// A refusal for this layout.
-    pub fn refuse(&self, what: impl Into<String>, why: impl Into<String>) -> Error {
+    /// A refusal for this layout: `what` describes the part of the source with its sizes, `why` is the
+    /// layout's fixed reason and fix.
+    pub fn refuse(&self, what: impl Into<String>, why: &'static str) -> Error {
         Error::Refused {
             layout: self.opts.layout.as_str(),
             what: what.into(),
-            why: why.into(),
+            why,
         }
     }
 
