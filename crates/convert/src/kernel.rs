@@ -1,4 +1,5 @@
-//! The vectorised inner loops of a conversion: 4- and 2-byte transposes, and f32 to f16 narrowing.
+//! The numeric kernels of a conversion: vectorised 4- and 2-byte transposes, f32 to f16 narrowing, and the
+//! portable kernels around them (see the last paragraph).
 //!
 //! Nearly every byte of a ViT conversion goes through a transpose (Flax stores `Dense` kernels as
 //! `[in, out]`, PyTorch's `Linear` as `[out, in]`), almost always f32 to f32, so this one loop sets the
@@ -598,6 +599,7 @@ fn transpose_f32_narrow(
             values
                 .iter_mut()
                 .zip(row)
+                // f32 source bytes: the F32 row of `decode_with`, which is `from_le_bytes` itself.
                 .for_each(|(v, b)| *v = f32::from_le_bytes(*b));
             let d = (c0 + j) * dst_stride * es;
             if let Some(out) = dst.get_mut(d..d + rows * es) {
