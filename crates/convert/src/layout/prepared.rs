@@ -3,6 +3,12 @@
 //! MAP-head tensor, and small helpers for names and Python literals. Layout modules import this module, and
 //! the registry in `layout/mod.rs` imports them: this module imports no layout.
 
+#![deny(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
 use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
@@ -46,10 +52,12 @@ impl<'a> Prepared<'a> {
             (None, Some(grid), Some(px)) => (grid, px),
             (None, _, _) => return Err(Error::ImageSizeRequired { stride }),
             (Some(n), _, _) => {
-                if n == 0 || stride == 0 || n % stride != 0 {
+                if n == 0 || n.checked_rem(stride) != Some(0) {
                     return Err(Error::ImageSizeNotMultiple { size: n, stride });
                 }
-                ((n / stride, n / stride), n)
+                // `stride` divides `n` (checked just above), so it is not zero.
+                let side = n.checked_div(stride).unwrap_or(0);
+                ((side, side), n)
             }
         };
         let mut notes = Vec::new();
@@ -155,7 +163,9 @@ impl<'a> Prepared<'a> {
         let a = self.arch();
         (
             a.hidden,
-            a.heads.unwrap_or(1) * a.head_dim().unwrap_or(a.hidden),
+            a.heads
+                .unwrap_or(1)
+                .saturating_mul(a.head_dim().unwrap_or(a.hidden)),
         )
     }
 
@@ -246,8 +256,8 @@ impl<'a> Prepared<'a> {
         match role {
             BlockRole::Norm1Scale => (vec![d], copy(&b.norm1.scale)),
             BlockRole::Norm1Bias => (vec![d], copy(&b.norm1.bias)),
-            BlockRole::QkvWeight => (vec![3 * d, d], self.qkv_weight(&b.attn)),
-            BlockRole::QkvBias => (vec![3 * d], self.qkv_bias(&b.attn)),
+            BlockRole::QkvWeight => (vec![d.saturating_mul(3), d], self.qkv_weight(&b.attn)),
+            BlockRole::QkvBias => (vec![d.saturating_mul(3)], self.qkv_bias(&b.attn)),
             BlockRole::Weight(p) => (vec![d, d], self.proj_weight(&b.attn, p)),
             BlockRole::Bias(p) => (vec![d], self.proj_bias(&b.attn, p)),
             BlockRole::Norm2Scale => (vec![d], copy(&b.norm2.scale)),
@@ -297,21 +307,23 @@ impl<'a> Prepared<'a> {
                     MapRole::Weight(p) => (vec![d, d], self.proj_weight(&map.attn, *p)),
                     MapRole::Bias(p) => (vec![d], self.proj_bias(&map.attn, *p)),
                     MapRole::KvWeight => (
-                        vec![2 * d, d],
+                        vec![d.saturating_mul(2), d],
                         Recipe::Concat(vec![
                             self.proj_weight(&map.attn, Proj::Key),
                             self.proj_weight(&map.attn, Proj::Value),
                         ]),
                     ),
                     MapRole::KvBias => (
-                        vec![2 * d],
+                        vec![d.saturating_mul(2)],
                         Recipe::Concat(vec![
                             self.proj_bias(&map.attn, Proj::Key),
                             self.proj_bias(&map.attn, Proj::Value),
                         ]),
                     ),
-                    MapRole::QkvWeight => (vec![3 * d, d], self.qkv_weight(&map.attn)),
-                    MapRole::QkvBias => (vec![3 * d], self.qkv_bias(&map.attn)),
+                    MapRole::QkvWeight => {
+                        (vec![d.saturating_mul(3), d], self.qkv_weight(&map.attn))
+                    }
+                    MapRole::QkvBias => (vec![d.saturating_mul(3)], self.qkv_bias(&map.attn)),
                     MapRole::NormScale => (vec![d], copy(&map.norm.scale)),
                     MapRole::NormBias => (vec![d], copy(&map.norm.bias)),
                     MapRole::Fc1Weight => (vec![m, d], self.mlp_weight(&map.mlp, 0)),
