@@ -415,7 +415,7 @@ fn convert_one(e: &Entry, sh: &Shared) -> Outcome {
                 return Outcome::new(Status::Failed, err.to_string(), started)
             }
             Err(err) => {
-                let why = err.to_string();
+                let why = crate::one_line(&anyhow::Error::new(err));
                 let why = if why.contains(&*source.to_string_lossy()) {
                     why
                 } else {
@@ -468,7 +468,9 @@ fn convert_one(e: &Entry, sh: &Shared) -> Outcome {
                 record.state = State::Failed;
                 record.owned = owned;
                 let _ = sh.manifest.append(&record);
-                return Outcome::new(Status::Failed, err.to_string(), started);
+                // The whole chain: an I/O error's cause is its source, not part of its message.
+                let why = crate::one_line(&anyhow::Error::new(err));
+                return Outcome::new(Status::Failed, why, started);
             }
         };
         record.state = State::Done;

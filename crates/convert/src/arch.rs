@@ -1,5 +1,11 @@
 //! The architecture of a Vision Transformer as read off its tensor shapes: sizes, pooling, head, hybrid stem.
 
+#![deny(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
 use serde::Serialize;
 
 /// How the encoder output becomes one vector per image.
@@ -16,6 +22,7 @@ pub enum Classifier {
 }
 
 impl Classifier {
+    /// The name used in reports and metadata.
     pub fn as_str(self) -> &'static str {
         match self {
             Classifier::Token => "token",
@@ -44,7 +51,7 @@ impl ResNet {
     pub fn out_channels(&self) -> usize {
         match self.stages.len() {
             0 => self.width,
-            n => 4 * self.stage_width(n - 1),
+            n => self.stage_width(n.saturating_sub(1)).saturating_mul(4),
         }
     }
 
@@ -58,7 +65,8 @@ impl ResNet {
         if self.stages.is_empty() {
             "R".to_string()
         } else {
-            format!("R{}", 3 * self.stages.iter().sum::<usize>() + 2)
+            let units = self.stages.iter().fold(0usize, |a, &u| a.saturating_add(u));
+            format!("R{}", units.saturating_mul(3).saturating_add(2))
         }
     }
 }
@@ -80,29 +88,36 @@ pub struct Arch {
     pub patch: usize,
     /// Channels the patch embedding reads: 3 for plain ViTs, the stem's output for hybrids.
     pub in_chans: usize,
+    /// Width of the token embeddings.
     pub hidden: usize,
     /// `None` where the weights do not say (fused q/k/v layouts).
     pub heads: Option<usize>,
+    /// Width of each block's MLP interior.
     pub mlp: usize,
+    /// Number of encoder blocks.
     pub depth: usize,
     /// Patch grid (rows, columns); `None` where the file does not store it (a computed sincos2d position
     /// embedding), so that the resolution must come from the user.
     pub grid: Option<(usize, usize)>,
     /// How the position embedding is made.
     pub posemb: PosEmbKind,
+    /// How the encoder's tokens are pooled for the head.
     pub classifier: Classifier,
     /// Whether the class token is given a position embedding (vit_jax: prepended first; big_vision `tok`:
     /// concatenated after the position embedding is added, so it has none).
     pub class_pos: bool,
+    /// Classes of the head, where the source has one.
     pub num_classes: Option<usize>,
     /// Width of the `pre_logits` dense + tanh layer, where there is one.
     pub representation: Option<usize>,
+    /// The ResNet stem of a hybrid, where there is one.
     pub resnet: Option<ResNet>,
     /// Whether the blocks are stored stacked along a leading depth axis (big_vision's scan format).
     pub stacked: bool,
 }
 
 impl Arch {
+    /// Width of one attention head, where the number of heads is known and divides the hidden width.
     pub fn head_dim(&self) -> Option<usize> {
         self.heads.and_then(|h| self.hidden.checked_div(h))
     }
@@ -119,6 +134,7 @@ impl Arch {
         self.grid.map(|g| g.0.saturating_mul(self.stride()))
     }
 
+    /// Whether the model has a class token (token pooling).
     pub fn class_token(&self) -> bool {
         self.classifier == Classifier::Token
     }
@@ -205,7 +221,7 @@ impl Arch {
                 "no stages (root only)".to_string()
             } else {
                 let widths: Vec<String> = (0..r.stages.len())
-                    .map(|s| (4 * r.stage_width(s)).to_string())
+                    .map(|s| r.stage_width(s).saturating_mul(4).to_string())
                     .collect();
                 format!(
                     "stages {:?} bottleneck units, output widths {}",
@@ -278,6 +294,12 @@ impl Arch {
 }
 
 #[cfg(test)]
+// Tests index fixtures they built themselves and unwrap what must be there: a panic is a failed test.
+#[allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 mod tests {
     use super::*;
 

@@ -20,13 +20,12 @@ use vitconv_tensors::{output_format, ColumnBands, DType, Format, TensorFile, Ten
 
 use crate::arch::Arch;
 use crate::error::{Error, Result};
+use crate::kernel::{self, encode_append, transpose_encode_bytes};
 use crate::layout;
-use crate::layout::hf;
+use crate::layout::hf_files;
 use crate::model::{Param, Stacked};
 use crate::options::{Options, OutDType};
-use crate::plan::{
-    encode_append, transpose_encode_bytes, Fetch, OutTensor, OutputKind, Plan, Recipe,
-};
+use crate::plan::{Fetch, OutTensor, OutputKind, Plan, Recipe};
 
 impl Fetch for TensorFile {
     fn fetch(&self, param: &Param) -> Result<Vec<f32>> {
@@ -62,42 +61,16 @@ fn bands<'f>(file: &'f TensorFile, param: &Param, rows: usize) -> Result<ColumnB
     }
 }
 
-/// Appends little-endian float bytes, decoded, to `out`.
+/// Appends little-endian float bytes, decoded, to `out`, or refuses a type that is not a float.
 fn decode_append(name: &str, dtype: DType, bytes: &[u8], out: &mut Vec<f32>) -> Result<()> {
-    match dtype {
-        DType::F32 => out.extend(
-            bytes
-                .chunks_exact(4)
-                .filter_map(|c| c.try_into().ok())
-                .map(f32::from_le_bytes),
-        ),
-        DType::BF16 => out.extend(
-            bytes
-                .chunks_exact(2)
-                .filter_map(|c| c.try_into().ok())
-                .map(|b| half::bf16::from_le_bytes(b).to_f32()),
-        ),
-        DType::F16 => out.extend(
-            bytes
-                .chunks_exact(2)
-                .filter_map(|c| c.try_into().ok())
-                .map(|b| half::f16::from_le_bytes(b).to_f32()),
-        ),
-        // f64 weights are rare; narrowing them to f32 is what every target stores anyway.
-        DType::F64 => out.extend(
-            bytes
-                .chunks_exact(8)
-                .filter_map(|c| c.try_into().ok())
-                .map(|b| f64::from_le_bytes(b) as f32),
-        ),
-        other => {
-            return Err(Error::NotFloat {
-                name: name.to_string(),
-                dtype: other.to_string(),
-            })
-        }
+    if kernel::decode_append(dtype, bytes, out) {
+        Ok(())
+    } else {
+        Err(Error::NotFloat {
+            name: name.to_string(),
+            dtype: dtype.to_string(),
+        })
     }
-    Ok(())
 }
 
 /// A checked conversion, ready to write.
@@ -109,12 +82,23 @@ pub struct Conversion {
     pub arch: Arch,
     /// Notes about the source itself (prefix, block naming).
     pub source_notes: Vec<String>,
+    /// The layout's plan: output tensors, metadata, notes and side files.
     pub plan: Plan,
 }
 
 /// Detects the source and builds the plan for `opts`, refusing anything the layout cannot hold.
 pub fn prepare(file: &TensorFile, opts: &Options) -> Result<Conversion> {
-    let model = crate::sources::read(file.tensors())?;
+    let model = crate::sources::read(file.tensors()).map_err(|e| match e {
+        // A file of no source family may be one already converted: say which layout it is in.
+        Error::NotASource {
+            tensors,
+            layout: None,
+        } => Error::NotASource {
+            tensors,
+            layout: layout::recognise(file.tensors()).map(|r| r.family),
+        },
+        e => e,
+    })?;
     let source_name = file
         .path()
         .file_name()
@@ -143,7 +127,9 @@ pub struct Written {
     pub weights: PathBuf,
     /// Side files (configs), in the order written.
     pub side_files: Vec<PathBuf>,
+    /// How many tensors the weights file holds.
     pub tensors: usize,
+    /// How many bytes of tensor data were written.
     pub bytes: u64,
 }
 
@@ -177,12 +163,8 @@ pub fn write(
             let format = match output_format(output) {
                 Some(f @ (Format::Pt | Format::Safetensors)) => f,
                 _ => {
-                    return Err(Error::BadOption {
-                        option: "OUTPUT",
-                        why: format!(
-                            "{}: the format follows the extension: .pt, .pth, .bin or .safetensors (a directory without an extension for --layout hf, and for timm folders)",
-                            output.display()
-                        ),
+                    return Err(Error::OutputExtension {
+                        path: output.to_path_buf(),
                     })
                 }
             };
@@ -206,17 +188,13 @@ pub fn write(
         }
         true => {
             if output.is_file() || output_format(output).is_some() {
-                let files: Vec<&str> = std::iter::once(hf::WEIGHTS_FILE)
+                let files: Vec<&str> = std::iter::once(hf_files::WEIGHTS_FILE)
                     .chain(plan.side_files.iter().map(|s| s.name.as_str()))
                     .collect();
-                return Err(Error::BadOption {
-                    option: "OUTPUT",
-                    why: format!(
-                        "{}: --layout {} writes a directory ({}); name one without a weights extension",
-                        output.display(),
-                        opts.layout.as_str(),
-                        files.join(", ")
-                    ),
+                return Err(Error::FolderOutputNotDirectory {
+                    path: output.to_path_buf(),
+                    layout: opts.layout.as_str(),
+                    files: files.join(", "),
                 });
             }
             let existed = output.exists();
@@ -224,6 +202,7 @@ pub fn write(
                 let nonempty = std::fs::read_dir(output)
                     .map_err(|e| Error::Io {
                         path: output.to_path_buf(),
+                        op: "cannot read the directory",
                         source: e,
                     })?
                     .next()
@@ -238,6 +217,7 @@ pub fn write(
             // temporary files inside them.
             let dirs = vitconv_tensors::create_dirs_registered(output).map_err(|e| Error::Io {
                 path: output.to_path_buf(),
+                op: "cannot create the directory",
                 source: e,
             })?;
             let sides = plan
@@ -246,7 +226,7 @@ pub fn write(
                 .map(|s| (output.join(&s.name), s.contents.as_str()))
                 .collect();
             (
-                output.join(hf::WEIGHTS_FILE),
+                output.join(hf_files::WEIGHTS_FILE),
                 Format::Safetensors,
                 sides,
                 Some(dirs),
@@ -840,6 +820,7 @@ fn stage_atomic(path: &Path, contents: &[u8]) -> Result<Staged> {
         .unwrap_or(Path::new("."));
     let io = |e| Error::Io {
         path: path.to_path_buf(),
+        op: "cannot write a temporary file beside it",
         source: e,
     };
     let (mut tmp, pending) =
@@ -866,6 +847,7 @@ impl Staged {
         })
         .map_err(|e| Error::Io {
             path: path.clone(),
+            op: "cannot rename the temporary file into place",
             source: e.error,
         })?;
         Ok(())

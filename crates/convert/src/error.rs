@@ -1,83 +1,372 @@
-//! The convert crate's one error type: every variant names the tensor (or option) at fault and, where it can, the fix.
+//! The convert crate's one error type: every variant carries the tensor, option or value at fault and, in its
+//! message, the fix.
+//!
+//! Messages never repeat the text of their `#[source]`: a caller that shows the whole chain (as `vitconv`'s
+//! `main` does) prints each cause once.
 
 use std::path::PathBuf;
 
 /// Everything that can go wrong while recognising a checkpoint or converting it.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// Reading the source or writing the output failed in the tensor-file layer (its message names the file).
     #[error(transparent)]
     Tensors(#[from] vitconv_tensors::Error),
 
-    /// The keys do not form a checkpoint family vitconv knows.
-    #[error("not a recognised ViT checkpoint: {recognised}; {missing}")]
-    Unrecognised { recognised: String, missing: String },
-
-    /// A tensor is present but its shape contradicts the rest of the checkpoint.
-    #[error("tensor {name}: expected shape {expected}, found {found:?} ({why})")]
-    Shape {
-        name: String,
-        expected: String,
-        found: Vec<usize>,
-        why: String,
+    /// No source family claims the keys: not a JAX/Flax ViT, possibly a file already in a PyTorch layout.
+    #[error(
+        "not a recognised ViT checkpoint: {}; no embedding/kernel (looked at the top and under opt/target/ and params/)",
+        not_a_source(*tensors, *layout)
+    )]
+    NotASource {
+        /// How many tensors the file holds.
+        tensors: usize,
+        /// The PyTorch layout the keys form, when they form one.
+        layout: Option<&'static str>,
     },
 
-    /// The checkpoint was recognised, but its parts disagree with each other.
-    #[error("{recognised}: {problem}")]
-    Inconsistent { recognised: String, problem: String },
+    /// A source family was asked to read a file without its root tensor.
+    #[error("not a recognised ViT checkpoint: {tensors} tensors; no {looked_for}")]
+    NoRoot {
+        /// How many tensors the file holds.
+        tensors: usize,
+        /// The root tensor and where it was looked for.
+        looked_for: &'static str,
+    },
+
+    /// A source vitconv recognises but does not convert yet.
+    #[error("not a recognised ViT checkpoint: {what}; vitconv converts single-tower ViTs (vision_transformer and big_vision) so far")]
+    Unsupported {
+        /// What the file is.
+        what: &'static str,
+    },
+
+    /// A tensor the recognised family needs is not in the file.
+    #[error("{recognised}: tensor {tensor}{} is missing", role.as_ref().map(|r| format!(" ({r})")).unwrap_or_default())]
+    MissingTensor {
+        /// What the file was recognised as.
+        recognised: String,
+        /// The tensor's name.
+        tensor: String,
+        /// The part of the model the tensor would be, where the reader knows it.
+        role: Option<String>,
+    },
+
+    /// The file has a patch embedding but no encoder blocks under any of the names looked for.
+    #[error("{recognised}: no encoder blocks ({})", no_blocks(looked_for))]
+    NoBlocks {
+        /// What the file was recognised as.
+        recognised: String,
+        /// The first block's tensor, under each naming tried.
+        looked_for: Vec<String>,
+    },
+
+    /// The ResNet stem of a hybrid hands on another width than the patch embedding reads.
+    #[error("{recognised}: the stem ends with {stem_out} channels (stages {stages:?}, width {width}) but {embed} reads {embed_in}")]
+    StemMismatch {
+        /// What the file was recognised as.
+        recognised: String,
+        /// Channels out of the stem's last stage.
+        stem_out: usize,
+        /// Units per stage.
+        stages: Vec<usize>,
+        /// The root convolution's width.
+        width: usize,
+        /// The patch embedding kernel.
+        embed: String,
+        /// Input channels of the patch embedding.
+        embed_in: usize,
+    },
 
     /// A tensor the mapping would not use; vitconv maps every tensor or refuses.
     #[error("tensor {name} {shape:?} is not part of a {recognised} checkpoint; vitconv converts every tensor or refuses, so remove it or report the layout")]
     Unmapped {
+        /// The tensor's name.
         name: String,
+        /// Its shape.
         shape: Vec<usize>,
+        /// What the file was recognised as.
         recognised: String,
     },
 
     /// A tensor holds a non-float type where weights are expected.
     #[error("tensor {name}: dtype {dtype} is not a floating-point type")]
-    NotFloat { name: String, dtype: String },
+    NotFloat {
+        /// The tensor's name.
+        name: String,
+        /// Its stored type.
+        dtype: String,
+    },
+
+    /// A tensor has another number of dimensions than its part of the model.
+    #[error("tensor {name}: expected shape {expected}, found {found:?} ({role})")]
+    Rank {
+        /// The tensor's name.
+        name: String,
+        /// The expected dimensions, by meaning (`[p, p, in, hidden]`).
+        expected: &'static str,
+        /// The shape in the file.
+        found: Vec<usize>,
+        /// The part of the model the tensor is.
+        role: &'static str,
+    },
+
+    /// A tensor's shape contradicts the sizes read off the rest of the checkpoint.
+    #[error("tensor {name}: expected shape {expected:?}, found {found:?} ({role})")]
+    ShapeMismatch {
+        /// The tensor's name.
+        name: String,
+        /// The shape the other tensors imply.
+        expected: Vec<usize>,
+        /// The shape in the file.
+        found: Vec<usize>,
+        /// The part of the model the tensor is.
+        role: String,
+    },
+
+    /// A GroupNorm parameter of a hybrid stem that is neither `[C]` nor `[1, 1, 1, C]`.
+    #[error("tensor {name}: expected shape [{channels}] or [1, 1, 1, {channels}], found {found:?} (GroupNorm parameter of the preceding convolution)")]
+    GroupNormShape {
+        /// The tensor's name.
+        name: String,
+        /// The channels of the convolution before it.
+        channels: usize,
+        /// The shape in the file.
+        found: Vec<usize>,
+    },
+
+    /// A block tensor of a stacked (scan) checkpoint without one slice per block.
+    #[error("tensor {name}: expected shape [{count}, ...] (one slice per block), found {found:?} (a stacked block tensor)")]
+    NotStacked {
+        /// The tensor's name.
+        name: String,
+        /// The number of blocks.
+        count: usize,
+        /// The shape in the file.
+        found: Vec<usize>,
+    },
+
+    /// The stacked LayerNorm that gives a scan checkpoint's depth is not `[depth, hidden]`.
+    #[error("tensor {name}: expected shape [depth, {hidden}] with depth > 0, found {found:?} (one LayerNorm scale per stacked block)")]
+    StackDepth {
+        /// The tensor's name.
+        name: String,
+        /// The hidden width.
+        hidden: usize,
+        /// The shape in the file.
+        found: Vec<usize>,
+    },
+
+    /// A patch embedding that is not square or is empty.
+    #[error("tensor {name}: expected shape [p, p, in, hidden] with a square, non-empty patch, found {found:?} (vitconv converts square patches)")]
+    NonSquarePatch {
+        /// The patch embedding kernel.
+        name: String,
+        /// Its shape.
+        found: Vec<usize>,
+    },
+
+    /// An attention kernel whose heads do not cover the hidden width.
+    #[error("tensor {name}: expected shape [{hidden}, heads, head_dim] with heads x head_dim = {hidden}, found {found:?} (the attention must cover the hidden width)")]
+    HeadsMismatch {
+        /// The query kernel.
+        name: String,
+        /// The hidden width.
+        hidden: usize,
+        /// Its shape.
+        found: Vec<usize>,
+    },
+
+    /// A position embedding whose grid rows do not form a square.
+    #[error(
+        "tensor {name}: expected shape [1, {}s^2, {hidden}] for a square s x s grid, found {found:?} ({}, so the grid is {cells} cells, which is not a square)",
+        if *class_row { "1 + " } else { "" },
+        if *class_row { "the table has a class-token row" } else { "the table has no class-token row" }
+    )]
+    PosEmbNotSquare {
+        /// The position embedding.
+        name: String,
+        /// The hidden width.
+        hidden: usize,
+        /// Its shape.
+        found: Vec<usize>,
+        /// Whether the first row belongs to the class token.
+        class_row: bool,
+        /// The rows left for the grid.
+        cells: usize,
+    },
+
+    /// A computed sincos2d position embedding for a width that is not a multiple of 4.
+    #[error("tensor {name}: hidden width {hidden} is not divisible by 4, found {found:?} (there is no pos_embedding, so it is sincos2d, which splits the width in four)")]
+    SincosWidth {
+        /// The patch embedding kernel, which gives the width.
+        name: String,
+        /// The hidden width.
+        hidden: usize,
+        /// The kernel's shape.
+        found: Vec<usize>,
+    },
+
+    /// A hybrid's ResNet root that is not a 7x7 convolution.
+    #[error("tensor {name}: expected shape [7, 7, in, width], found {found:?} (the BiT root is a 7x7 convolution)")]
+    BitRoot {
+        /// The root convolution.
+        name: String,
+        /// Its shape.
+        found: Vec<usize>,
+    },
 
     /// The chosen layout has no exact place for part of the source.
     #[error("--layout {layout} cannot hold {what}: {why}")]
     Refused {
+        /// The layout asked for.
         layout: &'static str,
+        /// The part of the source it cannot hold, with its sizes.
         what: String,
-        why: String,
+        /// Why, and what to pass instead: the layout's fixed sentence.
+        why: &'static str,
     },
 
-    /// An option value that cannot be honoured for this source.
-    #[error("{option}: {why}")]
-    BadOption { option: &'static str, why: String },
+    /// A sincos2d source (which stores no resolution) converted without `--image-size`.
+    #[error("--image-size: the position embedding is sincos2d, computed from the patch grid, and the file does not store the resolution: pass --image-size N, a multiple of the patch ({stride} px), e.g. {}", stride.saturating_mul(14))]
+    ImageSizeRequired {
+        /// The model's stride in pixels.
+        stride: usize,
+    },
+
+    /// An `--image-size` the patch grid cannot have.
+    #[error(
+        "--image-size: {size} px is not a positive multiple of the model's stride {stride} px"
+    )]
+    ImageSizeNotMultiple {
+        /// The size asked for.
+        size: usize,
+        /// The model's stride in pixels.
+        stride: usize,
+    },
+
+    /// An `--image-size` over the stated limit, which would ask for an enormous position table.
+    #[error("--image-size: {size} px is over the limit of {max} px (the position table grows with its square)")]
+    ImageSizeTooLarge {
+        /// The size asked for.
+        size: usize,
+        /// The limit, `layout::MAX_IMAGE_SIZE`.
+        max: usize,
+    },
+
+    /// `--num-classes` that differs from the source's head.
+    #[error(
+        "--num-classes: the source has {}; a {asked}-class head would be untrained: use --drop-head and attach your own",
+        found.map_or("no head".to_string(), |c| format!("a {c}-class head"))
+    )]
+    NumClassesMismatch {
+        /// The classes asked for.
+        asked: usize,
+        /// The classes of the source's head, if it has one.
+        found: Option<usize>,
+    },
+
+    /// An input normalisation folded into a hybrid, whose weight-standardised root undoes it.
+    #[error("--input-norm: {norm} cannot be folded into a hybrid: the ResNet root is a weight-standardised convolution, which undoes any per-channel scaling; use --input-norm unit")]
+    InputNormHybrid {
+        /// The normalisation asked for.
+        norm: &'static str,
+    },
+
+    /// `--proj head` with no head to put there.
+    #[error("--proj head: there is no head to put in proj (the source has none or --drop-head was given)")]
+    ProjWithoutHead,
+
+    /// A layout without a module in the registry (a bug in vitconv).
+    #[error("--layout: {layout} has no module (a bug in vitconv; please report it)")]
+    NoLayoutModule {
+        /// The layout asked for.
+        layout: &'static str,
+    },
+
+    /// An output file whose extension names no format.
+    #[error("OUTPUT: {}: the format follows the extension: .pt, .pth, .bin or .safetensors (a directory without an extension for --layout hf, and for timm folders)", path.display())]
+    OutputExtension {
+        /// The output asked for.
+        path: PathBuf,
+    },
+
+    /// A folder output (hf, a timm folder) that is a file or named like one.
+    #[error("OUTPUT: {}: --layout {layout} writes a directory ({files}); name one without a weights extension", path.display())]
+    FolderOutputNotDirectory {
+        /// The output asked for.
+        path: PathBuf,
+        /// The layout that writes a folder.
+        layout: &'static str,
+        /// The files the folder would hold, comma-separated.
+        files: String,
+    },
 
     /// The output exists and `--force` was not given.
-    #[error("{path}: output exists; pass --force to overwrite it")]
-    Exists { path: PathBuf },
+    #[error("{}: output exists; pass --force to overwrite it", path.display())]
+    Exists {
+        /// The output.
+        path: PathBuf,
+    },
 
     /// A filesystem error outside the tensor files (hf directory, JSON side files).
-    #[error("{path}: {source}")]
+    #[error("{}: {op}", path.display())]
     Io {
+        /// The file or directory.
         path: PathBuf,
+        /// What was being done (`cannot create the directory`).
+        op: &'static str,
+        /// The operating system's error.
         source: std::io::Error,
     },
 
     /// A size computation overflowed: the shapes are too large to be real.
     #[error("tensor {name}: size overflows ({what})")]
-    Overflow { name: String, what: &'static str },
+    Overflow {
+        /// The tensor whose size overflowed.
+        name: String,
+        /// The size being computed.
+        what: &'static str,
+    },
 
     /// The worker computing tensors stopped without an error of its own (it panicked): a bug in vitconv.
     #[error("tensor {name}: the conversion worker stopped unexpectedly (a bug in vitconv; please report it)")]
-    Worker { name: String },
+    Worker {
+        /// The tensor being computed.
+        name: String,
+    },
 
     /// The source returned a different number of values than its shape announced.
     #[error("tensor {name}: read {found} values, its shape {shape:?} holds {expected}")]
     Length {
+        /// The tensor read.
         name: String,
+        /// Its shape.
         shape: Vec<usize>,
+        /// The values the shape holds.
         expected: usize,
+        /// The values read.
         found: usize,
     },
 }
 
 /// The crate's result type.
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// What [`Error::NotASource`] says the file is.
+fn not_a_source(tensors: usize, layout: Option<&str>) -> String {
+    match layout {
+        Some(f) => format!("a {f} checkpoint, which is already a PyTorch layout"),
+        None => format!("{tensors} tensors of no known layout"),
+    }
+}
+
+/// The names [`Error::NoBlocks`] looked for, as a clause.
+fn no_blocks(looked_for: &[String]) -> String {
+    match looked_for {
+        [one] => format!("{one} is missing"),
+        [first, rest @ ..] => format!("neither {first} nor {} is there", rest.join(" nor ")),
+        [] => "no block tensors".to_string(),
+    }
+}

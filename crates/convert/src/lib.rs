@@ -9,13 +9,18 @@
 //! - [`layout`]: one module per target layout, each a table of target key and model role plus its refusals,
 //!   config and side files, and the recogniser `inspect` uses (built from the same names); the registry
 //!   [`layout::LAYOUTS`] lists them.
-//! - [`plan`]: the transforms (transpose, q/k/v fusion, HWIO -> OIHW, bias and normalisation folding,
-//!   position-embedding resizing via [`resize`], sincos2d).
+//! - [`plan`]: the recipes each output tensor is computed by (transpose, q/k/v fusion, HWIO -> OIHW, bias
+//!   and normalisation folding, position-embedding resizing via [`resize`], sincos2d) and their interpreter.
+//! - [`kernel`]: the numeric kernels the recipes and the executor call (transposes, the one float decoding
+//!   table, encoding, the fused transpose-and-convert); it imports nothing of the plan.
 //! - [`convert`]: runs a plan, streaming one output tensor at a time into an atomic writer.
 //!
 //! The rule: a new source family is a new module under [`sources`] plus one line in `sources::SOURCES`; a new
 //! target layout is a new module under [`layout`] plus one line in [`layout::LAYOUTS`] (and its name in
 //! [`Layout`]); neither edits another family or layout.
+
+// Every public item says what it is; the parsing and sizing modules deny their own clippy lints.
+#![deny(missing_docs)]
 
 pub mod arch;
 pub mod convert;

@@ -6,6 +6,12 @@
 //! and its logical shape. Sizes are read off the shapes once, by the source module, and summarised in
 //! [`Arch`]; a layout that needs a size asks the [`Arch`], not a shape.
 
+#![deny(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
 use std::collections::BTreeMap;
 
 use vitconv_tensors::DType;
@@ -78,7 +84,9 @@ impl Param {
 /// A LayerNorm's parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Norm {
+    /// The scale (gamma).
     pub scale: Param,
+    /// The bias (beta).
     pub bias: Param,
 }
 
@@ -86,29 +94,40 @@ pub struct Norm {
 /// projections) and its bias.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dense {
+    /// The kernel as stored: `[in, out]`, with the head axes kept apart for attention projections.
     pub kernel: Param,
+    /// The bias.
     pub bias: Param,
 }
 
 /// One attention module: q, k, v kernels `[D, H, Dh]` with biases `[H, Dh]`, out kernel `[H, Dh, D]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attention {
+    /// The query projection.
     pub query: Dense,
+    /// The key projection.
     pub key: Dense,
+    /// The value projection.
     pub value: Dense,
+    /// The output projection.
     pub out: Dense,
 }
 
 /// The attention projections, in the order fused layouts concatenate the first three.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Proj {
+    /// The query projection.
     Query,
+    /// The key projection.
     Key,
+    /// The value projection.
     Value,
+    /// The output projection.
     Out,
 }
 
 impl Attention {
+    /// The dense layer of projection `p`.
     pub fn proj(&self, p: Proj) -> &Dense {
         match p {
             Proj::Query => &self.query,
@@ -122,8 +141,11 @@ impl Attention {
 /// A pre-norm encoder block: `x + attn(norm1(x))`, then `x + mlp(norm2(x))`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Block {
+    /// The LayerNorm before attention.
     pub norm1: Norm,
+    /// The self-attention.
     pub attn: Attention,
+    /// The LayerNorm before the MLP.
     pub norm2: Norm,
     /// `[D, M]` then `[M, D]`, with the GELU between them.
     pub mlp: [Dense; 2],
@@ -158,8 +180,11 @@ impl Block {
 /// followed by a GroupNorm, and on a stage's first unit a projection shortcut.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unit {
+    /// The 1x1, 3x3 and 1x1 weight-standardised convolutions.
     pub convs: [Param; 3],
+    /// The GroupNorm after each convolution.
     pub norms: [Norm; 3],
+    /// The projection shortcut and its GroupNorm, on the first unit of a stage.
     pub proj: Option<(Param, Norm)>,
 }
 
@@ -168,6 +193,7 @@ pub struct Unit {
 pub struct Stem {
     /// The 7x7 root convolution, HWIO.
     pub root: Param,
+    /// The GroupNorm after the root convolution.
     pub root_norm: Norm,
     /// Units per stage.
     pub stages: Vec<Vec<Unit>>,
@@ -177,7 +203,12 @@ pub struct Stem {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PosEmbed {
     /// A stored `[1, rows, D]` table; `class_row` says whether its first row belongs to the class token.
-    Table { param: Param, class_row: bool },
+    Table {
+        /// The stored table.
+        param: Param,
+        /// Whether its first row belongs to the class token.
+        class_row: bool,
+    },
     /// big_vision's `posemb_sincos_2d`, computed for the output's grid (nothing is stored).
     Sincos2d,
 }
@@ -197,8 +228,11 @@ pub enum Pool {
 /// then `x + mlp(norm(x))`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MapHead {
+    /// The learned query `[1, 1, D]`.
     pub probe: Param,
+    /// The attention from the probe to the tokens.
     pub attn: Attention,
+    /// The LayerNorm before the head's MLP.
     pub norm: Norm,
     /// `[D, M]` then `[M, D]`.
     pub mlp: [Dense; 2],
@@ -209,15 +243,19 @@ pub struct MapHead {
 pub struct Tower {
     /// The sizes, read off the shapes once.
     pub arch: Arch,
+    /// The ResNet stem of a hybrid, where there is one.
     pub stem: Option<Stem>,
     /// HWIO `[p, p, in, D]` kernel and `[D]` bias.
     pub patch: Dense,
     /// `[1, 1, D]`, prepended to the patch tokens.
     pub class_token: Option<Param>,
+    /// The position embedding.
     pub pos: PosEmbed,
+    /// The encoder blocks, in order.
     pub blocks: Vec<Block>,
     /// The norm after the last block (flax `encoder_norm`).
     pub final_norm: Norm,
+    /// How the tokens are pooled.
     pub pool: Pool,
     /// The `pre_logits` dense (followed by tanh).
     pub pre_logits: Option<Dense>,
@@ -232,6 +270,7 @@ pub struct Model {
     pub family: &'static str,
     /// What the source module recognised, for error messages (`vit_jax checkpoint under opt/target/`).
     pub recognised: String,
+    /// The image tower.
     pub image: Tower,
     /// What the source module wants the report to say about the file itself (prefix, naming style, dtype).
     pub notes: Vec<String>,

@@ -6,13 +6,18 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Layout {
+    /// timm's `VisionTransformer` state dict.
     Timm,
+    /// A transformers model directory.
     Hf,
+    /// open_clip's visual tower.
     OpenClip,
+    /// OpenAI CLIP's visual tower.
     Clip,
 }
 
 impl Layout {
+    /// The name on the command line.
     pub fn as_str(self) -> &'static str {
         match self {
             Layout::Timm => "timm",
@@ -35,12 +40,16 @@ impl Layout {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OutDType {
+    /// 32-bit floats.
     F32,
+    /// 16-bit IEEE halves.
     F16,
+    /// bfloat16.
     BF16,
 }
 
 impl OutDType {
+    /// The name on the command line.
     pub fn as_str(self) -> &'static str {
         match self {
             OutDType::F32 => "f32",
@@ -48,6 +57,7 @@ impl OutDType {
             OutDType::BF16 => "bf16",
         }
     }
+    /// The tensor type written.
     pub fn dtype(self) -> vitconv_tensors::DType {
         match self {
             OutDType::F32 => vitconv_tensors::DType::F32,
@@ -70,6 +80,7 @@ pub enum ResizeMethod {
 }
 
 impl ResizeMethod {
+    /// The name on the command line.
     pub fn as_str(self) -> &'static str {
         match self {
             ResizeMethod::VitJax => "vit-jax",
@@ -93,12 +104,15 @@ pub enum InputNorm {
 
 /// OpenAI CLIP's preprocessing (clip/clip.py `_transform`).
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+/// OpenAI CLIP's per-channel standard deviation of [0, 1] pixels.
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
 /// torchvision's ImageNet statistics (timm `IMAGENET_DEFAULT_MEAN/STD`).
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// ImageNet's per-channel standard deviation of [0, 1] pixels.
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 impl InputNorm {
+    /// The name on the command line.
     pub fn as_str(self) -> &'static str {
         match self {
             InputNorm::Clip => "clip",
@@ -106,6 +120,7 @@ impl InputNorm {
             InputNorm::Unit => "unit",
         }
     }
+    /// The per-channel mean subtracted from [0, 1] pixels.
     pub fn mean(self) -> [f32; 3] {
         match self {
             InputNorm::Clip => CLIP_MEAN,
@@ -113,6 +128,7 @@ impl InputNorm {
             InputNorm::Unit => [0.5; 3],
         }
     }
+    /// The per-channel standard deviation [0, 1] pixels are divided by.
     pub fn std(self) -> [f32; 3] {
         match self {
             InputNorm::Clip => CLIP_STD,
@@ -145,6 +161,7 @@ pub enum Gelu {
 }
 
 impl Gelu {
+    /// The name on the command line.
     pub fn as_str(self) -> &'static str {
         match self {
             Gelu::Tanh => "tanh",
@@ -177,16 +194,23 @@ pub enum ProjChoice {
 /// Everything `npz-to-pt` was asked.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// `--layout`: the target layout.
     pub layout: Layout,
+    /// `--dtype`: the output's float type.
     pub dtype: OutDType,
+    /// `--image-size`: the output's resolution; `None` keeps the source's.
     pub image_size: Option<usize>,
+    /// `--resize`: how a position table is resampled for another resolution.
     pub resize: ResizeMethod,
+    /// `--drop-head` / `--num-classes`: what happens to the head.
     pub head: HeadChoice,
     /// `None` = the default (`head` where there is one).
     pub proj: Option<ProjChoice>,
     /// `None` = the layout's default.
     pub input_norm: Option<InputNorm>,
+    /// `--gelu`: the GELU the output model is built with.
     pub gelu: Gelu,
+    /// `--force`: whether an existing output may be replaced.
     pub overwrite: bool,
     /// Threads computing output tensors while another writes them; `None` chooses from the cores (see
     /// `convert::producers`). The output is the same whatever the number.
@@ -214,6 +238,7 @@ impl Options {
         }
     }
 
+    /// The input normalisation asked for, or the layout's default.
     pub fn input_norm(&self) -> InputNorm {
         self.input_norm.unwrap_or(self.layout.default_input_norm())
     }

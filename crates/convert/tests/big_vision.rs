@@ -170,7 +170,7 @@ fn broken_files_are_refused_naming_the_tensor() {
         .for_each(|x| x.shape[0] = 2);
     let e = read_err(&t);
     assert!(
-        matches!(&e, Error::Shape { name, .. } if name == bad),
+        matches!(&e, Error::ShapeMismatch { name, .. } if name == bad),
         "{e}"
     );
     // A missing MAP head tensor.
@@ -203,16 +203,7 @@ fn broken_files_are_refused_naming_the_tensor() {
 fn sincos2d_files_need_the_image_size() {
     let file = TensorFile::open(bv().join("bv-vit-gap-sincos/checkpoint.npz")).expect("golden");
     let e = prepare(&file, &Options::new(Layout::Timm)).expect_err("no resolution");
-    assert!(
-        matches!(
-            e,
-            Error::BadOption {
-                option: "--image-size",
-                ..
-            }
-        ),
-        "{e}"
-    );
+    assert!(matches!(e, Error::ImageSizeRequired { .. }), "{e}");
     let mut opts = Options::new(Layout::Timm);
     opts.image_size = Some(32);
     let conv = prepare(&file, &opts).expect("with --image-size");

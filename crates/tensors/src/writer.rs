@@ -422,7 +422,10 @@ fn free_bytes(file: &File) -> Option<u64> {
     }
     // SAFETY: the call succeeded, so the struct is initialised (it was zeroed before, too).
     let st = unsafe { st.assume_init() };
-    u64::from(st.f_bavail).checked_mul(u64::from(st.f_frsize))
+    // The field types differ between platforms (u32 on some), so the conversion is not always a no-op.
+    #[allow(clippy::useless_conversion)]
+    let (blocks, size) = (u64::from(st.f_bavail), u64::from(st.f_frsize));
+    blocks.checked_mul(size)
 }
 
 #[cfg(not(unix))]

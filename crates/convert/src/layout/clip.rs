@@ -8,13 +8,12 @@
 use serde_json::json;
 
 use crate::error::Result;
-use crate::layout::clip_style::{self, names, tensor as t};
-use crate::layout::Prepared;
+use crate::layout::clip_style::{self, names, names::LN_PRE_W, tensor as t};
+use crate::layout::prepared::Prepared;
 use crate::options::ProjChoice;
 use crate::plan::{Fetch, OutputKind, Plan, Recipe};
 
 /// OpenAI CLIP's own state-dict names; the rest are shared in [`clip_style::names`].
-pub(crate) const LN_PRE_W: &str = "ln_pre.weight";
 const LN_PRE_B: &str = "ln_pre.bias";
 
 /// OpenAI CLIP's `LayerNorm` is `nn.LayerNorm` with its default eps.
@@ -23,6 +22,7 @@ const CLIP_LN_EPS: f64 = 1e-5;
 /// What the output cannot reproduce, stated in the output and the metadata.
 pub const NOT_EXACT: &str = "NOT EXACT: OpenAI CLIP's VisionTransformer always applies ln_pre (written as weight 1, bias 0, which still normalises), uses QuickGELU instead of the tanh GELU and LayerNorm eps 1e-5 instead of 1e-6; the outputs drift from the source (measure it with vitconv verify)";
 
+/// The OpenAI CLIP visual tower (`clip.model.VisionTransformer`) plan for a prepared source.
 pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Result<Plan> {
     let a = prep.arch().clone();
     clip_style::check_tower(&prep)?;

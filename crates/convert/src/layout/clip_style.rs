@@ -7,8 +7,8 @@
 
 use crate::arch::{Arch, Classifier, PosEmbKind};
 use crate::error::{Error, Result};
+use crate::layout::prepared::{name, BlockRole, BlockTable, Prepared};
 use crate::layout::recognise::{count_blocks, get, grid_side, Recognised, Shapes};
-use crate::layout::{name, BlockRole, BlockTable, Prepared};
 use crate::model::{Param, Proj};
 use crate::options::ProjChoice;
 use crate::plan::{Fetch, OutTensor, Recipe};
@@ -16,6 +16,8 @@ use crate::plan::{Fetch, OutTensor, Recipe};
 /// CLIP-style state-dict names shared by both layouts (`{i}` = block index).
 pub mod names {
     pub const PREFIX: &str = "visual.";
+    /// OpenAI CLIP's `ln_pre` weight, which open_clip's names lack: it tells the two apart.
+    pub const LN_PRE_W: &str = "ln_pre.weight";
     pub const CONV1: &str = "conv1.weight";
     pub const CLASS: &str = "class_embedding";
     pub const POS: &str = "positional_embedding";
@@ -78,7 +80,7 @@ fn recognise_under(s: &Shapes<'_>, p: &str) -> Option<Recognised> {
     let &[mlp, _] = get(s, &format!("{p}{}", name(names::FC_W, 0)))? else {
         return None;
     };
-    let openai = s.contains_key(format!("{p}{}", super::clip::LN_PRE_W).as_str());
+    let openai = s.contains_key(format!("{p}{}", names::LN_PRE_W).as_str());
     let mut notes = vec![];
     if let Some(&[_, out]) = get(s, &format!("{p}{}", names::PROJ)) {
         notes.push(format!("projection: {hidden} -> {out} (proj, no bias)"));
@@ -226,10 +228,7 @@ pub fn resolve_proj(prep: &mut Prepared<'_>) -> Result<ProjChoice> {
         ProjChoice::None
     });
     match choice {
-        ProjChoice::Head if !has_head => Err(Error::BadOption {
-            option: "--proj head",
-            why: "there is no head to put in proj (the source has none or --drop-head was given)".to_string(),
-        }),
+        ProjChoice::Head if !has_head => Err(Error::ProjWithoutHead),
         ProjChoice::Head if a.representation.is_some() => Err(prep.refuse(
             format!("pre_logits (dense {} -> {} + tanh) before the head", a.hidden, a.representation.unwrap_or(0)),
             "proj is one matrix with no bias or tanh; pass --drop-head (or --proj none) for the pooled features",

@@ -9,39 +9,66 @@ use serde_json::{json, Map, Value};
 
 use crate::arch::{Arch, Classifier, PosEmbKind};
 use crate::error::Result;
+use crate::layout::hf_files::{dtype_name, pretty, CONFIG_FILE, PREPROCESSOR_FILE};
+use crate::layout::prepared::{name, BlockRole, BlockTable, Prepared, FLAX_LN_EPS};
 use crate::layout::recognise::{count_blocks, get, grid_side, Recognised, Shapes};
-use crate::layout::{name, BlockRole, BlockTable, Prepared, FLAX_LN_EPS};
 use crate::model::Proj;
 use crate::options::Gelu;
 use crate::plan::{Fetch, OutTensor, OutputKind, Plan, Recipe, SideFile};
 
 /// transformers state-dict names (`{i}` = layer index), without the `vit.` prefix `ViTForImageClassification` adds.
 pub mod names {
+    /// The class token.
     pub const CLS: &str = "embeddings.cls_token";
+    /// The position embedding.
     pub const POS: &str = "embeddings.position_embeddings";
+    /// The weight of the patch embedding's convolution.
     pub const PATCH_W: &str = "embeddings.patch_embeddings.projection.weight";
+    /// The bias of the patch embedding's convolution.
     pub const PATCH_B: &str = "embeddings.patch_embeddings.projection.bias";
+    /// The weight of each layer's LayerNorm before attention.
     pub const LN1_W: &str = "layers.{i}.layernorm_before.weight";
+    /// The bias of each layer's LayerNorm before attention.
     pub const LN1_B: &str = "layers.{i}.layernorm_before.bias";
+    /// The weight of each layer's query projection.
     pub const Q_W: &str = "layers.{i}.attention.q_proj.weight";
+    /// The bias of each layer's query projection.
     pub const Q_B: &str = "layers.{i}.attention.q_proj.bias";
+    /// The weight of each layer's key projection.
     pub const K_W: &str = "layers.{i}.attention.k_proj.weight";
+    /// The bias of each layer's key projection.
     pub const K_B: &str = "layers.{i}.attention.k_proj.bias";
+    /// The weight of each layer's value projection.
     pub const V_W: &str = "layers.{i}.attention.v_proj.weight";
+    /// The bias of each layer's value projection.
     pub const V_B: &str = "layers.{i}.attention.v_proj.bias";
+    /// The weight of each layer's attention output projection.
     pub const O_W: &str = "layers.{i}.attention.o_proj.weight";
+    /// The bias of each layer's attention output projection.
     pub const O_B: &str = "layers.{i}.attention.o_proj.bias";
+    /// The weight of each layer's LayerNorm before the MLP.
     pub const LN2_W: &str = "layers.{i}.layernorm_after.weight";
+    /// The bias of each layer's LayerNorm before the MLP.
     pub const LN2_B: &str = "layers.{i}.layernorm_after.bias";
+    /// The weight of the first MLP layer of each block.
     pub const FC1_W: &str = "layers.{i}.mlp.fc1.weight";
+    /// The bias of the first MLP layer of each block.
     pub const FC1_B: &str = "layers.{i}.mlp.fc1.bias";
+    /// The weight of the second MLP layer of each block.
     pub const FC2_W: &str = "layers.{i}.mlp.fc2.weight";
+    /// The bias of the second MLP layer of each block.
     pub const FC2_B: &str = "layers.{i}.mlp.fc2.bias";
+    /// The weight of the final LayerNorm.
     pub const NORM_W: &str = "layernorm.weight";
+    /// The bias of the final LayerNorm.
     pub const NORM_B: &str = "layernorm.bias";
+    /// The weight of the pooler's dense layer (pre_logits).
     pub const POOLER_W: &str = "pooler.dense.weight";
+    /// The bias of the pooler's dense layer (pre_logits).
     pub const POOLER_B: &str = "pooler.dense.bias";
+    /// The weight of the classification head.
     pub const CLASSIFIER_W: &str = "classifier.weight";
+    /// The bias of the classification head.
     pub const CLASSIFIER_B: &str = "classifier.bias";
     /// Prefix of the backbone inside `ViTForImageClassification`.
     pub const BACKBONE: &str = "vit.";
@@ -130,11 +157,7 @@ pub fn recognise(s: &Shapes<'_>) -> Option<Recognised> {
     })
 }
 
-/// Files inside the output directory.
-pub const WEIGHTS_FILE: &str = "model.safetensors";
-pub const CONFIG_FILE: &str = "config.json";
-pub const PREPROCESSOR_FILE: &str = "preprocessor_config.json";
-
+/// The transformers plan (a `ViTForImageClassification` or `ViTModel` directory) for a prepared source; towers without a class token go to SigLIP's classes.
 pub fn plan(mut prep: Prepared<'_>, _fetch: &dyn Fetch, source_name: &str) -> Result<Plan> {
     let a = prep.arch().clone();
     if a.resnet.is_some() {
@@ -317,18 +340,4 @@ pub fn plan(mut prep: Prepared<'_>, _fetch: &dyn Fetch, source_name: &str) -> Re
         },
     ];
     Ok(prep.finish(OutputKind::HfDirectory, out, meta, python, side))
-}
-
-pub(crate) fn dtype_name(d: crate::options::OutDType) -> &'static str {
-    match d {
-        crate::options::OutDType::F32 => "float32",
-        crate::options::OutDType::F16 => "float16",
-        crate::options::OutDType::BF16 => "bfloat16",
-    }
-}
-
-pub(crate) fn pretty(v: &Value) -> String {
-    let mut s = serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string());
-    s.push('\n');
-    s
 }

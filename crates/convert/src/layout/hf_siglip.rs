@@ -14,37 +14,60 @@ use serde_json::{json, Map, Value};
 
 use crate::arch::{Arch, Classifier, PosEmbKind};
 use crate::error::Result;
-use crate::layout::hf::{dtype_name, pretty, CONFIG_FILE, PREPROCESSOR_FILE};
+use crate::layout::hf_files::{dtype_name, pretty, CONFIG_FILE, PREPROCESSOR_FILE};
+use crate::layout::prepared::{BlockRole, BlockTable, MapRole, MapTable, Prepared, FLAX_LN_EPS};
 use crate::layout::recognise::{count_blocks, get, grid_side, Recognised, Shapes};
-use crate::layout::{BlockRole, BlockTable, MapRole, MapTable, Prepared, FLAX_LN_EPS};
 use crate::model::Proj;
 use crate::options::Gelu;
 use crate::plan::{OutTensor, OutputKind, Plan, Recipe, SideFile};
 
 /// transformers state-dict names of `SiglipVisionModel` (`{i}` = layer index).
 pub mod names {
+    /// The weight of the patch embedding's convolution.
     pub const PATCH_W: &str = "embeddings.patch_embedding.weight";
+    /// The bias of the patch embedding's convolution.
     pub const PATCH_B: &str = "embeddings.patch_embedding.bias";
+    /// The position embedding.
     pub const POS: &str = "embeddings.position_embedding.weight";
+    /// The weight of each layer's LayerNorm before attention.
     pub const LN1_W: &str = "encoder.layers.{i}.layer_norm1.weight";
+    /// The bias of each layer's LayerNorm before attention.
     pub const LN1_B: &str = "encoder.layers.{i}.layer_norm1.bias";
+    /// The weight of each layer's query projection.
     pub const Q_W: &str = "encoder.layers.{i}.self_attn.q_proj.weight";
+    /// The bias of each layer's query projection.
     pub const Q_B: &str = "encoder.layers.{i}.self_attn.q_proj.bias";
+    /// The weight of each layer's key projection.
     pub const K_W: &str = "encoder.layers.{i}.self_attn.k_proj.weight";
+    /// The bias of each layer's key projection.
     pub const K_B: &str = "encoder.layers.{i}.self_attn.k_proj.bias";
+    /// The weight of each layer's value projection.
     pub const V_W: &str = "encoder.layers.{i}.self_attn.v_proj.weight";
+    /// The bias of each layer's value projection.
     pub const V_B: &str = "encoder.layers.{i}.self_attn.v_proj.bias";
+    /// The weight of each layer's attention output projection.
     pub const O_W: &str = "encoder.layers.{i}.self_attn.out_proj.weight";
+    /// The bias of each layer's attention output projection.
     pub const O_B: &str = "encoder.layers.{i}.self_attn.out_proj.bias";
+    /// The weight of each layer's LayerNorm before the MLP.
     pub const LN2_W: &str = "encoder.layers.{i}.layer_norm2.weight";
+    /// The bias of each layer's LayerNorm before the MLP.
     pub const LN2_B: &str = "encoder.layers.{i}.layer_norm2.bias";
+    /// The weight of the first MLP layer of each block.
     pub const FC1_W: &str = "encoder.layers.{i}.mlp.fc1.weight";
+    /// The bias of the first MLP layer of each block.
     pub const FC1_B: &str = "encoder.layers.{i}.mlp.fc1.bias";
+    /// The weight of the second MLP layer of each block.
     pub const FC2_W: &str = "encoder.layers.{i}.mlp.fc2.weight";
+    /// The bias of the second MLP layer of each block.
     pub const FC2_B: &str = "encoder.layers.{i}.mlp.fc2.bias";
+    /// The weight of the final LayerNorm.
     pub const NORM_W: &str = "post_layernorm.weight";
+    /// The bias of the final LayerNorm.
     pub const NORM_B: &str = "post_layernorm.bias";
+    /// The weight of the classification head.
     pub const CLASSIFIER_W: &str = "classifier.weight";
+    /// The bias of the classification head.
     pub const CLASSIFIER_B: &str = "classifier.bias";
     /// Prefix of the vision tower inside `SiglipForImageClassification` (and `SiglipModel`).
     pub const VISION_MODEL: &str = "vision_model.";
@@ -104,7 +127,11 @@ pub fn recognise(s: &Shapes<'_>) -> Option<Recognised> {
     if depth == 0 {
         return None;
     }
-    let &[mlp, _] = get(s, &format!("{p}{}", crate::layout::name(names::FC1_W, 0)))? else {
+    let &[mlp, _] = get(
+        s,
+        &format!("{p}{}", crate::layout::prepared::name(names::FC1_W, 0)),
+    )?
+    else {
         return None;
     };
     let map = HEAD

@@ -10,13 +10,14 @@ use serde_json::json;
 
 use crate::error::Result;
 use crate::layout::clip_style::{self, names, tensor as t};
-use crate::layout::{mlp_ratio, Prepared, FLAX_LN_EPS};
+use crate::layout::prepared::{mlp_ratio, Prepared, FLAX_LN_EPS};
 use crate::options::{Gelu, ProjChoice};
 use crate::plan::{Fetch, OutputKind, Plan, Recipe, SideFile};
 
 /// Suffix replacing OUTPUT's extension for the open_clip config.
 pub const CONFIG_SUFFIX: &str = ".open_clip.json";
 
+/// The open_clip visual tower plan, with its model config, for a prepared source.
 pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Result<Plan> {
     let a = prep.arch().clone();
     clip_style::check_tower(&prep)?;

@@ -2,6 +2,12 @@
 //! read an architecture off a state dict's keys and shapes, with the keys taken from the layout's own name
 //! tables, so that a target key is written in one place.
 
+#![deny(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
 use std::collections::BTreeMap;
 
 use vitconv_tensors::TensorInfo;
@@ -16,11 +22,13 @@ pub type Shapes<'a> = BTreeMap<&'a str, &'a [usize]>;
 pub struct Recognised {
     /// The family `inspect` names (`timm`, `transformers`, `open_clip`, `openai_clip`).
     pub family: &'static str,
+    /// The architecture read off the shapes.
     pub arch: Arch,
     /// The class token's shape as the layout stores it, when it is not `[1, 1, D]`.
     pub class_shape: Option<String>,
     /// Whether the patch convolution has a bias.
     pub patch_bias: bool,
+    /// What the parts are, one sentence each, beyond the architecture's own.
     pub notes: Vec<String>,
 }
 
@@ -32,6 +40,7 @@ pub fn shapes(tensors: &[TensorInfo]) -> Shapes<'_> {
         .collect()
 }
 
+/// The shape of tensor `k`, if the file has it.
 pub fn get<'a>(s: &Shapes<'a>, k: &str) -> Option<&'a [usize]> {
     s.get(k).copied()
 }
@@ -39,7 +48,9 @@ pub fn get<'a>(s: &Shapes<'a>, k: &str) -> Option<&'a [usize]> {
 /// How many of `template` with `{i}` = 0, 1, ... exist after `prefix`.
 pub fn count_blocks(s: &Shapes<'_>, prefix: &str, template: &str) -> usize {
     (0..)
-        .take_while(|i| s.contains_key(format!("{prefix}{}", super::name(template, *i)).as_str()))
+        .take_while(|i| {
+            s.contains_key(format!("{prefix}{}", super::prepared::name(template, *i)).as_str())
+        })
         .count()
 }
 

@@ -10,38 +10,59 @@ use serde_json::{json, Map, Value};
 
 use crate::arch::{Arch, Classifier, PosEmbKind, ResNet};
 use crate::error::Result;
-use crate::layout::recognise::{count_blocks, get, grid_side, Recognised, Shapes};
-use crate::layout::{
+use crate::layout::prepared::{
     mlp_ratio, py_float, BlockRole, BlockTable, MapRole, MapTable, Prepared, FLAX_LN_EPS,
 };
+use crate::layout::recognise::{count_blocks, get, grid_side, Recognised, Shapes};
 use crate::model::{Norm, Param, Proj};
 use crate::options::Gelu;
 use crate::plan::{Fetch, OutTensor, OutputKind, Plan, Recipe, SideFile};
 
 /// timm state-dict names (`{i}` = block index).
 pub mod names {
+    /// The class token.
     pub const CLS: &str = "cls_token";
+    /// The position embedding.
     pub const POS: &str = "pos_embed";
+    /// The weight of the patch embedding's convolution.
     pub const PATCH_W: &str = "patch_embed.proj.weight";
+    /// The bias of the patch embedding's convolution.
     pub const PATCH_B: &str = "patch_embed.proj.bias";
+    /// The weight of each block's LayerNorm before attention.
     pub const NORM1_W: &str = "blocks.{i}.norm1.weight";
+    /// The bias of each block's LayerNorm before attention.
     pub const NORM1_B: &str = "blocks.{i}.norm1.bias";
+    /// The weight of each block's fused query/key/value projection.
     pub const QKV_W: &str = "blocks.{i}.attn.qkv.weight";
+    /// The bias of each block's fused query/key/value projection.
     pub const QKV_B: &str = "blocks.{i}.attn.qkv.bias";
+    /// The weight of each block's attention output projection.
     pub const PROJ_W: &str = "blocks.{i}.attn.proj.weight";
+    /// The bias of each block's attention output projection.
     pub const PROJ_B: &str = "blocks.{i}.attn.proj.bias";
+    /// The weight of each block's LayerNorm before the MLP.
     pub const NORM2_W: &str = "blocks.{i}.norm2.weight";
+    /// The bias of each block's LayerNorm before the MLP.
     pub const NORM2_B: &str = "blocks.{i}.norm2.bias";
+    /// The weight of the first MLP layer of each block.
     pub const FC1_W: &str = "blocks.{i}.mlp.fc1.weight";
+    /// The bias of the first MLP layer of each block.
     pub const FC1_B: &str = "blocks.{i}.mlp.fc1.bias";
+    /// The weight of the second MLP layer of each block.
     pub const FC2_W: &str = "blocks.{i}.mlp.fc2.weight";
+    /// The bias of the second MLP layer of each block.
     pub const FC2_B: &str = "blocks.{i}.mlp.fc2.bias";
+    /// The weight of the final LayerNorm.
     pub const NORM_W: &str = "norm.weight";
+    /// The bias of the final LayerNorm.
     pub const NORM_B: &str = "norm.bias";
+    /// The weight of the classification head.
     pub const HEAD_W: &str = "head.weight";
+    /// The bias of the classification head.
     pub const HEAD_B: &str = "head.bias";
     /// ResNetV2 with stages: the root lives in `stem`; root-only stems are the `Sequential` itself.
     pub const STEM: &str = "patch_embed.backbone.stem.";
+    /// The prefix of a root-only stem's root, which is the `Sequential` itself.
     pub const ROOT_ONLY: &str = "patch_embed.backbone.";
     /// `{s}`/`{u}` are 0-based stage and block.
     pub const UNIT: &str = "patch_embed.backbone.stages.{s}.blocks.{u}.";
@@ -117,6 +138,7 @@ fn t(name: impl Into<String>, shape: Vec<usize>, recipe: Recipe) -> OutTensor {
     }
 }
 
+/// The timm `VisionTransformer` plan for a prepared source.
 pub fn plan(prep: Prepared<'_>, _fetch: &dyn Fetch, source_name: &str) -> Result<Plan> {
     let a = prep.arch().clone();
     if prep.has_pre_logits() {
@@ -428,7 +450,7 @@ pub fn recognise(s: &Shapes<'_>) -> Option<Recognised> {
     if depth == 0 {
         return None;
     }
-    let &[mlp, _] = get(s, &crate::layout::name(names::FC1_W, 0))? else {
+    let &[mlp, _] = get(s, &crate::layout::prepared::name(names::FC1_W, 0))? else {
         return None;
     };
     let cls = s.contains_key(names::CLS);
@@ -598,9 +620,10 @@ mod tests {
     struct NoValues;
     impl Fetch for NoValues {
         fn fetch(&self, param: &Param) -> Result<Vec<f32>> {
-            Err(Error::BadOption {
-                option: "test",
-                why: format!("{} has no values", param.describe()),
+            Err(Error::MissingTensor {
+                recognised: "test map".to_string(),
+                tensor: param.describe(),
+                role: None,
             })
         }
     }

@@ -8,6 +8,12 @@
 //! are those of big_vision's `models/vit.py`: the class token is concatenated after the position embedding
 //! is added, `MAPHead` attends from a learned probe, `pool_type='gap'` averages after `encoder_norm`.
 
+#![deny(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
 use vitconv_tensors::TensorInfo;
 
 use super::keys::{dims, Keys};
@@ -81,9 +87,9 @@ const MLP: &str = "MlpBlock_0";
 /// accounting for every tensor (training state is left out, and said so).
 pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
     let Some(root) = root(tensors) else {
-        return Err(Error::Unrecognised {
-            recognised: format!("{} tensors", tensors.len()),
-            missing: "no embedding/kernel under params/ or at the top".to_string(),
+        return Err(Error::NoRoot {
+            tensors: tensors.len(),
+            looked_for: "embedding/kernel under params/ or at the top",
         });
     };
     let recognised = if root.is_empty() {
@@ -115,11 +121,9 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
         "HWIO patch kernel",
     )?;
     if ph != pw || ph == 0 || hidden == 0 {
-        return Err(Error::Shape {
+        return Err(Error::NonSquarePatch {
             name: ek,
-            expected: "[p, p, in, hidden] with a square, non-empty patch".to_string(),
             found: vec![ph, pw, in_chans, hidden],
-            why: "vitconv converts square patches".to_string(),
         });
     }
     keys.need_shape(
@@ -138,11 +142,10 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
             "stacked (scan) block LayerNorm",
         )?;
         if d != hidden || depth == 0 {
-            return Err(Error::Shape {
+            return Err(Error::StackDepth {
                 name: stacked_ln,
-                expected: format!("[depth, {hidden}] with depth > 0"),
+                hidden,
                 found: vec![depth, d],
-                why: "one LayerNorm scale per stacked block".to_string(),
             });
         }
         (
@@ -163,13 +166,9 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
         (names, depth)
     };
     if depth == 0 {
-        return Err(Error::Inconsistent {
+        return Err(Error::NoBlocks {
             recognised: keys.recognised.clone(),
-            problem: format!(
-                "no encoder blocks (neither {} nor {} is there)",
-                names.block(0, &format!("{LN1}/scale")),
-                stacked_ln
-            ),
+            looked_for: vec![names.block(0, &format!("{LN1}/scale")), stacked_ln],
         });
     }
     // A stacked tensor carries the depth in front of each block's shape.
@@ -184,11 +183,10 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
         "query kernel",
     )?;
     if heads.checked_mul(head_dim) != Some(hidden) {
-        return Err(Error::Shape {
+        return Err(Error::HeadsMismatch {
             name: qk,
-            expected: format!("[{hidden}, heads, head_dim] with heads x head_dim = {hidden}"),
+            hidden,
             found: q_shape.to_vec(),
-            why: "the attention must cover the hidden width".to_string(),
         });
     }
     let d0 = names.block(0, &format!("{MLP}/Dense_0/kernel"));
@@ -250,11 +248,10 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
             "MAP head query kernel",
         )?;
         if mh.checked_mul(mdh) != Some(hidden) {
-            return Err(Error::Shape {
+            return Err(Error::HeadsMismatch {
                 name: mq,
-                expected: format!("[{hidden}, heads, head_dim] with heads x head_dim = {hidden}"),
+                hidden,
                 found: vec![hidden, mh, mdh],
-                why: "the MAP head's attention must cover the hidden width".to_string(),
             });
         }
         check_attention(&mut keys, &map, &|s| s.to_vec(), [hidden, mh, mdh])?;
@@ -295,24 +292,21 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
         )?;
         let side = rows.isqrt();
         if one != 1 || pe_d != hidden || side == 0 || side.checked_mul(side) != Some(rows) {
-            return Err(Error::Shape {
+            return Err(Error::PosEmbNotSquare {
                 name: pe,
-                expected: format!("[1, s^2, {hidden}] for a square s x s grid"),
+                hidden,
                 found: vec![one, rows, pe_d],
-                why: format!(
-                    "big_vision tables have one row per patch and none for the class token, so the grid is {rows} cells, which must be a square"
-                ),
+                class_row: false,
+                cells: rows,
             });
         }
         (Some((side, side)), PosEmbKind::Learned)
     } else {
         if hidden % 4 != 0 {
-            return Err(Error::Shape {
+            return Err(Error::SincosWidth {
                 name: ek,
-                expected: "a hidden width divisible by 4".to_string(),
+                hidden,
                 found: vec![ph, pw, in_chans, hidden],
-                why: "there is no pos_embedding, so it is sincos2d, which splits the width in four"
-                    .to_string(),
             });
         }
         (None, PosEmbKind::Sincos2d)

@@ -1,6 +1,12 @@
 //! The bookkeeping every source module shares while it reads a file: which tensors exist, with which shape
 //! and dtype, which ones the model has accounted for, and the shape checks with their error messages.
 
+#![deny(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use vitconv_tensors::TensorInfo;
@@ -36,9 +42,10 @@ impl<'a> Keys<'a> {
                 self.used.insert(name.to_string());
                 Ok(t.shape.as_slice())
             }
-            None => Err(Error::Inconsistent {
+            None => Err(Error::MissingTensor {
                 recognised: self.recognised.clone(),
-                problem: format!("tensor {name} ({what}) is missing"),
+                tensor: name.to_string(),
+                role: Some(what.to_string()),
             }),
         }
     }
@@ -47,11 +54,11 @@ impl<'a> Keys<'a> {
     pub fn need_shape(&mut self, name: &str, expected: &[usize], why: &str) -> Result<()> {
         let found = self.need(name, why)?;
         if found != expected {
-            return Err(Error::Shape {
+            return Err(Error::ShapeMismatch {
                 name: name.to_string(),
-                expected: format!("{expected:?}"),
+                expected: expected.to_vec(),
                 found: found.to_vec(),
-                why: why.to_string(),
+                role: why.to_string(),
             });
         }
         Ok(())
@@ -61,11 +68,10 @@ impl<'a> Keys<'a> {
     pub fn need_gn(&mut self, name: &str, channels: usize) -> Result<()> {
         let found = self.need(name, "GroupNorm parameter")?;
         if found != [channels] && found != [1, 1, 1, channels] {
-            return Err(Error::Shape {
+            return Err(Error::GroupNormShape {
                 name: name.to_string(),
-                expected: format!("[{channels}] or [1, 1, 1, {channels}]"),
+                channels,
                 found: found.to_vec(),
-                why: "GroupNorm parameter of the preceding convolution".to_string(),
             });
         }
         Ok(())
@@ -76,9 +82,10 @@ impl<'a> Keys<'a> {
     pub fn param(&self, name: &str) -> Result<Param> {
         match self.infos.get(name) {
             Some(t) => Ok(Param::whole(name, t.dtype, &t.shape)),
-            None => Err(Error::Inconsistent {
+            None => Err(Error::MissingTensor {
                 recognised: self.recognised.clone(),
-                problem: format!("tensor {name} is missing"),
+                tensor: name.to_string(),
+                role: None,
             }),
         }
     }
@@ -93,15 +100,15 @@ impl<'a> Keys<'a> {
                 count,
                 t.shape.get(1..).unwrap_or_default(),
             )),
-            Some(t) => Err(Error::Shape {
+            Some(t) => Err(Error::NotStacked {
                 name: name.to_string(),
-                expected: format!("[{count}, ...] (one slice per block)"),
+                count,
                 found: t.shape.clone(),
-                why: "a stacked block tensor".to_string(),
             }),
-            None => Err(Error::Inconsistent {
+            None => Err(Error::MissingTensor {
                 recognised: self.recognised.clone(),
-                problem: format!("tensor {name} is missing"),
+                tensor: name.to_string(),
+                role: None,
             }),
         }
     }
@@ -127,13 +134,13 @@ impl<'a> Keys<'a> {
 pub(crate) fn dims<const N: usize>(
     name: &str,
     shape: &[usize],
-    expected: &str,
-    why: &str,
+    expected: &'static str,
+    role: &'static str,
 ) -> Result<[usize; N]> {
-    shape.try_into().map_err(|_| Error::Shape {
+    shape.try_into().map_err(|_| Error::Rank {
         name: name.to_string(),
-        expected: expected.to_string(),
+        expected,
         found: shape.to_vec(),
-        why: why.to_string(),
+        role,
     })
 }

@@ -5,6 +5,12 @@
 //! Adding a family means adding its module and one line in [`SOURCES`]; no layout and no other family
 //! changes. `inspect` recognises sources through the same registry.
 
+#![deny(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
 pub mod big_vision;
 pub(crate) mod keys;
 pub mod vit_jax;
@@ -50,21 +56,11 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
         return (source.read)(tensors);
     }
     let has = |k: &str| tensors.iter().any(|t| t.name == k);
-    if let Some((_, what)) = KNOWN_UNSUPPORTED.iter().find(|(k, _)| has(k)) {
-        return Err(Error::Unrecognised {
-            recognised: (*what).to_string(),
-            missing:
-                "vitconv converts single-tower ViTs (vision_transformer and big_vision) so far"
-                    .to_string(),
-        });
+    if let Some(&(_, what)) = KNOWN_UNSUPPORTED.iter().find(|(k, _)| has(k)) {
+        return Err(Error::Unsupported { what });
     }
-    let family = crate::layout::recognise(tensors).map(|r| r.family);
-    Err(Error::Unrecognised {
-        recognised: match family {
-            Some(f) => format!("a {f} checkpoint, which is already a PyTorch layout"),
-            None => format!("{} tensors of no known layout", tensors.len()),
-        },
-        missing: "no embedding/kernel (looked at the top and under opt/target/ and params/)"
-            .to_string(),
+    Err(Error::NotASource {
+        tensors: tensors.len(),
+        layout: None,
     })
 }

@@ -4,6 +4,12 @@
 //! [`read`] checks the file completely (every tensor accounted for, every shape agreeing with the others) and
 //! describes it as a [`Model`]; the key names below are known to this module alone.
 
+#![deny(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
 use vitconv_tensors::TensorInfo;
 
 use super::keys::{dims, Keys};
@@ -47,6 +53,7 @@ fn proj_name(p: Proj) -> &'static str {
 pub struct JaxNames {
     /// `""` or `"opt/target/"`.
     pub prefix: String,
+    /// How the blocks' modules are named.
     pub style: BlockStyle,
 }
 
@@ -54,15 +61,19 @@ impl JaxNames {
     fn key(&self, rel: &str) -> String {
         format!("{}{rel}", self.prefix)
     }
+    /// The patch embedding kernel.
     pub fn embed_kernel(&self) -> String {
         self.key("embedding/kernel")
     }
+    /// The patch embedding bias.
     pub fn embed_bias(&self) -> String {
         self.key("embedding/bias")
     }
+    /// The class token.
     pub fn cls(&self) -> String {
         self.key("cls")
     }
+    /// The position embedding.
     pub fn pos_embed(&self) -> String {
         self.key("Transformer/posembed_input/pos_embedding")
     }
@@ -100,12 +111,15 @@ impl JaxNames {
             "Transformer/encoderblock_{i}/MlpBlock_{n}/Dense_{layer}/{p}"
         ))
     }
+    /// Parameter `p` of the pre_logits dense layer.
     pub fn pre_logits(&self, p: &str) -> String {
         self.key(&format!("pre_logits/{p}"))
     }
+    /// Parameter `p` of the head.
     pub fn head(&self, p: &str) -> String {
         self.key(&format!("head/{p}"))
     }
+    /// The hybrid's root convolution kernel.
     pub fn conv_root(&self) -> String {
         self.key("conv_root/kernel")
     }
@@ -145,10 +159,9 @@ pub fn claims(tensors: &[TensorInfo]) -> bool {
 pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
     let mut keys = Keys::new(tensors, "vit_jax checkpoint");
     let Some(prefix) = root(tensors) else {
-        return Err(Error::Unrecognised {
-            recognised: format!("{} tensors", tensors.len()),
-            missing: "no embedding/kernel (looked under no prefix and under opt/target/)"
-                .to_string(),
+        return Err(Error::NoRoot {
+            tensors: tensors.len(),
+            looked_for: "embedding/kernel (looked under no prefix and under opt/target/)",
         });
     };
     if let Some(t) = tensors.iter().find(|t| !t.dtype.is_float()) {
@@ -174,11 +187,9 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
         "HWIO patch kernel",
     )?;
     if ph != pw || ph == 0 || hidden == 0 {
-        return Err(Error::Shape {
+        return Err(Error::NonSquarePatch {
             name: ek,
-            expected: "[p, p, in, hidden] with a square, non-empty patch".to_string(),
             found: vec![ph, pw, in_chans, hidden],
-            why: "vitconv converts square patches".to_string(),
         });
     }
     keys.need_shape(&names.embed_bias(), &[hidden], "patch embedding bias")?;
@@ -190,12 +201,9 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
         .take_while(|i| keys.has(&names.block_norm(*i, BlockNorm::Attention, "scale")))
         .count();
     if depth == 0 {
-        return Err(Error::Inconsistent {
+        return Err(Error::NoBlocks {
             recognised: keys.recognised.clone(),
-            problem: format!(
-                "no encoder blocks ({} is missing)",
-                names.block_norm(0, BlockNorm::Attention, "scale")
-            ),
+            looked_for: vec![names.block_norm(0, BlockNorm::Attention, "scale")],
         });
     }
     let linen = JaxNames {
@@ -215,11 +223,10 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
         "query kernel",
     )?;
     if heads.checked_mul(head_dim) != Some(hidden) {
-        return Err(Error::Shape {
+        return Err(Error::HeadsMismatch {
             name: qk,
-            expected: format!("[{hidden}, heads, head_dim] with heads x head_dim = {hidden}"),
+            hidden,
             found: vec![hidden, heads, head_dim],
-            why: "the attention must cover the hidden width".to_string(),
         });
     }
     let d0 = names.mlp(0, 0, "kernel");
@@ -287,22 +294,13 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
     let prefix_rows = usize::from(classifier == Classifier::Token);
     let cells = rows.saturating_sub(prefix_rows);
     let side = cells.isqrt();
-    if one != 1 || pe_d != hidden || side == 0 || side * side != cells {
-        return Err(Error::Shape {
+    if one != 1 || pe_d != hidden || side == 0 || side.checked_mul(side) != Some(cells) {
+        return Err(Error::PosEmbNotSquare {
             name: pe,
-            expected: format!(
-                "[1, {}s^2, {hidden}] for a square s x s grid",
-                if prefix_rows == 1 { "1 + " } else { "" }
-            ),
+            hidden,
             found: vec![one, rows, pe_d],
-            why: format!(
-                "{} so the grid is {cells} cells, which is not a square",
-                if prefix_rows == 1 {
-                    "the file has a class token"
-                } else {
-                    "the file has no class token (gap)"
-                }
-            ),
+            class_row: prefix_rows == 1,
+            cells,
         });
     }
 
@@ -433,8 +431,8 @@ fn tower(keys: &Keys<'_>, n: &JaxNames, arch: Arch) -> Result<Tower> {
                 norm(n.unit_gn(s, u, g, "scale"), n.unit_gn(s, u, g, "bias"))
             };
             let mut stages = Vec::with_capacity(r.stages.len());
-            for (s, &units) in r.stages.iter().enumerate() {
-                let s = s + 1;
+            // Stages are numbered from 1 in the source's names.
+            for (s, &units) in (1usize..).zip(&r.stages) {
                 let mut us = Vec::with_capacity(units);
                 for u in 1..=units {
                     let proj = if u == 1 {
@@ -499,11 +497,9 @@ fn detect_resnet(keys: &mut Keys<'_>, names: &JaxNames, embed_in: usize) -> Resu
         "HWIO root kernel",
     )?;
     if kh != 7 || kw != 7 || width == 0 {
-        return Err(Error::Shape {
+        return Err(Error::BitRoot {
             name: root,
-            expected: "[7, 7, in, width]".to_string(),
             found: vec![kh, kw, cin, width],
-            why: "the BiT root is a 7x7 convolution".to_string(),
         });
     }
     for p in ["scale", "bias"] {
@@ -518,9 +514,10 @@ fn detect_resnet(keys: &mut Keys<'_>, names: &JaxNames, embed_in: usize) -> Resu
         if units == 0 {
             break;
         }
+        let shift = u32::try_from(s.saturating_sub(1)).unwrap_or(u32::MAX);
         let f = width
-            .checked_shl(u32::try_from(s - 1).unwrap_or(u32::MAX))
-            .filter(|f| f >> (s - 1) == width);
+            .checked_shl(shift)
+            .filter(|f| f.checked_shr(shift) == Some(width));
         let f = f.ok_or(Error::Overflow {
             name: names.unit_conv(s, 1, "conv1"),
             what: "stage width",
@@ -567,20 +564,25 @@ fn detect_resnet(keys: &mut Keys<'_>, names: &JaxNames, embed_in: usize) -> Resu
     }
     let resnet = ResNet { stages, width };
     if resnet.out_channels() != embed_in {
-        return Err(Error::Inconsistent {
+        return Err(Error::StemMismatch {
             recognised: keys.recognised.clone(),
-            problem: format!(
-                "the stem ends with {} channels (stages {:?}, width {width}) but {} reads {embed_in}",
-                resnet.out_channels(),
-                resnet.stages,
-                names.embed_kernel()
-            ),
+            stem_out: resnet.out_channels(),
+            stages: resnet.stages.clone(),
+            width,
+            embed: names.embed_kernel(),
+            embed_in,
         });
     }
     Ok(Some(resnet))
 }
 
 #[cfg(test)]
+// Tests index fixtures they built themselves and unwrap what must be there: a panic is a failed test.
+#[allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 pub(crate) mod tests {
     use std::path::PathBuf;
 

@@ -1,0 +1,660 @@
+//! The layout-independent decisions every target layout shares: the source with its options resolved
+//! ([`Prepared`]: grid, head, input normalisation, notes), the roles a layout's name table gives each block and
+//! MAP-head tensor, and small helpers for names and Python literals. Layout modules import this module, and
+//! the registry in `layout/mod.rs` imports them: this module imports no layout.
+
+#![deny(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+
+use crate::arch::{Arch, PosEmbKind};
+use crate::error::{Error, Result};
+use crate::model::{Attention, Block, Dense, MapHead, Model, Param, Pool, PosEmbed, Proj, Tower};
+use crate::options::{HeadChoice, InputNorm, Options};
+use crate::plan::{OutTensor, Plan, Recipe};
+
+/// The largest `--image-size` accepted: 8192 px is over 20 times the published resolutions, and keeps the
+/// position table of a patch-14 ViT-G under 1.4 GB; beyond it a typo would ask for terabytes.
+pub const MAX_IMAGE_SIZE: usize = 8192;
+
+/// LayerNorm epsilon of the flax model (`nn.LayerNorm` default).
+pub const FLAX_LN_EPS: f64 = 1e-6;
+
+/// The source with the layout-independent options resolved.
+pub struct Prepared<'a> {
+    /// The source model.
+    pub model: &'a Model,
+    /// The options asked for.
+    pub opts: &'a Options,
+    /// Patch grid of the output (differs from the source's with `--image-size`).
+    pub grid: (usize, usize),
+    /// Input resolution of the output, in pixels.
+    pub image_size: usize,
+    /// Whether `head` is written (false with `--drop-head`, `--num-classes 0`, or no head in the source).
+    pub keep_head: bool,
+    /// The input normalisation the output expects (folded into the patch embedding where it differs from the source's).
+    pub norm: InputNorm,
+    /// What was resolved so far, one sentence each (they join the plan's notes).
+    pub notes: Vec<String>,
+    /// Source tensors left out so far (training state, a dropped head).
+    pub dropped: Vec<String>,
+}
+
+impl<'a> Prepared<'a> {
+    /// Resolves image size, head and input normalisation against the source.
+    pub fn new(model: &'a Model, opts: &'a Options) -> Result<Self> {
+        let tower = &model.image;
+        let arch = &tower.arch;
+        let stride = arch.stride();
+        let (grid, image_size) = match (opts.image_size, arch.grid, arch.image_size()) {
+            (None, Some(grid), Some(px)) => (grid, px),
+            (None, _, _) => return Err(Error::ImageSizeRequired { stride }),
+            (Some(n), _, _) if n > MAX_IMAGE_SIZE => {
+                return Err(Error::ImageSizeTooLarge {
+                    size: n,
+                    max: MAX_IMAGE_SIZE,
+                })
+            }
+            (Some(n), _, _) => {
+                if n == 0 || n.checked_rem(stride) != Some(0) {
+                    return Err(Error::ImageSizeNotMultiple { size: n, stride });
+                }
+                // `stride` divides `n` (checked just above), so it is not zero.
+                let side = n.checked_div(stride).unwrap_or(0);
+                ((side, side), n)
+            }
+        };
+        let mut notes = Vec::new();
+        match (arch.grid, &tower.pos) {
+            (_, PosEmbed::Sincos2d) => notes.push(format!(
+                "position embedding: sincos2d computed for the {}x{} grid ({image_size} px)",
+                grid.0, grid.1
+            )),
+            (Some(from), PosEmbed::Table { class_row, .. }) if from != grid => notes.push(format!(
+                "position embedding grid resized from {}x{} to {}x{} ({image_size} px) with --resize {}{}",
+                from.0,
+                from.1,
+                grid.0,
+                grid.1,
+                opts.resize.as_str(),
+                if *class_row { "; class-token row unchanged" } else { "" }
+            )),
+            _ => {}
+        }
+        let mut dropped = model.left_out.clone();
+        let keep_head = match (opts.head, arch.num_classes) {
+            (HeadChoice::Keep, c) => c.is_some(),
+            (HeadChoice::NumClasses(0) | HeadChoice::Drop, _) => false,
+            (HeadChoice::NumClasses(n), Some(c)) if n == c => true,
+            (HeadChoice::NumClasses(n), c) => {
+                return Err(Error::NumClassesMismatch { asked: n, found: c })
+            }
+        };
+        if let (false, Some(head)) = (keep_head, &tower.head) {
+            dropped.extend([head.kernel.tensor.clone(), head.bias.tensor.clone()]);
+            notes.push(
+                "head dropped (--drop-head / --num-classes 0): the model outputs pooled features"
+                    .to_string(),
+            );
+        }
+        if let (false, Some(pre)) = (keep_head, &tower.pre_logits) {
+            dropped.extend([pre.kernel.tensor.clone(), pre.bias.tensor.clone()]);
+            notes.push(
+                "pre_logits (dense + tanh) dropped with the head: features are the pooled encoder_norm output".to_string(),
+            );
+        }
+        let norm = opts.input_norm();
+        notes.push(format!(
+            "input normalisation: {} (mean {:?}, std {:?} on [0, 1] pixels){}",
+            norm.as_str(),
+            norm.mean(),
+            norm.std(),
+            if norm == InputNorm::Unit {
+                ", the source's own"
+            } else {
+                ", folded into the patch embedding"
+            }
+        ));
+        Ok(Prepared {
+            model,
+            opts,
+            grid,
+            image_size,
+            keep_head,
+            norm,
+            notes,
+            dropped,
+        })
+    }
+
+    /// Refuses an input normalisation that cannot be folded exactly; layouts call it after their own
+    /// structural refusals, so a source the layout cannot hold at all is told that first.
+    pub fn check_input_norm(&self) -> Result<()> {
+        if self.norm != InputNorm::Unit && self.arch().resnet.is_some() {
+            return Err(Error::InputNormHybrid {
+                norm: self.norm.as_str(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The architecture of the image tower.
+    pub fn arch(&self) -> &Arch {
+        &self.model.image.arch
+    }
+
+    /// The image tower being converted.
+    pub fn tower(&self) -> &'a Tower {
+        &self.model.image
+    }
+
+    /// Whether `pre_logits` is still to be written (source has it and the head is kept).
+    pub fn has_pre_logits(&self) -> bool {
+        self.arch().representation.is_some() && self.keep_head
+    }
+
+    /// A refusal for this layout: `what` describes the part of the source with its sizes, `why` is the
+    /// layout's fixed reason and fix.
+    pub fn refuse(&self, what: impl Into<String>, why: &'static str) -> Error {
+        Error::Refused {
+            layout: self.opts.layout.as_str(),
+            what: what.into(),
+            why,
+        }
+    }
+
+    fn hd(&self) -> (usize, usize) {
+        let a = self.arch();
+        (
+            a.hidden,
+            a.heads
+                .unwrap_or(1)
+                .saturating_mul(a.head_dim().unwrap_or(a.hidden)),
+        )
+    }
+
+    /// Fused `[3D, D]` q/k/v weight in q, k, v order with heads contiguous (timm `qkv`, CLIP `in_proj_weight`).
+    pub fn qkv_weight(&self, attn: &Attention) -> Recipe {
+        Recipe::Concat(
+            [Proj::Query, Proj::Key, Proj::Value]
+                .iter()
+                .map(|p| self.proj_weight(attn, *p))
+                .collect(),
+        )
+    }
+
+    /// Fused `[3D]` q/k/v bias.
+    pub fn qkv_bias(&self, attn: &Attention) -> Recipe {
+        Recipe::Concat(
+            [Proj::Query, Proj::Key, Proj::Value]
+                .iter()
+                .map(|p| self.proj_bias(attn, *p))
+                .collect(),
+        )
+    }
+
+    /// One projection's `[out, in]` weight: q/k/v `[D, H, Dh]` seen as `[D, H*Dh]`, out `[H, Dh, D]` as `[H*Dh, D]`,
+    /// both transposed.
+    pub fn proj_weight(&self, attn: &Attention, p: Proj) -> Recipe {
+        let (d, hd) = self.hd();
+        let (rows, cols) = if p == Proj::Out { (hd, d) } else { (d, hd) };
+        Recipe::Transpose {
+            src: attn.proj(p).kernel.clone(),
+            rows,
+            cols,
+        }
+    }
+
+    /// The bias of one attention projection, as a recipe.
+    pub fn proj_bias(&self, attn: &Attention, p: Proj) -> Recipe {
+        Recipe::Copy(attn.proj(p).bias.clone())
+    }
+
+    /// MLP dense `layer` (0 or 1) weight `[out, in]`.
+    pub fn mlp_weight(&self, mlp: &[Dense; 2], layer: usize) -> Recipe {
+        let a = self.arch();
+        let (rows, cols, dense) = if layer == 0 {
+            (a.hidden, a.mlp, &mlp[0])
+        } else {
+            (a.mlp, a.hidden, &mlp[1])
+        };
+        Recipe::Transpose {
+            src: dense.kernel.clone(),
+            rows,
+            cols,
+        }
+    }
+
+    /// The bias of MLP layer `layer` (0 or 1), as a recipe.
+    pub fn mlp_bias(&self, mlp: &[Dense; 2], layer: usize) -> Recipe {
+        let dense = if layer == 0 { &mlp[0] } else { &mlp[1] };
+        Recipe::Copy(dense.bias.clone())
+    }
+
+    /// The output tensors of one block of a layout's [`BlockTable`], names expanded with the block index.
+    pub fn block_tensors(
+        &self,
+        table: &BlockTable,
+        prefix: &str,
+        i: usize,
+        b: &Block,
+    ) -> Vec<OutTensor> {
+        table
+            .iter()
+            .map(|(template, role)| {
+                let (shape, recipe) = self.block_role(*role, b);
+                OutTensor {
+                    name: format!("{prefix}{}", name(template, i)),
+                    shape,
+                    recipe,
+                }
+            })
+            .collect()
+    }
+
+    /// The shape and recipe of a block role in PyTorch's conventions (`[out, in]` weights).
+    pub fn block_role(&self, role: BlockRole, b: &Block) -> (Vec<usize>, Recipe) {
+        let a = self.arch();
+        let (d, m) = (a.hidden, a.mlp);
+        let copy = |p: &Param| Recipe::Copy(p.clone());
+        match role {
+            BlockRole::Norm1Scale => (vec![d], copy(&b.norm1.scale)),
+            BlockRole::Norm1Bias => (vec![d], copy(&b.norm1.bias)),
+            BlockRole::QkvWeight => (vec![d.saturating_mul(3), d], self.qkv_weight(&b.attn)),
+            BlockRole::QkvBias => (vec![d.saturating_mul(3)], self.qkv_bias(&b.attn)),
+            BlockRole::Weight(p) => (vec![d, d], self.proj_weight(&b.attn, p)),
+            BlockRole::Bias(p) => (vec![d], self.proj_bias(&b.attn, p)),
+            BlockRole::Norm2Scale => (vec![d], copy(&b.norm2.scale)),
+            BlockRole::Norm2Bias => (vec![d], copy(&b.norm2.bias)),
+            BlockRole::Fc1Weight => (vec![m, d], self.mlp_weight(&b.mlp, 0)),
+            BlockRole::Fc1Bias => (vec![m], self.mlp_bias(&b.mlp, 0)),
+            BlockRole::Fc2Weight => (vec![d, m], self.mlp_weight(&b.mlp, 1)),
+            BlockRole::Fc2Bias => (vec![d], self.mlp_bias(&b.mlp, 1)),
+        }
+    }
+
+    /// The MAP head, refused where the layout's pooling module derives its sizes from the encoder's (timm's
+    /// `AttentionPoolLatent` and transformers' `SiglipMultiheadAttentionPoolingHead` both take the encoder's
+    /// head count and MLP width).
+    pub fn map_head(&self) -> Result<Option<&'a MapHead>> {
+        let Pool::Map(map) = &self.tower().pool else {
+            return Ok(None);
+        };
+        let a = self.arch();
+        let heads = map.attn.query.kernel.shape.get(1).copied();
+        let mlp = map.mlp[0].kernel.shape.get(1).copied();
+        if heads != a.heads || mlp != Some(a.mlp) {
+            return Err(self.refuse(
+                format!(
+                    "a MAP head with {} heads and MLP {} (the encoder has {} and {})",
+                    heads.unwrap_or(0),
+                    mlp.unwrap_or(0),
+                    a.heads.unwrap_or(0),
+                    a.mlp
+                ),
+                "the layout's attention pooling takes the encoder's head count and MLP width",
+            ));
+        }
+        Ok(Some(map))
+    }
+
+    /// The output tensors of the MAP head for a layout's [`MapTable`], each name after `prefix`.
+    pub fn map_tensors(&self, table: &MapTable, prefix: &str, map: &MapHead) -> Vec<OutTensor> {
+        let a = self.arch();
+        let (d, m) = (a.hidden, a.mlp);
+        let copy = |p: &Param| Recipe::Copy(p.clone());
+        table
+            .iter()
+            .map(|(name, role)| {
+                let (shape, recipe) = match role {
+                    MapRole::Probe => (vec![1, 1, d], copy(&map.probe)),
+                    MapRole::Weight(p) => (vec![d, d], self.proj_weight(&map.attn, *p)),
+                    MapRole::Bias(p) => (vec![d], self.proj_bias(&map.attn, *p)),
+                    MapRole::KvWeight => (
+                        vec![d.saturating_mul(2), d],
+                        Recipe::Concat(vec![
+                            self.proj_weight(&map.attn, Proj::Key),
+                            self.proj_weight(&map.attn, Proj::Value),
+                        ]),
+                    ),
+                    MapRole::KvBias => (
+                        vec![d.saturating_mul(2)],
+                        Recipe::Concat(vec![
+                            self.proj_bias(&map.attn, Proj::Key),
+                            self.proj_bias(&map.attn, Proj::Value),
+                        ]),
+                    ),
+                    MapRole::QkvWeight => {
+                        (vec![d.saturating_mul(3), d], self.qkv_weight(&map.attn))
+                    }
+                    MapRole::QkvBias => (vec![d.saturating_mul(3)], self.qkv_bias(&map.attn)),
+                    MapRole::NormScale => (vec![d], copy(&map.norm.scale)),
+                    MapRole::NormBias => (vec![d], copy(&map.norm.bias)),
+                    MapRole::Fc1Weight => (vec![m, d], self.mlp_weight(&map.mlp, 0)),
+                    MapRole::Fc1Bias => (vec![m], self.mlp_bias(&map.mlp, 0)),
+                    MapRole::Fc2Weight => (vec![d, m], self.mlp_weight(&map.mlp, 1)),
+                    MapRole::Fc2Bias => (vec![d], self.mlp_bias(&map.mlp, 1)),
+                };
+                OutTensor {
+                    name: format!("{prefix}{name}"),
+                    shape,
+                    recipe,
+                }
+            })
+            .collect()
+    }
+
+    fn embed_hwio(&self) -> [usize; 4] {
+        let a = self.arch();
+        [a.patch, a.patch, a.in_chans, a.hidden]
+    }
+
+    /// OIHW patch kernel with the input normalisation's scale folded in.
+    pub fn patch_kernel(&self) -> Recipe {
+        let (scale, _) = self.norm.affine();
+        let in_scale = (self.norm != InputNorm::Unit).then(|| scale.to_vec());
+        Recipe::ConvKernel {
+            src: self.tower().patch.kernel.clone(),
+            hwio: self.embed_hwio(),
+            in_scale,
+        }
+    }
+
+    /// Patch bias with the input normalisation's offset folded in.
+    pub fn patch_bias(&self) -> Recipe {
+        let patch = &self.tower().patch;
+        if self.norm == InputNorm::Unit {
+            return Recipe::Copy(patch.bias.clone());
+        }
+        let (_, offset) = self.norm.affine();
+        Recipe::PatchBias {
+            bias: patch.bias.clone(),
+            kernel: patch.kernel.clone(),
+            hwio: self.embed_hwio(),
+            in_offset: offset.to_vec(),
+        }
+    }
+
+    /// The output's position-embedding table: its row count and recipe. `class_row` says whether the
+    /// target's table has a row for the class token (timm without `no_embed_class`, transformers' ViT and the
+    /// CLIP-style layouts); a source whose class token has no position embedding (big_vision `tok`) gets a
+    /// zero row there, which adds nothing, so the sum is exact. The grid rows are the source's, resized to
+    /// the output grid, or sincos2d computed for it; `fold_patch_bias` adds the patch bias to every grid row
+    /// (CLIP-style `conv1` has no bias; adding it after the convolution is the same sum).
+    pub fn pos_table(&self, class_row: bool, fold_patch_bias: bool) -> Result<(usize, Recipe)> {
+        let a = self.arch();
+        let add_to_grid = fold_patch_bias.then(|| Box::new(self.patch_bias()));
+        let cells = self.grid.0.saturating_mul(self.grid.1);
+        let (grid_rows, source_class_row) = match &self.tower().pos {
+            PosEmbed::Table { param, class_row } => (
+                Recipe::PosEmbed {
+                    src: param.clone(),
+                    prefix_rows: usize::from(*class_row),
+                    from: a.grid.unwrap_or(self.grid),
+                    to: self.grid,
+                    dim: a.hidden,
+                    method: self.opts.resize,
+                    add_to_grid,
+                },
+                *class_row,
+            ),
+            PosEmbed::Sincos2d => (
+                Recipe::Sincos2d {
+                    grid: self.grid,
+                    dim: a.hidden,
+                    add_to_grid,
+                },
+                false,
+            ),
+        };
+        let rows = cells.saturating_add(usize::from(class_row));
+        match (class_row, source_class_row) {
+            (want, have) if want == have => Ok((rows, grid_rows)),
+            (true, _) => Ok((
+                rows,
+                Recipe::Concat(vec![
+                    Recipe::Fill {
+                        value: 0.0,
+                        len: a.hidden,
+                    },
+                    grid_rows,
+                ]),
+            )),
+            (false, _) => Err(self.refuse(
+                "a class token with a position embedding",
+                "the layout adds none to the class token",
+            )),
+        }
+    }
+
+    /// `vitconv.config`: the semantics the output declares, shared keys per the project brief.
+    pub fn config(
+        &self,
+        gelu: &str,
+        ln_eps: f64,
+        ln_pre: bool,
+        head: &str,
+        head_bias: Option<Vec<f32>>,
+    ) -> Value {
+        let a = self.arch();
+        json!({
+            "image_size": self.image_size,
+            "patch_size": a.patch,
+            "hidden": a.hidden,
+            "depth": a.depth,
+            "heads": a.heads,
+            "mlp": a.mlp,
+            "classifier": a.classifier.as_str(),
+            "num_classes": if self.keep_head { a.num_classes } else { None },
+            "representation": if self.has_pre_logits() { a.representation } else { None },
+            "gelu": gelu,
+            "layer_norm_eps": ln_eps,
+            "ln_pre": ln_pre,
+            "input_norm": {"name": self.norm.as_str(), "mean": self.norm.mean(), "std": self.norm.std()},
+            // How the position embedding was resampled, when the output's grid differs from the source's.
+            "resize": (a.posemb == PosEmbKind::Learned && Some(self.grid) != a.grid)
+                .then(|| self.opts.resize.as_str()),
+            "posemb": a.posemb,
+            "class_pos": a.class_token() && a.class_pos,
+            "source_family": self.model.family,
+            "resnet": a.resnet.as_ref().map(|r| json!({"stages": r.stages, "width": r.width})),
+            "head": head,
+            "head_bias": head_bias,
+            "dtype": self.opts.dtype.as_str(),
+        })
+    }
+
+    /// The metadata keys every output carries; layouts add their own.
+    pub fn metadata(&self, source_name: &str, config: &Value) -> BTreeMap<String, String> {
+        let mut m = BTreeMap::new();
+        m.insert("format".to_string(), "pt".to_string());
+        m.insert(
+            "vitconv.layout".to_string(),
+            self.opts.layout.as_str().to_string(),
+        );
+        m.insert("vitconv.source".to_string(), source_name.to_string());
+        m.insert("vitconv.config".to_string(), config.to_string());
+        m.insert(
+            "vitconv.source_notes".to_string(),
+            self.model.notes.join("\n"),
+        );
+        if !self.model.left_out.is_empty() {
+            // Training state that is not part of the model: how much, and under which roots.
+            let mut roots: Vec<&str> = Vec::new();
+            for n in &self.model.left_out {
+                let root = n.split_inclusive('/').next().unwrap_or(n);
+                if !roots.contains(&root) {
+                    roots.push(root);
+                }
+            }
+            m.insert(
+                "vitconv.left_out".to_string(),
+                json!({"tensors": self.model.left_out.len(), "roots": roots}).to_string(),
+            );
+        }
+        m.insert(
+            "vitconv.version".to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        );
+        m
+    }
+
+    /// Builds the plan's common part; the layout fills in tensors, python and side files.
+    pub fn finish(
+        self,
+        kind: crate::plan::OutputKind,
+        tensors: Vec<OutTensor>,
+        mut metadata: BTreeMap<String, String>,
+        python: String,
+        side_files: Vec<crate::plan::SideFile>,
+    ) -> Plan {
+        metadata.insert("vitconv.notes".to_string(), self.notes.join("\n"));
+        Plan {
+            kind,
+            tensors,
+            dropped: self.dropped,
+            metadata,
+            notes: self.notes,
+            python,
+            side_files,
+        }
+    }
+}
+
+/// What one tensor of a block holds, in PyTorch's conventions; the shape and transform follow from the role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockRole {
+    /// The LayerNorm before attention.
+    Norm1Scale,
+    /// The bias of the LayerNorm before attention.
+    Norm1Bias,
+    /// q, k and v weights `[3D, D]`, fused in that order with heads contiguous.
+    QkvWeight,
+    /// q, k and v biases `[3D]`, fused in that order.
+    QkvBias,
+    /// One projection's `[D, D]` weight (q, k, v or out).
+    Weight(Proj),
+    /// One projection's `[D]` bias (q, k, v or out).
+    Bias(Proj),
+    /// The LayerNorm before the MLP.
+    Norm2Scale,
+    /// The bias of the LayerNorm before the MLP.
+    Norm2Bias,
+    /// The MLP's first dense `[M, D]`.
+    Fc1Weight,
+    /// The bias `[M]` of the MLP's first dense.
+    Fc1Bias,
+    /// The MLP's second dense `[D, M]`.
+    Fc2Weight,
+    /// The bias `[D]` of the MLP's second dense.
+    Fc2Bias,
+}
+
+/// What one tensor of a MAP head holds, in PyTorch's conventions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MapRole {
+    /// The learned query `[1, 1, D]`.
+    Probe,
+    /// One projection's `[D, D]` weight and bias.
+    Weight(Proj),
+    /// One projection's `[D]` bias.
+    Bias(Proj),
+    /// k and v fused `[2D, D]` (timm's `kv`).
+    KvWeight,
+    /// k and v biases fused `[2D]`.
+    KvBias,
+    /// q, k and v fused `[3D, D]` (`nn.MultiheadAttention`'s `in_proj`).
+    QkvWeight,
+    /// q, k and v biases fused `[3D]`.
+    QkvBias,
+    /// The LayerNorm before the MLP.
+    NormScale,
+    /// The bias of the LayerNorm before the MLP.
+    NormBias,
+    /// The MLP's first dense `[M, D]`.
+    Fc1Weight,
+    /// The bias `[M]` of the MLP's first dense.
+    Fc1Bias,
+    /// The MLP's second dense `[D, M]`.
+    Fc2Weight,
+    /// The bias `[D]` of the MLP's second dense.
+    Fc2Bias,
+}
+
+/// A layout's MAP head: each target key with the role it holds.
+pub type MapTable = [(&'static str, MapRole)];
+
+/// A layout's block: each target key (`{i}` = block index) with the role it holds, in state-dict order.
+pub type BlockTable = [(&'static str, BlockRole)];
+
+/// Expands `{i}` in a name template.
+pub fn name(template: &str, i: usize) -> String {
+    template.replace("{i}", &i.to_string())
+}
+
+/// Writes a string as a Python literal the way Python's `repr` does: single quotes unless the text holds a
+/// single quote and no double quote, backslashes and the chosen quote escaped, `\n`, `\r`, `\t` and other
+/// control characters as escapes, printable non-ASCII letters as they are. A path pasted into printed Python
+/// through this stays one literal whatever it holds.
+pub fn py_str(text: &str) -> String {
+    let quote = if text.contains('\'') && !text.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
+    let mut out = String::with_capacity(text.len().saturating_add(2));
+    out.push(quote);
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            // C1 controls and the line and paragraph separators: Python's repr escapes the non-printable.
+            c if (0x80..0xa0).contains(&(c as u32)) => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
+            '\u{2028}' | '\u{2029}' => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push(quote);
+    out
+}
+
+/// Formats a float for Python source (`1e-06`, `2.0`).
+pub fn py_float(x: f64) -> String {
+    let s = format!("{x:?}");
+    if s.contains('.') || s.contains('e') {
+        s
+    } else {
+        format!("{s}.0")
+    }
+}
+
+/// `mlp / hidden` as the float ratio timm and open_clip take, checked to give back `mlp` exactly
+/// (both compute `int(hidden * ratio)`).
+pub fn mlp_ratio(prep: &Prepared<'_>) -> Result<f64> {
+    let a = prep.arch();
+    let ratio = a.mlp as f64 / a.hidden as f64;
+    if (a.hidden as f64 * ratio) as usize != a.mlp {
+        return Err(prep.refuse(
+            format!("an MLP of {} for hidden {}", a.mlp, a.hidden),
+            "the layout derives the MLP width from a float ratio that cannot express it",
+        ));
+    }
+    Ok(ratio)
+}
