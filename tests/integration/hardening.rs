@@ -625,3 +625,58 @@ fn a_side_file_that_cannot_be_written_leaves_the_old_weights() {
     assert_eq!(read(&weights), b"old weights");
     assert_eq!(listing(dir.path()), ["oc.open_clip.json", "oc.pt"]);
 }
+
+#[test]
+fn outputs_commit_together_and_side_files_are_ordinary_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = scratch();
+    // --force onto a weights path that is a directory: the run fails at its last step, and the side
+    // file already there (an earlier run's config) is left byte for byte as it was.
+    let out = dir.path().join("m.safetensors");
+    std::fs::create_dir(&out).unwrap();
+    let side = dir.path().join("m.open_clip.json");
+    std::fs::write(&side, b"an earlier config").unwrap();
+    let o = vitconv(convert_args(
+        &fixture(SOURCE),
+        &out,
+        "open_clip",
+        &["--force"],
+    ));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("m.safetensors"), "{}", stderr(&o));
+    assert_eq!(read(&side), b"an earlier config");
+    assert!(out.is_dir());
+    assert_eq!(
+        listing(dir.path()),
+        ["m.open_clip.json", "m.safetensors"],
+        "nothing else is left behind"
+    );
+    // A good run: the side file has the weights' permissions, not a temporary's 0600.
+    let good = dir.path().join("g.safetensors");
+    let o = vitconv(convert_args(&fixture(SOURCE), &good, "open_clip", &[]));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let side = dir.path().join("g.open_clip.json");
+    assert_eq!(
+        mode(&side),
+        mode(&good),
+        "side file and weights share permissions"
+    );
+    assert_eq!(
+        mode(&side) & 0o044,
+        0o044,
+        "readable by others like any output"
+    );
+}
+
+#[test]
+fn options_that_would_fill_the_disk_are_refused_up_front() {
+    let dir = scratch();
+    let out = dir.path().join("m.pt");
+    for size in ["1000000", "4294967296", "18446744073709551615"] {
+        let o = convert(&fixture(SOURCE), &out, &["--image-size", size]);
+        assert_bad_input(&o, "--image-size");
+        assert!(stderr(&o).contains("checkpoint.npz"), "{}", stderr(&o));
+    }
+    assert!(listing(dir.path()).is_empty(), "{:?}", listing(dir.path()));
+}

@@ -260,10 +260,14 @@ pub fn write(
             [producers, band_bytes],
             progress,
         )?;
+        // The weights are completed and flushed first; only then are the side files and the weights renamed
+        // into place, so a failure before that (a full disk at the last records, a target that is a
+        // directory) leaves every earlier file as it was.
+        let sealed = writer.seal()?;
         for side in staged {
             side.commit(overwrite)?;
         }
-        writer.finish()?;
+        sealed.commit()?;
         Ok(Written {
             folder,
             weights: weights.clone(),
@@ -823,8 +827,12 @@ fn stage_atomic(path: &Path, contents: &[u8]) -> Result<Staged> {
         op: "cannot write a temporary file beside it",
         source: e,
     };
+    let mut builder = tempfile::Builder::new();
+    // Side files are ordinary outputs, readable like the weights beside them (0644), not private temporaries.
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
     let (mut tmp, pending) =
-        vitconv_tensors::create_registered(|| tempfile::NamedTempFile::new_in(dir), |t| t.path())
+        vitconv_tensors::create_registered(|| builder.tempfile_in(dir), |t| t.path())
             .map_err(io)?;
     tmp.write_all(contents).map_err(io)?;
     Ok(Staged {

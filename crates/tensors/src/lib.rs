@@ -94,7 +94,7 @@ pub use pending::{
     remove_pending_temporaries, DirectoriesGuard, TemporaryGuard,
 };
 pub use stats::TensorStats;
-pub use writer::Writer;
+pub use writer::{Sealed, Writer};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;

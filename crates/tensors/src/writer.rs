@@ -312,6 +312,13 @@ impl Writer {
 
     /// Completes the file and renames it into place; errors if tensors are missing.
     pub fn finish(self) -> Result<()> {
+        self.seal()?.commit()
+    }
+
+    /// Completes the file and flushes it to disk without renaming it into place, so that a caller with
+    /// other files to place can put them all in place only once the weights are durable (and leave every
+    /// existing output as it was if this fails). Refuses a target that is a directory.
+    pub fn seal(self) -> Result<Sealed> {
         let path = self.path;
         if self.next != self.specs.len() {
             return Err(Error::Writer {
@@ -364,10 +371,43 @@ impl Writer {
         let file = out.into_inner().map_err(|e| io(e.into_error()))?;
         file.sync_all().map_err(io)?;
         drop(file);
-        let (temp, overwrite) = (self.temp, self.overwrite);
+        if path.is_dir() {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::IsADirectory,
+                "the output path is a directory",
+            )));
+        }
+        Ok(Sealed {
+            path,
+            temp: self.temp,
+            pending: self.pending,
+            overwrite: self.overwrite,
+        })
+    }
+}
+
+/// A finished, flushed weights file waiting beside its target (see [`Writer::seal`]); dropping it removes
+/// the temporary file.
+pub struct Sealed {
+    path: PathBuf,
+    temp: tempfile::NamedTempFile,
+    pending: crate::pending::TemporaryGuard,
+    overwrite: bool,
+}
+
+impl Sealed {
+    /// Renames the file into place (without `overwrite`, refusing a target that appeared meanwhile).
+    pub fn commit(self) -> Result<()> {
+        let Sealed {
+            path,
+            temp,
+            pending,
+            overwrite,
+        } = self;
+        let io = |e| Error::io(&path, e);
         // Renamed under the interrupt registry's lock: a handler either removed the file first (and the process
         // ends before this runs) or finds it already in place.
-        crate::pending::finish_registered(self.pending, || {
+        crate::pending::finish_registered(pending, || {
             if overwrite {
                 temp.persist(&path).map(drop).map_err(|e| io(e.error))
             } else {
