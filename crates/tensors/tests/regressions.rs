@@ -1,7 +1,9 @@
 //! Replays every input the fuzzers (`fuzz/`, `scripts/fuzz.sh`) ever found to crash, hang or
 //! over-allocate, through the same public entry points the fuzz targets drive.
 //!
-//! Inputs live in `tests/regressions/<target>/`, one file each, named for what they broke.
+//! Inputs live in `tests/regressions/<target>/`, one file each, named for what they broke, and the
+//! fuzz targets' seed corpora (`fuzz/seeds/<target>/`, well-formed and hostile files alike) are replayed
+//! with them, so that no target's replay passes over an empty directory.
 //! Each must now give an error or a consistent read, without a panic, within [`DEADLINE`].
 //! (`detect` inputs are replayed by the `vitconv` integration tests, which see the converter.)
 
@@ -16,15 +18,20 @@ use vitconv_tensors::{fuzzing, TensorFile};
 const DEADLINE: Duration = Duration::from_secs(60);
 
 fn inputs(target: &str) -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/regressions")
-        .join(target);
-    let mut v: Vec<PathBuf> = match std::fs::read_dir(&dir) {
-        Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
-        Err(_) => Vec::new(),
-    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dirs = [
+        root.join("tests/regressions").join(target),
+        root.join("../../fuzz/seeds").join(target),
+    ];
+    let mut v: Vec<PathBuf> = dirs
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flat_map(|entries| entries.map(|e| e.unwrap().path()))
+        .collect();
     v.retain(|p| p.is_file() && p.file_name().is_none_or(|n| n != "README.md"));
     v.sort();
+    // An empty replay would pass without testing anything.
+    assert!(!v.is_empty(), "no inputs to replay for the {target} target");
     v
 }
 
