@@ -15,13 +15,13 @@ use vitconv_convert::{
 };
 use vitconv_tensors::TensorFile;
 
-#[derive(Clone, Copy, ValueEnum)]
-enum LayoutArg {
-    Timm,
-    Hf,
-    #[value(name = "open_clip", alias = "open-clip")]
-    OpenClip,
-    Clip,
+/// `--layout`: the names of [`Layout::ALL`] and their aliases, the converter's one list of layouts.
+fn layout_parser() -> impl clap::builder::TypedValueParser<Value = Layout> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser as _};
+    PossibleValuesParser::new(
+        Layout::ALL.map(|l| PossibleValue::new(l.as_str()).aliases(l.aliases().iter().copied())),
+    )
+    .try_map(|name| Layout::parse(&name).ok_or_else(|| format!("{name} is not one of the layouts")))
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -89,8 +89,8 @@ pub struct ConvertArgs {
     /// The output: .pt/.pth/.bin or .safetensors; a directory for --layout hf, and in batch mode.
     output: PathBuf,
     /// Target layout.
-    #[arg(long, value_enum)]
-    layout: LayoutArg,
+    #[arg(long, value_parser = layout_parser())]
+    layout: Layout,
     /// Element type of the written weights.
     #[arg(long, value_enum, default_value = "f32")]
     dtype: DTypeArg,
@@ -136,13 +136,7 @@ pub struct ConvertArgs {
 
 impl ConvertArgs {
     fn options(&self) -> Options {
-        let layout = match self.layout {
-            LayoutArg::Timm => Layout::Timm,
-            LayoutArg::Hf => Layout::Hf,
-            LayoutArg::OpenClip => Layout::OpenClip,
-            LayoutArg::Clip => Layout::Clip,
-        };
-        let mut o = Options::new(layout);
+        let mut o = Options::new(self.layout);
         o.dtype = match self.dtype {
             DTypeArg::F32 => OutDType::F32,
             DTypeArg::F16 => OutDType::F16,
@@ -187,7 +181,7 @@ impl ConvertArgs {
         let or_default = |v: Option<String>| v.unwrap_or_else(|| "default".to_string());
         format!(
             "layout={} dtype={} image-size={} resize={} head={head} proj={} input-norm={} gelu={} ext={ext}",
-            value_name(&self.layout),
+            self.layout.as_str(),
             value_name(&self.dtype),
             or_default(self.image_size.map(|n| n.to_string())),
             value_name(&self.resize),

@@ -17,6 +17,26 @@ pub enum Layout {
 }
 
 impl Layout {
+    /// Every layout: the one list the command line, the converter and `verify` take their names from.
+    pub const ALL: [Layout; 4] = [Layout::Timm, Layout::Hf, Layout::OpenClip, Layout::Clip];
+
+    /// Other names accepted for the layout (the library's or family's own name, a dashed spelling).
+    pub fn aliases(self) -> &'static [&'static str] {
+        match self {
+            Layout::Timm => &[],
+            Layout::Hf => &["transformers"],
+            Layout::OpenClip => &["open-clip"],
+            Layout::Clip => &["openai_clip"],
+        }
+    }
+
+    /// The layout a name (as `--layout` and `vitconv.layout` write it, or an alias) stands for.
+    pub fn parse(name: &str) -> Option<Layout> {
+        Layout::ALL
+            .into_iter()
+            .find(|l| l.as_str() == name || l.aliases().contains(&name))
+    }
+
     /// The name on the command line.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -313,38 +313,18 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
     };
 
     // Optional pre_logits (dense + tanh) and head.
-    let pk = format!("{root}pre_logits/kernel");
-    let representation = if keys.has(&pk) {
-        let [_, r] = dims(
-            &pk,
-            keys.need(&pk, "pre_logits")?,
-            "[hidden, representation]",
-            "pre_logits kernel",
-        )?;
-        keys.need_shape(&pk, &[hidden, r], "pre_logits kernel [D, R]")?;
-        keys.need_shape(&format!("{root}pre_logits/bias"), &[r], "pre_logits bias")?;
-        Some(r)
-    } else {
-        None
-    };
-    let hk = format!("{root}head/kernel");
-    let num_classes = if keys.has(&hk) || keys.has(&format!("{root}head/bias")) {
-        let [_, c] = dims(
-            &hk,
-            keys.need(&hk, "head")?,
-            "[features, classes]",
-            "head kernel",
-        )?;
-        keys.need_shape(
-            &hk,
-            &[representation.unwrap_or(hidden), c],
-            "head kernel [features, classes]",
-        )?;
-        keys.need_shape(&format!("{root}head/bias"), &[c], "head bias")?;
-        Some(c)
-    } else {
-        None
-    };
+    let representation = keys.optional_dense(
+        &format!("{root}pre_logits/kernel"),
+        &format!("{root}pre_logits/bias"),
+        hidden,
+        "pre_logits dense [D, R]",
+    )?;
+    let num_classes = keys.optional_dense(
+        &format!("{root}head/kernel"),
+        &format!("{root}head/bias"),
+        representation.unwrap_or(hidden),
+        "head [features, classes]",
+    )?;
 
     if let Some(t) = keys.unused() {
         return Err(Error::Unmapped {

@@ -113,6 +113,24 @@ impl<'a> Keys<'a> {
         }
     }
 
+    /// An optional dense layer `kernel` `[input, out]` with `bias` `[out]` (a `pre_logits` or a head): its
+    /// output width when either tensor is there, and then both must be, of those shapes.
+    pub fn optional_dense(
+        &mut self,
+        kernel: &str,
+        bias: &str,
+        input: usize,
+        what: &'static str,
+    ) -> Result<Option<usize>> {
+        if !self.has(kernel) && !self.has(bias) {
+            return Ok(None);
+        }
+        let [_, out] = dims(kernel, self.need(kernel, what)?, "[input, output]", what)?;
+        self.need_shape(kernel, &[input, out], what)?;
+        self.need_shape(bias, &[out], what)?;
+        Ok(Some(out))
+    }
+
     /// The first tensor detection has not accounted for, if any: a file is converted whole or not at all.
     pub fn unused(&self) -> Option<&'a TensorInfo> {
         self.infos

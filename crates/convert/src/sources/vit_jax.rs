@@ -305,38 +305,18 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
     }
 
     // Optional pre_logits (dense + tanh) and head.
-    let representation = if keys.has(&names.pre_logits("kernel")) {
-        let pk = names.pre_logits("kernel");
-        let [_, r] = dims(
-            &pk,
-            keys.need(&pk, "pre_logits")?,
-            "[hidden, representation]",
-            "pre_logits kernel",
-        )?;
-        keys.need_shape(&pk, &[hidden, r], "pre_logits kernel [D, R]")?;
-        keys.need_shape(&names.pre_logits("bias"), &[r], "pre_logits bias")?;
-        Some(r)
-    } else {
-        None
-    };
-    let num_classes = if keys.has(&names.head("kernel")) || keys.has(&names.head("bias")) {
-        let hk = names.head("kernel");
-        let [_, c] = dims(
-            &hk,
-            keys.need(&hk, "head")?,
-            "[features, classes]",
-            "head kernel",
-        )?;
-        keys.need_shape(
-            &hk,
-            &[representation.unwrap_or(hidden), c],
-            "head kernel [features, classes]",
-        )?;
-        keys.need_shape(&names.head("bias"), &[c], "head bias")?;
-        Some(c)
-    } else {
-        None
-    };
+    let representation = keys.optional_dense(
+        &names.pre_logits("kernel"),
+        &names.pre_logits("bias"),
+        hidden,
+        "pre_logits dense [D, R]",
+    )?;
+    let num_classes = keys.optional_dense(
+        &names.head("kernel"),
+        &names.head("bias"),
+        representation.unwrap_or(hidden),
+        "head [features, classes]",
+    )?;
 
     if let Some(t) = keys.unused() {
         return Err(Error::Unmapped {

@@ -21,37 +21,8 @@ use crate::error::{Error, Result};
 use crate::ops::{self, Gelu};
 use crate::params::{dim, Params};
 
-/// The converted layouts `verify` can run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Layout {
-    Timm,
-    Hf,
-    OpenClip,
-    Clip,
-}
-
-impl Layout {
-    /// Parses `timm`, `hf`, `open_clip` or `clip` (the names of `vitconv.layout` and `--layout`).
-    pub fn parse(name: &str) -> Option<Layout> {
-        match name {
-            "timm" => Some(Layout::Timm),
-            "hf" | "transformers" => Some(Layout::Hf),
-            "open_clip" | "open-clip" => Some(Layout::OpenClip),
-            "clip" | "openai_clip" => Some(Layout::Clip),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Layout::Timm => "timm",
-            Layout::Hf => "hf",
-            Layout::OpenClip => "open_clip",
-            Layout::Clip => "clip",
-        }
-    }
-}
+/// The converted layouts `verify` can run: the converter's one list of layouts and their names.
+pub use vitconv_convert::Layout;
 
 /// The input normalisation a target declares: it expects `((x + 1) / 2 - mean) / std` for
 /// source pixels `x` in [-1, 1].
