@@ -9,11 +9,10 @@ use serde_json::{json, Map, Value};
 
 use crate::arch::{Arch, Classifier, PosEmbKind};
 use crate::error::Result;
-use crate::layout::hf_files::{dtype_name, pretty, CONFIG_FILE, PREPROCESSOR_FILE};
+use crate::layout::hf_files::{self, dtype_name, pretty, CONFIG_FILE, PREPROCESSOR_FILE};
 use crate::layout::prepared::{name, BlockRole, BlockTable, Prepared, FLAX_LN_EPS};
 use crate::layout::recognise::{count_blocks, get, grid_side, Recognised, Shapes};
 use crate::model::Proj;
-use crate::options::Gelu;
 use crate::plan::{Fetch, OutTensor, OutputKind, Plan, Recipe, SideFile};
 
 /// transformers state-dict names (`{i}` = layer index), without the `vit.` prefix `ViTForImageClassification` adds.
@@ -67,9 +66,9 @@ pub mod names {
     /// The bias of the pooler's dense layer (pre_logits).
     pub const POOLER_B: &str = "pooler.dense.bias";
     /// The weight of the classification head.
-    pub const CLASSIFIER_W: &str = "classifier.weight";
+    pub const CLASSIFIER_W: &str = crate::layout::hf_files::CLASSIFIER_W;
     /// The bias of the classification head.
-    pub const CLASSIFIER_B: &str = "classifier.bias";
+    pub const CLASSIFIER_B: &str = crate::layout::hf_files::CLASSIFIER_B;
     /// Prefix of the backbone inside `ViTForImageClassification`.
     pub const BACKBONE: &str = "vit.";
 }
@@ -254,26 +253,10 @@ pub fn plan(mut prep: Prepared<'_>, _fetch: &dyn Fetch, source_name: &str) -> Re
         0
     };
     if let (true, Some(head)) = (classify, &tower.head) {
-        out.push(OutTensor {
-            name: names::CLASSIFIER_W.to_string(),
-            shape: vec![classes, d],
-            recipe: Recipe::Transpose {
-                src: head.kernel.clone(),
-                rows: d,
-                cols: classes,
-            },
-        });
-        out.push(OutTensor {
-            name: names::CLASSIFIER_B.to_string(),
-            shape: vec![classes],
-            recipe: Recipe::Copy(head.bias.clone()),
-        });
+        out.extend(hf_files::classifier(head, d, classes));
     }
 
-    let act = match prep.opts.gelu {
-        Gelu::Tanh => "gelu_pytorch_tanh",
-        Gelu::Erf => "gelu",
-    };
+    let act = hf_files::hidden_act(prep.opts.gelu);
     let arch_class = if classify {
         "ViTForImageClassification"
     } else {
@@ -299,27 +282,10 @@ pub fn plan(mut prep: Prepared<'_>, _fetch: &dyn Fetch, source_name: &str) -> Re
         cfg.insert("pooler_act".into(), json!("tanh"));
     }
     if classify {
-        let id2label: Map<String, Value> = (0..classes)
-            .map(|c| (c.to_string(), json!(format!("LABEL_{c}"))))
-            .collect();
-        let label2id: Map<String, Value> = (0..classes)
-            .map(|c| (format!("LABEL_{c}"), json!(c)))
-            .collect();
-        cfg.insert("id2label".into(), Value::Object(id2label));
-        cfg.insert("label2id".into(), Value::Object(label2id));
+        hf_files::insert_labels(&mut cfg, classes);
     }
     cfg.insert("torch_dtype".into(), json!(dtype_name(prep.opts.dtype)));
-    let preprocessor = json!({
-        "image_processor_type": "ViTImageProcessor",
-        "do_resize": true,
-        "size": {"height": prep.image_size, "width": prep.image_size},
-        "resample": 2,
-        "do_rescale": true,
-        "rescale_factor": 1.0 / 255.0,
-        "do_normalize": true,
-        "image_mean": prep.norm.mean(),
-        "image_std": prep.norm.std(),
-    });
+    let preprocessor = hf_files::preprocessor("ViTImageProcessor", prep.image_size, prep.norm);
     let python = if classify || pooler.is_some() {
         format!("from transformers import {arch_class}\nmodel = {arch_class}.from_pretrained(OUTPUT_DIR)")
     } else {

@@ -2,9 +2,72 @@
 //! output directory: the file names, the dtype names of `config.json`, and the JSON formatting. Both layouts
 //! import it, so neither imports the other for it.
 
-use serde_json::Value;
+use serde_json::{json, Map, Value};
 
-use crate::options::OutDType;
+use crate::model::Dense;
+use crate::options::{Gelu, InputNorm, OutDType};
+use crate::plan::{OutTensor, Recipe};
+
+/// The classification head's weight, `classifier.weight` in both ViT and SigLIP classifiers.
+pub const CLASSIFIER_W: &str = "classifier.weight";
+/// The classification head's bias.
+pub const CLASSIFIER_B: &str = "classifier.bias";
+
+/// The head as transformers' `classifier`: the `[features, classes]` kernel transposed, and its bias.
+pub(crate) fn classifier(head: &Dense, features: usize, classes: usize) -> [OutTensor; 2] {
+    [
+        OutTensor {
+            name: CLASSIFIER_W.to_string(),
+            shape: vec![classes, features],
+            recipe: Recipe::Transpose {
+                src: head.kernel.clone(),
+                rows: features,
+                cols: classes,
+            },
+        },
+        OutTensor {
+            name: CLASSIFIER_B.to_string(),
+            shape: vec![classes],
+            recipe: Recipe::Copy(head.bias.clone()),
+        },
+    ]
+}
+
+/// transformers' `hidden_act` name for a GELU.
+pub(crate) fn hidden_act(gelu: Gelu) -> &'static str {
+    match gelu {
+        Gelu::Tanh => "gelu_pytorch_tanh",
+        Gelu::Erf => "gelu",
+    }
+}
+
+/// Adds `id2label` and `label2id` for `classes` unnamed labels (`LABEL_0`, ...), as transformers writes them.
+pub(crate) fn insert_labels(cfg: &mut Map<String, Value>, classes: usize) {
+    let id2label: Map<String, Value> = (0..classes)
+        .map(|c| (c.to_string(), json!(format!("LABEL_{c}"))))
+        .collect();
+    let label2id: Map<String, Value> = (0..classes)
+        .map(|c| (format!("LABEL_{c}"), json!(c)))
+        .collect();
+    cfg.insert("id2label".into(), Value::Object(id2label));
+    cfg.insert("label2id".into(), Value::Object(label2id));
+}
+
+/// `preprocessor_config.json` for an image processor class: resize to the model's square resolution
+/// (bilinear), rescale to [0, 1], normalise the way the converted model expects.
+pub(crate) fn preprocessor(class: &str, image_size: usize, norm: InputNorm) -> Value {
+    json!({
+        "image_processor_type": class,
+        "do_resize": true,
+        "size": {"height": image_size, "width": image_size},
+        "resample": 2,
+        "do_rescale": true,
+        "rescale_factor": 1.0 / 255.0,
+        "do_normalize": true,
+        "image_mean": norm.mean(),
+        "image_std": norm.std(),
+    })
+}
 
 /// The weights file inside the output directory.
 pub const WEIGHTS_FILE: &str = "model.safetensors";

@@ -14,11 +14,10 @@ use serde_json::{json, Map, Value};
 
 use crate::arch::{Arch, Classifier, PosEmbKind};
 use crate::error::Result;
-use crate::layout::hf_files::{dtype_name, pretty, CONFIG_FILE, PREPROCESSOR_FILE};
+use crate::layout::hf_files::{self, dtype_name, pretty, CONFIG_FILE, PREPROCESSOR_FILE};
 use crate::layout::prepared::{BlockRole, BlockTable, MapRole, MapTable, Prepared, FLAX_LN_EPS};
 use crate::layout::recognise::{count_blocks, get, grid_side, Recognised, Shapes};
 use crate::model::Proj;
-use crate::options::Gelu;
 use crate::plan::{OutTensor, OutputKind, Plan, Recipe, SideFile};
 
 /// transformers state-dict names of `SiglipVisionModel` (`{i}` = layer index).
@@ -66,9 +65,9 @@ pub mod names {
     /// The bias of the final LayerNorm.
     pub const NORM_B: &str = "post_layernorm.bias";
     /// The weight of the classification head.
-    pub const CLASSIFIER_W: &str = "classifier.weight";
+    pub const CLASSIFIER_W: &str = crate::layout::hf_files::CLASSIFIER_W;
     /// The bias of the classification head.
-    pub const CLASSIFIER_B: &str = "classifier.bias";
+    pub const CLASSIFIER_B: &str = crate::layout::hf_files::CLASSIFIER_B;
     /// Prefix of the vision tower inside `SiglipForImageClassification` (and `SiglipModel`).
     pub const VISION_MODEL: &str = "vision_model.";
 }
@@ -229,26 +228,10 @@ pub fn plan(prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
         0
     };
     if let (true, Some(head)) = (classify, &tower.head) {
-        out.push(OutTensor {
-            name: names::CLASSIFIER_W.to_string(),
-            shape: vec![classes, d],
-            recipe: Recipe::Transpose {
-                src: head.kernel.clone(),
-                rows: d,
-                cols: classes,
-            },
-        });
-        out.push(OutTensor {
-            name: names::CLASSIFIER_B.to_string(),
-            shape: vec![classes],
-            recipe: Recipe::Copy(head.bias.clone()),
-        });
+        out.extend(hf_files::classifier(head, d, classes));
     }
 
-    let act = match prep.opts.gelu {
-        Gelu::Tanh => "gelu_pytorch_tanh",
-        Gelu::Erf => "gelu",
-    };
+    let act = hf_files::hidden_act(prep.opts.gelu);
     let vision = json!({
         "model_type": "siglip_vision_model",
         "hidden_size": d,
@@ -273,14 +256,7 @@ pub fn plan(prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
             let mut cfg = Map::new();
             cfg.insert("model_type".into(), json!("siglip"));
             cfg.insert("vision_config".into(), vision);
-            let id2label: Map<String, Value> = (0..classes)
-                .map(|c| (c.to_string(), json!(format!("LABEL_{c}"))))
-                .collect();
-            let label2id: Map<String, Value> = (0..classes)
-                .map(|c| (format!("LABEL_{c}"), json!(c)))
-                .collect();
-            cfg.insert("id2label".into(), Value::Object(id2label));
-            cfg.insert("label2id".into(), Value::Object(label2id));
+            hf_files::insert_labels(&mut cfg, classes);
             cfg
         }
         (false, Value::Object(vision)) => vision,
@@ -288,17 +264,7 @@ pub fn plan(prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
     };
     cfg.insert("architectures".into(), json!([arch_class]));
     cfg.insert("torch_dtype".into(), json!(dtype_name(prep.opts.dtype)));
-    let preprocessor = json!({
-        "image_processor_type": "SiglipImageProcessor",
-        "do_resize": true,
-        "size": {"height": prep.image_size, "width": prep.image_size},
-        "resample": 2,
-        "do_rescale": true,
-        "rescale_factor": 1.0 / 255.0,
-        "do_normalize": true,
-        "image_mean": prep.norm.mean(),
-        "image_std": prep.norm.std(),
-    });
+    let preprocessor = hf_files::preprocessor("SiglipImageProcessor", prep.image_size, prep.norm);
     let python = format!(
         "from transformers import {arch_class}\nmodel = {arch_class}.from_pretrained(OUTPUT_DIR)"
     );

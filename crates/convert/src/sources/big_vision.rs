@@ -112,25 +112,9 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
     }
     let mut keys = Keys::new(&weights, &recognised);
 
-    // Patch embedding: HWIO kernel [p, p, 3, D].
+    // Patch embedding: HWIO kernel [p, p, in, D].
     let ek = format!("{root}embedding/kernel");
-    let [ph, pw, in_chans, hidden] = dims(
-        &ek,
-        keys.need(&ek, "patch embedding")?,
-        "[p, p, in, hidden]",
-        "HWIO patch kernel",
-    )?;
-    if ph != pw || ph == 0 || hidden == 0 {
-        return Err(Error::NonSquarePatch {
-            name: ek,
-            found: vec![ph, pw, in_chans, hidden],
-        });
-    }
-    keys.need_shape(
-        &format!("{root}embedding/bias"),
-        &[hidden],
-        "patch embedding bias",
-    )?;
+    let [ph, in_chans, hidden] = keys.patch_embedding(&ek, &format!("{root}embedding/bias"))?;
 
     // Blocks: stacked along a leading axis, or numbered.
     let stacked_ln = format!("{root}Transformer/encoderblock/{LN1}/scale");
@@ -306,7 +290,7 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
             return Err(Error::SincosWidth {
                 name: ek,
                 hidden,
-                found: vec![ph, pw, in_chans, hidden],
+                found: vec![ph, ph, in_chans, hidden],
             });
         }
         (None, PosEmbKind::Sincos2d)

@@ -113,6 +113,25 @@ impl<'a> Keys<'a> {
         }
     }
 
+    /// The patch embedding: an HWIO kernel `[p, p, in, hidden]` with a square, non-empty patch, and its
+    /// `[hidden]` bias; gives `[p, in, hidden]`.
+    pub fn patch_embedding(&mut self, kernel: &str, bias: &str) -> Result<[usize; 3]> {
+        let [ph, pw, in_chans, hidden] = dims(
+            kernel,
+            self.need(kernel, "patch embedding")?,
+            "[p, p, in, hidden]",
+            "HWIO patch kernel",
+        )?;
+        if ph != pw || ph == 0 || hidden == 0 {
+            return Err(Error::NonSquarePatch {
+                name: kernel.to_string(),
+                found: vec![ph, pw, in_chans, hidden],
+            });
+        }
+        self.need_shape(bias, &[hidden], "patch embedding bias")?;
+        Ok([ph, in_chans, hidden])
+    }
+
     /// An optional dense layer `kernel` `[input, out]` with `bias` `[out]` (a `pre_logits` or a head): its
     /// output width when either tensor is there, and then both must be, of those shapes.
     pub fn optional_dense(

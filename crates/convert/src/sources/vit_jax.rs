@@ -179,20 +179,8 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
     }
 
     // Patch embedding: HWIO kernel [p, p, in, D].
-    let ek = names.embed_kernel();
-    let [ph, pw, in_chans, hidden] = dims(
-        &ek,
-        keys.need(&ek, "patch embedding")?,
-        "[p, p, in, hidden]",
-        "HWIO patch kernel",
-    )?;
-    if ph != pw || ph == 0 || hidden == 0 {
-        return Err(Error::NonSquarePatch {
-            name: ek,
-            found: vec![ph, pw, in_chans, hidden],
-        });
-    }
-    keys.need_shape(&names.embed_bias(), &[hidden], "patch embedding bias")?;
+    let [ph, in_chans, hidden] =
+        keys.patch_embedding(&names.embed_kernel(), &names.embed_bias())?;
 
     let resnet = detect_resnet(&mut keys, &names, in_chans)?;
 
