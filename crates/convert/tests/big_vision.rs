@@ -252,3 +252,40 @@ fn map_heads_are_refused_where_a_layout_cannot_pool_that_way() {
     let e = prepare(&file, &Options::new(Layout::Hf)).expect_err("MAP head and classifier");
     assert!(e.to_string().contains("--drop-head"), "{e}");
 }
+
+#[test]
+fn an_image_size_that_patches_to_the_source_grid_is_declared_not_resampled() {
+    // siglip-nohead: patch 8, a 4x4 table (32 px). 35 px patches to the same 4x4 grid with VALID padding,
+    // as a published So400m/14 at 384 px does to its 27x27 table (378 px).
+    let src = bv().join("siglip-nohead/checkpoint.npz");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plain = converted(&src, &Options::new(Layout::Hf), dir.path(), "plain");
+    let mut o = Options::new(Layout::Hf);
+    o.image_size = Some(35);
+    let file = TensorFile::open(&src).expect("source");
+    let conv = prepare(&file, &o).expect("35 px gives the source's grid");
+    assert!(
+        conv.plan
+            .notes
+            .iter()
+            .any(|n| n.contains("35 px") && n.contains("32 px")),
+        "{:?}",
+        conv.plan.notes
+    );
+    let declared = converted(&src, &o, dir.path(), "declared");
+    assert_eq!(plain, declared, "the same tensors, byte for byte");
+    let cfg: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("declared/config.json")).expect("config"),
+    )
+    .expect("json");
+    assert_eq!(cfg["vision_config"]["image_size"], 35);
+    // A size whose grid differs and is no multiple of the patch is still refused.
+    o.image_size = Some(45);
+    assert!(matches!(
+        prepare(&file, &o),
+        Err(Error::ImageSizeNotMultiple {
+            size: 45,
+            stride: 8
+        })
+    ));
+}

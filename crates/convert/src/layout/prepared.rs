@@ -66,6 +66,15 @@ impl<'a> Prepared<'a> {
                     max: MAX_IMAGE_SIZE,
                 })
             }
+            // A flax ViT patches with VALID padding: a 384 px input to a patch-14 model is a 27x27 grid, the last
+            // 6 px unused. A size that is no multiple of the stride is taken when it gives the source's own
+            // grid (the published resolution of such a model), and said so.
+            (Some(n), Some(grid), _)
+                if n.checked_rem(stride).is_some_and(|r| r != 0)
+                    && n.checked_div(stride).map(|s| (s, s)) == Some(grid) =>
+            {
+                (grid, n)
+            }
             (Some(n), _, _) => {
                 if n == 0 || n.checked_rem(stride) != Some(0) {
                     return Err(Error::ImageSizeNotMultiple { size: n, stride });
@@ -76,6 +85,16 @@ impl<'a> Prepared<'a> {
             }
         };
         let mut notes = Vec::new();
+        if let (Some(n), Some(px)) = (opts.image_size, arch.image_size()) {
+            if n != px && Some(grid) == arch.grid {
+                notes.push(format!(
+                    "resolution: {n} px as --image-size gives it; the shapes read {px} px ({}x{} patches of {stride}), and VALID patching drops the last {} px, so the grid and every weight are the source's",
+                    grid.0,
+                    grid.1,
+                    n.saturating_sub(px)
+                ));
+            }
+        }
         match (arch.grid, &tower.pos) {
             (_, PosEmbed::Sincos2d) => notes.push(format!(
                 "position embedding: sincos2d computed for the {}x{} grid ({image_size} px)",
