@@ -197,3 +197,41 @@ fn inspect_names_both_towers_and_the_logit_scalars() {
     );
     assert!(s.contains("bias b = 0.135075"), "{s}");
 }
+
+#[test]
+fn batch_mode_writes_a_two_tower_open_clip_folder_per_file() {
+    let dir = scratch();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("a")).expect("mkdir");
+    std::fs::copy(fixture(TINY), src.join("a/s.npz")).expect("copy");
+    std::fs::copy(fixture("vit-token/checkpoint.npz"), src.join("v.npz")).expect("copy");
+    let out = dir.path().join("out");
+    let o = vitconv([
+        "npz-to-pt".as_ref(),
+        src.as_os_str(),
+        out.as_os_str(),
+        "--layout".as_ref(),
+        "open_clip".as_ref(),
+        "--json".as_ref(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", crate::common::stderr(&o));
+    let summary: Value = serde_json::from_str(&stdout(&o)).expect("json");
+    let outputs: Vec<&str> = summary["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .filter_map(|f| f["output"].as_str())
+        .collect();
+    assert!(
+        outputs.contains(&"a/s") && outputs.contains(&"v.safetensors"),
+        "{outputs:?}"
+    );
+    assert_eq!(
+        listing(&out.join("a/s")),
+        [
+            "image_tower",
+            "open_clip_config.json",
+            "open_clip_model.safetensors"
+        ]
+    );
+}
