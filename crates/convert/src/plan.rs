@@ -4,6 +4,15 @@
 //! band at a time (with [`crate::kernel::transpose_encode_bytes`]) and evaluates the small recipes whole ([`Recipe::eval`]).
 //! Every recipe reads only the source tensors it names.
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::error::{Error, Result};
@@ -221,9 +230,11 @@ impl Recipe {
                 method,
                 add_to_grid,
             } => {
-                let rows = from.0 * from.1 + prefix_rows;
+                // The output sizes are capped (MAX_IMAGE_SIZE) and the source's come from a checked shape;
+                // saturating keeps an impossible product from wrapping into a small, wrong length.
+                let rows = from.0.saturating_mul(from.1).saturating_add(*prefix_rows);
                 let v = fetch_len(src, s, &[rows, *dim])?;
-                let split = prefix_rows * dim;
+                let split = prefix_rows.saturating_mul(*dim);
                 let (prefix, grid) = v.split_at(split.min(v.len()));
                 let mut out = prefix.to_vec();
                 let mut grid = if from == to {
@@ -272,8 +283,10 @@ impl Recipe {
             }
             Recipe::Fill { value, len } => Ok(vec![*value; *len]),
             Recipe::Identity(n) => {
-                let mut v = vec![0f32; n * n];
-                v.iter_mut().step_by(n + 1).for_each(|x| *x = 1.0);
+                let mut v = vec![0f32; n.saturating_mul(*n)];
+                v.iter_mut()
+                    .step_by(n.saturating_add(1))
+                    .for_each(|x| *x = 1.0);
                 Ok(v)
             }
         }

@@ -5,6 +5,15 @@
 //! and `build_model` assumes 64-wide heads. None of that can be switched off, so a Google ViT is never exact here:
 //! vitconv writes the closest weights (`ln_pre` as weight 1, bias 0), says so, and `vitconv verify` measures the drift.
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 use serde_json::json;
 
 use crate::error::Result;
@@ -26,7 +35,7 @@ pub const NOT_EXACT: &str = "NOT EXACT: OpenAI CLIP's VisionTransformer always a
 pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Result<Plan> {
     let a = prep.arch().clone();
     clip_style::check_tower(&prep)?;
-    if a.mlp != 4 * a.hidden {
+    if Some(a.mlp) != a.hidden.checked_mul(4) {
         return Err(prep.refuse(
             format!("an MLP of {} for hidden {} (ratio {:.3})", a.mlp, a.hidden, a.mlp as f64 / a.hidden as f64),
             "OpenAI CLIP's ResidualAttentionBlock fixes the MLP at 4x the width; use --layout open_clip",

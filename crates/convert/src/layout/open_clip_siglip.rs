@@ -16,6 +16,15 @@
 //! from the current directory, so it is the folder's absolute path: moving the folder needs the one-line fix
 //! the notes and the config's `vitconv.relocate` give.
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 use serde_json::{json, Value};
 
 use crate::arch::Classifier;

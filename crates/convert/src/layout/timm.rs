@@ -6,6 +6,15 @@
 //! timm's `LayerNorm` defaults to eps 1e-6 like flax, so only the GELU (`act_layer`), the pooling and, for hybrids,
 //! the GroupNorm eps (1e-6 in flax, 1e-5 in timm) need stating.
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 use serde_json::{json, Map, Value};
 
 use crate::arch::{Arch, Classifier, PosEmbKind, ResNet};
@@ -579,8 +588,8 @@ fn push_stem(stem: &crate::model::Stem, out: &mut Vec<OutTensor>) {
             }
             for (k, (conv, norm)) in unit.convs.iter().zip(&unit.norms).enumerate() {
                 push_conv_norm(
-                    format!("{p}conv{}.weight", k + 1),
-                    &format!("{p}norm{}", k + 1),
+                    format!("{p}conv{}.weight", k.saturating_add(1)),
+                    &format!("{p}norm{}", k.saturating_add(1)),
                     conv,
                     norm,
                 );
