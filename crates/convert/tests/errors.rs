@@ -338,8 +338,8 @@ fn image_size_required() {
 }
 
 #[test]
-    // 90 px with patch 16 is a 5x5 grid with 10 px over: neither a multiple nor the source's 4x4 grid.
 fn image_size_not_multiple() {
+    // 90 px with patch 16 is a 5x5 grid with 10 px over: neither a multiple nor the source's 4x4 grid.
     let mut opts = Options::new(Layout::Timm);
     opts.image_size = Some(90);
     let e = prepare_err("vit-token", &opts);
