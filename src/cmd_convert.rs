@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use vitconv_convert::layout::py_str;
 use vitconv_convert::plan::OutputKind;
 use vitconv_convert::{
-    Gelu, HeadChoice, InputNorm, Layout, Options, OutDType, ProjChoice, ResizeMethod,
+    Gelu, HeadChoice, InputNorm, Layout, Options, OutDType, ProjChoice, ResizeMethod, TowerChoice,
 };
 use vitconv_tensors::TensorFile;
 
@@ -49,6 +49,12 @@ enum NormArg {
 enum GeluArg {
     Tanh,
     Erf,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TowerArg {
+    All,
+    Image,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -116,6 +122,14 @@ pub struct ConvertArgs {
     /// GELU the target is configured with: tanh (the source's) or erf (the loaders' usual).
     #[arg(long, value_enum, default_value = "tanh")]
     gelu: GeluArg,
+    /// Two-tower (SigLIP) models: `image` writes the image tower alone (for --layout timm, or features);
+    /// default: every tower.
+    #[arg(long, value_enum, default_value = "all")]
+    tower: TowerArg,
+    /// Two-tower models: the SentencePiece model (spiece.model) whose tokenizer files are written into
+    /// the output folder, so that the loaders' tokenizers work offline.
+    #[arg(long, value_name = "SPIECE_MODEL")]
+    tokenizer: Option<PathBuf>,
     /// Overwrite an existing output (batch mode: convert every file again, even those up to date).
     #[arg(long)]
     force: bool,
@@ -166,6 +180,11 @@ impl ConvertArgs {
             GeluArg::Tanh => Gelu::Tanh,
             GeluArg::Erf => Gelu::Erf,
         };
+        o.tower = match self.tower {
+            TowerArg::All => TowerChoice::All,
+            TowerArg::Image => TowerChoice::Image,
+        };
+        o.tokenizer = self.tokenizer.clone();
         o.overwrite = self.force;
         o
     }
@@ -180,7 +199,7 @@ impl ConvertArgs {
         };
         let or_default = |v: Option<String>| v.unwrap_or_else(|| "default".to_string());
         format!(
-            "layout={} dtype={} image-size={} resize={} head={head} proj={} input-norm={} gelu={} ext={ext}",
+            "layout={} dtype={} image-size={} resize={} head={head} proj={} input-norm={} gelu={} tower={} tokenizer={} ext={ext}",
             self.layout.as_str(),
             value_name(&self.dtype),
             or_default(self.image_size.map(|n| n.to_string())),
@@ -188,6 +207,8 @@ impl ConvertArgs {
             or_default(self.proj.as_ref().map(value_name)),
             or_default(self.input_norm.as_ref().map(value_name)),
             value_name(&self.gelu),
+            value_name(&self.tower),
+            or_default(self.tokenizer.as_ref().map(|p| p.to_string_lossy().into_owned())),
         )
     }
 }
@@ -281,6 +302,7 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
     // A folder loads itself: its own line replaces the constructor and the weights-loading lines.
     let (python, load) = match &conv.plan.kind {
         OutputKind::FileOrFolder { python } if written.folder => (python.as_str(), vec![]),
+        OutputKind::Directory { .. } => (conv.plan.python.as_str(), vec![]),
         _ => (
             conv.plan.python.as_str(),
             load_lines(opts.layout, &written.weights),

@@ -202,7 +202,18 @@ fn list_file(
     filter: Option<&Regex>,
 ) -> anyhow::Result<Listing> {
     let file = TensorFile::open(path)?;
-    let summary = vitconv_convert::summarize_file(file.tensors(), file.metadata());
+    let mut summary = vitconv_convert::summarize_file(file.tensors(), file.metadata());
+    if let Some(s) = summary.as_mut() {
+        // A two-tower model's logit scale and bias are values, not shapes: two scalars, read here.
+        for (i, name) in s.logit_tensors.iter().enumerate() {
+            let v = file.read_f32(name)?;
+            let x = f64::from(v.first().copied().unwrap_or(f32::NAN));
+            s.architecture.push_str(&match i {
+                0 => format!(", logit scale exp(t) = {:.4} (t = {x:.6})", x.exp()),
+                _ => format!(", bias b = {x:.6}"),
+            });
+        }
+    }
     let selected: Vec<TensorInfo> = file
         .tensors()
         .iter()

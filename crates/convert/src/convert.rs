@@ -25,7 +25,7 @@ use crate::layout;
 use crate::layout::hf_files;
 use crate::model::{Param, Stacked};
 use crate::options::{Options, OutDType};
-use crate::plan::{Fetch, OutTensor, OutputKind, Plan, Recipe};
+use crate::plan::{Fetch, OutTensor, OutputKind, Plan, Recipe, OUTPUT_DIR_TOKEN};
 
 impl Fetch for TensorFile {
     fn fetch(&self, param: &Param) -> Result<Vec<f32>> {
@@ -154,7 +154,7 @@ pub fn write(
     // A layout that offers both writes a folder when OUTPUT names no weights file.
     let folder = match &plan.kind {
         OutputKind::File => false,
-        OutputKind::HfDirectory => true,
+        OutputKind::HfDirectory | OutputKind::Directory { .. } => true,
         // An unknown extension is a mistake, not a folder name.
         OutputKind::FileOrFolder { .. } => output.is_dir() || output.extension().is_none(),
     };
@@ -169,12 +169,17 @@ pub fn write(
                 }
             };
             // A layout's folder files (`config.json`) belong to its folder form only.
-            let sides: Vec<(PathBuf, &str)> = match plan.kind {
+            let sides: Vec<(PathBuf, std::borrow::Cow<'_, [u8]>)> = match plan.kind {
                 OutputKind::FileOrFolder { .. } => Vec::new(),
                 _ => plan
                     .side_files
                     .iter()
-                    .map(|s| (side_path(output, &s.name), s.contents.as_str()))
+                    .map(|s| {
+                        (
+                            side_path(output, &s.name),
+                            std::borrow::Cow::Borrowed(s.contents.as_bytes()),
+                        )
+                    })
                     .collect(),
             };
             for p in std::iter::once(output).chain(sides.iter().map(|s| s.0.as_path())) {
@@ -187,8 +192,12 @@ pub fn write(
             (output.to_path_buf(), format, sides, None)
         }
         true => {
+            let weights_name = match plan.kind {
+                OutputKind::Directory { weights } => weights,
+                _ => hf_files::WEIGHTS_FILE,
+            };
             if output.is_file() || output_format(output).is_some() {
-                let files: Vec<&str> = std::iter::once(hf_files::WEIGHTS_FILE)
+                let files: Vec<&str> = std::iter::once(weights_name)
                     .chain(plan.side_files.iter().map(|s| s.name.as_str()))
                     .collect();
                 return Err(Error::FolderOutputNotDirectory {
@@ -220,13 +229,50 @@ pub fn write(
                 op: "cannot create the directory",
                 source: e,
             })?;
+            // A loader that resolves a path from the current directory gets the folder's absolute path.
+            let absolute = std::fs::canonicalize(output).map_err(|e| Error::Io {
+                path: output.to_path_buf(),
+                op: "cannot resolve the directory",
+                source: e,
+            })?;
+            let as_json = serde_json::to_string(&absolute.to_string_lossy())
+                .unwrap_or_default()
+                .trim_matches('"')
+                .to_string();
+            for s in &plan.side_files {
+                // Side files in a subfolder (`image_tower/config.json`) get it created inside OUTPUT.
+                if let Some(parent) = Path::new(&s.name)
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                {
+                    let dir = output.join(parent);
+                    std::fs::create_dir_all(&dir).map_err(|e| Error::Io {
+                        path: dir.clone(),
+                        op: "cannot create the directory",
+                        source: e,
+                    })?;
+                }
+            }
             let sides = plan
                 .side_files
                 .iter()
-                .map(|s| (output.join(&s.name), s.contents.as_str()))
+                .map(|s| {
+                    (
+                        output.join(&s.name),
+                        std::borrow::Cow::Owned(
+                            s.contents.replace(OUTPUT_DIR_TOKEN, &as_json).into_bytes(),
+                        ),
+                    )
+                })
+                .chain(plan.copied_files.iter().map(|(name, bytes)| {
+                    (
+                        output.join(name),
+                        std::borrow::Cow::Borrowed(bytes.as_slice()),
+                    )
+                }))
                 .collect();
             (
-                output.join(hf_files::WEIGHTS_FILE),
+                output.join(weights_name),
                 Format::Safetensors,
                 sides,
                 Some(dirs),
@@ -243,7 +289,7 @@ pub fn write(
         // leaves every existing output as it was.
         let staged = sides
             .iter()
-            .map(|(path, contents)| stage_atomic(path, contents.as_bytes()))
+            .map(|(path, contents)| stage_atomic(path, contents))
             .collect::<Result<Vec<_>>>()?;
         let target = WeightsTarget {
             path: &weights,
@@ -935,6 +981,7 @@ mod tests {
             notes: Vec::new(),
             python: String::new(),
             side_files: Vec::new(),
+            copied_files: Vec::new(),
         }
     }
 

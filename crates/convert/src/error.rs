@@ -35,12 +35,67 @@ pub enum Error {
         looked_for: &'static str,
     },
 
-    /// A source vitconv recognises but does not convert yet.
-    #[error("not a recognised ViT checkpoint: {what}; vitconv converts single-tower ViTs (vision_transformer and big_vision) so far")]
-    Unsupported {
-        /// What the file is.
+    /// The two towers of an image-text checkpoint end in embeddings of different widths.
+    #[error("two-tower checkpoint: the image tower gives {image}-wide embeddings and the text tower {text}-wide; their dot product needs one width (check img/head and txt/head)")]
+    EmbedMismatch {
+        /// The image tower's output width (its head's, or its width without one).
+        image: usize,
+        /// The text tower's output width.
+        text: usize,
+    },
+
+    /// The `--tokenizer` file is larger than any SentencePiece model.
+    #[error("{}: {size} bytes is larger than a SentencePiece model ({max} at most); --tokenizer takes the tokenizer's .model file", path.display())]
+    TokenizerTooLarge {
+        /// The tokenizer file.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+        /// The limit.
+        max: u64,
+    },
+
+    /// The `--tokenizer` file is not a SentencePiece model (a protobuf `ModelProto`).
+    #[error("{}: not a SentencePiece model: at byte {offset}, expected {expected}; --tokenizer takes the tokenizer's .model file (spiece.model)", path.display())]
+    TokenizerFormat {
+        /// The tokenizer file.
+        path: PathBuf,
+        /// Where the data stops making sense.
+        offset: usize,
+        /// What was expected there.
+        expected: &'static str,
+    },
+
+    /// The SentencePiece model lacks the pieces SigLIP's tokenizer needs.
+    #[error("{}: the SentencePiece model's {pieces} pieces have no </s> or no unknown piece; SigLIP ends and pads every sequence with </s>", path.display())]
+    TokenizerPieces {
+        /// The tokenizer file.
+        path: PathBuf,
+        /// How many pieces it has.
+        pieces: usize,
+    },
+
+    /// The SentencePiece model has more pieces than the text tower has token embeddings.
+    #[error("{}: the tokenizer has {pieces} pieces but the text tower embeds {vocab} token ids; it belongs to another model", path.display())]
+    TokenizerVocab {
+        /// The tokenizer file.
+        path: PathBuf,
+        /// How many pieces it has.
+        pieces: usize,
+        /// Rows of the text tower's token embedding.
+        vocab: usize,
+    },
+
+    /// `--tokenizer` was given for an output without a text tower.
+    #[error("--tokenizer is for outputs with a text tower; this output ({what}) has none (drop --tokenizer)")]
+    TokenizerWithoutText {
+        /// What the output is.
         what: &'static str,
     },
+
+    /// `--tower image` was given for a model that has one tower.
+    #[error("--tower image selects the image tower of a two-tower model; this checkpoint has only one tower (drop --tower)")]
+    NotTwoTower,
 
     /// A tensor the recognised family needs is not in the file.
     #[error("{recognised}: tensor {tensor}{} is missing", role.as_ref().map(|r| format!(" ({r})")).unwrap_or_default())]

@@ -14,6 +14,7 @@
 //! - [`kernel`]: the numeric kernels the recipes and the executor call (transposes, the one float decoding
 //!   table, encoding, the fused transpose-and-convert); it imports nothing of the plan.
 //! - [`convert`]: runs a plan, streaming one output tensor at a time into an atomic writer.
+//! - [`tokenizer`]: the SentencePiece model `--tokenizer` names, checked and written as a tokenizer's files.
 //!
 //! The rule: a new source family is a new module under [`sources`] plus one line in `sources::SOURCES`; a new
 //! target layout is a new module under [`layout`] plus one line in [`layout::LAYOUTS`] (and its name in
@@ -32,11 +33,12 @@ pub mod options;
 pub mod plan;
 pub mod resize;
 pub mod sources;
+pub mod tokenizer;
 
 pub use convert::{prepare, write, Conversion, Written};
 pub use error::{Error, Result};
 pub use options::{
-    Gelu, HeadChoice, InputNorm, Layout, Options, OutDType, ProjChoice, ResizeMethod,
+    Gelu, HeadChoice, InputNorm, Layout, Options, OutDType, ProjChoice, ResizeMethod, TowerChoice,
 };
 
 use vitconv_tensors::TensorInfo;
@@ -52,6 +54,9 @@ pub struct Summary {
     pub parts: Vec<String>,
     /// The wrapper the layout was found under (`state_dict.`, `model.`, DDP's `module.`), if any.
     pub wrapper: Option<String>,
+    /// A two-tower source's logit scale `t` and, where there is one, bias `b`: the tensors whose values the
+    /// summary line quotes (`inspect` reads them; the shapes alone cannot tell them).
+    pub logit_tensors: Vec<String>,
 }
 
 /// Wrappers training checkpoints put around their weights: a dict entry, DDP's `module.`, or both.
@@ -120,6 +125,7 @@ pub fn stacked_tensors(tensors: &[TensorInfo]) -> std::collections::BTreeMap<Str
         .image
         .blocks
         .iter()
+        .chain(model.text.iter().flat_map(|t| t.blocks.iter()))
         .flat_map(|b| b.params())
         .filter_map(|p| p.stack.map(|s| (p.tensor.clone(), s.count)))
         .collect()
@@ -131,11 +137,21 @@ fn summarize_with(tensors: &[TensorInfo], heads: Option<usize>) -> Option<Summar
         let arch = &model.image.arch;
         let mut parts = arch.parts();
         parts.extend(model.notes.iter().cloned());
+        let architecture = match &model.text {
+            Some(text) => two_tower_line(arch, &text.arch),
+            None => arch.describe(),
+        };
         return Some(Summary {
             family: model.family.to_string(),
-            architecture: arch.describe(),
+            architecture,
             parts,
             wrapper: None,
+            logit_tensors: model
+                .logit
+                .iter()
+                .flat_map(|l| std::iter::once(&l.scale).chain(l.bias.as_ref()))
+                .map(|p| p.tensor.clone())
+                .collect(),
         });
     }
     let mut r = layout::recognise(tensors)?;
@@ -154,5 +170,29 @@ fn summarize_with(tensors: &[TensorInfo], heads: Option<usize>) -> Option<Summar
         architecture: r.arch.describe(),
         parts,
         wrapper: None,
+        logit_tensors: Vec::new(),
     })
+}
+
+/// The summary of a two-tower model: `SigLIP: image ViT-B/16 224 px (14x14, MAP head), text 12 layers width
+/// 768, vocab 32000, context 64, embedding 768` (the logit scale and bias are added by whoever reads them).
+fn two_tower_line(image: &arch::Arch, text: &model::TextArch) -> String {
+    let pool = match image.classifier {
+        arch::Classifier::Map => "MAP head",
+        arch::Classifier::Gap => "mean pooling",
+        arch::Classifier::Token => "class token",
+    };
+    let resolution = match (image.grid, image.image_size()) {
+        (Some((h, w)), Some(px)) => format!("{px} px ({h}x{w}, {pool})"),
+        _ => format!("sincos2d position embedding ({pool})"),
+    };
+    let embed = text.embed.unwrap_or(text.width);
+    format!(
+        "SigLIP: image {} {resolution}, text {} layers width {}, vocab {}, context {}, embedding {embed}",
+        image.name(),
+        text.depth,
+        text.width,
+        text.vocab,
+        text.context,
+    )
 }

@@ -152,6 +152,20 @@ pub struct Block {
 }
 
 impl Block {
+    /// The block's sizes `(width, heads * head_dim, mlp)`, read off its own parameters so that one
+    /// mapping serves towers of different widths.
+    pub fn dims(&self) -> (usize, usize, usize) {
+        let q = &self.attn.query.kernel.shape;
+        let d = q.first().copied().unwrap_or(0);
+        let hd = q
+            .get(1..)
+            .unwrap_or_default()
+            .iter()
+            .fold(1usize, |a, &x| a.saturating_mul(x));
+        let m = self.mlp[0].kernel.shape.get(1).copied().unwrap_or(0);
+        (d, hd, m)
+    }
+
     /// Every parameter of the block.
     pub fn params(&self) -> [&Param; 16] {
         let a = &self.attn;
@@ -263,6 +277,54 @@ pub struct Tower {
     pub head: Option<Dense>,
 }
 
+/// The sizes of a text tower, read off its shapes once.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TextArch {
+    /// Rows of the token embedding.
+    pub vocab: usize,
+    /// Rows of the position embedding: the longest token sequence the tower reads.
+    pub context: usize,
+    /// The tower's width.
+    pub width: usize,
+    /// Attention heads, from the `[D, H, Dh]` query kernel.
+    pub heads: usize,
+    /// The MLP's inner width.
+    pub mlp: usize,
+    /// Encoder blocks.
+    pub depth: usize,
+    /// Output width of the `head` dense, where there is one (the shared embedding size).
+    pub embed: Option<usize>,
+    /// Whether the blocks are stored stacked along a leading depth axis.
+    pub stacked: bool,
+}
+
+/// A text tower (big_vision `text_transformer.py`): token embedding plus a learned position table, pre-norm
+/// blocks without a causal mask, a final norm, the last position pooled, an optional `head` dense.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextTower {
+    /// The sizes.
+    pub arch: TextArch,
+    /// `[vocab, D]`.
+    pub embedding: Param,
+    /// `[1, context, D]`.
+    pub pos: Param,
+    /// The encoder blocks, in order.
+    pub blocks: Vec<Block>,
+    /// The norm after the last block (flax `encoder_norm`).
+    pub final_norm: Norm,
+    /// The projection `[D, embed]` after pooling.
+    pub head: Option<Dense>,
+}
+
+/// The scalars of a two-tower image-text model: `logits = zimg . ztxt * exp(t) + b`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logit {
+    /// `t`, the log of the temperature, `[1]`.
+    pub scale: Param,
+    /// `b`, SigLIP's bias, `[1]`; LiT-style models have none.
+    pub bias: Option<Param>,
+}
+
 /// A checkpoint as the converter understands it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Model {
@@ -272,6 +334,10 @@ pub struct Model {
     pub recognised: String,
     /// The image tower.
     pub image: Tower,
+    /// The text tower of a two-tower image-text model.
+    pub text: Option<TextTower>,
+    /// The logit scale and bias of a two-tower model.
+    pub logit: Option<Logit>,
     /// What the source module wants the report to say about the file itself (prefix, naming style, dtype).
     pub notes: Vec<String>,
     /// Every tensor of the file and its shape, for the check that a plan accounts for all of them.

@@ -211,6 +211,16 @@ pub enum ProjChoice {
     None,
 }
 
+/// Which towers of a two-tower image-text model are converted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TowerChoice {
+    /// Every tower the source has (a single-tower ViT's one tower, or both towers and the logit scalars).
+    All,
+    /// `--tower image`: the image tower alone; the text tower and the scalars are left out, and said so.
+    Image,
+}
+
 /// Everything `npz-to-pt` was asked.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -230,6 +240,10 @@ pub struct Options {
     pub input_norm: Option<InputNorm>,
     /// `--gelu`: the GELU the output model is built with.
     pub gelu: Gelu,
+    /// `--tower`: which towers of a two-tower model are written.
+    pub tower: TowerChoice,
+    /// `--tokenizer`: a SentencePiece model file whose tokenizer files are written beside a two-tower model.
+    pub tokenizer: Option<std::path::PathBuf>,
     /// `--force`: whether an existing output may be replaced.
     pub overwrite: bool,
     /// Threads computing output tensors while another writes them; `None` chooses from the cores (see
@@ -252,6 +266,8 @@ impl Options {
             proj: None,
             input_norm: None,
             gelu: Gelu::Tanh,
+            tower: TowerChoice::All,
+            tokenizer: None,
             overwrite: false,
             producers: None,
             band_bytes: None,

@@ -347,6 +347,12 @@ pub enum OutputKind {
     File,
     /// A Hugging Face model directory: `model.safetensors` and JSON configs inside OUTPUT.
     HfDirectory,
+    /// A folder holding the weights under `weights` and the side files (some in subfolders: `a/b.json`); a
+    /// side file may name the folder's absolute path through [`OUTPUT_DIR_TOKEN`].
+    Directory {
+        /// The weights file's name inside the folder.
+        weights: &'static str,
+    },
     /// One weights file when OUTPUT has a weights extension; otherwise a self-contained folder holding
     /// `model.safetensors` and the side files, which `python` (the folder's own loader line) builds from.
     FileOrFolder {
@@ -354,6 +360,11 @@ pub enum OutputKind {
         python: String,
     },
 }
+
+/// Stands for the output folder's absolute path inside a [`OutputKind::Directory`] side file; the writer
+/// replaces it with the path written as JSON string content (for a loader that resolves a path from the current
+/// directory, not from the config's own folder).
+pub const OUTPUT_DIR_TOKEN: &str = "@VITCONV_OUTPUT_DIR@";
 
 /// A side file written next to (or, for hf, inside) the output: e.g. `config.json`.
 #[derive(Debug, Clone, PartialEq)]
@@ -381,6 +392,9 @@ pub struct Plan {
     pub python: String,
     /// Files written beside (or, for hf, inside) the output.
     pub side_files: Vec<SideFile>,
+    /// Files copied byte for byte into a folder output (a tokenizer's SentencePiece model), each name with
+    /// its contents; a weights-file output has none.
+    pub copied_files: Vec<(String, Vec<u8>)>,
 }
 
 impl Plan {

@@ -106,10 +106,34 @@ fn published_shapes_are_read_with_their_sizes() {
         let path = entry.expect("entry").path();
         let (tensors, model) = infos(&path);
         let summary = summarize(&tensors);
+        let get = |k: &str| model[k].as_u64().map(|v| v as usize);
         if model["kind"] == "siglip" {
-            // Two towers are recognised as SigLIP and not converted by this family.
-            let err = vitconv_convert::sources::read(&tensors).expect_err("two towers");
-            assert!(err.to_string().contains("two-tower"), "{err}");
+            // Two towers: the image tower is a big_vision ViT with a MAP head and no head of its own, the text
+            // tower's sizes come from its shapes, and the towers meet in the embedding width.
+            let s = summary.unwrap_or_else(|| panic!("{}: not recognised", path.display()));
+            assert_eq!(s.family, "siglip");
+            assert!(
+                s.architecture.starts_with("SigLIP: image "),
+                "{}",
+                s.architecture
+            );
+            let m = vitconv_convert::sources::read(&tensors).expect("read");
+            let (a, t) = (&m.image.arch, &m.text.as_ref().expect("text tower").arch);
+            assert_eq!(a.classifier.as_str(), "map");
+            assert_eq!(
+                (Some(a.hidden), Some(a.depth), a.heads),
+                (get("hidden"), get("layers"), get("heads"))
+            );
+            assert_eq!((Some(a.mlp), Some(a.patch)), (get("mlp"), get("patch")));
+            // VALID patching: a 384 px So400m/14 has a 27x27 grid, which the shapes read as 378 px.
+            let image = get("image").expect("image size");
+            assert_eq!(a.grid, Some((image / a.patch, image / a.patch)));
+            assert_eq!(
+                (Some(t.vocab), Some(t.context)),
+                (get("vocab"), get("context"))
+            );
+            assert_eq!(t.embed, get("embed"));
+            assert_eq!(s.logit_tensors, ["params/t", "params/b"]);
             seen += 1;
             continue;
         }
@@ -117,7 +141,6 @@ fn published_shapes_are_read_with_their_sizes() {
         assert_eq!(s.family, "big_vision");
         let m = vitconv_convert::sources::read(&tensors).expect("read");
         let a = &m.image.arch;
-        let get = |k: &str| model[k].as_u64().map(|v| v as usize);
         assert_eq!(Some(a.hidden), get("hidden"));
         assert_eq!(Some(a.depth), get("layers"));
         assert_eq!(a.heads, get("heads"));
@@ -228,4 +251,41 @@ fn map_heads_are_refused_where_a_layout_cannot_pool_that_way() {
     }
     let e = prepare(&file, &Options::new(Layout::Hf)).expect_err("MAP head and classifier");
     assert!(e.to_string().contains("--drop-head"), "{e}");
+}
+
+#[test]
+fn an_image_size_that_patches_to_the_source_grid_is_declared_not_resampled() {
+    // siglip-nohead: patch 8, a 4x4 table (32 px). 35 px patches to the same 4x4 grid with VALID padding,
+    // as a published So400m/14 at 384 px does to its 27x27 table (378 px).
+    let src = bv().join("siglip-nohead/checkpoint.npz");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plain = converted(&src, &Options::new(Layout::Hf), dir.path(), "plain");
+    let mut o = Options::new(Layout::Hf);
+    o.image_size = Some(35);
+    let file = TensorFile::open(&src).expect("source");
+    let conv = prepare(&file, &o).expect("35 px gives the source's grid");
+    assert!(
+        conv.plan
+            .notes
+            .iter()
+            .any(|n| n.contains("35 px") && n.contains("32 px")),
+        "{:?}",
+        conv.plan.notes
+    );
+    let declared = converted(&src, &o, dir.path(), "declared");
+    assert_eq!(plain, declared, "the same tensors, byte for byte");
+    let cfg: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("declared/config.json")).expect("config"),
+    )
+    .expect("json");
+    assert_eq!(cfg["vision_config"]["image_size"], 35);
+    // A size whose grid differs and is no multiple of the patch is still refused.
+    o.image_size = Some(45);
+    assert!(matches!(
+        prepare(&file, &o),
+        Err(Error::ImageSizeNotMultiple {
+            size: 45,
+            stride: 8
+        })
+    ));
 }

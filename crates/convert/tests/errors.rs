@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use vitconv_convert::{
-    prepare, sources, write, Error, HeadChoice, InputNorm, Layout, Options, ProjChoice,
+    prepare, sources, write, Error, HeadChoice, InputNorm, Layout, Options, ProjChoice, TowerChoice,
 };
 use vitconv_tensors::{DType, TensorFile, TensorInfo};
 
@@ -33,6 +33,13 @@ fn read_err(case: &str, change: impl FnOnce(&mut Vec<TensorInfo>)) -> Error {
         Ok(_) => panic!("{case}: the changed listing was accepted"),
         Err(e) => e,
     }
+}
+
+/// The listing of the golden SigLIP model, after `change` altered it.
+fn siglip_with(change: impl FnOnce(&mut Vec<TensorInfo>)) -> Vec<TensorInfo> {
+    let mut t = infos("big_vision/siglip-tiny");
+    change(&mut t);
+    t
 }
 
 /// Sets the shape of tensor `name`.
@@ -112,10 +119,27 @@ fn no_root() {
 }
 
 #[test]
-fn unsupported() {
-    let e = sources::read(&[info("params/img/embedding/kernel", &[16, 16, 3, 64])])
-        .expect_err("two towers");
-    assert!(matches!(e, Error::Unsupported { .. }), "{e}");
+fn embed_mismatch() {
+    let e = sources::read(&siglip_with(|t| {
+        for x in t
+            .iter_mut()
+            .filter(|x| x.name.starts_with("params/txt/head/"))
+        {
+            let last = x.shape.len() - 1;
+            x.shape[last] = 32;
+        }
+    }))
+    .expect_err("text head of another width");
+    assert!(
+        matches!(
+            e,
+            Error::EmbedMismatch {
+                image: 64,
+                text: 32
+            }
+        ),
+        "{e}"
+    );
 }
 
 #[test]
@@ -452,5 +476,92 @@ fn overflow_worker_and_length() {
             found: 5,
             ..
         }
+    ));
+}
+
+/// A SentencePiece `ModelProto` holding these pieces (text, type), as the protobuf wire format writes it.
+fn spiece_model(pieces: &[(&str, u8)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (text, kind) in pieces {
+        let mut p = vec![0x0a, text.len() as u8];
+        p.extend_from_slice(text.as_bytes());
+        p.extend_from_slice(&[0x18, *kind]);
+        out.extend_from_slice(&[0x0a, p.len() as u8]);
+        out.extend_from_slice(&p);
+    }
+    out
+}
+
+/// Options for `layout` with a tokenizer file holding `bytes`.
+fn with_tokenizer(dir: &Path, layout: Layout, bytes: &[u8]) -> Options {
+    let path = dir.join("spiece.model");
+    std::fs::write(&path, bytes).expect("write tokenizer");
+    let mut o = Options::new(layout);
+    o.tokenizer = Some(path);
+    o
+}
+
+#[test]
+fn not_two_tower() {
+    let mut o = Options::new(Layout::Timm);
+    o.tower = TowerChoice::Image;
+    assert!(matches!(prepare_err("vit-token", &o), Error::NotTwoTower));
+}
+
+#[test]
+fn tokenizer_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let siglip = "big_vision/siglip-nohead";
+    let ok = spiece_model(&[("<pad>", 3), ("</s>", 3), ("<unk>", 2), ("a", 1)]);
+    // Accepted where there is a text tower, refused where there is none.
+    assert!(prepare(&open(siglip), &with_tokenizer(dir.path(), Layout::Hf, &ok)).is_ok());
+    assert!(matches!(
+        prepare_err("vit-token", &with_tokenizer(dir.path(), Layout::Timm, &ok)),
+        Error::TokenizerWithoutText { .. }
+    ));
+    let mut image_only = with_tokenizer(dir.path(), Layout::Timm, &ok);
+    image_only.tower = TowerChoice::Image;
+    assert!(matches!(
+        prepare_err(siglip, &image_only),
+        Error::TokenizerWithoutText { .. }
+    ));
+    assert!(matches!(
+        prepare_err(
+            siglip,
+            &with_tokenizer(dir.path(), Layout::Hf, b"{\"json\": 1}")
+        ),
+        Error::TokenizerFormat { offset: 0, .. }
+    ));
+    let no_eos = spiece_model(&[("<unk>", 2), ("a", 1)]);
+    assert!(matches!(
+        prepare_err(siglip, &with_tokenizer(dir.path(), Layout::Hf, &no_eos)),
+        Error::TokenizerPieces { pieces: 2, .. }
+    ));
+    // 101 pieces for a text tower of 100 token embeddings.
+    let names: Vec<String> = (0..98).map(|i| format!("p{i}")).collect();
+    let mut pieces = vec![("<pad>", 3), ("</s>", 3), ("<unk>", 2)];
+    pieces.extend(names.iter().map(|n| (n.as_str(), 1)));
+    assert!(matches!(
+        prepare_err(
+            siglip,
+            &with_tokenizer(dir.path(), Layout::Hf, &spiece_model(&pieces))
+        ),
+        Error::TokenizerVocab {
+            pieces: 101,
+            vocab: 100,
+            ..
+        }
+    ));
+    // A file past the size limit is refused before it is read (a sparse file: nothing is allocated).
+    let big = with_tokenizer(dir.path(), Layout::Hf, &ok);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(big.tokenizer.as_ref().expect("path"))
+        .expect("open");
+    f.set_len(vitconv_convert::tokenizer::MAX_TOKENIZER_BYTES + 1)
+        .expect("extend");
+    assert!(matches!(
+        prepare_err(siglip, &big),
+        Error::TokenizerTooLarge { .. }
     ));
 }

@@ -158,6 +158,10 @@ pub fn recognise(s: &Shapes<'_>) -> Option<Recognised> {
 
 /// The transformers plan (a `ViTForImageClassification` or `ViTModel` directory) for a prepared source; towers without a class token go to SigLIP's classes.
 pub fn plan(mut prep: Prepared<'_>, _fetch: &dyn Fetch, source_name: &str) -> Result<Plan> {
+    if prep.two_tower() {
+        // Image-text models are transformers' SiglipModel.
+        return super::hf_siglip_model::plan(prep, source_name);
+    }
     let a = prep.arch().clone();
     if a.resnet.is_some() {
         return Err(prep.refuse(

@@ -165,30 +165,15 @@ pub fn recognise(s: &Shapes<'_>) -> Option<Recognised> {
     })
 }
 
-/// The SigLIP vision classes for a model without a class token (mean or MAP pooling).
-pub fn plan(prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
-    let a = prep.arch().clone();
+/// The vision tower's tensors (`SiglipVisionModel`'s names after `prefix`): patch and position embeddings,
+/// the encoder layers, `post_layernorm` and, where the source has one, the MAP head.
+pub fn vision_tensors(
+    prep: &Prepared<'_>,
+    prefix: &str,
+    map: Option<&crate::model::MapHead>,
+) -> Result<Vec<OutTensor>> {
+    let a = prep.arch();
     let tower = prep.tower();
-    let classify = prep.keep_head && tower.head.is_some();
-    if prep.has_pre_logits() {
-        return Err(prep.refuse(
-            format!(
-                "pre_logits (dense {} -> {} + tanh)",
-                a.hidden,
-                a.representation.unwrap_or(0)
-            ),
-            "transformers' SigLIP vision classes have no representation layer; pass --drop-head for a SiglipVisionModel feature extractor",
-        ));
-    }
-    if classify && a.classifier == Classifier::Map {
-        return Err(prep.refuse(
-            "a MAP head followed by a classifier",
-            "SiglipForImageClassification averages the tokens and has no place for the MAP head before its classifier; pass --drop-head for a SiglipVisionModel, whose pooler_output is the MAP head's output",
-        ));
-    }
-    prep.check_input_norm()?;
-    let map = prep.map_head()?;
-    let prefix = if classify { names::VISION_MODEL } else { "" };
     let d = a.hidden;
     let t = |nm: &str, shape: Vec<usize>, recipe: Recipe| OutTensor {
         name: format!("{prefix}{nm}"),
@@ -222,6 +207,54 @@ pub fn plan(prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
     if let Some(map) = map {
         out.extend(prep.map_tensors(HEAD, prefix, map));
     }
+    Ok(out)
+}
+
+/// `SiglipVisionConfig` for the vision tower; `use_head` says whether the MAP head is there.
+pub fn vision_config(prep: &Prepared<'_>, use_head: bool) -> Value {
+    let a = prep.arch();
+    json!({
+        "model_type": "siglip_vision_model",
+        "hidden_size": a.hidden,
+        "intermediate_size": a.mlp,
+        "num_hidden_layers": a.depth,
+        "num_attention_heads": a.heads,
+        "num_channels": a.in_chans,
+        "image_size": prep.image_size,
+        "patch_size": a.patch,
+        "hidden_act": hf_files::hidden_act(prep.opts.gelu),
+        "layer_norm_eps": FLAX_LN_EPS,
+        "attention_dropout": 0.0,
+        "vision_use_head": use_head,
+    })
+}
+
+/// The SigLIP vision classes for a model without a class token (mean or MAP pooling).
+pub fn plan(prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
+    let a = prep.arch().clone();
+    let tower = prep.tower();
+    let classify = prep.keep_head && tower.head.is_some();
+    if prep.has_pre_logits() {
+        return Err(prep.refuse(
+            format!(
+                "pre_logits (dense {} -> {} + tanh)",
+                a.hidden,
+                a.representation.unwrap_or(0)
+            ),
+            "transformers' SigLIP vision classes have no representation layer; pass --drop-head for a SiglipVisionModel feature extractor",
+        ));
+    }
+    if classify && a.classifier == Classifier::Map {
+        return Err(prep.refuse(
+            "a MAP head followed by a classifier",
+            "SiglipForImageClassification averages the tokens and has no place for the MAP head before its classifier; pass --drop-head for a SiglipVisionModel, whose pooler_output is the MAP head's output",
+        ));
+    }
+    prep.check_input_norm()?;
+    let map = prep.map_head()?;
+    let prefix = if classify { names::VISION_MODEL } else { "" };
+    let d = a.hidden;
+    let mut out = vision_tensors(&prep, prefix, map)?;
     let classes = if classify {
         a.num_classes.unwrap_or(0)
     } else {
@@ -231,21 +264,7 @@ pub fn plan(prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
         out.extend(hf_files::classifier(head, d, classes));
     }
 
-    let act = hf_files::hidden_act(prep.opts.gelu);
-    let vision = json!({
-        "model_type": "siglip_vision_model",
-        "hidden_size": d,
-        "intermediate_size": a.mlp,
-        "num_hidden_layers": a.depth,
-        "num_attention_heads": a.heads,
-        "num_channels": a.in_chans,
-        "image_size": prep.image_size,
-        "patch_size": a.patch,
-        "hidden_act": act,
-        "layer_norm_eps": FLAX_LN_EPS,
-        "attention_dropout": 0.0,
-        "vision_use_head": map.is_some(),
-    });
+    let vision = vision_config(&prep, map.is_some());
     let arch_class = if classify {
         "SiglipForImageClassification"
     } else {

@@ -10,7 +10,9 @@ mod clip_style;
 pub mod hf;
 pub mod hf_files;
 pub mod hf_siglip;
+pub mod hf_siglip_model;
 pub mod open_clip;
+pub mod open_clip_siglip;
 pub mod prepared;
 pub mod recognise;
 pub mod timm;
@@ -21,7 +23,7 @@ use crate::options::{Layout, Options};
 use crate::plan::{Fetch, Plan};
 pub use prepared::{
     mlp_ratio, name, py_float, py_str, BlockRole, BlockTable, MapRole, MapTable, Prepared,
-    FLAX_LN_EPS, MAX_IMAGE_SIZE,
+    TextRole, TextTable, FLAX_LN_EPS, MAX_IMAGE_SIZE,
 };
 use recognise::{Recognised, Shapes};
 use vitconv_tensors::TensorInfo;
@@ -35,6 +37,8 @@ pub struct LayoutDef {
     pub plan: fn(Prepared<'_>, &dyn Fetch, &str) -> Result<Plan>,
     /// Recognises a converted file of this layout for `inspect`.
     pub recognise: fn(&Shapes<'_>) -> Option<Recognised>,
+    /// Whether the layout holds a two-tower image-text model whole; the others are offered `--tower image`.
+    pub two_tower: bool,
 }
 
 /// Every target layout, in the order `inspect` tries to recognise them. Adding a layout means a module, a
@@ -44,21 +48,25 @@ pub const LAYOUTS: &[LayoutDef] = &[
         layout: Layout::Timm,
         plan: timm::plan,
         recognise: timm::recognise,
+        two_tower: false,
     },
     LayoutDef {
         layout: Layout::Hf,
         plan: hf::plan,
         recognise: hf::recognise,
+        two_tower: true,
     },
     LayoutDef {
         layout: Layout::OpenClip,
         plan: open_clip::plan,
         recognise: open_clip::recognise,
+        two_tower: true,
     },
     LayoutDef {
         layout: Layout::Clip,
         plan: clip::plan,
         recognise: clip::recognise,
+        two_tower: false,
     },
 ];
 
@@ -71,6 +79,13 @@ pub fn plan(model: &Model, opts: &Options, fetch: &dyn Fetch, source_name: &str)
         .ok_or(Error::NoLayoutModule {
             layout: opts.layout.as_str(),
         })?;
+    if prep.two_tower() && !def.two_tower {
+        let text = model.text.as_ref().map(|t| t.arch.width).unwrap_or(0);
+        return Err(prep.refuse(
+            format!("a two-tower image-text model (text tower of width {text})"),
+            "the layout holds one vision tower; pass --tower image for the image tower alone, or use --layout hf or open_clip for the whole model",
+        ));
+    }
     (def.plan)(prep, fetch, source_name)
 }
 

@@ -19,6 +19,10 @@ pub const CONFIG_SUFFIX: &str = ".open_clip.json";
 
 /// The open_clip visual tower plan, with its model config, for a prepared source.
 pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Result<Plan> {
+    if prep.two_tower() {
+        // Image-text models are open_clip's CustomTextCLIP, in a folder of their own.
+        return super::open_clip_siglip::plan(prep, fetch, source_name);
+    }
     let a = prep.arch().clone();
     clip_style::check_tower(&prep)?;
     prep.check_input_norm()?;

@@ -15,9 +15,12 @@ use serde_json::{json, Value};
 
 use crate::arch::{Arch, PosEmbKind};
 use crate::error::{Error, Result};
-use crate::model::{Attention, Block, Dense, MapHead, Model, Param, Pool, PosEmbed, Proj, Tower};
-use crate::options::{HeadChoice, InputNorm, Options};
+use crate::model::{
+    Attention, Block, Dense, Logit, MapHead, Model, Param, Pool, PosEmbed, Proj, TextTower, Tower,
+};
+use crate::options::{HeadChoice, InputNorm, Options, TowerChoice};
 use crate::plan::{OutTensor, Plan, Recipe};
+use crate::tokenizer::SentencePiece;
 
 /// The largest `--image-size` accepted: 8192 px is over 20 times the published resolutions, and keeps the
 /// position table of a patch-14 ViT-G under 1.4 GB; beyond it a typo would ask for terabytes.
@@ -44,6 +47,8 @@ pub struct Prepared<'a> {
     pub notes: Vec<String>,
     /// Source tensors left out so far (training state, a dropped head).
     pub dropped: Vec<String>,
+    /// The `--tokenizer` model, checked against the text tower.
+    pub tokenizer: Option<SentencePiece>,
 }
 
 impl<'a> Prepared<'a> {
@@ -61,6 +66,15 @@ impl<'a> Prepared<'a> {
                     max: MAX_IMAGE_SIZE,
                 })
             }
+            // A flax ViT patches with VALID padding: a 384 px input to a patch-14 model is a 27x27 grid, the last
+            // 6 px unused. A size that is no multiple of the stride is taken when it gives the source's own
+            // grid (the published resolution of such a model), and said so.
+            (Some(n), Some(grid), _)
+                if n.checked_rem(stride).is_some_and(|r| r != 0)
+                    && n.checked_div(stride).map(|s| (s, s)) == Some(grid) =>
+            {
+                (grid, n)
+            }
             (Some(n), _, _) => {
                 if n == 0 || n.checked_rem(stride) != Some(0) {
                     return Err(Error::ImageSizeNotMultiple { size: n, stride });
@@ -71,6 +85,16 @@ impl<'a> Prepared<'a> {
             }
         };
         let mut notes = Vec::new();
+        if let (Some(n), Some(px)) = (opts.image_size, arch.image_size()) {
+            if n != px && Some(grid) == arch.grid {
+                notes.push(format!(
+                    "resolution: {n} px as --image-size gives it; the shapes read {px} px ({}x{} patches of {stride}), and VALID patching drops the last {} px, so the grid and every weight are the source's",
+                    grid.0,
+                    grid.1,
+                    n.saturating_sub(px)
+                ));
+            }
+        }
         match (arch.grid, &tower.pos) {
             (_, PosEmbed::Sincos2d) => notes.push(format!(
                 "position embedding: sincos2d computed for the {}x{} grid ({image_size} px)",
@@ -88,6 +112,17 @@ impl<'a> Prepared<'a> {
             _ => {}
         }
         let mut dropped = model.left_out.clone();
+        match (opts.tower, &model.text, &model.logit) {
+            (TowerChoice::Image, None, _) => return Err(Error::NotTwoTower),
+            (TowerChoice::Image, Some(text), logit) => {
+                dropped.extend(text_tensors(text, logit.as_ref()));
+                notes.push(format!(
+                    "text tower ({} blocks, width {}) and the logit scale and bias left out (--tower image): the output is the image tower alone, whose features are the image embedding before L2 normalisation",
+                    text.arch.depth, text.arch.width
+                ));
+            }
+            (TowerChoice::All, _, _) => {}
+        }
         let keep_head = match (opts.head, arch.num_classes) {
             (HeadChoice::Keep, c) => c.is_some(),
             (HeadChoice::NumClasses(0) | HeadChoice::Drop, _) => false,
@@ -109,7 +144,15 @@ impl<'a> Prepared<'a> {
                 "pre_logits (dense + tanh) dropped with the head: features are the pooled encoder_norm output".to_string(),
             );
         }
-        let norm = opts.input_norm();
+        // A two-tower model keeps its own [-1, 1] input unless asked otherwise: SigLIP's preprocessing is mean
+        // and std 0.5 in every library that loads it.
+        let norm = match (
+            opts.input_norm,
+            model.text.is_some() && opts.tower == TowerChoice::All,
+        ) {
+            (None, true) => InputNorm::Unit,
+            _ => opts.input_norm(),
+        };
         notes.push(format!(
             "input normalisation: {} (mean {:?}, std {:?} on [0, 1] pixels){}",
             norm.as_str(),
@@ -121,6 +164,36 @@ impl<'a> Prepared<'a> {
                 ", folded into the patch embedding"
             }
         ));
+        let two_tower = model.text.is_some() && opts.tower == TowerChoice::All;
+        let tokenizer = match (&opts.tokenizer, &model.text) {
+            (None, _) => None,
+            (Some(_), _) if !two_tower => {
+                return Err(Error::TokenizerWithoutText {
+                    what: if model.text.is_some() {
+                        "the image tower alone (--tower image)"
+                    } else {
+                        "a single-tower ViT"
+                    },
+                })
+            }
+            (Some(path), text) => {
+                let sp = crate::tokenizer::read(path)?;
+                sp.check_vocab(text.as_ref().map(|t| t.arch.vocab).unwrap_or(0))?;
+                notes.push(format!(
+                    "tokenizer: {} ({} pieces, </s> = id {}) written as spiece.model with SiglipTokenizer configs; SigLIP reads sequences padded with </s> to the full context (padding='max_length')",
+                    path.display(),
+                    sp.pieces,
+                    sp.eos_id
+                ));
+                Some(sp)
+            }
+        };
+        if two_tower && tokenizer.is_none() {
+            notes.push(
+                "no tokenizer: the .npz holds no vocabulary; text input needs the model's SentencePiece tokenizer (convert with --tokenizer spiece.model to include it)"
+                    .to_string(),
+            );
+        }
         Ok(Prepared {
             model,
             opts,
@@ -130,6 +203,7 @@ impl<'a> Prepared<'a> {
             norm,
             notes,
             dropped,
+            tokenizer,
         })
     }
 
@@ -142,6 +216,11 @@ impl<'a> Prepared<'a> {
             });
         }
         Ok(())
+    }
+
+    /// Whether both towers of a two-tower model are to be written (not `--tower image`).
+    pub fn two_tower(&self) -> bool {
+        self.model.text.is_some() && self.opts.tower == TowerChoice::All
     }
 
     /// The architecture of the image tower.
@@ -169,14 +248,16 @@ impl<'a> Prepared<'a> {
         }
     }
 
-    fn hd(&self) -> (usize, usize) {
-        let a = self.arch();
-        (
-            a.hidden,
-            a.heads
-                .unwrap_or(1)
-                .saturating_mul(a.head_dim().unwrap_or(a.hidden)),
-        )
+    /// An attention's `(width, heads * head_dim)`, read off its `[D, H, Dh]` query kernel, so that one mapping
+    /// serves every tower whatever its width.
+    fn hd(attn: &Attention) -> (usize, usize) {
+        let q = &attn.query.kernel.shape;
+        let hd = q
+            .get(1..)
+            .unwrap_or_default()
+            .iter()
+            .fold(1usize, |a, &x| a.saturating_mul(x));
+        (q.first().copied().unwrap_or(0), hd)
     }
 
     /// Fused `[3D, D]` q/k/v weight in q, k, v order with heads contiguous (timm `qkv`, CLIP `in_proj_weight`).
@@ -202,7 +283,7 @@ impl<'a> Prepared<'a> {
     /// One projection's `[out, in]` weight: q/k/v `[D, H, Dh]` seen as `[D, H*Dh]`, out `[H, Dh, D]` as `[H*Dh, D]`,
     /// both transposed.
     pub fn proj_weight(&self, attn: &Attention, p: Proj) -> Recipe {
-        let (d, hd) = self.hd();
+        let (d, hd) = Self::hd(attn);
         let (rows, cols) = if p == Proj::Out { (hd, d) } else { (d, hd) };
         Recipe::Transpose {
             src: attn.proj(p).kernel.clone(),
@@ -218,12 +299,13 @@ impl<'a> Prepared<'a> {
 
     /// MLP dense `layer` (0 or 1) weight `[out, in]`.
     pub fn mlp_weight(&self, mlp: &[Dense; 2], layer: usize) -> Recipe {
-        let a = self.arch();
-        let (rows, cols, dense) = if layer == 0 {
-            (a.hidden, a.mlp, &mlp[0])
-        } else {
-            (a.mlp, a.hidden, &mlp[1])
-        };
+        // The kernel is stored `[in, out]`; its own shape gives the sizes, whichever tower it belongs to.
+        let dense = if layer == 0 { &mlp[0] } else { &mlp[1] };
+        let k = &dense.kernel.shape;
+        let (rows, cols) = (
+            k.first().copied().unwrap_or(0),
+            k.get(1).copied().unwrap_or(0),
+        );
         Recipe::Transpose {
             src: dense.kernel.clone(),
             rows,
@@ -260,8 +342,7 @@ impl<'a> Prepared<'a> {
 
     /// The shape and recipe of a block role in PyTorch's conventions (`[out, in]` weights).
     pub fn block_role(&self, role: BlockRole, b: &Block) -> (Vec<usize>, Recipe) {
-        let a = self.arch();
-        let (d, m) = (a.hidden, a.mlp);
+        let (d, _, m) = b.dims();
         let copy = |p: &Param| Recipe::Copy(p.clone());
         match role {
             BlockRole::Norm1Scale => (vec![d], copy(&b.norm1.scale)),
@@ -348,6 +429,109 @@ impl<'a> Prepared<'a> {
                 }
             })
             .collect()
+    }
+
+    /// The text tower's tensors for a layout's [`TextTable`] (embeddings, final norm, head) and
+    /// [`BlockTable`] (each block's names after `block_prefix`); a refusal where the table has no place for
+    /// the source's head or the source has none to fill the table's.
+    pub fn text_tensors(
+        &self,
+        table: &TextTable,
+        blocks: &BlockTable,
+        block_prefix: &str,
+    ) -> Result<Vec<OutTensor>> {
+        let Some(text) = self.model.text.as_ref().filter(|_| self.two_tower()) else {
+            return Ok(Vec::new());
+        };
+        let a = &text.arch;
+        let wants_head = table
+            .iter()
+            .any(|(_, r)| matches!(r, TextRole::HeadWeight | TextRole::HeadBias));
+        let head = match (&text.head, wants_head) {
+            (Some(h), true) => Some(h),
+            (None, false) => None,
+            (Some(_), false) => {
+                return Err(self.refuse(
+                    format!("a text head {} -> {}", a.width, a.embed.unwrap_or(0)),
+                    "the layout's text tower has no projection after pooling",
+                ))
+            }
+            (None, true) => {
+                return Err(self.refuse(
+                    format!("a text tower without a head (width {})", a.width),
+                    "the layout's text tower always projects after pooling, and a projection the source lacks would be invented",
+                ))
+            }
+        };
+        let embed = a.embed.unwrap_or(a.width);
+        let mut out = Vec::new();
+        let mut after = Vec::new();
+        for (name, role) in table {
+            let (shape, recipe) = match role {
+                TextRole::Token => (vec![a.vocab, a.width], Recipe::Copy(text.embedding.clone())),
+                TextRole::Position => (vec![a.context, a.width], Recipe::Copy(text.pos.clone())),
+                TextRole::NormScale => (vec![a.width], Recipe::Copy(text.final_norm.scale.clone())),
+                TextRole::NormBias => (vec![a.width], Recipe::Copy(text.final_norm.bias.clone())),
+                TextRole::HeadWeight | TextRole::HeadBias => {
+                    let Some(h) = head else { continue };
+                    match role {
+                        TextRole::HeadWeight => (
+                            vec![embed, a.width],
+                            Recipe::Transpose {
+                                src: h.kernel.clone(),
+                                rows: a.width,
+                                cols: embed,
+                            },
+                        ),
+                        _ => (vec![embed], Recipe::Copy(h.bias.clone())),
+                    }
+                }
+            };
+            let t = OutTensor {
+                name: name.to_string(),
+                shape,
+                recipe,
+            };
+            match role {
+                TextRole::Token | TextRole::Position => out.push(t),
+                _ => after.push(t),
+            }
+        }
+        for (i, b) in text.blocks.iter().enumerate() {
+            out.extend(self.block_tensors(blocks, block_prefix, i, b));
+        }
+        out.extend(after);
+        Ok(out)
+    }
+
+    /// The logit scale `t` and bias `b` under a layout's names, each of `shape` (`[1]` or a 0-dim scalar); a
+    /// source without `b` gets a zero bias, which adds nothing (and the notes say so).
+    pub fn logit_tensors(&mut self, scale: &str, bias: &str, shape: &[usize]) -> Vec<OutTensor> {
+        let Some(logit) = self.model.logit.as_ref().filter(|_| self.two_tower()) else {
+            return Vec::new();
+        };
+        let bias_recipe = match &logit.bias {
+            Some(b) => Recipe::Copy(b.clone()),
+            None => {
+                self.notes.push(
+                    "the source has no logit bias b: logit_bias is written as 0, which adds nothing"
+                        .to_string(),
+                );
+                Recipe::Fill { value: 0.0, len: 1 }
+            }
+        };
+        vec![
+            OutTensor {
+                name: scale.to_string(),
+                shape: shape.to_vec(),
+                recipe: Recipe::Copy(logit.scale.clone()),
+            },
+            OutTensor {
+                name: bias.to_string(),
+                shape: shape.to_vec(),
+                recipe: bias_recipe,
+            },
+        ]
     }
 
     fn embed_hwio(&self) -> [usize; 4] {
@@ -443,7 +627,7 @@ impl<'a> Prepared<'a> {
         head_bias: Option<Vec<f32>>,
     ) -> Value {
         let a = self.arch();
-        json!({
+        let mut config = json!({
             "image_size": self.image_size,
             "patch_size": a.patch,
             "hidden": a.hidden,
@@ -467,6 +651,34 @@ impl<'a> Prepared<'a> {
             "head": head,
             "head_bias": head_bias,
             "dtype": self.opts.dtype.as_str(),
+        });
+        if let (Value::Object(c), true) = (&mut config, self.two_tower()) {
+            c.insert("text".into(), self.text_declaration());
+        }
+        config
+    }
+
+    /// The text tower's part of `vitconv.config` (null without one): its sizes and the semantics it is
+    /// declared with.
+    fn text_declaration(&self) -> Value {
+        let Some(text) = self.model.text.as_ref().filter(|_| self.two_tower()) else {
+            return Value::Null;
+        };
+        let t = &text.arch;
+        json!({
+            "vocab": t.vocab,
+            "context": t.context,
+            "width": t.width,
+            "depth": t.depth,
+            "heads": t.heads,
+            "mlp": t.mlp,
+            "embed": t.embed,
+            "pool": "last",
+            "causal": false,
+            "layer_norm_eps": FLAX_LN_EPS,
+            "gelu": self.opts.gelu.as_str(),
+            "logit_bias": self.model.logit.as_ref().is_some_and(|l| l.bias.is_some()),
+            "tokenizer": self.tokenizer.as_ref().map(|s| json!({"pieces": s.pieces, "eos_id": s.eos_id})),
         })
     }
 
@@ -523,8 +735,32 @@ impl<'a> Prepared<'a> {
             notes: self.notes,
             python,
             side_files,
+            copied_files: Vec::new(),
         }
     }
+}
+
+/// Every tensor of a text tower and the logit scalars, for the list of what `--tower image` leaves out.
+fn text_tensors(text: &TextTower, logit: Option<&Logit>) -> Vec<String> {
+    let mut names: Vec<String> = vec![text.embedding.tensor.clone(), text.pos.tensor.clone()];
+    for b in &text.blocks {
+        names.extend(b.params().iter().map(|p| p.tensor.clone()));
+    }
+    names.extend([
+        text.final_norm.scale.tensor.clone(),
+        text.final_norm.bias.tensor.clone(),
+    ]);
+    if let Some(h) = &text.head {
+        names.extend([h.kernel.tensor.clone(), h.bias.tensor.clone()]);
+    }
+    if let Some(l) = logit {
+        names.push(l.scale.tensor.clone());
+        names.extend(l.bias.iter().map(|b| b.tensor.clone()));
+    }
+    // Stacked blocks name the same tensor once per block.
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// What one tensor of a block holds, in PyTorch's conventions; the shape and transform follow from the role.
@@ -586,6 +822,26 @@ pub enum MapRole {
     /// The bias `[D]` of the MLP's second dense.
     Fc2Bias,
 }
+
+/// What one tensor of a text tower (outside its blocks) holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextRole {
+    /// The token embedding `[vocab, width]`.
+    Token,
+    /// The position embedding `[context, width]` (the source's `[1, context, width]` without its batch axis).
+    Position,
+    /// The final LayerNorm's scale.
+    NormScale,
+    /// The final LayerNorm's bias.
+    NormBias,
+    /// The head as a linear layer's `[embed, width]` weight.
+    HeadWeight,
+    /// The head's `[embed]` bias.
+    HeadBias,
+}
+
+/// A layout's text tower outside its blocks: each target key with the role it holds.
+pub type TextTable = [(&'static str, TextRole)];
 
 /// A layout's MAP head: each target key with the role it holds.
 pub type MapTable = [(&'static str, MapRole)];

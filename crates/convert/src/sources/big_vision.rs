@@ -48,23 +48,29 @@ pub fn claims(tensors: &[TensorInfo]) -> bool {
     root(tensors).is_some()
 }
 
-/// Where each parameter lives: the root, and whether the blocks are stacked (`Transformer/encoderblock/`,
-/// big_vision's `scan` format) or unrolled (`Transformer/encoderblock_{i}/`).
-struct Names {
-    root: &'static str,
+/// Where each parameter lives: the tower's root, the encoder's name (`Transformer/` in the ViT, `Encoder_0/` in
+/// the text tower), and whether the blocks are stacked (`encoderblock/`, big_vision's `scan` format) or
+/// unrolled (`encoderblock_{i}/`).
+pub(crate) struct Names {
+    root: String,
+    encoder: &'static str,
     stacked: bool,
 }
 
 impl Names {
+    /// Whether the blocks are stacked along a leading depth axis.
+    pub fn stacked(&self) -> bool {
+        self.stacked
+    }
     fn key(&self, rel: &str) -> String {
         format!("{}{rel}", self.root)
     }
     /// A tensor of block `i`; for stacked blocks the one tensor that holds every block.
     fn block(&self, i: usize, rel: &str) -> String {
         if self.stacked {
-            self.key(&format!("Transformer/encoderblock/{rel}"))
+            self.key(&format!("{}encoderblock/{rel}", self.encoder))
         } else {
-            self.key(&format!("Transformer/encoderblock_{i}/{rel}"))
+            self.key(&format!("{}encoderblock_{i}/{rel}", self.encoder))
         }
     }
     fn attn(prefix: &str, p: Proj, what: &str) -> String {
@@ -83,6 +89,45 @@ const LN1: &str = "LayerNorm_0";
 const LN2: &str = "LayerNorm_1";
 const MLP: &str = "MlpBlock_0";
 
+/// The tensors of a big_vision file that are model weights, and the training state beside them (`opt/`,
+/// `chrono/` next to a `params/` root), which is left out; the weights must be floats.
+pub(crate) fn split_training_state<'t>(
+    tensors: &'t [TensorInfo],
+    root: &str,
+) -> Result<(Vec<&'t TensorInfo>, Vec<TensorInfo>)> {
+    let (state, weights): (Vec<&TensorInfo>, Vec<&TensorInfo>) = tensors.iter().partition(|t| {
+        !root.is_empty()
+            && !t.name.starts_with(root)
+            && TRAINING_STATE.iter().any(|p| t.name.starts_with(p))
+    });
+    let weights: Vec<TensorInfo> = weights.into_iter().cloned().collect();
+    if let Some(t) = weights.iter().find(|t| !t.dtype.is_float()) {
+        return Err(Error::NotFloat {
+            name: t.name.clone(),
+            dtype: t.dtype.to_string(),
+        });
+    }
+    Ok((state, weights))
+}
+
+/// The note that says which training state was left out, if any.
+pub(crate) fn training_state_note(state: &[&TensorInfo]) -> Option<String> {
+    if state.is_empty() {
+        return None;
+    }
+    let mut prefixes: Vec<&str> = TRAINING_STATE
+        .iter()
+        .copied()
+        .filter(|p| state.iter().any(|t| t.name.starts_with(p)))
+        .collect();
+    prefixes.dedup();
+    Some(format!(
+        "training state left out: {} tensors under {} (optimizer state and step timers, not weights)",
+        state.len(),
+        prefixes.join(", ")
+    ))
+}
+
 /// Reads a big_vision ViT checkpoint into the neutral model, checking every shape against the others and
 /// accounting for every tensor (training state is left out, and said so).
 pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
@@ -98,26 +143,52 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
         format!("big_vision checkpoint under {root}")
     };
     // Training state is set aside first: it is not part of the model, and holds integer counters.
-    let (state, weights): (Vec<&TensorInfo>, Vec<&TensorInfo>) = tensors.iter().partition(|t| {
-        !root.is_empty()
-            && !t.name.starts_with(root)
-            && TRAINING_STATE.iter().any(|p| t.name.starts_with(p))
-    });
-    let weights: Vec<TensorInfo> = weights.into_iter().cloned().collect();
-    if let Some(t) = weights.iter().find(|t| !t.dtype.is_float()) {
-        return Err(Error::NotFloat {
+    let (state, weights) = split_training_state(tensors, root)?;
+    let mut keys = Keys::new(&weights, &recognised);
+    let (image, mut notes) = read_vit(&mut keys, root)?;
+    if let Some(t) = keys.unused() {
+        return Err(Error::Unmapped {
             name: t.name.clone(),
-            dtype: t.dtype.to_string(),
+            shape: t.shape.clone(),
+            recognised: keys.recognised,
         });
     }
-    let mut keys = Keys::new(&weights, &recognised);
+    notes.extend(training_state_note(&state));
+    let left_out: Vec<String> = state.iter().map(|t| t.name.clone()).collect();
+    let mut shapes = keys.shapes();
+    shapes.extend(state.iter().map(|t| (t.name.clone(), t.shape.clone())));
+    Ok(Model {
+        family: FAMILY,
+        recognised: keys.recognised.clone(),
+        image,
+        text: None,
+        logit: None,
+        notes,
+        shapes,
+        left_out,
+    })
+}
 
-    // Patch embedding: HWIO kernel [p, p, in, D].
-    let ek = format!("{root}embedding/kernel");
-    let [ph, in_chans, hidden] = keys.patch_embedding(&ek, &format!("{root}embedding/bias"))?;
+/// An encoder read and checked: its blocks, sizes and final norm.
+pub(crate) struct Encoder {
+    /// Where its tensors live.
+    pub names: Names,
+    pub depth: usize,
+    pub heads: usize,
+    pub mlp: usize,
+    pub blocks: Vec<Block>,
+    pub final_norm: Norm,
+}
 
-    // Blocks: stacked along a leading axis, or numbered.
-    let stacked_ln = format!("{root}Transformer/encoderblock/{LN1}/scale");
+/// Reads the encoder `{root}{encoder}` of width `hidden`: blocks stacked along a leading axis or numbered,
+/// every shape checked against the first block's sizes, then `encoder_norm`.
+pub(crate) fn read_encoder(
+    keys: &mut Keys<'_>,
+    root: &str,
+    encoder: &'static str,
+    hidden: usize,
+) -> Result<Encoder> {
+    let stacked_ln = format!("{root}{encoder}encoderblock/{LN1}/scale");
     let (names, depth) = if keys.has(&stacked_ln) {
         let [depth, d] = dims(
             &stacked_ln,
@@ -134,14 +205,16 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
         }
         (
             Names {
-                root,
+                root: root.to_string(),
+                encoder,
                 stacked: true,
             },
             depth,
         )
     } else {
         let names = Names {
-            root,
+            root: root.to_string(),
+            encoder,
             stacked: false,
         };
         let depth = (0..)
@@ -193,27 +266,43 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
                 )?;
             }
         }
-        check_attention(
-            &mut keys,
-            &names.block(i, ""),
-            &shape,
-            [hidden, heads, head_dim],
-        )?;
+        check_attention(keys, &names.block(i, ""), &shape, [hidden, heads, head_dim])?;
         check_mlp(
-            &mut keys,
+            keys,
             &names.block(i, &format!("{MLP}/")),
             &shape,
             hidden,
             mlp,
         )?;
     }
+    let norm = format!("{root}{encoder}encoder_norm/");
     for p in ["scale", "bias"] {
-        keys.need_shape(
-            &format!("{root}Transformer/encoder_norm/{p}"),
-            &[hidden],
-            "encoder_norm",
-        )?;
+        keys.need_shape(&format!("{norm}{p}"), &[hidden], "encoder_norm")?;
     }
+    let blocks = blocks(keys, &names, depth)?;
+    let final_norm = Norm {
+        scale: keys.param(&format!("{norm}scale"))?,
+        bias: keys.param(&format!("{norm}bias"))?,
+    };
+    Ok(Encoder {
+        names,
+        depth,
+        heads,
+        mlp,
+        blocks,
+        final_norm,
+    })
+}
+
+/// Reads the big_vision ViT under `root` (`params/`, `params/img/`, ...): patch embedding, encoder, pooling,
+/// position embedding, `pre_logits` and head, each shape checked; gives the tower and what the report should
+/// say about its storage.
+pub(crate) fn read_vit(keys: &mut Keys<'_>, root: &str) -> Result<(Tower, Vec<String>)> {
+    // Patch embedding: HWIO kernel [p, p, in, D].
+    let ek = format!("{root}embedding/kernel");
+    let [ph, in_chans, hidden] = keys.patch_embedding(&ek, &format!("{root}embedding/bias"))?;
+    let enc = read_encoder(keys, root, "Transformer/", hidden)?;
+    let (depth, heads, mlp) = (enc.depth, enc.heads, enc.mlp);
 
     // Pooling: a class token means `tok`, a MAP head `map`, neither `gap`.
     let cls = format!("{root}cls");
@@ -238,7 +327,7 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
                 found: vec![hidden, mh, mdh],
             });
         }
-        check_attention(&mut keys, &map, &|s| s.to_vec(), [hidden, mh, mdh])?;
+        check_attention(keys, &map, &|s| s.to_vec(), [hidden, mh, mdh])?;
         let md0 = format!("{map}{MLP}/Dense_0/kernel");
         let [_, map_mlp] = dims(
             &md0,
@@ -247,7 +336,7 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
             "MAP head MLP kernel",
         )?;
         check_mlp(
-            &mut keys,
+            keys,
             &format!("{map}{MLP}/"),
             &|s| s.to_vec(),
             hidden,
@@ -310,13 +399,6 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
         "head [features, classes]",
     )?;
 
-    if let Some(t) = keys.unused() {
-        return Err(Error::Unmapped {
-            name: t.name.clone(),
-            shape: t.shape.clone(),
-            recognised: keys.recognised,
-        });
-    }
     let arch = Arch {
         patch: ph,
         in_chans,
@@ -331,10 +413,11 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
         num_classes,
         representation,
         resnet: None,
-        stacked: names.stacked,
+        stacked: enc.names.stacked,
     };
-    let image = tower(&keys, &names, arch)?;
-    let mut notes = vec![match names.stacked {
+    let stacked = enc.names.stacked;
+    let image = tower(keys, root, enc, arch)?;
+    let mut notes = vec![match stacked {
         true => format!("blocks stacked along a leading depth axis of {depth} (Transformer/encoderblock/, the scan format)"),
         false => format!(
             "blocks unrolled (Transformer/encoderblock_0 to _{})",
@@ -350,30 +433,7 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
                 .to_string(),
         );
     }
-    let left_out: Vec<String> = state.iter().map(|t| t.name.clone()).collect();
-    if !left_out.is_empty() {
-        let mut prefixes: Vec<&str> = TRAINING_STATE
-            .iter()
-            .copied()
-            .filter(|p| left_out.iter().any(|n| n.starts_with(p)))
-            .collect();
-        prefixes.dedup();
-        notes.push(format!(
-            "training state left out: {} tensors under {} (optimizer state and step timers, not weights)",
-            left_out.len(),
-            prefixes.join(", ")
-        ));
-    }
-    let mut shapes = keys.shapes();
-    shapes.extend(state.iter().map(|t| (t.name.clone(), t.shape.clone())));
-    Ok(Model {
-        family: FAMILY,
-        recognised: keys.recognised.clone(),
-        image,
-        notes,
-        shapes,
-        left_out,
-    })
+    Ok((image, notes))
 }
 
 /// Checks one `MultiHeadDotProductAttention_0` under `prefix` (q/k/v `[D, H, Dh]` with `[H, Dh]` biases, out
@@ -434,40 +494,11 @@ fn check_mlp(
     )
 }
 
-/// The checked file's parameters, each in its role.
-fn tower(keys: &Keys<'_>, n: &Names, arch: Arch) -> Result<Tower> {
-    let root = n.root;
-    let whole = |name: String| keys.param(&name);
-    let norm_at = |prefix: &str| -> Result<Norm> {
-        Ok(Norm {
-            scale: whole(format!("{prefix}scale"))?,
-            bias: whole(format!("{prefix}bias"))?,
-        })
-    };
-    let dense_at = |prefix: &str| -> Result<Dense> {
-        Ok(Dense {
-            kernel: whole(format!("{prefix}kernel"))?,
-            bias: whole(format!("{prefix}bias"))?,
-        })
-    };
-    let attention_at = |prefix: &str| -> Result<Attention> {
-        let proj = |p: Proj| -> Result<Dense> {
-            Ok(Dense {
-                kernel: whole(Names::attn(prefix, p, "kernel"))?,
-                bias: whole(Names::attn(prefix, p, "bias"))?,
-            })
-        };
-        Ok(Attention {
-            query: proj(Proj::Query)?,
-            key: proj(Proj::Key)?,
-            value: proj(Proj::Value)?,
-            out: proj(Proj::Out)?,
-        })
-    };
-    let depth = arch.depth;
+/// The parameters of every block, each in its role: block `i`'s part of a tensor is the whole tensor when
+/// unrolled, slice `i` when stacked.
+fn blocks(keys: &Keys<'_>, n: &Names, depth: usize) -> Result<Vec<Block>> {
     let mut blocks = Vec::with_capacity(depth);
     for i in 0..depth {
-        // Block i's part of a tensor: the whole tensor when unrolled, slice i when stacked.
         let p = |rel: String| -> Result<Param> {
             let name = n.block(i, &rel);
             if n.stacked {
@@ -509,6 +540,40 @@ fn tower(keys: &Keys<'_>, n: &Names, arch: Arch) -> Result<Tower> {
             ],
         });
     }
+    Ok(blocks)
+}
+
+/// A checked dense layer `{prefix}kernel`, `{prefix}bias`.
+pub(crate) fn dense_at(keys: &Keys<'_>, prefix: &str) -> Result<Dense> {
+    Ok(Dense {
+        kernel: keys.param(&format!("{prefix}kernel"))?,
+        bias: keys.param(&format!("{prefix}bias"))?,
+    })
+}
+
+/// The checked ViT's parameters, each in its role.
+fn tower(keys: &Keys<'_>, root: &str, enc: Encoder, arch: Arch) -> Result<Tower> {
+    let whole = |name: String| keys.param(&name);
+    let norm_at = |prefix: &str| -> Result<Norm> {
+        Ok(Norm {
+            scale: whole(format!("{prefix}scale"))?,
+            bias: whole(format!("{prefix}bias"))?,
+        })
+    };
+    let attention_at = |prefix: &str| -> Result<Attention> {
+        let proj = |p: Proj| -> Result<Dense> {
+            Ok(Dense {
+                kernel: whole(Names::attn(prefix, p, "kernel"))?,
+                bias: whole(Names::attn(prefix, p, "bias"))?,
+            })
+        };
+        Ok(Attention {
+            query: proj(Proj::Query)?,
+            key: proj(Proj::Key)?,
+            value: proj(Proj::Value)?,
+            out: proj(Proj::Out)?,
+        })
+    };
     let pool = match arch.classifier {
         Classifier::Token => Pool::Token,
         Classifier::Gap => Pool::Mean,
@@ -519,8 +584,8 @@ fn tower(keys: &Keys<'_>, n: &Names, arch: Arch) -> Result<Tower> {
                 attn: attention_at(&map)?,
                 norm: norm_at(&format!("{map}LayerNorm_0/"))?,
                 mlp: [
-                    dense_at(&format!("{map}{MLP}/Dense_0/"))?,
-                    dense_at(&format!("{map}{MLP}/Dense_1/"))?,
+                    dense_at(keys, &format!("{map}{MLP}/Dense_0/"))?,
+                    dense_at(keys, &format!("{map}{MLP}/Dense_1/"))?,
                 ],
             }))
         }
@@ -534,21 +599,21 @@ fn tower(keys: &Keys<'_>, n: &Names, arch: Arch) -> Result<Tower> {
     };
     Ok(Tower {
         stem: None,
-        patch: dense_at(&format!("{root}embedding/"))?,
+        patch: dense_at(keys, &format!("{root}embedding/"))?,
         class_token: match arch.classifier {
             Classifier::Token => Some(whole(format!("{root}cls"))?),
             _ => None,
         },
         pos,
-        blocks,
-        final_norm: norm_at(&format!("{root}Transformer/encoder_norm/"))?,
+        blocks: enc.blocks,
+        final_norm: enc.final_norm,
         pool,
         pre_logits: match arch.representation {
-            Some(_) => Some(dense_at(&format!("{root}pre_logits/"))?),
+            Some(_) => Some(dense_at(keys, &format!("{root}pre_logits/"))?),
             None => None,
         },
         head: match arch.num_classes {
-            Some(_) => Some(dense_at(&format!("{root}head/"))?),
+            Some(_) => Some(dense_at(keys, &format!("{root}head/"))?),
             None => None,
         },
         arch,

@@ -13,6 +13,7 @@
 
 pub mod big_vision;
 pub(crate) mod keys;
+pub mod siglip;
 pub mod vit_jax;
 
 use vitconv_tensors::TensorInfo;
@@ -33,6 +34,11 @@ pub struct Source {
 /// Every source family, most specific first.
 pub const SOURCES: &[Source] = &[
     Source {
+        name: siglip::FAMILY,
+        claims: siglip::claims,
+        read: siglip::read,
+    },
+    Source {
         name: big_vision::FAMILY,
         claims: big_vision::claims,
         read: big_vision::read,
@@ -44,20 +50,10 @@ pub const SOURCES: &[Source] = &[
     },
 ];
 
-/// Roots of sources recognised but not converted yet, with what they are.
-const KNOWN_UNSUPPORTED: &[(&str, &str)] = &[(
-    "params/img/embedding/kernel",
-    "a big_vision two-tower (SigLIP/LiT) checkpoint",
-)];
-
 /// Reads a file of any source family into the neutral model.
 pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
     if let Some(source) = SOURCES.iter().find(|s| (s.claims)(tensors)) {
         return (source.read)(tensors);
-    }
-    let has = |k: &str| tensors.iter().any(|t| t.name == k);
-    if let Some(&(_, what)) = KNOWN_UNSUPPORTED.iter().find(|(k, _)| has(k)) {
-        return Err(Error::Unsupported { what });
     }
     Err(Error::NotASource {
         tensors: tensors.len(),

@@ -347,6 +347,8 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
         family: FAMILY,
         recognised: keys.recognised.clone(),
         image,
+        text: None,
+        logit: None,
         notes,
         shapes: keys.shapes(),
         left_out: Vec::new(),

@@ -1,0 +1,129 @@
+//! transformers' `SiglipModel`, the `hf` layout's home for two-tower image-text models: a folder that
+//! `SiglipModel.from_pretrained(OUT)` loads (and, with `--tokenizer`, `SiglipProcessor.from_pretrained(OUT)`).
+//!
+//! Names and semantics follow transformers 5.24 `models/siglip/modeling_siglip.py`: `vision_model.` holds
+//! `SiglipVisionModel`'s parts (see `hf_siglip`), `text_model.` holds `SiglipTextModel`'s
+//! (`embeddings.token_embedding`, `embeddings.position_embedding` with one row per position, the same
+//! `SiglipEncoderLayer`s, `final_layer_norm`, then `head` on the LAST position: big_vision's last-token
+//! pooling), and `logit_scale`/`logit_bias` are `[1]` parameters used as `exp(logit_scale)` and `+ logit_bias`.
+//! transformers' vision tower ends at the MAP head: it has no projection after it, so an image tower with a
+//! `head` is refused here (open_clip holds it).
+
+use serde_json::json;
+
+use crate::error::Result;
+use crate::layout::hf_files::{self, dtype_name, pretty, CONFIG_FILE, PREPROCESSOR_FILE};
+use crate::layout::hf_siglip::{self, names as vision_names, BLOCK};
+use crate::layout::prepared::{Prepared, TextRole, TextTable, FLAX_LN_EPS};
+use crate::plan::{OutputKind, Plan, SideFile};
+
+/// The text tower outside its blocks (`SiglipTextModel` under `text_model.`).
+pub const TEXT: &TextTable = &[
+    (
+        "text_model.embeddings.token_embedding.weight",
+        TextRole::Token,
+    ),
+    (
+        "text_model.embeddings.position_embedding.weight",
+        TextRole::Position,
+    ),
+    ("text_model.final_layer_norm.weight", TextRole::NormScale),
+    ("text_model.final_layer_norm.bias", TextRole::NormBias),
+    ("text_model.head.weight", TextRole::HeadWeight),
+    ("text_model.head.bias", TextRole::HeadBias),
+];
+
+/// Prefix of the text tower's encoder layers (named as in [`BLOCK`]).
+pub const TEXT_MODEL: &str = "text_model.";
+
+/// `SiglipModel`'s logit scale, `[1]`.
+pub const LOGIT_SCALE: &str = "logit_scale";
+/// `SiglipModel`'s logit bias, `[1]`.
+pub const LOGIT_BIAS: &str = "logit_bias";
+
+/// The `SiglipModel` folder for a two-tower source.
+pub fn plan(mut prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
+    let a = prep.arch().clone();
+    let tower = prep.tower();
+    if let (Some(_), Some(embed)) = (&tower.head, a.num_classes) {
+        return Err(prep.refuse(
+            format!("an image-tower head {} -> {embed} after the MAP head", a.hidden),
+            "transformers' SiglipVisionModel ends at the MAP head and has no place for an image projection; use --layout open_clip, which holds it",
+        ));
+    }
+    if prep.has_pre_logits() {
+        return Err(prep.refuse(
+            "an image-tower pre_logits",
+            "transformers' SiglipVisionModel has no representation layer; use --layout open_clip",
+        ));
+    }
+    prep.check_input_norm()?;
+    let map = prep.map_head()?;
+    if map.is_none() {
+        return Err(prep.refuse(
+            format!("an image tower pooled by {}", a.classifier.as_str()),
+            "SiglipModel's image embedding is the MAP head's output (vision_use_head); use --layout open_clip",
+        ));
+    }
+    let model = prep.model;
+    let Some(text) = model.text.as_ref().filter(|_| prep.two_tower()) else {
+        return hf_siglip::plan(prep, source_name);
+    };
+    let t = text.arch.clone();
+    let mut out = hf_siglip::vision_tensors(&prep, vision_names::VISION_MODEL, map)?;
+    out.extend(prep.text_tensors(TEXT, BLOCK, TEXT_MODEL)?);
+    out.extend(prep.logit_tensors(LOGIT_SCALE, LOGIT_BIAS, &[1]));
+
+    let embed = t.embed.unwrap_or(t.width);
+    // Without a tokenizer the ids are big_vision's: `</s>` is id 1 in every published SigLIP vocabulary.
+    let eos = prep.tokenizer.as_ref().map(|s| s.eos_id).unwrap_or(1);
+    let text_config = json!({
+        "model_type": "siglip_text_model",
+        "vocab_size": t.vocab,
+        "hidden_size": t.width,
+        "intermediate_size": t.mlp,
+        "num_hidden_layers": t.depth,
+        "num_attention_heads": t.heads,
+        "max_position_embeddings": t.context,
+        "hidden_act": hf_files::hidden_act(prep.opts.gelu),
+        "layer_norm_eps": FLAX_LN_EPS,
+        "attention_dropout": 0.0,
+        "projection_size": embed,
+        "pad_token_id": eos,
+        "eos_token_id": eos,
+    });
+    let cfg = json!({
+        "architectures": ["SiglipModel"],
+        "model_type": "siglip",
+        "text_config": text_config,
+        "vision_config": hf_siglip::vision_config(&prep, true),
+        "torch_dtype": dtype_name(prep.opts.dtype),
+    });
+    let preprocessor = hf_files::preprocessor("SiglipImageProcessor", prep.image_size, prep.norm);
+    let mut side = vec![
+        SideFile {
+            name: CONFIG_FILE.to_string(),
+            contents: pretty(&cfg),
+        },
+        SideFile {
+            name: PREPROCESSOR_FILE.to_string(),
+            contents: pretty(&preprocessor),
+        },
+    ];
+    let mut copied = Vec::new();
+    let python = match &prep.tokenizer {
+        Some(sp) => {
+            let (files, model) = sp.files(t.context);
+            side.extend(files);
+            copied.push(model);
+            "from transformers import SiglipModel, SiglipProcessor\nmodel = SiglipModel.from_pretrained(OUTPUT_DIR)\nprocessor = SiglipProcessor.from_pretrained(OUTPUT_DIR)  # text: processor(text=..., padding='max_length')".to_string()
+        }
+        None => "from transformers import SiglipModel\nmodel = SiglipModel.from_pretrained(OUTPUT_DIR)  # text input: token ids from the model's SentencePiece tokenizer (--tokenizer)".to_string(),
+    };
+    let config = prep.config(prep.opts.gelu.as_str(), FLAX_LN_EPS, false, "map", None);
+    let mut meta = prep.metadata(source_name, &config);
+    meta.insert("vitconv.hf_architecture".into(), "SiglipModel".to_string());
+    let mut plan = prep.finish(OutputKind::HfDirectory, out, meta, python, side);
+    plan.copied_files = copied;
+    Ok(plan)
+}

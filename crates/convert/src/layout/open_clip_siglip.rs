@@ -1,0 +1,236 @@
+//! open_clip's `CustomTextCLIP`, the `open_clip` layout's home for two-tower image-text models: a folder that
+//! `open_clip.create_model_and_transforms('local-dir:OUT')` loads with no other code.
+//!
+//! Names and semantics follow open_clip 3.3.0: `model.py` (`CustomTextCLIP`: `visual`, `text`, `logit_scale`
+//! and `logit_bias` as 0-dim parameters, `logits = exp(logit_scale) * img @ txt.T + logit_bias`;
+//! `CLIPTextCfg`; `_build_text_tower` with `act_kwargs` and `norm_kwargs`), `transformer.py`
+//! (`TextTransformer`: `token_embedding`, `positional_embedding` `[context, width]`, `transformer.resblocks`,
+//! `ln_final` before pooling, `pool_type='last'`, `no_causal_mask`, `text_projection` a `Linear` when
+//! `proj_bias`) and `timm_model.py` (`TimmModel`: `trunk` built by `timm.create_model(name,
+//! num_classes=embed_dim or 0, global_pool=timm_pool)`).
+//!
+//! The image tower is timm's `VisionTransformer` under `visual.trunk.`, planned by the timm layout. open_clip
+//! cannot pass `act_layer` to timm, and its registered SigLIP towers use the erf GELU (2.5e-5 to 1.6e-4 away
+//! from big_vision), so `timm_model_name` names a timm folder inside OUT (`image_tower/config.json`, the
+//! sizes and `act_layer='gelu_tanh'` in `model_args`). open_clip hands that name to timm, which resolves it
+//! from the current directory, so it is the folder's absolute path: moving the folder needs the one-line fix
+//! the notes and the config's `vitconv.relocate` give.
+
+use serde_json::{json, Value};
+
+use crate::arch::Classifier;
+use crate::error::Result;
+use crate::layout::clip_style::BLOCK;
+use crate::layout::prepared::{Prepared, TextRole, TextTable, FLAX_LN_EPS};
+use crate::layout::timm;
+use crate::options::Gelu;
+use crate::plan::{Fetch, OutTensor, OutputKind, Plan, SideFile, OUTPUT_DIR_TOKEN};
+
+/// The weights file inside the folder (the name `local-dir:` looks for first).
+pub const WEIGHTS_FILE: &str = "open_clip_model.safetensors";
+/// The model and preprocessing config inside the folder.
+pub const CONFIG_FILE: &str = "open_clip_config.json";
+/// The image tower's timm folder inside the output folder.
+pub const IMAGE_TOWER: &str = "image_tower";
+/// The prefix of the image tower's timm keys.
+pub const TRUNK: &str = "visual.trunk.";
+/// The prefix of the text tower's blocks (named as in the CLIP-style [`BLOCK`]).
+pub const TEXT_PREFIX: &str = "text.";
+
+/// The text tower outside its blocks (`TextTransformer` under `text.`).
+pub const TEXT: &TextTable = &[
+    ("text.token_embedding.weight", TextRole::Token),
+    ("text.positional_embedding", TextRole::Position),
+    ("text.ln_final.weight", TextRole::NormScale),
+    ("text.ln_final.bias", TextRole::NormBias),
+    ("text.text_projection.weight", TextRole::HeadWeight),
+    ("text.text_projection.bias", TextRole::HeadBias),
+];
+
+/// `CustomTextCLIP`'s logit scale, a 0-dim parameter.
+pub const LOGIT_SCALE: &str = "logit_scale";
+/// `CustomTextCLIP`'s logit bias, a 0-dim parameter.
+pub const LOGIT_BIAS: &str = "logit_bias";
+
+/// The `tokenizer_kwargs` open_clip's own SigLIP configs give `HFTokenizer` (lower case, no punctuation).
+const CLEAN: &str = "canonicalize";
+
+/// The open_clip folder for a two-tower source.
+pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Result<Plan> {
+    let model = prep.model;
+    let a = prep.arch().clone();
+    let Some(text) = model.text.as_ref().filter(|_| prep.two_tower()) else {
+        return Err(prep.refuse(
+            "a single-tower model",
+            "this module writes two-tower models; the open_clip layout writes a single tower as visual.*",
+        ));
+    };
+    let t = text.arch.clone();
+    let image_head = a.num_classes.filter(|_| prep.tower().head.is_some());
+    if let (Some(embed), false) = (image_head, prep.keep_head) {
+        return Err(prep.refuse(
+            format!("--drop-head on an image tower whose head {} -> {embed} projects into the shared embedding", a.hidden),
+            "without it the towers no longer meet; for image features alone use --tower image --drop-head",
+        ));
+    }
+    // The image tower is timm's, planned by the timm layout on the same source and options (without the
+    // tokenizer, which belongs to the text side).
+    let mut image_opts = prep.opts.clone();
+    image_opts.tokenizer = None;
+    let image = timm::plan(Prepared::new(model, &image_opts)?, fetch, source_name)?;
+    let timm_kwargs = image.metadata.get("vitconv.timm_kwargs").cloned();
+    let mut out: Vec<OutTensor> = image
+        .tensors
+        .into_iter()
+        .map(|mut x| {
+            x.name = format!("{TRUNK}{}", x.name);
+            x
+        })
+        .collect();
+    let image_config = image
+        .side_files
+        .into_iter()
+        .find(|s| s.name == timm::FOLDER_CONFIG)
+        .map(|s| s.contents)
+        .unwrap_or_default();
+    out.extend(prep.text_tensors(TEXT, BLOCK, TEXT_PREFIX)?);
+    out.extend(prep.logit_tensors(LOGIT_SCALE, LOGIT_BIAS, &[]));
+
+    let ratio = t.mlp as f64 / t.width as f64;
+    if (t.width as f64 * ratio) as usize != t.mlp {
+        return Err(prep.refuse(
+            format!("a text MLP of {} for width {}", t.mlp, t.width),
+            "open_clip derives the MLP width from a float ratio that cannot express it",
+        ));
+    }
+    let embed = t.embed.unwrap_or(t.width);
+    let timm_pool = match a.classifier {
+        Classifier::Map => "map",
+        Classifier::Gap => "avg",
+        Classifier::Token => "token",
+    };
+    let act_kwargs = match prep.opts.gelu {
+        Gelu::Tanh => json!({"approximate": "tanh"}),
+        Gelu::Erf => json!({}),
+    };
+    // Without a tokenizer, `hf_tokenizer_name` still makes `get_tokenizer` look for tokenizer files in the
+    // folder, so that text use fails loudly there instead of falling back to CLIP's BPE tokenizer.
+    let tokenizer_name = match &prep.tokenizer {
+        Some(_) => "local-dir (spiece.model in this folder)",
+        None => {
+            "none: convert with --tokenizer spiece.model to add the tokenizer files to this folder"
+        }
+    };
+    let mut text_cfg = json!({
+        "context_length": t.context,
+        "vocab_size": t.vocab,
+        "hf_tokenizer_name": tokenizer_name,
+        "tokenizer_kwargs": {"clean": CLEAN},
+        "width": t.width,
+        "heads": t.heads,
+        "layers": t.depth,
+        "mlp_ratio": ratio,
+        "no_causal_mask": true,
+        "pool_type": "last",
+        "norm_kwargs": {"eps": FLAX_LN_EPS},
+        "act_kwargs": act_kwargs,
+    });
+    if let Value::Object(c) = &mut text_cfg {
+        match t.embed {
+            Some(_) => c.insert("proj_bias".into(), json!(true)),
+            None => c.insert("proj_type".into(), json!("none")),
+        };
+    }
+    let bias = model.logit.as_ref().and_then(|l| l.bias.as_ref());
+    let image_tower = format!("local-dir:{OUTPUT_DIR_TOKEN}/{IMAGE_TOWER}");
+    let relocate = format!(
+        "python -c \"import json,pathlib,sys; d=pathlib.Path(sys.argv[1]).resolve(); f=d/'{CONFIG_FILE}'; c=json.loads(f.read_text()); c['model_cfg']['vision_cfg']['timm_model_name']='local-dir:'+str(d/'{IMAGE_TOWER}'); f.write_text(json.dumps(c, indent=2))\" NEW_FOLDER"
+    );
+    let cfg = json!({
+        "model_cfg": {
+            "embed_dim": embed,
+            "custom_text": true,
+            "quick_gelu": false,
+            // Any value makes open_clip build `logit_bias`; the weights file holds the real one.
+            "init_logit_bias": 0.0,
+            "vision_cfg": {
+                "image_size": prep.image_size,
+                "timm_model_name": image_tower,
+                "timm_model_pretrained": false,
+                "timm_pool": timm_pool,
+                "timm_proj": if image_head.is_some() { "" } else { "none" },
+            },
+            "text_cfg": text_cfg,
+        },
+        "preprocess_cfg": {
+            "size": prep.image_size,
+            "mode": "RGB",
+            "mean": prep.norm.mean(),
+            "std": prep.norm.std(),
+            "interpolation": "bilinear",
+            "resize_mode": "squash",
+        },
+        "vitconv": {
+            "note": "timm_model_name is this folder's absolute path at conversion time (open_clip resolves it from the current directory); after moving the folder, run `relocate`",
+            "relocate": relocate,
+        },
+    });
+    prep.notes.push(format!(
+        "the image tower is timm's VisionTransformer under visual.trunk., built from {IMAGE_TOWER}/config.json (act_layer gelu_tanh: open_clip's registered SigLIP towers use the erf GELU); {CONFIG_FILE} names that folder by its absolute path, so after moving OUT run: {relocate}"
+    ));
+    if bias.is_none() {
+        prep.notes.push(
+            "init_logit_bias is set so that open_clip builds logit_bias, written as 0".to_string(),
+        );
+    }
+    let mut side = vec![
+        SideFile {
+            name: CONFIG_FILE.to_string(),
+            contents: pretty(&cfg),
+        },
+        SideFile {
+            name: format!("{IMAGE_TOWER}/{}", timm::FOLDER_CONFIG),
+            contents: image_config,
+        },
+    ];
+    let mut copied = Vec::new();
+    let python = match &prep.tokenizer {
+        Some(sp) => {
+            let (files, spiece) = sp.files(t.context);
+            side.extend(files);
+            copied.push(spiece);
+            "import open_clip\nmodel, _, preprocess = open_clip.create_model_and_transforms('local-dir:' + OUTPUT_DIR)\ntokenizer = open_clip.get_tokenizer('local-dir:' + OUTPUT_DIR)".to_string()
+        }
+        None => "import open_clip\nmodel, _, preprocess = open_clip.create_model_and_transforms('local-dir:' + OUTPUT_DIR)  # text input: token ids from the model's SentencePiece tokenizer (--tokenizer)".to_string(),
+    };
+    let head = if image_head.is_some() { "head" } else { "map" };
+    let config = prep.config(prep.opts.gelu.as_str(), FLAX_LN_EPS, false, head, None);
+    let mut meta = prep.metadata(source_name, &config);
+    if let Some(kw) = timm_kwargs {
+        meta.insert("vitconv.timm_kwargs".into(), kw);
+    }
+    meta.insert(
+        "vitconv.open_clip_config".into(),
+        cfg.get("model_cfg")
+            .map(Value::to_string)
+            .unwrap_or_default(),
+    );
+    let mut plan = prep.finish(
+        OutputKind::Directory {
+            weights: WEIGHTS_FILE,
+        },
+        out,
+        meta,
+        python,
+        side,
+    );
+    plan.copied_files = copied;
+    Ok(plan)
+}
+
+/// A JSON side file's contents: pretty-printed, ending in a newline.
+fn pretty(v: &Value) -> String {
+    let mut s = serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string());
+    s.push('\n');
+    s
+}

@@ -1,0 +1,198 @@
+"""Real clients load the SigLIP two-tower models `vitconv npz-to-pt` writes from big_vision checkpoints.
+
+Both golden SigLIP cases (fixtures/big_vision/siglip-tiny with a head on both towers, siglip-nohead as
+published: no image head) and the bf16 variant go through every target that accepts them:
+open_clip's `create_model_and_transforms('local-dir:OUT')`, transformers' `SiglipModel.from_pretrained(OUT)`
+and timm's image tower alone (`--tower image`). Image embeddings, text embeddings and logits_per_image are
+compared with big_vision's own outputs. The tokenizer files are checked by tokenising a sentence with the
+real processors, against a SentencePiece model trained here. Refusals are checked for the option they name.
+"""
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+import torch
+
+from test_big_vision import BV, TOL, TOL_BF16, convert, golden, refused, run_convert, source
+
+torch.set_grad_enabled(False)
+
+CASES = ["siglip-tiny", "siglip-nohead"]
+
+
+def images(case):
+    # Golden images are NHWC in [-1, 1], which is what the unit input normalisation (mean = std = 0.5 on
+    # [0, 1] pixels) hands the model.
+    return torch.from_numpy(golden(case, "input.npy")).permute(0, 3, 1, 2).contiguous().float()
+
+
+def text_ids(case):
+    return torch.from_numpy(golden(case, "text.npy").astype(np.int64))
+
+
+def l2(x):
+    return x / x.norm(dim=-1, keepdim=True)
+
+
+def check(case, image_embeds, text_embeds, logits, tol):
+    for name, got in [("image_embeds", image_embeds), ("text_embeds", text_embeds), ("logits_per_image", logits)]:
+        want = golden(case, name + ".npy")
+        diff = np.abs(got.float().numpy() - want).max()
+        assert diff < tol, f"{case} {name}: max |diff| = {diff:.3g}"
+
+
+def open_clip_model(out):
+    import open_clip
+
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{out}")
+    return model.eval(), preprocess
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_open_clip_folder_matches_big_vision(tmp_path, case):
+    out, report = convert(tmp_path, case, "open_clip", "oc")
+    assert "image_tower/config.json" in report
+    cfg = json.loads((out / "open_clip_config.json").read_text())
+    text = cfg["model_cfg"]["text_cfg"]
+    assert text["no_causal_mask"] is True and text["pool_type"] == "last"
+    assert text["norm_kwargs"] == {"eps": 1e-6} and text["act_kwargs"] == {"approximate": "tanh"}
+    assert cfg["model_cfg"]["vision_cfg"]["timm_proj"] == ("" if case == "siglip-tiny" else "none")
+    assert cfg["preprocess_cfg"]["mean"] == [0.5, 0.5, 0.5]
+    model, _ = open_clip_model(out)
+    img = model.encode_image(images(case), normalize=True)
+    txt = model.encode_text(text_ids(case), normalize=True)
+    logits = model.logit_scale.exp() * img @ txt.T + model.logit_bias
+    check(case, img, txt, logits, TOL)
+    # The scalars are the checkpoint's, 0-dim as open_clip declares them.
+    z = np.load(source(case))
+    assert model.logit_scale.shape == () and float(model.logit_scale) == float(z["params/t"][0])
+    assert float(model.logit_bias) == float(z["params/b"][0])
+
+
+def test_open_clip_bf16_variant(tmp_path):
+    out, _ = convert(tmp_path, "siglip-tiny", "open_clip", "oc", variant="bfloat16")
+    model, _ = open_clip_model(out)
+    img = model.encode_image(images("siglip-tiny"), normalize=True)
+    txt = model.encode_text(text_ids("siglip-tiny"), normalize=True)
+    logits = model.logit_scale.exp() * img @ txt.T + model.logit_bias
+    check("siglip-tiny", img, txt, logits, TOL_BF16)
+
+
+def test_open_clip_without_tokenizer_fails_loudly(tmp_path):
+    import open_clip
+
+    out, report = convert(tmp_path, "siglip-nohead", "open_clip", "oc")
+    assert "--tokenizer" in report
+    # Never CLIP's BPE tokenizer in silence: without tokenizer files, asking for one is an error.
+    with pytest.raises(Exception):
+        open_clip.get_tokenizer(f"local-dir:{out}")
+
+
+@pytest.mark.parametrize("variant", [None, "bfloat16"])
+def test_hf_siglip_model_matches_big_vision(tmp_path, variant):
+    from transformers import SiglipModel
+
+    case = "siglip-nohead"
+    if variant:
+        # siglip-nohead has no bf16 variant: write the f32 model as bf16 instead, the same rounding.
+        out, _ = convert(tmp_path, case, "hf", "hf", "--dtype", "bf16")
+    else:
+        out, _ = convert(tmp_path, case, "hf", "hf")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["architectures"] == ["SiglipModel"]
+    assert cfg["text_config"]["max_position_embeddings"] == 8
+    assert cfg["text_config"]["vocab_size"] == 100
+    assert cfg["text_config"]["layer_norm_eps"] == 1e-6
+    assert cfg["text_config"]["hidden_act"] == "gelu_pytorch_tanh"
+    model = SiglipModel.from_pretrained(out, torch_dtype=torch.float32).eval()
+    res = model(input_ids=text_ids(case), pixel_values=images(case))
+    check(case, res.image_embeds, res.text_embeds, res.logits_per_image, TOL_BF16 if variant else TOL)
+
+
+def test_hf_refuses_an_image_head(tmp_path):
+    err = refused(tmp_path, "siglip-tiny", "hf")
+    assert "open_clip" in err and "image" in err
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_timm_image_tower(tmp_path, case):
+    import timm
+
+    err = refused(tmp_path, case, "timm")
+    assert "--tower image" in err
+    out, report = convert(tmp_path, case, "timm", "tower", "--tower", "image")
+    assert "left out (--tower image)" in report
+    model = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    img = l2(model(images(case)))
+    diff = np.abs(img.numpy() - golden(case, "image_embeds.npy")).max()
+    assert diff < TOL, f"{case} timm image tower: {diff:.3g}"
+
+
+def train_spiece(tmp_path, vocab):
+    """A small SentencePiece model with SigLIP's special pieces: <pad> 0, </s> 1, <unk> 2."""
+    import sentencepiece as spm
+
+    tmp_path = tmp_path / f"spiece-{vocab}"
+    tmp_path.mkdir()
+    corpus = tmp_path / "corpus.txt"
+    words = ["a photo of a cat", "a photo of a dog", "two dogs on the grass", "the cat sleeps",
+             "a red car", "a blue sky", "an orange on a table", "the dog runs", "a small bird"]
+    # Enough distinct words for a vocabulary past the text tower's 100 ids.
+    rng = np.random.default_rng(0)
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    words += [" ".join("".join(rng.choice(letters, 5)) for _ in range(6)) for _ in range(200)]
+    corpus.write_text("\n".join(words * 5) + "\n")
+    prefix = tmp_path / "spiece"
+    spm.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(prefix), vocab_size=vocab, model_type="unigram",
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, hard_vocab_limit=False, minloglevel=2,
+    )
+    return pathlib.Path(f"{prefix}.model"), spm.SentencePieceProcessor(model_file=f"{prefix}.model")
+
+
+@pytest.mark.parametrize("layout", ["hf", "open_clip"])
+def test_tokenizer_files_work_offline(tmp_path, layout):
+    model_file, sp = train_spiece(tmp_path, 60)
+    out, report = convert(tmp_path, "siglip-nohead", layout, "out", "--tokenizer", str(model_file))
+    assert (out / "spiece.model").read_bytes() == model_file.read_bytes()
+    assert "</s> = id 1" in report
+    sentence = "a cat"
+    # SigLIP's sequences: the pieces, </s>, then </s> padding to the context (8).
+    assert len(sp.encode(sentence)) < 7
+    want = (sp.encode(sentence) + [1] * 8)[:8]
+    if layout == "hf":
+        from transformers import SiglipModel, SiglipProcessor
+
+        processor = SiglipProcessor.from_pretrained(out)
+        ids = processor(text=[sentence], padding="max_length", return_tensors="pt")["input_ids"]
+        assert ids.tolist() == [want], (ids.tolist(), want)
+        assert processor.tokenizer.model_max_length == 8
+        model = SiglipModel.from_pretrained(out).eval()
+        model(input_ids=ids, pixel_values=images("siglip-nohead"))
+    else:
+        import open_clip
+
+        tokenizer = open_clip.get_tokenizer(f"local-dir:{out}")
+        assert type(tokenizer).__name__ == "HFTokenizer"
+        ids = tokenizer([sentence])
+        assert ids.tolist() == [want], (ids.tolist(), want)
+
+
+def test_tokenizer_refusals(tmp_path):
+    model_file, _ = train_spiece(tmp_path, 60)
+    big, big_sp = train_spiece(tmp_path, 150)
+    assert big_sp.get_piece_size() > 100
+    # More pieces than the text tower's 100 embeddings: another model's tokenizer.
+    err = refused(tmp_path, "siglip-nohead", "hf", "--tokenizer", str(big))
+    assert "100" in err and "pieces" in err
+    # A file that is not a SentencePiece model.
+    bogus = tmp_path / "tokenizer.json"
+    bogus.write_text('{"model": {}}')
+    err = refused(tmp_path, "siglip-nohead", "open_clip", "--tokenizer", str(bogus))
+    assert "not a SentencePiece model" in err
+    # No text tower to tokenise for.
+    run = run_convert(source("siglip-nohead"), tmp_path / "img", "timm", "--tower", "image",
+                      "--tokenizer", str(model_file))
+    assert run.returncode == 2 and "--tokenizer" in run.stderr
