@@ -301,9 +301,13 @@ pub fn verify(opts: &Options) -> Result<Report> {
     // Weights written in a narrower type than the forward runs in lost precision already:
     // the default tolerance is the looser of the two.
     let stored = target.declared.dtype.as_deref().and_then(Precision::parse);
-    let default_tolerance = stored
-        .map_or(F32_TOLERANCE, Precision::default_tolerance)
-        .max(opts.precision.default_tolerance());
+    let default_tolerance = match (source_two_tower, opts.precision, stored) {
+        // A SigLIP image tower alone is held to the two-tower bound as well.
+        (true, Precision::F32, None | Some(Precision::F32)) => TWO_TOWER_F32_TOLERANCE,
+        _ => stored
+            .map_or(F32_TOLERANCE, Precision::default_tolerance)
+            .max(opts.precision.default_tolerance()),
+    };
     let tolerance = opts.tolerance.unwrap_or(default_tolerance);
 
     let ref_features = match tout.features_kind {
