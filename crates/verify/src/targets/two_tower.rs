@@ -1254,7 +1254,9 @@ mod tests {
 
         // Declared settings: each is named, and each that changes the arithmetic on EOS-padded
         // ids also shows in the numbers.
-        let plants: [(&str, fn(&mut serde_json::Value), &str, bool); 5] = [
+        // (name, the text_cfg edit, the field named, whether the numbers show it too).
+        type Plant = (&'static str, fn(&mut serde_json::Value), &'static str, bool);
+        let plants: [Plant; 5] = [
             (
                 "first",
                 |t| t["pool_type"] = serde_json::json!("first"),
