@@ -7,7 +7,9 @@ import torch
 from timm.models.vision_transformer import _load_weights
 
 src, dst = sys.argv[1], sys.argv[2]
-# The benchmark's source has the published ViT-L/32 (384 px, 1000 classes) shapes.
-model = timm.create_model("vit_large_patch32_384", pretrained=False)
+# The benchmark's source has the published ViT-L/32 (384 px, 1000 classes) shapes, unless another
+# registered timm name is given (timm's loader also reads big_vision SigLIP image towers, params/img/).
+name = sys.argv[3] if len(sys.argv) > 3 else "vit_large_patch32_384"
+model = timm.create_model(name, pretrained=False)
 _load_weights(model, src)
 torch.save(model.state_dict(), dst)

@@ -82,6 +82,8 @@ struct Outcome {
     /// Bytes of the weights written (converted files only).
     bytes: Option<u64>,
     seconds: f64,
+    /// Where the output went when that is not the entry's planned path (a folder for a two-tower model).
+    output: Option<PathBuf>,
 }
 
 impl Outcome {
@@ -92,6 +94,7 @@ impl Outcome {
             reason: Some(reason.into().replace('\n', " ")),
             bytes: None,
             seconds: started.elapsed().as_secs_f64(),
+            output: None,
         }
     }
 }
@@ -424,12 +427,18 @@ fn convert_one(e: &Entry, sh: &Shared) -> Outcome {
                 return Outcome::new(Status::Refused, why, started);
             }
         };
-        if !opts.overwrite && occupied(&e.output) {
+        // A layout that writes a whole folder for this model (open_clip's two-tower CustomTextCLIP) gets the
+        // output's name without `--ext`.
+        let output = match conv.plan.kind {
+            vitconv_convert::plan::OutputKind::Directory { .. } => e.output.with_extension(""),
+            _ => e.output.clone(),
+        };
+        if !opts.overwrite && occupied(&output) {
             return Outcome::new(
                 Status::Failed,
                 format!(
                     "{}: output exists and no earlier batch run recorded writing it ({}); pass --force to replace it",
-                    e.output.display(),
+                    output.display(),
                     MANIFEST
                 ),
                 started,
@@ -459,7 +468,7 @@ fn convert_one(e: &Entry, sh: &Shared) -> Outcome {
                     reported = scaled;
                 }
             };
-            vitconv_convert::write(&file, &conv, &opts, &e.output, &mut progress)
+            vitconv_convert::write(&file, &conv, &opts, &output, &mut progress)
         };
         let written = match written {
             Ok(w) => w,
@@ -494,6 +503,7 @@ fn convert_one(e: &Entry, sh: &Shared) -> Outcome {
             reason: None,
             bytes: Some(written.bytes),
             seconds: started.elapsed().as_secs_f64(),
+            output: (output != e.output).then_some(output),
         }
     })();
     sh.bar.inc(e.size.saturating_sub(reported));
@@ -653,9 +663,10 @@ pub fn run(batch: &Batch) -> anyhow::Result<ExitCode> {
             .iter()
             .zip(&outcomes)
             .map(|(e, o)| {
+                let out = o.output.as_ref().unwrap_or(&e.output);
                 json!({
                     "source": shown(&e.rel),
-                    "output": shown(e.output.strip_prefix(&batch.output_dir).unwrap_or(&e.output)),
+                    "output": shown(out.strip_prefix(&batch.output_dir).unwrap_or(out)),
                     "status": o.status.as_str(),
                     "reason": o.reason.as_deref().filter(|_| o.status != Status::Converted),
                     "bytes": o.bytes,

@@ -7,6 +7,8 @@
 //! - `batch`: `vitconv npz-to-pt SRC_DIR OUT_DIR`: same relative paths, byte-identical to single conversions,
 //!   resuming (skip, touched source, changed options, `--force`), broken and refused files among good ones,
 //!   `--json`, usage errors, an interrupt.
+//! - `siglip`: two-tower big_vision checkpoints: the hf and open_clip folders, `--tower image`,
+//!   refusals, the inspect summary.
 //! - `verify`: `vitconv verify` passes good conversions and catches planted bugs (feature `verify`).
 //! - `hardening`: hostile pickles run nothing; failed conversions (unwritable directory, a source
 //!   breaking half-way, a full disk) leave no output and existing files intact; only `--force` replaces.
@@ -16,5 +18,6 @@ mod common;
 mod convert;
 mod hardening;
 mod inspect;
+mod siglip;
 #[cfg(feature = "verify")]
 mod verify;

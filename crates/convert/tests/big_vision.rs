@@ -289,3 +289,87 @@ fn an_image_size_that_patches_to_the_source_grid_is_declared_not_resampled() {
         })
     ));
 }
+
+#[test]
+fn two_tower_listings_read_the_same_in_every_storage_form() {
+    let base = golden_infos("siglip-tiny");
+    let want = vitconv_convert::sources::read(&base).expect("siglip-tiny");
+    let text = want.text.as_ref().expect("text tower").arch.clone();
+    let forms: Vec<(&str, Vec<TensorInfo>)> = vec![
+        (
+            "no params/ root",
+            base.iter()
+                .map(|t| TensorInfo {
+                    name: t.name.trim_start_matches("params/").to_string(),
+                    ..t.clone()
+                })
+                .collect(),
+        ),
+        ("unrolled blocks", {
+            // Every `encoderblock/` tensor split along its depth axis into `encoderblock_{i}/`.
+            let mut v = Vec::new();
+            for t in &base {
+                match t.name.split_once("encoderblock/") {
+                    Some((head, tail)) => {
+                        for i in 0..t.shape[0] {
+                            v.push(TensorInfo {
+                                name: format!("{head}encoderblock_{i}/{tail}"),
+                                shape: t.shape[1..].to_vec(),
+                                ..t.clone()
+                            });
+                        }
+                    }
+                    None => v.push(t.clone()),
+                }
+            }
+            v
+        }),
+        ("training state", {
+            let mut v = base.clone();
+            v.push(TensorInfo {
+                name: "opt/mu/txt/Embed_0/embedding".to_string(),
+                ..base[0].clone()
+            });
+            v.push(TensorInfo {
+                name: "chrono/accum_train_time".to_string(),
+                dtype: DType::I64,
+                shape: vec![],
+                stored_as: None,
+            });
+            v
+        }),
+    ];
+    for (form, tensors) in forms {
+        let m = vitconv_convert::sources::read(&tensors).unwrap_or_else(|e| panic!("{form}: {e}"));
+        let t = &m.text.as_ref().expect("text tower").arch;
+        assert_eq!(
+            (t.vocab, t.context, t.width, t.heads, t.mlp, t.depth, t.embed),
+            (
+                text.vocab,
+                text.context,
+                text.width,
+                text.heads,
+                text.mlp,
+                text.depth,
+                text.embed
+            ),
+            "{form}"
+        );
+        assert_eq!(m.image.arch.hidden, want.image.arch.hidden, "{form}");
+        assert_eq!(t.stacked, form != "unrolled blocks", "{form}");
+        assert_eq!(
+            m.left_out.len(),
+            if form == "training state" { 2 } else { 0 }
+        );
+    }
+    // A text tower without a head: its width is its embedding, which meets the image head's.
+    let narrow: Vec<TensorInfo> = base
+        .iter()
+        .filter(|t| !t.name.starts_with("params/txt/head/"))
+        .cloned()
+        .collect();
+    assert!(matches!(
+        vitconv_convert::sources::read(&narrow),
+        Ok(m) if m.text.as_ref().is_some_and(|t| t.arch.embed.is_none())
+    ));
+}

@@ -1,0 +1,237 @@
+//! Tests of `vitconv npz-to-pt` and `inspect` on big_vision two-tower (SigLIP) checkpoints: the folders each
+//! layout writes, `--tower image`, refusals that name the way out and leave nothing behind, and the summary
+//! line. The loaders themselves are run on these folders by tests/python/test_siglip.py.
+
+use serde_json::Value;
+use vitconv_tensors::TensorFile;
+
+use crate::common::{assert_bad_input, fixture, listing, scratch, stdout, vitconv};
+
+const TINY: &str = "big_vision/siglip-tiny/checkpoint.npz";
+const NOHEAD: &str = "big_vision/siglip-nohead/checkpoint.npz";
+
+fn json(path: &std::path::Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).expect("readable")).expect("JSON")
+}
+
+#[test]
+fn hf_writes_a_siglip_model_folder() {
+    let dir = scratch();
+    let out = dir.path().join("hf");
+    let o = vitconv([
+        "npz-to-pt".as_ref(),
+        fixture(NOHEAD).as_os_str(),
+        out.as_os_str(),
+        "--layout".as_ref(),
+        "hf".as_ref(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", crate::common::stderr(&o));
+    assert_eq!(
+        listing(&out),
+        [
+            "config.json",
+            "model.safetensors",
+            "preprocessor_config.json"
+        ]
+    );
+    let cfg = json(&out.join("config.json"));
+    assert_eq!(cfg["architectures"][0], "SiglipModel");
+    assert_eq!(cfg["text_config"]["max_position_embeddings"], 8);
+    assert_eq!(cfg["vision_config"]["vision_use_head"], true);
+    let f = TensorFile::open(out.join("model.safetensors")).expect("weights");
+    let shape = |n: &str| {
+        f.tensors()
+            .iter()
+            .find(|t| t.name == n)
+            .map(|t| t.shape.clone())
+            .unwrap_or_else(|| panic!("{n} missing"))
+    };
+    assert_eq!(shape("logit_scale"), [1]);
+    assert_eq!(
+        shape("text_model.embeddings.position_embedding.weight"),
+        [8, 64]
+    );
+    assert_eq!(shape("text_model.head.weight"), [64, 64]);
+    assert_eq!(
+        shape("vision_model.head.attention.in_proj_weight"),
+        [192, 64]
+    );
+    let t = TensorFile::open(fixture(NOHEAD)).expect("source");
+    assert_eq!(
+        f.read_f32("logit_scale").expect("t"),
+        t.read_f32("params/t").expect("t")
+    );
+    assert_eq!(
+        f.read_f32("logit_bias").expect("b"),
+        t.read_f32("params/b").expect("b")
+    );
+}
+
+#[test]
+fn open_clip_writes_a_folder_with_a_timm_image_tower_named_by_its_absolute_path() {
+    let dir = scratch();
+    let out = dir.path().join("oc");
+    let o = vitconv([
+        "npz-to-pt".as_ref(),
+        fixture(TINY).as_os_str(),
+        out.as_os_str(),
+        "--layout".as_ref(),
+        "open_clip".as_ref(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", crate::common::stderr(&o));
+    assert_eq!(
+        listing(&out),
+        [
+            "image_tower",
+            "open_clip_config.json",
+            "open_clip_model.safetensors"
+        ]
+    );
+    let cfg = json(&out.join("open_clip_config.json"));
+    let name = cfg["model_cfg"]["vision_cfg"]["timm_model_name"]
+        .as_str()
+        .expect("name")
+        .to_string();
+    let canonical = std::fs::canonicalize(&out).expect("absolute");
+    assert_eq!(
+        name,
+        format!("local-dir:{}/image_tower", canonical.display())
+    );
+    let tower = json(&out.join("image_tower/config.json"));
+    assert_eq!(tower["model_args"]["act_layer"], "gelu_tanh");
+    assert_eq!(tower["model_args"]["global_pool"], "map");
+    // The report says how to move the folder.
+    assert!(
+        stdout(&o).contains("after moving OUT run"),
+        "{}",
+        stdout(&o)
+    );
+    let f = TensorFile::open(out.join("open_clip_model.safetensors")).expect("weights");
+    let scale = f
+        .tensors()
+        .iter()
+        .find(|t| t.name == "logit_scale")
+        .expect("logit_scale");
+    assert!(scale.shape.is_empty(), "0-dim: {:?}", scale.shape);
+    assert!(f
+        .tensors()
+        .iter()
+        .any(|t| t.name == "visual.trunk.head.weight"));
+    assert!(f
+        .tensors()
+        .iter()
+        .any(|t| t.name == "text.text_projection.bias"));
+}
+
+#[test]
+fn one_tower_layouts_refuse_and_offer_tower_image() {
+    let dir = scratch();
+    for layout in ["timm", "clip"] {
+        let out = dir.path().join(format!("{layout}.safetensors"));
+        let o = vitconv([
+            "npz-to-pt".as_ref(),
+            fixture(TINY).as_os_str(),
+            out.as_os_str(),
+            "--layout".as_ref(),
+            layout.as_ref(),
+        ]);
+        assert_bad_input(&o, "--tower image");
+        assert!(!out.exists());
+    }
+    // transformers has no image projection: the image head is refused, naming open_clip.
+    let out = dir.path().join("hf");
+    let o = vitconv([
+        "npz-to-pt".as_ref(),
+        fixture(TINY).as_os_str(),
+        out.as_os_str(),
+        "--layout".as_ref(),
+        "hf".as_ref(),
+    ]);
+    assert_bad_input(&o, "--layout open_clip");
+    assert!(!out.exists());
+    // --tower image on a one-tower model.
+    let o = vitconv([
+        "npz-to-pt".as_ref(),
+        fixture("vit-token/checkpoint.npz").as_os_str(),
+        dir.path().join("x.pt").as_os_str(),
+        "--layout".as_ref(),
+        "timm".as_ref(),
+        "--tower".as_ref(),
+        "image".as_ref(),
+    ]);
+    assert_bad_input(&o, "only one tower");
+}
+
+#[test]
+fn tower_image_writes_the_image_tower_and_says_what_it_left_out() {
+    let dir = scratch();
+    let out = dir.path().join("img.safetensors");
+    let o = vitconv([
+        "npz-to-pt".as_ref(),
+        fixture(TINY).as_os_str(),
+        out.as_os_str(),
+        "--layout".as_ref(),
+        "timm".as_ref(),
+        "--tower".as_ref(),
+        "image".as_ref(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", crate::common::stderr(&o));
+    assert!(
+        stdout(&o).contains("left out (--tower image)"),
+        "{}",
+        stdout(&o)
+    );
+    let f = TensorFile::open(&out).expect("weights");
+    assert!(f.tensors().iter().all(|t| !t.name.starts_with("text")));
+    assert!(f.tensors().iter().any(|t| t.name == "attn_pool.latent"));
+    assert!(f.tensors().iter().any(|t| t.name == "head.weight"));
+}
+
+#[test]
+fn inspect_names_both_towers_and_the_logit_scalars() {
+    let o = vitconv(["inspect".as_ref(), fixture(TINY).as_os_str()]);
+    let s = stdout(&o);
+    assert!(
+        s.contains("SigLIP: image ViT/8 32 px (4x4, MAP head), text 2 layers width 64, vocab 100, context 8, embedding 64, logit scale exp(t) = "),
+        "{s}"
+    );
+    assert!(s.contains("bias b = 0.135075"), "{s}");
+}
+
+#[test]
+fn batch_mode_writes_a_two_tower_open_clip_folder_per_file() {
+    let dir = scratch();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("a")).expect("mkdir");
+    std::fs::copy(fixture(TINY), src.join("a/s.npz")).expect("copy");
+    std::fs::copy(fixture("vit-token/checkpoint.npz"), src.join("v.npz")).expect("copy");
+    let out = dir.path().join("out");
+    let o = vitconv([
+        "npz-to-pt".as_ref(),
+        src.as_os_str(),
+        out.as_os_str(),
+        "--layout".as_ref(),
+        "open_clip".as_ref(),
+        "--json".as_ref(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", crate::common::stderr(&o));
+    let summary: Value = serde_json::from_str(&stdout(&o)).expect("json");
+    let outputs: Vec<&str> = summary["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .filter_map(|f| f["output"].as_str())
+        .collect();
+    assert!(
+        outputs.contains(&"a/s") && outputs.contains(&"v.safetensors"),
+        "{outputs:?}"
+    );
+    assert_eq!(
+        listing(&out.join("a/s")),
+        [
+            "image_tower",
+            "open_clip_config.json",
+            "open_clip_model.safetensors"
+        ]
+    );
+}
