@@ -3,7 +3,11 @@
 //! Built only with the cargo feature `verify` (it links libtorch through the
 //! vitconv-verify crate); without it the command keeps its arguments, so `--help`
 //! still documents them, and says in one line how to get it. Exit codes: 0 within
-//! tolerance, 1 a real mismatch, 2 bad input.
+//! tolerance, 1 a real mismatch (or, for two towers, a declared setting that contradicts
+//! the source), 2 bad input.
+//!
+//! Tolerances (max abs diff relative to max(1, max |reference|), and cosine >= 1 - tolerance):
+//! f32 1e-4 for one tower, 1e-5 for a two-tower (SigLIP) comparison; bf16 5e-2; f16 1e-2.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,9 +49,22 @@ pub struct VerifyArgs {
     #[arg(long)]
     expect: Option<PathBuf>,
     /// Largest allowed max-abs difference, relative to max(1, max |reference|)
-    /// (default 1e-4 for f32, 5e-2 bf16, 1e-2 f16; the clip layout is judged only when given).
+    /// (default 1e-4 for f32, 1e-5 for f32 two-tower comparisons, 5e-2 bf16, 1e-2 f16; the clip
+    /// layout is judged only when given).
     #[arg(long)]
     tolerance: Option<f64>,
+    /// Two-tower sources: token ids, an int32/int64 .npy [texts, context] (like the golden
+    /// text.npy). Without it, --text-batch random texts from --seed: random content ids, then
+    /// --eos-id padding to the context (the last id is always EOS, and text 0 is half padding, so
+    /// the first EOS is not the last position).
+    #[arg(long)]
+    text_ids: Option<PathBuf>,
+    /// Two-tower sources: number of random texts.
+    #[arg(long, default_value_t = 3)]
+    text_batch: usize,
+    /// Two-tower sources: the EOS id random texts are padded with (default 1, big_vision's).
+    #[arg(long, default_value_t = 1)]
+    eos_id: i64,
     /// Print one JSON object instead of tables.
     #[arg(long)]
     json: bool,
@@ -63,7 +80,7 @@ pub fn run(_args: VerifyArgs) -> anyhow::Result<ExitCode> {
 #[cfg(feature = "verify")]
 pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     use anyhow::Context as _;
-    use vitconv_verify::{InputSource, Layout, Options, Precision};
+    use vitconv_verify::{InputSource, Layout, Options, Precision, TextSource};
 
     // Before libtorch touches CUDA, so that cuBLAS and cuDNN start without TF32.
     vitconv_verify::disable_tf32();
@@ -100,6 +117,14 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             seed: args.seed,
         },
     };
+    let text = match args.text_ids {
+        Some(path) => TextSource::Npy(path),
+        None => TextSource::Random {
+            texts: args.text_batch,
+            seed: args.seed,
+            eos_id: args.eos_id,
+        },
+    };
     let opts = Options {
         source: args.source,
         converted: args.converted,
@@ -110,6 +135,7 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         expect: args.expect,
         tolerance: args.tolerance,
         image_size,
+        text,
     };
     let report = vitconv_verify::verify(&opts)?;
     if args.json {
@@ -180,11 +206,19 @@ fn print_report(r: &vitconv_verify::Report) {
         "bound",
         "within",
     ]);
-    let rows = [
-        ("logits", &r.logits),
-        ("pooled features", &r.features),
-        ("reference vs --expect", &r.expect),
-    ];
+    let rows: Vec<(&str, &Option<vitconv_verify::Metrics>)> = match &r.two_tower {
+        Some(t) => vec![
+            ("image embeddings", &t.image_embeds),
+            ("text embeddings", &t.text_embeds),
+            ("logits_per_image", &t.logits_per_image),
+            ("reference vs --expect", &r.expect),
+        ],
+        None => vec![
+            ("logits", &r.logits),
+            ("pooled features", &r.features),
+            ("reference vs --expect", &r.expect),
+        ],
+    };
     for (name, m) in rows {
         match m {
             Some(m) => table.add_row(vec![
@@ -203,12 +237,37 @@ fn print_report(r: &vitconv_verify::Report) {
         };
     }
     println!("{table}");
+    if let Some(t) = &r.two_tower {
+        println!(
+            "texts: {} x {} ids ({}); reference t {:.6} b {:.6}, converted logit_scale {:.6} logit_bias {:.6}",
+            t.texts,
+            t.context,
+            t.text_ids,
+            t.reference_t,
+            t.reference_b,
+            t.target_logit_scale,
+            t.target_logit_bias
+        );
+        for d in &t.declared {
+            println!(
+                "DECLARED: {} in {} is {}, expected {}",
+                d.field,
+                d.file.display(),
+                d.found,
+                d.expected
+            );
+        }
+    }
     for note in &r.notes {
         println!("note: {note}");
     }
     let verdict = match (r.judged, r.pass) {
         (false, true) => "NOT JUDGED: this conversion cannot be exact (see the notes); drift reported only, give --tolerance to judge it".to_string(),
         (_, true) => format!("PASS: within tolerance {:e}", r.tolerance),
+        (_, false) if r.two_tower.as_ref().is_some_and(|t| !t.declared.is_empty()) => format!(
+            "FAIL: declared settings contradict the source (see DECLARED) or outputs differ beyond tolerance {:e}",
+            r.tolerance
+        ),
         (_, false) => format!("FAIL: outputs differ beyond tolerance {:e}", r.tolerance),
     };
     println!("{verdict}");

@@ -1209,3 +1209,302 @@ fn resized_big_vision_conversions_pass() {
     let r = assert_exact(&source, &sincos, &["--image-size", "32"]);
     assert!(r["notes"].to_string().contains("sincos2d"), "{r}");
 }
+
+// ---- big_vision two-tower (SigLIP) sources ----
+
+/// The two-tower f32 tolerance (`vitconv_verify::TWO_TOWER_F32_TOLERANCE`).
+const TWO_TOWER_TOLERANCE: f64 = 1e-5;
+
+/// `--input` and `--text-ids` with a SigLIP case's golden pixels and ids, plus `--expect` with its
+/// golden logits (so the reference itself is held to big_vision's output).
+fn siglip_golden(case: &str) -> Vec<String> {
+    let mut args = bv_input(case);
+    for (flag, file) in [
+        ("--text-ids", "text.npy"),
+        ("--expect", "logits_per_image.npy"),
+    ] {
+        args.push(flag.into());
+        args.push(
+            fixture(&bv(&format!("{case}/{file}")))
+                .display()
+                .to_string(),
+        );
+    }
+    args
+}
+
+/// Random texts padded with EOS from the middle on (the first EOS is not the last position).
+const PADDED_TEXT: [&str; 4] = ["--text-batch", "3", "--seed", "5"];
+
+/// Asserts a judged two-tower pass with every output within the two-tower tolerance; returns the
+/// report.
+fn assert_two_tower_passes(source: &str, converted: &Path, extra: &[&str]) -> Value {
+    let (code, r) = verify_json(source, converted, extra);
+    assert_eq!(code, Some(0), "{source} vs {}: {r}", converted.display());
+    assert_eq!(r["pass"], Value::Bool(true), "{r}");
+    assert_eq!(num(&r, &["tolerance"]), TWO_TOWER_TOLERANCE, "{r}");
+    let tt = &r["two_tower"];
+    assert_eq!(tt["declared"], Value::Array(vec![]), "{r}");
+    for part in ["image_embeds", "text_embeds", "logits_per_image"] {
+        let diff = num(tt, &[part, "max_abs_diff"]);
+        assert!(diff <= TWO_TOWER_TOLERANCE, "{part} differ by {diff}: {r}");
+        assert_eq!(num(tt, &[part, "top1_agreement"]), 1.0, "{r}");
+        eprintln!(
+            "{source} vs {}: {part} max abs diff {diff:e}",
+            converted.display()
+        );
+    }
+    r
+}
+
+/// Asserts exit 1 with the declared `field` named in the report (and on the table's DECLARED line).
+fn assert_declared_caught(source: &str, converted: &Path, extra: &[&str], field: &str) -> Value {
+    let r = assert_caught(source, converted, extra);
+    let fields: Vec<&str> = r["two_tower"]["declared"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|d| d["field"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(fields, vec![field], "{r}");
+    r
+}
+
+/// Whether a two-tower report has an output beyond its bound.
+fn apart(r: &Value) -> bool {
+    ["image_embeds", "text_embeds", "logits_per_image"]
+        .iter()
+        .any(|p| r["two_tower"][p]["within"] == Value::Bool(false))
+}
+
+/// Copies a two-tower folder (an hf SiglipModel or an open_clip one) with its weights rewritten by
+/// `edit` and its config JSON by `json`. An open_clip copy keeps naming the original image_tower
+/// (its absolute `local-dir:` path), whose config it does not change.
+fn plant_two_tower(
+    from: &Path,
+    to: &Path,
+    edit: impl Fn(&str, &[usize], &mut Vec<f32>),
+    json: impl Fn(&mut Value),
+) {
+    let (weights, config) = if from.join("open_clip_config.json").exists() {
+        ("open_clip_model.safetensors", "open_clip_config.json")
+    } else {
+        ("model.safetensors", "config.json")
+    };
+    std::fs::create_dir_all(to).expect("creates the directory");
+    for entry in std::fs::read_dir(from).expect("lists") {
+        let entry = entry.expect("entry");
+        if entry.path().is_file() && entry.file_name() != weights {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copies");
+        }
+    }
+    plant(&from.join(weights), &to.join(weights), edit, keep_meta);
+    let path = to.join(config);
+    let mut value: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("reads")).expect("JSON");
+    json(&mut value);
+    std::fs::write(&path, value.to_string()).expect("writes");
+}
+
+fn same_config(_: &mut Value) {}
+
+#[test]
+fn siglip_conversions_pass_in_every_layout_that_holds_them() {
+    let dir = scratch();
+    let d = dir.path();
+    // hf's SiglipModel has no image projection: only siglip-nohead fits it.
+    for (case, layouts) in [
+        ("siglip-tiny", &["open_clip"][..]),
+        ("siglip-nohead", &["hf", "open_clip"][..]),
+    ] {
+        let source = bv(&format!("{case}/checkpoint.npz"));
+        for layout in layouts {
+            let out = d.join(format!("{case}-{layout}"));
+            convert(&source, &out, layout, &[]);
+            let golden = siglip_golden(case);
+            let golden: Vec<&str> = golden.iter().map(String::as_str).collect();
+            let r = assert_two_tower_passes(&source, &out, &golden);
+            assert_eq!(r["layout"], *layout, "{r}");
+            assert!(
+                num(&r, &["expect", "max_abs_diff"]) <= TWO_TOWER_TOLERANCE,
+                "{r}"
+            );
+            // Random pixels and EOS-padded random texts pass too.
+            assert_two_tower_passes(&source, &out, &PADDED_TEXT);
+        }
+        // The image tower alone (timm), compared before normalisation.
+        let out = d.join(format!("{case}-timm"));
+        convert(&source, &out, "timm", &["--tower", "image"]);
+        let input = bv_input(case);
+        let input: Vec<&str> = input.iter().map(String::as_str).collect();
+        let r = assert_exact(&source, &out, &input);
+        assert!(r["two_tower"].is_null(), "{r}");
+        assert_eq!(num(&r, &["tolerance"]), TWO_TOWER_TOLERANCE, "{r}");
+        assert!(r["notes"].to_string().contains("image tower only"), "{r}");
+        assert_eq!(
+            r["logits"].is_null(),
+            case == "siglip-nohead",
+            "the image head's output is compared where there is one: {r}"
+        );
+    }
+}
+
+#[test]
+fn planted_siglip_bugs_are_caught() {
+    let dir = scratch();
+    let d = dir.path();
+    let case = "siglip-nohead";
+    let source = bv(&format!("{case}/checkpoint.npz"));
+    let golden = siglip_golden(case);
+    let golden: Vec<&str> = golden.iter().map(String::as_str).collect();
+    let hf = d.join("hf");
+    convert(&source, &hf, "hf", &[]);
+    let oc = d.join("oc");
+    convert(&source, &oc, "open_clip", &[]);
+    for good in [&hf, &oc] {
+        assert_two_tower_passes(&source, good, &golden);
+    }
+    let hf_w = TensorFile::open(hf.join("model.safetensors")).expect("opens");
+    let (t, b) = (
+        hf_w.read_f32("logit_scale").expect("reads")[0],
+        hf_w.read_f32("logit_bias").expect("reads")[0],
+    );
+    let swap = move |name: &str, _: &[usize], v: &mut Vec<f32>| match name {
+        "logit_scale" => v[0] = b,
+        "logit_bias" => v[0] = t,
+        _ => {}
+    };
+    let shift = |tensor: &'static str| {
+        move |name: &str, shape: &[usize], v: &mut Vec<f32>| {
+            if name == tensor {
+                v.rotate_left(*shape.last().expect("2-D"));
+            }
+        }
+    };
+    let keep = |_: &str, _: &[usize], _: &mut Vec<f32>| {};
+
+    // t and b swapped, in both layouts.
+    for (good, name) in [(&hf, "hf-tb"), (&oc, "oc-tb")] {
+        let bad = d.join(name);
+        plant_two_tower(good, &bad, swap, same_config);
+        let r = assert_caught(&source, &bad, &golden);
+        assert!(apart(&r), "{name}: {r}");
+    }
+    // The text position embedding shifted by one row.
+    for (good, name, tensor) in [
+        (
+            &hf,
+            "hf-pos",
+            "text_model.embeddings.position_embedding.weight",
+        ),
+        (&oc, "oc-pos", "text.positional_embedding"),
+    ] {
+        let bad = d.join(name);
+        plant_two_tower(good, &bad, shift(tensor), same_config);
+        let r = assert_caught(&source, &bad, &golden);
+        assert!(apart(&r), "{name}: {r}");
+    }
+    // LayerNorm eps 1e-5 declared: moves these models by less than the tolerance, caught by name.
+    let bad = d.join("hf-eps");
+    plant_two_tower(&hf, &bad, keep, |c| {
+        c["text_config"]["layer_norm_eps"] = serde_json::json!(1e-5)
+    });
+    assert_declared_caught(&source, &bad, &golden, "text_config.layer_norm_eps");
+    let bad = d.join("oc-eps");
+    plant_two_tower(&oc, &bad, keep, |c| {
+        c["model_cfg"]["text_cfg"]["norm_kwargs"]["eps"] = serde_json::json!(1e-5)
+    });
+    assert_declared_caught(&source, &bad, &golden, "model_cfg.text_cfg.norm_kwargs.eps");
+    // open_clip's declared pooling and mask: token 0, the first EOS (on EOS-padded ids, where it
+    // is not the last position), the causal mask switched on. Each is named and shows in the numbers.
+    let text_cfg = |key: &'static str, value: Value| {
+        move |c: &mut Value| {
+            c["model_cfg"]["text_cfg"][key] = value.clone();
+            c["model_cfg"]["text_cfg"]["eos_id"] = serde_json::json!(1);
+        }
+    };
+    for (name, key, value, field) in [
+        (
+            "first",
+            "pool_type",
+            serde_json::json!("first"),
+            "model_cfg.text_cfg.pool_type",
+        ),
+        (
+            "eos",
+            "pool_type",
+            serde_json::json!("eos"),
+            "model_cfg.text_cfg.pool_type",
+        ),
+        (
+            "causal",
+            "no_causal_mask",
+            Value::Bool(false),
+            "model_cfg.text_cfg.no_causal_mask",
+        ),
+    ] {
+        let bad = d.join(format!("oc-{name}"));
+        plant_two_tower(&oc, &bad, keep, text_cfg(key, value));
+        let r = assert_declared_caught(&source, &bad, &PADDED_TEXT, field);
+        assert!(apart(&r), "{name}: the numbers do not show it: {r}");
+    }
+    // The table names the field too.
+    let bad = d.join("oc-causal");
+    let o = vitconv([
+        "verify".to_string(),
+        fixture(&source).display().to_string(),
+        bad.display().to_string(),
+        "--device".into(),
+        "cpu".into(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("DECLARED: model_cfg.text_cfg.no_causal_mask") && out.contains("FAIL"),
+        "{out}"
+    );
+}
+
+#[test]
+fn siglip_bad_text_ids_and_mismatched_towers_are_bad_input() {
+    let dir = scratch();
+    let source = bv("siglip-nohead/checkpoint.npz");
+    let oc = dir.path().join("oc");
+    convert(&source, &oc, "open_clip", &[]);
+    let src = fixture(&source).display().to_string();
+    let oc_s = oc.display().to_string();
+    // Pixels are not ids.
+    let pixels = fixture(&bv("siglip-nohead/input.npy"))
+        .display()
+        .to_string();
+    let o = vitconv([
+        "verify",
+        &src,
+        &oc_s,
+        "--device",
+        "cpu",
+        "--text-ids",
+        &pixels,
+    ]);
+    assert_bad_input(&o, "text ids");
+    let o = vitconv(["verify", &src, &oc_s, "--device", "cpu", "--eos-id", "100"]);
+    assert_bad_input(&o, "--eos-id 100");
+    // A single-tower source against a two-tower conversion.
+    let single = fixture(&bv("bv-vit-map-scan/checkpoint.npz"))
+        .display()
+        .to_string();
+    let o = vitconv(["verify", &single, &oc_s, "--device", "cpu"]);
+    assert_bad_input(&o, "two towers");
+    // siglip-tiny's image head against a SiglipModel that has none.
+    let hf = dir.path().join("hf");
+    convert(&source, &hf, "hf", &[]);
+    let tiny = fixture(&bv("siglip-tiny/checkpoint.npz"))
+        .display()
+        .to_string();
+    let o = vitconv([
+        "verify",
+        &tiny,
+        &hf.display().to_string(),
+        "--device",
+        "cpu",
+    ]);
+    assert_bad_input(&o, "image projection");
+}

@@ -75,6 +75,14 @@ pub enum Error {
         found: String,
     },
 
+    /// The token ids for a text tower do not fit it (shape, context length, vocabulary).
+    #[error("{path}: text ids: expected {expected}, found {found}")]
+    TextIds {
+        path: PathBuf,
+        expected: String,
+        found: String,
+    },
+
     /// The converted file and the source describe different models; there is nothing to compare.
     #[error("{converted} does not hold the architecture of {source_file}: {reason}")]
     ArchitectureMismatch {

@@ -1,4 +1,4 @@
-//! The pixels both sides see: seeded random images, an NHWC `.npy`, or decoded PNG/JPEG files, all in the source's [-1, 1] space.
+//! The pixels both sides see: seeded random images, an NHWC `.npy`, or decoded PNG/JPEG files, all in the source's [-1, 1] space; and, for a two-tower model, the token ids both text towers see.
 
 use std::path::{Path, PathBuf};
 
@@ -159,9 +159,195 @@ fn images(dir: &Path, size: Option<(usize, usize)>, s: usize) -> Result<Tensor> 
     Ok(Tensor::f_from_slice(&values)?.f_reshape([batch, dim(s)?, dim(s)?, 3])?)
 }
 
+/// big_vision's EOS id (its SentencePiece vocabularies end every text with id 1, and SigLIP
+/// pads to the context with it): the default last id of random texts.
+pub const BIG_VISION_EOS_ID: i64 = 1;
+/// Most texts `--text-batch` asks for.
+pub const MAX_TEXTS: usize = 4096;
+
+/// Where the token ids of a two-tower comparison come from.
+#[derive(Debug, Clone)]
+pub enum TextSource {
+    /// `texts` random sequences from a seeded splitmix64 generator (independent of libtorch): text
+    /// i has `k_i` content ids uniform in `2..vocab` (0 and 1 are big_vision's pad and EOS; the
+    /// whole vocabulary where it has fewer than 3 ids), then `eos_id` up to the context, as SigLIP
+    /// pads. `k_0 = context / 2` and the other `k_i` are uniform in `1..context`, so the first
+    /// EOS is not the last position (the pool a wrong `pool_type` would take shows).
+    Random {
+        texts: usize,
+        seed: u64,
+        eos_id: i64,
+    },
+    /// An int32 or int64 `.npy` of shape `[texts, context]`, like the golden `text.npy`.
+    Npy(PathBuf),
+}
+
+/// Builds the int64 ids `[texts, context]` on the CPU for a text tower of `vocab` ids and
+/// `context` positions.
+pub fn load_text(source: &TextSource, vocab: usize, context: usize) -> Result<Tensor> {
+    match source {
+        TextSource::Random {
+            texts,
+            seed,
+            eos_id,
+        } => random_text(*texts, *seed, *eos_id, vocab, context),
+        TextSource::Npy(path) => text_npy(path),
+    }
+}
+
+/// splitmix64's next value.
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn random_text(
+    texts: usize,
+    seed: u64,
+    eos_id: i64,
+    vocab: usize,
+    context: usize,
+) -> Result<Tensor> {
+    if texts == 0 || texts > MAX_TEXTS {
+        return Err(Error::BadRequest(format!(
+            "--text-batch must be 1..={MAX_TEXTS}, got {texts}"
+        )));
+    }
+    if usize::try_from(eos_id).map_or(true, |e| e >= vocab) {
+        return Err(Error::BadRequest(format!(
+            "--eos-id {eos_id}: the text tower's vocabulary is 0..{vocab}"
+        )));
+    }
+    let (low, span) = if vocab >= 3 {
+        (2, vocab - 2)
+    } else {
+        (0, vocab.max(1))
+    };
+    let mut state = seed;
+    let mut ids = Vec::with_capacity(texts.saturating_mul(context));
+    for i in 0..texts {
+        let k = if i == 0 {
+            context / 2
+        } else {
+            let r =
+                usize::try_from(splitmix(&mut state) % (context.max(2) as u64 - 1)).unwrap_or(0);
+            r.saturating_add(1)
+        }
+        .min(context.saturating_sub(1));
+        for pos in 0..context {
+            if pos < k {
+                let r = usize::try_from(splitmix(&mut state) % span as u64).unwrap_or(0);
+                ids.push(dim(low + r)?);
+            } else {
+                ids.push(eos_id);
+            }
+        }
+    }
+    Ok(Tensor::f_from_slice(&ids)?.f_reshape([dim(texts)?, dim(context)?])?)
+}
+
+fn text_npy(path: &Path) -> Result<Tensor> {
+    if !path.exists() {
+        return Err(Error::NotFound {
+            path: path.to_path_buf(),
+        });
+    }
+    let file = TensorFile::open(path)?;
+    let info = file
+        .tensors()
+        .first()
+        .ok_or_else(|| Error::Unreadable {
+            path: path.to_path_buf(),
+            reason: "holds no array".into(),
+        })?
+        .clone();
+    let bad = |found: String| Error::TextIds {
+        path: path.to_path_buf(),
+        expected: "an int32 or int64 array [texts, context]".into(),
+        found,
+    };
+    let (n, c) = match info.shape.as_slice() {
+        [n, c] if *n > 0 && *c > 0 => (*n, *c),
+        other => return Err(bad(format!("shape {other:?}"))),
+    };
+    let bytes = file.read(&info.name)?;
+    let ids: Vec<i64> = match info.dtype {
+        vitconv_tensors::DType::I32 => bytes
+            .chunks_exact(4)
+            .map(|b| i64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+            .collect(),
+        vitconv_tensors::DType::I64 => bytes
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+            .collect(),
+        other => return Err(bad(format!("dtype {}", other.as_str()))),
+    };
+    Ok(Tensor::f_from_slice(&ids)?.f_reshape([dim(n)?, dim(c)?])?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn random_texts_are_seeded_padded_with_eos_and_in_the_vocabulary() {
+        let source = |seed| TextSource::Random {
+            texts: 4,
+            seed,
+            eos_id: 1,
+        };
+        let a = load_text(&source(3), 100, 8).expect("builds");
+        let b = load_text(&source(3), 100, 8).expect("builds");
+        let c = load_text(&source(4), 100, 8).expect("builds");
+        assert_eq!(a.size(), vec![4, 8]);
+        assert!(a.equal(&b) && !a.equal(&c));
+        let ids = Vec::<i64>::try_from(&a.reshape([-1])).expect("ids");
+        for row in ids.chunks(8) {
+            assert_eq!(row[7], 1, "every text ends in EOS: {row:?}");
+            let first_eos = row.iter().position(|&v| v == 1).expect("has EOS");
+            assert!(
+                row[first_eos..].iter().all(|&v| v == 1),
+                "EOS pads: {row:?}"
+            );
+            assert!(row[..first_eos].iter().all(|&v| (2..100).contains(&v)));
+        }
+        assert_eq!(
+            ids[..8].iter().position(|&v| v == 1),
+            Some(4),
+            "text 0 is half content"
+        );
+        let Err(err) = load_text(
+            &TextSource::Random {
+                texts: 1,
+                seed: 0,
+                eos_id: 100,
+            },
+            100,
+            8,
+        ) else {
+            panic!("an EOS id outside the vocabulary was accepted");
+        };
+        assert!(err.to_string().contains("--eos-id 100"), "{err}");
+    }
+
+    #[test]
+    fn text_ids_are_read_from_int_npy_files() {
+        let gold = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures/big_vision/siglip-tiny/text.npy");
+        let ids = load_text(&TextSource::Npy(gold), 100, 8).expect("reads int32");
+        assert_eq!(ids.size(), vec![3, 8]);
+        assert_eq!(ids.int64_value(&[0, 7]), 1);
+        assert_eq!(ids.int64_value(&[0, 0]), 99);
+        let pixels = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures/big_vision/siglip-tiny/input.npy");
+        let Err(err) = load_text(&TextSource::Npy(pixels), 100, 8) else {
+            panic!("a float array was read as ids");
+        };
+        assert!(matches!(err, Error::TextIds { .. }), "{err}");
+    }
 
     #[test]
     fn random_inputs_are_seeded_and_in_range() {

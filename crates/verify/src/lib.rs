@@ -6,6 +6,16 @@
 //! - [`input`]: the shared pixels; [`compare`]: metrics and the pass rule.
 //! - [`verify`] ties them together and returns a [`Report`]; a mismatch is a report with
 //!   `pass: false`, while [`Error`] means the comparison could not run (bad input).
+//!
+//! A big_vision two-tower (SigLIP) source against a two-tower conversion (an hf `SiglipModel`
+//! or an open_clip folder) compares three outputs, image embeddings, text embeddings (both
+//! L2-normalised, as the models return them) and `logits_per_image`, on the same pixels and
+//! token ids, and lists every declared setting that contradicts the source (text LayerNorm
+//! eps, causal mask, pooling, GELU) as a failure of its own ([`TwoTowerReport::declared`]).
+//! The same source against an image-tower-only conversion (timm, a `SiglipVisionModel`)
+//! compares that tower's outputs before normalisation: the MAP head's output as the pooled
+//! features and, where the tower has a `head`, its output as the logits, so a scale error
+//! that normalisation would hide still shows.
 
 pub mod compare;
 mod error;
@@ -22,7 +32,7 @@ use tch::{Device, Kind, Tensor};
 
 pub use compare::Metrics;
 pub use error::{Error, Result};
-pub use input::InputSource;
+pub use input::{InputSource, TextSource};
 pub use targets::{InputNorm, Layout};
 
 use crate::references::{Reference, SourceArch, SourceOptions};
@@ -31,6 +41,10 @@ use crate::targets::FeatureKind;
 /// Default tolerance when the target runs in float32 and declares the source's semantics:
 /// what is left is float rounding (the golden models differ by about 1e-6).
 pub const F32_TOLERANCE: f64 = 1e-4;
+/// Default tolerance of a two-tower comparison in float32: image and text embeddings are unit
+/// vectors and the tiny golden models' logits are within a few units, so float rounding leaves
+/// about 1e-7; 1e-5 keeps a hundredfold margin and still catches a LayerNorm eps of 1e-5.
+pub const TWO_TOWER_F32_TOLERANCE: f64 = 1e-5;
 /// Default tolerance for a float16 target forward (10 mantissa bits, about 1e-3 per operation).
 pub const F16_TOLERANCE: f64 = 1e-2;
 /// Default tolerance for a bfloat16 target forward (7 mantissa bits, about 4e-3 per operation,
@@ -97,6 +111,30 @@ pub struct Options {
     /// The source's resolution where its file cannot say it (a big_vision sincos2d model);
     /// without it the converted file's declared `image_size` is used.
     pub image_size: Option<usize>,
+    /// The token ids of a two-tower comparison (ignored for a single tower).
+    pub text: TextSource,
+}
+
+/// What a two-tower comparison adds to the [`Report`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TwoTowerReport {
+    /// L2-normalised image embeddings, `[images, E]`.
+    pub image_embeds: Option<Metrics>,
+    /// L2-normalised text embeddings, `[texts, E]`.
+    pub text_embeds: Option<Metrics>,
+    /// `[images, texts]`; top-1 agreement is per image (the text each image scores highest).
+    pub logits_per_image: Option<Metrics>,
+    pub texts: usize,
+    pub context: usize,
+    /// Where the ids came from.
+    pub text_ids: String,
+    /// The reference's `t` and `b` and the target's stored `logit_scale` and `logit_bias`.
+    pub reference_t: f64,
+    pub reference_b: f64,
+    pub target_logit_scale: f64,
+    pub target_logit_bias: f64,
+    /// Declared settings that contradict the source: each fails the comparison.
+    pub declared: Vec<targets::two_tower::DeclaredMismatch>,
 }
 
 /// The outcome of a comparison that ran.
@@ -122,6 +160,8 @@ pub struct Report {
     pub target_ms: f64,
     pub input_norm: InputNorm,
     pub source: SourceArch,
+    /// The two-tower comparison, for a two-tower source and conversion.
+    pub two_tower: Option<TwoTowerReport>,
     pub notes: Vec<String>,
 }
 
@@ -186,10 +226,37 @@ pub fn disable_tf32() {
     std::env::set_var("NVIDIA_TF32_OVERRIDE", "0");
 }
 
-/// Runs both forwards on the same pixels and compares them.
+/// Runs both forwards on the same pixels (and, for two towers, the same token ids) and compares them.
 pub fn verify(opts: &Options) -> Result<Report> {
     disable_tf32();
     let device = parse_device(&opts.device)?;
+    let source_two_tower = opts.source.exists()
+        && vitconv_tensors::TensorFile::open(&opts.source)
+            .is_ok_and(|f| references::siglip::is_two_tower(&f));
+    let target_two_tower = targets::two_tower::detect(&opts.converted)?;
+    match (source_two_tower, target_two_tower) {
+        (true, Some(layout)) => {
+            if let Some(asked) = opts.layout.filter(|l| *l != layout) {
+                return Err(Error::BadRequest(format!(
+                    "{}: a two-tower {} folder, not {}",
+                    opts.converted.display(),
+                    layout.as_str(),
+                    asked.as_str()
+                )));
+            }
+            return verify_two_tower(opts, device, layout);
+        }
+        (false, Some(_)) => {
+            return Err(Error::ArchitectureMismatch {
+                source_file: opts.source.clone(),
+                converted: opts.converted.clone(),
+                reason:
+                    "the conversion holds two towers (image and text), the source one image model"
+                        .into(),
+            })
+        }
+        _ => {}
+    }
     let target = targets::open(&opts.converted, opts.layout, device, opts.precision.kind())?;
     let source_opts = SourceOptions {
         image_size: opts.image_size.or(target.declared.image_size),
@@ -199,6 +266,9 @@ pub fn verify(opts: &Options) -> Result<Report> {
     let grid = check_architecture(opts, &src, &target)?;
     let image_size = target.arch.image_size;
     let mut notes = reference.notes();
+    if source_two_tower {
+        notes.push("the conversion holds the image tower only: compared are its outputs before normalisation (the MAP head's output as the pooled features, the image head's output as the logits where the tower has a head); the text tower and t/b are not part of it".into());
+    }
     notes.extend(target.notes.iter().cloned());
     if grid != src.grid {
         notes.push(format!(
@@ -231,9 +301,13 @@ pub fn verify(opts: &Options) -> Result<Report> {
     // Weights written in a narrower type than the forward runs in lost precision already:
     // the default tolerance is the looser of the two.
     let stored = target.declared.dtype.as_deref().and_then(Precision::parse);
-    let default_tolerance = stored
-        .map_or(F32_TOLERANCE, Precision::default_tolerance)
-        .max(opts.precision.default_tolerance());
+    let default_tolerance = match (source_two_tower, opts.precision, stored) {
+        // A SigLIP image tower alone is held to the two-tower bound as well.
+        (true, Precision::F32, None | Some(Precision::F32)) => TWO_TOWER_F32_TOLERANCE,
+        _ => stored
+            .map_or(F32_TOLERANCE, Precision::default_tolerance)
+            .max(opts.precision.default_tolerance()),
+    };
     let tolerance = opts.tolerance.unwrap_or(default_tolerance);
 
     let ref_features = match tout.features_kind {
@@ -327,6 +401,174 @@ pub fn verify(opts: &Options) -> Result<Report> {
         target_ms,
         input_norm: target.norm.clone(),
         source: src,
+        two_tower: None,
+        notes,
+    })
+}
+
+/// A two-tower source against a two-tower conversion: both image towers on the same pixels,
+/// both text towers on the same ids, embeddings and logits compared, declared settings checked.
+fn verify_two_tower(opts: &Options, device: Device, layout: Layout) -> Result<Report> {
+    let target = targets::two_tower::open(&opts.converted, layout, device, opts.precision.kind())?;
+    let reference = references::siglip::TwoTower::open(
+        &opts.source,
+        device,
+        opts.image_size.or(Some(target.arch.image_size)),
+    )?;
+    let src = reference.image().arch().clone();
+    let text_arch = reference.text().arch().clone();
+    let mismatch = |reason: String| Error::ArchitectureMismatch {
+        source_file: opts.source.clone(),
+        converted: opts.converted.clone(),
+        reason,
+    };
+    let t = &target.arch;
+    let image_pairs = [
+        ("image width", src.hidden, t.hidden),
+        ("image depth", src.depth, t.depth),
+        ("image MLP width", src.mlp, t.mlp),
+        ("patch size", src.patch_size, t.patch_size),
+        ("image token grid", src.grid, t.grid),
+    ];
+    let tt = &target.text_arch;
+    let text_pairs = [
+        ("text vocabulary", text_arch.vocab, tt.vocab),
+        ("text width", text_arch.width, tt.width),
+        ("text depth", text_arch.depth, tt.depth),
+        ("text heads", text_arch.heads, tt.heads),
+        ("text MLP width", text_arch.mlp, tt.mlp),
+        (
+            "text embedding width",
+            text_arch.embed.unwrap_or(text_arch.width),
+            tt.embed,
+        ),
+        (
+            "image embedding width",
+            reference.image_embed_width(),
+            tt.embed,
+        ),
+    ];
+    for (what, s, c) in image_pairs.iter().chain(text_pairs.iter()) {
+        if s != c {
+            return Err(mismatch(format!("{what}: source {s}, converted {c}")));
+        }
+    }
+    if target.image_head != src.num_classes.is_some() {
+        return Err(mismatch(format!(
+            "image projection: the source's image tower {} a head, the converted one {}",
+            if src.num_classes.is_some() {
+                "has"
+            } else {
+                "has no"
+            },
+            if target.image_head {
+                "has"
+            } else if layout == Layout::Hf {
+                "has none (transformers' SiglipModel holds no image projection)"
+            } else {
+                "has none"
+            }
+        )));
+    }
+    if tt.positions < text_arch.context {
+        return Err(mismatch(format!(
+            "text positions: source {}, converted {}",
+            text_arch.context, tt.positions
+        )));
+    }
+    let mut notes: Vec<String> = reference.notes().to_vec();
+    notes.extend(target.notes.iter().cloned());
+    let ids = input::load_text(&opts.text, text_arch.vocab, text_arch.context)?;
+    let text_ids = match &opts.text {
+        TextSource::Npy(path) => path.display().to_string(),
+        TextSource::Random { seed, eos_id, .. } => {
+            format!("random (seed {seed}, padded with EOS id {eos_id})")
+        }
+    };
+    let texts = usize::try_from(ids.size().first().copied().unwrap_or(0)).unwrap_or(0);
+    let pixels = input::load(&opts.input, src.image_size)?.f_to_device(device)?;
+    let batch = usize::try_from(pixels.size().first().copied().unwrap_or(0)).unwrap_or(0);
+    let target_input = target.norm.apply(&pixels)?.f_to_kind(target.kind())?;
+    let ids = ids.f_to_device(device)?;
+
+    let (out, reference_ms) = timed(device, || reference.forward(&pixels, src.grid, &ids))?;
+    let ((ti, tt_features), target_ms) = timed(device, || {
+        Ok((
+            target.image_features(&target_input)?,
+            target.text_features(&ids)?,
+        ))
+    })?;
+    let logits = target.logits(&ti, &tt_features)?;
+    let zi = references::siglip::l2_normalise(&ti.f_to_kind(Kind::Float)?)?;
+    let zt = references::siglip::l2_normalise(&tt_features.f_to_kind(Kind::Float)?)?;
+
+    let stored = target
+        .declared_config
+        .dtype
+        .as_deref()
+        .and_then(Precision::parse);
+    let default_tolerance = match (opts.precision, stored) {
+        (Precision::F32, None | Some(Precision::F32)) => TWO_TOWER_F32_TOLERANCE,
+        _ => stored
+            .map_or(F32_TOLERANCE, Precision::default_tolerance)
+            .max(opts.precision.default_tolerance()),
+    };
+    let tolerance = opts.tolerance.unwrap_or(default_tolerance);
+    let image_embeds = compare_tensors(&zi, &out.image_embeds, batch, tolerance)?;
+    let text_embeds = compare_tensors(&zt, &out.text_embeds, texts, tolerance)?;
+    let logits_per_image = compare_tensors(&logits, &out.logits_per_image, batch, tolerance)?;
+    let expect = match &opts.expect {
+        Some(path) => Some(compare_expect(
+            path,
+            Some(&out.logits_per_image),
+            batch,
+            opts.tolerance.unwrap_or(TWO_TOWER_F32_TOLERANCE),
+        )?),
+        None => None,
+    };
+    let declared = target.declared.clone();
+    for d in &declared {
+        notes.push(format!(
+            "declared {} in {} is {}, the source computes {}",
+            d.field,
+            d.file.display(),
+            d.found,
+            d.expected
+        ));
+    }
+    let within = [&image_embeds, &text_embeds, &logits_per_image]
+        .iter()
+        .all(|m| m.as_ref().is_some_and(|m| m.within));
+    let pass = within && declared.is_empty() && expect.as_ref().is_none_or(|m| m.within);
+    Ok(Report {
+        pass,
+        judged: true,
+        layout: target.layout,
+        device: device_name(device),
+        dtype: opts.precision.as_str().into(),
+        batch,
+        image_size: src.image_size,
+        tolerance,
+        logits: None,
+        features: None,
+        expect,
+        reference_ms,
+        target_ms,
+        input_norm: target.norm.clone(),
+        source: src,
+        two_tower: Some(TwoTowerReport {
+            image_embeds,
+            text_embeds,
+            logits_per_image,
+            texts,
+            context: text_arch.context,
+            text_ids,
+            reference_t: reference.t,
+            reference_b: reference.b,
+            target_logit_scale: target.logit_scale,
+            target_logit_bias: target.logit_bias,
+            declared,
+        }),
         notes,
     })
 }

@@ -94,6 +94,14 @@ pub fn attention_sdpa(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     )?)
 }
 
+/// [`attention_sdpa`] with libtorch's causal mask (`is_causal`): query i attends to keys 0..=i,
+/// as an additive upper-triangular `-inf` mask does in `nn.MultiheadAttention`.
+pub fn attention_sdpa_causal(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    Ok(Tensor::f_scaled_dot_product_attention::<Tensor>(
+        q, k, v, None, 0.0, true, None, false,
+    )?)
+}
+
 /// A 2-D convolution (NCHW input, OIHW weight) with explicit symmetric padding.
 ///
 /// On CUDA, cuDNN convolutions run in TF32 by default (`torch.backends.cudnn.allow_tf32`

@@ -5,6 +5,8 @@
 //! - [`big_vision`]: google-research/big_vision files (`params/` root, Linen names,
 //!   scan-stacked blocks, sincos2d or top-level learned position embeddings, `tok`, `gap`,
 //!   `map` and `0` pooling), for a plain ViT or one tower of a two-tower model.
+//! - [`siglip`]: a big_vision two-tower model (SigLIP): the image tower above under `img/`,
+//!   the text tower under `txt/`, and `t`/`b` for the logits.
 //!
 //! [`Reference`] picks the family from the keys and hands both forwards' results back
 //! in one shape ([`RefOutputs`]), with the architecture read from the shapes
@@ -12,6 +14,7 @@
 //! there cannot hide in both sides.
 
 pub mod big_vision;
+pub mod siglip;
 pub mod vit_jax;
 
 use std::path::Path;

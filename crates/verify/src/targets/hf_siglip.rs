@@ -1,4 +1,4 @@
-//! The transformers SigLIP target: a `SiglipVisionModel` or `SiglipForImageClassification` directory (config.json + model.safetensors) run from its own keys and config.
+//! The transformers SigLIP target: a `SiglipVisionModel` or `SiglipForImageClassification` directory, or the vision tower of a two-tower `SiglipModel` one (config.json + model.safetensors) run from its own keys and config.
 //!
 //! Semantics from transformers 5.24 (`models/siglip/modeling_siglip.py`,
 //! `configuration_siglip.py`, `conversion_mapping.py`): `SiglipVisionEmbeddings` is a
@@ -135,12 +135,16 @@ impl HfSiglip {
             }
         }
         let top: TopConfig = read_json(&config_path)?;
-        let classification = top.model_type.as_deref() == Some("siglip")
-            || top
-                .architectures
-                .iter()
-                .any(|a| a == "SiglipForImageClassification");
-        let vision: VisionConfig = if classification {
+        // A two-tower `SiglipModel` holds its vision tower under `vision_model.` with its settings
+        // in `vision_config`, and pools with the attention head like `SiglipVisionModel`.
+        let two_tower = top.architectures.iter().any(|a| a == "SiglipModel");
+        let classification = !two_tower
+            && (top.model_type.as_deref() == Some("siglip")
+                || top
+                    .architectures
+                    .iter()
+                    .any(|a| a == "SiglipForImageClassification"));
+        let vision: VisionConfig = if classification || two_tower {
             let v = top
                 .vision_config
                 .clone()
@@ -304,6 +308,8 @@ impl HfSiglip {
             "transformers semantics from config.json: {}, hidden_act {:?}, layer_norm_eps {eps:e}",
             if classification {
                 "SiglipForImageClassification (mean of the post_layernorm tokens, then classifier)"
+            } else if two_tower {
+                "SiglipModel's vision_model (pooler_output = the attention pooling head)"
             } else {
                 "SiglipVisionModel (pooler_output = the attention pooling head)"
             },

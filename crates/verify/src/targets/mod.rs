@@ -1,6 +1,7 @@
 //! The target forwards: a converted file run by its own key names with the semantics of the library it is for.
 //!
-//! One module per layout ([`timm`], [`hf`] and [`hf_siglip`], [`open_clip`], [`clip`]); each reads its
+//! One module per layout ([`timm`], [`hf`] and [`hf_siglip`], [`open_clip`], [`clip`]), and
+//! [`two_tower`] for the two-tower (SigLIP) conversions of the hf and open_clip layouts; each reads its
 //! file's keys directly and never asks the converter how it mapped them. What they
 //! share here is the declared configuration (`vitconv.config`), the pre-norm block
 //! arithmetic on PyTorch-layout weights, and the outputs they hand back.
@@ -11,6 +12,7 @@ pub mod hf;
 pub mod hf_siglip;
 pub mod open_clip;
 pub mod timm;
+pub mod two_tower;
 
 use std::path::{Path, PathBuf};
 
@@ -371,6 +373,17 @@ impl BlockSemantics {
 impl Block {
     /// `x + attn(ln1(x))`, then `x + mlp(ln2(x))`, attention by libtorch's fused SDPA kernel.
     pub(crate) fn forward(&self, x: &Tensor, s: &BlockSemantics) -> Result<Tensor> {
+        self.forward_masked(x, s, false)
+    }
+
+    /// [`Block::forward`] with a causal mask when `causal` (open_clip's text tower unless
+    /// `no_causal_mask`: position i attends to positions 0..=i only).
+    pub(crate) fn forward_masked(
+        &self,
+        x: &Tensor,
+        s: &BlockSemantics,
+        causal: bool,
+    ) -> Result<Tensor> {
         let size = x.size();
         let (b, n, d) = match size.as_slice() {
             [b, n, d] => (*b, *n, *d),
@@ -385,9 +398,12 @@ impl Block {
                 .f_transpose(1, 2)?)
         };
         let (q, k, v) = (split(&self.q)?, split(&self.k)?, split(&self.v)?);
-        let o = ops::attention_sdpa(&q, &k, &v)?
-            .f_transpose(1, 2)?
-            .f_reshape([b, n, d])?;
+        let o = if causal {
+            ops::attention_sdpa_causal(&q, &k, &v)?
+        } else {
+            ops::attention_sdpa(&q, &k, &v)?
+        };
+        let o = o.f_transpose(1, 2)?.f_reshape([b, n, d])?;
         let x = x.f_add(&ops::linear(&o, &self.proj.0, Some(&self.proj.1))?)?;
         let y = s.norm(&x, &self.ln2)?;
         let y = s

@@ -144,7 +144,7 @@ impl Timm {
         Timm::open_with(p, &config, Some(kwargs), norm)
     }
 
-    fn open_with(
+    pub(crate) fn open_with(
         p: Params,
         config: &DeclaredConfig,
         kwargs: Option<serde_json::Map<String, serde_json::Value>>,
