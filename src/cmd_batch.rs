@@ -186,15 +186,13 @@ impl Manifest {
         }
         let what = || self.path.display().to_string();
         let tmp = self.path.with_file_name(format!("{MANIFEST}.partial"));
-        let guard = vitconv_tensors::register_temporary(&tmp);
         let written = File::create(&tmp)
             .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()));
         if let Err(e) = written {
             let _ = std::fs::remove_file(&tmp);
             return Err(e).with_context(what);
         }
-        vitconv_tensors::finish_registered(guard, || std::fs::rename(&tmp, &self.path))
-            .with_context(what)?;
+        std::fs::rename(&tmp, &self.path).with_context(what)?;
         let file = OpenOptions::new()
             .append(true)
             .open(&self.path)
@@ -368,6 +366,13 @@ struct Shared<'a> {
     bar: &'a ProgressBar,
 }
 
+impl Shared<'_> {
+    /// Whether an interrupt asked the run to stop.
+    fn cancelled(&self) -> bool {
+        interrupted(self.batch)
+    }
+}
+
 /// Converts one source (or skips it), reporting its progress on the shared bar; never panics on bad input and
 /// never touches another file's output.
 fn convert_one(e: &Entry, sh: &Shared) -> Outcome {
@@ -520,6 +525,10 @@ fn work(
     tx: mpsc::Sender<(usize, Outcome)>,
 ) {
     while let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
+        // After an interrupt no new file is started; those in flight stop at their next band.
+        if shared.cancelled() {
+            break;
+        }
         let entry = &entries[i];
         let outcome =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| convert_one(entry, shared)))
@@ -538,6 +547,15 @@ fn work(
             break;
         }
     }
+}
+
+/// Whether an interrupt asked the run to stop.
+fn interrupted(batch: &Batch) -> bool {
+    batch
+        .opts
+        .cancel
+        .as_ref()
+        .is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst))
 }
 
 /// Runs batch mode: finds the sources, converts them `jobs` at a time, prints the summary. Exit status 0 when
@@ -565,9 +583,9 @@ pub fn run(batch: &Batch) -> anyhow::Result<ExitCode> {
     entries.sort_by(|a, b| a.rel.cmp(&b.rel));
 
     // The output directory and every directory an output goes into are made here, before any worker starts, so
-    // that no worker's cleanup can remove a directory another is writing into. Registered, so that an interrupt
-    // removes those still empty; the same happens at the end to those no output went into.
-    let mut dirs = vec![vitconv_tensors::create_dirs_registered(&batch.output_dir)
+    // that no worker's cleanup can remove a directory another is writing into. Those no output went into (every
+    // file in them refused, failed or interrupted) are removed at the end.
+    let mut dirs = vec![vitconv_tensors::create_dirs(&batch.output_dir)
         .with_context(|| batch.output_dir.display().to_string())?];
     let parents: std::collections::BTreeSet<PathBuf> = entries
         .iter()
@@ -575,7 +593,7 @@ pub fn run(batch: &Batch) -> anyhow::Result<ExitCode> {
         .filter_map(|e| e.output.parent().map(Path::to_path_buf))
         .collect();
     for p in parents {
-        match vitconv_tensors::create_dirs_registered(&p) {
+        match vitconv_tensors::create_dirs(&p) {
             Ok(g) => dirs.push(g),
             Err(err) => {
                 let why = format!("{}: {err}", p.display());
@@ -641,16 +659,24 @@ pub fn run(batch: &Batch) -> anyhow::Result<ExitCode> {
     });
     bar.finish_and_clear();
 
-    // Directories made above that no output went into (every file in them refused or failed) are removed.
-    for guard in &dirs {
-        for d in guard.created() {
-            let _ = std::fs::remove_dir(d);
-        }
+    // Directories made above that no output went into (every file in them refused, failed or interrupted).
+    for made in &dirs {
+        made.remove_empty();
     }
     drop(dirs);
     // The manifest is rewritten with one line per source, from what this run appended.
     manifest.last = last_records(&std::fs::read_to_string(&manifest.path).unwrap_or_default());
     let saved = manifest.save();
+    if interrupted(batch) {
+        // The files in flight stopped and removed their temporaries; the manifest records what was done, so
+        // the next run resumes.
+        bar.finish_and_clear();
+        eprintln!(
+            "vitconv: interrupted; removed the partial outputs of the files in flight (run again to resume)"
+        );
+        saved?;
+        return Ok(ExitCode::from(crate::cmd_convert::INTERRUPTED));
+    }
 
     let outcomes: Vec<Outcome> = outcomes
         .into_iter()

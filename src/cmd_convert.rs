@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::ValueEnum;
@@ -214,19 +216,20 @@ impl ConvertArgs {
 }
 
 /// Exit status after SIGINT or SIGTERM: 128 + SIGINT, as shells report an interrupted command.
-const INTERRUPTED: i32 = 130;
+pub const INTERRUPTED: u8 = 130;
 
 pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
-    // A conversion killed half-way must leave no temporary file and an existing output untouched. The writer
-    // only renames its temporary into place when finished, so removing the pending temporaries and exiting is
-    // all a handler must do (`ctrlc` runs it on its own thread, outside the signal context).
-    ctrlc::set_handler(|| {
-        vitconv_tensors::remove_pending_temporaries();
-        eprintln!("vitconv: interrupted; removed the partial output");
-        std::process::exit(INTERRUPTED);
-    })
-    .context("installing the interrupt handler")?;
-    let opts = args.options();
+    // A conversion interrupted half-way must leave no temporary file and an existing output untouched. The
+    // handler (run by `ctrlc` on its own thread) only sets the cancel flag; the conversion stops at its next
+    // band and unwinds, which removes its temporaries, and the exit status says it was interrupted.
+    let cancel = Arc::new(AtomicBool::new(false));
+    {
+        let cancel = Arc::clone(&cancel);
+        ctrlc::set_handler(move || cancel.store(true, Ordering::SeqCst))
+            .context("installing the interrupt handler")?;
+    }
+    let mut opts = args.options();
+    opts.cancel = Some(Arc::clone(&cancel));
     if args.source.is_dir() {
         return run_batch(&args, opts);
     }
@@ -262,7 +265,13 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
         bar.set_position(done);
     });
     bar.finish_and_clear();
-    let written = written?;
+    let written = match written {
+        Err(vitconv_convert::Error::Cancelled) => {
+            eprintln!("vitconv: interrupted; removed the partial output");
+            return Ok(ExitCode::from(INTERRUPTED));
+        }
+        w => w?,
+    };
     if args.quiet {
         return Ok(ExitCode::SUCCESS);
     }

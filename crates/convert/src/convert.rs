@@ -7,9 +7,10 @@
 //! thread writes them in order (see `write_weights`).
 //! Weights go through `vitconv_tensors::Writer` (temporary file beside the target, renamed by `finish`), and the
 //! small JSON side files are written the same way after it: a failed run leaves no partial output and an
-//! existing output untouched. Every temporary file is registered with `vitconv_tensors::register_temporary`, so
-//! the binary's SIGINT/SIGTERM handler removes them (`remove_pending_temporaries`) before exiting, and with them
-//! an `hf` directory this run created (SIGKILL can still leave a temporary file).
+//! existing output untouched. An interrupt sets `Options::cancel`; the executor checks it between bands and
+//! once more before anything is renamed into place, and returns `Error::Cancelled`, so the temporaries are
+//! dropped (removed) and a folder this run created is removed, by normal unwinding: no process-global
+//! registry, no exit from a handler thread (SIGKILL can still leave a temporary file).
 
 use std::io::Write as _;
 use std::ops::Range;
@@ -222,9 +223,8 @@ pub fn write(
                     });
                 }
             }
-            // Registered, so that an interrupt removes the directories this run created along with the
-            // temporary files inside them.
-            let dirs = vitconv_tensors::create_dirs_registered(output).map_err(|e| Error::Io {
+            // The directories this run creates are removed again if it fails or is cancelled.
+            let dirs = vitconv_tensors::create_dirs(output).map_err(|e| Error::Io {
                 path: output.to_path_buf(),
                 op: "cannot create the directory",
                 source: e,
@@ -298,18 +298,28 @@ pub fn write(
         };
         let producers = opts.producers.unwrap_or_else(producers).max(1);
         let band_bytes = opts.band_bytes.unwrap_or(BAND_BYTES).max(1);
+        let cancelled = || {
+            opts.cancel
+                .as_ref()
+                .is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst))
+        };
         let (writer, tensors, bytes) = write_weights(
             file,
             plan,
             opts.dtype,
             target,
             [producers, band_bytes],
+            &cancelled,
             progress,
         )?;
         // The weights are completed and flushed first; only then are the side files and the weights renamed
         // into place, so a failure before that (a full disk at the last records, a target that is a
         // directory) leaves every earlier file as it was.
         let sealed = writer.seal()?;
+        // The last moment to stop: after this, every file is renamed into place.
+        if cancelled() {
+            return Err(Error::Cancelled);
+        }
         for side in staged {
             side.commit(overwrite)?;
         }
@@ -351,6 +361,7 @@ fn write_weights(
         overwrite,
     }: WeightsTarget<'_>,
     [producers, band_bytes]: [usize; 2],
+    cancel: &dyn Fn() -> bool,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<(Writer, usize, u64)> {
     let out_dtype = dtype.dtype();
@@ -429,6 +440,11 @@ fn write_weights(
             let lane = owners.get(i).and_then(|&k| lanes.get(k));
             let (ready, free) = lane.ok_or_else(stopped)?;
             loop {
+                // Checked between bands: a cancelled conversion stops here, and unwinding drops the writer
+                // (removing its temporary) and closes the lanes (stopping the producers).
+                if cancel() {
+                    return Err(Error::Cancelled);
+                }
                 match ready.recv().map_err(|_| stopped())?? {
                     Band::Bytes(buf, at) => {
                         let data = buf.get(at).unwrap_or_default();
@@ -858,11 +874,10 @@ fn check_len(src: &Param, rows: usize, cols: usize) -> Result<()> {
 struct Staged {
     path: PathBuf,
     tmp: tempfile::NamedTempFile,
-    pending: vitconv_tensors::TemporaryGuard,
 }
 
-/// Writes `contents` to a temporary file beside `path` (registered like the writer's temporary, so an
-/// interrupt handler removes it too); [`Staged::commit`] renames it into place.
+/// Writes `contents` to a temporary file beside `path`, removed when dropped like the writer's;
+/// [`Staged::commit`] renames it into place.
 fn stage_atomic(path: &Path, contents: &[u8]) -> Result<Staged> {
     let dir = path
         .parent()
@@ -877,29 +892,25 @@ fn stage_atomic(path: &Path, contents: &[u8]) -> Result<Staged> {
     // Side files are ordinary outputs, readable like the weights beside them (0644), not private temporaries.
     #[cfg(unix)]
     builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
-    let (mut tmp, pending) =
-        vitconv_tensors::create_registered(|| builder.tempfile_in(dir), |t| t.path())
-            .map_err(io)?;
+    // Removed when dropped, so a failed or cancelled run leaves none behind.
+    let mut tmp = builder.tempfile_in(dir).map_err(io)?;
     tmp.write_all(contents).map_err(io)?;
     Ok(Staged {
         path: path.to_path_buf(),
         tmp,
-        pending,
     })
 }
 
 impl Staged {
     /// Renames the staged file into place; without `overwrite` an existing file is refused, not replaced.
     fn commit(self, overwrite: bool) -> Result<()> {
-        let Staged { path, tmp, pending } = self;
-        vitconv_tensors::finish_registered(pending, || {
-            if overwrite {
-                tmp.persist(&path)
-            } else {
-                tmp.persist_noclobber(&path)
-            }
-        })
-        .map_err(|e| Error::Io {
+        let Staged { path, tmp } = self;
+        let persisted = if overwrite {
+            tmp.persist(&path)
+        } else {
+            tmp.persist_noclobber(&path)
+        };
+        persisted.map_err(|e| Error::Io {
             path: path.clone(),
             op: "cannot rename the temporary file into place",
             source: e.error,
@@ -1075,8 +1086,15 @@ mod tests {
                     overwrite: false,
                 };
                 let sizes = [producers, band_bytes];
-                let result =
-                    write_weights(&file, &plan, OutDType::F32, target, sizes, &mut |_, _| {});
+                let result = write_weights(
+                    &file,
+                    &plan,
+                    OutDType::F32,
+                    target,
+                    sizes,
+                    &|| false,
+                    &mut |_, _| {},
+                );
                 let err = result.err().map(|e| e.to_string()).unwrap_or_default();
                 assert!(err.contains("CRC"), "{name}, {producers} producers: {err}");
                 let left: Vec<_> = std::fs::read_dir(&out_dir).unwrap().collect();
@@ -1129,8 +1147,16 @@ mod tests {
                         overwrite: false,
                     };
                     let sizes = [producers, band_bytes];
-                    let (writer, ..) =
-                        write_weights(&file, &plan, dtype, target, sizes, &mut |_, _| {}).unwrap();
+                    let (writer, ..) = write_weights(
+                        &file,
+                        &plan,
+                        dtype,
+                        target,
+                        sizes,
+                        &|| false,
+                        &mut |_, _| {},
+                    )
+                    .unwrap();
                     writer.finish().unwrap();
                     let got = TensorFile::open(&out).unwrap();
                     for (t, want) in plan.tensors.iter().zip(&want) {

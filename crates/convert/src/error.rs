@@ -93,6 +93,10 @@ pub enum Error {
         what: &'static str,
     },
 
+    /// The conversion was cancelled (an interrupt): its temporaries were removed and no output was touched.
+    #[error("interrupted; removed the partial output")]
+    Cancelled,
+
     /// `--tower image` was given for a model that has one tower.
     #[error("--tower image selects the image tower of a two-tower model; this checkpoint has only one tower (drop --tower)")]
     NotTwoTower,

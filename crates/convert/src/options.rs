@@ -255,6 +255,9 @@ pub struct Options {
     pub tokenizer: Option<std::path::PathBuf>,
     /// `--force`: whether an existing output may be replaced.
     pub overwrite: bool,
+    /// Set (by an interrupt handler) to stop a conversion: the executor checks it between bands and before
+    /// anything is renamed into place, and returns [`crate::Error::Cancelled`], which drops the temporaries.
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     /// Threads computing output tensors while another writes them; `None` chooses from the cores (see
     /// `convert::producers`). The output is the same whatever the number.
     pub producers: Option<usize>,
@@ -278,6 +281,7 @@ impl Options {
             tower: TowerChoice::All,
             tokenizer: None,
             overwrite: false,
+            cancel: None,
             producers: None,
             band_bytes: None,
         }

@@ -566,3 +566,22 @@ fn tokenizer_errors() {
         Error::TokenizerTooLarge { .. }
     ));
 }
+
+#[test]
+fn cancelled() {
+    // A conversion whose cancel flag is set (as the interrupt handler sets it) stops and leaves nothing.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut o = Options::new(Layout::Hf);
+    o.cancel = Some(std::sync::Arc::new(std::sync::atomic::AtomicBool::new(
+        true,
+    )));
+    let file = open("vit-token");
+    let conv = prepare(&file, &o).expect("prepared");
+    let out = dir.path().join("nested/hf");
+    let e = write(&file, &conv, &o, &out, &mut |_, _| {}).expect_err("cancelled");
+    assert!(matches!(e, Error::Cancelled), "{e}");
+    assert!(
+        std::fs::read_dir(dir.path()).expect("dir").next().is_none(),
+        "the directories this run created and every temporary are gone"
+    );
+}

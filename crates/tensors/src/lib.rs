@@ -11,16 +11,16 @@
 //!   temporary file beside the target and renames it into place only in [`Writer::finish`].
 //!
 //! Module map: `bands` (column bands), `npy` (array headers), `zip_reader` (zip end record and directory, validated), `npz` (`.npy` members),
-//! `pending` (temporaries to remove on an interrupt), `safetensors_io`, `pickle` (allowlist unpickler and state-dict pickler), `pt` (torch
+//! `dirs` (directories an output run created), `safetensors_io`, `pickle` (allowlist unpickler and state-dict pickler), `pt` (torch
 //! archives), `source` (where bytes live, positional reads), `zip_writer`, `writer`.
 
 mod bands;
+mod dirs;
 mod dtype;
 mod error;
 pub mod names;
 mod npy;
 mod npz;
-mod pending;
 mod pickle;
 mod pt;
 mod safetensors_io;
@@ -87,12 +87,9 @@ pub mod fuzzing {
 }
 
 pub use bands::ColumnBands;
+pub use dirs::{create_dirs, CreatedDirs};
 pub use dtype::DType;
 pub use error::{Error, Result};
-pub use pending::{
-    create_dirs_registered, create_registered, finish_registered, register_temporary,
-    remove_pending_temporaries, DirectoriesGuard, TemporaryGuard,
-};
 pub use stats::TensorStats;
 pub use writer::{Sealed, Writer};
 

@@ -75,9 +75,6 @@ pub struct Writer {
     /// Bytes handed to the sink so far, and that count when writeback was last started.
     written: u64,
     writeback_at: u64,
-    /// The temporary file's entry in the interrupt registry; declared after `temp`, so a dropped writer
-    /// removes the file before it forgets it.
-    pending: crate::pending::TemporaryGuard,
 }
 
 impl std::fmt::Debug for Writer {
@@ -154,10 +151,8 @@ impl Writer {
         // ordinary readable output like any other the user writes.
         #[cfg(unix)]
         builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(OUTPUT_MODE));
-        // Registered so that an interrupt handler can remove it (see `pending`).
-        let (temp, pending) =
-            crate::pending::create_registered(|| builder.tempfile_in(&dir), |t| t.path())
-                .map_err(|e| Error::io(path, e))?;
+        // Removed when dropped: a failed or cancelled conversion leaves nothing behind.
+        let temp = builder.tempfile_in(&dir).map_err(|e| Error::io(path, e))?;
         let file = temp.as_file().try_clone().map_err(|e| Error::io(path, e))?;
         let total = sizes.iter().fold(0u64, |a, &n| a.saturating_add(n));
         // An output that cannot fit is refused before any of it is written, and nothing is reserved
@@ -197,7 +192,6 @@ impl Writer {
             overwrite,
             written: 0,
             writeback_at: 0,
-            pending,
         })
     }
 
@@ -380,7 +374,6 @@ impl Writer {
         Ok(Sealed {
             path,
             temp: self.temp,
-            pending: self.pending,
             overwrite: self.overwrite,
         })
     }
@@ -391,7 +384,6 @@ impl Writer {
 pub struct Sealed {
     path: PathBuf,
     temp: tempfile::NamedTempFile,
-    pending: crate::pending::TemporaryGuard,
     overwrite: bool,
 }
 
@@ -401,27 +393,21 @@ impl Sealed {
         let Sealed {
             path,
             temp,
-            pending,
             overwrite,
         } = self;
         let io = |e| Error::io(&path, e);
-        // Renamed under the interrupt registry's lock: a handler either removed the file first (and the process
-        // ends before this runs) or finds it already in place.
-        crate::pending::finish_registered(pending, || {
-            if overwrite {
-                temp.persist(&path).map(drop).map_err(|e| io(e.error))
-            } else {
-                // Refuses, atomically, a target that appeared while we were writing.
-                temp.persist_noclobber(&path).map(drop).map_err(|e| {
-                    if e.error.kind() == std::io::ErrorKind::AlreadyExists {
-                        Error::Exists { path: path.clone() }
-                    } else {
-                        io(e.error)
-                    }
-                })
-            }
-        })?;
-        Ok(())
+        if overwrite {
+            temp.persist(&path).map(drop).map_err(|e| io(e.error))
+        } else {
+            // Refuses, atomically, a target that appeared while we were writing.
+            temp.persist_noclobber(&path).map(drop).map_err(|e| {
+                if e.error.kind() == std::io::ErrorKind::AlreadyExists {
+                    Error::Exists { path: path.clone() }
+                } else {
+                    io(e.error)
+                }
+            })
+        }
     }
 }
 
