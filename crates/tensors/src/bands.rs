@@ -341,7 +341,8 @@ impl ColumnBands<'_> {
                     // Whole rows, packed, are contiguous: one read, straight into place.
                     read(out, start)?;
                 } else if count > 1 && row_bytes.saturating_sub(width) <= MAX_SKIP {
-                    let span = (count.saturating_sub(1))
+                    let span = count
+                        .saturating_sub(1)
                         .saturating_mul(row_bytes)
                         .saturating_add(width);
                     if self.span.len() < span {
