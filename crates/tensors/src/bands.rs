@@ -180,8 +180,8 @@ impl TensorFile {
                 found: format!("{rows} rows"),
             });
         }
-        // In bounds: index < count and count * slice_bytes == nbytes.
-        let first = index * slice_bytes;
+        // In bounds: index < count and count * slice_bytes == nbytes, so this cannot saturate.
+        let first = index.saturating_mul(slice_bytes);
         let source = match loc.base {
             Base::Stored { offset, .. } if matches!(loc.layout, Layout::C) && !loc.byteswap => {
                 let span = nbytes as u64;
@@ -246,7 +246,8 @@ impl ColumnBands<'_> {
 
     /// Bytes of each row not read yet.
     pub fn remaining(&self) -> usize {
-        self.row_bytes - self.next
+        // `next` never passes `row_bytes`: `read_rows_pitched` checks each band against it.
+        self.row_bytes.saturating_sub(self.next)
     }
 
     /// Replaces `out` with the next `width` bytes of every row: `rows x width` bytes, row by row.
@@ -300,32 +301,38 @@ impl ColumnBands<'_> {
             ));
         }
         let count = out.len().checked_div(pitch).unwrap_or(0);
-        if pitch < width
-            || count.checked_mul(pitch) != Some(out.len())
-            || count > self.rows - self.row
-        {
+        // `row` is below `rows` between calls: it is reset to 0 when a band's last row is read.
+        let rows_left = self.rows.saturating_sub(self.row);
+        if pitch < width || count.checked_mul(pitch) != Some(out.len()) || count > rows_left {
             return Err(bad(
                 format!(
-                    "whole rows of {width} bytes, {pitch} apart (at least {width}), at most {} of them",
-                    self.rows - self.row
+                    "whole rows of {width} bytes, {pitch} apart (at least {width}), at most {rows_left} of them"
                 ),
                 format!("a buffer of {} bytes", out.len()),
             ));
         }
 
+        // The offsets below are bounded by the tensor's byte count, which was checked against the
+        // file (or the bytes read whole) at open, so the saturating forms never saturate; were one to,
+        // the slice it names would fall outside the data and be refused rather than wrap around.
         let (from, first, row_bytes) = (self.next, self.row, self.row_bytes);
         match &mut self.source {
             Source::Whole { all, base } => {
                 for (i, dst) in rows_mut(out, width, pitch).enumerate() {
-                    let at = *base + (first + i) * row_bytes + from;
-                    if let Some(src) = all.get(at..at + width) {
+                    let at = first
+                        .saturating_add(i)
+                        .saturating_mul(row_bytes)
+                        .saturating_add(*base)
+                        .saturating_add(from);
+                    if let Some(src) = all.get(at..at.saturating_add(width)) {
                         dst.copy_from_slice(src);
                     }
                 }
             }
             Source::InPlace { offset, crc } => {
                 // In bounds: the tensor's byte count was checked against the file at open.
-                let start = *offset + (first * row_bytes + from) as u64;
+                let start = offset
+                    .saturating_add(first.saturating_mul(row_bytes).saturating_add(from) as u64);
                 let read = |dst: &mut [u8], at: u64| {
                     source::read_exact_at(&self.file.file, dst, at)
                         .map_err(|e| source::read_error(path, &self.name, at, dst.len() as u64, e))
@@ -333,8 +340,11 @@ impl ColumnBands<'_> {
                 if width == row_bytes && pitch == width {
                     // Whole rows, packed, are contiguous: one read, straight into place.
                     read(out, start)?;
-                } else if count > 1 && row_bytes - width <= MAX_SKIP {
-                    let span = (count - 1) * row_bytes + width;
+                } else if count > 1 && row_bytes.saturating_sub(width) <= MAX_SKIP {
+                    let span = count
+                        .saturating_sub(1)
+                        .saturating_mul(row_bytes)
+                        .saturating_add(width);
                     if self.span.len() < span {
                         self.span.resize(span, 0);
                     }
@@ -342,13 +352,17 @@ impl ColumnBands<'_> {
                         read(buf, start)?;
                     }
                     for (i, dst) in rows_mut(out, width, pitch).enumerate() {
-                        if let Some(src) = self.span.get(i * row_bytes..i * row_bytes + width) {
+                        let at = i.saturating_mul(row_bytes);
+                        if let Some(src) = self.span.get(at..at.saturating_add(width)) {
                             dst.copy_from_slice(src);
                         }
                     }
                 } else {
                     for (i, dst) in rows_mut(out, width, pitch).enumerate() {
-                        read(dst, start + (i * row_bytes) as u64)?;
+                        read(
+                            dst,
+                            start.saturating_add(i.saturating_mul(row_bytes) as u64),
+                        )?;
                     }
                 }
                 if let Some((_, _, hashers)) = crc.as_mut() {
@@ -360,10 +374,11 @@ impl ColumnBands<'_> {
             }
         }
         self.width = width;
-        self.row += count;
+        // Both were checked above: `count` rows remain, and `width` more bytes of each.
+        self.row = self.row.saturating_add(count);
         if self.row == self.rows {
             self.row = 0;
-            self.next += width;
+            self.next = self.next.saturating_add(width);
             if self.next == row_bytes {
                 self.finish_crc()?;
             }

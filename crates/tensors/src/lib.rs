@@ -14,6 +14,15 @@
 //! `dirs` (directories an output run created), `safetensors_io`, `pickle` (allowlist unpickler and state-dict pickler), `pt` (torch
 //! archives), `source` (where bytes live, positional reads), `zip_writer`, `writer`.
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 mod bands;
 mod dirs;
 mod dtype;
@@ -293,7 +302,8 @@ impl TensorFile {
         let mut deflate_users: HashMap<u64, usize> = HashMap::new();
         for loc in &locations {
             if let source::Base::Deflate { offset, .. } = loc.base {
-                *deflate_users.entry(offset).or_default() += 1;
+                let users = deflate_users.entry(offset).or_default();
+                *users = users.saturating_add(1);
             }
         }
         let shared_deflate = deflate_users
@@ -451,9 +461,9 @@ impl TensorFile {
         };
         if self.is_shared_deflate(loc) {
             // Decoded once for all the tensors that view it; served from memory.
-            let elem = info.dtype.size();
             let all = self.read(name)?;
-            all.chunks((chunk_bytes / elem).max(1) * elem).for_each(f);
+            all.chunks(source::whole_elements(chunk_bytes, info.dtype.size()))
+                .for_each(f);
             return Ok(());
         }
         source::read_tensor_chunked(&self.file, &self.path, info, loc, chunk_bytes, &mut f)

@@ -62,11 +62,12 @@ pub fn split_indices(name: &str, containers: &[&str]) -> (NamePattern, Vec<u64>)
             (digits > 0).then_some((c.len(), digits))
         });
         let Some((prefix, digits)) = found else {
-            pos += rest.chars().next().map_or(1, char::len_utf8);
+            pos = pos.saturating_add(rest.chars().next().map_or(1, char::len_utf8));
             continue;
         };
-        let start = pos + prefix;
-        let end = start + digits;
+        // Positions within `name`, which a `&str`'s length bounds well below `usize::MAX`.
+        let start = pos.saturating_add(prefix);
+        let end = start.saturating_add(digits);
         let number = name
             .get(start..end)
             .filter(|d| d.bytes().all(|b| b.is_ascii_digit()))

@@ -102,13 +102,15 @@ pub(crate) fn read_header(r: &mut impl Read, path: &Path, tensor: &str) -> Resul
             "header of {len} bytes exceeds the {MAX_HEADER_LEN}-byte limit"
         )));
     }
+    // At most 12 + `MAX_HEADER_LEN` bytes: the saturating form never saturates.
+    let data_offset = prefix_len.saturating_add(len as u64);
     let mut text = vec![0u8; len];
     r.read_exact(&mut text)
-        .map_err(|e| header_io(path, tensor, "header", prefix_len + len as u64, e))?;
+        .map_err(|e| header_io(path, tensor, "header", data_offset, e))?;
     // Versions 1 and 2 are latin-1; every byte of a valid header is ASCII, so reject the rest.
     let text = std::str::from_utf8(&text).map_err(|_| bad("header is not text".into()))?;
     let mut header = parse_dict(text, path, tensor)?;
-    header.data_offset = prefix_len + len as u64;
+    header.data_offset = data_offset;
     Ok(header)
 }
 
@@ -129,13 +131,18 @@ struct Parser<'a> {
 }
 
 impl Parser<'_> {
+    /// Moves past `n` bytes the caller has just looked at, so `pos` stays within the text.
+    fn advance(&mut self, n: usize) {
+        self.pos = self.pos.saturating_add(n);
+    }
+
     fn skip_ws(&mut self) {
         while self
             .s
             .get(self.pos)
             .is_some_and(|b| b.is_ascii_whitespace())
         {
-            self.pos += 1;
+            self.advance(1);
         }
     }
 
@@ -146,7 +153,7 @@ impl Parser<'_> {
 
     fn expect(&mut self, c: u8) -> std::result::Result<(), String> {
         if self.peek() == Some(c) {
-            self.pos += 1;
+            self.advance(1);
             Ok(())
         } else {
             Err(format!("expected {:?} at byte {}", c as char, self.pos))
@@ -159,10 +166,10 @@ impl Parser<'_> {
         }
         match self.peek() {
             Some(q @ (b'\'' | b'"')) => {
-                self.pos += 1;
+                self.advance(1);
                 let start = self.pos;
                 while self.s.get(self.pos).is_some_and(|&b| b != q) {
-                    self.pos += 1;
+                    self.advance(1);
                 }
                 let body = self.s.get(start..self.pos).ok_or("unterminated string")?;
                 self.expect(q)?;
@@ -171,11 +178,11 @@ impl Parser<'_> {
             Some(b'0'..=b'9') => {
                 let start = self.pos;
                 while self.s.get(self.pos).is_some_and(u8::is_ascii_digit) {
-                    self.pos += 1;
+                    self.advance(1);
                 }
                 // Python 2 era files may write `3L`.
                 if self.s.get(self.pos) == Some(&b'L') {
-                    self.pos += 1;
+                    self.advance(1);
                 }
                 let digits = self.s.get(start..self.pos).unwrap_or_default();
                 let digits = std::str::from_utf8(digits)
@@ -187,17 +194,17 @@ impl Parser<'_> {
                     .map_err(|_| format!("dimension {digits} does not fit in 64 bits"))
             }
             Some(open @ (b'(' | b'[')) => {
-                self.pos += 1;
+                self.advance(1);
                 let close = if open == b'(' { b')' } else { b']' };
                 let mut items = Vec::new();
                 loop {
                     if self.peek() == Some(close) {
-                        self.pos += 1;
+                        self.advance(1);
                         break;
                     }
-                    items.push(self.value(depth + 1)?);
+                    items.push(self.value(depth.saturating_add(1))?);
                     match self.peek() {
-                        Some(b',') => self.pos += 1,
+                        Some(b',') => self.advance(1),
                         Some(c) if c == close => {}
                         _ => {
                             return Err(format!(
@@ -210,21 +217,21 @@ impl Parser<'_> {
                 Ok(Lit::Seq(items))
             }
             Some(b'{') => {
-                self.pos += 1;
+                self.advance(1);
                 let mut items = Vec::new();
                 loop {
                     if self.peek() == Some(b'}') {
-                        self.pos += 1;
+                        self.advance(1);
                         break;
                     }
-                    let Lit::Str(key) = self.value(depth + 1)? else {
+                    let Lit::Str(key) = self.value(depth.saturating_add(1))? else {
                         return Err("dict key is not a string".into());
                     };
                     self.expect(b':')?;
-                    let v = self.value(depth + 1)?;
+                    let v = self.value(depth.saturating_add(1))?;
                     items.push((key, v));
                     match self.peek() {
-                        Some(b',') => self.pos += 1,
+                        Some(b',') => self.advance(1),
                         Some(b'}') => {}
                         _ => return Err(format!("expected ',' or '}}' at byte {}", self.pos)),
                     }
@@ -234,10 +241,10 @@ impl Parser<'_> {
             _ => {
                 let rest = self.s.get(self.pos..).unwrap_or_default();
                 if rest.starts_with(b"True") {
-                    self.pos += 4;
+                    self.advance(4);
                     Ok(Lit::Bool(true))
                 } else if rest.starts_with(b"False") {
-                    self.pos += 5;
+                    self.advance(5);
                     Ok(Lit::Bool(false))
                 } else {
                     Err(format!("unexpected text at byte {}", self.pos))
@@ -404,13 +411,18 @@ pub(crate) fn write_header(dtype: DType, shape: &[usize]) -> Vec<u8> {
         descr_of(dtype)
     );
     // Version 1 has a u16 length; a header that would not fit takes version 2.
-    let (version, prefix) = if dict.len() + 1 + 10 + HEADER_ALIGN <= usize::from(u16::MAX) {
+    // The dict and its newline: a few bytes per dimension, far from overflowing.
+    let line = dict.len().saturating_add(1);
+    let (version, prefix) = if line.saturating_add(10 + HEADER_ALIGN) <= usize::from(u16::MAX) {
         (1u8, 10usize)
     } else {
         (2u8, 12usize)
     };
-    let total = (prefix + dict.len() + 1).div_ceil(HEADER_ALIGN) * HEADER_ALIGN;
-    let pad = total - prefix - dict.len() - 1;
+    let total = prefix
+        .saturating_add(line)
+        .div_ceil(HEADER_ALIGN)
+        .saturating_mul(HEADER_ALIGN);
+    let pad = total.saturating_sub(prefix).saturating_sub(line);
     dict.push_str(&" ".repeat(pad));
     dict.push('\n');
     let mut out = Vec::with_capacity(total);

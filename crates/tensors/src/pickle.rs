@@ -366,7 +366,8 @@ impl<'a> Machine<'a> {
         let s = std::str::from_utf8(text)
             .map_err(|_| self.err("GLOBAL line is not text"))?
             .to_string();
-        self.pos = self.pos.saturating_add(nl + 1);
+        // `nl` indexes a byte of the window, so adding one cannot overflow.
+        self.pos = self.pos.saturating_add(nl.saturating_add(1));
         Ok(s)
     }
 
@@ -723,7 +724,8 @@ impl<'a> Machine<'a> {
                     self.push(v)?;
                 }
                 0x85..=0x87 => {
-                    let n = usize::from(op - 0x84);
+                    // TUPLE1..TUPLE3: 1 to 3 items, as the match arm bounds `op`.
+                    let n = usize::from(op.saturating_sub(0x84));
                     let mut items = Vec::with_capacity(n);
                     for _ in 0..n {
                         items.push(self.pop()?);

@@ -157,7 +157,8 @@ pub(crate) fn open(path: &Path, file: &File, file_len: u64) -> Result<Opened> {
             "header of {n} bytes exceeds the {MAX_HEADER_LEN}-byte limit"
         )));
     }
-    let header_end = PREFIX + n;
+    // `n` was just bounded by `MAX_HEADER_LEN`, so this cannot saturate.
+    let header_end = PREFIX.saturating_add(n);
     if header_end > file_len {
         return Err(Error::truncated(
             path,
@@ -299,8 +300,9 @@ pub(crate) fn header_bytes(
     }
     json.push(b'}');
     // The spec recommends padding the header with spaces so the data starts 8-aligned.
-    json.resize(json.len().div_ceil(8) * 8, b' ');
-    let mut out = Vec::with_capacity(json.len() + 8);
+    // The header's length is that of JSON held in memory, far below `usize::MAX`.
+    json.resize(json.len().div_ceil(8).saturating_mul(8), b' ');
+    let mut out = Vec::with_capacity(json.len().saturating_add(8));
     out.extend_from_slice(&(json.len() as u64).to_le_bytes());
     out.extend_from_slice(&json);
     Ok(out)

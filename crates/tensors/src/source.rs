@@ -472,6 +472,14 @@ pub(crate) fn arrange(
     Ok(out)
 }
 
+/// The largest whole number of `elem`-byte elements in `chunk` bytes, at least one element:
+/// the size of the pieces a tensor is streamed in.
+pub(crate) fn whole_elements(chunk: usize, elem: usize) -> usize {
+    // `elem` is a dtype's size, never zero; were it zero the pieces would be one byte.
+    let count = chunk.checked_div(elem).unwrap_or(0).max(1);
+    count.saturating_mul(elem).max(1)
+}
+
 /// Streams one tensor through `f` in pieces of at most `chunk` bytes (whole elements),
 /// reusing one buffer: memory stays at one chunk, and the data stays in cache between the
 /// read and whatever `f` computes.
@@ -486,8 +494,7 @@ pub(crate) fn read_tensor_chunked(
     chunk: usize,
     f: &mut dyn FnMut(&[u8]),
 ) -> Result<()> {
-    let elem = info.dtype.size();
-    let chunk = (chunk / elem).max(1) * elem;
+    let chunk = whole_elements(chunk, info.dtype.size());
     if !matches!(loc.layout, Layout::C) || loc.byteswap {
         // Views and byte-swapped data are rare; they go through the whole-tensor path.
         let all = read_tensor(file, path, info, loc)?;
@@ -557,7 +564,8 @@ fn gather(path: &Path, info: &TensorInfo, raw: &[u8], strides: &[usize]) -> Resu
             let (Some(i), Some(&d)) = (index.get_mut(axis), info.shape.get(axis)) else {
                 break;
             };
-            *i += 1;
+            // `*i` is below `d` here, so the increment cannot overflow.
+            *i = i.saturating_add(1);
             if *i < d {
                 break;
             }

@@ -121,13 +121,15 @@ impl TensorStats {
         let mut shift: Option<f64> = None;
         let (mut sum, mut sumsq) = (0.0f64, 0.0f64);
         let (mut min, mut max) = (f32::INFINITY, f32::NEG_INFINITY);
+        // The counters count values of one in-memory slice, so they cannot reach 2^64: the
+        // wrapping forms are the plain additions of a release build, with nothing added to the loop.
         for v in values {
             if v.is_nan() {
-                s.nan += 1;
+                s.nan = s.nan.wrapping_add(1);
                 continue;
             }
             if v.is_infinite() {
-                s.inf += 1;
+                s.inf = s.inf.wrapping_add(1);
                 continue;
             }
             min = min.min(v);
@@ -136,7 +138,7 @@ impl TensorStats {
             let d = f64::from(v) - k;
             sum += d;
             sumsq += d * d;
-            s.count += 1;
+            s.count = s.count.wrapping_add(1);
         }
         if s.count > 0 {
             let n = s.count as f64;
@@ -191,7 +193,7 @@ impl TensorFile {
         // Work on an entry's first sight counts as fresh, up to the entry's size; the rest repeats.
         let charge = |n: u64| {
             let fresh = if first { n.min(entry_len) } else { 0 };
-            self.charge(name, fresh, n - fresh)
+            self.charge(name, fresh, n.saturating_sub(fresh))
         };
         if matches!(loc.layout, Layout::C) && !loc.byteswap && !shared {
             charge(decoded_cost(loc, span))?;
@@ -339,7 +341,7 @@ impl View<'_> {
                     e.reverse();
                 }
             }
-            if chunk.len() + elem > STATS_CHUNK {
+            if chunk.len().saturating_add(elem) > STATS_CHUNK {
                 total = total.merge(TensorStats::of_bytes(self.dtype, &chunk));
                 chunk.clear();
             }
@@ -348,7 +350,8 @@ impl View<'_> {
                 let (Some(i), Some(&d)) = (index.get_mut(axis), self.shape.get(axis)) else {
                     break;
                 };
-                *i += 1;
+                // `*i` is below `d` here, so the increment cannot overflow.
+                *i = i.saturating_add(1);
                 if *i < d {
                     break;
                 }
@@ -392,10 +395,11 @@ fn stats_f32(bytes: &[u8]) -> TensorStats {
     let mut buf = vec![0f32; FAST_BLOCK];
     let mut total = TensorStats::EMPTY;
     for block in bytes.chunks(FAST_BLOCK * 4) {
-        let mut n = 0;
+        let mut n = 0usize;
         for (dst, src) in buf.iter_mut().zip(block.chunks_exact(4)) {
             *dst = f32::from_le_bytes(src.try_into().unwrap_or([0; 4]));
-            n += 1;
+            // At most `FAST_BLOCK`, the length of `buf`.
+            n = n.wrapping_add(1);
         }
         total = total.merge(stats_f32_block(buf.get(..n).unwrap_or_default()));
     }
@@ -437,20 +441,21 @@ fn stats_f32_block(values: &[f32]) -> TensorStats {
         let Ok(v) = <&[f32; LANES]>::try_from(c) else {
             continue;
         };
-        for lane in 0..LANES {
-            sum[lane] += v[lane] - shift;
+        for (acc, &x) in sum.iter_mut().zip(v) {
+            *acc += x - shift;
         }
     }
     for c in chunks {
         let Ok(v) = <&[f32; LANES]>::try_from(c) else {
             continue;
         };
-        for lane in 0..LANES {
-            let d = v[lane] - shift;
-            sumsq[lane] += d * d;
+        for (acc, &x) in sumsq.iter_mut().zip(v) {
+            let d = x - shift;
+            *acc += d * d;
         }
     }
-    let whole = values.len() - tail.len();
+    // The tail is the remainder of `values`, never longer.
+    let whole = values.len().saturating_sub(tail.len());
     let mut s = TensorStats::EMPTY;
     if whole > 0 {
         let sum: f64 = sum.iter().map(|&v| f64::from(v)).sum();

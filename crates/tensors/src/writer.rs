@@ -242,7 +242,8 @@ impl Writer {
                 tensor: spec.name.clone(),
                 expected: format!(
                     "at most {} more bytes ({} {:?})",
-                    size - self.part,
+                    // `part` never passes `size`: a write past it is refused here.
+                    size.saturating_sub(self.part),
                     spec.dtype,
                     spec.shape
                 ),
@@ -279,12 +280,14 @@ impl Writer {
             }
         }
         self.written = self.written.saturating_add(data.len() as u64);
-        if self.written - self.writeback_at >= WRITEBACK_EVERY {
+        // `writeback_at` is a value `written` held before, and `written` only grows.
+        if self.written.saturating_sub(self.writeback_at) >= WRITEBACK_EVERY {
             self.writeback_at = self.written;
             start_writeback(self.temp.as_file());
         }
         if after == size {
-            self.next += 1;
+            // A tensor index, below the number of announced specs.
+            self.next = self.next.saturating_add(1);
             self.part = 0;
             self.entry_open = false;
         } else {

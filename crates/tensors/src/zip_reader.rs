@@ -142,42 +142,46 @@ fn find_end_record(path: &Path, file: &File, file_len: u64) -> Result<(u64, Vec<
         });
     }
     let tail_len = file_len.min(MAX_TAIL);
-    let tail_start = file_len - tail_len;
+    // The offsets below are positions within the tail, at most `MAX_TAIL` (and the tail ends at
+    // `file_len`), so none of the saturating forms ever saturates.
+    let tail_start = file_len.saturating_sub(tail_len);
     let tail = read_at(path, file, tail_start, tail_len)?;
     let sig = END_SIG.to_le_bytes();
     // The candidate nearest the end, for the error when none fits.
-    let mut nearest: Option<(usize, u64)> = None;
+    let mut nearest: Option<(u64, u64)> = None;
     let last = tail.len().saturating_sub(END_LEN as usize);
     for i in (0..=last).rev() {
-        if tail.get(i..i + 4) != Some(&sig[..]) {
+        let Some(candidate) = tail.get(i..).filter(|c| c.starts_with(&sig)) else {
             continue;
-        }
-        let comment = tail
-            .get(i + 20..i + 22)
-            .map_or(0, |b| u64::from(u16::from_le_bytes([b[0], b[1]])));
-        let end = (i as u64) + END_LEN + comment;
+        };
+        let comment = candidate
+            .get(20..22)
+            .and_then(|b| <[u8; 2]>::try_from(b).ok())
+            .map_or(0, |b| u64::from(u16::from_le_bytes(b)));
+        let i = i as u64;
+        let end = i.saturating_add(END_LEN).saturating_add(comment);
         if end == tail_len {
-            let record = tail
-                .get(i..i + END_LEN as usize)
+            let record = candidate
+                .get(..END_LEN as usize)
                 .unwrap_or_default()
                 .to_vec();
-            return Ok((tail_start + i as u64, record));
+            return Ok((tail_start.saturating_add(i), record));
         }
         nearest.get_or_insert((i, end));
     }
     match nearest {
         Some((i, end)) if end < tail_len => Err(Error::ZipTrailingData {
             path: path.to_path_buf(),
-            offset: tail_start + i as u64,
-            trailing: tail_len - end,
+            offset: tail_start.saturating_add(i),
+            trailing: tail_len.saturating_sub(end),
         }),
         Some((i, end)) => Err(Error::ZipShortRecord {
             path: path.to_path_buf(),
             member: String::new(),
             record: "end record and its comment",
-            offset: tail_start + i as u64,
-            expected: end - i as u64,
-            found: tail_len - i as u64,
+            offset: tail_start.saturating_add(i),
+            expected: end.saturating_sub(i),
+            found: tail_len.saturating_sub(i),
         }),
         None => Err(Error::ZipNoEndRecord {
             path: path.to_path_buf(),
@@ -363,15 +367,19 @@ fn parse_central(path: &Path, f: &mut Fields, at: u64) -> Result<Central> {
     let _external = h.u32();
     let offset32 = h.u32().unwrap_or(0);
 
-    let variable = name_len + extra_len + comment_len;
+    // Three 16-bit lengths, and what is left of a directory held in memory: no sum here can
+    // come near `usize::MAX`.
+    let variable = name_len
+        .saturating_add(extra_len)
+        .saturating_add(comment_len);
     let left = f.left();
     let short_variable = Error::ZipShortRecord {
         path: path.to_path_buf(),
         member: String::new(),
         record: "central directory entry",
         offset: at,
-        expected: (CENTRAL_LEN + variable) as u64,
-        found: (CENTRAL_LEN + left) as u64,
+        expected: CENTRAL_LEN.saturating_add(variable) as u64,
+        found: CENTRAL_LEN.saturating_add(left) as u64,
     };
     let (Some(raw_name), Some(extra), Some(_comment)) =
         (f.take(name_len), f.take(extra_len), f.take(comment_len))
@@ -595,7 +603,8 @@ fn local_data_start(
     c: &Central,
 ) -> Result<u64> {
     let at = c.local_offset;
-    let header_len = LOCAL_LEN + c.raw_name.len() as u64;
+    // The name's length came from a 16-bit field.
+    let header_len = LOCAL_LEN.saturating_add(c.raw_name.len() as u64);
     if at >= directory_offset || at.saturating_add(header_len) > file_len {
         return Err(Error::ZipOffsetPastEnd {
             path: path.to_path_buf(),
@@ -624,10 +633,12 @@ fn local_data_start(
     let name_len = u64::from(g.u16().unwrap_or(0));
     let extra_len = u64::from(g.u16().unwrap_or(0));
     let local_name = header.get(LOCAL_LEN as usize..).unwrap_or_default();
+    // The header, `LOCAL_LEN` bytes and the name, was checked above to lie inside the file.
+    let name_at = at.saturating_add(LOCAL_LEN);
     if name_len != c.raw_name.len() as u64 || local_name != c.raw_name.as_slice() {
         // Read the local name itself for the message, within the file.
-        let shown_len = name_len.min(file_len.saturating_sub(at + LOCAL_LEN));
-        let shown = read_at(path, file, at + LOCAL_LEN, shown_len)?;
+        let shown_len = name_len.min(file_len.saturating_sub(name_at));
+        let shown = read_at(path, file, name_at, shown_len)?;
         return Err(Error::ZipLocalName {
             path: path.to_path_buf(),
             member: c.name.clone(),
@@ -635,5 +646,7 @@ fn local_data_start(
             offset: at,
         });
     }
-    Ok(at + LOCAL_LEN + name_len + extra_len)
+    // The name ends inside the file (checked above) and the extra field is shorter than 2^16
+    // bytes, so the sum stays within a file's length plus 64 KiB.
+    Ok(name_at.saturating_add(name_len).saturating_add(extra_len))
 }

@@ -108,21 +108,32 @@ impl<W: Write + Seek> ZipStream<W> {
             extra.extend_from_slice(&size.to_le_bytes());
         }
         if align > 1 {
-            // The padding record itself takes 4 bytes of id and length before its filler.
-            let unpadded =
-                self.pos + LOCAL_HEADER_LEN + u64::from(name_len) + extra.len() as u64 + 4;
-            let pad = (align - unpadded % align) % align;
+            // The padding record itself takes 4 bytes of id and length before its filler. `pos`
+            // counts bytes written, so these sums stay far below `u64::MAX`.
+            let unpadded = self
+                .pos
+                .saturating_add(LOCAL_HEADER_LEN)
+                .saturating_add(u64::from(name_len))
+                .saturating_add(extra.len() as u64)
+                .saturating_add(4);
+            // `align` is above 1 here, so neither remainder is ever `None`.
+            let rem = unpadded.checked_rem(align).unwrap_or(0);
+            let pad = align.saturating_sub(rem).checked_rem(align).unwrap_or(0);
             let pad16 = u16::try_from(pad).map_err(|_| invalid("alignment too large".into()))?;
             extra.extend_from_slice(&PADDING_EXTRA_ID.to_le_bytes());
             extra.extend_from_slice(&pad16.to_le_bytes());
-            extra.resize(extra.len() + usize::from(pad16), b'Z');
+            extra.resize(extra.len().saturating_add(usize::from(pad16)), b'Z');
         }
         let extra_len =
             u16::try_from(extra.len()).map_err(|_| invalid("extra field too long".into()))?;
         let header_offset = self.pos;
         let flags = if name.is_ascii() { 0 } else { FLAG_UTF8 };
         let size32 = if zip64 { U32_LIMIT as u32 } else { size as u32 };
-        let mut h = Vec::with_capacity(LOCAL_HEADER_LEN as usize + name.len() + extra.len());
+        let mut h = Vec::with_capacity(
+            (LOCAL_HEADER_LEN as usize)
+                .saturating_add(name.len())
+                .saturating_add(extra.len()),
+        );
         h.extend_from_slice(&LOCAL_SIG.to_le_bytes());
         h.extend_from_slice(&(if zip64 { VERSION_ZIP64 } else { VERSION_PLAIN }).to_le_bytes());
         h.extend_from_slice(&flags.to_le_bytes());
@@ -178,8 +189,9 @@ impl<W: Write + Seek> ZipStream<W> {
             )));
         }
         let crc = cur.crc.sum();
-        self.out
-            .seek(SeekFrom::Start(cur.header_offset + LOCAL_CRC_OFFSET))?;
+        self.out.seek(SeekFrom::Start(
+            cur.header_offset.saturating_add(LOCAL_CRC_OFFSET),
+        ))?;
         self.out.write_all(&crc.to_le_bytes())?;
         self.out.seek(SeekFrom::Start(self.pos))?;
         self.done.push(Finished {
@@ -235,7 +247,11 @@ impl<W: Write + Seek> ZipStream<W> {
             } else {
                 e.header_offset as u32
             };
-            let mut h = Vec::with_capacity(46 + e.name.len() + extra.len());
+            let mut h = Vec::with_capacity(
+                46usize
+                    .saturating_add(e.name.len())
+                    .saturating_add(extra.len()),
+            );
             h.extend_from_slice(&CENTRAL_SIG.to_le_bytes());
             h.extend_from_slice(&VERSION_ZIP64.to_le_bytes()); // made by
             h.extend_from_slice(&version.to_le_bytes()); // needed
@@ -257,7 +273,8 @@ impl<W: Write + Seek> ZipStream<W> {
             h.extend_from_slice(&extra);
             self.put(&h)?;
         }
-        let cd_size = self.pos - cd_offset;
+        // `cd_offset` is where `pos` stood before the directory was written.
+        let cd_size = self.pos.saturating_sub(cd_offset);
         let count = done.len() as u64;
         let need64 = self.force_zip64
             || count >= U16_LIMIT
