@@ -8,7 +8,9 @@
 #   1. points LD_LIBRARY_PATH at the system torch's libtorch and asks the binary whether
 #      it sees CUDA (device "auto" in a verify report);
 #   2. converts every golden case to every layout that holds it and verifies each on
-#      CUDA (falling back to the CPU when there is no GPU), JSON reports to $OUT/json;
+#      CUDA (falling back to the CPU when there is no GPU), JSON reports to $OUT/json: the
+#      vision_transformer cases, the big_vision ViTs, and the SigLIP two-tower models (image
+#      and text embeddings and logits_per_image, on the golden images and token ids);
 #   3. builds random-valued ViT-L/32 and ViT-H/14 .npz files with the published shapes
 #      (fixtures/shapes), converts them to timm, and verifies them on CUDA and CPU in f32
 #      and bf16, recording the time per forward and the drift, and times their conversion
@@ -91,7 +93,7 @@ verify() {
   timeout "$limit" "$BIN" verify "$src" "$conv" --device "$device" --dtype "$dtype" --json "$@" >"$json" 2>"$OUT/logs/$name.err"
   local rc=$?
   printf '%s\t%s\t%s\trc=%s pass=%s judged=%s\t%s\t%s\t%s\t%s\n' "$name" "$(field "$json" device)" "$dtype" "$rc" \
-    "$(field "$json" pass)" "$(field "$json" judged)" "$(field "$json" logits.max_abs_diff)" \
+    "$(field "$json" pass)" "$(field "$json" judged)" "$(l=$(field "$json" logits.max_abs_diff); [ "$l" = - ] && l=$(field "$json" two_tower.logits_per_image.max_abs_diff); echo "$l")" \
     "$(field "$json" features.max_abs_diff)" "$(field "$json" reference_ms)" "$(field "$json" target_ms)" >>"$ROWS"
   if [ "$rc" -ne 0 ] && [ "$rc" -ne 1 ]; then
     say "  $name: exit $rc: $(head -c 300 "$OUT/logs/$name.err")"
@@ -127,6 +129,25 @@ golden hybrid-r2 timm hybrid-r2/checkpoint.npz hybrid-r2/input.npy hybrid-r2/log
 golden hybrid-root timm hybrid-root/checkpoint.npz hybrid-root/input.npy hybrid-root/logits.npy
 golden bf16-weights timm vit-token-variants/bfloat16.npz vit-token/input.npy vit-token-variants/bfloat16_logits.npy
 golden opt-target hf vit-token-variants/opt-target-prefix.npz vit-token/input.npy vit-token/logits.npy
+golden bv-tok-scan timm big_vision/bv-vit-tok-scan/checkpoint.npz big_vision/bv-vit-tok-scan/input.npy big_vision/bv-vit-tok-scan/logits.npy
+# pre_logits (rep_size) has no place in timm: the MAP features, after the checkpoint's encoder, as a feature extractor.
+golden bv-map-scan timm big_vision/bv-vit-map-scan/checkpoint.npz big_vision/bv-vit-map-scan/input.npy "" --drop-head
+golden bv-gap-sincos hf big_vision/bv-vit-gap-sincos/checkpoint.npz big_vision/bv-vit-gap-sincos/input.npy big_vision/bv-vit-gap-sincos/logits.npy --image-size 32
+
+# SigLIP two-tower models: both towers and the logits, on the golden images and token ids (folders).
+siglip() {
+  local case=$1 layout=$2
+  local src="fixtures/big_vision/$case/checkpoint.npz" out="$WORK/$case-$layout"
+  if convert "$src" "$out" "$layout"; then
+    verify "golden-$case-$layout" "$src" "$out" "$MAIN_DEVICE" f32 \
+      --input "fixtures/big_vision/$case/input.npy" --text-ids "fixtures/big_vision/$case/text.npy"
+  else
+    printf '%s\t-\t-\tCONVERT FAILED\n' "golden-$case-$layout" >>"$ROWS"
+  fi
+}
+siglip siglip-tiny open_clip
+siglip siglip-nohead open_clip
+siglip siglip-nohead hf
 
 say ""
 say "== full-size random-valued models (published shapes), timm layout =="
