@@ -51,9 +51,9 @@ def run_convert(src, out, layout, *args):
     return subprocess.run(cmd, capture_output=True, text=True)
 
 
-def convert(tmp_path, case, layout, name, *args, variant=None):
+def convert(tmp_path, case, layout, name, *args, variant=None, source_path=None):
     out = tmp_path / name
-    run = run_convert(source(case, variant), out, layout, *args)
+    run = run_convert(source_path or source(case, variant), out, layout, *args)
     assert run.returncode == 0, run.stderr
     return out, run.stdout
 

@@ -196,3 +196,103 @@ def test_tokenizer_refusals(tmp_path):
     run = run_convert(source("siglip-nohead"), tmp_path / "img", "timm", "--tower", "image",
                       "--tokenizer", str(model_file))
     assert run.returncode == 2 and "--tokenizer" in run.stderr
+
+
+def write_b32_256_two_tower(path):
+    """A random two-tower checkpoint whose image tower has the sizes of timm's registered, tanh-GELU
+    vit_base_patch32_siglip_256 (SigLIP 2 B/32 at 256 px), with a small text tower, in big_vision's scan
+    format. Kernels get std 1/sqrt(fan_in) so that activations stay of order one."""
+    rng = np.random.default_rng(1)
+    arrays = {}
+
+    def put(key, *shape, fan_in=None):
+        a = rng.standard_normal(shape, dtype=np.float32)
+        if key.endswith("/scale"):
+            a = 1.0 + 0.02 * a
+        else:
+            a *= np.float32(1.0 / np.sqrt(fan_in) if fan_in else 0.02)
+        arrays[f"params/{key}"] = a
+
+    def tower(prefix, enc, depth, d, heads, mlp):
+        blk = f"{prefix}{enc}encoderblock/"
+        for ln in ["LayerNorm_0", "LayerNorm_1"]:
+            put(blk + ln + "/scale", depth, d)
+            put(blk + ln + "/bias", depth, d)
+        for p in ["query", "key", "value"]:
+            put(f"{blk}MultiHeadDotProductAttention_0/{p}/kernel", depth, d, heads, d // heads, fan_in=d)
+            put(f"{blk}MultiHeadDotProductAttention_0/{p}/bias", depth, heads, d // heads)
+        put(f"{blk}MultiHeadDotProductAttention_0/out/kernel", depth, heads, d // heads, d, fan_in=d)
+        put(f"{blk}MultiHeadDotProductAttention_0/out/bias", depth, d)
+        put(f"{blk}MlpBlock_0/Dense_0/kernel", depth, d, mlp, fan_in=d)
+        put(f"{blk}MlpBlock_0/Dense_0/bias", depth, mlp)
+        put(f"{blk}MlpBlock_0/Dense_1/kernel", depth, mlp, d, fan_in=mlp)
+        put(f"{blk}MlpBlock_0/Dense_1/bias", depth, d)
+        put(f"{prefix}{enc}encoder_norm/scale", d)
+        put(f"{prefix}{enc}encoder_norm/bias", d)
+
+    d, mlp = 768, 3072
+    put("img/embedding/kernel", 32, 32, 3, d, fan_in=32 * 32 * 3)
+    put("img/embedding/bias", d)
+    put("img/pos_embedding", 1, 64, d)
+    tower("img/", "Transformer/", 12, d, 12, mlp)
+    m = "img/MAPHead_0/"
+    put(m + "probe", 1, 1, d)
+    for p in ["query", "key", "value"]:
+        put(f"{m}MultiHeadDotProductAttention_0/{p}/kernel", d, 12, 64, fan_in=d)
+        put(f"{m}MultiHeadDotProductAttention_0/{p}/bias", 12, 64)
+    put(f"{m}MultiHeadDotProductAttention_0/out/kernel", 12, 64, d, fan_in=d)
+    put(f"{m}MultiHeadDotProductAttention_0/out/bias", d)
+    put(m + "LayerNorm_0/scale", d)
+    put(m + "LayerNorm_0/bias", d)
+    put(m + "MlpBlock_0/Dense_0/kernel", d, mlp, fan_in=d)
+    put(m + "MlpBlock_0/Dense_0/bias", mlp)
+    put(m + "MlpBlock_0/Dense_1/kernel", mlp, d, fan_in=mlp)
+    put(m + "MlpBlock_0/Dense_1/bias", d)
+    put("txt/Embed_0/embedding", 100, 64)
+    put("txt/pos_embedding", 1, 8, 64)
+    tower("txt/", "Encoder_0/", 1, 64, 4, 128)
+    put("txt/head/kernel", 64, d, fan_in=64)
+    put("txt/head/bias", d)
+    put("t", 1)
+    put("b", 1)
+    np.savez(path, **arrays)
+
+
+def test_open_clip_names_a_registered_tanh_tower_and_the_folder_moves(tmp_path):
+    """An image tower of the exact sizes of a registered tanh-GELU timm tower (SigLIP 2 B/32-256) is named by
+    that name: the folder loads after it is moved, and the registered model is the one the recorded kwargs
+    describe, giving the same features."""
+    import shutil
+
+    import open_clip
+    import timm
+    from safetensors import safe_open
+    from timm.models.vision_transformer import VisionTransformer
+
+    src = tmp_path / "b32.npz"
+    write_b32_256_two_tower(src)
+    out, report = convert(tmp_path, None, "open_clip", "oc", source_path=src)
+    cfg = json.loads((out / "open_clip_config.json").read_text())
+    assert cfg["model_cfg"]["vision_cfg"]["timm_model_name"] == "vit_base_patch32_siglip_256"
+    assert not (out / "image_tower").exists() and "vitconv" not in cfg
+    assert "the folder can be moved" in report
+    moved = tmp_path / "elsewhere" / "oc"
+    moved.parent.mkdir()
+    shutil.move(str(out), str(moved))
+    model, _ = open_clip_model(moved)
+    x = torch.from_numpy(np.random.default_rng(2).uniform(-1, 1, (2, 3, 256, 256)).astype(np.float32))
+    got = model.encode_image(x)
+    # The tower the recorded kwargs describe (what image_tower/config.json would hold), with the same weights.
+    with safe_open(moved / "open_clip_model.safetensors", "pt") as f:
+        kwargs = json.loads(f.metadata()["vitconv.timm_kwargs"])
+        trunk = {k.removeprefix("visual.trunk."): f.get_tensor(k) for k in f.keys() if k.startswith("visual.trunk.")}
+    assert kwargs["act_layer"] == "gelu_tanh"
+    ref = VisionTransformer(**{**kwargs, "num_classes": 0}).eval()
+    ref.load_state_dict(trunk)
+    want = ref(x)
+    assert got.shape == want.shape == (2, 768)
+    diff = (got - want).abs().max().item()
+    assert diff < 1e-6, diff
+    # And the registered tower is built with the tanh GELU (open_clip's own SigLIP 1 entries are erf).
+    assert type(model.visual.trunk.blocks[0].mlp.act).__name__ == "GELUTanh"
+    del timm

@@ -61,6 +61,37 @@ pub const LOGIT_SCALE: &str = "logit_scale";
 /// `CustomTextCLIP`'s logit bias, a 0-dim parameter.
 pub const LOGIT_BIAS: &str = "logit_bias";
 
+/// timm's registered SigLIP image towers that declare the tanh GELU (the SigLIP 2 sizes), as (name, patch,
+/// width, depth, heads, MLP width, resolution), read from timm 1.0.31 `vision_transformer.py` and checked
+/// against the models it builds (LayerNorm eps 1e-6, `global_pool='map'`, no class token). A tower of exactly
+/// these sizes is named by its registered name, which open_clip resolves wherever the folder is.
+const REGISTERED_TANH: &[(&str, usize, usize, usize, usize, usize, usize)] = &[
+    ("vit_base_patch32_siglip_256", 32, 768, 12, 12, 3072, 256),
+    ("vit_large_patch16_siglip_512", 16, 1024, 24, 16, 4096, 512),
+    ("vit_so400m_patch16_siglip_256", 16, 1152, 27, 16, 4304, 256),
+    ("vit_so400m_patch16_siglip_384", 16, 1152, 27, 16, 4304, 384),
+    ("vit_so400m_patch16_siglip_512", 16, 1152, 27, 16, 4304, 512),
+    ("vit_giantopt_patch16_siglip_256", 16, 1536, 40, 16, 6144, 256),
+    ("vit_giantopt_patch16_siglip_384", 16, 1536, 40, 16, 6144, 384),
+];
+
+/// The registered tanh-GELU timm tower with the image tower's sizes, if there is one.
+fn registered_tower(prep: &Prepared<'_>) -> Option<&'static str> {
+    let a = prep.arch();
+    let exact = a.classifier == Classifier::Map
+        && a.in_chans == 3
+        && prep.opts.gelu == Gelu::Tanh
+        && a.heads.is_some();
+    REGISTERED_TANH
+        .iter()
+        .find(|r| {
+            exact
+                && (r.1, r.2, r.3, Some(r.4), r.5, r.6)
+                    == (a.patch, a.hidden, a.depth, a.heads, a.mlp, prep.image_size)
+        })
+        .map(|r| r.0)
+}
+
 /// The `tokenizer_kwargs` open_clip's own SigLIP configs give `HFTokenizer` (lower case, no punctuation).
 const CLEAN: &str = "canonicalize";
 
@@ -151,7 +182,13 @@ pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Res
         };
     }
     let bias = model.logit.as_ref().and_then(|l| l.bias.as_ref());
-    let image_tower = format!("local-dir:{OUTPUT_DIR_TOKEN}/{IMAGE_TOWER}");
+    // A registered tanh tower of these sizes keeps the folder relocatable; otherwise timm builds the tower
+    // from the folder's own `image_tower/config.json`, which open_clip can only name by an absolute path.
+    let registered = registered_tower(&prep);
+    let image_tower = match registered {
+        Some(name) => name.to_string(),
+        None => format!("local-dir:{OUTPUT_DIR_TOKEN}/{IMAGE_TOWER}"),
+    };
     let relocate = format!(
         "python -c \"import json,pathlib,sys; d=pathlib.Path(sys.argv[1]).resolve(); f=d/'{CONFIG_FILE}'; c=json.loads(f.read_text()); c['model_cfg']['vision_cfg']['timm_model_name']='local-dir:'+str(d/'{IMAGE_TOWER}'); f.write_text(json.dumps(c, indent=2))\" NEW_FOLDER"
     );
@@ -179,29 +216,44 @@ pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Res
             "interpolation": "bilinear",
             "resize_mode": "squash",
         },
-        "vitconv": {
-            "note": "timm_model_name is this folder's absolute path at conversion time (open_clip resolves it from the current directory); after moving the folder, run `relocate`",
-            "relocate": relocate,
-        },
     });
-    prep.notes.push(format!(
-        "the image tower is timm's VisionTransformer under visual.trunk., built from {IMAGE_TOWER}/config.json (act_layer gelu_tanh: open_clip's registered SigLIP towers use the erf GELU); {CONFIG_FILE} names that folder by its absolute path, so after moving OUT run: {relocate}"
-    ));
+    let mut cfg = cfg;
+    let mut side = vec![];
+    match registered {
+        Some(name) => prep.notes.push(format!(
+            "the image tower is timm's registered {name} (act_layer gelu_tanh, these exact sizes) under visual.trunk.; the folder can be moved"
+        )),
+        None => {
+            if let Value::Object(c) = &mut cfg {
+                c.insert(
+                    "vitconv".into(),
+                    json!({
+                        "note": "timm_model_name is this folder's absolute path at conversion time (open_clip resolves it from the current directory); after moving the folder, run `relocate`",
+                        "relocate": relocate,
+                    }),
+                );
+            }
+            prep.notes.push(format!(
+                "the image tower is timm's VisionTransformer under visual.trunk., built from {IMAGE_TOWER}/config.json (act_layer gelu_tanh: no registered timm tower of these sizes declares the tanh GELU); {CONFIG_FILE} names that folder by its absolute path, so after moving OUT run: {relocate}"
+            ));
+            side.push(SideFile {
+                name: format!("{IMAGE_TOWER}/{}", timm::FOLDER_CONFIG),
+                contents: image_config,
+            });
+        }
+    }
     if bias.is_none() {
         prep.notes.push(
             "init_logit_bias is set so that open_clip builds logit_bias, written as 0".to_string(),
         );
     }
-    let mut side = vec![
+    side.insert(
+        0,
         SideFile {
             name: CONFIG_FILE.to_string(),
             contents: pretty(&cfg),
         },
-        SideFile {
-            name: format!("{IMAGE_TOWER}/{}", timm::FOLDER_CONFIG),
-            contents: image_config,
-        },
-    ];
+    );
     let mut copied = Vec::new();
     let python = match &prep.tokenizer {
         Some(sp) => {
