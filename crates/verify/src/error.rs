@@ -117,7 +117,7 @@ pub enum Error {
     },
 
     /// The converted path cannot be the layout asked for (by `--layout` or the file's own metadata).
-    #[error("{}: not a {layout} conversion: {holds}; give the layout it holds with --layout, or leave --layout out", path.display())]
+    #[error("{}: the {layout} layout does not fit: {holds}; give the layout it holds with --layout, or leave --layout out", path.display())]
     LayoutMismatch {
         /// The converted file or folder.
         path: PathBuf,
