@@ -1,17 +1,24 @@
 //! The verify crate's one error type: everything that stops a comparison before it can judge.
 //!
 //! A finished comparison that finds the outputs apart is not an error: it is a
-//! [`crate::Report`] whose `pass` is false. Every variant here means bad input
-//! (exit 2 in the CLI): a file that cannot be read, a model that cannot be run,
-//! or two files that do not describe the same architecture.
+//! [`crate::Report`] whose `pass` is false. Every variant here but one means bad input
+//! (exit 2 in the CLI): a file that cannot be read, a model that cannot be run, an option
+//! that cannot be honoured, or two files that do not describe the same architecture;
+//! [`Error::UnexpectedShape`] is a broken invariant of the forwards (a bug). Each variant
+//! carries the path, option or value at fault and its message says what to give instead.
+//!
+//! Messages never repeat the text of their `#[source]`: a caller that shows the whole chain
+//! (as `vitconv`'s `main` does) prints each cause once.
 
 use std::path::PathBuf;
 
 /// Why a verification could not run.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
-    /// The tensor-file layer refused the file (missing, truncated, disallowed pickle global...).
-    #[error("{0}")]
+    /// The tensor-file layer refused the file (missing, truncated, disallowed pickle global...);
+    /// its message names the file.
+    #[error(transparent)]
     Tensors(#[from] vitconv_tensors::Error),
 
     /// A file the model needs is absent.
@@ -91,13 +98,138 @@ pub enum Error {
         reason: String,
     },
 
-    /// A user request that cannot be honoured (a device, dtype, size or input file).
-    #[error("{0}")]
-    BadRequest(String),
+    /// A `--device` that names no device kind verify runs on.
+    #[error("--device {device}: expected auto, cpu, cuda or cuda:N")]
+    UnknownDevice {
+        /// The name given.
+        device: String,
+    },
+
+    /// A CUDA `--device` that libtorch does not see.
+    #[error("--device {device}: {}", cuda_unavailable(*index, *count))]
+    CudaUnavailable {
+        /// The name given (`cuda`, `cuda:N`).
+        device: String,
+        /// The CUDA device asked for (0 for `cuda`).
+        index: usize,
+        /// How many CUDA devices libtorch sees (0 without a GPU, a driver or a CUDA libtorch).
+        count: usize,
+    },
+
+    /// The converted path cannot be the layout asked for (by `--layout` or the file's own metadata).
+    #[error("{}: the {layout} layout does not fit: {holds}; give the layout it holds with --layout, or leave --layout out", path.display())]
+    LayoutMismatch {
+        /// The converted file or folder.
+        path: PathBuf,
+        /// The layout asked for.
+        layout: &'static str,
+        /// What the path is, and which layouts such a path holds.
+        holds: &'static str,
+    },
+
+    /// An array given as input (`--input` pixels, `--expect` logits) with another shape than the run needs.
+    #[error("{option} {}: the array has shape {found:?}, expected {expected}", path.display())]
+    InputShape {
+        /// The option that named the file.
+        option: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The shape the run needs, by meaning (`NHWC [batch, 224, 224, 3] ...`).
+        expected: String,
+        /// The array's shape in the file.
+        found: Vec<usize>,
+    },
+
+    /// An `--images` directory without a single image in it.
+    #[error("--images {}: no .png, .jpg or .jpeg files; give a directory of PNG or JPEG images", dir.display())]
+    NoImages {
+        /// The directory.
+        dir: PathBuf,
+    },
+
+    /// The `--image-size` that `--images` are resized to is not the square the model runs at.
+    #[error("{}", images_size(*width, *height, *model))]
+    ImagesSize {
+        /// The width asked for.
+        width: usize,
+        /// The height asked for.
+        height: usize,
+        /// The side of the square the converted model runs at.
+        model: usize,
+    },
+
+    /// A count option (`--batch`, `--text-batch`) outside the range verify runs.
+    #[error("{option} must be 1..={max}, got {value}")]
+    CountOutOfRange {
+        /// The option.
+        option: &'static str,
+        /// The count given.
+        value: usize,
+        /// The largest count allowed.
+        max: usize,
+    },
+
+    /// An `--eos-id` that is not a token id of the text tower.
+    #[error("--eos-id {eos_id}: the text tower's vocabulary is 0..{vocab}; give an id in it (big_vision's EOS is 1)")]
+    EosIdOutOfVocab {
+        /// The id given.
+        eos_id: i64,
+        /// The text tower's vocabulary size.
+        vocab: usize,
+    },
+
+    /// An option that has nothing to act on in this comparison.
+    #[error("{option} does not apply: {why}; leave {option} out")]
+    NotApplicable {
+        /// The option.
+        option: &'static str,
+        /// Why this comparison has nothing for it.
+        why: &'static str,
+    },
+
+    /// A size computation overflowed: the sizes are too large for libtorch (i64 dimensions) or memory.
+    #[error("{what}: {dims:?} overflows the sizes libtorch takes; give smaller inputs")]
+    Overflow {
+        /// What the sizes size.
+        what: &'static str,
+        /// The sizes that overflowed.
+        dims: Vec<usize>,
+    },
+
+    /// libtorch handed back a tensor of a shape the forward's own operations cannot produce.
+    #[error("{what}: libtorch returned shape {found:?}, expected {expected} (a bug in vitconv; please report it)")]
+    UnexpectedShape {
+        /// The tensor, by its place in the forward.
+        what: &'static str,
+        /// The shape the forward expects, by meaning (`[B, N, D]`).
+        expected: &'static str,
+        /// The shape libtorch returned.
+        found: Vec<i64>,
+    },
 
     /// libtorch refused an operation (out of memory, a device that is not there...).
-    #[error("libtorch: {0}")]
+    #[error("libtorch refused an operation")]
     Torch(#[from] tch::TchError),
+}
+
+/// What [`Error::CudaUnavailable`] says about the devices there are.
+fn cuda_unavailable(index: usize, count: usize) -> String {
+    match count {
+        0 => "libtorch sees no CUDA device (no GPU, no driver, or a CPU-only libtorch); use --device cpu".into(),
+        n => format!(
+            "libtorch sees {n} CUDA device(s), cuda:0 to cuda:{}, not cuda:{index}; give one of them",
+            n - 1
+        ),
+    }
+}
+
+/// What [`Error::ImagesSize`] says.
+fn images_size(width: usize, height: usize, model: usize) -> String {
+    if width == height {
+        format!("--image-size {width}: the model's position embedding is for {model}x{model} inputs; give --image-size {model}, or convert with --image-size {width} to run at {width}")
+    } else {
+        format!("--image-size {width}x{height} is not square: the models take square {model}x{model} inputs; give --image-size {model}")
+    }
 }
 
 /// The crate's result type.

@@ -40,15 +40,20 @@ pub fn load(source: &InputSource, image_size: usize) -> Result<Tensor> {
 
 fn random(batch: usize, seed: u64, s: usize) -> Result<Tensor> {
     if batch == 0 || batch > MAX_BATCH {
-        return Err(Error::BadRequest(format!(
-            "--batch must be 1..={MAX_BATCH}, got {batch}"
-        )));
+        return Err(Error::CountOutOfRange {
+            option: "--batch",
+            value: batch,
+            max: MAX_BATCH,
+        });
     }
     let n = batch
         .checked_mul(s)
         .and_then(|v| v.checked_mul(s))
         .and_then(|v| v.checked_mul(3))
-        .ok_or_else(|| Error::BadRequest("batch x image size overflows".into()))?;
+        .ok_or_else(|| Error::Overflow {
+            what: "the random images [batch, size, size, 3]",
+            dims: vec![batch, s, s, 3],
+        })?;
     let mut state = seed;
     let values: Vec<f32> = (0..n)
         .map(|_| {
@@ -84,14 +89,18 @@ fn npy(path: &Path, s: usize) -> Result<Tensor> {
     match info.shape.as_slice() {
         [b, h, w, 3] if *h == s && *w == s && *b > 0 => {}
         other => {
-            return Err(Error::BadRequest(format!(
-            "{}: input has shape {other:?}; the model takes NHWC [batch, {s}, {s}, 3] in [-1, 1]",
-            path.display()
-        )))
+            return Err(Error::InputShape {
+                option: "--input",
+                path: path.to_path_buf(),
+                expected: format!("NHWC [batch, {s}, {s}, 3], batch >= 1, pixels in [-1, 1]"),
+                found: other.to_vec(),
+            })
         }
     }
-    let dims = to_i64_dims(&info.shape)
-        .ok_or_else(|| Error::BadRequest("input shape too large".into()))?;
+    let dims = to_i64_dims(&info.shape).ok_or_else(|| Error::Overflow {
+        what: "the --input array's shape",
+        dims: info.shape.clone(),
+    })?;
     let values = file.read_f32(&info.name)?;
     Ok(Tensor::f_from_slice(&values)?
         .f_reshape(dims.as_slice())?
@@ -99,16 +108,13 @@ fn npy(path: &Path, s: usize) -> Result<Tensor> {
 }
 
 fn images(dir: &Path, size: Option<(usize, usize)>, s: usize) -> Result<Tensor> {
-    if let Some((w, h)) = size {
-        if w != h {
-            return Err(Error::BadRequest(format!(
-                "--image-size {w}x{h} is not square: the models take square {s}x{s} inputs"
-            )));
-        }
-        if w != s {
-            return Err(Error::BadRequest(format!(
-                "--image-size {w}: the model's position embedding is for {s}x{s} inputs; convert with --image-size {w} to run at {w}"
-            )));
+    if let Some((width, height)) = size {
+        if width != height || width != s {
+            return Err(Error::ImagesSize {
+                width,
+                height,
+                model: s,
+            });
         }
     }
     if !dir.is_dir() {
@@ -130,14 +136,15 @@ fn images(dir: &Path, size: Option<(usize, usize)>, s: usize) -> Result<Tensor> 
         .collect();
     files.sort();
     if files.is_empty() {
-        return Err(Error::BadRequest(format!(
-            "{}: no .png/.jpg/.jpeg files",
-            dir.display()
-        )));
+        return Err(Error::NoImages {
+            dir: dir.to_path_buf(),
+        });
     }
     files.truncate(MAX_IMAGES);
-    let side =
-        u32::try_from(s).map_err(|_| Error::BadRequest(format!("image size {s} too large")))?;
+    let side = u32::try_from(s).map_err(|_| Error::Overflow {
+        what: "the side --images are resized to (u32 pixels)",
+        dims: vec![s],
+    })?;
     let mut values = Vec::new();
     for path in &files {
         let img = image::open(path).map_err(|e| Error::Unreadable {
@@ -212,14 +219,14 @@ fn random_text(
     context: usize,
 ) -> Result<Tensor> {
     if texts == 0 || texts > MAX_TEXTS {
-        return Err(Error::BadRequest(format!(
-            "--text-batch must be 1..={MAX_TEXTS}, got {texts}"
-        )));
+        return Err(Error::CountOutOfRange {
+            option: "--text-batch",
+            value: texts,
+            max: MAX_TEXTS,
+        });
     }
     if usize::try_from(eos_id).map_or(true, |e| e >= vocab) {
-        return Err(Error::BadRequest(format!(
-            "--eos-id {eos_id}: the text tower's vocabulary is 0..{vocab}"
-        )));
+        return Err(Error::EosIdOutOfVocab { eos_id, vocab });
     }
     let (low, span) = if vocab >= 3 {
         (2, vocab - 2)
@@ -330,7 +337,100 @@ mod tests {
         ) else {
             panic!("an EOS id outside the vocabulary was accepted");
         };
-        assert!(err.to_string().contains("--eos-id 100"), "{err}");
+        assert!(
+            matches!(
+                err,
+                Error::EosIdOutOfVocab {
+                    eos_id: 100,
+                    vocab: 100
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn counts_outside_their_range_are_refused() {
+        let Err(err) = load(&InputSource::Random { batch: 0, seed: 0 }, 8) else {
+            panic!("an empty batch was accepted");
+        };
+        assert!(
+            matches!(
+                err,
+                Error::CountOutOfRange {
+                    option: "--batch",
+                    value: 0,
+                    max: MAX_BATCH
+                }
+            ),
+            "{err}"
+        );
+        let random = |texts| TextSource::Random {
+            texts,
+            seed: 0,
+            eos_id: 1,
+        };
+        let Err(err) = load_text(&random(MAX_TEXTS + 1), 100, 8) else {
+            panic!("too many texts were accepted");
+        };
+        assert!(
+            matches!(
+                err,
+                Error::CountOutOfRange {
+                    option: "--text-batch",
+                    value,
+                    max: MAX_TEXTS
+                } if value == MAX_TEXTS + 1
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn random_images_too_large_to_size_overflow() {
+        let Err(err) = load(&InputSource::Random { batch: 2, seed: 0 }, usize::MAX) else {
+            panic!("an image size that overflows was accepted");
+        };
+        assert!(
+            matches!(&err, Error::Overflow { dims, .. } if dims == &[2, usize::MAX, usize::MAX, 3]),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_input_array_of_another_resolution_is_refused() {
+        let pixels =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/vit-token/input.npy");
+        let Err(err) = load(&InputSource::Npy(pixels.clone()), 32) else {
+            panic!("64x64 pixels were accepted for a 32x32 model");
+        };
+        assert!(
+            matches!(
+                &err,
+                Error::InputShape { option: "--input", path, found, .. }
+                    if path == &pixels && found == &[2, 64, 64, 3]
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_directory_without_images_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("notes.txt"), "not an image").expect("writes");
+        let Err(err) = load(
+            &InputSource::Images {
+                dir: dir.path().to_path_buf(),
+                size: None,
+            },
+            16,
+        ) else {
+            panic!("a directory without images was accepted");
+        };
+        assert!(
+            matches!(&err, Error::NoImages { dir: d } if d == dir.path()),
+            "{err}"
+        );
     }
 
     #[test]
@@ -374,7 +474,35 @@ mod tests {
         let Err(err) = load(&request, 64) else {
             panic!("a non-square request was accepted");
         };
-        assert!(err.to_string().contains("not square"), "{err}");
+        assert!(
+            matches!(
+                err,
+                Error::ImagesSize {
+                    width: 64,
+                    height: 48,
+                    model: 64
+                }
+            ),
+            "{err}"
+        );
+        let request = InputSource::Images {
+            dir: dir.path().to_path_buf(),
+            size: Some((48, 48)),
+        };
+        let Err(err) = load(&request, 64) else {
+            panic!("a size the model does not run at was accepted");
+        };
+        assert!(
+            matches!(
+                err,
+                Error::ImagesSize {
+                    width: 48,
+                    height: 48,
+                    model: 64
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]

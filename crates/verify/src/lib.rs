@@ -167,10 +167,21 @@ pub struct Report {
 
 /// Resolves `auto | cpu | cuda | cuda:N`.
 pub fn parse_device(name: &str) -> Result<Device> {
-    let cuda_missing = || {
-        Error::BadRequest(format!(
-            "--device {name}: libtorch sees no CUDA device (no GPU, no driver, or a CPU-only libtorch)"
-        ))
+    let cuda = |index: usize| {
+        let count = if tch::Cuda::is_available() {
+            usize::try_from(tch::Cuda::device_count()).unwrap_or(0)
+        } else {
+            0
+        };
+        if index < count {
+            Ok(Device::Cuda(index))
+        } else {
+            Err(Error::CudaUnavailable {
+                device: name.to_string(),
+                index,
+                count,
+            })
+        }
     };
     match name {
         "auto" => Ok(if tch::Cuda::is_available() {
@@ -179,32 +190,15 @@ pub fn parse_device(name: &str) -> Result<Device> {
             Device::Cpu
         }),
         "cpu" => Ok(Device::Cpu),
-        "cuda" => {
-            if tch::Cuda::is_available() {
-                Ok(Device::Cuda(0))
-            } else {
-                Err(cuda_missing())
-            }
-        }
+        "cuda" => cuda(0),
         other => {
             let index = other
                 .strip_prefix("cuda:")
                 .and_then(|n| n.parse::<usize>().ok())
-                .ok_or_else(|| {
-                    Error::BadRequest(format!(
-                        "--device {other}: expected auto, cpu, cuda or cuda:N"
-                    ))
+                .ok_or_else(|| Error::UnknownDevice {
+                    device: other.to_string(),
                 })?;
-            if !tch::Cuda::is_available() {
-                return Err(cuda_missing());
-            }
-            let count = usize::try_from(tch::Cuda::device_count()).unwrap_or(0);
-            if index >= count {
-                return Err(Error::BadRequest(format!(
-                    "--device {other}: only {count} CUDA device(s)"
-                )));
-            }
-            Ok(Device::Cuda(index))
+            cuda(index)
         }
     }
 }
@@ -237,12 +231,14 @@ pub fn verify(opts: &Options) -> Result<Report> {
     match (source_two_tower, target_two_tower) {
         (true, Some(layout)) => {
             if let Some(asked) = opts.layout.filter(|l| *l != layout) {
-                return Err(Error::BadRequest(format!(
-                    "{}: a two-tower {} folder, not {}",
-                    opts.converted.display(),
-                    layout.as_str(),
-                    asked.as_str()
-                )));
+                return Err(Error::LayoutMismatch {
+                    path: opts.converted.clone(),
+                    layout: asked.as_str(),
+                    holds: match layout {
+                        Layout::OpenClip => "it is a two-tower open_clip folder",
+                        _ => "it is a two-tower hf folder (a transformers SiglipModel)",
+                    },
+                });
             }
             return verify_two_tower(opts, device, layout);
         }
@@ -680,8 +676,9 @@ fn compare_expect(
     batch: usize,
     tolerance: f64,
 ) -> Result<Metrics> {
-    let logits = logits.ok_or_else(|| {
-        Error::BadRequest("--expect: the source has no head, so no logits".into())
+    let logits = logits.ok_or(Error::NotApplicable {
+        option: "--expect",
+        why: "the source has no head, so it gives no logits to hold the expected ones against",
     })?;
     if !path.exists() {
         return Err(Error::NotFound {
@@ -703,12 +700,82 @@ fn compare_expect(
         .map(f64::from)
         .collect();
     let got = ops::flat(logits)?;
-    compare::compare(&got, &expected, batch, tolerance).ok_or_else(|| {
-        Error::BadRequest(format!(
-            "--expect {}: shape {:?} does not match the logits {:?} (was it made from the same --input?)",
-            path.display(),
-            info.shape,
+    compare::compare(&got, &expected, batch, tolerance).ok_or_else(|| Error::InputShape {
+        option: "--expect",
+        path: path.to_path_buf(),
+        expected: format!(
+            "the reference's logits, {:?} (made from the same --input)",
             logits.size()
-        ))
+        ),
+        found: info.shape.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_name_verify_does_not_know_is_refused() {
+        let Err(err) = parse_device("tpu") else {
+            panic!("--device tpu was accepted");
+        };
+        assert!(
+            matches!(&err, Error::UnknownDevice { device } if device == "tpu"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_cuda_device_libtorch_does_not_see_is_refused() {
+        let Err(err) = parse_device("cuda:4096") else {
+            panic!("--device cuda:4096 was accepted");
+        };
+        assert!(
+            matches!(
+                &err,
+                Error::CudaUnavailable { device, index: 4096, count } if device == "cuda:4096" && *count < 4096
+            ),
+            "{err}"
+        );
+    }
+
+    fn golden(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures/vit-token")
+            .join(name)
+    }
+
+    #[test]
+    fn expect_without_source_logits_does_not_apply() {
+        let Err(err) = compare_expect(&golden("logits.npy"), None, 2, F32_TOLERANCE) else {
+            panic!("--expect was compared with no logits");
+        };
+        assert!(
+            matches!(
+                err,
+                Error::NotApplicable {
+                    option: "--expect",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn expected_logits_of_another_shape_are_refused() {
+        let logits = Tensor::zeros([2, 5], (Kind::Float, Device::Cpu));
+        let path = golden("logits.npy");
+        let Err(err) = compare_expect(&path, Some(&logits), 2, F32_TOLERANCE) else {
+            panic!("[2, 10] expected logits were compared with [2, 5]");
+        };
+        assert!(
+            matches!(
+                &err,
+                Error::InputShape { option: "--expect", path: p, found, .. } if p == &path && found == &[2, 10]
+            ),
+            "{err}"
+        );
+    }
 }

@@ -123,5 +123,8 @@ pub(crate) fn to_i64_dims(shape: &[usize]) -> Option<Vec<i64>> {
 /// A size from a shape as i64 (every shape was read from a file whose data is present, so
 /// sizes are far below i64::MAX; the checked conversion keeps that an invariant, not a hope).
 pub(crate) fn dim(value: usize) -> Result<i64> {
-    i64::try_from(value).map_err(|_| Error::BadRequest(format!("size {value} does not fit in i64")))
+    i64::try_from(value).map_err(|_| Error::Overflow {
+        what: "a tensor dimension (libtorch's are i64)",
+        dims: vec![value],
+    })
 }

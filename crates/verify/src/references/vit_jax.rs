@@ -117,16 +117,21 @@ impl VitJax {
         let size = y.size();
         let (b, gh, gw) = match size.as_slice() {
             [b, _, gh, gw] => (*b, *gh, *gw),
-            _ => {
-                return Err(Error::BadRequest(
-                    "patch embedding gave no 4-D output".into(),
-                ))
+            other => {
+                return Err(Error::UnexpectedShape {
+                    what: "the patch embedding's output",
+                    expected: "[B, D, h, w]",
+                    found: other.to_vec(),
+                })
             }
         };
         if gh != dim(grid)? || gw != dim(grid)? {
-            return Err(Error::BadRequest(format!(
-                "the input gives a {gh}x{gw} token grid, the model runs at {grid}x{grid}"
-            )));
+            return Err(Error::InputGrid {
+                path: p.path().to_path_buf(),
+                expected: grid,
+                found_h: gh,
+                found_w: gw,
+            });
         }
         // NHWC reshape order in flax: tokens run over rows, then columns.
         let mut x = y.f_flatten(2, 3)?.f_transpose(1, 2)?;
@@ -217,7 +222,13 @@ impl VitJax {
         let size = y.size();
         let (b, t) = match size.as_slice() {
             [b, t, _] => (*b, *t),
-            _ => return Err(Error::BadRequest("encoder input is not [B, N, D]".into())),
+            other => {
+                return Err(Error::UnexpectedShape {
+                    what: "an encoder block's input",
+                    expected: "[B, N, D]",
+                    found: other.to_vec(),
+                })
+            }
         };
         let (hh, dhh) = (dim(h)?, dim(dh)?);
         // H * Dh is the size of a kernel axis that read_arch found in the file, so it fits.

@@ -229,11 +229,11 @@ pub fn open(path: &Path, layout: Option<Layout>, device: Device, kind: Kind) -> 
             .is_some_and(|f| f.architecture.is_some() && f.model_type.is_none());
         if let Some(l) = layout.filter(|l| *l != Layout::Hf && !(*l == Layout::Timm && timm_folder))
         {
-            return Err(Error::BadRequest(format!(
-                "{}: a directory is a transformers (hf) or timm folder conversion, not {}",
-                path.display(),
-                l.as_str()
-            )));
+            return Err(Error::LayoutMismatch {
+                path: path.to_path_buf(),
+                layout: l.as_str(),
+                holds: "a directory is a transformers (hf) or timm folder conversion",
+            });
         }
         if timm_folder && layout != Some(Layout::Hf) {
             let (m, parts) = timm::Timm::open_folder(path, device, kind)?;
@@ -274,10 +274,11 @@ pub fn open(path: &Path, layout: Option<Layout>, device: Device, kind: Kind) -> 
             let (m, parts) = clip::Clip::open(params, &config)?;
             Ok(Target::build(Layout::Clip, Model::Clip(m), parts))
         }
-        Layout::Hf => Err(Error::BadRequest(format!(
-            "{}: the hf layout is a directory (config.json + model.safetensors); give the directory",
-            path.display()
-        ))),
+        Layout::Hf => Err(Error::LayoutMismatch {
+            path: path.to_path_buf(),
+            layout: Layout::Hf.as_str(),
+            holds: "an hf conversion is a directory (config.json + model.safetensors), this is one file",
+        }),
     }
 }
 
@@ -387,7 +388,13 @@ impl Block {
         let size = x.size();
         let (b, n, d) = match size.as_slice() {
             [b, n, d] => (*b, *n, *d),
-            _ => return Err(Error::BadRequest("block input is not [B, N, D]".into())),
+            other => {
+                return Err(Error::UnexpectedShape {
+                    what: "an encoder block's input",
+                    expected: "[B, N, D]",
+                    found: other.to_vec(),
+                })
+            }
         };
         let h = dim(s.heads)?;
         let dh = d / h.max(1);
@@ -433,9 +440,11 @@ pub(crate) fn split_qkv(w: &Tensor, b: &Tensor) -> Result<[(Tensor, Tensor); 3]>
             (wk.shallow_clone(), bk.shallow_clone()),
             (wv.shallow_clone(), bv.shallow_clone()),
         ]),
-        _ => Err(Error::BadRequest(
-            "fused qkv does not split in three".into(),
-        )),
+        _ => Err(Error::UnexpectedShape {
+            what: "a fused qkv in-projection split in three",
+            expected: "[3D, D] and [3D]",
+            found: w.size(),
+        }),
     }
 }
 
@@ -548,5 +557,42 @@ mod tests {
         assert_eq!(k.1.double_value(&[0]), 2.0);
         assert_eq!(v.1.double_value(&[1]), 5.0);
         assert_eq!(k.0.double_value(&[0, 0]), 4.0);
+    }
+
+    #[test]
+    fn a_fused_qkv_that_does_not_split_in_three_is_an_unexpected_shape() {
+        let w = Tensor::zeros([2, 1], (Kind::Float, Device::Cpu));
+        let b = Tensor::zeros([2], (Kind::Float, Device::Cpu));
+        let Err(err) = split_qkv(&w, &b) else {
+            panic!("two rows split in three");
+        };
+        assert!(
+            matches!(&err, Error::UnexpectedShape { found, .. } if found == &[2, 1]),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_layout_the_path_cannot_be_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let Err(err) = open(dir.path(), Some(Layout::OpenClip), Device::Cpu, Kind::Float) else {
+            panic!("a directory was opened as an open_clip file");
+        };
+        assert!(
+            matches!(
+                &err,
+                Error::LayoutMismatch { path, layout: "open_clip", .. } if path == dir.path()
+            ),
+            "{err}"
+        );
+        let file =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/vit-token/input.npy");
+        let Err(err) = open(&file, Some(Layout::Hf), Device::Cpu, Kind::Float) else {
+            panic!("a single file was opened as an hf directory");
+        };
+        assert!(
+            matches!(&err, Error::LayoutMismatch { path, layout: "hf", .. } if path == &file),
+            "{err}"
+        );
     }
 }

@@ -501,9 +501,16 @@ impl Timm {
 
     /// `GroupNormAct(32, eps=1e-5)`, with ReLU unless `apply_act=False` (norm3, downsample).
     fn gn(&self, x: &Tensor, base: &str, relu: bool) -> Result<Tensor> {
-        let c = x.size().get(1).copied().unwrap_or(0);
-        let c =
-            usize::try_from(c).map_err(|_| Error::BadRequest("negative channel count".into()))?;
+        let size = x.size();
+        let c = match size.as_slice() {
+            [_, c, ..] => usize::try_from(*c).ok(),
+            _ => None,
+        }
+        .ok_or_else(|| Error::UnexpectedShape {
+            what: "a GroupNorm's input",
+            expected: "[B, C, H, W]",
+            found: size.clone(),
+        })?;
         let y = ops::group_norm(
             x,
             GROUPS,

@@ -250,11 +250,11 @@ pub fn open(path: &Path, layout: Layout, device: Device, kind: Kind) -> Result<T
     match layout {
         Layout::Hf => open_hf(path, device, kind),
         Layout::OpenClip => open_open_clip(path, device, kind),
-        other => Err(Error::BadRequest(format!(
-            "{}: a two-tower folder is an hf (SiglipModel) or open_clip conversion, not {}",
-            path.display(),
-            other.as_str()
-        ))),
+        other => Err(Error::LayoutMismatch {
+            path: path.to_path_buf(),
+            layout: other.as_str(),
+            holds: "a two-tower folder is an hf (SiglipModel) or open_clip conversion",
+        }),
     }
 }
 
@@ -1304,5 +1304,17 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_two_tower_folder_is_not_opened_as_a_single_tower_layout() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let Err(err) = open(dir.path(), Layout::Timm, Device::Cpu, Kind::Float) else {
+            panic!("a two-tower folder was opened as timm");
+        };
+        assert!(
+            matches!(&err, Error::LayoutMismatch { path, layout: "timm", .. } if path == dir.path()),
+            "{err}"
+        );
     }
 }
