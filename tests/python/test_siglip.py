@@ -296,3 +296,13 @@ def test_open_clip_names_a_registered_tanh_tower_and_the_folder_moves(tmp_path):
     # And the registered tower is built with the tanh GELU (open_clip's own SigLIP 1 entries are erf).
     assert type(model.visual.trunk.blocks[0].mlp.act).__name__ == "GELUTanh"
     del timm
+    # vitconv verify runs the moved folder against the source, both towers.
+    import subprocess
+
+    from test_loaders import BINARY
+
+    run = subprocess.run([str(BINARY), "verify", str(src), str(moved), "--json"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert report["pass"] is True
+    assert report["two_tower"]["logits_per_image"]["max_abs_diff"] < 1e-4, report["two_tower"]

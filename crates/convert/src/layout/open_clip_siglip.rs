@@ -10,11 +10,12 @@
 //! num_classes=embed_dim or 0, global_pool=timm_pool)`).
 //!
 //! The image tower is timm's `VisionTransformer` under `visual.trunk.`, planned by the timm layout. open_clip
-//! cannot pass `act_layer` to timm, and its registered SigLIP towers use the erf GELU (2.5e-5 to 1.6e-4 away
-//! from big_vision), so `timm_model_name` names a timm folder inside OUT (`image_tower/config.json`, the
-//! sizes and `act_layer='gelu_tanh'` in `model_args`). open_clip hands that name to timm, which resolves it
-//! from the current directory, so it is the folder's absolute path: moving the folder needs the one-line fix
-//! the notes and the config's `vitconv.relocate` give.
+//! cannot pass `act_layer` to timm, and the SigLIP 1 towers timm registers use the erf GELU (2.5e-5 to 1.6e-4
+//! away from big_vision). A tower of exactly the sizes of a registered tanh-GELU tower (the SigLIP 2 sizes,
+//! [`REGISTERED_TANH`]) is named by that name, and the folder can be moved. Any other tower is a timm folder
+//! inside OUT (`image_tower/config.json`, the sizes and `act_layer='gelu_tanh'` in `model_args`); open_clip
+//! hands its name to timm, which resolves it from the current directory, so it is the folder's absolute path,
+//! and moving the folder needs the one-line fix the notes and the config's `vitconv.relocate` give.
 
 #![cfg_attr(
     not(test),
@@ -71,8 +72,24 @@ const REGISTERED_TANH: &[(&str, usize, usize, usize, usize, usize, usize)] = &[
     ("vit_so400m_patch16_siglip_256", 16, 1152, 27, 16, 4304, 256),
     ("vit_so400m_patch16_siglip_384", 16, 1152, 27, 16, 4304, 384),
     ("vit_so400m_patch16_siglip_512", 16, 1152, 27, 16, 4304, 512),
-    ("vit_giantopt_patch16_siglip_256", 16, 1536, 40, 16, 6144, 256),
-    ("vit_giantopt_patch16_siglip_384", 16, 1536, 40, 16, 6144, 384),
+    (
+        "vit_giantopt_patch16_siglip_256",
+        16,
+        1536,
+        40,
+        16,
+        6144,
+        256,
+    ),
+    (
+        "vit_giantopt_patch16_siglip_384",
+        16,
+        1536,
+        40,
+        16,
+        6144,
+        384,
+    ),
 ];
 
 /// The registered tanh-GELU timm tower with the image tower's sizes, if there is one.

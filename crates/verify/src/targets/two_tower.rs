@@ -622,30 +622,40 @@ fn open_open_clip(dir: &Path, device: Device, kind: Kind) -> Result<TwoTowerTarg
         ));
     }
 
-    // The image tower: timm's local-dir folder, as TimmModel builds it.
+    // The image tower: timm's local-dir folder, as TimmModel builds it; or a registered timm name, which
+    // vitconv writes only for the registered tanh-GELU SigLIP towers and records with the VisionTransformer
+    // kwargs that name builds (`vitconv.timm_kwargs`; tests/python/test_siglip.py checks the two against timm).
     let timm_name = vc.timm_model_name.as_deref().unwrap_or("");
-    let Some(tower_dir) = timm_name.strip_prefix("local-dir:") else {
-        return Err(declared_err(
-            "vision_cfg.timm_model_name",
-            "local-dir:<the image tower's timm folder>",
-            format!("{timm_name:?}"),
-        ));
-    };
-    let tower_dir = {
-        let t = PathBuf::from(tower_dir);
-        if t.is_absolute() {
-            t
-        } else {
-            dir.join(t)
+    let (tower_config, folder_args) = match timm_name.strip_prefix("local-dir:") {
+        Some(tower_dir) => {
+            let t = PathBuf::from(tower_dir);
+            let tower_dir = if t.is_absolute() { t } else { dir.join(t) };
+            let tower_config = tower_dir.join("config.json");
+            if !tower_config.exists() {
+                return Err(Error::NotFound { path: tower_config });
+            }
+            let folder: serde_json::Value = read_json(&tower_config)?;
+            let args = folder.get("model_args").cloned();
+            (tower_config, args)
+        }
+        None => {
+            let file = TensorFile::open(&weights_path)?;
+            let recorded = file
+                .metadata()
+                .get("vitconv.timm_kwargs")
+                .and_then(|k| serde_json::from_str::<serde_json::Value>(k).ok());
+            if timm_name.is_empty() || recorded.is_none() {
+                return Err(declared_err(
+                    "vision_cfg.timm_model_name",
+                    "local-dir:<the image tower's timm folder>, or a registered name with vitconv.timm_kwargs recorded in the weights",
+                    format!("{timm_name:?}"),
+                ));
+            }
+            (weights_path.clone(), recorded)
         }
     };
-    let tower_config = tower_dir.join("config.json");
-    if !tower_config.exists() {
-        return Err(Error::NotFound { path: tower_config });
-    }
-    let folder: serde_json::Value = read_json(&tower_config)?;
-    let mut kwargs = match folder.get("model_args") {
-        Some(serde_json::Value::Object(m)) => m.clone(),
+    let mut kwargs = match folder_args {
+        Some(serde_json::Value::Object(m)) => m,
         None => serde_json::Map::new(),
         Some(other) => {
             return Err(Error::Declared {
