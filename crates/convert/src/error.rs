@@ -282,7 +282,7 @@ pub enum Error {
         /// The layout asked for.
         layout: &'static str,
         /// The part of the source it cannot hold, with its sizes.
-        what: String,
+        what: Part,
         /// Why, and what to pass instead: the layout's fixed sentence.
         why: &'static str,
     },
@@ -427,5 +427,139 @@ fn no_blocks(looked_for: &[String]) -> String {
         [one] => format!("{one} is missing"),
         [first, rest @ ..] => format!("neither {first} nor {} is there", rest.join(" nor ")),
         [] => "no block tensors".to_string(),
+    }
+}
+
+/// The part of a source a layout has no exact place for, with the sizes that say which ([`Error::Refused`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Part {
+    /// A `pre_logits` dense (followed by tanh) between pooling and the head.
+    PreLogits {
+        /// Its input width.
+        hidden: usize,
+        /// Its output width.
+        representation: usize,
+    },
+    /// A BiT ResNet stem in front of the patch embedding.
+    HybridStem {
+        /// The root convolution's channels.
+        width: usize,
+    },
+    /// A model whose tokens are pooled without a class token, or by a MAP head.
+    Pooling(crate::arch::Classifier),
+    /// A model without a class token, where the layout always prepends one.
+    NoClassToken,
+    /// A class token that has a row of the position embedding, where the layout adds none to it.
+    ClassTokenPosition,
+    /// A MAP head followed by a classifier.
+    MapHeadWithClassifier,
+    /// A MAP head whose attention or MLP is sized unlike the encoder's.
+    MapHeadSizes {
+        /// The head's attention heads.
+        heads: usize,
+        /// The head's MLP width.
+        mlp: usize,
+        /// The encoder's attention heads.
+        encoder_heads: usize,
+        /// The encoder's MLP width.
+        encoder_mlp: usize,
+    },
+    /// An MLP width the layout cannot express (from a float ratio, or other than 4x).
+    MlpWidth {
+        /// The MLP width.
+        mlp: usize,
+        /// The tower's width.
+        hidden: usize,
+    },
+    /// A two-tower image-text model, for a layout with one vision tower.
+    TwoTower {
+        /// The text tower's width.
+        text_width: usize,
+    },
+    /// A single-tower model, for the two-tower part of a layout.
+    SingleTower,
+    /// An image-tower head that projects into the shared embedding.
+    ImageHead {
+        /// The image tower's width.
+        hidden: usize,
+        /// The embedding width.
+        embed: usize,
+    },
+    /// `--drop-head` on an image tower whose head is the projection into the shared embedding.
+    ImageHeadDropped {
+        /// The image tower's width.
+        hidden: usize,
+        /// The embedding width.
+        embed: usize,
+    },
+    /// A text-tower head, for a layout whose text tower ends at pooling.
+    TextHead {
+        /// The text tower's width.
+        width: usize,
+        /// The embedding width.
+        embed: usize,
+    },
+    /// A text tower without a head, for a layout whose text tower always projects.
+    TextWithoutHead {
+        /// The text tower's width.
+        width: usize,
+    },
+    /// A text-tower MLP width the layout's float ratio cannot express.
+    TextMlpWidth {
+        /// The MLP width.
+        mlp: usize,
+        /// The text tower's width.
+        width: usize,
+    },
+}
+
+impl std::fmt::Display for Part {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::arch::Classifier;
+        match self {
+            Part::PreLogits {
+                hidden,
+                representation,
+            } => write!(f, "pre_logits (dense {hidden} -> {representation} + tanh)"),
+            Part::HybridStem { width } => write!(f, "a hybrid ResNet stem (width {width})"),
+            Part::Pooling(Classifier::Gap) => f.write_str("a gap (no class token) model"),
+            Part::Pooling(Classifier::Map) => {
+                f.write_str("a MAP head (attention pooling from a learned probe)")
+            }
+            Part::Pooling(Classifier::Token) => f.write_str("a class-token model"),
+            Part::NoClassToken => f.write_str("a model without a class token"),
+            Part::ClassTokenPosition => f.write_str("a class token with a position embedding"),
+            Part::MapHeadWithClassifier => f.write_str("a MAP head followed by a classifier"),
+            Part::MapHeadSizes {
+                heads,
+                mlp,
+                encoder_heads,
+                encoder_mlp,
+            } => write!(
+                f,
+                "a MAP head with {heads} heads and MLP {mlp} (the encoder has {encoder_heads} and {encoder_mlp})"
+            ),
+            Part::MlpWidth { mlp, hidden } => write!(f, "an MLP of {mlp} for hidden {hidden}"),
+            Part::TwoTower { text_width } => write!(
+                f,
+                "a two-tower image-text model (text tower of width {text_width})"
+            ),
+            Part::SingleTower => f.write_str("a single-tower model"),
+            Part::ImageHead { hidden, embed } => {
+                write!(f, "an image-tower head {hidden} -> {embed} after the pooling")
+            }
+            Part::ImageHeadDropped { hidden, embed } => write!(
+                f,
+                "--drop-head on an image tower whose head {hidden} -> {embed} projects into the shared embedding"
+            ),
+            Part::TextHead { width, embed } => write!(f, "a text head {width} -> {embed}"),
+            Part::TextWithoutHead { width } => {
+                write!(f, "a text tower without a head (width {width})")
+            }
+            Part::TextMlpWidth { mlp, width } => {
+                write!(f, "a text MLP of {mlp} for width {width}")
+            }
+        }
     }
 }

@@ -36,7 +36,7 @@ pub mod sources;
 pub mod tokenizer;
 
 pub use convert::{prepare, write, Conversion, Written};
-pub use error::{Error, Result};
+pub use error::{Error, Part, Result};
 pub use options::{
     Gelu, HeadChoice, InputNorm, Layout, Options, OutDType, ProjChoice, ResizeMethod, TowerChoice,
 };

@@ -6,7 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use vitconv_convert::{
-    prepare, sources, write, Error, HeadChoice, InputNorm, Layout, Options, ProjChoice, TowerChoice,
+    prepare, sources, write, Error, HeadChoice, InputNorm, Layout, Options, Part, ProjChoice,
+    TowerChoice,
 };
 use vitconv_tensors::{DType, TensorFile, TensorInfo};
 
@@ -327,8 +328,79 @@ fn bit_root() {
 
 #[test]
 fn refused() {
+    // Each refusal names the part of the source, typed, with its sizes.
     let e = prepare_err("hybrid-root", &Options::new(Layout::Hf));
-    assert!(matches!(e, Error::Refused { layout: "hf", .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            Error::Refused {
+                layout: "hf",
+                what: Part::HybridStem { width: 64 },
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = prepare_err("vit-prelogits", &Options::new(Layout::Timm));
+    assert!(
+        matches!(
+            e,
+            Error::Refused {
+                what: Part::PreLogits { .. },
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = prepare_err("vit-gap", &Options::new(Layout::Clip));
+    assert!(
+        matches!(
+            e,
+            Error::Refused {
+                what: Part::Pooling(vitconv_convert::arch::Classifier::Gap),
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = prepare_err("big_vision/siglip-tiny", &Options::new(Layout::Timm));
+    assert!(
+        matches!(
+            e,
+            Error::Refused {
+                what: Part::TwoTower { text_width: 64 },
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = prepare_err("big_vision/siglip-tiny", &Options::new(Layout::Hf));
+    assert!(
+        matches!(
+            e,
+            Error::Refused {
+                what: Part::ImageHead {
+                    hidden: 64,
+                    embed: 64
+                },
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let mut o = Options::new(Layout::OpenClip);
+    o.head = HeadChoice::Drop;
+    let e = prepare_err("big_vision/siglip-tiny", &o);
+    assert!(
+        matches!(
+            e,
+            Error::Refused {
+                what: Part::ImageHeadDropped { .. },
+                ..
+            }
+        ),
+        "{e}"
+    );
 }
 
 #[test]

@@ -37,7 +37,10 @@ pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Res
     clip_style::check_tower(&prep)?;
     if Some(a.mlp) != a.hidden.checked_mul(4) {
         return Err(prep.refuse(
-            format!("an MLP of {} for hidden {} (ratio {:.3})", a.mlp, a.hidden, a.mlp as f64 / a.hidden as f64),
+            crate::error::Part::MlpWidth {
+                mlp: a.mlp,
+                hidden: a.hidden,
+            },
             "OpenAI CLIP's ResidualAttentionBlock fixes the MLP at 4x the width; use --layout open_clip",
         ));
     }

@@ -15,7 +15,7 @@
 )]
 
 use crate::arch::{Arch, Classifier, PosEmbKind};
-use crate::error::{Error, Result};
+use crate::error::{Error, Part, Result};
 use crate::layout::prepared::{name, BlockRole, BlockTable, Prepared};
 use crate::layout::recognise::{count_blocks, get, grid_side, Recognised, Shapes};
 use crate::model::{Param, Proj};
@@ -129,7 +129,7 @@ fn recognise_under(s: &Shapes<'_>, p: &str) -> Option<Recognised> {
 pub fn class_token(prep: &Prepared<'_>) -> Result<Param> {
     prep.tower().class_token.clone().ok_or_else(|| {
         prep.refuse(
-            "a model without a class token",
+            Part::NoClassToken,
             "a class token is always prepended and attends to the patches, so the result would differ; use --layout timm",
         )
     })
@@ -148,18 +148,20 @@ pub fn check_tower(prep: &Prepared<'_>) -> Result<()> {
     let a = prep.arch();
     if a.resnet.is_some() {
         return Err(prep.refuse(
-            "a hybrid ResNet stem",
+            Part::HybridStem {
+                width: prep.arch().resnet.as_ref().map_or(0, |r| r.width),
+            },
             "conv1 is a single patch convolution with no place for a stem; use --layout timm",
         ));
     }
     match a.classifier {
         Classifier::Token => Ok(()),
         Classifier::Gap => Err(prep.refuse(
-            "a gap (no class token) model",
+            Part::Pooling(Classifier::Gap),
             "a class token is always prepended and attends to the patches, so the result would differ; use --layout timm",
         )),
         Classifier::Map => Err(prep.refuse(
-            "a MAP head (attention pooling from a learned probe)",
+            Part::Pooling(Classifier::Map),
             "the tower pools the class token and has no place for the probe's attention and MLP; use --layout timm (global_pool='map') or --layout hf (SiglipVisionModel)",
         )),
     }
@@ -239,7 +241,10 @@ pub fn resolve_proj(prep: &mut Prepared<'_>) -> Result<ProjChoice> {
     match choice {
         ProjChoice::Head if !has_head => Err(Error::ProjWithoutHead),
         ProjChoice::Head if a.representation.is_some() => Err(prep.refuse(
-            format!("pre_logits (dense {} -> {} + tanh) before the head", a.hidden, a.representation.unwrap_or(0)),
+            Part::PreLogits {
+                hidden: a.hidden,
+                representation: a.representation.unwrap_or(0),
+            },
             "proj is one matrix with no bias or tanh; pass --drop-head (or --proj none) for the pooled features",
         )),
         ProjChoice::Head => {

@@ -17,7 +17,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::arch::{Arch, Classifier, PosEmbKind};
-use crate::error::Result;
+use crate::error::{Part, Result};
 use crate::layout::hf_files::{self, dtype_name, pretty, CONFIG_FILE, PREPROCESSOR_FILE};
 use crate::layout::prepared::{name, BlockRole, BlockTable, Prepared, FLAX_LN_EPS};
 use crate::layout::recognise::{count_blocks, get, grid_side, Recognised, Shapes};
@@ -174,7 +174,9 @@ pub fn plan(mut prep: Prepared<'_>, _fetch: &dyn Fetch, source_name: &str) -> Re
     let a = prep.arch().clone();
     if a.resnet.is_some() {
         return Err(prep.refuse(
-            "a hybrid ResNet stem",
+            Part::HybridStem {
+                width: a.resnet.as_ref().map_or(0, |r| r.width),
+            },
             "transformers 5 has no ViT-hybrid model class; use --layout timm",
         ));
     }
@@ -189,7 +191,10 @@ pub fn plan(mut prep: Prepared<'_>, _fetch: &dyn Fetch, source_name: &str) -> Re
     let pooler = a.representation.filter(|_| !prep.keep_head);
     if prep.has_pre_logits() {
         return Err(prep.refuse(
-            format!("pre_logits (dense {} -> {} + tanh) together with a head", a.hidden, a.representation.unwrap_or(0)),
+            Part::PreLogits {
+                hidden: a.hidden,
+                representation: a.representation.unwrap_or(0),
+            },
             "ViTForImageClassification classifies token 0 without a pooler; pass --drop-head to get a ViTModel whose pooler is pre_logits",
         ));
     }
@@ -211,7 +216,7 @@ pub fn plan(mut prep: Prepared<'_>, _fetch: &dyn Fetch, source_name: &str) -> Re
     };
     let Some(cls) = &tower.class_token else {
         return Err(prep.refuse(
-            "a model without a class token",
+            Part::NoClassToken,
             "transformers' ViT always prepends a class token and pools token 0; use --layout timm",
         ));
     };

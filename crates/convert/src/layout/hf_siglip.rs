@@ -22,7 +22,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::arch::{Arch, Classifier, PosEmbKind};
-use crate::error::Result;
+use crate::error::{Part, Result};
 use crate::layout::hf_files::{self, dtype_name, pretty, CONFIG_FILE, PREPROCESSOR_FILE};
 use crate::layout::prepared::{BlockRole, BlockTable, MapRole, MapTable, Prepared, FLAX_LN_EPS};
 use crate::layout::recognise::{count_blocks, get, grid_side, Recognised, Shapes};
@@ -245,17 +245,16 @@ pub fn plan(prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
     let classify = prep.keep_head && tower.head.is_some();
     if prep.has_pre_logits() {
         return Err(prep.refuse(
-            format!(
-                "pre_logits (dense {} -> {} + tanh)",
-                a.hidden,
-                a.representation.unwrap_or(0)
-            ),
+            Part::PreLogits {
+                hidden: a.hidden,
+                representation: a.representation.unwrap_or(0),
+            },
             "transformers' SigLIP vision classes have no representation layer; pass --drop-head for a SiglipVisionModel feature extractor",
         ));
     }
     if classify && a.classifier == Classifier::Map {
         return Err(prep.refuse(
-            "a MAP head followed by a classifier",
+            Part::MapHeadWithClassifier,
             "SiglipForImageClassification averages the tokens and has no place for the MAP head before its classifier; pass --drop-head for a SiglipVisionModel, whose pooler_output is the MAP head's output",
         ));
     }

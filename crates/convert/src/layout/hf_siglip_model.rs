@@ -20,7 +20,7 @@
 
 use serde_json::json;
 
-use crate::error::Result;
+use crate::error::{Part, Result};
 use crate::layout::hf_files::{self, dtype_name, pretty, CONFIG_FILE, PREPROCESSOR_FILE};
 use crate::layout::hf_siglip::{self, names as vision_names, BLOCK};
 use crate::layout::prepared::{Prepared, TextRole, TextTable, FLAX_LN_EPS};
@@ -56,13 +56,19 @@ pub fn plan(mut prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
     let tower = prep.tower();
     if let (Some(_), Some(embed)) = (&tower.head, a.num_classes) {
         return Err(prep.refuse(
-            format!("an image-tower head {} -> {embed} after the MAP head", a.hidden),
+            Part::ImageHead {
+                hidden: a.hidden,
+                embed,
+            },
             "transformers' SiglipVisionModel ends at the MAP head and has no place for an image projection; use --layout open_clip, which holds it",
         ));
     }
     if prep.has_pre_logits() {
         return Err(prep.refuse(
-            "an image-tower pre_logits",
+            Part::PreLogits {
+                hidden: a.hidden,
+                representation: a.representation.unwrap_or(0),
+            },
             "transformers' SiglipVisionModel has no representation layer; use --layout open_clip",
         ));
     }
@@ -70,7 +76,7 @@ pub fn plan(mut prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
     let map = prep.map_head()?;
     if map.is_none() {
         return Err(prep.refuse(
-            format!("an image tower pooled by {}", a.classifier.as_str()),
+            Part::Pooling(a.classifier),
             "SiglipModel's image embedding is the MAP head's output (vision_use_head); use --layout open_clip",
         ));
     }

@@ -91,7 +91,7 @@ pub fn plan(model: &Model, opts: &Options, fetch: &dyn Fetch, source_name: &str)
     if prep.two_tower() && !def.two_tower {
         let text = model.text.as_ref().map(|t| t.arch.width).unwrap_or(0);
         return Err(prep.refuse(
-            format!("a two-tower image-text model (text tower of width {text})"),
+            crate::error::Part::TwoTower { text_width: text },
             "the layout holds one vision tower; pass --tower image for the image tower alone, or use --layout hf or open_clip for the whole model",
         ));
     }

@@ -29,7 +29,7 @@
 use serde_json::{json, Value};
 
 use crate::arch::Classifier;
-use crate::error::Result;
+use crate::error::{Part, Result};
 use crate::layout::clip_style::BLOCK;
 use crate::layout::prepared::{Prepared, TextRole, TextTable, FLAX_LN_EPS};
 use crate::layout::timm;
@@ -118,7 +118,7 @@ pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Res
     let a = prep.arch().clone();
     let Some(text) = model.text.as_ref().filter(|_| prep.two_tower()) else {
         return Err(prep.refuse(
-            "a single-tower model",
+            Part::SingleTower,
             "this module writes two-tower models; the open_clip layout writes a single tower as visual.*",
         ));
     };
@@ -126,7 +126,10 @@ pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Res
     let image_head = a.num_classes.filter(|_| prep.tower().head.is_some());
     if let (Some(embed), false) = (image_head, prep.keep_head) {
         return Err(prep.refuse(
-            format!("--drop-head on an image tower whose head {} -> {embed} projects into the shared embedding", a.hidden),
+            Part::ImageHeadDropped {
+                hidden: a.hidden,
+                embed,
+            },
             "without it the towers no longer meet; for image features alone use --tower image --drop-head",
         ));
     }
@@ -156,7 +159,10 @@ pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Res
     let ratio = t.mlp as f64 / t.width as f64;
     if (t.width as f64 * ratio) as usize != t.mlp {
         return Err(prep.refuse(
-            format!("a text MLP of {} for width {}", t.mlp, t.width),
+            Part::TextMlpWidth {
+                mlp: t.mlp,
+                width: t.width,
+            },
             "open_clip derives the MLP width from a float ratio that cannot express it",
         ));
     }

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 
 use crate::arch::{Arch, PosEmbKind};
-use crate::error::{Error, Result};
+use crate::error::{Error, Part, Result};
 use crate::model::{
     Attention, Block, Dense, Logit, MapHead, Model, Param, Pool, PosEmbed, Proj, TextTower, Tower,
 };
@@ -240,10 +240,10 @@ impl<'a> Prepared<'a> {
 
     /// A refusal for this layout: `what` describes the part of the source with its sizes, `why` is the
     /// layout's fixed reason and fix.
-    pub fn refuse(&self, what: impl Into<String>, why: &'static str) -> Error {
+    pub fn refuse(&self, what: Part, why: &'static str) -> Error {
         Error::Refused {
             layout: self.opts.layout.as_str(),
-            what: what.into(),
+            what,
             why,
         }
     }
@@ -372,13 +372,12 @@ impl<'a> Prepared<'a> {
         let mlp = map.mlp[0].kernel.shape.get(1).copied();
         if heads != a.heads || mlp != Some(a.mlp) {
             return Err(self.refuse(
-                format!(
-                    "a MAP head with {} heads and MLP {} (the encoder has {} and {})",
-                    heads.unwrap_or(0),
-                    mlp.unwrap_or(0),
-                    a.heads.unwrap_or(0),
-                    a.mlp
-                ),
+                Part::MapHeadSizes {
+                    heads: heads.unwrap_or(0),
+                    mlp: mlp.unwrap_or(0),
+                    encoder_heads: a.heads.unwrap_or(0),
+                    encoder_mlp: a.mlp,
+                },
                 "the layout's attention pooling takes the encoder's head count and MLP width",
             ));
         }
@@ -452,13 +451,16 @@ impl<'a> Prepared<'a> {
             (None, false) => None,
             (Some(_), false) => {
                 return Err(self.refuse(
-                    format!("a text head {} -> {}", a.width, a.embed.unwrap_or(0)),
+                    Part::TextHead {
+                        width: a.width,
+                        embed: a.embed.unwrap_or(0),
+                    },
                     "the layout's text tower has no projection after pooling",
                 ))
             }
             (None, true) => {
                 return Err(self.refuse(
-                    format!("a text tower without a head (width {})", a.width),
+                    Part::TextWithoutHead { width: a.width },
                     "the layout's text tower always projects after pooling, and a projection the source lacks would be invented",
                 ))
             }
@@ -611,7 +613,7 @@ impl<'a> Prepared<'a> {
                 ]),
             )),
             (false, _) => Err(self.refuse(
-                "a class token with a position embedding",
+                Part::ClassTokenPosition,
                 "the layout adds none to the class token",
             )),
         }
@@ -908,7 +910,10 @@ pub fn mlp_ratio(prep: &Prepared<'_>) -> Result<f64> {
     let ratio = a.mlp as f64 / a.hidden as f64;
     if (a.hidden as f64 * ratio) as usize != a.mlp {
         return Err(prep.refuse(
-            format!("an MLP of {} for hidden {}", a.mlp, a.hidden),
+            Part::MlpWidth {
+                mlp: a.mlp,
+                hidden: a.hidden,
+            },
             "the layout derives the MLP width from a float ratio that cannot express it",
         ));
     }

@@ -18,7 +18,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::arch::{Arch, Classifier, PosEmbKind, ResNet};
-use crate::error::Result;
+use crate::error::{Part, Result};
 use crate::layout::prepared::{
     mlp_ratio, py_float, BlockRole, BlockTable, MapRole, MapTable, Prepared, FLAX_LN_EPS,
 };
@@ -152,7 +152,10 @@ pub fn plan(prep: Prepared<'_>, _fetch: &dyn Fetch, source_name: &str) -> Result
     let a = prep.arch().clone();
     if prep.has_pre_logits() {
         return Err(prep.refuse(
-            format!("pre_logits (dense {} -> {} + tanh)", a.hidden, a.representation.unwrap_or(0)),
+            Part::PreLogits {
+                hidden: a.hidden,
+                representation: a.representation.unwrap_or(0),
+            },
             "timm's VisionTransformer has no representation layer; pass --drop-head for a feature extractor",
         ));
     }
@@ -304,7 +307,7 @@ pub fn plan(prep: Prepared<'_>, _fetch: &dyn Fetch, source_name: &str) -> Result
             );
             if r.width % 64 != 0 {
                 return Err(prep.refuse(
-                    format!("a ResNet stem of width {}", r.width),
+                    Part::HybridStem { width: r.width },
                     "timm's ResNetV2 widths are multiples of 64 (width_factor)",
                 ));
             }
