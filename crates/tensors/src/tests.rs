@@ -672,8 +672,8 @@ fn zip_members(bytes: &[u8]) -> Vec<(String, usize, usize, usize)> {
         .map(|i| {
             let e = archive.by_index_raw(i).unwrap();
             (
-                e.name().to_string(),
-                e.data_start() as usize,
+                e.name().unwrap().to_string(),
+                e.data_start().unwrap() as usize,
                 e.compressed_size() as usize,
                 e.central_header_start() as usize,
             )
