@@ -12,7 +12,7 @@
 //!
 //! Module map: `bands` (column bands), `npy` (array headers), `zip_reader` (zip end record and directory, validated), `npz` (`.npy` members),
 //! `dirs` (directories an output run created), `safetensors_io`, `pickle` (allowlist unpickler and state-dict pickler), `pt` (torch
-//! archives), `source` (where bytes live, positional reads), `zip_writer`, `writer`.
+//! archives), `source` (where bytes live, positional reads), `writer` (through the `zip` crate's writer for `.pt` and `.npz`).
 
 #![cfg_attr(
     not(test),
@@ -37,7 +37,6 @@ mod source;
 mod stats;
 mod writer;
 mod zip_reader;
-mod zip_writer;
 
 #[cfg(test)]
 mod tests;

@@ -5,7 +5,6 @@ use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 use crate::pickle::{put_global, put_int, put_str, write_state_dict};
-use crate::zip_writer::ZipStream;
 use crate::{npy, DType, Error, Format, TensorFile, TensorSpec, Writer};
 
 /// Relative tolerance between a float and its bfloat16 rounding (8 significant bits).
@@ -186,9 +185,13 @@ fn reads_are_thread_safe() {
 
 /// A zip archive (as bytes) of stored members.
 fn zip_of(members: &[(&str, Vec<u8>)]) -> Vec<u8> {
-    let mut z = ZipStream::new(Cursor::new(Vec::new()));
+    use std::io::Write;
+    let mut z = zip::ZipWriter::new(Cursor::new(Vec::new()));
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     for (name, data) in members {
-        z.entry(name, data, 1).unwrap();
+        z.start_file(*name, opts).unwrap();
+        z.write_all(data).unwrap();
     }
     z.finish().unwrap().into_inner()
 }
@@ -672,8 +675,8 @@ fn zip_members(bytes: &[u8]) -> Vec<(String, usize, usize, usize)> {
         .map(|i| {
             let e = archive.by_index_raw(i).unwrap();
             (
-                e.name().to_string(),
-                e.data_start() as usize,
+                e.name().unwrap().to_string(),
+                e.data_start().unwrap() as usize,
                 e.compressed_size() as usize,
                 e.central_header_start() as usize,
             )

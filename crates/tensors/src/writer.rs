@@ -4,21 +4,25 @@
 //! is atomic on one filesystem) and is renamed into place only by [`Writer::finish`]. A
 //! writer dropped before that removes its temporary file and leaves the target untouched.
 //! Every format is streamed, and a tensor may itself arrive in parts ([`Writer::write_part`]):
-//! the safetensors header is computed up front from the specs,
-//! zip entries have their sizes known before their data, and the `.pt` pickle (which only
-//! describes the tensors) is written last, after the data.
+//! the safetensors header is computed up front from the specs, `.pt` and `.npz` members are
+//! stored entries of the `zip` crate's [`ZipWriter`] (which patches each local header's CRC-32 and
+//! sizes in after the data), and the `.pt` pickle (which only describes the tensors) is written
+//! last, after the data.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{self, BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+
+use zip::write::SimpleFileOptions;
+use zip::{CompressionMethod, DateTime, ZipWriter};
 
 use crate::npy;
 use crate::pickle;
 use crate::pt::{ARCHIVE_PREFIX, METADATA_RECORD, VERSION_RECORD};
 use crate::safetensors_io;
-use crate::zip_writer::ZipStream;
 use crate::{Error, Format, Result, TensorSpec};
 
 /// Buffer between the writer and the disk.
@@ -41,10 +45,14 @@ const WRITEBACK_EVERY: u64 = 8 << 20;
 
 /// Alignment of `.pt` storage records, as PyTorch's writer uses (`kFieldAlignment`), so
 /// `torch.load(mmap=True)` can map every storage aligned.
-const PT_ALIGN: u64 = 64;
+const PT_ALIGN: u16 = 64;
 
-/// Alignment of `.npz` members: numpy's own writer does not align, so neither do we.
-const NPZ_ALIGN: u64 = 1;
+/// Extra-field id PyTorch's writer gives its alignment padding: the bytes `FB`
+/// (caffe2/serialize/inline_container.cc, `getPadding`).
+const PT_PADDING_ID: u16 = u16::from_le_bytes(*b"FB");
+
+/// Entries of this many bytes or more need zip64 sizes (APPNOTE 4.4.8: `0xFFFFFFFF` marks them).
+const ZIP64_SIZE: u64 = 0xFFFF_FFFF;
 
 /// Permissions of a finished output on unix (before the umask), like a file `open` creates.
 #[cfg(unix)]
@@ -53,8 +61,146 @@ const OUTPUT_MODE: u32 = 0o644;
 /// The format-specific part of a writer.
 enum Sink {
     Safetensors(BufWriter<File>),
-    Pt(ZipStream<BufWriter<File>>),
-    Npz(ZipStream<BufWriter<File>>),
+    Pt(Archive),
+    Npz(Archive),
+}
+
+/// The buffered output file under a [`ZipWriter`], which keeps its own position (so the many
+/// `stream_position` calls of the zip writer neither flush the buffer nor make a system call) and
+/// can be abandoned: see [`Archive`].
+struct Output {
+    out: BufWriter<File>,
+    /// Where the next byte goes, and the end of the file: the buffer's logical position, since
+    /// every write and seek passes through here.
+    pos: u64,
+    end: u64,
+    /// Set when the archive is dropped unfinished: from then on nothing reaches the file.
+    abandoned: Cell<bool>,
+}
+
+impl Write for Output {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = if self.abandoned.get() {
+            buf.len()
+        } else {
+            self.out.write(buf)?
+        };
+        self.pos = self.pos.saturating_add(n as u64);
+        self.end = self.end.max(self.pos);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.abandoned.get() {
+            Ok(())
+        } else {
+            self.out.flush()
+        }
+    }
+}
+
+impl Seek for Output {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let target = match to {
+            SeekFrom::Start(n) => Some(n),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+            SeekFrom::End(d) => self.end.checked_add_signed(d),
+        }
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek out of range"))?;
+        if target != self.pos && !self.abandoned.get() {
+            self.out.seek(SeekFrom::Start(target))?;
+        }
+        self.pos = target;
+        Ok(target)
+    }
+
+    fn stream_position(&mut self) -> io::Result<u64> {
+        Ok(self.pos)
+    }
+}
+
+/// A `.pt` or `.npz` archive being written.
+///
+/// A [`ZipWriter`] dropped unfinished writes its central directory anyway (and prints to stderr if
+/// that fails, as it will on a full disk). A writer dropped before [`Writer::finish`] has removed
+/// its temporary file, so this marks the output abandoned first: the zip writer's last writes go
+/// nowhere.
+struct Archive {
+    zip: Option<ZipWriter<Output>>,
+}
+
+impl Archive {
+    fn new(out: BufWriter<File>, force_zip64: bool) -> Archive {
+        let mut zip = ZipWriter::new(Output {
+            out,
+            pos: 0,
+            end: 0,
+            abandoned: Cell::new(false),
+        });
+        if force_zip64 {
+            // An empty extensible data sector makes the zip writer end every archive with the
+            // zip64 end records, as it does past 4 GiB.
+            zip.set_raw_zip64_extensible_data_sector(Box::new([]));
+        }
+        Archive { zip: Some(zip) }
+    }
+
+    fn zip(&mut self) -> io::Result<&mut ZipWriter<Output>> {
+        self.zip
+            .as_mut()
+            .ok_or_else(|| io::Error::other("zip archive already finished"))
+    }
+
+    /// Starts a stored entry of `size` bytes whose data begins at a multiple of `align` (given zip64
+    /// sizes where it needs them, or everywhere with `force_zip64`).
+    fn start_entry(
+        &mut self,
+        name: &str,
+        size: u64,
+        align: u16,
+        force_zip64: bool,
+    ) -> io::Result<()> {
+        let mut options = SimpleFileOptions::default()
+            .compression_method(CompressionMethod::Stored)
+            // Fixed (1980-01-01), so the output is reproducible.
+            .last_modified_time(DateTime::default())
+            .large_file(force_zip64 || size >= ZIP64_SIZE);
+        if align > 1 {
+            options = options.with_alignment_and_header_id(align, PT_PADDING_ID);
+        }
+        self.zip()?
+            .start_file(name, options)
+            .map_err(io::Error::from)
+    }
+
+    fn write_data(&mut self, data: &[u8]) -> io::Result<()> {
+        self.zip()?.write_all(data)
+    }
+
+    /// Writes a whole small entry at once.
+    fn entry(&mut self, name: &str, data: &[u8], align: u16) -> io::Result<()> {
+        self.start_entry(name, data.len() as u64, align, false)?;
+        self.write_data(data)
+    }
+
+    /// Writes the central directory and end records; returns the output.
+    fn finish(mut self) -> io::Result<BufWriter<File>> {
+        let zip = self
+            .zip
+            .take()
+            .ok_or_else(|| io::Error::other("zip archive already finished"))?;
+        let mut out = zip.finish().map_err(io::Error::from)?;
+        out.flush()?;
+        Ok(out.out)
+    }
+}
+
+impl Drop for Archive {
+    fn drop(&mut self) {
+        if let Some(out) = self.zip.as_ref().and_then(|z| z.get_ref()) {
+            out.abandoned.set(true);
+        }
+    }
 }
 
 /// Writes a tensor file atomically, one tensor at a time, in the order of its specs.
@@ -175,8 +321,10 @@ impl Writer {
                 out.write_all(&header).map_err(|e| Error::io(path, e))?;
                 Sink::Safetensors(out)
             }
-            Format::Pt => Sink::Pt(ZipStream::new(out)),
-            Format::Npz => Sink::Npz(ZipStream::new_zip64(out)),
+            Format::Pt => Sink::Pt(Archive::new(out, false)),
+            // Zip64 records on every member, like numpy's `np.savez` (`force_zip64=True`), so
+            // readers meet the same records small or large.
+            Format::Npz => Sink::Npz(Archive::new(out, true)),
             Format::Npy => return Err(misuse("safetensors, pt or npz", "npy".into())),
         };
         Ok(Writer {
@@ -227,8 +375,9 @@ impl Writer {
     /// next tensor by itself. A part may not run past the end of its tensor.
     ///
     /// Lets a caller produce a large tensor from a small buffer: `.pt` and `.npz` members are
-    /// stored zip entries whose sizes come from the specs, so the local header is written
-    /// before the first part and only its CRC-32 is patched in after the last.
+    /// stored zip entries, so the local header is written before the first part (with zip64
+    /// sizes where the spec's byte count needs them) and its CRC-32 and sizes are patched in
+    /// after the last.
     pub fn write_part(&mut self, data: &[u8]) -> Result<()> {
         let path = self.path.clone();
         let (Some(spec), Some(&size)) = (self.specs.get(self.next), self.sizes.get(self.next))
@@ -257,12 +406,12 @@ impl Writer {
                 Sink::Safetensors(_) => {}
                 Sink::Pt(zip) => {
                     let name = format!("{ARCHIVE_PREFIX}data/{}", self.next);
-                    zip.start_entry(&name, size, PT_ALIGN).map_err(io)?;
+                    zip.start_entry(&name, size, PT_ALIGN, false).map_err(io)?;
                 }
                 Sink::Npz(zip) => {
                     let header = npy::write_header(spec.dtype, &spec.shape);
                     let total = size.saturating_add(header.len() as u64);
-                    zip.start_entry(&format!("{}.npy", spec.name), total, NPZ_ALIGN)
+                    zip.start_entry(&format!("{}.npy", spec.name), total, 1, true)
                         .map_err(io)?;
                     zip.write_data(&header).map_err(io)?;
                 }
@@ -272,11 +421,6 @@ impl Writer {
             match &mut self.sink {
                 Sink::Safetensors(out) => out.write_all(piece).map_err(io)?,
                 Sink::Pt(zip) | Sink::Npz(zip) => zip.write_data(piece).map_err(io)?,
-            }
-        }
-        if after == size {
-            if let Sink::Pt(zip) | Sink::Npz(zip) = &mut self.sink {
-                zip.finish_entry().map_err(io)?;
             }
         }
         self.written = self.written.saturating_add(data.len() as u64);
@@ -529,6 +673,173 @@ mod tests {
             assert_eq!(f.read("a").unwrap(), a);
             assert_eq!(f.read("b").unwrap(), b);
         }
+    }
+
+    /// The members of an archive in order: name, data offset, size; reading each to the end makes
+    /// the zip crate check its CRC-32.
+    fn members(bytes: Vec<u8>) -> Vec<(String, u64, u64)> {
+        use std::io::Read;
+        let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
+        (0..archive.len())
+            .map(|i| {
+                let mut f = archive.by_index(i).unwrap();
+                let mut data = Vec::new();
+                f.read_to_end(&mut data).unwrap();
+                assert_eq!(data.len() as u64, f.size());
+                (
+                    f.name().unwrap().into_owned(),
+                    f.data_start().unwrap(),
+                    f.size(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pt_members_are_aligned_in_order_and_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.pt");
+        let mut w = Writer::create(&path, Format::Pt, specs(), BTreeMap::new(), false).unwrap();
+        w.write_part(&[1, 2, 3]).unwrap();
+        w.write_part(&[4, 5, 6]).unwrap();
+        w.write_next(&[]).unwrap();
+        w.write_next(&[7, 8, 9, 10, 11]).unwrap();
+        w.finish().unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let got = members(bytes.clone());
+        let names: Vec<String> = got.iter().map(|(n, ..)| n.clone()).collect();
+        let want: Vec<String> = [
+            "data/0",
+            "data/1",
+            "data/2",
+            "byteorder",
+            "version",
+            ".format_version",
+            ".storage_alignment",
+            crate::pt::METADATA_RECORD,
+            "data.pkl",
+        ]
+        .iter()
+        .map(|n| format!("archive/{n}"))
+        .collect();
+        assert_eq!(names, want);
+        for (name, start, _) in &got {
+            assert_eq!(start % 64, 0, "{name} is not aligned");
+        }
+        // Small archive: no zip64 records.
+        assert!(!bytes.windows(4).any(|w| w == b"PK\x06\x06"));
+        // Reproducible: the same tensors give the same bytes.
+        let again = dir.path().join("again.pt");
+        let mut w = Writer::create(&again, Format::Pt, specs(), BTreeMap::new(), false).unwrap();
+        for data in [&[1u8, 2, 3, 4, 5, 6][..], &[], &[7, 8, 9, 10, 11]] {
+            w.write_next(data).unwrap();
+        }
+        w.finish().unwrap();
+        assert_eq!(std::fs::read(&again).unwrap(), bytes);
+    }
+
+    #[test]
+    fn npz_members_carry_zip64_records_like_savez() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.npz");
+        let mut w = Writer::create(&path, Format::Npz, specs(), BTreeMap::new(), false).unwrap();
+        for data in [&[1u8, 2, 3, 4, 5, 6][..], &[], &[7, 8, 9, 10, 11]] {
+            w.write_next(data).unwrap();
+        }
+        w.finish().unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        // The zip64 end record and locator, and a zip64 extra field (id 1, 16 bytes) in a local header.
+        assert!(bytes.windows(4).any(|w| w == b"PK\x06\x06"));
+        assert!(bytes.windows(4).any(|w| w == b"PK\x06\x07"));
+        assert!(bytes.windows(4).any(|w| w == [1, 0, 16, 0]));
+        let names: Vec<String> = members(bytes).into_iter().map(|(n, ..)| n).collect();
+        assert_eq!(names, ["a.npy", "empty.npy", "b.npy"]);
+    }
+
+    #[test]
+    fn an_unfinished_archive_writes_nothing_more_when_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("half");
+        let file = std::fs::File::create(&path).unwrap();
+        let mut a = super::Archive::new(std::io::BufWriter::new(file), false);
+        a.entry("x", b"hello", 64).unwrap();
+        a.start_entry("y", 3, 64, false).unwrap();
+        a.write_data(b"ab").unwrap();
+        let before = {
+            let out = a.zip.as_mut().unwrap().get_ref().unwrap();
+            out.end
+        };
+        drop(a);
+        // What was buffered reaches the file, but no central directory or end record follows it.
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len() as u64, before);
+        assert!(!bytes.windows(4).any(|w| w == b"PK\x01\x02"));
+        assert!(!bytes.windows(4).any(|w| w == b"PK\x05\x06"));
+    }
+
+    /// A storage of 4 GiB or more gets zip64 sizes, and every later header a zip64 offset. Writes 4 GiB:
+    /// `cargo test --release -p vitconv-tensors -- --ignored storage_past_4_gib`.
+    #[test]
+    #[ignore]
+    fn a_storage_past_4_gib_gets_zip64_sizes() {
+        use std::io::{Read, Seek, SeekFrom};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.pt");
+        let big = (1u64 << 32) + 100;
+        let specs = vec![
+            TensorSpec {
+                name: "big".into(),
+                dtype: DType::U8,
+                shape: vec![big as usize],
+            },
+            TensorSpec {
+                name: "after".into(),
+                dtype: DType::U8,
+                shape: vec![3],
+            },
+        ];
+        let mut w = Writer::create(&path, Format::Pt, specs, BTreeMap::new(), false).unwrap();
+        let chunk: Vec<u8> = (0..64u32 << 20).map(|i| (i % 251) as u8).collect();
+        let mut left = big;
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            w.write_part(&chunk[..n]).unwrap();
+            left -= n as u64;
+        }
+        w.write_next(&[7, 8, 9]).unwrap();
+        w.finish().unwrap();
+
+        let file = std::fs::File::open(&path).unwrap();
+        let mut archive = zip::ZipArchive::new(&file).unwrap();
+        let (start, size) = {
+            let e = archive.by_index_raw(0).unwrap();
+            (e.data_start().unwrap(), e.size())
+        };
+        assert_eq!(size, big);
+        assert_eq!(start % 64, 0);
+        let mut after = Vec::new();
+        let mut e = archive.by_name("archive/data/1").unwrap();
+        assert!(e.header_start() > u64::from(u32::MAX));
+        e.read_to_end(&mut after).unwrap();
+        assert_eq!(after, [7, 8, 9]);
+        drop(e);
+        let mut tail = [0u8; 4];
+        let mut f = &file;
+        f.seek(SeekFrom::Start(start + big - 4)).unwrap();
+        f.read_exact(&mut tail).unwrap();
+        let at = |i: u64| ((i % (64 << 20)) % 251) as u8;
+        assert_eq!(tail, [at(big - 4), at(big - 3), at(big - 2), at(big - 1)]);
+        // The crate's own reader agrees.
+        let t = TensorFile::open(&path).unwrap();
+        assert_eq!(t.read("after").unwrap(), [7, 8, 9]);
+        assert_eq!(
+            t.tensors()
+                .iter()
+                .find(|i| i.name == "big")
+                .unwrap()
+                .nbytes(),
+            Some(big as usize)
+        );
     }
 
     #[test]

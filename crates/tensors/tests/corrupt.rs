@@ -288,12 +288,12 @@ fn zip_regions(bytes: &[u8], format: Format) -> Regions {
     for i in 0..archive.len() {
         let e = archive.by_index_raw(i).unwrap();
         let header = e.header_start() as usize;
-        let data = e.data_start() as usize;
+        let data = e.data_start().unwrap() as usize;
         let end = data + e.compressed_size() as usize;
         cd_start = cd_start.min(e.central_header_start() as usize);
         let stored = e.compression() == zip::CompressionMethod::Stored;
         r.data_is_plain &= stored;
-        let name = e.name().to_string();
+        let name = e.name().unwrap().to_string();
         if format == Format::Npz && stored {
             let hlen = npy_header_len(&bytes[data..]);
             r.header.push((header, data + hlen));
