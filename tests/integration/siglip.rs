@@ -235,3 +235,40 @@ fn batch_mode_writes_a_two_tower_open_clip_folder_per_file() {
         ]
     );
 }
+
+#[test]
+fn inspect_recognises_the_converted_two_tower_files() {
+    let dir = scratch();
+    let src = fixture(NOHEAD);
+    let want = {
+        let o = vitconv(["inspect".as_ref(), src.as_os_str()]);
+        let s = stdout(&o);
+        let line = s
+            .lines()
+            .find(|l| l.contains("SigLIP: "))
+            .expect("source summary")
+            .to_string();
+        line.split_once("SigLIP: ").expect("summary").1.to_string()
+    };
+    for (layout, file, family) in [
+        ("hf", "model.safetensors", "transformers"),
+        ("open_clip", "open_clip_model.safetensors", "open_clip"),
+    ] {
+        let out = dir.path().join(layout);
+        let o = vitconv([
+            "npz-to-pt".as_ref(),
+            src.as_os_str(),
+            out.as_os_str(),
+            "--layout".as_ref(),
+            layout.as_ref(),
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", crate::common::stderr(&o));
+        let o = vitconv(["inspect".as_ref(), out.join(file).as_os_str()]);
+        let s = stdout(&o);
+        // The same sizes, embedding width and scalars as the source's own summary.
+        assert!(
+            s.contains(&format!("{family} | SigLIP: {want}")),
+            "{layout}: {s}\nwant: {want}"
+        );
+    }
+}

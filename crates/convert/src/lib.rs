@@ -165,12 +165,21 @@ fn summarize_with(tensors: &[TensorInfo], heads: Option<usize>) -> Option<Summar
         .unwrap_or_else(|| format!("[1, 1, {}]", r.arch.hidden));
     let mut parts = r.arch.parts_with(r.patch_bias, &class_shape);
     parts.extend(r.notes);
+    let architecture = match &r.text {
+        Some(text) => two_tower_line(&r.arch, text),
+        None => r.arch.describe(),
+    };
     Some(Summary {
         family: r.family.to_string(),
-        architecture: r.arch.describe(),
+        architecture,
         parts,
         wrapper: None,
-        logit_tensors: Vec::new(),
+        // Converted files keep the scalars under each layout's own names.
+        logit_tensors: ["logit_scale", "logit_bias"]
+            .into_iter()
+            .filter(|n| r.text.is_some() && tensors.iter().any(|t| t.name == *n))
+            .map(str::to_string)
+            .collect(),
     })
 }
 

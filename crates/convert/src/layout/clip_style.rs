@@ -122,6 +122,7 @@ fn recognise_under(s: &Shapes<'_>, p: &str) -> Option<Recognised> {
         class_shape: Some(format!("[{hidden}] (class_embedding)")),
         patch_bias: false,
         notes,
+        text: None,
     })
 }
 

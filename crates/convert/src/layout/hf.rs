@@ -108,7 +108,14 @@ const OLD_FC1_W: &str = "encoder.layer.{i}.intermediate.dense.weight";
 /// Recognises a transformers ViT or SigLIP vision state dict for `inspect`, from [`names`] and
 /// [`super::hf_siglip::names`].
 pub fn recognise(s: &Shapes<'_>) -> Option<Recognised> {
-    if let Some(r) = super::hf_siglip::recognise(s) {
+    if let Some(mut r) = super::hf_siglip::recognise(s) {
+        // A SiglipModel: the vision tower plus `text_model.`.
+        r.text = super::recognise::text_arch(
+            s,
+            super::hf_siglip_model::TEXT,
+            super::hf_siglip::BLOCK,
+            super::hf_siglip_model::TEXT_MODEL,
+        );
         return Some(r);
     }
     let p = if s.contains_key(format!("{}{}", names::BACKBONE, names::CLS).as_str()) {
@@ -162,6 +169,7 @@ pub fn recognise(s: &Shapes<'_>) -> Option<Recognised> {
         class_shape: None,
         patch_bias: true,
         notes,
+        text: None,
     })
 }
 

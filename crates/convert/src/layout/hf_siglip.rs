@@ -171,6 +171,7 @@ pub fn recognise(s: &Shapes<'_>) -> Option<Recognised> {
         class_shape: None,
         patch_bias: true,
         notes: vec!["SigLIP vision tower (no class token)".to_string()],
+        text: None,
     })
 }
 

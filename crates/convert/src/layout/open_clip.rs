@@ -94,5 +94,6 @@ pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Res
 pub fn recognise(
     s: &crate::layout::recognise::Shapes<'_>,
 ) -> Option<crate::layout::recognise::Recognised> {
-    clip_style::recognise(s).filter(|r| r.family == "open_clip")
+    super::open_clip_siglip::recognise(s)
+        .or_else(|| clip_style::recognise(s).filter(|r| r.family == "open_clip"))
 }

@@ -312,6 +312,28 @@ pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Res
     Ok(plan)
 }
 
+/// Recognises a `CustomTextCLIP` state dict (timm's tower under `visual.trunk.`, the text tower under
+/// `text.`) for `inspect`, from this module's names and the timm layout's recogniser.
+pub fn recognise(
+    s: &crate::layout::recognise::Shapes<'_>,
+) -> Option<crate::layout::recognise::Recognised> {
+    let trunk: crate::layout::recognise::Shapes<'_> = s
+        .iter()
+        .filter_map(|(k, v)| k.strip_prefix(TRUNK).map(|k| (k, *v)))
+        .collect();
+    let mut r = timm::recognise(&trunk)?;
+    r.family = "open_clip";
+    r.text = Some(crate::layout::recognise::text_arch(
+        s,
+        TEXT,
+        BLOCK,
+        TEXT_PREFIX,
+    )?);
+    r.notes
+        .push("image tower: timm's VisionTransformer under visual.trunk.".to_string());
+    Some(r)
+}
+
 /// A JSON side file's contents: pretty-printed, ending in a newline.
 fn pretty(v: &Value) -> String {
     let mut s = serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string());

@@ -13,6 +13,8 @@ use std::collections::BTreeMap;
 use vitconv_tensors::TensorInfo;
 
 use crate::arch::Arch;
+use crate::layout::prepared::{BlockRole, BlockTable, TextRole, TextTable};
+use crate::model::TextArch;
 
 /// A state dict's keys and shapes.
 pub type Shapes<'a> = BTreeMap<&'a str, &'a [usize]>;
@@ -30,6 +32,54 @@ pub struct Recognised {
     pub patch_bias: bool,
     /// What the parts are, one sentence each, beyond the architecture's own.
     pub notes: Vec<String>,
+    /// The text tower of a two-tower file (its head count is not in fused or square weights: 0 there).
+    pub text: Option<TextArch>,
+}
+
+/// The text tower of a two-tower state dict, read off the shapes of a layout's own tables: the token and
+/// position embeddings' `[rows, width]`, the blocks counted by the MLP's first weight `[mlp, width]` after
+/// `block_prefix`, and the head's `[embed, width]` where the table has one and the file holds it.
+pub fn text_arch(
+    s: &Shapes<'_>,
+    table: &TextTable,
+    blocks: &BlockTable,
+    block_prefix: &str,
+) -> Option<TextArch> {
+    let key = |role: TextRole| table.iter().find(|(_, r)| *r == role).map(|(k, _)| *k);
+    let &[vocab, width] = get(s, key(TextRole::Token)?)? else {
+        return None;
+    };
+    let &[context, pos_width] = get(s, key(TextRole::Position)?)? else {
+        return None;
+    };
+    let fc1 = blocks
+        .iter()
+        .find(|(_, r)| *r == BlockRole::Fc1Weight)
+        .map(|(k, _)| *k)?;
+    let depth = count_blocks(s, block_prefix, fc1);
+    let &[mlp, fc_width] = get(
+        s,
+        &format!("{block_prefix}{}", super::prepared::name(fc1, 0)),
+    )?
+    else {
+        return None;
+    };
+    if pos_width != width || fc_width != width || depth == 0 {
+        return None;
+    }
+    let embed = key(TextRole::HeadWeight)
+        .and_then(|k| get(s, k))
+        .and_then(|h| h.first().copied());
+    Some(TextArch {
+        vocab,
+        context,
+        width,
+        heads: 0,
+        mlp,
+        depth,
+        embed,
+        stacked: false,
+    })
 }
 
 /// The listing's keys and shapes.

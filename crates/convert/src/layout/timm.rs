@@ -528,6 +528,7 @@ pub fn recognise(s: &Shapes<'_>) -> Option<Recognised> {
         class_shape: None,
         patch_bias: true,
         notes: vec![],
+        text: None,
     })
 }
 
