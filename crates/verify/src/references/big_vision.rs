@@ -290,68 +290,20 @@ impl BigVision {
     /// flax `MultiHeadDotProductAttention`: `[D, H, Dh]` query/key/value kernels with `[H, Dh]`
     /// biases, the query divided by sqrt(Dh), softmax over the keys, `[H, Dh, D]` out kernel.
     fn attention(&self, site: Site, q_in: &Tensor, kv_in: &Tensor) -> Result<Tensor> {
-        let d = self.arch.hidden;
         let (h, dh) = self.heads_at(site);
-        let inner = dim(h.saturating_mul(dh))?;
-        let att = "MultiHeadDotProductAttention_0";
-        let project = |x: &Tensor, which: &str| -> Result<Tensor> {
-            let size = x.size();
-            let (b, t) = match size.as_slice() {
-                [b, t, _] => (*b, *t),
-                _ => (0, 0),
-            };
-            let kernel = self
-                .load_at(site, &format!("{att}/{which}/kernel"), &[d, h, dh])?
-                .f_reshape([dim(d)?, inner])?;
-            let bias = self
-                .load_at(site, &format!("{att}/{which}/bias"), &[h, dh])?
-                .f_reshape([inner])?;
-            Ok(ops::dense_in_out(x, &kernel, Some(&bias))?
-                .f_reshape([b, t, dim(h)?, dim(dh)?])?
-                .f_transpose(1, 2)?)
-        };
-        let q = project(q_in, "query")?;
-        let k = project(kv_in, "key")?;
-        let v = project(kv_in, "value")?;
-        let size = q_in.size();
-        let (b, t) = match size.as_slice() {
-            [b, t, _] => (*b, *t),
-            _ => (0, 0),
-        };
-        let o = ops::attention_explicit(&q, &k, &v)?
-            .f_transpose(1, 2)?
-            .f_reshape([b, t, inner])?;
-        let out = self
-            .load_at(site, &format!("{att}/out/kernel"), &[h, dh, d])?
-            .f_reshape([inner, dim(d)?])?;
-        let bias = self.load_at(site, &format!("{att}/out/bias"), &[d])?;
-        ops::dense_in_out(&o, &out, Some(&bias))
+        let load = |rel: &str, shape: &[usize]| self.load_at(site, rel, shape);
+        flax_attention(&load, [self.arch.hidden, h, dh], q_in, kv_in)
     }
 
     /// `MlpBlock`: Dense to `mlp`, tanh GELU, Dense back to D.
     fn mlp(&self, site: Site, x: &Tensor, mlp: usize) -> Result<Tensor> {
-        let d = self.arch.hidden;
-        let y = ops::dense_in_out(
-            x,
-            &self.load_at(site, "MlpBlock_0/Dense_0/kernel", &[d, mlp])?,
-            Some(&self.load_at(site, "MlpBlock_0/Dense_0/bias", &[mlp])?),
-        )?;
-        let y = Gelu::Tanh.apply(&y)?;
-        ops::dense_in_out(
-            &y,
-            &self.load_at(site, "MlpBlock_0/Dense_1/kernel", &[mlp, d])?,
-            Some(&self.load_at(site, "MlpBlock_0/Dense_1/bias", &[d])?),
-        )
+        let load = |rel: &str, shape: &[usize]| self.load_at(site, rel, shape);
+        flax_mlp(&load, self.arch.hidden, mlp, x)
     }
 
     fn norm(&self, site: Site, name: &str, x: &Tensor) -> Result<Tensor> {
-        let d = self.arch.hidden;
-        ops::layer_norm(
-            x,
-            &self.load_at(site, &format!("{name}/scale"), &[d])?,
-            &self.load_at(site, &format!("{name}/bias"), &[d])?,
-            FLAX_LAYER_NORM_EPS,
-        )
+        let load = |rel: &str, shape: &[usize]| self.load_at(site, rel, shape);
+        flax_norm(&load, self.arch.hidden, name, x)
     }
 
     /// `Encoder1DBlock`: `x + attn(LayerNorm_0(x))`, then `x + mlp(LayerNorm_1(x))`.
@@ -377,6 +329,141 @@ impl BigVision {
         let x = x.f_add(&self.mlp(Site::Map, &y, mlp)?)?;
         Ok(x.f_select(1, 0)?)
     }
+}
+
+/// An encoder's sizes as its block tensors give them.
+pub(crate) struct EncoderSizes {
+    pub depth: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub mlp: usize,
+    /// Whether the blocks are stacked along a leading depth axis (`encoderblock/`).
+    pub scan: bool,
+}
+
+/// Reads the sizes of the encoder `{encoder}/` (`Transformer` in a ViT, `Encoder_0` in a text tower) of
+/// width `width` off its first block's attention and MLP, stacked (`encoderblock/`) or numbered
+/// (`encoderblock_{i}/`); `which` names the tower in messages (`""` or `"text "`), `bad` builds the
+/// shape error.
+pub(crate) fn encoder_sizes(
+    p: &Params,
+    encoder: &str,
+    width: usize,
+    which: &str,
+    bad: &dyn Fn(&str, String, &[usize]) -> Error,
+) -> Result<EncoderSizes> {
+    let stacked_q = format!("{encoder}/encoderblock/MultiHeadDotProductAttention_0/query/kernel");
+    let scan = p.has(&stacked_q);
+    let (depth, heads, head_dim, mlp) = if scan {
+        let (depth, heads, head_dim) = match p.require_shape(&stacked_q, "stacked attention")? {
+            [l, d, h, dh] if *d == width => (*l, *h, *dh),
+            other => {
+                return Err(bad(
+                    &stacked_q,
+                    format!("[depth, {width}, heads, head_dim]"),
+                    other,
+                ))
+            }
+        };
+        let m = format!("{encoder}/encoderblock/MlpBlock_0/Dense_0/kernel");
+        let mlp = match p.require_shape(&m, "stacked MLP")? {
+            [l, d, m] if *l == depth && *d == width => *m,
+            other => return Err(bad(&m, format!("[{depth}, {width}, mlp]"), other)),
+        };
+        (depth, heads, head_dim, mlp)
+    } else {
+        let q = format!("{encoder}/encoderblock_0/MultiHeadDotProductAttention_0/query/kernel");
+        let (heads, head_dim) =
+            match p.require_shape(&q, &format!("attention of {which}block 0"))? {
+                [d, h, dh] if *d == width => (*h, *dh),
+                other => return Err(bad(&q, format!("[{width}, heads, head_dim]"), other)),
+            };
+        let m = format!("{encoder}/encoderblock_0/MlpBlock_0/Dense_0/kernel");
+        let mlp = match p.require_shape(&m, &format!("MLP of {which}block 0"))? {
+            [d, m] if *d == width => *m,
+            other => return Err(bad(&m, format!("[{width}, mlp]"), other)),
+        };
+        let mut depth = 0usize;
+        while p.has(&format!(
+            "{encoder}/encoderblock_{depth}/MultiHeadDotProductAttention_0/query/kernel"
+        )) {
+            depth = depth.saturating_add(1);
+        }
+        (depth, heads, head_dim, mlp)
+    };
+    Ok(EncoderSizes {
+        depth,
+        heads,
+        head_dim,
+        mlp,
+        scan,
+    })
+}
+
+/// One site's parameters: a name relative to the site (a block, the MAP head, a text block) and the
+/// shape it must have. The flax modules below read their weights through it, so the image tower, the MAP head
+/// and the text tower share one implementation of each.
+pub(crate) type Load<'a> = dyn Fn(&str, &[usize]) -> Result<Tensor> + 'a;
+
+/// flax `MultiHeadDotProductAttention` at one site, `[d, heads, head_dim]`: `[D, H, Dh]` query/key/value
+/// kernels with `[H, Dh]` biases, the query from `q_in` and keys and values from `kv_in`, the query divided by
+/// sqrt(Dh), softmax over all keys (no mask), `[H, Dh, D]` out kernel.
+pub(crate) fn flax_attention(
+    load: &Load<'_>,
+    [d, h, dh]: [usize; 3],
+    q_in: &Tensor,
+    kv_in: &Tensor,
+) -> Result<Tensor> {
+    let inner = dim(h.saturating_mul(dh))?;
+    let att = "MultiHeadDotProductAttention_0";
+    let batch_tokens = |x: &Tensor| match x.size().as_slice() {
+        [b, t, _] => (*b, *t),
+        _ => (0, 0),
+    };
+    let project = |x: &Tensor, which: &str| -> Result<Tensor> {
+        let (b, t) = batch_tokens(x);
+        let kernel =
+            load(&format!("{att}/{which}/kernel"), &[d, h, dh])?.f_reshape([dim(d)?, inner])?;
+        let bias = load(&format!("{att}/{which}/bias"), &[h, dh])?.f_reshape([inner])?;
+        Ok(ops::dense_in_out(x, &kernel, Some(&bias))?
+            .f_reshape([b, t, dim(h)?, dim(dh)?])?
+            .f_transpose(1, 2)?)
+    };
+    let q = project(q_in, "query")?;
+    let k = project(kv_in, "key")?;
+    let v = project(kv_in, "value")?;
+    let (b, t) = batch_tokens(q_in);
+    let o = ops::attention_explicit(&q, &k, &v)?
+        .f_transpose(1, 2)?
+        .f_reshape([b, t, inner])?;
+    let out = load(&format!("{att}/out/kernel"), &[h, dh, d])?.f_reshape([inner, dim(d)?])?;
+    let bias = load(&format!("{att}/out/bias"), &[d])?;
+    ops::dense_in_out(&o, &out, Some(&bias))
+}
+
+/// flax `MlpBlock` at one site: Dense `[d, mlp]`, tanh GELU, Dense `[mlp, d]`.
+pub(crate) fn flax_mlp(load: &Load<'_>, d: usize, mlp: usize, x: &Tensor) -> Result<Tensor> {
+    let y = ops::dense_in_out(
+        x,
+        &load("MlpBlock_0/Dense_0/kernel", &[d, mlp])?,
+        Some(&load("MlpBlock_0/Dense_0/bias", &[mlp])?),
+    )?;
+    let y = Gelu::Tanh.apply(&y)?;
+    ops::dense_in_out(
+        &y,
+        &load("MlpBlock_0/Dense_1/kernel", &[mlp, d])?,
+        Some(&load("MlpBlock_0/Dense_1/bias", &[d])?),
+    )
+}
+
+/// flax `LayerNorm` `name` at one site, width `d`, eps 1e-6.
+pub(crate) fn flax_norm(load: &Load<'_>, d: usize, name: &str, x: &Tensor) -> Result<Tensor> {
+    ops::layer_norm(
+        x,
+        &load(&format!("{name}/scale"), &[d])?,
+        &load(&format!("{name}/bias"), &[d])?,
+        FLAX_LAYER_NORM_EPS,
+    )
 }
 
 /// big_vision's `posemb_sincos_2d` for an `h` x `w` grid and width `d`, `[h*w, d]` row-major:
@@ -433,44 +520,13 @@ fn read_arch(p: &Params, opts: &Options) -> Result<(SourceArch, Option<MapSizes>
             ))
         }
     };
-    let stacked_q = "Transformer/encoderblock/MultiHeadDotProductAttention_0/query/kernel";
-    let scan = p.has(stacked_q);
-    let (depth, heads, head_dim, mlp) = if scan {
-        let (depth, heads, head_dim) = match p.require_shape(stacked_q, "stacked attention")? {
-            [l, d, h, dh] if *d == hidden => (*l, *h, *dh),
-            other => {
-                return Err(bad(
-                    stacked_q,
-                    format!("[depth, {hidden}, heads, head_dim]"),
-                    other,
-                ))
-            }
-        };
-        let m = "Transformer/encoderblock/MlpBlock_0/Dense_0/kernel";
-        let mlp = match p.require_shape(m, "stacked MLP")? {
-            [l, d, m] if *l == depth && *d == hidden => *m,
-            other => return Err(bad(m, format!("[{depth}, {hidden}, mlp]"), other)),
-        };
-        (depth, heads, head_dim, mlp)
-    } else {
-        let q = "Transformer/encoderblock_0/MultiHeadDotProductAttention_0/query/kernel";
-        let (heads, head_dim) = match p.require_shape(q, "attention of block 0")? {
-            [d, h, dh] if *d == hidden => (*h, *dh),
-            other => return Err(bad(q, format!("[{hidden}, heads, head_dim]"), other)),
-        };
-        let m = "Transformer/encoderblock_0/MlpBlock_0/Dense_0/kernel";
-        let mlp = match p.require_shape(m, "MLP of block 0")? {
-            [d, m] if *d == hidden => *m,
-            other => return Err(bad(m, format!("[{hidden}, mlp]"), other)),
-        };
-        let mut depth = 0usize;
-        while p.has(&format!(
-            "Transformer/encoderblock_{depth}/MultiHeadDotProductAttention_0/query/kernel"
-        )) {
-            depth = depth.saturating_add(1);
-        }
-        (depth, heads, head_dim, mlp)
-    };
+    let EncoderSizes {
+        depth,
+        heads,
+        head_dim,
+        mlp,
+        scan,
+    } = encoder_sizes(p, "Transformer", hidden, "", &bad)?;
     if depth == 0 || heads == 0 || head_dim == 0 {
         return Err(not_vit("no encoder blocks with attention".into()));
     }

@@ -27,7 +27,7 @@ use vitconv_tensors::TensorFile;
 use super::big_vision::{self, BigVision};
 use super::FLAX_LAYER_NORM_EPS;
 use crate::error::{Error, Result};
-use crate::ops::{self, Gelu};
+use crate::ops;
 use crate::params::{dim, Params};
 
 /// Whether a file is a big_vision two-tower model: an image tower under `img/`, a text tower
@@ -206,44 +206,13 @@ fn read_text_arch(p: &Params) -> Result<TextArch> {
             ))
         }
     };
-    let stacked_q = "Encoder_0/encoderblock/MultiHeadDotProductAttention_0/query/kernel";
-    let scan = p.has(stacked_q);
-    let (depth, heads, head_dim, mlp) = if scan {
-        let (depth, heads, head_dim) = match p.require_shape(stacked_q, "stacked attention")? {
-            [l, d, h, dh] if *d == width => (*l, *h, *dh),
-            other => {
-                return Err(bad(
-                    stacked_q,
-                    format!("[depth, {width}, heads, head_dim]"),
-                    other,
-                ))
-            }
-        };
-        let m = "Encoder_0/encoderblock/MlpBlock_0/Dense_0/kernel";
-        let mlp = match p.require_shape(m, "stacked MLP")? {
-            [l, d, m] if *l == depth && *d == width => *m,
-            other => return Err(bad(m, format!("[{depth}, {width}, mlp]"), other)),
-        };
-        (depth, heads, head_dim, mlp)
-    } else {
-        let q = "Encoder_0/encoderblock_0/MultiHeadDotProductAttention_0/query/kernel";
-        let (heads, head_dim) = match p.require_shape(q, "attention of text block 0")? {
-            [d, h, dh] if *d == width => (*h, *dh),
-            other => return Err(bad(q, format!("[{width}, heads, head_dim]"), other)),
-        };
-        let m = "Encoder_0/encoderblock_0/MlpBlock_0/Dense_0/kernel";
-        let mlp = match p.require_shape(m, "MLP of text block 0")? {
-            [d, m] if *d == width => *m,
-            other => return Err(bad(m, format!("[{width}, mlp]"), other)),
-        };
-        let mut depth = 0usize;
-        while p.has(&format!(
-            "Encoder_0/encoderblock_{depth}/MultiHeadDotProductAttention_0/query/kernel"
-        )) {
-            depth = depth.saturating_add(1);
-        }
-        (depth, heads, head_dim, mlp)
-    };
+    let big_vision::EncoderSizes {
+        depth,
+        heads,
+        head_dim,
+        mlp,
+        scan,
+    } = big_vision::encoder_sizes(p, "Encoder_0", width, "text ", &bad)?;
     if depth == 0 || heads == 0 || head_dim == 0 {
         return Err(Error::NotAModel {
             path: path.clone(),
@@ -268,73 +237,18 @@ fn read_text_arch(p: &Params) -> Result<TextArch> {
     })
 }
 
-/// flax `MultiHeadDotProductAttention` at one site: `[D, H, Dh]` query/key/value kernels with
-/// `[H, Dh]` biases, the query divided by sqrt(Dh), softmax over all keys (no mask), `[H, Dh, D]`
-/// out kernel.
-fn flax_attention(
-    load: &dyn Fn(&str, &[usize]) -> Result<Tensor>,
-    s: Sizes,
-    x: &Tensor,
-) -> Result<Tensor> {
-    let att = "MultiHeadDotProductAttention_0";
-    let inner = dim(s.heads.saturating_mul(s.head_dim))?;
-    let size = x.size();
-    let (b, t) = match size.as_slice() {
-        [b, t, _] => (*b, *t),
-        _ => (0, 0),
-    };
-    let project = |which: &str| -> Result<Tensor> {
-        let kernel = load(
-            &format!("{att}/{which}/kernel"),
-            &[s.d, s.heads, s.head_dim],
-        )?
-        .f_reshape([dim(s.d)?, inner])?;
-        let bias =
-            load(&format!("{att}/{which}/bias"), &[s.heads, s.head_dim])?.f_reshape([inner])?;
-        Ok(ops::dense_in_out(x, &kernel, Some(&bias))?
-            .f_reshape([b, t, dim(s.heads)?, dim(s.head_dim)?])?
-            .f_transpose(1, 2)?)
-    };
-    let (q, k, v) = (project("query")?, project("key")?, project("value")?);
-    let o = ops::attention_explicit(&q, &k, &v)?
-        .f_transpose(1, 2)?
-        .f_reshape([b, t, inner])?;
-    let out = load(&format!("{att}/out/kernel"), &[s.heads, s.head_dim, s.d])?
-        .f_reshape([inner, dim(s.d)?])?;
-    let bias = load(&format!("{att}/out/bias"), &[s.d])?;
-    ops::dense_in_out(&o, &out, Some(&bias))
-}
-
-/// `Encoder1DBlock`: `x + attn(LayerNorm_0(x))`, then `x + MlpBlock_0(LayerNorm_1(x))`, the MLP
-/// Dense to `mlp`, tanh GELU, Dense back.
-fn flax_block(
-    load: &dyn Fn(&str, &[usize]) -> Result<Tensor>,
-    s: Sizes,
-    x: &Tensor,
-) -> Result<Tensor> {
-    let norm = |name: &str, x: &Tensor| -> Result<Tensor> {
-        ops::layer_norm(
-            x,
-            &load(&format!("{name}/scale"), &[s.d])?,
-            &load(&format!("{name}/bias"), &[s.d])?,
-            FLAX_LAYER_NORM_EPS,
-        )
-    };
-    let y = norm("LayerNorm_0", x)?;
-    let x = x.f_add(&flax_attention(load, s, &y)?)?;
-    let y = norm("LayerNorm_1", &x)?;
-    let y = ops::dense_in_out(
+/// `Encoder1DBlock`: `x + attn(LayerNorm_0(x))`, then `x + MlpBlock_0(LayerNorm_1(x))`, with the big_vision
+/// reference's flax modules.
+fn flax_block(load: &big_vision::Load<'_>, s: Sizes, x: &Tensor) -> Result<Tensor> {
+    let y = big_vision::flax_norm(load, s.d, "LayerNorm_0", x)?;
+    let x = x.f_add(&big_vision::flax_attention(
+        load,
+        [s.d, s.heads, s.head_dim],
         &y,
-        &load("MlpBlock_0/Dense_0/kernel", &[s.d, s.mlp])?,
-        Some(&load("MlpBlock_0/Dense_0/bias", &[s.mlp])?),
-    )?;
-    let y = Gelu::Tanh.apply(&y)?;
-    let y = ops::dense_in_out(
         &y,
-        &load("MlpBlock_0/Dense_1/kernel", &[s.mlp, s.d])?,
-        Some(&load("MlpBlock_0/Dense_1/bias", &[s.d])?),
-    )?;
-    Ok(x.f_add(&y)?)
+    )?)?;
+    let y = big_vision::flax_norm(load, s.d, "LayerNorm_1", &x)?;
+    Ok(x.f_add(&big_vision::flax_mlp(load, s.d, s.mlp, &y)?)?)
 }
 
 /// L2-normalises the rows of `[n, E]`, as big_vision's two towers do before the dot product.
