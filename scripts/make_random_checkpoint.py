@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Builds a random-valued .npz with the exact keys and shapes of a published checkpoint.
 
-Usage: make_random_checkpoint.py SHAPES_JSON OUT.npz [--seed N]
+Usage: make_random_checkpoint.py SHAPES_JSON OUT.npz [--seed N] [--deflate]
 
 SHAPES_JSON is one of fixtures/shapes/*.json ({"tensors": {key: shape}, "dtype": ...}).
 The file is written the way np.savez writes one (a zip of stored .npy members, each
 opened with force_zip64=True, headers by numpy.lib.format.write_array), but one array
 at a time, so building the 2.5 GB ViT-H/14 needs the memory of its largest tensor, not
 of the whole model. Values are N(0, 0.02), float32: realistic magnitudes, no zeros.
+With --deflate the members are deflated, as np.savez_compressed writes them.
 """
 
 import argparse
@@ -25,14 +26,16 @@ def main():
     ap.add_argument("shapes")
     ap.add_argument("out")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--deflate", action="store_true")
     args = ap.parse_args()
 
     spec = json.load(open(args.shapes))
     dtype = np.dtype(spec.get("dtype", "float32"))
     rng = np.random.default_rng(args.seed)
     tmp = args.out + ".partial"
-    # np.savez: ZIP_STORED, allowZip64, one member per array named KEY.npy.
-    with zipfile.ZipFile(tmp, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+    # np.savez: ZIP_STORED (np.savez_compressed: ZIP_DEFLATED), allowZip64, one member per array named KEY.npy.
+    compression = zipfile.ZIP_DEFLATED if args.deflate else zipfile.ZIP_STORED
+    with zipfile.ZipFile(tmp, mode="w", compression=compression, allowZip64=True) as zf:
         for key, shape in spec["tensors"].items():
             arr = (rng.standard_normal(tuple(shape), dtype=np.float32) * SCALE).astype(dtype, copy=False)
             with zf.open(key + ".npy", "w", force_zip64=True) as f:

@@ -2,9 +2,13 @@
 //!
 //! Memory is bounded by a few bands, never a tensor or the model: the big matrices (Dense kernels, fused q/k/v)
 //! are produced a band of output rows at a time, each band read a group of source rows at a time with
-//! positional reads, and written through `Writer::write_part` (see `stream_recipe`; a deflated source member is
-//! the exception, read whole). Producer threads (one on a 2-core machine) compute tensors while the calling
-//! thread writes them in order (see `write_weights`).
+//! positional reads, and written through `Writer::write_part` (see `stream_recipe`). A deflated source member
+//! cannot be read from the middle: one that is stacked `[depth, ...]` is inflated once, front to back, and each
+//! block's slice handed to the outputs of that block as it comes out (`vitconv_tensors::TensorFile::slice_bands`,
+//! `read_slice`), so memory is a slice, not the member; an unstacked deflated member is read whole (memory: that
+//! tensor). Each source byte is read once: a slice of a stack is read alone, never the whole stack per block.
+//! Producer threads (one on a 2-core machine) compute tensors while the calling thread writes them in order
+//! (see `write_weights`).
 //! Weights go through `vitconv_tensors::Writer` (temporary file beside the target, renamed by `finish`), and the
 //! small JSON side files are written the same way after it: a failed run leaves no partial output and an
 //! existing output untouched. An interrupt sets `Options::cancel`; the executor checks it between bands and
@@ -30,24 +34,13 @@ use crate::plan::{Fetch, OutTensor, OutputKind, Plan, Recipe, OUTPUT_DIR_TOKEN};
 
 impl Fetch for TensorFile {
     fn fetch(&self, param: &Param) -> Result<Vec<f32>> {
-        let values = self.read_f32(&param.tensor)?;
-        let Some(Stacked { index: i, .. }) = param.stack else {
-            return Ok(values);
-        };
-        // A slice of a stacked tensor: the parameters of the stack are small ones here (biases, norms), the
-        // large kernels stream through `bands` instead.
-        let n = param.numel().unwrap_or(0);
-        let range = i
-            .checked_mul(n)
-            .and_then(|start| Some(start..start.checked_add(n)?));
-        match range.and_then(|r| values.get(r)) {
-            Some(slice) => Ok(slice.to_vec()),
-            None => Err(Error::Length {
-                name: param.describe(),
-                shape: param.shape.clone(),
-                expected: n,
-                found: values.len(),
-            }),
+        match param.stack {
+            None => Ok(self.read_f32(&param.tensor)?),
+            // A slice of a stacked tensor is read alone (and a deflated member streamed once, slice after
+            // slice), never the whole stack once per block.
+            Some(Stacked { index, count }) => {
+                Ok(self.read_slice_f32(&param.tensor, index, count)?)
+            }
         }
     }
 }
@@ -688,7 +681,8 @@ fn produce_tensor(
 /// Streams the bytes of one recipe: transposes and copies band by band, the small recipes whole.
 ///
 /// Band reads are positional on uncompressed sources; a deflated `.npz` member cannot be read from the
-/// middle, so for those `column_bands` inflates the whole source tensor once and the memory is the tensor's.
+/// middle, so for those `column_bands` inflates the whole source tensor once and the memory is the tensor's
+/// (a slice of a deflated stack: the slice's, from the member's one stream).
 fn stream_recipe(
     file: &TensorFile,
     name: &str,

@@ -1,7 +1,9 @@
 //! The big_vision source family end to end through the library: the golden variants of one model (stored
 //! unrolled, without the `params/` root, as a training checkpoint, in bf16) convert to the same tensors as
 //! the base case, the published shape lists are read with the sizes their `model` objects give, and each
-//! broken or ambiguous file is refused with the tensor or option that explains why.
+//! broken or ambiguous file is refused with the tensor or option that explains why. A checkpoint whose
+//! members are deflated (as `np.savez_compressed` writes them) converts to the same tensors as the stored one,
+//! its stacks streamed a slice at a time, with one producer or two.
 
 use std::path::{Path, PathBuf};
 
@@ -72,6 +74,62 @@ fn every_variant_converts_to_the_base_case_tensors() {
                     "{v} -> {layout:?} {dtype:?} differs from the base case"
                 );
             }
+        }
+    }
+}
+
+/// A copy of the `.npz` at `src` with every member deflated, as `np.savez_compressed` writes it.
+fn deflated_copy(src: &Path, dst: &Path) {
+    use std::io::{Read, Write};
+    let mut archive = zip::ZipArchive::new(std::fs::File::open(src).expect("source")).expect("zip");
+    let mut out = zip::ZipWriter::new(std::fs::File::create(dst).expect("copy"));
+    let deflate =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+    for i in 0..archive.len() {
+        let mut member = archive.by_index(i).expect("member");
+        let mut bytes = Vec::new();
+        member.read_to_end(&mut bytes).expect("member bytes");
+        let name = member.name().expect("member name").to_string();
+        out.start_file(name, deflate).expect("start");
+        out.write_all(&bytes).expect("write");
+    }
+    out.finish().expect("finish");
+}
+
+#[test]
+fn deflated_stacks_convert_to_the_stored_tensors() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cases = [
+        ("bv-vit-tok-scan", Layout::Timm, ".safetensors"),
+        ("bv-vit-map-scan", Layout::Timm, ".pt"),
+        ("bv-vit-tok-scan", Layout::Hf, ""),
+        ("siglip-tiny", Layout::OpenClip, ""),
+        ("siglip-nohead", Layout::Hf, ""),
+    ];
+    for (n, (case, layout, ext)) in cases.into_iter().enumerate() {
+        let stored = bv().join(format!("{case}/checkpoint.npz"));
+        let deflated = dir.path().join(format!("{case}-deflated.npz"));
+        deflated_copy(&stored, &deflated);
+        let file = TensorFile::open(&deflated).expect("deflated copy opens");
+        assert!(
+            file.tensors().iter().any(|t| t.name.contains("encoderblock/")),
+            "{case} has stacked blocks"
+        );
+        let mut opts = Options::new(layout);
+        if case == "bv-vit-map-scan" {
+            // Its pre_logits layer has no place in timm; the MAP head and the blocks do.
+            opts.head = HeadChoice::Drop;
+        }
+        let want = converted(&stored, &opts, dir.path(), &format!("stored-{n}{ext}"));
+        for producers in [1, 2] {
+            opts.producers = Some(producers);
+            // Bands far smaller than the tensors, so that two producers interleave their slices.
+            opts.band_bytes = Some(512);
+            let got = converted(&deflated, &opts, dir.path(), &format!("deflated-{n}-{producers}{ext}"));
+            assert!(
+                got == want,
+                "{case} -> {layout:?}, {producers} producers: the deflated copy differs"
+            );
         }
     }
 }

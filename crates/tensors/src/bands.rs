@@ -16,10 +16,11 @@
 //! in file order (`crc32fast::Hasher::combine`, zlib's `crc32_combine`) with the member's
 //! `.npy` header ahead of them.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, HashMap};
+use std::io::{self, Read};
+use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::source::{self, Base, Layout, MemberCrc};
+use crate::source::{self, Base, Layout, Location, MemberCrc};
 use crate::{Error, Result, TensorFile};
 
 /// Where the bands come from.
@@ -36,15 +37,69 @@ enum Source {
 }
 
 /// What is known of the slices of stacked tensors read so far, per tensor: each slice's CRC-32 state while
-/// the others are still to come, and the decoded bytes of a tensor that could not be read in place.
+/// the others are still to come, the stream of a deflated member, and the decoded bytes of a tensor that
+/// could be read neither in place nor as a stream.
 ///
 /// A stacked `[depth, ...]` tensor is read one slice at a time, each by the output tensor of its block, so
 /// no single reader sees the whole member: each hands its slice's running CRC here, and the slice that
-/// completes the set checks the member's CRC-32. A deflated member is inflated once, by the first slice
-/// read, and kept until its last slice has been read.
+/// completes the set checks the member's CRC-32. A deflated member is inflated once, front to back, each
+/// slice handed to its block's output as it comes out of the inflater ([`Stream`]), so memory is a slice,
+/// not the member. A strided or byte-swapped `.pt` view, or a deflated storage that several tensors view, is
+/// read whole by the first slice asked for and kept until its last slice has been read.
 #[derive(Debug, Default)]
 pub(crate) struct Slices {
     by_tensor: Mutex<HashMap<String, SliceState>>,
+    streams: Mutex<HashMap<String, Arc<Mutex<StreamSlot>>>>,
+}
+
+/// A deflated stacked member read front to back once, a slice at a time, as the outputs of its blocks ask
+/// for them.
+///
+/// A deflated member cannot be read from the middle, and a conversion asks for the slices of a stacked
+/// `[depth, ...]` member one block at a time, in block order: so the member is inflated once, in order, and
+/// each slice goes to the reader that asked for it and is dropped there. A slice read ahead of its turn (two
+/// producers asked for blocks 1 and 0 in that order) is kept until it is asked for. A slice asked for again
+/// after it was handed out (no layout does that) is read again from the member's start: that costs time,
+/// never correctness, and `StreamSlot::opened` counts it.
+struct Stream {
+    reader: Box<dyn Read + Send>,
+    /// The hash of every byte read so far, from the member's first (the `.npy` header ahead of the data on).
+    hasher: crc32fast::Hasher,
+    /// The slice the reader yields next.
+    next: usize,
+    /// Slices read ahead of their turn, waiting for their reader.
+    kept: BTreeMap<usize, Arc<Vec<u8>>>,
+}
+
+/// A member's stream, if one is open, and how many times the member has been opened for streaming.
+#[derive(Default)]
+struct StreamSlot {
+    stream: Option<Stream>,
+    opened: usize,
+}
+
+impl std::fmt::Debug for StreamSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamSlot")
+            .field("next", &self.stream.as_ref().map(|s| s.next))
+            .field("kept", &self.stream.as_ref().map(|s| s.kept.len()))
+            .field("opened", &self.opened)
+            .finish()
+    }
+}
+
+/// Hashes what is written to it, keeping nothing: the bytes of a member ahead of its data.
+struct HashSink<'h>(&'h mut crc32fast::Hasher);
+
+impl io::Write for HashSink<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 #[derive(Debug)]
@@ -60,12 +115,29 @@ struct SliceState {
 }
 
 impl Slices {
+    /// The stream slot of `name`, created on first use.
+    fn stream(&self, name: &str) -> Arc<Mutex<StreamSlot>> {
+        let mut map = self
+            .streams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(map.entry(name.to_string()).or_default())
+    }
+
+    /// How many times `name` has been opened to be streamed (see [`Stream`]).
+    #[cfg(test)]
+    pub(crate) fn opened(&self, name: &str) -> usize {
+        let slot = self.stream(name);
+        let slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        slot.opened
+    }
+
     /// The state of `name`'s `count` slices, created on first use.
     fn with<T>(&self, name: &str, count: usize, f: impl FnOnce(&mut SliceState) -> T) -> T {
         let mut map = self
             .by_tensor
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+            .unwrap_or_else(PoisonError::into_inner);
         let state = map.entry(name.to_string()).or_insert_with(|| SliceState {
             crcs: vec![None; count],
             seen: vec![false; count],
@@ -209,6 +281,16 @@ impl TensorFile {
                 all: Arc::new(self.read(name)?),
                 base: 0,
             },
+            Base::Deflate { .. }
+                if matches!(loc.layout, Layout::C)
+                    && !loc.byteswap
+                    && !self.is_shared_deflate(loc) =>
+            {
+                Source::Whole {
+                    all: self.streamed_slice(name, loc, index, count, slice_bytes)?,
+                    base: 0,
+                }
+            }
             _ => {
                 let cached = self.slices.with(name, count, |s| s.whole.clone());
                 let all = match cached {
@@ -235,6 +317,119 @@ impl TensorFile {
             source,
             slice,
         })
+    }
+}
+
+impl TensorFile {
+    /// Slice `index` of the deflated `[count, ...]` member `name`, `slice_bytes` bytes, from its stream (see
+    /// [`Stream`]): read now, with any slices before it that nobody has asked for yet, or kept from earlier.
+    ///
+    /// The slice that completes the member checks its CRC-32 over everything the stream read.
+    fn streamed_slice(
+        &self,
+        name: &str,
+        loc: &Location,
+        index: usize,
+        count: usize,
+        slice_bytes: usize,
+    ) -> Result<Arc<Vec<u8>>> {
+        let slot = self.slices.stream(name);
+        // One reader of the member at a time: the others wait for the slice being inflated rather than
+        // inflating the member a second time.
+        let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        // Taken out while it is read, so that a read that fails leaves no stream in an unknown position
+        // behind: the next request opens the member again.
+        let resumed = match slot.stream.take() {
+            Some(mut s) => {
+                if let Some(kept) = s.kept.remove(&index) {
+                    slot.stream = Some(s);
+                    return Ok(kept);
+                }
+                (index >= s.next).then_some(s)
+            }
+            None => None,
+        };
+        let mut stream = match resumed {
+            Some(s) => s,
+            None => {
+                slot.opened = slot.opened.saturating_add(1);
+                self.open_stream(name, loc)?
+            }
+        };
+        let (offset, expected) = match loc.base {
+            Base::Stored { offset, len } | Base::Deflate { offset, len, .. } => (offset, len),
+        };
+        loop {
+            // Bounded by the file: `count * slice_bytes` is the tensor's size, which was checked at open
+            // against the most the member's compressed bytes can inflate to.
+            let mut buf = vec![0u8; slice_bytes];
+            stream
+                .reader
+                .read_exact(&mut buf)
+                .map_err(|e| source::read_error(&self.path, name, offset, expected, e))?;
+            stream.hasher.update(&buf);
+            let read = stream.next;
+            stream.next = stream.next.saturating_add(1);
+            if stream.next == count {
+                let nbytes = (slice_bytes as u64).saturating_mul(count as u64);
+                if let Some(crc) = source::crc_to_check(loc, nbytes) {
+                    source::check_crc(&self.path, name, crc, stream.hasher.clone().finalize())?;
+                }
+            }
+            let buf = Arc::new(buf);
+            if read == index {
+                // A finished stream with nothing kept is dropped, and its inflater's buffers with it.
+                if stream.next < count || !stream.kept.is_empty() {
+                    slot.stream = Some(stream);
+                }
+                return Ok(buf);
+            }
+            stream.kept.insert(read, buf);
+        }
+    }
+
+    /// Opens deflated member `name` for streaming, its bytes ahead of the data (the `.npy` header) hashed and
+    /// skipped.
+    fn open_stream(&self, name: &str, loc: &Location) -> Result<Stream> {
+        let mut reader =
+            source::entry_reader(Arc::clone(&self.file), &loc.base, source::INFLATE_BUF);
+        let mut hasher = crc32fast::Hasher::new();
+        let offset = match loc.base {
+            Base::Stored { offset, .. } | Base::Deflate { offset, .. } => offset,
+        };
+        let skipped = io::copy(&mut (&mut reader).take(loc.start), &mut HashSink(&mut hasher))
+            .map_err(|e| source::read_error(&self.path, name, offset, loc.start, e))?;
+        if skipped != loc.start {
+            return Err(Error::truncated(
+                &self.path, name, offset, loc.start, skipped,
+            ));
+        }
+        Ok(Stream {
+            reader,
+            hasher,
+            next: 0,
+            kept: BTreeMap::new(),
+        })
+    }
+
+    /// Slice `index` of tensor `name` stacked as `[count, ...]` along its leading axis: its bytes,
+    /// little-endian, C order.
+    ///
+    /// Only the slice is read (positionally where the data is stored as it is, from the member's stream where
+    /// it is deflated); the member's CRC-32 is checked once every slice has been read, as for
+    /// [`TensorFile::slice_bands`].
+    pub fn read_slice(&self, name: &str, index: usize, count: usize) -> Result<Vec<u8>> {
+        let mut bands = self.slice_bands(name, index, count, 1)?;
+        let mut out = Vec::new();
+        bands.read_band(bands.remaining(), &mut out)?;
+        Ok(out)
+    }
+
+    /// [`TensorFile::read_slice`], decoded to `f32`.
+    pub fn read_slice_f32(&self, name: &str, index: usize, count: usize) -> Result<Vec<f32>> {
+        let bytes = self.read_slice(name, index, count)?;
+        let dtype = self.get(name).map(|t| t.dtype).unwrap_or(crate::DType::U8);
+        Ok(source::to_f32(dtype, &bytes))
     }
 }
 
@@ -665,6 +860,128 @@ mod tests {
             .read_rows_pitched(cols, cols + 8, &mut padded)
             .unwrap_err();
         assert!(matches!(err, Error::Crc { .. }), "{err}");
+    }
+
+    /// A `[count, rows, cols]` f32-sized (4-byte) stacked tensor with distinct bytes, written to an `.npz` whose
+    /// members are deflated (as `np.savez_compressed` writes them), and its bytes.
+    fn deflated_stack(dir: &std::path::Path, count: usize, rows: usize, cols: usize) -> (TensorFile, Vec<u8>) {
+        use std::io::{Read, Write};
+        let stored = dir.join("stored.npz");
+        let data: Vec<u8> = (0..count * rows * cols * 4).map(|i| (i * 13 % 253) as u8).collect();
+        let specs = vec![TensorSpec {
+            name: "s".into(),
+            dtype: DType::F32,
+            shape: vec![count, rows, cols],
+        }];
+        let mut w = Writer::create(&stored, Format::Npz, specs, BTreeMap::new(), false).unwrap();
+        w.write_next(&data).unwrap();
+        w.finish().unwrap();
+        let mut archive = zip::ZipArchive::new(std::fs::File::open(&stored).unwrap()).unwrap();
+        let path = dir.join("deflated.npz");
+        let mut out = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+        let deflate = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
+        for i in 0..archive.len() {
+            let mut member = archive.by_index(i).unwrap();
+            let mut bytes = Vec::new();
+            member.read_to_end(&mut bytes).unwrap();
+            out.start_file(member.name().unwrap().to_string(), deflate).unwrap();
+            out.write_all(&bytes).unwrap();
+        }
+        out.finish().unwrap();
+        (TensorFile::open(&path).unwrap(), data)
+    }
+
+    #[test]
+    fn a_deflated_stack_is_inflated_once_in_slice_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (count, rows, cols) = (5, 6, 10);
+        let (f, data) = deflated_stack(dir.path(), count, rows, cols);
+        let slice = rows * cols * 4;
+        // In block order, as a conversion asks: one pass over the member, whatever reads each slice.
+        for i in 0..count {
+            let mut bands = f.slice_bands("s", i, count, rows).unwrap();
+            assert!(!bands.in_place());
+            let mut out = Vec::new();
+            bands.read_band(cols * 4, &mut out).unwrap();
+            assert_eq!(out, data[i * slice..(i + 1) * slice], "slice {i}");
+        }
+        assert_eq!(f.slices.opened("s"), 1);
+        // Out of order (two producers asking for blocks 2 and 0 first): the slices read ahead of their turn
+        // are kept for their readers, and the member is still inflated once.
+        let dir = tempfile::tempdir().unwrap();
+        let (f, data) = deflated_stack(dir.path(), count, rows, cols);
+        for i in [2, 0, 1, 4, 3] {
+            let got = f.read_slice("s", i, count).unwrap();
+            assert_eq!(got, data[i * slice..(i + 1) * slice], "slice {i}");
+        }
+        assert_eq!(f.slices.opened("s"), 1);
+        // A slice asked for again after it was handed out is read from the member's start again.
+        let again = f.read_slice("s", 1, count).unwrap();
+        assert_eq!(again, data[slice..2 * slice]);
+        assert_eq!(f.slices.opened("s"), 2);
+        // Decoded, the same values as the whole tensor's.
+        let whole = f.read_f32("s").unwrap();
+        let per = rows * cols;
+        assert_eq!(f.read_slice_f32("s", 3, count).unwrap(), whole[3 * per..4 * per]);
+    }
+
+    #[test]
+    fn the_slice_that_completes_a_deflated_stack_checks_its_crc() {
+        let dir = tempfile::tempdir().unwrap();
+        let (count, rows, cols) = (3, 4, 8);
+        let (f, _) = deflated_stack(dir.path(), count, rows, cols);
+        let path = f.path().to_path_buf();
+        drop(f);
+        // The member's recorded CRC-32, in its local header and the central directory, replaced by another:
+        // the deflate stream is intact, so only the CRC can tell.
+        let mut archive = zip::ZipArchive::new(std::fs::File::open(&path).unwrap()).unwrap();
+        let crc = archive.by_index(0).unwrap().crc32().to_le_bytes();
+        drop(archive);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mut patched = 0;
+        for i in 0..bytes.len() - 3 {
+            if bytes[i..i + 4] == crc {
+                bytes[i] ^= 0x01;
+                patched += 1;
+            }
+        }
+        assert_eq!(patched, 2, "the CRC is in the local header and the central directory");
+        let damaged = dir.path().join("damaged.npz");
+        std::fs::write(&damaged, &bytes).unwrap();
+        let f = TensorFile::open(&damaged).unwrap();
+        for i in 0..count - 1 {
+            f.read_slice("s", i, count).unwrap();
+        }
+        let err = f.read_slice("s", count - 1, count).unwrap_err();
+        assert!(matches!(err, Error::Crc { .. }), "{err}");
+        // The failed stream is not kept: the next request opens the member again, and fails again.
+        let err = f.read_slice("s", count - 1, count).unwrap_err();
+        assert!(matches!(err, Error::Crc { .. }), "{err}");
+        assert_eq!(f.slices.opened("s"), 2);
+    }
+
+    #[test]
+    fn a_stored_slice_is_read_alone_and_the_set_checks_the_crc() {
+        let dir = tempfile::tempdir().unwrap();
+        let (rows, cols) = (6, 40);
+        let (f, data) = matrix(dir.path(), Format::Npz, rows, cols);
+        // Six slices of one row each, read alone, in any order.
+        for i in [3, 0, 5, 1, 2, 4] {
+            assert_eq!(f.read_slice("m", i, rows).unwrap(), data[i * cols..(i + 1) * cols]);
+        }
+        assert_eq!(f.slices.opened("m"), 0, "a stored member is never streamed");
+        let path = f.path().to_path_buf();
+        drop(f);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = bytes.windows(data.len()).position(|w| w == data.as_slice()).unwrap();
+        bytes[at + 2 * cols + 1] ^= 0x08;
+        let damaged = dir.path().join("damaged-slices.npz");
+        std::fs::write(&damaged, &bytes).unwrap();
+        let f = TensorFile::open(&damaged).unwrap();
+        let results: Vec<_> = (0..rows).map(|i| f.read_slice("m", i, rows)).collect();
+        assert!(results[..rows - 1].iter().all(Result::is_ok));
+        assert!(matches!(results[rows - 1], Err(Error::Crc { .. })), "{:?}", results[rows - 1]);
     }
 
     #[test]

@@ -167,7 +167,8 @@ pub struct TensorSpec {
 pub struct TensorFile {
     path: PathBuf,
     format: Format,
-    file: File,
+    /// Shared, so that a member streamed across calls can keep a reader on it (see `bands`).
+    file: Arc<File>,
     tensors: Vec<TensorInfo>,
     locations: Vec<Location>,
     index: HashMap<String, usize>,
@@ -313,7 +314,7 @@ impl TensorFile {
         Ok(TensorFile {
             path: path.to_path_buf(),
             format,
-            file,
+            file: Arc::new(file),
             tensors,
             locations,
             index,

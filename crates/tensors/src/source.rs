@@ -5,6 +5,7 @@
 //! data another way, a byte swap or a gather into C order. Reads take `&File` and never
 //! move a shared cursor, so one open file serves many threads.
 
+use std::borrow::Borrow;
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
@@ -265,14 +266,17 @@ pub(crate) fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Res
 }
 
 /// A `Read` over a byte range of a file, built on positional reads.
-pub(crate) struct RangeReader<'a> {
-    file: &'a File,
+///
+/// `F` is the file borrowed (`&File`) for a read that ends with the call, or shared (`Arc<File>`) for one kept
+/// open across calls (a stacked member streamed a slice at a time, see `bands`).
+pub(crate) struct RangeReader<F> {
+    file: F,
     pos: u64,
     end: u64,
 }
 
-impl<'a> RangeReader<'a> {
-    pub(crate) fn new(file: &'a File, offset: u64, len: u64) -> Self {
+impl<F: Borrow<File>> RangeReader<F> {
+    pub(crate) fn new(file: F, offset: u64, len: u64) -> Self {
         RangeReader {
             file,
             pos: offset,
@@ -281,7 +285,7 @@ impl<'a> RangeReader<'a> {
     }
 }
 
-impl Read for RangeReader<'_> {
+impl<F: Borrow<File>> Read for RangeReader<F> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let left = self.end.saturating_sub(self.pos);
         let want = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
@@ -292,9 +296,9 @@ impl Read for RangeReader<'_> {
             return Ok(0);
         }
         #[cfg(unix)]
-        let n = std::os::unix::fs::FileExt::read_at(self.file, chunk, self.pos)?;
+        let n = std::os::unix::fs::FileExt::read_at(self.file.borrow(), chunk, self.pos)?;
         #[cfg(windows)]
-        let n = std::os::windows::fs::FileExt::seek_read(self.file, chunk, self.pos)?;
+        let n = std::os::windows::fs::FileExt::seek_read(self.file.borrow(), chunk, self.pos)?;
         self.pos = self.pos.saturating_add(n as u64);
         Ok(n)
     }
@@ -311,11 +315,11 @@ pub(crate) const HEADER_INFLATE_BUF: usize = 4096;
 ///
 /// The reader yields at most the entry's claimed length, so a deflate stream that
 /// expands without end is cut off at the size its header claims.
-pub(crate) fn entry_reader<'a>(
-    file: &'a File,
+pub(crate) fn entry_reader<'a, F: Borrow<File> + Send + 'a>(
+    file: F,
     base: &Base,
     inflate_buf: usize,
-) -> Box<dyn Read + 'a> {
+) -> Box<dyn Read + Send + 'a> {
     match *base {
         Base::Stored { offset, len } => Box::new(RangeReader::new(file, offset, len)),
         Base::Deflate {
