@@ -716,29 +716,6 @@ pub fn restandardise(v: &[f32], out: usize, source_eps: f64, target_eps: f64) ->
     result
 }
 
-/// HWIO -> OIHW, optionally scaling each input channel.
-pub fn hwio_to_oihw(v: &[f32], [h, w, i, o]: [usize; 4], in_scale: Option<&[f32]>) -> Vec<f32> {
-    // Seen as [(h, w, i), o], OIHW is its transpose [o, (h, w, i)] with the inner (h, w, i) reordered to (i, h, w).
-    let t = transpose(v, h * w * i, o);
-    let mut out = vec![0f32; v.len()];
-    for oc in 0..o {
-        for y in 0..h {
-            for x in 0..w {
-                for c in 0..i {
-                    let scale = in_scale.and_then(|s| s.get(c)).copied().unwrap_or(1.0);
-                    if let (Some(d), Some(s)) = (
-                        out.get_mut(((oc * i + c) * h + y) * w + x),
-                        t.get(oc * h * w * i + (y * w + x) * i + c),
-                    ) {
-                        *d = *s * scale;
-                    }
-                }
-            }
-        }
-    }
-    out
-}
-
 /// `b[o] + sum over (y, x, c) of K[y, x, c, o] * offset[c]`, accumulated in f64.
 pub fn fold_bias(b: &[f32], k: &[f32], [h, w, i, o]: [usize; 4], offset: &[f32]) -> Vec<f32> {
     let mut acc: Vec<f64> = b.iter().map(|&x| f64::from(x)).collect();
@@ -757,6 +734,28 @@ pub fn fold_bias(b: &[f32], k: &[f32], [h, w, i, o]: [usize; 4], offset: &[f32])
         }
     }
     acc.into_iter().map(|x| x as f32).collect()
+}
+
+/// big_vision's `posemb_sincos_2d` (`models/vit.py`) for an `h x w` grid and width `dim`, in f64: rows in
+/// row-major `(y, x)` order, `omega = 1 / 10000^(k / (dim/4 - 1))` for `k < dim/4`, and each row
+/// `[sin(x omega), cos(x omega), sin(y omega), cos(y omega)]`. (timm's own helper divides by `dim/4`,
+/// not `dim/4 - 1`: a different table.) The source module guarantees `dim % 4 == 0`.
+pub fn sincos2d((h, w): (usize, usize), dim: usize) -> Vec<f64> {
+    let quarter = dim / 4;
+    let denom = quarter.saturating_sub(1).max(1) as f64;
+    let omega: Vec<f64> = (0..quarter)
+        .map(|k| 1.0 / 10_000f64.powf(k as f64 / denom))
+        .collect();
+    let mut out = Vec::with_capacity(h.saturating_mul(w).saturating_mul(dim));
+    for y in 0..h {
+        for x in 0..w {
+            out.extend(omega.iter().map(|o| (x as f64 * o).sin()));
+            out.extend(omega.iter().map(|o| (x as f64 * o).cos()));
+            out.extend(omega.iter().map(|o| (y as f64 * o).sin()));
+            out.extend(omega.iter().map(|o| (y as f64 * o).cos()));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -1035,24 +1034,6 @@ mod tests {
                 transpose_encode_bytes(group, DType::F32, [g, c, c], dtype, strip, r);
             }
             assert_eq!(strips, whole, "{dtype:?}");
-        }
-    }
-
-    #[test]
-    fn hwio_to_oihw_moves_every_element() {
-        let hwio = [2, 3, 4, 5];
-        let v: Vec<f32> = (0..120).map(|x| x as f32).collect();
-        let out = hwio_to_oihw(&v, hwio, Some(&[1.0, 2.0, 1.0, 1.0]));
-        for y in 0..2 {
-            for x in 0..3 {
-                for c in 0..4 {
-                    for o in 0..5 {
-                        let src = v[((y * 3 + x) * 4 + c) * 5 + o];
-                        let scale = if c == 1 { 2.0 } else { 1.0 };
-                        assert_eq!(out[((o * 4 + c) * 2 + y) * 3 + x], src * scale);
-                    }
-                }
-            }
         }
     }
 

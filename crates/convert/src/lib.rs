@@ -10,10 +10,14 @@
 //!   config and side files, and the recogniser `inspect` uses (built from the same names); the registry
 //!   [`layout::LAYOUTS`] lists them.
 //! - [`plan`]: the recipes each output tensor is computed by (transpose, q/k/v fusion, HWIO -> OIHW, bias
-//!   and normalisation folding, position-embedding resizing via [`resize`], sincos2d) and their interpreter.
-//! - [`kernel`]: the numeric kernels the recipes and the executor call (transposes, the one float decoding
-//!   table, encoding, the fused transpose-and-convert); it imports nothing of the plan.
-//! - [`convert`]: runs a plan, streaming one output tensor at a time into an atomic writer.
+//!   and normalisation folding, position-embedding resizing via [`resize`], sincos2d), as data that knows how
+//!   many values each makes.
+//! - [`exec`]: the one interpreter of recipes, streaming the big ones a band at a time into a sink; a
+//!   conversion and a test evaluate a recipe through the same code.
+//! - [`kernel`]: the numeric kernels the interpreter calls (transposes, the one float decoding table,
+//!   encoding, the fused transpose-and-convert, sincos2d); it imports nothing of the plan.
+//! - [`convert`]: runs a plan, the interpreter's bands of one output tensor after another handed to an atomic
+//!   writer.
 //! - [`tokenizer`]: the SentencePiece model `--tokenizer` names, checked and written as a tokenizer's files.
 //!
 //! The rule: a new source family is a new module under [`sources`] plus one line in `sources::SOURCES`; a new
@@ -26,6 +30,7 @@
 pub mod arch;
 pub mod convert;
 pub mod error;
+pub mod exec;
 pub mod kernel;
 pub mod layout;
 pub mod model;

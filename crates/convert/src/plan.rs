@@ -1,8 +1,9 @@
 //! A conversion plan: the output tensors in write order, each with the recipe that computes it from the source.
 //!
-//! Layouts build plans out of these few transforms; the executor in `convert.rs` streams transposes and copies a
-//! band at a time (with [`crate::kernel::transpose_encode_bytes`]) and evaluates the small recipes whole ([`Recipe::eval`]).
-//! Every recipe reads only the source tensors it names.
+//! Layouts build plans out of these few transforms. A plan is data: a recipe names its source parameters and
+//! knows how many values it makes ([`Recipe::out_len`], checked against each output's shape once, when the plan
+//! is made), and one interpreter, [`crate::exec`], gives every recipe its meaning, for a conversion and for a
+//! test alike. Every recipe reads only the source tensors it names.
 
 #![cfg_attr(
     not(test),
@@ -16,12 +17,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::error::{Error, Result};
-use crate::kernel::{
-    encode_append, encode_append_f64, fold_bias, hwio_to_oihw, restandardise, transpose,
-};
 use crate::model::Param;
-use crate::options::{OutDType, ResizeMethod};
-use crate::resize::resize_grid;
+use crate::options::ResizeMethod;
 
 /// Reads source parameters; implemented for `TensorFile` and, in tests, for in-memory maps.
 pub trait Fetch {
@@ -158,188 +155,31 @@ impl Recipe {
         }
     }
 
-    /// Appends the output, encoded as `dtype`, to `out`. For the small recipes (patch kernel, biases, position
-    /// embedding, stem convolutions): the executor streams transposes and copies band by band instead.
-    pub fn eval_bytes(&self, src: &dyn Fetch, dtype: OutDType, out: &mut Vec<u8>) -> Result<()> {
+    /// How many values the recipe produces, from its own data: what its output tensor's shape must hold.
+    /// `None` where the count overflows.
+    pub fn out_len(&self) -> Option<usize> {
+        let product = |dims: &[usize]| dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
         match self {
-            Recipe::Concat(parts) => {
-                for p in parts {
-                    p.eval_bytes(src, dtype, out)?;
-                }
-            }
-            // Rounded once, from f64 to the output type, as the exactness asks.
-            Recipe::Sincos2d {
-                grid,
-                dim,
-                add_to_grid: None,
-            } => encode_append_f64(&sincos2d(*grid, *dim), dtype, out),
-            _ => encode_append(&self.eval(src)?, dtype, out),
-        }
-        Ok(())
-    }
-
-    /// Computes the output values.
-    pub fn eval(&self, src: &dyn Fetch) -> Result<Vec<f32>> {
-        match self {
-            Recipe::Copy(s) => src.fetch(s),
-            Recipe::Transpose { src: s, rows, cols } => {
-                let v = fetch_len(src, s, &[*rows, *cols])?;
-                Ok(transpose(&v, *rows, *cols))
-            }
-            Recipe::Concat(parts) => {
-                let mut out = Vec::new();
-                for p in parts {
-                    out.extend(p.eval(src)?);
-                }
-                Ok(out)
-            }
-            Recipe::ConvKernel {
-                src: s,
-                hwio,
-                in_scale,
-            } => {
-                let v = fetch_len(src, s, hwio)?;
-                Ok(hwio_to_oihw(&v, *hwio, in_scale.as_deref()))
-            }
-            Recipe::StdConvKernel {
-                src: s,
-                hwio,
-                source_eps,
-                target_eps,
-            } => {
-                let v = fetch_len(src, s, hwio)?;
-                let standardised = restandardise(&v, hwio[3], *source_eps, *target_eps);
-                Ok(hwio_to_oihw(&standardised, *hwio, None))
-            }
-            Recipe::PatchBias {
-                bias,
-                kernel,
-                hwio,
-                in_offset,
-            } => {
-                let b = fetch_len(src, bias, &[hwio[3]])?;
-                let k = fetch_len(src, kernel, hwio)?;
-                Ok(fold_bias(&b, &k, *hwio, in_offset))
-            }
+            Recipe::Copy(s) => s.numel(),
+            Recipe::Transpose { rows, cols, .. } => rows.checked_mul(*cols),
+            Recipe::Concat(parts) => parts
+                .iter()
+                .try_fold(0usize, |a, p| a.checked_add(p.out_len()?)),
+            Recipe::ConvKernel { hwio, .. } | Recipe::StdConvKernel { hwio, .. } => product(hwio),
+            Recipe::PatchBias { hwio, .. } => Some(hwio[3]),
             Recipe::PosEmbed {
-                src: s,
                 prefix_rows,
-                from,
                 to,
                 dim,
-                method,
-                add_to_grid,
-            } => {
-                // The output sizes are capped (MAX_IMAGE_SIZE) and the source's come from a checked shape;
-                // saturating keeps an impossible product from wrapping into a small, wrong length.
-                let rows = from.0.saturating_mul(from.1).saturating_add(*prefix_rows);
-                let v = fetch_len(src, s, &[rows, *dim])?;
-                let split = prefix_rows.saturating_mul(*dim);
-                let (prefix, grid) = v.split_at(split.min(v.len()));
-                let mut out = prefix.to_vec();
-                let mut grid = if from == to {
-                    grid.to_vec()
-                } else {
-                    resize_grid(grid, *from, *to, *dim, *method)
-                };
-                if let Some(add) = add_to_grid {
-                    let a = add.eval(src)?;
-                    if a.len() != *dim {
-                        return Err(Error::Length {
-                            name: s.describe(),
-                            shape: vec![*dim],
-                            expected: *dim,
-                            found: a.len(),
-                        });
-                    }
-                    for row in grid.chunks_exact_mut(*dim) {
-                        row.iter_mut().zip(&a).for_each(|(g, a)| *g += a);
-                    }
-                }
-                out.append(&mut grid);
-                Ok(out)
-            }
-            Recipe::Sincos2d {
-                grid,
-                dim,
-                add_to_grid,
-            } => {
-                let mut v: Vec<f32> = sincos2d(*grid, *dim).iter().map(|x| *x as f32).collect();
-                if let Some(add) = add_to_grid {
-                    let a = add.eval(src)?;
-                    if a.len() != *dim {
-                        return Err(Error::Length {
-                            name: "sincos2d position embedding".to_string(),
-                            shape: vec![*dim],
-                            expected: *dim,
-                            found: a.len(),
-                        });
-                    }
-                    for row in v.chunks_exact_mut((*dim).max(1)) {
-                        row.iter_mut().zip(&a).for_each(|(g, a)| *g += a);
-                    }
-                }
-                Ok(v)
-            }
-            Recipe::Fill { value, len } => Ok(vec![*value; *len]),
-            Recipe::Identity(n) => {
-                let mut v = vec![0f32; n.saturating_mul(*n)];
-                v.iter_mut()
-                    .step_by(n.saturating_add(1))
-                    .for_each(|x| *x = 1.0);
-                Ok(v)
-            }
+                ..
+            } => product(&[to.0, to.1])?
+                .checked_add(*prefix_rows)?
+                .checked_mul(*dim),
+            Recipe::Sincos2d { grid, dim, .. } => product(&[grid.0, grid.1, *dim]),
+            Recipe::Fill { len, .. } => Some(*len),
+            Recipe::Identity(n) => n.checked_mul(*n),
         }
     }
-}
-
-/// big_vision's `posemb_sincos_2d` (`models/vit.py`) for an `h x w` grid and width `dim`, in f64: rows in
-/// row-major `(y, x)` order, `omega = 1 / 10000^(k / (dim/4 - 1))` for `k < dim/4`, and each row
-/// `[sin(x omega), cos(x omega), sin(y omega), cos(y omega)]`. (timm's own helper divides by `dim/4`,
-/// not `dim/4 - 1`: a different table.) The source module guarantees `dim % 4 == 0`.
-pub fn sincos2d((h, w): (usize, usize), dim: usize) -> Vec<f64> {
-    let quarter = dim / 4;
-    let denom = quarter.saturating_sub(1).max(1) as f64;
-    let omega: Vec<f64> = (0..quarter)
-        .map(|k| 1.0 / 10_000f64.powf(k as f64 / denom))
-        .collect();
-    let mut out = Vec::with_capacity(h.saturating_mul(w).saturating_mul(dim));
-    for y in 0..h {
-        for x in 0..w {
-            out.extend(omega.iter().map(|o| (x as f64 * o).sin()));
-            out.extend(omega.iter().map(|o| (x as f64 * o).cos()));
-            out.extend(omega.iter().map(|o| (y as f64 * o).sin()));
-            out.extend(omega.iter().map(|o| (y as f64 * o).cos()));
-        }
-    }
-    out
-}
-
-/// Fetches a tensor and checks it holds exactly the product of `shape` values.
-fn fetch_len(src: &dyn Fetch, param: &Param, shape: &[usize]) -> Result<Vec<f32>> {
-    let v = src.fetch(param)?;
-    check_len(&param.describe(), shape, v.len())?;
-    Ok(v)
-}
-
-/// Checks that `found` values fill `shape`.
-fn check_len(name: &str, shape: &[usize], found: usize) -> Result<()> {
-    let expected = shape
-        .iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .ok_or(Error::Overflow {
-            name: name.to_string(),
-            what: "element count",
-        })?;
-    if found != expected {
-        return Err(Error::Length {
-            name: name.to_string(),
-            shape: shape.to_vec(),
-            expected,
-            found,
-        });
-    }
-    Ok(())
 }
 
 /// One tensor of the output.
@@ -411,6 +251,24 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Checks that every output's shape holds exactly the values its recipe makes ([`Recipe::out_len`]), so
+    /// that a layout's mistake is refused before anything is written rather than found by the writer.
+    pub fn check_shapes(&self) -> Result<()> {
+        for t in &self.tensors {
+            let holds = t.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+            let makes = t.recipe.out_len();
+            if holds.is_none() || holds != makes {
+                return Err(Error::Length {
+                    name: t.name.clone(),
+                    shape: t.shape.clone(),
+                    expected: holds.unwrap_or(usize::MAX),
+                    found: makes.unwrap_or(usize::MAX),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Checks that every source tensor is read by some output or listed as dropped.
     pub fn check_complete(
         &self,
@@ -436,26 +294,62 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vitconv_tensors::DType;
 
     #[test]
-    fn identity_and_fill() {
-        struct None_;
-        impl Fetch for None_ {
-            fn fetch(&self, param: &Param) -> Result<Vec<f32>> {
-                Err(Error::MissingTensor {
-                    recognised: "test map".to_string(),
-                    tensor: param.describe(),
-                    role: None,
-                })
-            }
+    fn recipes_know_how_many_values_they_make() {
+        let k = Param::whole("k", DType::F32, &[2, 3, 4, 5]);
+        let cases = [
+            (Recipe::Identity(3), Some(9)),
+            (Recipe::Fill { value: 1.0, len: 7 }, Some(7)),
+            (Recipe::Copy(k.clone()), Some(120)),
+            (
+                Recipe::Transpose {
+                    src: k.clone(),
+                    rows: 24,
+                    cols: 5,
+                },
+                Some(120),
+            ),
+            (
+                Recipe::ConvKernel {
+                    src: k.clone(),
+                    hwio: [2, 3, 4, 5],
+                    in_scale: None,
+                },
+                Some(120),
+            ),
+            (
+                Recipe::Concat(vec![
+                    Recipe::Identity(2),
+                    Recipe::Fill { value: 0.0, len: 3 },
+                ]),
+                Some(7),
+            ),
+            (
+                Recipe::Sincos2d {
+                    grid: (3, 4),
+                    dim: 8,
+                    add_to_grid: None,
+                },
+                Some(96),
+            ),
+            (
+                Recipe::PosEmbed {
+                    src: k,
+                    prefix_rows: 1,
+                    from: (2, 2),
+                    to: (3, 3),
+                    dim: 4,
+                    method: ResizeMethod::Bilinear,
+                    add_to_grid: None,
+                },
+                Some(40),
+            ),
+            (Recipe::Identity(usize::MAX), None),
+        ];
+        for (recipe, want) in cases {
+            assert_eq!(recipe.out_len(), want, "{recipe:?}");
         }
-        assert_eq!(
-            Recipe::Identity(2).eval(&None_).ok(),
-            Some(vec![1.0, 0.0, 0.0, 1.0])
-        );
-        assert_eq!(
-            Recipe::Fill { value: 1.0, len: 3 }.eval(&None_).ok(),
-            Some(vec![1.0; 3])
-        );
     }
 }

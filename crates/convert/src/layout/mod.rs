@@ -95,7 +95,9 @@ pub fn plan(model: &Model, opts: &Options, fetch: &dyn Fetch, source_name: &str)
             "the layout holds one vision tower; pass --tower image for the image tower alone, or use --layout hf or open_clip for the whole model",
         ));
     }
-    (def.plan)(prep, fetch, source_name)
+    let plan = (def.plan)(prep, fetch, source_name)?;
+    plan.check_shapes()?;
+    Ok(plan)
 }
 
 /// Recognises a PyTorch state dict as one of the layouts, for `inspect`.
@@ -111,7 +113,7 @@ mod tests {
     use vitconv_tensors::{DType, TensorFile, TensorInfo};
 
     use super::*;
-    use crate::model::{Param, Proj};
+    use crate::model::Proj;
     use crate::options::{Gelu, HeadChoice, InputNorm, ProjChoice};
     use crate::sources::vit_jax::read as detect_vit_jax;
     use crate::sources::vit_jax::tests::{fixtures, golden_file, GOLDEN, VARIANTS};
@@ -161,15 +163,19 @@ mod tests {
                         assert_eq!(p.metadata["vitconv.layout"], layout.as_str());
                         assert_eq!(p.metadata["format"], "pt");
                         assert_eq!(config["input_norm"]["name"], opts.input_norm().as_str());
-                        // Each output's recipe produces exactly its shape's element count.
+                        // Each output's recipe produces exactly its shape's element count, as it says it will.
                         let file = golden_file(case);
                         for t in &p.tensors {
                             let n: usize = t.shape.iter().product();
-                            let v = t
-                                .recipe
-                                .eval(&file)
+                            let v = crate::exec::eval(&file, &t.recipe)
                                 .unwrap_or_else(|e| panic!("{case} {}: {e}", t.name));
                             assert_eq!(v.len(), n, "{case} -> {layout:?}: {}", t.name);
+                            assert_eq!(
+                                t.recipe.out_len(),
+                                Some(n),
+                                "{case} -> {layout:?}: {}",
+                                t.name
+                            );
                         }
                     }
                     Err(e) => assert!(!holds(layout, case), "{case} -> {layout:?} refused: {e}"),
@@ -271,20 +277,41 @@ mod tests {
         assert_eq!(p.dropped.len(), 2, "{:?}", p.dropped);
     }
 
-    /// An in-memory source with recognisable values.
-    struct Mem(BTreeMap<String, Vec<f32>>);
-
-    impl Fetch for Mem {
-        fn fetch(&self, param: &Param) -> Result<Vec<f32>> {
-            self.0
-                .get(&param.tensor)
-                .cloned()
-                .ok_or_else(|| Error::MissingTensor {
-                    recognised: "test map".to_string(),
-                    tensor: param.describe(),
-                    role: None,
-                })
+    /// A source holding `values` (each tensor with its shape in `like`), written as an `.npz`, so that the
+    /// recipes run through the one interpreter a conversion uses. The folder lives as long as the file.
+    fn mem_file(
+        like: &TensorFile,
+        values: BTreeMap<String, Vec<f32>>,
+    ) -> (tempfile::TempDir, TensorFile) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("mem.npz");
+        let specs = values
+            .keys()
+            .map(|name| vitconv_tensors::TensorSpec {
+                name: name.clone(),
+                dtype: DType::F32,
+                shape: like
+                    .get(name)
+                    .expect("a tensor of the source")
+                    .shape
+                    .clone(),
+            })
+            .collect();
+        let mut w = vitconv_tensors::Writer::create(
+            &path,
+            vitconv_tensors::Format::Npz,
+            specs,
+            BTreeMap::new(),
+            false,
+        )
+        .expect("writer");
+        for v in values.values() {
+            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            w.write_next(&bytes).expect("written");
         }
+        w.finish().expect("finished");
+        let file = TensorFile::open(&path).expect("opens");
+        (dir, file)
     }
 
     #[test]
@@ -305,10 +332,8 @@ mod tests {
         }
         let opts = Options::new(Layout::Timm);
         let prep = Prepared::new(&src, &opts).expect("prepared");
-        let w = prep
-            .qkv_weight(&src.image.blocks[0].attn)
-            .eval(&Mem(mem))
-            .expect("qkv");
+        let (_dir, mem) = mem_file(&file, mem);
+        let w = crate::exec::eval(&mem, &prep.qkv_weight(&src.image.blocks[0].attn)).expect("qkv");
         assert_eq!(w.len(), 3 * d * d);
         for row in 0..3 * d {
             for col in 0..d {
@@ -330,15 +355,19 @@ mod tests {
         let k: Vec<f32> = (0..hd * d)
             .map(|x| ((x / d) * 1000 + x % d) as f32)
             .collect();
-        let mem = Mem([(src.image.blocks[0].attn.out.kernel.tensor.clone(), k)]
-            .into_iter()
-            .collect());
+        let (_dir, mem) = mem_file(
+            &file,
+            [(src.image.blocks[0].attn.out.kernel.tensor.clone(), k)]
+                .into_iter()
+                .collect(),
+        );
         let opts = Options::new(Layout::Timm);
         let prep = Prepared::new(&src, &opts).expect("prepared");
-        let w = prep
-            .proj_weight(&src.image.blocks[0].attn, Proj::Out)
-            .eval(&mem)
-            .expect("out");
+        let w = crate::exec::eval(
+            &mem,
+            &prep.proj_weight(&src.image.blocks[0].attn, Proj::Out),
+        )
+        .expect("out");
         // torch weight [out, in]: out = model dim, in = head * dh + dim.
         for o in 0..d {
             for i in 0..hd {
@@ -356,7 +385,7 @@ mod tests {
         let prep = Prepared::new(&src, &opts).expect("prepared");
         assert_eq!(prep.grid, (6, 6));
         let (_, recipe) = prep.pos_table(true, false).expect("table");
-        let got = recipe.eval(&file).expect("resized");
+        let got = crate::exec::eval(&file, &recipe).expect("resized");
         let golden = TensorFile::open(fixtures().join("vit-token/resized_96_pos_embedding.npy"))
             .expect("golden npy");
         let name = golden

@@ -12,7 +12,7 @@
 //! The image tower is timm's `VisionTransformer` under `visual.trunk.`, planned by the timm layout. open_clip
 //! cannot pass `act_layer` to timm, and the SigLIP 1 towers timm registers use the erf GELU (2.5e-5 to 1.6e-4
 //! away from big_vision). A tower of exactly the sizes of a registered tanh-GELU tower (the SigLIP 2 sizes,
-//! [`REGISTERED_TANH`]) is named by that name, and the folder can be moved. Any other tower is a timm folder
+//! `REGISTERED_TANH`) is named by that name, and the folder can be moved. Any other tower is a timm folder
 //! inside OUT (`image_tower/config.json`, the sizes and `act_layer='gelu_tanh'` in `model_args`); open_clip
 //! hands its name to timm, which resolves it from the current directory, so it is the folder's absolute path,
 //! and moving the folder needs the one-line fix the notes and the config's `vitconv.relocate` give.
@@ -44,7 +44,7 @@ pub const CONFIG_FILE: &str = "open_clip_config.json";
 pub const IMAGE_TOWER: &str = "image_tower";
 /// The prefix of the image tower's timm keys.
 pub const TRUNK: &str = "visual.trunk.";
-/// The prefix of the text tower's blocks (named as in the CLIP-style [`BLOCK`]).
+/// The prefix of the text tower's blocks (named as in the CLIP-style `BLOCK`).
 pub const TEXT_PREFIX: &str = "text.";
 
 /// The text tower outside its blocks (`TextTransformer` under `text.`).

@@ -2,7 +2,7 @@
 //! transformer under `txt/`, the log temperature `t` and SigLIP's bias `b`, with or without the `params/` root,
 //! blocks stacked or unrolled, f32 or bf16, training state left out.
 //!
-//! The image tower is read by the big_vision ViT source ([`super::big_vision::read_vit`]); this module reads
+//! The image tower is read by the big_vision ViT source (`big_vision::read_vit`); this module reads
 //! the text tower and the scalars, and checks that the two towers meet in one embedding width. The semantics
 //! are those of big_vision's `models/proj/image_text/two_towers.py` and `text_transformer.py`: token
 //! embedding plus a learned position table, pre-norm blocks with no causal mask, `encoder_norm`, the LAST
