@@ -12,7 +12,8 @@ cd "$(dirname "$0")/.."
 RUNS=${RUNS:-5}
 work=target/bench
 mkdir -p "$work"
-command -v /usr/bin/time >/dev/null || { echo "bench: /usr/bin/time missing: apt-get install -y time" >&2; exit 2; }
+runs=$work/bv-runs.tsv
+. scripts/bench-lib.sh
 
 cargo build --release --quiet
 bin=target/release/vitconv
@@ -26,17 +27,7 @@ make_ckpt bv-ViT-S_16-i1k-sincos-gap bv-s16
 # unstacked path.
 [ -f "$work/vit-l32.npz" ] || scripts/with-libtorch python scripts/make_random_checkpoint.py fixtures/shapes/ViT-L_32-imagenet2012-384.json "$work/vit-l32.npz"
 
-run_once() { # LABEL CMD...
-  local label=$1; shift
-  rm -rf "$work/out"; mkdir -p "$work/out"; sync
-  /usr/bin/time -v -o "$work/time.txt" "$@" >/dev/null 2>"$work/stderr.txt" || { cat "$work/stderr.txt" >&2; exit 1; }
-  local s kb
-  s=$(awk -F': ' '/Elapsed \(wall clock\)/{n=split($2,a,":"); t=0; for(i=1;i<=n;i++) t=t*60+a[i]; print t}' "$work/time.txt")
-  kb=$(awk -F': ' '/Maximum resident set size/{print $2}' "$work/time.txt")
-  printf '%s\t%s\t%s\n' "$label" "$s" "$kb" >> "$work/bv-runs.tsv"
-}
-
-: > "$work/bv-runs.tsv"
+: > "$runs"
 cat "$work"/bv-*.npz "$work/vit-l32.npz" > /dev/null
 echo "files: $work/bv-l16.npz ($(du -h "$work/bv-l16.npz" | cut -f1)), $work/bv-s16.npz ($(du -h "$work/bv-s16.npz" | cut -f1)); runs: $RUNS, interleaved, $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 for _ in $(seq "$RUNS"); do
@@ -52,15 +43,7 @@ for _ in $(seq "$RUNS"); do
   run_once "vitconv S/16 -> .pt (timm)" $bin npz-to-pt "$work/bv-s16.npz" "$work/out/s16.pt" --layout timm --drop-head --image-size 224 --quiet
 done
 
-: > "$work/bv-results.tsv"
-while IFS= read -r label; do
-  grep -F "$label"$'\t' "$work/bv-runs.tsv" | cut -f2 | sort -g > "$work/walls.txt"
-  best=$(head -1 "$work/walls.txt")
-  median=$(awk '{a[NR]=$1} END{print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}' "$work/walls.txt")
-  kb=$(grep -F "$label"$'\t' "$work/bv-runs.tsv" | cut -f3 | sort -n | head -1)
-  printf '%s\t%s\t%s\t%s\n' "$label" "$best" "$((kb / 1024))" "$median" >> "$work/bv-results.tsv"
-  printf '%-40s %8.2f s best %8.2f s median %8d MB\n' "$label" "$best" "$median" "$((kb / 1024))"
-done < <(cut -f1 "$work/bv-runs.tsv" | awk '!seen[$0]++')
+summarize "$work/bv-results.tsv" 40
 
 awk -F'\t' '
   { s[$1]=$2; m[$1]=$3; md[$1]=$4 }

@@ -13,7 +13,8 @@ cd "$(dirname "$0")/.."
 RUNS=${RUNS:-5}
 work=target/bench
 mkdir -p "$work"
-command -v /usr/bin/time >/dev/null || { echo "bench: /usr/bin/time missing: apt-get install -y time" >&2; exit 2; }
+runs=$work/runs.tsv
+. scripts/bench-lib.sh
 
 scripts/with-libtorch cargo build --release --quiet
 bin=target/release/vitconv
@@ -25,19 +26,7 @@ make_ckpt ViT-L_32-imagenet2012-384 vit-l32
 make_ckpt ViT-B_16-imagenet2012-384 vit-b16
 make_ckpt ViT-H_14-imagenet21k vit-h14
 
-# run_once LABEL CMD...: one run, after a `sync` so that no command pays for the writeback of the one
-# before it; appends LABEL, wall seconds and peak RSS (KB) to runs.tsv.
-run_once() {
-  local label=$1; shift
-  rm -rf "$work/out"; mkdir -p "$work/out"; sync
-  /usr/bin/time -v -o "$work/time.txt" "$@" >/dev/null 2>"$work/stderr.txt" || { cat "$work/stderr.txt" >&2; exit 1; }
-  local s kb
-  s=$(awk -F': ' '/Elapsed \(wall clock\)/{n=split($2,a,":"); t=0; for(i=1;i<=n;i++) t=t*60+a[i]; print t}' "$work/time.txt")
-  kb=$(awk -F': ' '/Maximum resident set size/{print $2}' "$work/time.txt")
-  printf '%s\t%s\t%s\n' "$label" "$s" "$kb" >> "$work/runs.tsv"
-}
-
-: > "$work/runs.tsv"
+: > "$runs"
 cat "$work"/*.npz > /dev/null   # warm the page cache for everyone alike
 echo "file: $work/vit-l32.npz ($(du -h "$work/vit-l32.npz" | cut -f1)), runs: $RUNS, interleaved, $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 # The commands take turns, run by run, so a slow spell of this (shared, noisy) machine hits them alike.
@@ -56,16 +45,7 @@ for _ in $(seq "$RUNS"); do
   run_once "vitconv ViT-H/14 -> .pt" $bin npz-to-pt "$work/vit-h14.npz" "$work/out/h14.pt" --layout timm --drop-head --quiet
 done
 
-# Best and median wall seconds and the best peak RSS of each command.
-: > "$work/results.tsv"
-while IFS= read -r label; do
-  grep -F "$label"$'\t' "$work/runs.tsv" | cut -f2 | sort -g > "$work/walls.txt"
-  best=$(head -1 "$work/walls.txt")
-  median=$(awk '{a[NR]=$1} END{print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}' "$work/walls.txt")
-  kb=$(grep -F "$label"$'\t' "$work/runs.tsv" | cut -f3 | sort -n | head -1)
-  printf '%s\t%s\t%s\t%s\n' "$label" "$best" "$((kb / 1024))" "$median" >> "$work/results.tsv"
-  printf '%-34s %8.2f s best %8.2f s median %8d MB\n' "$label" "$best" "$median" "$((kb / 1024))"
-done < <(cut -f1 "$work/runs.tsv" | awk '!seen[$0]++')
+summarize "$work/results.tsv" 34
 
 awk -F'\t' '
   { s[$1]=$2; m[$1]=$3; md[$1]=$4 }

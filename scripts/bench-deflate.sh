@@ -14,7 +14,8 @@ cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
 work=target/bench
 mkdir -p "$work"
-command -v /usr/bin/time >/dev/null || { echo "bench: /usr/bin/time missing: apt-get install -y time" >&2; exit 2; }
+runs=$work/df-runs.tsv
+. scripts/bench-lib.sh
 command -v unzip >/dev/null || { echo "bench: unzip missing: apt-get install -y unzip" >&2; exit 2; }
 
 cargo build --release --quiet
@@ -27,17 +28,7 @@ make_ckpt bv-ViT-L_16-224-map-scan bv-l16
 make_ckpt bv-ViT-L_16-224-map-scan bv-l16-deflate --deflate
 make_ckpt bv-ViT-S_16-i1k-sincos-gap bv-s16-deflate --deflate
 
-run_once() { # LABEL CMD...
-  local label=$1; shift
-  rm -rf "$work/out"; mkdir -p "$work/out"; sync
-  /usr/bin/time -v -o "$work/time.txt" "$@" >/dev/null 2>"$work/stderr.txt" || { cat "$work/stderr.txt" >&2; exit 1; }
-  local s kb
-  s=$(awk -F': ' '/Elapsed \(wall clock\)/{n=split($2,a,":"); t=0; for(i=1;i<=n;i++) t=t*60+a[i]; print t}' "$work/time.txt")
-  kb=$(awk -F': ' '/Maximum resident set size/{print $2}' "$work/time.txt")
-  printf '%s\t%s\t%s\n' "$label" "$s" "$kb" >> "$work/df-runs.tsv"
-}
-
-: > "$work/df-runs.tsv"
+: > "$runs"
 cat "$work/bv-l16.npz" "$work/bv-l16-deflate.npz" "$work/bv-s16-deflate.npz" > /dev/null
 echo "files: $work/bv-l16-deflate.npz ($(du -h "$work/bv-l16-deflate.npz" | cut -f1)), $work/bv-s16-deflate.npz ($(du -h "$work/bv-s16-deflate.npz" | cut -f1)); runs: $RUNS, interleaved, $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 for _ in $(seq "$RUNS"); do
@@ -47,15 +38,7 @@ for _ in $(seq "$RUNS"); do
   run_once "vitconv S/16 deflated -> .safetensors" $bin npz-to-pt "$work/bv-s16-deflate.npz" "$work/out/s16d.safetensors" --layout timm --drop-head --image-size 224 --quiet
 done
 
-: > "$work/df-results.tsv"
-while IFS= read -r label; do
-  grep -F "$label"$'\t' "$work/df-runs.tsv" | cut -f2 | sort -g > "$work/walls.txt"
-  best=$(head -1 "$work/walls.txt")
-  median=$(awk '{a[NR]=$1} END{print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}' "$work/walls.txt")
-  kb=$(grep -F "$label"$'\t' "$work/df-runs.tsv" | cut -f3 | sort -n | head -1)
-  printf '%s\t%s\t%s\t%s\n' "$label" "$best" "$((kb / 1024))" "$median" >> "$work/df-results.tsv"
-  printf '%-40s %8.2f s best %8.2f s median %8d MB\n' "$label" "$best" "$median" "$((kb / 1024))"
-done < <(cut -f1 "$work/df-runs.tsv" | awk '!seen[$0]++')
+summarize "$work/df-results.tsv" 40
 
 awk -F'\t' -v filemb="$(( $(stat -c %s "$work/bv-l16.npz") / 1048576 ))" '
   { s[$1]=$2; m[$1]=$3; md[$1]=$4 }

@@ -16,24 +16,15 @@ cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
 work=target/bench
 mkdir -p "$work"
-command -v /usr/bin/time >/dev/null || { echo "bench: /usr/bin/time missing: apt-get install -y time" >&2; exit 2; }
+runs=$work/sg-runs.tsv
+. scripts/bench-lib.sh
 
 cargo build --release --quiet
 bin=target/release/vitconv
 src="$work/siglip-so400m.npz"
 [ -f "$src" ] || scripts/with-libtorch python scripts/make_random_checkpoint.py fixtures/big_vision/shapes/siglip-So400m_14-384.json "$src"
 
-run_once() { # LABEL CMD...
-  local label=$1; shift
-  rm -rf "$work/out"; mkdir -p "$work/out"; sync
-  /usr/bin/time -v -o "$work/time.txt" "$@" >/dev/null 2>"$work/stderr.txt" || { cat "$work/stderr.txt" >&2; exit 1; }
-  local s kb
-  s=$(awk -F': ' '/Elapsed \(wall clock\)/{n=split($2,a,":"); t=0; for(i=1;i<=n;i++) t=t*60+a[i]; print t}' "$work/time.txt")
-  kb=$(awk -F': ' '/Maximum resident set size/{print $2}' "$work/time.txt")
-  printf '%s\t%s\t%s\n' "$label" "$s" "$kb" >> "$work/sg-runs.tsv"
-}
-
-: > "$work/sg-runs.tsv"
+: > "$runs"
 cat "$src" > /dev/null
 echo "file: $src ($(du -h "$src" | cut -f1)); runs: $RUNS, interleaved, $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 for _ in $(seq "$RUNS"); do
@@ -46,15 +37,7 @@ done
 # Once: it holds the whole file in memory and converts the image tower only.
 run_once "timm _load_weights + torch.save (image tower)" scripts/with-libtorch python scripts/timm_npz_to_pt.py "$src" "$work/out/timm.pt" vit_so400m_patch14_siglip_384
 
-: > "$work/sg-results.tsv"
-while IFS= read -r label; do
-  grep -F "$label"$'\t' "$work/sg-runs.tsv" | cut -f2 | sort -g > "$work/walls.txt"
-  best=$(head -1 "$work/walls.txt")
-  median=$(awk '{a[NR]=$1} END{print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}' "$work/walls.txt")
-  kb=$(grep -F "$label"$'\t' "$work/sg-runs.tsv" | cut -f3 | sort -n | head -1)
-  printf '%s\t%s\t%s\t%s\n' "$label" "$best" "$((kb / 1024))" "$median" >> "$work/sg-results.tsv"
-  printf '%-46s %8.2f s best %8.2f s median %8d MB\n' "$label" "$best" "$median" "$((kb / 1024))"
-done < <(cut -f1 "$work/sg-runs.tsv" | awk '!seen[$0]++')
+summarize "$work/sg-results.tsv" 46
 
 awk -F'\t' '
   { s[$1]=$2; m[$1]=$3; md[$1]=$4 }

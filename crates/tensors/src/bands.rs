@@ -670,6 +670,19 @@ mod tests {
         (TensorFile::open(&path).unwrap(), data)
     }
 
+    /// `f`'s file copied beside it as `name`, with the byte `at` bytes into `data` (found in the file) flipped
+    /// by `mask`, and opened.
+    fn damaged(f: TensorFile, data: &[u8], at: usize, mask: u8, name: &str) -> TensorFile {
+        let path = f.path().to_path_buf();
+        drop(f);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let start = bytes.windows(data.len()).position(|w| w == data).unwrap();
+        bytes[start + at] ^= mask;
+        let copy = path.with_file_name(name);
+        std::fs::write(&copy, &bytes).unwrap();
+        TensorFile::open(&copy).unwrap()
+    }
+
     /// Bytes `from..from + width` of every `cols`-byte row of `data`, row after row.
     fn columns(data: &[u8], cols: usize, from: usize, width: usize) -> Vec<u8> {
         data.chunks(cols)
@@ -799,17 +812,7 @@ mod tests {
         // A damaged byte in slice 1 is found once the last of the three slices has been read.
         let dir = tempfile::tempdir().unwrap();
         let (f, data) = matrix(dir.path(), Format::Npz, rows, cols);
-        let path = f.path().to_path_buf();
-        drop(f);
-        let mut bytes = std::fs::read(&path).unwrap();
-        let at = bytes
-            .windows(data.len())
-            .position(|w| w == data.as_slice())
-            .unwrap();
-        bytes[at + 45] ^= 0x10;
-        let damaged = dir.path().join("damaged-stack.npz");
-        std::fs::write(&damaged, &bytes).unwrap();
-        let f = TensorFile::open(&damaged).unwrap();
+        let f = damaged(f, &data, 45, 0x10, "damaged-stack.npz");
         let mut out = Vec::new();
         for index in [1, 2] {
             let mut bands = f.slice_bands("m", index, count, 4).unwrap();
@@ -825,18 +828,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (rows, cols) = (8, 64);
         let (f, data) = matrix(dir.path(), Format::Npz, rows, cols);
-        let path = f.path().to_path_buf();
-        drop(f);
-        let mut bytes = std::fs::read(&path).unwrap();
         // The data ends the member; the central directory follows it.
-        let at = bytes
-            .windows(data.len())
-            .position(|w| w == data.as_slice())
-            .unwrap();
-        bytes[at + data.len() / 2] ^= 0x10;
-        let damaged = dir.path().join("damaged.npz");
-        std::fs::write(&damaged, &bytes).unwrap();
-        let f = TensorFile::open(&damaged).unwrap();
+        let f = damaged(f, &data, data.len() / 2, 0x10, "damaged.npz");
         let mut bands = f.column_bands("m", rows).unwrap();
         let mut out = Vec::new();
         bands.read_band(cols / 2, &mut out).unwrap();
@@ -988,17 +981,7 @@ mod tests {
             );
         }
         assert_eq!(f.slices.opened("m"), 0, "a stored member is never streamed");
-        let path = f.path().to_path_buf();
-        drop(f);
-        let mut bytes = std::fs::read(&path).unwrap();
-        let at = bytes
-            .windows(data.len())
-            .position(|w| w == data.as_slice())
-            .unwrap();
-        bytes[at + 2 * cols + 1] ^= 0x08;
-        let damaged = dir.path().join("damaged-slices.npz");
-        std::fs::write(&damaged, &bytes).unwrap();
-        let f = TensorFile::open(&damaged).unwrap();
+        let f = damaged(f, &data, 2 * cols + 1, 0x08, "damaged-slices.npz");
         let results: Vec<_> = (0..rows).map(|i| f.read_slice("m", i, rows)).collect();
         assert!(results[..rows - 1].iter().all(Result::is_ok));
         assert!(
