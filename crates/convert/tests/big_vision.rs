@@ -83,8 +83,8 @@ fn deflated_copy(src: &Path, dst: &Path) {
     use std::io::{Read, Write};
     let mut archive = zip::ZipArchive::new(std::fs::File::open(src).expect("source")).expect("zip");
     let mut out = zip::ZipWriter::new(std::fs::File::create(dst).expect("copy"));
-    let deflate =
-        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+    let deflate = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
     for i in 0..archive.len() {
         let mut member = archive.by_index(i).expect("member");
         let mut bytes = Vec::new();
@@ -112,7 +112,9 @@ fn deflated_stacks_convert_to_the_stored_tensors() {
         deflated_copy(&stored, &deflated);
         let file = TensorFile::open(&deflated).expect("deflated copy opens");
         assert!(
-            file.tensors().iter().any(|t| t.name.contains("encoderblock/")),
+            file.tensors()
+                .iter()
+                .any(|t| t.name.contains("encoderblock/")),
             "{case} has stacked blocks"
         );
         let mut opts = Options::new(layout);
@@ -125,7 +127,12 @@ fn deflated_stacks_convert_to_the_stored_tensors() {
             opts.producers = Some(producers);
             // Bands far smaller than the tensors, so that two producers interleave their slices.
             opts.band_bytes = Some(512);
-            let got = converted(&deflated, &opts, dir.path(), &format!("deflated-{n}-{producers}{ext}"));
+            let got = converted(
+                &deflated,
+                &opts,
+                dir.path(),
+                &format!("deflated-{n}-{producers}{ext}"),
+            );
             assert!(
                 got == want,
                 "{case} -> {layout:?}, {producers} producers: the deflated copy differs"

@@ -117,10 +117,7 @@ struct SliceState {
 impl Slices {
     /// The stream slot of `name`, created on first use.
     fn stream(&self, name: &str) -> Arc<Mutex<StreamSlot>> {
-        let mut map = self
-            .streams
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut map = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
         Arc::clone(map.entry(name.to_string()).or_default())
     }
 
@@ -397,8 +394,11 @@ impl TensorFile {
         let offset = match loc.base {
             Base::Stored { offset, .. } | Base::Deflate { offset, .. } => offset,
         };
-        let skipped = io::copy(&mut (&mut reader).take(loc.start), &mut HashSink(&mut hasher))
-            .map_err(|e| source::read_error(&self.path, name, offset, loc.start, e))?;
+        let skipped = io::copy(
+            &mut (&mut reader).take(loc.start),
+            &mut HashSink(&mut hasher),
+        )
+        .map_err(|e| source::read_error(&self.path, name, offset, loc.start, e))?;
         if skipped != loc.start {
             return Err(Error::truncated(
                 &self.path, name, offset, loc.start, skipped,
@@ -864,10 +864,17 @@ mod tests {
 
     /// A `[count, rows, cols]` f32-sized (4-byte) stacked tensor with distinct bytes, written to an `.npz` whose
     /// members are deflated (as `np.savez_compressed` writes them), and its bytes.
-    fn deflated_stack(dir: &std::path::Path, count: usize, rows: usize, cols: usize) -> (TensorFile, Vec<u8>) {
+    fn deflated_stack(
+        dir: &std::path::Path,
+        count: usize,
+        rows: usize,
+        cols: usize,
+    ) -> (TensorFile, Vec<u8>) {
         use std::io::{Read, Write};
         let stored = dir.join("stored.npz");
-        let data: Vec<u8> = (0..count * rows * cols * 4).map(|i| (i * 13 % 253) as u8).collect();
+        let data: Vec<u8> = (0..count * rows * cols * 4)
+            .map(|i| (i * 13 % 253) as u8)
+            .collect();
         let specs = vec![TensorSpec {
             name: "s".into(),
             dtype: DType::F32,
@@ -885,7 +892,8 @@ mod tests {
             let mut member = archive.by_index(i).unwrap();
             let mut bytes = Vec::new();
             member.read_to_end(&mut bytes).unwrap();
-            out.start_file(member.name().unwrap().to_string(), deflate).unwrap();
+            out.start_file(member.name().unwrap().to_string(), deflate)
+                .unwrap();
             out.write_all(&bytes).unwrap();
         }
         out.finish().unwrap();
@@ -923,7 +931,10 @@ mod tests {
         // Decoded, the same values as the whole tensor's.
         let whole = f.read_f32("s").unwrap();
         let per = rows * cols;
-        assert_eq!(f.read_slice_f32("s", 3, count).unwrap(), whole[3 * per..4 * per]);
+        assert_eq!(
+            f.read_slice_f32("s", 3, count).unwrap(),
+            whole[3 * per..4 * per]
+        );
     }
 
     #[test]
@@ -946,7 +957,10 @@ mod tests {
                 patched += 1;
             }
         }
-        assert_eq!(patched, 2, "the CRC is in the local header and the central directory");
+        assert_eq!(
+            patched, 2,
+            "the CRC is in the local header and the central directory"
+        );
         let damaged = dir.path().join("damaged.npz");
         std::fs::write(&damaged, &bytes).unwrap();
         let f = TensorFile::open(&damaged).unwrap();
@@ -968,20 +982,30 @@ mod tests {
         let (f, data) = matrix(dir.path(), Format::Npz, rows, cols);
         // Six slices of one row each, read alone, in any order.
         for i in [3, 0, 5, 1, 2, 4] {
-            assert_eq!(f.read_slice("m", i, rows).unwrap(), data[i * cols..(i + 1) * cols]);
+            assert_eq!(
+                f.read_slice("m", i, rows).unwrap(),
+                data[i * cols..(i + 1) * cols]
+            );
         }
         assert_eq!(f.slices.opened("m"), 0, "a stored member is never streamed");
         let path = f.path().to_path_buf();
         drop(f);
         let mut bytes = std::fs::read(&path).unwrap();
-        let at = bytes.windows(data.len()).position(|w| w == data.as_slice()).unwrap();
+        let at = bytes
+            .windows(data.len())
+            .position(|w| w == data.as_slice())
+            .unwrap();
         bytes[at + 2 * cols + 1] ^= 0x08;
         let damaged = dir.path().join("damaged-slices.npz");
         std::fs::write(&damaged, &bytes).unwrap();
         let f = TensorFile::open(&damaged).unwrap();
         let results: Vec<_> = (0..rows).map(|i| f.read_slice("m", i, rows)).collect();
         assert!(results[..rows - 1].iter().all(Result::is_ok));
-        assert!(matches!(results[rows - 1], Err(Error::Crc { .. })), "{:?}", results[rows - 1]);
+        assert!(
+            matches!(results[rows - 1], Err(Error::Crc { .. })),
+            "{:?}",
+            results[rows - 1]
+        );
     }
 
     #[test]
