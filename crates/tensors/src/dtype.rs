@@ -6,15 +6,25 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DType {
+    /// 64-bit IEEE 754 floating point (`float64`).
     F64,
+    /// 32-bit IEEE 754 floating point (`float32`).
     F32,
+    /// 16-bit IEEE 754 half-precision floating point (`float16`).
     F16,
+    /// 16-bit bfloat16 floating point: `float32`'s exponent with a 7-bit mantissa.
     BF16,
+    /// 64-bit signed integer.
     I64,
+    /// 32-bit signed integer.
     I32,
+    /// 16-bit signed integer.
     I16,
+    /// 8-bit signed integer.
     I8,
+    /// 8-bit unsigned integer.
     U8,
+    /// Boolean, one byte per element.
     Bool,
 }
 

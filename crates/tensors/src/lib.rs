@@ -14,6 +14,7 @@
 //! `dirs` (directories an output run created), `safetensors_io`, `pickle` (allowlist unpickler and state-dict pickler), `pt` (torch
 //! archives), `source` (where bytes live, positional reads), `writer` (through the `zip` crate's writer for `.pt` and `.npz`).
 
+#![deny(missing_docs)]
 #![cfg_attr(
     not(test),
     deny(
@@ -154,8 +155,11 @@ impl TensorInfo {
 /// What to write for one tensor, announced to a [`Writer`] before any data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TensorSpec {
+    /// The key to write the tensor under (in `.npz`, its member name without the `.npy` suffix).
     pub name: String,
+    /// The element type the data is written as.
     pub dtype: DType,
+    /// The shape, outermost axis first; empty for a 0-d tensor.
     pub shape: Vec<usize>,
 }
 

@@ -10,10 +10,12 @@
 /// The comparison of one output (logits or pooled features), target against reference.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Metrics {
+    /// The largest `|t - r|` over all values (infinity where any difference is not finite).
     pub max_abs_diff: f64,
     /// `max|t - r| / max|r|`: relative to the reference's largest magnitude, so that a value
     /// near zero does not make it explode.
     pub max_rel_diff: f64,
+    /// The mean of `|t - r|` over all values.
     pub mean_abs_diff: f64,
     /// Mean over the batch of the cosine between each sample's two vectors.
     pub cosine: f64,
@@ -23,6 +25,7 @@ pub struct Metrics {
     pub top5_overlap: f64,
     /// The bound the max abs diff was held to.
     pub bound: f64,
+    /// Whether the output passes: `max_abs_diff <= bound`, no sample's cosine below `1 - tolerance`, nothing non-finite.
     pub within: bool,
 }
 

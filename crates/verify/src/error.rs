@@ -23,52 +23,82 @@ pub enum Error {
 
     /// A file the model needs is absent.
     #[error("{path}: not found")]
-    NotFound { path: PathBuf },
+    NotFound {
+        /// The file or directory that does not exist.
+        path: PathBuf,
+    },
 
     /// A side file (config.json, metadata JSON, an image) could not be read or parsed.
     #[error("{path}: {reason}")]
-    Unreadable { path: PathBuf, reason: String },
+    Unreadable {
+        /// The file or directory that could not be read or parsed (a side file, an input, a weights file's metadata).
+        path: PathBuf,
+        /// What went wrong, in words (the I/O or parse error).
+        reason: String,
+    },
 
     /// A tensor the forward needs is missing from the file.
     #[error("{path}: tensor {tensor:?} is missing ({why})")]
     MissingTensor {
+        /// The weights file the tensor is missing from.
         path: PathBuf,
+        /// The missing tensor's name in the file.
         tensor: String,
+        /// What the forward needs the tensor for.
         why: String,
     },
 
     /// A tensor is there but its shape does not fit the architecture read so far.
     #[error("{path}: tensor {tensor:?} has shape {found:?}, expected {expected}")]
     BadShape {
+        /// The weights file that holds the tensor.
         path: PathBuf,
+        /// The tensor's name in the file.
         tensor: String,
+        /// The shape the architecture calls for, in words (`[kh, kw, in, out]`, `[1] (one scalar)`).
         expected: String,
+        /// The tensor's shape in the file.
         found: Vec<usize>,
     },
 
     /// The file is not a ViT checkpoint in the layout the forward reads.
     #[error("{path}: {reason}")]
-    NotAModel { path: PathBuf, reason: String },
+    NotAModel {
+        /// The file or folder that was to be run as a model.
+        path: PathBuf,
+        /// Why it is not a model the forward reads, in words.
+        reason: String,
+    },
 
     /// A big_vision file with a sincos2d position embedding stores nothing that gives its grid,
     /// and neither the caller nor the converted file's declared config said the resolution.
     #[error("{path}: the sincos2d position embedding is computed, not stored, so the file does not say its grid; give --image-size N")]
-    ImageSizeNeeded { path: PathBuf },
+    ImageSizeNeeded {
+        /// The big_vision source file that stores no grid.
+        path: PathBuf,
+    },
 
     /// The resolution given for a model does not split into whole patches.
     #[error("{path}: image size {image_size} is not a multiple of the patch size {patch_size}")]
     ImageSizeNotMultiple {
+        /// The big_vision source file the resolution was given for.
         path: PathBuf,
+        /// The resolution given, in pixels.
         image_size: usize,
+        /// The model's patch side, in pixels.
         patch_size: usize,
     },
 
     /// The pixels handed to a forward do not give the token grid it runs at.
     #[error("{path}: the input gives a {found_h}x{found_w} token grid, the model runs at {expected}x{expected}")]
     InputGrid {
+        /// The source file whose forward was handed the pixels.
         path: PathBuf,
+        /// The side of the token grid the model runs at, in patches.
         expected: usize,
+        /// Rows of patches the input gives.
         found_h: i64,
+        /// Columns of patches the input gives.
         found_w: i64,
     },
 
@@ -76,25 +106,35 @@ pub enum Error {
     /// that contradicts the file's keys.
     #[error("{path}: {key} is {found}, expected {expected}")]
     Declared {
+        /// The file the setting is declared in or checked against (a `config.json`, or a weights file and its metadata).
         path: PathBuf,
+        /// The setting, as the file names it (`num_attention_heads`, `timm kwarg global_pool`), or a tensor it rules out.
         key: String,
+        /// What the forward can honour or the file's keys call for, in words.
         expected: String,
+        /// The value declared (`present` for a tensor the setting rules out).
         found: String,
     },
 
     /// The token ids for a text tower do not fit it (shape, context length, vocabulary).
     #[error("{path}: text ids: expected {expected}, found {found}")]
     TextIds {
+        /// The `.npy` the ids were read from, or the model file whose text tower refused them.
         path: PathBuf,
+        /// What the text tower takes, in words.
         expected: String,
+        /// What the ids are instead, in words.
         found: String,
     },
 
     /// The converted file and the source describe different models; there is nothing to compare.
     #[error("{converted} does not hold the architecture of {source_file}: {reason}")]
     ArchitectureMismatch {
+        /// The source checkpoint.
         source_file: PathBuf,
+        /// The converted file or folder.
         converted: PathBuf,
+        /// Where the two models differ, in words.
         reason: String,
     },
 

@@ -18,13 +18,20 @@ pub const MAX_BATCH: usize = 4096;
 pub enum InputSource {
     /// `batch` images, uniform in [-1, 1], from a seeded generator independent of libtorch
     /// (so CPU and CUDA runs see the same pixels).
-    Random { batch: usize, seed: u64 },
+    Random {
+        /// How many images to generate.
+        batch: usize,
+        /// The generator's seed.
+        seed: u64,
+    },
     /// An NHWC float array in [-1, 1], like the golden `input.npy`.
     Npy(PathBuf),
     /// Every PNG/JPEG in a directory (sorted by name), decoded, resized so the shorter side is
     /// `size`, centre-cropped to `size` x `size`, scaled to [-1, 1].
     Images {
+        /// The directory the images are read from (not its subdirectories).
         dir: PathBuf,
+        /// The `--image-size` given, as (width, height), which must be the model's square; `None` takes the model's.
         size: Option<(usize, usize)>,
     },
 }
@@ -181,8 +188,11 @@ pub enum TextSource {
     /// pads. `k_0 = context / 2` and the other `k_i` are uniform in `1..context`, so the first
     /// EOS is not the last position (the pool a wrong `pool_type` would take shows).
     Random {
+        /// How many texts to generate.
         texts: usize,
+        /// The generator's seed.
         seed: u64,
+        /// The id every text ends with and is padded with up to the context.
         eos_id: i64,
     },
     /// An int32 or int64 `.npy` of shape `[texts, context]`, like the golden `text.npy`.

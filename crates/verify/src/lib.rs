@@ -17,6 +17,8 @@
 //! features and, where the tower has a `head`, its output as the logits, so a scale error
 //! that normalisation would hide still shows.
 
+#![deny(missing_docs)]
+
 pub mod compare;
 mod error;
 pub mod input;
@@ -54,12 +56,16 @@ pub const BF16_TOLERANCE: f64 = 5e-2;
 /// The precision of the target's forward (the reference always runs in float32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Precision {
+    /// 32-bit IEEE 754 floats (`f32`, `float32`).
     F32,
+    /// bfloat16 (`bf16`, `bfloat16`).
     Bf16,
+    /// 16-bit IEEE 754 half precision (`f16`, `float16`, `half`).
     F16,
 }
 
 impl Precision {
+    /// Reads a precision by any of its names (`f32`/`float32`, `bf16`/`bfloat16`, `f16`/`float16`/`half`); `None` for another.
     pub fn parse(name: &str) -> Option<Precision> {
         match name {
             "f32" | "float32" => Some(Precision::F32),
@@ -69,6 +75,7 @@ impl Precision {
         }
     }
 
+    /// The short name the report uses (`f32`, `bf16`, `f16`).
     pub fn as_str(self) -> &'static str {
         match self {
             Precision::F32 => "f32",
@@ -98,15 +105,21 @@ impl Precision {
 /// What to verify and how.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// The source checkpoint (`.npz`) the reference runs.
     pub source: PathBuf,
+    /// The converted file or folder the target runs.
     pub converted: PathBuf,
+    /// The layout to read the converted path as; `None` takes it from its metadata, config or keys.
     pub layout: Option<Layout>,
     /// `auto`, `cpu`, `cuda` or `cuda:N`.
     pub device: String,
+    /// The precision of the target's forward.
     pub precision: Precision,
+    /// Where the pixels both forwards see come from.
     pub input: InputSource,
     /// Logits produced elsewhere (e.g. by the original JAX code) to hold the reference against.
     pub expect: Option<PathBuf>,
+    /// The tolerance to judge against; `None` takes the default for the precisions involved.
     pub tolerance: Option<f64>,
     /// The source's resolution where its file cannot say it (a big_vision sincos2d model);
     /// without it the converted file's declared `image_size` is used.
@@ -124,14 +137,19 @@ pub struct TwoTowerReport {
     pub text_embeds: Option<Metrics>,
     /// `[images, texts]`; top-1 agreement is per image (the text each image scores highest).
     pub logits_per_image: Option<Metrics>,
+    /// How many texts both text towers ran on.
     pub texts: usize,
+    /// Token ids per text: the source text tower's context length.
     pub context: usize,
     /// Where the ids came from.
     pub text_ids: String,
     /// The reference's `t` and `b` and the target's stored `logit_scale` and `logit_bias`.
     pub reference_t: f64,
+    /// The reference's bias `b` (0 where the source has none).
     pub reference_b: f64,
+    /// The target's stored `logit_scale`, a log temperature like `t`.
     pub target_logit_scale: f64,
+    /// The target's stored `logit_bias` (0 where the model has none).
     pub target_logit_bias: f64,
     /// Declared settings that contradict the source: each fails the comparison.
     pub declared: Vec<targets::two_tower::DeclaredMismatch>,
@@ -145,23 +163,35 @@ pub struct Report {
     /// False for a target that cannot be exact (the `clip` layout, a declared exact GELU)
     /// without `--tolerance`: its drift is reported, not judged.
     pub judged: bool,
+    /// The layout the converted path was read as.
     pub layout: Layout,
+    /// The device both forwards ran on (`cpu`, `cuda:N`).
     pub device: String,
+    /// The precision the target's forward ran in (`f32`, `bf16`, `f16`).
     pub dtype: String,
+    /// How many images both forwards ran on.
     pub batch: usize,
+    /// The side of the square input images, in pixels.
     pub image_size: usize,
+    /// The tolerance the comparisons were judged against (given, or the default).
     pub tolerance: f64,
+    /// The target's logits against the reference's; `None` where a side has no head, the shapes differ, or for two towers.
     pub logits: Option<Metrics>,
+    /// The target's pooled features against the reference's; `None` where the shapes differ, or for two towers.
     pub features: Option<Metrics>,
     /// The reference against `--expect`.
     pub expect: Option<Metrics>,
     /// Mean wall time of one forward, after a warm-up forward.
     pub reference_ms: f64,
+    /// Mean wall time of one target forward, in milliseconds, after a warm-up forward.
     pub target_ms: f64,
+    /// The input normalisation the target applied to the shared pixels.
     pub input_norm: InputNorm,
+    /// The source's architecture, as read from its shapes.
     pub source: SourceArch,
     /// The two-tower comparison, for a two-tower source and conversion.
     pub two_tower: Option<TwoTowerReport>,
+    /// What was assumed, read or left out on either side, one sentence each.
     pub notes: Vec<String>,
 }
 

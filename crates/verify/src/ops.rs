@@ -32,6 +32,7 @@ impl Gelu {
         }
     }
 
+    /// Applies this GELU to `x`, element by element.
     pub fn apply(self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
             Gelu::Tanh => x.f_gelu("tanh")?,

@@ -144,10 +144,12 @@ impl BigVision {
         })
     }
 
+    /// The architecture read from the tower's shapes.
     pub fn arch(&self) -> &SourceArch {
         &self.arch
     }
 
+    /// The source file the tower was read from.
     pub fn path(&self) -> &Path {
         self.params.path()
     }

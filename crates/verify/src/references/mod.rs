@@ -79,24 +79,38 @@ pub struct ResNetArch {
 /// The architecture read from the source file's shapes.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SourceArch {
+    /// The code base that wrote the checkpoint.
     pub family: Family,
+    /// The side of the square input image the source runs at, in pixels.
     pub image_size: usize,
+    /// The patch embedding's kernel side, in pixels of its input (the stem's output for a hybrid).
     pub patch_size: usize,
+    /// The side of the token grid, in patches.
     pub grid: usize,
+    /// The token width.
     pub hidden: usize,
+    /// The number of encoder blocks.
     pub depth: usize,
+    /// Attention heads per block.
     pub heads: usize,
+    /// The width of one attention head.
     pub head_dim: usize,
+    /// The MLP's hidden width.
     pub mlp: usize,
+    /// How the tokens are pooled after `encoder_norm`.
     pub classifier: Classifier,
+    /// Where the position embedding comes from.
     pub posemb: PosEmb,
     /// Whether the class token has a row of the position embedding (vit_jax: yes; big_vision: no,
     /// it is concatenated after the embedding is added).
     pub class_pos: bool,
     /// Blocks stored stacked along a leading depth axis (big_vision's scan format).
     pub scan: bool,
+    /// The `pre_logits` width, where the file has that layer.
     pub representation: Option<usize>,
+    /// The head's output width, where the file has a head.
     pub num_classes: Option<usize>,
+    /// The ResNet stem's shape, for a hybrid.
     pub resnet: Option<ResNetArch>,
     /// Channels entering the patch embedding (3, or the stem's output).
     pub embed_in: usize,
@@ -131,7 +145,9 @@ pub struct SourceOptions {
 
 /// A source model of either family, ready to run.
 pub enum Reference {
+    /// A google-research/vision_transformer checkpoint.
     VitJax(vit_jax::VitJax),
+    /// A google-research/big_vision checkpoint (a plain ViT, or the image tower of a two-tower one).
     BigVision(big_vision::BigVision),
 }
 
@@ -161,6 +177,7 @@ impl Reference {
         })
     }
 
+    /// The architecture read from the source's shapes.
     pub fn arch(&self) -> &SourceArch {
         match self {
             Reference::VitJax(m) => m.arch(),
@@ -168,6 +185,7 @@ impl Reference {
         }
     }
 
+    /// The source file the model was read from.
     pub fn path(&self) -> &Path {
         match self {
             Reference::VitJax(m) => m.path(),

@@ -45,12 +45,19 @@ pub fn is_two_tower(file: &TensorFile) -> bool {
 /// The text tower's architecture, read from its shapes.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct TextArch {
+    /// Rows of `Embed_0`: the vocabulary size.
     pub vocab: usize,
+    /// Rows of `pos_embedding`: how many token ids a text has.
     pub context: usize,
+    /// The text tower's token width.
     pub width: usize,
+    /// The number of text encoder blocks.
     pub depth: usize,
+    /// Attention heads per text block.
     pub heads: usize,
+    /// The width of one attention head.
     pub head_dim: usize,
+    /// The text MLP's hidden width.
     pub mlp: usize,
     /// Blocks stored stacked along a leading depth axis.
     pub scan: bool,
@@ -86,6 +93,7 @@ impl TextTower {
         Ok(TextTower { params, arch })
     }
 
+    /// The text tower's architecture, read from its shapes.
     pub fn arch(&self) -> &TextArch {
         &self.arch
     }
@@ -353,14 +361,17 @@ impl TwoTower {
         })
     }
 
+    /// The image tower (`img/`).
     pub fn image(&self) -> &BigVision {
         &self.image
     }
 
+    /// The text tower (`txt/`).
     pub fn text(&self) -> &TextTower {
         &self.text
     }
 
+    /// The source file the model was read from.
     pub fn path(&self) -> &Path {
         self.image.path()
     }

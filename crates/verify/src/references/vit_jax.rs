@@ -82,10 +82,12 @@ impl VitJax {
         })
     }
 
+    /// The architecture read from the source's shapes.
     pub fn arch(&self) -> &SourceArch {
         &self.arch
     }
 
+    /// The source file the model was read from.
     pub fn path(&self) -> &std::path::Path {
         self.params.path()
     }

@@ -23,6 +23,7 @@ const CLIP_LAYER_NORM_EPS: f64 = 1e-5;
 /// `build_model` derives the head count as `vision_width // 64`.
 const CLIP_HEAD_WIDTH: usize = 64;
 
+/// An OpenAI CLIP `VisionTransformer` read from a converted file, ready to run.
 pub struct Clip {
     tower: Tower,
 }

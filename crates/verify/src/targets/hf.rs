@@ -53,6 +53,7 @@ struct Preprocessor {
     do_normalize: Option<bool>,
 }
 
+/// A transformers ViT folder (`ViTForImageClassification` or `ViTModel`), ready to run.
 pub struct Hf {
     p: Params,
     pre: String,

@@ -111,6 +111,7 @@ struct PoolingHead {
     fc2: (Tensor, Tensor),
 }
 
+/// A transformers SigLIP vision tower (`SiglipVisionModel`, `SiglipForImageClassification`, or a `SiglipModel`'s), ready to run.
 pub struct HfSiglip {
     p: Params,
     /// `vision_model.` or empty.

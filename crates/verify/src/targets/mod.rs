@@ -30,9 +30,12 @@ pub use vitconv_convert::Layout;
 /// source pixels `x` in [-1, 1].
 #[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 pub struct InputNorm {
+    /// A label for the report: the declared norm's name, or where the values came from (`preprocessor_config`, ...).
     #[serde(default)]
     pub name: String,
+    /// Per-channel (RGB) mean subtracted from [0, 1] pixels.
     pub mean: [f64; 3],
+    /// Per-channel (RGB) standard deviation the centred pixels are divided by.
     pub std: [f64; 3],
 }
 
@@ -68,20 +71,35 @@ impl InputNorm {
 /// Every field is optional so that a file from elsewhere still runs with the library's defaults.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct DeclaredConfig {
+    /// The resolution the output runs at, in pixels.
     pub image_size: Option<usize>,
+    /// The patch side, in pixels.
     pub patch_size: Option<usize>,
+    /// The token width.
     pub hidden: Option<usize>,
+    /// The number of encoder blocks.
     pub depth: Option<usize>,
+    /// Attention heads per block.
     pub heads: Option<usize>,
+    /// The MLP's hidden width.
     pub mlp: Option<usize>,
+    /// How the tokens are pooled (`token`, `gap`, `map`).
     pub classifier: Option<String>,
+    /// The head's output width, where the output keeps a head.
     pub num_classes: Option<usize>,
+    /// The `pre_logits` width, where the output keeps that layer.
     pub representation: Option<usize>,
+    /// The GELU the output is declared with (`tanh`, `erf`, `quick`).
     pub gelu: Option<String>,
+    /// The LayerNorm epsilon the output is declared with.
     pub layer_norm_eps: Option<f64>,
+    /// Whether the output has an `ln_pre` LayerNorm before the blocks.
     pub ln_pre: Option<bool>,
+    /// The pixel normalisation the output expects.
     pub input_norm: Option<InputNorm>,
+    /// What the output's head is (`head`, `proj` for a CLIP-style projection, `none`, ...).
     pub head: Option<String>,
+    /// The source head's bias, which a CLIP-style `proj` has no place for.
     pub head_bias: Option<Vec<f32>>,
     /// The element type the weights were written in (`f32`, `f16`, `bf16`).
     pub dtype: Option<String>,
@@ -136,6 +154,7 @@ pub enum FeatureKind {
 pub struct TargetOutputs {
     /// The pooled features (before the head or projection).
     pub features: Tensor,
+    /// Which reference output the features are compared with.
     pub features_kind: FeatureKind,
     /// The head's (or CLIP projection's) output, if the file has one.
     pub logits: Option<Tensor>,
@@ -144,20 +163,31 @@ pub struct TargetOutputs {
 /// The architecture a target file holds, for checking it against the source.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct TargetArch {
+    /// The token width.
     pub hidden: usize,
+    /// The number of encoder blocks.
     pub depth: usize,
+    /// Attention heads per block.
     pub heads: usize,
+    /// The MLP's hidden width.
     pub mlp: usize,
+    /// The patch side, in pixels.
     pub patch_size: usize,
+    /// The side of the token grid, in patches.
     pub grid: usize,
+    /// The resolution the target runs at, in pixels.
     pub image_size: usize,
+    /// Whether a class token is prepended to the patches.
     pub class_token: bool,
 }
 
 /// A loaded target model.
 pub struct Target {
+    /// The layout the converted path was read as.
     pub layout: Layout,
+    /// The architecture the file holds, for checking it against the source.
     pub arch: TargetArch,
+    /// The input normalisation the target expects.
     pub norm: InputNorm,
     /// The head bias the file left out (CLIP-style `proj` = head kernel): subtract it from the
     /// reference's logits before comparing.

@@ -46,6 +46,7 @@ struct ModelCfg {
     vision_cfg: Option<VisionCfg>,
 }
 
+/// An open_clip `VisionTransformer` read from a converted file, ready to run.
 pub struct OpenClip {
     tower: Tower,
 }

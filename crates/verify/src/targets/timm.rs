@@ -37,6 +37,7 @@ const TIMM_GROUP_NORM_EPS: f64 = 1e-5;
 const TIMM_LAYER_NORM_EPS: f64 = 1e-6;
 const GROUPS: i64 = 32;
 
+/// A timm `VisionTransformer` (with its ResNetV2 stem for a hybrid), ready to run.
 pub struct Timm {
     p: Params,
     semantics: BlockSemantics,

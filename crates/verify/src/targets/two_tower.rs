@@ -56,10 +56,13 @@ const OPENAI_STD: [f64; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 /// A declared setting that differs from what the source computes.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct DeclaredMismatch {
+    /// The config file that declares the setting (`config.json`, `open_clip_config.json`, ...).
     pub file: PathBuf,
     /// The field, as a path into the file (`text_config.layer_norm_eps`).
     pub field: String,
+    /// What the source computes, in words.
     pub expected: String,
+    /// What the file declares instead.
     pub found: String,
 }
 
@@ -89,12 +92,17 @@ enum Proj {
 /// The text tower's sizes as the target holds them.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct TextTargetArch {
+    /// Rows of the token embedding: the vocabulary size.
     pub vocab: usize,
     /// Position-embedding rows: the longest text the tower takes.
     pub positions: usize,
+    /// The text tower's token width.
     pub width: usize,
+    /// The number of text encoder blocks.
     pub depth: usize,
+    /// Attention heads per text block.
     pub heads: usize,
+    /// The text MLP's hidden width.
     pub mlp: usize,
     /// The embedding width (the projection's output, or the width without one).
     pub embed: usize,
@@ -171,10 +179,13 @@ enum ImageModel {
 
 /// A loaded two-tower target.
 pub struct TwoTowerTarget {
+    /// The layout the folder was read as (`hf` or `open_clip`).
     pub layout: Layout,
     /// The image tower's architecture, for checking it against the source.
     pub arch: TargetArch,
+    /// The text tower's architecture, for checking it against the source.
     pub text_arch: TextTargetArch,
+    /// The input normalisation the image tower expects.
     pub norm: InputNorm,
     /// The stored log temperature (the models apply `exp`).
     pub logit_scale: f64,
@@ -182,6 +193,7 @@ pub struct TwoTowerTarget {
     pub logit_bias: f64,
     /// Declared settings that differ from the source's semantics.
     pub declared: Vec<DeclaredMismatch>,
+    /// What was assumed or read, one sentence each, for the report.
     pub notes: Vec<String>,
     /// The weights file the text tower was read from.
     pub weights: PathBuf,
