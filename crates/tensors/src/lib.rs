@@ -6,11 +6,13 @@
 //!   little-endian and in C (row-major) order whatever the file stored;
 //!   [`TensorFile::read_chunked`] streams it through a small buffer instead.
 //! - [`TensorFile::column_bands`] reads a large matrix a band of columns at a time
-//!   (positional reads, bounded memory), for writing its transpose.
+//!   (positional reads, bounded memory), for writing its transpose;
+//!   [`TensorFile::slice_bands`] and [`TensorFile::read_slice`] do the same for one slice of a tensor stacked
+//!   along its leading axis, a deflated stack being inflated once, front to back, slice after slice.
 //! - [`Writer`] writes `.safetensors`, `.pt` or `.npz` one tensor (or part) at a time into a
 //!   temporary file beside the target and renames it into place only in [`Writer::finish`].
 //!
-//! Module map: `bands` (column bands), `npy` (array headers), `zip_reader` (zip end record and directory, validated), `npz` (`.npy` members),
+//! Module map: `bands` (column bands, slices of stacks, a deflated stack's one stream), `npy` (array headers), `zip_reader` (zip end record and directory, validated), `npz` (`.npy` members),
 //! `dirs` (directories an output run created), `safetensors_io`, `pickle` (allowlist unpickler and state-dict pickler), `pt` (torch
 //! archives), `source` (where bytes live, positional reads), `writer` (through the `zip` crate's writer for `.pt` and `.npz`).
 
