@@ -48,6 +48,28 @@ pub fn open_and_read_all(data: &[u8], suffix: &str) {
                 info.name
             );
         }
+        // Slices along the leading axis, as a stacked tensor is read block by block (a deflated one from its
+        // one stream): in order, then the last first and the rest after it (read ahead, kept, and read again),
+        // each equal to its part of the whole tensor.
+        if let Some(&count) = info
+            .shape
+            .first()
+            .filter(|&&n| (1..=16).contains(&n) && !bytes.is_empty())
+        {
+            let slice = bytes.len() / count;
+            let order = (0..count)
+                .chain(std::iter::once(count - 1))
+                .chain(0..count - 1);
+            for i in order {
+                let got = tf.read_slice(&info.name, i, count);
+                let got = got.unwrap_or_else(|e| panic!("slice {i} of `{}`: {e}", info.name));
+                assert!(
+                    got[..] == bytes[i * slice..(i + 1) * slice],
+                    "slice {i} of `{}` differs from the whole tensor's",
+                    info.name
+                );
+            }
+        }
         // Statistics walk views in place and count repeats by multiplicity: they must agree
         // with the statistics of the materialised bytes (or stop at the work budget).
         if let Ok(s) = tf.stats(&info.name) {
