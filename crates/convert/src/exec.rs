@@ -9,8 +9,10 @@
 //! writes. The numeric kernels themselves live in `kernel.rs`.
 //!
 //! Band reads are positional on uncompressed sources. A deflated member cannot be read from the middle: one
-//! stacked `[depth, ...]` is inflated once, front to back, each slice handed on as it comes out, and an
-//! unstacked one is read whole (memory: that tensor).
+//! stacked `[depth, ...]` is inflated once, front to back, each slice handed on as it comes out; an unstacked
+//! one is inflated as it is read where the recipe reads it in file order (copies, convolution kernels, and
+//! transposes done in one pass: up to `BANDS_PER_PASS` bands, a 16 MiB output at f32), and read whole
+//! otherwise (a larger transpose, such as an in21k classifier head: memory is that tensor).
 
 use std::ops::Range;
 
@@ -43,6 +45,21 @@ impl Fetch for TensorFile {
 fn bands<'f>(file: &'f TensorFile, param: &Param, rows: usize) -> Result<ColumnBands<'f>> {
     match param.stack {
         None => Ok(file.column_bands(&param.tensor, rows)?),
+        Some(Stacked { index, count }) => {
+            Ok(file.slice_bands(&param.tensor, index, count, rows)?)
+        }
+    }
+}
+
+/// Like [`bands`], for a reader that reads in file order (whole rows top to bottom, or bands of a single
+/// row left to right): an unstacked deflated member is then inflated as it is read, not held whole.
+fn sequential_bands<'f>(
+    file: &'f TensorFile,
+    param: &Param,
+    rows: usize,
+) -> Result<ColumnBands<'f>> {
+    match param.stack {
+        None => Ok(file.sequential_bands(&param.tensor, rows)?),
         Some(Stacked { index, count }) => {
             Ok(file.slice_bands(&param.tensor, index, count, rows)?)
         }
@@ -239,7 +256,6 @@ pub(crate) fn write_recipe(
             if rows == 0 || cols == 0 {
                 return Ok(());
             }
-            let mut bands = bands(file, src, rows)?;
             // Output rows per band: the band's encoded output stays within `BAND_BYTES`. Up to BANDS_PER_PASS
             // bands are filled in one pass over the source, read GROUP_ROWS source rows at a time into a small
             // staging buffer and transposed from there while it is still in cache; reading the whole band
@@ -250,6 +266,14 @@ pub(crate) fn write_recipe(
             let per_band = (em.band_bytes() / rows.saturating_mul(out_size)).max(1);
             let band_count = cols.div_ceil(per_band);
             let per_band = cols.div_ceil(band_count.max(1));
+            // A tensor done in one pass is read in whole rows, top to bottom: in file order, so a deflated one
+            // is inflated as it is read. One needing several passes reads each row's columns in several
+            // pieces, which a deflated member can only serve from a copy of the whole tensor.
+            let mut bands = if band_count <= BANDS_PER_PASS {
+                sequential_bands(file, src, rows)?
+            } else {
+                bands(file, src, rows)?
+            };
             let stage = &mut scratch.raw;
             let mut done = 0;
             while done < cols {
@@ -301,7 +325,7 @@ pub(crate) fn write_recipe(
                 return Ok(());
             }
             // One row: the bands are consecutive pieces of the tensor, each a whole number of elements.
-            let mut bands = bands(file, src, 1)?;
+            let mut bands = sequential_bands(file, src, 1)?;
             let piece = (em.band_bytes() / 4).max(1) * in_dtype.size();
             while bands.remaining() > 0 {
                 let n = piece.min(bands.remaining());
@@ -334,7 +358,7 @@ pub(crate) fn write_recipe(
             let in_dtype = float_source_dtype(src)?;
             let [h, w, i, o] = *hwio;
             check_len(src, h.saturating_mul(w).saturating_mul(i), o)?;
-            let rows = KernelRows::File(bands(file, src, (h * w * i).max(1))?);
+            let rows = KernelRows::File(sequential_bands(file, src, (h * w * i).max(1))?);
             write_conv_kernel(
                 name,
                 rows,

@@ -24,7 +24,7 @@ use crate::source::{self, Base, Layout, Location, MemberCrc};
 use crate::{Error, Result, TensorFile};
 
 /// Where the bands come from.
-enum Source {
+enum Source<'f> {
     /// Data stored contiguously at `offset`: one positional read per row and band.
     InPlace {
         offset: u64,
@@ -34,6 +34,17 @@ enum Source {
     /// The whole tensor, read (and checked) up front, shared by every slice of a stacked tensor that reads it;
     /// `base` is where this reader's bytes begin in it.
     Whole { all: Arc<Vec<u8>>, base: usize },
+    /// A deflated member inflated front to back as the bands ask for its bytes (see
+    /// [`TensorFile::sequential_bands`]): only reads in file order can be served.
+    Stream {
+        reader: Box<dyn Read + Send + 'f>,
+        /// The member's file offset, for errors.
+        offset: u64,
+        /// The hash of every byte read so far, from the member's first, and the CRC-32 to check once the last
+        /// is read (where the tensor fills its member).
+        hasher: crc32fast::Hasher,
+        crc: Option<MemberCrc>,
+    },
 }
 
 /// What is known of the slices of stacked tensors read so far, per tensor: each slice's CRC-32 state while
@@ -171,7 +182,7 @@ pub struct ColumnBands<'f> {
     width: usize,
     /// Spanning reads land here before their rows' slices are picked out.
     span: Vec<u8>,
-    source: Source,
+    source: Source<'f>,
     /// For a slice of a stacked tensor: which one, of how many.
     slice: Option<(usize, usize)>,
 }
@@ -195,7 +206,15 @@ impl TensorFile {
     /// Uncompressed contiguous data is read in place, band by band, so memory stays at one
     /// band; deflated members and strided views are read whole here (memory: the tensor).
     pub fn column_bands(&self, name: &str, rows: usize) -> Result<ColumnBands<'_>> {
-        self.bands_of(name, rows, None)
+        self.bands_of(name, rows, None, false)
+    }
+
+    /// Like [`TensorFile::column_bands`], for a reader that reads in file order: whole rows top to bottom, or,
+    /// with `rows` 1, bands left to right. A deflated member is then inflated as it is read, a group of rows
+    /// at a time, instead of whole up front, so memory stays at one group whatever the tensor's size. Any
+    /// other read of such bands is refused.
+    pub fn sequential_bands(&self, name: &str, rows: usize) -> Result<ColumnBands<'_>> {
+        self.bands_of(name, rows, None, true)
     }
 
     /// Like [`TensorFile::column_bands`], for slice `index` of a tensor stacked as `[count, ...]` along its
@@ -210,7 +229,7 @@ impl TensorFile {
         count: usize,
         rows: usize,
     ) -> Result<ColumnBands<'_>> {
-        self.bands_of(name, rows, Some((index, count)))
+        self.bands_of(name, rows, Some((index, count)), false)
     }
 
     fn bands_of(
@@ -218,6 +237,7 @@ impl TensorFile {
         name: &str,
         rows: usize,
         slice: Option<(usize, usize)>,
+        sequential: bool,
     ) -> Result<ColumnBands<'_>> {
         let unknown = || Error::UnknownTensor {
             path: self.path.clone(),
@@ -272,6 +292,33 @@ impl TensorFile {
                         .saturating_add(loc.start)
                         .saturating_add(first as u64),
                     crc,
+                }
+            }
+            Base::Deflate { offset, len, .. }
+                if sequential
+                    && slice.is_none()
+                    && matches!(loc.layout, Layout::C)
+                    && !loc.byteswap
+                    && !self.is_shared_deflate(loc) =>
+            {
+                let mut reader = source::entry_reader(&*self.file, &loc.base, source::INFLATE_BUF);
+                let mut hasher = crc32fast::Hasher::new();
+                // The bytes ahead of the data (the `.npy` header) are hashed and skipped.
+                let skipped = io::copy(
+                    &mut (&mut reader).take(loc.start),
+                    &mut HashSink(&mut hasher),
+                )
+                .map_err(|e| source::read_error(&self.path, name, offset, len, e))?;
+                if skipped != loc.start {
+                    return Err(Error::truncated(
+                        &self.path, name, offset, loc.start, skipped,
+                    ));
+                }
+                Source::Stream {
+                    reader,
+                    offset,
+                    hasher,
+                    crc: source::crc_to_check(loc, nbytes as u64).cloned(),
                 }
             }
             _ if slice.is_none() => Source::Whole {
@@ -524,6 +571,26 @@ impl ColumnBands<'_> {
                     }
                 }
             }
+            Source::Stream {
+                reader,
+                offset,
+                hasher,
+                ..
+            } => {
+                // Only the next bytes of the member can be read: whole rows, or bands of a single row.
+                if self.rows != 1 && width != row_bytes {
+                    return Err(bad(
+                        format!("whole rows of {row_bytes} bytes, read in file order"),
+                        format!("a band {width} bytes wide of a deflated member"),
+                    ));
+                }
+                for dst in rows_mut(out, width, pitch) {
+                    reader.read_exact(dst).map_err(|e| {
+                        source::read_error(path, &self.name, *offset, dst.len() as u64, e)
+                    })?;
+                    hasher.update(dst);
+                }
+            }
             Source::InPlace { offset, crc } => {
                 // In bounds: the tensor's byte count was checked against the file at open.
                 let start = offset
@@ -590,6 +657,12 @@ impl ColumnBands<'_> {
         let crc = match &mut self.source {
             Source::InPlace { crc, .. } => crc.take(),
             Source::Whole { .. } => None,
+            Source::Stream { hasher, crc, .. } => {
+                if let Some(crc) = crc.take() {
+                    source::check_crc(path, &self.name, &crc, hasher.clone().finalize())?;
+                }
+                None
+            }
         };
         let Some((index, count)) = self.slice else {
             if let Some((member, mut whole, per_row)) = crc {
@@ -894,6 +967,86 @@ mod tests {
     }
 
     #[test]
+    fn sequential_bands_inflate_a_deflated_member_as_they_read_it() {
+        let dir = tempfile::tempdir().unwrap();
+        // An unstacked [6, 40] f32 matrix, deflated: `deflated_stack` with a stack of one.
+        let (rows, cols) = (6, 40);
+        let (f, data) = deflated_stack(dir.path(), 1, rows, cols);
+        let row_bytes = cols * 4;
+        // Whole rows, top to bottom, in groups of uneven sizes (padded): the stream serves them.
+        let mut bands = f.sequential_bands("s", rows).unwrap();
+        assert!(!bands.in_place());
+        let pitch = row_bytes + 8;
+        let mut got = Vec::new();
+        for g in [4, 2] {
+            let mut group = vec![0u8; g * pitch];
+            bands
+                .read_rows_pitched(row_bytes, pitch, &mut group)
+                .unwrap();
+            got.extend(group.chunks(pitch).flat_map(|r| r[..row_bytes].to_vec()));
+        }
+        assert_eq!(got, data);
+        // One row, bands left to right.
+        let mut bands = f.sequential_bands("s", 1).unwrap();
+        let mut got = Vec::new();
+        let mut out = Vec::new();
+        for width in [7 * 4, 0, 100 * 4, 133 * 4] {
+            bands.read_band(width, &mut out).unwrap();
+            got.extend_from_slice(&out);
+        }
+        assert_eq!(got, data);
+        assert_eq!(bands.remaining(), 0);
+        // A band of columns of several rows is not in file order: refused, not served wrongly.
+        let mut bands = f.sequential_bands("s", rows).unwrap();
+        let err = bands.read_band(8, &mut out).unwrap_err();
+        assert!(matches!(err, Error::Writer { .. }), "{err}");
+        // Stored data is read in place as by `column_bands`.
+        let (m, mdata) = matrix(dir.path(), Format::Npz, 5, 30);
+        let mut bands = m.sequential_bands("m", 5).unwrap();
+        assert!(bands.in_place());
+        bands.read_band(30, &mut out).unwrap();
+        assert_eq!(out, mdata);
+    }
+
+    #[test]
+    fn sequential_bands_of_a_deflated_member_check_its_crc_at_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let (rows, cols) = (4, 8);
+        let (f, _) = deflated_stack(dir.path(), 1, rows, cols);
+        let f = wrong_crc(f);
+        let mut bands = f.sequential_bands("s", rows).unwrap();
+        let mut group = vec![0u8; 2 * cols * 4];
+        bands.read_rows(cols * 4, &mut group).unwrap();
+        let err = bands.read_rows(cols * 4, &mut group).unwrap_err();
+        assert!(matches!(err, Error::Crc { .. }), "{err}");
+    }
+
+    /// `f`'s file copied beside it with its one member's recorded CRC-32, in the local header and the central
+    /// directory, replaced by another, and opened: the deflate stream is intact, so only the CRC can tell.
+    fn wrong_crc(f: TensorFile) -> TensorFile {
+        let path = f.path().to_path_buf();
+        drop(f);
+        let mut archive = zip::ZipArchive::new(std::fs::File::open(&path).unwrap()).unwrap();
+        let crc = archive.by_index(0).unwrap().crc32().to_le_bytes();
+        drop(archive);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mut patched = 0;
+        for i in 0..bytes.len() - 3 {
+            if bytes[i..i + 4] == crc {
+                bytes[i] ^= 0x01;
+                patched += 1;
+            }
+        }
+        assert_eq!(
+            patched, 2,
+            "the CRC is in the local header and the central directory"
+        );
+        let damaged = path.with_file_name("wrong-crc.npz");
+        std::fs::write(&damaged, &bytes).unwrap();
+        TensorFile::open(&damaged).unwrap()
+    }
+
+    #[test]
     fn a_deflated_stack_is_inflated_once_in_slice_order() {
         let dir = tempfile::tempdir().unwrap();
         let (count, rows, cols) = (5, 6, 10);
@@ -935,28 +1088,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (count, rows, cols) = (3, 4, 8);
         let (f, _) = deflated_stack(dir.path(), count, rows, cols);
-        let path = f.path().to_path_buf();
-        drop(f);
-        // The member's recorded CRC-32, in its local header and the central directory, replaced by another:
-        // the deflate stream is intact, so only the CRC can tell.
-        let mut archive = zip::ZipArchive::new(std::fs::File::open(&path).unwrap()).unwrap();
-        let crc = archive.by_index(0).unwrap().crc32().to_le_bytes();
-        drop(archive);
-        let mut bytes = std::fs::read(&path).unwrap();
-        let mut patched = 0;
-        for i in 0..bytes.len() - 3 {
-            if bytes[i..i + 4] == crc {
-                bytes[i] ^= 0x01;
-                patched += 1;
-            }
-        }
-        assert_eq!(
-            patched, 2,
-            "the CRC is in the local header and the central directory"
-        );
-        let damaged = dir.path().join("damaged.npz");
-        std::fs::write(&damaged, &bytes).unwrap();
-        let f = TensorFile::open(&damaged).unwrap();
+        let f = wrong_crc(f);
         for i in 0..count - 1 {
             f.read_slice("s", i, count).unwrap();
         }
