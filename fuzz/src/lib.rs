@@ -70,6 +70,40 @@ pub fn open_and_read_all(data: &[u8], suffix: &str) {
                 );
             }
         }
+        // Read in file order (whole rows in groups of two, then one row in bands of uneven widths), as a copy
+        // or a one-pass transpose reads it, a deflated member being inflated as it is read: the same bytes.
+        if let Some(&rows) = info.shape.first().filter(|&&n| n > 0 && !bytes.is_empty()) {
+            if let Ok(mut bands) = tf.sequential_bands(&info.name, rows) {
+                let row_bytes = bytes.len() / rows;
+                let mut got = Vec::with_capacity(bytes.len());
+                let mut left = rows;
+                while left > 0 {
+                    let g = left.min(2);
+                    let mut group = vec![0u8; g * row_bytes];
+                    let read = bands.read_rows(row_bytes, &mut group);
+                    read.unwrap_or_else(|e| panic!("rows of `{}` in file order: {e}", info.name));
+                    got.extend_from_slice(&group);
+                    left -= g;
+                }
+                assert!(got == bytes, "rows of `{}` in file order differ", info.name);
+            }
+            if let Ok(mut bands) = tf.sequential_bands(&info.name, 1) {
+                let (mut got, mut out, mut width) =
+                    (Vec::with_capacity(bytes.len()), Vec::new(), 1);
+                while bands.remaining() > 0 {
+                    let w = width.min(bands.remaining());
+                    let read = bands.read_band(w, &mut out);
+                    read.unwrap_or_else(|e| panic!("bands of `{}` in file order: {e}", info.name));
+                    got.extend_from_slice(&out);
+                    width = width * 3 + 1;
+                }
+                assert!(
+                    got == bytes,
+                    "bands of `{}` in file order differ",
+                    info.name
+                );
+            }
+        }
         // Statistics walk views in place and count repeats by multiplicity: they must agree
         // with the statistics of the materialised bytes (or stop at the work budget).
         if let Ok(s) = tf.stats(&info.name) {
