@@ -252,7 +252,7 @@ pub(crate) fn write_recipe(
         Recipe::Transpose { src, rows, cols } => {
             let (rows, cols) = (*rows, *cols);
             let in_dtype = float_source_dtype(src)?;
-            check_len(src, rows, cols)?;
+            check_len(src, &[rows, cols], src.numel().unwrap_or(0))?;
             if rows == 0 || cols == 0 {
                 return Ok(());
             }
@@ -357,7 +357,7 @@ pub(crate) fn write_recipe(
         } => {
             let in_dtype = float_source_dtype(src)?;
             let [h, w, i, o] = *hwio;
-            check_len(src, h.saturating_mul(w).saturating_mul(i), o)?;
+            check_len(src, &[h, w, i, o], src.numel().unwrap_or(0))?;
             let rows = KernelRows::File(sequential_bands(file, src, (h * w * i).max(1))?);
             write_conv_kernel(
                 name,
@@ -581,21 +581,7 @@ fn add_rows(rows: &mut [f32], a: &[f32]) {
 /// Fetches a parameter and checks it holds exactly the product of `shape` values.
 fn fetch_len(file: &TensorFile, param: &Param, shape: &[usize]) -> Result<Vec<f32>> {
     let v = file.fetch(param)?;
-    let expected = shape
-        .iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .ok_or(Error::Overflow {
-            name: param.describe(),
-            what: "element count",
-        })?;
-    if v.len() != expected {
-        return Err(Error::Length {
-            name: param.describe(),
-            shape: shape.to_vec(),
-            expected,
-            found: v.len(),
-        });
-    }
+    check_len(param, shape, v.len())?;
     Ok(v)
 }
 
@@ -610,16 +596,45 @@ fn float_source_dtype(src: &Param) -> Result<DType> {
     Ok(src.dtype)
 }
 
-/// Refuses a source whose element count is not `rows x cols`.
-fn check_len(src: &Param, rows: usize, cols: usize) -> Result<()> {
-    let found = src.numel().unwrap_or(0);
-    if Some(found) != rows.checked_mul(cols) {
+/// Refuses `found` values of `src` where `shape` holds another count (or a count too large to hold).
+fn check_len(src: &Param, shape: &[usize], found: usize) -> Result<()> {
+    let expected = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or(Error::Overflow {
+            name: src.describe(),
+            what: "element count",
+        })?;
+    if found != expected {
         return Err(Error::Length {
             name: src.describe(),
-            shape: vec![rows, cols],
-            expected: rows.saturating_mul(cols),
+            shape: shape.to_vec(),
+            expected,
             found,
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_and_fill() {
+        // They read nothing of the source, which may be any file.
+        let file = TensorFile::open(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../fixtures/vit-token/checkpoint.npz"),
+        )
+        .unwrap();
+        assert_eq!(
+            eval(&file, &Recipe::Identity(2)).ok(),
+            Some(vec![1.0, 0.0, 0.0, 1.0])
+        );
+        assert_eq!(
+            eval(&file, &Recipe::Fill { value: 1.0, len: 3 }).ok(),
+            Some(vec![1.0; 3])
+        );
+    }
 }

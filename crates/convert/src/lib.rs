@@ -24,18 +24,45 @@
 //! target layout is a new module under [`layout`] plus one line in [`layout::LAYOUTS`] (and its name in
 //! [`Layout`]); neither edits another family or layout.
 
-// Every public item says what it is; the parsing and sizing modules deny their own clippy lints.
+// Every public item says what it is. The parsing and sizing code (every module but the four below) may not
+// unwrap, index or do unchecked arithmetic outside tests: a lying header must give an error, never a panic or
+// a wrapped size. The numeric kernels, the resampler, the interpreter and the executor work on buffers whose
+// sizes were checked before they run, in loops where indexing is the clear form.
 #![deny(missing_docs)]
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
+)]
 
 pub mod arch;
+#[cfg_attr(
+    not(test),
+    allow(clippy::indexing_slicing, clippy::arithmetic_side_effects)
+)]
 pub mod convert;
 pub mod error;
+#[cfg_attr(
+    not(test),
+    allow(clippy::indexing_slicing, clippy::arithmetic_side_effects)
+)]
 pub mod exec;
+#[cfg_attr(
+    not(test),
+    allow(clippy::indexing_slicing, clippy::arithmetic_side_effects)
+)]
 pub mod kernel;
 pub mod layout;
 pub mod model;
 pub mod options;
 pub mod plan;
+#[cfg_attr(
+    not(test),
+    allow(clippy::indexing_slicing, clippy::arithmetic_side_effects)
+)]
 pub mod resize;
 pub mod sources;
 pub mod tokenizer;

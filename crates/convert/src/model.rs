@@ -6,12 +6,6 @@
 //! and its logical shape. Sizes are read off the shapes once, by the source module, and summarised in
 //! [`Arch`]; a layout that needs a size asks the [`Arch`], not a shape.
 
-#![deny(
-    clippy::unwrap_used,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects
-)]
-
 use std::collections::BTreeMap;
 
 use vitconv_tensors::DType;

@@ -1,14 +1,5 @@
 //! What the user asked for: target layout, dtype, resolution, head, projection, input normalisation, GELU.
 
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::indexing_slicing,
-        clippy::arithmetic_side_effects
-    )
-)]
-
 use serde::Serialize;
 
 /// A target layout.

@@ -24,7 +24,7 @@ use crate::source::{self, Base, Layout, Location, MemberCrc};
 use crate::{Error, Result, TensorFile};
 
 /// Where the bands come from.
-enum Source<'f> {
+enum Source {
     /// Data stored contiguously at `offset`: one positional read per row and band.
     InPlace {
         offset: u64,
@@ -37,7 +37,7 @@ enum Source<'f> {
     /// A deflated member inflated front to back as the bands ask for its bytes (see
     /// [`TensorFile::sequential_bands`]): only reads in file order can be served.
     Stream {
-        reader: Box<dyn Read + Send + 'f>,
+        reader: Box<dyn Read + Send>,
         /// The member's file offset, for errors.
         offset: u64,
         /// The hash of every byte read so far, from the member's first, and the CRC-32 to check once the last
@@ -182,7 +182,7 @@ pub struct ColumnBands<'f> {
     width: usize,
     /// Spanning reads land here before their rows' slices are picked out.
     span: Vec<u8>,
-    source: Source<'f>,
+    source: Source,
     /// For a slice of a stacked tensor: which one, of how many.
     slice: Option<(usize, usize)>,
 }
@@ -294,26 +294,8 @@ impl TensorFile {
                     crc,
                 }
             }
-            Base::Deflate { offset, len, .. }
-                if sequential
-                    && slice.is_none()
-                    && matches!(loc.layout, Layout::C)
-                    && !loc.byteswap
-                    && !self.is_shared_deflate(loc) =>
-            {
-                let mut reader = source::entry_reader(&*self.file, &loc.base, source::INFLATE_BUF);
-                let mut hasher = crc32fast::Hasher::new();
-                // The bytes ahead of the data (the `.npy` header) are hashed and skipped.
-                let skipped = io::copy(
-                    &mut (&mut reader).take(loc.start),
-                    &mut HashSink(&mut hasher),
-                )
-                .map_err(|e| source::read_error(&self.path, name, offset, len, e))?;
-                if skipped != loc.start {
-                    return Err(Error::truncated(
-                        &self.path, name, offset, loc.start, skipped,
-                    ));
-                }
+            Base::Deflate { offset, .. } if sequential && slice.is_none() && self.streams(loc) => {
+                let (reader, hasher) = self.open_member(name, loc)?;
                 Source::Stream {
                     reader,
                     offset,
@@ -325,16 +307,10 @@ impl TensorFile {
                 all: Arc::new(self.read(name)?),
                 base: 0,
             },
-            Base::Deflate { .. }
-                if matches!(loc.layout, Layout::C)
-                    && !loc.byteswap
-                    && !self.is_shared_deflate(loc) =>
-            {
-                Source::Whole {
-                    all: self.streamed_slice(name, loc, index, count, slice_bytes)?,
-                    base: 0,
-                }
-            }
+            Base::Deflate { .. } if self.streams(loc) => Source::Whole {
+                all: self.streamed_slice(name, loc, index, count, slice_bytes)?,
+                base: 0,
+            },
             _ => {
                 let cached = self.slices.with(name, count, |s| s.whole.clone());
                 let all = match cached {
@@ -397,12 +373,16 @@ impl TensorFile {
             Some(s) => s,
             None => {
                 slot.opened = slot.opened.saturating_add(1);
-                self.open_stream(name, loc)?
+                let (reader, hasher) = self.open_member(name, loc)?;
+                Stream {
+                    reader,
+                    hasher,
+                    next: 0,
+                    kept: BTreeMap::new(),
+                }
             }
         };
-        let (offset, expected) = match loc.base {
-            Base::Stored { offset, len } | Base::Deflate { offset, len, .. } => (offset, len),
-        };
+        let (offset, expected) = (loc.base.offset(), loc.base.len());
         loop {
             // Bounded by the file: `count * slice_bytes` is the tensor's size, which was checked at open
             // against the most the member's compressed bytes can inflate to.
@@ -432,15 +412,26 @@ impl TensorFile {
         }
     }
 
-    /// Opens deflated member `name` for streaming, its bytes ahead of the data (the `.npy` header) hashed and
-    /// skipped.
-    fn open_stream(&self, name: &str, loc: &Location) -> Result<Stream> {
+    /// Whether the member at `loc` is read as a stream: deflated, its elements in C order and little-endian, and
+    /// viewed by no other tensor (a shared deflated storage is decoded once, whole, for all its views).
+    fn streams(&self, loc: &Location) -> bool {
+        matches!(loc.base, Base::Deflate { .. })
+            && matches!(loc.layout, Layout::C)
+            && !loc.byteswap
+            && !self.is_shared_deflate(loc)
+    }
+
+    /// Opens the member at `loc` to be read front to back: a reader positioned at the tensor's first byte, and
+    /// the hash of the bytes ahead of it (the `.npy` header), which were skipped.
+    fn open_member(
+        &self,
+        name: &str,
+        loc: &Location,
+    ) -> Result<(Box<dyn Read + Send>, crc32fast::Hasher)> {
         let mut reader =
             source::entry_reader(Arc::clone(&self.file), &loc.base, source::INFLATE_BUF);
         let mut hasher = crc32fast::Hasher::new();
-        let offset = match loc.base {
-            Base::Stored { offset, .. } | Base::Deflate { offset, .. } => offset,
-        };
+        let offset = loc.base.offset();
         let skipped = io::copy(
             &mut (&mut reader).take(loc.start),
             &mut HashSink(&mut hasher),
@@ -451,12 +442,7 @@ impl TensorFile {
                 &self.path, name, offset, loc.start, skipped,
             ));
         }
-        Ok(Stream {
-            reader,
-            hasher,
-            next: 0,
-            kept: BTreeMap::new(),
-        })
+        Ok((reader, hasher))
     }
 
     /// Slice `index` of tensor `name` stacked as `[count, ...]` along its leading axis: its bytes,
@@ -474,9 +460,7 @@ impl TensorFile {
 
     /// [`TensorFile::read_slice`], decoded to `f32`.
     pub fn read_slice_f32(&self, name: &str, index: usize, count: usize) -> Result<Vec<f32>> {
-        let bytes = self.read_slice(name, index, count)?;
-        let dtype = self.get(name).map(|t| t.dtype).unwrap_or(crate::DType::U8);
-        Ok(source::to_f32(dtype, &bytes))
+        Ok(self.decode_f32(name, &self.read_slice(name, index, count)?))
     }
 }
 

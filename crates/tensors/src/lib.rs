@@ -477,9 +477,13 @@ impl TensorFile {
 
     /// One tensor's data converted to `f32` (exact for every type but f64 and wide integers).
     pub fn read_f32(&self, name: &str) -> Result<Vec<f32>> {
-        let bytes = self.read(name)?;
+        Ok(self.decode_f32(name, &self.read(name)?))
+    }
+
+    /// Tensor `name`'s bytes (all of them, or a slice) decoded from its stored type to `f32`.
+    fn decode_f32(&self, name: &str, bytes: &[u8]) -> Vec<f32> {
         let dtype = self.get(name).map(|t| t.dtype).unwrap_or(DType::U8);
-        Ok(source::to_f32(dtype, &bytes))
+        source::to_f32(dtype, bytes)
     }
 }
 

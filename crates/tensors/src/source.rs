@@ -33,6 +33,13 @@ pub(crate) enum Base {
 }
 
 impl Base {
+    /// The entry's file offset: where its stored or compressed bytes begin.
+    pub(crate) fn offset(&self) -> u64 {
+        match *self {
+            Base::Stored { offset, .. } | Base::Deflate { offset, .. } => offset,
+        }
+    }
+
     /// Length of the entry's decoded content.
     pub(crate) fn len(&self) -> u64 {
         match *self {

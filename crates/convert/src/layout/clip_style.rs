@@ -5,15 +5,6 @@
 //! `ResidualAttentionBlock`) share `transformer.resblocks.N.{ln_1, attn, ln_2, mlp.c_fc, mlp.c_proj}`, `ln_post`
 //! and `proj`. What differs between them (`ln_pre`, the MLP ratio, the activation, the config) stays in each layout.
 
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::indexing_slicing,
-        clippy::arithmetic_side_effects
-    )
-)]
-
 use crate::arch::{Arch, Classifier, PosEmbKind};
 use crate::error::{Error, Part, Result};
 use crate::layout::prepared::{name, BlockRole, BlockTable, Prepared};

@@ -2,15 +2,6 @@
 //! output directory: the file names, the dtype names of `config.json`, and the JSON formatting. Both layouts
 //! import it, so neither imports the other for it.
 
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::indexing_slicing,
-        clippy::arithmetic_side_effects
-    )
-)]
-
 use serde_json::{json, Map, Value};
 
 use crate::model::Dense;

@@ -9,15 +9,6 @@
 //! transformers' vision tower ends at the MAP head: it has no projection after it, so an image tower with a
 //! `head` is refused here (open_clip holds it).
 
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::indexing_slicing,
-        clippy::arithmetic_side_effects
-    )
-)]
-
 use serde_json::json;
 
 use crate::error::{Part, Result};

@@ -6,15 +6,6 @@
 //! `act_kwargs`, `norm_kwargs`, heads = width // head_width). The flax ViT maps exactly: `no_ln_pre`, token pooling
 //! after `ln_post`, LayerNorm eps 1e-6, the source's GELU, and the patch bias folded into the position embedding.
 
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::indexing_slicing,
-        clippy::arithmetic_side_effects
-    )
-)]
-
 use serde_json::json;
 
 use crate::error::Result;

@@ -17,15 +17,6 @@
 //! hands its name to timm, which resolves it from the current directory, so it is the folder's absolute path,
 //! and moving the folder needs the one-line fix the notes and the config's `vitconv.relocate` give.
 
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::indexing_slicing,
-        clippy::arithmetic_side_effects
-    )
-)]
-
 use serde_json::{json, Value};
 
 use crate::arch::Classifier;

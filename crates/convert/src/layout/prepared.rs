@@ -3,12 +3,6 @@
 //! MAP-head tensor, and small helpers for names and Python literals. Layout modules import this module, and
 //! the registry in `layout/mod.rs` imports them: this module imports no layout.
 
-#![deny(
-    clippy::unwrap_used,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects
-)]
-
 use std::collections::BTreeMap;
 
 use serde_json::{json, Value};

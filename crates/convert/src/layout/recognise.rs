@@ -2,12 +2,6 @@
 //! read an architecture off a state dict's keys and shapes, with the keys taken from the layout's own name
 //! tables, so that a target key is written in one place.
 
-#![deny(
-    clippy::unwrap_used,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects
-)]
-
 use std::collections::BTreeMap;
 
 use vitconv_tensors::TensorInfo;

@@ -6,15 +6,6 @@
 //! timm's `LayerNorm` defaults to eps 1e-6 like flax, so only the GELU (`act_layer`), the pooling and, for hybrids,
 //! the GroupNorm eps (1e-6 in flax, 1e-5 in timm) need stating.
 
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::indexing_slicing,
-        clippy::arithmetic_side_effects
-    )
-)]
-
 use serde_json::{json, Map, Value};
 
 use crate::arch::{Arch, Classifier, PosEmbKind, ResNet};

@@ -8,12 +8,6 @@
 //! are those of big_vision's `models/vit.py`: the class token is concatenated after the position embedding
 //! is added, `MAPHead` attends from a learned probe, `pool_type='gap'` averages after `encoder_norm`.
 
-#![deny(
-    clippy::unwrap_used,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects
-)]
-
 use vitconv_tensors::TensorInfo;
 
 use super::keys::{dims, Keys};

@@ -1,12 +1,6 @@
 //! The bookkeeping every source module shares while it reads a file: which tensors exist, with which shape
 //! and dtype, which ones the model has accounted for, and the shape checks with their error messages.
 
-#![deny(
-    clippy::unwrap_used,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects
-)]
-
 use std::collections::{BTreeMap, BTreeSet};
 
 use vitconv_tensors::TensorInfo;

@@ -8,12 +8,6 @@
 //! embedding plus a learned position table, pre-norm blocks with no causal mask, `encoder_norm`, the LAST
 //! position pooled, an optional `head`; each tower's output L2-normalised; `logits = zimg . ztxt * exp(t) + b`.
 
-#![deny(
-    clippy::unwrap_used,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects
-)]
-
 use vitconv_tensors::TensorInfo;
 
 use super::big_vision::{

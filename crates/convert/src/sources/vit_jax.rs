@@ -4,12 +4,6 @@
 //! [`read`] checks the file completely (every tensor accounted for, every shape agreeing with the others) and
 //! describes it as a [`Model`]; the key names below are known to this module alone.
 
-#![deny(
-    clippy::unwrap_used,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects
-)]
-
 use vitconv_tensors::TensorInfo;
 
 use super::keys::{dims, Keys};
@@ -547,12 +541,6 @@ fn detect_resnet(keys: &mut Keys<'_>, names: &JaxNames, embed_in: usize) -> Resu
 }
 
 #[cfg(test)]
-// Tests index fixtures they built themselves and unwrap what must be there: a panic is a failed test.
-#[allow(
-    clippy::unwrap_used,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects
-)]
 pub(crate) mod tests {
     use std::path::PathBuf;
 
