@@ -294,11 +294,11 @@ impl TensorFile {
                     crc,
                 }
             }
-            Base::Deflate { offset, .. } if sequential && slice.is_none() && self.streams(loc) => {
+            _ if sequential && slice.is_none() && self.streams(loc) => {
                 let (reader, hasher) = self.open_member(name, loc)?;
                 Source::Stream {
                     reader,
-                    offset,
+                    offset: loc.base.offset(),
                     hasher,
                     crc: source::crc_to_check(loc, nbytes as u64).cloned(),
                 }
@@ -307,7 +307,7 @@ impl TensorFile {
                 all: Arc::new(self.read(name)?),
                 base: 0,
             },
-            Base::Deflate { .. } if self.streams(loc) => Source::Whole {
+            _ if self.streams(loc) => Source::Whole {
                 all: self.streamed_slice(name, loc, index, count, slice_bytes)?,
                 base: 0,
             },
@@ -415,7 +415,7 @@ impl TensorFile {
     /// Whether the member at `loc` is read as a stream: deflated, its elements in C order and little-endian, and
     /// viewed by no other tensor (a shared deflated storage is decoded once, whole, for all its views).
     fn streams(&self, loc: &Location) -> bool {
-        matches!(loc.base, Base::Deflate { .. })
+        matches!(loc.base, Base::Deflate { .. } | Base::Chunks(_))
             && matches!(loc.layout, Layout::C)
             && !loc.byteswap
             && !self.is_shared_deflate(loc)

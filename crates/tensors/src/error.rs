@@ -479,6 +479,120 @@ pub enum Error {
         tensor: String,
     },
 
+    // Chunked arrays (zarr) and checkpoint folders.
+    /// A chunk grid whose arithmetic or extents are impossible (`what` names the quantity).
+    #[error("{}{}: bad chunk grid: expected {what} {expected}, found {found}", .path.display(), tensor_part(.tensor))]
+    ChunkGrid {
+        /// The array's metadata file (`.zarray`, `zarr.json`), or the store holding it.
+        path: PathBuf,
+        /// The tensor's name.
+        tensor: String,
+        /// The quantity that is wrong (`chunk rank`, `chunks`, `chunk bytes at most`, ...).
+        what: &'static str,
+        /// What the grid needs, or the limit.
+        expected: u64,
+        /// What the metadata or the store gives.
+        found: u64,
+    },
+    /// An array whose missing chunks would read as more fill than any real checkpoint holds.
+    #[error("{}{}: {missing} chunks are missing, which would read as {fill_bytes} bytes of fill value (more than the {limit}-byte limit): the checkpoint is incomplete or its metadata lies", .path.display(), tensor_part(.tensor))]
+    ChunksMissing {
+        /// The array's metadata file, or the store holding it.
+        path: PathBuf,
+        /// The tensor's name.
+        tensor: String,
+        /// How many chunks the store does not hold.
+        missing: u64,
+        /// How many bytes of fill they would read as.
+        fill_bytes: u64,
+        /// The most fill bytes one array may read as.
+        limit: u64,
+    },
+    /// A chunk that decodes to another size than its chunk shape needs.
+    #[error("{}{}: chunk `{chunk}` ({codec}) decodes to {found} bytes, the chunk shape needs {expected} (the chunk is damaged or truncated)", .path.display(), tensor_part(.tensor))]
+    ChunkSize {
+        /// The file holding the chunk.
+        path: PathBuf,
+        /// The tensor's name.
+        tensor: String,
+        /// The chunk's key in its store.
+        chunk: String,
+        /// The chunk's codec.
+        codec: &'static str,
+        /// The bytes the chunk shape needs.
+        expected: u64,
+        /// The bytes it decoded to (one more than expected: it goes on).
+        found: u64,
+    },
+    /// A chunk its codec cannot decode.
+    #[error("{}{}: chunk `{chunk}` is not valid {codec} data: {reason}", .path.display(), tensor_part(.tensor))]
+    ChunkCorrupt {
+        /// The file holding the chunk.
+        path: PathBuf,
+        /// The tensor's name.
+        tensor: String,
+        /// The chunk's key in its store.
+        chunk: String,
+        /// The chunk's codec.
+        codec: &'static str,
+        /// The decoder's own message.
+        reason: String,
+    },
+    /// A zarr v3 shard whose index does not hash to the CRC-32C stored after it.
+    #[error("{}{}: shard `{chunk}`: CRC-32C mismatch in its index: stored {expected:#010x}, computed {found:#010x} (the shard is damaged)", .path.display(), tensor_part(.tensor))]
+    ShardIndexCrc {
+        /// The file holding the shard.
+        path: PathBuf,
+        /// The tensor's name.
+        tensor: String,
+        /// The shard's key in its store.
+        chunk: String,
+        /// The CRC-32C stored after the index.
+        expected: u32,
+        /// The CRC-32C of the index's bytes.
+        found: u32,
+    },
+    /// Array metadata (`.zarray`, `zarr.json`) that is not what the format allows.
+    #[error("{}{}: bad array metadata: field `{field}`: expected {expected}, found {found}", .path.display(), tensor_part(.tensor))]
+    ArrayMetadata {
+        /// The metadata file, or the store holding it.
+        path: PathBuf,
+        /// The tensor's name.
+        tensor: String,
+        /// The field at fault.
+        field: &'static str,
+        /// What the format allows, or what this reader supports.
+        expected: &'static str,
+        /// What the metadata holds, as JSON.
+        found: String,
+    },
+    /// A checkpoint's metadata file (Orbax `_METADATA`, big_vision `-LAST`) that cannot be read as its format says.
+    #[error("{}: bad checkpoint metadata: {what}", .path.display())]
+    CheckpointMetadata {
+        /// The metadata file.
+        path: PathBuf,
+        /// What is wrong, in words.
+        what: String,
+    },
+    /// A path inside a checkpoint folder that leaves it (a symlink or a `..` name pointing elsewhere).
+    #[error("{}: refused: it resolves to {target}, outside the checkpoint folder {root} (a link out of the checkpoint)", .path.display())]
+    OutsideCheckpoint {
+        /// The path inside the checkpoint.
+        path: PathBuf,
+        /// Where it resolves to.
+        target: PathBuf,
+        /// The checkpoint folder.
+        root: PathBuf,
+    },
+    /// A folder that is no checkpoint this crate reads.
+    #[error("{}: not a checkpoint folder: {found} (expected a big_vision checkpoint.bv-<step> folder or workdir, an Orbax step directory or its parent, or a zarr array folder)", .path.display())]
+    NotACheckpoint {
+        /// The folder.
+        path: PathBuf,
+        /// What the folder holds instead, in words.
+        found: String,
+    },
+
     /// The writer's target already exists and overwriting was not asked for.
     #[error("{}: already exists (pass --force to replace it)", .path.display())]
     Exists {

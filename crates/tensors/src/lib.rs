@@ -27,18 +27,23 @@
 )]
 
 mod bands;
+mod checkpoint;
 mod dirs;
 mod dtype;
 mod error;
+mod grid;
+mod msgpack;
 pub mod names;
 mod npy;
 mod npz;
+
 mod pickle;
 mod pt;
 mod safetensors_io;
 mod source;
 mod stats;
 mod writer;
+mod zarr;
 mod zip_reader;
 
 #[cfg(test)]
@@ -79,6 +84,7 @@ pub mod fuzzing {
                         compressed_len,
                         ..
                     } => (offset, compressed_len),
+                    crate::source::Base::Chunks(_) => (0, 0),
                 };
                 (e.name, start, start.saturating_add(stored))
             })
@@ -98,6 +104,7 @@ pub mod fuzzing {
 }
 
 pub use bands::ColumnBands;
+pub use checkpoint::CheckpointInfo;
 pub use dirs::{create_dirs, CreatedDirs};
 pub use dtype::DType;
 pub use error::{Error, Result};
@@ -124,6 +131,12 @@ pub enum Format {
     Safetensors,
     /// PyTorch's zip serialization (`torch.save` since 1.6).
     Pt,
+    /// A flax msgpack checkpoint (`flax.serialization.to_bytes`).
+    Msgpack,
+    /// A big_vision `checkpoint.bv-<step>` folder: TensorStore zarr v2 arrays, one folder each.
+    Bv,
+    /// An Orbax checkpoint: zarr v2 or v3 arrays, in folders or an OCDBT store.
+    Orbax,
 }
 
 /// One tensor's directory entry: everything but its data.
@@ -191,6 +204,8 @@ pub struct TensorFile {
     stats_repeat_work: AtomicU64,
     /// Entries (file offset, decoded length) that statistics have already visited once.
     stats_seen: Mutex<HashSet<(u64, u64)>>,
+    /// The checkpoint folder's description, when the input is one.
+    checkpoint: Option<CheckpointInfo>,
     /// File offsets of deflated entries that more than one tensor views: decoded once, kept in
     /// `decoded` by offset and decoded length.
     shared_deflate: HashSet<u64>,
@@ -220,81 +235,72 @@ impl std::fmt::Debug for DecodedCache {
 const SNIFF_LEN: usize = 16;
 
 impl TensorFile {
-    /// Opens a tensor file, telling its format from its content, and reads its directory.
+    /// Opens a tensor file or checkpoint folder, telling its container from its content (the first entry of
+    /// [`CONTAINERS`] that claims it), and reads its directory.
     pub fn open(path: impl AsRef<Path>) -> Result<TensorFile> {
         let path = path.as_ref();
         // A named pipe would block the open itself, and a device reads forever (or as
-        // "empty"): only regular files are read. The type is checked before opening, and
+        // "empty"): only regular files and folders are read. The type is checked before opening, and
         // again on the handle, in case the path was swapped in between.
-        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-        check_regular(path, &meta)?;
-        let file = open_for_reading(path)?;
-        let meta = file.metadata().map_err(|e| Error::io(path, e))?;
-        check_regular(path, &meta)?;
-        let file_len = meta.len();
-        let mut head = [0u8; SNIFF_LEN];
-        let head_len = usize::try_from(file_len)
-            .unwrap_or(SNIFF_LEN)
-            .min(SNIFF_LEN);
-        let head = head.get_mut(..head_len).unwrap_or_default();
-        source::read_exact_at(&file, head, 0).map_err(|e| Error::io(path, e))?;
-        let head: &[u8] = head;
-
-        let mut metadata = BTreeMap::new();
-        let mut others = Vec::new();
-        let (format, tensors, locations) = if [b"PK\x03\x04", b"PK\x05\x06", b"PK\x06\x06"]
-            .iter()
-            .any(|m| head.starts_with(*m))
-        {
-            let entries = npz::read_directory(path, &file, file_len)?;
-            if entries.iter().any(|e| e.name.ends_with("data.pkl")) {
-                let opened = pt::open(path, &file, &entries)?;
-                metadata = opened.metadata;
-                others = opened.others;
-                (Format::Pt, opened.infos, opened.locs)
-            } else {
-                let (infos, locs) = npz::open(path, &file, &entries)?;
-                (Format::Npz, infos, locs)
+        // big_vision names a checkpoint by its prefix (`workdir/checkpoint.bv`), which is no file: the
+        // `-LAST` file beside it names the step.
+        let last;
+        let path = match std::fs::metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut name = path.as_os_str().to_owned();
+                name.push("-LAST");
+                last = PathBuf::from(name);
+                if last.is_file() { last.as_path() } else { path }
             }
-        } else if head.starts_with(npy::MAGIC) {
-            let mut reader = source::RangeReader::new(&file, 0, file_len);
-            let name = path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let header = npy::read_header(&mut reader, path, &name)?;
-            let layout = header
-                .layout()
-                .ok_or_else(|| Error::shape_overflow(path, &name, &header.shape))?;
-            let loc = Location {
-                base: source::Base::Stored {
-                    offset: 0,
-                    len: file_len,
-                },
-                start: header.data_offset,
-                layout,
-                byteswap: header.byteswap,
-                // A bare `.npy` has no checksum to verify.
-                crc: None,
-            };
-            let info = TensorInfo {
-                name,
-                dtype: header.dtype,
-                shape: header.shape,
-                stored_as: header.stored_as,
-            };
-            npz::check_exact_size(path, &info, &loc)?;
-            (Format::Npy, vec![info], vec![loc])
-        } else if safetensors_io::sniff(head) {
-            let opened = safetensors_io::open(path, &file, file_len)?;
-            metadata = opened.metadata;
-            (Format::Safetensors, opened.infos, opened.locs)
-        } else {
-            return Err(Error::NotATensorFile {
-                path: path.to_path_buf(),
-                found: describe_head(head),
-            });
+            _ => path,
         };
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        let opened = if meta.is_dir() {
+            let probe = Probe::Folder(path);
+            let container = CONTAINERS
+                .iter()
+                .find(|c| (c.claims)(&probe))
+                .ok_or_else(|| Error::NotACheckpoint {
+                    path: path.to_path_buf(),
+                    found: describe_folder(path),
+                })?;
+            (container.open)(&probe)?
+        } else {
+            check_regular(path, &meta)?;
+            let file = open_for_reading(path)?;
+            let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+            check_regular(path, &meta)?;
+            let len = meta.len();
+            let mut head = [0u8; SNIFF_LEN];
+            let head_len = usize::try_from(len).unwrap_or(SNIFF_LEN).min(SNIFF_LEN);
+            let head = head.get_mut(..head_len).unwrap_or_default();
+            source::read_exact_at(&file, head, 0).map_err(|e| Error::io(path, e))?;
+            let probe = Probe::File {
+                path,
+                file: &file,
+                len,
+                head,
+            };
+            match CONTAINERS.iter().find(|c| (c.claims)(&probe)) {
+                Some(container) => (container.open)(&probe)?,
+                None => {
+                    return Err(Error::NotATensorFile {
+                        path: path.to_path_buf(),
+                        found: describe_head(head),
+                    })
+                }
+            }
+        };
+        let Opened {
+            format,
+            tensors,
+            locations,
+            metadata,
+            others,
+            checkpoint,
+            file,
+            file_len,
+        } = opened;
 
         for (info, loc) in tensors.iter().zip(&locations) {
             source::validate(path, info, loc, file_len)?;
@@ -333,7 +339,13 @@ impl TensorFile {
             stats_seen: Mutex::new(HashSet::new()),
             shared_deflate,
             decoded: DecodedCache::default(),
+            checkpoint,
         })
+    }
+
+    /// What the checkpoint folder is and how it was found, when the input is one (`.bv`, Orbax).
+    pub fn checkpoint(&self) -> Option<&CheckpointInfo> {
+        self.checkpoint.as_ref()
     }
 
     /// The path the file was opened from.
@@ -408,7 +420,7 @@ impl TensorFile {
     fn is_shared_deflate(&self, loc: &Location) -> bool {
         match loc.base {
             source::Base::Deflate { offset, .. } => self.shared_deflate.contains(&offset),
-            source::Base::Stored { .. } => false,
+            source::Base::Stored { .. } | source::Base::Chunks(_) => false,
         }
     }
 
@@ -487,8 +499,241 @@ impl TensorFile {
     }
 }
 
+/// What a container is shown of an input before it claims it.
+pub(crate) enum Probe<'a> {
+    /// A regular file, opened, with its first bytes.
+    File {
+        path: &'a Path,
+        file: &'a File,
+        len: u64,
+        head: &'a [u8],
+    },
+    /// A folder.
+    Folder(&'a Path),
+}
+
+impl Probe<'_> {
+    /// The head of a file; empty for a folder.
+    fn head(&self) -> &[u8] {
+        match self {
+            Probe::File { head, .. } => head,
+            Probe::Folder(_) => &[],
+        }
+    }
+}
+
+/// A container's directory, ready for a [`TensorFile`].
+pub(crate) struct Opened {
+    format: Format,
+    tensors: Vec<TensorInfo>,
+    locations: Vec<Location>,
+    metadata: BTreeMap<String, String>,
+    others: Vec<String>,
+    checkpoint: Option<CheckpointInfo>,
+    /// The file the locations' stored and deflated bases read from (a folder's handle for a checkpoint folder).
+    file: File,
+    /// The bytes the input holds, which bound the statistics' work.
+    file_len: u64,
+}
+
+/// One container format: whether it claims an input (by content, never by name alone), and how it opens it.
+pub(crate) struct Container {
+    /// The container's name, for documentation and tests.
+    pub name: &'static str,
+    claims: fn(&Probe<'_>) -> bool,
+    open: fn(&Probe<'_>) -> Result<Opened>,
+}
+
+/// Every container this crate reads, in the order they are asked: the first that claims an input opens it.
+/// Adding a container is one module and one line here.
+pub(crate) const CONTAINERS: &[Container] = &[
+    Container { name: "zip (.npz, torch .pt)", claims: zip_claims, open: zip_open },
+    Container { name: ".npy", claims: |p| p.head().starts_with(npy::MAGIC), open: npy_open },
+    Container { name: ".safetensors", claims: |p| safetensors_io::sniff(p.head()), open: safetensors_open },
+    Container { name: "flax msgpack", claims: |p| msgpack::sniff(p.head()), open: msgpack_open },
+    Container { name: "big_vision .bv", claims: bv_claims, open: bv_open },
+    Container { name: "Orbax", claims: orbax_claims, open: orbax_open },
+];
+
+/// The opened file of a file probe.
+fn probe_file<'a>(p: &Probe<'a>) -> Result<(&'a Path, &'a File, u64)> {
+    match *p {
+        Probe::File { path, file, len, .. } => Ok((path, file, len)),
+        Probe::Folder(path) => Err(Error::NotARegularFile { path: path.to_path_buf(), kind: "a directory" }),
+    }
+}
+
+fn file_opened(
+    path: &Path,
+    file: &File,
+    len: u64,
+    format: Format,
+    (tensors, locations): (Vec<TensorInfo>, Vec<Location>),
+    metadata: BTreeMap<String, String>,
+    others: Vec<String>,
+) -> Result<Opened> {
+    Ok(Opened {
+        format,
+        tensors,
+        locations,
+        metadata,
+        others,
+        checkpoint: None,
+        file: file.try_clone().map_err(|e| Error::io(path, e))?,
+        file_len: len,
+    })
+}
+
+fn zip_claims(p: &Probe<'_>) -> bool {
+    [b"PK\x03\x04", b"PK\x05\x06", b"PK\x06\x06"].iter().any(|m| p.head().starts_with(*m))
+}
+
+fn zip_open(p: &Probe<'_>) -> Result<Opened> {
+    let (path, file, len) = probe_file(p)?;
+    let entries = npz::read_directory(path, file, len)?;
+    if entries.iter().any(|e| e.name.ends_with("data.pkl")) {
+        let opened = pt::open(path, file, &entries)?;
+        file_opened(path, file, len, Format::Pt, (opened.infos, opened.locs), opened.metadata, opened.others)
+    } else {
+        let listing = npz::open(path, file, &entries)?;
+        file_opened(path, file, len, Format::Npz, listing, BTreeMap::new(), Vec::new())
+    }
+}
+
+fn npy_open(p: &Probe<'_>) -> Result<Opened> {
+    let (path, file, len) = probe_file(p)?;
+    let mut reader = source::RangeReader::new(file, 0, len);
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let header = npy::read_header(&mut reader, path, &name)?;
+    let layout = header
+        .layout()
+        .ok_or_else(|| Error::shape_overflow(path, &name, &header.shape))?;
+    let loc = Location {
+        base: source::Base::Stored { offset: 0, len },
+        start: header.data_offset,
+        layout,
+        byteswap: header.byteswap,
+        // A bare `.npy` has no checksum to verify.
+        crc: None,
+    };
+    let info = TensorInfo {
+        name,
+        dtype: header.dtype,
+        shape: header.shape,
+        stored_as: header.stored_as,
+    };
+    npz::check_exact_size(path, &info, &loc)?;
+    file_opened(path, file, len, Format::Npy, (vec![info], vec![loc]), BTreeMap::new(), Vec::new())
+}
+
+fn safetensors_open(p: &Probe<'_>) -> Result<Opened> {
+    let (path, file, len) = probe_file(p)?;
+    let opened = safetensors_io::open(path, file, len)?;
+    file_opened(path, file, len, Format::Safetensors, (opened.infos, opened.locs), opened.metadata, Vec::new())
+}
+
+/// A flax msgpack file: its array leaves as tensors named by their tree path joined with `/`; arrays flax
+/// split into pieces are read as one grid; other leaves (a plain `step` integer) are listed, not read.
+fn msgpack_open(p: &Probe<'_>) -> Result<Opened> {
+    let (path, file, len) = probe_file(p)?;
+    let shared = Arc::new(file.try_clone().map_err(|e| Error::io(path, e))?);
+    let mut tensors = Vec::new();
+    let mut locations = Vec::new();
+    let mut others = Vec::new();
+    for leaf in msgpack::read_tree(path, file, len)? {
+        let name = leaf.path.join("/");
+        match leaf.kind {
+            msgpack::LeafKind::Array { dtype, shape, offset, len } => {
+                tensors.push(TensorInfo { name, dtype, shape, stored_as: None });
+                locations.push(Location {
+                    base: source::Base::Stored { offset, len },
+                    start: 0,
+                    layout: source::Layout::C,
+                    byteswap: false,
+                    crc: None,
+                });
+            }
+            msgpack::LeafKind::Chunked { dtype, shape, pieces } => {
+                let grid = grid::Grid::pieces(path, &name, &shared, dtype, &shape, &pieces, u64::MAX.saturating_sub(tensors.len() as u64))?;
+                tensors.push(TensorInfo { name, dtype, shape, stored_as: Some("a flax chunked array".into()) });
+                locations.push(Location {
+                    base: source::Base::Chunks(Arc::new(grid)),
+                    start: 0,
+                    layout: source::Layout::C,
+                    byteswap: false,
+                    crc: None,
+                });
+            }
+            msgpack::LeafKind::Scalar(what) => others.push(format!("{name} = {what}")),
+        }
+    }
+    file_opened(path, file, len, Format::Msgpack, (tensors, locations), BTreeMap::new(), others)
+}
+
+/// A folder, or big_vision's `-LAST` file (a few bytes of text naming the step folder beside it).
+fn checkpoint_path<'a>(p: &Probe<'a>) -> Option<&'a Path> {
+    match *p {
+        Probe::Folder(path) => Some(path),
+        Probe::File { path, len, .. } if len <= 64 && path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with("-LAST")) => Some(path),
+        Probe::File { .. } => None,
+    }
+}
+
+fn bv_claims(p: &Probe<'_>) -> bool {
+    checkpoint_path(p).is_some_and(checkpoint::is_big_vision)
+}
+
+fn orbax_claims(p: &Probe<'_>) -> bool {
+    matches!(p, Probe::Folder(_)) && checkpoint_path(p).is_some_and(checkpoint::is_orbax)
+}
+
+fn folder_opened(format: Format, opened: checkpoint::Opened) -> Opened {
+    Opened {
+        format,
+        tensors: opened.tensors,
+        locations: opened.locations,
+        metadata: BTreeMap::new(),
+        others: opened.others,
+        checkpoint: Some(opened.info),
+        file: opened.handle,
+        file_len: opened.budget,
+    }
+}
+
+fn bv_open(p: &Probe<'_>) -> Result<Opened> {
+    let path = checkpoint_path(p).unwrap_or(Path::new("."));
+    Ok(folder_opened(Format::Bv, checkpoint::open_big_vision(path)?))
+}
+
+fn orbax_open(p: &Probe<'_>) -> Result<Opened> {
+    let path = checkpoint_path(p).unwrap_or(Path::new("."));
+    Ok(folder_opened(Format::Orbax, checkpoint::open_orbax(path)?))
+}
+
+/// Describes a folder no container claims, for the error message.
+fn describe_folder(path: &Path) -> String {
+    match std::fs::read_dir(path) {
+        Ok(entries) => {
+            let names: Vec<String> = entries
+                .filter_map(|e| e.ok())
+                .take(4)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            if names.is_empty() {
+                "an empty folder".into()
+            } else {
+                format!("it holds {}", names.join(", "))
+            }
+        }
+        Err(e) => format!("it cannot be listed ({e})"),
+    }
+}
+
 /// Refuses anything but a regular file, saying what it is.
-fn check_regular(path: &Path, meta: &std::fs::Metadata) -> Result<()> {
+pub(crate) fn check_regular(path: &Path, meta: &std::fs::Metadata) -> Result<()> {
     let kind = meta.file_type();
     if kind.is_file() {
         return Ok(());
@@ -526,7 +771,7 @@ fn special_kind(_: &std::fs::FileType) -> &'static str {
 }
 
 /// Opens a file for reading without blocking, should it have become a FIFO after the check.
-fn open_for_reading(path: &Path) -> Result<File> {
+pub(crate) fn open_for_reading(path: &Path) -> Result<File> {
     let mut options = std::fs::OpenOptions::new();
     options.read(true);
     #[cfg(unix)]

@@ -344,7 +344,7 @@ fn parse_dict(text: &str, path: &Path, tensor: &str) -> Result<NpyHeader> {
 }
 
 /// Maps a numpy type string (`<f4`, `|u1`, `<V2`, ...) to a dtype, whether to swap bytes, and a stored-as note.
-fn parse_descr(descr: &str) -> Option<(DType, bool, Option<String>)> {
+pub(crate) fn parse_descr(descr: &str) -> Option<(DType, bool, Option<String>)> {
     let mut chars = descr.chars();
     let order = chars.next()?;
     let code = chars.as_str();

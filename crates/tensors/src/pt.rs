@@ -176,6 +176,8 @@ pub(crate) fn open(path: &Path, file: &File, entries: &[ZipEntry]) -> Result<Ope
                 compressed_len,
                 len: storage_bytes,
             },
+            // A zip directory gives stored and deflated members only.
+            ref chunks @ Base::Chunks(_) => chunks.clone(),
         };
         let start = (t.offset as u64)
             .checked_mul(elem)

@@ -30,20 +30,25 @@ pub(crate) enum Base {
         compressed_len: u64,
         len: u64,
     },
+    /// An array stored as a grid of chunks in files of their own (zarr), read as one stream.
+    Chunks(std::sync::Arc<crate::grid::Grid>),
 }
 
 impl Base {
     /// The entry's file offset: where its stored or compressed bytes begin.
+    /// For a chunk grid, which has no one offset, a number no other entry of its file uses.
     pub(crate) fn offset(&self) -> u64 {
-        match *self {
-            Base::Stored { offset, .. } | Base::Deflate { offset, .. } => offset,
+        match self {
+            Base::Stored { offset, .. } | Base::Deflate { offset, .. } => *offset,
+            Base::Chunks(grid) => grid.id,
         }
     }
 
     /// Length of the entry's decoded content.
     pub(crate) fn len(&self) -> u64 {
-        match *self {
-            Base::Stored { len, .. } | Base::Deflate { len, .. } => len,
+        match self {
+            Base::Stored { len, .. } | Base::Deflate { len, .. } => *len,
+            Base::Chunks(grid) => grid.nbytes().unwrap_or(0),
         }
     }
 }
@@ -223,6 +228,8 @@ pub(crate) fn validate(
             }
             check_deflate_claim(path, &info.name, compressed_len, len)?;
         }
+        // Its chunks were checked against their files, and the grid against them, when it was read.
+        Base::Chunks(ref grid) => grid.validate(path)?,
     }
     Ok(())
 }
@@ -329,6 +336,7 @@ pub(crate) fn entry_reader<'a, F: Borrow<File> + Send + 'a>(
 ) -> Box<dyn Read + Send + 'a> {
     match *base {
         Base::Stored { offset, len } => Box::new(RangeReader::new(file, offset, len)),
+        Base::Chunks(ref grid) => Box::new(crate::grid::GridReader::new(std::sync::Arc::clone(grid))),
         Base::Deflate {
             offset,
             compressed_len,
@@ -351,6 +359,13 @@ pub(crate) fn read_error(
     expected: u64,
     err: io::Error,
 ) -> Error {
+    // A chunk grid's reader reports its failures as the crate's own errors, naming the chunk.
+    if err.get_ref().is_some_and(|e| e.is::<Error>()) {
+        if let Some(Ok(inner)) = err.into_inner().map(|e| e.downcast::<Error>()) {
+            return *inner;
+        }
+        return Error::truncated(path, tensor, offset, expected, 0);
+    }
     if err.kind() == io::ErrorKind::UnexpectedEof {
         Error::truncated(path, tensor, offset, expected, 0)
     } else if err.kind() == io::ErrorKind::InvalidInput || err.kind() == io::ErrorKind::InvalidData
@@ -378,6 +393,7 @@ fn open_span<'a>(
     let (offset, plain_stored) = match *base {
         Base::Stored { offset, .. } => (offset, hasher.is_none()),
         Base::Deflate { offset, .. } => (offset, false),
+        Base::Chunks(ref grid) => (grid.id, false),
     };
     if plain_stored {
         let at = offset.saturating_add(start);

@@ -293,16 +293,14 @@ impl TensorFile {
 
 /// Identifies a location's entry: its file offset and decoded length.
 pub(crate) fn entry_key(loc: &Location) -> (u64, u64) {
-    match loc.base {
-        Base::Deflate { offset, len, .. } | Base::Stored { offset, len } => (offset, len),
-    }
+    (loc.base.offset(), loc.base.len())
 }
 
 /// Bytes a read of `span` bytes at `loc` decodes: a deflated entry is inflated from its start.
 fn decoded_cost(loc: &Location, span: u64) -> u64 {
     match loc.base {
         Base::Stored { .. } => span,
-        Base::Deflate { .. } => loc.start.saturating_add(span),
+        Base::Deflate { .. } | Base::Chunks(_) => loc.start.saturating_add(span),
     }
 }
 

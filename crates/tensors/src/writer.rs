@@ -325,7 +325,9 @@ impl Writer {
             // Zip64 records on every member, like numpy's `np.savez` (`force_zip64=True`), so
             // readers meet the same records small or large.
             Format::Npz => Sink::Npz(Archive::new(out, true)),
-            Format::Npy => return Err(misuse("safetensors, pt or npz", "npy".into())),
+            other @ (Format::Npy | Format::Msgpack | Format::Bv | Format::Orbax) => {
+                return Err(misuse("safetensors, pt or npz", format!("{other:?}")))
+            }
         };
         Ok(Writer {
             path: path.to_path_buf(),

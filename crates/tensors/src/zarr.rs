@@ -1,0 +1,556 @@
+//! zarr array metadata (v2 `.zarray`, v3 `zarr.json` with or without the `sharding_indexed` codec) as
+//! TensorStore writes it for big_vision and Orbax, turned into a chunk [`Grid`] over a key-value store.
+//!
+//! What is read, and where it is documented: the zarr v2 spec (`shape`, `chunks`, `dtype`, `compressor`,
+//! `fill_value`, `order`, `filters`, `dimension_separator`), TensorStore's zarr driver (the `"bfloat16"`
+//! dtype extension, a missing chunk read as the fill value, zeros where `fill_value` is null), and the zarr
+//! v3 spec with its sharding extension (a shard is a grid of inner chunks followed, or preceded, by an index
+//! of `(offset, nbytes)` pairs as little-endian u64, all ones for an absent inner chunk, then a CRC-32C
+//! where the index codecs say so). The codecs read are the ones jax and Orbax write: none, zstd, gzip and
+//! zlib; anything else (blosc, filters, Fortran order, a transpose codec) is refused by name.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::grid::{Chunk, Codec, Grid, Stored, MAX_CHUNKS};
+use crate::{DType, Error, Result, TensorInfo};
+
+/// Most bytes of one `.zarray` or `zarr.json`: real ones are a few hundred bytes.
+pub(crate) const MAX_METADATA_BYTES: u64 = 1 << 20;
+
+/// Most dimensions an array may have.
+const MAX_RANK: usize = 32;
+
+/// A key-value store holding one array's chunks (a folder, or a prefix of an OCDBT store).
+pub(crate) trait ChunkStore {
+    /// The stored bytes of `key` and the file to name in messages, if the store holds the key.
+    fn get(&self, key: &str) -> Result<Option<(Stored, PathBuf)>>;
+}
+
+/// One array read from its metadata: its directory entry and its chunk grid.
+pub(crate) struct Array {
+    pub info: TensorInfo,
+    pub grid: Grid,
+    /// Whether the stored elements are big-endian.
+    pub byteswap: bool,
+}
+
+fn field_error(path: &Path, tensor: &str, field: &'static str, expected: &'static str, found: &Value) -> Error {
+    let mut found = found.to_string();
+    if found.len() > 80 {
+        let cut = (0..=80).rev().find(|&i| found.is_char_boundary(i)).unwrap_or(0);
+        found.truncate(cut);
+        found.push_str("...");
+    }
+    Error::ArrayMetadata {
+        path: path.to_path_buf(),
+        tensor: tensor.to_string(),
+        field,
+        expected,
+        found,
+    }
+}
+
+/// Reads a list of non-negative integers (a shape or a chunk shape), at most [`MAX_RANK`] long.
+fn dims(path: &Path, tensor: &str, field: &'static str, v: &Value) -> Result<Vec<usize>> {
+    let bad = || field_error(path, tensor, field, "a list of at most 32 non-negative integers", v);
+    let list = v.as_array().filter(|l| l.len() <= MAX_RANK).ok_or_else(bad)?;
+    list.iter()
+        .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()).ok_or_else(bad))
+        .collect()
+}
+
+/// The fill value's bytes for one element, little-endian: zeros for `null`.
+fn fill_bytes(path: &Path, tensor: &str, dtype: DType, v: &Value) -> Result<Vec<u8>> {
+    let bad = || field_error(path, tensor, "fill_value", "null, a number, \"NaN\" or \"Infinity\"", v);
+    if v.is_null() {
+        return Ok(vec![0; dtype.size()]);
+    }
+    let as_f64 = match v {
+        Value::Number(n) => n.as_f64().ok_or_else(bad)?,
+        Value::String(s) => match s.as_str() {
+            "NaN" => f64::NAN,
+            "Infinity" => f64::INFINITY,
+            "-Infinity" => f64::NEG_INFINITY,
+            _ => return Err(bad()),
+        },
+        Value::Bool(b) => f64::from(u8::from(*b)),
+        _ => return Err(bad()),
+    };
+    let int = || {
+        v.as_i64()
+            .or_else(|| v.as_bool().map(i64::from))
+            .ok_or_else(bad)
+    };
+    #[allow(clippy::cast_possible_truncation)]
+    Ok(match dtype {
+        DType::F64 => as_f64.to_le_bytes().to_vec(),
+        DType::F32 => (as_f64 as f32).to_le_bytes().to_vec(),
+        DType::F16 => half::f16::from_f64(as_f64).to_le_bytes().to_vec(),
+        DType::BF16 => half::bf16::from_f64(as_f64).to_le_bytes().to_vec(),
+        DType::I64 => int()?.to_le_bytes().to_vec(),
+        DType::I32 => i32::try_from(int()?).map_err(|_| bad())?.to_le_bytes().to_vec(),
+        DType::I16 => i16::try_from(int()?).map_err(|_| bad())?.to_le_bytes().to_vec(),
+        DType::I8 => i8::try_from(int()?).map_err(|_| bad())?.to_le_bytes().to_vec(),
+        DType::U8 | DType::Bool => u8::try_from(int()?).map_err(|_| bad())?.to_le_bytes().to_vec(),
+    })
+}
+
+/// Parses metadata text, which must be a JSON object.
+fn parse_object(path: &Path, tensor: &str, text: &[u8]) -> Result<serde_json::Map<String, Value>> {
+    match serde_json::from_slice::<Value>(text) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(other) => Err(field_error(path, tensor, "(document)", "a JSON object", &other)),
+        Err(e) => Err(Error::ArrayMetadata {
+            path: path.to_path_buf(),
+            tensor: tensor.to_string(),
+            field: "(document)",
+            expected: "JSON",
+            found: e.to_string(),
+        }),
+    }
+}
+
+/// The grid's chunk count, checked against the limit before anything is allocated for it.
+fn chunk_count(path: &Path, tensor: &str, shape: &[usize], chunks: &[usize]) -> Result<usize> {
+    let bad = |found: u64| Error::ChunkGrid {
+        path: path.to_path_buf(),
+        tensor: tensor.to_string(),
+        what: "chunk count at most",
+        expected: MAX_CHUNKS as u64,
+        found,
+    };
+    if let Some(&c) = chunks.iter().find(|&&c| c == 0) {
+        return Err(Error::ChunkGrid {
+            path: path.to_path_buf(),
+            tensor: tensor.to_string(),
+            what: "a chunk extent of at least",
+            expected: 1,
+            found: c as u64,
+        });
+    }
+    shape
+        .iter()
+        .zip(chunks)
+        .try_fold(1usize, |a, (&s, &c)| a.checked_mul(s.div_ceil(c)))
+        .filter(|&n| n <= MAX_CHUNKS)
+        .ok_or_else(|| bad(u64::MAX))
+}
+
+/// Every grid index in C order, as lists of per-axis indices.
+fn grid_indices(shape: &[usize], chunks: &[usize]) -> impl Iterator<Item = Vec<usize>> {
+    let dims: Vec<usize> = shape.iter().zip(chunks).map(|(&s, &c)| s.div_ceil(c.max(1))).collect();
+    let count: usize = dims.iter().product();
+    (0..count).map(move |mut lin| {
+        let mut idx = vec![0usize; dims.len()];
+        for (i, &d) in idx.iter_mut().zip(&dims).rev() {
+            *i = lin % d.max(1);
+            lin /= d.max(1);
+        }
+        idx
+    })
+}
+
+fn join(idx: &[usize], sep: &str) -> String {
+    idx.iter().map(usize::to_string).collect::<Vec<_>>().join(sep)
+}
+
+/// Reads a zarr v2 `.zarray` (`text`, from `meta_path`) over `store`, as the tensor `name`; `id` tells its
+/// grid from the file's other entries.
+pub(crate) fn read_v2(
+    meta_path: &Path,
+    name: &str,
+    text: &[u8],
+    store: &dyn ChunkStore,
+    id: u64,
+) -> Result<Array> {
+    let m = parse_object(meta_path, name, text)?;
+    let get = |k: &'static str| m.get(k).unwrap_or(&Value::Null);
+    if get("zarr_format").as_u64() != Some(2) {
+        return Err(field_error(meta_path, name, "zarr_format", "2", get("zarr_format")));
+    }
+    let shape = dims(meta_path, name, "shape", get("shape"))?;
+    let chunks = dims(meta_path, name, "chunks", get("chunks"))?;
+    if chunks.len() != shape.len() {
+        return Err(field_error(meta_path, name, "chunks", "one extent per axis of the shape", get("chunks")));
+    }
+    let dtype_v = get("dtype");
+    let (dtype, byteswap) = match dtype_v.as_str() {
+        Some("bfloat16") => (DType::BF16, false),
+        Some(d) if !d.starts_with(['<', '>', '|', '=']) => {
+            return Err(field_error(meta_path, name, "dtype", "a numpy type string such as \"<f4\", or \"bfloat16\"", dtype_v))
+        }
+        Some(d) if d.ends_with("V2") => {
+            return Err(field_error(meta_path, name, "dtype", "a numpy type string such as \"<f4\", or \"bfloat16\"", dtype_v))
+        }
+        Some(d) => match crate::npy::parse_descr(d) {
+            Some((dt, swap, _)) => (dt, swap),
+            None => return Err(field_error(meta_path, name, "dtype", "one of <f8 <f4 <f2 bfloat16 <i8 <i4 <i2 |i1 |u1 |b1", dtype_v)),
+        },
+        None => return Err(field_error(meta_path, name, "dtype", "a string", dtype_v)),
+    };
+    if get("order").as_str().unwrap_or("C") != "C" {
+        return Err(field_error(meta_path, name, "order", "\"C\" (Fortran-order chunks are not read)", get("order")));
+    }
+    if !(get("filters").is_null() || get("filters").as_array().is_some_and(Vec::is_empty)) {
+        return Err(field_error(meta_path, name, "filters", "null (no filters)", get("filters")));
+    }
+    let compressor = get("compressor");
+    let codec = match compressor {
+        Value::Null => Codec::Raw,
+        Value::Object(c) => match c.get("id").and_then(Value::as_str) {
+            Some("zstd") => Codec::Zstd,
+            Some("gzip") => Codec::Gzip,
+            Some("zlib") => Codec::Zlib,
+            _ => return Err(field_error(meta_path, name, "compressor", "null, zstd, gzip or zlib", compressor)),
+        },
+        _ => return Err(field_error(meta_path, name, "compressor", "null or an object", compressor)),
+    };
+    let sep = match get("dimension_separator") {
+        Value::Null => ".",
+        Value::String(s) if s == "." || s == "/" => s.as_str(),
+        other => return Err(field_error(meta_path, name, "dimension_separator", "\".\" or \"/\"", other)),
+    };
+    let fill = fill_bytes(meta_path, name, dtype, get("fill_value"))?;
+    // A 0-d array is one chunk of one element, under the key `0`.
+    let (gshape, gchunks) = if shape.is_empty() { (vec![1], vec![1]) } else { (shape.clone(), chunks) };
+    chunk_count(meta_path, name, &gshape, &gchunks)?;
+    let mut stored = Vec::new();
+    for idx in grid_indices(&gshape, &gchunks) {
+        let key = join(&idx, sep);
+        stored.push(store.get(&key)?.map(|(stored, path)| Chunk { key, path, stored, codec }));
+    }
+    let grid = Grid {
+        name: name.to_string(),
+        id,
+        shape: gshape,
+        chunk_shape: gchunks,
+        elem: dtype.size(),
+        fill,
+        chunks: stored,
+        clipped: false,
+    };
+    grid.validate(meta_path)?;
+    Ok(Array {
+        info: TensorInfo { name: name.to_string(), dtype, shape, stored_as: None },
+        grid,
+        byteswap,
+    })
+}
+
+/// A zarr v3 codec chain's bytes-to-bytes part after `bytes`: none or zstd/gzip, refusing the rest.
+fn v3_codec(meta_path: &Path, name: &str, chain: &Value) -> Result<(Codec, bool)> {
+    let bad = |v: &Value| field_error(meta_path, name, "codecs", "bytes, optionally followed by zstd or gzip", v);
+    let list = chain.as_array().ok_or_else(|| bad(chain))?;
+    let mut iter = list.iter();
+    let first = iter.next().ok_or_else(|| bad(chain))?;
+    if first.get("name").and_then(Value::as_str) != Some("bytes") {
+        return Err(bad(first));
+    }
+    let endian = first
+        .get("configuration")
+        .and_then(|c| c.get("endian"))
+        .and_then(Value::as_str)
+        .unwrap_or("little");
+    let big = match endian {
+        "little" => false,
+        "big" => true,
+        _ => return Err(bad(first)),
+    };
+    let codec = match iter.next() {
+        None => Codec::Raw,
+        Some(c) => match c.get("name").and_then(Value::as_str) {
+            Some("zstd") => Codec::Zstd,
+            Some("gzip") => Codec::Gzip,
+            _ => return Err(bad(c)),
+        },
+    };
+    if let Some(extra) = iter.next() {
+        return Err(bad(extra));
+    }
+    Ok((codec, big))
+}
+
+/// The v3 data type names this reader knows.
+fn v3_dtype(s: &str) -> Option<DType> {
+    Some(match s {
+        "float64" => DType::F64,
+        "float32" => DType::F32,
+        "float16" => DType::F16,
+        "bfloat16" => DType::BF16,
+        "int64" => DType::I64,
+        "int32" => DType::I32,
+        "int16" => DType::I16,
+        "int8" => DType::I8,
+        "uint8" => DType::U8,
+        "bool" => DType::Bool,
+        _ => return None,
+    })
+}
+
+/// Entries of a shard index: `(offset, nbytes)` per inner chunk, `None` for an absent one.
+type ShardIndex = Vec<Option<(u64, u64)>>;
+
+/// Reads a shard's index (`count` entries at its end or start, then a CRC-32C if `crc`).
+fn shard_index(
+    shard: &Stored,
+    shard_path: &Path,
+    name: &str,
+    key: &str,
+    count: usize,
+    at_end: bool,
+    crc: bool,
+) -> Result<ShardIndex> {
+    let entries_len = count.checked_mul(16).ok_or_else(|| Error::ChunkGrid {
+        path: shard_path.to_path_buf(),
+        tensor: name.to_string(),
+        what: "inner chunks per shard at most",
+        expected: MAX_CHUNKS as u64,
+        found: count as u64,
+    })?;
+    let index_len = entries_len.saturating_add(if crc { 4 } else { 0 }) as u64;
+    if index_len > shard.len() {
+        return Err(Error::ChunkSize {
+            path: shard_path.to_path_buf(),
+            tensor: name.to_string(),
+            chunk: key.to_string(),
+            codec: "sharding_indexed",
+            expected: index_len,
+            found: shard.len(),
+        });
+    }
+    let at = if at_end { shard.len().saturating_sub(index_len) } else { 0 };
+    let mut index = vec![0u8; usize::try_from(index_len).unwrap_or(0)];
+    shard
+        .read_at(&mut index, at)
+        .map_err(|e| crate::source::read_error(shard_path, name, at, index_len, e))?;
+    let (entries, tail) = index.split_at(entries_len);
+    if crc {
+        let expected = tail.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()).map(u32::from_le_bytes).unwrap_or(0);
+        let found = crc32c::crc32c(entries);
+        if expected != found {
+            return Err(Error::ShardIndexCrc {
+                path: shard_path.to_path_buf(),
+                tensor: name.to_string(),
+                chunk: key.to_string(),
+                expected,
+                found,
+            });
+        }
+    }
+    // The inner chunks may only lie in the shard's bytes outside its index.
+    let (lo, hi) = if at_end { (0, at) } else { (index_len, shard.len()) };
+    entries
+        .chunks_exact(16)
+        .map(|e| {
+            let word = |r: std::ops::Range<usize>| e.get(r).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_le_bytes).unwrap_or(u64::MAX);
+            let (offset, nbytes) = (word(0..8), word(8..16));
+            if offset == u64::MAX && nbytes == u64::MAX {
+                return Ok(None);
+            }
+            match offset.checked_add(nbytes) {
+                Some(end) if offset >= lo && end <= hi => Ok(Some((offset, nbytes))),
+                _ => Err(Error::Truncated {
+                    path: shard_path.to_path_buf(),
+                    tensor: name.to_string(),
+                    offset,
+                    expected: nbytes,
+                    found: hi.saturating_sub(offset),
+                }),
+            }
+        })
+        .collect()
+}
+
+/// Reads a zarr v3 `zarr.json` (`text`, from `meta_path`) over `store`, as the tensor `name`.
+pub(crate) fn read_v3(
+    meta_path: &Path,
+    name: &str,
+    text: &[u8],
+    store: &dyn ChunkStore,
+    id: u64,
+) -> Result<Array> {
+    let m = parse_object(meta_path, name, text)?;
+    let get = |k: &'static str| m.get(k).unwrap_or(&Value::Null);
+    if get("zarr_format").as_u64() != Some(3) {
+        return Err(field_error(meta_path, name, "zarr_format", "3", get("zarr_format")));
+    }
+    if get("node_type").as_str() != Some("array") {
+        return Err(field_error(meta_path, name, "node_type", "\"array\"", get("node_type")));
+    }
+    let shape = dims(meta_path, name, "shape", get("shape"))?;
+    let dtype_v = get("data_type");
+    let dtype = dtype_v
+        .as_str()
+        .and_then(v3_dtype)
+        .ok_or_else(|| field_error(meta_path, name, "data_type", "float64/32/16, bfloat16, int64/32/16/8, uint8 or bool", dtype_v))?;
+    let grid_v = get("chunk_grid");
+    if grid_v.get("name").and_then(Value::as_str) != Some("regular") {
+        return Err(field_error(meta_path, name, "chunk_grid", "a regular grid", grid_v));
+    }
+    let outer = dims(
+        meta_path,
+        name,
+        "chunk_grid",
+        grid_v.get("configuration").and_then(|c| c.get("chunk_shape")).unwrap_or(&Value::Null),
+    )?;
+    if outer.len() != shape.len() {
+        return Err(field_error(meta_path, name, "chunk_grid", "one extent per axis of the shape", grid_v));
+    }
+    let enc = get("chunk_key_encoding");
+    let (prefix, sep) = match enc.get("name").and_then(Value::as_str) {
+        Some("default") => ("c", enc.get("configuration").and_then(|c| c.get("separator")).and_then(Value::as_str).unwrap_or("/")),
+        Some("v2") => ("", enc.get("configuration").and_then(|c| c.get("separator")).and_then(Value::as_str).unwrap_or(".")),
+        _ => return Err(field_error(meta_path, name, "chunk_key_encoding", "default or v2", enc)),
+    };
+    if sep != "/" && sep != "." {
+        return Err(field_error(meta_path, name, "chunk_key_encoding", "separator \"/\" or \".\"", enc));
+    }
+    let key_of = |idx: &[usize]| -> String {
+        match (prefix, idx.is_empty()) {
+            ("", true) => "0".to_string(),
+            ("", false) => join(idx, sep),
+            (p, true) => p.to_string(),
+            (p, false) => format!("{p}{sep}{}", join(idx, sep)),
+        }
+    };
+    let fill = fill_bytes(meta_path, name, dtype, get("fill_value"))?;
+    let codecs = get("codecs");
+    let list = codecs.as_array().ok_or_else(|| field_error(meta_path, name, "codecs", "a list", codecs))?;
+    let sharding = list.iter().find(|c| c.get("name").and_then(Value::as_str) == Some("sharding_indexed"));
+    // A 0-d array: one chunk of one element.
+    let rank0 = shape.is_empty();
+    let gshape = if rank0 { vec![1] } else { shape.clone() };
+    let (chunks, byteswap, inner_shape) = match sharding {
+        None => {
+            let (codec, big) = v3_codec(meta_path, name, codecs)?;
+            let gouter = if rank0 { vec![1] } else { outer.clone() };
+            chunk_count(meta_path, name, &gshape, &gouter)?;
+            let mut out = Vec::new();
+            for idx in grid_indices(&gshape, &gouter) {
+                let key = key_of(if rank0 { &[] } else { &idx });
+                out.push(store.get(&key)?.map(|(stored, path)| Chunk { key, path, stored, codec }));
+            }
+            (out, big, gouter)
+        }
+        Some(shard) => {
+            if list.len() != 1 {
+                return Err(field_error(meta_path, name, "codecs", "sharding_indexed alone", codecs));
+            }
+            let conf = shard.get("configuration").unwrap_or(&Value::Null);
+            let inner = dims(meta_path, name, "codecs", conf.get("chunk_shape").unwrap_or(&Value::Null))?;
+            if inner.len() != shape.len()
+                || inner.iter().zip(&outer).any(|(&i, &o)| i == 0 || o % i != 0)
+            {
+                return Err(field_error(meta_path, name, "codecs", "an inner chunk shape dividing the shard shape", conf));
+            }
+            let (codec, big) = v3_codec(meta_path, name, conf.get("codecs").unwrap_or(&Value::Null))?;
+            let index_codecs = conf.get("index_codecs").unwrap_or(&Value::Null);
+            let crc = match index_codecs.as_array().map(Vec::as_slice) {
+                Some([b]) if b.get("name").and_then(Value::as_str) == Some("bytes") => false,
+                Some([b, c])
+                    if b.get("name").and_then(Value::as_str) == Some("bytes")
+                        && c.get("name").and_then(Value::as_str) == Some("crc32c") =>
+                {
+                    true
+                }
+                _ => return Err(field_error(meta_path, name, "index_codecs", "bytes, optionally followed by crc32c", index_codecs)),
+            };
+            let at_end = match conf.get("index_location").and_then(Value::as_str).unwrap_or("end") {
+                "end" => true,
+                "start" => false,
+                _ => return Err(field_error(meta_path, name, "index_location", "\"end\" or \"start\"", conf)),
+            };
+            let (gouter, ginner) = if rank0 { (vec![1], vec![1]) } else { (outer.clone(), inner.clone()) };
+            let per_shard: Vec<usize> = gouter.iter().zip(&ginner).map(|(&o, &i)| o / i.max(1)).collect();
+            let per_count = per_shard.iter().try_fold(1usize, |a, &n| a.checked_mul(n)).filter(|&n| n <= MAX_CHUNKS).ok_or_else(|| Error::ChunkGrid {
+                path: meta_path.to_path_buf(),
+                tensor: name.to_string(),
+                what: "inner chunks per shard at most",
+                expected: MAX_CHUNKS as u64,
+                found: u64::MAX,
+            })?;
+            chunk_count(meta_path, name, &gshape, &ginner)?;
+            chunk_count(meta_path, name, &gshape, &gouter)?;
+            let inner_dims: Vec<usize> = gshape.iter().zip(&ginner).map(|(&s, &c)| s.div_ceil(c)).collect();
+            let inner_total: usize = inner_dims.iter().product();
+            let mut out: Vec<Option<Chunk>> = vec![None; inner_total];
+            for sidx in grid_indices(&gshape, &gouter) {
+                let key = key_of(if rank0 { &[] } else { &sidx });
+                let Some((shard_bytes, shard_path)) = store.get(&key)? else { continue };
+                let index = shard_index(&shard_bytes, &shard_path, name, &key, per_count, at_end, crc)?;
+                for (j, entry) in index.into_iter().enumerate() {
+                    let Some((offset, nbytes)) = entry else { continue };
+                    // The inner chunk's index within the shard, then within the array.
+                    let mut rest = j;
+                    let mut within = vec![0usize; per_shard.len()];
+                    for (w, &n) in within.iter_mut().zip(&per_shard).rev() {
+                        *w = rest % n.max(1);
+                        rest /= n.max(1);
+                    }
+                    let mut lin: Option<usize> = Some(0);
+                    for ((&s, &w), (&p, &d)) in sidx.iter().zip(&within).zip(per_shard.iter().zip(&inner_dims)) {
+                        let g = s.checked_mul(p).and_then(|v| v.checked_add(w));
+                        lin = match (lin, g) {
+                            (Some(l), Some(g)) if g < d => l.checked_mul(d).and_then(|v| v.checked_add(g)),
+                            // An inner chunk wholly past the array's end holds nothing the array shows.
+                            _ => None,
+                        };
+                    }
+                    let Some(slot) = lin.and_then(|l| out.get_mut(l)) else { continue };
+                    let stored = shard_bytes.sub(offset, nbytes).ok_or_else(|| Error::Truncated {
+                        path: shard_path.clone(),
+                        tensor: name.to_string(),
+                        offset,
+                        expected: nbytes,
+                        found: shard_bytes.len().saturating_sub(offset),
+                    })?;
+                    *slot = Some(Chunk {
+                        key: format!("{key}[{j}]"),
+                        path: shard_path.clone(),
+                        stored,
+                        codec,
+                    });
+                }
+            }
+            (out, big, ginner)
+        }
+    };
+    let grid = Grid {
+        name: name.to_string(),
+        id,
+        shape: gshape,
+        chunk_shape: inner_shape,
+        elem: dtype.size(),
+        fill,
+        chunks,
+        clipped: false,
+    };
+    grid.validate(meta_path)?;
+    Ok(Array {
+        info: TensorInfo { name: name.to_string(), dtype, shape, stored_as: None },
+        grid,
+        byteswap: byteswap && dtype.size() > 1,
+    })
+}
+
+/// A store over one folder: chunk keys are file names (or, with `/` separators, paths) below it.
+pub(crate) struct FolderStore<'a> {
+    pub dir: PathBuf,
+    pub guard: &'a crate::checkpoint::Guard,
+}
+
+impl ChunkStore for FolderStore<'_> {
+    fn get(&self, key: &str) -> Result<Option<(Stored, PathBuf)>> {
+        let path = self.dir.join(key);
+        let Some((file, len)) = self.guard.open_if_exists(&path)? else {
+            return Ok(None);
+        };
+        Ok(Some((
+            Stored::File { file: Arc::new(file), path: Arc::new(path.clone()), offset: 0, len },
+            path,
+        )))
+    }
+}
