@@ -612,6 +612,97 @@ pub enum Error {
         /// What was given instead, in words.
         found: String,
     },
+
+    // OCDBT (TensorStore's key-value store inside Orbax checkpoints): the variants of `ocdbt.rs`.
+    // `what` names the structure (`manifest`, `B+tree node`, `version tree node`, ...) and
+    // `offset` is where it starts in its file.
+    /// An OCDBT manifest or node that does not start with its magic number.
+    #[error("{}: broken OCDBT store: the {what} at offset {offset} starts with {found:#010x}, not its magic number {expected:#010x}", .path.display())]
+    OcdbtMagic {
+        /// The file that holds the structure.
+        path: PathBuf,
+        /// Byte offset of the structure in the file.
+        offset: u64,
+        /// Which structure it is (`manifest`, `B+tree node`, `version tree node`).
+        what: &'static str,
+        /// The magic number the format requires.
+        expected: u32,
+        /// The first four bytes, read big-endian.
+        found: u32,
+    },
+
+    /// An OCDBT manifest or node whose bytes do not hash to the CRC-32C its footer records.
+    #[error("{}: broken OCDBT store: CRC-32C mismatch in the {what} at offset {offset}: the footer records {expected:#010x}, the bytes hash to {found:#010x} (the file is corrupt)", .path.display())]
+    OcdbtCrc {
+        /// The file that holds the structure.
+        path: PathBuf,
+        /// Byte offset of the structure in the file.
+        offset: u64,
+        /// Which structure it is.
+        what: &'static str,
+        /// The CRC-32C the footer records.
+        expected: u32,
+        /// The CRC-32C of the bytes before the footer.
+        found: u32,
+    },
+
+    /// An OCDBT structure that ends before one of its fields (`field`) does.
+    #[error("{}: broken OCDBT store: the {what} at offset {offset} is truncated: {field} needs {expected} bytes, {found} remain", .path.display())]
+    OcdbtTruncated {
+        /// The file that holds the structure.
+        path: PathBuf,
+        /// Byte offset of the structure in the file.
+        offset: u64,
+        /// Which structure it is.
+        what: &'static str,
+        /// The field that runs past the end (in the decompressed body where the structure is compressed).
+        field: &'static str,
+        /// How many bytes the field needs.
+        expected: u64,
+        /// How many bytes remain.
+        found: u64,
+    },
+
+    /// An OCDBT value (a size, a count, a height) past one of the reader's named limits.
+    #[error("{}: refused OCDBT store: the {what} at offset {offset} has {limit_name} {found}, past the limit of {limit}", .path.display())]
+    OcdbtLimit {
+        /// The file that holds the structure.
+        path: PathBuf,
+        /// Byte offset of the structure in the file.
+        offset: u64,
+        /// Which structure it is.
+        what: &'static str,
+        /// Which limit (`encoded bytes`, `entries`, `key length`, `tree height`, ...).
+        limit_name: &'static str,
+        /// The limit.
+        limit: u64,
+        /// The value found.
+        found: u64,
+    },
+
+    /// An OCDBT structure whose fields contradict the format.
+    #[error("{}: broken OCDBT store: the {what} at offset {offset}: {detail}", .path.display())]
+    Ocdbt {
+        /// The file that holds the structure.
+        path: PathBuf,
+        /// Byte offset of the structure in the file.
+        offset: u64,
+        /// Which structure it is.
+        what: &'static str,
+        /// What is wrong, in words.
+        detail: String,
+    },
+
+    /// An OCDBT data-file path that leaves the store's folder (`..`, absolute, a symlink out).
+    #[error("{}: refused OCDBT data file `{data_file}`: {reason}", .path.display())]
+    OcdbtPathEscape {
+        /// The store's root folder.
+        path: PathBuf,
+        /// The data file's path as the store gives it (invalid UTF-8 replaced).
+        data_file: String,
+        /// Why it is refused, in words.
+        reason: &'static str,
+    },
 }
 
 impl Error {

@@ -14,7 +14,7 @@
 //!
 //! Module map: `bands` (column bands, slices of stacks, a deflated stack's one stream), `npy` (array headers), `zip_reader` (zip end record and directory, validated), `npz` (`.npy` members),
 //! `dirs` (directories an output run created), `safetensors_io`, `pickle` (allowlist unpickler and state-dict pickler), `pt` (torch
-//! archives), `source` (where bytes live, positional reads), `writer` (through the `zip` crate's writer for `.pt` and `.npz`).
+//! archives), `ocdbt` (TensorStore's OCDBT key-value store inside Orbax checkpoints: keys and where their values lie), `source` (where bytes live, positional reads), `writer` (through the `zip` crate's writer for `.pt` and `.npz`).
 
 #![deny(missing_docs)]
 #![cfg_attr(
@@ -36,7 +36,7 @@ mod msgpack;
 pub mod names;
 mod npy;
 mod npz;
-
+mod ocdbt;
 mod pickle;
 mod pt;
 mod safetensors_io;
@@ -94,6 +94,18 @@ pub mod fuzzing {
     /// The most bytes of tensor names a pickle of `len` bytes may produce: its byte budget.
     pub fn pickle_budget(len: usize) -> u64 {
         crate::pickle::budget(len)
+    }
+
+    /// Parses an OCDBT manifest (`manifest.ocdbt`) from untrusted bytes; returns how many
+    /// versions and version nodes it references.
+    pub fn ocdbt_manifest(bytes: &[u8]) -> crate::Result<usize> {
+        crate::ocdbt::fuzz_manifest(bytes)
+    }
+
+    /// Parses an OCDBT B+tree node or version tree node (told apart by its magic number) from
+    /// untrusted bytes; returns how many entries it holds.
+    pub fn ocdbt_node(bytes: &[u8]) -> crate::Result<usize> {
+        crate::ocdbt::fuzz_node(bytes)
     }
 
     /// Runs the allowlist pickle reader over a `data.pkl`; returns each tensor's name and shape.
