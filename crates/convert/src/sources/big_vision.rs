@@ -23,8 +23,19 @@ pub const FAMILY: &str = "big_vision";
 /// Roots under which big_vision files keep the model: `params/` as `save_checkpoint` writes it, or none.
 const ROOTS: &[&str] = &["params/", ""];
 
-/// Top-level entries of a training checkpoint that are not model weights (optimizer state, step timers).
-const TRAINING_STATE: &[&str] = &["opt/", "chrono/"];
+/// Top-level entries of a training checkpoint that are not model weights: big_vision's optimizer state and step
+/// timers (`opt/`, `chrono/`), a flax TrainState's or Orbax tree's optimizer state and step counter
+/// (`opt_state/`, `step`). An entry ending in `/` is a subtree; the others are exact names.
+const TRAINING_STATE: &[&str] = &["opt/", "chrono/", "opt_state/", "step"];
+
+/// Whether `name` lies in the training-state entry `state`.
+fn in_state(name: &str, state: &str) -> bool {
+    if state.ends_with('/') {
+        name.starts_with(state)
+    } else {
+        name == state
+    }
+}
 
 /// The root of a big_vision ViT, if the file is one: `embedding/kernel` under `params/` or at the top, and
 /// no `Transformer/posembed_input/pos_embedding` (vision_transformer files keep their table there; big_vision
@@ -92,7 +103,7 @@ pub(crate) fn split_training_state<'t>(
     let (state, weights): (Vec<&TensorInfo>, Vec<&TensorInfo>) = tensors.iter().partition(|t| {
         !root.is_empty()
             && !t.name.starts_with(root)
-            && TRAINING_STATE.iter().any(|p| t.name.starts_with(p))
+            && TRAINING_STATE.iter().any(|p| in_state(&t.name, p))
     });
     let weights: Vec<TensorInfo> = weights.into_iter().cloned().collect();
     if let Some(t) = weights.iter().find(|t| !t.dtype.is_float()) {
@@ -112,7 +123,7 @@ pub(crate) fn training_state_note(state: &[&TensorInfo]) -> Option<String> {
     let mut prefixes: Vec<&str> = TRAINING_STATE
         .iter()
         .copied()
-        .filter(|p| state.iter().any(|t| t.name.starts_with(p)))
+        .filter(|p| state.iter().any(|t| in_state(&t.name, p)))
         .collect();
     prefixes.dedup();
     Some(format!(

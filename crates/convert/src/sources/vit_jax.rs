@@ -131,8 +131,10 @@ impl JaxNames {
     }
 }
 
-/// Prefixes under which published files keep the vit_jax tree.
-const JAX_PREFIXES: &[&str] = &["", "opt/target/"];
+/// Prefixes under which files keep the vit_jax tree: none (published files), `opt/target/` (the old flax
+/// optimizer's checkpoints), `params/` (a flax TrainState saved by Orbax or msgpack, beside its `opt_state/`
+/// and `step`, which are left out).
+const JAX_PREFIXES: &[&str] = &["", "opt/target/", "params/"];
 
 /// The root under which this file keeps the vit_jax tree, if it is one: `embedding/kernel` directly or under
 /// `opt/target/`.
@@ -151,13 +153,20 @@ pub fn claims(tensors: &[TensorInfo]) -> bool {
 /// Reads a google-research/vision_transformer checkpoint into the neutral model, checking every shape
 /// against the others and accounting for every tensor.
 pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
-    let mut keys = Keys::new(tensors, "vit_jax checkpoint");
     let Some(prefix) = root(tensors) else {
         return Err(Error::NoRoot {
             tensors: tensors.len(),
-            looked_for: "embedding/kernel (looked under no prefix and under opt/target/)",
+            looked_for: "embedding/kernel (looked under no prefix, opt/target/ and params/)",
         });
     };
+    // A TrainState's optimizer state and step counter are set aside first, as big_vision's are.
+    let (state, weights) = if prefix == "params/" {
+        crate::sources::big_vision::split_training_state(tensors, prefix)?
+    } else {
+        (Vec::new(), tensors.to_vec())
+    };
+    let tensors = weights.as_slice();
+    let mut keys = Keys::new(tensors, "vit_jax checkpoint");
     if let Some(t) = tensors.iter().find(|t| !t.dtype.is_float()) {
         return Err(Error::NotFloat {
             name: t.name.clone(),
@@ -331,6 +340,10 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
             names.prefix
         ));
     }
+    notes.extend(crate::sources::big_vision::training_state_note(&state));
+    let left_out: Vec<String> = state.iter().map(|t| t.name.clone()).collect();
+    let mut shapes = keys.shapes();
+    shapes.extend(state.iter().map(|t| (t.name.clone(), t.shape.clone())));
     if names.style == BlockStyle::Linen {
         notes.push(
             "linen block names (MultiHeadDotProductAttention_0, LayerNorm_1, MlpBlock_0)"
@@ -344,8 +357,8 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
         text: None,
         logit: None,
         notes,
-        shapes: keys.shapes(),
-        left_out: Vec::new(),
+        shapes,
+        left_out,
     })
 }
 
