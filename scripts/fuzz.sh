@@ -3,7 +3,7 @@
 # inputs each executed.
 #
 # Usage: [FUZZ_MAX_LEN=BYTES] scripts/fuzz.sh TARGET|all SECONDS
-#   TARGET: npy_header, npz, pickle, pt, safetensors, zip_alias, detect
+#   TARGET: npy_header, npz, pickle, pt, safetensors, zip_alias, detect, msgpack
 #
 # Corpora live in fuzz/corpus/<target>/ (not committed). Each run seeds them from the
 # fixtures, from files our own writer produces (the `recode` example), from the hand-made
@@ -13,7 +13,7 @@
 # Needs cargo-fuzz; stable Rust gets the nightly flags it uses from RUSTC_BOOTSTRAP=1.
 set -euo pipefail
 
-ALL_TARGETS=(npy_header npz pickle pt safetensors zip_alias detect ocdbt)
+ALL_TARGETS=(npy_header npz pickle pt safetensors zip_alias detect ocdbt msgpack)
 if [[ $# -ne 2 ]] || ! [[ $2 =~ ^[0-9]+$ ]]; then
     echo "usage: $0 TARGET|all SECONDS   (targets: ${ALL_TARGETS[*]})" >&2
     exit 2
@@ -47,7 +47,7 @@ max_len() {
 
 # Seeds every corpus (cp -n: what the fuzzer found before is kept).
 seed() {
-    mkdir -p "$corpus"/{npy_header,npz,pickle,pt,safetensors,zip_alias,detect,ocdbt}
+    mkdir -p "$corpus"/{npy_header,npz,pickle,pt,safetensors,zip_alias,detect,ocdbt,msgpack}
     local f name tmp
     for f in fixtures/*/*.npy; do
         name=$(echo "${f#fixtures/}" | tr / _)

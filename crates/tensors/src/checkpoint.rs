@@ -526,7 +526,7 @@ pub(crate) fn open_orbax(path: &Path) -> Result<Opened> {
     let mut kinds = Vec::new();
     for (item, dir) in items {
         let (leaves, use_ocdbt, zarr3) = orbax_tree(&guard, &dir.join("_METADATA"))?;
-        let store = if use_ocdbt || dir.join("manifest.ocdbt").is_file() {
+        let store = if use_ocdbt || crate::ocdbt::is_store(&dir) {
             Some(OcdbtChunks::open(&dir, &guard)?)
         } else {
             None

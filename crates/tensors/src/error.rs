@@ -23,6 +23,15 @@ fn member_part(member: &str) -> String {
     }
 }
 
+/// Formats a msgpack tree path for a message: the path in backquotes, or "the top level".
+fn tree_part(tree: &str) -> String {
+    if tree.is_empty() {
+        "the top level".to_string()
+    } else {
+        format!("`{tree}`")
+    }
+}
+
 /// Everything that can go wrong reading or writing a tensor file.
 ///
 /// Every variant carries the file's path; `tensor` is the tensor's name, or empty
@@ -591,6 +600,71 @@ pub enum Error {
         path: PathBuf,
         /// What the folder holds instead, in words.
         found: String,
+    },
+
+    // msgpack: flax checkpoints written by `flax.serialization.to_bytes` (see `msgpack.rs`).
+    // `tensor` is the tree path (keys joined with `/`, empty for the top level) and `offset`
+    // the file offset of the msgpack value being read.
+    /// A flax msgpack file whose structure cannot be followed (bad marker, bad ext payload, ...).
+    #[error("{}: bad flax msgpack at {} (offset {offset}): {what}", .path.display(), tree_part(.tensor))]
+    Msgpack {
+        /// The file that was being read.
+        path: PathBuf,
+        /// The tree path of the value being read.
+        tensor: String,
+        /// File offset of the value's header.
+        offset: u64,
+        /// What is wrong, in words.
+        what: &'static str,
+    },
+
+    /// A msgpack length or count that claims more bytes than remain: a lying or corrupt length.
+    #[error("{}: bad flax msgpack at {} (offset {offset}): {what} declares {declared}, but only {remaining} bytes remain before {bound}", .path.display(), tree_part(.tensor))]
+    MsgpackLength {
+        /// The file that was being read.
+        path: PathBuf,
+        /// The tree path of the value being read.
+        tensor: String,
+        /// File offset of the header that declares the length.
+        offset: u64,
+        /// What declares the length (`"a bin's length"`, `"a map's entry count"`, ...).
+        what: &'static str,
+        /// The declared length in bytes, or the declared count of entries.
+        declared: u64,
+        /// Bytes left between the header's end and `bound`.
+        remaining: u64,
+        /// Where the value must end: `"the end of the file"` or `"the end of its extension payload"`.
+        bound: &'static str,
+    },
+
+    /// A value past one of the msgpack reader's limits (nesting depth, entries, key length, rank, ...).
+    #[error("{}: refused flax msgpack at {} (offset {offset}): {what} is {found}, past the limit of {limit}", .path.display(), tree_part(.tensor))]
+    MsgpackLimit {
+        /// The file that was being read.
+        path: PathBuf,
+        /// The tree path of the value being read.
+        tensor: String,
+        /// File offset of the value's header.
+        offset: u64,
+        /// What is limited (`"the nesting depth"`, `"a map key's length"`, ...).
+        what: &'static str,
+        /// The limit.
+        limit: u64,
+        /// The value found.
+        found: u64,
+    },
+
+    /// One map of a flax msgpack tree holds the same key twice.
+    #[error("{}: bad flax msgpack at {} (offset {offset}): key `{key}` occurs twice in one map", .path.display(), tree_part(.tensor))]
+    MsgpackDuplicateKey {
+        /// The file that was being read.
+        path: PathBuf,
+        /// The tree path of the map.
+        tensor: String,
+        /// File offset of the second occurrence of the key.
+        offset: u64,
+        /// The key, as read (an integer key printed in decimal).
+        key: String,
     },
 
     /// The writer's target already exists and overwriting was not asked for.

@@ -108,6 +108,49 @@ pub mod fuzzing {
         crate::ocdbt::fuzz_node(bytes)
     }
 
+    /// Walks a flax msgpack checkpoint held in `bytes` with the reader `TensorFile` uses for
+    /// files; returns how many leaves it found. Checks what every accepted tree must satisfy:
+    /// the start of the bytes passes the format sniff, and every array's bytes lie inside the
+    /// input with exactly the length its shape and dtype need.
+    pub fn msgpack_tree(bytes: &[u8]) -> crate::Result<usize> {
+        use crate::msgpack::LeafKind;
+        let leaves = crate::msgpack::read_tree_from_slice(Path::new("fuzz.msgpack"), bytes)?;
+        assert!(crate::msgpack::sniff(bytes.get(..16).unwrap_or(bytes)));
+        let total = bytes.len() as u64;
+        let need = |dtype: crate::DType, shape: &[usize]| {
+            shape
+                .iter()
+                .try_fold(dtype.size() as u64, |acc, &d| acc.checked_mul(d as u64))
+        };
+        for leaf in &leaves {
+            match &leaf.kind {
+                LeafKind::Array {
+                    dtype,
+                    shape,
+                    offset,
+                    len,
+                } => {
+                    assert_eq!(need(*dtype, shape), Some(*len));
+                    assert!(offset.checked_add(*len).is_some_and(|end| end <= total));
+                }
+                LeafKind::Chunked {
+                    dtype,
+                    shape,
+                    pieces,
+                } => {
+                    let sum = pieces.iter().try_fold(0u64, |acc, &(offset, len)| {
+                        assert!(offset.checked_add(len).is_some_and(|end| end <= total));
+                        acc.checked_add(len)
+                    });
+                    assert_eq!(need(*dtype, shape), sum);
+                }
+                LeafKind::Scalar(text) => assert!(!text.is_empty()),
+            }
+            assert!(leaf.path.len() <= 64);
+        }
+        Ok(leaves.len())
+    }
+
     /// Runs the allowlist pickle reader over a `data.pkl`; returns each tensor's name and shape.
     pub fn pickle_state_dict(bytes: &[u8]) -> crate::Result<Vec<(String, Vec<usize>)>> {
         let tensors = crate::pickle::read_state_dict(Path::new("fuzz.pkl"), bytes)?;

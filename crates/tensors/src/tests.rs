@@ -853,3 +853,12 @@ fn an_output_larger_than_the_free_space_is_refused_before_anything_is_written() 
     let gap = avail.abs_diff(ours);
     assert!(gap < 1 << 30, "df says {avail}, fstatvfs {ours}");
 }
+
+#[test]
+fn every_container_has_a_distinct_name() {
+    let mut names: Vec<&str> = crate::CONTAINERS.iter().map(|c| c.name).collect();
+    let count = names.len();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), count, "{names:?}");
+}
