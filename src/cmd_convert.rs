@@ -230,7 +230,8 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
     }
     let mut opts = args.options();
     opts.cancel = Some(Arc::clone(&cancel));
-    if args.source.is_dir() {
+    // A folder is a tree of sources, unless it is one checkpoint (a `.bv` workdir, an Orbax step or its parent).
+    if args.source.is_dir() && !vitconv_tensors::is_checkpoint_folder(&args.source) {
         return run_batch(&args, opts);
     }
     let batch_only = [

@@ -289,6 +289,36 @@ fn dtype_counts(tensors: &[TensorInfo]) -> Vec<(DType, usize)> {
         .collect()
 }
 
+/// One line on a checkpoint folder: its kind, step, folder, chunks and the arrays with chunks missing.
+fn checkpoint_line(c: &vitconv_tensors::CheckpointInfo) -> String {
+    let mut line = c.kind.clone();
+    if let Some(step) = &c.step {
+        line.push_str(&format!(", step {step}"));
+    }
+    if let Some(how) = &c.chosen {
+        line.push_str(&format!(" ({how})"));
+    }
+    line.push_str(&format!(
+        ", folder {}, {} chunks stored",
+        c.folder.display(),
+        c.chunks
+    ));
+    if c.missing_chunks.is_empty() {
+        line.push_str(", none missing");
+    } else {
+        let shown: Vec<String> = c
+            .missing_chunks
+            .iter()
+            .map(|(name, n)| format!("{name} ({n})"))
+            .collect();
+        line.push_str(&format!(
+            "; chunks missing (read as the fill value) in {}",
+            shown.join(", ")
+        ));
+    }
+    line
+}
+
 fn render_table(l: &Listing, args: &InspectArgs) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -298,6 +328,10 @@ fn render_table(l: &Listing, args: &InspectArgs) -> String {
         format!("{:?}", l.file.format()).to_lowercase(),
         l.file.tensors().len()
     );
+    // A checkpoint folder: which kind, which step and how it was chosen, how its arrays are stored.
+    if let Some(c) = l.file.checkpoint() {
+        let _ = writeln!(out, "checkpoint: {}", safe(&checkpoint_line(c)));
+    }
     // Metadata (safetensors `__metadata__`, vitconv's record in .pt) says how a file was made.
     for (k, v) in l.file.metadata() {
         let one_line = v.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -450,6 +484,7 @@ fn file_json(l: &Listing, args: &InspectArgs) -> Value {
     let mut v = json!({
         "path": l.file.path().display().to_string(),
         "format": l.file.format(),
+        "checkpoint": l.file.checkpoint(),
         "summary": l.summary,
         "non_tensor_entries": l.non_tensors,
         "metadata": l.file.metadata(),

@@ -10,11 +10,14 @@
 //! - `siglip`: two-tower big_vision checkpoints: the hf and open_clip folders, `--tower image`,
 //!   refusals, the inspect summary.
 //! - `verify`: `vitconv verify` passes good conversions and catches planted bugs (feature `verify`).
+//! - `containers`: big_vision `.bv` workdirs, Orbax checkpoints and flax msgpack files through `inspect` and
+//!   `npz-to-pt`: the same bytes as the `.npz` conversion; damaged, linked-out and lying checkpoints refused.
 //! - `hardening`: hostile pickles run nothing; failed conversions (unwritable directory, a source
 //!   breaking half-way, a full disk) leave no output and existing files intact; only `--force` replaces.
 
 mod batch;
 mod common;
+mod containers;
 mod convert;
 mod hardening;
 mod inspect;

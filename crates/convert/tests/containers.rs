@@ -32,7 +32,14 @@ fn converted(src: &Path, opts: &Options, out: &Path) -> Result<Tensors, String> 
     let f = TensorFile::open(&written.weights).expect("output opens");
     Ok(f.tensors()
         .iter()
-        .map(|t| (t.name.clone(), t.dtype, t.shape.clone(), f.read(&t.name).expect("bytes")))
+        .map(|t| {
+            (
+                t.name.clone(),
+                t.dtype,
+                t.shape.clone(),
+                f.read(&t.name).expect("bytes"),
+            )
+        })
         .collect())
 }
 
@@ -54,7 +61,8 @@ fn every_container_converts_to_its_npz_conversion_in_every_layout() {
     ] {
         let cdir = fixtures().join("containers").join(case);
         let expected: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(cdir.join("expected.json")).expect("json")).expect("json");
+            serde_json::from_slice(&std::fs::read(cdir.join("expected.json")).expect("json"))
+                .expect("json");
         let entry = cdir.join(expected["entry"].as_str().expect("entry"));
         let npz = npz_of(expected["golden_npz"].as_str().expect("golden_npz"));
         let before = compared;
@@ -71,8 +79,15 @@ fn every_container_converts_to_its_npz_conversion_in_every_layout() {
                         opts.tower = tower;
                         opts.head = head;
                         let n = compared + refused;
-                        let ext = if layout == Layout::Hf || (layout == Layout::OpenClip && case.contains("siglip")) { "" } else { ext };
-                        let want = converted(&npz, &opts, &dir.path().join(format!("npz-{n}{ext}")));
+                        let ext = if layout == Layout::Hf
+                            || (layout == Layout::OpenClip && case.contains("siglip"))
+                        {
+                            ""
+                        } else {
+                            ext
+                        };
+                        let want =
+                            converted(&npz, &opts, &dir.path().join(format!("npz-{n}{ext}")));
                         let got = converted(&entry, &opts, &dir.path().join(format!("c-{n}{ext}")));
                         match (want, got) {
                             (Ok(w), Ok(g)) => {
@@ -93,5 +108,8 @@ fn every_container_converts_to_its_npz_conversion_in_every_layout() {
         per_case.push((case, compared - before));
     }
     // Every model converts in several layouts; the refusals are the layouts that cannot hold it.
-    assert!(per_case.iter().all(|&(_, n)| n >= 8), "conversions compared per case: {per_case:?}; {refused} refused by both");
+    assert!(
+        per_case.iter().all(|&(_, n)| n >= 8),
+        "conversions compared per case: {per_case:?}; {refused} refused by both"
+    );
 }

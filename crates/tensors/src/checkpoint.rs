@@ -86,7 +86,11 @@ impl Guard {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io(path, e)),
         };
-        if link.file_type().is_symlink() || path.components().any(|c| c == std::path::Component::ParentDir) {
+        if link.file_type().is_symlink()
+            || path
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+        {
             self.check_inside(path)?;
         }
         let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
@@ -102,9 +106,9 @@ impl Guard {
 
     /// Reads a whole small file of at most `limit` bytes.
     pub(crate) fn read_small(&self, path: &Path, limit: u64) -> Result<Vec<u8>> {
-        let (file, len) = self.open_if_exists(path)?.ok_or_else(|| {
-            Error::io(path, std::io::Error::from(std::io::ErrorKind::NotFound))
-        })?;
+        let (file, len) = self
+            .open_if_exists(path)?
+            .ok_or_else(|| Error::io(path, std::io::Error::from(std::io::ErrorKind::NotFound)))?;
         if len > limit {
             return Err(Error::CheckpointMetadata {
                 path: path.to_path_buf(),
@@ -177,8 +181,10 @@ pub(crate) struct Opened {
 
 /// Whether `path` names a big_vision checkpoint: a `*-LAST` file, a workdir holding one, or a step folder
 /// of `~`-named array folders.
+///
+/// A `-LAST` file that names no usable folder still claims the input, so that opening it says what is wrong.
 pub(crate) fn is_big_vision(path: &Path) -> bool {
-    resolve_big_vision(path).is_ok_and(|r| r.is_some())
+    !matches!(resolve_big_vision(path), Ok(None))
 }
 
 /// Whether `path` names an Orbax checkpoint: a step folder, or a folder of steps.
@@ -224,8 +230,10 @@ fn resolve_big_vision(path: &Path) -> Result<Option<(PathBuf, Option<String>)>> 
                     .file_name()
                     .and_then(|n| n.to_str())
                     .is_some_and(|n| n.contains(".bv-"));
-                return Ok((arrays && (named || entries.iter().any(|(n, _)| n.contains('~'))))
-                    .then(|| (path.to_path_buf(), None)));
+                return Ok(
+                    (arrays && (named || entries.iter().any(|(n, _)| n.contains('~'))))
+                        .then(|| (path.to_path_buf(), None)),
+                );
             }
         }
     } else {
@@ -255,7 +263,10 @@ fn resolve_big_vision(path: &Path) -> Result<Option<(PathBuf, Option<String>)>> 
     if !folder.is_dir() {
         return Err(Error::CheckpointMetadata {
             path: last.clone(),
-            what: format!("names step {step:?}, but {} is not a folder", folder.display()),
+            what: format!(
+                "names step {step:?}, but {} is not a folder",
+                folder.display()
+            ),
         });
     }
     Ok(Some((
@@ -274,7 +285,9 @@ fn step_of(folder: &Path) -> Option<String> {
     }
     let before_tmp = name.strip_suffix("-tmp")?;
     let tail = before_tmp.rsplit(['-', '_']).next()?;
-    tail.chars().all(|c| c.is_ascii_digit()).then(|| tail.to_string())
+    tail.chars()
+        .all(|c| c.is_ascii_digit())
+        .then(|| tail.to_string())
 }
 
 /// Opens a big_vision checkpoint.
@@ -309,7 +322,13 @@ pub(crate) fn open_big_vision(path: &Path) -> Result<Opened> {
             dir: dir.clone(),
             guard: &guard,
         };
-        b.push(crate::zarr::read_v2(&meta, &name, &text, &store, b.next_id())?)?;
+        b.push(crate::zarr::read_v2(
+            &meta,
+            &name,
+            &text,
+            &store,
+            b.next_id(),
+        )?)?;
     }
     let step = step_of(&folder);
     b.finish(
@@ -345,9 +364,9 @@ impl Builder {
             });
         }
         let missing = array.grid.missing() as u64;
-        self.chunks = self.chunks.saturating_add(
-            (array.grid.chunks.len() as u64).saturating_sub(missing),
-        );
+        self.chunks = self
+            .chunks
+            .saturating_add((array.grid.chunks.len() as u64).saturating_sub(missing));
         if missing > 0 {
             self.missing.push((array.info.name.clone(), missing));
         }
@@ -408,7 +427,10 @@ fn item_dirs(dir: &Path) -> Vec<String> {
 
 /// The Orbax step folder a path names, and how it was chosen.
 fn resolve_orbax(path: &Path) -> Result<Option<(PathBuf, Option<String>)>> {
-    if !std::fs::metadata(path).map_err(|e| Error::io(path, e))?.is_dir() {
+    if !std::fs::metadata(path)
+        .map_err(|e| Error::io(path, e))?
+        .is_dir()
+    {
         return Ok(None);
     }
     if is_orbax_step(path) {
@@ -487,7 +509,9 @@ fn orbax_tree(guard: &Guard, meta: &Path) -> Result<(Vec<OrbaxLeaf>, bool, bool)
             })
             .collect::<Result<Vec<_>>>()?;
         if keys.is_empty() || keys.iter().any(|k| k.is_empty() || k.contains('/')) {
-            return Err(bad(&format!("leaf {tuple} has an empty key or one holding '/'")));
+            return Err(bad(&format!(
+                "leaf {tuple} has an empty key or one holding '/'"
+            )));
         }
         let value_type = leaf
             .get("value_metadata")
@@ -653,9 +677,10 @@ impl<'g> OcdbtChunks<'g> {
         if let Some(f) = files.get(path) {
             return Ok(Arc::clone(f));
         }
-        let (file, _) = self.guard.open_if_exists(path)?.ok_or_else(|| {
-            Error::io(path, std::io::Error::from(std::io::ErrorKind::NotFound))
-        })?;
+        let (file, _) = self
+            .guard
+            .open_if_exists(path)?
+            .ok_or_else(|| Error::io(path, std::io::Error::from(std::io::ErrorKind::NotFound)))?;
         let file = Arc::new(file);
         files.insert(path.to_path_buf(), Arc::clone(&file));
         Ok(file)
@@ -699,7 +724,13 @@ impl ChunkStore for Prefixed<'_, '_> {
                 let f = self.store.file(file)?;
                 let flen = f.metadata().map_err(|e| Error::io(file, e))?.len();
                 if offset.checked_add(*length).is_none_or(|end| end > flen) {
-                    return Err(Error::truncated(file, &full, *offset, *length, flen.saturating_sub(*offset)));
+                    return Err(Error::truncated(
+                        file,
+                        &full,
+                        *offset,
+                        *length,
+                        flen.saturating_sub(*offset),
+                    ));
                 }
                 (
                     Stored::File {

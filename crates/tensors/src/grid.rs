@@ -220,11 +220,16 @@ impl Grid {
         id: u64,
     ) -> Result<Grid> {
         let elem = dtype.size();
-        let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| {
-            Error::shape_overflow(path, name, shape)
-        })?;
+        let numel = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| Error::shape_overflow(path, name, shape))?;
         let first = pieces.first().map_or(0, |p| p.1);
-        let per = usize::try_from(first).unwrap_or(0).checked_div(elem).unwrap_or(0).max(1);
+        let per = usize::try_from(first)
+            .unwrap_or(0)
+            .checked_div(elem)
+            .unwrap_or(0)
+            .max(1);
         let bad = |what: &'static str, expected: u64, found: u64| Error::ChunkGrid {
             path: path.to_path_buf(),
             tensor: name.to_string(),
@@ -233,7 +238,11 @@ impl Grid {
             found,
         };
         if pieces.len() != numel.div_ceil(per) {
-            return Err(bad("pieces", numel.div_ceil(per) as u64, pieces.len() as u64));
+            return Err(bad(
+                "pieces",
+                numel.div_ceil(per) as u64,
+                pieces.len() as u64,
+            ));
         }
         let shared = Arc::new(path.to_path_buf());
         let mut chunks = Vec::with_capacity(pieces.len());
@@ -306,10 +315,13 @@ impl Grid {
         if count != self.chunks.len() {
             return Err(bad("chunks", count as u64, self.chunks.len() as u64));
         }
-        let chunk_bytes = self.chunk_bytes().filter(|&b| b <= MAX_CHUNK_BYTES).ok_or_else(|| {
-            bad("chunk bytes at most", MAX_CHUNK_BYTES, u64::MAX)
-        })?;
-        let row = self.row_bytes().ok_or_else(|| bad("row bytes at most", MAX_ROW_BYTES, u64::MAX))?;
+        let chunk_bytes = self
+            .chunk_bytes()
+            .filter(|&b| b <= MAX_CHUNK_BYTES)
+            .ok_or_else(|| bad("chunk bytes at most", MAX_CHUNK_BYTES, u64::MAX))?;
+        let row = self
+            .row_bytes()
+            .ok_or_else(|| bad("row bytes at most", MAX_ROW_BYTES, u64::MAX))?;
         if self.split_rows() && row > MAX_ROW_BYTES {
             return Err(bad("row bytes at most", MAX_ROW_BYTES, row));
         }
@@ -320,7 +332,9 @@ impl Grid {
         let mut fill: u64 = 0;
         for chunk in &self.chunks {
             match chunk {
-                Some(c) => most = most.saturating_add(c.codec.max_decoded(c.stored.len()).min(chunk_bytes)),
+                Some(c) => {
+                    most = most.saturating_add(c.codec.max_decoded(c.stored.len()).min(chunk_bytes))
+                }
                 None => fill = fill.saturating_add(chunk_bytes),
             }
         }
@@ -425,9 +439,9 @@ impl Open {
             Codec::Gzip => Box::new(flate2::read::GzDecoder::new(io::BufReader::with_capacity(
                 CHUNK_BUF, raw,
             ))),
-            Codec::Zlib => Box::new(flate2::read::ZlibDecoder::new(io::BufReader::with_capacity(
-                CHUNK_BUF, raw,
-            ))),
+            Codec::Zlib => Box::new(flate2::read::ZlibDecoder::new(
+                io::BufReader::with_capacity(CHUNK_BUF, raw),
+            )),
         };
         Ok(Open {
             chunk: chunk.clone(),
@@ -468,7 +482,12 @@ impl Open {
         let mut one = [0u8; 1];
         match self.decoder.read(&mut one) {
             Ok(0) => Ok(()),
-            Ok(_) => Err(chunk_error(grid, &self.chunk, total, total.saturating_add(1))),
+            Ok(_) => Err(chunk_error(
+                grid,
+                &self.chunk,
+                total,
+                total.saturating_add(1),
+            )),
             Err(e) => Err(corrupt_error(grid, &self.chunk, &e)),
         }
     }
@@ -589,11 +608,22 @@ impl GridReader {
             // The chunk's grid index past axis 0, from its position in the slab (C order).
             let mut origin = vec![0usize; grid_rest.len()];
             let mut rest = m;
-            for (o, (&g, &c)) in origin.iter_mut().zip(grid_rest.iter().zip(part_shape)).rev() {
-                *o = (rest % g.max(1)).saturating_mul(c);
-                rest /= g.max(1);
+            for (o, (&g, &c)) in origin
+                .iter_mut()
+                .zip(grid_rest.iter().zip(part_shape))
+                .rev()
+            {
+                *o = rest.checked_rem(g).unwrap_or(0).saturating_mul(c);
+                rest = rest.checked_div(g).unwrap_or(0);
             }
-            scatter(&self.part, part_shape, &mut self.row, row_shape, &origin, elem);
+            scatter(
+                &self.part,
+                part_shape,
+                &mut self.row,
+                row_shape,
+                &origin,
+                elem,
+            );
         }
         self.row_pos = 0;
         self.rows_left = self.rows_left.saturating_sub(1);
@@ -631,8 +661,8 @@ fn scatter(
         // The line's index within the part, and whether it lies inside the array.
         let mut rest = line;
         for (i, &c) in idx.iter_mut().zip(outer_c).rev() {
-            *i = rest % c.max(1);
-            rest /= c.max(1);
+            *i = rest.checked_rem(c).unwrap_or(0);
+            rest = rest.checked_div(c).unwrap_or(0);
         }
         let inside = idx
             .iter()
@@ -644,7 +674,9 @@ fn scatter(
         }
         let mut dst_line = 0usize;
         for ((&i, &o), &s) in idx.iter().zip(origin).zip(row_shape) {
-            dst_line = dst_line.saturating_mul(s).saturating_add(i.saturating_add(o));
+            dst_line = dst_line
+                .saturating_mul(s)
+                .saturating_add(i.saturating_add(o));
         }
         let dst = dst_line
             .saturating_mul(last_s)
@@ -688,7 +720,11 @@ impl Read for GridReader {
                         // A missing chunk in pass-through: fill, placed by the bytes handed out so far.
                         let elem = grid.elem.max(1) as u64;
                         for (i, b) in dst.iter_mut().enumerate() {
-                            let at = self.emitted.saturating_add(i as u64) % elem;
+                            let at = self
+                                .emitted
+                                .saturating_add(i as u64)
+                                .checked_rem(elem)
+                                .unwrap_or(0);
                             *b = grid.fill.get(at as usize).copied().unwrap_or(0);
                         }
                     }

@@ -305,7 +305,11 @@ impl TensorFile {
                 let mut name = path.as_os_str().to_owned();
                 name.push("-LAST");
                 last = PathBuf::from(name);
-                if last.is_file() { last.as_path() } else { path }
+                if last.is_file() {
+                    last.as_path()
+                } else {
+                    path
+                }
             }
             _ => path,
         };
@@ -594,6 +598,7 @@ pub(crate) struct Opened {
 /// One container format: whether it claims an input (by content, never by name alone), and how it opens it.
 pub(crate) struct Container {
     /// The container's name, for documentation and tests.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub name: &'static str,
     claims: fn(&Probe<'_>) -> bool,
     open: fn(&Probe<'_>) -> Result<Opened>,
@@ -602,19 +607,48 @@ pub(crate) struct Container {
 /// Every container this crate reads, in the order they are asked: the first that claims an input opens it.
 /// Adding a container is one module and one line here.
 pub(crate) const CONTAINERS: &[Container] = &[
-    Container { name: "zip (.npz, torch .pt)", claims: zip_claims, open: zip_open },
-    Container { name: ".npy", claims: |p| p.head().starts_with(npy::MAGIC), open: npy_open },
-    Container { name: ".safetensors", claims: |p| safetensors_io::sniff(p.head()), open: safetensors_open },
-    Container { name: "flax msgpack", claims: |p| msgpack::sniff(p.head()), open: msgpack_open },
-    Container { name: "big_vision .bv", claims: bv_claims, open: bv_open },
-    Container { name: "Orbax", claims: orbax_claims, open: orbax_open },
+    Container {
+        name: "zip (.npz, torch .pt)",
+        claims: zip_claims,
+        open: zip_open,
+    },
+    Container {
+        name: ".npy",
+        claims: |p| p.head().starts_with(npy::MAGIC),
+        open: npy_open,
+    },
+    Container {
+        name: ".safetensors",
+        claims: |p| safetensors_io::sniff(p.head()),
+        open: safetensors_open,
+    },
+    Container {
+        name: "flax msgpack",
+        claims: |p| msgpack::sniff(p.head()),
+        open: msgpack_open,
+    },
+    Container {
+        name: "big_vision .bv",
+        claims: bv_claims,
+        open: bv_open,
+    },
+    Container {
+        name: "Orbax",
+        claims: orbax_claims,
+        open: orbax_open,
+    },
 ];
 
 /// The opened file of a file probe.
 fn probe_file<'a>(p: &Probe<'a>) -> Result<(&'a Path, &'a File, u64)> {
     match *p {
-        Probe::File { path, file, len, .. } => Ok((path, file, len)),
-        Probe::Folder(path) => Err(Error::NotARegularFile { path: path.to_path_buf(), kind: "a directory" }),
+        Probe::File {
+            path, file, len, ..
+        } => Ok((path, file, len)),
+        Probe::Folder(path) => Err(Error::NotARegularFile {
+            path: path.to_path_buf(),
+            kind: "a directory",
+        }),
     }
 }
 
@@ -640,7 +674,9 @@ fn file_opened(
 }
 
 fn zip_claims(p: &Probe<'_>) -> bool {
-    [b"PK\x03\x04", b"PK\x05\x06", b"PK\x06\x06"].iter().any(|m| p.head().starts_with(*m))
+    [b"PK\x03\x04", b"PK\x05\x06", b"PK\x06\x06"]
+        .iter()
+        .any(|m| p.head().starts_with(*m))
 }
 
 fn zip_open(p: &Probe<'_>) -> Result<Opened> {
@@ -648,10 +684,26 @@ fn zip_open(p: &Probe<'_>) -> Result<Opened> {
     let entries = npz::read_directory(path, file, len)?;
     if entries.iter().any(|e| e.name.ends_with("data.pkl")) {
         let opened = pt::open(path, file, &entries)?;
-        file_opened(path, file, len, Format::Pt, (opened.infos, opened.locs), opened.metadata, opened.others)
+        file_opened(
+            path,
+            file,
+            len,
+            Format::Pt,
+            (opened.infos, opened.locs),
+            opened.metadata,
+            opened.others,
+        )
     } else {
         let listing = npz::open(path, file, &entries)?;
-        file_opened(path, file, len, Format::Npz, listing, BTreeMap::new(), Vec::new())
+        file_opened(
+            path,
+            file,
+            len,
+            Format::Npz,
+            listing,
+            BTreeMap::new(),
+            Vec::new(),
+        )
     }
 }
 
@@ -681,13 +733,29 @@ fn npy_open(p: &Probe<'_>) -> Result<Opened> {
         stored_as: header.stored_as,
     };
     npz::check_exact_size(path, &info, &loc)?;
-    file_opened(path, file, len, Format::Npy, (vec![info], vec![loc]), BTreeMap::new(), Vec::new())
+    file_opened(
+        path,
+        file,
+        len,
+        Format::Npy,
+        (vec![info], vec![loc]),
+        BTreeMap::new(),
+        Vec::new(),
+    )
 }
 
 fn safetensors_open(p: &Probe<'_>) -> Result<Opened> {
     let (path, file, len) = probe_file(p)?;
     let opened = safetensors_io::open(path, file, len)?;
-    file_opened(path, file, len, Format::Safetensors, (opened.infos, opened.locs), opened.metadata, Vec::new())
+    file_opened(
+        path,
+        file,
+        len,
+        Format::Safetensors,
+        (opened.infos, opened.locs),
+        opened.metadata,
+        Vec::new(),
+    )
 }
 
 /// A flax msgpack file: its array leaves as tensors named by their tree path joined with `/`; arrays flax
@@ -701,8 +769,18 @@ fn msgpack_open(p: &Probe<'_>) -> Result<Opened> {
     for leaf in msgpack::read_tree(path, file, len)? {
         let name = leaf.path.join("/");
         match leaf.kind {
-            msgpack::LeafKind::Array { dtype, shape, offset, len } => {
-                tensors.push(TensorInfo { name, dtype, shape, stored_as: None });
+            msgpack::LeafKind::Array {
+                dtype,
+                shape,
+                offset,
+                len,
+            } => {
+                tensors.push(TensorInfo {
+                    name,
+                    dtype,
+                    shape,
+                    stored_as: None,
+                });
                 locations.push(Location {
                     base: source::Base::Stored { offset, len },
                     start: 0,
@@ -711,9 +789,26 @@ fn msgpack_open(p: &Probe<'_>) -> Result<Opened> {
                     crc: None,
                 });
             }
-            msgpack::LeafKind::Chunked { dtype, shape, pieces } => {
-                let grid = grid::Grid::pieces(path, &name, &shared, dtype, &shape, &pieces, u64::MAX.saturating_sub(tensors.len() as u64))?;
-                tensors.push(TensorInfo { name, dtype, shape, stored_as: Some("a flax chunked array".into()) });
+            msgpack::LeafKind::Chunked {
+                dtype,
+                shape,
+                pieces,
+            } => {
+                let grid = grid::Grid::pieces(
+                    path,
+                    &name,
+                    &shared,
+                    dtype,
+                    &shape,
+                    &pieces,
+                    u64::MAX.saturating_sub(tensors.len() as u64),
+                )?;
+                tensors.push(TensorInfo {
+                    name,
+                    dtype,
+                    shape,
+                    stored_as: Some("a flax chunked array".into()),
+                });
                 locations.push(Location {
                     base: source::Base::Chunks(Arc::new(grid)),
                     start: 0,
@@ -725,14 +820,30 @@ fn msgpack_open(p: &Probe<'_>) -> Result<Opened> {
             msgpack::LeafKind::Scalar(what) => others.push(format!("{name} = {what}")),
         }
     }
-    file_opened(path, file, len, Format::Msgpack, (tensors, locations), BTreeMap::new(), others)
+    file_opened(
+        path,
+        file,
+        len,
+        Format::Msgpack,
+        (tensors, locations),
+        BTreeMap::new(),
+        others,
+    )
 }
 
 /// A folder, or big_vision's `-LAST` file (a few bytes of text naming the step folder beside it).
 fn checkpoint_path<'a>(p: &Probe<'a>) -> Option<&'a Path> {
     match *p {
         Probe::Folder(path) => Some(path),
-        Probe::File { path, len, .. } if len <= 64 && path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with("-LAST")) => Some(path),
+        Probe::File { path, len, .. }
+            if len <= 64
+                && path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.ends_with("-LAST")) =>
+        {
+            Some(path)
+        }
         Probe::File { .. } => None,
     }
 }
@@ -760,12 +871,22 @@ fn folder_opened(format: Format, opened: checkpoint::Opened) -> Opened {
 
 fn bv_open(p: &Probe<'_>) -> Result<Opened> {
     let path = checkpoint_path(p).unwrap_or(Path::new("."));
-    Ok(folder_opened(Format::Bv, checkpoint::open_big_vision(path)?))
+    Ok(folder_opened(
+        Format::Bv,
+        checkpoint::open_big_vision(path)?,
+    ))
 }
 
 fn orbax_open(p: &Probe<'_>) -> Result<Opened> {
     let path = checkpoint_path(p).unwrap_or(Path::new("."));
     Ok(folder_opened(Format::Orbax, checkpoint::open_orbax(path)?))
+}
+
+/// Whether `path` is a folder that one of the checkpoint containers claims (a big_vision workdir or step
+/// folder, an Orbax step or its parent): such a folder is one source, not a tree of files.
+pub fn is_checkpoint_folder(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_dir())
+        && CONTAINERS.iter().any(|c| (c.claims)(&Probe::Folder(path)))
 }
 
 /// Describes a folder no container claims, for the error message.

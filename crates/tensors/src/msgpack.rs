@@ -171,10 +171,8 @@ fn starts_key(b: u8) -> bool {
 }
 
 /// Walks the whole msgpack tree of `file` (`file_len` bytes) and returns its leaves in file order.
-/// Empty maps (an optax EmptyState) yield no leaf.
-// Only the tests call it until `TensorFile::open` reads msgpack checkpoints; the fuzz target
-// runs the same walker over a slice (`read_tree_from_slice`).
-
+/// Empty maps (an optax EmptyState) yield no leaf. The fuzz target runs the same walker over a slice
+/// (`read_tree_from_slice`).
 pub(crate) fn read_tree(path: &Path, file: &File, file_len: u64) -> Result<Vec<Leaf>> {
     Walker::new(path, file, file_len).walk()
 }

@@ -56,7 +56,6 @@
 // The converter wires `open` and `is_store` into its checkpoint reader in a later change; until
 // then only this module's tests and the fuzz entry points reach most of it.
 
-
 use std::collections::HashMap;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};

@@ -336,7 +336,9 @@ pub(crate) fn entry_reader<'a, F: Borrow<File> + Send + 'a>(
 ) -> Box<dyn Read + Send + 'a> {
     match *base {
         Base::Stored { offset, len } => Box::new(RangeReader::new(file, offset, len)),
-        Base::Chunks(ref grid) => Box::new(crate::grid::GridReader::new(std::sync::Arc::clone(grid))),
+        Base::Chunks(ref grid) => {
+            Box::new(crate::grid::GridReader::new(std::sync::Arc::clone(grid)))
+        }
         Base::Deflate {
             offset,
             compressed_len,

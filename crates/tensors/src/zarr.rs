@@ -37,10 +37,19 @@ pub(crate) struct Array {
     pub byteswap: bool,
 }
 
-fn field_error(path: &Path, tensor: &str, field: &'static str, expected: &'static str, found: &Value) -> Error {
+fn field_error(
+    path: &Path,
+    tensor: &str,
+    field: &'static str,
+    expected: &'static str,
+    found: &Value,
+) -> Error {
     let mut found = found.to_string();
     if found.len() > 80 {
-        let cut = (0..=80).rev().find(|&i| found.is_char_boundary(i)).unwrap_or(0);
+        let cut = (0..=80)
+            .rev()
+            .find(|&i| found.is_char_boundary(i))
+            .unwrap_or(0);
         found.truncate(cut);
         found.push_str("...");
     }
@@ -55,16 +64,39 @@ fn field_error(path: &Path, tensor: &str, field: &'static str, expected: &'stati
 
 /// Reads a list of non-negative integers (a shape or a chunk shape), at most [`MAX_RANK`] long.
 fn dims(path: &Path, tensor: &str, field: &'static str, v: &Value) -> Result<Vec<usize>> {
-    let bad = || field_error(path, tensor, field, "a list of at most 32 non-negative integers", v);
-    let list = v.as_array().filter(|l| l.len() <= MAX_RANK).ok_or_else(bad)?;
+    let bad = || {
+        field_error(
+            path,
+            tensor,
+            field,
+            "a list of at most 32 non-negative integers",
+            v,
+        )
+    };
+    let list = v
+        .as_array()
+        .filter(|l| l.len() <= MAX_RANK)
+        .ok_or_else(bad)?;
     list.iter()
-        .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()).ok_or_else(bad))
+        .map(|d| {
+            d.as_u64()
+                .and_then(|d| usize::try_from(d).ok())
+                .ok_or_else(bad)
+        })
         .collect()
 }
 
 /// The fill value's bytes for one element, little-endian: zeros for `null`.
 fn fill_bytes(path: &Path, tensor: &str, dtype: DType, v: &Value) -> Result<Vec<u8>> {
-    let bad = || field_error(path, tensor, "fill_value", "null, a number, \"NaN\" or \"Infinity\"", v);
+    let bad = || {
+        field_error(
+            path,
+            tensor,
+            "fill_value",
+            "null, a number, \"NaN\" or \"Infinity\"",
+            v,
+        )
+    };
     if v.is_null() {
         return Ok(vec![0; dtype.size()]);
     }
@@ -91,10 +123,22 @@ fn fill_bytes(path: &Path, tensor: &str, dtype: DType, v: &Value) -> Result<Vec<
         DType::F16 => half::f16::from_f64(as_f64).to_le_bytes().to_vec(),
         DType::BF16 => half::bf16::from_f64(as_f64).to_le_bytes().to_vec(),
         DType::I64 => int()?.to_le_bytes().to_vec(),
-        DType::I32 => i32::try_from(int()?).map_err(|_| bad())?.to_le_bytes().to_vec(),
-        DType::I16 => i16::try_from(int()?).map_err(|_| bad())?.to_le_bytes().to_vec(),
-        DType::I8 => i8::try_from(int()?).map_err(|_| bad())?.to_le_bytes().to_vec(),
-        DType::U8 | DType::Bool => u8::try_from(int()?).map_err(|_| bad())?.to_le_bytes().to_vec(),
+        DType::I32 => i32::try_from(int()?)
+            .map_err(|_| bad())?
+            .to_le_bytes()
+            .to_vec(),
+        DType::I16 => i16::try_from(int()?)
+            .map_err(|_| bad())?
+            .to_le_bytes()
+            .to_vec(),
+        DType::I8 => i8::try_from(int()?)
+            .map_err(|_| bad())?
+            .to_le_bytes()
+            .to_vec(),
+        DType::U8 | DType::Bool => u8::try_from(int()?)
+            .map_err(|_| bad())?
+            .to_le_bytes()
+            .to_vec(),
     })
 }
 
@@ -102,7 +146,13 @@ fn fill_bytes(path: &Path, tensor: &str, dtype: DType, v: &Value) -> Result<Vec<
 fn parse_object(path: &Path, tensor: &str, text: &[u8]) -> Result<serde_json::Map<String, Value>> {
     match serde_json::from_slice::<Value>(text) {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(other) => Err(field_error(path, tensor, "(document)", "a JSON object", &other)),
+        Ok(other) => Err(field_error(
+            path,
+            tensor,
+            "(document)",
+            "a JSON object",
+            &other,
+        )),
         Err(e) => Err(Error::ArrayMetadata {
             path: path.to_path_buf(),
             tensor: tensor.to_string(),
@@ -131,30 +181,39 @@ fn chunk_count(path: &Path, tensor: &str, shape: &[usize], chunks: &[usize]) -> 
             found: c as u64,
         });
     }
-    shape
+    let count = shape
         .iter()
         .zip(chunks)
-        .try_fold(1usize, |a, (&s, &c)| a.checked_mul(s.div_ceil(c)))
-        .filter(|&n| n <= MAX_CHUNKS)
-        .ok_or_else(|| bad(u64::MAX))
+        .fold(1u64, |a, (&s, &c)| a.saturating_mul(s.div_ceil(c) as u64));
+    match usize::try_from(count) {
+        Ok(n) if n <= MAX_CHUNKS => Ok(n),
+        _ => Err(bad(count)),
+    }
 }
 
 /// Every grid index in C order, as lists of per-axis indices.
 fn grid_indices(shape: &[usize], chunks: &[usize]) -> impl Iterator<Item = Vec<usize>> {
-    let dims: Vec<usize> = shape.iter().zip(chunks).map(|(&s, &c)| s.div_ceil(c.max(1))).collect();
+    let dims: Vec<usize> = shape
+        .iter()
+        .zip(chunks)
+        .map(|(&s, &c)| s.div_ceil(c.max(1)))
+        .collect();
     let count: usize = dims.iter().product();
     (0..count).map(move |mut lin| {
         let mut idx = vec![0usize; dims.len()];
         for (i, &d) in idx.iter_mut().zip(&dims).rev() {
-            *i = lin % d.max(1);
-            lin /= d.max(1);
+            *i = lin.checked_rem(d).unwrap_or(0);
+            lin = lin.checked_div(d).unwrap_or(0);
         }
         idx
     })
 }
 
 fn join(idx: &[usize], sep: &str) -> String {
-    idx.iter().map(usize::to_string).collect::<Vec<_>>().join(sep)
+    idx.iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(sep)
 }
 
 /// Reads a zarr v2 `.zarray` (`text`, from `meta_path`) over `store`, as the tensor `name`; `id` tells its
@@ -169,33 +228,77 @@ pub(crate) fn read_v2(
     let m = parse_object(meta_path, name, text)?;
     let get = |k: &'static str| m.get(k).unwrap_or(&Value::Null);
     if get("zarr_format").as_u64() != Some(2) {
-        return Err(field_error(meta_path, name, "zarr_format", "2", get("zarr_format")));
+        return Err(field_error(
+            meta_path,
+            name,
+            "zarr_format",
+            "2",
+            get("zarr_format"),
+        ));
     }
     let shape = dims(meta_path, name, "shape", get("shape"))?;
     let chunks = dims(meta_path, name, "chunks", get("chunks"))?;
     if chunks.len() != shape.len() {
-        return Err(field_error(meta_path, name, "chunks", "one extent per axis of the shape", get("chunks")));
+        return Err(field_error(
+            meta_path,
+            name,
+            "chunks",
+            "one extent per axis of the shape",
+            get("chunks"),
+        ));
     }
     let dtype_v = get("dtype");
     let (dtype, byteswap) = match dtype_v.as_str() {
         Some("bfloat16") => (DType::BF16, false),
         Some(d) if !d.starts_with(['<', '>', '|', '=']) => {
-            return Err(field_error(meta_path, name, "dtype", "a numpy type string such as \"<f4\", or \"bfloat16\"", dtype_v))
+            return Err(field_error(
+                meta_path,
+                name,
+                "dtype",
+                "a numpy type string such as \"<f4\", or \"bfloat16\"",
+                dtype_v,
+            ))
         }
         Some(d) if d.ends_with("V2") => {
-            return Err(field_error(meta_path, name, "dtype", "a numpy type string such as \"<f4\", or \"bfloat16\"", dtype_v))
+            return Err(field_error(
+                meta_path,
+                name,
+                "dtype",
+                "a numpy type string such as \"<f4\", or \"bfloat16\"",
+                dtype_v,
+            ))
         }
         Some(d) => match crate::npy::parse_descr(d) {
             Some((dt, swap, _)) => (dt, swap),
-            None => return Err(field_error(meta_path, name, "dtype", "one of <f8 <f4 <f2 bfloat16 <i8 <i4 <i2 |i1 |u1 |b1", dtype_v)),
+            None => {
+                return Err(field_error(
+                    meta_path,
+                    name,
+                    "dtype",
+                    "one of <f8 <f4 <f2 bfloat16 <i8 <i4 <i2 |i1 |u1 |b1",
+                    dtype_v,
+                ))
+            }
         },
         None => return Err(field_error(meta_path, name, "dtype", "a string", dtype_v)),
     };
     if get("order").as_str().unwrap_or("C") != "C" {
-        return Err(field_error(meta_path, name, "order", "\"C\" (Fortran-order chunks are not read)", get("order")));
+        return Err(field_error(
+            meta_path,
+            name,
+            "order",
+            "\"C\" (Fortran-order chunks are not read)",
+            get("order"),
+        ));
     }
     if !(get("filters").is_null() || get("filters").as_array().is_some_and(Vec::is_empty)) {
-        return Err(field_error(meta_path, name, "filters", "null (no filters)", get("filters")));
+        return Err(field_error(
+            meta_path,
+            name,
+            "filters",
+            "null (no filters)",
+            get("filters"),
+        ));
     }
     let compressor = get("compressor");
     let codec = match compressor {
@@ -204,23 +307,56 @@ pub(crate) fn read_v2(
             Some("zstd") => Codec::Zstd,
             Some("gzip") => Codec::Gzip,
             Some("zlib") => Codec::Zlib,
-            _ => return Err(field_error(meta_path, name, "compressor", "null, zstd, gzip or zlib", compressor)),
+            _ => {
+                return Err(field_error(
+                    meta_path,
+                    name,
+                    "compressor",
+                    "null, zstd, gzip or zlib",
+                    compressor,
+                ))
+            }
         },
-        _ => return Err(field_error(meta_path, name, "compressor", "null or an object", compressor)),
+        _ => {
+            return Err(field_error(
+                meta_path,
+                name,
+                "compressor",
+                "null or an object",
+                compressor,
+            ))
+        }
     };
     let sep = match get("dimension_separator") {
         Value::Null => ".",
         Value::String(s) if s == "." || s == "/" => s.as_str(),
-        other => return Err(field_error(meta_path, name, "dimension_separator", "\".\" or \"/\"", other)),
+        other => {
+            return Err(field_error(
+                meta_path,
+                name,
+                "dimension_separator",
+                "\".\" or \"/\"",
+                other,
+            ))
+        }
     };
     let fill = fill_bytes(meta_path, name, dtype, get("fill_value"))?;
     // A 0-d array is one chunk of one element, under the key `0`.
-    let (gshape, gchunks) = if shape.is_empty() { (vec![1], vec![1]) } else { (shape.clone(), chunks) };
+    let (gshape, gchunks) = if shape.is_empty() {
+        (vec![1], vec![1])
+    } else {
+        (shape.clone(), chunks)
+    };
     chunk_count(meta_path, name, &gshape, &gchunks)?;
     let mut stored = Vec::new();
     for idx in grid_indices(&gshape, &gchunks) {
         let key = join(&idx, sep);
-        stored.push(store.get(&key)?.map(|(stored, path)| Chunk { key, path, stored, codec }));
+        stored.push(store.get(&key)?.map(|(stored, path)| Chunk {
+            key,
+            path,
+            stored,
+            codec,
+        }));
     }
     let grid = Grid {
         name: name.to_string(),
@@ -234,7 +370,12 @@ pub(crate) fn read_v2(
     };
     grid.validate(meta_path)?;
     Ok(Array {
-        info: TensorInfo { name: name.to_string(), dtype, shape, stored_as: None },
+        info: TensorInfo {
+            name: name.to_string(),
+            dtype,
+            shape,
+            stored_as: None,
+        },
         grid,
         byteswap,
     })
@@ -242,7 +383,15 @@ pub(crate) fn read_v2(
 
 /// A zarr v3 codec chain's bytes-to-bytes part after `bytes`: none or zstd/gzip, refusing the rest.
 fn v3_codec(meta_path: &Path, name: &str, chain: &Value) -> Result<(Codec, bool)> {
-    let bad = |v: &Value| field_error(meta_path, name, "codecs", "bytes, optionally followed by zstd or gzip", v);
+    let bad = |v: &Value| {
+        field_error(
+            meta_path,
+            name,
+            "codecs",
+            "bytes, optionally followed by zstd or gzip",
+            v,
+        )
+    };
     let list = chain.as_array().ok_or_else(|| bad(chain))?;
     let mut iter = list.iter();
     let first = iter.next().ok_or_else(|| bad(chain))?;
@@ -321,14 +470,22 @@ fn shard_index(
             found: shard.len(),
         });
     }
-    let at = if at_end { shard.len().saturating_sub(index_len) } else { 0 };
+    let at = if at_end {
+        shard.len().saturating_sub(index_len)
+    } else {
+        0
+    };
     let mut index = vec![0u8; usize::try_from(index_len).unwrap_or(0)];
     shard
         .read_at(&mut index, at)
         .map_err(|e| crate::source::read_error(shard_path, name, at, index_len, e))?;
     let (entries, tail) = index.split_at(entries_len);
     if crc {
-        let expected = tail.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()).map(u32::from_le_bytes).unwrap_or(0);
+        let expected = tail
+            .get(..4)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(u32::from_le_bytes)
+            .unwrap_or(0);
         let found = crc32c::crc32c(entries);
         if expected != found {
             return Err(Error::ShardIndexCrc {
@@ -341,11 +498,20 @@ fn shard_index(
         }
     }
     // The inner chunks may only lie in the shard's bytes outside its index.
-    let (lo, hi) = if at_end { (0, at) } else { (index_len, shard.len()) };
+    let (lo, hi) = if at_end {
+        (0, at)
+    } else {
+        (index_len, shard.len())
+    };
     entries
         .chunks_exact(16)
         .map(|e| {
-            let word = |r: std::ops::Range<usize>| e.get(r).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_le_bytes).unwrap_or(u64::MAX);
+            let word = |r: std::ops::Range<usize>| {
+                e.get(r)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_le_bytes)
+                    .unwrap_or(u64::MAX)
+            };
             let (offset, nbytes) = (word(0..8), word(8..16));
             if offset == u64::MAX && nbytes == u64::MAX {
                 return Ok(None);
@@ -375,38 +541,96 @@ pub(crate) fn read_v3(
     let m = parse_object(meta_path, name, text)?;
     let get = |k: &'static str| m.get(k).unwrap_or(&Value::Null);
     if get("zarr_format").as_u64() != Some(3) {
-        return Err(field_error(meta_path, name, "zarr_format", "3", get("zarr_format")));
+        return Err(field_error(
+            meta_path,
+            name,
+            "zarr_format",
+            "3",
+            get("zarr_format"),
+        ));
     }
     if get("node_type").as_str() != Some("array") {
-        return Err(field_error(meta_path, name, "node_type", "\"array\"", get("node_type")));
+        return Err(field_error(
+            meta_path,
+            name,
+            "node_type",
+            "\"array\"",
+            get("node_type"),
+        ));
     }
     let shape = dims(meta_path, name, "shape", get("shape"))?;
     let dtype_v = get("data_type");
-    let dtype = dtype_v
-        .as_str()
-        .and_then(v3_dtype)
-        .ok_or_else(|| field_error(meta_path, name, "data_type", "float64/32/16, bfloat16, int64/32/16/8, uint8 or bool", dtype_v))?;
+    let dtype = dtype_v.as_str().and_then(v3_dtype).ok_or_else(|| {
+        field_error(
+            meta_path,
+            name,
+            "data_type",
+            "float64/32/16, bfloat16, int64/32/16/8, uint8 or bool",
+            dtype_v,
+        )
+    })?;
     let grid_v = get("chunk_grid");
     if grid_v.get("name").and_then(Value::as_str) != Some("regular") {
-        return Err(field_error(meta_path, name, "chunk_grid", "a regular grid", grid_v));
+        return Err(field_error(
+            meta_path,
+            name,
+            "chunk_grid",
+            "a regular grid",
+            grid_v,
+        ));
     }
     let outer = dims(
         meta_path,
         name,
         "chunk_grid",
-        grid_v.get("configuration").and_then(|c| c.get("chunk_shape")).unwrap_or(&Value::Null),
+        grid_v
+            .get("configuration")
+            .and_then(|c| c.get("chunk_shape"))
+            .unwrap_or(&Value::Null),
     )?;
     if outer.len() != shape.len() {
-        return Err(field_error(meta_path, name, "chunk_grid", "one extent per axis of the shape", grid_v));
+        return Err(field_error(
+            meta_path,
+            name,
+            "chunk_grid",
+            "one extent per axis of the shape",
+            grid_v,
+        ));
     }
     let enc = get("chunk_key_encoding");
     let (prefix, sep) = match enc.get("name").and_then(Value::as_str) {
-        Some("default") => ("c", enc.get("configuration").and_then(|c| c.get("separator")).and_then(Value::as_str).unwrap_or("/")),
-        Some("v2") => ("", enc.get("configuration").and_then(|c| c.get("separator")).and_then(Value::as_str).unwrap_or(".")),
-        _ => return Err(field_error(meta_path, name, "chunk_key_encoding", "default or v2", enc)),
+        Some("default") => (
+            "c",
+            enc.get("configuration")
+                .and_then(|c| c.get("separator"))
+                .and_then(Value::as_str)
+                .unwrap_or("/"),
+        ),
+        Some("v2") => (
+            "",
+            enc.get("configuration")
+                .and_then(|c| c.get("separator"))
+                .and_then(Value::as_str)
+                .unwrap_or("."),
+        ),
+        _ => {
+            return Err(field_error(
+                meta_path,
+                name,
+                "chunk_key_encoding",
+                "default or v2",
+                enc,
+            ))
+        }
     };
     if sep != "/" && sep != "." {
-        return Err(field_error(meta_path, name, "chunk_key_encoding", "separator \"/\" or \".\"", enc));
+        return Err(field_error(
+            meta_path,
+            name,
+            "chunk_key_encoding",
+            "separator \"/\" or \".\"",
+            enc,
+        ));
     }
     let key_of = |idx: &[usize]| -> String {
         match (prefix, idx.is_empty()) {
@@ -418,8 +642,12 @@ pub(crate) fn read_v3(
     };
     let fill = fill_bytes(meta_path, name, dtype, get("fill_value"))?;
     let codecs = get("codecs");
-    let list = codecs.as_array().ok_or_else(|| field_error(meta_path, name, "codecs", "a list", codecs))?;
-    let sharding = list.iter().find(|c| c.get("name").and_then(Value::as_str) == Some("sharding_indexed"));
+    let list = codecs
+        .as_array()
+        .ok_or_else(|| field_error(meta_path, name, "codecs", "a list", codecs))?;
+    let sharding = list
+        .iter()
+        .find(|c| c.get("name").and_then(Value::as_str) == Some("sharding_indexed"));
     // A 0-d array: one chunk of one element.
     let rank0 = shape.is_empty();
     let gshape = if rank0 { vec![1] } else { shape.clone() };
@@ -431,22 +659,48 @@ pub(crate) fn read_v3(
             let mut out = Vec::new();
             for idx in grid_indices(&gshape, &gouter) {
                 let key = key_of(if rank0 { &[] } else { &idx });
-                out.push(store.get(&key)?.map(|(stored, path)| Chunk { key, path, stored, codec }));
+                out.push(store.get(&key)?.map(|(stored, path)| Chunk {
+                    key,
+                    path,
+                    stored,
+                    codec,
+                }));
             }
             (out, big, gouter)
         }
         Some(shard) => {
             if list.len() != 1 {
-                return Err(field_error(meta_path, name, "codecs", "sharding_indexed alone", codecs));
+                return Err(field_error(
+                    meta_path,
+                    name,
+                    "codecs",
+                    "sharding_indexed alone",
+                    codecs,
+                ));
             }
             let conf = shard.get("configuration").unwrap_or(&Value::Null);
-            let inner = dims(meta_path, name, "codecs", conf.get("chunk_shape").unwrap_or(&Value::Null))?;
+            let inner = dims(
+                meta_path,
+                name,
+                "codecs",
+                conf.get("chunk_shape").unwrap_or(&Value::Null),
+            )?;
             if inner.len() != shape.len()
-                || inner.iter().zip(&outer).any(|(&i, &o)| i == 0 || o % i != 0)
+                || inner
+                    .iter()
+                    .zip(&outer)
+                    .any(|(&i, &o)| o.checked_rem(i) != Some(0))
             {
-                return Err(field_error(meta_path, name, "codecs", "an inner chunk shape dividing the shard shape", conf));
+                return Err(field_error(
+                    meta_path,
+                    name,
+                    "codecs",
+                    "an inner chunk shape dividing the shard shape",
+                    conf,
+                ));
             }
-            let (codec, big) = v3_codec(meta_path, name, conf.get("codecs").unwrap_or(&Value::Null))?;
+            let (codec, big) =
+                v3_codec(meta_path, name, conf.get("codecs").unwrap_or(&Value::Null))?;
             let index_codecs = conf.get("index_codecs").unwrap_or(&Value::Null);
             let crc = match index_codecs.as_array().map(Vec::as_slice) {
                 Some([b]) if b.get("name").and_then(Value::as_str) == Some("bytes") => false,
@@ -456,57 +710,116 @@ pub(crate) fn read_v3(
                 {
                     true
                 }
-                _ => return Err(field_error(meta_path, name, "index_codecs", "bytes, optionally followed by crc32c", index_codecs)),
+                _ => {
+                    return Err(field_error(
+                        meta_path,
+                        name,
+                        "index_codecs",
+                        "bytes, optionally followed by crc32c",
+                        index_codecs,
+                    ))
+                }
             };
-            let at_end = match conf.get("index_location").and_then(Value::as_str).unwrap_or("end") {
+            let at_end = match conf
+                .get("index_location")
+                .and_then(Value::as_str)
+                .unwrap_or("end")
+            {
                 "end" => true,
                 "start" => false,
-                _ => return Err(field_error(meta_path, name, "index_location", "\"end\" or \"start\"", conf)),
+                _ => {
+                    return Err(field_error(
+                        meta_path,
+                        name,
+                        "index_location",
+                        "\"end\" or \"start\"",
+                        conf,
+                    ))
+                }
             };
-            let (gouter, ginner) = if rank0 { (vec![1], vec![1]) } else { (outer.clone(), inner.clone()) };
-            let per_shard: Vec<usize> = gouter.iter().zip(&ginner).map(|(&o, &i)| o / i.max(1)).collect();
-            let per_count = per_shard.iter().try_fold(1usize, |a, &n| a.checked_mul(n)).filter(|&n| n <= MAX_CHUNKS).ok_or_else(|| Error::ChunkGrid {
-                path: meta_path.to_path_buf(),
-                tensor: name.to_string(),
-                what: "inner chunks per shard at most",
-                expected: MAX_CHUNKS as u64,
-                found: u64::MAX,
-            })?;
+            let (gouter, ginner) = if rank0 {
+                (vec![1], vec![1])
+            } else {
+                (outer.clone(), inner.clone())
+            };
+            let per_shard: Vec<usize> = gouter
+                .iter()
+                .zip(&ginner)
+                .map(|(&o, &i)| o.checked_div(i).unwrap_or(0))
+                .collect();
+            let per_count = per_shard
+                .iter()
+                .try_fold(1usize, |a, &n| a.checked_mul(n))
+                .filter(|&n| n <= MAX_CHUNKS)
+                .ok_or_else(|| Error::ChunkGrid {
+                    path: meta_path.to_path_buf(),
+                    tensor: name.to_string(),
+                    what: "inner chunks per shard at most",
+                    expected: MAX_CHUNKS as u64,
+                    found: u64::MAX,
+                })?;
             chunk_count(meta_path, name, &gshape, &ginner)?;
             chunk_count(meta_path, name, &gshape, &gouter)?;
-            let inner_dims: Vec<usize> = gshape.iter().zip(&ginner).map(|(&s, &c)| s.div_ceil(c)).collect();
+            let inner_dims: Vec<usize> = gshape
+                .iter()
+                .zip(&ginner)
+                .map(|(&s, &c)| s.div_ceil(c))
+                .collect();
             let inner_total: usize = inner_dims.iter().product();
             let mut out: Vec<Option<Chunk>> = vec![None; inner_total];
             for sidx in grid_indices(&gshape, &gouter) {
                 let key = key_of(if rank0 { &[] } else { &sidx });
-                let Some((shard_bytes, shard_path)) = store.get(&key)? else { continue };
-                let index = shard_index(&shard_bytes, &shard_path, name, &key, per_count, at_end, crc)?;
+                let Some((shard_bytes, shard_path)) = store.get(&key)? else {
+                    continue;
+                };
+                let index = shard_index(
+                    &shard_bytes,
+                    &shard_path,
+                    name,
+                    &key,
+                    per_count,
+                    at_end,
+                    crc,
+                )?;
                 for (j, entry) in index.into_iter().enumerate() {
-                    let Some((offset, nbytes)) = entry else { continue };
+                    let Some((offset, nbytes)) = entry else {
+                        continue;
+                    };
                     // The inner chunk's index within the shard, then within the array.
                     let mut rest = j;
                     let mut within = vec![0usize; per_shard.len()];
                     for (w, &n) in within.iter_mut().zip(&per_shard).rev() {
-                        *w = rest % n.max(1);
-                        rest /= n.max(1);
+                        *w = rest.checked_rem(n).unwrap_or(0);
+                        rest = rest.checked_div(n).unwrap_or(0);
                     }
                     let mut lin: Option<usize> = Some(0);
-                    for ((&s, &w), (&p, &d)) in sidx.iter().zip(&within).zip(per_shard.iter().zip(&inner_dims)) {
+                    for ((&s, &w), (&p, &d)) in sidx
+                        .iter()
+                        .zip(&within)
+                        .zip(per_shard.iter().zip(&inner_dims))
+                    {
                         let g = s.checked_mul(p).and_then(|v| v.checked_add(w));
                         lin = match (lin, g) {
-                            (Some(l), Some(g)) if g < d => l.checked_mul(d).and_then(|v| v.checked_add(g)),
+                            (Some(l), Some(g)) if g < d => {
+                                l.checked_mul(d).and_then(|v| v.checked_add(g))
+                            }
                             // An inner chunk wholly past the array's end holds nothing the array shows.
                             _ => None,
                         };
                     }
-                    let Some(slot) = lin.and_then(|l| out.get_mut(l)) else { continue };
-                    let stored = shard_bytes.sub(offset, nbytes).ok_or_else(|| Error::Truncated {
-                        path: shard_path.clone(),
-                        tensor: name.to_string(),
-                        offset,
-                        expected: nbytes,
-                        found: shard_bytes.len().saturating_sub(offset),
-                    })?;
+                    let Some(slot) = lin.and_then(|l| out.get_mut(l)) else {
+                        continue;
+                    };
+                    let stored =
+                        shard_bytes
+                            .sub(offset, nbytes)
+                            .ok_or_else(|| Error::Truncated {
+                                path: shard_path.clone(),
+                                tensor: name.to_string(),
+                                offset,
+                                expected: nbytes,
+                                found: shard_bytes.len().saturating_sub(offset),
+                            })?;
                     *slot = Some(Chunk {
                         key: format!("{key}[{j}]"),
                         path: shard_path.clone(),
@@ -530,7 +843,12 @@ pub(crate) fn read_v3(
     };
     grid.validate(meta_path)?;
     Ok(Array {
-        info: TensorInfo { name: name.to_string(), dtype, shape, stored_as: None },
+        info: TensorInfo {
+            name: name.to_string(),
+            dtype,
+            shape,
+            stored_as: None,
+        },
         grid,
         byteswap: byteswap && dtype.size() > 1,
     })
@@ -549,7 +867,12 @@ impl ChunkStore for FolderStore<'_> {
             return Ok(None);
         };
         Ok(Some((
-            Stored::File { file: Arc::new(file), path: Arc::new(path.clone()), offset: 0, len },
+            Stored::File {
+                file: Arc::new(file),
+                path: Arc::new(path.clone()),
+                offset: 0,
+                len,
+            },
             path,
         )))
     }

@@ -51,7 +51,8 @@ fn every_golden_container_reads_back_its_recorded_bytes() {
         let entry = dir.join(expected["entry"].as_str().unwrap());
         let file = TensorFile::open(&entry).unwrap_or_else(|e| panic!("{case}: {e}"));
         assert_eq!(file.format(), format, "{case}");
-        let mut rows: Vec<&serde_json::Value> = expected["params"].as_array().unwrap().iter().collect();
+        let mut rows: Vec<&serde_json::Value> =
+            expected["params"].as_array().unwrap().iter().collect();
         rows.extend(expected["non_params"].as_array().into_iter().flatten());
         let mut arrays = 0;
         for row in rows {
@@ -59,24 +60,50 @@ fn every_golden_container_reads_back_its_recorded_bytes() {
             if row["dtype"].is_null() {
                 // A plain msgpack integer (`step`): listed beside the tensors, not read as one.
                 assert!(
-                    file.non_tensor_entries().iter().any(|o| o.starts_with(name)),
+                    file.non_tensor_entries()
+                        .iter()
+                        .any(|o| o.starts_with(name)),
                     "{case}: {name} not listed in {:?}",
                     file.non_tensor_entries()
                 );
                 continue;
             }
             arrays += 1;
-            let info = file.get(name).unwrap_or_else(|| panic!("{case}: no tensor {name}"));
-            assert_eq!(dtype_name(info.dtype), row["dtype"].as_str().unwrap(), "{case}: {name}");
-            let shape: Vec<usize> = row["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+            let info = file
+                .get(name)
+                .unwrap_or_else(|| panic!("{case}: no tensor {name}"));
+            assert_eq!(
+                dtype_name(info.dtype),
+                row["dtype"].as_str().unwrap(),
+                "{case}: {name}"
+            );
+            let shape: Vec<usize> = row["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap() as usize)
+                .collect();
             assert_eq!(info.shape, shape, "{case}: {name}");
             let bytes = file.read(name).unwrap_or_else(|e| panic!("{case}: {e}"));
-            assert_eq!(hex(&Sha256::digest(&bytes)), row["sha256"].as_str().unwrap(), "{case}: {name}");
+            assert_eq!(
+                hex(&Sha256::digest(&bytes)),
+                row["sha256"].as_str().unwrap(),
+                "{case}: {name}"
+            );
             // Streamed through the chunked reader too, in small pieces.
             let mut hasher = Sha256::new();
-            file.read_chunked(name, 40, |piece| hasher.update(piece)).unwrap();
-            assert_eq!(hex(&hasher.finalize()), row["sha256"].as_str().unwrap(), "{case}: {name} chunked");
+            file.read_chunked(name, 40, |piece| hasher.update(piece))
+                .unwrap();
+            assert_eq!(
+                hex(&hasher.finalize()),
+                row["sha256"].as_str().unwrap(),
+                "{case}: {name} chunked"
+            );
         }
-        assert_eq!(file.tensors().len(), arrays, "{case}: tensors beyond the recorded ones");
+        assert_eq!(
+            file.tensors().len(),
+            arrays,
+            "{case}: tensors beyond the recorded ones"
+        );
     }
 }

@@ -1,0 +1,200 @@
+//! Checkpoint containers through the binary: `inspect` and `npz-to-pt` take a big_vision `.bv` workdir (or its
+//! `checkpoint.bv` prefix), an Orbax step or its parent, and a flax msgpack file as they take an `.npz`; the
+//! conversion equals the `.npz` conversion; damaged and hostile checkpoints are refused on one line naming
+//! the file and the array.
+
+use std::path::Path;
+
+use vitconv_tensors::TensorFile;
+
+use crate::common::{assert_bad_input, fixture, scratch, stdout, vitconv};
+
+/// Every tensor of a written file, in order.
+fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let f = TensorFile::open(path).expect("output opens");
+    f.tensors()
+        .iter()
+        .map(|t| (t.name.clone(), f.read(&t.name).expect("bytes")))
+        .collect()
+}
+
+/// Copies a fixture folder into `dir` (writable), returning the copy's path.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read_dir") {
+        let e = e.expect("entry");
+        let target = to.join(e.file_name());
+        if e.file_type().expect("type").is_dir() {
+            copy_tree(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).expect("copy");
+        }
+    }
+}
+
+#[test]
+fn inspect_names_the_container_step_and_family() {
+    for (entry, kind, family) in [
+        (
+            "containers/bv-vit-map-scan/workdir",
+            "big_vision .bv",
+            "big_vision |",
+        ),
+        (
+            "containers/bv-siglip-tiny-sharded/workdir/checkpoint.bv",
+            "step 000000250",
+            "siglip |",
+        ),
+        (
+            "containers/orbax-vit-token/workdir",
+            "the newest complete of 1 steps",
+            "vit_jax |",
+        ),
+        (
+            "containers/orbax-bv-v1-zarr3/ckpt",
+            "OCDBT, zarr v3",
+            "big_vision |",
+        ),
+        (
+            "containers/orbax-bv-noocdbt/ckpt",
+            "Orbax (zarr v2)",
+            "big_vision |",
+        ),
+    ] {
+        let o = vitconv(["inspect".as_ref(), fixture(entry).as_os_str()]);
+        let out = stdout(&o);
+        assert_eq!(o.status.code(), Some(0), "{entry}: {out}");
+        assert!(
+            out.contains("checkpoint: ") && out.contains(kind),
+            "{entry}: {out}"
+        );
+        assert!(out.contains(family), "{entry}: {out}");
+    }
+    let o = vitconv([
+        "inspect".as_ref(),
+        fixture("containers/msgpack-vit-token/checkpoint_100").as_os_str(),
+    ]);
+    let out = stdout(&o);
+    assert!(
+        out.contains("(msgpack, 81 tensors)") && out.contains("step = int 100"),
+        "{out}"
+    );
+}
+
+#[test]
+fn containers_convert_to_the_npz_conversion_bytes() {
+    let dir = scratch();
+    for (entry, npz) in [
+        (
+            "containers/orbax-vit-token/workdir",
+            "vit-token/checkpoint.npz",
+        ),
+        (
+            "containers/msgpack-vit-token/checkpoint_100",
+            "vit-token/checkpoint.npz",
+        ),
+        (
+            "containers/bv-vit-map-scan/workdir/checkpoint.bv",
+            "big_vision/bv-vit-map-scan/checkpoint.npz",
+        ),
+        (
+            "containers/orbax-bv-std/ckpt",
+            "big_vision/bv-vit-map-scan/checkpoint.npz",
+        ),
+    ] {
+        let want = dir.path().join("want.safetensors");
+        let got = dir.path().join("got.safetensors");
+        for (src, out) in [(fixture(npz), &want), (fixture(entry), &got)] {
+            let o = vitconv([
+                "npz-to-pt".as_ref(),
+                src.as_os_str(),
+                out.as_os_str(),
+                "--layout".as_ref(),
+                "timm".as_ref(),
+                "--drop-head".as_ref(),
+                "--force".as_ref(),
+            ]);
+            assert_eq!(
+                o.status.code(),
+                Some(0),
+                "{entry}: {}",
+                crate::common::stderr(&o)
+            );
+        }
+        assert!(
+            tensors(&want) == tensors(&got),
+            "{entry}: differs from {npz}"
+        );
+    }
+}
+
+#[test]
+fn damaged_and_hostile_checkpoints_are_refused_by_name() {
+    let dir = scratch();
+    let case = dir.path().join("bv");
+    copy_tree(&fixture("containers/bv-vit-map-scan/workdir"), &case);
+    let step = case.join("checkpoint.bv-000000100");
+    let kernel = step.join("params~embedding~kernel");
+    let convert = |src: &Path| {
+        vitconv([
+            "npz-to-pt".as_ref(),
+            src.as_os_str(),
+            dir.path().join("out.safetensors").as_os_str(),
+            "--layout".as_ref(),
+            "timm".as_ref(),
+            "--drop-head".as_ref(),
+        ])
+    };
+
+    // A chunk cut short decodes to fewer bytes than its chunk shape needs.
+    let chunk = kernel.join("0.0.0.0");
+    let good = std::fs::read(&chunk).expect("chunk");
+    std::fs::write(&chunk, &good[..good.len() / 2]).expect("write");
+    assert_bad_input(&convert(&case), "params/embedding/kernel");
+    assert!(!dir.path().join("out.safetensors").exists());
+
+    // A chunk that is not zstd data at all.
+    std::fs::write(&chunk, vec![0x55u8; good.len()]).expect("write");
+    assert_bad_input(&convert(&case), "not valid zstd data");
+
+    // A chunk replaced by a link out of the checkpoint folder.
+    std::fs::remove_file(&chunk).expect("rm");
+    let outside = dir.path().join("outside.bin");
+    std::fs::write(&outside, &good).expect("write");
+    std::os::unix::fs::symlink(&outside, &chunk).expect("symlink");
+    assert_bad_input(&convert(&case), "outside the checkpoint folder");
+
+    // A chunk that is a FIFO is refused by kind, never opened for a blocking read.
+    std::fs::remove_file(&chunk).expect("rm");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&chunk)
+        .status()
+        .expect("mkfifo");
+    assert!(status.success());
+    assert_bad_input(&convert(&case), "named pipe");
+    std::fs::remove_file(&chunk).expect("rm");
+    std::fs::write(&chunk, &good).expect("restore");
+
+    // A `.zarray` that claims a huge array whose chunks are missing: refused before anything is allocated.
+    let zarray = kernel.join(".zarray");
+    let text = std::fs::read_to_string(&zarray).expect("zarray");
+    let lying = text
+        .replacen("\"shape\":[", "\"shape\":[200000,", 1)
+        .replacen("\"chunks\":[", "\"chunks\":[1,", 1);
+    assert_ne!(
+        lying, text,
+        "the fixture's .zarray spells shape and chunks as expected"
+    );
+    std::fs::write(&zarray, lying).expect("write");
+    assert_bad_input(&convert(&case), "chunks are missing");
+    std::fs::write(&zarray, &text).expect("restore");
+
+    // An unknown compressor is named.
+    std::fs::write(&zarray, text.replacen("\"zstd\"", "\"blosc\"", 1)).expect("write");
+    assert_bad_input(&convert(&case), "compressor");
+    std::fs::write(&zarray, &text).expect("restore");
+
+    // `-LAST` naming a folder that does not exist.
+    std::fs::write(case.join("checkpoint.bv-LAST"), "000000999").expect("write");
+    assert_bad_input(&convert(&case), "checkpoint.bv-000000999");
+}
