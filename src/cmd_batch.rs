@@ -1,6 +1,6 @@
-//! Batch mode of `vitconv npz-to-pt`: converts every `.npz` under a directory into the same relative paths under
-//! another, several at once, skips the outputs that are up to date, and reports the whole set in one table (or
-//! JSON).
+//! Batch mode of `vitconv npz-to-pt`: converts every checkpoint under a directory (`.npz` files, flax msgpack
+//! files, big_vision `.bv` workdirs, Orbax steps) into the same relative paths under another, several at once,
+//! skips the outputs that are up to date, and reports the whole set in one table (or JSON).
 //!
 //! Resuming rests on a manifest in the output directory, [`MANIFEST`]: one JSON line per event, appended as it
 //! happens, so that an interrupted run leaves a usable record. A file is `started` just before its output is
@@ -43,6 +43,8 @@ pub struct Batch {
     pub force: bool,
     pub quiet: bool,
     pub json: bool,
+    /// Of each folder of Orbax steps, only the newest complete step.
+    pub latest: bool,
     /// The conversion options every file gets (`overwrite` is set per file).
     pub opts: Options,
 }
@@ -217,12 +219,24 @@ impl Manifest {
 /// A source's size and modification time (nanoseconds since the Unix epoch, negative before it).
 fn stamp(path: &Path) -> std::io::Result<(u64, i64)> {
     let meta = std::fs::metadata(path)?;
-    let mtime = meta.modified()?;
-    let ns = match mtime.duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
-        Err(e) => i64::try_from(e.duration().as_nanos()).map_or(i64::MIN, |n| -n),
+    let ns = |m: &std::fs::Metadata| -> std::io::Result<i64> {
+        Ok(match m.modified()?.duration_since(UNIX_EPOCH) {
+            Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+            Err(e) => i64::try_from(e.duration().as_nanos()).map_or(i64::MIN, |n| -n),
+        })
     };
-    Ok((meta.len(), ns))
+    if !meta.is_dir() {
+        return Ok((meta.len(), ns(&meta)?));
+    }
+    // A checkpoint folder: its entries' sizes and the newest time among them and the folder itself, so that a
+    // new step (a new folder, a rewritten `checkpoint.bv-LAST`) or a rewritten metadata file counts as a change.
+    let (mut size, mut newest) = (0u64, ns(&meta)?);
+    for e in std::fs::read_dir(path)? {
+        let m = e?.metadata()?;
+        size = size.saturating_add(if m.is_dir() { 0 } else { m.len() });
+        newest = newest.max(ns(&m)?);
+    }
+    Ok((size, newest))
 }
 
 /// Whether `path` holds something a conversion would replace: a file, or a directory with anything in it.
@@ -247,10 +261,12 @@ struct Found {
     unreadable: Vec<(PathBuf, String)>,
 }
 
-/// Every `.npz` under `dir` (recursively, in name order) and the directories that could not be read. Symbolic
-/// links to files are followed, links to directories are not (so a link cannot make the walk loop), and `skip`
-/// (the output directory, when it lies inside) is not entered.
-fn find_sources(dir: &Path, skip: Option<&Path>) -> Found {
+/// Every checkpoint under `dir` (recursively, in name order) and the directories that could not be read:
+/// `.npz` files, flax msgpack files (`*.msgpack`, `checkpoint_<step>`, told by their content), big_vision
+/// workdirs and step folders, and Orbax steps (each complete one, or with `latest` the newest complete one of
+/// each folder of steps). Symbolic links to files are followed, links to directories are not (so a link cannot
+/// make the walk loop), and `skip` (the output directory, when it lies inside) is not entered.
+fn find_sources(dir: &Path, skip: Option<&Path>, latest: bool) -> Found {
     let mut found = Vec::new();
     let mut unreadable = Vec::new();
     let mut pending = vec![PathBuf::new()];
@@ -268,6 +284,8 @@ fn find_sources(dir: &Path, skip: Option<&Path>) -> Found {
             }
         };
         let mut subdirs = Vec::new();
+        // Complete Orbax steps in this folder, with their step numbers, for `latest`.
+        let mut steps: Vec<(u64, PathBuf)> = Vec::new();
         for e in entries {
             let child = rel.join(e.file_name());
             let Ok(kind) = e.file_type() else {
@@ -277,15 +295,35 @@ fn find_sources(dir: &Path, skip: Option<&Path>) -> Found {
                 let inside_output = skip.is_some_and(|s| {
                     std::fs::canonicalize(e.path()).is_ok_and(|c| c.as_path() == s)
                 });
-                if !inside_output {
-                    subdirs.push(child);
+                if inside_output {
+                    continue;
+                }
+                match vitconv_tensors::folder_kind(&e.path()) {
+                    vitconv_tensors::FolderKind::Checkpoint => found.push((child, 0)),
+                    // A step still being written (or abandoned) is not a checkpoint yet.
+                    vitconv_tensors::FolderKind::OrbaxStep {
+                        complete: false, ..
+                    } => {}
+                    vitconv_tensors::FolderKind::OrbaxStep { step, .. } => {
+                        steps.push((step.unwrap_or(0), child));
+                    }
+                    vitconv_tensors::FolderKind::Other => subdirs.push(child),
                 }
                 continue;
             }
             let is_npz = child
                 .extension()
                 .is_some_and(|x| x.eq_ignore_ascii_case("npz"));
-            if !is_npz {
+            let msgpack_name = child
+                .extension()
+                .is_some_and(|x| x.eq_ignore_ascii_case("msgpack"))
+                || child
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_prefix("checkpoint_"))
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+            let is_msgpack = msgpack_name && vitconv_tensors::is_msgpack_file(&e.path());
+            if !(is_npz || is_msgpack) {
                 continue;
             }
             // A link is followed to what it names; a link to a directory or a dangling one is not a source.
@@ -294,6 +332,11 @@ fn find_sources(dir: &Path, skip: Option<&Path>) -> Found {
                 _ => {}
             }
         }
+        if latest {
+            steps.sort();
+            steps = steps.pop().into_iter().collect();
+        }
+        found.extend(steps.into_iter().map(|(_, child)| (child, 0)));
         pending.extend(subdirs);
     }
     // The walk's own order is depth-first; the report is in path order.
@@ -309,9 +352,21 @@ fn plan_entries(batch: &Batch, found: Vec<(PathBuf, u64)>) -> Vec<Entry> {
     let mut entries: Vec<Entry> = found
         .into_iter()
         .map(|(rel, size)| {
-            let out_rel = match batch.ext {
-                Some(ext) => rel.with_extension(ext),
-                None => rel.with_extension(""),
+            // An `.npz` or `.msgpack` file's extension is replaced; a folder's or a bare file's name is kept
+            // whole (`checkpoint_100` -> `checkpoint_100.safetensors`), so that `ckpt.v2` keeps its `.v2`.
+            let replaced = rel.extension().is_some_and(|x| {
+                x.eq_ignore_ascii_case("npz") || x.eq_ignore_ascii_case("msgpack")
+            });
+            let out_rel = match (batch.ext, replaced) {
+                (Some(ext), true) => rel.with_extension(ext),
+                (None, true) => rel.with_extension(""),
+                (Some(ext), false) => {
+                    let mut name = rel.clone().into_os_string();
+                    name.push(".");
+                    name.push(ext);
+                    PathBuf::from(name)
+                }
+                (None, false) => rel.clone(),
             };
             Entry {
                 output: batch.output_dir.join(out_rel),
@@ -569,9 +624,12 @@ pub fn run(batch: &Batch) -> anyhow::Result<ExitCode> {
         );
     }
     let skip = std::fs::canonicalize(&batch.output_dir).ok();
-    let found = find_sources(&batch.source_dir, skip.as_deref());
+    let found = find_sources(&batch.source_dir, skip.as_deref(), batch.latest);
     if found.sources.is_empty() && found.unreadable.is_empty() {
-        anyhow::bail!("{}: no .npz files under it", batch.source_dir.display());
+        anyhow::bail!(
+            "{}: no checkpoint under it (.npz, flax msgpack, big_vision .bv, Orbax)",
+            batch.source_dir.display()
+        );
     }
     let mut entries = plan_entries(batch, found.sources);
     entries.extend(found.unreadable.into_iter().map(|(rel, why)| Entry {

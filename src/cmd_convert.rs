@@ -148,6 +148,10 @@ pub struct ConvertArgs {
     /// Batch mode: print the summary as JSON on stdout instead of a table.
     #[arg(long)]
     json: bool,
+    /// Batch mode: of a folder of Orbax steps, convert only the newest complete step (default: every
+    /// complete step).
+    #[arg(long)]
+    latest: bool,
 }
 
 impl ConvertArgs {
@@ -238,6 +242,7 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
         ("--jobs", args.jobs.is_some()),
         ("--ext", args.ext.is_some()),
         ("--json", args.json),
+        ("--latest", args.latest),
     ];
     if let Some((flag, _)) = batch_only.iter().find(|(_, given)| *given) {
         anyhow::bail!(
@@ -355,6 +360,7 @@ fn run_batch(args: &ConvertArgs, opts: Options) -> anyhow::Result<ExitCode> {
         force: args.force,
         quiet: args.quiet,
         json: args.json,
+        latest: args.latest,
         opts,
     };
     crate::cmd_batch::run(&batch)

@@ -503,7 +503,7 @@ fn batch_usage_errors_are_one_line() {
     let empty = dir.path().join("empty");
     std::fs::create_dir_all(empty.join("sub")).unwrap();
     let o = batch(&empty, &dir.path().join("out"), "timm", &[]);
-    assert_bad_input(&o, "no .npz files");
+    assert_bad_input(&o, "no checkpoint under it");
     assert!(
         !dir.path().join("out").exists(),
         "a run with nothing to do made OUTPUT"

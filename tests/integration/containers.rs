@@ -198,3 +198,141 @@ fn damaged_and_hostile_checkpoints_are_refused_by_name() {
     std::fs::write(case.join("checkpoint.bv-LAST"), "000000999").expect("write");
     assert_bad_input(&convert(&case), "checkpoint.bv-000000999");
 }
+
+/// Runs batch mode with `--json` and returns the exit code and source -> status.
+fn batch(src: &Path, out: &Path, extra: &[&str]) -> (Option<i32>, Vec<(String, String)>) {
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "npz-to-pt".into(),
+        src.into(),
+        out.into(),
+        "--layout".into(),
+        "timm".into(),
+        "--drop-head".into(),
+        "--json".into(),
+    ];
+    args.extend(extra.iter().map(Into::into));
+    let o = vitconv(&args);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o))
+        .unwrap_or_else(|e| panic!("{e}: {} {}", stdout(&o), crate::common::stderr(&o)));
+    let files = v["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .map(|f| {
+            (
+                f["source"].as_str().expect("source").to_string(),
+                f["status"].as_str().expect("status").to_string(),
+            )
+        })
+        .collect();
+    (o.status.code(), files)
+}
+
+#[test]
+fn batch_mode_finds_every_kind_of_checkpoint_and_resumes() {
+    let dir = scratch();
+    let src = dir.path().join("src");
+    copy_tree(
+        &fixture("containers/bv-vit-map-scan/workdir"),
+        &src.join("bv/workdir"),
+    );
+    let step = fixture("containers/orbax-vit-token/workdir/checkpoint_100");
+    copy_tree(&step, &src.join("orbax/run/checkpoint_100"));
+    copy_tree(&step, &src.join("orbax/run/checkpoint_200"));
+    // A step still being written: no commit marker, and a temporary name.
+    copy_tree(
+        &step,
+        &src.join("orbax/run/checkpoint_300.orbax-checkpoint-tmp-1"),
+    );
+    std::fs::remove_file(
+        src.join("orbax/run/checkpoint_300.orbax-checkpoint-tmp-1/commit_success.txt"),
+    )
+    .expect("rm");
+    std::fs::remove_file(
+        src.join("orbax/run/checkpoint_300.orbax-checkpoint-tmp-1/_CHECKPOINT_METADATA"),
+    )
+    .expect("rm");
+    std::fs::create_dir_all(src.join("mp")).expect("mkdir");
+    std::fs::copy(
+        fixture("containers/msgpack-vit-token/checkpoint_100"),
+        src.join("mp/checkpoint_100"),
+    )
+    .expect("copy");
+    std::fs::copy(
+        fixture("containers/msgpack-bv-hfstyle/flax_model.msgpack"),
+        src.join("mp/flax_model.msgpack"),
+    )
+    .expect("copy");
+    std::fs::copy(fixture("vit-token/checkpoint.npz"), src.join("mp/a.npz")).expect("copy");
+    // Named like a checkpoint, but text: not a source.
+    std::fs::create_dir_all(src.join("notes")).expect("mkdir");
+    std::fs::write(src.join("notes/checkpoint_5"), "not a checkpoint").expect("write");
+
+    let out = dir.path().join("out");
+    let (code, files) = batch(&src, &out, &[]);
+    let want: Vec<(String, String)> = [
+        "bv/workdir",
+        "mp/a.npz",
+        "mp/checkpoint_100",
+        "mp/flax_model.msgpack",
+        "orbax/run/checkpoint_100",
+        "orbax/run/checkpoint_200",
+    ]
+    .iter()
+    .map(|s| (s.to_string(), "converted".to_string()))
+    .collect();
+    assert_eq!(files, want);
+    assert_eq!(code, Some(0));
+    // Each output equals the single conversion of its source.
+    for (source, output) in [
+        ("bv/workdir", "bv/workdir.safetensors"),
+        ("mp/checkpoint_100", "mp/checkpoint_100.safetensors"),
+        ("mp/flax_model.msgpack", "mp/flax_model.safetensors"),
+        (
+            "orbax/run/checkpoint_200",
+            "orbax/run/checkpoint_200.safetensors",
+        ),
+    ] {
+        let single = dir.path().join("single.safetensors");
+        let o = vitconv([
+            "npz-to-pt".as_ref(),
+            src.join(source).as_os_str(),
+            single.as_os_str(),
+            "--layout".as_ref(),
+            "timm".as_ref(),
+            "--drop-head".as_ref(),
+            "--force".as_ref(),
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", crate::common::stderr(&o));
+        assert!(tensors(&single) == tensors(&out.join(output)), "{source}");
+    }
+
+    // A second run finds everything up to date.
+    let (code, files) = batch(&src, &out, &[]);
+    assert_eq!(code, Some(0));
+    assert!(files.iter().all(|(_, s)| s == "skipped"), "{files:?}");
+
+    // A new step in a workdir (big_vision rewrites -LAST) counts as a change.
+    let bv = src.join("bv/workdir");
+    copy_tree(
+        &bv.join("checkpoint.bv-000000100"),
+        &bv.join("checkpoint.bv-000000200"),
+    );
+    std::fs::write(bv.join("checkpoint.bv-LAST"), "000000200").expect("write");
+    let (_, files) = batch(&src, &out, &[]);
+    let bv_status = files
+        .iter()
+        .find(|(s, _)| s == "bv/workdir")
+        .map(|(_, st)| st.as_str());
+    assert_eq!(bv_status, Some("converted"), "{files:?}");
+
+    // `--latest`: one step of each folder of steps, the newest complete one.
+    let (code, files) = batch(&src, &dir.path().join("latest"), &["--latest"]);
+    assert_eq!(code, Some(0));
+    let orbax: Vec<&str> = files
+        .iter()
+        .map(|(s, _)| s.as_str())
+        .filter(|s| s.starts_with("orbax/"))
+        .collect();
+    assert_eq!(orbax, ["orbax/run/checkpoint_200"]);
+}

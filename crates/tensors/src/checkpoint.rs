@@ -425,6 +425,18 @@ fn item_dirs(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Whether `dir` is one Orbax step: its step number (from its name) and whether it was committed.
+pub(crate) fn orbax_step(dir: &Path) -> Option<(Option<u64>, bool)> {
+    if !dir.is_dir() || !is_orbax_step(dir) {
+        return None;
+    }
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let step = step_of(dir).and_then(|s| s.parse::<u64>().ok());
+    let complete = !name.contains("tmp")
+        && (dir.join("commit_success.txt").is_file() || dir.join("_CHECKPOINT_METADATA").is_file());
+    Some((step, complete))
+}
+
 /// The Orbax step folder a path names, and how it was chosen.
 fn resolve_orbax(path: &Path) -> Result<Option<(PathBuf, Option<String>)>> {
     if !std::fs::metadata(path)

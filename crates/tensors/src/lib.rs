@@ -160,6 +160,7 @@ pub mod fuzzing {
 
 pub use bands::ColumnBands;
 pub use checkpoint::CheckpointInfo;
+
 pub use dirs::{create_dirs, CreatedDirs};
 pub use dtype::DType;
 pub use error::{Error, Result};
@@ -887,6 +888,49 @@ fn orbax_open(p: &Probe<'_>) -> Result<Opened> {
 pub fn is_checkpoint_folder(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_dir())
         && CONTAINERS.iter().any(|c| (c.claims)(&Probe::Folder(path)))
+}
+
+/// What a folder met while looking for checkpoints under a directory is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FolderKind {
+    /// One checkpoint to convert: a big_vision workdir or step folder, or one Orbax step.
+    Checkpoint,
+    /// A folder of Orbax steps: each step is a checkpoint of its own; the number is the step, for choosing
+    /// the newest, and `complete` says whether the step finished writing.
+    OrbaxStep {
+        /// The step its name gives, if any.
+        step: Option<u64>,
+        /// Whether the step was committed (`commit_success.txt` or `_CHECKPOINT_METADATA`, no `tmp` name).
+        complete: bool,
+    },
+    /// Anything else: a folder to look inside.
+    Other,
+}
+
+/// Tells what the folder `path` is, for a walk that looks for checkpoints (batch mode).
+pub fn folder_kind(path: &Path) -> FolderKind {
+    if checkpoint::is_big_vision(path) {
+        return FolderKind::Checkpoint;
+    }
+    match checkpoint::orbax_step(path) {
+        Some((step, complete)) => FolderKind::OrbaxStep { step, complete },
+        None => FolderKind::Other,
+    }
+}
+
+/// Whether the regular file `path` starts like a flax msgpack checkpoint (a map keyed by strings).
+pub fn is_msgpack_file(path: &Path) -> bool {
+    let Ok(file) = open_for_reading(path) else {
+        return false;
+    };
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return false;
+    }
+    let mut head = [0u8; SNIFF_LEN];
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let n = usize::try_from(len).unwrap_or(SNIFF_LEN).min(SNIFF_LEN);
+    let head = head.get_mut(..n).unwrap_or_default();
+    source::read_exact_at(&file, head, 0).is_ok() && msgpack::sniff(head)
 }
 
 /// Describes a folder no container claims, for the error message.
