@@ -13,7 +13,7 @@
 # Needs cargo-fuzz; stable Rust gets the nightly flags it uses from RUSTC_BOOTSTRAP=1.
 set -euo pipefail
 
-ALL_TARGETS=(npy_header npz pickle pt safetensors zip_alias detect ocdbt msgpack)
+ALL_TARGETS=(npy_header npz pickle pt safetensors zip_alias detect ocdbt msgpack zarr)
 if [[ $# -ne 2 ]] || ! [[ $2 =~ ^[0-9]+$ ]]; then
     echo "usage: $0 TARGET|all SECONDS   (targets: ${ALL_TARGETS[*]})" >&2
     exit 2
@@ -40,14 +40,14 @@ max_len() {
     [[ -n ${FUZZ_MAX_LEN:-} ]] && { echo "$FUZZ_MAX_LEN"; return; }
     case $1 in
         npy_header) echo 4096 ;;
-        pickle | detect | ocdbt) echo 65536 ;;
+        pickle | detect | ocdbt | zarr) echo 65536 ;;
         *) echo 1048576 ;;
     esac
 }
 
 # Seeds every corpus (cp -n: what the fuzzer found before is kept).
 seed() {
-    mkdir -p "$corpus"/{npy_header,npz,pickle,pt,safetensors,zip_alias,detect,ocdbt,msgpack}
+    mkdir -p "$corpus"/{npy_header,npz,pickle,pt,safetensors,zip_alias,detect,ocdbt,msgpack,zarr}
     local f name tmp
     for f in fixtures/*/*.npy; do
         name=$(echo "${f#fixtures/}" | tr / _)

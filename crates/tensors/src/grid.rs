@@ -743,3 +743,235 @@ impl Read for GridReader {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds a grid over `shape` cut into `chunk`-shaped chunks stored raw in memory (edge chunks padded with
+    /// 0xEE), leaving out the chunks `missing` names; element `i` of the array (C order) is `i` as u16.
+    fn grid(shape: &[usize], chunk: &[usize], missing: &[usize], clipped: bool) -> Grid {
+        let dims: Vec<usize> = shape
+            .iter()
+            .zip(chunk)
+            .map(|(s, c)| s.div_ceil(*c))
+            .collect();
+        let count: usize = dims.iter().product();
+        let mut chunks = Vec::new();
+        for lin in 0..count {
+            let mut g = vec![0; dims.len()];
+            let mut rest = lin;
+            for (gi, d) in g.iter_mut().zip(&dims).rev() {
+                *gi = rest % d;
+                rest /= d;
+            }
+            let n: usize = chunk.iter().product();
+            let mut data = Vec::new();
+            for j in 0..n {
+                let mut idx = vec![0; chunk.len()];
+                let mut rest = j;
+                for (ix, c) in idx.iter_mut().zip(chunk).rev() {
+                    *ix = rest % c;
+                    rest /= c;
+                }
+                let pos: Vec<usize> = idx
+                    .iter()
+                    .zip(&g)
+                    .zip(chunk)
+                    .map(|((i, g), c)| g * c + i)
+                    .collect();
+                if pos.iter().zip(shape).any(|(p, s)| p >= s) {
+                    if !clipped {
+                        data.extend([0xEE, 0xEE]);
+                    }
+                    continue;
+                }
+                let flat = pos.iter().zip(shape).fold(0, |a, (p, s)| a * s + p);
+                data.extend((flat as u16).to_le_bytes());
+            }
+            let len = data.len();
+            chunks.push((!missing.contains(&lin)).then(|| Chunk {
+                key: lin.to_string(),
+                path: PathBuf::from("mem"),
+                stored: Stored::Inline {
+                    data: Arc::from(data),
+                    offset: 0,
+                    len,
+                },
+                codec: Codec::Raw,
+            }));
+        }
+        Grid {
+            name: "t".into(),
+            id: 0,
+            shape: shape.to_vec(),
+            chunk_shape: chunk.to_vec(),
+            elem: 2,
+            fill: vec![0xAB, 0xCD],
+            chunks,
+            clipped,
+        }
+    }
+
+    /// The array the grid must read as: each element's index, or the fill where its chunk is missing.
+    fn expected(shape: &[usize], chunk: &[usize], missing: &[usize]) -> Vec<u8> {
+        let dims: Vec<usize> = shape
+            .iter()
+            .zip(chunk)
+            .map(|(s, c)| s.div_ceil(*c))
+            .collect();
+        let n: usize = shape.iter().product();
+        let mut out = Vec::new();
+        for flat in 0..n {
+            let mut pos = vec![0; shape.len()];
+            let mut rest = flat;
+            for (p, s) in pos.iter_mut().zip(shape).rev() {
+                *p = rest % s;
+                rest /= s;
+            }
+            let lin = pos
+                .iter()
+                .zip(chunk)
+                .zip(&dims)
+                .fold(0, |a, ((p, c), d)| a * d + p / c);
+            if missing.contains(&lin) {
+                out.extend([0xAB, 0xCD]);
+            } else {
+                out.extend((flat as u16).to_le_bytes());
+            }
+        }
+        out
+    }
+
+    fn read_all(g: Grid, piece: usize) -> io::Result<Vec<u8>> {
+        let mut r = GridReader::new(Arc::new(g));
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; piece];
+        loop {
+            let n = r.read(&mut buf)?;
+            if n == 0 {
+                return Ok(out);
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    #[test]
+    fn grids_split_along_any_axis_read_as_the_array() {
+        let cases: &[(&[usize], &[usize], &[usize])] = &[
+            (&[5, 7, 3], &[2, 3, 2], &[]),
+            (&[5, 7, 3], &[2, 3, 2], &[1, 7, 10]),
+            (&[4, 6], &[4, 6], &[]),
+            (&[4, 6], &[1, 6], &[2]),
+            (&[4, 6], &[4, 2], &[]),
+            (&[9], &[4], &[1]),
+            (&[8, 8, 3, 16], &[8, 8, 3, 4], &[]),
+            (&[3, 1, 5], &[2, 1, 5], &[]),
+        ];
+        for &(shape, chunk, missing) in cases {
+            for piece in [1, 3, 64, 4096] {
+                let got = read_all(grid(shape, chunk, missing, false), piece).unwrap();
+                assert_eq!(
+                    got,
+                    expected(shape, chunk, missing),
+                    "{shape:?} / {chunk:?} missing {missing:?}, pieces of {piece}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn clipped_pieces_read_as_the_array() {
+        let got = read_all(grid(&[10], &[4], &[], true), 5).unwrap();
+        assert_eq!(got, expected(&[10], &[4], &[]));
+    }
+
+    #[test]
+    fn a_short_or_long_chunk_is_an_error_naming_it() {
+        let mut g = grid(&[4, 6], &[2, 6], &[], false);
+        if let Some(Some(c)) = g.chunks.get_mut(1) {
+            c.stored = Stored::Inline {
+                data: Arc::from(vec![0u8; 10]),
+                offset: 0,
+                len: 10,
+            };
+        }
+        let err = read_all(g, 64).unwrap_err();
+        let err = crate::source::read_error(std::path::Path::new("x"), "t", 0, 48, err);
+        assert!(
+            matches!(
+                err,
+                Error::ChunkSize {
+                    expected: 24,
+                    found: 10,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let mut g = grid(&[4, 6], &[2, 6], &[], false);
+        if let Some(Some(c)) = g.chunks.get_mut(0) {
+            c.stored = Stored::Inline {
+                data: Arc::from(vec![0u8; 30]),
+                offset: 0,
+                len: 30,
+            };
+        }
+        let err = crate::source::read_error(
+            std::path::Path::new("x"),
+            "t",
+            0,
+            48,
+            read_all(g, 64).unwrap_err(),
+        );
+        assert!(
+            matches!(
+                err,
+                Error::ChunkSize {
+                    expected: 24,
+                    found: 25,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn validation_refuses_impossible_grids_before_reading() {
+        let mut g = grid(&[4, 6], &[2, 6], &[], false);
+        g.chunks.pop();
+        assert!(matches!(
+            g.validate(std::path::Path::new("m")),
+            Err(Error::ChunkGrid { what: "chunks", .. })
+        ));
+        let mut g = grid(&[4, 6], &[2, 6], &[], false);
+        g.chunk_shape = vec![2];
+        assert!(matches!(
+            g.validate(std::path::Path::new("m")),
+            Err(Error::ChunkGrid {
+                what: "chunk rank",
+                ..
+            })
+        ));
+        // One missing chunk of 4 GiB: more fill than any checkpoint holds, refused by its numbers alone.
+        let g = Grid {
+            name: "t".into(),
+            id: 0,
+            shape: vec![1 << 16, 1 << 15],
+            chunk_shape: vec![1 << 16, 1 << 15],
+            elem: 2,
+            fill: vec![0, 0],
+            chunks: vec![None],
+            clipped: false,
+        };
+        assert!(
+            matches!(
+                g.validate(std::path::Path::new("m")),
+                Err(Error::ChunksMissing { missing: 1, .. })
+            ),
+            "{:?}",
+            g.validate(std::path::Path::new("m"))
+        );
+    }
+}

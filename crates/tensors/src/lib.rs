@@ -96,6 +96,64 @@ pub mod fuzzing {
         crate::pickle::budget(len)
     }
 
+    /// Reads zarr array metadata from untrusted bytes: the input up to its first NUL is a `.zarray` (or, when
+    /// it parses as one, a `zarr.json`), and what follows the NUL is every chunk's stored bytes (one store that
+    /// holds the same value under every key). The array is then read whole through the chunk grid when it is
+    /// at most 1 MiB; returns its byte count. The property checked: a grid that validates reads to exactly its
+    /// size or fails with an error, never a panic or an allocation beyond the limits.
+    pub fn zarr_metadata(bytes: &[u8]) -> crate::Result<usize> {
+        use std::io::Read as _;
+        struct Same(std::sync::Arc<[u8]>);
+        impl crate::zarr::ChunkStore for Same {
+            fn get(
+                &self,
+                key: &str,
+            ) -> crate::Result<Option<(crate::grid::Stored, std::path::PathBuf)>> {
+                // Keys with an odd digit sum are missing, so that fill and stored chunks mix.
+                let odd = key
+                    .bytes()
+                    .filter(u8::is_ascii_digit)
+                    .map(|b| u32::from(b - b'0'))
+                    .sum::<u32>()
+                    % 2
+                    == 1;
+                Ok((!odd).then(|| {
+                    (
+                        crate::grid::Stored::Inline {
+                            data: std::sync::Arc::clone(&self.0),
+                            offset: 0,
+                            len: self.0.len(),
+                        },
+                        Path::new("fuzz-chunk").to_path_buf(),
+                    )
+                }))
+            }
+        }
+        let split = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+        let (meta, rest) = bytes.split_at(split);
+        let store = Same(std::sync::Arc::from(rest.get(1..).unwrap_or_default()));
+        let path = Path::new("fuzz.zarray");
+        let array = match crate::zarr::read_v2(path, "fuzz", meta, &store, 0) {
+            Ok(a) => a,
+            Err(_) => crate::zarr::read_v3(path, "fuzz", meta, &store, 0)?,
+        };
+        let nbytes = array.grid.nbytes().unwrap_or(0);
+        assert_eq!(
+            Some(nbytes as usize),
+            array.info.nbytes(),
+            "the grid and the tensor agree on the size"
+        );
+        if nbytes <= 1 << 20 {
+            let mut out = Vec::new();
+            let mut reader = crate::grid::GridReader::new(std::sync::Arc::new(array.grid));
+            match reader.read_to_end(&mut out) {
+                Ok(_) => assert_eq!(out.len() as u64, nbytes, "a grid that reads gives its size"),
+                Err(e) => return Err(crate::source::read_error(path, "fuzz", 0, nbytes, e)),
+            }
+        }
+        Ok(usize::try_from(nbytes).unwrap_or(usize::MAX))
+    }
+
     /// Parses an OCDBT manifest (`manifest.ocdbt`) from untrusted bytes; returns how many
     /// versions and version nodes it references.
     pub fn ocdbt_manifest(bytes: &[u8]) -> crate::Result<usize> {

@@ -139,3 +139,31 @@ fn the_replayer_catches_a_panic() {
     let caught = std::panic::catch_unwind(|| replay(&input, |_| panic!("boom")));
     assert!(caught.is_err());
 }
+
+#[test]
+fn ocdbt_regressions() {
+    for input in inputs("ocdbt") {
+        replay(&input, |d| {
+            let _ = fuzzing::ocdbt_manifest(d);
+            let _ = fuzzing::ocdbt_node(d);
+        });
+    }
+}
+
+#[test]
+fn msgpack_regressions() {
+    for input in inputs("msgpack") {
+        replay(&input, |d| {
+            let _ = fuzzing::msgpack_tree(d);
+        });
+    }
+}
+
+#[test]
+fn zarr_regressions() {
+    for input in inputs("zarr") {
+        replay(&input, |d| {
+            let _ = fuzzing::zarr_metadata(d);
+        });
+    }
+}
