@@ -36,21 +36,6 @@ fn zarr_v2_dtype(d: DType) -> &'static str {
     }
 }
 
-fn zarr_v3_dtype(d: DType) -> &'static str {
-    match d {
-        DType::F64 => "float64",
-        DType::F32 => "float32",
-        DType::F16 => "float16",
-        DType::BF16 => "bfloat16",
-        DType::I64 => "int64",
-        DType::I32 => "int32",
-        DType::I16 => "int16",
-        DType::I8 => "int8",
-        DType::U8 => "uint8",
-        DType::Bool => "bool",
-    }
-}
-
 /// The bytes of one chunk: the elements of `data` (C order over `shape`) whose index along `axis` lies in
 /// `[from, from + len)`.
 fn cut(data: &[u8], shape: &[usize], elem: usize, axis: usize, from: usize, len: usize) -> Vec<u8> {
@@ -120,7 +105,11 @@ fn main() {
                     if let Some(a) = axis {
                         key[a] = p.to_string();
                     }
-                    let stored = if mode == "bvraw" { bytes } else { zstd(&bytes, 1) };
+                    let stored = if mode == "bvraw" {
+                        bytes
+                    } else {
+                        zstd(&bytes, 1)
+                    };
                     write(&dir.join(key.join(".")), &stored);
                 }
             }
@@ -129,7 +118,7 @@ fn main() {
                 let dir = out.join("ckpt").join(keys.join("."));
                 let zarr = json!({
                     "zarr_format": 3, "node_type": "array", "shape": t.shape,
-                    "data_type": zarr_v3_dtype(t.dtype),
+                    "data_type": t.dtype.numpy_name(),
                     "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": t.shape}},
                     "chunk_key_encoding": {"name": "default"}, "fill_value": 0,
                     "codecs": [{"name": "sharding_indexed", "configuration": {
@@ -153,7 +142,10 @@ fn main() {
                     format!("c/{}", vec!["0"; t.shape.len()].join("/"))
                 };
                 write(&dir.join(key), &shard);
-                let key_metadata: Vec<_> = keys.iter().map(|k| json!({"key": k, "key_type": 2})).collect();
+                let key_metadata: Vec<_> = keys
+                    .iter()
+                    .map(|k| json!({"key": k, "key_type": 2}))
+                    .collect();
                 tree.insert(
                     format!("{keys:?}"),
                     json!({"key_metadata": key_metadata, "value_metadata": {"value_type": "jax.Array", "skip_deserialize": false}}),
@@ -170,7 +162,10 @@ fn main() {
             let meta = json!({"tree_metadata": tree, "use_ocdbt": false, "use_zarr3": true});
             write(&out.join("ckpt/_METADATA"), meta.to_string().as_bytes());
             write(&out.join("ckpt/_CHECKPOINT_METADATA"), b"{}");
-            write(&out.join("ckpt/commit_success.txt"), b"Checkpoint commit was successful");
+            write(
+                &out.join("ckpt/commit_success.txt"),
+                b"Checkpoint commit was successful",
+            );
         }
         _ => write(&out.join("checkpoint.bv-LAST"), b"000000001"),
     }

@@ -60,6 +60,28 @@ impl DType {
         }
     }
 
+    /// numpy's `dtype.name` for the type (`float32`, `bfloat16` as ml_dtypes names it), which flax msgpack files
+    /// and zarr v3's `data_type` also use.
+    pub const fn numpy_name(self) -> &'static str {
+        match self {
+            DType::F64 => "float64",
+            DType::F32 => "float32",
+            DType::F16 => "float16",
+            DType::BF16 => "bfloat16",
+            DType::I64 => "int64",
+            DType::I32 => "int32",
+            DType::I16 => "int16",
+            DType::I8 => "int8",
+            DType::U8 => "uint8",
+            DType::Bool => "bool",
+        }
+    }
+
+    /// The type numpy names `name` (see [`DType::numpy_name`]), if this crate reads it.
+    pub fn from_numpy_name(name: &str) -> Option<DType> {
+        DType::ALL.into_iter().find(|d| d.numpy_name() == name)
+    }
+
     /// All types, in the order tables list them.
     pub const ALL: [DType; 10] = [
         DType::F64,

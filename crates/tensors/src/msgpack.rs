@@ -892,19 +892,7 @@ impl<'a, R: ReadAt + ?Sized> Walker<'a, R> {
 
 /// Maps numpy's `dtype.name` (what `_ndarray_to_bytes` writes) to a [`DType`].
 fn dtype_from_flax(name: &str) -> Option<DType> {
-    Some(match name {
-        "float64" => DType::F64,
-        "float32" => DType::F32,
-        "float16" => DType::F16,
-        "bfloat16" => DType::BF16,
-        "int64" => DType::I64,
-        "int32" => DType::I32,
-        "int16" => DType::I16,
-        "int8" => DType::I8,
-        "uint8" => DType::U8,
-        "bool" => DType::Bool,
-        _ => return None,
-    })
+    DType::from_numpy_name(name)
 }
 
 #[cfg(test)]

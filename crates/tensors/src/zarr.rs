@@ -216,6 +216,34 @@ fn join(idx: &[usize], sep: &str) -> String {
         .join(sep)
 }
 
+/// Parses array metadata of zarr format `version`: the object and its shape.
+fn header(
+    meta_path: &Path,
+    name: &str,
+    text: &[u8],
+    version: u64,
+) -> Result<(serde_json::Map<String, Value>, Vec<usize>)> {
+    let m = parse_object(meta_path, name, text)?;
+    let format = m.get("zarr_format").unwrap_or(&Value::Null);
+    if format.as_u64() != Some(version) {
+        let expected = if version == 2 { "2" } else { "3" };
+        return Err(field_error(
+            meta_path,
+            name,
+            "zarr_format",
+            expected,
+            format,
+        ));
+    }
+    let shape = dims(
+        meta_path,
+        name,
+        "shape",
+        m.get("shape").unwrap_or(&Value::Null),
+    )?;
+    Ok((m, shape))
+}
+
 /// Reads a zarr v2 `.zarray` (`text`, from `meta_path`) over `store`, as the tensor `name`; `id` tells its
 /// grid from the file's other entries.
 pub(crate) fn read_v2(
@@ -225,18 +253,8 @@ pub(crate) fn read_v2(
     store: &dyn ChunkStore,
     id: u64,
 ) -> Result<Array> {
-    let m = parse_object(meta_path, name, text)?;
+    let (m, shape) = header(meta_path, name, text, 2)?;
     let get = |k: &'static str| m.get(k).unwrap_or(&Value::Null);
-    if get("zarr_format").as_u64() != Some(2) {
-        return Err(field_error(
-            meta_path,
-            name,
-            "zarr_format",
-            "2",
-            get("zarr_format"),
-        ));
-    }
-    let shape = dims(meta_path, name, "shape", get("shape"))?;
     let chunks = dims(meta_path, name, "chunks", get("chunks"))?;
     if chunks.len() != shape.len() {
         return Err(field_error(
@@ -422,23 +440,6 @@ fn v3_codec(meta_path: &Path, name: &str, chain: &Value) -> Result<(Codec, bool)
     Ok((codec, big))
 }
 
-/// The v3 data type names this reader knows.
-fn v3_dtype(s: &str) -> Option<DType> {
-    Some(match s {
-        "float64" => DType::F64,
-        "float32" => DType::F32,
-        "float16" => DType::F16,
-        "bfloat16" => DType::BF16,
-        "int64" => DType::I64,
-        "int32" => DType::I32,
-        "int16" => DType::I16,
-        "int8" => DType::I8,
-        "uint8" => DType::U8,
-        "bool" => DType::Bool,
-        _ => return None,
-    })
-}
-
 /// Entries of a shard index: `(offset, nbytes)` per inner chunk, `None` for an absent one.
 type ShardIndex = Vec<Option<(u64, u64)>>;
 
@@ -538,17 +539,8 @@ pub(crate) fn read_v3(
     store: &dyn ChunkStore,
     id: u64,
 ) -> Result<Array> {
-    let m = parse_object(meta_path, name, text)?;
+    let (m, shape) = header(meta_path, name, text, 3)?;
     let get = |k: &'static str| m.get(k).unwrap_or(&Value::Null);
-    if get("zarr_format").as_u64() != Some(3) {
-        return Err(field_error(
-            meta_path,
-            name,
-            "zarr_format",
-            "3",
-            get("zarr_format"),
-        ));
-    }
     if get("node_type").as_str() != Some("array") {
         return Err(field_error(
             meta_path,
@@ -558,17 +550,19 @@ pub(crate) fn read_v3(
             get("node_type"),
         ));
     }
-    let shape = dims(meta_path, name, "shape", get("shape"))?;
     let dtype_v = get("data_type");
-    let dtype = dtype_v.as_str().and_then(v3_dtype).ok_or_else(|| {
-        field_error(
-            meta_path,
-            name,
-            "data_type",
-            "float64/32/16, bfloat16, int64/32/16/8, uint8 or bool",
-            dtype_v,
-        )
-    })?;
+    let dtype = dtype_v
+        .as_str()
+        .and_then(DType::from_numpy_name)
+        .ok_or_else(|| {
+            field_error(
+                meta_path,
+                name,
+                "data_type",
+                "float64/32/16, bfloat16, int64/32/16/8, uint8 or bool",
+                dtype_v,
+            )
+        })?;
     let grid_v = get("chunk_grid");
     if grid_v.get("name").and_then(Value::as_str) != Some("regular") {
         return Err(field_error(
