@@ -1508,3 +1508,30 @@ fn siglip_bad_text_ids_and_mismatched_towers_are_bad_input() {
     ]);
     assert_bad_input(&o, "image projection");
 }
+
+// ---- checkpoint containers as the source ----
+
+#[test]
+fn containers_verify_as_their_source() {
+    let dir = scratch();
+    let d = dir.path();
+    // (container, layout, conversion options)
+    for (source, layout, opts) in [
+        ("containers/orbax-vit-token/workdir", "timm", &[][..]),
+        ("containers/msgpack-vit-token/checkpoint_100", "hf", &[][..]),
+        ("containers/bv-vit-map-scan/workdir/checkpoint.bv", "timm", &["--drop-head"][..]),
+        ("containers/orbax-bv-v1-zarr3/ckpt", "timm", &["--drop-head"][..]),
+    ] {
+        let out = d.join(format!("{}-{layout}", source.replace('/', "_")));
+        let out = if layout == "hf" { out } else { out.with_extension("safetensors") };
+        convert(source, &out, layout, opts);
+        assert_passes(source, &out, &[]);
+    }
+    // A sharded two-tower `.bv`, against its open_clip folder, with the golden token ids and texts.
+    let source = "containers/bv-siglip-tiny-sharded/workdir";
+    let out = d.join("siglip-sharded-oc");
+    convert(source, &out, "open_clip", &[]);
+    let golden = siglip_golden("siglip-tiny");
+    let golden: Vec<&str> = golden.iter().map(String::as_str).collect();
+    assert_two_tower_passes(source, &out, &golden);
+}
