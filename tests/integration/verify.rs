@@ -1519,11 +1519,23 @@ fn containers_verify_as_their_source() {
     for (source, layout, opts) in [
         ("containers/orbax-vit-token/workdir", "timm", &[][..]),
         ("containers/msgpack-vit-token/checkpoint_100", "hf", &[][..]),
-        ("containers/bv-vit-map-scan/workdir/checkpoint.bv", "timm", &["--drop-head"][..]),
-        ("containers/orbax-bv-v1-zarr3/ckpt", "timm", &["--drop-head"][..]),
+        (
+            "containers/bv-vit-map-scan/workdir/checkpoint.bv",
+            "timm",
+            &["--drop-head"][..],
+        ),
+        (
+            "containers/orbax-bv-v1-zarr3/ckpt",
+            "timm",
+            &["--drop-head"][..],
+        ),
     ] {
         let out = d.join(format!("{}-{layout}", source.replace('/', "_")));
-        let out = if layout == "hf" { out } else { out.with_extension("safetensors") };
+        let out = if layout == "hf" {
+            out
+        } else {
+            out.with_extension("safetensors")
+        };
         convert(source, &out, layout, opts);
         assert_passes(source, &out, &[]);
     }

@@ -871,3 +871,197 @@ impl ChunkStore for FolderStore<'_> {
         )))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store holding `chunk` under every key.
+    struct Every(Vec<u8>);
+    impl ChunkStore for Every {
+        fn get(&self, _key: &str) -> Result<Option<(Stored, PathBuf)>> {
+            let len = self.0.len();
+            Ok(Some((
+                Stored::Inline {
+                    data: Arc::from(self.0.as_slice()),
+                    offset: 0,
+                    len,
+                },
+                PathBuf::from("chunk"),
+            )))
+        }
+    }
+
+    fn v2(extra: &str) -> String {
+        format!(
+            r#"{{"zarr_format":2,"shape":[2,3],"chunks":[2,3],"dtype":"<f4","compressor":null,"fill_value":null,"order":"C","filters":null{extra}}}"#
+        )
+    }
+
+    fn field_of(e: &Error) -> &'static str {
+        match e {
+            Error::ArrayMetadata { field, .. } => field,
+            other => panic!("not a metadata error: {other}"),
+        }
+    }
+
+    #[test]
+    fn v2_metadata_outside_what_jax_writes_is_refused_by_field() {
+        let store = Every(vec![0; 24]);
+        let p = Path::new(".zarray");
+        assert!(read_v2(p, "t", v2("").as_bytes(), &store, 0).is_ok());
+        for (text, field) in [
+            (
+                v2("").replace("\"order\":\"C\"", "\"order\":\"F\""),
+                "order",
+            ),
+            (
+                v2("").replace("\"filters\":null", "\"filters\":[{\"id\":\"delta\"}]"),
+                "filters",
+            ),
+            (
+                v2("").replace("\"compressor\":null", "\"compressor\":{\"id\":\"blosc\"}"),
+                "compressor",
+            ),
+            (v2("").replace("<f4", "<c8"), "dtype"),
+            (v2("").replace("<f4", "float32"), "dtype"),
+            (
+                v2("").replace("\"zarr_format\":2", "\"zarr_format\":3"),
+                "zarr_format",
+            ),
+            (
+                v2("").replace("\"chunks\":[2,3]", "\"chunks\":[2]"),
+                "chunks",
+            ),
+            (
+                v2("").replace("\"shape\":[2,3]", "\"shape\":[2,-3]"),
+                "shape",
+            ),
+            (
+                v2("").replace("\"fill_value\":null", "\"fill_value\":\"lots\""),
+                "fill_value",
+            ),
+            (v2(",\"dimension_separator\":\"-\""), "dimension_separator"),
+            ("[1,2]".to_string(), "(document)"),
+            ("{not json".to_string(), "(document)"),
+        ] {
+            let err = read_v2(p, "t", text.as_bytes(), &store, 0)
+                .err()
+                .unwrap_or_else(|| panic!("{text} accepted"));
+            assert_eq!(field_of(&err), field, "{err}");
+            assert!(
+                err.to_string().contains(".zarray") && err.to_string().contains("`t`"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_fill_value_and_big_endian_data_are_read_as_declared() {
+        let p = Path::new(".zarray");
+        let text = v2("")
+            .replace("\"fill_value\":null", "\"fill_value\":\"NaN\"")
+            .replace("<f4", ">f4");
+        let a = read_v2(p, "t", text.as_bytes(), &Every(vec![0; 24]), 0).expect("reads");
+        assert!(a.byteswap);
+        assert_eq!(a.grid.fill, f32::NAN.to_le_bytes().to_vec());
+        let text = v2("")
+            .replace("\"fill_value\":null", "\"fill_value\":1.5")
+            .replace("<f4", "bfloat16");
+        let a = read_v2(p, "t", text.as_bytes(), &Every(vec![0; 12]), 0).expect("reads");
+        assert_eq!(a.info.dtype, DType::BF16);
+        assert_eq!(
+            a.grid.fill,
+            half::bf16::from_f32(1.5).to_le_bytes().to_vec()
+        );
+    }
+
+    fn v3_sharded(crc: bool) -> String {
+        let index_codecs = if crc {
+            r#"[{"name":"bytes","configuration":{"endian":"little"}},{"name":"crc32c"}]"#
+        } else {
+            r#"[{"name":"bytes","configuration":{"endian":"little"}}]"#
+        };
+        format!(
+            r#"{{"zarr_format":3,"node_type":"array","shape":[4],"data_type":"int16","chunk_grid":{{"name":"regular","configuration":{{"chunk_shape":[4]}}}},"chunk_key_encoding":{{"name":"default"}},"fill_value":0,"codecs":[{{"name":"sharding_indexed","configuration":{{"chunk_shape":[2],"codecs":[{{"name":"bytes","configuration":{{"endian":"little"}}}}],"index_codecs":{index_codecs}}}}}]}}"#
+        )
+    }
+
+    /// A shard of two raw inner chunks of 2 int16 each, the second absent when `absent`.
+    fn shard(absent: bool, crc: bool) -> Vec<u8> {
+        let mut data = vec![1, 0, 2, 0, 3, 0, 4, 0];
+        let mut index = Vec::new();
+        for (off, len) in [(0u64, 4u64), (4, 4)] {
+            let (off, len) = if absent && off == 4 {
+                (u64::MAX, u64::MAX)
+            } else {
+                (off, len)
+            };
+            index.extend(off.to_le_bytes());
+            index.extend(len.to_le_bytes());
+        }
+        let c = crc32c::crc32c(&index);
+        data.extend(index);
+        if crc {
+            data.extend(c.to_le_bytes());
+        }
+        data
+    }
+
+    fn read_all(a: Array) -> Vec<u8> {
+        use std::io::Read as _;
+        let mut out = Vec::new();
+        crate::grid::GridReader::new(Arc::new(a.grid))
+            .read_to_end(&mut out)
+            .expect("reads");
+        out
+    }
+
+    #[test]
+    fn v3_shards_are_read_through_their_index() {
+        let p = Path::new("zarr.json");
+        let a = read_v3(
+            p,
+            "t",
+            v3_sharded(true).as_bytes(),
+            &Every(shard(false, true)),
+            0,
+        )
+        .expect("reads");
+        assert_eq!(read_all(a), vec![1, 0, 2, 0, 3, 0, 4, 0]);
+        let a = read_v3(
+            p,
+            "t",
+            v3_sharded(false).as_bytes(),
+            &Every(shard(true, false)),
+            0,
+        )
+        .expect("reads");
+        assert_eq!(a.grid.missing(), 1);
+        assert_eq!(read_all(a), vec![1, 0, 2, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn a_damaged_shard_index_is_refused() {
+        let p = Path::new("zarr.json");
+        let mut bad = shard(false, true);
+        let at = bad.len() - 10;
+        bad[at] ^= 1;
+        let err = read_v3(p, "t", v3_sharded(true).as_bytes(), &Every(bad), 0)
+            .err()
+            .expect("refused");
+        assert!(matches!(err, Error::ShardIndexCrc { .. }), "{err}");
+        // An entry pointing into the index itself.
+        let mut bad = shard(false, false);
+        bad[8 + 16] = 6;
+        let err = read_v3(p, "t", v3_sharded(false).as_bytes(), &Every(bad), 0)
+            .err()
+            .expect("refused");
+        assert!(matches!(err, Error::Truncated { .. }), "{err}");
+        // A shard too short to hold its index.
+        let err = read_v3(p, "t", v3_sharded(true).as_bytes(), &Every(vec![0; 10]), 0)
+            .err()
+            .expect("refused");
+        assert!(matches!(err, Error::ChunkSize { .. }), "{err}");
+    }
+}
