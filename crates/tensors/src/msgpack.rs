@@ -74,6 +74,11 @@ const PATH_BYTES_BASE: u64 = 16 << 20;
 /// See `PATH_BYTES_BASE`.
 const PATH_BYTES_PER_FILE_BYTE: u64 = 16;
 
+/// What one component of a leaf's path costs in memory beyond its text: a `String` (24 bytes) and the
+/// allocator's own bookkeeping. Counted so that the budget bounds memory, not only text: a 1 MiB file of
+/// deep paths over tiny leaves must not hold a gigabyte of small allocations.
+const PATH_COMPONENT_OVERHEAD: u64 = 48;
+
 /// Bytes read at once for headers: one positional read usually serves many small headers.
 const WINDOW: usize = 64 << 10;
 
@@ -575,7 +580,8 @@ impl<'a, R: ReadAt + ?Sized> Walker<'a, R> {
             ));
         }
         let bytes = self.keys.iter().fold(0u64, |acc, k| {
-            acc.saturating_add(k.len() as u64).saturating_add(1)
+            acc.saturating_add(k.len() as u64)
+                .saturating_add(PATH_COMPONENT_OVERHEAD)
         });
         let total = self.path_bytes.saturating_add(bytes);
         if total > self.path_budget {
