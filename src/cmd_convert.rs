@@ -91,8 +91,9 @@ fn value_name<T: ValueEnum>(v: &T) -> String {
 
 #[derive(clap::Args)]
 pub struct ConvertArgs {
-    /// The source checkpoint (.npz of google-research/vision_transformer), or a directory: then every
-    /// .npz under it is converted (batch mode).
+    /// The source checkpoint: an .npz (google-research/vision_transformer, big_vision, SigLIP), a big_vision
+    /// .bv workdir or step folder, an Orbax step or its parent, or a flax msgpack file. Any other directory
+    /// is a tree of sources: every checkpoint under it is converted (batch mode).
     source: PathBuf,
     /// The output: .pt/.pth/.bin or .safetensors; a directory for --layout hf, and in batch mode.
     output: PathBuf,

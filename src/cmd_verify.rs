@@ -15,7 +15,8 @@ use std::process::ExitCode;
 #[derive(clap::Args)]
 #[command(group(clap::ArgGroup::new("inputs").args(["input", "images"])))]
 pub struct VerifyArgs {
-    /// The source checkpoint (.npz of google-research/vision_transformer or big_vision).
+    /// The source checkpoint (.npz of google-research/vision_transformer or big_vision, a .bv workdir, an
+    /// Orbax step or a flax msgpack file).
     source: PathBuf,
     /// The converted file (.pt, .safetensors) or, for hf, its directory.
     converted: PathBuf,
