@@ -164,6 +164,16 @@ fn damaged_and_hostile_checkpoints_are_refused_by_name() {
     std::os::unix::fs::symlink(&outside, &chunk).expect("symlink");
     assert_bad_input(&convert(&case), "outside the checkpoint folder");
 
+    // An array folder replaced by a link to a copy outside the checkpoint.
+    std::fs::remove_file(&chunk).expect("rm");
+    std::fs::write(&chunk, &good).expect("restore");
+    let moved = dir.path().join("moved-kernel");
+    std::fs::rename(&kernel, &moved).expect("move");
+    std::os::unix::fs::symlink(&moved, &kernel).expect("symlink");
+    assert_bad_input(&convert(&case), "outside the checkpoint folder");
+    std::fs::remove_file(&kernel).expect("rm link");
+    std::fs::rename(&moved, &kernel).expect("move back");
+
     // A chunk that is a FIFO is refused by kind, never opened for a blocking read.
     std::fs::remove_file(&chunk).expect("rm");
     let status = std::process::Command::new("mkfifo")

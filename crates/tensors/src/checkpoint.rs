@@ -81,18 +81,13 @@ impl Guard {
 
     /// Opens `path` if it exists: a regular file inside the checkpoint, and its length.
     pub(crate) fn open_if_exists(&self, path: &Path) -> Result<Option<(File, u64)>> {
-        let link = match std::fs::symlink_metadata(path) {
-            Ok(m) => m,
+        match std::fs::symlink_metadata(path) {
+            Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io(path, e)),
-        };
-        if link.file_type().is_symlink()
-            || path
-                .components()
-                .any(|c| c == std::path::Component::ParentDir)
-        {
-            self.check_inside(path)?;
         }
+        // Every file is resolved, not only links: a folder on the way may be a link too.
+        self.check_inside(path)?;
         let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
         crate::check_regular(path, &meta)?;
         let file = crate::open_for_reading(path)?;
@@ -260,6 +255,9 @@ fn resolve_big_vision(path: &Path) -> Result<Option<(PathBuf, Option<String>)>> 
         .and_then(|n| n.strip_suffix("LAST"))
         .unwrap_or("checkpoint.bv-");
     let folder = dir.join(format!("{name}{step}"));
+    if folder.exists() {
+        guard.check_inside(&folder)?;
+    }
     if !folder.is_dir() {
         return Err(Error::CheckpointMetadata {
             path: last.clone(),
@@ -480,8 +478,10 @@ fn resolve_orbax(path: &Path) -> Result<Option<(PathBuf, Option<String>)>> {
     } else {
         String::new()
     };
+    let folder = path.join(&newest);
+    Guard::new(path)?.check_inside(&folder)?;
     Ok(Some((
-        path.join(&newest),
+        folder,
         Some(format!("the newest complete of {count} steps{skipped}")),
     )))
 }
