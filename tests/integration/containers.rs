@@ -346,3 +346,22 @@ fn batch_mode_finds_every_kind_of_checkpoint_and_resumes() {
         .collect();
     assert_eq!(orbax, ["orbax/run/checkpoint_200"]);
 }
+
+#[test]
+fn more_chunk_files_than_open_file_descriptors_convert() {
+    // The sharded `.bv` has 82 chunk files; with 40 descriptors the converter must not hold them open.
+    let dir = scratch();
+    let src = fixture("containers/bv-siglip-tiny-sharded/workdir");
+    let out = dir.path().join("oc");
+    let bin = env!("CARGO_BIN_EXE_vitconv");
+    let o = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 40 && exec \"$0\" npz-to-pt \"$1\" \"$2\" --layout open_clip --quiet")
+        .arg(bin)
+        .arg(&src)
+        .arg(&out)
+        .output()
+        .expect("sh runs");
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.join("open_clip_model.safetensors").exists());
+}

@@ -99,6 +99,12 @@ impl Guard {
         Ok(Some((file, len)))
     }
 
+    /// Checks `path` if it exists (a regular file inside the checkpoint) and returns its length, without keeping
+    /// it open: chunk files are opened when they are read.
+    pub(crate) fn check_if_exists(&self, path: &Path) -> Result<Option<u64>> {
+        Ok(self.open_if_exists(path)?.map(|(_, len)| len))
+    }
+
     /// Reads a whole small file of at most `limit` bytes.
     pub(crate) fn read_small(&self, path: &Path, limit: u64) -> Result<Vec<u8>> {
         let (file, len) = self

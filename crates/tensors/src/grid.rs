@@ -21,8 +21,8 @@ use std::sync::Arc;
 use crate::source::RangeReader;
 use crate::{Error, Result};
 
-/// Most chunks one array may have: a checkpoint of 4096 devices sharding a stacked array along two axes stays far below it.
-pub(crate) const MAX_CHUNKS: usize = 1 << 20;
+/// Most chunks one array may have: 64 times the shards of a 4096-device mesh; each costs a record in memory.
+pub(crate) const MAX_CHUNKS: usize = 1 << 18;
 
 /// Most bytes one chunk may decode to: a row part is held in memory while a row is assembled.
 pub(crate) const MAX_CHUNK_BYTES: u64 = 1 << 34;
@@ -91,6 +91,13 @@ pub(crate) enum Stored {
         offset: u64,
         len: u64,
     },
+    /// A range of a file opened only when the chunk is read: a zarr folder's chunk file, of which a sharded
+    /// checkpoint has thousands (held open, they would exhaust the process's file descriptors).
+    Path {
+        path: Arc<PathBuf>,
+        offset: u64,
+        len: u64,
+    },
     /// A range of bytes already in memory (a value stored inline in an OCDBT tree node).
     Inline {
         data: Arc<[u8]>,
@@ -103,17 +110,20 @@ impl Stored {
     /// Number of stored bytes.
     pub(crate) fn len(&self) -> u64 {
         match self {
-            Stored::File { len, .. } => *len,
+            Stored::File { len, .. } | Stored::Path { len, .. } => *len,
             Stored::Inline { len, .. } => *len as u64,
         }
     }
 
     /// A reader over the stored bytes.
-    fn reader(&self) -> Box<dyn Read + Send> {
-        match self {
+    fn reader(&self) -> io::Result<Box<dyn Read + Send>> {
+        Ok(match self {
             Stored::File {
                 file, offset, len, ..
             } => Box::new(RangeReader::new(Arc::clone(file), *offset, *len)),
+            Stored::Path { path, offset, len } => {
+                Box::new(RangeReader::new(open_chunk(path)?, *offset, *len))
+            }
             Stored::Inline { data, offset, len } => {
                 let bytes = offset
                     .checked_add(*len)
@@ -122,7 +132,7 @@ impl Stored {
                     .unwrap_or_default();
                 Box::new(io::Cursor::new(bytes))
             }
-        }
+        })
     }
 
     /// Reads `buf.len()` bytes at `at` within the stored range.
@@ -134,6 +144,9 @@ impl Stored {
         match self {
             Stored::File { file, offset, .. } => {
                 crate::source::read_exact_at(file, buf, offset.saturating_add(at))
+            }
+            Stored::Path { path, offset, .. } => {
+                crate::source::read_exact_at(&open_chunk(path)?, buf, offset.saturating_add(at))
             }
             Stored::Inline { data, offset, .. } => {
                 let from = usize::try_from(at)
@@ -165,6 +178,11 @@ impl Stored {
                 offset: offset.checked_add(at)?,
                 len,
             },
+            Stored::Path { path, offset, .. } => Stored::Path {
+                path: Arc::clone(path),
+                offset: offset.checked_add(at)?,
+                len,
+            },
             Stored::Inline { data, offset, .. } => Stored::Inline {
                 data: Arc::clone(data),
                 offset: offset.checked_add(usize::try_from(at).ok()?)?,
@@ -172,6 +190,15 @@ impl Stored {
             },
         })
     }
+}
+
+/// Opens a chunk file checked when the checkpoint was opened: without blocking, and refusing what is no longer a
+/// regular file (a FIFO swapped in since).
+fn open_chunk(path: &std::path::Path) -> io::Result<File> {
+    let file = crate::open_for_reading(path).map_err(io::Error::other)?;
+    let meta = file.metadata()?;
+    crate::check_regular(path, &meta).map_err(io::Error::other)?;
+    Ok(file)
 }
 
 /// One stored chunk.
@@ -430,7 +457,7 @@ struct Open {
 
 impl Open {
     fn new(chunk: &Chunk) -> io::Result<Open> {
-        let raw = chunk.stored.reader();
+        let raw = chunk.stored.reader()?;
         let decoder: Box<dyn Read + Send> = match chunk.codec {
             Codec::Raw => raw,
             Codec::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(
@@ -573,7 +600,15 @@ impl GridReader {
         let from = slab.saturating_mul(self.per_slab);
         for i in from..from.saturating_add(self.per_slab) {
             let open = match grid.chunks.get(i).and_then(Option::as_ref) {
-                Some(chunk) => Some(Open::new(chunk).map_err(|e| corrupt_error(&grid, chunk, &e))?),
+                // A chunk file that can no longer be opened as one says so itself; a decoder that cannot start
+                // is the chunk's fault.
+                Some(chunk) => Some(Open::new(chunk).map_err(|e| {
+                    if e.get_ref().is_some_and(|i| i.is::<Error>()) {
+                        e
+                    } else {
+                        corrupt_error(&grid, chunk, &e)
+                    }
+                })?),
                 None => None,
             };
             self.open.push(open);

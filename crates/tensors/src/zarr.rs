@@ -857,12 +857,11 @@ pub(crate) struct FolderStore<'a> {
 impl ChunkStore for FolderStore<'_> {
     fn get(&self, key: &str) -> Result<Option<(Stored, PathBuf)>> {
         let path = self.dir.join(key);
-        let Some((file, len)) = self.guard.open_if_exists(&path)? else {
+        let Some(len) = self.guard.check_if_exists(&path)? else {
             return Ok(None);
         };
         Ok(Some((
-            Stored::File {
-                file: Arc::new(file),
+            Stored::Path {
                 path: Arc::new(path.clone()),
                 offset: 0,
                 len,
