@@ -362,6 +362,11 @@ fn more_chunk_files_than_open_file_descriptors_convert() {
         .arg(&out)
         .output()
         .expect("sh runs");
-    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(out.join("open_clip_model.safetensors").exists());
 }

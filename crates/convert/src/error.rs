@@ -26,6 +26,18 @@ pub enum Error {
         layout: Option<&'static str>,
     },
 
+    /// A Hugging Face Flax model (`flax_model.msgpack` of `FlaxViTModel`, `FlaxCLIPModel`, ...), whose module
+    /// names no source family reads.
+    #[error("a Hugging Face Flax {class} checkpoint ({tensors} tensors under {root}): no source family reads Hugging Face Flax names yet; convert the original JAX checkpoint instead, or load this one with transformers 4.x (from_pretrained(..., from_flax=True)), which writes PyTorch weights")]
+    HfFlax {
+        /// The transformers class the names belong to (`FlaxViTModel`, `FlaxCLIPModel`, ...).
+        class: &'static str,
+        /// The module tree the names start with (`vit/`, `vision_model/`, ...).
+        root: &'static str,
+        /// How many tensors the file holds.
+        tensors: usize,
+    },
+
     /// A source family was asked to read a file without its root tensor.
     #[error("not a recognised ViT checkpoint: {tensors} tensors; no {looked_for}")]
     NoRoot {

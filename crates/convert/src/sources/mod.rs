@@ -44,13 +44,112 @@ pub const SOURCES: &[Source] = &[
     },
 ];
 
+/// Module trees of Hugging Face Flax vision models (as `flax_model.msgpack` holds them, with or without a
+/// `params/` root) and the transformers class each belongs to: recognised so that the refusal can say what the
+/// file is. The patch embedding's kernel under each root is what tells them apart.
+const HF_FLAX: &[(&str, &str, &str)] = &[
+    (
+        "vit/",
+        "embeddings/patch_embeddings/projection/kernel",
+        "FlaxViTModel",
+    ),
+    (
+        "vision_model/",
+        "embeddings/patch_embedding/kernel",
+        "FlaxCLIPModel (vision)",
+    ),
+    (
+        "",
+        "embeddings/patch_embeddings/projection/kernel",
+        "FlaxViTModel",
+    ),
+    (
+        "",
+        "vision_model/embeddings/patch_embedding/kernel",
+        "FlaxCLIPVisionModel",
+    ),
+];
+
+/// The Hugging Face Flax class and module root of a listing, if its names are those of one.
+fn hf_flax(tensors: &[TensorInfo]) -> Option<(&'static str, &'static str)> {
+    HF_FLAX.iter().find_map(|&(root, kernel, class)| {
+        let hit = ["", "params/"].iter().any(|p| {
+            tensors
+                .iter()
+                .any(|t| t.name == format!("{p}{root}{kernel}"))
+        });
+        hit.then_some((
+            class,
+            if root.is_empty() {
+                "the top level"
+            } else {
+                root
+            },
+        ))
+    })
+}
+
 /// Reads a file of any source family into the neutral model.
 pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
     if let Some(source) = SOURCES.iter().find(|s| (s.claims)(tensors)) {
         return (source.read)(tensors);
     }
+    if let Some((class, root)) = hf_flax(tensors) {
+        return Err(Error::HfFlax {
+            class,
+            root,
+            tensors: tensors.len(),
+        });
+    }
     Err(Error::NotASource {
         tensors: tensors.len(),
         layout: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vitconv_tensors::DType;
+
+    fn info(name: &str) -> TensorInfo {
+        TensorInfo {
+            name: name.into(),
+            dtype: DType::F32,
+            shape: vec![16, 16, 3, 8],
+            stored_as: None,
+        }
+    }
+
+    #[test]
+    fn hugging_face_flax_models_are_named_in_the_refusal() {
+        for (name, class) in [
+            (
+                "vit/embeddings/patch_embeddings/projection/kernel",
+                "FlaxViTModel",
+            ),
+            (
+                "params/vit/embeddings/patch_embeddings/projection/kernel",
+                "FlaxViTModel",
+            ),
+            (
+                "vision_model/embeddings/patch_embedding/kernel",
+                "FlaxCLIPModel",
+            ),
+        ] {
+            let err = read(&[info(name), info("vit/pooler/dense/kernel")])
+                .err()
+                .map(|e| e.to_string());
+            let err = err.unwrap_or_default();
+            assert!(
+                err.contains(class) && err.contains("Hugging Face Flax"),
+                "{name}: {err}"
+            );
+        }
+        let err = read(&[info("something/else")])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(!err.contains("Hugging Face"), "{err}");
+    }
 }
