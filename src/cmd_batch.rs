@@ -148,16 +148,57 @@ struct Manifest {
     file: Mutex<Option<File>>,
 }
 
+/// Most bytes a manifest may have: a line per event of at most a few hundred bytes, for every source.
+const MAX_MANIFEST_BYTES: u64 = 256 << 20;
+
+/// Opens `path` with `options`, refusing a symbolic link at that name and never blocking on a FIFO.
+fn open_no_follow(options: &mut OpenOptions, path: &Path) -> std::io::Result<File> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    }
+    options.open(path)
+}
+
+/// The manifest's text, empty when there is none. Only a regular file of at most [`MAX_MANIFEST_BYTES`] is
+/// read: a FIFO, a device or a link planted at its name is refused, saying what it is.
+fn read_manifest(path: &Path) -> anyhow::Result<String> {
+    use std::io::Read as _;
+    let what = || path.display().to_string();
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
+        Err(e) => return Err(e).with_context(what),
+    };
+    if !meta.file_type().is_file() {
+        anyhow::bail!(
+            "{}: the batch manifest is not a regular file (a link, FIFO or device); remove it to start afresh",
+            path.display()
+        );
+    }
+    let file = open_no_follow(OpenOptions::new().read(true), path).with_context(what)?;
+    let meta = file.metadata().with_context(what)?;
+    if !meta.is_file() || meta.len() > MAX_MANIFEST_BYTES {
+        anyhow::bail!(
+            "{}: the batch manifest is not a regular file of at most {MAX_MANIFEST_BYTES} bytes ({} bytes); remove it to start afresh",
+            path.display(),
+            meta.len()
+        );
+    }
+    let mut text = String::new();
+    file.take(MAX_MANIFEST_BYTES)
+        .read_to_string(&mut text)
+        .with_context(what)?;
+    Ok(text)
+}
+
 impl Manifest {
     /// Reads the manifest of `output_dir` (an absent one is empty; lines that do not parse, such as one cut
     /// short by an interrupt, are ignored) and rewrites it with one line per source.
     fn load(output_dir: &Path) -> anyhow::Result<Manifest> {
         let path = output_dir.join(MANIFEST);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(e).with_context(|| path.display().to_string()),
-        };
+        let text = read_manifest(&path)?;
         let manifest = Manifest {
             path,
             last: last_records(&text),
@@ -187,18 +228,22 @@ impl Manifest {
             text.push('\n');
         }
         let what = || self.path.display().to_string();
-        let tmp = self.path.with_file_name(format!("{MANIFEST}.partial"));
-        let written = File::create(&tmp)
-            .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()));
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e).with_context(what);
-        }
-        std::fs::rename(&tmp, &self.path).with_context(what)?;
-        let file = OpenOptions::new()
-            .append(true)
-            .open(&self.path)
+        // A temporary of a fresh random name, created exclusively: a link planted under any fixed name
+        // cannot redirect the write, and the rename replaces a link at the manifest's own name, not its target.
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let mut tmp = tempfile::Builder::new()
+            .prefix(&format!("{MANIFEST}."))
+            .suffix(".partial")
+            .tempfile_in(dir)
             .with_context(what)?;
+        tmp.write_all(text.as_bytes())
+            .and_then(|()| tmp.as_file().sync_all())
+            .with_context(what)?;
+        tmp.persist(&self.path)
+            .map_err(|e| e.error)
+            .with_context(what)?;
+        let file =
+            open_no_follow(OpenOptions::new().append(true), &self.path).with_context(what)?;
         *handle = Some(file);
         Ok(())
     }

@@ -566,3 +566,53 @@ fn an_interrupted_batch_leaves_no_temporary_and_resumes() {
     );
     assert!(TensorFile::open(out.join("big/model.safetensors")).is_ok());
 }
+
+#[test]
+fn the_manifest_is_never_written_or_read_through_a_planted_link_or_special_file() {
+    let dir = scratch();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::copy(fixture("vit-token/checkpoint.npz"), src.join("a.npz")).unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+
+    // A link planted at the temporary name the manifest was once written through: its target stays as it was.
+    let victim = dir.path().join("victim.txt");
+    std::fs::write(&victim, "precious").unwrap();
+    std::os::unix::fs::symlink(&victim, out.join(".vitconv-batch.jsonl.partial")).unwrap();
+    let o = batch(&src, &out, "timm", &["--quiet"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    assert!(out.join("a.safetensors").exists());
+
+    // A manifest that is a link to another file, a device or a FIFO is refused by name, without reading it.
+    let manifest = out.join(".vitconv-batch.jsonl");
+    std::fs::remove_file(&manifest).unwrap();
+    std::os::unix::fs::symlink(&victim, &manifest).unwrap();
+    assert_bad_input(
+        &batch(&src, &out, "timm", &["--quiet"]),
+        "not a regular file",
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    std::fs::remove_file(&manifest).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &manifest).unwrap();
+    assert_bad_input(
+        &batch(&src, &out, "timm", &["--quiet"]),
+        "not a regular file",
+    );
+    std::fs::remove_file(&manifest).unwrap();
+    let status = std::process::Command::new("mkfifo")
+        .arg(&manifest)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (s, o) = (src.clone(), out.clone());
+    std::thread::spawn(move || {
+        let _ = tx.send(batch(&s, &o, "timm", &["--quiet"]));
+    });
+    let o = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("a FIFO manifest must not block the run");
+    assert_bad_input(&o, "not a regular file");
+}
