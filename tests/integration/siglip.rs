@@ -272,3 +272,40 @@ fn inspect_recognises_the_converted_two_tower_files() {
         );
     }
 }
+
+#[test]
+fn a_fifo_or_device_as_the_tokenizer_is_refused_without_blocking() {
+    let dir = scratch();
+    let fifo = dir.path().join("spiece.model");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo")
+        .success());
+    let src = fixture("big_vision/siglip-tiny/checkpoint.npz");
+    for (tokenizer, kind) in [
+        (fifo.clone(), "named pipe"),
+        (std::path::PathBuf::from("/dev/zero"), "character device"),
+    ] {
+        let out = dir.path().join("out");
+        let args: Vec<std::ffi::OsString> = vec![
+            "npz-to-pt".into(),
+            src.clone().into(),
+            out.clone().into(),
+            "--layout".into(),
+            "hf".into(),
+            "--drop-head".into(),
+            "--tokenizer".into(),
+            tokenizer.into(),
+        ];
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(vitconv(&args));
+        });
+        let o = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("a FIFO tokenizer must not block the run");
+        assert_bad_input(&o, kind);
+        assert!(!out.exists());
+    }
+}

@@ -6,7 +6,6 @@
 //! the check here catches a tokenizer with more pieces than the embedding has rows, the one mismatch the
 //! shapes can see. The model file is copied byte for byte.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
@@ -48,29 +47,18 @@ pub struct SentencePiece {
 
 /// Reads and checks a SentencePiece model file.
 pub fn read(path: &Path) -> Result<SentencePiece> {
-    let io = |op: &'static str| {
-        move |e| Error::Io {
-            path: path.to_path_buf(),
-            op,
-            source: e,
+    // A regular file only (a FIFO given as the tokenizer blocked the run), of bounded size.
+    let bytes = match vitconv_tensors::read_regular_file(path, MAX_TOKENIZER_BYTES) {
+        Ok(b) => b,
+        Err(vitconv_tensors::Error::FileTooLarge { size, .. }) => {
+            return Err(Error::TokenizerTooLarge {
+                path: path.to_path_buf(),
+                size,
+                max: MAX_TOKENIZER_BYTES,
+            })
         }
+        Err(e) => return Err(e.into()),
     };
-    let file = std::fs::File::open(path).map_err(io("cannot open the tokenizer model"))?;
-    let size = file
-        .metadata()
-        .map_err(io("cannot read the tokenizer model's size"))?
-        .len();
-    if size > MAX_TOKENIZER_BYTES {
-        return Err(Error::TokenizerTooLarge {
-            path: path.to_path_buf(),
-            size,
-            max: MAX_TOKENIZER_BYTES,
-        });
-    }
-    let mut bytes = Vec::new();
-    file.take(MAX_TOKENIZER_BYTES)
-        .read_to_end(&mut bytes)
-        .map_err(io("cannot read the tokenizer model"))?;
     parse(path, bytes)
 }
 

@@ -667,6 +667,17 @@ pub enum Error {
         key: String,
     },
 
+    /// A small file (tokenizer, manifest, config) larger than any real one.
+    #[error("{}: {size} bytes, more than the {limit} bytes such a file may have", .path.display())]
+    FileTooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size in bytes.
+        size: u64,
+        /// The most bytes it may have.
+        limit: u64,
+    },
+
     /// The writer's target already exists and overwriting was not asked for.
     #[error("{}: already exists (pass --force to replace it)", .path.display())]
     Exists {

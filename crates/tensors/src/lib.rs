@@ -991,6 +991,30 @@ pub fn is_msgpack_file(path: &Path) -> bool {
     source::read_exact_at(&file, head, 0).is_ok() && msgpack::sniff(head)
 }
 
+/// Reads a whole small file that is not a tensor file (a tokenizer model, a manifest, a config): only a regular
+/// file (a FIFO or a device is refused by kind, without blocking), of at most `limit` bytes (checked on the open
+/// handle before anything is read).
+pub fn read_regular_file(path: &Path, limit: u64) -> Result<Vec<u8>> {
+    use std::io::Read as _;
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    check_regular(path, &meta)?;
+    let file = open_for_reading(path)?;
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    check_regular(path, &meta)?;
+    if meta.len() > limit {
+        return Err(Error::FileTooLarge {
+            path: path.to_path_buf(),
+            size: meta.len(),
+            limit,
+        });
+    }
+    let mut bytes = Vec::new();
+    file.take(limit)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    Ok(bytes)
+}
+
 /// Describes a folder no container claims, for the error message.
 fn describe_folder(path: &Path) -> String {
     match std::fs::read_dir(path) {
