@@ -206,10 +206,13 @@ fn summarize_with(tensors: &[TensorInfo], heads: Option<usize>) -> Option<Summar
         architecture,
         parts,
         wrapper: None,
-        // Converted files keep the scalars under each layout's own names.
+        // Converted files keep the scalars under each layout's own names. Only a tensor of one element is a
+        // scalar to read: a `logit_scale` of a gigabyte must not be read whole to print one number.
         logit_tensors: ["logit_scale", "logit_bias"]
             .into_iter()
-            .filter(|n| r.text.is_some() && tensors.iter().any(|t| t.name == *n))
+            .filter(|n| {
+                r.text.is_some() && tensors.iter().any(|t| t.name == *n && t.numel() == Some(1))
+            })
             .map(str::to_string)
             .collect(),
     })

@@ -438,3 +438,27 @@ fn two_tower_listings_read_the_same_in_every_storage_form() {
         Ok(m) if m.text.as_ref().is_some_and(|t| t.arch.embed.is_none())
     ));
 }
+
+/// A converted two-tower file's logit scale and bias are read by `inspect` only when they hold one element: a
+/// `logit_scale` of a gigabyte (a deflated run of zeros) was read whole to print one number.
+#[test]
+fn only_one_element_logit_tensors_are_read_as_scalars() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let src = bv().join("siglip-nohead/checkpoint.npz");
+    let opts = Options::new(Layout::OpenClip);
+    let file = TensorFile::open(&src).expect("opens");
+    let conv = prepare(&file, &opts).expect("prepares");
+    let written =
+        write(&file, &conv, &opts, &dir.path().join("oc"), &mut |_, _| {}).expect("written");
+    let out = TensorFile::open(&written.weights).expect("output opens");
+    let mut tensors = out.tensors().to_vec();
+    let s = vitconv_convert::summarize_file(&tensors, out.metadata()).expect("summary");
+    assert_eq!(s.logit_tensors, ["logit_scale", "logit_bias"]);
+    for t in &mut tensors {
+        if t.name == "logit_scale" {
+            t.shape = vec![1 << 28];
+        }
+    }
+    let s = vitconv_convert::summarize_file(&tensors, out.metadata()).expect("summary");
+    assert_eq!(s.logit_tensors, ["logit_bias"]);
+}
