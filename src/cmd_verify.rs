@@ -127,7 +127,8 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         },
     };
     let opts = Options {
-        source: args.source,
+        // big_vision's checkpoint prefix (`workdir/checkpoint.bv`) names its `-LAST` file.
+        source: vitconv_tensors::resolve_input(&args.source),
         converted: args.converted,
         layout,
         device: args.device,

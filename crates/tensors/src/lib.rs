@@ -356,22 +356,8 @@ impl TensorFile {
         // A named pipe would block the open itself, and a device reads forever (or as
         // "empty"): only regular files and folders are read. The type is checked before opening, and
         // again on the handle, in case the path was swapped in between.
-        // big_vision names a checkpoint by its prefix (`workdir/checkpoint.bv`), which is no file: the
-        // `-LAST` file beside it names the step.
-        let last;
-        let path = match std::fs::metadata(path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut name = path.as_os_str().to_owned();
-                name.push("-LAST");
-                last = PathBuf::from(name);
-                if last.is_file() {
-                    last.as_path()
-                } else {
-                    path
-                }
-            }
-            _ => path,
-        };
+        let resolved = resolve_input(path);
+        let path = resolved.as_path();
         let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
         let opened = if meta.is_dir() {
             let probe = Probe::Folder(path);
@@ -939,6 +925,22 @@ fn bv_open(p: &Probe<'_>) -> Result<Opened> {
 fn orbax_open(p: &Probe<'_>) -> Result<Opened> {
     let path = checkpoint_path(p).unwrap_or(Path::new("."));
     Ok(folder_opened(Format::Orbax, checkpoint::open_orbax(path)?))
+}
+
+/// The path to open for what a user named: itself, or for big_vision's checkpoint prefix
+/// (`workdir/checkpoint.bv`, which is no file) the `-LAST` file beside it that names the step.
+pub fn resolve_input(path: &Path) -> PathBuf {
+    if let Err(e) = std::fs::symlink_metadata(path) {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            let mut name = path.as_os_str().to_owned();
+            name.push("-LAST");
+            let last = PathBuf::from(name);
+            if last.is_file() {
+                return last;
+            }
+        }
+    }
+    path.to_path_buf()
 }
 
 /// Whether `path` is a folder that one of the checkpoint containers claims (a big_vision workdir or step

@@ -231,7 +231,9 @@ impl Reference {
 /// big_vision, whose files have a `params/` root, a top-level `pos_embedding` or none at all
 /// (sincos2d), stacked `Transformer/encoderblock/` weights or a `MAPHead_0`.
 pub fn detect_family(file: &TensorFile) -> Family {
-    let vit_jax = ["", "opt/target/"].iter().any(|prefix| {
+    // The roots a vision_transformer tree may sit under are the source family's to know (none, `opt/target/`,
+    // a TrainState's `params/`).
+    let vit_jax = vitconv_convert::sources::vit_jax::root(file.tensors()).is_some_and(|prefix| {
         file.get(&format!("{prefix}Transformer/posembed_input/pos_embedding"))
             .is_some()
     });

@@ -56,15 +56,8 @@ pub struct VitJax {
 impl VitJax {
     /// Reads the architecture of an opened vision_transformer checkpoint from its shapes.
     pub fn from_file(file: TensorFile, device: Device) -> Result<VitJax> {
-        let prefix = if file
-            .tensors()
-            .iter()
-            .any(|t| t.name.starts_with("opt/target/"))
-        {
-            "opt/target/"
-        } else {
-            ""
-        };
+        // The same root the converter read the tree under.
+        let prefix = vitconv_convert::sources::vit_jax::root(file.tensors()).unwrap_or("");
         let params = Params::new(file, prefix, device, Kind::Float);
         let names = if params.has(&format!(
             "Transformer/encoderblock_0/{}/query/kernel",
