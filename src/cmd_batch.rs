@@ -161,36 +161,22 @@ fn open_no_follow(options: &mut OpenOptions, path: &Path) -> std::io::Result<Fil
     options.open(path)
 }
 
-/// The manifest's text, empty when there is none. Only a regular file of at most [`MAX_MANIFEST_BYTES`] is
-/// read: a FIFO, a device or a link planted at its name is refused, saying what it is.
+/// The manifest's text, empty when there is none. A link planted at its name is refused; the file itself is
+/// read as every small file is ([`vitconv_tensors::read_regular_file`]: a regular file, never a FIFO or a
+/// device, of at most [`MAX_MANIFEST_BYTES`]).
 fn read_manifest(path: &Path) -> anyhow::Result<String> {
-    use std::io::Read as _;
     let what = || path.display().to_string();
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => anyhow::bail!(
+            "{}: the batch manifest is not a regular file (a link); remove it to start afresh",
+            path.display()
+        ),
+        Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
         Err(e) => return Err(e).with_context(what),
-    };
-    if !meta.file_type().is_file() {
-        anyhow::bail!(
-            "{}: the batch manifest is not a regular file (a link, FIFO or device); remove it to start afresh",
-            path.display()
-        );
     }
-    let file = open_no_follow(OpenOptions::new().read(true), path).with_context(what)?;
-    let meta = file.metadata().with_context(what)?;
-    if !meta.is_file() || meta.len() > MAX_MANIFEST_BYTES {
-        anyhow::bail!(
-            "{}: the batch manifest is not a regular file of at most {MAX_MANIFEST_BYTES} bytes ({} bytes); remove it to start afresh",
-            path.display(),
-            meta.len()
-        );
-    }
-    let mut text = String::new();
-    file.take(MAX_MANIFEST_BYTES)
-        .read_to_string(&mut text)
-        .with_context(what)?;
-    Ok(text)
+    let bytes = vitconv_tensors::read_regular_file(path, MAX_MANIFEST_BYTES)?;
+    String::from_utf8(bytes).with_context(what)
 }
 
 impl Manifest {

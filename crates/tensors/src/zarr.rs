@@ -386,17 +386,7 @@ pub(crate) fn read_v2(
         chunks: stored,
         clipped: false,
     };
-    grid.validate(meta_path)?;
-    Ok(Array {
-        info: TensorInfo {
-            name: name.to_string(),
-            dtype,
-            shape,
-            stored_as: None,
-        },
-        grid,
-        byteswap,
-    })
+    array(meta_path, grid, dtype, shape, byteswap)
 }
 
 /// A zarr v3 codec chain's bytes-to-bytes part after `bytes`: none or zstd/gzip, refusing the rest.
@@ -835,15 +825,28 @@ pub(crate) fn read_v3(
         chunks,
         clipped: false,
     };
+    array(meta_path, grid, dtype, shape, byteswap)
+}
+
+/// The array a checked grid reads as: its directory entry (`shape` as the metadata gives it, empty for a 0-d
+/// array) beside the grid, after [`Grid::validate`] accepted the grid.
+fn array(
+    meta_path: &Path,
+    grid: Grid,
+    dtype: DType,
+    shape: Vec<usize>,
+    byteswap: bool,
+) -> Result<Array> {
     grid.validate(meta_path)?;
     Ok(Array {
         info: TensorInfo {
-            name: name.to_string(),
+            name: grid.name.clone(),
             dtype,
             shape,
             stored_as: None,
         },
         grid,
+        // A one-byte type has no byte order.
         byteswap: byteswap && dtype.size() > 1,
     })
 }
