@@ -281,17 +281,11 @@ fn resolve_big_vision(path: &Path) -> Result<Option<(PathBuf, Option<String>)>> 
 
 /// The step a folder's name gives (`checkpoint.bv-000000100` → `000000100`, `checkpoint_100` → `100`).
 fn step_of(folder: &Path) -> Option<String> {
+    // big_vision's `keep=False` steps end in `-tmp` (`checkpoint.bv-000000250-tmp`): the step comes before it.
     let name = folder.file_name()?.to_str()?;
-    let tail = name.rsplit(['-', '_']).next().unwrap_or(name);
-    let tail = tail.strip_suffix("-tmp").unwrap_or(tail);
-    if tail.chars().all(|c| c.is_ascii_digit()) && !tail.is_empty() {
-        return Some(tail.to_string());
-    }
-    let before_tmp = name.strip_suffix("-tmp")?;
-    let tail = before_tmp.rsplit(['-', '_']).next()?;
-    tail.chars()
-        .all(|c| c.is_ascii_digit())
-        .then(|| tail.to_string())
+    let name = name.strip_suffix("-tmp").unwrap_or(name);
+    let tail = name.rsplit(['-', '_']).next()?;
+    (!tail.is_empty() && tail.bytes().all(|b| b.is_ascii_digit())).then(|| tail.to_string())
 }
 
 /// Opens a big_vision checkpoint.
