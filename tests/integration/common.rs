@@ -129,3 +129,31 @@ pub fn stored(name: &str, content: Vec<u8>) -> Member {
         content,
     }
 }
+
+/// A SentencePiece `ModelProto` holding `pieces` (text, type: 1 normal, 2 unknown, 3 control), each with a
+/// score, for tests that need a tokenizer file without the sentencepiece library.
+pub fn spiece_model(pieces: &[(&str, u64)]) -> Vec<u8> {
+    fn varint(mut v: u64, out: &mut Vec<u8>) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+    fn field(number: u64, data: &[u8], out: &mut Vec<u8>) {
+        varint(number << 3 | 2, out);
+        varint(data.len() as u64, out);
+        out.extend_from_slice(data);
+    }
+    let mut out = Vec::new();
+    for (text, kind) in pieces {
+        let mut p = Vec::new();
+        field(1, text.as_bytes(), &mut p);
+        p.push(2 << 3 | 5);
+        p.extend_from_slice(&(-1.5f32).to_le_bytes());
+        varint(3 << 3, &mut p);
+        varint(*kind, &mut p);
+        field(1, &p, &mut out);
+    }
+    out
+}

@@ -680,3 +680,175 @@ fn options_that_would_fill_the_disk_are_refused_up_front() {
     }
     assert!(listing(dir.path()).is_empty(), "{:?}", listing(dir.path()));
 }
+
+// ---------------------------------------------------------------------------------------
+// Nothing is written through a link planted in or swapped into an output, and a failed folder
+// conversion removes every folder it created, subfolders of an existing folder included.
+
+/// The SigLIP fixture whose open_clip folder has an `image_tower/` subfolder (no registered timm tower
+/// has its sizes).
+const SIGLIP: &str = "big_vision/siglip-tiny/checkpoint.npz";
+
+/// Every regular file below `dir` with its contents, to show a directory unchanged.
+fn contents(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("readable") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.clone(), read(&p)));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn an_output_folder_swapped_for_a_link_between_batch_runs_is_refused() {
+    let dir = scratch();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).expect("mkdir");
+    std::fs::copy(fixture(SOURCE), src.join("m.npz")).expect("copy");
+    let out = dir.path().join("out");
+    let victim = dir.path().join("victim");
+    std::fs::create_dir(&victim).expect("mkdir");
+    std::fs::write(victim.join("config.json"), b"someone else's").expect("write");
+    let batch = |extra: &[&str]| {
+        let mut args = convert_args(&src, &out, "hf", extra);
+        args.retain(|a| a != "--quiet");
+        vitconv(args)
+    };
+    let o = batch(&[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(out.join("m/config.json").is_file());
+    // The folder is replaced by a link to another program's folder, and the source changes, so the manifest
+    // (which says `m/` is ours) asks for the conversion again.
+    std::fs::rename(out.join("m"), dir.path().join("moved")).expect("rename");
+    std::os::unix::fs::symlink(&victim, out.join("m")).expect("symlink");
+    let bytes = read(&src.join("m.npz"));
+    std::fs::write(src.join("m.npz"), &bytes).expect("touch");
+    let before = contents(&victim);
+    for extra in [&[][..], &["--force"][..]] {
+        let o = batch(extra);
+        assert_ne!(o.status.code(), Some(0), "{extra:?}: {}", stderr(&o));
+        let said = format!("{}{}", stdout(&o), stderr(&o));
+        assert!(said.contains("symbolic link"), "{extra:?}: {said}");
+        assert_eq!(contents(&victim), before, "{extra:?}");
+    }
+}
+
+#[test]
+fn force_never_writes_through_a_linked_image_tower() {
+    let dir = scratch();
+    let out = dir.path().join("oc");
+    let o = vitconv(convert_args(&fixture(SIGLIP), &out, "open_clip", &[]));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let victim = dir.path().join("victim");
+    std::fs::create_dir(&victim).expect("mkdir");
+    std::fs::write(victim.join("config.json"), b"someone else's").expect("write");
+    std::fs::remove_dir_all(out.join("image_tower")).expect("rm");
+    std::os::unix::fs::symlink(&victim, out.join("image_tower")).expect("symlink");
+    let weights = read(&out.join("open_clip_model.safetensors"));
+    let o = vitconv(convert_args(
+        &fixture(SIGLIP),
+        &out,
+        "open_clip",
+        &["--force"],
+    ));
+    assert_bad_input(&o, "symbolic link");
+    assert_eq!(read(&victim.join("config.json")), b"someone else's");
+    assert_eq!(listing(&victim), ["config.json"]);
+    assert_eq!(read(&out.join("open_clip_model.safetensors")), weights);
+    // The output folder itself as a link is refused too: with --force, and as a fresh output.
+    let linked = dir.path().join("linked");
+    std::os::unix::fs::symlink(&victim, &linked).expect("symlink");
+    for extra in [&[][..], &["--force"][..]] {
+        let o = vitconv(convert_args(&fixture(SIGLIP), &linked, "open_clip", extra));
+        assert_bad_input(&o, "symbolic link");
+        assert_eq!(listing(&victim), ["config.json"]);
+    }
+}
+
+/// [`convert_with_full_disk`] for any layout.
+fn convert_with_full_disk_as(src: &Path, out: &Path, layout: &str, extra: &[&str]) -> Output {
+    let script = format!("trap '' XFSZ; ulimit -f {FILE_SIZE_LIMIT_BLOCKS}; exec \"$0\" \"$@\"");
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .arg(env!("CARGO_BIN_EXE_vitconv"))
+        .args(convert_args(src, out, layout, extra))
+        .output()
+        .expect("sh runs")
+}
+
+#[test]
+fn a_failed_folder_conversion_removes_the_subfolders_it_created() {
+    let dir = scratch();
+    // An existing empty folder: kept, and left as empty as it was.
+    let out = dir.path().join("oc");
+    std::fs::create_dir(&out).expect("mkdir");
+    let o = convert_with_full_disk_as(&fixture(SIGLIP), &out, "open_clip", &[]);
+    assert_bad_input(&o, "open_clip_model.safetensors");
+    assert!(listing(&out).is_empty(), "{:?}", listing(&out));
+    // A folder the run created, with missing parents: all removed.
+    let deep = dir.path().join("a/b/oc");
+    let o = convert_with_full_disk_as(&fixture(SIGLIP), &deep, "open_clip", &[]);
+    assert_bad_input(&o, "open_clip_model.safetensors");
+    assert_eq!(listing(dir.path()), ["oc"]);
+}
+
+#[test]
+fn force_without_a_tokenizer_removes_the_earlier_runs_tokenizer_files() {
+    let dir = scratch();
+    let spiece = dir.path().join("tok.model");
+    let mut pieces = vec![("<pad>", 3), ("</s>", 3), ("<unk>", 2)];
+    pieces.extend([("\u{2581}a", 1), ("\u{2581}photo", 1), ("\u{2581}of", 1)]);
+    std::fs::write(&spiece, crate::common::spiece_model(&pieces)).expect("write");
+    for layout in ["hf", "open_clip"] {
+        let out = dir.path().join(layout);
+        let extra = ["--tokenizer", spiece.to_str().expect("utf-8")];
+        let nohead = fixture("big_vision/siglip-nohead/checkpoint.npz");
+        let o = vitconv(convert_args(&nohead, &out, layout, &extra));
+        assert_eq!(o.status.code(), Some(0), "{layout}: {}", stderr(&o));
+        assert!(out.join("spiece.model").is_file(), "{layout}");
+        let o = vitconv(convert_args(&nohead, &out, layout, &["--force"]));
+        assert_eq!(o.status.code(), Some(0), "{layout}: {}", stderr(&o));
+        for stale in [
+            "spiece.model",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+        ] {
+            assert!(!out.join(stale).exists(), "{layout}: {stale} kept");
+        }
+    }
+}
+
+#[test]
+fn a_tokenizers_text_is_written_as_it_came_not_as_a_path_placeholder() {
+    let dir = scratch();
+    let spiece = dir.path().join("tok.model");
+    let unk = "@VITCONV_OUTPUT_DIR@";
+    let pieces = [("<pad>", 3), ("</s>", 3), (unk, 2), ("\u{2581}a", 1)];
+    std::fs::write(&spiece, crate::common::spiece_model(&pieces)).expect("write");
+    let out = dir.path().join("oc");
+    let extra = ["--tokenizer", spiece.to_str().expect("utf-8")];
+    let o = vitconv(convert_args(&fixture(SIGLIP), &out, "open_clip", &extra));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let config = String::from_utf8(read(&out.join("tokenizer_config.json"))).expect("utf-8");
+    assert!(config.contains(unk), "{config}");
+    let canonical = std::fs::canonicalize(&out).expect("absolute");
+    assert!(!config.contains(&*canonical.to_string_lossy()), "{config}");
+}
+
+#[test]
+fn a_missing_output_directory_is_named_without_the_temporary() {
+    let dir = scratch();
+    let out = dir.path().join("missing/m.safetensors");
+    let o = convert(&fixture(SOURCE), &out, &[]);
+    assert_bad_input(&o, "missing/m.safetensors");
+    assert!(!stderr(&o).contains(".partial"), "{}", stderr(&o));
+}

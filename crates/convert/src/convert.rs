@@ -16,12 +16,15 @@
 //! dropped (removed) and a folder this run created is removed, by normal unwinding: no process-global
 //! registry, no exit from a handler thread (SIGKILL can still leave a temporary file).
 
+use std::ffi::{OsStr, OsString};
 use std::io::Write as _;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
-use vitconv_tensors::{output_format, DType, Format, TensorFile, TensorSpec, Writer};
+use vitconv_tensors::{
+    output_format, DType, EntryKind, Format, OutDir, TempFile, TensorFile, TensorSpec, Writer,
+};
 
 use crate::arch::Arch;
 use crate::error::{Error, Result};
@@ -91,16 +94,49 @@ pub struct Written {
     pub bytes: u64,
 }
 
-/// Where a `File` plan's side file goes: OUTPUT with its extension replaced by the suffix.
-fn side_path(output: &Path, suffix: &str) -> PathBuf {
-    let stem = output
+/// Where a conversion's output goes: the name `name` inside the open directory `dir`.
+///
+/// Everything the conversion writes is created relative to `dir`'s handle and, for a folder output, to the
+/// handle of the folder opened from it without following a link: nothing lands outside OUTPUT, whatever links
+/// are planted on the way or swapped in while the conversion runs.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The directory OUTPUT is in, already open.
+    pub dir: OutDir,
+    /// OUTPUT's own name inside it.
+    pub name: OsString,
+}
+
+impl Target {
+    /// OUTPUT's path, for messages and reports.
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join(&self.name)
+    }
+}
+
+/// Files a folder layout writes only with some options (a tokenizer's); a `--force` run that does not write
+/// them removes the ones an earlier run left, so that a folder never pairs new weights with an old tokenizer.
+const OPTIONAL_FOLDER_FILES: [&str; 3] = [
+    crate::tokenizer::SPIECE_FILE,
+    crate::tokenizer::TOKENIZER_CONFIG_FILE,
+    crate::tokenizer::SPECIAL_TOKENS_FILE,
+];
+
+/// Where a `File` plan's side file goes: OUTPUT's name with its extension replaced by the suffix.
+fn side_name(output: &OsStr, suffix: &str) -> OsString {
+    let mut name = Path::new(output)
         .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
+        .map(OsStr::to_os_string)
         .unwrap_or_default();
-    output.with_file_name(format!("{stem}{suffix}"))
+    name.push(suffix);
+    name
 }
 
 /// Writes the conversion to `output`, calling `progress(bytes_done, bytes_total)` after each tensor.
+///
+/// OUTPUT's directory is a path the user named (links in it are followed); a folder output's missing parents
+/// are created, and removed again if the conversion fails. OUTPUT itself, and everything below it, is never
+/// reached through a link (see [`write_in`]).
 pub fn write(
     file: &TensorFile,
     conv: &Conversion,
@@ -108,151 +144,244 @@ pub fn write(
     output: &Path,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Written> {
-    let plan = &conv.plan;
-    // A layout that offers both writes a folder when OUTPUT names no weights file.
-    let folder = match &plan.kind {
+    let (parent, name) = match (output.parent(), output.file_name()) {
+        (Some(p), Some(n)) => (p, n),
+        _ => {
+            return Err(Error::Io {
+                path: output.to_path_buf(),
+                op: "cannot write to it",
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "the output path names no file or folder",
+                ),
+            })
+        }
+    };
+    let folder = is_folder_output(&conv.plan.kind, output);
+    // Only a folder output gets its missing parents; a weights file in a missing directory is refused.
+    let parents = match folder && !parent.as_os_str().is_empty() {
+        true => Some(vitconv_tensors::create_dirs(parent).map_err(|e| Error::Io {
+            path: output.to_path_buf(),
+            op: "cannot create the directory it goes in",
+            source: e,
+        })?),
+        false => None,
+    };
+    let result = OutDir::open(parent)
+        .map_err(|e| Error::Io {
+            path: output.to_path_buf(),
+            op: "cannot open the directory it goes in",
+            source: e,
+        })
+        .and_then(|dir| {
+            let target = Target {
+                dir,
+                name: name.to_os_string(),
+            };
+            write_in(file, conv, opts, &target, progress)
+        });
+    if let (Err(_), Some(parents)) = (&result, &parents) {
+        parents.remove_empty();
+    }
+    result
+}
+
+/// Whether a plan of `kind` writes a folder at `output`: a layout that offers both writes one when OUTPUT
+/// names no weights file (an existing directory, or a name without an extension).
+fn is_folder_output(kind: &OutputKind, output: &Path) -> bool {
+    match kind {
         OutputKind::File => false,
         OutputKind::HfDirectory | OutputKind::Directory { .. } => true,
         // An unknown extension is a mistake, not a folder name.
         OutputKind::FileOrFolder { .. } => output.is_dir() || output.extension().is_none(),
-    };
-    let (weights, format, sides, created_dirs) = match folder {
-        false => {
-            let format = match output_format(output) {
-                Some(f @ (Format::Pt | Format::Safetensors)) => f,
-                _ => {
-                    return Err(Error::OutputExtension {
-                        path: output.to_path_buf(),
-                    })
-                }
-            };
-            // A layout's folder files (`config.json`) belong to its folder form only.
-            let sides: Vec<(PathBuf, std::borrow::Cow<'_, [u8]>)> = match plan.kind {
-                OutputKind::FileOrFolder { .. } => Vec::new(),
-                _ => plan
-                    .side_files
-                    .iter()
-                    .map(|s| {
-                        (
-                            side_path(output, &s.name),
-                            std::borrow::Cow::Borrowed(s.contents.as_bytes()),
-                        )
-                    })
-                    .collect(),
-            };
-            for p in std::iter::once(output).chain(sides.iter().map(|s| s.0.as_path())) {
-                if p.exists() && !opts.overwrite {
-                    return Err(Error::Exists {
-                        path: p.to_path_buf(),
-                    });
-                }
-            }
-            (output.to_path_buf(), format, sides, None)
-        }
-        true => {
-            let weights_name = match plan.kind {
-                OutputKind::Directory { weights } => weights,
-                _ => hf_files::WEIGHTS_FILE,
-            };
-            if output.is_file() || output_format(output).is_some() {
-                let files: Vec<&str> = std::iter::once(weights_name)
-                    .chain(plan.side_files.iter().map(|s| s.name.as_str()))
-                    .collect();
-                return Err(Error::FolderOutputNotDirectory {
-                    path: output.to_path_buf(),
-                    layout: opts.layout.as_str(),
-                    files: files.join(", "),
-                });
-            }
-            let existed = output.exists();
-            if existed && !opts.overwrite {
-                let nonempty = std::fs::read_dir(output)
-                    .map_err(|e| Error::Io {
-                        path: output.to_path_buf(),
-                        op: "cannot read the directory",
-                        source: e,
-                    })?
-                    .next()
-                    .is_some();
-                if nonempty {
-                    return Err(Error::Exists {
-                        path: output.to_path_buf(),
-                    });
-                }
-            }
-            // The directories this run creates are removed again if it fails or is cancelled.
-            let dirs = vitconv_tensors::create_dirs(output).map_err(|e| Error::Io {
-                path: output.to_path_buf(),
-                op: "cannot create the directory",
-                source: e,
-            })?;
-            // A loader that resolves a path from the current directory gets the folder's absolute path.
-            let absolute = std::fs::canonicalize(output).map_err(|e| Error::Io {
-                path: output.to_path_buf(),
-                op: "cannot resolve the directory",
-                source: e,
-            })?;
-            let as_json = serde_json::to_string(&absolute.to_string_lossy())
-                .unwrap_or_default()
-                .trim_matches('"')
-                .to_string();
-            for s in &plan.side_files {
-                // Side files in a subfolder (`image_tower/config.json`) get it created inside OUTPUT.
-                if let Some(parent) = Path::new(&s.name)
-                    .parent()
-                    .filter(|p| !p.as_os_str().is_empty())
-                {
-                    let dir = output.join(parent);
-                    std::fs::create_dir_all(&dir).map_err(|e| Error::Io {
-                        path: dir.clone(),
-                        op: "cannot create the directory",
-                        source: e,
-                    })?;
-                }
-            }
-            let sides = plan
-                .side_files
-                .iter()
-                .map(|s| {
-                    (
-                        output.join(&s.name),
-                        std::borrow::Cow::Owned(
-                            s.contents.replace(OUTPUT_DIR_TOKEN, &as_json).into_bytes(),
-                        ),
-                    )
-                })
-                .chain(plan.copied_files.iter().map(|(name, bytes)| {
-                    (
-                        output.join(name),
-                        std::borrow::Cow::Borrowed(bytes.as_slice()),
-                    )
-                }))
-                .collect();
-            (
-                output.join(weights_name),
-                Format::Safetensors,
-                sides,
-                Some(dirs),
-            )
+    }
+}
+
+/// One small file to write: the directory it goes in, its name there, its contents.
+struct SideOut<'a> {
+    dir: OutDir,
+    name: OsString,
+    contents: std::borrow::Cow<'a, [u8]>,
+}
+
+/// Writes the conversion to `target`, calling `progress(bytes_done, bytes_total)` after each tensor.
+///
+/// A folder output is opened (or created) inside `target.dir` without following a link, and every file and
+/// subfolder in it is made relative to that handle; a weights file and its side files are created and
+/// renamed relative to `target.dir`. A failure leaves every existing file as it was and removes what this
+/// run created.
+pub fn write_in(
+    file: &TensorFile,
+    conv: &Conversion,
+    opts: &Options,
+    target: &Target,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Written> {
+    let plan = &conv.plan;
+    let output = target.path();
+    let dir = &target.dir;
+    let io = |path: &Path, op: &'static str| {
+        let path = path.to_path_buf();
+        move |e| Error::Io {
+            path: path.clone(),
+            op,
+            source: e,
         }
     };
-    // Inside an hf directory (checked or created above) the files may be replaced; a single-file output is
-    // replaced only with --force, which the writer's no-clobber rename enforces even against a file that
-    // appeared after the check above.
-    let overwrite = opts.overwrite || folder;
+    let existing = dir
+        .kind(&target.name)
+        .map_err(io(&output, "cannot look at it"))?;
+    let folder = match &plan.kind {
+        OutputKind::FileOrFolder { .. } => {
+            existing == Some(EntryKind::Directory) || output.extension().is_none()
+        }
+        kind => is_folder_output(kind, &output),
+    };
+    // A folder this run created (removed whole on failure), or the subfolders it created in an existing one.
+    let mut created_folder = false;
+    let mut created_inside: Vec<PathBuf> = Vec::new();
+    let mut folder_dir: Option<OutDir> = None;
     let result = (|| {
+        let (weights_dir, weights_name, format, sides) = match folder {
+            false => {
+                let format = match output_format(&output) {
+                    Some(f @ (Format::Pt | Format::Safetensors)) => f,
+                    _ => {
+                        return Err(Error::OutputExtension {
+                            path: output.clone(),
+                        })
+                    }
+                };
+                // A layout's folder files (`config.json`) belong to its folder form only.
+                let sides: Vec<SideOut<'_>> = match plan.kind {
+                    OutputKind::FileOrFolder { .. } => Vec::new(),
+                    _ => plan
+                        .side_files
+                        .iter()
+                        .map(|s| SideOut {
+                            dir: dir.clone(),
+                            name: side_name(&target.name, &s.name),
+                            contents: std::borrow::Cow::Borrowed(s.contents.as_bytes()),
+                        })
+                        .collect(),
+                };
+                if !opts.overwrite {
+                    for name in std::iter::once(&target.name).chain(sides.iter().map(|s| &s.name)) {
+                        let path = dir.path().join(name);
+                        if dir
+                            .kind(name)
+                            .map_err(io(&path, "cannot look at it"))?
+                            .is_some()
+                        {
+                            return Err(Error::Exists { path });
+                        }
+                    }
+                }
+                (dir.clone(), target.name.clone(), format, sides)
+            }
+            true => {
+                let weights_name = match plan.kind {
+                    OutputKind::Directory { weights, .. } => weights,
+                    _ => hf_files::WEIGHTS_FILE,
+                };
+                if matches!(existing, Some(EntryKind::File | EntryKind::Other))
+                    || output_format(&output).is_some()
+                {
+                    let files: Vec<&str> = std::iter::once(weights_name)
+                        .chain(plan.side_files.iter().map(|s| s.name.as_str()))
+                        .collect();
+                    return Err(Error::FolderOutputNotDirectory {
+                        path: output.clone(),
+                        layout: opts.layout.as_str(),
+                        files: files.join(", "),
+                    });
+                }
+                // Opened without following a link: a link planted (or swapped in) at OUTPUT is refused.
+                let (out, created) = dir
+                    .child(&target.name, true)
+                    .map_err(io(&output, "cannot open the output folder"))?;
+                created_folder = created;
+                folder_dir = Some(out.clone());
+                if !created && !opts.overwrite {
+                    let names = out
+                        .names()
+                        .map_err(io(&output, "cannot read the directory"))?;
+                    if !names.is_empty() {
+                        return Err(Error::Exists {
+                            path: output.clone(),
+                        });
+                    }
+                }
+                // The folder's absolute path, for a side file that must name it.
+                let folder_path = match &plan.kind {
+                    OutputKind::Directory {
+                        folder_path_in: Some(_),
+                        ..
+                    } => Some(folder_path_json(&output)?),
+                    _ => None,
+                };
+                let mut sides = Vec::new();
+                let copied = plan.copied_files.iter().map(|(name, bytes)| {
+                    (name.as_str(), std::borrow::Cow::Borrowed(bytes.as_slice()))
+                });
+                let configs = plan.side_files.iter().map(|s| {
+                    let contents = match (&plan.kind, &folder_path) {
+                        // Substituted only in the file the layout says holds the placeholder: any other text
+                        // (a tokenizer's pieces) is written as it came.
+                        (
+                            OutputKind::Directory {
+                                folder_path_in: Some(holder),
+                                ..
+                            },
+                            Some(p),
+                        ) if s.name == *holder => std::borrow::Cow::Owned(
+                            s.contents.replace(OUTPUT_DIR_TOKEN, p).into_bytes(),
+                        ),
+                        _ => std::borrow::Cow::Borrowed(s.contents.as_bytes()),
+                    };
+                    (s.name.as_str(), contents)
+                });
+                for (name, contents) in configs.chain(copied) {
+                    let rel = Path::new(name);
+                    // Side files in a subfolder (`image_tower/config.json`) get it created inside OUTPUT,
+                    // relative to its handle and again without following a link.
+                    let (sub, file_name) = match (rel.parent(), rel.file_name()) {
+                        (Some(p), Some(f)) if !p.as_os_str().is_empty() => {
+                            let path = output.join(p);
+                            let (sub, made) = out
+                                .descend(p, true)
+                                .map_err(io(&path, "cannot create the directory"))?;
+                            created_inside.extend(made);
+                            (sub, f)
+                        }
+                        (_, Some(f)) => (out.clone(), f),
+                        _ => continue,
+                    };
+                    sides.push(SideOut {
+                        dir: sub,
+                        name: file_name.to_os_string(),
+                        contents,
+                    });
+                }
+                (
+                    out,
+                    OsString::from(weights_name),
+                    Format::Safetensors,
+                    sides,
+                )
+            }
+        };
+        // Inside a folder (checked or created above) the files may be replaced; a single-file output is
+        // replaced only with --force, which the no-clobber rename enforces even against a file that appeared
+        // after the check above.
+        let overwrite = opts.overwrite || folder;
         // Side files are staged first and the weights written in full before anything is renamed into place,
         // so a failure anywhere (a side path that is a directory, a source tensor that breaks, a full disk)
         // leaves every existing output as it was.
         let staged = sides
             .iter()
-            .map(|(path, contents)| stage_atomic(path, contents))
+            .map(|s| stage_atomic(&s.dir, &s.name, &s.contents))
             .collect::<Result<Vec<_>>>()?;
-        let target = WeightsTarget {
-            path: &weights,
-            format,
-            overwrite,
-        };
         let producers = opts.producers.unwrap_or_else(producers).max(1);
         let band_bytes = opts.band_bytes.unwrap_or(BAND_BYTES).max(1);
         let cancelled = || {
@@ -260,11 +389,17 @@ pub fn write(
                 .as_ref()
                 .is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst))
         };
+        let weights_path = weights_dir.path().join(&weights_name);
         let (writer, tensors, bytes) = write_weights(
             file,
             plan,
             opts.dtype,
-            target,
+            WeightsTarget {
+                dir: &weights_dir,
+                name: &weights_name,
+                format,
+                overwrite,
+            },
             [producers, band_bytes],
             &cancelled,
             progress,
@@ -281,29 +416,62 @@ pub fn write(
             side.commit(overwrite)?;
         }
         sealed.commit()?;
+        if let (true, Some(out)) = (opts.overwrite, &folder_dir) {
+            // What an earlier run wrote and this one does not (its tokenizer files) must not stay beside the
+            // new weights.
+            for stale in OPTIONAL_FOLDER_FILES {
+                let ours = sides
+                    .iter()
+                    .any(|s| s.name == stale && s.dir.path() == out.path());
+                if !ours {
+                    out.remove_file(OsStr::new(stale)).map_err(io(
+                        &output.join(stale),
+                        "cannot remove the earlier run's file",
+                    ))?;
+                }
+            }
+        }
         Ok(Written {
             folder,
-            weights: weights.clone(),
-            side_files: sides.iter().map(|s| s.0.clone()).collect(),
+            weights: weights_path,
+            side_files: sides.iter().map(|s| s.dir.path().join(&s.name)).collect(),
             tensors,
             bytes,
         })
     })();
-    if let (Err(_), Some(dirs)) = (&result, &created_dirs) {
-        // Only directories this run created are removed; an existing one keeps whatever it held.
-        if !dirs.created().is_empty() {
-            let _ = std::fs::remove_dir_all(output);
-            for parent in dirs.created().iter().skip(1) {
-                let _ = std::fs::remove_dir(parent);
-            }
+    if result.is_err() {
+        // Only what this run created is removed; an existing folder keeps whatever it held.
+        if created_folder {
+            let _ = dir.remove_tree(Path::new(&target.name));
+        } else if let Some(out) = &folder_dir {
+            out.remove_created(&created_inside);
         }
     }
     result
 }
 
+/// The folder's absolute path as JSON string content, for the one side file that names it; a path that is
+/// not UTF-8 cannot be written into a JSON config faithfully and is refused.
+fn folder_path_json(output: &Path) -> Result<String> {
+    // A loader that resolves a path from the current directory gets the folder's absolute path.
+    let absolute = std::fs::canonicalize(output).map_err(|e| Error::Io {
+        path: output.to_path_buf(),
+        op: "cannot resolve the directory",
+        source: e,
+    })?;
+    let text = absolute.to_str().ok_or_else(|| Error::OutputPathNotUtf8 {
+        path: absolute.clone(),
+    })?;
+    Ok(serde_json::to_string(text)
+        .unwrap_or_default()
+        .trim_matches('"')
+        .to_string())
+}
+
 /// Where [`write_weights`] writes.
 struct WeightsTarget<'a> {
-    path: &'a Path,
+    dir: &'a OutDir,
+    name: &'a OsStr,
     format: Format,
     overwrite: bool,
 }
@@ -313,7 +481,8 @@ fn write_weights(
     plan: &Plan,
     dtype: OutDType,
     WeightsTarget {
-        path,
+        dir,
+        name,
         format,
         overwrite,
     }: WeightsTarget<'_>,
@@ -345,7 +514,7 @@ fn write_weights(
                 what: "output size",
             })?;
     }
-    let mut writer = Writer::create(path, format, specs, plan.metadata.clone(), overwrite)?;
+    let mut writer = Writer::create_in(dir, name, format, specs, plan.metadata.clone(), overwrite)?;
     // Producers compute bands of output bytes while this thread writes them (the write is mostly kernel time):
     // each tensor goes to the producer with the fewest bytes so far (`owners`), so while one transposes a
     // kernel the other is already reading the next. (Taking turns tensor by tensor would give one producer
@@ -581,34 +750,28 @@ fn produce_tensor(
     Ok(())
 }
 
-/// Writes a small file through a temporary sibling and a rename, so readers never see half of it.
-/// A small file written to a registered temporary beside its target, waiting to be renamed into place.
+/// A small file written to a temporary beside its target, waiting to be renamed into place.
 struct Staged {
     path: PathBuf,
-    tmp: tempfile::NamedTempFile,
+    name: OsString,
+    tmp: TempFile,
 }
 
-/// Writes `contents` to a temporary file beside `path`, removed when dropped like the writer's;
-/// [`Staged::commit`] renames it into place.
-fn stage_atomic(path: &Path, contents: &[u8]) -> Result<Staged> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+/// Writes `contents` to a temporary file in `dir`, removed when dropped like the writer's; [`Staged::commit`]
+/// renames it to `name`.
+fn stage_atomic(dir: &OutDir, name: &OsStr, contents: &[u8]) -> Result<Staged> {
+    let path = dir.path().join(name);
     let io = |e| Error::Io {
-        path: path.to_path_buf(),
+        path: path.clone(),
         op: "cannot write a temporary file beside it",
         source: e,
     };
-    let mut builder = tempfile::Builder::new();
     // Side files are ordinary outputs, readable like the weights beside them (0644), not private temporaries.
-    #[cfg(unix)]
-    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
-    // Removed when dropped, so a failed or cancelled run leaves none behind.
-    let mut tmp = builder.tempfile_in(dir).map_err(io)?;
-    tmp.write_all(contents).map_err(io)?;
+    let tmp = dir.temp(name, 0o644).map_err(io)?;
+    tmp.as_file().write_all(contents).map_err(io)?;
     Ok(Staged {
-        path: path.to_path_buf(),
+        path: path.clone(),
+        name: name.to_os_string(),
         tmp,
     })
 }
@@ -616,18 +779,15 @@ fn stage_atomic(path: &Path, contents: &[u8]) -> Result<Staged> {
 impl Staged {
     /// Renames the staged file into place; without `overwrite` an existing file is refused, not replaced.
     fn commit(self, overwrite: bool) -> Result<()> {
-        let Staged { path, tmp } = self;
-        let persisted = if overwrite {
-            tmp.persist(&path)
-        } else {
-            tmp.persist_noclobber(&path)
-        };
-        persisted.map_err(|e| Error::Io {
-            path: path.clone(),
-            op: "cannot rename the temporary file into place",
-            source: e.error,
-        })?;
-        Ok(())
+        let Staged { path, name, tmp } = self;
+        tmp.persist(&name, overwrite).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => Error::Exists { path: path.clone() },
+            _ => Error::Io {
+                path: path.clone(),
+                op: "cannot rename the temporary file into place",
+                source: e,
+            },
+        })
     }
 }
 
@@ -852,9 +1012,10 @@ mod tests {
                     .path()
                     .join(format!("out-{name}-{producers}-{band_bytes}"));
                 std::fs::create_dir(&out_dir).unwrap();
-                let out = out_dir.join("o.pt");
+                let out_handle = OutDir::open(&out_dir).unwrap();
                 let target = WeightsTarget {
-                    path: &out,
+                    dir: &out_handle,
+                    name: OsStr::new("o.pt"),
                     format: Format::Pt,
                     overwrite: false,
                 };
@@ -920,11 +1081,12 @@ mod tests {
             }
             for producers in [1, 2] {
                 for band_bytes in [1, 300, 4096, BAND_BYTES] {
-                    let out = dir
-                        .path()
-                        .join(format!("{dtype:?}-{producers}-{band_bytes}.safetensors"));
+                    let out_name = format!("{dtype:?}-{producers}-{band_bytes}.safetensors");
+                    let out = dir.path().join(&out_name);
+                    let out_handle = OutDir::open(dir.path()).unwrap();
                     let target = WeightsTarget {
-                        path: &out,
+                        dir: &out_handle,
+                        name: OsStr::new(&out_name),
                         format: Format::Safetensors,
                         overwrite: false,
                     };

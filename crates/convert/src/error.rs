@@ -374,6 +374,13 @@ pub enum Error {
         files: String,
     },
 
+    /// A folder output whose path must be written into a config (an open_clip image tower named by path)
+    /// but is not UTF-8.
+    #[error("{}: the folder's path is not valid UTF-8, and this layout writes it into open_clip_config.json; choose an output path of UTF-8 characters", path.display())]
+    OutputPathNotUtf8 {
+        /// The folder's absolute path.
+        path: PathBuf,
+    },
     /// The output exists and `--force` was not given.
     #[error("{}: output exists; pass --force to overwrite it", path.display())]
     Exists {

@@ -196,6 +196,9 @@ pub enum OutputKind {
     Directory {
         /// The weights file's name inside the folder.
         weights: &'static str,
+        /// The one side file in which [`OUTPUT_DIR_TOKEN`] stands for the folder's path, if any; no other
+        /// file's text is touched.
+        folder_path_in: Option<&'static str>,
     },
     /// One weights file when OUTPUT has a weights extension; otherwise a self-contained folder holding
     /// `model.safetensors` and the side files, which `python` (the folder's own loader line) builds from.

@@ -219,7 +219,7 @@ pub mod fuzzing {
 pub use bands::ColumnBands;
 pub use checkpoint::CheckpointInfo;
 
-pub use dirs::{create_dirs, CreatedDirs};
+pub use dirs::{create_dirs, CreatedDirs, EntryKind, OutDir, TempFile};
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use stats::TensorStats;

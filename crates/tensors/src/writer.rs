@@ -12,6 +12,7 @@
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::collections::HashSet;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ use std::path::{Path, PathBuf};
 use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, DateTime, ZipWriter};
 
+use crate::dirs::{EntryKind, OutDir, TempFile};
 use crate::npy;
 use crate::pickle;
 use crate::pt::{ARCHIVE_PREFIX, METADATA_RECORD, VERSION_RECORD};
@@ -206,7 +208,9 @@ impl Drop for Archive {
 /// Writes a tensor file atomically, one tensor at a time, in the order of its specs.
 pub struct Writer {
     path: PathBuf,
-    temp: tempfile::NamedTempFile,
+    /// The final name inside `temp`'s directory.
+    name: OsString,
+    temp: TempFile,
     sink: Sink,
     specs: Vec<TensorSpec>,
     sizes: Vec<u64>,
@@ -247,13 +251,40 @@ impl Writer {
         metadata: BTreeMap<String, String>,
         overwrite: bool,
     ) -> Result<Writer> {
+        let (dir, name) = match (path.parent(), path.file_name()) {
+            (Some(p), Some(n)) => (p, n),
+            _ => {
+                return Err(Error::io(
+                    path,
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        "the output path names no file",
+                    ),
+                ))
+            }
+        };
+        let dir = OutDir::open(dir).map_err(|e| Error::io(path, e))?;
+        Writer::create_in(&dir, name, format, specs, metadata, overwrite)
+    }
+
+    /// As [`Writer::create`], for the file `name` inside the open directory `dir`: the temporary and the
+    /// final file are made relative to that handle, so a link planted on the way is never followed.
+    pub fn create_in(
+        dir: &OutDir,
+        name: &OsStr,
+        format: Format,
+        specs: Vec<TensorSpec>,
+        metadata: BTreeMap<String, String>,
+        overwrite: bool,
+    ) -> Result<Writer> {
+        let path = &dir.path().join(name);
         let misuse = |expected: &str, found: String| Error::Writer {
             path: path.to_path_buf(),
             tensor: String::new(),
             expected: expected.to_string(),
             found,
         };
-        if !overwrite && path.exists() {
+        if !overwrite && dir.kind(name).map_err(|e| Error::io(path, e))?.is_some() {
             return Err(Error::Exists {
                 path: path.to_path_buf(),
             });
@@ -282,23 +313,12 @@ impl Writer {
                 format!("{} keys", metadata.len()),
             ));
         }
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let stem = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let prefix = format!(".{stem}.");
-        let mut builder = tempfile::Builder::new();
-        builder.prefix(&prefix).suffix(".partial");
-        // Temporary files are private (0600) by default; the finished file should be an
-        // ordinary readable output like any other the user writes.
-        #[cfg(unix)]
-        builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(OUTPUT_MODE));
-        // Removed when dropped: a failed or cancelled conversion leaves nothing behind.
-        let temp = builder.tempfile_in(&dir).map_err(|e| Error::io(path, e))?;
+        // Temporary files are private (0600) by default elsewhere; the finished file should be an ordinary
+        // readable output like any other the user writes. Removed when dropped: a failed or cancelled
+        // conversion leaves nothing behind.
+        let temp = dir
+            .temp(name, OUTPUT_MODE)
+            .map_err(|e| Error::io(path, e))?;
         let file = temp.as_file().try_clone().map_err(|e| Error::io(path, e))?;
         let total = sizes.iter().fold(0u64, |a, &n| a.saturating_add(n));
         // An output that cannot fit is refused before any of it is written, and nothing is reserved
@@ -331,6 +351,7 @@ impl Writer {
         };
         Ok(Writer {
             path: path.to_path_buf(),
+            name: name.to_os_string(),
             temp,
             sink,
             specs,
@@ -514,7 +535,7 @@ impl Writer {
         let file = out.into_inner().map_err(|e| io(e.into_error()))?;
         file.sync_all().map_err(io)?;
         drop(file);
-        if path.is_dir() {
+        if self.temp.dir().kind(&self.name).map_err(io)? == Some(EntryKind::Directory) {
             return Err(io(std::io::Error::new(
                 std::io::ErrorKind::IsADirectory,
                 "the output path is a directory",
@@ -522,6 +543,7 @@ impl Writer {
         }
         Ok(Sealed {
             path,
+            name: self.name,
             temp: self.temp,
             overwrite: self.overwrite,
         })
@@ -532,7 +554,8 @@ impl Writer {
 /// the temporary file.
 pub struct Sealed {
     path: PathBuf,
-    temp: tempfile::NamedTempFile,
+    name: OsString,
+    temp: TempFile,
     overwrite: bool,
 }
 
@@ -541,22 +564,18 @@ impl Sealed {
     pub fn commit(self) -> Result<()> {
         let Sealed {
             path,
+            name,
             temp,
             overwrite,
         } = self;
-        let io = |e| Error::io(&path, e);
-        if overwrite {
-            temp.persist(&path).map(drop).map_err(|e| io(e.error))
-        } else {
-            // Refuses, atomically, a target that appeared while we were writing.
-            temp.persist_noclobber(&path).map(drop).map_err(|e| {
-                if e.error.kind() == std::io::ErrorKind::AlreadyExists {
-                    Error::Exists { path: path.clone() }
-                } else {
-                    io(e.error)
-                }
-            })
-        }
+        // Without `overwrite`, a target that appeared while we were writing is refused, atomically.
+        temp.persist(&name, overwrite).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                Error::Exists { path: path.clone() }
+            } else {
+                Error::io(&path, e)
+            }
+        })
     }
 }
 

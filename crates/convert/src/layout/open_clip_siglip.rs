@@ -293,6 +293,8 @@ pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Res
     let mut plan = prep.finish(
         OutputKind::Directory {
             weights: WEIGHTS_FILE,
+            // Only an unregistered tower's config names the folder (see `image_tower` above).
+            folder_path_in: registered.is_none().then_some(CONFIG_FILE),
         },
         out,
         meta,
