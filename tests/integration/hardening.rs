@@ -852,3 +852,65 @@ fn a_missing_output_directory_is_named_without_the_temporary() {
     assert_bad_input(&o, "missing/m.safetensors");
     assert!(!stderr(&o).contains(".partial"), "{}", stderr(&o));
 }
+
+// ---------------------------------------------------------------------------------------
+// A lying stack depth is refused before a record per block is made.
+
+#[test]
+fn a_lying_stack_depth_is_refused_before_anything_per_block_is_made() {
+    use std::io::Write as _;
+    let dir = scratch();
+    let src =
+        TensorFile::open(fixture("big_vision/bv-vit-map-scan/checkpoint.npz")).expect("opens");
+    let lying = "params/Transformer/encoderblock/LayerNorm_0/scale";
+    let depth = 100_000usize;
+    let mut members = Vec::new();
+    for t in src.tensors() {
+        let name = format!("{}.npy", t.name);
+        if t.name == lying {
+            // Zeros deflate about a thousandfold: 19 MB of declared values in a few kilobytes.
+            let mut content = npy_header(t.dtype, &[depth, t.shape[1]]);
+            content.resize(content.len() + depth * t.shape[1] * 4, 0);
+            let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+            z.write_all(&content).expect("deflate");
+            members.push(Member {
+                name,
+                deflate: true,
+                payload: z.finish().expect("deflate"),
+                content,
+            });
+        } else {
+            let mut content = npy_header(t.dtype, &t.shape);
+            content.extend_from_slice(&src.read(&t.name).expect("reads"));
+            members.push(stored(&name, content));
+        }
+    }
+    let path = dir.path().join("deep.npz");
+    std::fs::write(&path, zip_bytes(&members)).expect("write");
+    assert!(std::fs::metadata(&path).expect("stat").len() < 1 << 20);
+    let o = vitconv(["inspect".as_ref(), path.as_os_str()]);
+    // inspect still lists the tensors, without a model summary.
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("(npz, 40 tensors)"), "{}", stdout(&o));
+    assert!(!stdout(&o).contains("big_vision |"), "{}", stdout(&o));
+    let out = dir.path().join("m.safetensors");
+    let o = convert(&path, &out, &[]);
+    assert_bad_input(&o, "100000 blocks, more than vitconv's limit of 1024");
+    assert_eq!(listing(dir.path()), ["deep.npz"]);
+}
+
+#[test]
+fn a_folder_whose_path_a_config_must_name_is_refused_unless_utf8() {
+    use std::os::unix::ffi::OsStrExt as _;
+    let dir = scratch();
+    let out = dir.path().join(std::ffi::OsStr::from_bytes(b"oc-\xff"));
+    let o = vitconv([
+        "npz-to-pt".as_ref(),
+        fixture(SIGLIP).as_os_str(),
+        out.as_os_str(),
+        "--layout".as_ref(),
+        "open_clip".as_ref(),
+    ]);
+    assert_bad_input(&o, "not valid UTF-8");
+    assert!(listing(dir.path()).is_empty(), "{:?}", listing(dir.path()));
+}

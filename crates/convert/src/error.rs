@@ -229,6 +229,18 @@ pub enum Error {
         found: Vec<usize>,
     },
 
+    /// An encoder deeper than [`crate::model::MAX_DEPTH`]: a lying header, refused before a record per block
+    /// is made.
+    #[error("tensor {name}: {depth} blocks, more than vitconv's limit of {max} (the deepest published ViT has 56); the file's header does not describe a real model")]
+    TooDeep {
+        /// The tensor that gives the depth (a stacked LayerNorm, or the last numbered block's).
+        name: String,
+        /// The depth it declares.
+        depth: usize,
+        /// The limit.
+        max: usize,
+    },
+
     /// A patch embedding that is not square or is empty.
     #[error("tensor {name}: expected shape [p, p, in, hidden] with a square, non-empty patch, found {found:?} (vitconv converts square patches)")]
     NonSquarePatch {

@@ -12,6 +12,11 @@ use vitconv_tensors::DType;
 
 use crate::arch::Arch;
 
+/// The most encoder blocks a source may declare. The model holds a record per block and tensor, so a header
+/// that lies about the depth (a deflated stack of a million tiny blocks fits in kilobytes) is refused before
+/// they are made; the deepest published ViT (ViT-e) has 56 blocks, far below it.
+pub const MAX_DEPTH: usize = 1024;
+
 /// Where one parameter's values are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Param {

@@ -14,7 +14,7 @@ use super::keys::{dims, Keys};
 use crate::arch::{Arch, Classifier, PosEmbKind};
 use crate::error::{Error, Result};
 use crate::model::{
-    Attention, Block, Dense, MapHead, Model, Norm, Param, Pool, PosEmbed, Proj, Tower,
+    Attention, Block, Dense, MapHead, Model, Norm, Param, Pool, PosEmbed, Proj, Tower, MAX_DEPTH,
 };
 
 /// The family's name in reports and metadata.
@@ -208,6 +208,14 @@ pub(crate) fn read_encoder(
                 found: vec![depth, d],
             });
         }
+        // The model holds a record per block and tensor: a lying depth is refused before any is made.
+        if depth > MAX_DEPTH {
+            return Err(Error::TooDeep {
+                name: stacked_ln,
+                depth,
+                max: MAX_DEPTH,
+            });
+        }
         (
             Names {
                 root: root.to_string(),
@@ -222,9 +230,17 @@ pub(crate) fn read_encoder(
             encoder,
             stacked: false,
         };
-        let depth = (0..)
+        // Numbered blocks are bounded by the file's own entries; the limit keeps one rule for both forms.
+        let depth = (0..=MAX_DEPTH)
             .take_while(|i| keys.has(&names.block(*i, &format!("{LN1}/scale"))))
             .count();
+        if depth > MAX_DEPTH {
+            return Err(Error::TooDeep {
+                name: names.block(MAX_DEPTH, &format!("{LN1}/scale")),
+                depth,
+                max: MAX_DEPTH,
+            });
+        }
         (names, depth)
     };
     if depth == 0 {

@@ -9,7 +9,9 @@ use vitconv_tensors::TensorInfo;
 use super::keys::{dims, Keys};
 use crate::arch::{Arch, Classifier, PosEmbKind, ResNet};
 use crate::error::{Error, Result};
-use crate::model::{Attention, Block, Dense, Model, Norm, Pool, PosEmbed, Proj, Stem, Tower, Unit};
+use crate::model::{
+    Attention, Block, Dense, Model, Norm, Pool, PosEmbed, Proj, Stem, Tower, Unit, MAX_DEPTH,
+};
 
 /// The family's name in reports and metadata.
 pub const FAMILY: &str = "vit_jax";
@@ -188,9 +190,16 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
     let resnet = detect_resnet(&mut keys, &names, in_chans)?;
 
     // Encoder blocks: count them, then pick the naming style from block 0.
-    let depth = (0..)
+    let depth = (0..=MAX_DEPTH)
         .take_while(|i| keys.has(&names.block_norm(*i, BlockNorm::Attention, "scale")))
         .count();
+    if depth > MAX_DEPTH {
+        return Err(Error::TooDeep {
+            name: names.block_norm(MAX_DEPTH, BlockNorm::Attention, "scale"),
+            depth,
+            max: MAX_DEPTH,
+        });
+    }
     if depth == 0 {
         return Err(Error::NoBlocks {
             recognised: keys.recognised.clone(),
