@@ -240,16 +240,30 @@ pub fn plan(prep: Prepared<'_>, _fetch: &dyn Fetch, source_name: &str) -> Result
     }
     kw.insert("act_layer".into(), json!(act));
     let kwargs = Value::Object(kw.clone());
-    let mean_std = format!("mean={:?}, std={:?}", prep.norm.mean(), prep.norm.std())
-        .replace('[', "(")
-        .replace(']', ")");
+    // The source's own preprocessing, for `timm.data.resolve_model_data_config` + `create_transform`: the
+    // whole image squashed to the model's size (no crop), bilinear as vit_jax's and big_vision's eval
+    // pipelines resize, pixels normalised with the source's mean and std (or those --input-norm folded in).
     let pretrained_cfg = json!({
         "input_size": [3, prep.image_size, prep.image_size],
+        "interpolation": "bilinear",
         "mean": prep.norm.mean(),
         "std": prep.norm.std(),
         "num_classes": classes,
         "crop_pct": 1.0,
+        "crop_mode": "squash",
     });
+    // The same as a Python `dict(...)` for the printed loader lines.
+    let cfg_py = format!(
+        "dict({})",
+        pretrained_cfg
+            .as_object()
+            .map(|m| m
+                .iter()
+                .map(|(k, v)| format!("{k}={}", py_value(v)))
+                .collect::<Vec<_>>()
+                .join(", "))
+            .unwrap_or_default()
+    );
 
     let py_kwargs = |map: &Map<String, Value>| -> String {
         map.iter()
@@ -277,12 +291,12 @@ pub fn plan(prep: Prepared<'_>, _fetch: &dyn Fetch, source_name: &str) -> Result
                         extra.push_str(&format!(", img_size={}", prep.image_size));
                     }
                     format!(
-                        "import timm\nmodel = timm.create_model('{}', pretrained=False, {extra}, pretrained_cfg_overlay=dict({mean_std}))",
+                        "import timm\nmodel = timm.create_model('{}', pretrained=False, {extra}, pretrained_cfg_overlay={cfg_py})",
                         r.0
                     )
                 }
                 None => format!(
-                    "from timm.models.vision_transformer import VisionTransformer\nmodel = VisionTransformer({})",
+                    "from timm.models.vision_transformer import VisionTransformer\nmodel = VisionTransformer({})\nmodel.pretrained_cfg = {cfg_py}",
                     py_kwargs(&kw)
                 ),
             }
@@ -331,7 +345,7 @@ pub fn plan(prep: Prepared<'_>, _fetch: &dyn Fetch, source_name: &str) -> Result
                 "norm_eps": FLAX_GN_EPS,
             }));
             format!(
-                "import functools\nfrom timm.layers import GroupNormAct, HybridEmbed, StdConv2dSame\nfrom timm.models.resnetv2 import ResNetV2, create_resnetv2_stem\nfrom timm.models.vision_transformer import VisionTransformer\n{backbone}\nmodel = VisionTransformer(embed_layer=functools.partial(HybridEmbed, backbone=backbone), {})",
+                "import functools\nfrom timm.layers import GroupNormAct, HybridEmbed, StdConv2dSame\nfrom timm.models.resnetv2 import ResNetV2, create_resnetv2_stem\nfrom timm.models.vision_transformer import VisionTransformer\n{backbone}\nmodel = VisionTransformer(embed_layer=functools.partial(HybridEmbed, backbone=backbone), {})\nmodel.pretrained_cfg = {cfg_py}",
                 py_kwargs(&kw)
             )
         }
@@ -419,8 +433,6 @@ fn folder_config(
         m.insert("tag".into(), json!("vitconv"));
         m.insert("custom_load".into(), json!(false));
         m.insert("fixed_input_size".into(), json!(true));
-        m.insert("interpolation".into(), json!("bilinear"));
-        m.insert("crop_mode".into(), json!("center"));
         m.insert("pool_size".into(), Value::Null);
         m.insert(
             "first_conv".into(),
