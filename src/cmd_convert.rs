@@ -288,7 +288,7 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
         "source: {}: {} {}",
         args.source.display(),
         conv.family,
-        conv.arch.describe()
+        conv.architecture
     );
     for n in &conv.source_notes {
         println!("  ({n})");

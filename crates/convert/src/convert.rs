@@ -41,6 +41,9 @@ pub struct Conversion {
     pub family: &'static str,
     /// The source's architecture as detected.
     pub arch: Arch,
+    /// The one-line description of the source's model (both towers of a two-tower model), as `inspect`
+    /// prints it.
+    pub architecture: String,
     /// Notes about the source itself (prefix, block naming).
     pub source_notes: Vec<String>,
     /// The layout's plan: output tensors, metadata, notes and side files.
@@ -73,6 +76,7 @@ pub fn prepare(file: &TensorFile, opts: &Options) -> Result<Conversion> {
     }
     Ok(Conversion {
         family: model.family,
+        architecture: crate::model_line(&model),
         arch: model.image.arch,
         source_notes,
         plan,
@@ -244,8 +248,19 @@ pub fn write_in(
     let result = (|| {
         let (weights_dir, weights_name, format, sides) = match folder {
             false => {
-                let format = match output_format(&output) {
-                    Some(f @ (Format::Pt | Format::Safetensors)) => f,
+                let format = match (output_format(&output), plan.no_folder) {
+                    (Some(f @ (Format::Pt | Format::Safetensors)), _) => f,
+                    // A folder was meant (no extension, or an existing directory) where the layout has none.
+                    (None, Some(why))
+                        if output.extension().is_none()
+                            || existing == Some(EntryKind::Directory) =>
+                    {
+                        return Err(Error::NoFolderForm {
+                            path: output.clone(),
+                            layout: opts.layout.as_str(),
+                            why,
+                        })
+                    }
                     _ => {
                         return Err(Error::OutputExtension {
                             path: output.clone(),
@@ -926,6 +941,7 @@ mod tests {
             python: String::new(),
             side_files: Vec::new(),
             copied_files: Vec::new(),
+            no_folder: None,
         }
     }
 

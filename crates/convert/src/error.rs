@@ -368,6 +368,17 @@ pub enum Error {
         layout: &'static str,
     },
 
+    /// A folder output asked of a layout that can write this model only as a weights file.
+    #[error("OUTPUT: {}: --layout {layout} writes this model as a weights file only: {why}; name a .safetensors or .pt file", path.display())]
+    NoFolderForm {
+        /// The output asked for.
+        path: PathBuf,
+        /// The layout.
+        layout: &'static str,
+        /// Why it has no folder form, and what the exact route is.
+        why: &'static str,
+    },
+
     /// An output file whose extension names no format.
     #[error("OUTPUT: {}: the format follows the extension: .pt, .pth, .bin or .safetensors (a directory without an extension for --layout hf, and for timm folders)", path.display())]
     OutputExtension {

@@ -169,10 +169,7 @@ fn summarize_with(tensors: &[TensorInfo], heads: Option<usize>) -> Option<Summar
         let arch = &model.image.arch;
         let mut parts = arch.parts();
         parts.extend(model.notes.iter().cloned());
-        let architecture = match &model.text {
-            Some(text) => two_tower_line(arch, &text.arch),
-            None => arch.describe(),
-        };
+        let architecture = model_line(&model);
         return Some(Summary {
             family: model.family.to_string(),
             architecture,
@@ -216,6 +213,15 @@ fn summarize_with(tensors: &[TensorInfo], heads: Option<usize>) -> Option<Summar
             .map(str::to_string)
             .collect(),
     })
+}
+
+/// The one-line description of a source's model: the architecture, or both towers of a two-tower model (whose
+/// image projection is no classifier head).
+pub(crate) fn model_line(model: &model::Model) -> String {
+    match &model.text {
+        Some(text) => two_tower_line(&model.image.arch, &text.arch),
+        None => model.image.arch.describe(),
+    }
 }
 
 /// The summary of a two-tower model: `SigLIP: image ViT-B/16 224 px (14x14, MAP head), text 12 layers width

@@ -242,6 +242,8 @@ pub struct Plan {
     /// Files copied byte for byte into a folder output (a tokenizer's SentencePiece model), each name with
     /// its contents; a weights-file output has none.
     pub copied_files: Vec<(String, Vec<u8>)>,
+    /// Why a `File` plan has no folder form, for a user who named a folder (timm's hybrids).
+    pub no_folder: Option<&'static str>,
 }
 
 impl Plan {

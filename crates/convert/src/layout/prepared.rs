@@ -45,6 +45,15 @@ pub struct Prepared<'a> {
     pub tokenizer: Option<SentencePiece>,
 }
 
+/// The round resolution (a multiple of 32, as every published one is) that patches to the same grid as `px`
+/// when `px` itself is not round: 384 for the 378 px a 27x27 grid of 14-px patches covers.
+fn published_size(px: usize, stride: usize) -> Option<usize> {
+    if px.is_multiple_of(32) {
+        return None;
+    }
+    (px.saturating_add(1)..px.saturating_add(stride)).find(|n| n.is_multiple_of(32))
+}
+
 impl<'a> Prepared<'a> {
     /// Resolves image size, head and input normalisation against the source.
     pub fn new(model: &'a Model, opts: &'a Options) -> Result<Self> {
@@ -83,6 +92,18 @@ impl<'a> Prepared<'a> {
             if n != px && Some(grid) == arch.grid {
                 notes.push(format!(
                     "resolution: {n} px as --image-size gives it; the shapes read {px} px ({}x{} patches of {stride}), and VALID patching drops the last {} px, so the grid and every weight are the source's",
+                    grid.0,
+                    grid.1,
+                    n.saturating_sub(px)
+                ));
+            }
+        }
+        if let (None, Some(px)) = (opts.image_size, arch.image_size()) {
+            // A grid of 14-px patches reads as 378 px (27 x 14) where the model was published at 384 px: VALID
+            // patching drops the rest. The size a user knows it by is the round one in the same grid.
+            if let Some(n) = published_size(px, stride) {
+                notes.push(format!(
+                    "resolution: {px} px is what the {}x{} grid of {stride}-px patches covers; a model published at {n} px (VALID patching drops the last {} px) is declared so with --image-size {n}, with the same weights",
                     grid.0,
                     grid.1,
                     n.saturating_sub(px)
@@ -732,6 +753,7 @@ impl<'a> Prepared<'a> {
             python,
             side_files,
             copied_files: Vec::new(),
+            no_folder: None,
         }
     }
 }
@@ -912,4 +934,23 @@ pub fn mlp_ratio(prep: &Prepared<'_>) -> Result<f64> {
         ));
     }
     Ok(ratio)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::published_size;
+
+    #[test]
+    fn the_published_resolution_is_the_round_one_in_the_same_grid() {
+        assert_eq!(published_size(378, 14), Some(384), "So400m/14 at 384 px");
+        assert_eq!(published_size(224, 14), None, "already round");
+        assert_eq!(published_size(224, 16), None);
+        assert_eq!(published_size(32, 8), None);
+        // 27 x 8 = 216: no multiple of 32 in 217..224 patches to 27 cells.
+        assert_eq!(published_size(216, 8), None);
+        for (px, stride) in [(378, 14), (252, 14), (476, 14)] {
+            let n = published_size(px, stride).expect("a round size");
+            assert_eq!(n / stride, px / stride, "{px}/{stride}: same grid");
+        }
+    }
 }

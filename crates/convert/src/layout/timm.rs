@@ -393,7 +393,12 @@ pub fn plan(prep: Prepared<'_>, _fetch: &dyn Fetch, source_name: &str) -> Result
             )
         }
     };
-    Ok(prep.finish(kind, out, meta, python, side))
+    let hybrid = a.resnet.is_some();
+    let mut plan = prep.finish(kind, out, meta, python, side);
+    if hybrid {
+        plan.no_folder = Some("timm's registered hybrids build their ResNet stem inside the entry point (GroupNorm eps 1e-5, fixed stages), which no config.json can change, so a timm folder would load a different model; the exact route is the weights file with the constructor vitconv prints");
+    }
+    Ok(plan)
 }
 
 /// The config file of a self-contained timm folder (`timm.create_model('local-dir:DIR', pretrained=True)`
