@@ -592,3 +592,23 @@ fn an_interrupted_conversion_leaves_no_temporary_and_the_old_output() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(TensorFile::open(&output).is_ok());
 }
+
+#[test]
+fn a_hybrid_as_a_timm_folder_is_refused_naming_the_weights_file_route() {
+    let dir = scratch();
+    let out = dir.path().join("folder");
+    let o = vitconv([
+        "npz-to-pt".as_ref(),
+        fixture("hybrid-r2/checkpoint.npz").as_os_str(),
+        out.as_os_str(),
+        "--layout".as_ref(),
+        "timm".as_ref(),
+    ]);
+    assert_bad_input(&o, "timm's registered hybrids build their ResNet stem");
+    assert!(
+        stderr(&o).contains("name a .safetensors or .pt file"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!out.exists());
+}

@@ -309,3 +309,20 @@ fn a_fifo_or_device_as_the_tokenizer_is_refused_without_blocking() {
         assert!(!out.exists());
     }
 }
+
+#[test]
+fn the_source_line_names_both_towers_not_classes() {
+    let dir = scratch();
+    let out = dir.path().join("oc");
+    let o = vitconv([
+        "npz-to-pt".as_ref(),
+        fixture(TINY).as_os_str(),
+        out.as_os_str(),
+        "--layout".as_ref(),
+        "open_clip".as_ref(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", crate::common::stderr(&o));
+    let first = stdout(&o).lines().next().unwrap_or_default().to_string();
+    assert!(first.contains("SigLIP: image ViT/8 32 px"), "{first}");
+    assert!(!first.contains("classes"), "{first}");
+}
