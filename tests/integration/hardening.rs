@@ -914,3 +914,122 @@ fn a_folder_whose_path_a_config_must_name_is_refused_unless_utf8() {
     assert_bad_input(&o, "not valid UTF-8");
     assert!(listing(dir.path()).is_empty(), "{:?}", listing(dir.path()));
 }
+
+// ---------------------------------------------------------------------------------------
+// Position tables: bounded grids, computed in bands.
+
+/// The big_vision sincos2d fixture (no stored position table, width 64) with its patch
+/// embedding cut to patch 1 (the kernel's first values, `[1, 1, 3, 64]`): a file of 400 KB
+/// whose every pixel is a cell of the position grid.
+fn sincos_source_with_patch_1(dir: &Path) -> PathBuf {
+    let src =
+        TensorFile::open(fixture("big_vision/bv-vit-gap-sincos/checkpoint.npz")).expect("opens");
+    let kernel = "params/embedding/kernel";
+    assert_eq!(
+        src.get(kernel).expect("a patch kernel").shape,
+        [8, 8, 3, 64]
+    );
+    let members: Vec<Member> = src
+        .tensors()
+        .iter()
+        .map(|t| {
+            let bytes = src.read(&t.name).expect("fixture reads");
+            let content = if t.name == kernel {
+                let mut c = npy_header(t.dtype, &[1, 1, 3, 64]);
+                c.extend_from_slice(&bytes[..3 * 64 * 4]);
+                c
+            } else {
+                let mut c = npy_header(t.dtype, &t.shape);
+                c.extend_from_slice(&bytes);
+                c
+            };
+            stored(&format!("{}.npy", t.name), content)
+        })
+        .collect();
+    let path = dir.join("patch1.npz");
+    std::fs::write(&path, zip_bytes(&members)).expect("write");
+    path
+}
+
+#[test]
+fn a_position_grid_over_the_limit_is_refused_up_front_and_leaves_nothing() {
+    let dir = scratch();
+    let src = sincos_source_with_patch_1(dir.path());
+    let out_dir = dir.path().join("out");
+    std::fs::create_dir(&out_dir).expect("mkdir");
+    // Patch 1 at 8192 px (within MAX_IMAGE_SIZE) is 67 million cells: its table was computed whole (2.1 GB
+    // of f64) and aborted where memory was limited, leaving the writer's `.partial` file behind.
+    for (size, layout, out) in [
+        ("8192", "timm", "m.safetensors"),
+        ("2048", "timm", "m.pt"),
+        ("1040", "open_clip", "m.pt"),
+        ("8192", "hf", "hf-folder"),
+    ] {
+        let o = vitconv(convert_args(
+            &src,
+            &out_dir.join(out),
+            layout,
+            &["--image-size", size],
+        ));
+        assert_bad_input(&o, "over the limit of 1048576 grid cells");
+        let err = stderr(&o);
+        assert!(
+            err.contains(&format!("{size}x{size} grid")) && err.contains("at most 1024 px"),
+            "{err}"
+        );
+        assert!(
+            listing(&out_dir).is_empty(),
+            "{size} px to {out}: {:?}",
+            listing(&out_dir)
+        );
+    }
+    // A size within the limit converts (the largest, 1024 px, would write 256 MB; the next test
+    // converts a large table).
+    let o = vitconv(convert_args(
+        &src,
+        &out_dir.join("m.safetensors"),
+        "timm",
+        &["--image-size", "64"],
+    ));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+/// A large table that is within the limits is computed a band at a time: patch 1 at 512 px is a
+/// 512x512 grid, 16.7 million values, whose whole computation needed 134 MB of f64 and 67 MB of
+/// encoded bytes. Under an address-space limit of 160 MB (a tiny conversion needs about 30 MB,
+/// this one about 50 MB on one producer; the limit leaves room for the address space a second
+/// producer's allocator arena reserves), it converts, and writes the same bytes as without the
+/// limit; whole, it aborted on its first large allocation and left its `.partial` file.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_large_legal_position_table_converts_in_bounded_memory() {
+    let dir = scratch();
+    let src = sincos_source_with_patch_1(dir.path());
+    let out_dir = dir.path().join("out");
+    std::fs::create_dir(&out_dir).expect("mkdir");
+    let limited = out_dir.join("limited.safetensors");
+    let limit_kb = 160 * 1024;
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!("ulimit -v {limit_kb}; exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_vitconv"))
+        .args(convert_args(
+            &src,
+            &limited,
+            "timm",
+            &["--image-size", "512"],
+        ))
+        .output()
+        .expect("sh runs");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let free = out_dir.join("free.safetensors");
+    let o = vitconv(convert_args(&src, &free, "timm", &["--image-size", "512"]));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let (a, b) = (read(&limited), read(&free));
+    assert!(a.len() > 512 * 512 * 64 * 4, "{} bytes", a.len());
+    assert!(a == b, "the limited run wrote other bytes");
+    assert_eq!(
+        listing(&out_dir),
+        ["free.safetensors", "limited.safetensors"]
+    );
+}

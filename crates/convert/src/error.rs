@@ -338,6 +338,28 @@ pub enum Error {
         max: usize,
     },
 
+    /// An output position table over the limits: a patch grid of too many cells (a small patch at a large
+    /// `--image-size`), or too many values for its width.
+    #[error("--image-size: {image_size} px at a patch stride of {stride} px is a {}x{} grid of width {width}, {} {what}, over the limit of {limit} {what}; pass a smaller --image-size, at most {max_size} px for this model", grid.0, grid.1, count(*found))]
+    PositionTableTooLarge {
+        /// The image size, asked for or the source's.
+        image_size: usize,
+        /// Pixels per patch of the grid.
+        stride: usize,
+        /// The output's patch grid (rows, columns).
+        grid: (usize, usize),
+        /// The width of each row of the position table.
+        width: usize,
+        /// What is over the limit: `grid cells` or `position-table values`.
+        what: &'static str,
+        /// How many there would be; `None` where the count overflows.
+        found: Option<usize>,
+        /// The limit, `layout::MAX_GRID_CELLS` or `layout::MAX_TABLE_VALUES`.
+        limit: usize,
+        /// The largest `--image-size` within both limits for this model.
+        max_size: usize,
+    },
+
     /// `--num-classes` that differs from the source's head.
     #[error(
         "--num-classes: the source has {}; a {asked}-class head would be untrained: use --drop-head and attach your own",
@@ -461,6 +483,11 @@ fn not_a_source(tensors: usize, layout: Option<&str>) -> String {
         Some(f) => format!("a {f} checkpoint, which is already a PyTorch layout"),
         None => format!("{tensors} tensors of no known layout"),
     }
+}
+
+/// A count that may have overflowed, for a message.
+fn count(found: Option<usize>) -> String {
+    found.map_or_else(|| "more than can be counted".to_string(), |n| n.to_string())
 }
 
 /// The names [`Error::NoBlocks`] looked for, as a clause.

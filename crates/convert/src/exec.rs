@@ -2,9 +2,10 @@
 //!
 //! A plan is data (`plan.rs`); this module alone gives its recipes their meaning. The big ones (Dense and q/k/v
 //! kernels, copies, convolution kernels) stream a band at a time into a `Sink`, so that memory does not grow
-//! with the model; the small ones whose values depend on the whole tensor (a standardised kernel, a folded
-//! patch bias, a resampled or computed position table) are computed whole and, where they are kernels, written
-//! through the same streaming code. The executor in `convert.rs` is one sink (bands handed to the file
+//! with the model. Position tables, resampled or computed, grow with the square of `--image-size` rather than
+//! with the source, so they are streamed too, each band computed alone (`write_table`). The small ones whose
+//! values depend on the whole tensor (a standardised kernel, a folded patch bias) are computed whole and,
+//! where they are kernels, written through the same streaming code. The executor in `convert.rs` is one sink (bands handed to the file
 //! writer); [`eval_bytes`] is another (the bytes in memory), so what a test evaluates is what a conversion
 //! writes. The numeric kernels themselves live in `kernel.rs`.
 //!
@@ -20,13 +21,13 @@ use vitconv_tensors::{ColumnBands, DType, TensorFile};
 
 use crate::error::{Error, Result};
 use crate::kernel::{
-    self, encode_append, encode_append_f64, fold_bias, restandardise, sincos2d,
-    transpose_encode_bytes,
+    self, encode_append, encode_append_f64, fold_bias, restandardise, transpose_encode_bytes,
+    Sincos2d,
 };
 use crate::model::{Param, Stacked};
 use crate::options::OutDType;
 use crate::plan::{Fetch, Recipe};
-use crate::resize::resize_grid;
+use crate::resize::Resampler;
 
 impl Fetch for TensorFile {
     fn fetch(&self, param: &Param) -> Result<Vec<f32>> {
@@ -384,16 +385,74 @@ pub(crate) fn write_recipe(
             let rows = KernelRows::Computed { bytes, next: 0 };
             write_conv_kernel(name, rows, DType::F32, *hwio, None, dtype, scratch, em)
         }
-        // Rounded once, from f64 to the output type.
+        // Position tables grow with the square of `--image-size`, so they are computed a band at a time.
         Recipe::Sincos2d {
             grid,
             dim,
-            add_to_grid: None,
-        } => emit(em, name, |buf| {
-            buf.clear();
-            encode_append_f64(&sincos2d(*grid, *dim), dtype, buf);
-            Ok(0..buf.len())
-        }),
+            add_to_grid,
+        } => {
+            let table = "sincos2d position embedding";
+            let cells = grid.0.checked_mul(grid.1).ok_or(Error::Overflow {
+                name: table.to_string(),
+                what: "grid cells",
+            })?;
+            if dim % 4 != 0 {
+                // The source module refuses such a width; the table would not fill its rows.
+                return Err(Error::Length {
+                    name: table.to_string(),
+                    shape: vec![cells, *dim],
+                    expected: cells.saturating_mul(*dim),
+                    found: cells.saturating_mul(dim - dim % 4),
+                });
+            }
+            let add = match add_to_grid {
+                Some(add) => Some(grid_vector(file, add, *dim, table)?),
+                None => None,
+            };
+            let values = GridValues::Sincos2d(Sincos2d::new(*grid, *dim));
+            write_table(name, &[], (cells, *dim), &values, add.as_deref(), dtype, em)
+        }
+        Recipe::PosEmbed {
+            src,
+            prefix_rows,
+            from,
+            to,
+            dim,
+            method,
+            add_to_grid,
+        } => {
+            let overflow = |what| Error::Overflow {
+                name: src.describe(),
+                what,
+            };
+            let from_cells = from.0.checked_mul(from.1).ok_or(overflow("grid cells"))?;
+            let to_cells = to.0.checked_mul(to.1).ok_or(overflow("grid cells"))?;
+            let rows = from_cells
+                .checked_add(*prefix_rows)
+                .ok_or(overflow("rows"))?;
+            // The source table is the file's, read whole; only the output grid is computed in bands.
+            let v = fetch_len(file, src, &[rows, *dim])?;
+            let split = prefix_rows.saturating_mul(*dim).min(v.len());
+            let (prefix, source) = v.split_at(split);
+            let add = match add_to_grid {
+                Some(add) => Some(grid_vector(file, add, *dim, &src.describe())?),
+                None => None,
+            };
+            let values = if from == to {
+                GridValues::Source(source)
+            } else {
+                GridValues::Resized(Resampler::new(*from, *to, *dim, *method), source)
+            };
+            write_table(
+                name,
+                prefix,
+                (to_cells, *dim),
+                &values,
+                add.as_deref(),
+                dtype,
+                em,
+            )
+        }
         // The rest are small, and each output value depends on many source values.
         other => {
             let values = compute(file, other)?;
@@ -485,8 +544,90 @@ fn write_conv_kernel(
     })
 }
 
-/// The values of a small recipe computed whole: a folded patch bias, a position table (resampled, or
-/// sincos2d with a vector added), constants.
+/// The grid rows of a position table, computed a band at a time by [`write_table`].
+enum GridValues<'a> {
+    /// The source's own grid, unchanged.
+    Source(&'a [f32]),
+    /// The source's grid resampled to another size, rounded once from f64 to f32.
+    Resized(Resampler, &'a [f32]),
+    /// big_vision's sincos2d, in f64.
+    Sincos2d(Sincos2d),
+}
+
+/// Writes a position table, `prefix` (rows copied from the source) then a grid of `cells` rows of `dim`
+/// values with `add` (a `[dim]` vector) added to each grid row, in bands whose f64 values fit the sink's
+/// band size.
+///
+/// Every value depends only on its own position (a resampled one on the source, which is in memory), so a
+/// band is computed alone and memory stays at one band whatever the grid. The values are the whole
+/// computation's bit for bit: a sincos2d table without a vector added is rounded once from f64 to the output
+/// type; one with a vector is rounded to f32, the vector added in f32, then encoded, like a resampled grid.
+fn write_table(
+    name: &str,
+    prefix: &[f32],
+    (cells, dim): (usize, usize),
+    values: &GridValues<'_>,
+    add: Option<&[f32]>,
+    dtype: OutDType,
+    em: &mut dyn Sink,
+) -> Result<()> {
+    let total = cells
+        .checked_mul(dim)
+        .and_then(|n| n.checked_add(prefix.len()))
+        .ok_or(Error::Overflow {
+            name: name.to_string(),
+            what: "position table values",
+        })?;
+    // Values per band: the band's f64 values, its largest buffer, stay within the band size.
+    let per_band = (em.band_bytes() / std::mem::size_of::<f64>()).max(1);
+    let (mut wide, mut narrow, mut tmp) = (Vec::new(), Vec::new(), Vec::new());
+    let mut start = 0;
+    while start < total {
+        let end = start + per_band.min(total - start);
+        emit(em, name, |buf| {
+            buf.clear();
+            if let Some(head) = prefix.get(start..end.min(prefix.len())) {
+                encode_append(head, dtype, buf);
+            }
+            let grid = start.saturating_sub(prefix.len())..end.saturating_sub(prefix.len());
+            if grid.is_empty() {
+                return Ok(0..buf.len());
+            }
+            narrow.clear();
+            match values {
+                GridValues::Source(v) => {
+                    narrow.extend_from_slice(v.get(grid.clone()).unwrap_or_default())
+                }
+                GridValues::Resized(resampler, v) => {
+                    wide.clear();
+                    resampler.append(v, grid.clone(), &mut tmp, &mut wide);
+                    narrow.extend(wide.iter().map(|x| *x as f32));
+                }
+                GridValues::Sincos2d(table) => {
+                    wide.clear();
+                    table.append(grid.clone(), &mut wide);
+                    if add.is_none() {
+                        // Rounded once, from f64 to the output type.
+                        encode_append_f64(&wide, dtype, buf);
+                        return Ok(0..buf.len());
+                    }
+                    narrow.extend(wide.iter().map(|x| *x as f32));
+                }
+            }
+            if let Some(a) = add {
+                // `a` is `dim` wide (checked by `grid_vector`): the band's first value is at `grid.start % dim`.
+                let cycle = a.iter().cycle().skip(grid.start % dim.max(1));
+                narrow.iter_mut().zip(cycle).for_each(|(v, a)| *v += a);
+            }
+            encode_append(&narrow, dtype, buf);
+            Ok(0..buf.len())
+        })?;
+        start = end;
+    }
+    Ok(())
+}
+
+/// The values of a small recipe computed whole: a folded patch bias, constants.
 fn compute(file: &TensorFile, recipe: &Recipe) -> Result<Vec<f32>> {
     match recipe {
         Recipe::PatchBias {
@@ -498,47 +639,6 @@ fn compute(file: &TensorFile, recipe: &Recipe) -> Result<Vec<f32>> {
             let b = fetch_len(file, bias, &[hwio[3]])?;
             let k = fetch_len(file, kernel, hwio)?;
             Ok(fold_bias(&b, &k, *hwio, in_offset))
-        }
-        Recipe::PosEmbed {
-            src,
-            prefix_rows,
-            from,
-            to,
-            dim,
-            method,
-            add_to_grid,
-        } => {
-            // The output sizes are capped (MAX_IMAGE_SIZE) and the source's come from a checked shape;
-            // saturating keeps an impossible product from wrapping into a small, wrong length.
-            let rows = from.0.saturating_mul(from.1).saturating_add(*prefix_rows);
-            let v = fetch_len(file, src, &[rows, *dim])?;
-            let split = prefix_rows.saturating_mul(*dim);
-            let (prefix, grid) = v.split_at(split.min(v.len()));
-            let mut out = prefix.to_vec();
-            let mut grid = if from == to {
-                grid.to_vec()
-            } else {
-                resize_grid(grid, *from, *to, *dim, *method)
-            };
-            if let Some(add) = add_to_grid {
-                add_rows(&mut grid, &grid_vector(file, add, *dim, &src.describe())?);
-            }
-            out.append(&mut grid);
-            Ok(out)
-        }
-        Recipe::Sincos2d {
-            grid,
-            dim,
-            add_to_grid,
-        } => {
-            let mut v: Vec<f32> = sincos2d(*grid, *dim).iter().map(|x| *x as f32).collect();
-            if let Some(add) = add_to_grid {
-                add_rows(
-                    &mut v,
-                    &grid_vector(file, add, *dim, "sincos2d position embedding")?,
-                );
-            }
-            Ok(v)
         }
         Recipe::Fill { value, len } => Ok(vec![*value; *len]),
         Recipe::Identity(n) => {
@@ -553,7 +653,9 @@ fn compute(file: &TensorFile, recipe: &Recipe) -> Result<Vec<f32>> {
         | Recipe::Transpose { .. }
         | Recipe::Concat(_)
         | Recipe::ConvKernel { .. }
-        | Recipe::StdConvKernel { .. } => eval(file, recipe),
+        | Recipe::StdConvKernel { .. }
+        | Recipe::PosEmbed { .. }
+        | Recipe::Sincos2d { .. } => eval(file, recipe),
     }
 }
 
@@ -569,13 +671,6 @@ fn grid_vector(file: &TensorFile, add: &Recipe, dim: usize, table: &str) -> Resu
         });
     }
     Ok(a)
-}
-
-/// Adds `a` to every `a.len()`-wide row of `rows`.
-fn add_rows(rows: &mut [f32], a: &[f32]) {
-    for row in rows.chunks_exact_mut(a.len().max(1)) {
-        row.iter_mut().zip(a).for_each(|(g, a)| *g += a);
-    }
 }
 
 /// Fetches a parameter and checks it holds exactly the product of `shape` values.
@@ -619,15 +714,145 @@ fn check_len(src: &Param, shape: &[usize], found: usize) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::sincos2d;
+    use crate::options::ResizeMethod;
+    use crate::resize::resize_grid;
+
+    fn fixture() -> TensorFile {
+        TensorFile::open(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../fixtures/vit-token/checkpoint.npz"),
+        )
+        .unwrap()
+    }
+
+    /// The bytes `write_recipe` gives in bands of `band_bytes`.
+    fn banded(file: &TensorFile, recipe: &Recipe, dtype: OutDType, band_bytes: usize) -> Vec<u8> {
+        let mut sink = VecSink {
+            out: Vec::new(),
+            band_bytes,
+        };
+        let mut scratch = BandScratch::default();
+        write_recipe(file, "t", recipe, dtype, &mut scratch, &mut sink).unwrap();
+        sink.out
+    }
+
+    /// The whole definition of a position table: the grid computed whole (`sincos2d`, `resize_grid`), the
+    /// vector added to each grid row in f32, the prefix rows before it, encoded at once.
+    fn whole_table(file: &TensorFile, recipe: &Recipe, dtype: OutDType) -> Vec<u8> {
+        let add_rows = |rows: &mut [f32], add: &Option<Box<Recipe>>| {
+            if let Some(add) = add {
+                let a = eval(file, add).unwrap();
+                for row in rows.chunks_exact_mut(a.len()) {
+                    row.iter_mut().zip(&a).for_each(|(g, a)| *g += a);
+                }
+            }
+        };
+        let mut bytes = Vec::new();
+        match recipe {
+            Recipe::Sincos2d {
+                grid,
+                dim,
+                add_to_grid: None,
+            } => encode_append_f64(&sincos2d(*grid, *dim), dtype, &mut bytes),
+            Recipe::Sincos2d {
+                grid,
+                dim,
+                add_to_grid,
+            } => {
+                let mut v: Vec<f32> = sincos2d(*grid, *dim).iter().map(|x| *x as f32).collect();
+                add_rows(&mut v, add_to_grid);
+                encode_append(&v, dtype, &mut bytes);
+            }
+            Recipe::PosEmbed {
+                src,
+                prefix_rows,
+                from,
+                to,
+                dim,
+                method,
+                add_to_grid,
+            } => {
+                let v = file.read_f32(&src.tensor).unwrap();
+                let (prefix, grid) = v.split_at(prefix_rows * dim);
+                let mut grid = if from == to {
+                    grid.to_vec()
+                } else {
+                    resize_grid(grid, *from, *to, *dim, *method)
+                };
+                add_rows(&mut grid, add_to_grid);
+                encode_append(prefix, dtype, &mut bytes);
+                encode_append(&grid, dtype, &mut bytes);
+            }
+            other => unreachable!("not a position table: {other:?}"),
+        }
+        bytes
+    }
+
+    /// Position tables written in bands of any size (down to one value, inside a row, across rows, the class
+    /// row and the grid in one band) are the whole computation's bytes, for every output type, resampled or
+    /// not, with and without a vector added.
+    #[test]
+    fn position_tables_in_bands_are_the_whole_table() {
+        let file = fixture();
+        // The fixture's table: a class row and a 4 x 4 grid of width 64.
+        let src = Param::whole(
+            "Transformer/posembed_input/pos_embedding",
+            DType::F32,
+            &[1, 17, 64],
+        );
+        let add = || {
+            Some(Box::new(Recipe::Copy(Param::whole(
+                "embedding/bias",
+                DType::F32,
+                &[64],
+            ))))
+        };
+        let mut recipes = Vec::new();
+        for add_to_grid in [None, add()] {
+            for (grid, dim) in [((3, 5), 8), ((4, 4), 64)] {
+                recipes.push(Recipe::Sincos2d {
+                    grid,
+                    dim,
+                    add_to_grid: add_to_grid.clone().filter(|_| dim == 64),
+                });
+            }
+            for (to, method) in [
+                ((4, 4), ResizeMethod::Bicubic),
+                ((7, 5), ResizeMethod::Bicubic),
+                ((6, 6), ResizeMethod::Bilinear),
+                ((3, 3), ResizeMethod::VitJax),
+            ] {
+                recipes.push(Recipe::PosEmbed {
+                    src: src.clone(),
+                    prefix_rows: 1,
+                    from: (4, 4),
+                    to,
+                    dim: 64,
+                    method,
+                    add_to_grid: add_to_grid.clone(),
+                });
+            }
+        }
+        for recipe in &recipes {
+            for dtype in [OutDType::F32, OutDType::F16, OutDType::BF16] {
+                let want = whole_table(&file, recipe, dtype);
+                assert_eq!(Some(want.len() / dtype.dtype().size()), recipe.out_len());
+                for band_bytes in [1, 6, 254, 256, 1000, 4096, BAND_BYTES] {
+                    let got = banded(&file, recipe, dtype, band_bytes);
+                    assert!(
+                        got == want,
+                        "{recipe:?} as {dtype:?} in bands of {band_bytes} bytes"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn identity_and_fill() {
         // They read nothing of the source, which may be any file.
-        let file = TensorFile::open(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../fixtures/vit-token/checkpoint.npz"),
-        )
-        .unwrap();
+        let file = fixture();
         assert_eq!(
             eval(&file, &Recipe::Identity(2)).ok(),
             Some(vec![1.0, 0.0, 0.0, 1.0])

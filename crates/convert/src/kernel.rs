@@ -740,12 +740,11 @@ pub fn fold_bias(b: &[f32], k: &[f32], [h, w, i, o]: [usize; 4], offset: &[f32])
 /// row-major `(y, x)` order, `omega = 1 / 10000^(k / (dim/4 - 1))` for `k < dim/4`, and each row
 /// `[sin(x omega), cos(x omega), sin(y omega), cos(y omega)]`. (timm's own helper divides by `dim/4`,
 /// not `dim/4 - 1`: a different table.) The source module guarantees `dim % 4 == 0`.
+///
+/// This whole table is the definition; a conversion computes it a band at a time with [`Sincos2d`], which
+/// gives the same values bit for bit.
 pub fn sincos2d((h, w): (usize, usize), dim: usize) -> Vec<f64> {
-    let quarter = dim / 4;
-    let denom = quarter.saturating_sub(1).max(1) as f64;
-    let omega: Vec<f64> = (0..quarter)
-        .map(|k| 1.0 / 10_000f64.powf(k as f64 / denom))
-        .collect();
+    let omega = sincos_omega(dim);
     let mut out = Vec::with_capacity(h.saturating_mul(w).saturating_mul(dim));
     for y in 0..h {
         for x in 0..w {
@@ -756,6 +755,66 @@ pub fn sincos2d((h, w): (usize, usize), dim: usize) -> Vec<f64> {
         }
     }
     out
+}
+
+/// The `dim / 4` frequencies of [`sincos2d`].
+fn sincos_omega(dim: usize) -> Vec<f64> {
+    let quarter = dim / 4;
+    let denom = quarter.saturating_sub(1).max(1) as f64;
+    (0..quarter)
+        .map(|k| 1.0 / 10_000f64.powf(k as f64 / denom))
+        .collect()
+}
+
+/// [`sincos2d`] computed a band at a time: any run of the flattened table's values, each computed by the
+/// same expression as the whole table's, so the bands put together are that table bit for bit.
+///
+/// Every value depends only on its own position, so memory is the band's, whatever the grid: the whole table
+/// of a large `--image-size` was gigabytes of f64 before a byte of it was written.
+pub struct Sincos2d {
+    /// Columns of the grid.
+    w: usize,
+    /// Width of each row of the table (a multiple of 4, which the source module guarantees).
+    dim: usize,
+    /// The frequencies, computed once for every band.
+    omega: Vec<f64>,
+}
+
+impl Sincos2d {
+    /// The table of an `h x w` grid (only the width matters here) and width `dim`.
+    pub fn new((_, w): (usize, usize), dim: usize) -> Self {
+        Sincos2d {
+            w,
+            dim,
+            omega: sincos_omega(dim),
+        }
+    }
+
+    /// Appends the values at `range` of the flattened `[h * w, dim]` table to `out`.
+    pub fn append(&self, range: std::ops::Range<usize>, out: &mut Vec<f64>) {
+        let quarter = self.omega.len();
+        if quarter == 0 || self.w == 0 {
+            return;
+        }
+        out.reserve(range.len());
+        let mut e = range.start;
+        while e < range.end {
+            // The band's part of one grid cell: values k0..k1 of cell `cell`.
+            let (cell, k0) = (e / self.dim, e % self.dim);
+            let k1 = self.dim.min(k0 + (range.end - e));
+            let (y, x) = ((cell / self.w) as f64, (cell % self.w) as f64);
+            for k in k0..k1 {
+                let o = self.omega[k % quarter];
+                out.push(match k / quarter {
+                    0 => (x * o).sin(),
+                    1 => (x * o).cos(),
+                    2 => (y * o).sin(),
+                    _ => (y * o).cos(),
+                });
+            }
+            e += k1 - k0;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1052,6 +1111,45 @@ mod tests {
                 }
             }
             assert!((f64::from(got[o]) - want).abs() < 1e-6);
+        }
+    }
+
+    /// Bands of any length, starting and ending anywhere (inside a row, across rows), put together give the
+    /// whole table's f64 values bit for bit.
+    #[test]
+    fn sincos2d_bands_are_the_whole_table() {
+        for (grid, dim) in [
+            ((1, 1), 4),
+            ((3, 5), 8),
+            ((7, 2), 12),
+            ((4, 4), 64),
+            ((2, 9), 4),
+        ] {
+            let want = sincos2d(grid, dim);
+            let table = Sincos2d::new(grid, dim);
+            let total = grid.0 * grid.1 * dim;
+            assert_eq!(want.len(), total);
+            for band in [
+                1,
+                3,
+                dim - 1,
+                dim,
+                dim + 1,
+                2 * dim + 3,
+                grid.1 * dim,
+                total,
+            ] {
+                let band = band.max(1);
+                let mut got = Vec::new();
+                let mut start = 0;
+                while start < total {
+                    let end = (start + band).min(total);
+                    table.append(start..end, &mut got);
+                    start = end;
+                }
+                let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{grid:?} x {dim}, bands of {band}");
+            }
         }
     }
 }

@@ -23,7 +23,7 @@ use crate::options::{Layout, Options};
 use crate::plan::{Fetch, Plan};
 pub use prepared::{
     mlp_ratio, name, py_float, py_str, BlockRole, BlockTable, MapRole, MapTable, Prepared,
-    TextRole, TextTable, FLAX_LN_EPS, MAX_IMAGE_SIZE,
+    TextRole, TextTable, FLAX_LN_EPS, MAX_GRID_CELLS, MAX_IMAGE_SIZE, MAX_TABLE_VALUES,
 };
 use recognise::{Recognised, Shapes};
 use vitconv_tensors::TensorInfo;
