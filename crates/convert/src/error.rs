@@ -401,6 +401,22 @@ pub enum Error {
         why: &'static str,
     },
 
+    /// `--labels` names another number of classes than the output's head has.
+    #[error("--labels: {given} names for a head of {classes} classes; give one name per class, in the head's order")]
+    LabelCount {
+        /// How many names were given.
+        given: usize,
+        /// How many classes the head has.
+        classes: usize,
+    },
+
+    /// `--labels` for an output without a classification head.
+    #[error("--labels: {given} names, but the output has no classification head (the source has none, or --drop-head / --num-classes 0 removed it)")]
+    LabelsWithoutHead {
+        /// How many names were given.
+        given: usize,
+    },
+
     /// An output file whose extension names no format.
     #[error("OUTPUT: {}: the format follows the extension: .pt, .pth, .bin or .safetensors (a directory without an extension for --layout hf, and for timm folders)", path.display())]
     OutputExtension {

@@ -244,6 +244,8 @@ pub struct Options {
     pub tower: TowerChoice,
     /// `--tokenizer`: a SentencePiece model file whose tokenizer files are written beside a two-tower model.
     pub tokenizer: Option<std::path::PathBuf>,
+    /// `--labels`: the name of each class of the head, in order (the head's class count of them).
+    pub labels: Option<Vec<String>>,
     /// `--force`: whether an existing output may be replaced.
     pub overwrite: bool,
     /// Set (by an interrupt handler) to stop a conversion: the executor checks it between bands and before
@@ -271,6 +273,7 @@ impl Options {
             gelu: Gelu::Tanh,
             tower: TowerChoice::All,
             tokenizer: None,
+            labels: None,
             overwrite: false,
             cancel: None,
             producers: None,

@@ -299,7 +299,7 @@ pub fn plan(mut prep: Prepared<'_>, _fetch: &dyn Fetch, source_name: &str) -> Re
         cfg.insert("pooler_act".into(), json!("tanh"));
     }
     if classify {
-        hf_files::insert_labels(&mut cfg, classes);
+        hf_files::insert_labels(&mut cfg, classes, prep.labels());
     }
     cfg.insert("torch_dtype".into(), json!(dtype_name(prep.opts.dtype)));
     let preprocessor = hf_files::preprocessor("ViTImageProcessor", prep.image_size, prep.norm);

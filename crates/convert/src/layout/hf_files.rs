@@ -41,14 +41,17 @@ pub(crate) fn hidden_act(gelu: Gelu) -> &'static str {
     }
 }
 
-/// Adds `id2label` and `label2id` for `classes` unnamed labels (`LABEL_0`, ...), as transformers writes them.
-pub(crate) fn insert_labels(cfg: &mut Map<String, Value>, classes: usize) {
+/// Adds `id2label` and `label2id` for `classes` labels: the names `--labels` gave, or unnamed ones (`LABEL_0`,
+/// ...) as transformers writes them. (A name given twice keeps its last index in `label2id`, as a dict does.)
+pub(crate) fn insert_labels(cfg: &mut Map<String, Value>, classes: usize, names: Option<&[String]>) {
+    let name = |c: usize| match names.and_then(|n| n.get(c)) {
+        Some(n) => n.clone(),
+        None => format!("LABEL_{c}"),
+    };
     let id2label: Map<String, Value> = (0..classes)
-        .map(|c| (c.to_string(), json!(format!("LABEL_{c}"))))
+        .map(|c| (c.to_string(), json!(name(c))))
         .collect();
-    let label2id: Map<String, Value> = (0..classes)
-        .map(|c| (format!("LABEL_{c}"), json!(c)))
-        .collect();
+    let label2id: Map<String, Value> = (0..classes).map(|c| (name(c), json!(c))).collect();
     cfg.insert("id2label".into(), Value::Object(id2label));
     cfg.insert("label2id".into(), Value::Object(label2id));
 }

@@ -275,7 +275,7 @@ pub fn plan(prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
             let mut cfg = Map::new();
             cfg.insert("model_type".into(), json!("siglip"));
             cfg.insert("vision_config".into(), vision);
-            hf_files::insert_labels(&mut cfg, classes);
+            hf_files::insert_labels(&mut cfg, classes, prep.labels());
             cfg
         }
         (false, Value::Object(vision)) => vision,

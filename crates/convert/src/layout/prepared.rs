@@ -204,6 +204,22 @@ impl<'a> Prepared<'a> {
                 return Err(Error::NumClassesMismatch { asked: n, found: c })
             }
         };
+        if let Some(labels) = &opts.labels {
+            match (keep_head, arch.num_classes) {
+                (true, Some(c)) if c == labels.len() => {}
+                (true, Some(c)) => {
+                    return Err(Error::LabelCount {
+                        given: labels.len(),
+                        classes: c,
+                    })
+                }
+                _ => {
+                    return Err(Error::LabelsWithoutHead {
+                        given: labels.len(),
+                    })
+                }
+            }
+        }
         if let (false, Some(head)) = (keep_head, &tower.head) {
             dropped.extend([head.kernel.tensor.clone(), head.bias.tensor.clone()]);
             notes.push(
@@ -757,6 +773,11 @@ impl<'a> Prepared<'a> {
         })
     }
 
+    /// The class names `--labels` gave (checked against the head kept), if any.
+    pub fn labels(&self) -> Option<&[String]> {
+        self.opts.labels.as_deref().filter(|_| self.keep_head)
+    }
+
     /// The metadata keys every output carries; layouts add their own.
     pub fn metadata(&self, source_name: &str, config: &Value) -> BTreeMap<String, String> {
         let mut m = BTreeMap::new();
@@ -766,6 +787,9 @@ impl<'a> Prepared<'a> {
             self.opts.layout.as_str().to_string(),
         );
         m.insert("vitconv.source".to_string(), source_name.to_string());
+        if let Some(labels) = self.labels() {
+            m.insert("vitconv.labels".to_string(), json!(labels).to_string());
+        }
         m.insert("vitconv.config".to_string(), config.to_string());
         m.insert(
             "vitconv.source_notes".to_string(),

@@ -252,6 +252,12 @@ pub fn plan(prep: Prepared<'_>, _fetch: &dyn Fetch, source_name: &str) -> Result
         "crop_pct": 1.0,
         "crop_mode": "squash",
     });
+    // Class names go into the folder's and the metadata's config; the printed loader line leaves them out
+    // (a thousand names are no line to paste) and the weights file's `vitconv.labels` holds them.
+    let mut pretrained_cfg_full = pretrained_cfg.clone();
+    if let (Some(labels), Value::Object(m)) = (prep.labels(), &mut pretrained_cfg_full) {
+        m.insert("label_names".into(), json!(labels));
+    }
     // The same as a Python `dict(...)` for the printed loader lines.
     let cfg_py = format!(
         "dict({})",
@@ -369,7 +375,7 @@ pub fn plan(prep: Prepared<'_>, _fetch: &dyn Fetch, source_name: &str) -> Result
     meta.insert("vitconv.timm_kwargs".into(), kwargs.to_string());
     meta.insert(
         "vitconv.timm_pretrained_cfg".into(),
-        pretrained_cfg.to_string(),
+        pretrained_cfg_full.to_string(),
     );
     let (kind, side) = match backbone_desc {
         Some(b) => {
@@ -380,7 +386,7 @@ pub fn plan(prep: Prepared<'_>, _fetch: &dyn Fetch, source_name: &str) -> Result
             (OutputKind::File, vec![])
         }
         None => {
-            let folder = folder_config(&a, &kwargs, &pretrained_cfg, classes, prep.image_size);
+            let folder = folder_config(&a, &kwargs, &pretrained_cfg_full, classes, prep.image_size);
             (
                 OutputKind::FileOrFolder {
                     python: "import timm\nmodel = timm.create_model('local-dir:' + OUTPUT_DIR, pretrained=True)"
