@@ -3,17 +3,18 @@
 # inputs each executed.
 #
 # Usage: [FUZZ_MAX_LEN=BYTES] scripts/fuzz.sh TARGET|all SECONDS
-#   TARGET: npy_header, npz, pickle, pt, safetensors, zip_alias, detect, msgpack
+#   TARGET: npy_header, npz, pickle, pt, safetensors, zip_alias, detect, msgpack, batch_manifest
 #
 # Corpora live in fuzz/corpus/<target>/ (not committed). Each run seeds them from the
 # fixtures, from files our own writer produces (the `recode` example), from the hand-made
 # seeds in fuzz/seeds/<target>/ and from the committed crash inputs in
 # crates/tensors/tests/regressions/<target>/. Crashes land in fuzz/artifacts/<target>/:
-# copy each into crates/tensors/tests/regressions/<target>/ so the test command replays it.
+# copy each into crates/tensors/tests/regressions/<target>/ so the test command replays it
+# (batch_manifest: crates/batch/tests/regressions/batch_manifest/, replayed by that crate).
 # Needs cargo-fuzz; stable Rust gets the nightly flags it uses from RUSTC_BOOTSTRAP=1.
 set -euo pipefail
 
-ALL_TARGETS=(npy_header npz pickle pt safetensors zip_alias detect ocdbt msgpack zarr)
+ALL_TARGETS=(npy_header npz pickle pt safetensors zip_alias detect ocdbt msgpack zarr batch_manifest)
 if [[ $# -ne 2 ]] || ! [[ $2 =~ ^[0-9]+$ ]]; then
     echo "usage: $0 TARGET|all SECONDS   (targets: ${ALL_TARGETS[*]})" >&2
     exit 2
@@ -32,6 +33,13 @@ export RUSTC_BOOTSTRAP=1
 corpus="$root/fuzz/corpus"
 seeds="$root/fuzz/seeds"
 regressions="$root/crates/tensors/tests/regressions"
+# The batch manifest parser lives in its own crate, which replays its own regressions.
+regressions_of() {
+    case $1 in
+        batch_manifest) echo "$root/crates/batch/tests/regressions/$1" ;;
+        *) echo "$regressions/$1" ;;
+    esac
+}
 
 # Largest input per target: headers and pickles are small; whole files may hold a fixture.
 # FUZZ_MAX_LEN overrides it for every target (fixtures above it are not seeded): small inputs
@@ -41,13 +49,15 @@ max_len() {
     case $1 in
         npy_header) echo 4096 ;;
         pickle | detect | ocdbt | zarr) echo 65536 ;;
+        # Past the manifest's longest line (64 KiB), so that an overlong line is among the inputs.
+        batch_manifest) echo 262144 ;;
         *) echo 1048576 ;;
     esac
 }
 
 # Seeds every corpus (cp -n: what the fuzzer found before is kept).
 seed() {
-    mkdir -p "$corpus"/{npy_header,npz,pickle,pt,safetensors,zip_alias,detect,ocdbt,msgpack,zarr}
+    mkdir -p "$corpus"/{npy_header,npz,pickle,pt,safetensors,zip_alias,detect,ocdbt,msgpack,zarr,batch_manifest}
     local f name tmp
     for f in fixtures/*/*.npy; do
         name=$(echo "${f#fixtures/}" | tr / _)
@@ -108,7 +118,7 @@ for t in "${targets[@]}"; do
     mkdir -p "fuzz/artifacts/$t"
     extra=()
     [[ -d $seeds/$t ]] && extra+=("$seeds/$t")
-    [[ -d $regressions/$t ]] && extra+=("$regressions/$t")
+    [[ -d $(regressions_of "$t") ]] && extra+=("$(regressions_of "$t")")
     log="fuzz/artifacts/$t/last-run.log"
     echo "== $t: ${seconds}s" >&2
     # Allocation limits make a large allocation a finding rather than a slow pass.

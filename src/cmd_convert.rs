@@ -1,6 +1,7 @@
 //! `vitconv npz-to-pt`: converts a google-research/vision_transformer `.npz` into a timm, transformers or CLIP-style checkpoint.
 //!
-//! With a directory as SOURCE it hands over to [`crate::cmd_batch`], which converts every `.npz` under it.
+//! With a directory as SOURCE it builds a [`vitconv_batch::Request`] and hands it to [`crate::cmd_batch`], which
+//! converts every checkpoint under it (`cmd_batch` imports nothing from here).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -220,9 +221,6 @@ impl ConvertArgs {
     }
 }
 
-/// Exit status after SIGINT or SIGTERM: 128 + SIGINT, as shells report an interrupted command.
-pub const INTERRUPTED: u8 = 130;
-
 pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
     // A conversion interrupted half-way must leave no temporary file and an existing output untouched. The
     // handler (run by `ctrlc` on its own thread) only sets the cancel flag; the conversion stops at its next
@@ -275,7 +273,7 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
     let written = match written {
         Err(vitconv_convert::Error::Cancelled) => {
             eprintln!("vitconv: interrupted; removed the partial output");
-            return Ok(ExitCode::from(INTERRUPTED));
+            return Ok(ExitCode::from(crate::report::INTERRUPTED));
         }
         w => w?,
     };
@@ -339,7 +337,7 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Batch mode: checks the options that only it takes, then converts every `.npz` under SOURCE.
+/// Batch mode: checks the options that only it takes, then converts every checkpoint under SOURCE.
 fn run_batch(args: &ConvertArgs, opts: Options) -> anyhow::Result<ExitCode> {
     let ext = match (opts.layout, args.ext) {
         (Layout::Hf, Some(_)) => anyhow::bail!(
@@ -352,19 +350,21 @@ fn run_batch(args: &ConvertArgs, opts: Options) -> anyhow::Result<ExitCode> {
         Some(n) => usize::from(n),
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
-    let batch = crate::cmd_batch::Batch {
+    let request = vitconv_batch::Request {
         source_dir: args.source.clone(),
         output_dir: args.output.clone(),
-        ext: ext.map(ExtArg::as_str),
+        ext: ext.map(|e| e.as_str().to_string()),
         fingerprint: args.fingerprint(ext.map_or("directory", ExtArg::as_str)),
         jobs,
         force: args.force,
-        quiet: args.quiet,
-        json: args.json,
         latest: args.latest,
         opts,
     };
-    crate::cmd_batch::run(&batch)
+    let printing = crate::cmd_batch::Printing {
+        quiet: args.quiet,
+        json: args.json,
+    };
+    crate::cmd_batch::run(&request, &printing)
 }
 
 /// The Python that loads the written weights into the model the plan's lines build.

@@ -16,7 +16,7 @@ use regex::Regex;
 use serde_json::{json, Value};
 use vitconv_tensors::{names, DType, TensorFile, TensorInfo, TensorStats};
 
-use crate::terminal_safe as safe;
+use crate::report::terminal_safe as safe;
 
 #[derive(clap::Args)]
 pub struct InspectArgs {
