@@ -63,9 +63,22 @@ pub fn find_sources(dir: &Path, skip: Option<&Path>, latest: bool) -> Found {
                 }
                 continue;
             }
-            if !(is_npz(&child)
-                || is_msgpack_name(&child) && vitconv_tensors::is_msgpack_file(&e.path()))
-            {
+            if !(is_npz(&child) || is_msgpack_name(&child)) {
+                continue;
+            }
+            // A link named like a checkpoint that points nowhere is reported, not passed over in silence.
+            if kind.is_symlink() && std::fs::metadata(e.path()).is_err() {
+                let target = std::fs::read_link(e.path()).unwrap_or_default();
+                unreadable.push((
+                    child,
+                    Error::DanglingLink {
+                        path: e.path(),
+                        target,
+                    },
+                ));
+                continue;
+            }
+            if !is_npz(&child) && !vitconv_tensors::is_msgpack_file(&e.path()) {
                 continue;
             }
             // A link is followed to what it names; a link to a directory or a dangling one is not a source.
@@ -143,14 +156,27 @@ pub fn output_rel(rel: &Path, ext: Option<&str>) -> PathBuf {
 
 /// The entries to convert: each found source with its output under `output_dir`, and the problems that stop
 /// one before it starts.
-pub fn plan(found: Vec<(PathBuf, u64)>, output_dir: &Path, ext: Option<&str>) -> Vec<Entry> {
+///
+/// `may_be_folder` says that the layout writes some sources as a folder named like the output without its
+/// extension (open_clip's two-tower models): those folders are checked for holding other outputs too, before
+/// anything starts, whatever the sources turn out to be.
+pub fn plan(
+    found: Vec<(PathBuf, u64)>,
+    output_dir: &Path,
+    ext: Option<&str>,
+    may_be_folder: bool,
+) -> Vec<Entry> {
     let mut entries: Vec<Entry> = found
         .into_iter()
         .map(|(rel, size)| Entry {
             output: output_dir.join(output_rel(&rel, ext)),
+            // The manifest keys sources by their text: a name that is not UTF-8 has no faithful key.
+            problem: rel
+                .to_str()
+                .is_none()
+                .then(|| Error::NonUtf8Name { path: rel.clone() }),
             rel,
             size,
-            problem: None,
         })
         .collect();
     // Two sources whose names differ only in the case of `.npz` would write the same output.
@@ -167,12 +193,20 @@ pub fn plan(found: Vec<(PathBuf, u64)>, output_dir: &Path, ext: Option<&str>) ->
     }
     // An output directory that would also hold other outputs (`a/b.npz` beside a directory `a/b/`) cannot be
     // written whole.
-    if ext.is_none() {
-        let outputs: HashSet<PathBuf> = entries.iter().map(|e| e.output.clone()).collect();
+    // The folder each source writes (or may write), keyed by that folder.
+    let folder_of = |e: &Entry| -> Option<PathBuf> {
+        match (ext, may_be_folder) {
+            (None, _) => Some(e.output.clone()),
+            (Some(_), true) => Some(e.output.with_extension("")),
+            (Some(_), false) => None,
+        }
+    };
+    let folders: HashSet<PathBuf> = entries.iter().filter_map(folder_of).collect();
+    if !folders.is_empty() {
         let mut holders: HashMap<PathBuf, PathBuf> = HashMap::new();
         for e in &entries {
             for a in e.output.ancestors().skip(1) {
-                if outputs.contains(a) {
+                if folders.contains(a) {
                     holders
                         .entry(a.to_path_buf())
                         .or_insert_with(|| e.rel.clone());
@@ -180,9 +214,10 @@ pub fn plan(found: Vec<(PathBuf, u64)>, output_dir: &Path, ext: Option<&str>) ->
             }
         }
         for e in &mut entries {
-            if let (None, Some(inner)) = (&e.problem, holders.get(&e.output)) {
+            let inner = folder_of(e).and_then(|f| holders.get(&f));
+            if let (None, Some(inner)) = (&e.problem, inner) {
                 e.problem = Some(Error::OutputHoldsOther {
-                    output: e.output.clone(),
+                    output: folder_of(e).unwrap_or_else(|| e.output.clone()),
                     inner: inner.clone(),
                 });
             }
@@ -267,7 +302,7 @@ mod tests {
             (PathBuf::from("x.npz"), 1),
             (PathBuf::from("y.npz"), 1),
         ];
-        let entries = plan(found, out, Some("safetensors"));
+        let entries = plan(found, out, Some("safetensors"), false);
         assert!(entries[0].problem.is_none());
         assert!(matches!(
             &entries[1].problem,
@@ -276,11 +311,47 @@ mod tests {
         assert!(entries[2].problem.is_none());
         // A directory per checkpoint: `a.npz`'s output `a/` would hold `a/b.npz`'s.
         let found = vec![(PathBuf::from("a.npz"), 1), (PathBuf::from("a/b.npz"), 1)];
-        let entries = plan(found, out, None);
+        let entries = plan(found, out, None, false);
         assert!(matches!(
             &entries[0].problem,
             Some(Error::OutputHoldsOther { inner, .. }) if inner == Path::new("a/b.npz")
         ));
         assert!(entries[1].problem.is_none());
+        // Files, but a layout that writes a two-tower model as a folder: `a.npz` may become `a/`, which would
+        // hold `a/b.npz`'s file; without that layout the two files live side by side.
+        let found = || vec![(PathBuf::from("a.npz"), 1), (PathBuf::from("a/b.npz"), 1)];
+        let entries = plan(found(), out, Some("safetensors"), true);
+        assert!(matches!(
+            &entries[0].problem,
+            Some(Error::OutputHoldsOther { output, inner }) if inner == Path::new("a/b.npz") && output == Path::new("/out/a")
+        ));
+        assert!(entries[1].problem.is_none());
+        let entries = plan(found(), out, Some("safetensors"), false);
+        assert!(entries.iter().all(|e| e.problem.is_none()));
+    }
+
+    #[test]
+    fn a_name_that_is_not_utf8_is_refused_not_keyed_lossily() {
+        use std::os::unix::ffi::OsStrExt as _;
+        let a = PathBuf::from(std::ffi::OsStr::from_bytes(b"m\xff.npz"));
+        let b = PathBuf::from(std::ffi::OsStr::from_bytes(b"m\xfe.npz"));
+        let entries = plan(vec![(a, 1), (b, 1)], Path::new("/out"), Some("pt"), false);
+        assert!(entries
+            .iter()
+            .all(|e| matches!(e.problem, Some(Error::NonUtf8Name { .. }))));
+    }
+
+    #[test]
+    fn a_dangling_link_named_like_a_checkpoint_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(dir.path().join("gone.npz"), dir.path().join("m.npz")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("gone"), dir.path().join("notes.txt")).unwrap();
+        let found = find_sources(dir.path(), None, false);
+        assert!(found.sources.is_empty());
+        assert_eq!(found.unreadable.len(), 1);
+        assert!(matches!(
+            &found.unreadable[0],
+            (rel, Error::DanglingLink { .. }) if rel == Path::new("m.npz")
+        ));
     }
 }

@@ -167,13 +167,42 @@ pub enum Error {
         other: PathBuf,
     },
 
-    /// An hf output directory that would also hold another source's output.
-    #[error("{}: this output directory would also hold the output of {}; rename one of them", output.display(), inner.display())]
+    /// An output directory (hf, or open_clip's folder for a two-tower model) that would also hold another
+    /// source's output.
+    #[error("{}: this output directory (the layout writes a folder here for this source, or may: open_clip does for a two-tower model) would also hold the output of {}; rename one of them", output.display(), inner.display())]
     OutputHoldsOther {
         /// The output directory.
         output: PathBuf,
         /// The source whose output lies inside it (relative to the source directory).
         inner: PathBuf,
+    },
+
+    /// A source whose path is not valid UTF-8: the manifest keys sources by their text, so two names that
+    /// differ only in invalid bytes would share a key; such a source is refused, not converted under a lossy
+    /// name.
+    #[error("{}: the name is not valid UTF-8; batch mode keys each source by its name, so rename it (or convert it alone with npz-to-pt SOURCE OUTPUT)", path.display())]
+    NonUtf8Name {
+        /// The source, relative to the source directory.
+        path: PathBuf,
+    },
+
+    /// A link with a checkpoint's name that points nowhere.
+    #[error("{}: a symbolic link to a file that does not exist ({}); the source was not converted", path.display(), target.display())]
+    DanglingLink {
+        /// The link.
+        path: PathBuf,
+        /// What it names.
+        target: PathBuf,
+    },
+
+    /// An output below the output directory that cannot be reached without following a link (or made).
+    #[error("{}: {source}", path.display())]
+    OutputDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
     },
 
     /// The source could not be opened as a checkpoint (its message names the file).

@@ -68,6 +68,19 @@ pub struct Record {
     pub owned: bool,
     /// The files written, relative to the output directory (empty until `done`).
     pub outputs: Vec<String>,
+    /// Each output's size and modification time as written, in the order of `outputs`, so that an output
+    /// changed since (truncated, replaced) is converted again rather than reported up to date. Manifests
+    /// from before this field have none, and their sources are converted again once.
+    pub output_stamps: Vec<OutputStamp>,
+}
+
+/// A written file's size and modification time, as [`Record::output_stamps`] keeps them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputStamp {
+    /// Bytes.
+    pub size: u64,
+    /// Nanoseconds since the Unix epoch (negative before it).
+    pub mtime_ns: i64,
 }
 
 /// A line as JSON gives it, before its state is checked (so that an unknown state is told apart from bad JSON).
@@ -80,6 +93,8 @@ struct Line {
     options: String,
     owned: bool,
     outputs: Vec<String>,
+    #[serde(default)]
+    output_stamps: Vec<OutputStamp>,
 }
 
 /// The last record of each source, by source (in name order, the order [`serialise`] writes).
@@ -176,6 +191,7 @@ fn parse_line(line: &[u8], number: usize, ended: bool) -> Result<Option<Record>,
         options: raw.options,
         owned: raw.owned,
         outputs: raw.outputs,
+        output_stamps: raw.output_stamps,
     }))
 }
 
@@ -208,6 +224,10 @@ mod tests {
             options: "layout=timm dtype=f32".into(),
             owned: true,
             outputs: vec![format!("{source}.safetensors")],
+            output_stamps: vec![OutputStamp {
+                size: 64,
+                mtime_ns: 1_700_000_000_000_000_001,
+            }],
         }
     }
 

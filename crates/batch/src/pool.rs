@@ -8,7 +8,8 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use vitconv_convert::plan::OutputKind;
-use vitconv_tensors::TensorFile;
+use vitconv_convert::Target;
+use vitconv_tensors::{EntryKind, OutDir, TensorFile};
 
 use crate::discover::{self, Entry};
 use crate::manifest::{Record, State};
@@ -20,6 +21,8 @@ use crate::{shown, Error, Event, Outcome, Report, Request, Status, Summary};
 struct Shared<'a> {
     req: &'a Request,
     store: &'a Store,
+    /// The output directory, open: every output is written relative to it.
+    root: &'a OutDir,
     on_event: &'a (dyn Fn(Event) + Sync),
 }
 
@@ -40,7 +43,13 @@ pub fn run(req: &Request, on_event: &(dyn Fn(Event) + Sync)) -> Result<Summary, 
             path: req.source_dir.clone(),
         });
     }
-    let mut entries = discover::plan(found.sources, &req.output_dir, req.ext.as_deref());
+    let may_be_folder = req.ext.is_some() && req.opts.layout.may_write_folder();
+    let mut entries = discover::plan(
+        found.sources,
+        &req.output_dir,
+        req.ext.as_deref(),
+        may_be_folder,
+    );
     entries.extend(found.unreadable.into_iter().map(|(rel, why)| Entry {
         output: req.output_dir.join(&rel),
         rel,
@@ -51,29 +60,35 @@ pub fn run(req: &Request, on_event: &(dyn Fn(Event) + Sync)) -> Result<Summary, 
 
     // The output directory and every directory an output goes into are made here, before any worker starts, so
     // that no worker's cleanup can remove a directory another is writing into. Those no output went into (every
-    // source in them refused, failed or interrupted) are removed at the end.
-    let mut dirs = vec![
+    // source in them refused, failed or interrupted) are removed at the end. The output directory is the
+    // user's; everything below it is made and reached through its handle without following a link, so a link
+    // planted anywhere below it (or swapped in between runs) is refused, never written through.
+    let made_root =
         vitconv_tensors::create_dirs(&req.output_dir).map_err(|source| Error::CreateDir {
             path: req.output_dir.clone(),
             source,
-        })?,
-    ];
+        })?;
+    let root = OutDir::open(&req.output_dir).map_err(|source| Error::CreateDir {
+        path: req.output_dir.clone(),
+        source,
+    })?;
+    let mut made: Vec<PathBuf> = Vec::new();
     let parents: BTreeSet<PathBuf> = entries
         .iter()
         .filter(|e| e.problem.is_none())
-        .filter_map(|e| e.output.parent().map(Path::to_path_buf))
+        .filter_map(|e| relative_parent(&req.output_dir, &e.output))
         .collect();
     for p in parents {
-        match vitconv_tensors::create_dirs(&p) {
-            Ok(made) => dirs.push(made),
+        match root.descend(&p, true) {
+            Ok((_, created)) => made.extend(created),
             Err(err) => {
                 // Each source that writes there fails with the same reason (the error is not `Clone`).
-                for e in entries
-                    .iter_mut()
-                    .filter(|e| e.problem.is_none() && e.output.parent() == Some(p.as_path()))
-                {
-                    e.problem = Some(Error::CreateDir {
-                        path: p.clone(),
+                for e in entries.iter_mut().filter(|e| {
+                    e.problem.is_none()
+                        && relative_parent(&req.output_dir, &e.output).as_ref() == Some(&p)
+                }) {
+                    e.problem = Some(Error::OutputDir {
+                        path: req.output_dir.join(&p),
                         source: std::io::Error::new(err.kind(), err.to_string()),
                     });
                 }
@@ -109,6 +124,7 @@ pub fn run(req: &Request, on_event: &(dyn Fn(Event) + Sync)) -> Result<Summary, 
     let shared = Shared {
         req,
         store: &store,
+        root: &root,
         on_event,
     };
     let mut finished = n.saturating_sub(order.len());
@@ -132,11 +148,11 @@ pub fn run(req: &Request, on_event: &(dyn Fn(Event) + Sync)) -> Result<Summary, 
         }
     });
 
-    // Directories made above that no output went into (every source in them refused, failed or interrupted).
-    for made in &dirs {
-        made.remove_empty();
-    }
-    drop(dirs);
+    // Directories made above that no output went into (every source in them refused, failed or interrupted),
+    // the deepest first.
+    made.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    root.remove_empty(&made);
+    made_root.remove_empty();
     let manifest_error = store.compact().err();
     let files = entries
         .into_iter()
@@ -223,7 +239,7 @@ fn convert_or_skip(e: &Entry, sh: &Shared, started: Instant, reported: &mut u64)
         }
     };
     let decision = resume::decide(sh.store.last(&key), now, &req.fingerprint, req.force, |o| {
-        req.output_dir.join(o).exists()
+        resume::output_stamp(&req.output_dir.join(o))
     });
     let overwrite = match decision {
         Decision::Skip => {
@@ -269,6 +285,15 @@ fn convert_or_skip(e: &Entry, sh: &Shared, started: Instant, reported: &mut u64)
     if let Err(err) = resume::check_output(&output, opts.overwrite) {
         return failed(Status::Failed, err);
     }
+    // The directory the output goes in, reached from the output directory without following a link.
+    let target = match target_of(sh.root, &req.output_dir, &output) {
+        Ok(t) => t,
+        Err(err) => return failed(Status::Failed, err),
+    };
+    if opts.overwrite {
+        // Temporaries a killed run left beside (or inside) this source's output are ours to remove.
+        clean_temporaries(&target);
+    }
     let mut record = Record {
         source: key,
         state: State::Started,
@@ -277,6 +302,7 @@ fn convert_or_skip(e: &Entry, sh: &Shared, started: Instant, reported: &mut u64)
         options: req.fingerprint.clone(),
         owned: true,
         outputs: Vec::new(),
+        output_stamps: Vec::new(),
     };
     if let Err(err) = sh.store.append(&record) {
         return failed(Status::Failed, err);
@@ -297,7 +323,7 @@ fn convert_or_skip(e: &Entry, sh: &Shared, started: Instant, reported: &mut u64)
                 *reported = scaled;
             }
         };
-        vitconv_convert::write(&file, &conv, &opts, &output, &mut progress)
+        vitconv_convert::write_in(&file, &conv, &opts, &target, &mut progress)
     };
     let written = match written {
         Ok(w) => w,
@@ -310,10 +336,20 @@ fn convert_or_skip(e: &Entry, sh: &Shared, started: Instant, reported: &mut u64)
         }
     };
     record.state = State::Done;
-    record.outputs = std::iter::once(&written.weights)
+    let files: Vec<&PathBuf> = std::iter::once(&written.weights)
         .chain(&written.side_files)
+        .collect();
+    record.outputs = files
+        .iter()
         .map(|p| shown(p.strip_prefix(&req.output_dir).unwrap_or(p)))
         .collect();
+    // What was written, as it is now: a later change to any of them converts the source again. One that
+    // cannot be read leaves the record without stamps, which converts it again too.
+    record.output_stamps = files
+        .iter()
+        .map(|p| resume::output_stamp(p))
+        .collect::<Option<Vec<_>>>()
+        .unwrap_or_default();
     if let Err(err) = sh.store.append(&record) {
         return failed(
             Status::Failed,
@@ -329,5 +365,75 @@ fn convert_or_skip(e: &Entry, sh: &Shared, started: Instant, reported: &mut u64)
         bytes: Some(written.bytes),
         seconds: started.elapsed().as_secs_f64(),
         output: (output != e.output).then_some(output),
+    }
+}
+
+/// `output`'s directory relative to the output directory (`None` for one outside it, which planning never makes).
+fn relative_parent(output_dir: &Path, output: &Path) -> Option<PathBuf> {
+    output
+        .strip_prefix(output_dir)
+        .ok()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+}
+
+/// Where `output` is written: its directory opened from `root` without following a link, and its name.
+fn target_of(root: &OutDir, output_dir: &Path, output: &Path) -> Result<Target, Error> {
+    let outside = || Error::OutputDir {
+        path: output.to_path_buf(),
+        source: std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not below the output directory",
+        ),
+    };
+    let parent = relative_parent(output_dir, output).ok_or_else(outside)?;
+    let name = output.file_name().ok_or_else(outside)?;
+    let (dir, _) = root
+        .descend(&parent, false)
+        .map_err(|source| Error::OutputDir {
+            path: output_dir.join(&parent),
+            source,
+        })?;
+    Ok(Target {
+        dir,
+        name: name.to_os_string(),
+    })
+}
+
+/// Removes the temporaries a killed conversion of this output left: `.{name}.XXXXXXXX.partial` (and its side
+/// files', `.{stem}.*.XXXXXXXX.partial`) beside a file output, and every temporary inside a folder output and
+/// its subfolders. Only names of the writer's own pattern are touched, and nothing through a link.
+fn clean_temporaries(target: &Target) {
+    use std::os::unix::ffi::OsStrExt as _;
+    let stem = Path::new(&target.name)
+        .file_stem()
+        .map(|s| s.as_bytes().to_vec())
+        .unwrap_or_default();
+    let mut ours = b".".to_vec();
+    ours.extend_from_slice(&stem);
+    if let Ok(names) = target.dir.names() {
+        for n in names {
+            if OutDir::is_temp_name(&n) && n.as_bytes().starts_with(&ours) {
+                let _ = target.dir.remove_file(&n);
+            }
+        }
+    }
+    if let Ok((folder, _)) = target.dir.child(&target.name, false) {
+        let mut dirs = vec![folder];
+        while let Some(d) = dirs.pop() {
+            for n in d.names().unwrap_or_default() {
+                match d.kind(&n) {
+                    Ok(Some(EntryKind::File)) if OutDir::is_temp_name(&n) => {
+                        let _ = d.remove_file(&n);
+                    }
+                    Ok(Some(EntryKind::Directory)) if dirs.len() < 16 => {
+                        if let Ok((sub, _)) = d.child(&n, false) {
+                            dirs.push(sub);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
     }
 }

@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::UNIX_EPOCH;
 
-use crate::manifest::{Record, State};
+use crate::manifest::{OutputStamp, Record, State};
 use crate::Error;
 
 /// A source's size and modification time, as the manifest records them.
@@ -53,6 +53,16 @@ pub fn stamp(path: &Path) -> std::io::Result<Stamp> {
     })
 }
 
+/// A written output's stamp, read without following a link (a link put in its place is not the output).
+pub fn output_stamp(path: &Path) -> Option<OutputStamp> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    meta.is_file().then_some(())?;
+    Some(OutputStamp {
+        size: meta.len(),
+        mtime_ns: mtime_ns(&meta).ok()?,
+    })
+}
+
 /// What to do with one source.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {
@@ -73,14 +83,14 @@ pub fn owned(last: Option<&Record>) -> bool {
 }
 
 /// Decides for a source whose last record is `last` and whose stamp is now `now`, in a run whose options'
-/// fingerprint is `fingerprint`. `present` says whether a recorded output (relative to the output directory)
-/// still exists.
+/// fingerprint is `fingerprint`. `output_now` gives a recorded output's size and modification time now
+/// (relative to the output directory; `None` when it is gone or not a file): each must be what was written.
 pub fn decide(
     last: Option<&Record>,
     now: Stamp,
     fingerprint: &str,
     force: bool,
-    present: impl Fn(&str) -> bool,
+    output_now: impl Fn(&str) -> Option<OutputStamp>,
 ) -> Decision {
     let owned = owned(last);
     let up_to_date = last.is_some_and(|r| {
@@ -89,7 +99,11 @@ pub fn decide(
             && r.mtime_ns == now.mtime_ns
             && r.options == fingerprint
             && !r.outputs.is_empty()
-            && r.outputs.iter().all(|o| present(o))
+            && r.outputs.len() == r.output_stamps.len()
+            && r.outputs
+                .iter()
+                .zip(&r.output_stamps)
+                .all(|(o, written)| output_now(o) == Some(*written))
     });
     if up_to_date && !force {
         Decision::Skip
@@ -102,7 +116,7 @@ pub fn decide(
 
 /// Why a skipped source was skipped, as the report says it.
 pub const UP_TO_DATE: &str =
-    "up to date (same source size, modification time and options as recorded)";
+    "up to date (same source size, modification time and options as recorded, outputs as written)";
 
 /// Whether `path` holds something a conversion would replace: a file, or a directory with anything in it.
 pub fn occupied(path: &Path) -> bool {
@@ -142,11 +156,18 @@ mod tests {
             options: OPTIONS.into(),
             owned: true,
             outputs: vec!["a.safetensors".into()],
+            output_stamps: vec![OUT],
         }
     }
 
-    fn all_present(_: &str) -> bool {
-        true
+    /// The stamp every recorded output was written with.
+    const OUT: OutputStamp = OutputStamp {
+        size: 4096,
+        mtime_ns: 6_000,
+    };
+
+    fn all_present(_: &str) -> Option<OutputStamp> {
+        Some(OUT)
     }
 
     #[test]
@@ -204,12 +225,38 @@ mod tests {
     #[test]
     fn a_missing_output_is_written_again() {
         assert_eq!(
-            decide(Some(&done()), NOW, OPTIONS, false, |o| o != "a.safetensors"),
+            decide(Some(&done()), NOW, OPTIONS, false, |_| None),
+            Decision::Convert { overwrite: true }
+        );
+        // Present but not as written (truncated to half, or rewritten since): written again too.
+        for changed in [
+            OutputStamp {
+                size: OUT.size / 2,
+                ..OUT
+            },
+            OutputStamp {
+                mtime_ns: OUT.mtime_ns + 1,
+                ..OUT
+            },
+        ] {
+            assert_eq!(
+                decide(Some(&done()), NOW, OPTIONS, false, |_| Some(changed)),
+                Decision::Convert { overwrite: true }
+            );
+        }
+        // A record from before outputs were stamped proves nothing either.
+        let unstamped = Record {
+            output_stamps: vec![],
+            ..done()
+        };
+        assert_eq!(
+            decide(Some(&unstamped), NOW, OPTIONS, false, all_present),
             Decision::Convert { overwrite: true }
         );
         // A `done` record without outputs proves nothing.
         let empty = Record {
             outputs: vec![],
+            output_stamps: vec![],
             ..done()
         };
         assert_eq!(

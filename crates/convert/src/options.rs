@@ -30,6 +30,12 @@ impl Layout {
         }
     }
 
+    /// Whether the layout writes a whole folder for some models even where a weights file was named (open_clip
+    /// writes a two-tower model as a folder: its text tower needs a config and tokenizer files).
+    pub fn may_write_folder(self) -> bool {
+        matches!(self, Layout::OpenClip)
+    }
+
     /// The layout a name (as `--layout` and `vitconv.layout` write it, or an alias) stands for.
     pub fn parse(name: &str) -> Option<Layout> {
         Layout::ALL

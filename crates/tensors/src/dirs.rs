@@ -176,6 +176,23 @@ impl OutDir {
         }
     }
 
+    /// Removes those of the directories `rel` (relative to `self`) that are empty, in the order given (deepest
+    /// first, as [`OutDir::descend`] lists them); one that holds anything stays.
+    pub fn remove_empty(&self, rel: &[PathBuf]) {
+        for r in rel {
+            let (parent, name) = match (r.parent(), r.file_name()) {
+                (Some(p), Some(n)) if !p.as_os_str().is_empty() => match self.descend(p, false) {
+                    Ok((d, _)) => (d, n),
+                    Err(_) => continue,
+                },
+                (_, Some(n)) => (self.clone(), n),
+                _ => continue,
+            };
+            // `unlinkat` with REMOVEDIR removes only an empty directory, which is the point.
+            let _ = rustix::fs::unlinkat(&*parent.fd, name, AtFlags::REMOVEDIR);
+        }
+    }
+
     /// Removes `rel` and everything below it; links are removed, never followed.
     pub fn remove_tree(&self, rel: &Path) -> io::Result<()> {
         let (parent, name) = match (rel.parent(), rel.file_name()) {

@@ -43,7 +43,11 @@ pub(crate) fn hidden_act(gelu: Gelu) -> &'static str {
 
 /// Adds `id2label` and `label2id` for `classes` labels: the names `--labels` gave, or unnamed ones (`LABEL_0`,
 /// ...) as transformers writes them. (A name given twice keeps its last index in `label2id`, as a dict does.)
-pub(crate) fn insert_labels(cfg: &mut Map<String, Value>, classes: usize, names: Option<&[String]>) {
+pub(crate) fn insert_labels(
+    cfg: &mut Map<String, Value>,
+    classes: usize,
+    names: Option<&[String]>,
+) {
     let name = |c: usize| match names.and_then(|n| n.get(c)) {
         Some(n) => n.clone(),
         None => format!("LABEL_{c}"),
