@@ -754,7 +754,8 @@ pub fn run(batch: &Batch) -> anyhow::Result<ExitCode> {
     }
     drop(dirs);
     // The manifest is rewritten with one line per source, from what this run appended.
-    manifest.last = last_records(&std::fs::read_to_string(&manifest.path).unwrap_or_default());
+    // Read back through the same checks as at the start: the file could have been swapped meanwhile.
+    manifest.last = last_records(&read_manifest(&manifest.path).unwrap_or_default());
     let saved = manifest.save();
     if interrupted(batch) {
         // The files in flight stopped and removed their temporaries; the manifest records what was done, so
