@@ -3,7 +3,7 @@
 # inputs each executed.
 #
 # Usage: [FUZZ_MAX_LEN=BYTES] scripts/fuzz.sh TARGET|all SECONDS
-#   TARGET: npy_header, npz, pickle, pt, safetensors, zip_alias, detect, msgpack
+#   TARGET: npy_header, npz, pickle, pt, safetensors, zip_alias, detect, ocdbt, msgpack, zarr, sentencepiece
 #
 # Corpora live in fuzz/corpus/<target>/ (not committed). Each run seeds them from the
 # fixtures, from files our own writer produces (the `recode` example), from the hand-made
@@ -13,7 +13,7 @@
 # Needs cargo-fuzz; stable Rust gets the nightly flags it uses from RUSTC_BOOTSTRAP=1.
 set -euo pipefail
 
-ALL_TARGETS=(npy_header npz pickle pt safetensors zip_alias detect ocdbt msgpack zarr)
+ALL_TARGETS=(npy_header npz pickle pt safetensors zip_alias detect ocdbt msgpack zarr sentencepiece)
 if [[ $# -ne 2 ]] || ! [[ $2 =~ ^[0-9]+$ ]]; then
     echo "usage: $0 TARGET|all SECONDS   (targets: ${ALL_TARGETS[*]})" >&2
     exit 2
@@ -40,15 +40,20 @@ max_len() {
     [[ -n ${FUZZ_MAX_LEN:-} ]] && { echo "$FUZZ_MAX_LEN"; return; }
     case $1 in
         npy_header) echo 4096 ;;
-        pickle | detect | ocdbt | zarr) echo 65536 ;;
+        pickle | detect | ocdbt | zarr | sentencepiece) echo 65536 ;;
         *) echo 1048576 ;;
     esac
 }
 
 # Seeds every corpus (cp -n: what the fuzzer found before is kept).
 seed() {
-    mkdir -p "$corpus"/{npy_header,npz,pickle,pt,safetensors,zip_alias,detect,ocdbt,msgpack,zarr}
+    mkdir -p "$corpus"/{npy_header,npz,pickle,pt,safetensors,zip_alias,detect,ocdbt,msgpack,zarr,sentencepiece}
     local f name tmp
+    # Real SentencePiece models: any in the fixtures or the shared golden data (the hand-made ones are in
+    # fuzz/seeds/sentencepiece/).
+    while IFS= read -r -d '' f; do
+        cp -n "$f" "$corpus/sentencepiece/$(echo "$f" | tr / _)"
+    done < <(find fixtures shared ../shared -name '*.model' -size -2M -print0 2>/dev/null)
     for f in fixtures/*/*.npy; do
         name=$(echo "${f#fixtures/}" | tr / _)
         head -c 4096 "$f" >"$corpus/npy_header/$name"
