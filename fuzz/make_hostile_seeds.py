@@ -148,3 +148,49 @@ out("pt", "two_pickles.pt", b"\x00" + archive([
 out("pt", "aliased_storage.pt", b"\x00" + archive([
     m("archive/data.pkl", pkl), m("archive/data/0", data, 8),
     m("archive/data/1", data, 8, points_at=len(local("archive/data.pkl", pkl)))]))
+
+
+# SentencePiece models (the `sentencepiece` target): a protobuf ModelProto whose field 1 is each piece
+# (field 1 its text, field 3 its type: 1 normal, 2 unknown, 3 control).
+def varint(v):
+    b = bytearray()
+    while True:
+        byte = v & 0x7F
+        v >>= 7
+        if v:
+            b.append(byte | 0x80)
+        else:
+            b.append(byte)
+            return bytes(b)
+
+
+def ld(number, data):
+    return varint(number << 3 | 2) + varint(len(data)) + data
+
+
+def piece(text, kind=1):
+    return ld(1, ld(1, text) + varint(3 << 3) + varint(kind))
+
+
+spm_minimal = piece(b"<unk>", 2) + piece(b"<s>", 3) + piece(b"</s>", 3) + piece(b"\xe2\x96\x81a")
+out("sentencepiece", "minimal.model", spm_minimal + ld(2, b"\x0a\x00"))
+# A length that claims far more bytes than follow (2^62), at the top and inside a piece.
+out("sentencepiece", "huge_length.model", spm_minimal + varint(1 << 3 | 2) + varint(1 << 62) + b"x")
+out("sentencepiece", "huge_inner_length.model",
+    piece(b"<unk>", 2) + ld(1, varint(1 << 3 | 2) + varint(0xFFFFFFFF) + b"</s>"))
+# Varints cut off at the end, and one longer than 10 bytes.
+out("sentencepiece", "truncated_varint.model", spm_minimal + b"\x0a\xff\xff\xff")
+out("sentencepiece", "overlong_varint.model", spm_minimal + b"\x18" + b"\xff" * 11 + b"\x01")
+# Length-delimited fields nested 2000 deep inside one piece (the parser looks two levels down only).
+nested = b"</s>"
+for _ in range(2000):
+    nested = ld(1, nested)
+out("sentencepiece", "deep_nesting.model", piece(b"<unk>", 2) + ld(1, ld(4, nested)) + piece(b"</s>"))
+# 30 000 empty pieces, and no </s>.
+out("sentencepiece", "many_empty_pieces.model", piece(b"<unk>", 2) + b"\x0a\x00" * 30000)
+# Wire types 3, 4 (groups) and 7, which the parser refuses by offset.
+out("sentencepiece", "group_wire_type.model", spm_minimal + b"\x0b\x0c")
+# Piece text that is not UTF-8.
+out("sentencepiece", "bad_utf8.model", spm_minimal + piece(b"\xff\xfe"))
+# The unknown piece's type, but no </s>.
+out("sentencepiece", "no_eos.model", piece(b"<unk>", 2) + piece(b"<s>", 3))

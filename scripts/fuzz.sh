@@ -3,7 +3,7 @@
 # inputs each executed.
 #
 # Usage: [FUZZ_MAX_LEN=BYTES] scripts/fuzz.sh TARGET|all SECONDS
-#   TARGET: npy_header, npz, pickle, pt, safetensors, zip_alias, detect, msgpack, batch_manifest
+#   TARGET: npy_header, npz, pickle, pt, safetensors, zip_alias, detect, ocdbt, msgpack, zarr, sentencepiece, batch_manifest
 #
 # Corpora live in fuzz/corpus/<target>/ (not committed). Each run seeds them from the
 # fixtures, from files our own writer produces (the `recode` example), from the hand-made
@@ -14,7 +14,7 @@
 # Needs cargo-fuzz; stable Rust gets the nightly flags it uses from RUSTC_BOOTSTRAP=1.
 set -euo pipefail
 
-ALL_TARGETS=(npy_header npz pickle pt safetensors zip_alias detect ocdbt msgpack zarr batch_manifest)
+ALL_TARGETS=(npy_header npz pickle pt safetensors zip_alias detect ocdbt msgpack zarr sentencepiece batch_manifest)
 if [[ $# -ne 2 ]] || ! [[ $2 =~ ^[0-9]+$ ]]; then
     echo "usage: $0 TARGET|all SECONDS   (targets: ${ALL_TARGETS[*]})" >&2
     exit 2
@@ -48,7 +48,7 @@ max_len() {
     [[ -n ${FUZZ_MAX_LEN:-} ]] && { echo "$FUZZ_MAX_LEN"; return; }
     case $1 in
         npy_header) echo 4096 ;;
-        pickle | detect | ocdbt | zarr) echo 65536 ;;
+        pickle | detect | ocdbt | zarr | sentencepiece) echo 65536 ;;
         # Past the manifest's longest line (64 KiB), so that an overlong line is among the inputs.
         batch_manifest) echo 262144 ;;
         *) echo 1048576 ;;
@@ -57,8 +57,13 @@ max_len() {
 
 # Seeds every corpus (cp -n: what the fuzzer found before is kept).
 seed() {
-    mkdir -p "$corpus"/{npy_header,npz,pickle,pt,safetensors,zip_alias,detect,ocdbt,msgpack,zarr,batch_manifest}
+    mkdir -p "$corpus"/{npy_header,npz,pickle,pt,safetensors,zip_alias,detect,ocdbt,msgpack,zarr,sentencepiece,batch_manifest}
     local f name tmp
+    # Real SentencePiece models: any in the fixtures or the shared golden data (the hand-made ones are in
+    # fuzz/seeds/sentencepiece/).
+    while IFS= read -r -d '' f; do
+        cp -n "$f" "$corpus/sentencepiece/$(echo "$f" | tr / _)"
+    done < <(find fixtures shared ../shared -name '*.model' -size -2M -print0 2>/dev/null)
     for f in fixtures/*/*.npy; do
         name=$(echo "${f#fixtures/}" | tr / _)
         head -c 4096 "$f" >"$corpus/npy_header/$name"

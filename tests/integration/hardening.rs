@@ -425,6 +425,62 @@ fn inspect_refuses_fifos_and_devices_at_once() {
     assert!(!stderr(&o).contains("empty file"), "{}", stderr(&o));
 }
 
+/// Copies the folder `from` into `to`, recursively (the fixtures hold no links).
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("lists") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copies");
+        }
+    }
+}
+
+#[test]
+fn inspect_refuses_checkpoint_metadata_that_is_a_fifo_or_a_device() {
+    let dir = scratch();
+    let ckpt = dir.path().join("ckpt");
+    copy_dir(&fixture("containers/orbax-bv-noocdbt/ckpt"), &ckpt);
+    let metadata = ckpt.join("_METADATA");
+    let good = read(&metadata);
+    // A FIFO as Orbax's `_METADATA` would block the read forever; it is refused by kind, by name, at once.
+    std::fs::remove_file(&metadata).expect("rm");
+    let made = Command::new("mkfifo")
+        .arg(&metadata)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success(), "mkfifo failed");
+    let started = std::time::Instant::now();
+    let o = vitconv(["inspect".as_ref(), ckpt.as_os_str()]);
+    assert_bad_input(
+        &o,
+        "_METADATA: not a regular file (it is a named pipe (FIFO))",
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+
+    // A link to /dev/zero as `_METADATA` would be read until memory ran out.
+    std::fs::remove_file(&metadata).expect("rm");
+    std::os::unix::fs::symlink("/dev/zero", &metadata).expect("symlink");
+    let o = vitconv(["inspect".as_ref(), ckpt.as_os_str()]);
+    assert_bad_input(&o, "_METADATA");
+
+    // A per-array `.zarray` as a FIFO, the rest intact.
+    std::fs::remove_file(&metadata).expect("rm");
+    std::fs::write(&metadata, good).expect("restore");
+    let zarray = ckpt.join("MAPHead_0.probe/.zarray");
+    std::fs::remove_file(&zarray).expect("rm");
+    let made = Command::new("mkfifo")
+        .arg(&zarray)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success(), "mkfifo failed");
+    let o = vitconv(["inspect".as_ref(), ckpt.as_os_str()]);
+    assert_bad_input(&o, "MAPHead_0.probe/.zarray: not a regular file");
+}
+
 #[test]
 fn inspect_escapes_control_characters_in_names_and_paths() {
     let dir = scratch();

@@ -118,7 +118,8 @@ impl Store {
         // written); a file that cannot be read back reads as empty, and the next run converts everything.
         let bytes = {
             let _held = self.handle();
-            std::fs::read(&self.path).unwrap_or_default()
+            // Through the same checks as at the start: the file could have been swapped meanwhile.
+            read(&self.path).unwrap_or_default()
         };
         let (last, _ignored) = manifest::parse(&bytes);
         self.save(&last)

@@ -183,6 +183,15 @@ pub enum Error {
         role: &'static str,
     },
 
+    /// The text tower's token embedding has no rows: no token id, not even `</s>`, could be embedded.
+    #[error("tensor {name}: the text token embedding has 0 rows (shape {found:?}), so the text tower has a vocabulary of 0 token ids; a tokenizer's pieces need one row each")]
+    EmptyVocabulary {
+        /// The token embedding's name.
+        name: String,
+        /// Its shape `[0, width]`.
+        found: Vec<usize>,
+    },
+
     /// A tensor's shape contradicts the sizes read off the rest of the checkpoint.
     #[error("tensor {name}: expected shape {expected:?}, found {found:?} ({role})")]
     ShapeMismatch {

@@ -51,15 +51,77 @@ pub fn read(path: &Path) -> Result<SentencePiece> {
     let bytes = match vitconv_tensors::read_regular_file(path, MAX_TOKENIZER_BYTES) {
         Ok(b) => b,
         Err(vitconv_tensors::Error::FileTooLarge { size, .. }) => {
-            return Err(Error::TokenizerTooLarge {
-                path: path.to_path_buf(),
-                size,
-                max: MAX_TOKENIZER_BYTES,
-            })
+            return Err(too_large(path, size))
         }
         Err(e) => return Err(e.into()),
     };
+    from_bytes(path, bytes)
+}
+
+/// Checks a SentencePiece model held in `bytes` (named `path` in errors): the same limit and parse as
+/// [`read`], for bytes that did not come from a file (the fuzz target).
+///
+/// The parse allocates nothing beyond `bytes` itself and the unknown piece's text (a slice of it): every
+/// length is checked against the bytes left before anything is taken, and nesting stops at a piece's fields.
+pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<SentencePiece> {
+    let size = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+    if size > MAX_TOKENIZER_BYTES {
+        return Err(too_large(path, size));
+    }
     parse(path, bytes)
+}
+
+/// Parses untrusted `bytes` as a SentencePiece model through [`from_bytes`], for the `sentencepiece` fuzz target
+/// and the replay of its seeds; returns how many pieces an accepted model holds.
+///
+/// Checks what every outcome must satisfy, so that a violation is a panic and a finding: an accepted model keeps
+/// the input unchanged, has at least one piece and no more than its bytes can encode (each piece takes at least
+/// two bytes: its key and its length), an `</s>` id among them, an unknown piece whose text is part of the
+/// input, and passes [`SentencePiece::check_vocab`] against exactly its own number of pieces and no fewer; a
+/// refusal for its format names an offset inside the input.
+pub fn fuzz_model(bytes: &[u8]) -> Result<usize> {
+    let path = Path::new("fuzz/spiece.model");
+    match from_bytes(path, bytes.to_vec()) {
+        Ok(sp) => {
+            assert_eq!(sp.bytes, bytes, "the model's bytes are the input's");
+            assert!(sp.pieces >= 1, "an accepted model has a piece");
+            assert!(
+                sp.pieces.saturating_mul(2) <= bytes.len(),
+                "{} pieces from {} bytes",
+                sp.pieces,
+                bytes.len()
+            );
+            assert!(sp.eos_id < sp.pieces, "</s> is one of the pieces");
+            assert!(
+                sp.unk.len() <= bytes.len(),
+                "the unknown piece is in the input"
+            );
+            assert!(sp.check_vocab(sp.pieces).is_ok(), "fits its own vocabulary");
+            assert!(
+                sp.check_vocab(sp.pieces.saturating_sub(1)).is_err(),
+                "a smaller vocabulary is refused"
+            );
+            let (side, (_, copied)) = sp.files(8);
+            assert_eq!(copied, bytes, "the model is copied unchanged");
+            assert_eq!(side.len(), 2, "two configs");
+            Ok(sp.pieces)
+        }
+        Err(e) => {
+            if let Error::TokenizerFormat { offset, .. } = &e {
+                assert!(*offset <= bytes.len(), "offset {offset} past the input");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The refusal of a model file of `size` bytes, past [`MAX_TOKENIZER_BYTES`].
+fn too_large(path: &Path, size: u64) -> Error {
+    Error::TokenizerTooLarge {
+        path: path.to_path_buf(),
+        size,
+        max: MAX_TOKENIZER_BYTES,
+    }
 }
 
 /// A protobuf reader over one message's bytes; every read is bounds-checked and names its offset on failure.

@@ -111,9 +111,10 @@ impl Guard {
             .open_if_exists(path)?
             .ok_or_else(|| Error::io(path, std::io::Error::from(std::io::ErrorKind::NotFound)))?;
         if len > limit {
-            return Err(Error::CheckpointMetadata {
+            return Err(Error::FileTooLarge {
                 path: path.to_path_buf(),
-                what: format!("{len} bytes, more than the {limit}-byte limit for this file"),
+                size: len,
+                limit,
             });
         }
         let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
@@ -406,10 +407,17 @@ impl Builder {
     }
 }
 
+/// Whether a metadata file named `path` is there, as anything but a folder: a FIFO, a device or a link to one
+/// still claims the checkpoint, so that opening it refuses that file by name (through [`Guard::read_small`])
+/// rather than saying the folder is no checkpoint.
+fn has_metadata_file(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok() && !path.is_dir()
+}
+
 /// Whether `dir` is one Orbax step: `_METADATA` in it, or (the v1 layout) `_CHECKPOINT_METADATA` beside item
 /// folders that hold `_METADATA`.
 fn is_orbax_step(dir: &Path) -> bool {
-    dir.join("_METADATA").is_file()
+    has_metadata_file(&dir.join("_METADATA"))
         || (dir.join("_CHECKPOINT_METADATA").is_file() && !item_dirs(dir).is_empty())
 }
 
@@ -418,7 +426,7 @@ fn item_dirs(dir: &Path) -> Vec<String> {
     list_dir(dir)
         .unwrap_or_default()
         .into_iter()
-        .filter(|(n, k)| k.is_dir() && dir.join(n).join("_METADATA").is_file())
+        .filter(|(n, k)| k.is_dir() && has_metadata_file(&dir.join(n).join("_METADATA")))
         .map(|(n, _)| n)
         .collect()
 }
@@ -544,7 +552,7 @@ pub(crate) fn open_orbax(path: &Path) -> Result<Opened> {
         found: "no _METADATA and no complete Orbax step folder".into(),
     })?;
     // The v0 layout keeps the tree in the step folder; v1 in one folder per item (`state/`).
-    let items: Vec<(Option<String>, PathBuf)> = if step_dir.join("_METADATA").is_file() {
+    let items: Vec<(Option<String>, PathBuf)> = if has_metadata_file(&step_dir.join("_METADATA")) {
         vec![(None, step_dir.clone())]
     } else {
         let names = item_dirs(&step_dir);

@@ -68,11 +68,11 @@ pub mod fuzzing {
     /// range of its (possibly compressed) data, for the fuzz target that checks no two
     /// members the reader accepts share bytes and no name is repeated.
     pub fn zip_members(path: &Path) -> crate::Result<Vec<(String, u64, u64)>> {
-        let file = std::fs::File::open(path).map_err(|e| crate::Error::io(path, e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| crate::Error::io(path, e))?
-            .len();
+        // The same rule as every other read: a regular file, opened without blocking.
+        let file = crate::open_for_reading(path)?;
+        let meta = file.metadata().map_err(|e| crate::Error::io(path, e))?;
+        crate::check_regular(path, &meta)?;
+        let len = meta.len();
         let entries = crate::zip_reader::read_directory(path, &file, len)?;
         Ok(entries
             .into_iter()

@@ -10,6 +10,9 @@ use crate::params::{dim, to_i64_dims};
 
 /// Most images `--images` decodes, so a large folder cannot exhaust memory by accident.
 pub const MAX_IMAGES: usize = 256;
+/// Most bytes of one `--images` file: a photo is a few megabytes; 64 MiB refuses a wrong file before it is
+/// read whole.
+pub const MAX_IMAGE_BYTES: u64 = 64 << 20;
 /// Largest batch of random images.
 pub const MAX_BATCH: usize = 4096;
 
@@ -154,10 +157,19 @@ fn images(dir: &Path, size: Option<(usize, usize)>, s: usize) -> Result<Tensor> 
     })?;
     let mut values = Vec::new();
     for path in &files {
-        let img = image::open(path).map_err(|e| Error::Unreadable {
+        // Read as every small file is (a regular file of bounded size: a FIFO named `x.png` would block
+        // `image::open`, a link to /dev/zero read until memory ran out), then decoded from memory in the format
+        // its extension names, as `image::open` would.
+        let bytes = vitconv_tensors::read_regular_file(path, MAX_IMAGE_BYTES)?;
+        let format = image::ImageFormat::from_path(path).map_err(|e| Error::Unreadable {
             path: path.clone(),
             reason: e.to_string(),
         })?;
+        let img =
+            image::load_from_memory_with_format(&bytes, format).map_err(|e| Error::Unreadable {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
         // Resize the shorter side to the model's size, then centre-crop: the aspect ratio is kept,
         // as timm's and CLIP's eval transforms do.
         let img = img
@@ -308,6 +320,25 @@ fn text_npy(path: &Path) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fifo_among_the_images_is_refused_by_name_without_blocking() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join("a.png");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo runs");
+        assert!(made.success());
+        let source = InputSource::Images {
+            dir: dir.path().to_path_buf(),
+            size: None,
+        };
+        let err = load(&source, 8).expect_err("a FIFO is refused");
+        let msg = err.to_string();
+        assert!(msg.contains("named pipe (FIFO)"), "{msg}");
+        assert!(msg.contains("a.png"), "{msg}");
+    }
 
     #[test]
     fn random_texts_are_seeded_padded_with_eos_and_in_the_vocabulary() {

@@ -122,6 +122,26 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_text_vocabulary_is_named_as_the_token_embeddings_fault() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures/big_vision/siglip-tiny/checkpoint.npz");
+        let file = vitconv_tensors::TensorFile::open(&path).expect("the fixture opens");
+        let mut tensors = file.tensors().to_vec();
+        let emb = tensors
+            .iter_mut()
+            .find(|t| t.name.ends_with("txt/Embed_0/embedding"))
+            .expect("a text token embedding");
+        emb.shape = vec![0, 64];
+        let err = read(&tensors)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("txt/Embed_0/embedding"), "{err}");
+        assert!(err.contains("0 rows (shape [0, 64])"), "{err}");
+        assert!(!err.contains("pos_embedding"), "{err}");
+    }
+
+    #[test]
     fn hugging_face_flax_models_are_named_in_the_refusal() {
         for (name, class) in [
             (

@@ -86,7 +86,15 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
         "[1, context, width]",
         "text position embedding",
     )?;
-    if one != 1 || pos_width != width || context == 0 || vocab == 0 {
+    // An empty vocabulary is the token embedding's fault, not the position embedding's: naming the position
+    // embedding would report its (consistent) shape as both what was expected and what was found.
+    if vocab == 0 {
+        return Err(Error::EmptyVocabulary {
+            name: emb,
+            found: vec![vocab, width],
+        });
+    }
+    if one != 1 || pos_width != width || context == 0 {
         return Err(Error::ShapeMismatch {
             name: pos,
             expected: vec![1, context.max(1), width],

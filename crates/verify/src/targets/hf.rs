@@ -62,15 +62,24 @@ pub struct Hf {
     arch: TargetArch,
 }
 
-pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::Unreadable {
+/// Most bytes of a JSON configuration read beside converted weights (`config.json`,
+/// `preprocessor_config.json`, `open_clip_config.json`, a `.open_clip.json` sidecar): real ones are a few
+/// kilobytes; 16 MiB refuses a wrong file (or a link to a device) before it is read whole.
+pub(crate) const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
+/// Reads a JSON configuration file as every small file is read
+/// ([`vitconv_tensors::read_regular_file`]: a regular file, never a FIFO or a device, of at most
+/// [`MAX_CONFIG_BYTES`]) and parses it; `what` names the format in the error (`a transformers config`).
+pub(crate) fn read_config<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T> {
+    let bytes = vitconv_tensors::read_regular_file(path, MAX_CONFIG_BYTES)?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::Unreadable {
         path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    serde_json::from_str(&text).map_err(|e| Error::Unreadable {
-        path: path.to_path_buf(),
-        reason: format!("not a transformers config: {e}"),
+        reason: format!("not {what}: {e}"),
     })
+}
+
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    read_config(path, "a transformers config")
 }
 
 /// transformers' `ACT2FN` names as the GELU they compute: `gelu` is the erf form; `gelu_pytorch_tanh`,
@@ -346,5 +355,45 @@ impl Hf {
             features_kind,
             logits,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fifo_or_device_as_a_config_is_refused_by_name_without_blocking() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join("config.json");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo runs");
+        assert!(made.success());
+        let err = read_json::<serde_json::Value>(&fifo).expect_err("a FIFO is refused");
+        let msg = err.to_string();
+        assert!(msg.contains("named pipe (FIFO)"), "{msg}");
+        assert!(msg.contains("config.json"), "{msg}");
+
+        // A link to /dev/zero would be read until memory ran out: refused by kind.
+        let zero = dir.path().join("preprocessor_config.json");
+        std::os::unix::fs::symlink("/dev/zero", &zero).expect("symlink");
+        let err = read_json::<serde_json::Value>(&zero).expect_err("a device is refused");
+        assert!(err.to_string().contains("character device"), "{err}");
+
+        // Past the size limit: refused before it is read.
+        let big = dir.path().join("open_clip_config.json");
+        let file = std::fs::File::create(&big).expect("create");
+        file.set_len(MAX_CONFIG_BYTES + 1).expect("set_len");
+        let err =
+            read_config::<serde_json::Value>(&big, "an open_clip config").expect_err("too large");
+        assert!(
+            matches!(
+                err,
+                Error::Tensors(vitconv_tensors::Error::FileTooLarge { .. })
+            ),
+            "{err}"
+        );
     }
 }

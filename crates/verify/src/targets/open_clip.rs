@@ -59,14 +59,7 @@ impl OpenClip {
         let sidecar = side_file(&path, ".open_clip.json");
         let mut notes = Vec::new();
         let model_cfg: Option<ModelCfg> = if sidecar.exists() {
-            let text = std::fs::read_to_string(&sidecar).map_err(|e| Error::Unreadable {
-                path: sidecar.clone(),
-                reason: e.to_string(),
-            })?;
-            let cfg = serde_json::from_str(&text).map_err(|e| Error::Unreadable {
-                path: sidecar.clone(),
-                reason: format!("not an open_clip model config: {e}"),
-            })?;
+            let cfg = super::hf::read_config(&sidecar, "an open_clip model config")?;
             notes.push(format!("open_clip semantics from {}", sidecar.display()));
             Some(cfg)
         } else {
