@@ -74,7 +74,7 @@ pub fn run(req: &Request, printing: &Printing) -> anyhow::Result<ExitCode> {
                 eprintln!(
                     "vitconv: {} {}: {}",
                     r.outcome.status.as_str(),
-                    r.source.to_string_lossy(),
+                    terminal_safe(&r.source.to_string_lossy()),
                     reason(&r.outcome).unwrap_or_default()
                 );
             }
@@ -90,7 +90,7 @@ pub fn run(req: &Request, printing: &Printing) -> anyhow::Result<ExitCode> {
             summary.files.len(),
             summary.workers,
             counts.join(", "),
-            req.output_dir.display()
+            terminal_safe(&req.output_dir.to_string_lossy())
         ));
         if req.opts.layout == Layout::Clip && summary.count(Status::Converted) > 0 {
             eprintln!(
@@ -172,7 +172,7 @@ fn tables(summary: &Summary) -> String {
         table.set_header(["source", "status", "reason"]);
         for r in problems {
             table.add_row([
-                r.source.to_string_lossy().into_owned(),
+                terminal_safe(&r.source.to_string_lossy()).into_owned(),
                 r.outcome.status.as_str().to_string(),
                 reason(&r.outcome).unwrap_or_default(),
             ]);

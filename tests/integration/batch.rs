@@ -616,3 +616,161 @@ fn the_manifest_is_never_written_or_read_through_a_planted_link_or_special_file(
         .expect("a FIFO manifest must not block the run");
     assert_bad_input(&o, "not a regular file");
 }
+
+// ---------------------------------------------------------------------------------------
+// Hostile trees: links below the output directory, names that are not UTF-8, outputs changed
+// since they were recorded, dangling links, folders that would hold other outputs, temporaries
+// of a killed run, control characters in names.
+
+#[test]
+fn a_link_planted_below_the_output_directory_is_never_written_through() {
+    let dir = scratch();
+    let src = dir.path().join("src");
+    make_tree(&src, &TREE);
+    let out = dir.path().join("out");
+    let victim = dir.path().join("victim");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::create_dir_all(&victim).unwrap();
+    std::fs::write(victim.join("keep"), b"someone else's").unwrap();
+    std::os::unix::fs::symlink(&victim, out.join("sweep")).unwrap();
+    for extra in [&[][..], &["--force"][..]] {
+        let (code, v) = batch_json(&src, &out, "timm", extra);
+        assert_eq!(code, Some(2), "{v}");
+        let st = statuses(&v);
+        assert_eq!(st["top.npz"], "converted", "{v}");
+        for (rel, _) in TREE.iter().filter(|(r, _)| r.starts_with("sweep/")) {
+            assert_eq!(st[*rel], "failed", "{rel}: {v}");
+            assert!(reason(&v, rel).contains("symbolic link"), "{rel}: {v}");
+        }
+        assert_eq!(tree(&victim), ["keep"], "{extra:?}");
+    }
+}
+
+#[test]
+fn names_that_are_not_utf8_are_refused_and_never_share_a_key() {
+    use std::os::unix::ffi::OsStrExt as _;
+    let dir = scratch();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for b in [b"m\xff.npz", b"m\xfe.npz"] {
+        std::fs::copy(
+            fixture("vit-token/checkpoint.npz"),
+            src.join(std::ffi::OsStr::from_bytes(b)),
+        )
+        .unwrap();
+    }
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    // Another program's file whose name differs from the outputs' only in the invalid byte.
+    let theirs = out.join(std::ffi::OsStr::from_bytes(b"m\xfd.safetensors"));
+    std::fs::write(&theirs, b"someone else's").unwrap();
+    for _ in 0..2 {
+        let (code, v) = batch_json(&src, &out, "timm", &[]);
+        assert_eq!(code, Some(2), "{v}");
+        assert_eq!(v["counts"]["failed"], 2, "{v}");
+        let files = v["files"].as_array().unwrap();
+        assert!(
+            files
+                .iter()
+                .all(|f| f["reason"].as_str().unwrap().contains("not valid UTF-8")),
+            "{v}"
+        );
+        assert_eq!(std::fs::read(&theirs).unwrap(), b"someone else's");
+    }
+}
+
+#[test]
+fn a_recorded_output_changed_since_is_converted_again() {
+    let dir = scratch();
+    let src = dir.path().join("src");
+    make_tree(&src, &TREE[..1]);
+    let out = dir.path().join("out");
+    let (code, v) = batch_json(&src, &out, "timm", &[]);
+    assert_eq!(code, Some(0), "{v}");
+    let written = out.join("top.safetensors");
+    let whole = read(&written);
+    std::fs::write(&written, &whole[..whole.len() / 2]).unwrap();
+    let (code, v) = batch_json(&src, &out, "timm", &[]);
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(statuses(&v)["top.npz"], "converted", "{v}");
+    assert_eq!(read(&written), whole);
+    // Unchanged since: skipped.
+    let (_, v) = batch_json(&src, &out, "timm", &[]);
+    assert_eq!(statuses(&v)["top.npz"], "skipped", "{v}");
+}
+
+#[test]
+fn a_dangling_checkpoint_link_is_reported() {
+    let dir = scratch();
+    let src = dir.path().join("src");
+    make_tree(&src, &TREE[..1]);
+    std::os::unix::fs::symlink(dir.path().join("gone.npz"), src.join("lost.npz")).unwrap();
+    let (code, v) = batch_json(&src, &dir.path().join("out"), "timm", &[]);
+    assert_eq!(code, Some(2), "{v}");
+    assert_eq!(statuses(&v)["lost.npz"], "failed", "{v}");
+    assert!(reason(&v, "lost.npz").contains("does not exist"), "{v}");
+}
+
+#[test]
+fn a_two_tower_folder_that_would_hold_another_output_is_refused_before_anything_starts() {
+    let dir = scratch();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("m")).unwrap();
+    std::fs::copy(
+        fixture("big_vision/siglip-tiny/checkpoint.npz"),
+        src.join("m.npz"),
+    )
+    .unwrap();
+    std::fs::copy(fixture("vit-token/checkpoint.npz"), src.join("m/n.npz")).unwrap();
+    let out = dir.path().join("out");
+    let (code, v) = batch_json(&src, &out, "open_clip", &[]);
+    assert_eq!(code, Some(2), "{v}");
+    let st = statuses(&v);
+    assert_eq!(st["m.npz"], "failed", "{v}");
+    assert!(reason(&v, "m.npz").contains("m/n.npz"), "{v}");
+    assert_eq!(st["m/n.npz"], "converted", "{v}");
+    assert_eq!(tree(&out.join("m")), ["n.open_clip.json", "n.safetensors"]);
+}
+
+#[test]
+fn temporaries_a_killed_run_left_are_removed_by_the_next() {
+    let dir = scratch();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("big")).unwrap();
+    crate::convert::write_big_vit(&src.join("big/model.npz"));
+    let out = dir.path().join("out");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vitconv"))
+        .args(["npz-to-pt", "--layout", "timm", "--quiet"])
+        .arg(&src)
+        .arg(&out)
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while crate::convert::partial_files(&out.join("big")).is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(60), "no temporary");
+        assert!(child.try_wait().unwrap().is_none(), "vitconv ended early");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!crate::convert::partial_files(&out.join("big")).is_empty());
+    let (code, v) = batch_json(&src, &out, "timm", &[]);
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(tree(&out.join("big")), ["model.safetensors"]);
+}
+
+#[test]
+fn control_characters_in_names_are_escaped_in_every_summary() {
+    let dir = scratch();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("\u{1b}[31mred.npz"), b"not a zip").unwrap();
+    let out = dir.path().join("out");
+    for extra in [&["--quiet"][..], &[][..]] {
+        let o = batch(&src, &out, "timm", extra);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        let said = format!("{}{}", stdout(&o), stderr(&o));
+        assert!(!said.contains('\u{1b}'), "{extra:?}: {said:?}");
+        assert!(said.contains("\\u{1b}[31mred.npz"), "{extra:?}: {said}");
+    }
+}
