@@ -1,4 +1,5 @@
-//! `vitconv npz-to-pt`: converts a google-research/vision_transformer `.npz` into a timm, transformers or CLIP-style checkpoint.
+//! `vitconv npz-to-pt`: converts a JAX ViT checkpoint (vit_jax, big_vision, SigLIP; `.npz`, `.bv`, Orbax, msgpack)
+//! into a timm, transformers, open_clip or OpenAI CLIP weights file or folder.
 //!
 //! With a directory as SOURCE it builds a [`vitconv_batch::Request`] and hands it to [`crate::cmd_batch`], which
 //! converts every checkpoint under it (`cmd_batch` imports nothing from here).
@@ -96,7 +97,9 @@ pub struct ConvertArgs {
     /// .bv workdir or step folder, an Orbax step or its parent, or a flax msgpack file. Any other directory
     /// is a tree of sources: every checkpoint under it is converted (batch mode).
     source: PathBuf,
-    /// The output: .pt/.pth/.bin or .safetensors; a directory for --layout hf, and in batch mode.
+    /// The output: a .pt/.pth/.bin or .safetensors weights file, or a folder (always for --layout hf and for
+    /// open_clip two-tower models; for timm and open_clip when OUTPUT has no extension); in batch mode, the
+    /// directory the outputs go under.
     output: PathBuf,
     /// Target layout.
     #[arg(long, value_parser = layout_parser())]
@@ -134,6 +137,10 @@ pub struct ConvertArgs {
     /// the output folder, so that the loaders' tokenizers work offline.
     #[arg(long, value_name = "SPIECE_MODEL")]
     tokenizer: Option<PathBuf>,
+    /// Class names for the head's classes, written into the configs (HF id2label, timm label_names): a file
+    /// (one name per line, or a JSON list), or imagenet-1k / imagenet-21k (from timm's ImageNetInfo).
+    #[arg(long, value_name = "FILE|imagenet-1k|imagenet-21k")]
+    labels: Option<String>,
     /// Overwrite an existing output (batch mode: convert every file again, even those up to date).
     #[arg(long)]
     force: bool,
@@ -157,8 +164,13 @@ pub struct ConvertArgs {
 }
 
 impl ConvertArgs {
-    fn options(&self) -> Options {
+    fn options(&self) -> anyhow::Result<Options> {
         let mut o = Options::new(self.layout);
+        o.labels = self
+            .labels
+            .as_deref()
+            .map(crate::labels::resolve)
+            .transpose()?;
         o.dtype = match self.dtype {
             DTypeArg::F32 => OutDType::F32,
             DTypeArg::F16 => OutDType::F16,
@@ -194,7 +206,7 @@ impl ConvertArgs {
         };
         o.tokenizer = self.tokenizer.clone();
         o.overwrite = self.force;
-        o
+        Ok(o)
     }
 
     /// Every option that changes what is written, in one stable line: batch mode records it with each
@@ -207,7 +219,7 @@ impl ConvertArgs {
         };
         let or_default = |v: Option<String>| v.unwrap_or_else(|| "default".to_string());
         format!(
-            "layout={} dtype={} image-size={} resize={} head={head} proj={} input-norm={} gelu={} tower={} tokenizer={} ext={ext}",
+            "layout={} dtype={} image-size={} resize={} head={head} proj={} input-norm={} gelu={} tower={} tokenizer={} labels={} ext={ext}",
             self.layout.as_str(),
             value_name(&self.dtype),
             or_default(self.image_size.map(|n| n.to_string())),
@@ -217,6 +229,7 @@ impl ConvertArgs {
             value_name(&self.gelu),
             value_name(&self.tower),
             or_default(self.tokenizer.as_ref().map(|p| p.to_string_lossy().into_owned())),
+            or_default(self.labels.clone()),
         )
     }
 }
@@ -231,7 +244,7 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
         ctrlc::set_handler(move || cancel.store(true, Ordering::SeqCst))
             .context("installing the interrupt handler")?;
     }
-    let mut opts = args.options();
+    let mut opts = args.options()?;
     opts.cancel = Some(Arc::clone(&cancel));
     // A folder is a tree of sources, unless it is one checkpoint (a `.bv` workdir, an Orbax step or its parent).
     if args.source.is_dir() && !vitconv_tensors::is_checkpoint_folder(&args.source) {

@@ -187,6 +187,8 @@ fn shape_str(shape: &[usize]) -> String {
 
 /// Everything gathered about one file.
 struct Listing {
+    /// The folder vitconv wrote that holds `file`, when a folder was named.
+    folder: Option<vitconv_convert::folders::Folder>,
     file: TensorFile,
     summary: Option<vitconv_convert::Summary>,
     /// Top-level `.pt` entries that hold no tensor.
@@ -201,7 +203,24 @@ fn list_file(
     args: &InspectArgs,
     filter: Option<&Regex>,
 ) -> anyhow::Result<Listing> {
-    let file = TensorFile::open(path)?;
+    // A folder vitconv wrote (hf, timm, open_clip): its weights file, and what its configs declare. A JAX
+    // checkpoint folder (`.bv`, Orbax) is a tensor file of its own.
+    let folder = if path.is_dir() && !vitconv_tensors::is_checkpoint_folder(path) {
+        match vitconv_convert::folders::read_folder(path)? {
+            Some(f) => Some(f),
+            None => anyhow::bail!(
+                "{}: a directory that is neither a JAX checkpoint (.bv, Orbax) nor a folder vitconv writes (model.safetensors with config.json, or open_clip_model.safetensors with open_clip_config.json)",
+                path.display()
+            ),
+        }
+    } else {
+        None
+    };
+    let file = TensorFile::open(
+        folder
+            .as_ref()
+            .map_or(path.as_path(), |f| f.weights.as_path()),
+    )?;
     let mut summary = vitconv_convert::summarize_file(file.tensors(), file.metadata());
     if let Some(s) = summary.as_mut() {
         // A two-tower model's logit scale and bias are values, not shapes: two scalars, read here.
@@ -271,6 +290,7 @@ fn list_file(
         ));
     }
     Ok(Listing {
+        folder,
         non_tensors: file.non_tensor_entries().to_vec(),
         file,
         summary,
@@ -328,6 +348,12 @@ fn render_table(l: &Listing, args: &InspectArgs) -> String {
         format!("{:?}", l.file.format()).to_lowercase(),
         l.file.tensors().len()
     );
+    if let Some(f) = &l.folder {
+        let _ = writeln!(out, "folder: written by vitconv for --layout {}", f.layout);
+        for line in &f.declares {
+            let _ = writeln!(out, "  {}", safe(line));
+        }
+    }
     // A checkpoint folder: which kind, which step and how it was chosen, how its arrays are stored.
     if let Some(c) = l.file.checkpoint() {
         let _ = writeln!(out, "checkpoint: {}", safe(&checkpoint_line(c)));
@@ -485,6 +511,7 @@ fn file_json(l: &Listing, args: &InspectArgs) -> Value {
         "path": l.file.path().display().to_string(),
         "format": l.file.format(),
         "checkpoint": l.file.checkpoint(),
+        "folder": l.folder.as_ref().map(|f| json!({"layout": f.layout, "weights": f.weights.display().to_string(), "declares": f.declares})),
         "summary": l.summary,
         "non_tensor_entries": l.non_tensors,
         "metadata": l.file.metadata(),

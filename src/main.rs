@@ -8,6 +8,7 @@ mod cmd_batch;
 mod cmd_convert;
 mod cmd_inspect;
 mod cmd_verify;
+mod labels;
 mod report;
 
 use std::process::ExitCode;
@@ -27,9 +28,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// List the tensors of .npz, .npy, .safetensors and .pt files, and say what model they hold.
+    /// List the tensors of a tensor file (.npz, .npy, .safetensors, .pt, flax msgpack) or a JAX checkpoint
+    /// (big_vision .bv workdir, Orbax step), and say what model they hold.
     Inspect(cmd_inspect::InspectArgs),
-    /// Convert a google-research/vision_transformer .npz (or every .npz under a directory) into a timm, transformers or CLIP-style checkpoint.
+    /// Convert a JAX ViT checkpoint (google-research/vision_transformer or big_vision .npz, SigLIP two-tower
+    /// models, a big_vision .bv workdir, an Orbax step, a flax msgpack file), or every checkpoint under a
+    /// directory, into timm, transformers, open_clip or OpenAI CLIP weights: a .safetensors/.pt file or a
+    /// self-contained folder.
     #[command(name = "npz-to-pt")]
     NpzToPt(cmd_convert::ConvertArgs),
     /// Run the source .npz and its conversion side by side on libtorch and compare their outputs.

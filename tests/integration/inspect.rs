@@ -419,3 +419,102 @@ fn big_vision_files_are_summarised_and_stacked_blocks_fold() {
     );
     assert_eq!(scan_groups.len(), unrolled_groups.len());
 }
+
+#[test]
+fn inspect_reads_every_folder_vitconv_writes() {
+    let dir = scratch();
+    let labels = dir.path().join("labels.txt");
+    let names: Vec<String> = (0..10).map(|i| format!("class {i}")).collect();
+    std::fs::write(&labels, names.join("\n") + "\n").expect("write");
+    let cases: [(&str, &str, &[&str], &[&str]); 3] = [
+        (
+            "vit-token/checkpoint.npz",
+            "hf",
+            &["--labels"],
+            &[
+                "--layout hf",
+                "ViTForImageClassification",
+                "10 names (first: \"class 0\")",
+                "ViTImageProcessor resize to 64x64",
+            ],
+        ),
+        (
+            "vit-token/checkpoint.npz",
+            "timm",
+            &["--labels"],
+            &[
+                "--layout timm",
+                "crop_mode squash",
+                "bilinear resize",
+                "10 names",
+            ],
+        ),
+        (
+            "big_vision/siglip-tiny/checkpoint.npz",
+            "open_clip",
+            &[],
+            &[
+                "--layout open_clip",
+                "CustomTextCLIP",
+                "tokenizer: none",
+                "(present)",
+            ],
+        ),
+    ];
+    for (src, layout, extra, want) in cases {
+        let out = dir.path().join(layout);
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "npz-to-pt".into(),
+            fixture(src).into(),
+            out.clone().into(),
+            "--layout".into(),
+            layout.into(),
+            "--quiet".into(),
+        ];
+        if !extra.is_empty() {
+            args.push("--labels".into());
+            args.push(labels.clone().into());
+        }
+        let o = vitconv(&args);
+        assert_eq!(o.status.code(), Some(0), "{layout}: {}", stderr(&o));
+        let o = vitconv([std::ffi::OsStr::new("inspect"), out.as_os_str()]);
+        assert_eq!(o.status.code(), Some(0), "{layout}: {}", stderr(&o));
+        let text = stdout(&o);
+        for w in want {
+            assert!(text.contains(w), "{layout}: {w} in {text}");
+        }
+    }
+    // Any other directory is refused naming what inspect reads.
+    let o = vitconv([std::ffi::OsStr::new("inspect"), dir.path().as_os_str()]);
+    assert_bad_input(&o, "neither a JAX checkpoint");
+}
+
+#[test]
+fn labels_must_match_the_head_and_name_both_counts() {
+    let dir = scratch();
+    let labels = dir.path().join("five.txt");
+    std::fs::write(&labels, "a\nb\nc\nd\ne\n").expect("write");
+    let out = dir.path().join("m.safetensors");
+    let o = vitconv([
+        std::ffi::OsStr::new("npz-to-pt"),
+        fixture("vit-token/checkpoint.npz").as_os_str(),
+        out.as_os_str(),
+        "--layout".as_ref(),
+        "timm".as_ref(),
+        "--labels".as_ref(),
+        labels.as_os_str(),
+    ]);
+    assert_bad_input(&o, "5 names for a head of 10 classes");
+    assert!(!out.exists());
+    let o = vitconv([
+        std::ffi::OsStr::new("npz-to-pt"),
+        fixture("vit-token/checkpoint.npz").as_os_str(),
+        out.as_os_str(),
+        "--layout".as_ref(),
+        "timm".as_ref(),
+        "--drop-head".as_ref(),
+        "--labels".as_ref(),
+        labels.as_os_str(),
+    ]);
+    assert_bad_input(&o, "no classification head");
+}

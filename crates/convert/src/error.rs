@@ -426,6 +426,15 @@ pub enum Error {
         given: usize,
     },
 
+    /// A config in a folder vitconv wrote that is not JSON.
+    #[error("{}: not a JSON config: {source}", path.display())]
+    FolderConfig {
+        /// The config file.
+        path: PathBuf,
+        /// The parser's reason.
+        source: serde_json::Error,
+    },
+
     /// An output file whose extension names no format.
     #[error("OUTPUT: {}: the format follows the extension: .pt, .pth, .bin or .safetensors (a directory without an extension for --layout hf, and for timm folders)", path.display())]
     OutputExtension {

@@ -50,6 +50,7 @@ pub mod error;
     allow(clippy::indexing_slicing, clippy::arithmetic_side_effects)
 )]
 pub mod exec;
+pub mod folders;
 #[cfg_attr(
     not(test),
     allow(clippy::indexing_slicing, clippy::arithmetic_side_effects)
