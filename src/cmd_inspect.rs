@@ -5,7 +5,7 @@
 //! reads every selected tensor once, in parallel.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -198,11 +198,7 @@ struct Listing {
     stats: Option<Vec<TensorStats>>,
 }
 
-fn list_file(
-    path: &PathBuf,
-    args: &InspectArgs,
-    filter: Option<&Regex>,
-) -> anyhow::Result<Listing> {
+fn list_file(path: &Path, args: &InspectArgs, filter: Option<&Regex>) -> anyhow::Result<Listing> {
     // A folder vitconv wrote (hf, timm, open_clip): its weights file, and what its configs declare. A JAX
     // checkpoint folder (`.bv`, Orbax) is a tensor file of its own.
     let folder = if path.is_dir() && !vitconv_tensors::is_checkpoint_folder(path) {
