@@ -212,11 +212,7 @@ fn list_file(path: &Path, args: &InspectArgs, filter: Option<&Regex>) -> anyhow:
     } else {
         None
     };
-    let file = TensorFile::open(
-        folder
-            .as_ref()
-            .map_or(path.as_path(), |f| f.weights.as_path()),
-    )?;
+    let file = TensorFile::open(folder.as_ref().map_or(path, |f| f.weights.as_path()))?;
     let mut summary = vitconv_convert::summarize_file(file.tensors(), file.metadata());
     if let Some(s) = summary.as_mut() {
         // A two-tower model's logit scale and bias are values, not shapes: two scalars, read here.
