@@ -76,6 +76,19 @@ pub(crate) fn preprocessor(class: &str, image_size: usize, norm: InputNorm) -> V
     })
 }
 
+/// Makes `AutoProcessor` give the image processor alone, for a folder without tokenizer files: transformers'
+/// SigLIP processor needs a tokenizer and fails without one ("not a string"), while a `processor_class` naming
+/// the image processor is loaded as the processor itself.
+pub(crate) fn image_only_processor(preprocessor: &mut Value) {
+    let class = preprocessor
+        .get("image_processor_type")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    if let (Value::Object(m), Some(class)) = (preprocessor, class) {
+        m.insert("processor_class".into(), json!(class));
+    }
+}
+
 /// The weights file inside the output directory.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 /// The model configuration inside the output directory.

@@ -275,6 +275,12 @@ pub fn plan(prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
             let mut cfg = Map::new();
             cfg.insert("model_type".into(), json!("siglip"));
             cfg.insert("vision_config".into(), vision);
+            // transformers fills a missing text config with CLIP's token ids (BOS 49406), out of any SigLIP
+            // vocabulary, and warns at every load; this classifier has no text tower, so no ids at all.
+            cfg.insert(
+                "text_config".into(),
+                json!({"bos_token_id": null, "eos_token_id": null, "pad_token_id": null}),
+            );
             hf_files::insert_labels(&mut cfg, classes, prep.labels());
             cfg
         }
@@ -283,7 +289,9 @@ pub fn plan(prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
     };
     cfg.insert("architectures".into(), json!([arch_class]));
     cfg.insert("torch_dtype".into(), json!(dtype_name(prep.opts.dtype)));
-    let preprocessor = hf_files::preprocessor("SiglipImageProcessor", prep.image_size, prep.norm);
+    let mut preprocessor =
+        hf_files::preprocessor("SiglipImageProcessor", prep.image_size, prep.norm);
+    hf_files::image_only_processor(&mut preprocessor);
     let python = format!(
         "from transformers import {arch_class}\nmodel = {arch_class}.from_pretrained(OUTPUT_DIR)"
     );

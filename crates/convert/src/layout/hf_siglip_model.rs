@@ -97,6 +97,8 @@ pub fn plan(mut prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
         "projection_size": embed,
         "pad_token_id": eos,
         "eos_token_id": eos,
+        // SigLIP adds no BOS; transformers' default is CLIP's 49406, out of the vocabulary.
+        "bos_token_id": null,
     });
     let cfg = json!({
         "architectures": ["SiglipModel"],
@@ -105,7 +107,11 @@ pub fn plan(mut prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
         "vision_config": hf_siglip::vision_config(&prep, true),
         "torch_dtype": dtype_name(prep.opts.dtype),
     });
-    let preprocessor = hf_files::preprocessor("SiglipImageProcessor", prep.image_size, prep.norm);
+    let mut preprocessor =
+        hf_files::preprocessor("SiglipImageProcessor", prep.image_size, prep.norm);
+    if prep.tokenizer.is_none() {
+        hf_files::image_only_processor(&mut preprocessor);
+    }
     let mut side = vec![
         SideFile {
             name: CONFIG_FILE.to_string(),

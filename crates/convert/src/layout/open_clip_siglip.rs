@@ -175,11 +175,18 @@ pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Res
             "none: convert with --tokenizer spiece.model to add the tokenizer files to this folder"
         }
     };
+    // Without tokenizer files, `get_tokenizer` must fail naming the way out, not deep in transformers ("install
+    // sentencepiece"): open_clip checks the `clean` mode first and its error quotes the value, so the value says
+    // what to do.
+    let clean = match &prep.tokenizer {
+        Some(_) => CLEAN,
+        None => "no tokenizer in this folder: convert again with vitconv npz-to-pt --tokenizer spiece.model",
+    };
     let mut text_cfg = json!({
         "context_length": t.context,
         "vocab_size": t.vocab,
         "hf_tokenizer_name": tokenizer_name,
-        "tokenizer_kwargs": {"clean": CLEAN},
+        "tokenizer_kwargs": {"clean": clean},
         "width": t.width,
         "heads": t.heads,
         "layers": t.depth,
