@@ -1,4 +1,4 @@
-//! Gives the `vitconv` binary an rpath to libtorch and keeps `libtorch_cuda.so` linked, when built with the `verify` feature.
+//! Gives the `vitconv-verify` binary an rpath to libtorch and keeps `libtorch_cuda.so` linked, when built with the `verify` feature.
 //!
 //! torch-sys exports its library directory as `DEP_TCH_LIBTORCH_LIB` only to packages that
 //! depend on it directly (hence the optional `torch-sys` dependency under the feature), and
@@ -8,6 +8,9 @@
 //! references directly, and CUDA is silently unavailable.
 
 use std::path::Path;
+
+/// The executable that links libtorch.
+const VERIFY_BIN: &str = "vitconv-verify";
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -19,10 +22,11 @@ fn main() {
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         return;
     };
-    println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
+    // Only `vitconv-verify` links libtorch; `vitconv` itself must not load it (see src/cmd_verify.rs).
+    println!("cargo:rustc-link-arg-bin={VERIFY_BIN}=-Wl,-rpath,{lib}");
     if Path::new(&lib).join("libtorch_cuda.so").exists() {
         for arg in ["-Wl,--no-as-needed", "-ltorch_cuda", "-Wl,--as-needed"] {
-            println!("cargo:rustc-link-arg={arg}");
+            println!("cargo:rustc-link-arg-bin={VERIFY_BIN}={arg}");
         }
     }
 }

@@ -3,7 +3,8 @@
 #
 # That machine has torch 2.11.0+cu130, python3 and numpy installed system-wide but no
 # cargo: build here with `scripts/with-libtorch cargo build --release --features verify`,
-# copy target/release/vitconv to .gpu/target/release/vitconv, carry .gpu, and run this
+# copy target/release/vitconv and target/release/vitconv-verify (which `vitconv verify` runs, the only one
+# linking libtorch) to .gpu/target/release/, carry .gpu, and run this
 # from the repository root. It:
 #   1. points LD_LIBRARY_PATH at the system torch's libtorch and asks the binary whether
 #      it sees CUDA (device "auto" in a verify report);

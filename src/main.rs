@@ -10,6 +10,7 @@ mod cmd_inspect;
 mod cmd_verify;
 mod labels;
 mod report;
+mod verify_args;
 
 use std::process::ExitCode;
 
@@ -37,7 +38,8 @@ enum Command {
     /// self-contained folder.
     #[command(name = "npz-to-pt")]
     NpzToPt(cmd_convert::ConvertArgs),
-    /// Run the source .npz and its conversion side by side on libtorch and compare their outputs.
+    /// Run the source checkpoint and its conversion side by side on libtorch and compare their outputs
+    /// (through the vitconv-verify executable beside this one).
     Verify(cmd_verify::VerifyArgs),
 }
 

@@ -612,3 +612,21 @@ fn a_hybrid_as_a_timm_folder_is_refused_naming_the_weights_file_route() {
     );
     assert!(!out.exists());
 }
+
+#[test]
+fn verify_without_its_executable_names_the_build_command() {
+    // `vitconv verify` runs `vitconv-verify` from beside `vitconv`: a copy of `vitconv` alone has none.
+    let dir = scratch();
+    let alone = dir.path().join("vitconv");
+    std::fs::copy(env!("CARGO_BIN_EXE_vitconv"), &alone).unwrap();
+    let o = std::process::Command::new(&alone)
+        .args(["verify", "a.npz", "b.safetensors"])
+        .output()
+        .unwrap();
+    assert_bad_input(&o, "--features verify");
+    assert!(
+        stderr(&o).contains("vitconv-verify is missing"),
+        "{}",
+        stderr(&o)
+    );
+}
