@@ -13,7 +13,9 @@
 //! - `containers`: big_vision `.bv` workdirs, Orbax checkpoints and flax msgpack files through `inspect` and
 //!   `npz-to-pt`: the same bytes as the `.npz` conversion; damaged, linked-out and lying checkpoints refused.
 //! - `hardening`: hostile pickles run nothing; failed conversions (unwritable directory, a source
-//!   breaking half-way, a full disk) leave no output and existing files intact; only `--force` replaces.
+//!   breaking half-way, a full disk) leave no output and existing files intact; only `--force` replaces;
+//!   nothing written through a planted link; lying depths and huge position grids refused up front.
+//! - `modules`: no crate's module graph has an import circle (read from the sources).
 
 mod batch;
 mod common;
@@ -21,6 +23,7 @@ mod containers;
 mod convert;
 mod hardening;
 mod inspect;
+mod modules;
 mod siglip;
 #[cfg(feature = "verify")]
 mod verify;

@@ -23,7 +23,7 @@ use std::io::{self, Read};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::source::RangeReader;
+use crate::range::RangeReader;
 use crate::{Error, Result};
 
 /// Most chunks one array may have: 64 times the shards of a 4096-device mesh; each costs a record in memory.
@@ -80,7 +80,7 @@ impl Codec {
                 .saturating_mul(MAX_ZSTD_RATIO)
                 .saturating_add(RATIO_SLACK),
             Codec::Gzip | Codec::Zlib => stored
-                .saturating_mul(crate::source::MAX_DEFLATE_RATIO)
+                .saturating_mul(crate::MAX_DEFLATE_RATIO)
                 .saturating_add(RATIO_SLACK),
         }
     }
@@ -148,10 +148,10 @@ impl Stored {
             .ok_or(io::ErrorKind::UnexpectedEof)?;
         match self {
             Stored::File { file, offset, .. } => {
-                crate::source::read_exact_at(file, buf, offset.saturating_add(at))
+                crate::range::read_exact_at(file, buf, offset.saturating_add(at))
             }
             Stored::Path { path, offset, .. } => {
-                crate::source::read_exact_at(&open_chunk(path)?, buf, offset.saturating_add(at))
+                crate::range::read_exact_at(&open_chunk(path)?, buf, offset.saturating_add(at))
             }
             Stored::Inline { data, offset, .. } => {
                 let from = usize::try_from(at)

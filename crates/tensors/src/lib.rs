@@ -26,12 +26,17 @@
     )
 )]
 
+/// Largest expansion a deflate stream can achieve (RFC 1951 tops out near 1032:1).
+/// An entry claiming more than this is lying, and is refused before anything is allocated.
+pub(crate) const MAX_DEFLATE_RATIO: u64 = 1032;
+
 mod bands;
 mod checkpoint;
 mod dirs;
 mod dtype;
 mod error;
 mod grid;
+mod guard;
 mod msgpack;
 pub mod names;
 mod npy;
@@ -39,6 +44,7 @@ mod npz;
 mod ocdbt;
 mod pickle;
 mod pt;
+mod range;
 mod safetensors_io;
 mod source;
 mod stats;
@@ -754,7 +760,7 @@ fn zip_open(p: &Probe<'_>) -> Result<Opened> {
 
 fn npy_open(p: &Probe<'_>) -> Result<Opened> {
     let (path, file, len) = probe_file(p)?;
-    let mut reader = source::RangeReader::new(file, 0, len);
+    let mut reader = range::RangeReader::new(file, 0, len);
     let name = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())

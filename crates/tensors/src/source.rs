@@ -12,9 +12,7 @@ use std::path::Path;
 
 use crate::{DType, Error, Result, TensorInfo};
 
-/// Largest expansion a deflate stream can achieve (RFC 1951 tops out near 1032:1).
-/// An entry claiming more than this is lying, and is refused before anything is allocated.
-pub(crate) const MAX_DEFLATE_RATIO: u64 = 1032;
+pub(crate) use crate::MAX_DEFLATE_RATIO;
 
 /// Slack added to [`MAX_DEFLATE_RATIO`] so tiny entries (a few header bytes) are not refused.
 const DEFLATE_SLACK: u64 = 4096;
@@ -254,69 +252,7 @@ pub(crate) fn check_deflate_claim(
     Ok(())
 }
 
-/// Reads exactly `buf.len()` bytes at `offset` without moving any shared cursor.
-pub(crate) fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
-    #[cfg(unix)]
-    {
-        std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
-    }
-    #[cfg(windows)]
-    {
-        let mut done = 0usize;
-        while done < buf.len() {
-            let rest = buf.get_mut(done..).unwrap_or_default();
-            let pos = offset
-                .checked_add(done as u64)
-                .ok_or(io::ErrorKind::InvalidInput)?;
-            match std::os::windows::fs::FileExt::seek_read(file, rest, pos) {
-                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-}
-
-/// A `Read` over a byte range of a file, built on positional reads.
-///
-/// `F` is the file borrowed (`&File`) for a read that ends with the call, or shared (`Arc<File>`) for one kept
-/// open across calls (a stacked member streamed a slice at a time, see `bands`).
-pub(crate) struct RangeReader<F> {
-    file: F,
-    pos: u64,
-    end: u64,
-}
-
-impl<F: Borrow<File>> RangeReader<F> {
-    pub(crate) fn new(file: F, offset: u64, len: u64) -> Self {
-        RangeReader {
-            file,
-            pos: offset,
-            end: offset.saturating_add(len),
-        }
-    }
-}
-
-impl<F: Borrow<File>> Read for RangeReader<F> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = self.end.saturating_sub(self.pos);
-        let want = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
-        let Some(chunk) = buf.get_mut(..want) else {
-            return Ok(0);
-        };
-        if chunk.is_empty() {
-            return Ok(0);
-        }
-        #[cfg(unix)]
-        let n = std::os::unix::fs::FileExt::read_at(self.file.borrow(), chunk, self.pos)?;
-        #[cfg(windows)]
-        let n = std::os::windows::fs::FileExt::seek_read(self.file.borrow(), chunk, self.pos)?;
-        self.pos = self.pos.saturating_add(n as u64);
-        Ok(n)
-    }
-}
+pub(crate) use crate::range::read_exact_at;
 
 /// Size of the buffer between the file and the inflater when reading tensor data.
 pub(crate) const INFLATE_BUF: usize = 256 * 1024;
@@ -335,7 +271,7 @@ pub(crate) fn entry_reader<'a, F: Borrow<File> + Send + 'a>(
     inflate_buf: usize,
 ) -> Box<dyn Read + Send + 'a> {
     match *base {
-        Base::Stored { offset, len } => Box::new(RangeReader::new(file, offset, len)),
+        Base::Stored { offset, len } => Box::new(crate::range::RangeReader::new(file, offset, len)),
         Base::Chunks(ref grid) => {
             Box::new(crate::grid::GridReader::new(std::sync::Arc::clone(grid)))
         }
@@ -346,7 +282,7 @@ pub(crate) fn entry_reader<'a, F: Borrow<File> + Send + 'a>(
         } => {
             let raw = io::BufReader::with_capacity(
                 inflate_buf,
-                RangeReader::new(file, offset, compressed_len),
+                crate::range::RangeReader::new(file, offset, compressed_len),
             );
             Box::new(flate2::bufread::DeflateDecoder::new(raw).take(len))
         }
@@ -399,7 +335,7 @@ fn open_span<'a>(
     };
     if plain_stored {
         let at = offset.saturating_add(start);
-        return Ok((Box::new(RangeReader::new(file, at, span)), at));
+        return Ok((Box::new(crate::range::RangeReader::new(file, at, span)), at));
     }
     let entry = entry_reader(file, base, INFLATE_BUF);
     let mut reader: Box<dyn Read + 'a> = match hasher {

@@ -854,7 +854,7 @@ fn array(
 /// A store over one folder: chunk keys are file names (or, with `/` separators, paths) below it.
 pub(crate) struct FolderStore<'a> {
     pub dir: PathBuf,
-    pub guard: &'a crate::checkpoint::Guard,
+    pub guard: &'a crate::guard::Guard,
 }
 
 impl ChunkStore for FolderStore<'_> {
