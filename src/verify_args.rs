@@ -29,7 +29,8 @@ pub struct VerifyArgs {
     /// NHWC float .npy in [-1, 1] (like the golden input.npy) instead of random images.
     #[arg(long)]
     pub input: Option<PathBuf>,
-    /// A directory of PNG/JPEG images, resized and centre-cropped to the model's size.
+    /// A directory of PNG/JPEG images, each squashed to the model's size as big_vision and vit_jax resize
+    /// (bilinear, no antialiasing); the report says how far the loaders' antialiased resize would move them.
     #[arg(long)]
     pub images: Option<PathBuf>,
     /// The model's resolution, N (or WxH with W = H). A big_vision sincos2d source stores

@@ -303,7 +303,9 @@ pub fn verify(opts: &Options) -> Result<Report> {
         ));
     }
 
-    let pixels = input::load(&opts.input, image_size)?.f_to_device(device)?;
+    let (pixels, input_note) = input::load_with_note(&opts.input, image_size)?;
+    notes.extend(input_note);
+    let pixels = pixels.f_to_device(device)?;
     let batch = usize::try_from(pixels.size().first().copied().unwrap_or(0)).unwrap_or(0);
     let target_input = target.norm.apply(&pixels)?.f_to_kind(target.kind())?;
 
@@ -512,7 +514,9 @@ fn verify_two_tower(opts: &Options, device: Device, layout: Layout) -> Result<Re
         }
     };
     let texts = usize::try_from(ids.size().first().copied().unwrap_or(0)).unwrap_or(0);
-    let pixels = input::load(&opts.input, src.image_size)?.f_to_device(device)?;
+    let (pixels, input_note) = input::load_with_note(&opts.input, src.image_size)?;
+    notes.extend(input_note);
+    let pixels = pixels.f_to_device(device)?;
     let batch = usize::try_from(pixels.size().first().copied().unwrap_or(0)).unwrap_or(0);
     let target_input = target.norm.apply(&pixels)?.f_to_kind(target.kind())?;
     let ids = ids.f_to_device(device)?;
