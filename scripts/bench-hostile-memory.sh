@@ -3,7 +3,8 @@
 # resting size. Builds the inputs of the causes fixed there, small files that claim much, and prints the peak
 # RSS of `inspect` and `npz-to-pt` on each next to the resting figure (`inspect` of a 0.5 MB fixture), from
 # /usr/bin/time -v:
-#   - a scan-format big_vision file whose stack claims 1,000,000 and 60,000 blocks (deflated zeros);
+#   - a scan-format big_vision file whose stack claims 1,000,000 and 60,000 blocks (its depth-giving LayerNorm
+#     as deflated zeros);
 #   - a sincos2d source cut to patch 1, converted at --image-size 512 (a 262,144-cell grid, streamed) and
 #     8192 (refused by the grid limit);
 #   - a learned position table resized from 4x4 to 512x512 with --resize bicubic.
@@ -25,9 +26,9 @@ def save(path, arrays):
             buf = io.BytesIO(); np.lib.format.write_array(buf, np.ascontiguousarray(v)); z.writestr(k + ".npy", buf.getvalue())
 for depth in (1_000_000, 60_000):
     arrays = {k: src[k] for k in src.files}
-    stacked = [k for k in src.files if "encoderblock/" in k]
-    for k in stacked:
-        arrays[k] = np.zeros((depth,) + src[k].shape[1:], src[k].dtype)
+    # The stacked LayerNorm that gives the depth (the others keep theirs: the depth is read first).
+    k = "params/Transformer/encoderblock/LayerNorm_0/scale"
+    arrays[k] = np.zeros((depth,) + src[k].shape[1:], src[k].dtype)
     save(f"{work}/deep-{depth}.npz", arrays)
 s = np.load("fixtures/big_vision/bv-vit-gap-sincos/checkpoint.npz")
 arrays = {k: s[k] for k in s.files}
