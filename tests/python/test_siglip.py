@@ -306,3 +306,26 @@ def test_open_clip_names_a_registered_tanh_tower_and_the_folder_moves(tmp_path):
     report = json.loads(run.stdout)
     assert report["pass"] is True
     assert report["two_tower"]["logits_per_image"]["max_abs_diff"] < 1e-4, report["two_tower"]
+
+
+def test_open_clip_holds_a_text_tower_without_a_head(tmp_path):
+    """A text tower without `txt/head` is open_clip's `proj_type='none'`: its text features are the pooled
+    last position after the final LayerNorm, which transformers' SiglipTextTransformer computes before its
+    head (compared on the conversion of the same weights with the head)."""
+    import open_clip
+    from transformers import SiglipModel
+
+    with np.load(source("siglip-nohead")) as src:
+        headless = {k: src[k] for k in src.files if "/txt/head/" not in k}
+    assert len(headless) == len(src.files) - 2
+    path = tmp_path / "txt-no-head.npz"
+    np.savez(path, **headless)
+    out, _ = convert(tmp_path, None, "open_clip", "oc", source_path=path)
+    cfg = json.loads((out / "open_clip_config.json").read_text())
+    assert cfg["model_cfg"]["text_cfg"]["proj_type"] == "none"
+    model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{out}")
+    got = model.eval().encode_text(text_ids("siglip-nohead"))
+    hf, _ = convert(tmp_path, "siglip-nohead", "hf", "hf")
+    text = SiglipModel.from_pretrained(hf).eval().text_model
+    want = text(input_ids=text_ids("siglip-nohead")).last_hidden_state[:, -1]
+    assert (got - want).abs().max().item() < TOL

@@ -77,7 +77,8 @@ pub fn plan(mut prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
     };
     let t = text.arch.clone();
     let mut out = hf_siglip::vision_tensors(&prep, vision_names::VISION_MODEL, map)?;
-    out.extend(prep.text_tensors(TEXT, BLOCK, TEXT_MODEL)?);
+    // transformers' SiglipTextTransformer always has its `head`.
+    out.extend(prep.text_tensors(TEXT, BLOCK, TEXT_MODEL, false)?);
     out.extend(prep.logit_tensors(LOGIT_SCALE, LOGIT_BIAS, &[1]));
 
     let embed = t.embed.unwrap_or(t.width);

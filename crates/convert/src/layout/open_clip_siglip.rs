@@ -144,7 +144,8 @@ pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Res
         .find(|s| s.name == timm::FOLDER_CONFIG)
         .map(|s| s.contents)
         .unwrap_or_default();
-    out.extend(prep.text_tensors(TEXT, BLOCK, TEXT_PREFIX)?);
+    // A text tower without a head is `proj_type='none'` (set in the config below): no projection is written.
+    out.extend(prep.text_tensors(TEXT, BLOCK, TEXT_PREFIX, true)?);
     out.extend(prep.logit_tensors(LOGIT_SCALE, LOGIT_BIAS, &[]));
 
     let ratio = t.mlp as f64 / t.width as f64;

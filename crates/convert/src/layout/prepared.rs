@@ -521,12 +521,14 @@ impl<'a> Prepared<'a> {
 
     /// The text tower's tensors for a layout's [`TextTable`] (embeddings, final norm, head) and
     /// [`BlockTable`] (each block's names after `block_prefix`); a refusal where the table has no place for
-    /// the source's head or the source has none to fill the table's.
+    /// the source's head, or the source has none to fill the table's and the layout cannot go without
+    /// (`head_optional` unset: its text tower always projects).
     pub fn text_tensors(
         &self,
         table: &TextTable,
         blocks: &BlockTable,
         block_prefix: &str,
+        head_optional: bool,
     ) -> Result<Vec<OutTensor>> {
         let Some(text) = self.model.text.as_ref().filter(|_| self.two_tower()) else {
             return Ok(Vec::new());
@@ -538,6 +540,8 @@ impl<'a> Prepared<'a> {
         let head = match (&text.head, wants_head) {
             (Some(h), true) => Some(h),
             (None, false) => None,
+            // The layout writes no projection (open_clip's `proj_type='none'`), and the table's head is skipped.
+            (None, true) if head_optional => None,
             (Some(_), false) => {
                 return Err(self.refuse(
                     Part::TextHead {
