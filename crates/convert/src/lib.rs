@@ -57,6 +57,7 @@ pub mod folders;
 )]
 pub mod kernel;
 pub mod layout;
+pub mod meta;
 pub mod model;
 pub mod options;
 pub mod plan;
@@ -111,7 +112,7 @@ pub fn summarize_file(
     metadata: &std::collections::BTreeMap<String, String>,
 ) -> Option<Summary> {
     let heads = metadata
-        .get("vitconv.config")
+        .get(crate::meta::CONFIG)
         .and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok())
         .and_then(|c| c.get("heads").and_then(serde_json::Value::as_u64))
         .and_then(|h| usize::try_from(h).ok());

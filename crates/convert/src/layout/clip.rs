@@ -89,8 +89,8 @@ pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Res
     let head = clip_style::head_kind(proj);
     let config = prep.config("quick", CLIP_LN_EPS, true, head, head_bias);
     let mut meta = prep.metadata(source_name, &config);
-    meta.insert("vitconv.clip_kwargs".into(), kwargs.to_string());
-    meta.insert("vitconv.exact".into(), "false".to_string());
+    meta.insert(crate::meta::CLIP_KWARGS.to_string(), kwargs.to_string());
+    meta.insert(crate::meta::EXACT.to_string(), "false".to_string());
     Ok(prep.finish(OutputKind::File, out, meta, python, vec![]))
 }
 

@@ -302,7 +302,10 @@ pub fn plan(prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
     };
     let config = prep.config(prep.opts.gelu.as_str(), FLAX_LN_EPS, false, head, None);
     let mut meta = prep.metadata(source_name, &config);
-    meta.insert("vitconv.hf_architecture".into(), arch_class.to_string());
+    meta.insert(
+        crate::meta::HF_ARCHITECTURE.to_string(),
+        arch_class.to_string(),
+    );
     let side = vec![
         SideFile {
             name: CONFIG_FILE.to_string(),

@@ -135,7 +135,10 @@ pub fn plan(mut prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
     };
     let config = prep.config(prep.opts.gelu.as_str(), FLAX_LN_EPS, false, "map", None);
     let mut meta = prep.metadata(source_name, &config);
-    meta.insert("vitconv.hf_architecture".into(), "SiglipModel".to_string());
+    meta.insert(
+        crate::meta::HF_ARCHITECTURE.to_string(),
+        "SiglipModel".to_string(),
+    );
     let mut plan = prep.finish(OutputKind::HfDirectory, out, meta, python, side);
     plan.copied_files = copied;
     Ok(plan)

@@ -149,9 +149,9 @@ mod tests {
                             "{case} -> {layout:?} should be refused"
                         );
                         let config: serde_json::Value =
-                            serde_json::from_str(&p.metadata["vitconv.config"])
+                            serde_json::from_str(&p.metadata[crate::meta::CONFIG])
                                 .expect("config is JSON");
-                        assert_eq!(p.metadata["vitconv.layout"], layout.as_str());
+                        assert_eq!(p.metadata[crate::meta::LAYOUT], layout.as_str());
                         assert_eq!(p.metadata["format"], "pt");
                         assert_eq!(config["input_norm"]["name"], opts.input_norm().as_str());
                         // Each output's recipe produces exactly its shape's element count, as it says it will.
@@ -253,9 +253,9 @@ mod tests {
         let p = plan_for("vit-prelogits", &o).expect("--drop-head makes a feature extractor");
         assert!(p.tensors.iter().all(|t| !t.name.starts_with("head")));
         assert_eq!(p.dropped.len(), 4, "{:?}", p.dropped);
-        assert!(p.metadata["vitconv.notes"].contains("pre_logits"));
+        assert!(p.metadata[crate::meta::NOTES].contains("pre_logits"));
         let kwargs: serde_json::Value =
-            serde_json::from_str(&p.metadata["vitconv.timm_kwargs"]).expect("json");
+            serde_json::from_str(&p.metadata[crate::meta::TIMM_KWARGS]).expect("json");
         assert_eq!(kwargs["num_classes"], 0);
         // hf keeps pre_logits as ViTModel's pooler instead.
         let mut o = Options::new(Layout::Hf);

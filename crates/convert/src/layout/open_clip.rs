@@ -70,7 +70,10 @@ pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Res
     let head = clip_style::head_kind(proj);
     let config = prep.config(prep.opts.gelu.as_str(), FLAX_LN_EPS, false, head, head_bias);
     let mut meta = prep.metadata(source_name, &config);
-    meta.insert("vitconv.open_clip_config".into(), model_cfg.to_string());
+    meta.insert(
+        crate::meta::OPEN_CLIP_CONFIG.to_string(),
+        model_cfg.to_string(),
+    );
     let mut text =
         serde_json::to_string_pretty(&model_cfg).unwrap_or_else(|_| model_cfg.to_string());
     text.push('\n');

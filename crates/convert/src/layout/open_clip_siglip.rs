@@ -129,7 +129,7 @@ pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Res
     let mut image_opts = prep.opts.clone();
     image_opts.tokenizer = None;
     let image = timm::plan(Prepared::new(model, &image_opts)?, fetch, source_name)?;
-    let timm_kwargs = image.metadata.get("vitconv.timm_kwargs").cloned();
+    let timm_kwargs = image.metadata.get(crate::meta::TIMM_KWARGS).cloned();
     let mut out: Vec<OutTensor> = image
         .tensors
         .into_iter()
@@ -290,10 +290,10 @@ pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Res
     let config = prep.config(prep.opts.gelu.as_str(), FLAX_LN_EPS, false, head, None);
     let mut meta = prep.metadata(source_name, &config);
     if let Some(kw) = timm_kwargs {
-        meta.insert("vitconv.timm_kwargs".into(), kw);
+        meta.insert(crate::meta::TIMM_KWARGS.to_string(), kw);
     }
     meta.insert(
-        "vitconv.open_clip_config".into(),
+        crate::meta::OPEN_CLIP_CONFIG.to_string(),
         cfg.get("model_cfg")
             .map(Value::to_string)
             .unwrap_or_default(),

@@ -787,16 +787,16 @@ impl<'a> Prepared<'a> {
         let mut m = BTreeMap::new();
         m.insert("format".to_string(), "pt".to_string());
         m.insert(
-            "vitconv.layout".to_string(),
+            crate::meta::LAYOUT.to_string(),
             self.opts.layout.as_str().to_string(),
         );
-        m.insert("vitconv.source".to_string(), source_name.to_string());
+        m.insert(crate::meta::SOURCE.to_string(), source_name.to_string());
         if let Some(labels) = self.labels() {
-            m.insert("vitconv.labels".to_string(), json!(labels).to_string());
+            m.insert(crate::meta::LABELS.to_string(), json!(labels).to_string());
         }
-        m.insert("vitconv.config".to_string(), config.to_string());
+        m.insert(crate::meta::CONFIG.to_string(), config.to_string());
         m.insert(
-            "vitconv.source_notes".to_string(),
+            crate::meta::SOURCE_NOTES.to_string(),
             self.model.notes.join("\n"),
         );
         if !self.model.left_out.is_empty() {
@@ -809,12 +809,12 @@ impl<'a> Prepared<'a> {
                 }
             }
             m.insert(
-                "vitconv.left_out".to_string(),
+                crate::meta::LEFT_OUT.to_string(),
                 json!({"tensors": self.model.left_out.len(), "roots": roots}).to_string(),
             );
         }
         m.insert(
-            "vitconv.version".to_string(),
+            crate::meta::VERSION.to_string(),
             env!("CARGO_PKG_VERSION").to_string(),
         );
         m
@@ -829,7 +829,7 @@ impl<'a> Prepared<'a> {
         python: String,
         side_files: Vec<crate::plan::SideFile>,
     ) -> Plan {
-        metadata.insert("vitconv.notes".to_string(), self.notes.join("\n"));
+        metadata.insert(crate::meta::NOTES.to_string(), self.notes.join("\n"));
         Plan {
             kind,
             tensors,

@@ -372,14 +372,14 @@ pub fn plan(prep: Prepared<'_>, _fetch: &dyn Fetch, source_name: &str) -> Result
         None,
     );
     let mut meta = prep.metadata(source_name, &config);
-    meta.insert("vitconv.timm_kwargs".into(), kwargs.to_string());
+    meta.insert(crate::meta::TIMM_KWARGS.to_string(), kwargs.to_string());
     meta.insert(
-        "vitconv.timm_pretrained_cfg".into(),
+        crate::meta::TIMM_PRETRAINED_CFG.to_string(),
         pretrained_cfg_full.to_string(),
     );
     let (kind, side) = match backbone_desc {
         Some(b) => {
-            meta.insert("vitconv.timm_backbone".into(), b.to_string());
+            meta.insert(crate::meta::TIMM_BACKBONE.to_string(), b.to_string());
             // timm's registered hybrids build their ResNetV2 inside the entry point, with GroupNorm at its
             // default eps 1e-5 and fixed stages, which no config.json can change: a folder would load a
             // different function, so hybrids stay a weights file with the constructor printed above.

@@ -113,7 +113,7 @@ impl DeclaredConfig {
         path: &Path,
         metadata: &std::collections::BTreeMap<String, String>,
     ) -> Result<DeclaredConfig> {
-        match metadata.get("vitconv.config") {
+        match metadata.get(vitconv_convert::meta::CONFIG) {
             Some(text) => serde_json::from_str(text).map_err(|e| Error::Unreadable {
                 path: path.to_path_buf(),
                 reason: format!("metadata vitconv.config is not the expected JSON object: {e}"),
@@ -277,7 +277,7 @@ pub fn open(path: &Path, layout: Option<Layout>, device: Device, kind: Kind) -> 
         return Ok(Target::build(Layout::Hf, Model::Hf(m), parts));
     }
     let file = vitconv_tensors::TensorFile::open(path)?;
-    let declared_layout = file.metadata().get("vitconv.layout").cloned();
+    let declared_layout = file.metadata().get(vitconv_convert::meta::LAYOUT).cloned();
     let layout = match (layout, declared_layout.as_deref()) {
         (Some(l), _) => l,
         (None, Some(name)) => Layout::parse(name).ok_or_else(|| Error::NotAModel {

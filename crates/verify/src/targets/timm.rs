@@ -525,7 +525,7 @@ impl Timm {
 
 /// The `vitconv.timm_kwargs` metadata JSON object, if the file has one.
 fn timm_kwargs(p: &Params) -> Result<Option<serde_json::Map<String, serde_json::Value>>> {
-    let Some(text) = p.file().metadata().get("vitconv.timm_kwargs") else {
+    let Some(text) = p.file().metadata().get(vitconv_convert::meta::TIMM_KWARGS) else {
         return Ok(None);
     };
     match serde_json::from_str(text) {

@@ -654,7 +654,7 @@ fn open_open_clip(dir: &Path, device: Device, kind: Kind) -> Result<TwoTowerTarg
             let file = TensorFile::open(&weights_path)?;
             let recorded = file
                 .metadata()
-                .get("vitconv.timm_kwargs")
+                .get(vitconv_convert::meta::TIMM_KWARGS)
                 .and_then(|k| serde_json::from_str::<serde_json::Value>(k).ok());
             if timm_name.is_empty() || recorded.is_none() {
                 return Err(declared_err(
