@@ -15,6 +15,9 @@ use vitconv_convert::Layout;
 
 use crate::report::terminal_safe;
 
+/// Exit status after SIGINT or SIGTERM: 128 + SIGINT, as shells report an interrupted command.
+pub const INTERRUPTED: u8 = 130;
+
 /// How the summary is printed.
 pub struct Printing {
     /// Nothing but the problems, on stderr (no progress bar, no table).
@@ -24,7 +27,7 @@ pub struct Printing {
 }
 
 /// Runs batch mode: converts the sources, prints the summary. Exit status 0 when every source was converted or
-/// skipped, 2 when any was refused or failed, [`crate::report::INTERRUPTED`] after an interrupt.
+/// skipped, 2 when any was refused or failed, [`INTERRUPTED`] after an interrupt.
 pub fn run(req: &Request, printing: &Printing) -> anyhow::Result<ExitCode> {
     let t0 = Instant::now();
     let bar = if printing.quiet {
@@ -58,7 +61,7 @@ pub fn run(req: &Request, printing: &Printing) -> anyhow::Result<ExitCode> {
         );
         return match summary.manifest_error {
             Some(err) => Err(err.into()),
-            None => Ok(ExitCode::from(crate::report::INTERRUPTED)),
+            None => Ok(ExitCode::from(INTERRUPTED)),
         };
     }
     let seconds = t0.elapsed().as_secs_f64();

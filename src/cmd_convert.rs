@@ -286,7 +286,7 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
     let written = match written {
         Err(vitconv_convert::Error::Cancelled) => {
             eprintln!("vitconv: interrupted; removed the partial output");
-            return Ok(ExitCode::from(crate::report::INTERRUPTED));
+            return Ok(ExitCode::from(crate::cmd_batch::INTERRUPTED));
         }
         w => w?,
     };

@@ -19,11 +19,12 @@ const NAMED: [(&str, &str, usize); 2] = [
 /// Reads the names `arg` stands for: an existing file, else one of [`NAMED`].
 pub fn resolve(arg: &str) -> anyhow::Result<Vec<String>> {
     let path = Path::new(arg);
-    if path.exists() || !NAMED.iter().any(|(n, ..)| *n == arg) {
+    // A file of that name wins over a list's name.
+    let Some((name, subset, count)) = NAMED
+        .into_iter()
+        .find(|(n, ..)| *n == arg && !path.exists())
+    else {
         return from_file(path);
-    }
-    let Some((name, subset, count)) = NAMED.into_iter().find(|(n, ..)| *n == arg) else {
-        bail!("--labels: {arg} is neither a file nor one of imagenet-1k, imagenet-21k");
     };
     let names = from_timm(name, subset)?;
     if names.len() != count {

@@ -1,8 +1,5 @@
-//! Shared by the commands, and importing none of them: how errors and text from files are put on one safe line,
-//! and the exit status of an interrupted run.
-
-/// Exit status after SIGINT or SIGTERM: 128 + SIGINT, as shells report an interrupted command.
-pub const INTERRUPTED: u8 = 130;
+//! Shared by the commands and by `vitconv-verify`, and importing none of them: how errors and text from files
+//! are put on one safe line.
 
 /// The error and its causes on one line, so the file and tensor names show; a cause whose text the message
 /// already quotes (library errors often embed their source) is not repeated.

@@ -2,6 +2,8 @@
 //! (through the vitconv-verify crate), so that `vitconv inspect` and `npz-to-pt` start without loading it.
 //! `vitconv verify ARGS` runs this with ARGS; it is built with the cargo feature `verify`.
 
+#[path = "../report.rs"]
+mod report;
 #[path = "../verify_args.rs"]
 mod verify_args;
 
@@ -37,7 +39,7 @@ fn main() -> ExitCode {
     match run(cli.args) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("vitconv: error: {}", vitconv_batch::one_line(err.as_ref()));
+            eprintln!("vitconv: error: {}", report::one_line(&err));
             ExitCode::from(2)
         }
     }

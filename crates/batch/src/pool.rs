@@ -419,21 +419,24 @@ fn clean_temporaries(target: &Target) {
         }
     }
     if let Ok((folder, _)) = target.dir.child(&target.name, false) {
-        let mut dirs = vec![folder];
-        while let Some(d) = dirs.pop() {
-            for n in d.names().unwrap_or_default() {
-                match d.kind(&n) {
-                    Ok(Some(EntryKind::File)) if OutDir::is_temp_name(&n) => {
-                        let _ = d.remove_file(&n);
-                    }
-                    Ok(Some(EntryKind::Directory)) if dirs.len() < 16 => {
-                        if let Ok((sub, _)) = d.child(&n, false) {
-                            dirs.push(sub);
-                        }
-                    }
-                    _ => {}
+        // The writer makes temporaries in the folder and in its subfolders (`image_tower/`), no deeper.
+        remove_temporaries(&folder, 1);
+    }
+}
+
+/// Removes the writer's temporaries in `dir` and, `depth` levels down, in its subfolders.
+fn remove_temporaries(dir: &OutDir, depth: usize) {
+    for n in dir.names().unwrap_or_default() {
+        match dir.kind(&n) {
+            Ok(Some(EntryKind::File)) if OutDir::is_temp_name(&n) => {
+                let _ = dir.remove_file(&n);
+            }
+            Ok(Some(EntryKind::Directory)) if depth > 0 => {
+                if let Ok((sub, _)) = dir.child(&n, false) {
+                    remove_temporaries(&sub, depth.saturating_sub(1));
                 }
             }
+            _ => {}
         }
     }
 }

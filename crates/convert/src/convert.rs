@@ -118,14 +118,6 @@ impl Target {
     }
 }
 
-/// Files a folder layout writes only with some options (a tokenizer's); a `--force` run that does not write
-/// them removes the ones an earlier run left, so that a folder never pairs new weights with an old tokenizer.
-const OPTIONAL_FOLDER_FILES: [&str; 3] = [
-    crate::tokenizer::SPIECE_FILE,
-    crate::tokenizer::TOKENIZER_CONFIG_FILE,
-    crate::tokenizer::SPECIAL_TOKENS_FILE,
-];
-
 /// Where a `File` plan's side file goes: OUTPUT's name with its extension replaced by the suffix.
 fn side_name(output: &OsStr, suffix: &str) -> OsString {
     let mut name = Path::new(output)
@@ -161,7 +153,7 @@ pub fn write(
             })
         }
     };
-    let folder = is_folder_output(&conv.plan.kind, output);
+    let folder = is_folder_output(&conv.plan.kind, output, output.is_dir());
     // Only a folder output gets its missing parents; a weights file in a missing directory is refused.
     let parents = match folder && !parent.as_os_str().is_empty() {
         true => Some(vitconv_tensors::create_dirs(parent).map_err(|e| Error::Io {
@@ -190,14 +182,15 @@ pub fn write(
     result
 }
 
-/// Whether a plan of `kind` writes a folder at `output`: a layout that offers both writes one when OUTPUT
-/// names no weights file (an existing directory, or a name without an extension).
-fn is_folder_output(kind: &OutputKind, output: &Path) -> bool {
+/// Whether a plan of `kind` writes a folder at `output` (`is_dir`: whether a directory is there now): a layout
+/// that offers both writes one when OUTPUT names no weights file (an existing directory, or a name without an
+/// extension).
+fn is_folder_output(kind: &OutputKind, output: &Path, is_dir: bool) -> bool {
     match kind {
         OutputKind::File => false,
         OutputKind::HfDirectory | OutputKind::Directory { .. } => true,
         // An unknown extension is a mistake, not a folder name.
-        OutputKind::FileOrFolder { .. } => output.is_dir() || output.extension().is_none(),
+        OutputKind::FileOrFolder { .. } => is_dir || output.extension().is_none(),
     }
 }
 
@@ -235,12 +228,7 @@ pub fn write_in(
     let existing = dir
         .kind(&target.name)
         .map_err(io(&output, "cannot look at it"))?;
-    let folder = match &plan.kind {
-        OutputKind::FileOrFolder { .. } => {
-            existing == Some(EntryKind::Directory) || output.extension().is_none()
-        }
-        kind => is_folder_output(kind, &output),
-    };
+    let folder = is_folder_output(&plan.kind, &output, existing == Some(EntryKind::Directory));
     // A folder this run created (removed whole on failure), or the subfolders it created in an existing one.
     let mut created_folder = false;
     let mut created_inside: Vec<PathBuf> = Vec::new();
@@ -434,7 +422,7 @@ pub fn write_in(
         if let (true, Some(out)) = (opts.overwrite, &folder_dir) {
             // What an earlier run wrote and this one does not (its tokenizer files) must not stay beside the
             // new weights.
-            for stale in OPTIONAL_FOLDER_FILES {
+            for stale in crate::tokenizer::FOLDER_FILES {
                 let ours = sides
                     .iter()
                     .any(|s| s.name == stale && s.dir.path() == out.path());

@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::layout::{hf_files, open_clip_siglip, timm};
+use crate::options::Layout;
 use crate::tokenizer::{SPIECE_FILE, TOKENIZER_CONFIG_FILE};
 
 /// The largest config read back: vitconv's are a few KB, an ImageNet-21k `id2label` about 1.5 MB.
@@ -24,44 +25,48 @@ pub struct Folder {
     pub declares: Vec<String>,
 }
 
-/// Which layout writes a folder holding these files: its weights file and its config, by name.
-const FOLDERS: [(&str, &str, &str); 2] = [
+/// What a folder's configs declare, by the layout that wrote it: the layout and one line per fact.
+type Reader = fn(&Path, &Value) -> Result<(Layout, Vec<String>)>;
+
+/// The folders layouts write, told apart by their weights file and config (read by `Reader`).
+const FOLDERS: [(&str, &str, Reader); 2] = [
     (
-        "open_clip",
         open_clip_siglip::WEIGHTS_FILE,
         open_clip_siglip::CONFIG_FILE,
+        |dir, cfg| Ok((Layout::OpenClip, open_clip_lines(dir, cfg))),
     ),
     // hf and timm folders hold the same two names; the config's content tells them apart.
-    ("hf or timm", hf_files::WEIGHTS_FILE, timm::FOLDER_CONFIG),
+    (hf_files::WEIGHTS_FILE, timm::FOLDER_CONFIG, hf_or_timm),
 ];
 
 /// Reads `dir` as a folder vitconv writes; `None` when it holds none of the layouts' file pairs.
 pub fn read_folder(dir: &Path) -> Result<Option<Folder>> {
-    let Some((layout, weights, config)) = FOLDERS
+    let Some((weights, config, reader)) = FOLDERS
         .iter()
-        .find(|(_, w, c)| dir.join(w).is_file() && dir.join(c).is_file())
+        .find(|(w, c, _)| dir.join(w).is_file() && dir.join(c).is_file())
     else {
         return Ok(None);
     };
-    let cfg = read_json(&dir.join(config))?;
-    let (layout, declares) = match *layout {
-        "open_clip" => ("open_clip", open_clip_lines(dir, &cfg)),
-        _ if cfg.get("architecture").is_some() => ("timm", timm_lines(&cfg)),
-        _ => {
-            let pre = dir.join(hf_files::PREPROCESSOR_FILE);
-            let pre = if pre.is_file() {
-                Some(read_json(&pre)?)
-            } else {
-                None
-            };
-            ("hf", hf_lines(dir, &cfg, pre.as_ref()))
-        }
-    };
+    let (layout, declares) = reader(dir, &read_json(&dir.join(config))?)?;
     Ok(Some(Folder {
-        layout,
+        layout: layout.as_str(),
         weights: dir.join(weights),
         declares,
     }))
+}
+
+/// A `config.json` beside `model.safetensors`: timm's names an `architecture`, transformers' does not.
+fn hf_or_timm(dir: &Path, cfg: &Value) -> Result<(Layout, Vec<String>)> {
+    if cfg.get("architecture").is_some() {
+        return Ok((Layout::Timm, timm_lines(cfg)));
+    }
+    let pre = dir.join(hf_files::PREPROCESSOR_FILE);
+    let pre = if pre.is_file() {
+        Some(read_json(&pre)?)
+    } else {
+        None
+    };
+    Ok((Layout::Hf, hf_lines(dir, cfg, pre.as_ref())))
 }
 
 /// A config file's JSON, read as every small file is (a regular file, at most [`MAX_CONFIG_BYTES`]).

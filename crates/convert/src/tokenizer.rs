@@ -23,6 +23,9 @@ pub const SPIECE_FILE: &str = "spiece.model";
 pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
 /// The special tokens' names inside the output folder.
 pub const SPECIAL_TOKENS_FILE: &str = "special_tokens_map.json";
+/// Every file the tokenizer puts into a folder. A folder written again with `--force` and without
+/// `--tokenizer` loses the ones an earlier run wrote, so that new weights never sit beside an old tokenizer.
+pub const FOLDER_FILES: [&str; 3] = [SPIECE_FILE, TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_FILE];
 
 /// The end-of-sequence piece SigLIP pads with and pools after.
 const EOS_PIECE: &str = "</s>";

@@ -180,27 +180,29 @@ impl OutDir {
     /// first, as [`OutDir::descend`] lists them); one that holds anything stays.
     pub fn remove_empty(&self, rel: &[PathBuf]) {
         for r in rel {
-            let (parent, name) = match (r.parent(), r.file_name()) {
-                (Some(p), Some(n)) if !p.as_os_str().is_empty() => match self.descend(p, false) {
-                    Ok((d, _)) => (d, n),
-                    Err(_) => continue,
-                },
-                (_, Some(n)) => (self.clone(), n),
-                _ => continue,
-            };
-            // `unlinkat` with REMOVEDIR removes only an empty directory, which is the point.
-            let _ = rustix::fs::unlinkat(&*parent.fd, name, AtFlags::REMOVEDIR);
+            if let Ok(Some((parent, name))) = self.parent_of(r) {
+                // `unlinkat` with REMOVEDIR removes only an empty directory, which is the point.
+                let _ = rustix::fs::unlinkat(&*parent.fd, name, AtFlags::REMOVEDIR);
+            }
         }
     }
 
     /// Removes `rel` and everything below it; links are removed, never followed.
     pub fn remove_tree(&self, rel: &Path) -> io::Result<()> {
-        let (parent, name) = match (rel.parent(), rel.file_name()) {
-            (Some(p), Some(n)) if !p.as_os_str().is_empty() => (self.descend(p, false)?.0, n),
-            (_, Some(n)) => (self.clone(), n),
-            _ => return Ok(()),
-        };
-        parent.remove_entry_tree(name)
+        match self.parent_of(rel)? {
+            Some((parent, name)) => parent.remove_entry_tree(name),
+            None => Ok(()),
+        }
+    }
+
+    /// The directory holding `rel` (reached without following a link) and `rel`'s last name; `None` for a
+    /// path without a name.
+    fn parent_of<'r>(&self, rel: &'r Path) -> io::Result<Option<(OutDir, &'r OsStr)>> {
+        Ok(match (rel.parent(), rel.file_name()) {
+            (Some(p), Some(n)) if !p.as_os_str().is_empty() => Some((self.descend(p, false)?.0, n)),
+            (_, Some(n)) => Some((self.clone(), n)),
+            _ => None,
+        })
     }
 
     fn remove_entry_tree(&self, name: &OsStr) -> io::Result<()> {
