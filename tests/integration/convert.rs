@@ -619,10 +619,21 @@ fn verify_without_its_executable_names_the_build_command() {
     let dir = scratch();
     let alone = dir.path().join("vitconv");
     std::fs::copy(env!("CARGO_BIN_EXE_vitconv"), &alone).unwrap();
-    let o = std::process::Command::new(&alone)
-        .args(["verify", "a.npz", "b.safetensors"])
-        .output()
-        .unwrap();
+    // Another test thread forking while the copy's write handle was open may hold it in its child for a
+    // moment, and exec then fails with "text file busy" (ETXTBSY): wait for that child to exec, not fail.
+    let mut tries = 0;
+    let o = loop {
+        match std::process::Command::new(&alone)
+            .args(["verify", "a.npz", "b.safetensors"])
+            .output()
+        {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            result => break result.unwrap(),
+        }
+    };
     assert_bad_input(&o, "--features verify");
     assert!(
         stderr(&o).contains("vitconv-verify is missing"),

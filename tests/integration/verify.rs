@@ -828,31 +828,42 @@ fn a_sincos_source_needs_an_image_size_from_the_file_or_the_option() {
     convert(&source, &good, "timm", &["--image-size", "32"]);
     // The declared vitconv.config gives the size.
     assert_exact(&source, &good, &[]);
-    // Without it, verify refuses in one line naming --image-size, and the option fills it in.
-    let bare = dir.path().join("bare.safetensors");
-    plant(
-        &good,
-        &bare,
-        |_, _, _| {},
-        |m| {
-            let mut config: Value =
-                serde_json::from_str(&m["vitconv.config"]).expect("config is JSON");
-            config
-                .as_object_mut()
-                .expect("an object")
-                .remove("image_size");
-            m.insert("vitconv.config".into(), config.to_string());
-        },
-    );
-    let o = vitconv([
-        "verify".to_string(),
-        fixture(&source).display().to_string(),
-        bare.display().to_string(),
-        "--device".into(),
-        "cpu".into(),
-    ]);
-    assert_bad_input(&o, "--image-size");
+    // A record that states no size (null), verify refuses in one line naming --image-size, and the option
+    // fills it in.
+    let edited = |name: &str, edit: fn(&mut serde_json::Map<String, Value>)| {
+        let path = dir.path().join(name);
+        plant(
+            &good,
+            &path,
+            |_, _, _| {},
+            |m| {
+                let mut config: Value =
+                    serde_json::from_str(&m["vitconv.config"]).expect("config is JSON");
+                edit(config.as_object_mut().expect("an object"));
+                m.insert("vitconv.config".into(), config.to_string());
+            },
+        );
+        path
+    };
+    let verify_cpu = |path: &std::path::Path| {
+        vitconv([
+            "verify".to_string(),
+            fixture(&source).display().to_string(),
+            path.display().to_string(),
+            "--device".into(),
+            "cpu".into(),
+        ])
+    };
+    let bare = edited("bare.safetensors", |c| {
+        c.insert("image_size".into(), Value::Null);
+    });
+    assert_bad_input(&verify_cpu(&bare), "--image-size");
     assert_exact(&source, &bare, &["--image-size", "32"]);
+    // A record missing the field altogether is not read as "no size": the typed record names what it lacks.
+    let missing = edited("missing.safetensors", |c| {
+        c.remove("image_size");
+    });
+    assert_bad_input(&verify_cpu(&missing), "missing field `image_size`");
 }
 
 /// big_vision's sincos2d with `D/4` where big_vision divides by `D/4 - 1` (timm's own helper's choice).

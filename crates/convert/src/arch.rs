@@ -1,9 +1,9 @@
 //! The architecture of a Vision Transformer as read off its tensor shapes: sizes, pooling, head, hybrid stem.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// How the encoder output becomes one vector per image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Classifier {
     /// A learned class token is prepended; its output (token 0) is the image representation.
@@ -66,7 +66,7 @@ impl ResNet {
 }
 
 /// Where the position embedding comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PosEmbKind {
     /// A stored, learned table.

@@ -506,6 +506,23 @@ pub enum Error {
         /// The values read.
         found: usize,
     },
+
+    /// `vitconv.config` is not the record this build writes: a field is unknown, missing or of the wrong kind.
+    #[error("metadata vitconv.config: {source} (the file was written by another vitconv; convert it again with this one)")]
+    ConfigRecord {
+        /// serde's account, which names the field.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// `vitconv.config` is a record of another version.
+    #[error("metadata vitconv.config is record {}, this vitconv reads record version {supported}; convert the file again with this vitconv", found.map_or_else(|| "with no version".to_string(), |v| format!("version {v}")))]
+    ConfigVersion {
+        /// The version the file's record states, if any.
+        found: Option<u32>,
+        /// The version this build reads.
+        supported: u32,
+    },
 }
 
 /// The crate's result type.

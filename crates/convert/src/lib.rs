@@ -61,6 +61,7 @@ pub mod meta;
 pub mod model;
 pub mod options;
 pub mod plan;
+pub mod record;
 #[cfg_attr(
     not(test),
     allow(clippy::indexing_slicing, clippy::arithmetic_side_effects)
@@ -111,11 +112,11 @@ pub fn summarize_file(
     tensors: &[TensorInfo],
     metadata: &std::collections::BTreeMap<String, String>,
 ) -> Option<Summary> {
+    // A record this build cannot read gives no head count; the shapes alone then decide what they can.
     let heads = metadata
         .get(crate::meta::CONFIG)
-        .and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok())
-        .and_then(|c| c.get("heads").and_then(serde_json::Value::as_u64))
-        .and_then(|h| usize::try_from(h).ok());
+        .and_then(|c| crate::record::ConfigRecord::from_json(c).ok())
+        .and_then(|r| r.heads);
     if let Some(s) = summarize_with(tensors, heads) {
         return Some(s);
     }

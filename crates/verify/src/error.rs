@@ -37,6 +37,17 @@ pub enum Error {
         reason: String,
     },
 
+    /// The file's `vitconv.config` is not the typed record this build reads (a field unknown, missing or of
+    /// another kind, or another record version).
+    #[error("{}: {source}", path.display())]
+    Record {
+        /// The weights file whose metadata holds the record.
+        path: PathBuf,
+        /// The converter's account of the record, naming the field (boxed: the converter's errors are large).
+        #[source]
+        source: Box<vitconv_convert::Error>,
+    },
+
     /// A tensor the forward needs is missing from the file.
     #[error("{path}: tensor {tensor:?} is missing ({why})")]
     MissingTensor {

@@ -12,6 +12,7 @@ use crate::layout::clip_style::{self, names, names::LN_PRE_W, tensor as t};
 use crate::layout::prepared::Prepared;
 use crate::options::ProjChoice;
 use crate::plan::{Fetch, OutputKind, Plan, Recipe};
+use crate::record::DeclaredGelu;
 
 /// OpenAI CLIP's own state-dict names; the rest are shared in [`clip_style::names`].
 const LN_PRE_B: &str = "ln_pre.bias";
@@ -87,7 +88,7 @@ pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Res
         a.heads.unwrap_or(0)
     );
     let head = clip_style::head_kind(proj);
-    let config = prep.config("quick", CLIP_LN_EPS, true, head, head_bias);
+    let config = prep.config(DeclaredGelu::Quick, CLIP_LN_EPS, true, head, head_bias);
     let mut meta = prep.metadata(source_name, &config);
     meta.insert(crate::meta::CLIP_KWARGS.to_string(), kwargs.to_string());
     meta.insert(crate::meta::EXACT.to_string(), "false".to_string());

@@ -12,6 +12,7 @@ use crate::layout::recognise::{count_blocks, get, grid_side, Recognised, Shapes}
 use crate::model::{Param, Proj};
 use crate::options::ProjChoice;
 use crate::plan::{Fetch, OutTensor, Recipe};
+use crate::record::DeclaredHead;
 
 /// CLIP-style state-dict names shared by both layouts (`{i}` = block index).
 pub mod names {
@@ -213,10 +214,10 @@ pub fn push_proj(prep: &Prepared<'_>, proj: ProjChoice, out: &mut Vec<OutTensor>
 }
 
 /// The `head` value of `vitconv.config` for a `proj` choice.
-pub fn head_kind(proj: ProjChoice) -> &'static str {
+pub fn head_kind(proj: ProjChoice) -> DeclaredHead {
     match proj {
-        ProjChoice::Head => "proj",
-        ProjChoice::None => "none",
+        ProjChoice::Head => DeclaredHead::Proj,
+        ProjChoice::None => DeclaredHead::None,
     }
 }
 

@@ -14,6 +14,7 @@ use crate::layout::prepared::{name, BlockRole, BlockTable, Prepared, FLAX_LN_EPS
 use crate::layout::recognise::{count_blocks, get, grid_side, Recognised, Shapes};
 use crate::model::Proj;
 use crate::plan::{Fetch, OutTensor, OutputKind, Plan, Recipe, SideFile};
+use crate::record::DeclaredHead;
 
 /// transformers state-dict names (`{i}` = layer index), without the `vit.` prefix `ViTForImageClassification` adds.
 pub mod names {
@@ -308,8 +309,12 @@ pub fn plan(mut prep: Prepared<'_>, _fetch: &dyn Fetch, source_name: &str) -> Re
     } else {
         "from transformers import ViTModel\nmodel = ViTModel.from_pretrained(OUTPUT_DIR, add_pooling_layer=False)".to_string()
     };
-    let head = if classify { "head" } else { "none" };
-    let config = prep.config(prep.opts.gelu.as_str(), FLAX_LN_EPS, false, head, None);
+    let head = if classify {
+        DeclaredHead::Head
+    } else {
+        DeclaredHead::None
+    };
+    let config = prep.config(prep.opts.gelu.declared(), FLAX_LN_EPS, false, head, None);
     let mut meta = prep.metadata(source_name, &config);
     meta.insert(
         crate::meta::HF_ARCHITECTURE.to_string(),

@@ -19,6 +19,7 @@ use crate::layout::prepared::{BlockRole, BlockTable, MapRole, MapTable, Prepared
 use crate::layout::recognise::{count_blocks, get, grid_side, Recognised, Shapes};
 use crate::model::Proj;
 use crate::plan::{OutTensor, OutputKind, Plan, Recipe, SideFile};
+use crate::record::DeclaredHead;
 
 /// transformers state-dict names of `SiglipVisionModel` (`{i}` = layer index).
 pub mod names {
@@ -296,11 +297,11 @@ pub fn plan(prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
         "from transformers import {arch_class}\nmodel = {arch_class}.from_pretrained(OUTPUT_DIR)"
     );
     let head = match (classify, map.is_some()) {
-        (true, _) => "head",
-        (false, true) => "map",
-        (false, false) => "none",
+        (true, _) => DeclaredHead::Head,
+        (false, true) => DeclaredHead::Map,
+        (false, false) => DeclaredHead::None,
     };
-    let config = prep.config(prep.opts.gelu.as_str(), FLAX_LN_EPS, false, head, None);
+    let config = prep.config(prep.opts.gelu.declared(), FLAX_LN_EPS, false, head, None);
     let mut meta = prep.metadata(source_name, &config);
     meta.insert(
         crate::meta::HF_ARCHITECTURE.to_string(),

@@ -16,6 +16,7 @@ use crate::layout::hf_files::{self, dtype_name, pretty, CONFIG_FILE, PREPROCESSO
 use crate::layout::hf_siglip::{self, names as vision_names, BLOCK};
 use crate::layout::prepared::{Prepared, TextRole, TextTable, FLAX_LN_EPS};
 use crate::plan::{OutputKind, Plan, SideFile};
+use crate::record::DeclaredHead;
 
 /// The text tower outside its blocks (`SiglipTextModel` under `text_model.`).
 pub const TEXT: &TextTable = &[
@@ -133,7 +134,13 @@ pub fn plan(mut prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
         }
         None => "from transformers import SiglipModel\nmodel = SiglipModel.from_pretrained(OUTPUT_DIR)  # text input: token ids from the model's SentencePiece tokenizer (--tokenizer)".to_string(),
     };
-    let config = prep.config(prep.opts.gelu.as_str(), FLAX_LN_EPS, false, "map", None);
+    let config = prep.config(
+        prep.opts.gelu.declared(),
+        FLAX_LN_EPS,
+        false,
+        DeclaredHead::Map,
+        None,
+    );
     let mut meta = prep.metadata(source_name, &config);
     meta.insert(
         crate::meta::HF_ARCHITECTURE.to_string(),

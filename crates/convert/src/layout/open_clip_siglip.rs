@@ -26,6 +26,7 @@ use crate::layout::prepared::{Prepared, TextRole, TextTable, FLAX_LN_EPS};
 use crate::layout::timm;
 use crate::options::Gelu;
 use crate::plan::{Fetch, OutTensor, OutputKind, Plan, SideFile, OUTPUT_DIR_TOKEN};
+use crate::record::DeclaredHead;
 
 /// The weights file inside the folder (the name `local-dir:` looks for first).
 pub const WEIGHTS_FILE: &str = "open_clip_model.safetensors";
@@ -286,8 +287,12 @@ pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Res
         }
         None => "import open_clip\nmodel, _, preprocess = open_clip.create_model_and_transforms('local-dir:' + OUTPUT_DIR)  # text input: token ids from the model's SentencePiece tokenizer (--tokenizer)".to_string(),
     };
-    let head = if image_head.is_some() { "head" } else { "map" };
-    let config = prep.config(prep.opts.gelu.as_str(), FLAX_LN_EPS, false, head, None);
+    let head = if image_head.is_some() {
+        DeclaredHead::Head
+    } else {
+        DeclaredHead::Map
+    };
+    let config = prep.config(prep.opts.gelu.declared(), FLAX_LN_EPS, false, head, None);
     let mut meta = prep.metadata(source_name, &config);
     if let Some(kw) = timm_kwargs {
         meta.insert(crate::meta::TIMM_KWARGS.to_string(), kw);

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::arch::{Arch, PosEmbKind};
 use crate::error::{Error, Part, Result};
@@ -14,6 +14,10 @@ use crate::model::{
 };
 use crate::options::{HeadChoice, InputNorm, Options, TowerChoice};
 use crate::plan::{OutTensor, Plan, Recipe};
+use crate::record::{
+    ConfigRecord, DeclaredGelu, DeclaredHead, NormRecord, ResnetRecord, TextPool, TextRecord,
+    TokenizerRecord, CONFIG_VERSION,
+};
 use crate::tokenizer::SentencePiece;
 
 /// The largest `--image-size` accepted: 8192 px is over 20 times the published resolutions, and keeps the
@@ -712,68 +716,79 @@ impl<'a> Prepared<'a> {
         }
     }
 
-    /// `vitconv.config`: the semantics the output declares, shared keys per the project brief.
+    /// `vitconv.config`: the sizes and semantics the output declares, as the typed record that `verify` and
+    /// `inspect` read back ([`ConfigRecord`]).
     pub fn config(
         &self,
-        gelu: &str,
+        gelu: DeclaredGelu,
         ln_eps: f64,
         ln_pre: bool,
-        head: &str,
+        head: DeclaredHead,
         head_bias: Option<Vec<f32>>,
-    ) -> Value {
+    ) -> ConfigRecord {
         let a = self.arch();
-        let mut config = json!({
-            "image_size": self.image_size,
-            "patch_size": a.patch,
-            "hidden": a.hidden,
-            "depth": a.depth,
-            "heads": a.heads,
-            "mlp": a.mlp,
-            "classifier": a.classifier.as_str(),
-            "num_classes": if self.keep_head { a.num_classes } else { None },
-            "representation": if self.has_pre_logits() { a.representation } else { None },
-            "gelu": gelu,
-            "layer_norm_eps": ln_eps,
-            "ln_pre": ln_pre,
-            "input_norm": {"name": self.norm.as_str(), "mean": self.norm.mean(), "std": self.norm.std()},
+        ConfigRecord {
+            version: CONFIG_VERSION,
+            image_size: Some(self.image_size),
+            patch_size: a.patch,
+            hidden: a.hidden,
+            depth: a.depth,
+            heads: a.heads,
+            mlp: a.mlp,
+            classifier: a.classifier,
+            num_classes: if self.keep_head { a.num_classes } else { None },
+            representation: if self.has_pre_logits() {
+                a.representation
+            } else {
+                None
+            },
+            gelu,
+            layer_norm_eps: ln_eps,
+            ln_pre,
+            input_norm: NormRecord {
+                name: self.norm.as_str().to_string(),
+                mean: self.norm.mean(),
+                std: self.norm.std(),
+            },
             // How the position embedding was resampled, when the output's grid differs from the source's.
-            "resize": (a.posemb == PosEmbKind::Learned && Some(self.grid) != a.grid)
-                .then(|| self.opts.resize.as_str()),
-            "posemb": a.posemb,
-            "class_pos": a.class_token() && a.class_pos,
-            "source_family": self.model.family,
-            "resnet": a.resnet.as_ref().map(|r| json!({"stages": r.stages, "width": r.width})),
-            "head": head,
-            "head_bias": head_bias,
-            "dtype": self.opts.dtype.as_str(),
-        });
-        if let (Value::Object(c), true) = (&mut config, self.two_tower()) {
-            c.insert("text".into(), self.text_declaration());
+            resize: (a.posemb == PosEmbKind::Learned && Some(self.grid) != a.grid)
+                .then(|| self.opts.resize.as_str().to_string()),
+            posemb: a.posemb,
+            class_pos: a.class_token() && a.class_pos,
+            source_family: self.model.family.to_string(),
+            resnet: a.resnet.as_ref().map(|r| ResnetRecord {
+                stages: r.stages.clone(),
+                width: r.width,
+            }),
+            head,
+            head_bias,
+            dtype: self.opts.dtype.as_str().to_string(),
+            text: self.text_declaration(),
         }
-        config
     }
 
-    /// The text tower's part of `vitconv.config` (null without one): its sizes and the semantics it is
-    /// declared with.
-    fn text_declaration(&self) -> Value {
-        let Some(text) = self.model.text.as_ref().filter(|_| self.two_tower()) else {
-            return Value::Null;
-        };
+    /// The text tower's part of `vitconv.config` (none without one): its sizes and the semantics the model
+    /// says it computes.
+    fn text_declaration(&self) -> Option<TextRecord> {
+        let text = self.model.text.as_ref().filter(|_| self.two_tower())?;
         let t = &text.arch;
-        json!({
-            "vocab": t.vocab,
-            "context": t.context,
-            "width": t.width,
-            "depth": t.depth,
-            "heads": t.heads,
-            "mlp": t.mlp,
-            "embed": t.embed,
-            "pool": "last",
-            "causal": false,
-            "layer_norm_eps": FLAX_LN_EPS,
-            "gelu": self.opts.gelu.as_str(),
-            "logit_bias": self.model.logit.as_ref().is_some_and(|l| l.bias.is_some()),
-            "tokenizer": self.tokenizer.as_ref().map(|s| json!({"pieces": s.pieces, "eos_id": s.eos_id})),
+        Some(TextRecord {
+            vocab: t.vocab,
+            context: t.context,
+            width: t.width,
+            depth: t.depth,
+            heads: t.heads,
+            mlp: t.mlp,
+            embed: t.embed,
+            pool: TextPool::Last,
+            causal: false,
+            layer_norm_eps: FLAX_LN_EPS,
+            gelu: self.opts.gelu.declared(),
+            logit_bias: self.model.logit.as_ref().is_some_and(|l| l.bias.is_some()),
+            tokenizer: self.tokenizer.as_ref().map(|s| TokenizerRecord {
+                pieces: s.pieces,
+                eos_id: s.eos_id,
+            }),
         })
     }
 
@@ -783,7 +798,7 @@ impl<'a> Prepared<'a> {
     }
 
     /// The metadata keys every output carries; layouts add their own.
-    pub fn metadata(&self, source_name: &str, config: &Value) -> BTreeMap<String, String> {
+    pub fn metadata(&self, source_name: &str, config: &ConfigRecord) -> BTreeMap<String, String> {
         let mut m = BTreeMap::new();
         m.insert("format".to_string(), "pt".to_string());
         m.insert(
@@ -794,7 +809,7 @@ impl<'a> Prepared<'a> {
         if let Some(labels) = self.labels() {
             m.insert(crate::meta::LABELS.to_string(), json!(labels).to_string());
         }
-        m.insert(crate::meta::CONFIG.to_string(), config.to_string());
+        m.insert(crate::meta::CONFIG.to_string(), config.to_json());
         m.insert(
             crate::meta::SOURCE_NOTES.to_string(),
             self.model.notes.join("\n"),

@@ -17,6 +17,7 @@ use crate::layout::recognise::{count_blocks, get, grid_side, Recognised, Shapes}
 use crate::model::{Norm, Param, Proj};
 use crate::options::Gelu;
 use crate::plan::{Fetch, OutTensor, OutputKind, Plan, Recipe, SideFile};
+use crate::record::DeclaredHead;
 
 /// timm state-dict names (`{i}` = block index).
 pub mod names {
@@ -363,12 +364,15 @@ pub fn plan(prep: Prepared<'_>, _fetch: &dyn Fetch, source_name: &str) -> Result
                 .to_string(),
         );
     }
-    let gelu = prep.opts.gelu.as_str();
     let config = prep.config(
-        gelu,
+        prep.opts.gelu.declared(),
         FLAX_LN_EPS,
         false,
-        if classes > 0 { "head" } else { "none" },
+        if classes > 0 {
+            DeclaredHead::Head
+        } else {
+            DeclaredHead::None
+        },
         None,
     );
     let mut meta = prep.metadata(source_name, &config);

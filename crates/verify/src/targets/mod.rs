@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use tch::{Device, Kind, Tensor};
+use vitconv_convert::record::{ConfigRecord, DeclaredGelu, DeclaredHead};
 
 use crate::error::{Error, Result};
 use crate::ops::{self, Gelu};
@@ -67,9 +68,12 @@ impl InputNorm {
     }
 }
 
-/// `vitconv.config`, the semantics a converted file declares (see the project brief).
-/// Every field is optional so that a file from elsewhere still runs with the library's defaults.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// What a converted file declares, from its `vitconv.config` record ([`ConfigRecord`]), as the targets use it.
+///
+/// Every field is optional here so that a file from elsewhere, with no record, still runs with the library's
+/// defaults; a file that has a record must carry the whole typed record, which [`ConfigRecord::from_json`]
+/// checks field by field, so a renamed or missing field is an error, never a default.
+#[derive(Debug, Clone, Default)]
 pub struct DeclaredConfig {
     /// The resolution the output runs at, in pixels.
     pub image_size: Option<usize>,
@@ -114,10 +118,12 @@ impl DeclaredConfig {
         metadata: &std::collections::BTreeMap<String, String>,
     ) -> Result<DeclaredConfig> {
         match metadata.get(vitconv_convert::meta::CONFIG) {
-            Some(text) => serde_json::from_str(text).map_err(|e| Error::Unreadable {
-                path: path.to_path_buf(),
-                reason: format!("metadata vitconv.config is not the expected JSON object: {e}"),
-            }),
+            Some(text) => ConfigRecord::from_json(text)
+                .map(DeclaredConfig::from)
+                .map_err(|source| Error::Record {
+                    path: path.to_path_buf(),
+                    source: Box::new(source),
+                }),
             None => Ok(DeclaredConfig::default()),
         }
     }
@@ -137,6 +143,45 @@ impl DeclaredConfig {
                 ),
             }),
             None => Ok(default),
+        }
+    }
+}
+
+impl From<ConfigRecord> for DeclaredConfig {
+    fn from(r: ConfigRecord) -> DeclaredConfig {
+        let gelu = match r.gelu {
+            DeclaredGelu::Tanh => "tanh",
+            DeclaredGelu::Erf => "erf",
+            DeclaredGelu::Quick => "quick",
+        };
+        let head = match r.head {
+            DeclaredHead::Head => "head",
+            DeclaredHead::Proj => "proj",
+            DeclaredHead::Map => "map",
+            DeclaredHead::None => "none",
+        };
+        DeclaredConfig {
+            image_size: r.image_size,
+            patch_size: Some(r.patch_size),
+            hidden: Some(r.hidden),
+            depth: Some(r.depth),
+            heads: r.heads,
+            mlp: Some(r.mlp),
+            classifier: Some(r.classifier.as_str().to_string()),
+            num_classes: r.num_classes,
+            representation: r.representation,
+            gelu: Some(gelu.to_string()),
+            layer_norm_eps: Some(r.layer_norm_eps),
+            ln_pre: Some(r.ln_pre),
+            input_norm: Some(InputNorm {
+                name: r.input_norm.name,
+                mean: r.input_norm.mean.map(f64::from),
+                std: r.input_norm.std.map(f64::from),
+            }),
+            head: Some(head.to_string()),
+            head_bias: r.head_bias,
+            dtype: Some(r.dtype),
+            resize: r.resize,
         }
     }
 }
@@ -565,7 +610,10 @@ mod tests {
 
     #[test]
     fn the_resize_method_comes_from_config() {
-        let c: DeclaredConfig = serde_json::from_str(r#"{"resize": "bilinear"}"#).expect("parses");
+        let c = DeclaredConfig {
+            resize: Some("bilinear".into()),
+            ..DeclaredConfig::default()
+        };
         assert_eq!(c.resize_method().as_deref(), Some("bilinear"));
         assert_eq!(DeclaredConfig::default().resize_method(), None);
     }
