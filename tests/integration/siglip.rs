@@ -368,7 +368,11 @@ fn a_gemma_tokenizer_is_written_as_a_fast_tokenizer_and_inspect_names_its_kind()
         assert_eq!(tok["model"]["vocab"].as_array().map(Vec::len), Some(300));
         let cfg = json(&out.join("tokenizer_config.json"));
         assert_eq!(
-            (&cfg["add_bos_token"], &cfg["add_eos_token"], &cfg["model_max_length"]),
+            (
+                &cfg["add_bos_token"],
+                &cfg["add_eos_token"],
+                &cfg["model_max_length"]
+            ),
             (&Value::Bool(false), &Value::Bool(true), &Value::from(16))
         );
         if layout == "hf" {
@@ -388,7 +392,10 @@ fn a_gemma_tokenizer_is_written_as_a_fast_tokenizer_and_inspect_names_its_kind()
         }
         let o = vitconv(["inspect".as_ref(), out.as_os_str()]);
         let s = stdout(&o);
-        assert!(s.contains("tokenizer: Gemma (tokenizer.json"), "{layout}: {s}");
+        assert!(
+            s.contains("tokenizer: Gemma (tokenizer.json"),
+            "{layout}: {s}"
+        );
     }
     // The SigLIP kind is named too.
     let out = dir.path().join("siglip1");
@@ -431,9 +438,16 @@ fn a_tokenizer_of_neither_kind_or_too_many_pieces_is_refused() {
         (
             GOPT,
             neither,
-            &["SigLIP's needs </s>", "<pad> <eos> <bos> <unk> as ids 0 to 3"][..],
+            &[
+                "SigLIP's needs </s>",
+                "<pad> <eos> <bos> <unk> as ids 0 to 3",
+            ][..],
         ),
-        (NOHEAD, fixture(GEMMA_TOKENIZER), &["300 pieces", "100 token ids"][..]),
+        (
+            NOHEAD,
+            fixture(GEMMA_TOKENIZER),
+            &["300 pieces", "100 token ids"][..],
+        ),
     ] {
         let out = dir.path().join("out");
         let o = vitconv([

@@ -395,7 +395,9 @@ fn parse(path: &Path, bytes: Vec<u8>) -> Result<SentencePiece> {
                 3 => {
                     while let Some((n, f)) = msg.field()? {
                         match (n, f) {
-                            (2, Field::Bytes(_, d)) => settings.precompiled_charsmap = !d.is_empty(),
+                            (2, Field::Bytes(_, d)) => {
+                                settings.precompiled_charsmap = !d.is_empty()
+                            }
                             (3, Field::Varint(v)) => settings.add_dummy_prefix = v != 0,
                             (4, Field::Varint(v)) => settings.remove_extra_whitespaces = v != 0,
                             (5, Field::Varint(v)) => settings.escape_whitespaces = v != 0,
@@ -425,7 +427,9 @@ fn parse(path: &Path, bytes: Vec<u8>) -> Result<SentencePiece> {
         .iter()
         .enumerate()
         .all(|(i, s)| text(i) == Some(*s))
-        && entries.get(GEMMA_UNK).is_some_and(|p| p.kind == TYPE_UNKNOWN);
+        && entries
+            .get(GEMMA_UNK)
+            .is_some_and(|p| p.kind == TYPE_UNKNOWN);
     if gemma {
         check_gemma(path, &bytes, &entries, &settings)?;
         return Ok(SentencePiece {
@@ -643,9 +647,7 @@ impl SentencePiece {
             .iter()
             .zip(&texts)
             .enumerate()
-            .filter(|(_, (p, _))| {
-                matches!(p.kind, TYPE_UNKNOWN | TYPE_CONTROL | TYPE_USER_DEFINED)
-            })
+            .filter(|(_, (p, _))| matches!(p.kind, TYPE_UNKNOWN | TYPE_CONTROL | TYPE_USER_DEFINED))
             .map(|(i, (p, t))| {
                 json!({
                     "id": i,
@@ -658,9 +660,7 @@ impl SentencePiece {
                 })
             })
             .collect();
-        let replace = |from: String, to: String| {
-            json!({"type": "Replace", "pattern": {"String": from}, "content": to})
-        };
+        let replace = |from: String, to: String| json!({"type": "Replace", "pattern": {"String": from}, "content": to});
         // big_vision's `tf.strings.lower`: ASCII letters only.
         let mut normalizers: Vec<Value> = (b'A'..=b'Z')
             .map(|c| {
@@ -748,11 +748,7 @@ impl SentencePiece {
                 }
             }
         }
-        merges.sort_by(|a, b| {
-            b.0.total_cmp(&a.0)
-                .then(a.1.cmp(&b.1))
-                .then(a.2.cmp(&b.2))
-        });
+        merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
         let vocab: serde_json::Map<String, Value> = texts
             .iter()
             .enumerate()
@@ -927,7 +923,10 @@ mod tests {
         );
         assert_eq!(j["model"]["vocab"]["<0x41>"], 9);
         // No BOS; the EOS appended; the specials are special tokens.
-        assert_eq!(j["post_processor"]["single"][1]["SpecialToken"]["id"], "<eos>");
+        assert_eq!(
+            j["post_processor"]["single"][1]["SpecialToken"]["id"],
+            "<eos>"
+        );
         assert_eq!(
             j["post_processor"]["special_tokens"]["<eos>"]["ids"],
             json!([1])
@@ -950,11 +949,19 @@ mod tests {
         let names: Vec<&str> = side.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(
             names,
-            [TOKENIZER_JSON_FILE, TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_FILE]
+            [
+                TOKENIZER_JSON_FILE,
+                TOKENIZER_CONFIG_FILE,
+                SPECIAL_TOKENS_FILE
+            ]
         );
         let cfg = sp.tokenizer_config(16);
         assert_eq!(
-            (&cfg["add_bos_token"], &cfg["add_eos_token"], &cfg["pad_token"]),
+            (
+                &cfg["add_bos_token"],
+                &cfg["add_eos_token"],
+                &cfg["pad_token"]
+            ),
             (&json!(false), &json!(true), &json!("<pad>"))
         );
     }

@@ -286,7 +286,11 @@ pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Res
             contents: pretty(&cfg),
         },
     );
-    if prep.tokenizer.as_ref().is_some_and(|s| s.kind == Kind::Gemma) {
+    if prep
+        .tokenizer
+        .as_ref()
+        .is_some_and(|s| s.kind == Kind::Gemma)
+    {
         prep.notes.push(
             "open_clip's HFTokenizer cleans every text first (ftfy's repairs, runs of whitespace as one space, no lowercasing): big_vision does neither, so a text with repeated spaces tokenises differently there".to_string(),
         );
