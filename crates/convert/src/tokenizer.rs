@@ -20,7 +20,7 @@
 //! the check here catches a tokenizer with more pieces than the embedding has rows, the one mismatch the
 //! shapes can see. The model file is copied byte for byte.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -552,10 +552,10 @@ fn check_gemma(path: &Path, bytes: &[u8], entries: &[Piece], s: &Settings) -> Re
             "treat_whitespace_as_suffix false",
         );
     }
-    let mut seen = HashMap::with_capacity(entries.len());
+    let mut seen = HashSet::with_capacity(entries.len());
     for p in entries {
         let text = bytes.get(p.text.clone()).unwrap_or_default();
-        if seen.insert(text, ()).is_some() {
+        if !seen.insert(text) {
             return Err(Error::TokenizerFormat {
                 path: path.to_path_buf(),
                 offset: p.text.start,
@@ -565,6 +565,7 @@ fn check_gemma(path: &Path, bytes: &[u8], entries: &[Piece], s: &Settings) -> Re
     }
     Ok(())
 }
+
 impl SentencePiece {
     /// Checks the model against a text tower with `vocab` embedding rows.
     pub fn check_vocab(&self, vocab: usize) -> Result<()> {

@@ -46,9 +46,14 @@ fn sentencepiece_seeds_and_regressions() {
             Err(_) => panic!("{}: did not finish within {DEADLINE:?}", input.display()),
         }
     }
-    // The well-formed seeds parse, one of each kind: a replay that refused everything would test only the
-    // refusals. (`siglip2-tiny.model` is the SigLIP 2 golden Gemma-kind vocabulary.)
-    for seed in ["minimal.model", "siglip2-tiny.model"] {
+    // The well-formed seeds parse, one of each kind and algorithm: a replay that refused everything would test
+    // only the refusals. (`siglip2-tiny.model` is the SigLIP 2 golden Gemma-kind unigram vocabulary;
+    // `gemma-bpe-byte-fallback.model` the BPE one with byte pieces that tests/python/test_siglip2.py trains.)
+    for seed in [
+        "minimal.model",
+        "siglip2-tiny.model",
+        "gemma-bpe-byte-fallback.model",
+    ] {
         assert!(
             accepted.iter().any(|a| a.as_deref() == Some(seed.as_ref())),
             "{seed} was refused; accepted: {accepted:?}"

@@ -292,7 +292,7 @@ pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Res
         .is_some_and(|s| s.kind == Kind::Gemma)
     {
         prep.notes.push(
-            "open_clip's HFTokenizer cleans every text first (ftfy's repairs, runs of whitespace as one space, no lowercasing): big_vision does neither, so a text with repeated spaces tokenises differently there".to_string(),
+            "open_clip's HFTokenizer cleans every text first (ftfy's repairs; whitespace runs as one space, ends stripped); big_vision does neither, so a text with repeated, leading or trailing whitespace tokenises differently there than in big_vision or transformers (the ASCII-only lowercase is the tokenizer's own)".to_string(),
         );
     }
     let mut copied = Vec::new();
