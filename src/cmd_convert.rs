@@ -133,8 +133,8 @@ pub struct ConvertArgs {
     /// default: every tower.
     #[arg(long, value_enum, default_value = "all")]
     tower: TowerArg,
-    /// Two-tower models: the SentencePiece model (spiece.model) whose tokenizer files are written into
-    /// the output folder, so that the loaders' tokenizers work offline.
+    /// Two-tower models: the SentencePiece model (SigLIP's spiece.model, SigLIP 2's Gemma tokenizer.model)
+    /// whose tokenizer files are written into the output folder, so that the loaders' tokenizers work offline.
     #[arg(long, value_name = "SPIECE_MODEL")]
     tokenizer: Option<PathBuf>,
     /// Class names for the head's classes, written into the configs (HF id2label, timm label_names): a file

@@ -326,3 +326,167 @@ fn the_source_line_names_both_towers_not_classes() {
     assert!(first.contains("SigLIP: image ViT/8 32 px"), "{first}");
     assert!(!first.contains("classes"), "{first}");
 }
+
+// ---------------------------------------------------------------------------------------
+// SigLIP 2 (fixtures/siglip2/siglip2-gopt-tiny): the Gemma-kind tokenizer.
+
+const GOPT: &str = "siglip2/siglip2-gopt-tiny/checkpoint.npz";
+const GEMMA_TOKENIZER: &str = "siglip2/siglip2-gopt-tiny/tokenizer.model";
+
+#[test]
+fn a_gemma_tokenizer_is_written_as_a_fast_tokenizer_and_inspect_names_its_kind() {
+    let dir = scratch();
+    for layout in ["hf", "open_clip"] {
+        let out = dir.path().join(layout);
+        let o = vitconv([
+            "npz-to-pt".as_ref(),
+            fixture(GOPT).as_os_str(),
+            out.as_os_str(),
+            "--layout".as_ref(),
+            layout.as_ref(),
+            "--tokenizer".as_ref(),
+            fixture(GEMMA_TOKENIZER).as_os_str(),
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", crate::common::stderr(&o));
+        assert!(stdout(&o).contains("Gemma kind"), "{}", stdout(&o));
+        let files = listing(&out);
+        for f in [
+            "tokenizer.json",
+            "tokenizer.model",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+        ] {
+            assert!(files.iter().any(|x| x == f), "{layout}: {f} in {files:?}");
+        }
+        assert!(!files.iter().any(|x| x == "spiece.model"), "{files:?}");
+        assert_eq!(
+            std::fs::read(out.join("tokenizer.model")).expect("copied"),
+            std::fs::read(fixture(GEMMA_TOKENIZER)).expect("source")
+        );
+        let tok = json(&out.join("tokenizer.json"));
+        assert_eq!(tok["model"]["type"], "Unigram");
+        assert_eq!(tok["model"]["vocab"].as_array().map(Vec::len), Some(300));
+        let cfg = json(&out.join("tokenizer_config.json"));
+        assert_eq!(
+            (
+                &cfg["add_bos_token"],
+                &cfg["add_eos_token"],
+                &cfg["model_max_length"]
+            ),
+            (&Value::Bool(false), &Value::Bool(true), &Value::from(16))
+        );
+        if layout == "hf" {
+            let c = json(&out.join("config.json"));
+            let t = &c["text_config"];
+            assert_eq!(
+                (&t["pad_token_id"], &t["eos_token_id"], &t["bos_token_id"]),
+                (&Value::from(0), &Value::from(1), &Value::from(2))
+            );
+            assert_eq!(t["projection_size"], 96);
+        } else {
+            let c = json(&out.join("open_clip_config.json"));
+            assert_eq!(
+                c["model_cfg"]["text_cfg"]["tokenizer_kwargs"]["clean"],
+                "whitespace"
+            );
+        }
+        let o = vitconv(["inspect".as_ref(), out.as_os_str()]);
+        let s = stdout(&o);
+        assert!(
+            s.contains("tokenizer: Gemma (tokenizer.json"),
+            "{layout}: {s}"
+        );
+    }
+    // The SigLIP kind is named too.
+    let out = dir.path().join("siglip1");
+    let spiece = dir.path().join("spiece.model");
+    std::fs::write(
+        &spiece,
+        crate::common::spiece_model(&[("<pad>", 3), ("</s>", 3), ("<unk>", 2), ("a", 1)]),
+    )
+    .expect("write");
+    let o = vitconv([
+        "npz-to-pt".as_ref(),
+        fixture(NOHEAD).as_os_str(),
+        out.as_os_str(),
+        "--layout".as_ref(),
+        "hf".as_ref(),
+        "--tokenizer".as_ref(),
+        spiece.as_os_str(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", crate::common::stderr(&o));
+    let o = vitconv(["inspect".as_ref(), out.as_os_str()]);
+    assert!(
+        stdout(&o).contains("tokenizer: SigLIP (spiece.model"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn a_tokenizer_of_neither_kind_or_too_many_pieces_is_refused() {
+    let dir = scratch();
+    let neither = dir.path().join("neither.model");
+    // `<s>` where Gemma has `<pad>`, and no `</s>`.
+    std::fs::write(
+        &neither,
+        crate::common::spiece_model(&[("<s>", 3), ("<eos>", 3), ("<bos>", 3), ("<unk>", 2)]),
+    )
+    .expect("write");
+    // The Gemma golden tokenizer's 300 pieces for SigLIP 1's 100-row text tower.
+    for (src, tokenizer, needles) in [
+        (
+            GOPT,
+            neither,
+            &[
+                "SigLIP's needs </s>",
+                "<pad> <eos> <bos> <unk> as ids 0 to 3",
+            ][..],
+        ),
+        (
+            NOHEAD,
+            fixture(GEMMA_TOKENIZER),
+            &["300 pieces", "100 token ids"][..],
+        ),
+    ] {
+        let out = dir.path().join("out");
+        let o = vitconv([
+            "npz-to-pt".as_ref(),
+            fixture(src).as_os_str(),
+            out.as_os_str(),
+            "--layout".as_ref(),
+            "hf".as_ref(),
+            "--tokenizer".as_ref(),
+            tokenizer.as_os_str(),
+        ]);
+        for needle in needles {
+            assert_bad_input(&o, needle);
+        }
+        assert!(!out.exists());
+    }
+}
+
+#[test]
+fn force_replaces_one_tokenizer_kind_with_the_other() {
+    let dir = scratch();
+    let out = dir.path().join("oc");
+    let spiece = dir.path().join("spiece.model");
+    let pieces = [("<pad>", 3), ("</s>", 3), ("<unk>", 2), ("a", 1)];
+    std::fs::write(&spiece, crate::common::spiece_model(&pieces)).expect("write");
+    for tokenizer in [spiece.clone(), fixture(GEMMA_TOKENIZER)] {
+        let o = vitconv([
+            "npz-to-pt".as_ref(),
+            fixture(GOPT).as_os_str(),
+            out.as_os_str(),
+            "--layout".as_ref(),
+            "open_clip".as_ref(),
+            "--force".as_ref(),
+            "--tokenizer".as_ref(),
+            tokenizer.as_os_str(),
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", crate::common::stderr(&o));
+    }
+    let files = listing(&out);
+    assert!(files.iter().any(|f| f == "tokenizer.json"), "{files:?}");
+    assert!(!files.iter().any(|f| f == "spiece.model"), "{files:?}");
+}

@@ -78,13 +78,39 @@ pub enum Error {
         expected: &'static str,
     },
 
-    /// The SentencePiece model lacks the pieces SigLIP's tokenizer needs.
-    #[error("{}: the SentencePiece model's {pieces} pieces have no </s> or no unknown piece; SigLIP ends and pads every sequence with </s>", path.display())]
+    /// The SentencePiece model fits neither tokenizer kind vitconv writes (SigLIP's `</s>` convention or
+    /// Gemma's `<pad> <eos> <bos> <unk>` as ids 0 to 3).
+    #[error("{}: the SentencePiece model's {pieces} pieces fit neither tokenizer kind: SigLIP's needs {siglip_missing}; Gemma's needs <pad> <eos> <bos> <unk> as ids 0 to 3, and ids 0 to 3 are {first:?}", path.display())]
     TokenizerPieces {
         /// The tokenizer file.
         path: PathBuf,
         /// How many pieces it has.
         pieces: usize,
+        /// What SigLIP's kind lacks (`</s>`, an unknown piece, or both).
+        siglip_missing: &'static str,
+        /// The texts of the first four pieces (at most 32 characters each), where Gemma's kind has its own.
+        first: Vec<String>,
+    },
+
+    /// A Gemma-kind SentencePiece model of an algorithm the fast tokenizer vitconv writes cannot express.
+    #[error("{}: the SentencePiece model's trainer_spec.model_type is {model_type}; vitconv writes Gemma-kind tokenizers of type unigram (1) or bpe (2) only", path.display())]
+    TokenizerModelType {
+        /// The tokenizer file.
+        path: PathBuf,
+        /// `trainer_spec.model_type` (3 word, 4 char, or an unknown value).
+        model_type: u64,
+    },
+
+    /// A Gemma-kind SentencePiece model whose text normalisation the fast tokenizer vitconv writes would not
+    /// reproduce exactly.
+    #[error("{}: the SentencePiece model sets {setting}; vitconv writes Gemma-kind tokenizers with Gemma's normalisation only ({expected}), so that the fast tokenizer gives exactly the model's ids", path.display())]
+    TokenizerNormalizer {
+        /// The tokenizer file.
+        path: PathBuf,
+        /// The setting and its value (`normalizer_spec.add_dummy_prefix true`).
+        setting: &'static str,
+        /// What Gemma's model sets.
+        expected: &'static str,
     },
 
     /// The SentencePiece model has more pieces than the text tower has token embeddings.

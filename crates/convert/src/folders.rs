@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::layout::{hf_files, open_clip_siglip, timm};
 use crate::options::Layout;
-use crate::tokenizer::{SPIECE_FILE, TOKENIZER_CONFIG_FILE};
+use crate::tokenizer::{Kind, SPIECE_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_JSON_FILE};
 
 /// The largest config read back: vitconv's are a few KB, an ImageNet-21k `id2label` about 1.5 MB.
 pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
@@ -194,13 +194,22 @@ fn open_clip_lines(dir: &Path, cfg: &Value) -> Vec<String> {
     out
 }
 
+/// The tokenizer a folder holds, by its files: the Gemma kind's `tokenizer.json` or the SigLIP kind's
+/// `spiece.model`, each with its `tokenizer_config.json`.
 fn tokenizer_line(dir: &Path) -> String {
-    match (
-        dir.join(SPIECE_FILE).is_file(),
-        dir.join(TOKENIZER_CONFIG_FILE).is_file(),
-    ) {
-        (true, true) => format!("tokenizer: {SPIECE_FILE} with {TOKENIZER_CONFIG_FILE}"),
-        (true, false) => format!("tokenizer: {SPIECE_FILE} without {TOKENIZER_CONFIG_FILE}"),
-        _ => "tokenizer: none (image input only; convert with --tokenizer to add one)".to_string(),
+    let config = dir.join(TOKENIZER_CONFIG_FILE).is_file();
+    let with = if config { "with" } else { "without" };
+    if dir.join(TOKENIZER_JSON_FILE).is_file() {
+        return format!(
+            "tokenizer: {} ({TOKENIZER_JSON_FILE} {with} {TOKENIZER_CONFIG_FILE}; ASCII-only lowercase, no BOS, <eos> appended, <pad> to the context)",
+            Kind::Gemma.as_str()
+        );
     }
+    if dir.join(SPIECE_FILE).is_file() {
+        return format!(
+            "tokenizer: {} ({SPIECE_FILE} {with} {TOKENIZER_CONFIG_FILE}; </s> ends and pads)",
+            Kind::Siglip.as_str()
+        );
+    }
+    "tokenizer: none (image input only; convert with --tokenizer to add one)".to_string()
 }

@@ -18,7 +18,8 @@
 //!   encoding, the fused transpose-and-convert, sincos2d); it imports nothing of the plan.
 //! - [`convert`]: runs a plan, the interpreter's bands of one output tensor after another handed to an atomic
 //!   writer.
-//! - [`tokenizer`]: the SentencePiece model `--tokenizer` names, checked and written as a tokenizer's files.
+//! - [`tokenizer`]: the SentencePiece model `--tokenizer` names, checked, told apart by kind (SigLIP, Gemma)
+//!   and written as a tokenizer's files.
 //!
 //! The rule: a new source family is a new module under [`sources`] plus one line in `sources::SOURCES`; a new
 //! target layout is a new module under [`layout`] plus one line in [`layout::LAYOUTS`] (and its name in

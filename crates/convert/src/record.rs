@@ -75,10 +75,14 @@ pub enum TextPool {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenizerRecord {
+    /// Which convention its special pieces follow.
+    pub kind: crate::tokenizer::Kind,
     /// Pieces of the SentencePiece model.
     pub pieces: usize,
     /// The id of the end-of-sequence piece.
     pub eos_id: usize,
+    /// The id sequences are padded with to the full context.
+    pub pad_id: usize,
 }
 
 /// The text tower of a two-tower model: its sizes and the semantics it is declared with.

@@ -610,6 +610,35 @@ fn tokenizer_errors() {
         prepare_err(siglip, &with_tokenizer(dir.path(), Layout::Hf, &no_eos)),
         Error::TokenizerPieces { pieces: 2, .. }
     ));
+    // Gemma's kind (the SigLIP 2 golden tokenizer), with a later spec field overriding the file's own: an
+    // algorithm its fast tokenizer cannot express, a normalisation it would not reproduce.
+    let gemma = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures/siglip2/siglip2-gopt-tiny/tokenizer.model"),
+    )
+    .expect("golden tokenizer");
+    let word = [gemma.as_slice(), &[0x12u8, 0x02, 0x18, 0x03][..]].concat();
+    assert!(matches!(
+        prepare_err(siglip, &with_tokenizer(dir.path(), Layout::Hf, &word)),
+        Error::TokenizerModelType { model_type: 3, .. }
+    ));
+    let prefix = [gemma.as_slice(), &[0x1au8, 0x02, 0x18, 0x01][..]].concat();
+    assert!(matches!(
+        prepare_err(siglip, &with_tokenizer(dir.path(), Layout::Hf, &prefix)),
+        Error::TokenizerNormalizer {
+            setting: "normalizer_spec.add_dummy_prefix true",
+            ..
+        }
+    ));
+    // 300 pieces for a text tower of 100 token embeddings, either kind.
+    assert!(matches!(
+        prepare_err(siglip, &with_tokenizer(dir.path(), Layout::Hf, &gemma)),
+        Error::TokenizerVocab {
+            pieces: 300,
+            vocab: 100,
+            ..
+        }
+    ));
     // 101 pieces for a text tower of 100 token embeddings.
     let names: Vec<String> = (0..98).map(|i| format!("p{i}")).collect();
     let mut pieces = vec![("<pad>", 3), ("</s>", 3), ("<unk>", 2)];

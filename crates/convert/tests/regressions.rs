@@ -46,13 +46,17 @@ fn sentencepiece_seeds_and_regressions() {
             Err(_) => panic!("{}: did not finish within {DEADLINE:?}", input.display()),
         }
     }
-    // The well-formed seed parses: a replay that refused everything would test only the refusals. (The real
-    // `siglip2-tiny.model` is a Gemma-style vocabulary ending sequences with `<eos>`, not `</s>`: the reader
-    // refuses it today, so it is replayed without being required to parse.)
-    assert!(
-        accepted
-            .iter()
-            .any(|a| a.as_deref() == Some("minimal.model".as_ref())),
-        "minimal.model was refused; accepted: {accepted:?}"
-    );
+    // The well-formed seeds parse, one of each kind and algorithm: a replay that refused everything would test
+    // only the refusals. (`siglip2-tiny.model` is the SigLIP 2 golden Gemma-kind unigram vocabulary;
+    // `gemma-bpe-byte-fallback.model` the BPE one with byte pieces that tests/python/test_siglip2.py trains.)
+    for seed in [
+        "minimal.model",
+        "siglip2-tiny.model",
+        "gemma-bpe-byte-fallback.model",
+    ] {
+        assert!(
+            accepted.iter().any(|a| a.as_deref() == Some(seed.as_ref())),
+            "{seed} was refused; accepted: {accepted:?}"
+        );
+    }
 }

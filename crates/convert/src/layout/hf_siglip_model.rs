@@ -83,8 +83,13 @@ pub fn plan(mut prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
     out.extend(prep.logit_tensors(LOGIT_SCALE, LOGIT_BIAS, &[1]));
 
     let embed = t.embed.unwrap_or(t.width);
-    // Without a tokenizer the ids are big_vision's: `</s>` is id 1 in every published SigLIP vocabulary.
-    let eos = prep.tokenizer.as_ref().map(|s| s.eos_id).unwrap_or(1);
+    // Without a tokenizer the ids are big_vision's: `</s>` is id 1 in every published SigLIP vocabulary, and
+    // pads. A Gemma-kind tokenizer pads with `<pad>` 0 and has a BOS (2) it never adds.
+    let (eos, pad, bos) = prep
+        .tokenizer
+        .as_ref()
+        .map(|s| (s.eos_id, s.pad_id, s.bos_id))
+        .unwrap_or((1, 1, None));
     let text_config = json!({
         "model_type": "siglip_text_model",
         "vocab_size": t.vocab,
@@ -97,10 +102,10 @@ pub fn plan(mut prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
         "layer_norm_eps": FLAX_LN_EPS,
         "attention_dropout": 0.0,
         "projection_size": embed,
-        "pad_token_id": eos,
+        "pad_token_id": pad,
         "eos_token_id": eos,
         // SigLIP adds no BOS; transformers' default is CLIP's 49406, out of the vocabulary.
-        "bos_token_id": null,
+        "bos_token_id": bos,
     });
     let cfg = json!({
         "architectures": ["SiglipModel"],
@@ -130,7 +135,7 @@ pub fn plan(mut prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
             let (files, model) = sp.files(t.context);
             side.extend(files);
             copied.push(model);
-            "from transformers import SiglipModel, SiglipProcessor\nmodel = SiglipModel.from_pretrained(OUTPUT_DIR)\nprocessor = SiglipProcessor.from_pretrained(OUTPUT_DIR)  # text: processor(text=..., padding='max_length')".to_string()
+            "from transformers import AutoProcessor, SiglipModel\nmodel = SiglipModel.from_pretrained(OUTPUT_DIR)\nprocessor = AutoProcessor.from_pretrained(OUTPUT_DIR)  # text: processor(text=..., padding='max_length', truncation=True)".to_string()
         }
         None => "from transformers import SiglipModel\nmodel = SiglipModel.from_pretrained(OUTPUT_DIR)  # text input: token ids from the model's SentencePiece tokenizer (--tokenizer)".to_string(),
     };

@@ -27,6 +27,7 @@ use crate::layout::timm;
 use crate::options::Gelu;
 use crate::plan::{Fetch, OutTensor, OutputKind, Plan, SideFile, OUTPUT_DIR_TOKEN};
 use crate::record::DeclaredHead;
+use crate::tokenizer::Kind;
 
 /// The weights file inside the folder (the name `local-dir:` looks for first).
 pub const WEIGHTS_FILE: &str = "open_clip_model.safetensors";
@@ -101,8 +102,16 @@ fn registered_tower(prep: &Prepared<'_>) -> Option<&'static str> {
         .map(|r| r.0)
 }
 
-/// The `tokenizer_kwargs` open_clip's own SigLIP configs give `HFTokenizer` (lower case, no punctuation).
-const CLEAN: &str = "canonicalize";
+/// The `clean` mode of `HFTokenizer` for each tokenizer kind. SigLIP: what open_clip's own SigLIP configs give
+/// (lower case, no punctuation). Gemma: `whitespace`, open_clip's default (ftfy's repairs, runs of whitespace
+/// as one space), the one mode that neither strips punctuation nor lowercases beyond ASCII (`lower` is
+/// Python's `str.lower`); the ASCII-only lowercase is in the tokenizer's own normaliser.
+fn clean_mode(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Siglip => "canonicalize",
+        Kind::Gemma => "whitespace",
+    }
+}
 
 /// The open_clip folder for a two-tower source.
 pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Result<Plan> {
@@ -171,8 +180,9 @@ pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Res
     };
     // Without a tokenizer, `hf_tokenizer_name` still makes `get_tokenizer` look for tokenizer files in the
     // folder, so that text use fails loudly there instead of falling back to CLIP's BPE tokenizer.
-    let tokenizer_name = match &prep.tokenizer {
-        Some(_) => "local-dir (spiece.model in this folder)",
+    let tokenizer_name = match prep.tokenizer.as_ref().map(|s| s.kind) {
+        Some(Kind::Siglip) => "local-dir (spiece.model in this folder)",
+        Some(Kind::Gemma) => "local-dir (tokenizer.json in this folder)",
         None => {
             "none: convert with --tokenizer spiece.model to add the tokenizer files to this folder"
         }
@@ -181,7 +191,7 @@ pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Res
     // sentencepiece"): open_clip checks the `clean` mode first and its error quotes the value, so the value says
     // what to do.
     let clean = match &prep.tokenizer {
-        Some(_) => CLEAN,
+        Some(sp) => clean_mode(sp.kind),
         None => "no tokenizer in this folder: convert again with vitconv npz-to-pt --tokenizer spiece.model",
     };
     let mut text_cfg = json!({
@@ -277,6 +287,15 @@ pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Res
             contents: pretty(&cfg),
         },
     );
+    if prep
+        .tokenizer
+        .as_ref()
+        .is_some_and(|s| s.kind == Kind::Gemma)
+    {
+        prep.notes.push(
+            "open_clip's HFTokenizer cleans every text first (ftfy's repairs; whitespace runs as one space, ends stripped); big_vision does neither, so a text with repeated, leading or trailing whitespace tokenises differently there than in big_vision or transformers (the ASCII-only lowercase is the tokenizer's own)".to_string(),
+        );
+    }
     let mut copied = Vec::new();
     let python = match &prep.tokenizer {
         Some(sp) => {

@@ -272,12 +272,19 @@ impl<'a> Prepared<'a> {
             (Some(path), text) => {
                 let sp = crate::tokenizer::read(path)?;
                 sp.check_vocab(text.as_ref().map(|t| t.arch.vocab).unwrap_or(0))?;
-                notes.push(format!(
-                    "tokenizer: {} ({} pieces, </s> = id {}) written as spiece.model with SiglipTokenizer configs; SigLIP reads sequences padded with </s> to the full context (padding='max_length')",
-                    path.display(),
-                    sp.pieces,
-                    sp.eos_id
-                ));
+                notes.push(match sp.kind {
+                    crate::tokenizer::Kind::Siglip => format!(
+                        "tokenizer: {} (SigLIP kind: {} pieces, </s> = id {}) written as spiece.model with SiglipTokenizer configs; SigLIP reads sequences padded with </s> to the full context (padding='max_length')",
+                        path.display(),
+                        sp.pieces,
+                        sp.eos_id
+                    ),
+                    crate::tokenizer::Kind::Gemma => format!(
+                        "tokenizer: {} (Gemma kind: {} pieces, <pad> 0, <eos> 1, <bos> 2) written as tokenizer.json (a fast tokenizer built from the pieces) and tokenizer.model; as big_vision's SigLIP 2: ASCII-only lowercase, no BOS, <eos> appended and kept last when truncating, <pad> to the full context (padding='max_length')",
+                        path.display(),
+                        sp.pieces
+                    ),
+                });
                 Some(sp)
             }
         };
@@ -786,8 +793,10 @@ impl<'a> Prepared<'a> {
             gelu: self.opts.gelu.declared(),
             logit_bias: self.model.logit.as_ref().is_some_and(|l| l.bias.is_some()),
             tokenizer: self.tokenizer.as_ref().map(|s| TokenizerRecord {
+                kind: s.kind,
                 pieces: s.pieces,
                 eos_id: s.eos_id,
+                pad_id: s.pad_id,
             }),
         })
     }
