@@ -261,7 +261,7 @@ pub enum Error {
 
     /// A linear (NaFlex) patch embedding whose rows are not `p * p * 3`: the patch size is read off the rows,
     /// and RGB patches flattened in (py, px, c) order hold three values per pixel.
-    #[error("tensor {name}: expected shape [p*p*3, hidden] with hidden > 0 (a linear patch embedding over p x p RGB patches flattened in (py, px, c) order), found {found:?}: the rows are not 3 times a square number of pixels")]
+    #[error("tensor {name}: expected shape [p*p*3, hidden] with hidden > 0 (a linear patch embedding over p x p RGB patches flattened in (py, px, c) order), found {found:?}: the rows must be 3 values for each pixel of a square patch")]
     LinearPatchRows {
         /// The patch embedding kernel.
         name: String,
