@@ -9,6 +9,9 @@
 //!   `--json`, usage errors, an interrupt.
 //! - `siglip`: two-tower big_vision checkpoints: the hf and open_clip folders, `--tower image`,
 //!   refusals, the inspect summary.
+//! - `naflex`: the SigLIP 2 NaFlex checkpoint: the transformers `Siglip2Model` and timm `NaFlexVit` folders, the
+//!   `vitconv.config` they declare, refusals (CLIP-style layouts, open_clip, options, bad kernels and grids),
+//!   inspect.
 //! - `verify`: `vitconv verify` passes good conversions and catches planted bugs (feature `verify`).
 //! - `containers`: big_vision `.bv` workdirs, Orbax checkpoints and flax msgpack files through `inspect` and
 //!   `npz-to-pt`: the same bytes as the `.npz` conversion; damaged, linked-out and lying checkpoints refused.
@@ -24,6 +27,7 @@ mod convert;
 mod hardening;
 mod inspect;
 mod modules;
+mod naflex;
 mod siglip;
 #[cfg(feature = "verify")]
 mod verify;

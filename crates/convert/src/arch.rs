@@ -73,13 +73,56 @@ pub enum PosEmbKind {
     Learned,
     /// big_vision's fixed 2-D sine-cosine embedding, computed from the grid and the width, never stored.
     Sincos2d,
+    /// A stored, learned `[G, G, D]` grid that the model resizes to each image's patch grid (bilinear with
+    /// antialias, half-pixel centres: SigLIP 2 NaFlex, big_vision `naflex_vit.py`): no fixed resolution.
+    #[serde(rename = "learned_grid")]
+    LearnedGrid,
+}
+
+/// Channels of a linear (NaFlex) patch embedding's patches: its kernel's rows are `p * p * 3`, and the rows
+/// alone cannot tell channels from pixels. RGB is what big_vision's NaFlex preprocessing cuts and what
+/// transformers' `Siglip2` (`num_channels` 3) and timm's `NaFlexVit` (`in_chans` 3) read.
+pub const LINEAR_PATCH_CHANNELS: usize = 3;
+
+/// The patch side of a linear patch embedding with `rows` inputs (`p * p * LINEAR_PATCH_CHANNELS`), if the rows
+/// are that for some `p > 0`.
+pub fn linear_patch_side(rows: usize) -> Option<usize> {
+    let p = rows.checked_div(LINEAR_PATCH_CHANNELS)?.isqrt();
+    let back = p
+        .checked_mul(p)
+        .and_then(|a| a.checked_mul(LINEAR_PATCH_CHANNELS));
+    (p > 0 && back == Some(rows)).then_some(p)
+}
+
+/// How patches become tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PatchEmbedKind {
+    /// A `p x p` convolution with stride `p` over the image (HWIO kernel `[p, p, in, D]`).
+    Conv,
+    /// A dense layer over each patch flattened in (py, px, c) order (kernel `[p * p * in, D]`), fed patches the
+    /// preprocessing cut out (SigLIP 2 NaFlex). On a fixed grid the two are the same map; the linear form
+    /// comes with a position grid resized per image ([`PosEmbKind::LearnedGrid`]).
+    Linear,
+}
+
+impl PatchEmbedKind {
+    /// The name used in metadata (`patch_embed`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PatchEmbedKind::Conv => "conv",
+            PatchEmbedKind::Linear => "linear",
+        }
+    }
 }
 
 /// Everything about a ViT that its shapes determine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Arch {
-    /// Side of the square patch the embedding convolution sees (after the stem, for hybrids).
+    /// Side of the square patch the embedding sees (after the stem, for hybrids).
     pub patch: usize,
+    /// How the patches are embedded: a convolution, or a dense layer over flattened patches (NaFlex).
+    pub patch_embed: PatchEmbedKind,
     /// Channels the patch embedding reads: 3 for plain ViTs, the stem's output for hybrids.
     pub in_chans: usize,
     /// Width of the token embeddings.
@@ -91,7 +134,9 @@ pub struct Arch {
     /// Number of encoder blocks.
     pub depth: usize,
     /// Patch grid (rows, columns); `None` where the file does not store it (a computed sincos2d position
-    /// embedding), so that the resolution must come from the user.
+    /// embedding), so that the resolution must come from the user. For a NaFlex tower
+    /// ([`PosEmbKind::LearnedGrid`]) it is the stored position grid, which the model resizes to each image's
+    /// patch grid: no image size follows from it.
     pub grid: Option<(usize, usize)>,
     /// How the position embedding is made.
     pub posemb: PosEmbKind,
@@ -123,9 +168,17 @@ impl Arch {
     }
 
     /// Image side in pixels (the grid is square for every published checkpoint; rows are used), where the
-    /// file says.
+    /// file says; `None` for a NaFlex tower, which has no fixed resolution.
     pub fn image_size(&self) -> Option<usize> {
+        if self.naflex() {
+            return None;
+        }
         self.grid.map(|g| g.0.saturating_mul(self.stride()))
+    }
+
+    /// Whether the tower is a NaFlex tower: patches of any image's grid, a position grid resized per image.
+    pub fn naflex(&self) -> bool {
+        self.posemb == PosEmbKind::LearnedGrid
     }
 
     /// Whether the model has a class token (token pooling).
@@ -186,6 +239,9 @@ impl Arch {
         };
         let resolution = match (self.grid, self.image_size()) {
             (Some((h, w)), Some(px)) => format!("{px} px ({h}x{w} grid {pool})"),
+            (Some((h, w)), None) if self.naflex() => format!(
+                "no fixed resolution (NaFlex: a learned {h}x{w} position grid resized to each image's patch grid, {pool})"
+            ),
             _ => format!("resolution not stored (sincos2d position embedding, {pool})"),
         };
         let layers = if self.stacked {
@@ -234,13 +290,22 @@ impl Arch {
             .patch
             .saturating_mul(self.patch)
             .saturating_mul(self.in_chans);
-        parts.push(format!(
-            "patch embedding: {p}x{p}x{c} = {values} values -> {d} (a {p}x{p} convolution with stride {p}{})",
-            if patch_bias { " and bias" } else { ", no bias" },
-            p = self.patch,
-            c = self.in_chans,
-            d = self.hidden
-        ));
+        parts.push(match self.patch_embed {
+            PatchEmbedKind::Conv => format!(
+                "patch embedding: {p}x{p}x{c} = {values} values -> {d} (a {p}x{p} convolution with stride {p}{})",
+                if patch_bias { " and bias" } else { ", no bias" },
+                p = self.patch,
+                c = self.in_chans,
+                d = self.hidden
+            ),
+            PatchEmbedKind::Linear => format!(
+                "patch embedding: {p}x{p}x{c} = {values} values -> {d} (a linear map{} over each {p}x{p} patch flattened in (py, px, c) order; the patch size is read off the kernel's {values} rows)",
+                if patch_bias { " with bias" } else { " without bias" },
+                p = self.patch,
+                c = self.in_chans,
+                d = self.hidden
+            ),
+        });
         match self.classifier {
             Classifier::Token => parts.push(format!("class token: learned, {class_shape}")),
             Classifier::Gap => {
@@ -259,6 +324,10 @@ impl Arch {
         parts.push(match (self.posemb, self.grid) {
             (PosEmbKind::Learned, Some((h, w))) => format!(
                 "position embedding: learned, {prefix}{h}x{w} rows of {}",
+                self.hidden
+            ),
+            (PosEmbKind::LearnedGrid, Some((h, w))) => format!(
+                "position embedding: a learned {h}x{w} grid of {}, resized to each image's patch grid (bilinear, antialias, half-pixel centres); no fixed resolution",
                 self.hidden
             ),
             _ => "position embedding: sincos2d (computed, not stored): the resolution must be given with --image-size"
@@ -294,6 +363,7 @@ mod tests {
     fn vit_l32() -> Arch {
         Arch {
             patch: 32,
+            patch_embed: PatchEmbedKind::Conv,
             in_chans: 3,
             hidden: 1024,
             heads: Some(16),
@@ -327,6 +397,16 @@ mod tests {
             parts.iter().any(|p| p.contains("1 + 12x12 rows")),
             "{parts:?}"
         );
+    }
+
+    #[test]
+    fn linear_patch_sides_come_from_whole_rgb_patches() {
+        assert_eq!(linear_patch_side(192), Some(8));
+        assert_eq!(linear_patch_side(768), Some(16));
+        assert_eq!(linear_patch_side(588), Some(14));
+        for rows in [0, 1, 2, 190, 189, 64, usize::MAX] {
+            assert_eq!(linear_patch_side(rows), None, "{rows}");
+        }
     }
 
     #[test]

@@ -285,6 +285,43 @@ pub enum Error {
         found: Vec<usize>,
     },
 
+    /// A linear (NaFlex) patch embedding whose rows are not `p * p * 3`: the patch size is read off the rows,
+    /// and RGB patches flattened in (py, px, c) order hold three values per pixel.
+    #[error("tensor {name}: expected shape [p*p*3, hidden] with hidden > 0 (a linear patch embedding over p x p RGB patches flattened in (py, px, c) order), found {found:?}: the rows must be 3 values for each pixel of a square patch")]
+    LinearPatchRows {
+        /// The patch embedding kernel.
+        name: String,
+        /// Its shape.
+        found: Vec<usize>,
+    },
+
+    /// A NaFlex position grid that is not square, or not of the tower's width.
+    #[error("tensor {name}: expected shape [G, G, {hidden}] (a square NaFlex position grid: big_vision builds only square ones and transformers' Siglip2 reads num_patches as a square), found {found:?}")]
+    PosGridNotSquare {
+        /// The position grid.
+        name: String,
+        /// The tower's width.
+        hidden: usize,
+        /// Its shape.
+        found: Vec<usize>,
+    },
+
+    /// `--image-size` for a NaFlex model, which has no fixed resolution.
+    #[error("--image-size: a NaFlex model has no fixed resolution: the preprocessing resizes each image to a patch budget and the model resizes its {}x{} position grid to each image's patch grid; drop --image-size (the patch budget is the loader's runtime choice)", grid.0, grid.1)]
+    NaflexImageSize {
+        /// The size asked for.
+        size: usize,
+        /// The stored position grid.
+        grid: (usize, usize),
+    },
+
+    /// An input normalisation other than the source's for a NaFlex model.
+    #[error("--input-norm: {norm} is not folded into a NaFlex linear patch embedding (vitconv folds normalisations into convolution kernels only); use --input-norm unit, the source's own mean = std = 0.5")]
+    InputNormNaflex {
+        /// The normalisation asked for.
+        norm: &'static str,
+    },
+
     /// An attention kernel whose heads do not cover the hidden width.
     #[error("tensor {name}: expected shape [{hidden}, heads, head_dim] with heads x head_dim = {hidden}, found {found:?} (the attention must cover the hidden width)")]
     HeadsMismatch {
@@ -651,6 +688,13 @@ pub enum Part {
         /// The text tower's width.
         width: usize,
     },
+    /// A NaFlex tower: a linear patch embedding and a position grid the model resizes per image.
+    NaflexTower {
+        /// The patch side.
+        patch: usize,
+        /// The stored position grid.
+        grid: (usize, usize),
+    },
     /// A text-tower MLP width the layout's float ratio cannot express.
     TextMlpWidth {
         /// The MLP width.
@@ -703,6 +747,11 @@ impl std::fmt::Display for Part {
             Part::TextWithoutHead { width } => {
                 write!(f, "a text tower without a head (width {width})")
             }
+            Part::NaflexTower { patch, grid } => write!(
+                f,
+                "a NaFlex tower (a linear embedding of {patch}x{patch} patches and a learned {}x{} position grid resized to each image's patch grid)",
+                grid.0, grid.1
+            ),
             Part::TextMlpWidth { mlp, width } => {
                 write!(f, "a text MLP of {mlp} for width {width}")
             }

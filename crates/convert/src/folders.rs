@@ -112,6 +112,16 @@ fn hf_lines(dir: &Path, cfg: &Value, pre: Option<&Value>) -> Vec<String> {
         out.push(format!("labels: {}", names_line(&names)));
     }
     match pre {
+        // A NaFlex processor has no size: each image is resized to a patch budget, its aspect ratio kept.
+        Some(p) if p.get("max_num_patches").is_some() => out.push(format!(
+            "preprocessing: {} resize to at most {} patches of {} px, aspect ratio kept (resample {}), mean {}, std {}",
+            text(p.get("image_processor_type")),
+            text(p.get("max_num_patches")),
+            text(p.get("patch_size")),
+            text(p.get("resample")),
+            text(p.get("image_mean")),
+            text(p.get("image_std")),
+        )),
         Some(p) => out.push(format!(
             "preprocessing: {} resize to {}x{} (resample {}), mean {}, std {}",
             text(p.get("image_processor_type")),

@@ -238,11 +238,19 @@ fn two_tower_line(image: &arch::Arch, text: &model::TextArch) -> String {
     };
     let resolution = match (image.grid, image.image_size()) {
         (Some((h, w)), Some(px)) => format!("{px} px ({h}x{w}, {pool})"),
+        (Some((h, w)), None) if image.naflex() => format!(
+            "no fixed resolution ({h}x{w} position grid resized to each image's patch grid, {pool})"
+        ),
         _ => format!("sincos2d position embedding ({pool})"),
     };
     let embed = text.embed.unwrap_or(text.width);
     format!(
-        "SigLIP: image {} {resolution}, text {} layers width {}, vocab {}, context {}, embedding {embed}",
+        "{}: image {} {resolution}, text {} layers width {}, vocab {}, context {}, embedding {embed}",
+        if image.naflex() {
+            "SigLIP 2 NaFlex"
+        } else {
+            "SigLIP"
+        },
         image.name(),
         text.depth,
         text.width,

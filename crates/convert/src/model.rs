@@ -224,6 +224,15 @@ pub enum PosEmbed {
     },
     /// big_vision's `posemb_sincos_2d`, computed for the output's grid (nothing is stored).
     Sincos2d,
+    /// A stored `[rows, columns, D]` grid (SigLIP 2 NaFlex, big_vision `naflex_vit.py`) that the model itself
+    /// resizes to each image's patch grid (bilinear, antialias, half-pixel centres) before picking each patch's
+    /// row: it is written as stored, never resized by the conversion.
+    Grid {
+        /// The stored grid `[rows, columns, D]`.
+        param: Param,
+        /// Its rows and columns.
+        grid: (usize, usize),
+    },
 }
 
 /// How the encoder output becomes one vector per image.
@@ -258,7 +267,9 @@ pub struct Tower {
     pub arch: Arch,
     /// The ResNet stem of a hybrid, where there is one.
     pub stem: Option<Stem>,
-    /// HWIO `[p, p, in, D]` kernel and `[D]` bias.
+    /// The patch embedding and its `[D]` bias: an HWIO `[p, p, in, D]` kernel for a convolution, a
+    /// `[p * p * in, D]` kernel over patches flattened in (py, px, c) order for a linear embedding
+    /// (`arch.patch_embed`).
     pub patch: Dense,
     /// `[1, 1, D]`, prepended to the patch tokens.
     pub class_token: Option<Param>,

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::arch::{Classifier, PosEmbKind};
+use crate::arch::{Classifier, PatchEmbedKind, PosEmbKind};
 use crate::error::{Error, Result};
 
 /// The version of the record this build writes and reads. Raise it when a field changes meaning or is
@@ -175,6 +175,15 @@ pub struct ConfigRecord {
     pub head_bias: Option<Vec<f32>>,
     /// The element type the weights were written in (`f32`, `f16`, `bf16`).
     pub dtype: String,
+    /// How patches become tokens: a convolution over the image, or a dense layer over patches flattened in
+    /// (py, px, c) order (SigLIP 2 NaFlex).
+    pub patch_embed: PatchEmbedKind,
+    /// The stored position grid `[rows, columns]` a NaFlex output resizes to each image's patch grid.
+    #[serde(deserialize_with = "present")]
+    pub pos_grid: Option<[usize; 2]>,
+    /// How a NaFlex output resizes its position grid (`bilinear_antialias`).
+    #[serde(deserialize_with = "present")]
+    pub pos_resize: Option<String>,
     /// The text tower of a two-tower output (null for an image model).
     #[serde(deserialize_with = "present")]
     pub text: Option<TextRecord>,
@@ -252,6 +261,9 @@ mod tests {
             head: DeclaredHead::Map,
             head_bias: None,
             dtype: "f32".into(),
+            patch_embed: PatchEmbedKind::Conv,
+            pos_grid: None,
+            pos_resize: None,
             text: Some(TextRecord {
                 vocab: 300,
                 context: 16,

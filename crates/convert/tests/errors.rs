@@ -686,3 +686,81 @@ fn cancelled() {
         "the directories this run created and every temporary are gone"
     );
 }
+
+const NAFLEX: &str = "siglip2/siglip2-naflex-tiny";
+
+#[test]
+fn linear_patch_rows() {
+    let k = "params/img/embedding/kernel";
+    let e = read_err(NAFLEX, |t| reshape(t, k, &[190, 64]));
+    assert!(
+        matches!(&e, Error::LinearPatchRows { name, found } if name == k && found == &[190, 64]),
+        "{e}"
+    );
+}
+
+#[test]
+fn pos_grid_not_square() {
+    let pe = "params/img/pos_embedding";
+    let e = read_err(NAFLEX, |t| reshape(t, pe, &[4, 5, 64]));
+    assert!(
+        matches!(&e, Error::PosGridNotSquare { name, hidden: 64, found } if name == pe && found == &[4, 5, 64]),
+        "{e}"
+    );
+}
+
+#[test]
+fn naflex_image_size() {
+    let mut opts = Options::new(Layout::Hf);
+    opts.image_size = Some(64);
+    let e = prepare_err(NAFLEX, &opts);
+    assert!(
+        matches!(
+            e,
+            Error::NaflexImageSize {
+                size: 64,
+                grid: (4, 4)
+            }
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn input_norm_naflex() {
+    let mut opts = Options::new(Layout::Timm);
+    opts.tower = TowerChoice::Image;
+    opts.input_norm = Some(InputNorm::Imagenet);
+    let e = prepare_err(NAFLEX, &opts);
+    assert!(
+        matches!(e, Error::InputNormNaflex { norm: "imagenet" }),
+        "{e}"
+    );
+}
+
+#[test]
+fn refused_naflex_tower() {
+    for (layout, tower) in [
+        (Layout::Clip, TowerChoice::Image),
+        (Layout::OpenClip, TowerChoice::All),
+        (Layout::OpenClip, TowerChoice::Image),
+    ] {
+        let mut opts = Options::new(layout);
+        opts.tower = tower;
+        opts.input_norm = Some(InputNorm::Unit);
+        let e = prepare_err(NAFLEX, &opts);
+        assert!(
+            matches!(
+                e,
+                Error::Refused {
+                    what: Part::NaflexTower {
+                        patch: 8,
+                        grid: (4, 4)
+                    },
+                    ..
+                }
+            ),
+            "{layout:?} {tower:?}: {e}"
+        );
+    }
+}

@@ -5,7 +5,7 @@
 //! `ResidualAttentionBlock`) share `transformer.resblocks.N.{ln_1, attn, ln_2, mlp.c_fc, mlp.c_proj}`, `ln_post`
 //! and `proj`. What differs between them (`ln_pre`, the MLP ratio, the activation, the config) stays in each layout.
 
-use crate::arch::{Arch, Classifier, PosEmbKind};
+use crate::arch::{Arch, Classifier, PatchEmbedKind, PosEmbKind};
 use crate::error::{Error, Part, Result};
 use crate::layout::prepared::{name, BlockRole, BlockTable, Prepared};
 use crate::layout::recognise::{count_blocks, get, grid_side, Recognised, Shapes};
@@ -94,6 +94,7 @@ fn recognise_under(s: &Shapes<'_>, p: &str) -> Option<Recognised> {
     }
     let arch = Arch {
         patch,
+        patch_embed: PatchEmbedKind::Conv,
         in_chans,
         hidden,
         heads: None,
@@ -136,9 +137,19 @@ pub fn head_bias(prep: &Prepared<'_>, fetch: &dyn Fetch) -> Result<Vec<f32>> {
     }
 }
 
-/// Refuses what neither CLIP-style `VisionTransformer` can hold: a ResNet stem, or a model without a class token.
+/// Refuses what neither CLIP-style `VisionTransformer` can hold: a NaFlex tower, a ResNet stem, or a model
+/// without a class token.
 pub fn check_tower(prep: &Prepared<'_>) -> Result<()> {
     let a = prep.arch();
+    if let Some((_, grid)) = prep.naflex_grid() {
+        return Err(prep.refuse(
+            Part::NaflexTower {
+                patch: a.patch,
+                grid,
+            },
+            "a CLIP-style VisionTransformer embeds fixed-size images with a patch convolution and a fixed position table, and masks no padding; a NaFlex model converts with --layout hf (Siglip2Model) or --layout timm --tower image (NaFlexVit)",
+        ));
+    }
     if a.resnet.is_some() {
         return Err(prep.refuse(
             Part::HybridStem {

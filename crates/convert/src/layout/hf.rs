@@ -7,7 +7,7 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::arch::{Arch, Classifier, PosEmbKind};
+use crate::arch::{Arch, Classifier, PatchEmbedKind, PosEmbKind};
 use crate::error::{Part, Result};
 use crate::layout::hf_files::{self, dtype_name, pretty, CONFIG_FILE, PREPROCESSOR_FILE};
 use crate::layout::prepared::{name, BlockRole, BlockTable, Prepared, FLAX_LN_EPS};
@@ -137,6 +137,7 @@ pub fn recognise(s: &Shapes<'_>) -> Option<Recognised> {
     };
     let arch = Arch {
         patch,
+        patch_embed: PatchEmbedKind::Conv,
         in_chans,
         hidden,
         heads: None,

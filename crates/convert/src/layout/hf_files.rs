@@ -76,6 +76,35 @@ pub(crate) fn preprocessor(class: &str, image_size: usize, norm: InputNorm) -> V
     })
 }
 
+/// The patch budget a NaFlex folder's `Siglip2ImageProcessor` resizes each image to by default: 256, the
+/// default of transformers' `Siglip2ImageProcessor` and of the published `google/siglip2-*-naflex` processors.
+/// It is a runtime choice, not part of the model (SigLIP 2 NaFlex was trained at several sequence lengths):
+/// `processor(images=..., max_num_patches=N)` picks another per call.
+pub const NAFLEX_MAX_PATCHES: usize = 256;
+
+/// `preprocessor_config.json` for a NaFlex image processor class: resize each image, keeping its aspect ratio,
+/// to at most `max_num_patches` patches of `patch` pixels (bilinear), rescale to [0, 1], normalise, cut into
+/// (py, px, c)-flattened patches and pad to the budget.
+pub(crate) fn naflex_preprocessor(
+    class: &str,
+    patch: usize,
+    max_num_patches: usize,
+    norm: InputNorm,
+) -> Value {
+    json!({
+        "image_processor_type": class,
+        "do_resize": true,
+        "patch_size": patch,
+        "max_num_patches": max_num_patches,
+        "resample": 2,
+        "do_rescale": true,
+        "rescale_factor": 1.0 / 255.0,
+        "do_normalize": true,
+        "image_mean": norm.mean(),
+        "image_std": norm.std(),
+    })
+}
+
 /// Makes `AutoProcessor` give the image processor alone, for a folder without tokenizer files: transformers'
 /// SigLIP processor needs a tokenizer and fails without one ("not a string"), while a `processor_class` naming
 /// the image processor is loaded as the processor itself.

@@ -9,10 +9,19 @@
 //! `SiglipMultiheadAttentionPoolingHead`: `probe`, an `nn.MultiheadAttention` with fused `in_proj`,
 //! `layernorm`, `mlp`) and `configuration_siglip.py` (`hidden_act`, `layer_norm_eps`, `vision_use_head`).
 //! `SiglipVisionModel` stores its parts at the top level; `SiglipForImageClassification` under `vision_model.`.
+//!
+//! A NaFlex tower (a linear patch embedding with a position grid resized per image) goes to the SigLIP 2
+//! classes of transformers 5.24 `models/siglip2/` instead ([`SIGLIP2`]): the same state-dict names, but
+//! `Siglip2VisionEmbeddings` holds a `Linear` `patch_embedding` (`[D, p * p * 3]`, inputs in (py, px, c) order)
+//! and an `nn.Embedding` of `num_patches` = G * G rows that it reshapes to the square grid and resizes to each
+//! image's `spatial_shapes` (bilinear, antialias, half-pixel centres); the encoder and the MAP head mask the
+//! padding by `pixel_attention_mask`. `Siglip2ImageProcessor` cuts the patches.
 
 use serde_json::{json, Map, Value};
 
-use crate::arch::{Arch, Classifier, PosEmbKind};
+use crate::arch::{
+    linear_patch_side, Arch, Classifier, PatchEmbedKind, PosEmbKind, LINEAR_PATCH_CHANNELS,
+};
 use crate::error::{Part, Result};
 use crate::layout::hf_files::{self, dtype_name, pretty, CONFIG_FILE, PREPROCESSOR_FILE};
 use crate::layout::prepared::{BlockRole, BlockTable, MapRole, MapTable, Prepared, FLAX_LN_EPS};
@@ -108,6 +117,75 @@ pub const HEAD: &MapTable = &[
     ("head.mlp.fc2.bias", MapRole::Fc2Bias),
 ];
 
+/// One generation of transformers' SigLIP classes: the names a folder's configs give for its model, vision
+/// and text towers and image processor. Their state-dict names are the same ([`names`]).
+#[derive(Debug)]
+pub struct Classes {
+    /// The two-tower model class (`SiglipModel`).
+    pub model: &'static str,
+    /// Its `model_type`.
+    pub model_type: &'static str,
+    /// The vision tower class alone (`SiglipVisionModel`).
+    pub vision: &'static str,
+    /// The vision config's `model_type`.
+    pub vision_type: &'static str,
+    /// The text config's `model_type`.
+    pub text_type: &'static str,
+    /// The mean-pooling classifier (`SiglipForImageClassification`).
+    pub classifier: &'static str,
+    /// The image processor class.
+    pub image_processor: &'static str,
+    /// The processor class (image processor and tokenizer).
+    pub processor: &'static str,
+}
+
+/// SigLIP's classes (transformers 5.24 `models/siglip/`), for fixed-resolution towers.
+pub const SIGLIP: Classes = Classes {
+    model: "SiglipModel",
+    model_type: "siglip",
+    vision: "SiglipVisionModel",
+    vision_type: "siglip_vision_model",
+    text_type: "siglip_text_model",
+    classifier: "SiglipForImageClassification",
+    image_processor: "SiglipImageProcessor",
+    processor: "SiglipProcessor",
+};
+
+/// SigLIP 2's NaFlex classes (transformers 5.24 `models/siglip2/`), for NaFlex towers.
+pub const SIGLIP2: Classes = Classes {
+    model: "Siglip2Model",
+    model_type: "siglip2",
+    vision: "Siglip2VisionModel",
+    vision_type: "siglip2_vision_model",
+    text_type: "siglip2_text_model",
+    classifier: "Siglip2ForImageClassification",
+    image_processor: "Siglip2ImageProcessor",
+    processor: "Siglip2Processor",
+};
+
+/// The classes that hold the prepared tower: SigLIP 2's for a NaFlex tower, SigLIP's otherwise.
+pub fn classes(prep: &Prepared<'_>) -> &'static Classes {
+    match prep.naflex_grid() {
+        Some(_) => &SIGLIP2,
+        None => &SIGLIP,
+    }
+}
+
+/// `preprocessor_config.json` for the prepared tower: `SiglipImageProcessor` at the model's resolution, or
+/// `Siglip2ImageProcessor` cutting `patch`-pixel patches up to [`hf_files::NAFLEX_MAX_PATCHES`] for NaFlex.
+pub fn preprocessor(prep: &Prepared<'_>) -> Value {
+    let class = classes(prep).image_processor;
+    match prep.naflex_grid() {
+        Some(_) => hf_files::naflex_preprocessor(
+            class,
+            prep.arch().patch,
+            hf_files::NAFLEX_MAX_PATCHES,
+            prep.norm,
+        ),
+        None => hf_files::preprocessor(class, prep.image_size, prep.norm),
+    }
+}
+
 /// Recognises a transformers SigLIP vision state dict (`SiglipVisionModel`, or the tower inside
 /// `SiglipForImageClassification`) for `inspect`, from [`names`].
 pub fn recognise(s: &Shapes<'_>) -> Option<Recognised> {
@@ -116,8 +194,16 @@ pub fn recognise(s: &Shapes<'_>) -> Option<Recognised> {
     } else {
         ""
     };
-    let &[hidden, in_chans, patch, _] = get(s, &format!("{p}{}", names::PATCH_W))? else {
-        return None;
+    // A convolution `[D, in, p, p]`, or SigLIP 2 NaFlex's linear map `[D, p * p * 3]`.
+    let (hidden, in_chans, patch, patch_embed) = match *get(s, &format!("{p}{}", names::PATCH_W))? {
+        [hidden, in_chans, patch, _] => (hidden, in_chans, patch, PatchEmbedKind::Conv),
+        [hidden, rows] => (
+            hidden,
+            LINEAR_PATCH_CHANNELS,
+            linear_patch_side(rows)?,
+            PatchEmbedKind::Linear,
+        ),
+        _ => return None,
     };
     let &[rows, _] = get(s, &format!("{p}{}", names::POS))? else {
         return None;
@@ -137,15 +223,21 @@ pub fn recognise(s: &Shapes<'_>) -> Option<Recognised> {
     let map = HEAD
         .first()
         .is_some_and(|(probe, _)| s.contains_key(format!("{p}{probe}").as_str()));
+    let naflex = patch_embed == PatchEmbedKind::Linear;
     let arch = Arch {
         patch,
+        patch_embed,
         in_chans,
         hidden,
         heads: None,
         mlp,
         depth,
         grid: Some((side, side)),
-        posemb: PosEmbKind::Learned,
+        posemb: if naflex {
+            PosEmbKind::LearnedGrid
+        } else {
+            PosEmbKind::Learned
+        },
         class_pos: false,
         classifier: if map {
             Classifier::Map
@@ -162,7 +254,12 @@ pub fn recognise(s: &Shapes<'_>) -> Option<Recognised> {
         arch,
         class_shape: None,
         patch_bias: true,
-        notes: vec!["SigLIP vision tower (no class token)".to_string()],
+        notes: vec![if naflex {
+            "SigLIP 2 NaFlex vision tower (Siglip2VisionModel: patches in, no class token)"
+                .to_string()
+        } else {
+            "SigLIP vision tower (no class token)".to_string()
+        }],
         text: None,
     })
 }
@@ -182,17 +279,39 @@ pub fn vision_tensors(
         shape,
         recipe,
     };
-    // `nn.Embedding` holds one row per patch: `[N, D]`, without the batch axis of the source's table.
-    let (pos_rows, pos) = prep.pos_table(false, false)?;
-    let mut out = vec![
-        t(
-            names::PATCH_W,
-            vec![d, a.in_chans, a.patch, a.patch],
-            prep.patch_kernel(),
-        ),
-        t(names::PATCH_B, vec![d], prep.patch_bias()),
-        t(names::POS, vec![pos_rows, d], pos),
-    ];
+    let mut out = match prep.naflex_grid() {
+        // SigLIP 2 NaFlex: a `Linear` over the patches, and the grid as `nn.Embedding` rows in row-major
+        // (y, x) order, which `Siglip2VisionEmbeddings` reshapes back to the square grid.
+        Some((grid, (h, w))) => {
+            let (shape, weight) = prep.linear_patch_weight();
+            vec![
+                t(names::PATCH_W, shape, weight),
+                t(
+                    names::PATCH_B,
+                    vec![d],
+                    Recipe::Copy(tower.patch.bias.clone()),
+                ),
+                t(
+                    names::POS,
+                    vec![h.saturating_mul(w), d],
+                    Recipe::Copy(grid.clone()),
+                ),
+            ]
+        }
+        None => {
+            // `nn.Embedding` holds one row per patch: `[N, D]`, without the batch axis of the source's table.
+            let (pos_rows, pos) = prep.pos_table(false, false)?;
+            vec![
+                t(
+                    names::PATCH_W,
+                    vec![d, a.in_chans, a.patch, a.patch],
+                    prep.patch_kernel(),
+                ),
+                t(names::PATCH_B, vec![d], prep.patch_bias()),
+                t(names::POS, vec![pos_rows, d], pos),
+            ]
+        }
+    };
     for (i, b) in tower.blocks.iter().enumerate() {
         out.extend(prep.block_tensors(BLOCK, prefix, i, b));
     }
@@ -212,11 +331,13 @@ pub fn vision_tensors(
     Ok(out)
 }
 
-/// `SiglipVisionConfig` for the vision tower; `use_head` says whether the MAP head is there.
+/// `SiglipVisionConfig` (or `Siglip2VisionConfig`) for the vision tower; `use_head` says whether the MAP head
+/// is there. A NaFlex tower has no `image_size`: `num_patches` is its position grid's G * G rows, which
+/// transformers reshapes to a square.
 pub fn vision_config(prep: &Prepared<'_>, use_head: bool) -> Value {
     let a = prep.arch();
-    json!({
-        "model_type": "siglip_vision_model",
+    let mut cfg = json!({
+        "model_type": classes(prep).vision_type,
         "hidden_size": a.hidden,
         "intermediate_size": a.mlp,
         "num_hidden_layers": a.depth,
@@ -228,7 +349,12 @@ pub fn vision_config(prep: &Prepared<'_>, use_head: bool) -> Value {
         "layer_norm_eps": FLAX_LN_EPS,
         "attention_dropout": 0.0,
         "vision_use_head": use_head,
-    })
+    });
+    if let (Value::Object(c), Some((_, (h, w)))) = (&mut cfg, prep.naflex_grid()) {
+        c.remove("image_size");
+        c.insert("num_patches".into(), json!(h.saturating_mul(w)));
+    }
+    cfg
 }
 
 /// The SigLIP vision classes for a model without a class token (mean or MAP pooling).
@@ -256,6 +382,7 @@ pub fn plan(prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
     let prefix = if classify { names::VISION_MODEL } else { "" };
     let d = a.hidden;
     let mut out = vision_tensors(&prep, prefix, map)?;
+    let generation = classes(&prep);
     let classes = if classify {
         a.num_classes.unwrap_or(0)
     } else {
@@ -267,14 +394,14 @@ pub fn plan(prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
 
     let vision = vision_config(&prep, map.is_some());
     let arch_class = if classify {
-        "SiglipForImageClassification"
+        generation.classifier
     } else {
-        "SiglipVisionModel"
+        generation.vision
     };
     let mut cfg = match (classify, vision) {
         (true, vision) => {
             let mut cfg = Map::new();
-            cfg.insert("model_type".into(), json!("siglip"));
+            cfg.insert("model_type".into(), json!(generation.model_type));
             cfg.insert("vision_config".into(), vision);
             // transformers fills a missing text config with CLIP's token ids (BOS 49406), out of any SigLIP
             // vocabulary, and warns at every load; this classifier has no text tower, so no ids at all.
@@ -290,8 +417,7 @@ pub fn plan(prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
     };
     cfg.insert("architectures".into(), json!([arch_class]));
     cfg.insert("torch_dtype".into(), json!(dtype_name(prep.opts.dtype)));
-    let mut preprocessor =
-        hf_files::preprocessor("SiglipImageProcessor", prep.image_size, prep.norm);
+    let mut preprocessor = preprocessor(&prep);
     hf_files::image_only_processor(&mut preprocessor);
     let python = format!(
         "from transformers import {arch_class}\nmodel = {arch_class}.from_pretrained(OUTPUT_DIR)"

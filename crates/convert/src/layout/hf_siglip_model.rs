@@ -8,6 +8,10 @@
 //! pooling), and `logit_scale`/`logit_bias` are `[1]` parameters used as `exp(logit_scale)` and `+ logit_bias`.
 //! transformers' vision tower ends at the MAP head: it has no projection after it, so an image tower with a
 //! `head` is refused here (open_clip holds it).
+//!
+//! A SigLIP 2 NaFlex model is transformers' `Siglip2Model` (`models/siglip2/`), whose text tower and state-dict
+//! names are `SiglipModel`'s; only the classes, model types and the vision tower's embeddings differ
+//! (`hf_siglip::classes`, `hf_siglip::vision_tensors`).
 
 use serde_json::json;
 
@@ -77,6 +81,7 @@ pub fn plan(mut prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
         return hf_siglip::plan(prep, source_name);
     };
     let t = text.arch.clone();
+    let generation = hf_siglip::classes(&prep);
     let mut out = hf_siglip::vision_tensors(&prep, vision_names::VISION_MODEL, map)?;
     // transformers' SiglipTextTransformer always has its `head`.
     out.extend(prep.text_tensors(TEXT, BLOCK, TEXT_MODEL, false)?);
@@ -91,7 +96,7 @@ pub fn plan(mut prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
         .map(|s| (s.eos_id, s.pad_id, s.bos_id))
         .unwrap_or((1, 1, None));
     let text_config = json!({
-        "model_type": "siglip_text_model",
+        "model_type": generation.text_type,
         "vocab_size": t.vocab,
         "hidden_size": t.width,
         "intermediate_size": t.mlp,
@@ -108,14 +113,13 @@ pub fn plan(mut prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
         "bos_token_id": bos,
     });
     let cfg = json!({
-        "architectures": ["SiglipModel"],
-        "model_type": "siglip",
+        "architectures": [generation.model],
+        "model_type": generation.model_type,
         "text_config": text_config,
         "vision_config": hf_siglip::vision_config(&prep, true),
         "torch_dtype": dtype_name(prep.opts.dtype),
     });
-    let mut preprocessor =
-        hf_files::preprocessor("SiglipImageProcessor", prep.image_size, prep.norm);
+    let mut preprocessor = hf_siglip::preprocessor(&prep);
     if prep.tokenizer.is_none() {
         hf_files::image_only_processor(&mut preprocessor);
     }
@@ -135,9 +139,9 @@ pub fn plan(mut prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
             let (files, model) = sp.files(t.context);
             side.extend(files);
             copied.push(model);
-            "from transformers import AutoProcessor, SiglipModel\nmodel = SiglipModel.from_pretrained(OUTPUT_DIR)\nprocessor = AutoProcessor.from_pretrained(OUTPUT_DIR)  # text: processor(text=..., padding='max_length', truncation=True)".to_string()
+            format!("from transformers import {model}, {processor}\nmodel = {model}.from_pretrained(OUTPUT_DIR)\nprocessor = {processor}.from_pretrained(OUTPUT_DIR)  # text: processor(text=..., padding='max_length', truncation=True)", model = generation.model, processor = generation.processor)
         }
-        None => "from transformers import SiglipModel\nmodel = SiglipModel.from_pretrained(OUTPUT_DIR)  # text input: token ids from the model's SentencePiece tokenizer (--tokenizer)".to_string(),
+        None => format!("from transformers import {model}\nmodel = {model}.from_pretrained(OUTPUT_DIR)  # text input: token ids from the model's SentencePiece tokenizer (--tokenizer)", model = generation.model),
     };
     let config = prep.config(
         prep.opts.gelu.declared(),
@@ -149,7 +153,7 @@ pub fn plan(mut prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
     let mut meta = prep.metadata(source_name, &config);
     meta.insert(
         crate::meta::HF_ARCHITECTURE.to_string(),
-        "SiglipModel".to_string(),
+        generation.model.to_string(),
     );
     let mut plan = prep.finish(OutputKind::HfDirectory, out, meta, python, side);
     plan.copied_files = copied;

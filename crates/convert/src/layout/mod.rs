@@ -16,6 +16,7 @@ pub mod open_clip_siglip;
 pub mod prepared;
 pub mod recognise;
 pub mod timm;
+pub mod timm_naflex;
 
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -24,6 +25,7 @@ use crate::plan::{Fetch, Plan};
 pub use prepared::{
     mlp_ratio, name, py_float, py_str, BlockRole, BlockTable, MapRole, MapTable, Prepared,
     TextRole, TextTable, FLAX_LN_EPS, MAX_GRID_CELLS, MAX_IMAGE_SIZE, MAX_TABLE_VALUES,
+    NAFLEX_POS_RESIZE,
 };
 use recognise::{Recognised, Shapes};
 use vitconv_tensors::TensorInfo;
@@ -83,7 +85,11 @@ pub fn plan(model: &Model, opts: &Options, fetch: &dyn Fetch, source_name: &str)
         let text = model.text.as_ref().map(|t| t.arch.width).unwrap_or(0);
         return Err(prep.refuse(
             crate::error::Part::TwoTower { text_width: text },
-            "the layout holds one vision tower; pass --tower image for the image tower alone, or use --layout hf or open_clip for the whole model",
+            match prep.naflex_grid() {
+                // open_clip has no NaFlex model: only transformers holds the whole of one.
+                Some(_) => "the layout holds one vision tower; pass --tower image for the image tower alone, or use --layout hf (Siglip2Model) for the whole NaFlex model",
+                None => "the layout holds one vision tower; pass --tower image for the image tower alone, or use --layout hf or open_clip for the whole model",
+            },
         ));
     }
     let plan = (def.plan)(prep, fetch, source_name)?;

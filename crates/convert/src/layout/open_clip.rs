@@ -8,7 +8,7 @@
 
 use serde_json::json;
 
-use crate::error::Result;
+use crate::error::{Part, Result};
 use crate::layout::clip_style::{self, names, tensor as t};
 use crate::layout::prepared::{mlp_ratio, Prepared, FLAX_LN_EPS};
 use crate::options::{Gelu, ProjChoice};
@@ -19,6 +19,15 @@ pub const CONFIG_SUFFIX: &str = ".open_clip.json";
 
 /// The open_clip visual tower plan, with its model config, for a prepared source.
 pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Result<Plan> {
+    if let Some((_, grid)) = prep.naflex_grid() {
+        return Err(prep.refuse(
+            Part::NaflexTower {
+                patch: prep.arch().patch,
+                grid,
+            },
+            "open_clip 3.3.0 has no NaFlex model (no NaFlex config among its model_configs, and its image towers take fixed-size images); use --layout hf (Siglip2Model) or --layout timm --tower image (NaFlexVit)",
+        ));
+    }
     if prep.two_tower() {
         // Image-text models are open_clip's CustomTextCLIP, in a folder of their own.
         return super::open_clip_siglip::plan(prep, fetch, source_name);

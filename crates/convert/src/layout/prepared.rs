@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 
-use crate::arch::{Arch, PosEmbKind};
+use crate::arch::{Arch, PatchEmbedKind, PosEmbKind};
 use crate::error::{Error, Part, Result};
 use crate::model::{
     Attention, Block, Dense, Logit, MapHead, Model, Param, Pool, PosEmbed, Proj, TextTower, Tower,
@@ -81,6 +81,11 @@ fn check_table(grid: (usize, usize), image_size: usize, stride: usize, width: us
     }
 }
 
+/// How a NaFlex model resizes its position grid to each image's patch grid, as `vitconv.config` declares it
+/// (`pos_resize`): bilinear with antialias and half-pixel centres, big_vision's `jax.image.scale_and_translate`
+/// and PyTorch's `F.interpolate(mode='bilinear', align_corners=False, antialias=True)`.
+pub const NAFLEX_POS_RESIZE: &str = "bilinear_antialias";
+
 /// LayerNorm epsilon of the flax model (`nn.LayerNorm` default).
 pub const FLAX_LN_EPS: f64 = 1e-6;
 
@@ -92,7 +97,9 @@ pub struct Prepared<'a> {
     pub opts: &'a Options,
     /// Patch grid of the output (differs from the source's with `--image-size`).
     pub grid: (usize, usize),
-    /// Input resolution of the output, in pixels.
+    /// Input resolution of the output, in pixels. A NaFlex tower has none (its outputs declare `image_size`
+    /// null): here it is the side at which the stored position grid is used unresized (grid x patch), which only
+    /// the preprocessing defaults of loaders that ask for a size take.
     pub image_size: usize,
     /// Whether `head` is written (false with `--drop-head`, `--num-classes 0`, or no head in the source).
     pub keep_head: bool,
@@ -122,6 +129,11 @@ impl<'a> Prepared<'a> {
         let arch = &tower.arch;
         let stride = arch.stride();
         let (grid, image_size) = match (opts.image_size, arch.grid, arch.image_size()) {
+            // A NaFlex tower has no resolution to choose: each image brings its own patch grid.
+            (Some(size), Some(grid), _) if arch.naflex() => {
+                return Err(Error::NaflexImageSize { size, grid })
+            }
+            (None, Some(grid), None) if arch.naflex() => (grid, grid.0.saturating_mul(stride)),
             (None, Some(grid), Some(px)) => (grid, px),
             (None, _, _) => return Err(Error::ImageSizeRequired { stride }),
             (Some(n), _, _) if n > MAX_IMAGE_SIZE => {
@@ -176,6 +188,9 @@ impl<'a> Prepared<'a> {
             (_, PosEmbed::Sincos2d) => notes.push(format!(
                 "position embedding: sincos2d computed for the {}x{} grid ({image_size} px)",
                 grid.0, grid.1
+            )),
+            (_, PosEmbed::Grid { grid: (h, w), .. }) => notes.push(format!(
+                "position embedding: the learned {h}x{w} grid written as stored; the model resizes it to each image's patch grid (bilinear, antialias, half-pixel centres), so no resolution is fixed"
             )),
             (Some(from), PosEmbed::Table { class_row, .. }) if from != grid => notes.push(format!(
                 "position embedding grid resized from {}x{} to {}x{} ({image_size} px) with --resize {}{}",
@@ -315,7 +330,37 @@ impl<'a> Prepared<'a> {
                 norm: self.norm.as_str(),
             });
         }
+        if self.norm != InputNorm::Unit && self.arch().patch_embed == PatchEmbedKind::Linear {
+            return Err(Error::InputNormNaflex {
+                norm: self.norm.as_str(),
+            });
+        }
         Ok(())
+    }
+
+    /// A NaFlex tower's stored position grid and its rows and columns; `None` for a fixed-resolution tower.
+    /// Layouts that hold NaFlex models take this branch; the others refuse it in [`Prepared::pos_table`].
+    pub fn naflex_grid(&self) -> Option<(&'a Param, (usize, usize))> {
+        match &self.model.image.pos {
+            PosEmbed::Grid { param, grid } => Some((param, *grid)),
+            _ => None,
+        }
+    }
+
+    /// A linear (NaFlex) patch embedding as a PyTorch `Linear` weight `[D, p * p * in]`: the `[p * p * in, D]`
+    /// kernel transposed, its inputs in the (py, px, c) order the patches are flattened in (transformers'
+    /// `Siglip2` and timm's `NaFlexVit` flatten them so).
+    pub fn linear_patch_weight(&self) -> (Vec<usize>, Recipe) {
+        let a = self.arch();
+        let rows = a.patch.saturating_mul(a.patch).saturating_mul(a.in_chans);
+        (
+            vec![a.hidden, rows],
+            Recipe::Transpose {
+                src: self.tower().patch.kernel.clone(),
+                rows,
+                cols: a.hidden,
+            },
+        )
     }
 
     /// Whether both towers of a two-tower model are to be written (not `--tower image`).
@@ -702,6 +747,17 @@ impl<'a> Prepared<'a> {
                 },
                 false,
             ),
+            // Every fixed-resolution layout asks for its table here; none has a place for a grid the model
+            // resizes per image.
+            PosEmbed::Grid { grid, .. } => {
+                return Err(self.refuse(
+                    Part::NaflexTower {
+                        patch: a.patch,
+                        grid: *grid,
+                    },
+                    "the layout's tower has a fixed-resolution patch convolution and position table; a NaFlex model converts with --layout hf (Siglip2Model, or Siglip2VisionModel with --tower image) or --layout timm --tower image (NaFlexVit)",
+                ))
+            }
         };
         let rows = cells.saturating_add(usize::from(class_row));
         match (class_row, source_class_row) {
@@ -736,7 +792,8 @@ impl<'a> Prepared<'a> {
         let a = self.arch();
         ConfigRecord {
             version: CONFIG_VERSION,
-            image_size: Some(self.image_size),
+            // A NaFlex output runs at each image's own patch grid: it declares no resolution.
+            image_size: self.naflex_grid().is_none().then_some(self.image_size),
             patch_size: a.patch,
             hidden: a.hidden,
             depth: a.depth,
@@ -770,6 +827,9 @@ impl<'a> Prepared<'a> {
             head,
             head_bias,
             dtype: self.opts.dtype.as_str().to_string(),
+            patch_embed: a.patch_embed,
+            pos_grid: self.naflex_grid().map(|(_, g)| [g.0, g.1]),
+            pos_resize: self.naflex_grid().map(|_| NAFLEX_POS_RESIZE.to_string()),
             text: self.text_declaration(),
         }
     }

@@ -8,7 +8,7 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::arch::{Arch, Classifier, PosEmbKind, ResNet};
+use crate::arch::{Arch, Classifier, PatchEmbedKind, PosEmbKind, ResNet};
 use crate::error::{Part, Result};
 use crate::layout::prepared::{
     mlp_ratio, py_float, BlockRole, BlockTable, MapRole, MapTable, Prepared, FLAX_LN_EPS,
@@ -139,8 +139,12 @@ fn t(name: impl Into<String>, shape: Vec<usize>, recipe: Recipe) -> OutTensor {
     }
 }
 
-/// The timm `VisionTransformer` plan for a prepared source.
+/// The timm `VisionTransformer` plan for a prepared source (a NaFlex tower goes to timm's `NaFlexVit`,
+/// [`super::timm_naflex`]).
 pub fn plan(prep: Prepared<'_>, _fetch: &dyn Fetch, source_name: &str) -> Result<Plan> {
+    if let Some((grid, size)) = prep.naflex_grid() {
+        return super::timm_naflex::plan(prep, grid, size, source_name);
+    }
     let a = prep.arch().clone();
     if prep.has_pre_logits() {
         return Err(prep.refuse(
@@ -241,43 +245,7 @@ pub fn plan(prep: Prepared<'_>, _fetch: &dyn Fetch, source_name: &str) -> Result
     }
     kw.insert("act_layer".into(), json!(act));
     let kwargs = Value::Object(kw.clone());
-    // The source's own preprocessing, for `timm.data.resolve_model_data_config` + `create_transform`: the
-    // whole image squashed to the model's size (no crop), bilinear as vit_jax's and big_vision's eval
-    // pipelines resize, pixels normalised with the source's mean and std (or those --input-norm folded in).
-    let pretrained_cfg = json!({
-        "input_size": [3, prep.image_size, prep.image_size],
-        "interpolation": "bilinear",
-        "mean": prep.norm.mean(),
-        "std": prep.norm.std(),
-        "num_classes": classes,
-        "crop_pct": 1.0,
-        "crop_mode": "squash",
-    });
-    // Class names go into the folder's and the metadata's config; the printed loader line leaves them out
-    // (a thousand names are no line to paste) and the weights file's `vitconv.labels` holds them.
-    let mut pretrained_cfg_full = pretrained_cfg.clone();
-    if let (Some(labels), Value::Object(m)) = (prep.labels(), &mut pretrained_cfg_full) {
-        m.insert("label_names".into(), json!(labels));
-    }
-    // The same as a Python `dict(...)` for the printed loader lines.
-    let cfg_py = format!(
-        "dict({})",
-        pretrained_cfg
-            .as_object()
-            .map(|m| m
-                .iter()
-                .map(|(k, v)| format!("{k}={}", py_value(v)))
-                .collect::<Vec<_>>()
-                .join(", "))
-            .unwrap_or_default()
-    );
-
-    let py_kwargs = |map: &Map<String, Value>| -> String {
-        map.iter()
-            .map(|(k, v)| format!("{k}={}", py_value(v)))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let (pretrained_cfg_full, cfg_py) = pretrained_cfg(&prep, classes);
     let mut backbone_desc = None;
     let python = match &a.resnet {
         None => {
@@ -411,6 +379,41 @@ pub fn plan(prep: Prepared<'_>, _fetch: &dyn Fetch, source_name: &str) -> Result
     Ok(plan)
 }
 
+/// The source's preprocessing as timm's `pretrained_cfg`: the full one (with `--labels`' class names) for the
+/// folder and the metadata, and a Python `dict(...)` without the names for the printed loader line (a thousand
+/// names are no line to paste; the weights file's `vitconv.labels` holds them). For
+/// `timm.data.resolve_model_data_config` + `create_transform`: the whole image squashed to `prep.image_size`
+/// (no crop), bilinear as vit_jax's and big_vision's eval pipelines resize, pixels normalised with the source's
+/// mean and std (or those --input-norm folded in).
+pub(crate) fn pretrained_cfg(prep: &Prepared<'_>, classes: usize) -> (Value, String) {
+    let cfg = json!({
+        "input_size": [3, prep.image_size, prep.image_size],
+        "interpolation": "bilinear",
+        "mean": prep.norm.mean(),
+        "std": prep.norm.std(),
+        "num_classes": classes,
+        "crop_pct": 1.0,
+        "crop_mode": "squash",
+    });
+    let py = format!(
+        "dict({})",
+        cfg.as_object().map(py_kwargs).unwrap_or_default()
+    );
+    let mut full = cfg;
+    if let (Some(labels), Value::Object(m)) = (prep.labels(), &mut full) {
+        m.insert("label_names".into(), json!(labels));
+    }
+    (full, py)
+}
+
+/// Keyword arguments as Python writes them in a call: `k=v, ...`.
+pub(crate) fn py_kwargs(map: &Map<String, Value>) -> String {
+    map.iter()
+        .map(|(k, v)| format!("{k}={}", py_value(v)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The config file of a self-contained timm folder (`timm.create_model('local-dir:DIR', pretrained=True)`
 /// reads it and `model.safetensors` beside it).
 pub const FOLDER_CONFIG: &str = "config.json";
@@ -443,15 +446,38 @@ fn folder_config(
             })
         })
         .map_or("vit_base_patch16_224", |r| r.0);
+    folder_file(
+        closest,
+        a.hidden,
+        classes,
+        kwargs,
+        pretrained_cfg,
+        names::PATCH_W,
+        true,
+    )
+}
+
+/// The text of a timm folder's `config.json`: the registered `architecture` whose entry point builds the model,
+/// `model_args` that give every size and switch, and `pretrained_cfg` with the preprocessing, the patch
+/// embedding's module (`first_conv`, from its weight's name) and whether the input size is fixed.
+pub(crate) fn folder_file(
+    architecture: &str,
+    num_features: usize,
+    classes: usize,
+    kwargs: &Value,
+    pretrained_cfg: &Value,
+    first_conv_weight: &str,
+    fixed_input_size: bool,
+) -> String {
     let mut cfg = pretrained_cfg.clone();
     if let Value::Object(m) = &mut cfg {
         m.insert("tag".into(), json!("vitconv"));
         m.insert("custom_load".into(), json!(false));
-        m.insert("fixed_input_size".into(), json!(true));
+        m.insert("fixed_input_size".into(), json!(fixed_input_size));
         m.insert("pool_size".into(), Value::Null);
         m.insert(
             "first_conv".into(),
-            json!(names::PATCH_W.trim_end_matches(".weight")),
+            json!(first_conv_weight.trim_end_matches(".weight")),
         );
         m.insert(
             "classifier".into(),
@@ -459,9 +485,9 @@ fn folder_config(
         );
     }
     let config = json!({
-        "architecture": closest,
+        "architecture": architecture,
         "num_classes": classes,
-        "num_features": a.hidden,
+        "num_features": num_features,
         "global_pool": kwargs.get("global_pool"),
         "model_args": kwargs,
         "pretrained_cfg": cfg,
@@ -471,8 +497,12 @@ fn folder_config(
     text
 }
 
-/// Recognises a timm `VisionTransformer` state dict (and its hybrid stem) for `inspect`, from [`names`].
+/// Recognises a timm `VisionTransformer` state dict (and its hybrid stem), or a `NaFlexVit` one
+/// ([`super::timm_naflex::recognise`]), for `inspect`, from [`names`].
 pub fn recognise(s: &Shapes<'_>) -> Option<Recognised> {
+    if let Some(r) = super::timm_naflex::recognise(s) {
+        return Some(r);
+    }
     let &[hidden, in_chans, patch, _] = get(s, names::PATCH_W)? else {
         return None;
     };
@@ -522,6 +552,7 @@ pub fn recognise(s: &Shapes<'_>) -> Option<Recognised> {
     };
     let arch = Arch {
         patch,
+        patch_embed: PatchEmbedKind::Conv,
         in_chans,
         hidden,
         heads: None,
@@ -621,7 +652,7 @@ fn push_stem(stem: &crate::model::Stem, out: &mut Vec<OutTensor>) {
 }
 
 /// A JSON value written as a Python literal.
-fn py_value(v: &Value) -> String {
+pub(crate) fn py_value(v: &Value) -> String {
     match v {
         Value::Bool(true) => "True".to_string(),
         Value::Bool(false) => "False".to_string(),

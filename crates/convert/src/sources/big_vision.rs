@@ -11,7 +11,7 @@
 use vitconv_tensors::TensorInfo;
 
 use super::keys::{dims, Keys};
-use crate::arch::{Arch, Classifier, PosEmbKind};
+use crate::arch::{Arch, Classifier, PatchEmbedKind, PosEmbKind};
 use crate::error::{Error, Result};
 use crate::model::{
     Attention, Block, Dense, MapHead, Model, Norm, Param, Pool, PosEmbed, Proj, Tower, MAX_DEPTH,
@@ -319,9 +319,24 @@ pub(crate) fn read_encoder(
 /// position embedding, `pre_logits` and head, each shape checked; gives the tower and what the report should
 /// say about its storage.
 pub(crate) fn read_vit(keys: &mut Keys<'_>, root: &str) -> Result<(Tower, Vec<String>)> {
-    // Patch embedding: HWIO kernel [p, p, in, D].
+    read_tower(keys, root, PatchEmbedKind::Conv)
+}
+
+/// [`read_vit`] for a tower whose patches are embedded as `embed` says: `vit.py`'s convolution (HWIO kernel
+/// `[p, p, in, D]`) with a learned table or sincos2d, or `naflex_vit.py`'s Dense over (py, px, c)-flattened
+/// patches (kernel `[p * p * 3, D]`) with its learned `[G, G, D]` position grid, which the model resizes to
+/// each image's patch grid. Everything after the embeddings is the same module in both.
+pub(crate) fn read_tower(
+    keys: &mut Keys<'_>,
+    root: &str,
+    embed: PatchEmbedKind,
+) -> Result<(Tower, Vec<String>)> {
     let ek = format!("{root}embedding/kernel");
-    let [ph, in_chans, hidden] = keys.patch_embedding(&ek, &format!("{root}embedding/bias"))?;
+    let eb = format!("{root}embedding/bias");
+    let [ph, in_chans, hidden] = match embed {
+        PatchEmbedKind::Conv => keys.patch_embedding(&ek, &eb)?,
+        PatchEmbedKind::Linear => keys.linear_patch_embedding(&ek, &eb)?,
+    };
     let enc = read_encoder(keys, root, "Transformer/", hidden)?;
     let (depth, heads, mlp) = (enc.depth, enc.heads, enc.mlp);
 
@@ -375,9 +390,21 @@ pub(crate) fn read_vit(keys: &mut Keys<'_>, root: &str) -> Result<(Tower, Vec<St
         Classifier::Gap
     };
 
-    // Position embedding: a learned table of the grid (no class row), or nothing (sincos2d).
+    // Position embedding: NaFlex's learned square grid; otherwise a learned table of the grid (no class row),
+    // or nothing (sincos2d).
     let pe = format!("{root}pos_embedding");
-    let (grid, posemb) = if keys.has(&pe) {
+    let (grid, posemb) = if embed == PatchEmbedKind::Linear {
+        let found = keys.need(&pe, "NaFlex position grid")?;
+        let [rows, cols, pe_d] = dims(&pe, found, "[G, G, hidden]", "NaFlex position grid")?;
+        if rows == 0 || rows != cols || pe_d != hidden {
+            return Err(Error::PosGridNotSquare {
+                name: pe,
+                hidden,
+                found: found.to_vec(),
+            });
+        }
+        (Some((rows, cols)), PosEmbKind::LearnedGrid)
+    } else if keys.has(&pe) {
         let [one, rows, pe_d] = dims(
             &pe,
             keys.need(&pe, "position embedding")?,
@@ -422,6 +449,7 @@ pub(crate) fn read_vit(keys: &mut Keys<'_>, root: &str) -> Result<(Tower, Vec<St
 
     let arch = Arch {
         patch: ph,
+        patch_embed: embed,
         in_chans,
         hidden,
         heads: Some(heads),
@@ -445,8 +473,14 @@ pub(crate) fn read_vit(keys: &mut Keys<'_>, root: &str) -> Result<(Tower, Vec<St
             depth.saturating_sub(1)
         ),
     }];
-    if image.arch.posemb == PosEmbKind::Sincos2d {
-        notes.push("position embedding: sincos2d (computed, not stored)".to_string());
+    match (image.arch.posemb, image.arch.grid) {
+        (PosEmbKind::Sincos2d, _) => {
+            notes.push("position embedding: sincos2d (computed, not stored)".to_string())
+        }
+        (PosEmbKind::LearnedGrid, Some((g, _))) => notes.push(format!(
+            "NaFlex: embedding/kernel is a Dense over {ph}x{ph}x{in_chans} patches flattened in (py, px, c) order, pos_embedding a {g}x{g} grid resized to each image's patch grid; no fixed resolution"
+        )),
+        _ => {}
     }
     if image.arch.classifier == Classifier::Gap {
         notes.push(
@@ -617,6 +651,19 @@ fn tower(keys: &Keys<'_>, root: &str, enc: Encoder, arch: Arch) -> Result<Tower>
             class_row: false,
         },
         PosEmbKind::Sincos2d => PosEmbed::Sincos2d,
+        PosEmbKind::LearnedGrid => {
+            let param = whole(format!("{root}pos_embedding"))?;
+            let [rows, cols, _] = dims(
+                &param.tensor,
+                &param.shape,
+                "[G, G, hidden]",
+                "NaFlex position grid",
+            )?;
+            PosEmbed::Grid {
+                param,
+                grid: (rows, cols),
+            }
+        }
     };
     Ok(Tower {
         stem: None,

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use vitconv_tensors::TensorInfo;
 
+use crate::arch::{linear_patch_side, LINEAR_PATCH_CHANNELS};
 use crate::error::{Error, Result};
 use crate::model::Param;
 
@@ -124,6 +125,26 @@ impl<'a> Keys<'a> {
         }
         self.need_shape(bias, &[hidden], "patch embedding bias")?;
         Ok([ph, in_chans, hidden])
+    }
+
+    /// A linear patch embedding (SigLIP 2 NaFlex): a `[p * p * 3, hidden]` kernel over RGB patches flattened
+    /// in (py, px, c) order, and its `[hidden]` bias; gives `[p, 3, hidden]`. The patch size is stored nowhere
+    /// else, so it is read off the rows (`arch::linear_patch_side`).
+    pub fn linear_patch_embedding(&mut self, kernel: &str, bias: &str) -> Result<[usize; 3]> {
+        let [rows, hidden] = dims(
+            kernel,
+            self.need(kernel, "linear patch embedding")?,
+            "[p*p*3, hidden]",
+            "linear patch kernel",
+        )?;
+        let Some(p) = linear_patch_side(rows).filter(|_| hidden > 0) else {
+            return Err(Error::LinearPatchRows {
+                name: kernel.to_string(),
+                found: vec![rows, hidden],
+            });
+        };
+        self.need_shape(bias, &[hidden], "patch embedding bias")?;
+        Ok([p, LINEAR_PATCH_CHANNELS, hidden])
     }
 
     /// An optional dense layer `kernel` `[input, out]` with `bias` `[out]` (a `pre_logits` or a head): its

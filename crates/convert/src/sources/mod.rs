@@ -8,6 +8,7 @@
 pub mod big_vision;
 pub(crate) mod keys;
 pub mod siglip;
+pub mod siglip2_naflex;
 pub mod vit_jax;
 
 use vitconv_tensors::TensorInfo;
@@ -27,6 +28,11 @@ pub struct Source {
 
 /// Every source family, most specific first.
 pub const SOURCES: &[Source] = &[
+    Source {
+        name: siglip2_naflex::FAMILY,
+        claims: siglip2_naflex::claims,
+        read: siglip2_naflex::read,
+    },
     Source {
         name: siglip::FAMILY,
         claims: siglip::claims,

@@ -2,7 +2,7 @@
 //! transformer under `txt/`, the log temperature `t` and SigLIP's bias `b`, with or without the `params/` root,
 //! blocks stacked or unrolled, f32 or bf16, training state left out.
 //!
-//! The image tower is read by the big_vision ViT source (`big_vision::read_vit`); this module reads
+//! The image tower is read by the big_vision ViT source (`big_vision::read_tower`); this module reads
 //! the text tower and the scalars, and checks that the two towers meet in one embedding width. The semantics
 //! are those of big_vision's `models/proj/image_text/two_towers.py` and `text_transformer.py`: token
 //! embedding plus a learned position table, pre-norm blocks with no causal mask, `encoder_norm`, the LAST
@@ -11,9 +11,10 @@
 use vitconv_tensors::TensorInfo;
 
 use super::big_vision::{
-    dense_at, read_encoder, read_vit, split_training_state, training_state_note,
+    dense_at, read_encoder, read_tower, split_training_state, training_state_note,
 };
 use super::keys::{dims, Keys};
+use crate::arch::PatchEmbedKind;
 use crate::error::{Error, Result};
 use crate::model::{Logit, Model, Param, TextArch, TextTower};
 
@@ -54,21 +55,36 @@ fn scalar(keys: &mut Keys<'_>, name: &str, what: &str) -> Result<Param> {
 /// Reads a two-tower checkpoint into the neutral model: the image tower as a big_vision ViT, the text tower
 /// and the scalars here; every tensor accounted for.
 pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
+    read_two_tower(tensors, FAMILY, PatchEmbedKind::Conv)
+}
+
+/// Reads a two-tower checkpoint of `family` whose image tower embeds its patches as `embed` says (a
+/// convolution in SigLIP and SigLIP 2, a linear map with a position grid in SigLIP 2 NaFlex): the image tower by
+/// the big_vision ViT reader, the text tower and the scalars here; every tensor accounted for.
+pub(crate) fn read_two_tower(
+    tensors: &[TensorInfo],
+    family: &'static str,
+    embed: PatchEmbedKind,
+) -> Result<Model> {
     let Some(root) = root(tensors) else {
         return Err(Error::NoRoot {
             tensors: tensors.len(),
             looked_for: "img/embedding/kernel under params/ or at the top",
         });
     };
+    let what = match embed {
+        PatchEmbedKind::Conv => "big_vision two-tower checkpoint",
+        PatchEmbedKind::Linear => "big_vision SigLIP 2 NaFlex two-tower checkpoint",
+    };
     let recognised = if root.is_empty() {
-        "big_vision two-tower checkpoint".to_string()
+        what.to_string()
     } else {
-        format!("big_vision two-tower checkpoint under {root}")
+        format!("{what} under {root}")
     };
     let (state, weights) = split_training_state(tensors, root)?;
     let mut keys = Keys::new(&weights, &recognised);
     let img = format!("{root}img/");
-    let (image, image_notes) = read_vit(&mut keys, &img)?;
+    let (image, image_notes) = read_tower(&mut keys, &img, embed)?;
 
     // Text tower: token and position embeddings of one width, the encoder, an optional head.
     let txt = format!("{root}txt/");
@@ -184,7 +200,7 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
     let mut shapes = keys.shapes();
     shapes.extend(state.iter().map(|t| (t.name.clone(), t.shape.clone())));
     Ok(Model {
-        family: FAMILY,
+        family,
         recognised: keys.recognised.clone(),
         image,
         text: Some(text),

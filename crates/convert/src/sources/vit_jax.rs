@@ -7,7 +7,7 @@
 use vitconv_tensors::TensorInfo;
 
 use super::keys::{dims, Keys};
-use crate::arch::{Arch, Classifier, PosEmbKind, ResNet};
+use crate::arch::{Arch, Classifier, PatchEmbedKind, PosEmbKind, ResNet};
 use crate::error::{Error, Result};
 use crate::model::{
     Attention, Block, Dense, Model, Norm, Pool, PosEmbed, Proj, Stem, Tower, Unit, MAX_DEPTH,
@@ -327,6 +327,7 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
     }
     let arch = Arch {
         patch: ph,
+        patch_embed: PatchEmbedKind::Conv,
         in_chans,
         hidden,
         heads: Some(heads),
