@@ -112,6 +112,31 @@ def test_hf_siglip2_model_matches_big_vision(tmp_path):
     assert diff < TOL, f"hf image tokens: {diff:.3g}"
 
 
+def test_hf_gemma_tokenizer_gives_big_vision_ids_through_the_printed_loader(tmp_path):
+    """With --tokenizer, the folder's tokenizer.json loaded by PreTrainedTokenizerFast (the loader the report
+    prints) gives big_vision's ids on every golden sentence (one truncated, one exactly full, one with non-ASCII
+    capitals), and the model fed them reproduces the golden logits. AutoTokenizer does not: transformers maps
+    model_type siglip2 to its own Siglip2Tokenizer whatever tokenizer_config.json names, and the report says
+    so; the second assertion fails the day transformers honours the folder's tokenizer, so that the note can go.
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast, Siglip2Model
+
+    out, report = convert(tmp_path, "hf", "hf-tok", "--tokenizer", str(CASE / "tokenizer.model"))
+    assert "PreTrainedTokenizerFast.from_pretrained" in report and "not AutoTokenizer" in report
+    texts = (CASE / "text.txt").read_text(encoding="utf-8").splitlines()
+    ids = golden("text.npy")
+    tok = PreTrainedTokenizerFast.from_pretrained(out)
+    got = np.array(tok(texts, padding="max_length", max_length=ids.shape[1], truncation=True)["input_ids"])
+    assert (got == ids).all(), (got, ids)
+    auto = AutoTokenizer.from_pretrained(out)
+    auto_ids = np.array(auto(texts, padding="max_length", max_length=ids.shape[1], truncation=True)["input_ids"])
+    assert not (auto_ids == ids).all(), type(auto)
+    model = Siglip2Model.from_pretrained(out, torch_dtype=torch.float32).eval()
+    res = model(input_ids=torch.from_numpy(got), **hf_inputs())
+    diff = max_diff(res.logits_per_image, "logits_per_image")
+    assert diff < TOL, f"hf logits with the folder's tokenizer: {diff:.3g}"
+
+
 def test_hf_image_processor_cuts_the_golden_patches(tmp_path):
     from transformers import AutoImageProcessor
 

@@ -137,6 +137,12 @@ pub struct Classes {
     pub image_processor: &'static str,
     /// The processor class (image processor and tokenizer).
     pub processor: &'static str,
+    /// Whether `AutoTokenizer` (and so the processor) loads transformers' own tokenizer class for this
+    /// `model_type` whatever `tokenizer_config.json` names: transformers 5.24 lists `siglip2` among the model
+    /// types whose hub tokenizer class it overrides, and its `Siglip2Tokenizer` lowercases all of Unicode and
+    /// rebuilds the vocabulary as BPE, which gives other ids than big_vision's. The folder's `tokenizer.json`
+    /// is then loaded as it is by `PreTrainedTokenizerFast`.
+    pub overrides_tokenizer: bool,
 }
 
 /// SigLIP's classes (transformers 5.24 `models/siglip/`), for fixed-resolution towers.
@@ -149,6 +155,7 @@ pub const SIGLIP: Classes = Classes {
     classifier: "SiglipForImageClassification",
     image_processor: "SiglipImageProcessor",
     processor: "SiglipProcessor",
+    overrides_tokenizer: false,
 };
 
 /// SigLIP 2's NaFlex classes (transformers 5.24 `models/siglip2/`), for NaFlex towers.
@@ -161,6 +168,7 @@ pub const SIGLIP2: Classes = Classes {
     classifier: "Siglip2ForImageClassification",
     image_processor: "Siglip2ImageProcessor",
     processor: "Siglip2Processor",
+    overrides_tokenizer: true,
 };
 
 /// The classes that hold the prepared tower: SigLIP 2's for a NaFlex tower, SigLIP's otherwise.

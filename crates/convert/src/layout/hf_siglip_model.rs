@@ -134,12 +134,23 @@ pub fn plan(mut prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
         },
     ];
     let mut copied = Vec::new();
+    if generation.overrides_tokenizer && prep.tokenizer.is_some() {
+        prep.notes.push(format!(
+            "tokenizer: load it with PreTrainedTokenizerFast.from_pretrained(OUT), not AutoTokenizer or {processor}: transformers maps model_type '{model_type}' to its own tokenizer class whatever tokenizer_config.json names, which lowercases all of Unicode and rebuilds the vocabulary as BPE, giving other ids than big_vision's",
+            processor = generation.processor,
+            model_type = generation.model_type,
+        ));
+    }
     let python = match &prep.tokenizer {
         Some(sp) => {
             let (files, model) = sp.files(t.context);
             side.extend(files);
             copied.push(model);
-            format!("from transformers import {model}, {processor}\nmodel = {model}.from_pretrained(OUTPUT_DIR)\nprocessor = {processor}.from_pretrained(OUTPUT_DIR)  # text: processor(text=..., padding='max_length', truncation=True)", model = generation.model, processor = generation.processor)
+            if generation.overrides_tokenizer {
+                format!("from transformers import {model}, {image_processor}, PreTrainedTokenizerFast\nmodel = {model}.from_pretrained(OUTPUT_DIR)\nimage_processor = {image_processor}.from_pretrained(OUTPUT_DIR)\ntokenizer = PreTrainedTokenizerFast.from_pretrained(OUTPUT_DIR)  # not AutoTokenizer: see the notes; text: tokenizer(texts, padding='max_length', truncation=True)", model = generation.model, image_processor = generation.image_processor)
+            } else {
+                format!("from transformers import {model}, {processor}\nmodel = {model}.from_pretrained(OUTPUT_DIR)\nprocessor = {processor}.from_pretrained(OUTPUT_DIR)  # text: processor(text=..., padding='max_length', truncation=True)", model = generation.model, processor = generation.processor)
+            }
         }
         None => format!("from transformers import {model}\nmodel = {model}.from_pretrained(OUTPUT_DIR)  # text input: token ids from the model's SentencePiece tokenizer (--tokenizer)", model = generation.model),
     };
