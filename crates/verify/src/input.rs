@@ -772,6 +772,83 @@ fn to_sequences(images: &[Tensor], patch: usize, max_patches: usize) -> Result<N
 mod tests {
     use super::*;
 
+    fn naflex_fixture(rel: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures/siglip2/siglip2-naflex-tiny")
+            .join(rel)
+    }
+
+    fn npy_tensor(path: &Path) -> Tensor {
+        let file = TensorFile::open(path).expect("opens");
+        let info = file.tensors().first().expect("one array").clone();
+        npy_any_size(path, &file, &info).expect("reads")
+    }
+
+    #[test]
+    fn resize_to_sequence_gives_the_golden_sizes() {
+        // fixtures/siglip2/siglip2-naflex-tiny/model.json: raw and resized (h, w) at P 8, N 24.
+        for ((h, w), want) in [((32, 48), (32, 48)), ((16, 60), (24, 64)), ((50, 25), (48, 24))] {
+            assert_eq!(resize_to_sequence(h, w, 8, 24), want, "{h}x{w}");
+        }
+        // A side never goes below one patch, and the patches never exceed N.
+        assert_eq!(resize_to_sequence(1, 1000, 16, 4), (16, 64));
+        let (h, w) = resize_to_sequence(300, 200, 16, 256);
+        assert!((h / 16) * (w / 16) <= 256 && (h / 16) * (w / 16) > 200, "{h}x{w}");
+    }
+
+    #[test]
+    fn the_golden_images_become_the_golden_patches() {
+        let images: Vec<Tensor> = (0..3)
+            .map(|i| npy_tensor(&naflex_fixture(&format!("images/{i}.npy"))))
+            .collect();
+        let ours = to_sequences(&images, 8, 24).expect("patchifies");
+        let (gold, _) = naflex(&InputSource::Npy(naflex_fixture("patches.npy")), 8, None, 16)
+            .expect("the golden patches load");
+        assert_eq!(ours.grids, gold.grids);
+        for (name, a, b) in [
+            ("mask", &ours.mask, &gold.mask),
+            ("yidx", &ours.yidx, &gold.yidx),
+            ("xidx", &ours.xidx, &gold.xidx),
+            ("spatial", &ours.spatial, &gold.spatial),
+        ] {
+            assert!(a.equal(b), "{name}: {a:?} vs {b:?}");
+        }
+        // libtorch's antialiased bilinear is the kernel jax.image.scale_and_translate ports from
+        // TensorFlow: equal up to float rounding on pixels in [-1, 1].
+        let diff = (&ours.patches - &gold.patches)
+            .abs()
+            .max()
+            .double_value(&[]);
+        eprintln!("golden images -> patches: max abs diff {diff:e}");
+        assert!(diff <= 1e-5, "{diff}");
+    }
+
+    #[test]
+    fn random_naflex_images_pad_stretch_and_shrink_the_grid() {
+        let source = InputSource::Random { batch: 3, seed: 2 };
+        let (a, note) = naflex(&source, 8, None, 16).expect("builds");
+        let (b, _) = naflex(&source, 8, None, 16).expect("builds");
+        assert!(a.patches.equal(&b.patches), "seeded");
+        // 2:3, 1:4 and 2:1 images at 16 patches of a 4x4 position grid.
+        assert_eq!(a.grids, vec![[3, 5], [2, 8], [5, 3]], "{note}");
+        assert_eq!(a.max_patches(), 16);
+        let valid = a.mask.sum(Kind::Int64).int64_value(&[]);
+        assert_eq!(valid, 15 + 16 + 15);
+        // Padding rows are zero and marked so.
+        let pad = a.patches.get(0).get(15);
+        assert_eq!(pad.abs().max().double_value(&[]), 0.0);
+        assert!(note.contains("2:3, 1:4, 2:1") && note.contains("2x8 (0 padding)"), "{note}");
+        let Err(err) = naflex(&source, 8, Some(0), 16) else {
+            panic!("0 patches were accepted");
+        };
+        assert!(err.to_string().contains("--max-patches"), "{err}");
+        let Err(err) = naflex(&InputSource::Npy(naflex_fixture("patches.npy")), 8, Some(16), 16)
+        else {
+            panic!("24 golden patches were taken as 16");
+        };
+        assert!(matches!(err, Error::InputShape { .. }), "{err}");
+    }
+
     #[test]
     fn a_fifo_among_the_images_is_refused_by_name_without_blocking() {
         let dir = tempfile::tempdir().expect("tempdir");
