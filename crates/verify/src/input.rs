@@ -787,13 +787,20 @@ mod tests {
     #[test]
     fn resize_to_sequence_gives_the_golden_sizes() {
         // fixtures/siglip2/siglip2-naflex-tiny/model.json: raw and resized (h, w) at P 8, N 24.
-        for ((h, w), want) in [((32, 48), (32, 48)), ((16, 60), (24, 64)), ((50, 25), (48, 24))] {
+        for ((h, w), want) in [
+            ((32, 48), (32, 48)),
+            ((16, 60), (24, 64)),
+            ((50, 25), (48, 24)),
+        ] {
             assert_eq!(resize_to_sequence(h, w, 8, 24), want, "{h}x{w}");
         }
         // A side never goes below one patch, and the patches never exceed N.
         assert_eq!(resize_to_sequence(1, 1000, 16, 4), (16, 64));
         let (h, w) = resize_to_sequence(300, 200, 16, 256);
-        assert!((h / 16) * (w / 16) <= 256 && (h / 16) * (w / 16) > 200, "{h}x{w}");
+        assert!(
+            (h / 16) * (w / 16) <= 256 && (h / 16) * (w / 16) > 200,
+            "{h}x{w}"
+        );
     }
 
     #[test]
@@ -802,8 +809,13 @@ mod tests {
             .map(|i| npy_tensor(&naflex_fixture(&format!("images/{i}.npy"))))
             .collect();
         let ours = to_sequences(&images, 8, 24).expect("patchifies");
-        let (gold, _) = naflex(&InputSource::Npy(naflex_fixture("patches.npy")), 8, None, 16)
-            .expect("the golden patches load");
+        let (gold, _) = naflex(
+            &InputSource::Npy(naflex_fixture("patches.npy")),
+            8,
+            None,
+            16,
+        )
+        .expect("the golden patches load");
         assert_eq!(ours.grids, gold.grids);
         for (name, a, b) in [
             ("mask", &ours.mask, &gold.mask),
@@ -837,13 +849,20 @@ mod tests {
         // Padding rows are zero and marked so.
         let pad = a.patches.get(0).get(15);
         assert_eq!(pad.abs().max().double_value(&[]), 0.0);
-        assert!(note.contains("2:3, 1:4, 2:1") && note.contains("2x8 (0 padding)"), "{note}");
+        assert!(
+            note.contains("2:3, 1:4, 2:1") && note.contains("2x8 (0 padding)"),
+            "{note}"
+        );
         let Err(err) = naflex(&source, 8, Some(0), 16) else {
             panic!("0 patches were accepted");
         };
         assert!(err.to_string().contains("--max-patches"), "{err}");
-        let Err(err) = naflex(&InputSource::Npy(naflex_fixture("patches.npy")), 8, Some(16), 16)
-        else {
+        let Err(err) = naflex(
+            &InputSource::Npy(naflex_fixture("patches.npy")),
+            8,
+            Some(16),
+            16,
+        ) else {
             panic!("24 golden patches were taken as 16");
         };
         assert!(matches!(err, Error::InputShape { .. }), "{err}");
