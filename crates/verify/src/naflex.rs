@@ -501,6 +501,15 @@ mod tests {
         );
     }
 
+    /// A planted timm bug: its name, the metadata and tensor edits, and the declared field it
+    /// should be named by (none for a weight edit).
+    type PlantedCase = (
+        &'static str,
+        Box<dyn Fn(&mut BTreeMap<String, String>)>,
+        Box<dyn Fn(&str, &[usize], &mut Vec<f32>)>,
+        Option<&'static str>,
+    );
+
     fn keep(_: &str, _: &[usize], _: &mut Vec<f32>) {}
 
     /// Sets one timm kwarg in `vitconv.timm_kwargs`.
@@ -633,12 +642,7 @@ mod tests {
 
         // Each planted bug fails; the declared ones are named, and every one of them moves the
         // outputs beyond the bound on the golden inputs.
-        let cases: [(
-            &str,
-            Box<dyn Fn(&mut BTreeMap<String, String>)>,
-            Box<dyn Fn(&str, &[usize], &mut Vec<f32>)>,
-            Option<&str>,
-        ); 4] = [
+        let cases: [PlantedCase; 4] = [
             (
                 "bicubic position resize",
                 Box::new(kwarg("pos_embed_interp_mode", serde_json::json!("bicubic"))),
