@@ -54,7 +54,8 @@ pub fn load_with_note(source: &InputSource, image_size: usize) -> Result<(Tensor
     }
 }
 
-fn random(batch: usize, seed: u64, s: usize) -> Result<Tensor> {
+/// Refuses a `--batch` of random images outside 1..=[`MAX_BATCH`].
+fn check_batch(batch: usize) -> Result<()> {
     if batch == 0 || batch > MAX_BATCH {
         return Err(Error::CountOutOfRange {
             option: "--batch",
@@ -62,6 +63,11 @@ fn random(batch: usize, seed: u64, s: usize) -> Result<Tensor> {
             max: MAX_BATCH,
         });
     }
+    Ok(())
+}
+
+fn random(batch: usize, seed: u64, s: usize) -> Result<Tensor> {
+    check_batch(batch)?;
     let n = batch
         .checked_mul(s)
         .and_then(|v| v.checked_mul(s))
@@ -338,6 +344,9 @@ fn read_ints(
     })
 }
 
+/// Most patches per NaFlex image `--max-patches` takes (the released models run up to 1024).
+pub const MAX_PATCHES: usize = 1 << 16;
+
 /// The aspect ratios (height : width) of the random NaFlex images, cycled over the batch: a
 /// landscape 2:3, a wide 1:4 and a tall 2:1, so that the patch grids differ in shape, the wide one
 /// leaves padding, and the short sides of the wide and tall ones shrink the position grid.
@@ -429,22 +438,16 @@ pub fn naflex(
 ) -> Result<(NaflexInputs, String)> {
     let given = max_patches;
     let max_patches = max_patches.unwrap_or(default_max_patches);
-    if max_patches == 0 || max_patches > MAX_BATCH.saturating_mul(16) {
+    if max_patches == 0 || max_patches > MAX_PATCHES {
         return Err(Error::CountOutOfRange {
             option: "--max-patches",
             value: max_patches,
-            max: MAX_BATCH.saturating_mul(16),
+            max: MAX_PATCHES,
         });
     }
     let images: Vec<Tensor> = match source {
         InputSource::Random { batch, seed } => {
-            if *batch == 0 || *batch > MAX_BATCH {
-                return Err(Error::CountOutOfRange {
-                    option: "--batch",
-                    value: *batch,
-                    max: MAX_BATCH,
-                });
-            }
+            check_batch(*batch)?;
             // About the pixels of a square image of N patches, spread over the aspect ratio.
             let side = patch.saturating_mul(max_patches.isqrt().max(1));
             let mut out = Vec::with_capacity(*batch);
@@ -672,12 +675,14 @@ fn golden_patches(
             usize::try_from(h).unwrap_or(0),
             usize::try_from(w).unwrap_or(0),
         );
-        if h == 0 || w == 0 {
+        if h == 0 || w == 0 || h.saturating_mul(w) > n {
             return Err(Error::InputShape {
                 option: "--input",
                 path: dir.join("mask.npy"),
-                expected: format!("at least one patch (mask 1) in image {i}"),
-                found: vec![b, n],
+                expected: format!(
+                    "image {i}: at least one patch (mask 1), and a patch grid max(yidx)+1 x max(xidx)+1 of at most {n} patches"
+                ),
+                found: vec![h, w],
             });
         }
         grids.push([h, w]);

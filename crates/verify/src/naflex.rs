@@ -62,18 +62,6 @@ pub(crate) fn verify(opts: &Options, device: Device) -> Result<Report> {
         opts.max_patches,
         src.pos_grid.saturating_mul(src.pos_grid),
     )?;
-    if let Some(bad) = inputs
-        .grids
-        .iter()
-        .find(|[h, w]| h.saturating_mul(*w) > inputs.max_patches())
-    {
-        return Err(Error::InputShape {
-            option: "--input",
-            path: opts.converted.clone(),
-            expected: format!("patch grids of at most {} patches", inputs.max_patches()),
-            found: bad.to_vec(),
-        });
-    }
     let batch = inputs.batch();
     let mut notes: Vec<String> = reference.notes().to_vec();
     notes.push(input_note);

@@ -57,7 +57,7 @@ pub fn image_tower(file: &TensorFile) -> &'static str {
 }
 
 /// `params/` when the file's weights sit under that root, else empty.
-fn root_of(file: &TensorFile) -> &'static str {
+pub(crate) fn root_of(file: &TensorFile) -> &'static str {
     if file.tensors().iter().any(|t| t.name.starts_with("params/")) {
         "params/"
     } else {

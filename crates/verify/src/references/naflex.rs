@@ -23,22 +23,13 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor};
 use vitconv_tensors::TensorFile;
 
-use super::big_vision::{self, encoder_sizes, EncoderSizes};
+use super::big_vision::{self, encoder_sizes, root_of, EncoderSizes};
 use super::siglip::{self, flax_block, l2_normalise, Sizes, TextTower, TwoTowerOutputs};
 use super::FLAX_LAYER_NORM_EPS;
 use crate::error::{Error, Result};
 use crate::input::NaflexInputs;
 use crate::ops;
 use crate::params::{dim, Params};
-
-/// `params/` when the file's weights sit under that root, else empty.
-fn root_of(file: &TensorFile) -> &'static str {
-    if file.tensors().iter().any(|t| t.name.starts_with("params/")) {
-        "params/"
-    } else {
-        ""
-    }
-}
 
 /// Whether a file is a SigLIP 2 NaFlex model: an image tower under `img/` whose patch embedding is
 /// a Dense (a 2-D `embedding/kernel`) and whose position embedding is a `[G, G, D]` grid.

@@ -33,11 +33,7 @@ use crate::params::{dim, Params};
 /// Whether a file is a big_vision two-tower model: an image tower under `img/`, a text tower
 /// under `txt/` (its token embedding) and the log temperature `t`, under a `params/` root or none.
 pub fn is_two_tower(file: &TensorFile) -> bool {
-    let root = if file.tensors().iter().any(|t| t.name.starts_with("params/")) {
-        "params/"
-    } else {
-        ""
-    };
+    let root = big_vision::root_of(file);
     let has = |name: &str| file.get(&format!("{root}{name}")).is_some();
     has("img/embedding/kernel") && has("txt/Embed_0/embedding") && has("t")
 }
@@ -83,11 +79,7 @@ pub struct TextTower {
 impl TextTower {
     /// Reads the text tower of an opened two-tower file (`txt/` after the root).
     pub fn from_file(file: TensorFile, device: Device) -> Result<TextTower> {
-        let root = if file.tensors().iter().any(|t| t.name.starts_with("params/")) {
-            "params/"
-        } else {
-            ""
-        };
+        let root = big_vision::root_of(&file);
         let params = Params::new(file, &format!("{root}txt/"), device, Kind::Float);
         let arch = read_text_arch(&params)?;
         Ok(TextTower { params, arch })
@@ -398,11 +390,7 @@ impl TwoTower {
 /// each one scalar, under a `params/` root or none.
 pub(crate) fn temperature_and_bias(file: &TensorFile) -> Result<(f64, Option<f64>)> {
     let path = file.path();
-    let root = if file.tensors().iter().any(|t| t.name.starts_with("params/")) {
-        "params/"
-    } else {
-        ""
-    };
+    let root = big_vision::root_of(file);
     let scalar = |name: &str| -> Result<Option<f64>> {
         let full = format!("{root}{name}");
         match file.get(&full).map(|t| t.shape.clone()) {

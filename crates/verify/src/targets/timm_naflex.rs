@@ -62,8 +62,6 @@ pub struct TimmNaflex {
     grid: usize,
     /// Declared settings that differ from the big_vision source's semantics.
     pub declared: Vec<DeclaredMismatch>,
-    /// The file the weights were read from.
-    pub weights: std::path::PathBuf,
 }
 
 /// Whether a converted path is a timm NaFlexVit: a file or folder whose weights hold `embeds.proj.weight`.
@@ -409,7 +407,6 @@ impl TimmNaflex {
                 hidden: d,
                 grid,
                 declared,
-                weights: path.clone(),
                 p,
             },
             Parts {
