@@ -99,6 +99,31 @@ pub(crate) fn is_siglip(model_type: Option<&str>) -> bool {
     matches!(model_type, Some("siglip" | "siglip_vision_model"))
 }
 
+/// Loads `SiglipEncoderLayer`s `{pre}encoder.layers.{i}` of width `d` and MLP width `m`.
+pub(crate) fn blocks_hf(
+    p: &Params,
+    pre: &str,
+    depth: usize,
+    d: usize,
+    m: usize,
+) -> Result<Vec<Block>> {
+    let mut blocks = Vec::with_capacity(depth);
+    for i in 0..depth {
+        let b = format!("{pre}encoder.layers.{i}");
+        blocks.push(Block {
+            ln1: pair(p, &format!("{b}.layer_norm1"), &[d], &[d])?,
+            q: pair(p, &format!("{b}.self_attn.q_proj"), &[d, d], &[d])?,
+            k: pair(p, &format!("{b}.self_attn.k_proj"), &[d, d], &[d])?,
+            v: pair(p, &format!("{b}.self_attn.v_proj"), &[d, d], &[d])?,
+            proj: pair(p, &format!("{b}.self_attn.out_proj"), &[d, d], &[d])?,
+            ln2: pair(p, &format!("{b}.layer_norm2"), &[d], &[d])?,
+            fc1: pair(p, &format!("{b}.mlp.fc1"), &[m, d], &[m])?,
+            fc2: pair(p, &format!("{b}.mlp.fc2"), &[d, m], &[d])?,
+        });
+    }
+    Ok(blocks)
+}
+
 /// `SiglipMultiheadAttentionPoolingHead`'s weights (also `Siglip2MultiheadAttentionPoolingHead`'s).
 pub(crate) struct PoolingHead {
     probe: Tensor,
@@ -226,7 +251,7 @@ impl HfSiglip {
             });
         }
         let m = vision.intermediate_size;
-        let blocks = super::two_tower::blocks_hf(&p, pre, vision.num_hidden_layers, d, m)?;
+        let blocks = blocks_hf(&p, pre, vision.num_hidden_layers, d, m)?;
         let head_probe = format!("{pre}head.probe");
         let head = if vision.vision_use_head {
             Some(PoolingHead::load(&p, &format!("{pre}head"), d, m)?)

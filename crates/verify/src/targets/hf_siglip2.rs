@@ -20,8 +20,7 @@ use tch::{Device, Kind, Tensor};
 use vitconv_tensors::TensorFile;
 
 use super::hf::{hidden_act, input_norm, read_json};
-use super::hf_siglip::PoolingHead;
-use super::two_tower::blocks_hf;
+use super::hf_siglip::{blocks_hf, PoolingHead};
 use super::{
     bad_shape, gelu_inexact, pair, shape2, Block, BlockSemantics, DeclaredConfig, Parts, TargetArch,
 };

@@ -36,7 +36,7 @@ use tch::{Device, Kind, Tensor};
 use vitconv_tensors::TensorFile;
 
 use super::hf::{hidden_act, input_norm, read_json};
-use super::hf_siglip::HfSiglip;
+use super::hf_siglip::{blocks_hf, HfSiglip};
 use super::hf_siglip2::{is_siglip2, HfSiglip2};
 use super::timm::Timm;
 use super::{
@@ -333,31 +333,6 @@ fn check_gelu(out: &mut Vec<DeclaredMismatch>, file: &Path, field: &str, gelu: G
             found: found.into(),
         });
     }
-}
-
-/// Loads `SiglipEncoderLayer`s `{pre}encoder.layers.{i}` of width `d` and MLP width `m`.
-pub(crate) fn blocks_hf(
-    p: &Params,
-    pre: &str,
-    depth: usize,
-    d: usize,
-    m: usize,
-) -> Result<Vec<Block>> {
-    let mut blocks = Vec::with_capacity(depth);
-    for i in 0..depth {
-        let b = format!("{pre}encoder.layers.{i}");
-        blocks.push(Block {
-            ln1: pair(p, &format!("{b}.layer_norm1"), &[d], &[d])?,
-            q: pair(p, &format!("{b}.self_attn.q_proj"), &[d, d], &[d])?,
-            k: pair(p, &format!("{b}.self_attn.k_proj"), &[d, d], &[d])?,
-            v: pair(p, &format!("{b}.self_attn.v_proj"), &[d, d], &[d])?,
-            proj: pair(p, &format!("{b}.self_attn.out_proj"), &[d, d], &[d])?,
-            ln2: pair(p, &format!("{b}.layer_norm2"), &[d], &[d])?,
-            fc1: pair(p, &format!("{b}.mlp.fc1"), &[m, d], &[m])?,
-            fc2: pair(p, &format!("{b}.mlp.fc2"), &[d, m], &[d])?,
-        });
-    }
-    Ok(blocks)
 }
 
 /// `SiglipTextConfig`'s fields the forward reads, with the class's defaults.
