@@ -58,6 +58,11 @@ pub struct VerifyArgs {
     /// Two-tower sources: the EOS id random texts are padded with (default 1, big_vision's).
     #[arg(long, default_value_t = 1)]
     pub eos_id: i64,
+    /// SigLIP 2 NaFlex sources: the most patches per image; each image is resized to its own patch
+    /// grid as big_vision's resize_to_sequence(P, N) does, then padded to N (default: the source's
+    /// position grid G*G, 256 for the released models).
+    #[arg(long)]
+    pub max_patches: Option<usize>,
     /// Print one JSON object instead of tables.
     #[arg(long)]
     pub json: bool,

@@ -104,6 +104,7 @@ fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         tolerance: args.tolerance,
         image_size,
         text,
+        max_patches: args.max_patches,
     };
     let report = vitconv_verify::verify(&opts)?;
     if args.json {
@@ -153,7 +154,10 @@ fn print_report(r: &vitconv_verify::Report) {
         r.device.clone(),
         r.dtype.clone(),
         r.batch.to_string(),
-        format!("{0}x{0}", r.image_size),
+        match &r.naflex {
+            Some(n) => format!("NaFlex, {} patches", n.max_patches),
+            None => format!("{0}x{0}", r.image_size),
+        },
         format!("{:.2} ms", r.reference_ms),
         format!("{:.2} ms", r.target_ms),
     ]);

@@ -1558,3 +1558,168 @@ fn containers_verify_as_their_source() {
     let golden: Vec<&str> = golden.iter().map(String::as_str).collect();
     assert_two_tower_passes(source, &out, &golden);
 }
+
+// ---- SigLIP 2 NaFlex ----
+
+/// The golden SigLIP 2 NaFlex case.
+const NAFLEX: &str = "siglip2/siglip2-naflex-tiny/checkpoint.npz";
+
+/// Builds a conversion of the golden NaFlex case with the real library
+/// (crates/verify/tests/naflex_targets.py, which checks the library's own forward against the
+/// golden outputs; run through scripts/with-libtorch, whose venv python is first on PATH).
+/// TEMPORARY: vitconv's converter does not write NaFlex on this branch; once it does, this
+/// should be `convert(NAFLEX, out, layout, &[])` (`vitconv npz-to-pt`).
+fn naflex_conversion(out: &Path, layout: &str) {
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/verify/tests/naflex_targets.py");
+    let case = fixture("siglip2/siglip2-naflex-tiny");
+    let o = std::process::Command::new("python")
+        .arg(&script)
+        .arg(&case)
+        .arg(out)
+        .arg(layout)
+        .output()
+        .expect("python runs (run the tests through scripts/with-libtorch)");
+    assert!(
+        o.status.success(),
+        "{layout}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// The golden patches and ids, and the golden logits to hold the reference against.
+fn naflex_golden() -> Vec<String> {
+    let f = |n: &str| {
+        fixture(&format!("siglip2/siglip2-naflex-tiny/{n}"))
+            .display()
+            .to_string()
+    };
+    vec![
+        "--input".into(),
+        f("patches.npy"),
+        "--text-ids".into(),
+        f("text.npy"),
+        "--expect".into(),
+        f("logits_per_image.npy"),
+    ]
+}
+
+#[test]
+fn siglip2_naflex_conversions_pass_and_planted_bugs_exit_1() {
+    let dir = scratch();
+    let d = dir.path();
+    let hf = d.join("hf");
+    naflex_conversion(&hf, "hf");
+    let timm = d.join("timm.safetensors");
+    naflex_conversion(&timm, "timm");
+    let golden = naflex_golden();
+    let golden: Vec<&str> = golden.iter().map(String::as_str).collect();
+
+    // hf Siglip2Model: both towers on the golden patches and ids, then on verify's own images.
+    let (code, r) = verify_json(NAFLEX, &hf, &golden);
+    assert_eq!(code, Some(0), "{r}");
+    assert_eq!(r["layout"], "hf");
+    for part in ["image_embeds", "text_embeds", "logits_per_image"] {
+        assert!(
+            num(&r, &["two_tower", part, "max_abs_diff"]) <= 1e-5,
+            "{part}: {r}"
+        );
+    }
+    assert_eq!(
+        r["naflex"]["grids"],
+        serde_json::json!([[4, 6], [3, 8], [6, 3]]),
+        "{r}"
+    );
+    assert_eq!(r["expect"]["within"], Value::Bool(true), "{r}");
+    for extra in [&[][..], &["--max-patches", "24", "--batch", "4"][..]] {
+        let (code, r) = verify_json(NAFLEX, &hf, extra);
+        assert_eq!(code, Some(0), "{extra:?}: {r}");
+        assert_eq!(r["batch"], if extra.is_empty() { 2 } else { 4 }, "{r}");
+    }
+
+    // timm NaFlexVit: the image tower.
+    let (code, r) = verify_json(NAFLEX, &timm, &golden);
+    assert_eq!(code, Some(0), "{r}");
+    assert_eq!(r["layout"], "timm");
+    assert!(num(&r, &["features", "max_abs_diff"]) <= 1e-5, "{r}");
+
+    // Planted bugs: a declared bicubic resize, a declared resize without antialias, and patches
+    // flattened channel-first (the patch embedding's input axis reordered).
+    let set_kwarg = |key: &'static str, value: Value| {
+        move |m: &mut BTreeMap<String, String>| {
+            let mut kw: Value = serde_json::from_str(&m["vitconv.timm_kwargs"]).expect("JSON");
+            kw[key] = value.clone();
+            m.insert("vitconv.timm_kwargs".into(), kw.to_string());
+        }
+    };
+    let bicubic = d.join("bicubic.safetensors");
+    plant(
+        &timm,
+        &bicubic,
+        |_, _, _| {},
+        set_kwarg("pos_embed_interp_mode", "bicubic".into()),
+    );
+    let r = assert_caught(NAFLEX, &bicubic, &golden);
+    assert!(
+        r["features"]["within"] == Value::Bool(false),
+        "bicubic moves the features: {r}"
+    );
+    let no_aa = d.join("no-aa.safetensors");
+    plant(
+        &timm,
+        &no_aa,
+        |_, _, _| {},
+        set_kwarg("pos_embed_antialias", Value::Bool(false)),
+    );
+    let r = assert_caught(NAFLEX, &no_aa, &golden);
+    assert!(
+        r["features"]["within"] == Value::Bool(false),
+        "no antialias moves the features: {r}"
+    );
+    let channel_first = |shape: &[usize], v: &mut Vec<f32>| {
+        let (rows, width) = (shape[0], shape[1]);
+        let pp = width / 3;
+        let old = v.clone();
+        for o in 0..rows {
+            for pix in 0..pp {
+                for c in 0..3 {
+                    v[o * width + c * pp + pix] = old[o * width + pix * 3 + c];
+                }
+            }
+        }
+    };
+    let cyx = d.join("cyx.safetensors");
+    plant_one(&timm, &cyx, "embeds.proj.weight", channel_first);
+    assert_caught(NAFLEX, &cyx, &golden);
+    let hf_cyx = d.join("hf-cyx");
+    std::fs::create_dir_all(&hf_cyx).expect("creates");
+    for name in ["config.json", "preprocessor_config.json"] {
+        std::fs::copy(hf.join(name), hf_cyx.join(name)).expect("copies");
+    }
+    plant_one(
+        &hf.join("model.safetensors"),
+        &hf_cyx.join("model.safetensors"),
+        "vision_model.embeddings.patch_embedding.weight",
+        channel_first,
+    );
+    let r = assert_caught(NAFLEX, &hf_cyx, &golden);
+    assert_eq!(
+        r["two_tower"]["image_embeds"]["within"],
+        Value::Bool(false),
+        "{r}"
+    );
+
+    // --image-size means nothing to a NaFlex model.
+    let o = vitconv([
+        "verify",
+        &fixture(NAFLEX).display().to_string(),
+        &hf.display().to_string(),
+        "--images",
+        &fixture("siglip2/siglip2-naflex-tiny").display().to_string(),
+        "--image-size",
+        "32",
+        "--device",
+        "cpu",
+    ]);
+    assert_bad_input(&o, "--image-size does not apply");
+}

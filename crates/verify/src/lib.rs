@@ -16,12 +16,17 @@
 //! compares that tower's outputs before normalisation: the MAP head's output as the pooled
 //! features and, where the tower has a `head`, its output as the logits, so a scale error
 //! that normalisation would hide still shows.
+//!
+//! A SigLIP 2 NaFlex source runs on patch inputs instead of square pixels (`naflex`): each
+//! image resized to its own patch grid, patchified and padded ([`input::naflex`]), against an hf
+//! `Siglip2Model` folder (both towers) or a timm `NaFlexVit` (the image tower).
 
 #![deny(missing_docs)]
 
 pub mod compare;
 mod error;
 pub mod input;
+mod naflex;
 pub mod ops;
 mod params;
 pub mod references;
@@ -126,6 +131,10 @@ pub struct Options {
     pub image_size: Option<usize>,
     /// The token ids of a two-tower comparison (ignored for a single tower).
     pub text: TextSource,
+    /// NaFlex sources: the most patches per image (big_vision's `resize_to_sequence(P, N)`);
+    /// `None` takes the source's position grid `G*G` (256 for the released models), or the
+    /// given patches' own length.
+    pub max_patches: Option<usize>,
 }
 
 /// What a two-tower comparison adds to the [`Report`].
@@ -155,6 +164,21 @@ pub struct TwoTowerReport {
     pub declared: Vec<targets::two_tower::DeclaredMismatch>,
 }
 
+/// What a NaFlex (SigLIP 2, `naflex_vit`) comparison adds to the [`Report`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NaflexReport {
+    /// The sequence length every image was padded to.
+    pub max_patches: usize,
+    /// Each image's patch grid, (rows, columns).
+    pub grids: Vec<[usize; 2]>,
+    /// The side of the source's stored position grid.
+    pub pos_grid: usize,
+    /// Declared settings of an image-tower-only conversion (timm `NaFlexVit` kwargs) that
+    /// contradict the source: each fails the comparison (a two-tower one lists them in
+    /// [`TwoTowerReport::declared`]).
+    pub declared: Vec<targets::two_tower::DeclaredMismatch>,
+}
+
 /// The outcome of a comparison that ran.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Report {
@@ -171,7 +195,8 @@ pub struct Report {
     pub dtype: String,
     /// How many images both forwards ran on.
     pub batch: usize,
-    /// The side of the square input images, in pixels.
+    /// The side of the square input images, in pixels (0 for NaFlex, whose images keep their
+    /// own sizes: see `naflex`).
     pub image_size: usize,
     /// The tolerance the comparisons were judged against (given, or the default).
     pub tolerance: f64,
@@ -191,6 +216,8 @@ pub struct Report {
     pub source: SourceArch,
     /// The two-tower comparison, for a two-tower source and conversion.
     pub two_tower: Option<TwoTowerReport>,
+    /// The NaFlex inputs and settings, for a SigLIP 2 NaFlex source.
+    pub naflex: Option<NaflexReport>,
     /// What was assumed, read or left out on either side, one sentence each.
     pub notes: Vec<String>,
 }
@@ -254,9 +281,20 @@ pub fn disable_tf32() {
 pub fn verify(opts: &Options) -> Result<Report> {
     disable_tf32();
     let device = parse_device(&opts.device)?;
-    let source_two_tower = opts.source.exists()
-        && vitconv_tensors::TensorFile::open(&opts.source)
-            .is_ok_and(|f| references::siglip::is_two_tower(&f));
+    let source_file = opts
+        .source
+        .exists()
+        .then(|| vitconv_tensors::TensorFile::open(&opts.source).ok())
+        .flatten();
+    if source_file
+        .as_ref()
+        .is_some_and(references::naflex::is_naflex)
+    {
+        return naflex::verify(opts, device);
+    }
+    let source_two_tower = source_file
+        .as_ref()
+        .is_some_and(references::siglip::is_two_tower);
     let target_two_tower = targets::two_tower::detect(&opts.converted)?;
     match (source_two_tower, target_two_tower) {
         (true, Some(layout)) => {
@@ -430,6 +468,7 @@ pub fn verify(opts: &Options) -> Result<Report> {
         input_norm: target.norm.clone(),
         source: src,
         two_tower: None,
+        naflex: None,
         notes,
     })
 }
@@ -599,6 +638,7 @@ fn verify_two_tower(opts: &Options, device: Device, layout: Layout) -> Result<Re
             target_logit_bias: target.logit_bias,
             declared,
         }),
+        naflex: None,
         notes,
     })
 }

@@ -79,10 +79,30 @@ pub fn layer_norm_fp32(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> 
 /// `softmax(q k^T / sqrt(d)) v` on `[B, H, N, Dh]` tensors, as flax's
 /// `dot_product_attention` computes it (query divided by sqrt(depth) first).
 pub fn attention_explicit(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    attention_explicit_masked(q, k, v, None)
+}
+
+/// [`attention_explicit`] with flax's mask: where the boolean `mask` (broadcast to
+/// `[B, H, Nq, Nk]`, true = attend) is false, the score is replaced by the most negative
+/// float32 (`jnp.finfo(dtype).min`, as flax's `dot_product_attention_weights` does), so a
+/// query whose keys are all masked attends uniformly instead of producing NaN.
+pub fn attention_explicit_masked(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
     let dh = *q.size().last().unwrap_or(&1);
     #[allow(clippy::cast_precision_loss)]
     let scale = 1.0 / (dh as f64).sqrt();
     let scores = q.f_mul_scalar(scale)?.f_matmul(&k.f_transpose(-2, -1)?)?;
+    let scores = match mask {
+        Some(m) => scores.f_masked_fill(
+            &m.f_to_kind(Kind::Bool)?.f_logical_not()?,
+            f64::from(f32::MIN),
+        )?,
+        None => scores,
+    };
     let weights = scores.f_softmax(-1, Kind::Float)?.f_to_kind(v.kind())?;
     Ok(weights.f_matmul(v)?)
 }
@@ -92,6 +112,29 @@ pub fn attention_explicit(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> 
 pub fn attention_sdpa(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     Ok(Tensor::f_scaled_dot_product_attention::<Tensor>(
         q, k, v, None, 0.0, false, None, false,
+    )?)
+}
+
+/// [`attention_sdpa`] with a padding mask as timm and transformers pass it: the boolean `mask`
+/// (broadcast to `[B, H, Nq, Nk]`, true = attend) becomes an additive mask of 0 and the most
+/// negative value of the query's dtype (`torch.finfo(dtype).min`), so fully masked rows stay finite.
+pub fn attention_sdpa_masked(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let min = match q.kind() {
+        Kind::Half => -65504.0,
+        Kind::BFloat16 => -3.389_531_389_251_535_5e38,
+        _ => f64::from(f32::MIN),
+    };
+    let additive = Tensor::f_zeros(mask.size().as_slice(), (q.kind(), q.device()))?
+        .f_masked_fill(&mask.f_to_kind(Kind::Bool)?.f_logical_not()?, min)?;
+    Ok(Tensor::f_scaled_dot_product_attention::<Tensor>(
+        q,
+        k,
+        v,
+        Some(additive),
+        0.0,
+        false,
+        None,
+        false,
     )?)
 }
 

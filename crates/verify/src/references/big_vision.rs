@@ -57,7 +57,7 @@ pub fn image_tower(file: &TensorFile) -> &'static str {
 }
 
 /// `params/` when the file's weights sit under that root, else empty.
-fn root_of(file: &TensorFile) -> &'static str {
+pub(crate) fn root_of(file: &TensorFile) -> &'static str {
     if file.tensors().iter().any(|t| t.name.starts_with("params/")) {
         "params/"
     } else {
@@ -269,14 +269,15 @@ impl BigVision {
     fn load_at(&self, site: Site, rel: &str, shape: &[usize]) -> Result<Tensor> {
         let p = &self.params;
         match site {
-            Site::Block(i) if self.arch.scan => {
-                let mut full = Vec::with_capacity(shape.len().saturating_add(1));
-                full.push(self.arch.depth);
-                full.extend_from_slice(shape);
-                let stacked = p.load(&format!("Transformer/encoderblock/{rel}"), &full)?;
-                Ok(stacked.f_select(0, dim(i)?)?)
-            }
-            Site::Block(i) => p.load(&format!("Transformer/encoderblock_{i}/{rel}"), shape),
+            Site::Block(i) => load_block(
+                p,
+                "Transformer",
+                self.arch.scan,
+                self.arch.depth,
+                i,
+                rel,
+                shape,
+            ),
             Site::Map => p.load(&format!("MAPHead_0/{rel}"), shape),
         }
     }
@@ -294,7 +295,7 @@ impl BigVision {
     fn attention(&self, site: Site, q_in: &Tensor, kv_in: &Tensor) -> Result<Tensor> {
         let (h, dh) = self.heads_at(site);
         let load = |rel: &str, shape: &[usize]| self.load_at(site, rel, shape);
-        flax_attention(&load, [self.arch.hidden, h, dh], q_in, kv_in)
+        flax_attention(&load, [self.arch.hidden, h, dh], q_in, kv_in, None)
     }
 
     /// `MlpBlock`: Dense to `mlp`, tanh GELU, Dense back to D.
@@ -402,6 +403,29 @@ pub(crate) fn encoder_sizes(
     })
 }
 
+/// Loads `rel` of block `i` of the encoder `{encoder}/` (`Transformer`, `Encoder_0`): slice i of
+/// the stacked `encoderblock/` tensor (leading axis `depth`) in the scan format, else
+/// `encoderblock_{i}/`.
+pub(crate) fn load_block(
+    p: &Params,
+    encoder: &str,
+    scan: bool,
+    depth: usize,
+    i: usize,
+    rel: &str,
+    shape: &[usize],
+) -> Result<Tensor> {
+    if scan {
+        let mut full = Vec::with_capacity(shape.len().saturating_add(1));
+        full.push(depth);
+        full.extend_from_slice(shape);
+        let stacked = p.load(&format!("{encoder}/encoderblock/{rel}"), &full)?;
+        Ok(stacked.f_select(0, dim(i)?)?)
+    } else {
+        p.load(&format!("{encoder}/encoderblock_{i}/{rel}"), shape)
+    }
+}
+
 /// One site's parameters: a name relative to the site (a block, the MAP head, a text block) and the
 /// shape it must have. The flax modules below read their weights through it, so the image tower, the MAP head
 /// and the text tower share one implementation of each.
@@ -409,12 +433,14 @@ pub(crate) type Load<'a> = dyn Fn(&str, &[usize]) -> Result<Tensor> + 'a;
 
 /// flax `MultiHeadDotProductAttention` at one site, `[d, heads, head_dim]`: `[D, H, Dh]` query/key/value
 /// kernels with `[H, Dh]` biases, the query from `q_in` and keys and values from `kv_in`, the query divided by
-/// sqrt(Dh), softmax over all keys (no mask), `[H, Dh, D]` out kernel.
+/// sqrt(Dh), softmax over the keys `mask` lets through (all without one; see
+/// [`ops::attention_explicit_masked`]), `[H, Dh, D]` out kernel.
 pub(crate) fn flax_attention(
     load: &Load<'_>,
     [d, h, dh]: [usize; 3],
     q_in: &Tensor,
     kv_in: &Tensor,
+    mask: Option<&Tensor>,
 ) -> Result<Tensor> {
     let inner = dim(h.saturating_mul(dh))?;
     let att = "MultiHeadDotProductAttention_0";
@@ -435,7 +461,7 @@ pub(crate) fn flax_attention(
     let k = project(kv_in, "key")?;
     let v = project(kv_in, "value")?;
     let (b, t) = batch_tokens(q_in);
-    let o = ops::attention_explicit(&q, &k, &v)?
+    let o = ops::attention_explicit_masked(&q, &k, &v, mask)?
         .f_transpose(1, 2)?
         .f_reshape([b, t, inner])?;
     let out = load(&format!("{att}/out/kernel"), &[h, dh, d])?.f_reshape([inner, dim(d)?])?;

@@ -7,6 +7,9 @@
 //!   `map` and `0` pooling), for a plain ViT or one tower of a two-tower model.
 //! - [`siglip`]: a big_vision two-tower model (SigLIP): the image tower above under `img/`,
 //!   the text tower under `txt/`, and `t`/`b` for the logits.
+//! - [`naflex`]: a SigLIP 2 NaFlex two-tower model: big_vision's `naflex_vit` image tower
+//!   (patch inputs, a position grid resized per image, padding masks) with the text tower of
+//!   [`siglip`].
 //!
 //! [`Reference`] picks the family from the keys and hands both forwards' results back
 //! in one shape ([`RefOutputs`]), with the architecture read from the shapes
@@ -14,6 +17,7 @@
 //! there cannot hide in both sides.
 
 pub mod big_vision;
+pub mod naflex;
 pub mod siglip;
 pub mod vit_jax;
 

@@ -33,11 +33,7 @@ use crate::params::{dim, Params};
 /// Whether a file is a big_vision two-tower model: an image tower under `img/`, a text tower
 /// under `txt/` (its token embedding) and the log temperature `t`, under a `params/` root or none.
 pub fn is_two_tower(file: &TensorFile) -> bool {
-    let root = if file.tensors().iter().any(|t| t.name.starts_with("params/")) {
-        "params/"
-    } else {
-        ""
-    };
+    let root = big_vision::root_of(file);
     let has = |name: &str| file.get(&format!("{root}{name}")).is_some();
     has("img/embedding/kernel") && has("txt/Embed_0/embedding") && has("t")
 }
@@ -67,11 +63,11 @@ pub struct TextArch {
 
 /// The sizes of one flax attention + MLP site.
 #[derive(Debug, Clone, Copy)]
-struct Sizes {
-    d: usize,
-    heads: usize,
-    head_dim: usize,
-    mlp: usize,
+pub(crate) struct Sizes {
+    pub d: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub mlp: usize,
 }
 
 /// A big_vision text tower (`txt/`), ready to run.
@@ -83,11 +79,7 @@ pub struct TextTower {
 impl TextTower {
     /// Reads the text tower of an opened two-tower file (`txt/` after the root).
     pub fn from_file(file: TensorFile, device: Device) -> Result<TextTower> {
-        let root = if file.tensors().iter().any(|t| t.name.starts_with("params/")) {
-            "params/"
-        } else {
-            ""
-        };
+        let root = big_vision::root_of(&file);
         let params = Params::new(file, &format!("{root}txt/"), device, Kind::Float);
         let arch = read_text_arch(&params)?;
         Ok(TextTower { params, arch })
@@ -118,7 +110,7 @@ impl TextTower {
         };
         for i in 0..a.depth {
             let load = |rel: &str, shape: &[usize]| self.load_block(i, rel, shape);
-            x = flax_block(&load, sizes, &x)?;
+            x = flax_block(&load, sizes, &x, None)?;
         }
         let x = ops::layer_norm(
             &x,
@@ -141,16 +133,8 @@ impl TextTower {
 
     /// Loads `rel` of block `i`: slice i of the stacked tensor in the scan format.
     fn load_block(&self, i: usize, rel: &str, shape: &[usize]) -> Result<Tensor> {
-        let p = &self.params;
-        if self.arch.scan {
-            let mut full = Vec::with_capacity(shape.len().saturating_add(1));
-            full.push(self.arch.depth);
-            full.extend_from_slice(shape);
-            let stacked = p.load(&format!("Encoder_0/encoderblock/{rel}"), &full)?;
-            Ok(stacked.f_select(0, dim(i)?)?)
-        } else {
-            p.load(&format!("Encoder_0/encoderblock_{i}/{rel}"), shape)
-        }
+        let a = &self.arch;
+        big_vision::load_block(&self.params, "Encoder_0", a.scan, a.depth, i, rel, shape)
     }
 }
 
@@ -246,14 +230,21 @@ fn read_text_arch(p: &Params) -> Result<TextArch> {
 }
 
 /// `Encoder1DBlock`: `x + attn(LayerNorm_0(x))`, then `x + MlpBlock_0(LayerNorm_1(x))`, with the big_vision
-/// reference's flax modules.
-fn flax_block(load: &big_vision::Load<'_>, s: Sizes, x: &Tensor) -> Result<Tensor> {
+/// reference's flax modules; `mask` (boolean, `[B, 1, N, N]`) is the attention mask where there is one
+/// (NaFlex padding).
+pub(crate) fn flax_block(
+    load: &big_vision::Load<'_>,
+    s: Sizes,
+    x: &Tensor,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
     let y = big_vision::flax_norm(load, s.d, "LayerNorm_0", x)?;
     let x = x.f_add(&big_vision::flax_attention(
         load,
         [s.d, s.heads, s.head_dim],
         &y,
         &y,
+        mask,
     )?)?;
     let y = big_vision::flax_norm(load, s.d, "LayerNorm_1", &x)?;
     Ok(x.f_add(&big_vision::flax_mlp(load, s.d, s.mlp, &y)?)?)
@@ -305,32 +296,7 @@ impl TwoTower {
                 reason: "not a big_vision two-tower model (img/embedding/kernel, txt/Embed_0/embedding and t)".into(),
             });
         }
-        let root = if file.tensors().iter().any(|t| t.name.starts_with("params/")) {
-            "params/"
-        } else {
-            ""
-        };
-        let scalar = |name: &str| -> Result<Option<f64>> {
-            let full = format!("{root}{name}");
-            match file.get(&full).map(|t| t.shape.clone()) {
-                None => Ok(None),
-                Some(shape) if shape.iter().product::<usize>() == 1 => {
-                    Ok(file.read_f32(&full)?.first().copied().map(f64::from))
-                }
-                Some(shape) => Err(Error::BadShape {
-                    path: path.to_path_buf(),
-                    tensor: full,
-                    expected: "[1] (one scalar)".into(),
-                    found: shape,
-                }),
-            }
-        };
-        let t = scalar("t")?.ok_or_else(|| Error::MissingTensor {
-            path: path.to_path_buf(),
-            tensor: format!("{root}t"),
-            why: "the log temperature of the two-tower logits".into(),
-        })?;
-        let b = scalar("b")?;
+        let (t, b) = temperature_and_bias(&file)?;
         let mut notes = Vec::new();
         if b.is_none() {
             notes.push("the source has no bias b: logits are zimg @ ztxt.T * exp(t)".into());
@@ -418,6 +384,34 @@ impl TwoTower {
             logits_per_image,
         })
     }
+}
+
+/// Reads a two-tower file's log temperature `t` (required) and bias `b` (absent in some files),
+/// each one scalar, under a `params/` root or none.
+pub(crate) fn temperature_and_bias(file: &TensorFile) -> Result<(f64, Option<f64>)> {
+    let path = file.path();
+    let root = big_vision::root_of(file);
+    let scalar = |name: &str| -> Result<Option<f64>> {
+        let full = format!("{root}{name}");
+        match file.get(&full).map(|t| t.shape.clone()) {
+            None => Ok(None),
+            Some(shape) if shape.iter().product::<usize>() == 1 => {
+                Ok(file.read_f32(&full)?.first().copied().map(f64::from))
+            }
+            Some(shape) => Err(Error::BadShape {
+                path: path.to_path_buf(),
+                tensor: full,
+                expected: "[1] (one scalar)".into(),
+                found: shape,
+            }),
+        }
+    };
+    let t = scalar("t")?.ok_or_else(|| Error::MissingTensor {
+        path: path.to_path_buf(),
+        tensor: format!("{root}t"),
+        why: "the log temperature of the two-tower logits".into(),
+    })?;
+    Ok((t, scalar("b")?))
 }
 
 /// `zimg @ ztxt.T * exp(t) + b` on normalised embeddings.

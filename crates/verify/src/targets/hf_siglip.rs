@@ -99,8 +99,33 @@ pub(crate) fn is_siglip(model_type: Option<&str>) -> bool {
     matches!(model_type, Some("siglip" | "siglip_vision_model"))
 }
 
-/// `SiglipMultiheadAttentionPoolingHead`'s weights.
-struct PoolingHead {
+/// Loads `SiglipEncoderLayer`s `{pre}encoder.layers.{i}` of width `d` and MLP width `m`.
+pub(crate) fn blocks_hf(
+    p: &Params,
+    pre: &str,
+    depth: usize,
+    d: usize,
+    m: usize,
+) -> Result<Vec<Block>> {
+    let mut blocks = Vec::with_capacity(depth);
+    for i in 0..depth {
+        let b = format!("{pre}encoder.layers.{i}");
+        blocks.push(Block {
+            ln1: pair(p, &format!("{b}.layer_norm1"), &[d], &[d])?,
+            q: pair(p, &format!("{b}.self_attn.q_proj"), &[d, d], &[d])?,
+            k: pair(p, &format!("{b}.self_attn.k_proj"), &[d, d], &[d])?,
+            v: pair(p, &format!("{b}.self_attn.v_proj"), &[d, d], &[d])?,
+            proj: pair(p, &format!("{b}.self_attn.out_proj"), &[d, d], &[d])?,
+            ln2: pair(p, &format!("{b}.layer_norm2"), &[d], &[d])?,
+            fc1: pair(p, &format!("{b}.mlp.fc1"), &[m, d], &[m])?,
+            fc2: pair(p, &format!("{b}.mlp.fc2"), &[d, m], &[d])?,
+        });
+    }
+    Ok(blocks)
+}
+
+/// `SiglipMultiheadAttentionPoolingHead`'s weights (also `Siglip2MultiheadAttentionPoolingHead`'s).
+pub(crate) struct PoolingHead {
     probe: Tensor,
     q: (Tensor, Tensor),
     k: (Tensor, Tensor),
@@ -226,42 +251,10 @@ impl HfSiglip {
             });
         }
         let m = vision.intermediate_size;
-        let mut blocks = Vec::with_capacity(vision.num_hidden_layers);
-        for i in 0..vision.num_hidden_layers {
-            let b = format!("{pre}encoder.layers.{i}");
-            blocks.push(Block {
-                ln1: pair(&p, &format!("{b}.layer_norm1"), &[d], &[d])?,
-                q: pair(&p, &format!("{b}.self_attn.q_proj"), &[d, d], &[d])?,
-                k: pair(&p, &format!("{b}.self_attn.k_proj"), &[d, d], &[d])?,
-                v: pair(&p, &format!("{b}.self_attn.v_proj"), &[d, d], &[d])?,
-                proj: pair(&p, &format!("{b}.self_attn.out_proj"), &[d, d], &[d])?,
-                ln2: pair(&p, &format!("{b}.layer_norm2"), &[d], &[d])?,
-                fc1: pair(&p, &format!("{b}.mlp.fc1"), &[m, d], &[m])?,
-                fc2: pair(&p, &format!("{b}.mlp.fc2"), &[d, m], &[d])?,
-            });
-        }
+        let blocks = blocks_hf(&p, pre, vision.num_hidden_layers, d, m)?;
         let head_probe = format!("{pre}head.probe");
         let head = if vision.vision_use_head {
-            let h = format!("{pre}head");
-            let w = p.load(
-                &format!("{h}.attention.in_proj_weight"),
-                &[d.saturating_mul(3), d],
-            )?;
-            let b = p.load(
-                &format!("{h}.attention.in_proj_bias"),
-                &[d.saturating_mul(3)],
-            )?;
-            let [q, k, v] = split_qkv(&w, &b)?;
-            Some(PoolingHead {
-                probe: p.load(&head_probe, &[1, 1, d])?,
-                q,
-                k,
-                v,
-                out: pair(&p, &format!("{h}.attention.out_proj"), &[d, d], &[d])?,
-                norm: pair(&p, &format!("{h}.layernorm"), &[d], &[d])?,
-                fc1: pair(&p, &format!("{h}.mlp.fc1"), &[m, d], &[m])?,
-                fc2: pair(&p, &format!("{h}.mlp.fc2"), &[d, m], &[d])?,
-            })
+            Some(PoolingHead::load(&p, &format!("{pre}head"), d, m)?)
         } else {
             if p.has(&head_probe) {
                 return Err(Error::Declared {
@@ -399,9 +392,43 @@ impl HfSiglip {
 }
 
 impl PoolingHead {
+    /// Loads the head under `h` (`vision_model.head`) of width `d` and MLP width `m`.
+    pub(crate) fn load(p: &Params, h: &str, d: usize, m: usize) -> Result<PoolingHead> {
+        let w = p.load(
+            &format!("{h}.attention.in_proj_weight"),
+            &[d.saturating_mul(3), d],
+        )?;
+        let b = p.load(
+            &format!("{h}.attention.in_proj_bias"),
+            &[d.saturating_mul(3)],
+        )?;
+        let [q, k, v] = split_qkv(&w, &b)?;
+        Ok(PoolingHead {
+            probe: p.load(&format!("{h}.probe"), &[1, 1, d])?,
+            q,
+            k,
+            v,
+            out: pair(p, &format!("{h}.attention.out_proj"), &[d, d], &[d])?,
+            norm: pair(p, &format!("{h}.layernorm"), &[d], &[d])?,
+            fc1: pair(p, &format!("{h}.mlp.fc1"), &[m, d], &[m])?,
+            fc2: pair(p, &format!("{h}.mlp.fc2"), &[d, m], &[d])?,
+        })
+    }
+
     /// `SiglipMultiheadAttentionPoolingHead.forward`: `nn.MultiheadAttention(probe, x, x)`, then
     /// `x + mlp(layernorm(x))`, row 0.
     fn forward(&self, x: &Tensor, s: &BlockSemantics) -> Result<Tensor> {
+        self.forward_masked(x, s, None)
+    }
+
+    /// [`PoolingHead::forward`] with a key mask (`[B, 1, 1, N]` bool, true = a patch), as
+    /// `Siglip2MultiheadAttentionPoolingHead` passes the padding to `nn.MultiheadAttention`.
+    pub(crate) fn forward_masked(
+        &self,
+        x: &Tensor,
+        s: &BlockSemantics,
+        key_mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let size = x.size();
         let (b, n, d) = match size.as_slice() {
             [b, n, d] => (*b, *n, *d),
@@ -418,9 +445,12 @@ impl PoolingHead {
         let q = heads(&probe, &self.q, 1)?;
         let k = heads(x, &self.k, n)?;
         let v = heads(x, &self.v, n)?;
-        let o = ops::attention_sdpa(&q, &k, &v)?
-            .f_transpose(1, 2)?
-            .f_reshape([b, 1, d])?;
+        let o = match key_mask {
+            Some(m) => ops::attention_sdpa_masked(&q, &k, &v, m)?,
+            None => ops::attention_sdpa(&q, &k, &v)?,
+        }
+        .f_transpose(1, 2)?
+        .f_reshape([b, 1, d])?;
         let o = ops::linear(&o, &self.out.0, Some(&self.out.1))?;
         let y = s.norm(&o, &self.norm)?;
         let y = s

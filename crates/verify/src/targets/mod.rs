@@ -1,7 +1,9 @@
 //! The target forwards: a converted file run by its own key names with the semantics of the library it is for.
 //!
 //! One module per layout ([`timm`], [`hf`] and [`hf_siglip`], [`open_clip`], [`clip`]), and
-//! [`two_tower`] for the two-tower (SigLIP) conversions of the hf and open_clip layouts; each reads its
+//! [`two_tower`] for the two-tower (SigLIP) conversions of the hf and open_clip layouts; the
+//! SigLIP 2 NaFlex conversions run on patch inputs: [`hf_siglip2`] (the image tower of an hf
+//! `Siglip2Model`, inside [`two_tower`]) and [`timm_naflex`] (timm's `NaFlexVit`); each reads its
 //! file's keys directly and never asks the converter how it mapped them. What they
 //! share here is the declared configuration (`vitconv.config`), the pre-norm block
 //! arithmetic on PyTorch-layout weights, and the outputs they hand back.
@@ -10,8 +12,10 @@ pub mod clip;
 mod clip_style;
 pub mod hf;
 pub mod hf_siglip;
+pub mod hf_siglip2;
 pub mod open_clip;
 pub mod timm;
+pub mod timm_naflex;
 pub mod two_tower;
 
 use std::path::{Path, PathBuf};
@@ -65,6 +69,36 @@ impl InputNorm {
             .f_sub(&mean)?
             .f_div(&std)?;
         Ok(x.f_permute([0, 3, 1, 2])?.f_contiguous()?)
+    }
+
+    /// Maps NaFlex patches `[B, N, P*P*3]` of source pixels in [-1, 1], flattened (py, px, c), to
+    /// the space this target expects, channel by channel.
+    pub fn apply_patches(&self, patches: &Tensor) -> Result<Tensor> {
+        let size = patches.size();
+        let device = patches.device();
+        let mean = Tensor::f_from_slice(&self.mean)?
+            .f_to_kind(Kind::Float)?
+            .f_to_device(device)?;
+        let std = Tensor::f_from_slice(&self.std)?
+            .f_to_kind(Kind::Float)?
+            .f_to_device(device)?;
+        let (b, n) = match size.as_slice() {
+            [b, n, _] => (*b, *n),
+            other => {
+                return Err(Error::UnexpectedShape {
+                    what: "NaFlex patches",
+                    expected: "[B, N, P*P*3]",
+                    found: other.to_vec(),
+                })
+            }
+        };
+        let x = patches
+            .f_reshape([b, n, -1, 3])?
+            .f_add_scalar(1.0)?
+            .f_mul_scalar(0.5)?
+            .f_sub(&mean)?
+            .f_div(&std)?;
+        Ok(x.f_reshape(size.as_slice())?)
     }
 }
 
@@ -460,6 +494,33 @@ impl Block {
         s: &BlockSemantics,
         causal: bool,
     ) -> Result<Tensor> {
+        self.forward_with(x, s, &|q, k, v| {
+            if causal {
+                ops::attention_sdpa_causal(q, k, v)
+            } else {
+                ops::attention_sdpa(q, k, v)
+            }
+        })
+    }
+
+    /// [`Block::forward`] with a padding mask: the boolean `mask` (broadcast to `[B, H, N, N]`,
+    /// true = attend) as timm and transformers pass it to SDPA (see [`ops::attention_sdpa_masked`]).
+    pub(crate) fn forward_padded(
+        &self,
+        x: &Tensor,
+        s: &BlockSemantics,
+        mask: &Tensor,
+    ) -> Result<Tensor> {
+        self.forward_with(x, s, &|q, k, v| ops::attention_sdpa_masked(q, k, v, mask))
+    }
+
+    /// The block with `attend` computing attention on `[B, H, N, Dh]` queries, keys and values.
+    fn forward_with(
+        &self,
+        x: &Tensor,
+        s: &BlockSemantics,
+        attend: &dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
         let size = x.size();
         let (b, n, d) = match size.as_slice() {
             [b, n, d] => (*b, *n, *d),
@@ -480,11 +541,7 @@ impl Block {
                 .f_transpose(1, 2)?)
         };
         let (q, k, v) = (split(&self.q)?, split(&self.k)?, split(&self.v)?);
-        let o = if causal {
-            ops::attention_sdpa_causal(&q, &k, &v)?
-        } else {
-            ops::attention_sdpa(&q, &k, &v)?
-        };
+        let o = attend(&q, &k, &v)?;
         let o = o.f_transpose(1, 2)?.f_reshape([b, n, d])?;
         let x = x.f_add(&ops::linear(&o, &self.proj.0, Some(&self.proj.1))?)?;
         let y = s.norm(&x, &self.ln2)?;

@@ -72,7 +72,7 @@ struct Kwargs {
 
 /// `AttentionPoolLatent` with `out_features = D`: `latent` `[1, L, D]`, `q`, fused `kv`, `proj`,
 /// `norm`, `mlp`.
-struct AttnPool {
+pub(crate) struct AttnPool {
     latent: Tensor,
     q: (Tensor, Tensor),
     k: (Tensor, Tensor),
@@ -214,27 +214,7 @@ impl Timm {
             eps,
             ln_fp32: false,
         };
-        let mut blocks = Vec::with_capacity(depth);
-        for i in 0..depth {
-            let b = format!("blocks.{i}");
-            let (qkv_w, qkv_b) = pair(
-                &p,
-                &format!("{b}.attn.qkv"),
-                &[d.saturating_mul(3), d],
-                &[d.saturating_mul(3)],
-            )?;
-            let [q, k, v] = split_qkv(&qkv_w, &qkv_b)?;
-            blocks.push(Block {
-                ln1: pair(&p, &format!("{b}.norm1"), &[d], &[d])?,
-                q,
-                k,
-                v,
-                proj: pair(&p, &format!("{b}.attn.proj"), &[d, d], &[d])?,
-                ln2: pair(&p, &format!("{b}.norm2"), &[d], &[d])?,
-                fc1: pair(&p, &format!("{b}.mlp.fc1"), &[mlp, d], &[mlp])?,
-                fc2: pair(&p, &format!("{b}.mlp.fc2"), &[d, mlp], &[d])?,
-            });
-        }
+        let blocks = timm_blocks(&p, depth, d, mlp)?;
         for (key, built) in [("norm.weight", kw.norm), ("fc_norm.weight", kw.fc_norm)] {
             if built {
                 p.require_shape(
@@ -523,8 +503,37 @@ impl Timm {
     }
 }
 
+/// Loads timm `Block`s `blocks.{i}` (`norm1`, fused `attn.qkv`, `attn.proj`, `norm2`, `mlp.fc1`/`fc2`)
+/// of width `d` and MLP width `mlp`.
+pub(crate) fn timm_blocks(p: &Params, depth: usize, d: usize, mlp: usize) -> Result<Vec<Block>> {
+    let mut blocks = Vec::with_capacity(depth);
+    for i in 0..depth {
+        let b = format!("blocks.{i}");
+        let (qkv_w, qkv_b) = pair(
+            p,
+            &format!("{b}.attn.qkv"),
+            &[d.saturating_mul(3), d],
+            &[d.saturating_mul(3)],
+        )?;
+        let [q, k, v] = split_qkv(&qkv_w, &qkv_b)?;
+        blocks.push(Block {
+            ln1: pair(p, &format!("{b}.norm1"), &[d], &[d])?,
+            q,
+            k,
+            v,
+            proj: pair(p, &format!("{b}.attn.proj"), &[d, d], &[d])?,
+            ln2: pair(p, &format!("{b}.norm2"), &[d], &[d])?,
+            fc1: pair(p, &format!("{b}.mlp.fc1"), &[mlp, d], &[mlp])?,
+            fc2: pair(p, &format!("{b}.mlp.fc2"), &[d, mlp], &[d])?,
+        });
+    }
+    Ok(blocks)
+}
+
 /// The `vitconv.timm_kwargs` metadata JSON object, if the file has one.
-fn timm_kwargs(p: &Params) -> Result<Option<serde_json::Map<String, serde_json::Value>>> {
+pub(crate) fn timm_kwargs(
+    p: &Params,
+) -> Result<Option<serde_json::Map<String, serde_json::Value>>> {
     let Some(text) = p.file().metadata().get(vitconv_convert::meta::TIMM_KWARGS) else {
         return Ok(None);
     };
@@ -676,7 +685,7 @@ impl Kwargs {
 impl AttnPool {
     /// Loads `attn_pool.*` for width `d`; the MLP width must be `int(d * mlp_ratio)` when the
     /// kwargs give the ratio, as timm builds it.
-    fn load(p: &Params, d: usize, mlp_ratio: Option<f64>) -> Result<AttnPool> {
+    pub(crate) fn load(p: &Params, d: usize, mlp_ratio: Option<f64>) -> Result<AttnPool> {
         let path = p.path();
         match p.require_shape("attn_pool.latent", "global_pool='map'")? {
             [1, l, ld] if *ld == d && *l > 0 => {}
@@ -744,6 +753,17 @@ impl AttnPool {
 
     /// `AttentionPoolLatent.forward` on the tokens `[B, N, D]` (prefix already dropped).
     fn forward(&self, x: &Tensor, s: &BlockSemantics) -> Result<Tensor> {
+        self.forward_masked(x, s, None)
+    }
+
+    /// [`AttnPool::forward`] with the key mask (`[B, 1, 1, N]` bool, true = a patch) NaFlexVit's
+    /// `_pool` builds from `patch_valid`.
+    pub(crate) fn forward_masked(
+        &self,
+        x: &Tensor,
+        s: &BlockSemantics,
+        key_mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let size = x.size();
         let (b, n, d) = match size.as_slice() {
             [b, n, d] => (*b, *n, *d),
@@ -762,9 +782,12 @@ impl AttnPool {
                 .f_transpose(1, 2)?)
         };
         let (k, v) = (split(&self.k)?, split(&self.v)?);
-        let o = ops::attention_sdpa(&q, &k, &v)?
-            .f_transpose(1, 2)?
-            .f_reshape([b, l, d])?;
+        let o = match key_mask {
+            Some(m) => ops::attention_sdpa_masked(&q, &k, &v, m)?,
+            None => ops::attention_sdpa(&q, &k, &v)?,
+        }
+        .f_transpose(1, 2)?
+        .f_reshape([b, l, d])?;
         let o = ops::linear(&o, &self.proj.0, Some(&self.proj.1))?;
         let y = s.norm(&o, &self.norm)?;
         let y = s

@@ -8,7 +8,9 @@
 //!   NO causal mask (`create_bidirectional_mask`, no attention mask given), `final_layer_norm`
 //!   at `text_config.layer_norm_eps`, `hidden_act` from the config, the LAST position
 //!   (`last_hidden_state[:, -1]`), then `head` (`[projection_size, Dt]`). Logits:
-//!   `normalise(img) @ normalise(txt).T * logit_scale.exp() + logit_bias`.
+//!   `normalise(img) @ normalise(txt).T * logit_scale.exp() + logit_bias`. A SigLIP 2
+//!   NaFlex `Siglip2Model` folder (`model_type` `siglip2`) has the same text tower and scalars;
+//!   its vision tower runs on patches ([`super::hf_siglip2`], [`TwoTowerTarget::image_features_naflex`]).
 //! - **open_clip** (open_clip 3.3.0, `model.py` `CustomTextCLIP`, `transformer.py`
 //!   `TextTransformer`, `timm_model.py` `TimmModel`): `open_clip_config.json`'s `model_cfg`;
 //!   the image tower is `timm.create_model(vision_cfg.timm_model_name, num_classes=embed_dim
@@ -34,13 +36,15 @@ use tch::{Device, Kind, Tensor};
 use vitconv_tensors::TensorFile;
 
 use super::hf::{hidden_act, input_norm, read_json};
-use super::hf_siglip::HfSiglip;
+use super::hf_siglip::{blocks_hf, HfSiglip};
+use super::hf_siglip2::{is_siglip2, HfSiglip2};
 use super::timm::Timm;
 use super::{
     bad_shape, pair, shape2, split_qkv, Block, BlockSemantics, DeclaredConfig, InputNorm, Layout,
     TargetArch,
 };
 use crate::error::{Error, Result};
+use crate::input::NaflexInputs;
 use crate::ops::{self, Gelu};
 use crate::params::{dim, Params};
 
@@ -174,6 +178,8 @@ impl TextModel {
 /// The image side of a two-tower target.
 enum ImageModel {
     Hf(HfSiglip),
+    /// A `Siglip2Model`'s NaFlex vision tower, which runs on patches.
+    HfNaflex(HfSiglip2),
     Timm(Timm),
 }
 
@@ -212,8 +218,32 @@ impl TwoTowerTarget {
         let out = match &self.image {
             ImageModel::Hf(m) => m.forward(nchw)?,
             ImageModel::Timm(m) => m.forward(nchw)?,
+            ImageModel::HfNaflex(_) => return Err(self.naflex_only()),
         };
         Ok(out.logits.unwrap_or(out.features))
+    }
+
+    /// Whether the image tower is a NaFlex one, which runs on patches ([`Self::image_features_naflex`]).
+    pub fn is_naflex(&self) -> bool {
+        matches!(self.image, ImageModel::HfNaflex(_))
+    }
+
+    /// Runs a NaFlex image tower on patch inputs; returns the unnormalised embedding.
+    pub fn image_features_naflex(&self, inputs: &NaflexInputs) -> Result<Tensor> {
+        match &self.image {
+            ImageModel::HfNaflex(m) => m.forward(inputs),
+            _ => Err(Error::NotAModel {
+                path: self.weights.clone(),
+                reason: "the image tower runs on square pixels, not NaFlex patches".into(),
+            }),
+        }
+    }
+
+    fn naflex_only(&self) -> Error {
+        Error::NotAModel {
+            path: self.weights.clone(),
+            reason: "the image tower is a NaFlex one (Siglip2Model): it runs on patches, not square pixels".into(),
+        }
     }
 
     /// Runs the text tower on int64 ids `[n, L]`; returns the unnormalised embedding.
@@ -235,7 +265,7 @@ impl TwoTowerTarget {
 }
 
 /// Which two-tower layout a directory holds, if any: open_clip's `open_clip_config.json`, or a
-/// transformers `config.json` naming `SiglipModel`.
+/// transformers `config.json` naming `SiglipModel` or SigLIP 2 (`Siglip2Model`, `model_type` `siglip2`).
 pub fn detect(path: &Path) -> Result<Option<Layout>> {
     if !path.is_dir() {
         return Ok(None);
@@ -250,7 +280,7 @@ pub fn detect(path: &Path) -> Result<Option<Layout>> {
             .get("architectures")
             .and_then(serde_json::Value::as_array)
             .is_some_and(|a| a.iter().any(|v| v.as_str() == Some("SiglipModel")));
-        if siglip_model {
+        if siglip_model || is_siglip2(&top) {
             return Ok(Some(Layout::Hf));
         }
     }
@@ -303,25 +333,6 @@ fn check_gelu(out: &mut Vec<DeclaredMismatch>, file: &Path, field: &str, gelu: G
             found: found.into(),
         });
     }
-}
-
-/// Loads `SiglipEncoderLayer`s `{pre}encoder.layers.{i}` of width `d` and MLP width `m`.
-fn blocks_hf(p: &Params, pre: &str, depth: usize, d: usize, m: usize) -> Result<Vec<Block>> {
-    let mut blocks = Vec::with_capacity(depth);
-    for i in 0..depth {
-        let b = format!("{pre}encoder.layers.{i}");
-        blocks.push(Block {
-            ln1: pair(p, &format!("{b}.layer_norm1"), &[d], &[d])?,
-            q: pair(p, &format!("{b}.self_attn.q_proj"), &[d, d], &[d])?,
-            k: pair(p, &format!("{b}.self_attn.k_proj"), &[d, d], &[d])?,
-            v: pair(p, &format!("{b}.self_attn.v_proj"), &[d, d], &[d])?,
-            proj: pair(p, &format!("{b}.self_attn.out_proj"), &[d, d], &[d])?,
-            ln2: pair(p, &format!("{b}.layer_norm2"), &[d], &[d])?,
-            fc1: pair(p, &format!("{b}.mlp.fc1"), &[m, d], &[m])?,
-            fc2: pair(p, &format!("{b}.mlp.fc2"), &[d, m], &[d])?,
-        });
-    }
-    Ok(blocks)
 }
 
 /// `SiglipTextConfig`'s fields the forward reads, with the class's defaults.
@@ -393,7 +404,13 @@ fn open_hf(dir: &Path, device: Device, kind: Kind) -> Result<TwoTowerTarget> {
         path: config_path.clone(),
         reason: format!("text_config is not a SiglipTextConfig: {e}"),
     })?;
-    let (image, parts) = HfSiglip::open(dir, device, kind)?;
+    let (image, parts) = if is_siglip2(&top) {
+        let (m, parts) = HfSiglip2::open(dir, device, kind)?;
+        (ImageModel::HfNaflex(m), parts)
+    } else {
+        let (m, parts) = HfSiglip::open(dir, device, kind)?;
+        (ImageModel::Hf(m), parts)
+    };
     let mut declared = Vec::new();
     let vision = top.get("vision_config");
     let vision_eps = vision
@@ -471,8 +488,10 @@ fn open_hf(dir: &Path, device: Device, kind: Kind) -> Result<TwoTowerTarget> {
     })?;
     let mut notes = parts.notes;
     notes.push(format!(
-        "transformers SiglipModel text tower from config.json: hidden_act {:?}, layer_norm_eps {:e}, no causal mask, last position pooled, head to {e}",
-        tc.hidden_act, tc.layer_norm_eps
+        "transformers {} text tower from config.json: hidden_act {:?}, layer_norm_eps {:e}, no causal mask, last position pooled, head to {e}",
+        if is_siglip2(&top) { "Siglip2Model" } else { "SiglipModel" },
+        tc.hidden_act,
+        tc.layer_norm_eps
     ));
     let text = TextModel {
         token,
@@ -516,7 +535,7 @@ fn open_hf(dir: &Path, device: Device, kind: Kind) -> Result<TwoTowerTarget> {
         weights: weights_path,
         declared_config,
         image_head: false,
-        image: ImageModel::Hf(image),
+        image,
         text,
     })
 }
@@ -1017,6 +1036,7 @@ mod tests {
             tolerance: None,
             image_size: None,
             text,
+            max_patches: None,
         })
         .expect("verify runs")
     }
@@ -1216,6 +1236,7 @@ mod tests {
             tolerance: None,
             image_size: None,
             text: golden_text("siglip-tiny"),
+            max_patches: None,
         });
         let Err(err) = err else {
             panic!("an image head went uncompared");
