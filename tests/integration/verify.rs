@@ -1564,29 +1564,6 @@ fn containers_verify_as_their_source() {
 /// The golden SigLIP 2 NaFlex case.
 const NAFLEX: &str = "siglip2/siglip2-naflex-tiny/checkpoint.npz";
 
-/// Builds a conversion of the golden NaFlex case with the real library
-/// (crates/verify/tests/naflex_targets.py, which checks the library's own forward against the
-/// golden outputs; run through scripts/with-libtorch, whose venv python is first on PATH).
-/// TEMPORARY: vitconv's converter does not write NaFlex on this branch; once it does, this
-/// should be `convert(NAFLEX, out, layout, &[])` (`vitconv npz-to-pt`).
-fn naflex_conversion(out: &Path, layout: &str) {
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/verify/tests/naflex_targets.py");
-    let case = fixture("siglip2/siglip2-naflex-tiny");
-    let o = std::process::Command::new("python")
-        .arg(&script)
-        .arg(&case)
-        .arg(out)
-        .arg(layout)
-        .output()
-        .expect("python runs (run the tests through scripts/with-libtorch)");
-    assert!(
-        o.status.success(),
-        "{layout}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
 /// The golden patches and ids, and the golden logits to hold the reference against.
 fn naflex_golden() -> Vec<String> {
     let f = |n: &str| {
@@ -1609,9 +1586,9 @@ fn siglip2_naflex_conversions_pass_and_planted_bugs_exit_1() {
     let dir = scratch();
     let d = dir.path();
     let hf = d.join("hf");
-    naflex_conversion(&hf, "hf");
+    convert(NAFLEX, &hf, "hf", &[]);
     let timm = d.join("timm.safetensors");
-    naflex_conversion(&timm, "timm");
+    convert(NAFLEX, &timm, "timm", &["--tower", "image"]);
     let golden = naflex_golden();
     let golden: Vec<&str> = golden.iter().map(String::as_str).collect();
 
