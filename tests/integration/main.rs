@@ -9,6 +9,8 @@
 //!   `--json`, usage errors, an interrupt.
 //! - `siglip`: two-tower big_vision checkpoints: the hf and open_clip folders, `--tower image`,
 //!   refusals, the inspect summary.
+//! - `paligemma`: PaliGemma checkpoints: `inspect` on the tiny files and on the published shapes (sparse
+//!   files), the refusal without `--tower image`, the hf and timm image towers with the projection.
 //! - `verify`: `vitconv verify` passes good conversions and catches planted bugs (feature `verify`).
 //! - `containers`: big_vision `.bv` workdirs, Orbax checkpoints and flax msgpack files through `inspect` and
 //!   `npz-to-pt`: the same bytes as the `.npz` conversion; damaged, linked-out and lying checkpoints refused.
@@ -24,6 +26,7 @@ mod convert;
 mod hardening;
 mod inspect;
 mod modules;
+mod paligemma;
 mod siglip;
 #[cfg(feature = "verify")]
 mod verify;

@@ -189,6 +189,7 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
         image,
         text: Some(text),
         logit: Some(Logit { scale, bias }),
+        llm: None,
         notes,
         shapes,
         left_out,

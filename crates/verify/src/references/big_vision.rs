@@ -113,7 +113,11 @@ impl BigVision {
             }
         }
         let mut notes = Vec::new();
-        if !tower.is_empty() {
+        if opts.pool == Some(Classifier::None) {
+            notes.push(format!(
+                "the source is a PaliGemma model: its image tower {tower} is the model run, with no pooling and the head on every token (pool_type 'none'); the language model is not part of it"
+            ));
+        } else if !tower.is_empty() {
             notes.push(format!(
                 "the source is a multi-tower model: its image tower {tower} is the model run; the other towers are not part of it"
             ));
@@ -212,6 +216,8 @@ impl BigVision {
             Classifier::Token | Classifier::First => tokens.f_select(1, 0)?,
             Classifier::Gap => tokens.f_mean_dim(1, false, Kind::Float)?,
             Classifier::Map => self.map_head(&tokens)?,
+            // No pooling: the head (below) applies to every token.
+            Classifier::None => tokens.shallow_clone(),
         };
         let features = match a.representation {
             Some(r) => ops::dense_in_out(
@@ -569,6 +575,8 @@ fn read_arch(p: &Params, opts: &Options) -> Result<(SourceArch, Option<MapSizes>
         Some(asked) if asked == from_keys => asked,
         // `0` and `gap` share their keys; anything else must match what the keys say.
         Some(Classifier::First) if from_keys == Classifier::Gap => Classifier::First,
+        // So do `none` (PaliGemma's image tower) and `gap`.
+        Some(Classifier::None) if from_keys == Classifier::Gap => Classifier::None,
         Some(asked) => {
             return Err(Error::Declared {
                 path: path.clone(),
