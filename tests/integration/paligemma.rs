@@ -150,17 +150,19 @@ fn inspect_reads_the_published_sizes_off_the_shapes() {
             }
             let o = vitconv(["inspect".as_ref(), path.as_os_str()]);
             let out = stdout(&o);
-            let mix = if colab {
-                "stored dtypes: f16 x"
-            } else if m["file"].as_str().unwrap_or_default().contains(".b16.") {
-                "stored dtypes: bf16 x"
-            } else {
-                "stored dtypes: f32 x"
+            let (all, llm) = {
+                let (t, _) = published(name);
+                let llm = t.iter().filter(|(k, _)| k.starts_with("params/llm/")).count();
+                (t.len(), llm)
             };
-            assert!(out.contains(mix), "{name}: {out}");
-            if colab {
-                assert!(out.contains("f32 x"), "{out}");
-            }
+            let mix = if colab {
+                format!("stored dtypes: f32 x{}, f16 x{llm}", all - llm)
+            } else if m["file"].as_str().unwrap_or_default().contains(".b16.") {
+                format!("stored dtypes: bf16 x{all}")
+            } else {
+                format!("stored dtypes: f32 x{all}")
+            };
+            assert!(out.contains(&mix), "{name}: {mix}\n{out}");
             assert!(
                 out.contains("language model not converted by vitconv"),
                 "{out}"
