@@ -152,7 +152,10 @@ fn inspect_reads_the_published_sizes_off_the_shapes() {
             let out = stdout(&o);
             let (all, llm) = {
                 let (t, _) = published(name);
-                let llm = t.iter().filter(|(k, _)| k.starts_with("params/llm/")).count();
+                let llm = t
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("params/llm/"))
+                    .count();
                 (t.len(), llm)
             };
             let mix = if colab {

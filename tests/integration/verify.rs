@@ -1593,7 +1593,7 @@ fn a_planted_projector_transpose_is_caught() {
         let orig = v.clone();
         for r in 0..rows {
             for c in 0..cols {
-                v[r * cols + c] = orig[(r * cols + c) % cols * rows + (r * cols + c) / cols];
+                v[r * cols + c] = orig[c * rows + r];
             }
         }
     });

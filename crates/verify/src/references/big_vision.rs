@@ -831,6 +831,48 @@ mod tests {
     }
 
     #[test]
+    fn runs_a_paligemma_image_tower_token_by_token() {
+        // PaliGemma's pool_type 'none' stores what 'gap' stores; the language model beside the tower is what
+        // tells the reference to pool nothing and apply the head to every token.
+        for case in ["paligemma-tower-tiny", "paligemma-tower-tiny-bf16"] {
+            let rel = format!("../siglip2/{case}");
+            let reference = super::super::Reference::open(
+                &fixture(&format!("{rel}/checkpoint.npz")),
+                Device::Cpu,
+                &super::super::SourceOptions::default(),
+            )
+            .expect("opens");
+            assert_eq!(reference.arch().classifier, Classifier::None, "{case}");
+            assert!(reference.notes().join(" ").contains("PaliGemma"), "{case}");
+            let out = reference
+                .forward(&npy(&format!("{rel}/input.npy")), reference.arch().grid)
+                .expect("runs");
+            let tokens = max_abs(&out.pooled, &npy(&format!("{rel}/tokens.npy")));
+            let zimg = max_abs(
+                &out.logits.expect("the projection"),
+                &npy(&format!("{rel}/zimg.npy")),
+            );
+            assert!(
+                tokens <= GOLDEN_TOLERANCE && zimg <= GOLDEN_TOLERANCE,
+                "{case}: tokens differ by {tokens}, zimg by {zimg}"
+            );
+        }
+        // Asked for explicitly, 'none' is refused where the keys give a class token.
+        let err = open_with(
+            "bv-vit-tok-scan/checkpoint.npz",
+            "",
+            &Options {
+                image_size: None,
+                pool: Some(Classifier::None),
+            },
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(err.contains("pool"), "{err}");
+    }
+
+    #[test]
     fn matches_golden_map_scan() {
         let worst = check("bv-vit-map-scan", "checkpoint.npz", None, GOLDEN_TOLERANCE);
         eprintln!("bv-vit-map-scan: max abs diff {worst:e}");
