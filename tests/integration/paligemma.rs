@@ -52,7 +52,7 @@ fn sparse_safetensors(path: &Path, tensors: &[(String, &str, Vec<u64>)]) {
         offset += bytes;
     }
     let mut text = Value::Object(header).to_string().into_bytes();
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(b' ');
     }
     let mut head = (text.len() as u64).to_le_bytes().to_vec();
