@@ -12,6 +12,8 @@
 //! - `naflex`: the SigLIP 2 NaFlex checkpoint: the transformers `Siglip2Model` and timm `NaFlexVit` folders, the
 //!   `vitconv.config` they declare, refusals (CLIP-style layouts, open_clip, options, bad kernels and grids),
 //!   inspect.
+//! - `paligemma`: PaliGemma checkpoints: `inspect` on the tiny files and on the published shapes (sparse
+//!   files), the refusal without `--tower image`, the hf and timm image towers with the projection.
 //! - `verify`: `vitconv verify` passes good conversions and catches planted bugs (feature `verify`).
 //! - `containers`: big_vision `.bv` workdirs, Orbax checkpoints and flax msgpack files through `inspect` and
 //!   `npz-to-pt`: the same bytes as the `.npz` conversion; damaged, linked-out and lying checkpoints refused.
@@ -28,6 +30,7 @@ mod hardening;
 mod inspect;
 mod modules;
 mod naflex;
+mod paligemma;
 mod siglip;
 #[cfg(feature = "verify")]
 mod verify;

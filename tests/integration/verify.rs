@@ -1700,3 +1700,56 @@ fn siglip2_naflex_conversions_pass_and_planted_bugs_exit_1() {
     ]);
     assert_bad_input(&o, "--image-size does not apply");
 }
+
+// ---- PaliGemma sources ----
+
+/// The PaliGemma golden cases (f32, and bf16 stored as `|V2`), under fixtures/siglip2/.
+const PALIGEMMA: [&str; 2] = ["paligemma-tower-tiny", "paligemma-tower-tiny-bf16"];
+
+#[test]
+fn paligemma_image_towers_pass_in_hf_and_timm_token_by_token() {
+    let dir = scratch();
+    for case in PALIGEMMA {
+        let source = format!("siglip2/{case}/checkpoint.npz");
+        let input = [
+            "--input".to_string(),
+            fixture(&format!("siglip2/{case}/input.npy"))
+                .display()
+                .to_string(),
+        ];
+        let input: Vec<&str> = input.iter().map(String::as_str).collect();
+        for layout in ["hf", "timm"] {
+            let out = out_path(dir.path(), &format!("{case}-{layout}"), layout);
+            convert(&source, &out, layout, &["--tower", "image"]);
+            // The bf16 source's values are kept exactly (written as f32), so the f32 bound holds.
+            let r = assert_exact(&source, &out, &input);
+            assert!(!r["logits"].is_null(), "the projection is compared: {r}");
+            assert!(
+                r["notes"].to_string().contains("PaliGemma"),
+                "the report says what was run: {r}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_planted_projector_transpose_is_caught() {
+    let dir = scratch();
+    let source = "siglip2/paligemma-tower-tiny/checkpoint.npz";
+    let good = dir.path().join("good.safetensors");
+    convert(source, &good, "timm", &["--tower", "image"]);
+    assert_passes(source, &good, &[]);
+    // head.weight [48, 72] read as if it were stored [72, 48]: the head's rows scrambled.
+    let bad = dir.path().join("bad.safetensors");
+    plant_one(&good, &bad, "head.weight", |shape, v| {
+        let (rows, cols) = (shape[0], shape[1]);
+        let orig = v.clone();
+        for r in 0..rows {
+            for c in 0..cols {
+                v[r * cols + c] = orig[c * rows + r];
+            }
+        }
+    });
+    let r = assert_caught(source, &bad, &[]);
+    assert!(!r["logits"]["within"].as_bool().unwrap_or(true), "{r}");
+}

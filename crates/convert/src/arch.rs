@@ -13,6 +13,9 @@ pub enum Classifier {
     /// A learned probe attends over all tokens after the final norm, then a LayerNorm + MLP residual
     /// (big_vision `pool_type='map'`, `MAPHead_0`).
     Map,
+    /// No pooling at all: every token after the final norm goes through the head on its own (big_vision
+    /// `pool_type='none'`, the image tower of PaliGemma, whose head projects each token to the LLM width).
+    None,
 }
 
 impl Classifier {
@@ -22,6 +25,7 @@ impl Classifier {
             Classifier::Token => "token",
             Classifier::Gap => "gap",
             Classifier::Map => "map",
+            Classifier::None => "none",
         }
     }
 }
@@ -196,6 +200,8 @@ impl Arch {
             (1280, 32, 16, "H"),
             (1408, 40, 16, "g"),
             (1664, 48, 16, "G"),
+            // The shape-optimised SigLIP tower (PaliGemma's image encoder), named as big_vision names it.
+            (1152, 27, 16, "So400m"),
         ];
         SIZES
             .iter()
@@ -228,10 +234,12 @@ impl Arch {
             (Classifier::Token, false) => "+ class token without a position embedding",
             (Classifier::Gap, _) => "no class token, mean pooling",
             (Classifier::Map, _) => "no class token, MAP head pooling",
+            (Classifier::None, _) => "no class token, no pooling",
         };
-        let classes = match self.num_classes {
-            Some(c) => format!("{c} classes"),
-            None => "no head".to_string(),
+        let classes = match (self.num_classes, self.classifier) {
+            (Some(c), Classifier::None) => format!("head {} -> {c} per token", self.hidden),
+            (Some(c), _) => format!("{c} classes"),
+            (None, _) => "no head".to_string(),
         };
         let pre = match self.representation {
             Some(r) => format!("pre_logits {r}"),
@@ -315,6 +323,9 @@ impl Arch {
                 "class token: none (a MAP head: a learned probe attends over the tokens, then LayerNorm + MLP)"
                     .to_string(),
             ),
+            Classifier::None => parts.push(
+                "class token: none, and no pooling: every token goes through the head on its own".to_string(),
+            ),
         }
         let prefix = if self.class_token() && self.class_pos {
             "1 + "
@@ -348,8 +359,13 @@ impl Arch {
         }
         if let Some(c) = self.num_classes {
             parts.push(format!(
-                "head: {} -> {c}",
-                self.representation.unwrap_or(self.hidden)
+                "head: {} -> {c}{}",
+                self.representation.unwrap_or(self.hidden),
+                if self.classifier == Classifier::None {
+                    ", applied to every token"
+                } else {
+                    ""
+                }
             ));
         }
         parts

@@ -139,6 +139,18 @@ pub enum Error {
     #[error("--tower image selects the image tower of a two-tower model; this checkpoint has only one tower (drop --tower)")]
     NotTwoTower,
 
+    /// A vision-language checkpoint (PaliGemma) converted without `--tower image`: vitconv converts its image
+    /// tower and projection, never its language model.
+    #[error("a Pali{} checkpoint: its {} language model ({}) is not converted by vitconv; pass --tower image to convert the image tower and its projection to the LLM width", crate::model::gemma_name(*generation), crate::model::gemma_name(*generation), crate::model::size_words(*params, *bytes))]
+    LanguageModelNotConverted {
+        /// The Gemma generation (1 or 2).
+        generation: u8,
+        /// The language model's parameters.
+        params: u64,
+        /// Its bytes as stored.
+        bytes: u64,
+    },
+
     /// A tensor the recognised family needs is not in the file.
     #[error("{recognised}: tensor {tensor}{} is missing", role.as_ref().map(|r| format!(" ({r})")).unwrap_or_default())]
     MissingTensor {
@@ -718,6 +730,9 @@ impl std::fmt::Display for Part {
                 f.write_str("a MAP head (attention pooling from a learned probe)")
             }
             Part::Pooling(Classifier::Token) => f.write_str("a class-token model"),
+            Part::Pooling(Classifier::None) => f.write_str(
+                "an unpooled tower whose head projects every token (PaliGemma's image tower)",
+            ),
             Part::NoClassToken => f.write_str("a model without a class token"),
             Part::ClassTokenPosition => f.write_str("a class token with a position embedding"),
             Part::MapHeadWithClassifier => f.write_str("a MAP head followed by a classifier"),

@@ -222,6 +222,9 @@ fn summarize_with(tensors: &[TensorInfo], heads: Option<usize>) -> Option<Summar
 /// The one-line description of a source's model: the architecture, or both towers of a two-tower model (whose
 /// image projection is no classifier head).
 pub(crate) fn model_line(model: &model::Model) -> String {
+    if let Some(llm) = &model.llm {
+        return vision_language_line(&model.image.arch, &llm.arch);
+    }
     match &model.text {
         Some(text) => two_tower_line(&model.image.arch, &text.arch),
         None => model.image.arch.describe(),
@@ -235,6 +238,7 @@ fn two_tower_line(image: &arch::Arch, text: &model::TextArch) -> String {
         arch::Classifier::Map => "MAP head",
         arch::Classifier::Gap => "mean pooling",
         arch::Classifier::Token => "class token",
+        arch::Classifier::None => "no pooling",
     };
     let resolution = match (image.grid, image.image_size()) {
         (Some((h, w)), Some(px)) => format!("{px} px ({h}x{w}, {pool})"),
@@ -256,5 +260,38 @@ fn two_tower_line(image: &arch::Arch, text: &model::TextArch) -> String {
         text.width,
         text.vocab,
         text.context,
+    )
+}
+
+/// The summary of a PaliGemma model: `PaliGemma 2: image ViT-So400m/14 224 px (16x16 = 256 tokens), width
+/// 1152, 27 layers, 16 heads, mlp 4304, head 1152 -> 2304 per token; LLM Gemma 2 (not converted): width 2304,
+/// 26 layers, 8 heads, 4 KV heads, head dim 256, mlp 9216, vocab 257152`.
+fn vision_language_line(image: &arch::Arch, llm: &model::LanguageArch) -> String {
+    let resolution = match (image.grid, image.image_size()) {
+        (Some((h, w)), Some(px)) => format!("{px} px ({h}x{w} = {} tokens)", h.saturating_mul(w)),
+        _ => "sincos2d position embedding".to_string(),
+    };
+    let heads = image
+        .heads
+        .map_or("heads not stored".to_string(), |h| format!("{h} heads"));
+    let head = match image.num_classes {
+        Some(c) => format!("head {} -> {c} per token", image.hidden),
+        None => "no head".to_string(),
+    };
+    format!(
+        "Pali{}: image {} {resolution}, width {}, {} layers, {heads}, mlp {}, {head}; LLM {} (not converted): width {}, {} layers, {} heads, {} KV heads, head dim {}, mlp {}, vocab {}",
+        llm.name(),
+        image.name(),
+        image.hidden,
+        image.depth,
+        image.mlp,
+        llm.name(),
+        llm.width,
+        llm.depth,
+        llm.heads,
+        llm.kv_heads,
+        llm.head_dim,
+        llm.mlp,
+        llm.vocab
     )
 }

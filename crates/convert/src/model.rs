@@ -244,6 +244,9 @@ pub enum Pool {
     Mean,
     /// Multihead attention pooling: a learned probe attends over the tokens after the final norm.
     Map(Box<MapHead>),
+    /// No pooling: the output is every token after the final norm, with the head (where there is one)
+    /// applied to each token on its own (big_vision `pool_type='none'`, PaliGemma's image tower).
+    None,
 }
 
 /// big_vision's `MAPHead`: `probe` `[1, 1, D]` as the only query of a multihead attention over the tokens,
@@ -335,6 +338,86 @@ pub struct Logit {
     pub bias: Option<Param>,
 }
 
+/// The sizes of a Gemma language model, read off its shapes once (big_vision `models/ppp/gemma.py` names).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LanguageArch {
+    /// `1` for Gemma, `2` for Gemma 2 (which adds a norm after attention and after the MLP of each layer).
+    pub generation: u8,
+    /// The model width (`embedder/input_embedding` columns).
+    pub width: usize,
+    /// Layers (the leading axis of the scan-stacked `layers/` tensors).
+    pub depth: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (1: multi-query attention; `heads`: one fused `qkv_einsum`).
+    pub kv_heads: usize,
+    /// Width of each attention head.
+    pub head_dim: usize,
+    /// Inner width of the gated MLP.
+    pub mlp: usize,
+    /// Rows of the token embedding.
+    pub vocab: usize,
+}
+
+impl LanguageArch {
+    /// `Gemma` or `Gemma 2`.
+    pub fn name(&self) -> String {
+        gemma_name(self.generation)
+    }
+}
+
+/// `Gemma` for generation 1, `Gemma 2` for 2 (PaliGemma and PaliGemma 2 are named after them).
+pub fn gemma_name(generation: u8) -> String {
+    match generation {
+        1 => "Gemma".to_string(),
+        g => format!("Gemma {g}"),
+    }
+}
+
+/// `2,614,341,888 parameters, 5.23 GB`: a model's size as reports and refusals say it.
+pub fn size_words(params: u64, bytes: u64) -> String {
+    let digits = params.to_string();
+    let mut grouped = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && digits.len().saturating_sub(i).is_multiple_of(3) {
+            grouped.push(',');
+        }
+        grouped.push(c);
+    }
+    // The largest decimal unit the size reaches, with two decimals, in integer arithmetic.
+    let (unit, name) = [(1_000_000_000u64, "GB"), (1_000_000, "MB"), (1_000, "kB")]
+        .into_iter()
+        .find(|(u, _)| bytes >= *u)
+        .unwrap_or((1, "bytes"));
+    let hundredths = bytes
+        .checked_div(unit.checked_div(100).unwrap_or(1).max(1))
+        .unwrap_or(0);
+    let size = if unit == 1 {
+        format!("{bytes} bytes")
+    } else {
+        format!(
+            "{}.{:02} {name}",
+            hundredths.checked_div(100).unwrap_or(0),
+            hundredths.checked_rem(100).unwrap_or(0)
+        )
+    };
+    format!("{grouped} parameters, {size}")
+}
+
+/// A language model stored beside the image tower (PaliGemma's Gemma): described, never converted. Its
+/// tensors are left out of every conversion, which the user must ask for (`--tower image`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LanguageModel {
+    /// The sizes.
+    pub arch: LanguageArch,
+    /// Every tensor of the language model.
+    pub tensors: Vec<String>,
+    /// Its parameters, all tensors together.
+    pub params: u64,
+    /// Its bytes as stored.
+    pub bytes: u64,
+}
+
 /// A checkpoint as the converter understands it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Model {
@@ -348,6 +431,8 @@ pub struct Model {
     pub text: Option<TextTower>,
     /// The logit scale and bias of a two-tower model.
     pub logit: Option<Logit>,
+    /// The language model of a vision-language model (PaliGemma), which vitconv describes but does not convert.
+    pub llm: Option<LanguageModel>,
     /// What the source module wants the report to say about the file itself (prefix, naming style, dtype).
     pub notes: Vec<String>,
     /// Every tensor of the file and its shape, for the check that a plan accounts for all of them.

@@ -37,6 +37,8 @@ pub enum DeclaredHead {
     Proj,
     /// The MAP head's output is the embedding; no dense follows it.
     Map,
+    /// No pooling: a dense projects every token (PaliGemma's image tower to the LLM width).
+    Projector,
     /// No head: the pooled features are the output.
     None,
 }

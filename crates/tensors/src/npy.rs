@@ -486,6 +486,17 @@ mod tests {
     }
 
     #[test]
+    fn not_applicable_byte_order_void_is_bf16_too() {
+        // numpy writes a 2-byte void with the `|` (not applicable) order, as Kaggle's PaliGemma `.b16.npz`
+        // files have it; it is bfloat16 like `<V2`, and nothing is swapped.
+        let (dtype, swap, note) = parse_descr("|V2").unwrap();
+        assert_eq!((dtype, swap), (DType::BF16, false));
+        assert!(note.unwrap().starts_with("|V2"));
+        let (dtype, swap, _) = parse_descr(">V2").unwrap();
+        assert_eq!((dtype, swap), (DType::BF16, true));
+    }
+
+    #[test]
     fn big_endian_is_swapped() {
         let h = parse(&header_v1(
             "{'descr': '>f4', 'fortran_order': False, 'shape': (2,)}\n",

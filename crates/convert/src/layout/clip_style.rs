@@ -168,6 +168,10 @@ pub fn check_tower(prep: &Prepared<'_>) -> Result<()> {
             Part::Pooling(Classifier::Map),
             "the tower pools the class token and has no place for the probe's attention and MLP; use --layout timm (global_pool='map') or --layout hf (SiglipVisionModel)",
         )),
+        Classifier::None => Err(prep.refuse(
+            Part::Pooling(Classifier::None),
+            "the tower pools the class token into one vector and has no per-token projection; use --layout hf (SiglipVisionModel + multi_modal_projector) or --layout timm (global_pool='')",
+        )),
     }
 }
 

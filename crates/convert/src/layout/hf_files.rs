@@ -15,9 +15,20 @@ pub const CLASSIFIER_B: &str = "classifier.bias";
 
 /// The head as transformers' `classifier`: the `[features, classes]` kernel transposed, and its bias.
 pub(crate) fn classifier(head: &Dense, features: usize, classes: usize) -> [OutTensor; 2] {
+    linear(head, features, classes, CLASSIFIER_W, CLASSIFIER_B)
+}
+
+/// A dense `[features, out]` as an `nn.Linear` named `weight` and `bias`: the kernel transposed, the bias.
+pub(crate) fn linear(
+    head: &Dense,
+    features: usize,
+    classes: usize,
+    weight: &str,
+    bias: &str,
+) -> [OutTensor; 2] {
     [
         OutTensor {
-            name: CLASSIFIER_W.to_string(),
+            name: weight.to_string(),
             shape: vec![classes, features],
             recipe: Recipe::Transpose {
                 src: head.kernel.clone(),
@@ -26,7 +37,7 @@ pub(crate) fn classifier(head: &Dense, features: usize, classes: usize) -> [OutT
             },
         },
         OutTensor {
-            name: CLASSIFIER_B.to_string(),
+            name: bias.to_string(),
             shape: vec![classes],
             recipe: Recipe::Copy(head.bias.clone()),
         },

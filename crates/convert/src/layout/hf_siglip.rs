@@ -80,6 +80,11 @@ pub mod names {
     pub const CLASSIFIER_B: &str = crate::layout::hf_files::CLASSIFIER_B;
     /// Prefix of the vision tower inside `SiglipForImageClassification` (and `SiglipModel`).
     pub const VISION_MODEL: &str = "vision_model.";
+    /// The weight of PaliGemma's projection of every image token to the LLM width, named as
+    /// `PaliGemmaForConditionalGeneration` checkpoints name it (`PaliGemmaMultiModalProjector.linear`).
+    pub const PROJECTOR_W: &str = "multi_modal_projector.linear.weight";
+    /// The bias of PaliGemma's projection.
+    pub const PROJECTOR_B: &str = "multi_modal_projector.linear.bias";
 }
 
 /// One `encoder.layers.{i}` (`SiglipEncoderLayer`).
@@ -369,7 +374,13 @@ pub fn vision_config(prep: &Prepared<'_>, use_head: bool) -> Value {
 pub fn plan(prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
     let a = prep.arch().clone();
     let tower = prep.tower();
-    let classify = prep.keep_head && tower.head.is_some();
+    // An unpooled tower's head (PaliGemma's) projects every token: it is PaliGemma's projector, written beside
+    // the SiglipVisionModel it follows, not a classifier.
+    let projector = match (&tower.head, prep.keep_head, a.classifier) {
+        (Some(head), true, Classifier::None) => Some(head),
+        _ => None,
+    };
+    let classify = prep.keep_head && tower.head.is_some() && projector.is_none();
     if prep.has_pre_logits() {
         return Err(prep.refuse(
             Part::PreLogits {
@@ -399,8 +410,30 @@ pub fn plan(prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
     if let (true, Some(head)) = (classify, &tower.head) {
         out.extend(hf_files::classifier(head, d, classes));
     }
+    let projection_dim = a.num_classes.filter(|_| projector.is_some());
+    if let (Some(head), Some(width)) = (projector, projection_dim) {
+        out.extend(hf_files::linear(
+            head,
+            d,
+            width,
+            names::PROJECTOR_W,
+            names::PROJECTOR_B,
+        ));
+    }
 
-    let vision = vision_config(&prep, map.is_some());
+    let mut vision = vision_config(&prep, map.is_some());
+    if let (Value::Object(v), Some(width)) = (&mut vision, projection_dim) {
+        // `PaliGemmaConfig.vision_config.projection_dim` sizes the projector; SiglipVisionConfig keeps it.
+        v.insert("projection_dim".into(), json!(width));
+    }
+    let mut prep = prep;
+    if let Some(width) = projection_dim {
+        prep.notes.push(format!(
+            "projector: the per-token head {d} -> {width} written beside the SiglipVisionModel as {} / {} (PaliGemma's names); SiglipVisionModel.from_pretrained loads every other weight and reports these two as UNEXPECTED",
+            names::PROJECTOR_W,
+            names::PROJECTOR_B
+        ));
+    }
     let arch_class = if classify {
         generation.classifier
     } else {
@@ -427,13 +460,22 @@ pub fn plan(prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
     cfg.insert("torch_dtype".into(), json!(dtype_name(prep.opts.dtype)));
     let mut preprocessor = preprocessor(&prep);
     hf_files::image_only_processor(&mut preprocessor);
-    let python = format!(
-        "from transformers import {arch_class}\nmodel = {arch_class}.from_pretrained(OUTPUT_DIR)"
-    );
-    let head = match (classify, map.is_some()) {
-        (true, _) => DeclaredHead::Head,
-        (false, true) => DeclaredHead::Map,
-        (false, false) => DeclaredHead::None,
+    let python = match projection_dim {
+        Some(width) => format!(
+            "import torch\nfrom safetensors.torch import load_file\nfrom transformers import {arch_class}\nmodel = {arch_class}.from_pretrained(OUTPUT_DIR)  # the image tokens: last_hidden_state\nw = load_file(OUTPUT_DIR + '/{}')\nprojector = torch.nn.Linear({d}, {width})  # PaliGemma's multi_modal_projector.linear: tokens to the LLM width\nprojector.load_state_dict({{'weight': w['{}'], 'bias': w['{}']}})",
+            hf_files::WEIGHTS_FILE,
+            names::PROJECTOR_W,
+            names::PROJECTOR_B
+        ),
+        None => format!(
+            "from transformers import {arch_class}\nmodel = {arch_class}.from_pretrained(OUTPUT_DIR)"
+        ),
+    };
+    let head = match (classify, map.is_some(), projection_dim) {
+        (_, _, Some(_)) => DeclaredHead::Projector,
+        (true, _, _) => DeclaredHead::Head,
+        (false, true, _) => DeclaredHead::Map,
+        (false, false, _) => DeclaredHead::None,
     };
     let config = prep.config(prep.opts.gelu.declared(), FLAX_LN_EPS, false, head, None);
     let mut meta = prep.metadata(source_name, &config);

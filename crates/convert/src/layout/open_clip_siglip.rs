@@ -173,6 +173,12 @@ pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Res
         Classifier::Map => "map",
         Classifier::Gap => "avg",
         Classifier::Token => "token",
+        Classifier::None => {
+            return Err(prep.refuse(
+                Part::Pooling(Classifier::None),
+                "open_clip's image tower pools its tokens into one embedding",
+            ))
+        }
     };
     let act_kwargs = match prep.opts.gelu {
         Gelu::Tanh => json!({"approximate": "tanh"}),

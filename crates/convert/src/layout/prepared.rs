@@ -204,7 +204,28 @@ impl<'a> Prepared<'a> {
             _ => {}
         }
         let mut dropped = model.left_out.clone();
+        // A vision-language model's LLM is never converted: the user asks for the image tower alone.
+        match (opts.tower, &model.llm) {
+            (TowerChoice::All, Some(llm)) => {
+                return Err(Error::LanguageModelNotConverted {
+                    generation: llm.arch.generation,
+                    params: llm.params,
+                    bytes: llm.bytes,
+                })
+            }
+            (TowerChoice::Image, Some(llm)) => {
+                dropped.extend(llm.tensors.iter().cloned());
+                notes.push(format!(
+                    "{} language model left out (--tower image; {}): the output is the image tower with its projection to the LLM width {}",
+                    llm.arch.name(),
+                    crate::model::size_words(llm.params, llm.bytes),
+                    llm.arch.width
+                ));
+            }
+            (_, None) => {}
+        }
         match (opts.tower, &model.text, &model.logit) {
+            (TowerChoice::Image, None, _) if model.llm.is_some() => {}
             (TowerChoice::Image, None, _) => return Err(Error::NotTwoTower),
             (TowerChoice::Image, Some(text), logit) => {
                 dropped.extend(text_tensors(text, logit.as_ref()));

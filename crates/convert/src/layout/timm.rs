@@ -233,6 +233,8 @@ pub fn plan(prep: Prepared<'_>, _fetch: &dyn Fetch, source_name: &str) -> Result
         Classifier::Token => "token",
         Classifier::Gap => "avg",
         Classifier::Map => "map",
+        // No pooling: timm's `forward_head` then applies `head` to every token (PaliGemma's projection).
+        Classifier::None => "",
     };
     kw.insert("global_pool".into(), json!(pool));
     kw.insert("class_token".into(), json!(a.class_token()));

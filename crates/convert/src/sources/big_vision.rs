@@ -168,6 +168,7 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
         image,
         text: None,
         logit: None,
+        llm: None,
         notes,
         shapes,
         left_out,
@@ -315,21 +316,44 @@ pub(crate) fn read_encoder(
     })
 }
 
+/// How a ViT's pooling is found: from its keys (a class token, a MAP head, or else `gap`), or given by the
+/// model that builds the tower, where the keys cannot tell (PaliGemma's `pool_type='none'` stores exactly what
+/// `gap` stores).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pooling {
+    /// `tok`, `map` or `gap`, as the keys say.
+    FromKeys,
+    /// `pool_type='none'`: no pooling, the head applied to every token. A class token or MAP head in the file
+    /// is then no tensor of the model and is refused as unmapped.
+    None,
+}
+
 /// Reads the big_vision ViT under `root` (`params/`, `params/img/`, ...): patch embedding, encoder, pooling,
 /// position embedding, `pre_logits` and head, each shape checked; gives the tower and what the report should
 /// say about its storage.
 pub(crate) fn read_vit(keys: &mut Keys<'_>, root: &str) -> Result<(Tower, Vec<String>)> {
-    read_tower(keys, root, PatchEmbedKind::Conv)
+    read_tower(keys, root, PatchEmbedKind::Conv, Pooling::FromKeys)
+}
+
+/// [`read_vit`] with the pooling found as `pooling` says (PaliGemma's tower has none).
+pub(crate) fn read_vit_as(
+    keys: &mut Keys<'_>,
+    root: &str,
+    pooling: Pooling,
+) -> Result<(Tower, Vec<String>)> {
+    read_tower(keys, root, PatchEmbedKind::Conv, pooling)
 }
 
 /// [`read_vit`] for a tower whose patches are embedded as `embed` says: `vit.py`'s convolution (HWIO kernel
 /// `[p, p, in, D]`) with a learned table or sincos2d, or `naflex_vit.py`'s Dense over (py, px, c)-flattened
 /// patches (kernel `[p * p * 3, D]`) with its learned `[G, G, D]` position grid, which the model resizes to
-/// each image's patch grid. Everything after the embeddings is the same module in both.
+/// each image's patch grid; pooled as `pooling` says. Everything after the embeddings is the same module in
+/// both.
 pub(crate) fn read_tower(
     keys: &mut Keys<'_>,
     root: &str,
     embed: PatchEmbedKind,
+    pooling: Pooling,
 ) -> Result<(Tower, Vec<String>)> {
     let ek = format!("{root}embedding/kernel");
     let eb = format!("{root}embedding/bias");
@@ -343,7 +367,9 @@ pub(crate) fn read_tower(
     // Pooling: a class token means `tok`, a MAP head `map`, neither `gap`.
     let cls = format!("{root}cls");
     let probe = format!("{root}MAPHead_0/probe");
-    let classifier = if keys.has(&cls) {
+    let classifier = if pooling == Pooling::None {
+        Classifier::None
+    } else if keys.has(&cls) {
         keys.need_shape(&cls, &[1, 1, hidden], "class token")?;
         Classifier::Token
     } else if keys.has(&probe) {
@@ -632,6 +658,7 @@ fn tower(keys: &Keys<'_>, root: &str, enc: Encoder, arch: Arch) -> Result<Tower>
     let pool = match arch.classifier {
         Classifier::Token => Pool::Token,
         Classifier::Gap => Pool::Mean,
+        Classifier::None => Pool::None,
         Classifier::Map => {
             let map = format!("{root}MAPHead_0/");
             Pool::Map(Box::new(MapHead {

@@ -7,6 +7,7 @@
 
 pub mod big_vision;
 pub(crate) mod keys;
+pub mod paligemma;
 pub mod siglip;
 pub mod siglip2_naflex;
 pub mod vit_jax;
@@ -28,6 +29,12 @@ pub struct Source {
 
 /// Every source family, most specific first.
 pub const SOURCES: &[Source] = &[
+    // Before siglip: a PaliGemma file has an image tower under `img/` too, beside its language model.
+    Source {
+        name: paligemma::FAMILY,
+        claims: paligemma::claims,
+        read: paligemma::read,
+    },
     Source {
         name: siglip2_naflex::FAMILY,
         claims: siglip2_naflex::claims,

@@ -11,7 +11,7 @@
 use vitconv_tensors::TensorInfo;
 
 use super::big_vision::{
-    dense_at, read_encoder, read_tower, split_training_state, training_state_note,
+    dense_at, read_encoder, read_tower, split_training_state, training_state_note, Pooling,
 };
 use super::keys::{dims, Keys};
 use crate::arch::PatchEmbedKind;
@@ -84,7 +84,7 @@ pub(crate) fn read_two_tower(
     let (state, weights) = split_training_state(tensors, root)?;
     let mut keys = Keys::new(&weights, &recognised);
     let img = format!("{root}img/");
-    let (image, image_notes) = read_tower(&mut keys, &img, embed)?;
+    let (image, image_notes) = read_tower(&mut keys, &img, embed, Pooling::FromKeys)?;
 
     // Text tower: token and position embeddings of one width, the encoder, an optional head.
     let txt = format!("{root}txt/");
@@ -205,6 +205,7 @@ pub(crate) fn read_two_tower(
         image,
         text: Some(text),
         logit: Some(Logit { scale, bias }),
+        llm: None,
         notes,
         shapes,
         left_out,

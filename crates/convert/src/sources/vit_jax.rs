@@ -366,6 +366,7 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
         image,
         text: None,
         logit: None,
+        llm: None,
         notes,
         shapes,
         left_out,

@@ -113,7 +113,11 @@ impl BigVision {
             }
         }
         let mut notes = Vec::new();
-        if !tower.is_empty() {
+        if opts.pool == Some(Classifier::None) {
+            notes.push(format!(
+                "the source is a PaliGemma model: its image tower {tower} is the model run, with no pooling and the head on every token (pool_type 'none'); the language model is not part of it"
+            ));
+        } else if !tower.is_empty() {
             notes.push(format!(
                 "the source is a multi-tower model: its image tower {tower} is the model run; the other towers are not part of it"
             ));
@@ -212,6 +216,8 @@ impl BigVision {
             Classifier::Token | Classifier::First => tokens.f_select(1, 0)?,
             Classifier::Gap => tokens.f_mean_dim(1, false, Kind::Float)?,
             Classifier::Map => self.map_head(&tokens)?,
+            // No pooling: the head (below) applies to every token.
+            Classifier::None => tokens.shallow_clone(),
         };
         let features = match a.representation {
             Some(r) => ops::dense_in_out(
@@ -595,6 +601,8 @@ fn read_arch(p: &Params, opts: &Options) -> Result<(SourceArch, Option<MapSizes>
         Some(asked) if asked == from_keys => asked,
         // `0` and `gap` share their keys; anything else must match what the keys say.
         Some(Classifier::First) if from_keys == Classifier::Gap => Classifier::First,
+        // So do `none` (PaliGemma's image tower) and `gap`.
+        Some(Classifier::None) if from_keys == Classifier::Gap => Classifier::None,
         Some(asked) => {
             return Err(Error::Declared {
                 path: path.clone(),
@@ -846,6 +854,48 @@ mod tests {
             worst > 0.0,
             "bf16 weights cannot give the f32 outputs exactly"
         );
+    }
+
+    #[test]
+    fn runs_a_paligemma_image_tower_token_by_token() {
+        // PaliGemma's pool_type 'none' stores what 'gap' stores; the language model beside the tower is what
+        // tells the reference to pool nothing and apply the head to every token.
+        for case in ["paligemma-tower-tiny", "paligemma-tower-tiny-bf16"] {
+            let rel = format!("../siglip2/{case}");
+            let reference = super::super::Reference::open(
+                &fixture(&format!("{rel}/checkpoint.npz")),
+                Device::Cpu,
+                &super::super::SourceOptions::default(),
+            )
+            .expect("opens");
+            assert_eq!(reference.arch().classifier, Classifier::None, "{case}");
+            assert!(reference.notes().join(" ").contains("PaliGemma"), "{case}");
+            let out = reference
+                .forward(&npy(&format!("{rel}/input.npy")), reference.arch().grid)
+                .expect("runs");
+            let tokens = max_abs(&out.pooled, &npy(&format!("{rel}/tokens.npy")));
+            let zimg = max_abs(
+                &out.logits.expect("the projection"),
+                &npy(&format!("{rel}/zimg.npy")),
+            );
+            assert!(
+                tokens <= GOLDEN_TOLERANCE && zimg <= GOLDEN_TOLERANCE,
+                "{case}: tokens differ by {tokens}, zimg by {zimg}"
+            );
+        }
+        // Asked for explicitly, 'none' is refused where the keys give a class token.
+        let err = open_with(
+            "bv-vit-tok-scan/checkpoint.npz",
+            "",
+            &Options {
+                image_size: None,
+                pool: Some(Classifier::None),
+            },
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(err.contains("pool"), "{err}");
     }
 
     #[test]

@@ -59,6 +59,9 @@ pub enum Classifier {
     Map,
     /// big_vision's `pool_type='0'`: token 0 of a model without a class token (the first patch).
     First,
+    /// big_vision's `pool_type='none'` (PaliGemma's image tower): no pooling, the head on every token; the
+    /// "pooled" output is then every token after `encoder_norm`.
+    None,
 }
 
 /// Where the position embedding comes from.
@@ -168,13 +171,17 @@ impl Reference {
             Family::VitJax => Reference::VitJax(vit_jax::VitJax::from_file(file, device)?),
             Family::BigVision => {
                 let tower = big_vision::image_tower(&file);
+                // PaliGemma builds its image tower with pool_type 'none', which the tower's keys cannot tell
+                // from 'gap'; the language model beside it says so (the source family's own test).
+                let pool = vitconv_convert::sources::paligemma::claims(file.tensors())
+                    .then_some(Classifier::None);
                 Reference::BigVision(big_vision::BigVision::from_file(
                     file,
                     device,
                     tower,
                     &big_vision::Options {
                         image_size: opts.image_size,
-                        pool: None,
+                        pool,
                     },
                 )?)
             }

@@ -151,6 +151,7 @@ impl VitJax {
             // read_arch gives a vision_transformer file only these two.
             Classifier::Token | Classifier::First => tokens.f_select(1, 0)?,
             Classifier::Gap | Classifier::Map => tokens.f_mean_dim(1, false, Kind::Float)?,
+            Classifier::None => tokens.shallow_clone(),
         };
         let features = match a.representation {
             Some(r) => ops::dense_in_out(

@@ -30,6 +30,12 @@ use crate::error::{Error, Result};
 use crate::ops;
 use crate::params::{dim, Params};
 
+/// PaliGemma's projection of every image token to the LLM width, as `PaliGemmaForConditionalGeneration`
+/// names it (transformers `PaliGemmaMultiModalProjector.linear`), written beside a headless `SiglipVisionModel`.
+const PROJECTOR: &str = "multi_modal_projector.linear";
+/// Its weight, `[LLM width, hidden]`.
+const PROJECTOR_W: &str = "multi_modal_projector.linear.weight";
+
 /// `SiglipVisionConfig`'s fields the forward reads, with the class's defaults.
 #[derive(Debug, Deserialize)]
 struct VisionConfig {
@@ -147,6 +153,9 @@ pub struct HfSiglip {
     /// `SiglipForImageClassification` (mean pool, classifier) rather than `SiglipVisionModel`.
     classification: bool,
     head: Option<PoolingHead>,
+    /// PaliGemma's `multi_modal_projector.linear` beside a `SiglipVisionModel` without a head: every token's
+    /// projection to the LLM width.
+    projector: Option<(Tensor, Tensor)>,
 }
 
 impl HfSiglip {
@@ -266,7 +275,14 @@ impl HfSiglip {
             }
             None
         };
-        if !classification && head.is_none() {
+        let projector = match p.shape(PROJECTOR_W) {
+            Some([w, _]) if head.is_none() && !classification => {
+                let w = *w;
+                Some(pair(&p, PROJECTOR, &[w, d], &[w])?)
+            }
+            _ => None,
+        };
+        if !classification && head.is_none() && projector.is_none() {
             return Err(Error::Declared {
                 path: config_path,
                 key: "vision_use_head".into(),
@@ -304,6 +320,8 @@ impl HfSiglip {
                 "SiglipForImageClassification (mean of the post_layernorm tokens, then classifier)"
             } else if two_tower {
                 "SiglipModel's vision_model (pooler_output = the attention pooling head)"
+            } else if projector.is_some() {
+                "SiglipVisionModel without a head (last_hidden_state, every token) and PaliGemma's multi_modal_projector.linear on every token"
             } else {
                 "SiglipVisionModel (pooler_output = the attention pooling head)"
             },
@@ -318,6 +336,7 @@ impl HfSiglip {
             arch: arch.clone(),
             classification,
             head,
+            projector,
         };
         Ok((
             m,
@@ -376,6 +395,14 @@ impl HfSiglip {
                 features: pooled,
                 features_kind: FeatureKind::Pooled,
                 logits,
+            });
+        }
+        if let (None, Some(proj)) = (&self.head, &self.projector) {
+            let logits = ops::linear(&x, &proj.0, Some(&proj.1))?;
+            return Ok(TargetOutputs {
+                features: x,
+                features_kind: FeatureKind::Pooled,
+                logits: Some(logits),
             });
         }
         let head = self.head.as_ref().ok_or_else(|| Error::MissingTensor {

@@ -192,6 +192,7 @@ impl From<ConfigRecord> for DeclaredConfig {
             DeclaredHead::Head => "head",
             DeclaredHead::Proj => "proj",
             DeclaredHead::Map => "map",
+            DeclaredHead::Projector => "projector",
             DeclaredHead::None => "none",
         };
         DeclaredConfig {

@@ -55,6 +55,8 @@ enum GlobalPool {
     Token,
     Avg,
     Map,
+    /// `global_pool=''`: no pooling; `head` applies to every token (PaliGemma's image tower).
+    None,
 }
 
 /// What the constructor kwargs decide for the forward.
@@ -293,6 +295,7 @@ impl Timm {
                 GlobalPool::Token => "class-token",
                 GlobalPool::Avg => "average",
                 GlobalPool::Map => "attention (attn_pool)",
+                GlobalPool::None => "no (every token through the head)",
             },
             if kw.fc_norm { " then fc_norm" } else { "" },
             if class_token && kw.no_embed_class {
@@ -377,6 +380,7 @@ impl Timm {
         let n = x.size().get(1).copied().unwrap_or(0);
         let mut pooled = match (self.kw.global_pool, &self.attn_pool) {
             (GlobalPool::Token, _) => x.f_select(1, 0)?,
+            (GlobalPool::None, _) => x.shallow_clone(),
             (GlobalPool::Avg, _) => {
                 x.f_narrow(1, prefix, n - prefix)?
                     .f_mean_dim(1, false, None::<Kind>)?
@@ -589,6 +593,7 @@ impl Kwargs {
             let global_pool = match config.classifier.as_deref() {
                 Some("gap") => GlobalPool::Avg,
                 Some("map") => GlobalPool::Map,
+                Some("none") => GlobalPool::None,
                 Some(_) => GlobalPool::Token,
                 None if p.has("attn_pool.latent") => GlobalPool::Map,
                 None if class_token => GlobalPool::Token,
@@ -640,7 +645,8 @@ impl Kwargs {
                 Some("token") => GlobalPool::Token,
                 Some("avg") => GlobalPool::Avg,
                 Some("map") => GlobalPool::Map,
-                _ => return Err(declared("global_pool", "'token', 'avg' or 'map'", v)),
+                Some("") => GlobalPool::None,
+                _ => return Err(declared("global_pool", "'token', 'avg', 'map' or ''", v)),
             },
         };
         if global_pool == GlobalPool::Token && !class_token {
