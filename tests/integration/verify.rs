@@ -1753,3 +1753,45 @@ fn a_planted_projector_transpose_is_caught() {
     let r = assert_caught(source, &bad, &[]);
     assert!(!r["logits"]["within"].as_bool().unwrap_or(true), "{r}");
 }
+
+// ---- SigLIP 2, fixed resolution ----
+
+#[test]
+fn siglip2_gopt_passes_in_hf_open_clip_and_the_timm_tower() {
+    // g-opt: image width 96 without img/head, text width 64 with txt/head 64 -> 96, Gemma's ids.
+    let dir = scratch();
+    let case = "siglip2/siglip2-gopt-tiny";
+    let source = format!("{case}/checkpoint.npz");
+    let arg = |flag: &str, file: &str| {
+        [
+            flag.to_string(),
+            fixture(&format!("{case}/{file}")).display().to_string(),
+        ]
+    };
+    let golden: Vec<String> = [
+        arg("--input", "input.npy"),
+        arg("--text-ids", "text.npy"),
+        arg("--expect", "logits_per_image.npy"),
+    ]
+    .concat();
+    let golden: Vec<&str> = golden.iter().map(String::as_str).collect();
+    let tokenizer = fixture(&format!("{case}/tokenizer.model"))
+        .display()
+        .to_string();
+    for layout in ["hf", "open_clip"] {
+        let out = dir.path().join(layout);
+        convert(&source, &out, layout, &["--tokenizer", &tokenizer]);
+        let r = assert_two_tower_passes(&source, &out, &golden);
+        assert_eq!(r["layout"], layout, "{r}");
+        assert!(
+            num(&r, &["expect", "max_abs_diff"]) <= TWO_TOWER_TOLERANCE,
+            "{r}"
+        );
+        assert_two_tower_passes(&source, &out, &PADDED_TEXT);
+    }
+    let out = dir.path().join("timm.safetensors");
+    convert(&source, &out, "timm", &["--tower", "image"]);
+    let input = arg("--input", "input.npy");
+    let input: Vec<&str> = input.iter().map(String::as_str).collect();
+    assert_exact(&source, &out, &input);
+}

@@ -194,14 +194,6 @@ impl Gelu {
             Gelu::Erf => "erf",
         }
     }
-
-    /// The GELU as `vitconv.config` declares it.
-    pub fn declared(self) -> crate::record::DeclaredGelu {
-        match self {
-            Gelu::Tanh => crate::record::DeclaredGelu::Tanh,
-            Gelu::Erf => crate::record::DeclaredGelu::Erf,
-        }
-    }
 }
 
 /// What becomes of the classification head.

@@ -27,6 +27,15 @@ pub enum DeclaredGelu {
     Quick,
 }
 
+impl From<crate::options::Gelu> for DeclaredGelu {
+    fn from(g: crate::options::Gelu) -> DeclaredGelu {
+        match g {
+            crate::options::Gelu::Tanh => DeclaredGelu::Tanh,
+            crate::options::Gelu::Erf => DeclaredGelu::Erf,
+        }
+    }
+}
+
 /// What the output's image head is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -315,7 +315,7 @@ pub fn plan(mut prep: Prepared<'_>, _fetch: &dyn Fetch, source_name: &str) -> Re
     } else {
         DeclaredHead::None
     };
-    let config = prep.config(prep.opts.gelu.declared(), FLAX_LN_EPS, false, head, None);
+    let config = prep.config(prep.opts.gelu.into(), FLAX_LN_EPS, false, head, None);
     let mut meta = prep.metadata(source_name, &config);
     meta.insert(
         crate::meta::HF_ARCHITECTURE.to_string(),

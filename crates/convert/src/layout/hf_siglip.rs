@@ -477,7 +477,7 @@ pub fn plan(prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
         (false, true, _) => DeclaredHead::Map,
         (false, false, _) => DeclaredHead::None,
     };
-    let config = prep.config(prep.opts.gelu.declared(), FLAX_LN_EPS, false, head, None);
+    let config = prep.config(prep.opts.gelu.into(), FLAX_LN_EPS, false, head, None);
     let mut meta = prep.metadata(source_name, &config);
     meta.insert(
         crate::meta::HF_ARCHITECTURE.to_string(),

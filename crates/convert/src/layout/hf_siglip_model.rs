@@ -155,7 +155,7 @@ pub fn plan(mut prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
         None => format!("from transformers import {model}\nmodel = {model}.from_pretrained(OUTPUT_DIR)  # text input: token ids from the model's SentencePiece tokenizer (--tokenizer)", model = generation.model),
     };
     let config = prep.config(
-        prep.opts.gelu.declared(),
+        prep.opts.gelu.into(),
         FLAX_LN_EPS,
         false,
         DeclaredHead::Map,

@@ -317,7 +317,7 @@ pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Res
     } else {
         DeclaredHead::Map
     };
-    let config = prep.config(prep.opts.gelu.declared(), FLAX_LN_EPS, false, head, None);
+    let config = prep.config(prep.opts.gelu.into(), FLAX_LN_EPS, false, head, None);
     let mut meta = prep.metadata(source_name, &config);
     if let Some(kw) = timm_kwargs {
         meta.insert(crate::meta::TIMM_KWARGS.to_string(), kw);

@@ -871,7 +871,7 @@ impl<'a> Prepared<'a> {
             pool: TextPool::Last,
             causal: false,
             layer_norm_eps: FLAX_LN_EPS,
-            gelu: self.opts.gelu.declared(),
+            gelu: self.opts.gelu.into(),
             logit_bias: self.model.logit.as_ref().is_some_and(|l| l.bias.is_some()),
             tokenizer: self.tokenizer.as_ref().map(|s| TokenizerRecord {
                 kind: s.kind,

@@ -131,6 +131,60 @@ const FLAX_STDCONV_EPS: f64 = 1e-5;
 /// timm's `_resnetv2` standardises kernels with this eps (`partial(StdConv2dSame, eps=1e-8)`).
 const TIMM_STDCONV_EPS: f64 = 1e-8;
 
+/// timm's `act_layer` name for the GELU the output is built with.
+pub(crate) fn act_layer(gelu: Gelu) -> &'static str {
+    match gelu {
+        Gelu::Tanh => "gelu_tanh",
+        Gelu::Erf => "gelu",
+    }
+}
+
+/// What follows the blocks in timm's `VisionTransformer` and `NaFlexVit` alike (the same names in both): the
+/// final norm, the MAP head where there is one and the classification head where one is kept. Gives the head's
+/// classes, 0 without one.
+pub(crate) fn tail_tensors(prep: &Prepared<'_>, out: &mut Vec<OutTensor>) -> Result<usize> {
+    let a = prep.arch();
+    let tower = prep.tower();
+    let d = a.hidden;
+    // With fc_norm=False timm applies `norm` to every token before pooling, like flax's encoder_norm.
+    out.push(t(
+        names::NORM_W,
+        vec![d],
+        Recipe::Copy(tower.final_norm.scale.clone()),
+    ));
+    out.push(t(
+        names::NORM_B,
+        vec![d],
+        Recipe::Copy(tower.final_norm.bias.clone()),
+    ));
+    if let Some(map) = prep.map_head()? {
+        out.extend(prep.map_tensors(ATTN_POOL, "", map));
+    }
+    let classes = if prep.keep_head {
+        a.num_classes.unwrap_or(0)
+    } else {
+        0
+    };
+    if let (true, Some(head)) = (classes > 0, &tower.head) {
+        out.push(t(
+            names::HEAD_W,
+            vec![classes, d],
+            Recipe::Transpose {
+                src: head.kernel.clone(),
+                rows: d,
+                cols: classes,
+            },
+        ));
+        out.push(t(
+            names::HEAD_B,
+            vec![classes],
+            Recipe::Copy(head.bias.clone()),
+        ));
+    }
+
+    Ok(classes)
+}
+
 fn t(name: impl Into<String>, shape: Vec<usize>, recipe: Recipe) -> OutTensor {
     OutTensor {
         name: name.into(),
@@ -180,47 +234,9 @@ pub fn plan(prep: Prepared<'_>, _fetch: &dyn Fetch, source_name: &str) -> Result
     for (i, b) in tower.blocks.iter().enumerate() {
         out.extend(prep.block_tensors(BLOCK, "", i, b));
     }
-    // With fc_norm=False timm applies `norm` to every token before pooling, like flax's encoder_norm.
-    out.push(t(
-        names::NORM_W,
-        vec![d],
-        Recipe::Copy(tower.final_norm.scale.clone()),
-    ));
-    out.push(t(
-        names::NORM_B,
-        vec![d],
-        Recipe::Copy(tower.final_norm.bias.clone()),
-    ));
-    let map = prep.map_head()?;
-    if let Some(map) = map {
-        out.extend(prep.map_tensors(ATTN_POOL, "", map));
-    }
-    let classes = if prep.keep_head {
-        a.num_classes.unwrap_or(0)
-    } else {
-        0
-    };
-    if let (true, Some(head)) = (classes > 0, &tower.head) {
-        out.push(t(
-            names::HEAD_W,
-            vec![classes, d],
-            Recipe::Transpose {
-                src: head.kernel.clone(),
-                rows: d,
-                cols: classes,
-            },
-        ));
-        out.push(t(
-            names::HEAD_B,
-            vec![classes],
-            Recipe::Copy(head.bias.clone()),
-        ));
-    }
+    let classes = tail_tensors(&prep, &mut out)?;
 
-    let act = match prep.opts.gelu {
-        Gelu::Tanh => "gelu_tanh",
-        Gelu::Erf => "gelu",
-    };
+    let act = act_layer(prep.opts.gelu);
     let mut kw = Map::new();
     kw.insert("img_size".into(), json!(prep.image_size));
     kw.insert("patch_size".into(), json!(a.patch));
@@ -335,7 +351,7 @@ pub fn plan(prep: Prepared<'_>, _fetch: &dyn Fetch, source_name: &str) -> Result
         );
     }
     let config = prep.config(
-        prep.opts.gelu.declared(),
+        prep.opts.gelu.into(),
         FLAX_LN_EPS,
         false,
         if classes > 0 {

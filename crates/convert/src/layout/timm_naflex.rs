@@ -20,7 +20,6 @@ use crate::layout::prepared::{mlp_ratio, Prepared, FLAX_LN_EPS};
 use crate::layout::recognise::{count_blocks, get, Recognised, Shapes};
 use crate::layout::timm::{self, folder_file, names as vit_names, py_kwargs, ATTN_POOL, BLOCK};
 use crate::model::Param;
-use crate::options::Gelu;
 use crate::plan::{OutTensor, OutputKind, Plan, Recipe, SideFile};
 use crate::record::DeclaredHead;
 
@@ -97,45 +96,10 @@ pub fn plan(
     for (i, b) in tower.blocks.iter().enumerate() {
         out.extend(prep.block_tensors(BLOCK, "", i, b));
     }
-    out.push(t(
-        vit_names::NORM_W,
-        vec![d],
-        Recipe::Copy(tower.final_norm.scale.clone()),
-    ));
-    out.push(t(
-        vit_names::NORM_B,
-        vec![d],
-        Recipe::Copy(tower.final_norm.bias.clone()),
-    ));
-    if let Some(map) = prep.map_head()? {
-        out.extend(prep.map_tensors(ATTN_POOL, "", map));
-    }
-    let classes = if prep.keep_head {
-        a.num_classes.unwrap_or(0)
-    } else {
-        0
-    };
-    if let (true, Some(head)) = (classes > 0, &tower.head) {
-        out.push(t(
-            vit_names::HEAD_W,
-            vec![classes, d],
-            Recipe::Transpose {
-                src: head.kernel.clone(),
-                rows: d,
-                cols: classes,
-            },
-        ));
-        out.push(t(
-            vit_names::HEAD_B,
-            vec![classes],
-            Recipe::Copy(head.bias.clone()),
-        ));
-    }
+    // The final norm, MAP head and head are named and made as in timm's VisionTransformer.
+    let classes = timm::tail_tensors(&prep, &mut out)?;
 
-    let act = match prep.opts.gelu {
-        Gelu::Tanh => "gelu_tanh",
-        Gelu::Erf => "gelu",
-    };
+    let act = timm::act_layer(prep.opts.gelu);
     let pool = match a.classifier {
         Classifier::Map => "map",
         _ => "avg",
@@ -195,7 +159,7 @@ pub fn plan(
         p = a.patch
     ));
     let config = prep.config(
-        prep.opts.gelu.declared(),
+        prep.opts.gelu.into(),
         FLAX_LN_EPS,
         false,
         if classes > 0 {
