@@ -110,13 +110,21 @@ def check(name, got, want):
     assert diff <= TOL, f"{name} differs by {diff}"
 
 
-def vitconv_config(s):
-    """The `vitconv.config` the converter records for a NaFlex file (see the verify task brief)."""
-    return {"source_family": "siglip2_naflex", "patch_embed": "linear", "posemb": "learned_grid",
-            "pos_grid": [s["grid"], s["grid"]], "pos_resize": "bilinear_antialias",
-            "patch_size": s["patch"], "image_size": None, "hidden": s["d"], "depth": s["depth"],
-            "heads": s["heads"], "mlp": s["mlp"], "classifier": "map", "gelu": "tanh",
-            "layer_norm_eps": 1e-6, "dtype": "f32"}
+def vitconv_config(s, two_tower):
+    """The whole `vitconv.config` record (version 1, crates/convert/src/record.rs) the converter writes for a
+    NaFlex file: hf's two-tower Siglip2Model declares its MAP output and text tower, timm's image tower no head."""
+    text = None
+    if two_tower:
+        text = {"vocab": s["vocab"], "context": s["ctx"], "width": s["dt"], "depth": s["tdepth"],
+                "heads": s["theads"], "mlp": s["tmlp"], "embed": s["embed"], "pool": "last", "causal": False,
+                "layer_norm_eps": 1e-6, "gelu": "tanh", "logit_bias": True, "tokenizer": None}
+    return {"version": 1, "image_size": None, "patch_size": s["patch"], "hidden": s["d"], "depth": s["depth"],
+            "heads": s["heads"], "mlp": s["mlp"], "classifier": "map", "num_classes": None,
+            "representation": None, "gelu": "tanh", "layer_norm_eps": 1e-6, "ln_pre": False,
+            "input_norm": {"name": "unit", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}, "resize": None,
+            "posemb": "learned_grid", "class_pos": False, "source_family": "siglip2_naflex", "resnet": None,
+            "head": "map" if two_tower else "none", "head_bias": None, "dtype": "f32", "patch_embed": "linear",
+            "pos_grid": [s["grid"], s["grid"]], "pos_resize": "bilinear_antialias", "text": text}
 
 
 def hf(case, out):
@@ -181,7 +189,7 @@ def hf(case, out):
     weights = os.path.join(out, "model.safetensors")
     save_file(load_file(weights), weights, metadata={
         "format": "pt", "vitconv.layout": "hf", "vitconv.hf_architecture": "Siglip2Model",
-        "vitconv.config": json.dumps(vitconv_config(s))})
+        "vitconv.config": json.dumps(vitconv_config(s, True))})
     with open(os.path.join(out, "preprocessor_config.json"), "w") as f:
         json.dump({"image_processor_type": "Siglip2ImageProcessor", "do_normalize": True,
                    "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
@@ -252,7 +260,7 @@ def timm_file(case, out):
     model = NaFlexVit(**kwargs).eval()
     model.load_state_dict(sd, strict=True)
     save_file(sd, out, metadata={"vitconv.layout": "timm", "vitconv.timm_kwargs": json.dumps(kwargs),
-                                 "vitconv.config": json.dumps(vitconv_config(s))})
+                                 "vitconv.config": json.dumps(vitconv_config(s, True))})
     timm_check(case, model)
 
 
