@@ -11,7 +11,6 @@ use comfy_table::{presets, ContentArrangement, Table};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use vitconv_batch::{Event, Request, Status, Summary};
-use vitconv_convert::Layout;
 
 use crate::report::terminal_safe;
 
@@ -95,11 +94,9 @@ pub fn run(req: &Request, printing: &Printing) -> anyhow::Result<ExitCode> {
             counts.join(", "),
             terminal_safe(&req.output_dir.to_string_lossy())
         ));
-        if req.opts.layout == Layout::Clip && summary.count(Status::Converted) > 0 {
-            eprintln!(
-                "vitconv: warning: {}",
-                vitconv_convert::layout::clip::NOT_EXACT
-            );
+        let warning = vitconv_convert::layout::def(req.opts.layout).and_then(|d| d.warning);
+        if let (Some(warning), true) = (warning, summary.count(Status::Converted) > 0) {
+            eprintln!("vitconv: warning: {warning}");
         }
     }
     if let Some(err) = summary.manifest_error {

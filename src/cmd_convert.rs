@@ -341,11 +341,8 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
     for line in python.lines().map(str::to_string).chain(load) {
         println!("  {line}");
     }
-    if opts.layout == Layout::Clip {
-        eprintln!(
-            "vitconv: warning: {}",
-            vitconv_convert::layout::clip::NOT_EXACT
-        );
+    if let Some(warning) = vitconv_convert::layout::def(opts.layout).and_then(|d| d.warning) {
+        eprintln!("vitconv: warning: {warning}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -380,8 +377,12 @@ fn run_batch(args: &ConvertArgs, opts: Options) -> anyhow::Result<ExitCode> {
     crate::cmd_batch::run(&request, &printing)
 }
 
-/// The Python that loads the written weights into the model the plan's lines build.
+/// The Python that loads the written weights into the model the plan's lines build: the layout's own line from
+/// the registry, given the expression that reads the file.
 fn load_lines(layout: Layout, weights: &Path) -> Vec<String> {
+    let Some(template) = vitconv_convert::layout::def(layout).and_then(|d| d.load_weights) else {
+        return vec![];
+    };
     let w = py_str(&weights.to_string_lossy());
     let (import, read) = if weights.extension().is_some_and(|e| e == "safetensors") {
         (
@@ -394,13 +395,5 @@ fn load_lines(layout: Layout, weights: &Path) -> Vec<String> {
             format!("torch.load({w}, weights_only=True)"),
         )
     };
-    let load = match layout {
-        Layout::Timm => format!("model.load_state_dict({read})  # strict"),
-        // from_pretrained reads the directory itself.
-        Layout::Hf => return vec![],
-        Layout::OpenClip | Layout::Clip => {
-            format!("visual.load_state_dict({{k.removeprefix('visual.'): v for k, v in {read}.items()}})  # strict")
-        }
-    };
-    vec![import.to_string(), load]
+    vec![import.to_string(), template.replace("{read}", &read)]
 }

@@ -41,6 +41,21 @@ pub struct LayoutDef {
     pub recognise: fn(&Shapes<'_>) -> Option<Recognised>,
     /// Whether the layout holds a two-tower image-text model whole; the others are offered `--tower image`.
     pub two_tower: bool,
+    /// The Python line that loads a weights file into the model the plan's printed lines build, with `{read}`
+    /// standing for the expression that reads the file's state dict; `None` where the output loads itself (a
+    /// folder `from_pretrained` reads).
+    pub load_weights: Option<&'static str>,
+    /// What every output of the layout cannot reproduce, for the command line to warn about.
+    pub warning: Option<&'static str>,
+}
+
+/// The `visual.`-prefixed state dict of open_clip and OpenAI CLIP, loaded into the visual tower alone.
+const VISUAL_LOAD: &str =
+    "visual.load_state_dict({k.removeprefix('visual.'): v for k, v in {read}.items()})  # strict";
+
+/// The registry entry of `layout`.
+pub fn def(layout: Layout) -> Option<&'static LayoutDef> {
+    LAYOUTS.iter().find(|d| d.layout == layout)
 }
 
 /// Every target layout, in the order `inspect` tries to recognise them. Adding a layout means a module, a
@@ -51,36 +66,42 @@ pub const LAYOUTS: &[LayoutDef] = &[
         plan: timm::plan,
         recognise: timm::recognise,
         two_tower: false,
+        load_weights: Some("model.load_state_dict({read})  # strict"),
+        warning: None,
     },
     LayoutDef {
         layout: Layout::Hf,
         plan: hf::plan,
         recognise: hf::recognise,
         two_tower: true,
+        // from_pretrained reads the directory itself.
+        load_weights: None,
+        warning: None,
     },
     LayoutDef {
         layout: Layout::OpenClip,
         plan: open_clip::plan,
         recognise: open_clip::recognise,
         two_tower: true,
+        load_weights: Some(VISUAL_LOAD),
+        warning: None,
     },
     LayoutDef {
         layout: Layout::Clip,
         plan: clip::plan,
         recognise: clip::recognise,
         two_tower: false,
+        load_weights: Some(VISUAL_LOAD),
+        warning: Some(clip::NOT_EXACT),
     },
 ];
 
 /// Builds the plan for the chosen layout.
 pub fn plan(model: &Model, opts: &Options, fetch: &dyn Fetch, source_name: &str) -> Result<Plan> {
     let prep = Prepared::new(model, opts)?;
-    let def = LAYOUTS
-        .iter()
-        .find(|d| d.layout == opts.layout)
-        .ok_or(Error::NoLayoutModule {
-            layout: opts.layout.as_str(),
-        })?;
+    let def = def(opts.layout).ok_or(Error::NoLayoutModule {
+        layout: opts.layout.as_str(),
+    })?;
     if prep.two_tower() && !def.two_tower {
         let text = model.text.as_ref().map(|t| t.arch.width).unwrap_or(0);
         return Err(prep.refuse(
