@@ -93,7 +93,8 @@ fn value_name<T: ValueEnum>(v: &T) -> String {
 
 #[derive(clap::Args)]
 pub struct ConvertArgs {
-    /// The source checkpoint: an .npz (google-research/vision_transformer, big_vision, SigLIP), a big_vision
+    /// The source checkpoint: an .npz (google-research/vision_transformer, big_vision, SigLIP, SigLIP 2 and its
+    /// NaFlex models, PaliGemma with --tower image), a big_vision
     /// .bv workdir or step folder, an Orbax step or its parent, or a flax msgpack file. Any other directory
     /// is a tree of sources: every checkpoint under it is converted (batch mode).
     source: PathBuf,

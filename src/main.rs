@@ -32,8 +32,9 @@ enum Command {
     /// List the tensors of a tensor file (.npz, .npy, .safetensors, .pt, flax msgpack) or a JAX checkpoint
     /// (big_vision .bv workdir, Orbax step), and say what model they hold.
     Inspect(cmd_inspect::InspectArgs),
-    /// Convert a JAX ViT checkpoint (google-research/vision_transformer or big_vision .npz, SigLIP two-tower
-    /// models, a big_vision .bv workdir, an Orbax step, a flax msgpack file), or every checkpoint under a
+    /// Convert a JAX ViT checkpoint (google-research/vision_transformer or big_vision .npz, SigLIP and SigLIP 2
+    /// two-tower models, NaFlex included, PaliGemma image towers, a big_vision .bv workdir, an Orbax step, a
+    /// flax msgpack file), or every checkpoint under a
     /// directory, into timm, transformers, open_clip or OpenAI CLIP weights: a .safetensors/.pt file or a
     /// self-contained folder.
     #[command(name = "npz-to-pt")]
