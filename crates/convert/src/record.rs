@@ -58,10 +58,11 @@ pub enum DeclaredHead {
 pub struct NormRecord {
     /// The `--input-norm` name (`unit`, `imagenet`, `clip`).
     pub name: String,
-    /// Per-channel (RGB) mean.
-    pub mean: [f32; 3],
-    /// Per-channel (RGB) standard deviation.
-    pub std: [f32; 3],
+    /// Per-channel (RGB) mean: the `f32` values the weights were folded with, widened to `f64` as every
+    /// config vitconv writes beside the weights (preprocessor, `pretrained_cfg`) states them.
+    pub mean: [f64; 3],
+    /// Per-channel (RGB) standard deviation, widened the same way.
+    pub std: [f64; 3],
 }
 
 /// A hybrid's ResNet stem.

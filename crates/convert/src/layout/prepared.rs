@@ -832,8 +832,8 @@ impl<'a> Prepared<'a> {
             ln_pre,
             input_norm: NormRecord {
                 name: self.norm.as_str().to_string(),
-                mean: self.norm.mean(),
-                std: self.norm.std(),
+                mean: self.norm.mean().map(f64::from),
+                std: self.norm.std().map(f64::from),
             },
             // How the position embedding was resampled, when the output's grid differs from the source's.
             resize: (a.posemb == PosEmbKind::Learned && Some(self.grid) != a.grid)

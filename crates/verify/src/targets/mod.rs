@@ -210,8 +210,8 @@ impl From<ConfigRecord> for DeclaredConfig {
             ln_pre: Some(r.ln_pre),
             input_norm: Some(InputNorm {
                 name: r.input_norm.name,
-                mean: r.input_norm.mean.map(f64::from),
-                std: r.input_norm.std.map(f64::from),
+                mean: r.input_norm.mean,
+                std: r.input_norm.std,
             }),
             head: Some(head.to_string()),
             head_bias: r.head_bias,
