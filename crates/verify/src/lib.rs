@@ -473,6 +473,28 @@ pub fn verify(opts: &Options) -> Result<Report> {
     })
 }
 
+/// The sizes a two-tower source and conversion must share beyond the image tower's, as (what, source,
+/// converted): the text tower's, and the embedding width both towers meet in.
+pub(crate) fn text_pairs(
+    text: &references::siglip::TextArch,
+    image_embed_width: usize,
+    target: &targets::two_tower::TextTargetArch,
+) -> [(&'static str, usize, usize); 7] {
+    [
+        ("text vocabulary", text.vocab, target.vocab),
+        ("text width", text.width, target.width),
+        ("text depth", text.depth, target.depth),
+        ("text heads", text.heads, target.heads),
+        ("text MLP width", text.mlp, target.mlp),
+        (
+            "text embedding width",
+            text.embed.unwrap_or(text.width),
+            target.embed,
+        ),
+        ("image embedding width", image_embed_width, target.embed),
+    ]
+}
+
 /// A two-tower source against a two-tower conversion: both image towers on the same pixels,
 /// both text towers on the same ids, embeddings and logits compared, declared settings checked.
 fn verify_two_tower(opts: &Options, device: Device, layout: Layout) -> Result<Report> {
@@ -497,24 +519,7 @@ fn verify_two_tower(opts: &Options, device: Device, layout: Layout) -> Result<Re
         ("patch size", src.patch_size, t.patch_size),
         ("image token grid", src.grid, t.grid),
     ];
-    let tt = &target.text_arch;
-    let text_pairs = [
-        ("text vocabulary", text_arch.vocab, tt.vocab),
-        ("text width", text_arch.width, tt.width),
-        ("text depth", text_arch.depth, tt.depth),
-        ("text heads", text_arch.heads, tt.heads),
-        ("text MLP width", text_arch.mlp, tt.mlp),
-        (
-            "text embedding width",
-            text_arch.embed.unwrap_or(text_arch.width),
-            tt.embed,
-        ),
-        (
-            "image embedding width",
-            reference.image_embed_width(),
-            tt.embed,
-        ),
-    ];
+    let text_pairs = text_pairs(&text_arch, reference.image_embed_width(), &target.text_arch);
     for (what, s, c) in image_pairs.iter().chain(text_pairs.iter()) {
         if s != c {
             return Err(mismatch(format!("{what}: source {s}, converted {c}")));
@@ -537,6 +542,7 @@ fn verify_two_tower(opts: &Options, device: Device, layout: Layout) -> Result<Re
             }
         )));
     }
+    let tt = &target.text_arch;
     if tt.positions < text_arch.context {
         return Err(mismatch(format!(
             "text positions: source {}, converted {}",

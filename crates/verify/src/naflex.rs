@@ -162,28 +162,14 @@ pub(crate) fn verify(opts: &Options, device: Device) -> Result<Report> {
     }
     check(&target.arch)?;
     let text_arch = reference.text().arch().clone();
-    let tt = &target.text_arch;
-    for (what, s, c) in [
-        ("text vocabulary", text_arch.vocab, tt.vocab),
-        ("text width", text_arch.width, tt.width),
-        ("text depth", text_arch.depth, tt.depth),
-        ("text heads", text_arch.heads, tt.heads),
-        ("text MLP width", text_arch.mlp, tt.mlp),
-        (
-            "text embedding width",
-            text_arch.embed.unwrap_or(text_arch.width),
-            tt.embed,
-        ),
-        (
-            "image embedding width",
-            reference.image_embed_width(),
-            tt.embed,
-        ),
-    ] {
+    for (what, s, c) in
+        crate::text_pairs(&text_arch, reference.image_embed_width(), &target.text_arch)
+    {
         if s != c {
             return Err(mismatch(format!("{what}: source {s}, converted {c}")));
         }
     }
+    let tt = &target.text_arch;
     if tt.positions < text_arch.context {
         return Err(mismatch(format!(
             "text positions: source {}, converted {}",

@@ -131,6 +131,30 @@ const FLAX_STDCONV_EPS: f64 = 1e-5;
 /// timm's `_resnetv2` standardises kernels with this eps (`partial(StdConv2dSame, eps=1e-8)`).
 const TIMM_STDCONV_EPS: f64 = 1e-8;
 
+/// The metadata of a timm output, `VisionTransformer` or `NaFlexVit`: the record it declares (flax's GELU and
+/// eps, no `ln_pre`, the head kept or none), the keyword arguments it is built with and its `pretrained_cfg`.
+pub(crate) fn metadata(
+    prep: &Prepared<'_>,
+    source_name: &str,
+    classes: usize,
+    kwargs: &Value,
+    pretrained_cfg: &Value,
+) -> std::collections::BTreeMap<String, String> {
+    let head = if classes > 0 {
+        DeclaredHead::Head
+    } else {
+        DeclaredHead::None
+    };
+    let config = prep.config(prep.opts.gelu.into(), FLAX_LN_EPS, false, head, None);
+    let mut meta = prep.metadata(source_name, &config);
+    meta.insert(crate::meta::TIMM_KWARGS.to_string(), kwargs.to_string());
+    meta.insert(
+        crate::meta::TIMM_PRETRAINED_CFG.to_string(),
+        pretrained_cfg.to_string(),
+    );
+    meta
+}
+
 /// timm's `act_layer` name for the GELU the output is built with.
 pub(crate) fn act_layer(gelu: Gelu) -> &'static str {
     match gelu {
@@ -350,23 +374,7 @@ pub fn plan(prep: Prepared<'_>, _fetch: &dyn Fetch, source_name: &str) -> Result
                 .to_string(),
         );
     }
-    let config = prep.config(
-        prep.opts.gelu.into(),
-        FLAX_LN_EPS,
-        false,
-        if classes > 0 {
-            DeclaredHead::Head
-        } else {
-            DeclaredHead::None
-        },
-        None,
-    );
-    let mut meta = prep.metadata(source_name, &config);
-    meta.insert(crate::meta::TIMM_KWARGS.to_string(), kwargs.to_string());
-    meta.insert(
-        crate::meta::TIMM_PRETRAINED_CFG.to_string(),
-        pretrained_cfg_full.to_string(),
-    );
+    let mut meta = metadata(&prep, source_name, classes, &kwargs, &pretrained_cfg_full);
     let (kind, side) = match backbone_desc {
         Some(b) => {
             meta.insert(crate::meta::TIMM_BACKBONE.to_string(), b.to_string());

@@ -16,12 +16,11 @@ use crate::arch::{
     linear_patch_side, Arch, Classifier, PatchEmbedKind, PosEmbKind, LINEAR_PATCH_CHANNELS,
 };
 use crate::error::{Part, Result};
-use crate::layout::prepared::{mlp_ratio, Prepared, FLAX_LN_EPS};
+use crate::layout::prepared::{mlp_ratio, Prepared};
 use crate::layout::recognise::{count_blocks, get, Recognised, Shapes};
 use crate::layout::timm::{self, folder_file, names as vit_names, py_kwargs, ATTN_POOL, BLOCK};
 use crate::model::Param;
 use crate::plan::{OutTensor, OutputKind, Plan, Recipe, SideFile};
-use crate::record::DeclaredHead;
 
 /// `NaFlexVit` state-dict names outside the blocks, the final norm, the pool and the head (which are
 /// `VisionTransformer`'s, [`vit_names`]).
@@ -158,23 +157,7 @@ pub fn plan(
         rows = a.patch.saturating_mul(a.patch).saturating_mul(a.in_chans),
         p = a.patch
     ));
-    let config = prep.config(
-        prep.opts.gelu.into(),
-        FLAX_LN_EPS,
-        false,
-        if classes > 0 {
-            DeclaredHead::Head
-        } else {
-            DeclaredHead::None
-        },
-        None,
-    );
-    let mut meta = prep.metadata(source_name, &config);
-    meta.insert(crate::meta::TIMM_KWARGS.to_string(), kwargs.to_string());
-    meta.insert(
-        crate::meta::TIMM_PRETRAINED_CFG.to_string(),
-        pretrained_cfg.to_string(),
-    );
+    let meta = timm::metadata(&prep, source_name, classes, &kwargs, &pretrained_cfg);
     let kind = OutputKind::FileOrFolder {
         python:
             "import timm\nmodel = timm.create_model('local-dir:' + OUTPUT_DIR, pretrained=True)"
