@@ -48,6 +48,30 @@ pub enum Error {
         source: Box<vitconv_convert::Error>,
     },
 
+    /// No source family of the converter's registry claims the source file.
+    #[error("{}: not a checkpoint of any source family vitconv reads ({tensors} tensors); give the .npz, .bv, Orbax or msgpack file the model was trained or released as", path.display())]
+    NotASource {
+        /// The source file.
+        path: PathBuf,
+        /// How many tensors it lists.
+        tensors: usize,
+    },
+
+    /// The conversion is one verify has no comparison for ([`crate::registry`]).
+    #[error("{}: verify cannot compare a {family} source with its {layout} conversion (--tower {tower}): {}", path.display(), why.describe())]
+    NoVerifyPath {
+        /// The source file.
+        path: PathBuf,
+        /// The source's family.
+        family: &'static str,
+        /// The conversion's layout.
+        layout: &'static str,
+        /// Which towers the conversion holds.
+        tower: &'static str,
+        /// What is missing, or the declared reason.
+        why: crate::registry::Uncovered,
+    },
+
     /// A tensor the forward needs is missing from the file.
     #[error("{path}: tensor {tensor:?} is missing ({why})")]
     MissingTensor {

@@ -30,6 +30,7 @@ mod naflex;
 pub mod ops;
 mod params;
 pub mod references;
+pub mod registry;
 pub mod targets;
 
 use std::path::PathBuf;
@@ -43,7 +44,9 @@ pub use input::{InputSource, TextSource};
 pub use targets::{InputNorm, Layout};
 
 use crate::references::{Reference, SourceArch, SourceOptions};
+use crate::registry::Route;
 use crate::targets::FeatureKind;
+use vitconv_convert::TowerChoice;
 
 /// Default tolerance when the target runs in float32 and declares the source's semantics:
 /// what is left is float rounding (the golden models differ by about 1e-6).
@@ -281,23 +284,26 @@ pub fn disable_tf32() {
 pub fn verify(opts: &Options) -> Result<Report> {
     disable_tf32();
     let device = parse_device(&opts.device)?;
-    let source_file = opts
-        .source
-        .exists()
-        .then(|| vitconv_tensors::TensorFile::open(&opts.source).ok())
-        .flatten();
-    if source_file
-        .as_ref()
-        .is_some_and(references::naflex::is_naflex)
-    {
-        return naflex::verify(opts, device);
+    if !opts.source.exists() {
+        return Err(Error::NotFound {
+            path: opts.source.clone(),
+        });
     }
-    let source_two_tower = source_file
-        .as_ref()
-        .is_some_and(references::siglip::is_two_tower);
+    let family = registry::family_of(
+        &opts.source,
+        &vitconv_tensors::TensorFile::open(&opts.source)?,
+    )?;
     let target_two_tower = targets::two_tower::detect(&opts.converted)?;
-    match (source_two_tower, target_two_tower) {
-        (true, Some(layout)) => {
+    // A conversion that is not a two-tower folder holds the image tower alone, where the family has two.
+    let tower = match (target_two_tower, family.image_tower) {
+        (None, Some(_)) => TowerChoice::Image,
+        _ => TowerChoice::All,
+    };
+    match (family.route(tower), target_two_tower) {
+        (Some(Route::NaflexTwoTower | Route::NaflexImage), _) => {
+            naflex::verify(opts, device, family.family)
+        }
+        (Some(Route::TwoTower), Some(layout)) => {
             if let Some(asked) = opts.layout.filter(|l| *l != layout) {
                 return Err(Error::LayoutMismatch {
                     path: opts.converted.clone(),
@@ -308,23 +314,43 @@ pub fn verify(opts: &Options) -> Result<Report> {
                     },
                 });
             }
-            return verify_two_tower(opts, device, layout);
+            registry::check(&opts.source, family.family, layout, tower)?;
+            verify_two_tower(opts, device, layout)
         }
-        (false, Some(_)) => {
-            return Err(Error::ArchitectureMismatch {
-                source_file: opts.source.clone(),
-                converted: opts.converted.clone(),
-                reason:
-                    "the conversion holds two towers (image and text), the source one image model"
-                        .into(),
-            })
-        }
-        _ => {}
+        (Some(Route::Pixels), None) => verify_pixels(opts, device, family, tower),
+        (Some(_), Some(_)) => Err(Error::ArchitectureMismatch {
+            source_file: opts.source.clone(),
+            converted: opts.converted.clone(),
+            reason: "the conversion holds two towers (image and text), the source one image model"
+                .into(),
+        }),
+        (route, layout) => Err(Error::NoVerifyPath {
+            path: opts.source.clone(),
+            family: family.family,
+            layout: layout.or(opts.layout).map_or("any", Layout::as_str),
+            tower: registry::tower_name(tower),
+            why: match route {
+                None => registry::Uncovered::NoRoute,
+                Some(r) => registry::Uncovered::NoTarget(r),
+            },
+        }),
     }
+}
+
+/// One image tower on square pixels ([`Route::Pixels`]): a one-tower source, or the image tower of a two-tower
+/// or PaliGemma source against a conversion holding that tower alone.
+fn verify_pixels(
+    opts: &Options,
+    device: Device,
+    family: &'static registry::ReferenceDef,
+    tower: TowerChoice,
+) -> Result<Report> {
+    let source_two_tower = family.whole == Some(Route::TwoTower);
     let target = targets::open(&opts.converted, opts.layout, device, opts.precision.kind())?;
     let source_opts = SourceOptions {
         image_size: opts.image_size.or(target.declared.image_size),
     };
+    registry::check(&opts.source, family.family, target.layout, tower)?;
     let reference = Reference::open(&opts.source, device, &source_opts)?;
     let src = reference.arch().clone();
     let grid = check_architecture(opts, &src, &target)?;

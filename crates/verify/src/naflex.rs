@@ -13,16 +13,18 @@ use crate::error::{Error, Result};
 use crate::input::{self, NaflexInputs};
 use crate::references::naflex::{NaflexArch, NaflexTwoTower};
 use crate::references::{Classifier, Family, PosEmb, SourceArch};
+use crate::registry;
 use crate::targets::timm_naflex::{self, TimmNaflex};
 use crate::targets::two_tower::{self, DeclaredMismatch};
-use crate::targets::{Layout, TargetArch};
+use crate::targets::{self, Layout, TargetArch};
 use crate::{
     compare_expect, compare_tensors, device_name, timed, NaflexReport, Options, Precision, Report,
     TwoTowerReport, F32_TOLERANCE, TWO_TOWER_F32_TOLERANCE,
 };
+use vitconv_convert::TowerChoice;
 
 /// Runs a NaFlex source against its conversion (see the module documentation).
-pub(crate) fn verify(opts: &Options, device: Device) -> Result<Report> {
+pub(crate) fn verify(opts: &Options, device: Device, family: &'static str) -> Result<Report> {
     let reference = NaflexTwoTower::open(&opts.source, device)?;
     let src = reference.image().arch().clone();
     let mismatch = |reason: String| Error::ArchitectureMismatch {
@@ -49,11 +51,21 @@ pub(crate) fn verify(opts: &Options, device: Device) -> Result<Report> {
                     path: opts.converted.clone(),
                 });
             }
+            // Another hf folder of the family is its image tower alone, which the registry says why verify
+            // cannot run.
+            if targets::folder_layout(&opts.converted)? == Some(Layout::Hf) {
+                registry::check(&opts.source, family, Layout::Hf, TowerChoice::Image)?;
+            }
             return Err(mismatch(
                 "the source is a SigLIP 2 NaFlex model; the conversion is neither an hf Siglip2Model folder nor a timm NaFlexVit (embeds.proj.weight)".into(),
             ));
         }
     };
+    let tower = match layout {
+        Layout::Hf => TowerChoice::All,
+        _ => TowerChoice::Image,
+    };
+    registry::check(&opts.source, family, layout, tower)?;
     // By default as many patches as the stored position grid has cells (256 for the released
     // 16x16 grids), so that some images shrink the grid on a side and some stretch it.
     let (inputs, input_note) = input::naflex(

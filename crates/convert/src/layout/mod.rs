@@ -124,6 +124,16 @@ pub fn recognise(tensors: &[TensorInfo]) -> Option<Recognised> {
     LAYOUTS.iter().find_map(|d| (d.recognise)(&s))
 }
 
+/// The layout a PyTorch state dict is in, by the same recognisers as [`recognise`] (for `verify`, which reads a
+/// file without `vitconv.layout` metadata as the layout its keys are).
+pub fn recognise_layout(tensors: &[TensorInfo]) -> Option<Layout> {
+    let s = recognise::shapes(tensors);
+    LAYOUTS
+        .iter()
+        .find(|d| (d.recognise)(&s).is_some())
+        .map(|d| d.layout)
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;

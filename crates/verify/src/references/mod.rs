@@ -27,6 +27,7 @@ use tch::{Device, Tensor};
 use vitconv_tensors::TensorFile;
 
 use crate::error::{Error, Result};
+use crate::registry::PixelReference;
 
 /// flax's `nn.LayerNorm` default epsilon.
 pub const FLAX_LAYER_NORM_EPS: f64 = 1e-6;
@@ -167,14 +168,14 @@ impl Reference {
             });
         }
         let file = TensorFile::open(path)?;
-        Ok(match detect_family(&file) {
-            Family::VitJax => Reference::VitJax(vit_jax::VitJax::from_file(file, device)?),
-            Family::BigVision => {
+        // The family, and how its image tower is read, come from the registry.
+        let family = crate::registry::family_of(path, &file)?;
+        Ok(match family.pixels {
+            Some(PixelReference::VitJax) => {
+                Reference::VitJax(vit_jax::VitJax::from_file(file, device)?)
+            }
+            Some(PixelReference::BigVision { pool }) => {
                 let tower = big_vision::image_tower(&file);
-                // PaliGemma builds its image tower with pool_type 'none', which the tower's keys cannot tell
-                // from 'gap'; the language model beside it says so (the source family's own test).
-                let pool = vitconv_convert::sources::paligemma::claims(file.tensors())
-                    .then_some(Classifier::None);
                 Reference::BigVision(big_vision::BigVision::from_file(
                     file,
                     device,
@@ -184,6 +185,15 @@ impl Reference {
                         pool,
                     },
                 )?)
+            }
+            None => {
+                return Err(Error::NoVerifyPath {
+                    path: path.to_path_buf(),
+                    family: family.family,
+                    layout: "any",
+                    tower: "all",
+                    why: crate::registry::Uncovered::NoRoute,
+                })
             }
         })
     }
@@ -237,21 +247,18 @@ impl Reference {
     }
 }
 
-/// Picks the family from the keys: vision_transformer files keep their position embedding under
-/// `Transformer/posembed_input/` (at the root or under `opt/target/`); everything else is read as
-/// big_vision, whose files have a `params/` root, a top-level `pos_embedding` or none at all
-/// (sincos2d), stacked `Transformer/encoderblock/` weights or a `MAPHead_0`.
+/// The code base whose module tree a source's image tower is read in: the family the converter's registry
+/// claims the file for, through its verify entry. A file no family claims, or one without a square-pixel
+/// reference, counts as big_vision's, whose reader then names what it lacks.
 pub fn detect_family(file: &TensorFile) -> Family {
-    // The roots a vision_transformer tree may sit under are the source family's to know (none, `opt/target/`,
-    // a TrainState's `params/`).
-    let vit_jax = vitconv_convert::sources::vit_jax::root(file.tensors()).is_some_and(|prefix| {
-        file.get(&format!("{prefix}Transformer/posembed_input/pos_embedding"))
-            .is_some()
-    });
-    if vit_jax {
-        Family::VitJax
-    } else {
-        Family::BigVision
+    let pixels = vitconv_convert::sources::SOURCES
+        .iter()
+        .find(|s| (s.claims)(file.tensors()))
+        .and_then(|s| crate::registry::reference(s.name))
+        .and_then(|r| r.pixels);
+    match pixels {
+        Some(PixelReference::VitJax) => Family::VitJax,
+        _ => Family::BigVision,
     }
 }
 

@@ -323,20 +323,8 @@ pub fn open(path: &Path, layout: Option<Layout>, device: Device, kind: Kind) -> 
         });
     }
     if path.is_dir() {
-        #[derive(Deserialize)]
-        struct FolderConfig {
-            model_type: Option<String>,
-            architecture: Option<String>,
-        }
-        let config_path = path.join("config.json");
-        let folder: Option<FolderConfig> = if config_path.exists() {
-            Some(hf::read_json(&config_path)?)
-        } else {
-            None
-        };
-        let timm_folder = folder
-            .as_ref()
-            .is_some_and(|f| f.architecture.is_some() && f.model_type.is_none());
+        let folder = folder_config(path)?;
+        let timm_folder = folder_layout(path)? == Some(Layout::Timm);
         if let Some(l) = layout.filter(|l| *l != Layout::Hf && !(*l == Layout::Timm && timm_folder))
         {
             return Err(Error::LayoutMismatch {
@@ -392,18 +380,47 @@ pub fn open(path: &Path, layout: Option<Layout>, device: Device, kind: Kind) -> 
     }
 }
 
-/// Recognises a layout from its keys when no metadata says it.
-fn guess_layout(file: &vitconv_tensors::TensorFile) -> Option<Layout> {
-    let has = |k: &str| file.get(k).is_some();
-    if has("blocks.0.attn.qkv.weight") {
-        Some(Layout::Timm)
-    } else if has("visual.ln_pre.weight") || has("ln_pre.weight") {
-        Some(Layout::Clip)
-    } else if has("visual.transformer.resblocks.0.attn.in_proj_weight") {
-        Some(Layout::OpenClip)
+/// The two fields of a folder's `config.json` that tell a timm folder (an `architecture`, no `model_type`) from
+/// a transformers one.
+#[derive(Deserialize)]
+struct FolderConfig {
+    model_type: Option<String>,
+    architecture: Option<String>,
+}
+
+/// A folder's `config.json`, where it has one.
+fn folder_config(path: &Path) -> Result<Option<FolderConfig>> {
+    let config_path = path.join("config.json");
+    if config_path.exists() {
+        Ok(Some(hf::read_json(&config_path)?))
     } else {
-        None
+        Ok(None)
     }
+}
+
+/// The layout a converted folder is in, from its files: an `open_clip_config.json` makes it open_clip's, a
+/// `config.json` naming a timm `architecture` timm's, any other `config.json` transformers'; `None` for a
+/// path that is not a folder or a folder with neither file.
+pub fn folder_layout(path: &Path) -> Result<Option<Layout>> {
+    if !path.is_dir() {
+        return Ok(None);
+    }
+    if path.join("open_clip_config.json").exists() {
+        return Ok(Some(Layout::OpenClip));
+    }
+    Ok(folder_config(path)?.map(|f| {
+        if f.architecture.is_some() && f.model_type.is_none() {
+            Layout::Timm
+        } else {
+            Layout::Hf
+        }
+    }))
+}
+
+/// Recognises a layout from its keys when no metadata says it, through the converter's layout registry (the
+/// recogniser `inspect` uses).
+fn guess_layout(file: &vitconv_tensors::TensorFile) -> Option<Layout> {
+    vitconv_convert::layout::recognise_layout(file.tensors())
 }
 
 /// The reason a target that declares `gelu` cannot equal the tanh-GELU source, if any.

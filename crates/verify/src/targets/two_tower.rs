@@ -267,24 +267,18 @@ impl TwoTowerTarget {
 /// Which two-tower layout a directory holds, if any: open_clip's `open_clip_config.json`, or a
 /// transformers `config.json` naming `SiglipModel` or SigLIP 2 (`Siglip2Model`, `model_type` `siglip2`).
 pub fn detect(path: &Path) -> Result<Option<Layout>> {
-    if !path.is_dir() {
-        return Ok(None);
-    }
-    if path.join("open_clip_config.json").exists() {
-        return Ok(Some(Layout::OpenClip));
-    }
-    let config = path.join("config.json");
-    if config.exists() {
-        let top: serde_json::Value = read_json(&config)?;
-        let siglip_model = top
-            .get("architectures")
-            .and_then(serde_json::Value::as_array)
-            .is_some_and(|a| a.iter().any(|v| v.as_str() == Some("SiglipModel")));
-        if siglip_model || is_siglip2(&top) {
-            return Ok(Some(Layout::Hf));
+    match super::folder_layout(path)? {
+        Some(Layout::OpenClip) => Ok(Some(Layout::OpenClip)),
+        Some(Layout::Hf) => {
+            let top: serde_json::Value = read_json(&path.join("config.json"))?;
+            let siglip_model = top
+                .get("architectures")
+                .and_then(serde_json::Value::as_array)
+                .is_some_and(|a| a.iter().any(|v| v.as_str() == Some("SiglipModel")));
+            Ok((siglip_model || is_siglip2(&top)).then_some(Layout::Hf))
         }
+        _ => Ok(None),
     }
-    Ok(None)
 }
 
 /// Opens a two-tower folder of `layout`.
