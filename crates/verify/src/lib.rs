@@ -3,6 +3,10 @@
 //! - [`references`]: the flax model straight from the `.npz`, one module per source family
 //!   (never the converter's mapping code).
 //! - [`targets`]: the converted file read by its own keys, one module per layout.
+//! - [`registry`]: which reference runs each source family (named by the converter's source registry) and which
+//!   targets run each layout, as one of four routes (square pixels, two towers, NaFlex two towers, NaFlex image
+//!   tower); [`verify`] dispatches through it, and its coverage test fails for any converting family x layout
+//!   pair without a route or a declared reason.
 //! - [`input`]: the shared pixels; [`compare`]: metrics and the pass rule.
 //! - [`verify`] ties them together and returns a [`Report`]; a mismatch is a report with
 //!   `pass: false`, while [`Error`] means the comparison could not run (bad input).

@@ -11,10 +11,11 @@
 //!   (patch inputs, a position grid resized per image, padding masks) with the text tower of
 //!   [`siglip`].
 //!
-//! [`Reference`] picks the family from the keys and hands both forwards' results back
+//! [`Reference`] takes the family from the converter's source registry through [`crate::registry`] (which also
+//! says how each family's image tower is read) and hands both forwards' results back
 //! in one shape ([`RefOutputs`]), with the architecture read from the shapes
-//! ([`SourceArch`]). Nothing here is borrowed from the converter, so a mapping bug
-//! there cannot hide in both sides.
+//! ([`SourceArch`]). What the converter lends is recognition only (which family a file is, where its tree
+//! starts); nothing of its mapping to the targets is borrowed, so a mapping bug there cannot hide in both sides.
 
 pub mod big_vision;
 pub mod naflex;
