@@ -529,7 +529,7 @@ mod tests {
             Err(Uncovered::NoRoute)
         );
         assert_eq!(
-            route("toy", Layout::Timm, TowerChoice::All),
+            route("no-such-family", Layout::Timm, TowerChoice::All),
             Err(Uncovered::NoReference)
         );
         assert!(matches!(
