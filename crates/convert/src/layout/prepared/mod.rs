@@ -326,3 +326,381 @@ fn text_tensors(text: &TextTower, logit: Option<&Logit>) -> Vec<String> {
     names.dedup();
     names
 }
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+    use crate::options::Layout;
+    use crate::sources::vit_jax::tests::fixtures;
+
+    /// The model a fixture's checkpoint reads as; `case` is its folder under `fixtures/`.
+    pub fn model(case: &str) -> Model {
+        let path = fixtures().join(case).join("checkpoint.npz");
+        let file = vitconv_tensors::TensorFile::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        crate::sources::read(file.tensors()).unwrap_or_else(|e| panic!("{case}: {e}"))
+    }
+
+    /// The options of `layout` with `f` applied.
+    pub fn opts(layout: Layout, f: impl FnOnce(&mut Options)) -> Options {
+        let mut o = Options::new(layout);
+        f(&mut o);
+        o
+    }
+
+    /// The error `Prepared::new` gives, where it must refuse.
+    pub fn refusal(model: &Model, opts: &Options) -> Error {
+        match Prepared::new(model, opts) {
+            Ok(_) => panic!("{} was accepted", model.recognised),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn the_source_grid_and_resolution_are_kept_without_image_size() {
+        for (case, grid, px) in [
+            ("vit-token", (4, 4), 64),
+            // A hybrid's stride is its patch times the stem's: patch 1 behind a 2-stage stem is 8 px.
+            ("hybrid-r2", (8, 8), 64),
+        ] {
+            let m = model(case);
+            let o = Options::new(Layout::Timm);
+            let p = Prepared::new(&m, &o).expect("prepared");
+            assert_eq!((p.grid, p.image_size), (grid, px), "{case}");
+            assert!(
+                !p.notes.iter().any(|n| n.starts_with("resolution")),
+                "{case}"
+            );
+        }
+        // A sincos2d tower stores no grid: its resolution must be asked for.
+        let sincos = model("big_vision/bv-vit-gap-sincos");
+        assert!(matches!(
+            refusal(&sincos, &Options::new(Layout::Timm)),
+            Error::ImageSizeRequired { stride: 8 }
+        ));
+        let o = opts(Layout::Timm, |o| o.image_size = Some(32));
+        let p = Prepared::new(&sincos, &o).expect("32 px");
+        assert_eq!(p.grid, (4, 4));
+        assert!(
+            p.notes
+                .iter()
+                .any(|n| n == "position embedding: sincos2d computed for the 4x4 grid (32 px)"),
+            "{:?}",
+            p.notes
+        );
+    }
+
+    #[test]
+    fn image_size_sets_the_grid_from_the_stride_and_says_the_resize() {
+        let m = model("vit-token");
+        let o = opts(Layout::Timm, |o| o.image_size = Some(96));
+        let p = Prepared::new(&m, &o).expect("96 px is 6x6 patches of 16");
+        assert_eq!((p.grid, p.image_size), ((6, 6), 96));
+        assert!(
+            p.notes
+                .iter()
+                .any(|n| n.contains("resized from 4x4 to 6x6") && n.contains("class-token row")),
+            "{:?}",
+            p.notes
+        );
+        let hybrid = model("hybrid-r2");
+        let o = opts(Layout::Timm, |o| o.image_size = Some(128));
+        let p = Prepared::new(&hybrid, &o).expect("128 px is 16x16 cells of 8");
+        assert_eq!(p.grid, (16, 16));
+        // 100 px is no multiple of the hybrid's 8-px stride (its patch is 1).
+        let o = opts(Layout::Timm, |o| o.image_size = Some(100));
+        assert!(matches!(
+            refusal(&hybrid, &o),
+            Error::ImageSizeNotMultiple {
+                size: 100,
+                stride: 8
+            }
+        ));
+    }
+
+    #[test]
+    fn bad_image_sizes_are_refused() {
+        let m = model("vit-token");
+        let refused = |size| refusal(&m, &opts(Layout::Timm, |o| o.image_size = Some(size)));
+        assert!(matches!(
+            refused(0),
+            Error::ImageSizeNotMultiple {
+                size: 0,
+                stride: 16
+            }
+        ));
+        assert!(matches!(
+            refused(100),
+            Error::ImageSizeNotMultiple {
+                size: 100,
+                stride: 16
+            }
+        ));
+        // A multiple of the patch, but over the limit: the size limit speaks first.
+        let over = MAX_IMAGE_SIZE + 16;
+        assert!(matches!(
+            refused(over),
+            Error::ImageSizeTooLarge { size, max: MAX_IMAGE_SIZE } if size == over
+        ));
+        assert!(Prepared::new(
+            &m,
+            &opts(Layout::Timm, |o| o.image_size = Some(MAX_IMAGE_SIZE))
+        )
+        .is_ok());
+        // A NaFlex tower takes each image's own grid: no size is chosen for it.
+        let naflex = model("siglip2/siglip2-naflex-tiny");
+        let o = opts(Layout::Hf, |o| o.image_size = Some(64));
+        assert!(matches!(
+            refusal(&naflex, &o),
+            Error::NaflexImageSize {
+                size: 64,
+                grid: (4, 4)
+            }
+        ));
+        let hf = Options::new(Layout::Hf);
+        let p = Prepared::new(&naflex, &hf).expect("NaFlex");
+        assert_eq!((p.grid, p.image_size), ((4, 4), 32), "grid x patch 8");
+    }
+
+    #[test]
+    fn a_size_off_the_stride_is_taken_where_it_patches_to_the_source_grid() {
+        let m = model("vit-token");
+        // 70 px is 4 patches of 16 and 6 px VALID patching drops: the source's own grid.
+        let o = opts(Layout::Timm, |o| o.image_size = Some(70));
+        let p = Prepared::new(&m, &o).expect("the source's grid");
+        assert_eq!((p.grid, p.image_size), ((4, 4), 70));
+        assert!(
+            p.notes
+                .iter()
+                .any(|n| n.starts_with("resolution: 70 px") && n.contains("drops the last 6 px")),
+            "{:?}",
+            p.notes
+        );
+        // 90 px patches to 5x5, not the source's grid: refused rather than truncated.
+        assert!(matches!(
+            refusal(&m, &opts(Layout::Timm, |o| o.image_size = Some(90))),
+            Error::ImageSizeNotMultiple { size: 90, .. }
+        ));
+    }
+
+    #[test]
+    fn a_resolution_off_the_round_sizes_names_the_published_one() {
+        let mut m = model("vit-token");
+        // Patches of 14 over the 4x4 grid cover 56 px; a model published so would be known as 64 px.
+        m.image.arch.patch = 14;
+        let o = Options::new(Layout::Timm);
+        let p = Prepared::new(&m, &o).expect("prepared");
+        assert_eq!(p.image_size, 56);
+        assert!(
+            p.notes
+                .iter()
+                .any(|n| n.contains("56 px") && n.contains("--image-size 64")),
+            "{:?}",
+            p.notes
+        );
+    }
+
+    #[test]
+    fn the_head_is_kept_dropped_or_refused_as_asked() {
+        let m = model("vit-token");
+        let head = m.image.head.as_ref().expect("vit-token has a head");
+        let head_names = [head.kernel.tensor.clone(), head.bias.tensor.clone()];
+        let asked = |h| opts(Layout::Timm, |o| o.head = h);
+        let (keep, ten, mismatch) = (
+            asked(HeadChoice::Keep),
+            asked(HeadChoice::NumClasses(10)),
+            asked(HeadChoice::NumClasses(7)),
+        );
+        let prep = |o| Prepared::new(&m, o);
+        let kept = prep(&keep).expect("keep");
+        assert!(kept.keep_head && kept.dropped.is_empty());
+        assert!(prep(&ten).expect("10 classes").keep_head);
+        for drop in [HeadChoice::Drop, HeadChoice::NumClasses(0)] {
+            let o = asked(drop);
+            let p = Prepared::new(&m, &o).expect("drop");
+            assert!(!p.keep_head);
+            assert_eq!(p.dropped, head_names);
+            assert!(p.notes.iter().any(|n| n.starts_with("head dropped")));
+        }
+        match prep(&mismatch).err() {
+            Some(Error::NumClassesMismatch {
+                asked: 7,
+                found: Some(10),
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        // pre_logits goes with the head, and is said so.
+        let pre = model("vit-prelogits");
+        let o = Options::new(Layout::Timm);
+        let p = Prepared::new(&pre, &o).expect("keep");
+        assert!(p.has_pre_logits());
+        let drop = asked(HeadChoice::Drop);
+        let p = Prepared::new(&pre, &drop).expect("drop");
+        assert!(!p.has_pre_logits());
+        assert_eq!(p.dropped.len(), 4, "{:?}", p.dropped);
+        assert!(p.notes.iter().any(|n| n.starts_with("pre_logits")));
+    }
+
+    #[test]
+    fn labels_must_match_a_kept_head() {
+        let m = model("vit-token");
+        let names = |n: usize| Some((0..n).map(|i| format!("class {i}")).collect::<Vec<_>>());
+        let o = opts(Layout::Timm, |o| o.labels = names(10));
+        let p = Prepared::new(&m, &o).expect("10 labels for 10 classes");
+        assert_eq!(p.labels().map(<[String]>::len), Some(10));
+        assert!(matches!(
+            refusal(&m, &opts(Layout::Timm, |o| o.labels = names(9))),
+            Error::LabelCount {
+                given: 9,
+                classes: 10
+            }
+        ));
+        let o = opts(Layout::Timm, |o| {
+            o.labels = names(10);
+            o.head = HeadChoice::Drop;
+        });
+        assert!(matches!(
+            refusal(&m, &o),
+            Error::LabelsWithoutHead { given: 10 }
+        ));
+        assert_eq!(
+            Prepared::new(&m, &Options::new(Layout::Timm))
+                .expect("no labels")
+                .labels(),
+            None
+        );
+    }
+
+    #[test]
+    fn the_input_norm_is_the_layouts_unless_asked_or_two_tower() {
+        let vit = model("vit-token");
+        let siglip = model("big_vision/siglip-tiny");
+        let norm = |m: &Model, o: Options| Prepared::new(m, &o).expect("prepared").norm;
+        assert_eq!(norm(&vit, Options::new(Layout::Timm)), InputNorm::Unit);
+        assert_eq!(norm(&vit, Options::new(Layout::OpenClip)), InputNorm::Clip);
+        let asked = |n| opts(Layout::Timm, move |o| o.input_norm = Some(n));
+        assert_eq!(norm(&vit, asked(InputNorm::Imagenet)), InputNorm::Imagenet);
+        // A two-tower model keeps its own [-1, 1] input even where the layout's default is CLIP's...
+        assert_eq!(
+            norm(&siglip, Options::new(Layout::OpenClip)),
+            InputNorm::Unit
+        );
+        // ...but its image tower alone takes the layout's default.
+        let image = opts(Layout::OpenClip, |o| o.tower = TowerChoice::Image);
+        assert_eq!(norm(&siglip, image), InputNorm::Clip);
+        let o = Options::new(Layout::OpenClip);
+        let p = Prepared::new(&vit, &o).expect("prepared");
+        assert!(
+            p.notes
+                .iter()
+                .any(|n| n.starts_with("input normalisation: clip")
+                    && n.ends_with("folded into the patch embedding")),
+            "{:?}",
+            p.notes
+        );
+    }
+
+    #[test]
+    fn an_input_norm_that_cannot_be_folded_is_refused() {
+        let asked = |layout| opts(layout, |o| o.input_norm = Some(InputNorm::Imagenet));
+        let hybrid = model("hybrid-r2");
+        let o = asked(Layout::Timm);
+        let p = Prepared::new(&hybrid, &o).expect("prepared");
+        assert!(matches!(
+            p.check_input_norm(),
+            Err(Error::InputNormHybrid { norm: "imagenet" })
+        ));
+        let naflex = model("siglip2/siglip2-naflex-tiny");
+        let o = asked(Layout::Hf);
+        let p = Prepared::new(&naflex, &o).expect("prepared");
+        assert!(matches!(
+            p.check_input_norm(),
+            Err(Error::InputNormNaflex { norm: "imagenet" })
+        ));
+        let vit = model("vit-token");
+        let o = asked(Layout::Timm);
+        let p = Prepared::new(&vit, &o).expect("prepared");
+        assert!(p.check_input_norm().is_ok());
+    }
+
+    #[test]
+    fn tower_image_leaves_out_every_text_tensor_once_and_says_so() {
+        let m = model("big_vision/siglip-tiny");
+        let both = Options::new(Layout::Hf);
+        let p = Prepared::new(&m, &both).expect("both towers");
+        assert!(p.two_tower() && p.dropped.is_empty());
+        let o = opts(Layout::Hf, |o| o.tower = TowerChoice::Image);
+        let p = Prepared::new(&m, &o).expect("image tower");
+        assert!(!p.two_tower());
+        let text = m.text.as_ref().expect("a text tower");
+        let logit = m.logit.as_ref().expect("logit scalars");
+        for name in [
+            &text.embedding.tensor,
+            &text.pos.tensor,
+            &text.final_norm.scale.tensor,
+            &logit.scale.tensor,
+        ] {
+            assert!(p.dropped.contains(name), "{name} not in {:?}", p.dropped);
+        }
+        for b in &text.blocks {
+            for param in b.params() {
+                assert!(p.dropped.contains(&param.tensor), "{}", param.tensor);
+            }
+        }
+        let mut unique = p.dropped.clone();
+        unique.dedup();
+        assert_eq!(unique, p.dropped, "sorted, each tensor once");
+        assert!(p
+            .notes
+            .iter()
+            .any(|n| n.starts_with("text tower (2 blocks, width 64)")));
+        // A single-tower ViT has no text tower to leave out.
+        assert!(matches!(
+            refusal(&model("vit-token"), &o),
+            Error::NotTwoTower
+        ));
+    }
+
+    #[test]
+    fn a_language_model_is_never_converted_and_left_out_with_tower_image() {
+        let m = model("siglip2/paligemma-tower-tiny");
+        let llm = m.llm.as_ref().expect("an LLM");
+        assert!(matches!(
+            refusal(&m, &Options::new(Layout::Timm)),
+            Error::LanguageModelNotConverted { .. }
+        ));
+        let o = opts(Layout::Timm, |o| o.tower = TowerChoice::Image);
+        let p = Prepared::new(&m, &o).expect("the image tower");
+        assert!(llm.tensors.iter().all(|t| p.dropped.contains(t)));
+        assert!(p
+            .notes
+            .iter()
+            .any(|n| n.contains("language model left out")));
+    }
+
+    #[test]
+    fn a_tokenizer_needs_a_text_tower_and_its_absence_is_said() {
+        let path = std::path::PathBuf::from("no/such/spiece.model");
+        let with_tokenizer = |tower| {
+            opts(Layout::Hf, |o| {
+                o.tokenizer = Some(path.clone());
+                o.tower = tower;
+            })
+        };
+        // Refused before the file is read: the path does not exist.
+        assert!(matches!(
+            refusal(&model("vit-token"), &with_tokenizer(TowerChoice::All)),
+            Error::TokenizerWithoutText {
+                what: "a single-tower ViT"
+            }
+        ));
+        let siglip = model("big_vision/siglip-tiny");
+        assert!(matches!(
+            refusal(&siglip, &with_tokenizer(TowerChoice::Image)),
+            Error::TokenizerWithoutText { .. }
+        ));
+        let o = Options::new(Layout::Hf);
+        let p = Prepared::new(&siglip, &o).expect("no tokenizer");
+        assert!(p.tokenizer.is_none());
+        assert!(p.notes.iter().any(|n| n.starts_with("no tokenizer")));
+    }
+}
