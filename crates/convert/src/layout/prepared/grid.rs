@@ -191,4 +191,49 @@ mod tests {
         );
         assert_eq!(e.lines().count(), 1);
     }
+
+    /// `Prepared::new` refuses a grid over the limits from the sizes alone, before any recipe or output
+    /// exists: patch 1 at the largest size, or a width whose table would hold too many values.
+    #[test]
+    fn a_grid_over_the_limits_is_refused_before_anything_is_built() {
+        use crate::layout::prepared::tests::{model, opts};
+        use crate::layout::Prepared;
+        use crate::options::Layout;
+        let mut m = model("vit-token");
+        let o = opts(Layout::Timm, |o| o.image_size = Some(MAX_IMAGE_SIZE));
+        assert_eq!(
+            resolve(Some(MAX_IMAGE_SIZE), &m.image.arch).ok(),
+            Some(((512, 512), MAX_IMAGE_SIZE)),
+            "patch 16 at the largest size fits"
+        );
+        m.image.arch.patch = 1;
+        match Prepared::new(&m, &o).err() {
+            Some(Error::PositionTableTooLarge {
+                what: "grid cells",
+                grid: (8192, 8192),
+                max_size: 1024,
+                ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        let mut m = model("vit-token");
+        m.image.arch.hidden = 1 << 14;
+        match resolve(Some(MAX_IMAGE_SIZE), &m.image.arch) {
+            Err(Error::PositionTableTooLarge {
+                what: "position-table values",
+                found: Some(found),
+                max_size,
+                ..
+            }) => {
+                assert_eq!(found, 512 * 512 * (1 << 14));
+                // The size offered fits.
+                assert!(resolve(Some(max_size), &m.image.arch).is_ok(), "{max_size}");
+                assert!(
+                    resolve(Some(max_size + 16), &m.image.arch).is_err(),
+                    "{max_size}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -67,3 +67,69 @@ pub fn mlp_ratio(prep: &Prepared<'_>) -> Result<f64> {
     }
     Ok(ratio)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+    use crate::layout::prepared::tests::model;
+    use crate::options::{Layout, Options};
+
+    /// Edge cases beyond the common ones `layout::tests` checks: the empty string, the quote choice when both
+    /// or only double quotes appear, and the controls Python's `repr` escapes outside ASCII.
+    #[test]
+    fn python_strings_escape_what_repr_escapes() {
+        assert_eq!(py_str(""), "''");
+        assert_eq!(
+            py_str("say \"hi\""),
+            "'say \"hi\"'",
+            "double quotes only: single-quoted, as is"
+        );
+        assert_eq!(
+            py_str("'\""),
+            "'\\'\"'",
+            "both: single-quoted, the single escaped"
+        );
+        assert_eq!(py_str("del\u{7f}"), "'del\\x7f'");
+        assert_eq!(py_str("nel\u{85}"), "'nel\\x85'");
+        assert_eq!(py_str("a\u{2028}b\u{2029}"), "'a\\u2028b\\u2029'");
+        assert_eq!(py_str("\u{0}"), "'\\x00'");
+        // Printable non-ASCII stays as it is, whatever its width in UTF-8.
+        assert_eq!(py_str("日本 é"), "'日本 é'");
+        // Whatever it holds, the literal is one line.
+        assert_eq!(py_str("a\nb\rc\u{2028}").lines().count(), 1);
+    }
+
+    /// A Python float literal, never an int one, that reads back as the same value.
+    #[test]
+    fn python_floats_are_float_literals_of_the_same_value() {
+        assert_eq!(py_float(2.0), "2.0");
+        assert_eq!(py_float(-3.0), "-3.0");
+        assert_eq!(py_float(0.5), "0.5");
+        for x in [1e-6, 1e-12, 4.0, 3.75, 1e20, 0.0, 5.0 / 3.0] {
+            let s = py_float(x);
+            assert!(s.contains('.') || s.contains('e'), "{s}");
+            assert_eq!(s.parse::<f64>().ok(), Some(x), "{s}");
+        }
+    }
+
+    #[test]
+    fn the_mlp_ratio_gives_back_the_width_or_is_refused() {
+        let m = model("vit-token");
+        let o = Options::new(Layout::OpenClip);
+        let p = crate::layout::Prepared::new(&m, &o).expect("prepared");
+        assert_eq!(mlp_ratio(&p).ok(), Some(2.0), "mlp 128 over hidden 64");
+        // int(7 * (61 / 7)) is 60 in floating point: no ratio gives 61 back.
+        let mut m = model("vit-token");
+        (m.image.arch.hidden, m.image.arch.mlp) = (7, 61);
+        let p = crate::layout::Prepared::new(&m, &o).expect("prepared");
+        match mlp_ratio(&p) {
+            Err(Error::Refused {
+                layout: "open_clip",
+                what: Part::MlpWidth { mlp: 61, hidden: 7 },
+                ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -93,3 +93,19 @@ pub type BlockTable = [(&'static str, BlockRole)];
 pub fn name(template: &str, i: usize) -> String {
     template.replace("{i}", &i.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn name_templates_expand_every_block_index() {
+        assert_eq!(
+            name("blocks.{i}.attn.qkv.weight", 3),
+            "blocks.3.attn.qkv.weight"
+        );
+        assert_eq!(name("layers.{i}.{i}", 12), "layers.12.12", "every `{{i}}`");
+        assert_eq!(name("norm.weight", 5), "norm.weight", "no index: unchanged");
+        assert_eq!(name("{i}", 0), "0");
+    }
+}
