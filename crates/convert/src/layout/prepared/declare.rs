@@ -156,3 +156,111 @@ impl Prepared<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::prepared::tests::{model, opts};
+    use crate::options::{HeadChoice, Layout, Options, TowerChoice};
+    use crate::plan::OutputKind;
+
+    /// The record with the arguments every layout chooses fixed, so that what `Prepared` decides shows.
+    fn config(p: &Prepared<'_>) -> ConfigRecord {
+        p.config(
+            DeclaredGelu::Tanh,
+            FLAX_LN_EPS,
+            false,
+            DeclaredHead::Head,
+            None,
+        )
+    }
+
+    #[test]
+    fn the_config_declares_the_output_not_the_source() {
+        let m = model("vit-token");
+        let o = Options::new(Layout::Timm);
+        let c = config(&Prepared::new(&m, &o).expect("prepared"));
+        assert_eq!(
+            (c.image_size, c.num_classes, c.resize.as_deref()),
+            (Some(64), Some(10), None)
+        );
+        assert!(c.class_pos && c.pos_grid.is_none() && c.text.is_none());
+        assert_eq!(c.input_norm.name, "unit");
+        // Another resolution records how the table was resized; a dropped head declares no classes.
+        let o = opts(Layout::Timm, |o| {
+            o.image_size = Some(96);
+            o.head = HeadChoice::Drop;
+        });
+        let c = config(&Prepared::new(&m, &o).expect("prepared"));
+        assert_eq!(
+            (c.image_size, c.num_classes, c.resize.as_deref()),
+            (Some(96), None, Some("vit-jax"))
+        );
+        // A NaFlex tower declares its stored grid and how the model resizes it, and no resolution.
+        let naflex = model("siglip2/siglip2-naflex-tiny");
+        let o = opts(Layout::Hf, |o| o.tower = TowerChoice::Image);
+        let c = config(&Prepared::new(&naflex, &o).expect("prepared"));
+        assert_eq!(
+            (c.image_size, c.pos_grid, c.pos_resize.as_deref()),
+            (None, Some([4, 4]), Some(NAFLEX_POS_RESIZE))
+        );
+    }
+
+    #[test]
+    fn the_text_tower_is_declared_only_where_it_is_written() {
+        let m = model("big_vision/siglip-tiny");
+        let o = Options::new(Layout::Hf);
+        let text = config(&Prepared::new(&m, &o).expect("prepared"))
+            .text
+            .expect("both towers: the text tower declared");
+        assert_eq!(
+            (text.vocab, text.context, text.width, text.depth, text.embed),
+            (100, 8, 64, 2, Some(64))
+        );
+        assert!(text.logit_bias && text.tokenizer.is_none() && !text.causal);
+        assert_eq!(text.layer_norm_eps, FLAX_LN_EPS);
+        let o = opts(Layout::Hf, |o| o.tower = TowerChoice::Image);
+        assert_eq!(config(&Prepared::new(&m, &o).expect("prepared")).text, None);
+    }
+
+    #[test]
+    fn metadata_names_labels_and_left_out_roots_only_where_there_are_some() {
+        let mut m = model("vit-token");
+        let o = Options::new(Layout::Timm);
+        let p = Prepared::new(&m, &o).expect("prepared");
+        let c = config(&p);
+        let meta = p.metadata("checkpoint.npz", &c);
+        assert_eq!(meta[crate::meta::SOURCE], "checkpoint.npz");
+        assert_eq!(meta[crate::meta::LAYOUT], "timm");
+        assert_eq!(meta[crate::meta::CONFIG], c.to_json());
+        assert!(!meta.contains_key(crate::meta::LABELS));
+        assert!(!meta.contains_key(crate::meta::LEFT_OUT));
+        m.left_out = ["opt/state/mu", "opt/state/nu", "ema/params/x"]
+            .map(String::from)
+            .to_vec();
+        let labelled = opts(Layout::Timm, |o| {
+            o.labels = Some((0..10).map(|i| format!("c{i}")).collect());
+        });
+        let p = Prepared::new(&m, &labelled).expect("prepared");
+        let meta = p.metadata("checkpoint.npz", &config(&p));
+        let left: serde_json::Value =
+            serde_json::from_str(&meta[crate::meta::LEFT_OUT]).expect("JSON");
+        assert_eq!(left, json!({"tensors": 3, "roots": ["opt/", "ema/"]}));
+        let labels: Vec<String> = serde_json::from_str(&meta[crate::meta::LABELS]).expect("JSON");
+        assert_eq!(labels.len(), 10);
+        assert_eq!(labels.first().map(String::as_str), Some("c0"));
+        // The plan carries the notes, also as metadata, and what was left out.
+        let dropped = p.dropped.clone();
+        let notes = p.notes.join("\n");
+        let plan = p.finish(
+            OutputKind::File,
+            Vec::new(),
+            meta,
+            String::new(),
+            Vec::new(),
+        );
+        assert_eq!(plan.metadata[crate::meta::NOTES], notes);
+        assert_eq!(plan.dropped, dropped);
+        assert!(plan.dropped.iter().any(|d| d == "ema/params/x"));
+    }
+}
