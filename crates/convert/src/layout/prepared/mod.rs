@@ -19,7 +19,7 @@ use crate::options::{HeadChoice, InputNorm, Options, TowerChoice};
 use crate::tokenizer::SentencePiece;
 
 pub use grid::{MAX_GRID_CELLS, MAX_IMAGE_SIZE, MAX_TABLE_VALUES};
-pub use python::{mlp_ratio, py_float, py_str};
+pub use python::{exact_ratio, mlp_ratio, py_float, py_str};
 pub use tables::{name, BlockRole, BlockTable, MapRole, MapTable, TextRole, TextTable};
 
 /// How a NaFlex model resizes its position grid to each image's patch grid, as `vitconv.config` declares it

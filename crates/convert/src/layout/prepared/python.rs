@@ -51,21 +51,26 @@ pub fn py_float(x: f64) -> String {
     }
 }
 
-/// `mlp / hidden` as the float ratio timm and open_clip take, checked to give back `mlp` exactly
-/// (both compute `int(hidden * ratio)`).
+/// `mlp / width` as a float ratio, where it gives back `mlp` exactly as timm and open_clip compute the MLP
+/// width from it (`int(width * ratio)`); `None` where no float does.
+pub fn exact_ratio(mlp: usize, width: usize) -> Option<f64> {
+    let ratio = mlp as f64 / width as f64;
+    ((width as f64 * ratio) as usize == mlp).then_some(ratio)
+}
+
+/// The image tower's `mlp / hidden` as the float ratio timm and open_clip take ([`exact_ratio`]), refused
+/// where none gives the width back.
 pub fn mlp_ratio(prep: &Prepared<'_>) -> Result<f64> {
     let a = prep.arch();
-    let ratio = a.mlp as f64 / a.hidden as f64;
-    if (a.hidden as f64 * ratio) as usize != a.mlp {
-        return Err(prep.refuse(
+    exact_ratio(a.mlp, a.hidden).ok_or_else(|| {
+        prep.refuse(
             Part::MlpWidth {
                 mlp: a.mlp,
                 hidden: a.hidden,
             },
             "the layout derives the MLP width from a float ratio that cannot express it",
-        ));
-    }
-    Ok(ratio)
+        )
+    })
 }
 
 #[cfg(test)]
@@ -119,6 +124,12 @@ mod tests {
         let o = Options::new(Layout::OpenClip);
         let p = crate::layout::Prepared::new(&m, &o).expect("prepared");
         assert_eq!(mlp_ratio(&p).ok(), Some(2.0), "mlp 128 over hidden 64");
+        assert_eq!(
+            exact_ratio(4304, 1152),
+            Some(4304.0 / 1152.0),
+            "So400m's MLP"
+        );
+        assert_eq!(exact_ratio(61, 7), None);
         // int(7 * (61 / 7)) is 60 in floating point: no ratio gives 61 back.
         let mut m = model("vit-token");
         (m.image.arch.hidden, m.image.arch.mlp) = (7, 61);
