@@ -328,7 +328,7 @@ fn text_tensors(text: &TextTower, logit: Option<&Logit>) -> Vec<String> {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+mod tests {
     use super::*;
     use crate::options::Layout;
     use crate::sources::vit_jax::tests::fixtures;
