@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use crate::arch::Classifier;
 use crate::error::{Part, Result};
 use crate::layout::clip_style::BLOCK;
-use crate::layout::prepared::{Prepared, TextRole, TextTable, FLAX_LN_EPS};
+use crate::layout::prepared::{exact_ratio, Prepared, TextRole, TextTable, FLAX_LN_EPS};
 use crate::layout::timm;
 use crate::options::Gelu;
 use crate::plan::{Fetch, OutTensor, OutputKind, Plan, SideFile, OUTPUT_DIR_TOKEN};
@@ -158,16 +158,15 @@ pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Res
     out.extend(prep.text_tensors(TEXT, BLOCK, TEXT_PREFIX, true)?);
     out.extend(prep.logit_tensors(LOGIT_SCALE, LOGIT_BIAS, &[]));
 
-    let ratio = t.mlp as f64 / t.width as f64;
-    if (t.width as f64 * ratio) as usize != t.mlp {
-        return Err(prep.refuse(
+    let ratio = exact_ratio(t.mlp, t.width).ok_or_else(|| {
+        prep.refuse(
             Part::TextMlpWidth {
                 mlp: t.mlp,
                 width: t.width,
             },
             "open_clip derives the MLP width from a float ratio that cannot express it",
-        ));
-    }
+        )
+    })?;
     let embed = t.embed.unwrap_or(t.width);
     let timm_pool = match a.classifier {
         Classifier::Map => "map",
