@@ -127,9 +127,10 @@ pub struct ConvertArgs {
     /// (default: clip for open_clip/clip, unit = the source's own [-1, 1] for timm/hf).
     #[arg(long, value_enum)]
     input_norm: Option<NormArg>,
-    /// GELU the target is configured with: tanh (the source's) or erf (the loaders' usual).
-    #[arg(long, value_enum, default_value = "tanh")]
-    gelu: GeluArg,
+    /// GELU the target is declared with: tanh or erf (the loaders' usual); default: the source tower's own
+    /// (tanh, flax's nn.gelu, for every family read)
+    #[arg(long, value_enum)]
+    gelu: Option<GeluArg>,
     /// Two-tower (SigLIP) models: `image` writes the image tower alone (for --layout timm, or features);
     /// default: every tower.
     #[arg(long, value_enum, default_value = "all")]
@@ -197,10 +198,10 @@ impl ConvertArgs {
             NormArg::Imagenet => InputNorm::Imagenet,
             NormArg::Unit => InputNorm::Unit,
         });
-        o.gelu = match self.gelu {
+        o.gelu = self.gelu.map(|g| match g {
             GeluArg::Tanh => Gelu::Tanh,
             GeluArg::Erf => Gelu::Erf,
-        };
+        });
         o.tower = match self.tower {
             TowerArg::All => TowerChoice::All,
             TowerArg::Image => TowerChoice::Image,
@@ -227,7 +228,7 @@ impl ConvertArgs {
             value_name(&self.resize),
             or_default(self.proj.as_ref().map(value_name)),
             or_default(self.input_norm.as_ref().map(value_name)),
-            value_name(&self.gelu),
+            or_default(self.gelu.as_ref().map(value_name)),
             value_name(&self.tower),
             or_default(self.tokenizer.as_ref().map(|p| p.to_string_lossy().into_owned())),
             or_default(self.labels.clone()),

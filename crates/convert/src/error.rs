@@ -667,6 +667,15 @@ pub enum Part {
         /// The tower's width.
         hidden: usize,
     },
+    /// A tower whose LayerNorms use an epsilon the layout's library cannot be told.
+    NormEps {
+        /// Which tower (`image`, `text`).
+        tower: &'static str,
+        /// The epsilon, as the source states it (its exact decimal form).
+        eps: String,
+    },
+    /// A text tower with a causal attention mask, for a library whose text model has none.
+    CausalText,
     /// A two-tower image-text model, for a layout with one vision tower.
     TwoTower {
         /// The text tower's width.
@@ -751,6 +760,10 @@ impl std::fmt::Display for Part {
                 "a two-tower image-text model (text tower of width {text_width})"
             ),
             Part::SingleTower => f.write_str("a single-tower model"),
+            Part::NormEps { tower, eps } => {
+                write!(f, "an {tower} tower whose LayerNorms use eps {eps}")
+            }
+            Part::CausalText => f.write_str("a text tower with a causal attention mask"),
             Part::ImageHead { hidden, embed } => {
                 write!(f, "an image-tower head {hidden} -> {embed} after the pooling")
             }

@@ -263,6 +263,53 @@ pub struct MapHead {
     pub mlp: [Dense; 2],
 }
 
+/// flax's `nn.LayerNorm` epsilon, which every family read here builds its norms with.
+pub const FLAX_LN_EPS: f64 = 1e-6;
+
+/// The activation of a tower's MLPs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// GELU with the tanh approximation (flax's `nn.gelu`, whose `approximate` defaults to true).
+    GeluTanh,
+    /// The exact (erf) GELU.
+    GeluErf,
+}
+
+/// How a text tower pools its tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TextPool {
+    /// The last position of the padded sequence (big_vision's `text_transformer.py`).
+    Last,
+}
+
+/// What a tower computes that its weights do not say: choices the source's code makes, not its checkpoint.
+/// Sources state them; layouts declare them to their libraries (or refuse where a library cannot hold them),
+/// and the `vitconv.config` record carries them to `verify`.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Semantics {
+    /// The epsilon of every LayerNorm in the tower.
+    pub norm_eps: f64,
+    /// The MLPs' activation.
+    pub activation: Activation,
+    /// Whether each token attends only to the tokens before it.
+    pub causal: bool,
+}
+
+// The epsilons are finite constants of the source families, never NaN, so equality is total.
+impl Eq for Semantics {}
+
+impl Semantics {
+    /// The encoder of every flax family read here (vit_jax's `models_vit.py`, big_vision's `vit.py` and
+    /// `text_transformer.py`): `nn.LayerNorm`'s epsilon, `nn.gelu`, no attention mask.
+    pub const FLAX_ENCODER: Semantics = Semantics {
+        norm_eps: FLAX_LN_EPS,
+        activation: Activation::GeluTanh,
+        causal: false,
+    };
+}
+
 /// One tower of a model: the image tower of a ViT.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tower {
@@ -288,6 +335,8 @@ pub struct Tower {
     pub pre_logits: Option<Dense>,
     /// The classification head `[features, classes]`.
     pub head: Option<Dense>,
+    /// What the tower computes beyond its weights.
+    pub semantics: Semantics,
 }
 
 /// The sizes of a text tower, read off its shapes once.
@@ -312,7 +361,8 @@ pub struct TextArch {
 }
 
 /// A text tower (big_vision `text_transformer.py`): token embedding plus a learned position table, pre-norm
-/// blocks without a causal mask, a final norm, the last position pooled, an optional `head` dense.
+/// blocks, a final norm, pooling, an optional `head` dense; the mask and the pooling are the tower's
+/// `semantics` and `pool`, as its source states them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TextTower {
     /// The sizes.
@@ -327,6 +377,10 @@ pub struct TextTower {
     pub final_norm: Norm,
     /// The projection `[D, embed]` after pooling.
     pub head: Option<Dense>,
+    /// Which token's output is pooled.
+    pub pool: TextPool,
+    /// What the tower computes beyond its weights (its attention mask among them).
+    pub semantics: Semantics,
 }
 
 /// The scalars of a two-tower image-text model: `logits = zimg . ztxt * exp(t) + b`.

@@ -244,8 +244,9 @@ pub struct Options {
     pub proj: Option<ProjChoice>,
     /// `None` = the layout's default.
     pub input_norm: Option<InputNorm>,
-    /// `--gelu`: the GELU the output model is built with.
-    pub gelu: Gelu,
+    /// `--gelu`: the GELU the output model is declared with; `None` = each tower's own activation, as its
+    /// source states it ([`crate::model::Semantics`]).
+    pub gelu: Option<Gelu>,
     /// `--tower`: which towers of a two-tower model are written.
     pub tower: TowerChoice,
     /// `--tokenizer`: a SentencePiece model file whose tokenizer files are written beside a two-tower model.
@@ -276,7 +277,7 @@ impl Options {
             head: HeadChoice::Keep,
             proj: None,
             input_norm: None,
-            gelu: Gelu::Tanh,
+            gelu: None,
             tower: TowerChoice::All,
             tokenizer: None,
             labels: None,

@@ -75,13 +75,8 @@ pub struct ResnetRecord {
     pub width: usize,
 }
 
-/// How a text tower pools its tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TextPool {
-    /// The last position of the padded sequence (big_vision's `text_transformer.py`).
-    Last,
-}
+/// How a text tower pools its tokens: the model's own type, recorded as it is.
+pub use crate::model::TextPool;
 
 /// The tokenizer written beside a two-tower model.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

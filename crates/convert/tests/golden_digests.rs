@@ -63,7 +63,7 @@ const VARIANTS: &[Variant] = &[
     }),
     ("imagenet", |o, _| o.input_norm = Some(InputNorm::Imagenet)),
     ("unit", |o, _| o.input_norm = Some(InputNorm::Unit)),
-    ("erf", |o, _| o.gelu = Gelu::Erf),
+    ("erf", |o, _| o.gelu = Some(Gelu::Erf)),
     ("proj-none", |o, _| {
         o.head = HeadChoice::Drop;
         o.proj = Some(ProjChoice::None);
@@ -246,13 +246,16 @@ const FAMILY_CASES: &[(&str, &str, Option<&str>)] = &[
 ];
 
 /// The options each family case runs with beyond the layout, the tower and the output's form.
-const FAMILY_VARIANTS: &[(&str, fn(&mut Options))] = &[
+/// A named set of options beyond the layout, the tower and the output's form.
+type FamilyVariant = (&'static str, fn(&mut Options));
+
+const FAMILY_VARIANTS: &[FamilyVariant] = &[
     ("default", |_| {}),
     ("bf16", |o| o.dtype = OutDType::BF16),
     // A sincos2d source states no resolution; the others are resized.
     ("image-size-64", |o| o.image_size = Some(64)),
     ("drop-head", |o| o.head = HeadChoice::Drop),
-    ("erf", |o| o.gelu = Gelu::Erf),
+    ("erf", |o| o.gelu = Some(Gelu::Erf)),
 ];
 
 /// One line describing a run's whole output: the weights' tensors and metadata and every side file, with the

@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 use crate::arch::{Arch, Classifier, PatchEmbedKind, PosEmbKind};
 use crate::error::{Part, Result};
 use crate::layout::hf_files::{self, dtype_name, pretty, CONFIG_FILE, PREPROCESSOR_FILE};
-use crate::layout::prepared::{name, BlockRole, BlockTable, Prepared, FLAX_LN_EPS};
+use crate::layout::prepared::{name, BlockRole, BlockTable, Prepared};
 use crate::layout::recognise::{count_blocks, get, grid_side, Recognised, Shapes};
 use crate::model::Proj;
 use crate::plan::{Fetch, OutTensor, OutputKind, Plan, Recipe, SideFile};
@@ -275,7 +275,7 @@ pub fn plan(mut prep: Prepared<'_>, _fetch: &dyn Fetch, source_name: &str) -> Re
         out.extend(hf_files::classifier(head, d, classes));
     }
 
-    let act = hf_files::hidden_act(prep.opts.gelu);
+    let act = hf_files::hidden_act(prep.gelu());
     let arch_class = if classify {
         "ViTForImageClassification"
     } else {
@@ -291,7 +291,7 @@ pub fn plan(mut prep: Prepared<'_>, _fetch: &dyn Fetch, source_name: &str) -> Re
     cfg.insert("hidden_act".into(), json!(act));
     cfg.insert("hidden_dropout_prob".into(), json!(0.0));
     cfg.insert("attention_probs_dropout_prob".into(), json!(0.0));
-    cfg.insert("layer_norm_eps".into(), json!(FLAX_LN_EPS));
+    cfg.insert("layer_norm_eps".into(), json!(prep.semantics().norm_eps));
     cfg.insert("image_size".into(), json!(prep.image_size));
     cfg.insert("patch_size".into(), json!(a.patch));
     cfg.insert("num_channels".into(), json!(a.in_chans));
@@ -315,7 +315,13 @@ pub fn plan(mut prep: Prepared<'_>, _fetch: &dyn Fetch, source_name: &str) -> Re
     } else {
         DeclaredHead::None
     };
-    let config = prep.config(prep.opts.gelu.into(), FLAX_LN_EPS, false, head, None);
+    let config = prep.config(
+        prep.gelu().into(),
+        prep.semantics().norm_eps,
+        false,
+        head,
+        None,
+    );
     let mut meta = prep.metadata(source_name, &config);
     meta.insert(
         crate::meta::HF_ARCHITECTURE.to_string(),

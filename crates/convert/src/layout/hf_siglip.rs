@@ -24,7 +24,7 @@ use crate::arch::{
 };
 use crate::error::{Part, Result};
 use crate::layout::hf_files::{self, dtype_name, pretty, CONFIG_FILE, PREPROCESSOR_FILE};
-use crate::layout::prepared::{BlockRole, BlockTable, MapRole, MapTable, Prepared, FLAX_LN_EPS};
+use crate::layout::prepared::{BlockRole, BlockTable, MapRole, MapTable, Prepared};
 use crate::layout::recognise::{count_blocks, get, grid_side, Recognised, Shapes};
 use crate::model::Proj;
 use crate::plan::{OutTensor, OutputKind, Plan, Recipe, SideFile};
@@ -358,8 +358,8 @@ pub fn vision_config(prep: &Prepared<'_>, use_head: bool) -> Value {
         "num_channels": a.in_chans,
         "image_size": prep.image_size,
         "patch_size": a.patch,
-        "hidden_act": hf_files::hidden_act(prep.opts.gelu),
-        "layer_norm_eps": FLAX_LN_EPS,
+        "hidden_act": hf_files::hidden_act(prep.gelu()),
+        "layer_norm_eps": prep.semantics().norm_eps,
         "attention_dropout": 0.0,
         "vision_use_head": use_head,
     });
@@ -477,7 +477,13 @@ pub fn plan(prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
         (false, true, _) => DeclaredHead::Map,
         (false, false, _) => DeclaredHead::None,
     };
-    let config = prep.config(prep.opts.gelu.into(), FLAX_LN_EPS, false, head, None);
+    let config = prep.config(
+        prep.gelu().into(),
+        prep.semantics().norm_eps,
+        false,
+        head,
+        None,
+    );
     let mut meta = prep.metadata(source_name, &config);
     meta.insert(
         crate::meta::HF_ARCHITECTURE.to_string(),

@@ -18,7 +18,8 @@ use serde_json::json;
 use crate::error::{Part, Result};
 use crate::layout::hf_files::{self, dtype_name, pretty, CONFIG_FILE, PREPROCESSOR_FILE};
 use crate::layout::hf_siglip::{self, names as vision_names, BLOCK};
-use crate::layout::prepared::{Prepared, TextRole, TextTable, FLAX_LN_EPS};
+use crate::layout::prepared::{Prepared, TextRole, TextTable};
+use crate::model::TextPool;
 use crate::plan::{OutputKind, Plan, SideFile};
 use crate::record::DeclaredHead;
 
@@ -81,6 +82,17 @@ pub fn plan(mut prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
         return hf_siglip::plan(prep, source_name);
     };
     let t = text.arch.clone();
+    // SiglipTextTransformer attends without a mask and pools the last position: a tower computing otherwise
+    // has no place here.
+    if text.semantics.causal {
+        return Err(prep.refuse(
+            Part::CausalText,
+            "transformers' SiglipTextModel attends without a causal mask; use --layout open_clip, which declares the mask (no_causal_mask false)",
+        ));
+    }
+    match text.pool {
+        TextPool::Last => {}
+    }
     let generation = hf_siglip::classes(&prep);
     let mut out = hf_siglip::vision_tensors(&prep, vision_names::VISION_MODEL, map)?;
     // transformers' SiglipTextTransformer always has its `head`.
@@ -103,8 +115,8 @@ pub fn plan(mut prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
         "num_hidden_layers": t.depth,
         "num_attention_heads": t.heads,
         "max_position_embeddings": t.context,
-        "hidden_act": hf_files::hidden_act(prep.opts.gelu),
-        "layer_norm_eps": FLAX_LN_EPS,
+        "hidden_act": hf_files::hidden_act(prep.gelu_for(&text.semantics)),
+        "layer_norm_eps": text.semantics.norm_eps,
         "attention_dropout": 0.0,
         "projection_size": embed,
         "pad_token_id": pad,
@@ -155,8 +167,8 @@ pub fn plan(mut prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
         None => format!("from transformers import {model}\nmodel = {model}.from_pretrained(OUTPUT_DIR)  # text input: token ids from the model's SentencePiece tokenizer (--tokenizer)", model = generation.model),
     };
     let config = prep.config(
-        prep.opts.gelu.into(),
-        FLAX_LN_EPS,
+        prep.gelu().into(),
+        prep.semantics().norm_eps,
         false,
         DeclaredHead::Map,
         None,

@@ -450,7 +450,7 @@ mod tests {
     #[test]
     fn gelu_and_norm_reach_the_configs() {
         let mut o = Options::new(Layout::Hf);
-        o.gelu = Gelu::Erf;
+        o.gelu = Some(Gelu::Erf);
         o.input_norm = Some(InputNorm::Imagenet);
         let p = plan_for("vit-token", &o).expect("hf");
         let cfg = p

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::error::{Part, Result};
 use crate::layout::clip_style::{self, names, tensor as t};
-use crate::layout::prepared::{mlp_ratio, Prepared, FLAX_LN_EPS};
+use crate::layout::prepared::{mlp_ratio, Prepared};
 use crate::options::{Gelu, ProjChoice};
 use crate::plan::{Fetch, OutputKind, Plan, Recipe, SideFile};
 
@@ -71,13 +71,19 @@ pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Res
         "no_ln_pre": true,
         "pool_type": "tok",
         "final_ln_after_pool": false,
-        "act_kwargs": match prep.opts.gelu { Gelu::Tanh => json!({"approximate": "tanh"}), Gelu::Erf => json!(null) },
-        "norm_kwargs": {"eps": FLAX_LN_EPS},
+        "act_kwargs": match prep.gelu() { Gelu::Tanh => json!({"approximate": "tanh"}), Gelu::Erf => json!(null) },
+        "norm_kwargs": {"eps": prep.semantics().norm_eps},
     });
     let model_cfg = json!({"embed_dim": output_dim, "quick_gelu": false, "vision_cfg": vision_cfg});
     let python = "import json, torch\nfrom open_clip.model import _build_vision_tower\ncfg = json.load(open(CONFIG_JSON))\nvisual = _build_vision_tower(cfg['embed_dim'], cfg['vision_cfg'])".to_string();
     let head = clip_style::head_kind(proj);
-    let config = prep.config(prep.opts.gelu.into(), FLAX_LN_EPS, false, head, head_bias);
+    let config = prep.config(
+        prep.gelu().into(),
+        prep.semantics().norm_eps,
+        false,
+        head,
+        head_bias,
+    );
     let mut meta = prep.metadata(source_name, &config);
     meta.insert(
         crate::meta::OPEN_CLIP_CONFIG.to_string(),

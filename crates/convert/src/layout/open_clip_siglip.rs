@@ -22,8 +22,9 @@ use serde_json::{json, Value};
 use crate::arch::Classifier;
 use crate::error::{Part, Result};
 use crate::layout::clip_style::BLOCK;
-use crate::layout::prepared::{exact_ratio, Prepared, TextRole, TextTable, FLAX_LN_EPS};
+use crate::layout::prepared::{exact_ratio, Prepared, TextRole, TextTable};
 use crate::layout::timm;
+use crate::model::TextPool;
 use crate::options::Gelu;
 use crate::plan::{Fetch, OutTensor, OutputKind, Plan, SideFile, OUTPUT_DIR_TOKEN};
 use crate::record::DeclaredHead;
@@ -90,7 +91,7 @@ fn registered_tower(prep: &Prepared<'_>) -> Option<&'static str> {
     let a = prep.arch();
     let exact = a.classifier == Classifier::Map
         && a.in_chans == 3
-        && prep.opts.gelu == Gelu::Tanh
+        && prep.gelu() == Gelu::Tanh
         && a.heads.is_some();
     REGISTERED_TANH
         .iter()
@@ -179,7 +180,7 @@ pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Res
             ))
         }
     };
-    let act_kwargs = match prep.opts.gelu {
+    let act_kwargs = match prep.gelu_for(&text.semantics) {
         Gelu::Tanh => json!({"approximate": "tanh"}),
         Gelu::Erf => json!({}),
     };
@@ -208,9 +209,11 @@ pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Res
         "heads": t.heads,
         "layers": t.depth,
         "mlp_ratio": ratio,
-        "no_causal_mask": true,
-        "pool_type": "last",
-        "norm_kwargs": {"eps": FLAX_LN_EPS},
+        "no_causal_mask": !text.semantics.causal,
+        "pool_type": match text.pool {
+            TextPool::Last => "last",
+        },
+        "norm_kwargs": {"eps": text.semantics.norm_eps},
         "act_kwargs": act_kwargs,
     });
     if let Value::Object(c) = &mut text_cfg {
@@ -316,7 +319,13 @@ pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Res
     } else {
         DeclaredHead::Map
     };
-    let config = prep.config(prep.opts.gelu.into(), FLAX_LN_EPS, false, head, None);
+    let config = prep.config(
+        prep.gelu().into(),
+        prep.semantics().norm_eps,
+        false,
+        head,
+        None,
+    );
     let mut meta = prep.metadata(source_name, &config);
     if let Some(kw) = timm_kwargs {
         meta.insert(crate::meta::TIMM_KWARGS.to_string(), kw);

@@ -8,10 +8,14 @@
 
 use serde_json::{json, Map, Value};
 
+/// The LayerNorm epsilon timm's `VisionTransformer` and `NaFlexVit` build their norms with
+/// (`partial(nn.LayerNorm, eps=1e-6)`).
+pub const TIMM_LN_EPS: f64 = 1e-6;
+
 use crate::arch::{Arch, Classifier, PatchEmbedKind, PosEmbKind, ResNet};
 use crate::error::{Part, Result};
 use crate::layout::prepared::{
-    mlp_ratio, py_float, BlockRole, BlockTable, MapRole, MapTable, Prepared, FLAX_LN_EPS,
+    mlp_ratio, py_float, BlockRole, BlockTable, MapRole, MapTable, Prepared,
 };
 use crate::layout::recognise::{count_blocks, get, grid_side, Recognised, Shapes};
 use crate::model::{Norm, Param, Proj};
@@ -145,7 +149,13 @@ pub(crate) fn metadata(
     } else {
         DeclaredHead::None
     };
-    let config = prep.config(prep.opts.gelu.into(), FLAX_LN_EPS, false, head, None);
+    let config = prep.config(
+        prep.gelu().into(),
+        prep.semantics().norm_eps,
+        false,
+        head,
+        None,
+    );
     let mut meta = prep.metadata(source_name, &config);
     meta.insert(crate::meta::TIMM_KWARGS.to_string(), kwargs.to_string());
     meta.insert(
@@ -167,6 +177,15 @@ pub(crate) fn act_layer(gelu: Gelu) -> &'static str {
 /// final norm, the MAP head where there is one and the classification head where one is kept. Gives the head's
 /// classes, 0 without one.
 pub(crate) fn tail_tensors(prep: &Prepared<'_>, out: &mut Vec<OutTensor>) -> Result<usize> {
+    // Every timm model written here builds its LayerNorms with timm's fixed eps; a tower computing another
+    // cannot be declared through the kwargs (a `norm_layer` name would bring torch's 1e-5), so it is refused
+    // before anything is named.
+    prep.require_eps(
+        "image",
+        prep.semantics(),
+        TIMM_LN_EPS,
+        "timm's VisionTransformer and NaFlexVit build every LayerNorm with eps 1e-6 and take no other through their kwargs; use --layout hf, which declares layer_norm_eps",
+    )?;
     let a = prep.arch();
     let tower = prep.tower();
     let d = a.hidden;
@@ -260,7 +279,7 @@ pub fn plan(prep: Prepared<'_>, _fetch: &dyn Fetch, source_name: &str) -> Result
     }
     let classes = tail_tensors(&prep, &mut out)?;
 
-    let act = act_layer(prep.opts.gelu);
+    let act = act_layer(prep.gelu());
     let mut kw = Map::new();
     kw.insert("img_size".into(), json!(prep.image_size));
     kw.insert("patch_size".into(), json!(a.patch));

@@ -98,7 +98,7 @@ pub fn plan(
     // The final norm, MAP head and head are named and made as in timm's VisionTransformer.
     let classes = timm::tail_tensors(&prep, &mut out)?;
 
-    let act = timm::act_layer(prep.opts.gelu);
+    let act = timm::act_layer(prep.gelu());
     let pool = match a.classifier {
         Classifier::Map => "map",
         _ => "avg",

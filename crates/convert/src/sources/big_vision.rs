@@ -14,7 +14,8 @@ use super::keys::{dims, Keys};
 use crate::arch::{Arch, Classifier, PatchEmbedKind, PosEmbKind};
 use crate::error::{Error, Result};
 use crate::model::{
-    Attention, Block, Dense, MapHead, Model, Norm, Param, Pool, PosEmbed, Proj, Tower, MAX_DEPTH,
+    Attention, Block, Dense, MapHead, Model, Norm, Param, Pool, PosEmbed, Proj, Semantics, Tower,
+    MAX_DEPTH,
 };
 
 /// The family's name in reports and metadata.
@@ -711,6 +712,8 @@ fn tower(keys: &Keys<'_>, root: &str, enc: Encoder, arch: Arch) -> Result<Tower>
             Some(_) => Some(dense_at(keys, &format!("{root}head/"))?),
             None => None,
         },
+        // big_vision's `vit.py` builds its encoder with flax's defaults.
+        semantics: Semantics::FLAX_ENCODER,
         arch,
     })
 }

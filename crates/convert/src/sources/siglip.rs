@@ -16,7 +16,7 @@ use super::big_vision::{
 use super::keys::{dims, Keys};
 use crate::arch::PatchEmbedKind;
 use crate::error::{Error, Result};
-use crate::model::{Logit, Model, Param, TextArch, TextTower};
+use crate::model::{Logit, Model, Param, Semantics, TextArch, TextPool, TextTower};
 
 /// The family's name in reports and metadata.
 pub const FAMILY: &str = "siglip";
@@ -172,6 +172,9 @@ pub(crate) fn read_two_tower(
             Some(_) => Some(dense_at(&keys, &format!("{txt}head/"))?),
             None => None,
         },
+        // big_vision's `text_transformer.py`: flax's encoder defaults (no causal mask) and the last token pooled.
+        pool: TextPool::Last,
+        semantics: Semantics::FLAX_ENCODER,
     };
     let mut notes: Vec<String> = image_notes
         .into_iter()

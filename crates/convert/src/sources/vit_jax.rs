@@ -10,7 +10,8 @@ use super::keys::{dims, Keys};
 use crate::arch::{Arch, Classifier, PatchEmbedKind, PosEmbKind, ResNet};
 use crate::error::{Error, Result};
 use crate::model::{
-    Attention, Block, Dense, Model, Norm, Pool, PosEmbed, Proj, Stem, Tower, Unit, MAX_DEPTH,
+    Attention, Block, Dense, Model, Norm, Pool, PosEmbed, Proj, Semantics, Stem, Tower, Unit,
+    MAX_DEPTH,
 };
 
 /// The family's name in reports and metadata.
@@ -467,6 +468,8 @@ fn tower(keys: &Keys<'_>, n: &JaxNames, arch: Arch) -> Result<Tower> {
             Some(_) => Some(dense(n.head("kernel"), n.head("bias"))?),
             None => None,
         },
+        // vit_jax's `models_vit.py` builds its encoder with flax's defaults.
+        semantics: Semantics::FLAX_ENCODER,
         arch,
     })
 }

@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 
-use super::{Prepared, FLAX_LN_EPS, NAFLEX_POS_RESIZE};
+use super::{Prepared, NAFLEX_POS_RESIZE};
 use crate::arch::PosEmbKind;
 use crate::plan::{OutTensor, Plan};
 use crate::record::{
-    ConfigRecord, DeclaredGelu, DeclaredHead, NormRecord, ResnetRecord, TextPool, TextRecord,
+    ConfigRecord, DeclaredGelu, DeclaredHead, NormRecord, ResnetRecord, TextRecord,
     TokenizerRecord, CONFIG_VERSION,
 };
 
@@ -82,10 +82,10 @@ impl Prepared<'_> {
             heads: t.heads,
             mlp: t.mlp,
             embed: t.embed,
-            pool: TextPool::Last,
-            causal: false,
-            layer_norm_eps: FLAX_LN_EPS,
-            gelu: self.opts.gelu.into(),
+            pool: text.pool,
+            causal: text.semantics.causal,
+            layer_norm_eps: text.semantics.norm_eps,
+            gelu: self.gelu_for(&text.semantics).into(),
             logit_bias: self.model.logit.as_ref().is_some_and(|l| l.bias.is_some()),
             tokenizer: self.tokenizer.as_ref().map(|s| TokenizerRecord {
                 kind: s.kind,
@@ -161,6 +161,7 @@ impl Prepared<'_> {
 mod tests {
     use super::*;
     use crate::layout::prepared::tests::{model, opts};
+    use crate::model::FLAX_LN_EPS;
     use crate::options::{HeadChoice, Layout, Options, TowerChoice};
     use crate::plan::OutputKind;
 

@@ -14,8 +14,8 @@ mod weights;
 
 use crate::arch::{Arch, PatchEmbedKind};
 use crate::error::{Error, Part, Result};
-use crate::model::{Logit, Model, Param, PosEmbed, TextTower, Tower};
-use crate::options::{HeadChoice, InputNorm, Options, TowerChoice};
+use crate::model::{Activation, Logit, Model, Param, PosEmbed, Semantics, TextTower, Tower};
+use crate::options::{Gelu, HeadChoice, InputNorm, Options, TowerChoice};
 use crate::tokenizer::SentencePiece;
 
 pub use grid::{MAX_GRID_CELLS, MAX_IMAGE_SIZE, MAX_TABLE_VALUES};
@@ -27,8 +27,9 @@ pub use tables::{name, BlockRole, BlockTable, MapRole, MapTable, TextRole, TextT
 /// and PyTorch's `F.interpolate(mode='bilinear', align_corners=False, antialias=True)`.
 pub const NAFLEX_POS_RESIZE: &str = "bilinear_antialias";
 
-/// LayerNorm epsilon of the flax model (`nn.LayerNorm` default).
-pub const FLAX_LN_EPS: f64 = 1e-6;
+/// LayerNorm epsilon of the flax model (`nn.LayerNorm` default): the model's fact, re-exported for the tests
+/// that state it.
+pub use crate::model::FLAX_LN_EPS;
 
 /// The source with the layout-independent options resolved.
 pub struct Prepared<'a> {
@@ -286,6 +287,45 @@ impl<'a> Prepared<'a> {
     /// Whether `pre_logits` is still to be written (source has it and the head is kept).
     pub fn has_pre_logits(&self) -> bool {
         self.arch().representation.is_some() && self.keep_head
+    }
+
+    /// The image tower's semantics, as its source states them.
+    pub fn semantics(&self) -> &'a Semantics {
+        &self.tower().semantics
+    }
+
+    /// The GELU the output declares for a tower of `semantics`: `--gelu` where given, else the tower's own.
+    pub fn gelu_for(&self, semantics: &Semantics) -> Gelu {
+        self.opts.gelu.unwrap_or(match semantics.activation {
+            Activation::GeluTanh => Gelu::Tanh,
+            Activation::GeluErf => Gelu::Erf,
+        })
+    }
+
+    /// The GELU the output declares for the image tower.
+    pub fn gelu(&self) -> Gelu {
+        self.gelu_for(self.semantics())
+    }
+
+    /// Refuses a tower whose LayerNorm epsilon is not `fixed`, the one a layout's library builds its norms with
+    /// and cannot be told otherwise.
+    pub fn require_eps(
+        &self,
+        tower: &'static str,
+        semantics: &Semantics,
+        fixed: f64,
+        why: &'static str,
+    ) -> Result<()> {
+        if semantics.norm_eps == fixed {
+            return Ok(());
+        }
+        Err(self.refuse(
+            Part::NormEps {
+                tower,
+                eps: format!("{:e}", semantics.norm_eps),
+            },
+            why,
+        ))
     }
 
     /// A refusal for this layout: `what` describes the part of the source with its sizes, `why` is the
