@@ -461,18 +461,10 @@ fn blocks(keys: &Keys<'_>, tree: &EncoderTree, depth: usize) -> Result<Vec<Block
 
 #[cfg(test)]
 mod tests {
-    use vitconv_tensors::{DType, TensorInfo};
+    use vitconv_tensors::TensorInfo;
 
     use super::*;
-
-    fn info(name: &str, shape: &[usize]) -> TensorInfo {
-        TensorInfo {
-            name: name.to_string(),
-            dtype: DType::F32,
-            shape: shape.to_vec(),
-            stored_as: None,
-        }
-    }
+    use crate::sources::vit_jax::tests::info;
 
     /// The tensors of an encoder of `depth` blocks of width 8 (2 heads of 4, mlp 16) in the given variant.
     fn listing(
@@ -518,42 +510,50 @@ mod tests {
     #[test]
     fn names_each_variant_as_the_files_do() {
         let pre = EncoderTree::new("", IMAGE_ENCODER, Naming::PreLinen, false);
-        assert_eq!(
-            pre.attn(3, Proj::Value, "bias"),
-            "Transformer/encoderblock_3/MultiHeadDotProductAttention_1/value/bias"
-        );
-        assert_eq!(
-            pre.norm(0, BlockNorm::Mlp, "scale"),
-            "Transformer/encoderblock_0/LayerNorm_2/scale"
-        );
-        assert_eq!(
-            pre.mlp(1, 1, "kernel"),
-            "Transformer/encoderblock_1/MlpBlock_3/Dense_1/kernel"
-        );
         let linen = EncoderTree::new("opt/target/", IMAGE_ENCODER, Naming::Linen, false);
-        assert_eq!(
-            linen.attn(0, Proj::Out, "kernel"),
-            "opt/target/Transformer/encoderblock_0/MultiHeadDotProductAttention_0/out/kernel"
-        );
-        assert_eq!(
-            linen.norm(2, BlockNorm::Mlp, "bias"),
-            "opt/target/Transformer/encoderblock_2/LayerNorm_1/bias"
-        );
-        assert_eq!(
-            linen.encoder_norm("scale"),
-            "opt/target/Transformer/encoder_norm/scale"
-        );
         let text = EncoderTree::new("params/txt/", TEXT_ENCODER, Naming::Linen, true);
-        // Every block of a stacked encoder is one tensor.
-        assert_eq!(text.mlp(0, 0, "bias"), text.mlp(5, 0, "bias"));
-        assert_eq!(
-            text.mlp(5, 0, "bias"),
-            "params/txt/Encoder_0/encoderblock/MlpBlock_0/Dense_0/bias"
-        );
-        assert_eq!(
-            text.encoder_norm("bias"),
-            "params/txt/Encoder_0/encoder_norm/bias"
-        );
+        let cases = [
+            (
+                pre.attn(3, Proj::Value, "bias"),
+                "Transformer/encoderblock_3/MultiHeadDotProductAttention_1/value/bias",
+            ),
+            (
+                pre.norm(0, BlockNorm::Mlp, "scale"),
+                "Transformer/encoderblock_0/LayerNorm_2/scale",
+            ),
+            (
+                pre.mlp(1, 1, "kernel"),
+                "Transformer/encoderblock_1/MlpBlock_3/Dense_1/kernel",
+            ),
+            (
+                linen.attn(0, Proj::Out, "kernel"),
+                "opt/target/Transformer/encoderblock_0/MultiHeadDotProductAttention_0/out/kernel",
+            ),
+            (
+                linen.norm(2, BlockNorm::Mlp, "bias"),
+                "opt/target/Transformer/encoderblock_2/LayerNorm_1/bias",
+            ),
+            (
+                linen.encoder_norm("scale"),
+                "opt/target/Transformer/encoder_norm/scale",
+            ),
+            // Every block of a stacked encoder is one tensor.
+            (
+                text.mlp(5, 0, "bias"),
+                "params/txt/Encoder_0/encoderblock/MlpBlock_0/Dense_0/bias",
+            ),
+            (
+                text.mlp(0, 0, "bias"),
+                "params/txt/Encoder_0/encoderblock/MlpBlock_0/Dense_0/bias",
+            ),
+            (
+                text.encoder_norm("bias"),
+                "params/txt/Encoder_0/encoder_norm/bias",
+            ),
+        ];
+        for (got, want) in cases {
+            assert_eq!(got, want);
+        }
     }
 
     #[test]
@@ -587,20 +587,12 @@ mod tests {
 
     #[test]
     fn reads_stacked_and_unrolled_blocks_alike() {
-        let (stacked, all) = read(
-            &listing("", IMAGE_ENCODER, Naming::Linen, true),
-            "",
-            BIG_VISION,
-        )
-        .expect("reads");
-        assert!(all, "every tensor is accounted for");
-        let (unrolled, all) = read(
-            &listing("", IMAGE_ENCODER, Naming::Linen, false),
-            "",
-            BIG_VISION,
-        )
-        .expect("reads");
-        assert!(all, "every tensor is accounted for");
+        let [stacked, unrolled] = [true, false].map(|stacked| {
+            let t = listing("", IMAGE_ENCODER, Naming::Linen, stacked);
+            let (enc, all) = read(&t, "", BIG_VISION).expect("reads");
+            assert!(all, "every tensor is accounted for");
+            enc
+        });
         for enc in [&stacked, &unrolled] {
             assert_eq!((enc.depth, enc.heads, enc.mlp), (2, 2, 16));
             assert_eq!(enc.blocks.len(), 2);

@@ -23,7 +23,10 @@
 //!   probe's row taken), `0` token 0 of a model without a class token;
 //! - `pre_logits` dense + tanh where the file has one, then `head` where it has one.
 //!
-//! Every size is read from the shapes.
+//! Every size is read from the shapes. The encoder's tensor names come from the converter's
+//! flax tree reader (`vitconv_convert::sources::flax_tree`, which knows no target); the flax
+//! modules here (block, encoder, MAP head, patch embedding, `pre_logits` and head) also run the
+//! vision_transformer reference, whose pre-Linen names they take from that reader too.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -226,14 +229,8 @@ impl BigVision {
     /// probe's row is the pooled vector.
     fn map_head(&self, tokens: &Tensor) -> Result<Tensor> {
         let a = &self.arch;
-        let (heads, head_dim, mlp) = self.map.unwrap_or((a.heads, a.head_dim, a.mlp));
-        let sizes = Sizes {
-            d: a.hidden,
-            heads,
-            head_dim,
-            mlp,
-        };
-        flax_map_head(&self.params, sizes, tokens, None)
+        let map = self.map.unwrap_or((a.heads, a.head_dim, a.mlp));
+        flax_map_head(&self.params, a.hidden, map, tokens, None)
     }
 }
 
@@ -273,6 +270,24 @@ pub(crate) fn flax_patch_embed(
         });
     }
     Ok(y.f_flatten(2, 3)?.f_transpose(1, 2)?)
+}
+
+/// The `[patch, in, hidden]` of a ViT's HWIO patch kernel `embedding/kernel` `[p, p, in, D]`; `missing` is the
+/// reason a file without one is no model of the family, `bad` builds the shape error.
+pub(crate) fn conv_patch_sizes(
+    p: &Params,
+    missing: &str,
+    bad: &dyn Fn(&str, String, &[usize]) -> Error,
+) -> Result<[usize; 3]> {
+    let kernel = "embedding/kernel";
+    match p.shape(kernel) {
+        Some([ph, pw, cin, d]) if ph == pw => Ok([*ph, *cin, *d]),
+        Some(other) => Err(bad(kernel, "[p, p, in, D] (square patches)".into(), other)),
+        None => Err(Error::NotAModel {
+            path: p.path().to_path_buf(),
+            reason: missing.to_string(),
+        }),
+    }
 }
 
 /// `[B, N, D]` tokens `x` with the class token `cls` of width `d` put in front of every row.
@@ -502,14 +517,21 @@ pub(crate) fn flax_encoder(
     )
 }
 
-/// `MAPHead` of sizes `s` on `tokens`: the probe attends over the tokens (keys masked by `key_mask` where there
-/// is one), then `x + MlpBlock_0(LayerNorm_0(x))`; the probe's row is the pooled vector.
+/// `MAPHead` of width `d` and sizes `map` on `tokens`: the probe attends over the tokens (keys masked by
+/// `key_mask` where there is one), then `x + MlpBlock_0(LayerNorm_0(x))`; the probe's row is the pooled vector.
 pub(crate) fn flax_map_head(
     p: &Params,
-    s: Sizes,
+    d: usize,
+    (heads, head_dim, mlp): MapSizes,
     tokens: &Tensor,
     key_mask: Option<&Tensor>,
 ) -> Result<Tensor> {
+    let s = Sizes {
+        d,
+        heads,
+        head_dim,
+        mlp,
+    };
     let load = |rel: &str, shape: &[usize]| p.load(&format!("{MAP_HEAD}{rel}"), shape);
     let b = tokens.size().first().copied().unwrap_or(0);
     let probe = load("probe", &[1, 1, s.d])?.f_expand([b, 1, dim(s.d)?], false)?;
@@ -597,19 +619,11 @@ fn read_arch(p: &Params, opts: &Options) -> Result<(SourceArch, EncoderTree, Opt
         expected,
         found: found.to_vec(),
     };
-    let emb = p.shape("embedding/kernel").ok_or_else(|| {
-        not_vit("no `embedding/kernel` under the root: not a big_vision ViT checkpoint".into())
-    })?;
-    let (patch_size, embed_in, hidden) = match emb {
-        [ph, pw, cin, d] if ph == pw => (*ph, *cin, *d),
-        other => {
-            return Err(bad(
-                "embedding/kernel",
-                "[p, p, in, D] (square patches)".into(),
-                other,
-            ))
-        }
-    };
+    let [patch_size, embed_in, hidden] = conv_patch_sizes(
+        p,
+        "no `embedding/kernel` under the root: not a big_vision ViT checkpoint",
+        &bad,
+    )?;
     let EncoderSizes {
         tree,
         depth,
@@ -675,7 +689,7 @@ fn read_arch(p: &Params, opts: &Options) -> Result<(SourceArch, EncoderTree, Opt
                 return Err(bad(
                     "embedding/kernel",
                     "a width D with D % 4 == 0 and D >= 8, as posemb_sincos_2d needs".into(),
-                    emb,
+                    &[patch_size, patch_size, embed_in, hidden],
                 ));
             }
             let size = opts

@@ -210,15 +210,13 @@ impl NaflexTower {
     /// `MAPHead`: the probe attends over the tokens (padding keys masked out by `key_mask`), then
     /// `x + MlpBlock_0(LayerNorm_0(x))`; the probe's row is the pooled vector.
     fn map_head(&self, tokens: &Tensor, key_mask: Option<&Tensor>) -> Result<Tensor> {
-        let a = &self.arch;
-        let (heads, head_dim, mlp) = a.map;
-        let sizes = Sizes {
-            d: a.hidden,
-            heads,
-            head_dim,
-            mlp,
-        };
-        flax_map_head(&self.params, sizes, tokens, key_mask)
+        flax_map_head(
+            &self.params,
+            self.arch.hidden,
+            self.arch.map,
+            tokens,
+            key_mask,
+        )
     }
 }
 

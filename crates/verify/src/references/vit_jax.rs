@@ -7,17 +7,19 @@
 //! before the position embedding is added, `encoder_norm` on all tokens then token 0
 //! or the mean, `pre_logits` dense + tanh; hybrid stems with StdConv
 //! `(w - mean) / (std + 1e-5)` over (H, W, in), GroupNorm(32, eps 1e-6), TensorFlow
-//! SAME padding and a 3x3/2 SAME max-pool. Every size is inferred here from the
-//! shapes; nothing is borrowed from the converter, so a mapping bug there cannot
-//! hide in both sides.
+//! SAME padding and a 3x3/2 SAME max-pool. The encoder's tensor names (pre-Linen or
+//! Linen) come from the converter's flax tree reader, which knows no target; every size
+//! is inferred here from the shapes and the arithmetic is this module's and
+//! [`super::big_vision`]'s, nothing is borrowed from the converter's mapping, so a
+//! mapping bug there cannot hide in both sides.
 
 use tch::{Device, Kind, Tensor};
 use vitconv_convert::sources::flax_tree::{EncoderTree, IMAGE_ENCODER, VIT_JAX};
 use vitconv_tensors::TensorFile;
 
 use super::big_vision::{
-    encoder_sizes, flax_encoder, flax_head, flax_patch_embed, prepend_class_token, EncoderSizes,
-    Sizes,
+    conv_patch_sizes, encoder_sizes, flax_encoder, flax_head, flax_patch_embed,
+    prepend_class_token, Sizes,
 };
 use super::{
     isqrt, zoom_rows, Classifier, Family, PosEmb, RefOutputs, ResNetArch, SourceArch,
@@ -219,26 +221,12 @@ fn read_arch(p: &Params) -> Result<(SourceArch, EncoderTree)> {
         expected,
         found: found.to_vec(),
     };
-    let emb = p.shape("embedding/kernel").ok_or_else(|| {
-        not_vit("no `embedding/kernel`: not a google-research/vision_transformer checkpoint".into())
-    })?;
-    let (patch_size, embed_in, hidden) = match emb {
-        [ph, pw, cin, d] if ph == pw => (*ph, *cin, *d),
-        other => {
-            return Err(bad(
-                "embedding/kernel",
-                "[p, p, in, D] (square patches)".into(),
-                other,
-            ))
-        }
-    };
-    let EncoderSizes {
-        tree,
-        depth,
-        heads,
-        head_dim,
-        mlp,
-    } = encoder_sizes(p, IMAGE_ENCODER, VIT_JAX, hidden, "", &bad)?;
+    let [patch_size, embed_in, hidden] = conv_patch_sizes(
+        p,
+        "no `embedding/kernel`: not a google-research/vision_transformer checkpoint",
+        &bad,
+    )?;
+    let enc = encoder_sizes(p, IMAGE_ENCODER, VIT_JAX, hidden, "", &bad)?;
     let classifier = if p.has("cls") {
         Classifier::Token
     } else {
@@ -301,7 +289,7 @@ fn read_arch(p: &Params) -> Result<(SourceArch, EncoderTree)> {
     let image_size = stem_stride
         .and_then(|s| grid.checked_mul(patch_size)?.checked_mul(s))
         .ok_or_else(|| not_vit("image size overflows".into()))?;
-    if depth == 0 || heads == 0 || head_dim == 0 {
+    if enc.depth == 0 || enc.heads == 0 || enc.head_dim == 0 {
         return Err(not_vit("no encoder blocks with attention".into()));
     }
     let arch = SourceArch {
@@ -310,10 +298,10 @@ fn read_arch(p: &Params) -> Result<(SourceArch, EncoderTree)> {
         patch_size,
         grid,
         hidden,
-        depth,
-        heads,
-        head_dim,
-        mlp,
+        depth: enc.depth,
+        heads: enc.heads,
+        head_dim: enc.head_dim,
+        mlp: enc.mlp,
         classifier,
         posemb: PosEmb::Learned,
         class_pos: true,
@@ -323,7 +311,7 @@ fn read_arch(p: &Params) -> Result<(SourceArch, EncoderTree)> {
         resnet,
         embed_in,
     };
-    Ok((arch, tree))
+    Ok((arch, enc.tree))
 }
 
 #[cfg(test)]
