@@ -765,7 +765,7 @@ pub(crate) fn map_sizes(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::path::PathBuf;
 
@@ -783,7 +783,12 @@ mod tests {
     }
 
     fn npy(rel: &str) -> Tensor {
-        let file = TensorFile::open(fixture(rel)).expect("golden npy opens");
+        read_npy(&fixture(rel))
+    }
+
+    /// The one array of the golden `.npy` file at `path`, as float32.
+    pub(crate) fn read_npy(path: &Path) -> Tensor {
+        let file = TensorFile::open(path).expect("golden npy opens");
         let info = file.tensors().first().expect("npy holds one array").clone();
         let values = file.read_f32(&info.name).expect("golden npy reads");
         let dims: Vec<i64> = info
@@ -794,7 +799,8 @@ mod tests {
         Tensor::from_slice(&values).reshape(dims.as_slice())
     }
 
-    fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
+    /// The largest absolute difference between two tensors of one shape.
+    pub(crate) fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
         assert_eq!(a.size(), b.size(), "shapes differ");
         (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
             .abs()

@@ -471,6 +471,7 @@ impl NaflexTwoTower {
 mod tests {
     use super::*;
     use crate::input::{self, InputSource};
+    use crate::references::big_vision::tests::{max_abs, read_npy};
     use std::path::PathBuf;
 
     /// The golden outputs were written by big_vision's own model in float32.
@@ -485,29 +486,13 @@ mod tests {
     }
 
     fn npy(rel: &str) -> Tensor {
-        let file = TensorFile::open(fixture(rel)).expect("golden npy opens");
-        let info = file.tensors().first().expect("npy holds one array").clone();
-        let values = file.read_f32(&info.name).expect("golden npy reads");
-        let dims: Vec<i64> = info
-            .shape
-            .iter()
-            .map(|&d| i64::try_from(d).expect("small"))
-            .collect();
-        Tensor::from_slice(&values).reshape(dims.as_slice())
+        read_npy(&fixture(rel))
     }
 
     fn golden_inputs() -> NaflexInputs {
         input::naflex(&InputSource::Npy(fixture("patches.npy")), 8, None, 16)
             .expect("the golden patches load")
             .0
-    }
-
-    fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
-        assert_eq!(a.size(), b.size(), "shapes differ");
-        (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
-            .abs()
-            .max()
-            .double_value(&[])
     }
 
     /// The largest difference over the rows `mask` marks as patches.

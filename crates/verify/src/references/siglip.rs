@@ -384,6 +384,7 @@ pub fn two_tower_logits(zimg: &Tensor, ztxt: &Tensor, t: f64, b: f64) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::references::big_vision::tests::{max_abs, read_npy};
     use std::path::PathBuf;
 
     /// The golden outputs were written by big_vision's own model in float32.
@@ -396,27 +397,11 @@ mod tests {
     }
 
     fn npy(rel: &str) -> Tensor {
-        let file = TensorFile::open(fixture(rel)).expect("golden npy opens");
-        let info = file.tensors().first().expect("npy holds one array").clone();
-        let values = file.read_f32(&info.name).expect("golden npy reads");
-        let dims: Vec<i64> = info
-            .shape
-            .iter()
-            .map(|&d| i64::try_from(d).expect("small"))
-            .collect();
-        Tensor::from_slice(&values).reshape(dims.as_slice())
+        read_npy(&fixture(rel))
     }
 
     fn ids(case: &str) -> Tensor {
         npy(&format!("{case}/text.npy")).to_kind(Kind::Int64)
-    }
-
-    fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
-        assert_eq!(a.size(), b.size(), "shapes differ");
-        (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
-            .abs()
-            .max()
-            .double_value(&[])
     }
 
     /// Runs `checkpoint` of `case` and returns the largest difference from the golden outputs.

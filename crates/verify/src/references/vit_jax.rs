@@ -317,6 +317,7 @@ fn read_arch(p: &Params) -> Result<(SourceArch, EncoderTree)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::references::big_vision::tests::{max_abs, read_npy};
     use std::path::{Path, PathBuf};
 
     /// Opens a vision_transformer fixture the way `verify` does, through the family detection.
@@ -342,23 +343,7 @@ mod tests {
     }
 
     fn npy(rel: &str) -> Tensor {
-        let file = TensorFile::open(fixture(rel)).expect("golden npy opens");
-        let info = file.tensors().first().expect("npy holds one array").clone();
-        let values = file.read_f32(&info.name).expect("golden npy reads");
-        let dims: Vec<i64> = info
-            .shape
-            .iter()
-            .map(|&d| i64::try_from(d).expect("small"))
-            .collect();
-        Tensor::from_slice(&values).reshape(dims.as_slice())
-    }
-
-    fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
-        assert_eq!(a.size(), b.size(), "shapes differ");
-        (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
-            .abs()
-            .max()
-            .double_value(&[])
+        read_npy(&fixture(rel))
     }
 
     fn check(case: &str, checkpoint: &str, logits_file: &str) {
