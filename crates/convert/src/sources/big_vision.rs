@@ -3,19 +3,21 @@
 //! learned `pos_embedding` without a class row or a computed sincos2d one, `tok`/`gap`/`map` pooling,
 //! `pre_logits`, an optional head), and training checkpoints whose `opt/` and `chrono/` state is left out.
 //!
-//! [`read`] checks the file completely and describes it as a [`Model`]; the key names below are known to
-//! this module alone. The semantics (which this module only names; the layouts and `verify` compute them)
+//! [`read`] checks the file completely and describes it as a [`Model`]; the encoder's names are
+//! [`flax_tree`](super::flax_tree)'s, the others are known to this module alone. The semantics (which this module only names; the layouts and `verify` compute them)
 //! are those of big_vision's `models/vit.py`: the class token is concatenated after the position embedding
 //! is added, `MAPHead` attends from a learned probe, `pool_type='gap'` averages after `encoder_norm`.
 
 use vitconv_tensors::TensorInfo;
 
+use super::flax_tree::{
+    check_attention, check_mlp, read_encoder, Encoder, Naming, BIG_VISION, IMAGE_ENCODER,
+};
 use super::keys::{dims, Keys};
 use crate::arch::{Arch, Classifier, PatchEmbedKind, PosEmbKind};
 use crate::error::{Error, Result};
 use crate::model::{
-    Attention, Block, Dense, MapHead, Model, Norm, Param, Pool, PosEmbed, Proj, Semantics, Tower,
-    MAX_DEPTH,
+    Attention, Dense, MapHead, Model, Norm, Pool, PosEmbed, Proj, Semantics, Tower,
 };
 
 /// The family's name in reports and metadata.
@@ -54,46 +56,8 @@ pub fn claims(tensors: &[TensorInfo]) -> bool {
     root(tensors).is_some()
 }
 
-/// Where each parameter lives: the tower's root, the encoder's name (`Transformer/` in the ViT, `Encoder_0/` in
-/// the text tower), and whether the blocks are stacked (`encoderblock/`, big_vision's `scan` format) or
-/// unrolled (`encoderblock_{i}/`).
-pub(crate) struct Names {
-    root: String,
-    encoder: &'static str,
-    stacked: bool,
-}
-
-impl Names {
-    /// Whether the blocks are stacked along a leading depth axis.
-    pub fn stacked(&self) -> bool {
-        self.stacked
-    }
-    fn key(&self, rel: &str) -> String {
-        format!("{}{rel}", self.root)
-    }
-    /// A tensor of block `i`; for stacked blocks the one tensor that holds every block.
-    fn block(&self, i: usize, rel: &str) -> String {
-        if self.stacked {
-            self.key(&format!("{}encoderblock/{rel}", self.encoder))
-        } else {
-            self.key(&format!("{}encoderblock_{i}/{rel}", self.encoder))
-        }
-    }
-    fn attn(prefix: &str, p: Proj, what: &str) -> String {
-        let proj = match p {
-            Proj::Query => "query",
-            Proj::Key => "key",
-            Proj::Value => "value",
-            Proj::Out => "out",
-        };
-        format!("{prefix}MultiHeadDotProductAttention_0/{proj}/{what}")
-    }
-}
-
-/// The block names big_vision's Linen modules get inside one encoder block.
-const LN1: &str = "LayerNorm_0";
-const LN2: &str = "LayerNorm_1";
-const MLP: &str = "MlpBlock_0";
+/// The modules inside `MAPHead_0` are Linen's, named as in an encoder block (its one LayerNorm is `LayerNorm_0`).
+const MAP_HEAD: Naming = Naming::Linen;
 
 /// The tensors of a big_vision file that are model weights, and the training state beside them (`opt/`,
 /// `chrono/` next to a `params/` root), which is left out; the weights must be floats.
@@ -176,147 +140,6 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
     })
 }
 
-/// An encoder read and checked: its blocks, sizes and final norm.
-pub(crate) struct Encoder {
-    /// Where its tensors live.
-    pub names: Names,
-    pub depth: usize,
-    pub heads: usize,
-    pub mlp: usize,
-    pub blocks: Vec<Block>,
-    pub final_norm: Norm,
-}
-
-/// Reads the encoder `{root}{encoder}` of width `hidden`: blocks stacked along a leading axis or numbered,
-/// every shape checked against the first block's sizes, then `encoder_norm`.
-pub(crate) fn read_encoder(
-    keys: &mut Keys<'_>,
-    root: &str,
-    encoder: &'static str,
-    hidden: usize,
-) -> Result<Encoder> {
-    let stacked_ln = format!("{root}{encoder}encoderblock/{LN1}/scale");
-    let (names, depth) = if keys.has(&stacked_ln) {
-        let [depth, d] = dims(
-            &stacked_ln,
-            keys.need(&stacked_ln, "stacked block LayerNorm")?,
-            "[depth, hidden]",
-            "stacked (scan) block LayerNorm",
-        )?;
-        if d != hidden || depth == 0 {
-            return Err(Error::StackDepth {
-                name: stacked_ln,
-                hidden,
-                found: vec![depth, d],
-            });
-        }
-        // The model holds a record per block and tensor: a lying depth is refused before any is made.
-        if depth > MAX_DEPTH {
-            return Err(Error::TooDeep {
-                name: stacked_ln,
-                depth,
-                max: MAX_DEPTH,
-            });
-        }
-        (
-            Names {
-                root: root.to_string(),
-                encoder,
-                stacked: true,
-            },
-            depth,
-        )
-    } else {
-        let names = Names {
-            root: root.to_string(),
-            encoder,
-            stacked: false,
-        };
-        // Numbered blocks are bounded by the file's own entries; the limit keeps one rule for both forms.
-        let depth = (0..=MAX_DEPTH)
-            .take_while(|i| keys.has(&names.block(*i, &format!("{LN1}/scale"))))
-            .count();
-        if depth > MAX_DEPTH {
-            return Err(Error::TooDeep {
-                name: names.block(MAX_DEPTH, &format!("{LN1}/scale")),
-                depth,
-                max: MAX_DEPTH,
-            });
-        }
-        (names, depth)
-    };
-    if depth == 0 {
-        return Err(Error::NoBlocks {
-            recognised: keys.recognised.clone(),
-            looked_for: vec![names.block(0, &format!("{LN1}/scale")), stacked_ln],
-        });
-    }
-    // A stacked tensor carries the depth in front of each block's shape.
-    let lead: Vec<usize> = if names.stacked { vec![depth] } else { vec![] };
-    let shape = |s: &[usize]| -> Vec<usize> { lead.iter().chain(s).copied().collect() };
-    let qk = names.block(0, &Names::attn("", Proj::Query, "kernel"));
-    let q_shape = keys.need(&qk, "attention query")?;
-    let [_, heads, head_dim] = dims(
-        &qk,
-        q_shape.get(lead.len()..).unwrap_or_default(),
-        "[hidden, heads, head_dim] (after the depth axis, if stacked)",
-        "query kernel",
-    )?;
-    if heads.checked_mul(head_dim) != Some(hidden) {
-        return Err(Error::HeadsMismatch {
-            name: qk,
-            hidden,
-            found: q_shape.to_vec(),
-        });
-    }
-    let d0 = names.block(0, &format!("{MLP}/Dense_0/kernel"));
-    let d0_shape = keys.need(&d0, "MLP input dense")?;
-    let [_, mlp] = dims(
-        &d0,
-        d0_shape.get(lead.len()..).unwrap_or_default(),
-        "[hidden, mlp] (after the depth axis, if stacked)",
-        "MLP kernel",
-    )?;
-    // Stacked tensors are checked once; unrolled blocks one by one.
-    let checked_blocks = if names.stacked { 1 } else { depth };
-    for i in 0..checked_blocks {
-        for ln in [LN1, LN2] {
-            for p in ["scale", "bias"] {
-                keys.need_shape(
-                    &names.block(i, &format!("{ln}/{p}")),
-                    &shape(&[hidden]),
-                    "block LayerNorm",
-                )?;
-            }
-        }
-        check_attention(keys, &names.block(i, ""), &shape, [hidden, heads, head_dim])?;
-        check_mlp(
-            keys,
-            &names.block(i, &format!("{MLP}/")),
-            &shape,
-            hidden,
-            mlp,
-        )?;
-    }
-    let norm = format!("{root}{encoder}encoder_norm/");
-    for p in ["scale", "bias"] {
-        keys.need_shape(&format!("{norm}{p}"), &[hidden], "encoder_norm")?;
-    }
-    let blocks = blocks(keys, &names, depth)?;
-    let final_norm = Norm {
-        scale: keys.param(&format!("{norm}scale"))?,
-        bias: keys.param(&format!("{norm}bias"))?,
-    };
-    Ok(Encoder {
-        names,
-        depth,
-        heads,
-        mlp,
-        blocks,
-        final_norm,
-    })
-}
-
 /// How a ViT's pooling is found: from its keys (a class token, a MAP head, or else `gap`), or given by the
 /// model that builds the tower, where the keys cannot tell (PaliGemma's `pool_type='none'` stores exactly what
 /// `gap` stores).
@@ -362,7 +185,7 @@ pub(crate) fn read_tower(
         PatchEmbedKind::Conv => keys.patch_embedding(&ek, &eb)?,
         PatchEmbedKind::Linear => keys.linear_patch_embedding(&ek, &eb)?,
     };
-    let enc = read_encoder(keys, root, "Transformer/", hidden)?;
+    let enc = read_encoder(keys, root, IMAGE_ENCODER, BIG_VISION, hidden)?;
     let (depth, heads, mlp) = (enc.depth, enc.heads, enc.mlp);
 
     // Pooling: a class token means `tok`, a MAP head `map`, neither `gap`.
@@ -376,7 +199,7 @@ pub(crate) fn read_tower(
     } else if keys.has(&probe) {
         keys.need_shape(&probe, &[1, 1, hidden], "MAP head probe")?;
         let map = format!("{root}MAPHead_0/");
-        let mq = Names::attn(&map, Proj::Query, "kernel");
+        let mq = format!("{map}{}", MAP_HEAD.attn(Proj::Query, "kernel"));
         let [_, mh, mdh] = dims(
             &mq,
             keys.need(&mq, "MAP head query")?,
@@ -390,21 +213,15 @@ pub(crate) fn read_tower(
                 found: vec![hidden, mh, mdh],
             });
         }
-        check_attention(keys, &map, &|s| s.to_vec(), [hidden, mh, mdh])?;
-        let md0 = format!("{map}{MLP}/Dense_0/kernel");
+        check_attention(keys, &map, MAP_HEAD, &|s| s.to_vec(), [hidden, mh, mdh])?;
+        let md0 = format!("{map}{}", MAP_HEAD.mlp(0, "kernel"));
         let [_, map_mlp] = dims(
             &md0,
             keys.need(&md0, "MAP head MLP")?,
             "[hidden, mlp]",
             "MAP head MLP kernel",
         )?;
-        check_mlp(
-            keys,
-            &format!("{map}{MLP}/"),
-            &|s| s.to_vec(),
-            hidden,
-            map_mlp,
-        )?;
+        check_mlp(keys, &map, MAP_HEAD, &|s| s.to_vec(), hidden, map_mlp)?;
         for p in ["scale", "bias"] {
             keys.need_shape(
                 &format!("{map}LayerNorm_0/{p}"),
@@ -489,9 +306,9 @@ pub(crate) fn read_tower(
         num_classes,
         representation,
         resnet: None,
-        stacked: enc.names.stacked,
+        stacked: enc.tree.stacked(),
     };
-    let stacked = enc.names.stacked;
+    let stacked = enc.tree.stacked();
     let image = tower(keys, root, enc, arch)?;
     let mut notes = vec![match stacked {
         true => format!("blocks stacked along a leading depth axis of {depth} (Transformer/encoderblock/, the scan format)"),
@@ -518,113 +335,6 @@ pub(crate) fn read_tower(
     Ok((image, notes))
 }
 
-/// Checks one `MultiHeadDotProductAttention_0` under `prefix` (q/k/v `[D, H, Dh]` with `[H, Dh]` biases, out
-/// `[H, Dh, D]`); `shape` adds the depth axis of stacked blocks.
-fn check_attention(
-    keys: &mut Keys<'_>,
-    prefix: &str,
-    shape: &dyn Fn(&[usize]) -> Vec<usize>,
-    [hidden, heads, head_dim]: [usize; 3],
-) -> Result<()> {
-    for p in [Proj::Query, Proj::Key, Proj::Value] {
-        keys.need_shape(
-            &Names::attn(prefix, p, "kernel"),
-            &shape(&[hidden, heads, head_dim]),
-            "q/k/v kernel [D, H, Dh]",
-        )?;
-        keys.need_shape(
-            &Names::attn(prefix, p, "bias"),
-            &shape(&[heads, head_dim]),
-            "q/k/v bias [H, Dh]",
-        )?;
-    }
-    keys.need_shape(
-        &Names::attn(prefix, Proj::Out, "kernel"),
-        &shape(&[heads, head_dim, hidden]),
-        "out kernel [H, Dh, D]",
-    )?;
-    keys.need_shape(
-        &Names::attn(prefix, Proj::Out, "bias"),
-        &shape(&[hidden]),
-        "out bias",
-    )
-}
-
-/// Checks one `MlpBlock_0` whose names start with `prefix` (`Dense_0` `[D, M]`, `Dense_1` `[M, D]`).
-fn check_mlp(
-    keys: &mut Keys<'_>,
-    prefix: &str,
-    shape: &dyn Fn(&[usize]) -> Vec<usize>,
-    hidden: usize,
-    mlp: usize,
-) -> Result<()> {
-    keys.need_shape(
-        &format!("{prefix}Dense_0/kernel"),
-        &shape(&[hidden, mlp]),
-        "MLP kernel [D, M]",
-    )?;
-    keys.need_shape(&format!("{prefix}Dense_0/bias"), &shape(&[mlp]), "MLP bias")?;
-    keys.need_shape(
-        &format!("{prefix}Dense_1/kernel"),
-        &shape(&[mlp, hidden]),
-        "MLP kernel [M, D]",
-    )?;
-    keys.need_shape(
-        &format!("{prefix}Dense_1/bias"),
-        &shape(&[hidden]),
-        "MLP bias",
-    )
-}
-
-/// The parameters of every block, each in its role: block `i`'s part of a tensor is the whole tensor when
-/// unrolled, slice `i` when stacked.
-fn blocks(keys: &Keys<'_>, n: &Names, depth: usize) -> Result<Vec<Block>> {
-    let mut blocks = Vec::with_capacity(depth);
-    for i in 0..depth {
-        let p = |rel: String| -> Result<Param> {
-            let name = n.block(i, &rel);
-            if n.stacked {
-                keys.slice(&name, i, depth)
-            } else {
-                keys.param(&name)
-            }
-        };
-        let norm = |ln: &str| -> Result<Norm> {
-            Ok(Norm {
-                scale: p(format!("{ln}/scale"))?,
-                bias: p(format!("{ln}/bias"))?,
-            })
-        };
-        let dense = |rel: &str| -> Result<Dense> {
-            Ok(Dense {
-                kernel: p(format!("{rel}/kernel"))?,
-                bias: p(format!("{rel}/bias"))?,
-            })
-        };
-        let proj = |pr: Proj| -> Result<Dense> {
-            Ok(Dense {
-                kernel: p(Names::attn("", pr, "kernel"))?,
-                bias: p(Names::attn("", pr, "bias"))?,
-            })
-        };
-        blocks.push(Block {
-            norm1: norm(LN1)?,
-            attn: Attention {
-                query: proj(Proj::Query)?,
-                key: proj(Proj::Key)?,
-                value: proj(Proj::Value)?,
-                out: proj(Proj::Out)?,
-            },
-            norm2: norm(LN2)?,
-            mlp: [
-                dense(&format!("{MLP}/Dense_0"))?,
-                dense(&format!("{MLP}/Dense_1"))?,
-            ],
-        });
-    }
-    Ok(blocks)
-}
-
 /// A checked dense layer `{prefix}kernel`, `{prefix}bias`.
 pub(crate) fn dense_at(keys: &Keys<'_>, prefix: &str) -> Result<Dense> {
     Ok(Dense {
@@ -645,8 +355,8 @@ fn tower(keys: &Keys<'_>, root: &str, enc: Encoder, arch: Arch) -> Result<Tower>
     let attention_at = |prefix: &str| -> Result<Attention> {
         let proj = |p: Proj| -> Result<Dense> {
             Ok(Dense {
-                kernel: whole(Names::attn(prefix, p, "kernel"))?,
-                bias: whole(Names::attn(prefix, p, "bias"))?,
+                kernel: whole(format!("{prefix}{}", MAP_HEAD.attn(p, "kernel")))?,
+                bias: whole(format!("{prefix}{}", MAP_HEAD.attn(p, "bias")))?,
             })
         };
         Ok(Attention {
@@ -667,8 +377,8 @@ fn tower(keys: &Keys<'_>, root: &str, enc: Encoder, arch: Arch) -> Result<Tower>
                 attn: attention_at(&map)?,
                 norm: norm_at(&format!("{map}LayerNorm_0/"))?,
                 mlp: [
-                    dense_at(keys, &format!("{map}{MLP}/Dense_0/"))?,
-                    dense_at(keys, &format!("{map}{MLP}/Dense_1/"))?,
+                    dense_at(keys, &format!("{map}{}/Dense_0/", MAP_HEAD.mlp_block()))?,
+                    dense_at(keys, &format!("{map}{}/Dense_1/", MAP_HEAD.mlp_block()))?,
                 ],
             }))
         }

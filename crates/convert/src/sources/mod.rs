@@ -6,6 +6,7 @@
 //! changes. `inspect` recognises sources through the same registry.
 
 pub mod big_vision;
+pub mod flax_tree;
 pub(crate) mod keys;
 pub mod paligemma;
 pub mod siglip;

@@ -10,9 +10,8 @@
 
 use vitconv_tensors::TensorInfo;
 
-use super::big_vision::{
-    dense_at, read_encoder, read_tower, split_training_state, training_state_note, Pooling,
-};
+use super::big_vision::{dense_at, read_tower, split_training_state, training_state_note, Pooling};
+use super::flax_tree::{read_encoder, BIG_VISION, TEXT_ENCODER};
 use super::keys::{dims, Keys};
 use crate::arch::PatchEmbedKind;
 use crate::error::{Error, Result};
@@ -118,7 +117,7 @@ pub(crate) fn read_two_tower(
             role: "text position embedding [1, context, width of Embed_0]".to_string(),
         });
     }
-    let enc = read_encoder(&mut keys, &txt, "Encoder_0/", width)?;
+    let enc = read_encoder(&mut keys, &txt, TEXT_ENCODER, BIG_VISION, width)?;
     let text_embed = keys.optional_dense(
         &format!("{txt}head/kernel"),
         &format!("{txt}head/bias"),
@@ -152,7 +151,7 @@ pub(crate) fn read_two_tower(
             recognised: keys.recognised,
         });
     }
-    let stacked = enc.names.stacked();
+    let stacked = enc.tree.stacked();
     let text = TextTower {
         arch: TextArch {
             vocab,

@@ -2,56 +2,26 @@
 //! names, an optional `opt/target/` root, class-token or `gap` pooling, `pre_logits`, BiT ResNet hybrid stems).
 //!
 //! [`read`] checks the file completely (every tensor accounted for, every shape agreeing with the others) and
-//! describes it as a [`Model`]; the key names below are known to this module alone.
+//! describes it as a [`Model`]; the encoder's names are [`flax_tree`](super::flax_tree)'s, the others are known to
+//! this module alone.
 
 use vitconv_tensors::TensorInfo;
 
+use super::flax_tree::{read_encoder, Encoder, Naming, IMAGE_ENCODER, VIT_JAX};
 use super::keys::{dims, Keys};
 use crate::arch::{Arch, Classifier, PatchEmbedKind, PosEmbKind, ResNet};
 use crate::error::{Error, Result};
-use crate::model::{
-    Attention, Block, Dense, Model, Norm, Pool, PosEmbed, Proj, Semantics, Stem, Tower, Unit,
-    MAX_DEPTH,
-};
+use crate::model::{Dense, Model, Norm, Pool, PosEmbed, Semantics, Stem, Tower, Unit};
 
 /// The family's name in reports and metadata.
 pub const FAMILY: &str = "vit_jax";
 
-/// Which flax module names the encoder blocks use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BlockStyle {
-    /// The published 2020-2021 files: `LayerNorm_0`, `MultiHeadDotProductAttention_1`, `LayerNorm_2`, `MlpBlock_3`.
-    PreLinen,
-    /// Files written by the linen port: `LayerNorm_0`, `MultiHeadDotProductAttention_0`, `LayerNorm_1`, `MlpBlock_0`.
-    Linen,
-}
-
-/// The two LayerNorms of a pre-norm encoder block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BlockNorm {
-    /// Before attention (timm `norm1`).
-    Attention,
-    /// Before the MLP (timm `norm2`).
-    Mlp,
-}
-
-/// The flax module name of an attention projection.
-fn proj_name(p: Proj) -> &'static str {
-    match p {
-        Proj::Query => "query",
-        Proj::Key => "key",
-        Proj::Value => "value",
-        Proj::Out => "out",
-    }
-}
-
-/// Where each parameter lives in a vit_jax-family file: the prefix and the block naming style.
+/// Where each parameter outside the encoder lives in a vit_jax-family file (the encoder's are
+/// [`flax_tree`](super::flax_tree)'s).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JaxNames {
-    /// `""` or `"opt/target/"`.
+    /// `""`, `"opt/target/"` or `"params/"`.
     pub prefix: String,
-    /// How the blocks' modules are named.
-    pub style: BlockStyle,
 }
 
 impl JaxNames {
@@ -73,40 +43,6 @@ impl JaxNames {
     /// The position embedding.
     pub fn pos_embed(&self) -> String {
         self.key("Transformer/posembed_input/pos_embedding")
-    }
-    /// `p` is `scale` or `bias`.
-    pub fn encoder_norm(&self, p: &str) -> String {
-        self.key(&format!("Transformer/encoder_norm/{p}"))
-    }
-    /// `p` is `scale` or `bias`.
-    pub fn block_norm(&self, i: usize, which: BlockNorm, p: &str) -> String {
-        let n = match (which, self.style) {
-            (BlockNorm::Attention, _) => 0,
-            (BlockNorm::Mlp, BlockStyle::PreLinen) => 2,
-            (BlockNorm::Mlp, BlockStyle::Linen) => 1,
-        };
-        self.key(&format!("Transformer/encoderblock_{i}/LayerNorm_{n}/{p}"))
-    }
-    /// `p` is `kernel` or `bias`.
-    pub fn attn(&self, i: usize, proj: Proj, p: &str) -> String {
-        let n = match self.style {
-            BlockStyle::PreLinen => 1,
-            BlockStyle::Linen => 0,
-        };
-        self.key(&format!(
-            "Transformer/encoderblock_{i}/MultiHeadDotProductAttention_{n}/{}/{p}",
-            proj_name(proj)
-        ))
-    }
-    /// `layer` is 0 (hidden -> mlp) or 1 (mlp -> hidden); `p` is `kernel` or `bias`.
-    pub fn mlp(&self, i: usize, layer: usize, p: &str) -> String {
-        let n = match self.style {
-            BlockStyle::PreLinen => 3,
-            BlockStyle::Linen => 0,
-        };
-        self.key(&format!(
-            "Transformer/encoderblock_{i}/MlpBlock_{n}/Dense_{layer}/{p}"
-        ))
     }
     /// Parameter `p` of the pre_logits dense layer.
     pub fn pre_logits(&self, p: &str) -> String {
@@ -176,9 +112,8 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
             dtype: t.dtype.to_string(),
         });
     }
-    let mut names = JaxNames {
+    let names = JaxNames {
         prefix: prefix.to_string(),
-        style: BlockStyle::PreLinen,
     };
     if !prefix.is_empty() {
         keys.recognised = format!("vit_jax checkpoint under {prefix}");
@@ -190,93 +125,9 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
 
     let resnet = detect_resnet(&mut keys, &names, in_chans)?;
 
-    // Encoder blocks: count them, then pick the naming style from block 0.
-    let depth = (0..=MAX_DEPTH)
-        .take_while(|i| keys.has(&names.block_norm(*i, BlockNorm::Attention, "scale")))
-        .count();
-    if depth > MAX_DEPTH {
-        return Err(Error::TooDeep {
-            name: names.block_norm(MAX_DEPTH, BlockNorm::Attention, "scale"),
-            depth,
-            max: MAX_DEPTH,
-        });
-    }
-    if depth == 0 {
-        return Err(Error::NoBlocks {
-            recognised: keys.recognised.clone(),
-            looked_for: vec![names.block_norm(0, BlockNorm::Attention, "scale")],
-        });
-    }
-    let linen = JaxNames {
-        style: BlockStyle::Linen,
-        ..names.clone()
-    };
-    if !keys.has(&names.attn(0, Proj::Query, "kernel"))
-        && keys.has(&linen.attn(0, Proj::Query, "kernel"))
-    {
-        names = linen;
-    }
-    let qk = names.attn(0, Proj::Query, "kernel");
-    let [_, heads, head_dim] = dims(
-        &qk,
-        keys.need(&qk, "attention query")?,
-        "[hidden, heads, head_dim]",
-        "query kernel",
-    )?;
-    if heads.checked_mul(head_dim) != Some(hidden) {
-        return Err(Error::HeadsMismatch {
-            name: qk,
-            hidden,
-            found: vec![hidden, heads, head_dim],
-        });
-    }
-    let d0 = names.mlp(0, 0, "kernel");
-    let [_, mlp] = dims(
-        &d0,
-        keys.need(&d0, "MLP input dense")?,
-        "[hidden, mlp]",
-        "MLP kernel",
-    )?;
-    for i in 0..depth {
-        for which in [BlockNorm::Attention, BlockNorm::Mlp] {
-            for p in ["scale", "bias"] {
-                keys.need_shape(&names.block_norm(i, which, p), &[hidden], "block LayerNorm")?;
-            }
-        }
-        for proj in [Proj::Query, Proj::Key, Proj::Value] {
-            keys.need_shape(
-                &names.attn(i, proj, "kernel"),
-                &[hidden, heads, head_dim],
-                "q/k/v kernel [D, H, Dh]",
-            )?;
-            keys.need_shape(
-                &names.attn(i, proj, "bias"),
-                &[heads, head_dim],
-                "q/k/v bias [H, Dh]",
-            )?;
-        }
-        keys.need_shape(
-            &names.attn(i, Proj::Out, "kernel"),
-            &[heads, head_dim, hidden],
-            "out kernel [H, Dh, D]",
-        )?;
-        keys.need_shape(&names.attn(i, Proj::Out, "bias"), &[hidden], "out bias")?;
-        keys.need_shape(
-            &names.mlp(i, 0, "kernel"),
-            &[hidden, mlp],
-            "MLP kernel [D, M]",
-        )?;
-        keys.need_shape(&names.mlp(i, 0, "bias"), &[mlp], "MLP bias")?;
-        keys.need_shape(
-            &names.mlp(i, 1, "kernel"),
-            &[mlp, hidden],
-            "MLP kernel [M, D]",
-        )?;
-        keys.need_shape(&names.mlp(i, 1, "bias"), &[hidden], "MLP bias")?;
-    }
-    for p in ["scale", "bias"] {
-        keys.need_shape(&names.encoder_norm(p), &[hidden], "encoder_norm")?;
-    }
+    // Encoder blocks in whichever naming block 0 uses, then encoder_norm.
+    let enc = read_encoder(&mut keys, prefix, IMAGE_ENCODER, VIT_JAX, hidden)?;
+    let (heads, mlp, depth) = (enc.heads, enc.mlp, enc.depth);
 
     // Class token and position embedding fix the pooling and the grid.
     let classifier = if keys.has(&names.cls()) {
@@ -343,7 +194,8 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
         resnet,
         stacked: false,
     };
-    let image = tower(&keys, &names, arch)?;
+    let linen = enc.tree.naming() == Naming::Linen;
+    let image = tower(&keys, &names, enc, arch)?;
     let mut notes = Vec::new();
     if !names.prefix.is_empty() {
         notes.push(format!(
@@ -355,7 +207,7 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
     let left_out: Vec<String> = state.iter().map(|t| t.name.clone()).collect();
     let mut shapes = keys.shapes();
     shapes.extend(state.iter().map(|t| (t.name.clone(), t.shape.clone())));
-    if names.style == BlockStyle::Linen {
+    if linen {
         notes.push(
             "linen block names (MultiHeadDotProductAttention_0, LayerNorm_1, MlpBlock_0)"
                 .to_string(),
@@ -375,7 +227,7 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
 }
 
 /// The checked file's parameters, each in its role.
-fn tower(keys: &Keys<'_>, n: &JaxNames, arch: Arch) -> Result<Tower> {
+fn tower(keys: &Keys<'_>, n: &JaxNames, enc: Encoder, arch: Arch) -> Result<Tower> {
     let p = |name: String| keys.param(&name);
     let norm = |scale: String, bias: String| -> Result<Norm> {
         Ok(Norm {
@@ -389,30 +241,6 @@ fn tower(keys: &Keys<'_>, n: &JaxNames, arch: Arch) -> Result<Tower> {
             bias: p(bias)?,
         })
     };
-    let mut blocks = Vec::with_capacity(arch.depth);
-    for i in 0..arch.depth {
-        let proj = |pr: Proj| dense(n.attn(i, pr, "kernel"), n.attn(i, pr, "bias"));
-        blocks.push(Block {
-            norm1: norm(
-                n.block_norm(i, BlockNorm::Attention, "scale"),
-                n.block_norm(i, BlockNorm::Attention, "bias"),
-            )?,
-            attn: Attention {
-                query: proj(Proj::Query)?,
-                key: proj(Proj::Key)?,
-                value: proj(Proj::Value)?,
-                out: proj(Proj::Out)?,
-            },
-            norm2: norm(
-                n.block_norm(i, BlockNorm::Mlp, "scale"),
-                n.block_norm(i, BlockNorm::Mlp, "bias"),
-            )?,
-            mlp: [
-                dense(n.mlp(i, 0, "kernel"), n.mlp(i, 0, "bias"))?,
-                dense(n.mlp(i, 1, "kernel"), n.mlp(i, 1, "bias"))?,
-            ],
-        });
-    }
     let stem = match &arch.resnet {
         None => None,
         Some(r) => {
@@ -457,8 +285,8 @@ fn tower(keys: &Keys<'_>, n: &JaxNames, arch: Arch) -> Result<Tower> {
             param: p(n.pos_embed())?,
             class_row: token,
         },
-        blocks,
-        final_norm: norm(n.encoder_norm("scale"), n.encoder_norm("bias"))?,
+        blocks: enc.blocks,
+        final_norm: enc.final_norm,
         pool: if token { Pool::Token } else { Pool::Mean },
         pre_logits: match arch.representation {
             Some(_) => Some(dense(n.pre_logits("kernel"), n.pre_logits("bias"))?),

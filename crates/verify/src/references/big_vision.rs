@@ -23,12 +23,19 @@
 //!   probe's row taken), `0` token 0 of a model without a class token;
 //! - `pre_logits` dense + tanh where the file has one, then `head` where it has one.
 //!
-//! Every size is read from the shapes.
+//! Every size is read from the shapes. The encoder's tensor names come from the converter's
+//! flax tree reader (`vitconv_convert::sources::flax_tree`, which knows no target); the flax
+//! modules here (block, encoder, MAP head, patch embedding, `pre_logits` and head) also run the
+//! vision_transformer reference, whose pre-Linen names they take from that reader too.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
+use vitconv_convert::model::Proj;
+use vitconv_convert::sources::flax_tree::{
+    BlockNorm, EncoderTree, Naming, Variants, BIG_VISION, IMAGE_ENCODER,
+};
 use vitconv_tensors::TensorFile;
 
 use super::{
@@ -79,22 +86,21 @@ pub struct Options {
 pub struct BigVision {
     params: Params,
     arch: SourceArch,
+    /// Where the encoder's tensors live.
+    tree: EncoderTree,
     /// The MAP head's sizes, when the model pools with one.
     map: Option<MapSizes>,
     notes: Vec<String>,
 }
 
 /// `(heads, head_dim, mlp)` of a MAP head.
-type MapSizes = (usize, usize, usize);
+pub(crate) type MapSizes = (usize, usize, usize);
 
-/// Where a set of attention and MLP weights lives.
-#[derive(Clone, Copy)]
-enum Site {
-    /// Encoder block i.
-    Block(usize),
-    /// `MAPHead_0`.
-    Map,
-}
+/// The module holding big_vision's `MAPHead`.
+const MAP_HEAD: &str = "MAPHead_0/";
+
+/// The modules inside `MAPHead_0` are Linen's, named as in an encoder block (its one LayerNorm is `LayerNorm_0`).
+const MAP_NAMING: Naming = Naming::Linen;
 
 impl BigVision {
     /// Reads the architecture of an opened big_vision checkpoint from its shapes; `tower` is put
@@ -133,7 +139,7 @@ impl BigVision {
             ));
         }
         let params = Params::new(file, &format!("{root}{tower}"), device, Kind::Float);
-        let (arch, map) = read_arch(&params, opts)?;
+        let (arch, tree, map) = read_arch(&params, opts)?;
         if arch.posemb == PosEmb::Sincos2d {
             notes.push(format!(
                 "the source's sincos2d position embedding is computed for {0}x{0} px ({1}x{1} tokens), the resolution given",
@@ -143,6 +149,7 @@ impl BigVision {
         Ok(BigVision {
             params,
             arch,
+            tree,
             map,
             notes,
         })
@@ -169,49 +176,16 @@ impl BigVision {
     pub fn forward(&self, nhwc: &Tensor, grid: usize) -> Result<RefOutputs> {
         let a = &self.arch;
         let p = &self.params;
-        let d = dim(a.hidden)?;
         let x = nhwc
             .f_to_kind(Kind::Float)?
             .f_to_device(p.device())?
             .f_permute([0, 3, 1, 2])?;
-        let kernel = p.load(
-            "embedding/kernel",
-            &[a.patch_size, a.patch_size, a.embed_in, a.hidden],
-        )?;
-        let weight = kernel.f_permute([3, 2, 0, 1])?.f_contiguous()?;
-        let bias = p.load("embedding/bias", &[a.hidden])?;
-        let y = ops::conv2d(&x, &weight, Some(&bias), dim(a.patch_size)?, 0)?;
-        let size = y.size();
-        let (b, gh, gw) = match size.as_slice() {
-            [b, _, gh, gw] => (*b, *gh, *gw),
-            _ => (0, 0, 0),
-        };
-        if gh != dim(grid)? || gw != dim(grid)? {
-            return Err(Error::InputGrid {
-                path: p.path().to_path_buf(),
-                expected: grid,
-                found_h: gh,
-                found_w: gw,
-            });
-        }
-        // `[B, D, h, w]` flattened over (h, w) is flax's `reshape([n, h*w, c])` of the NHWC output.
-        let mut x = y.f_flatten(2, 3)?.f_transpose(1, 2)?;
+        let mut x = flax_patch_embed(p, &x, a, grid)?;
         x = x.f_add(&self.pos_embedding(grid)?)?;
         if a.classifier == Classifier::Token {
-            let cls = p
-                .load("cls", &[1, 1, a.hidden])?
-                .f_expand([b, 1, d], false)?;
-            x = Tensor::f_cat(&[cls, x], 1)?;
+            x = prepend_class_token(p, &x, a.hidden)?;
         }
-        for i in 0..a.depth {
-            x = self.block(&x, i)?;
-        }
-        let tokens = ops::layer_norm(
-            &x,
-            &p.load("Transformer/encoder_norm/scale", &[a.hidden])?,
-            &p.load("Transformer/encoder_norm/bias", &[a.hidden])?,
-            FLAX_LAYER_NORM_EPS,
-        )?;
+        let tokens = flax_encoder(p, &self.tree, a.depth, Sizes::of(a), &x, None)?;
         let pooled = match a.classifier {
             Classifier::Token | Classifier::First => tokens.f_select(1, 0)?,
             Classifier::Gap => tokens.f_mean_dim(1, false, Kind::Float)?,
@@ -219,26 +193,7 @@ impl BigVision {
             // No pooling: the head (below) applies to every token.
             Classifier::None => tokens.shallow_clone(),
         };
-        let features = match a.representation {
-            Some(r) => ops::dense_in_out(
-                &pooled,
-                &p.load("pre_logits/kernel", &[a.hidden, r])?,
-                Some(&p.load("pre_logits/bias", &[r])?),
-            )?
-            .f_tanh()?,
-            None => pooled.shallow_clone(),
-        };
-        let logits = match a.num_classes {
-            Some(c) => {
-                let fin = a.representation.unwrap_or(a.hidden);
-                Some(ops::dense_in_out(
-                    &features,
-                    &p.load("head/kernel", &[fin, c])?,
-                    Some(&p.load("head/bias", &[c])?),
-                )?)
-            }
-            None => None,
-        };
+        let (features, logits) = flax_head(p, &pooled, a)?;
         Ok(RefOutputs {
             tokens,
             pooled,
@@ -270,165 +225,155 @@ impl BigVision {
         }
     }
 
-    /// Loads `rel` of a block or of the MAP head; a stacked (scan) block's tensor carries the
-    /// depth axis in front, and block i is its slice i.
-    fn load_at(&self, site: Site, rel: &str, shape: &[usize]) -> Result<Tensor> {
-        let p = &self.params;
-        match site {
-            Site::Block(i) => load_block(
-                p,
-                "Transformer",
-                self.arch.scan,
-                self.arch.depth,
-                i,
-                rel,
-                shape,
-            ),
-            Site::Map => p.load(&format!("MAPHead_0/{rel}"), shape),
-        }
-    }
-
-    /// `(heads, head_dim)` of the attention at `site`.
-    fn heads_at(&self, site: Site) -> (usize, usize) {
-        match (site, self.map) {
-            (Site::Map, Some((h, dh, _))) => (h, dh),
-            _ => (self.arch.heads, self.arch.head_dim),
-        }
-    }
-
-    /// flax `MultiHeadDotProductAttention`: `[D, H, Dh]` query/key/value kernels with `[H, Dh]`
-    /// biases, the query divided by sqrt(Dh), softmax over the keys, `[H, Dh, D]` out kernel.
-    fn attention(&self, site: Site, q_in: &Tensor, kv_in: &Tensor) -> Result<Tensor> {
-        let (h, dh) = self.heads_at(site);
-        let load = |rel: &str, shape: &[usize]| self.load_at(site, rel, shape);
-        flax_attention(&load, [self.arch.hidden, h, dh], q_in, kv_in, None)
-    }
-
-    /// `MlpBlock`: Dense to `mlp`, tanh GELU, Dense back to D.
-    fn mlp(&self, site: Site, x: &Tensor, mlp: usize) -> Result<Tensor> {
-        let load = |rel: &str, shape: &[usize]| self.load_at(site, rel, shape);
-        flax_mlp(&load, self.arch.hidden, mlp, x)
-    }
-
-    fn norm(&self, site: Site, name: &str, x: &Tensor) -> Result<Tensor> {
-        let load = |rel: &str, shape: &[usize]| self.load_at(site, rel, shape);
-        flax_norm(&load, self.arch.hidden, name, x)
-    }
-
-    /// `Encoder1DBlock`: `x + attn(LayerNorm_0(x))`, then `x + mlp(LayerNorm_1(x))`.
-    fn block(&self, x: &Tensor, i: usize) -> Result<Tensor> {
-        let site = Site::Block(i);
-        let y = self.norm(site, "LayerNorm_0", x)?;
-        let x = x.f_add(&self.attention(site, &y, &y)?)?;
-        let y = self.norm(site, "LayerNorm_1", &x)?;
-        Ok(x.f_add(&self.mlp(site, &y, self.arch.mlp)?)?)
-    }
-
     /// `MAPHead`: the probe attends over all tokens, then `x + MlpBlock_0(LayerNorm_0(x))`; the
     /// probe's row is the pooled vector.
     fn map_head(&self, tokens: &Tensor) -> Result<Tensor> {
-        let mlp = self.map.map_or(self.arch.mlp, |(_, _, m)| m);
-        let b = tokens.size().first().copied().unwrap_or(0);
-        let d = dim(self.arch.hidden)?;
-        let probe = self
-            .load_at(Site::Map, "probe", &[1, 1, self.arch.hidden])?
-            .f_expand([b, 1, d], false)?;
-        let x = self.attention(Site::Map, &probe, tokens)?;
-        let y = self.norm(Site::Map, "LayerNorm_0", &x)?;
-        let x = x.f_add(&self.mlp(Site::Map, &y, mlp)?)?;
-        Ok(x.f_select(1, 0)?)
+        let a = &self.arch;
+        let map = self.map.unwrap_or((a.heads, a.head_dim, a.mlp));
+        flax_map_head(&self.params, a.hidden, map, tokens, None)
     }
 }
 
-/// An encoder's sizes as its block tensors give them.
+/// The patch embedding of NCHW pixels `x` in a ViT of architecture `a`: a VALID convolution with stride =
+/// kernel, HWIO kernel `embedding/kernel`, giving a `grid` x `grid` token grid as `[B, grid*grid, D]`, tokens
+/// in flax's NHWC reshape order (rows, then columns).
+pub(crate) fn flax_patch_embed(
+    p: &Params,
+    x: &Tensor,
+    a: &SourceArch,
+    grid: usize,
+) -> Result<Tensor> {
+    let kernel = p.load(
+        "embedding/kernel",
+        &[a.patch_size, a.patch_size, a.embed_in, a.hidden],
+    )?;
+    let weight = kernel.f_permute([3, 2, 0, 1])?.f_contiguous()?;
+    let bias = p.load("embedding/bias", &[a.hidden])?;
+    let y = ops::conv2d(x, &weight, Some(&bias), dim(a.patch_size)?, 0)?;
+    let size = y.size();
+    let (gh, gw) = match size.as_slice() {
+        [_, _, gh, gw] => (*gh, *gw),
+        other => {
+            return Err(Error::UnexpectedShape {
+                what: "the patch embedding's output",
+                expected: "[B, D, h, w]",
+                found: other.to_vec(),
+            })
+        }
+    };
+    if gh != dim(grid)? || gw != dim(grid)? {
+        return Err(Error::InputGrid {
+            path: p.path().to_path_buf(),
+            expected: grid,
+            found_h: gh,
+            found_w: gw,
+        });
+    }
+    Ok(y.f_flatten(2, 3)?.f_transpose(1, 2)?)
+}
+
+/// The `[patch, in, hidden]` of a ViT's HWIO patch kernel `embedding/kernel` `[p, p, in, D]`; `missing` is the
+/// reason a file without one is no model of the family, `bad` builds the shape error.
+pub(crate) fn conv_patch_sizes(
+    p: &Params,
+    missing: &str,
+    bad: &dyn Fn(&str, String, &[usize]) -> Error,
+) -> Result<[usize; 3]> {
+    let kernel = "embedding/kernel";
+    match p.shape(kernel) {
+        Some([ph, pw, cin, d]) if ph == pw => Ok([*ph, *cin, *d]),
+        Some(other) => Err(bad(kernel, "[p, p, in, D] (square patches)".into(), other)),
+        None => Err(Error::NotAModel {
+            path: p.path().to_path_buf(),
+            reason: missing.to_string(),
+        }),
+    }
+}
+
+/// `[B, N, D]` tokens `x` with the class token `cls` of width `d` put in front of every row.
+pub(crate) fn prepend_class_token(p: &Params, x: &Tensor, d: usize) -> Result<Tensor> {
+    let b = x.size().first().copied().unwrap_or(0);
+    let cls = p
+        .load("cls", &[1, 1, d])?
+        .f_expand([b, 1, dim(d)?], false)?;
+    Ok(Tensor::f_cat(&[cls, x.shallow_clone()], 1)?)
+}
+
+/// An encoder's sizes as its block tensors give them, and where its tensors live.
 pub(crate) struct EncoderSizes {
+    /// The encoder's names: its naming, and whether its blocks are stacked along a leading depth axis.
+    pub tree: EncoderTree,
     pub depth: usize,
     pub heads: usize,
     pub head_dim: usize,
     pub mlp: usize,
-    /// Whether the blocks are stacked along a leading depth axis (`encoderblock/`).
-    pub scan: bool,
 }
 
-/// Reads the sizes of the encoder `{encoder}/` (`Transformer` in a ViT, `Encoder_0` in a text tower) of
-/// width `width` off its first block's attention and MLP, stacked (`encoderblock/`) or numbered
-/// (`encoderblock_{i}/`); `which` names the tower in messages (`""` or `"text "`), `bad` builds the
-/// shape error.
+/// Reads the sizes of the encoder `encoder` (`Transformer/` in a ViT, `Encoder_0/` in a text tower) of width
+/// `width` off its first block's attention and MLP, in whichever of `variants` the file uses (the names and
+/// variants are the shared flax tree reader's; the sizes are read here); `which` names the tower in messages
+/// (`""` or `"text "`), `bad` builds the shape error.
 pub(crate) fn encoder_sizes(
     p: &Params,
-    encoder: &str,
+    encoder: &'static str,
+    variants: Variants,
     width: usize,
     which: &str,
     bad: &dyn Fn(&str, String, &[usize]) -> Error,
 ) -> Result<EncoderSizes> {
-    let stacked_q = format!("{encoder}/encoderblock/MultiHeadDotProductAttention_0/query/kernel");
-    let scan = p.has(&stacked_q);
-    let (depth, heads, head_dim, mlp) = if scan {
-        let (depth, heads, head_dim) = match p.require_shape(&stacked_q, "stacked attention")? {
+    let tree = EncoderTree::detect("", encoder, variants, |k| p.has(k));
+    let q = tree.attn(0, Proj::Query, "kernel");
+    let m = tree.mlp(0, 0, "kernel");
+    let (depth, heads, head_dim, mlp) = if tree.stacked() {
+        let (depth, heads, head_dim) = match p.require_shape(&q, "stacked attention")? {
             [l, d, h, dh] if *d == width => (*l, *h, *dh),
-            other => {
-                return Err(bad(
-                    &stacked_q,
-                    format!("[depth, {width}, heads, head_dim]"),
-                    other,
-                ))
-            }
+            other => return Err(bad(&q, format!("[depth, {width}, heads, head_dim]"), other)),
         };
-        let m = format!("{encoder}/encoderblock/MlpBlock_0/Dense_0/kernel");
         let mlp = match p.require_shape(&m, "stacked MLP")? {
             [l, d, m] if *l == depth && *d == width => *m,
             other => return Err(bad(&m, format!("[{depth}, {width}, mlp]"), other)),
         };
         (depth, heads, head_dim, mlp)
     } else {
-        let q = format!("{encoder}/encoderblock_0/MultiHeadDotProductAttention_0/query/kernel");
         let (heads, head_dim) =
             match p.require_shape(&q, &format!("attention of {which}block 0"))? {
                 [d, h, dh] if *d == width => (*h, *dh),
                 other => return Err(bad(&q, format!("[{width}, heads, head_dim]"), other)),
             };
-        let m = format!("{encoder}/encoderblock_0/MlpBlock_0/Dense_0/kernel");
         let mlp = match p.require_shape(&m, &format!("MLP of {which}block 0"))? {
             [d, m] if *d == width => *m,
             other => return Err(bad(&m, format!("[{width}, mlp]"), other)),
         };
-        let mut depth = 0usize;
-        while p.has(&format!(
-            "{encoder}/encoderblock_{depth}/MultiHeadDotProductAttention_0/query/kernel"
-        )) {
-            depth = depth.saturating_add(1);
-        }
+        let depth = tree.count_unrolled(usize::MAX, |k| p.has(k));
         (depth, heads, head_dim, mlp)
     };
     Ok(EncoderSizes {
+        tree,
         depth,
         heads,
         head_dim,
         mlp,
-        scan,
     })
 }
 
-/// Loads `rel` of block `i` of the encoder `{encoder}/` (`Transformer`, `Encoder_0`): slice i of
-/// the stacked `encoderblock/` tensor (leading axis `depth`) in the scan format, else
-/// `encoderblock_{i}/`.
+/// Loads `rel` of block `i` of the encoder `tree` of `depth` blocks: slice i of the stacked tensor in the scan
+/// format, else block i's own.
 pub(crate) fn load_block(
     p: &Params,
-    encoder: &str,
-    scan: bool,
+    tree: &EncoderTree,
     depth: usize,
     i: usize,
     rel: &str,
     shape: &[usize],
 ) -> Result<Tensor> {
-    if scan {
+    let name = tree.block(i, rel);
+    if tree.stacked() {
         let mut full = Vec::with_capacity(shape.len().saturating_add(1));
         full.push(depth);
         full.extend_from_slice(shape);
-        let stacked = p.load(&format!("{encoder}/encoderblock/{rel}"), &full)?;
-        Ok(stacked.f_select(0, dim(i)?)?)
+        Ok(p.load(&name, &full)?.f_select(0, dim(i)?)?)
     } else {
-        p.load(&format!("{encoder}/encoderblock_{i}/{rel}"), shape)
+        p.load(&name, shape)
     }
 }
 
@@ -437,56 +382,83 @@ pub(crate) fn load_block(
 /// and the text tower share one implementation of each.
 pub(crate) type Load<'a> = dyn Fn(&str, &[usize]) -> Result<Tensor> + 'a;
 
-/// flax `MultiHeadDotProductAttention` at one site, `[d, heads, head_dim]`: `[D, H, Dh]` query/key/value
-/// kernels with `[H, Dh]` biases, the query from `q_in` and keys and values from `kv_in`, the query divided by
-/// sqrt(Dh), softmax over the keys `mask` lets through (all without one; see
+/// The sizes of one flax attention + MLP site.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sizes {
+    pub d: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub mlp: usize,
+}
+
+impl Sizes {
+    /// The sizes of an image tower's encoder blocks.
+    pub fn of(a: &SourceArch) -> Sizes {
+        Sizes {
+            d: a.hidden,
+            heads: a.heads,
+            head_dim: a.head_dim,
+            mlp: a.mlp,
+        }
+    }
+}
+
+/// flax `MultiHeadDotProductAttention` at one site, its modules named as `naming` says, `[d, heads, head_dim]`:
+/// `[D, H, Dh]` query/key/value kernels with `[H, Dh]` biases, the query from `q_in` and keys and values from
+/// `kv_in`, the query divided by sqrt(Dh), softmax over the keys `mask` lets through (all without one; see
 /// [`ops::attention_explicit_masked`]), `[H, Dh, D]` out kernel.
 pub(crate) fn flax_attention(
     load: &Load<'_>,
+    naming: Naming,
     [d, h, dh]: [usize; 3],
     q_in: &Tensor,
     kv_in: &Tensor,
     mask: Option<&Tensor>,
 ) -> Result<Tensor> {
     let inner = dim(h.saturating_mul(dh))?;
-    let att = "MultiHeadDotProductAttention_0";
     let batch_tokens = |x: &Tensor| match x.size().as_slice() {
         [b, t, _] => (*b, *t),
         _ => (0, 0),
     };
-    let project = |x: &Tensor, which: &str| -> Result<Tensor> {
+    let project = |x: &Tensor, which: Proj| -> Result<Tensor> {
         let (b, t) = batch_tokens(x);
         let kernel =
-            load(&format!("{att}/{which}/kernel"), &[d, h, dh])?.f_reshape([dim(d)?, inner])?;
-        let bias = load(&format!("{att}/{which}/bias"), &[h, dh])?.f_reshape([inner])?;
+            load(&naming.attn(which, "kernel"), &[d, h, dh])?.f_reshape([dim(d)?, inner])?;
+        let bias = load(&naming.attn(which, "bias"), &[h, dh])?.f_reshape([inner])?;
         Ok(ops::dense_in_out(x, &kernel, Some(&bias))?
             .f_reshape([b, t, dim(h)?, dim(dh)?])?
             .f_transpose(1, 2)?)
     };
-    let q = project(q_in, "query")?;
-    let k = project(kv_in, "key")?;
-    let v = project(kv_in, "value")?;
+    let q = project(q_in, Proj::Query)?;
+    let k = project(kv_in, Proj::Key)?;
+    let v = project(kv_in, Proj::Value)?;
     let (b, t) = batch_tokens(q_in);
     let o = ops::attention_explicit_masked(&q, &k, &v, mask)?
         .f_transpose(1, 2)?
         .f_reshape([b, t, inner])?;
-    let out = load(&format!("{att}/out/kernel"), &[h, dh, d])?.f_reshape([inner, dim(d)?])?;
-    let bias = load(&format!("{att}/out/bias"), &[d])?;
+    let out = load(&naming.attn(Proj::Out, "kernel"), &[h, dh, d])?.f_reshape([inner, dim(d)?])?;
+    let bias = load(&naming.attn(Proj::Out, "bias"), &[d])?;
     ops::dense_in_out(&o, &out, Some(&bias))
 }
 
-/// flax `MlpBlock` at one site: Dense `[d, mlp]`, tanh GELU, Dense `[mlp, d]`.
-pub(crate) fn flax_mlp(load: &Load<'_>, d: usize, mlp: usize, x: &Tensor) -> Result<Tensor> {
+/// flax `MlpBlock` at one site, named as `naming` says: Dense `[d, mlp]`, tanh GELU, Dense `[mlp, d]`.
+pub(crate) fn flax_mlp(
+    load: &Load<'_>,
+    naming: Naming,
+    d: usize,
+    mlp: usize,
+    x: &Tensor,
+) -> Result<Tensor> {
     let y = ops::dense_in_out(
         x,
-        &load("MlpBlock_0/Dense_0/kernel", &[d, mlp])?,
-        Some(&load("MlpBlock_0/Dense_0/bias", &[mlp])?),
+        &load(&naming.mlp(0, "kernel"), &[d, mlp])?,
+        Some(&load(&naming.mlp(0, "bias"), &[mlp])?),
     )?;
     let y = Gelu::Tanh.apply(&y)?;
     ops::dense_in_out(
         &y,
-        &load("MlpBlock_0/Dense_1/kernel", &[mlp, d])?,
-        Some(&load("MlpBlock_0/Dense_1/bias", &[d])?),
+        &load(&naming.mlp(1, "kernel"), &[mlp, d])?,
+        Some(&load(&naming.mlp(1, "bias"), &[d])?),
     )
 }
 
@@ -498,6 +470,112 @@ pub(crate) fn flax_norm(load: &Load<'_>, d: usize, name: &str, x: &Tensor) -> Re
         &load(&format!("{name}/bias"), &[d])?,
         FLAX_LAYER_NORM_EPS,
     )
+}
+
+/// `Encoder1DBlock`: `x + attn(LayerNorm_0(x))`, then `x + mlp(LayerNorm_1(x))` (the modules named as `naming`
+/// says); `mask` (boolean, `[B, 1, N, N]`) is the attention mask where there is one (NaFlex padding).
+pub(crate) fn flax_block(
+    load: &Load<'_>,
+    naming: Naming,
+    s: Sizes,
+    x: &Tensor,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    let y = flax_norm(load, s.d, naming.norm(BlockNorm::Attention), x)?;
+    let x = x.f_add(&flax_attention(
+        load,
+        naming,
+        [s.d, s.heads, s.head_dim],
+        &y,
+        &y,
+        mask,
+    )?)?;
+    let y = flax_norm(load, s.d, naming.norm(BlockNorm::Mlp), &x)?;
+    Ok(x.f_add(&flax_mlp(load, naming, s.d, s.mlp, &y)?)?)
+}
+
+/// The encoder `tree` of `depth` blocks of sizes `s` run on `x`: every block, then `encoder_norm` on every token;
+/// `mask` as [`flax_block`] takes it.
+pub(crate) fn flax_encoder(
+    p: &Params,
+    tree: &EncoderTree,
+    depth: usize,
+    s: Sizes,
+    x: &Tensor,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    let mut x = x.shallow_clone();
+    for i in 0..depth {
+        let load = |rel: &str, shape: &[usize]| load_block(p, tree, depth, i, rel, shape);
+        x = flax_block(&load, tree.naming(), s, &x, mask)?;
+    }
+    ops::layer_norm(
+        &x,
+        &p.load(&tree.encoder_norm("scale"), &[s.d])?,
+        &p.load(&tree.encoder_norm("bias"), &[s.d])?,
+        FLAX_LAYER_NORM_EPS,
+    )
+}
+
+/// `MAPHead` of width `d` and sizes `map` on `tokens`: the probe attends over the tokens (keys masked by
+/// `key_mask` where there is one), then `x + MlpBlock_0(LayerNorm_0(x))`; the probe's row is the pooled vector.
+pub(crate) fn flax_map_head(
+    p: &Params,
+    d: usize,
+    (heads, head_dim, mlp): MapSizes,
+    tokens: &Tensor,
+    key_mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    let s = Sizes {
+        d,
+        heads,
+        head_dim,
+        mlp,
+    };
+    let load = |rel: &str, shape: &[usize]| p.load(&format!("{MAP_HEAD}{rel}"), shape);
+    let b = tokens.size().first().copied().unwrap_or(0);
+    let probe = load("probe", &[1, 1, s.d])?.f_expand([b, 1, dim(s.d)?], false)?;
+    let x = flax_attention(
+        &load,
+        MAP_NAMING,
+        [s.d, s.heads, s.head_dim],
+        &probe,
+        tokens,
+        key_mask,
+    )?;
+    let y = flax_norm(&load, s.d, MAP_NAMING.norm(BlockNorm::Attention), &x)?;
+    let x = x.f_add(&flax_mlp(&load, MAP_NAMING, s.d, s.mlp, &y)?)?;
+    Ok(x.f_select(1, 0)?)
+}
+
+/// The `pre_logits` dense + tanh where the file has one (else `pooled` itself), then the `head` where it has
+/// one: the features and the logits of a ViT of architecture `a`.
+pub(crate) fn flax_head(
+    p: &Params,
+    pooled: &Tensor,
+    a: &SourceArch,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let features = match a.representation {
+        Some(r) => ops::dense_in_out(
+            pooled,
+            &p.load("pre_logits/kernel", &[a.hidden, r])?,
+            Some(&p.load("pre_logits/bias", &[r])?),
+        )?
+        .f_tanh()?,
+        None => pooled.shallow_clone(),
+    };
+    let logits = match a.num_classes {
+        Some(c) => {
+            let fin = a.representation.unwrap_or(a.hidden);
+            Some(ops::dense_in_out(
+                &features,
+                &p.load("head/kernel", &[fin, c])?,
+                Some(&p.load("head/bias", &[c])?),
+            )?)
+        }
+        None => None,
+    };
+    Ok((features, logits))
 }
 
 /// big_vision's `posemb_sincos_2d` for an `h` x `w` grid and width `d`, `[h*w, d]` row-major:
@@ -529,7 +607,7 @@ pub fn sincos2d(h: usize, w: usize, d: usize) -> Vec<f32> {
 
 /// Reads the architecture from the shapes, checking that the parts agree; also returns the MAP
 /// head's `(heads, head_dim, mlp)` when there is one.
-fn read_arch(p: &Params, opts: &Options) -> Result<(SourceArch, Option<MapSizes>)> {
+fn read_arch(p: &Params, opts: &Options) -> Result<(SourceArch, EncoderTree, Option<MapSizes>)> {
     let path = p.path().to_path_buf();
     let not_vit = |reason: String| Error::NotAModel {
         path: path.clone(),
@@ -541,26 +619,18 @@ fn read_arch(p: &Params, opts: &Options) -> Result<(SourceArch, Option<MapSizes>
         expected,
         found: found.to_vec(),
     };
-    let emb = p.shape("embedding/kernel").ok_or_else(|| {
-        not_vit("no `embedding/kernel` under the root: not a big_vision ViT checkpoint".into())
-    })?;
-    let (patch_size, embed_in, hidden) = match emb {
-        [ph, pw, cin, d] if ph == pw => (*ph, *cin, *d),
-        other => {
-            return Err(bad(
-                "embedding/kernel",
-                "[p, p, in, D] (square patches)".into(),
-                other,
-            ))
-        }
-    };
+    let [patch_size, embed_in, hidden] = conv_patch_sizes(
+        p,
+        "no `embedding/kernel` under the root: not a big_vision ViT checkpoint",
+        &bad,
+    )?;
     let EncoderSizes {
+        tree,
         depth,
         heads,
         head_dim,
         mlp,
-        scan,
-    } = encoder_sizes(p, "Transformer", hidden, "", &bad)?;
+    } = encoder_sizes(p, IMAGE_ENCODER, BIG_VISION, hidden, "", &bad)?;
     if depth == 0 || heads == 0 || head_dim == 0 {
         return Err(not_vit("no encoder blocks with attention".into()));
     }
@@ -569,21 +639,10 @@ fn read_arch(p: &Params, opts: &Options) -> Result<(SourceArch, Option<MapSizes>
         Some(other) => return Err(bad("cls", format!("[1, 1, {hidden}]"), other)),
         None => false,
     };
-    let map = match p.shape("MAPHead_0/probe") {
-        Some([1, 1, d]) if *d == hidden => {
-            let q = "MAPHead_0/MultiHeadDotProductAttention_0/query/kernel";
-            let (h, dh) = match p.require_shape(q, "the MAP head's attention")? {
-                [d, h, dh] if *d == hidden => (*h, *dh),
-                other => return Err(bad(q, format!("[{hidden}, heads, head_dim]"), other)),
-            };
-            let m = "MAPHead_0/MlpBlock_0/Dense_0/kernel";
-            let mlp = match p.require_shape(m, "the MAP head's MLP")? {
-                [d, m] if *d == hidden => *m,
-                other => return Err(bad(m, format!("[{hidden}, mlp]"), other)),
-            };
-            Some((h, dh, mlp))
-        }
-        Some(other) => return Err(bad("MAPHead_0/probe", format!("[1, 1, {hidden}]"), other)),
+    let probe = format!("{MAP_HEAD}probe");
+    let map = match p.shape(&probe) {
+        Some([1, 1, d]) if *d == hidden => Some(map_sizes(p, hidden, &bad)?),
+        Some(other) => return Err(bad(&probe, format!("[1, 1, {hidden}]"), other)),
         None => None,
     };
     let from_keys = match (has_cls, map.is_some()) {
@@ -630,7 +689,7 @@ fn read_arch(p: &Params, opts: &Options) -> Result<(SourceArch, Option<MapSizes>
                 return Err(bad(
                     "embedding/kernel",
                     "a width D with D % 4 == 0 and D >= 8, as posemb_sincos_2d needs".into(),
-                    emb,
+                    &[patch_size, patch_size, embed_in, hidden],
                 ));
             }
             let size = opts
@@ -674,18 +733,39 @@ fn read_arch(p: &Params, opts: &Options) -> Result<(SourceArch, Option<MapSizes>
             classifier,
             posemb,
             class_pos: false,
-            scan,
+            scan: tree.stacked(),
             representation,
             num_classes,
             resnet: None,
             embed_in,
         },
+        tree,
         map,
     ))
 }
 
+/// The `(heads, head_dim, mlp)` of the `MAPHead_0` of width `hidden`, off its attention's query kernel and its
+/// MLP's first kernel; `bad` builds the shape error.
+pub(crate) fn map_sizes(
+    p: &Params,
+    hidden: usize,
+    bad: &dyn Fn(&str, String, &[usize]) -> Error,
+) -> Result<MapSizes> {
+    let q = format!("{MAP_HEAD}{}", MAP_NAMING.attn(Proj::Query, "kernel"));
+    let (h, dh) = match p.require_shape(&q, "the MAP head's attention")? {
+        [d, h, dh] if *d == hidden => (*h, *dh),
+        other => return Err(bad(&q, format!("[{hidden}, heads, head_dim]"), other)),
+    };
+    let m = format!("{MAP_HEAD}{}", MAP_NAMING.mlp(0, "kernel"));
+    let mlp = match p.require_shape(&m, "the MAP head's MLP")? {
+        [d, m] if *d == hidden => *m,
+        other => return Err(bad(&m, format!("[{hidden}, mlp]"), other)),
+    };
+    Ok((h, dh, mlp))
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::path::PathBuf;
 
@@ -703,7 +783,12 @@ mod tests {
     }
 
     fn npy(rel: &str) -> Tensor {
-        let file = TensorFile::open(fixture(rel)).expect("golden npy opens");
+        read_npy(&fixture(rel))
+    }
+
+    /// The one array of the golden `.npy` file at `path`, as float32.
+    pub(crate) fn read_npy(path: &Path) -> Tensor {
+        let file = TensorFile::open(path).expect("golden npy opens");
         let info = file.tensors().first().expect("npy holds one array").clone();
         let values = file.read_f32(&info.name).expect("golden npy reads");
         let dims: Vec<i64> = info
@@ -714,7 +799,8 @@ mod tests {
         Tensor::from_slice(&values).reshape(dims.as_slice())
     }
 
-    fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
+    /// The largest absolute difference between two tensors of one shape.
+    pub(crate) fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
         assert_eq!(a.size(), b.size(), "shapes differ");
         (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
             .abs()

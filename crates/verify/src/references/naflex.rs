@@ -23,9 +23,12 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor};
 use vitconv_tensors::TensorFile;
 
-use super::big_vision::{self, encoder_sizes, root_of, EncoderSizes};
-use super::siglip::{self, flax_block, l2_normalise, Sizes, TextTower, TwoTowerOutputs};
-use super::FLAX_LAYER_NORM_EPS;
+use vitconv_convert::sources::flax_tree::{EncoderTree, BIG_VISION, IMAGE_ENCODER};
+
+use super::big_vision::{
+    encoder_sizes, flax_encoder, flax_map_head, map_sizes, root_of, EncoderSizes, Sizes,
+};
+use super::siglip::{self, l2_normalise, TextTower, TwoTowerOutputs};
 use crate::error::{Error, Result};
 use crate::input::NaflexInputs;
 use crate::ops;
@@ -98,6 +101,8 @@ pub struct NaflexOutputs {
 pub struct NaflexTower {
     params: Params,
     arch: NaflexArch,
+    /// Where the encoder's tensors live.
+    tree: EncoderTree,
 }
 
 impl NaflexTower {
@@ -105,8 +110,8 @@ impl NaflexTower {
     pub fn from_file(file: TensorFile, device: Device) -> Result<NaflexTower> {
         let root = root_of(&file);
         let params = Params::new(file, &format!("{root}img/"), device, Kind::Float);
-        let arch = read_arch(&params)?;
-        Ok(NaflexTower { params, arch })
+        let (arch, tree) = read_arch(&params)?;
+        Ok(NaflexTower { params, arch, tree })
     }
 
     /// The architecture read from the tower's shapes.
@@ -148,7 +153,7 @@ impl NaflexTower {
             Some(&p.load("embedding/bias", &[a.hidden])?),
         )?;
         let posemb = self.posemb(inputs, s.antialias)?;
-        let mut x = x.f_add(&posemb)?;
+        let x = x.f_add(&posemb)?;
         let mask = inputs.mask.f_to_kind(Kind::Bool)?.f_to_device(device)?;
         let self_mask = mask
             .f_view([b, 1, n, 1])?
@@ -159,18 +164,7 @@ impl NaflexTower {
             head_dim: a.head_dim,
             mlp: a.mlp,
         };
-        for i in 0..a.depth {
-            let load = |rel: &str, shape: &[usize]| {
-                big_vision::load_block(p, "Transformer", a.scan, a.depth, i, rel, shape)
-            };
-            x = flax_block(&load, sizes, &x, Some(&self_mask))?;
-        }
-        let tokens = ops::layer_norm(
-            &x,
-            &p.load("Transformer/encoder_norm/scale", &[a.hidden])?,
-            &p.load("Transformer/encoder_norm/bias", &[a.hidden])?,
-            FLAX_LAYER_NORM_EPS,
-        )?;
+        let tokens = flax_encoder(p, &self.tree, a.depth, sizes, &x, Some(&self_mask))?;
         let key_mask = mask.f_view([b, 1, 1, n])?;
         let pooled = self.map_head(&tokens, s.map_mask.then_some(&key_mask))?;
         let embedding = match a.num_classes {
@@ -216,22 +210,13 @@ impl NaflexTower {
     /// `MAPHead`: the probe attends over the tokens (padding keys masked out by `key_mask`), then
     /// `x + MlpBlock_0(LayerNorm_0(x))`; the probe's row is the pooled vector.
     fn map_head(&self, tokens: &Tensor, key_mask: Option<&Tensor>) -> Result<Tensor> {
-        let a = &self.arch;
-        let p = &self.params;
-        let (heads, head_dim, mlp) = a.map;
-        let load = |rel: &str, shape: &[usize]| p.load(&format!("MAPHead_0/{rel}"), shape);
-        let b = tokens.size().first().copied().unwrap_or(0);
-        let probe = load("probe", &[1, 1, a.hidden])?.f_expand([b, 1, dim(a.hidden)?], false)?;
-        let x = big_vision::flax_attention(
-            &load,
-            [a.hidden, heads, head_dim],
-            &probe,
+        flax_map_head(
+            &self.params,
+            self.arch.hidden,
+            self.arch.map,
             tokens,
             key_mask,
-        )?;
-        let y = big_vision::flax_norm(&load, a.hidden, "LayerNorm_0", &x)?;
-        let x = x.f_add(&big_vision::flax_mlp(&load, a.hidden, mlp, &y)?)?;
-        Ok(x.f_select(1, 0)?)
+        )
     }
 }
 
@@ -311,7 +296,7 @@ pub fn resize_grid(grid: &Tensor, [h, w]: [usize; 2], antialias: bool) -> Result
 }
 
 /// Reads the tower's sizes from its shapes, checking that the parts agree.
-fn read_arch(p: &Params) -> Result<NaflexArch> {
+fn read_arch(p: &Params) -> Result<(NaflexArch, EncoderTree)> {
     let path = p.path().to_path_buf();
     let bad = |tensor: &str, expected: String, found: &[usize]| Error::BadShape {
         path: path.clone(),
@@ -342,12 +327,12 @@ fn read_arch(p: &Params) -> Result<NaflexArch> {
         }
     };
     let EncoderSizes {
+        tree,
         depth,
         heads,
         head_dim,
         mlp,
-        scan,
-    } = encoder_sizes(p, "Transformer", hidden, "", &bad)?;
+    } = encoder_sizes(p, IMAGE_ENCODER, BIG_VISION, hidden, "", &bad)?;
     if depth == 0 || heads == 0 || head_dim == 0 {
         return Err(Error::NotAModel {
             path: path.clone(),
@@ -358,22 +343,13 @@ fn read_arch(p: &Params) -> Result<NaflexArch> {
         [1, 1, d] if *d == hidden => {}
         other => return Err(bad("MAPHead_0/probe", format!("[1, 1, {hidden}]"), other)),
     }
-    let q = "MAPHead_0/MultiHeadDotProductAttention_0/query/kernel";
-    let (mh, mdh) = match p.require_shape(q, "the MAP head's attention")? {
-        [d, h, dh] if *d == hidden => (*h, *dh),
-        other => return Err(bad(q, format!("[{hidden}, heads, head_dim]"), other)),
-    };
-    let m = "MAPHead_0/MlpBlock_0/Dense_0/kernel";
-    let map_mlp = match p.require_shape(m, "the MAP head's MLP")? {
-        [d, m] if *d == hidden => *m,
-        other => return Err(bad(m, format!("[{hidden}, mlp]"), other)),
-    };
+    let (mh, mdh, map_mlp) = map_sizes(p, hidden, &bad)?;
     let num_classes = match p.shape("head/kernel") {
         Some([d, c]) if *d == hidden => Some(*c),
         Some(other) => return Err(bad("head/kernel", format!("[{hidden}, E]"), other)),
         None => None,
     };
-    Ok(NaflexArch {
+    let arch = NaflexArch {
         patch_size,
         pos_grid,
         hidden,
@@ -381,10 +357,11 @@ fn read_arch(p: &Params) -> Result<NaflexArch> {
         heads,
         head_dim,
         mlp,
-        scan,
+        scan: tree.stacked(),
         map: (mh, mdh, map_mlp),
         num_classes,
-    })
+    };
+    Ok((arch, tree))
 }
 
 /// A SigLIP 2 NaFlex two-tower model: the NaFlex image tower, the text tower, `t` and `b`.
@@ -494,6 +471,7 @@ impl NaflexTwoTower {
 mod tests {
     use super::*;
     use crate::input::{self, InputSource};
+    use crate::references::big_vision::tests::{max_abs, read_npy};
     use std::path::PathBuf;
 
     /// The golden outputs were written by big_vision's own model in float32.
@@ -508,29 +486,13 @@ mod tests {
     }
 
     fn npy(rel: &str) -> Tensor {
-        let file = TensorFile::open(fixture(rel)).expect("golden npy opens");
-        let info = file.tensors().first().expect("npy holds one array").clone();
-        let values = file.read_f32(&info.name).expect("golden npy reads");
-        let dims: Vec<i64> = info
-            .shape
-            .iter()
-            .map(|&d| i64::try_from(d).expect("small"))
-            .collect();
-        Tensor::from_slice(&values).reshape(dims.as_slice())
+        read_npy(&fixture(rel))
     }
 
     fn golden_inputs() -> NaflexInputs {
         input::naflex(&InputSource::Npy(fixture("patches.npy")), 8, None, 16)
             .expect("the golden patches load")
             .0
-    }
-
-    fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
-        assert_eq!(a.size(), b.size(), "shapes differ");
-        (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
-            .abs()
-            .max()
-            .double_value(&[])
     }
 
     /// The largest difference over the rows `mask` marks as patches.

@@ -24,8 +24,9 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor};
 use vitconv_tensors::TensorFile;
 
-use super::big_vision::{self, BigVision};
-use super::FLAX_LAYER_NORM_EPS;
+use vitconv_convert::sources::flax_tree::{EncoderTree, BIG_VISION, TEXT_ENCODER};
+
+use super::big_vision::{self, flax_encoder, BigVision, Sizes};
 use crate::error::{Error, Result};
 use crate::ops;
 use crate::params::{dim, Params};
@@ -61,19 +62,12 @@ pub struct TextArch {
     pub embed: Option<usize>,
 }
 
-/// The sizes of one flax attention + MLP site.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Sizes {
-    pub d: usize,
-    pub heads: usize,
-    pub head_dim: usize,
-    pub mlp: usize,
-}
-
 /// A big_vision text tower (`txt/`), ready to run.
 pub struct TextTower {
     params: Params,
     arch: TextArch,
+    /// Where the text encoder's tensors live.
+    tree: EncoderTree,
 }
 
 impl TextTower {
@@ -81,8 +75,8 @@ impl TextTower {
     pub fn from_file(file: TensorFile, device: Device) -> Result<TextTower> {
         let root = big_vision::root_of(&file);
         let params = Params::new(file, &format!("{root}txt/"), device, Kind::Float);
-        let arch = read_text_arch(&params)?;
-        Ok(TextTower { params, arch })
+        let (arch, tree) = read_text_arch(&params)?;
+        Ok(TextTower { params, arch, tree })
     }
 
     /// The text tower's architecture, read from its shapes.
@@ -101,23 +95,14 @@ impl TextTower {
         let table = p.load("Embed_0/embedding", &[a.vocab, a.width])?;
         let x = Tensor::f_embedding(&table, &ids, -1, false, false)?;
         let pos = p.load("pos_embedding", &[1, a.context, a.width])?;
-        let mut x = x.f_add(&pos)?;
+        let x = x.f_add(&pos)?;
         let sizes = Sizes {
             d: a.width,
             heads: a.heads,
             head_dim: a.head_dim,
             mlp: a.mlp,
         };
-        for i in 0..a.depth {
-            let load = |rel: &str, shape: &[usize]| self.load_block(i, rel, shape);
-            x = flax_block(&load, sizes, &x, None)?;
-        }
-        let x = ops::layer_norm(
-            &x,
-            &p.load("Encoder_0/encoder_norm/scale", &[a.width])?,
-            &p.load("Encoder_0/encoder_norm/bias", &[a.width])?,
-            FLAX_LAYER_NORM_EPS,
-        )?;
+        let x = flax_encoder(p, &self.tree, a.depth, sizes, &x, None)?;
         let last = x.size().get(1).copied().unwrap_or(1) - 1;
         let pooled = x.f_select(1, last)?;
         let embed = match a.embed {
@@ -129,12 +114,6 @@ impl TextTower {
             None => pooled.shallow_clone(),
         };
         Ok((pooled, embed))
-    }
-
-    /// Loads `rel` of block `i`: slice i of the stacked tensor in the scan format.
-    fn load_block(&self, i: usize, rel: &str, shape: &[usize]) -> Result<Tensor> {
-        let a = &self.arch;
-        big_vision::load_block(&self.params, "Encoder_0", a.scan, a.depth, i, rel, shape)
     }
 }
 
@@ -176,7 +155,7 @@ fn check_ids(path: &Path, ids: &Tensor, vocab: usize, context: usize) -> Result<
 }
 
 /// Reads the text tower's sizes from `Embed_0`, `pos_embedding`, the blocks and `head`.
-fn read_text_arch(p: &Params) -> Result<TextArch> {
+fn read_text_arch(p: &Params) -> Result<(TextArch, EncoderTree)> {
     let path = p.path().to_path_buf();
     let bad = |tensor: &str, expected: String, found: &[usize]| Error::BadShape {
         path: path.clone(),
@@ -199,12 +178,12 @@ fn read_text_arch(p: &Params) -> Result<TextArch> {
         }
     };
     let big_vision::EncoderSizes {
+        tree,
         depth,
         heads,
         head_dim,
         mlp,
-        scan,
-    } = big_vision::encoder_sizes(p, "Encoder_0", width, "text ", &bad)?;
+    } = big_vision::encoder_sizes(p, TEXT_ENCODER, BIG_VISION, width, "text ", &bad)?;
     if depth == 0 || heads == 0 || head_dim == 0 {
         return Err(Error::NotAModel {
             path: path.clone(),
@@ -216,7 +195,7 @@ fn read_text_arch(p: &Params) -> Result<TextArch> {
         Some(other) => return Err(bad("head/kernel", format!("[{width}, E]"), other)),
         None => None,
     };
-    Ok(TextArch {
+    let arch = TextArch {
         vocab,
         context,
         width,
@@ -224,30 +203,10 @@ fn read_text_arch(p: &Params) -> Result<TextArch> {
         heads,
         head_dim,
         mlp,
-        scan,
+        scan: tree.stacked(),
         embed,
-    })
-}
-
-/// `Encoder1DBlock`: `x + attn(LayerNorm_0(x))`, then `x + MlpBlock_0(LayerNorm_1(x))`, with the big_vision
-/// reference's flax modules; `mask` (boolean, `[B, 1, N, N]`) is the attention mask where there is one
-/// (NaFlex padding).
-pub(crate) fn flax_block(
-    load: &big_vision::Load<'_>,
-    s: Sizes,
-    x: &Tensor,
-    mask: Option<&Tensor>,
-) -> Result<Tensor> {
-    let y = big_vision::flax_norm(load, s.d, "LayerNorm_0", x)?;
-    let x = x.f_add(&big_vision::flax_attention(
-        load,
-        [s.d, s.heads, s.head_dim],
-        &y,
-        &y,
-        mask,
-    )?)?;
-    let y = big_vision::flax_norm(load, s.d, "LayerNorm_1", &x)?;
-    Ok(x.f_add(&big_vision::flax_mlp(load, s.d, s.mlp, &y)?)?)
+    };
+    Ok((arch, tree))
 }
 
 /// L2-normalises the rows of `[n, E]`, as big_vision's two towers do before the dot product.
@@ -425,6 +384,7 @@ pub fn two_tower_logits(zimg: &Tensor, ztxt: &Tensor, t: f64, b: f64) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::references::big_vision::tests::{max_abs, read_npy};
     use std::path::PathBuf;
 
     /// The golden outputs were written by big_vision's own model in float32.
@@ -437,27 +397,11 @@ mod tests {
     }
 
     fn npy(rel: &str) -> Tensor {
-        let file = TensorFile::open(fixture(rel)).expect("golden npy opens");
-        let info = file.tensors().first().expect("npy holds one array").clone();
-        let values = file.read_f32(&info.name).expect("golden npy reads");
-        let dims: Vec<i64> = info
-            .shape
-            .iter()
-            .map(|&d| i64::try_from(d).expect("small"))
-            .collect();
-        Tensor::from_slice(&values).reshape(dims.as_slice())
+        read_npy(&fixture(rel))
     }
 
     fn ids(case: &str) -> Tensor {
         npy(&format!("{case}/text.npy")).to_kind(Kind::Int64)
-    }
-
-    fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
-        assert_eq!(a.size(), b.size(), "shapes differ");
-        (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
-            .abs()
-            .max()
-            .double_value(&[])
     }
 
     /// Runs `checkpoint` of `case` and returns the largest difference from the golden outputs.

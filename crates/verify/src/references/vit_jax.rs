@@ -7,50 +7,34 @@
 //! before the position embedding is added, `encoder_norm` on all tokens then token 0
 //! or the mean, `pre_logits` dense + tanh; hybrid stems with StdConv
 //! `(w - mean) / (std + 1e-5)` over (H, W, in), GroupNorm(32, eps 1e-6), TensorFlow
-//! SAME padding and a 3x3/2 SAME max-pool. Every size is inferred here from the
-//! shapes; nothing is borrowed from the converter, so a mapping bug there cannot
-//! hide in both sides.
+//! SAME padding and a 3x3/2 SAME max-pool. The encoder's tensor names (pre-Linen or
+//! Linen) come from the converter's flax tree reader, which knows no target; every size
+//! is inferred here from the shapes and the arithmetic is this module's and
+//! [`super::big_vision`]'s, nothing is borrowed from the converter's mapping, so a
+//! mapping bug there cannot hide in both sides.
 
 use tch::{Device, Kind, Tensor};
+use vitconv_convert::sources::flax_tree::{EncoderTree, IMAGE_ENCODER, VIT_JAX};
 use vitconv_tensors::TensorFile;
 
+use super::big_vision::{
+    conv_patch_sizes, encoder_sizes, flax_encoder, flax_head, flax_patch_embed,
+    prepend_class_token, Sizes,
+};
 use super::{
     isqrt, zoom_rows, Classifier, Family, PosEmb, RefOutputs, ResNetArch, SourceArch,
-    FLAX_GROUP_NORM_EPS, FLAX_LAYER_NORM_EPS, GROUPS, STD_CONV_EPS,
+    FLAX_GROUP_NORM_EPS, GROUPS, STD_CONV_EPS,
 };
 use crate::error::{Error, Result};
-use crate::ops::{self, Gelu};
+use crate::ops;
 use crate::params::{dim, Params};
-
-/// The names one encoder block's parts go by: pre-linen files number the sub-modules
-/// in creation order (`LayerNorm_0, MultiHeadDotProductAttention_1, LayerNorm_2,
-/// MlpBlock_3`), linen files per type (`LayerNorm_0, MultiHeadDotProductAttention_0,
-/// LayerNorm_1, MlpBlock_0`).
-struct BlockNames {
-    ln1: &'static str,
-    attn: &'static str,
-    ln2: &'static str,
-    mlp: &'static str,
-}
-
-const PRE_LINEN: BlockNames = BlockNames {
-    ln1: "LayerNorm_0",
-    attn: "MultiHeadDotProductAttention_1",
-    ln2: "LayerNorm_2",
-    mlp: "MlpBlock_3",
-};
-const LINEN: BlockNames = BlockNames {
-    ln1: "LayerNorm_0",
-    attn: "MultiHeadDotProductAttention_0",
-    ln2: "LayerNorm_1",
-    mlp: "MlpBlock_0",
-};
 
 /// The flax ViT of one vision_transformer `.npz`, ready to run.
 pub struct VitJax {
     params: Params,
     arch: SourceArch,
-    names: &'static BlockNames,
+    /// Where the encoder's tensors live, and in which naming.
+    tree: EncoderTree,
 }
 
 impl VitJax {
@@ -59,20 +43,8 @@ impl VitJax {
         // The same root the converter read the tree under.
         let prefix = vitconv_convert::sources::vit_jax::root(file.tensors()).unwrap_or("");
         let params = Params::new(file, prefix, device, Kind::Float);
-        let names = if params.has(&format!(
-            "Transformer/encoderblock_0/{}/query/kernel",
-            PRE_LINEN.attn
-        )) {
-            &PRE_LINEN
-        } else {
-            &LINEN
-        };
-        let arch = read_arch(&params, names)?;
-        Ok(VitJax {
-            params,
-            arch,
-            names,
-        })
+        let (arch, tree) = read_arch(&params)?;
+        Ok(VitJax { params, arch, tree })
     }
 
     /// The architecture read from the source's shapes.
@@ -92,7 +64,6 @@ impl VitJax {
     pub fn forward(&self, nhwc: &Tensor, grid: usize) -> Result<RefOutputs> {
         let a = &self.arch;
         let p = &self.params;
-        let d = dim(a.hidden)?;
         let mut x = nhwc
             .f_to_kind(Kind::Float)?
             .f_to_device(p.device())?
@@ -100,79 +71,21 @@ impl VitJax {
         if let Some(resnet) = &a.resnet {
             x = self.stem(&x, resnet)?;
         }
-        // The patch embedding: a VALID convolution with stride = kernel, HWIO kernel.
-        let patch = dim(a.patch_size)?;
-        let kernel = p.load(
-            "embedding/kernel",
-            &[a.patch_size, a.patch_size, a.embed_in, a.hidden],
-        )?;
-        let weight = kernel.f_permute([3, 2, 0, 1])?.f_contiguous()?;
-        let bias = p.load("embedding/bias", &[a.hidden])?;
-        let y = ops::conv2d(&x, &weight, Some(&bias), patch, 0)?;
-        let size = y.size();
-        let (b, gh, gw) = match size.as_slice() {
-            [b, _, gh, gw] => (*b, *gh, *gw),
-            other => {
-                return Err(Error::UnexpectedShape {
-                    what: "the patch embedding's output",
-                    expected: "[B, D, h, w]",
-                    found: other.to_vec(),
-                })
-            }
-        };
-        if gh != dim(grid)? || gw != dim(grid)? {
-            return Err(Error::InputGrid {
-                path: p.path().to_path_buf(),
-                expected: grid,
-                found_h: gh,
-                found_w: gw,
-            });
-        }
-        // NHWC reshape order in flax: tokens run over rows, then columns.
-        let mut x = y.f_flatten(2, 3)?.f_transpose(1, 2)?;
+        let mut x = flax_patch_embed(p, &x, a, grid)?;
         let pos = self.pos_embedding(grid)?;
+        // Unlike big_vision, the class token is prepended before the position embedding is added.
         if a.classifier == Classifier::Token {
-            let cls = p
-                .load("cls", &[1, 1, a.hidden])?
-                .f_expand([b, 1, d], false)?;
-            x = Tensor::f_cat(&[cls, x], 1)?;
+            x = prepend_class_token(p, &x, a.hidden)?;
         }
         x = x.f_add(&pos)?;
-        for i in 0..a.depth {
-            x = self.block(&x, i)?;
-        }
-        let tokens = ops::layer_norm(
-            &x,
-            &p.load("Transformer/encoder_norm/scale", &[a.hidden])?,
-            &p.load("Transformer/encoder_norm/bias", &[a.hidden])?,
-            FLAX_LAYER_NORM_EPS,
-        )?;
+        let tokens = flax_encoder(p, &self.tree, a.depth, Sizes::of(a), &x, None)?;
         let pooled = match a.classifier {
             // read_arch gives a vision_transformer file only these two.
             Classifier::Token | Classifier::First => tokens.f_select(1, 0)?,
             Classifier::Gap | Classifier::Map => tokens.f_mean_dim(1, false, Kind::Float)?,
             Classifier::None => tokens.shallow_clone(),
         };
-        let features = match a.representation {
-            Some(r) => ops::dense_in_out(
-                &pooled,
-                &p.load("pre_logits/kernel", &[a.hidden, r])?,
-                Some(&p.load("pre_logits/bias", &[r])?),
-            )?
-            .f_tanh()?,
-            None => pooled.shallow_clone(),
-        };
-        let logits = match a.num_classes {
-            Some(c) => {
-                let fin = a.representation.unwrap_or(a.hidden);
-                Some(ops::dense_in_out(
-                    &features,
-                    &p.load("head/kernel", &[fin, c])?,
-                    Some(&p.load("head/bias", &[c])?),
-                )?)
-            }
-            None => None,
-        };
+        let (features, logits) = flax_head(p, &pooled, a)?;
         Ok(RefOutputs {
             tokens,
             pooled,
@@ -199,80 +112,6 @@ impl VitJax {
         let rows = pos.f_narrow(1, dim(n_prefix)?, cells)?;
         let rows = zoom_rows(&rows, g, new, d)?;
         Ok(Tensor::f_cat(&[prefix, rows], 1)?)
-    }
-
-    /// One pre-norm encoder block.
-    fn block(&self, x: &Tensor, i: usize) -> Result<Tensor> {
-        let a = &self.arch;
-        let p = &self.params;
-        let n = self.names;
-        let base = format!("Transformer/encoderblock_{i}");
-        let (dd, h, dh, m) = (a.hidden, a.heads, a.head_dim, a.mlp);
-        let y = ops::layer_norm(
-            x,
-            &p.load(&format!("{base}/{}/scale", n.ln1), &[dd])?,
-            &p.load(&format!("{base}/{}/bias", n.ln1), &[dd])?,
-            FLAX_LAYER_NORM_EPS,
-        )?;
-        let att = format!("{base}/{}", n.attn);
-        let size = y.size();
-        let (b, t) = match size.as_slice() {
-            [b, t, _] => (*b, *t),
-            other => {
-                return Err(Error::UnexpectedShape {
-                    what: "an encoder block's input",
-                    expected: "[B, N, D]",
-                    found: other.to_vec(),
-                })
-            }
-        };
-        let (hh, dhh) = (dim(h)?, dim(dh)?);
-        // H * Dh is the size of a kernel axis that read_arch found in the file, so it fits.
-        let inner = dim(h.saturating_mul(dh))?;
-        // q/k/v: x @ kernel[D, H*Dh] + bias[H*Dh], then split into heads: [B, H, N, Dh].
-        let project = |which: &str| -> Result<Tensor> {
-            let kernel = p
-                .load(&format!("{att}/{which}/kernel"), &[dd, h, dh])?
-                .f_reshape([dim(dd)?, inner])?;
-            let bias = p
-                .load(&format!("{att}/{which}/bias"), &[h, dh])?
-                .f_reshape([inner])?;
-            Ok(ops::dense_in_out(&y, &kernel, Some(&bias))?
-                .f_reshape([b, t, hh, dhh])?
-                .f_transpose(1, 2)?)
-        };
-        let (q, k, v) = (project("query")?, project("key")?, project("value")?);
-        let o = ops::attention_explicit(&q, &k, &v)?
-            .f_transpose(1, 2)?
-            .f_reshape([b, t, inner])?;
-        let out_kernel = p
-            .load(&format!("{att}/out/kernel"), &[h, dh, dd])?
-            .f_reshape([inner, dim(dd)?])?;
-        let o = ops::dense_in_out(
-            &o,
-            &out_kernel,
-            Some(&p.load(&format!("{att}/out/bias"), &[dd])?),
-        )?;
-        let x = x.f_add(&o)?;
-        let y = ops::layer_norm(
-            &x,
-            &p.load(&format!("{base}/{}/scale", n.ln2), &[dd])?,
-            &p.load(&format!("{base}/{}/bias", n.ln2), &[dd])?,
-            FLAX_LAYER_NORM_EPS,
-        )?;
-        let mlp = format!("{base}/{}", n.mlp);
-        let y = ops::dense_in_out(
-            &y,
-            &p.load(&format!("{mlp}/Dense_0/kernel"), &[dd, m])?,
-            Some(&p.load(&format!("{mlp}/Dense_0/bias"), &[m])?),
-        )?;
-        let y = Gelu::Tanh.apply(&y)?;
-        let y = ops::dense_in_out(
-            &y,
-            &p.load(&format!("{mlp}/Dense_1/kernel"), &[m, dd])?,
-            Some(&p.load(&format!("{mlp}/Dense_1/bias"), &[dd])?),
-        )?;
-        Ok(x.f_add(&y)?)
     }
 
     /// The ResNet stem of `models_vit.py`: root conv 7x7/2, GroupNorm, ReLU, max-pool 3x3/2,
@@ -371,7 +210,7 @@ impl VitJax {
 }
 
 /// Reads the architecture from the shapes, checking that the parts agree.
-fn read_arch(p: &Params, names: &BlockNames) -> Result<SourceArch> {
+fn read_arch(p: &Params) -> Result<(SourceArch, EncoderTree)> {
     let not_vit = |reason: String| Error::NotAModel {
         path: p.path().to_path_buf(),
         reason,
@@ -382,36 +221,12 @@ fn read_arch(p: &Params, names: &BlockNames) -> Result<SourceArch> {
         expected,
         found: found.to_vec(),
     };
-    let emb = p.shape("embedding/kernel").ok_or_else(|| {
-        not_vit("no `embedding/kernel`: not a google-research/vision_transformer checkpoint".into())
-    })?;
-    let (patch_size, embed_in, hidden) = match emb {
-        [ph, pw, cin, d] if ph == pw => (*ph, *cin, *d),
-        other => {
-            return Err(bad(
-                "embedding/kernel",
-                "[p, p, in, D] (square patches)".into(),
-                other,
-            ))
-        }
-    };
-    let q = format!("Transformer/encoderblock_0/{}/query/kernel", names.attn);
-    let (heads, head_dim) = match p.require_shape(&q, "attention of block 0")? {
-        [d, h, dh] if *d == hidden => (*h, *dh),
-        other => return Err(bad(&q, format!("[{hidden}, heads, head_dim]"), other)),
-    };
-    let m = format!("Transformer/encoderblock_0/{}/Dense_0/kernel", names.mlp);
-    let mlp = match p.require_shape(&m, "MLP of block 0")? {
-        [d, m] if *d == hidden => *m,
-        other => return Err(bad(&m, format!("[{hidden}, mlp]"), other)),
-    };
-    let mut depth = 0usize;
-    while p.has(&format!(
-        "Transformer/encoderblock_{depth}/{}/query/kernel",
-        names.attn
-    )) {
-        depth = depth.saturating_add(1);
-    }
+    let [patch_size, embed_in, hidden] = conv_patch_sizes(
+        p,
+        "no `embedding/kernel`: not a google-research/vision_transformer checkpoint",
+        &bad,
+    )?;
+    let enc = encoder_sizes(p, IMAGE_ENCODER, VIT_JAX, hidden, "", &bad)?;
     let classifier = if p.has("cls") {
         Classifier::Token
     } else {
@@ -474,19 +289,19 @@ fn read_arch(p: &Params, names: &BlockNames) -> Result<SourceArch> {
     let image_size = stem_stride
         .and_then(|s| grid.checked_mul(patch_size)?.checked_mul(s))
         .ok_or_else(|| not_vit("image size overflows".into()))?;
-    if depth == 0 || heads == 0 || head_dim == 0 {
+    if enc.depth == 0 || enc.heads == 0 || enc.head_dim == 0 {
         return Err(not_vit("no encoder blocks with attention".into()));
     }
-    Ok(SourceArch {
+    let arch = SourceArch {
         family: Family::VitJax,
         image_size,
         patch_size,
         grid,
         hidden,
-        depth,
-        heads,
-        head_dim,
-        mlp,
+        depth: enc.depth,
+        heads: enc.heads,
+        head_dim: enc.head_dim,
+        mlp: enc.mlp,
         classifier,
         posemb: PosEmb::Learned,
         class_pos: true,
@@ -495,12 +310,14 @@ fn read_arch(p: &Params, names: &BlockNames) -> Result<SourceArch> {
         num_classes,
         resnet,
         embed_in,
-    })
+    };
+    Ok((arch, enc.tree))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::references::big_vision::tests::{max_abs, read_npy};
     use std::path::{Path, PathBuf};
 
     /// Opens a vision_transformer fixture the way `verify` does, through the family detection.
@@ -526,23 +343,7 @@ mod tests {
     }
 
     fn npy(rel: &str) -> Tensor {
-        let file = TensorFile::open(fixture(rel)).expect("golden npy opens");
-        let info = file.tensors().first().expect("npy holds one array").clone();
-        let values = file.read_f32(&info.name).expect("golden npy reads");
-        let dims: Vec<i64> = info
-            .shape
-            .iter()
-            .map(|&d| i64::try_from(d).expect("small"))
-            .collect();
-        Tensor::from_slice(&values).reshape(dims.as_slice())
-    }
-
-    fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
-        assert_eq!(a.size(), b.size(), "shapes differ");
-        (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
-            .abs()
-            .max()
-            .double_value(&[])
+        read_npy(&fixture(rel))
     }
 
     fn check(case: &str, checkpoint: &str, logits_file: &str) {
