@@ -471,4 +471,103 @@ mod tests {
         assert!(pre.contents.contains("0.229"), "{}", pre.contents);
         assert!(p.notes.iter().any(|n| n.contains("imagenet")));
     }
+
+    /// The side file `name` of a plan, parsed.
+    fn side_json(p: &Plan, name: &str) -> serde_json::Value {
+        let f = p
+            .side_files
+            .iter()
+            .find(|f| f.name.ends_with(name))
+            .unwrap_or_else(|| panic!("no {name}"));
+        serde_json::from_str(&f.contents).expect("JSON")
+    }
+
+    /// The typed record a plan writes.
+    fn record(p: &Plan) -> crate::record::ConfigRecord {
+        crate::record::ConfigRecord::from_json(&p.metadata[crate::meta::CONFIG]).expect("record")
+    }
+
+    #[test]
+    fn a_towers_eps_and_activation_come_from_the_model_and_reach_every_declaration() {
+        let file = golden_file("vit-token");
+        let mut src = detect_vit_jax(file.tensors()).expect("vit-token");
+        assert_eq!(src.image.semantics, crate::model::Semantics::FLAX_ENCODER);
+        src.image.semantics.norm_eps = 1e-5;
+        src.image.semantics.activation = crate::model::Activation::GeluErf;
+        let hf = plan(&src, &Options::new(Layout::Hf), &file, "checkpoint.npz").expect("hf");
+        let cfg = side_json(&hf, "config.json");
+        assert_eq!(cfg["layer_norm_eps"], 1e-5);
+        assert_eq!(cfg["hidden_act"], "gelu");
+        assert_eq!(record(&hf).layer_norm_eps, 1e-5);
+        assert_eq!(record(&hf).gelu, crate::record::DeclaredGelu::Erf);
+        let oc = plan(
+            &src,
+            &Options::new(Layout::OpenClip),
+            &file,
+            "checkpoint.npz",
+        )
+        .expect("open_clip");
+        let oc_cfg: serde_json::Value =
+            serde_json::from_str(&oc.metadata[crate::meta::OPEN_CLIP_CONFIG]).expect("JSON");
+        assert_eq!(oc_cfg["vision_cfg"]["norm_kwargs"]["eps"], 1e-5, "{oc_cfg}");
+        // --gelu still overrides the tower's own activation.
+        let mut o = Options::new(Layout::Hf);
+        o.gelu = Some(Gelu::Tanh);
+        let hf = plan(&src, &o, &file, "checkpoint.npz").expect("hf");
+        assert_eq!(
+            side_json(&hf, "config.json")["hidden_act"],
+            "gelu_pytorch_tanh"
+        );
+        // timm builds every LayerNorm with 1e-6 and cannot be told otherwise: refused, naming the value.
+        let err = plan(&src, &Options::new(Layout::Timm), &file, "checkpoint.npz")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("eps 1e-5") && err.contains("--layout hf"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_causal_text_tower_is_declared_by_open_clip_and_refused_by_transformers() {
+        let path = fixtures().join("big_vision/siglip-nohead/checkpoint.npz");
+        let file = TensorFile::open(&path).expect("siglip-nohead");
+        let mut src = crate::sources::read(file.tensors()).expect("a SigLIP model");
+        let text = src.text.as_mut().expect("a text tower");
+        assert!(!text.semantics.causal);
+        let oc = plan(
+            &src,
+            &Options::new(Layout::OpenClip),
+            &file,
+            "checkpoint.npz",
+        )
+        .expect("open_clip");
+        let text_cfg = &side_json(&oc, "open_clip_config.json")["model_cfg"]["text_cfg"];
+        assert_eq!(text_cfg["no_causal_mask"], true);
+        assert_eq!(text_cfg["pool_type"], "last");
+        plan(&src, &Options::new(Layout::Hf), &file, "checkpoint.npz").expect("SiglipModel");
+
+        let text = src.text.as_mut().expect("a text tower");
+        text.semantics.causal = true;
+        text.semantics.norm_eps = 1e-5;
+        let oc = plan(
+            &src,
+            &Options::new(Layout::OpenClip),
+            &file,
+            "checkpoint.npz",
+        )
+        .expect("open_clip declares the mask");
+        let text_cfg = &side_json(&oc, "open_clip_config.json")["model_cfg"]["text_cfg"];
+        assert_eq!(text_cfg["no_causal_mask"], false);
+        assert_eq!(text_cfg["norm_kwargs"]["eps"], 1e-5);
+        let declared = record(&oc).text.expect("a text record");
+        assert!(declared.causal);
+        assert_eq!(declared.layer_norm_eps, 1e-5);
+        let err = plan(&src, &Options::new(Layout::Hf), &file, "checkpoint.npz")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("causal attention mask"), "{err}");
+    }
 }
