@@ -84,13 +84,6 @@ impl ExtArg {
     }
 }
 
-/// The name clap shows for a value of a `ValueEnum` (the one the user types).
-fn value_name<T: ValueEnum>(v: &T) -> String {
-    v.to_possible_value()
-        .map(|p| p.get_name().to_string())
-        .unwrap_or_default()
-}
-
 #[derive(clap::Args)]
 pub struct ConvertArgs {
     /// The source checkpoint: an .npz (google-research/vision_transformer, big_vision, SigLIP, SigLIP 2 and its
@@ -209,30 +202,6 @@ impl ConvertArgs {
         o.tokenizer = self.tokenizer.clone();
         o.overwrite = self.force;
         Ok(o)
-    }
-
-    /// Every option that changes what is written, in one stable line: batch mode records it with each
-    /// output and converts a file again when it differs.
-    fn fingerprint(&self, ext: &str) -> String {
-        let head = match (self.drop_head, self.num_classes) {
-            (true, _) => "drop".to_string(),
-            (false, Some(n)) => format!("num-classes={n}"),
-            (false, None) => "keep".to_string(),
-        };
-        let or_default = |v: Option<String>| v.unwrap_or_else(|| "default".to_string());
-        format!(
-            "layout={} dtype={} image-size={} resize={} head={head} proj={} input-norm={} gelu={} tower={} tokenizer={} labels={} ext={ext}",
-            self.layout.as_str(),
-            value_name(&self.dtype),
-            or_default(self.image_size.map(|n| n.to_string())),
-            value_name(&self.resize),
-            or_default(self.proj.as_ref().map(value_name)),
-            or_default(self.input_norm.as_ref().map(value_name)),
-            or_default(self.gelu.as_ref().map(value_name)),
-            value_name(&self.tower),
-            or_default(self.tokenizer.as_ref().map(|p| p.to_string_lossy().into_owned())),
-            or_default(self.labels.clone()),
-        )
     }
 }
 
@@ -366,7 +335,11 @@ fn run_batch(args: &ConvertArgs, opts: Options) -> anyhow::Result<ExitCode> {
         source_dir: args.source.clone(),
         output_dir: args.output.clone(),
         ext: ext.map(|e| e.as_str().to_string()),
-        fingerprint: args.fingerprint(ext.map_or("directory", ExtArg::as_str)),
+        fingerprint: format!(
+            "{} ext={}",
+            opts.fingerprint(),
+            ext.map_or("directory", ExtArg::as_str)
+        ),
         jobs,
         force: args.force,
         latest: args.latest,

@@ -1,14 +1,22 @@
 //! Reads Vision Transformer checkpoints from their keys and shapes into a neutral model and maps that model into
 //! timm, transformers and CLIP-style layouts.
 //!
-//! - [`sources`]: one module per source family (`vit_jax`, `big_vision`), each turning a key/shape listing
-//!   into a [`model::Model`] or refusing it with a one-line reason, and the registry that lists them.
+//! - [`sources`]: one module per source family (`vit_jax`, `big_vision`, `siglip` with SigLIP 2,
+//!   `siglip2_naflex`, `paligemma`), each turning a key/shape listing into a [`model::Model`] or refusing it with
+//!   a one-line reason, and the registry that lists them (`sources::SOURCES`); `sources::flax_tree` is the one
+//!   reader of flax encoder names (vit_jax's pre-Linen and Linen, big_vision's stacked or unrolled) that the
+//!   families and `verify`'s references share.
 //! - [`model`]: the neutral description between sources and layouts: towers, blocks and heads whose every
-//!   parameter is a source tensor (with an index into a stacked axis where blocks are stacked), and the sizes
-//!   read off the shapes ([`arch::Arch`]).
+//!   parameter is a source tensor (with an index into a stacked axis where blocks are stacked), the sizes
+//!   read off the shapes ([`arch::Arch`]), and what each tower computes beyond its weights
+//!   ([`model::Semantics`]: LayerNorm eps, activation, causal mask; a text tower's pooling), which layouts
+//!   declare and never re-decide.
+//! - [`record`]: the typed, versioned `vitconv.config` record every layout writes and `verify` and `inspect`
+//!   read back through the same type.
 //! - [`layout`]: one module per target layout, each a table of target key and model role plus its refusals,
-//!   config and side files, and the recogniser `inspect` uses (built from the same names); the registry
-//!   [`layout::LAYOUTS`] lists them.
+//!   config and side files, and the recogniser `inspect` and `verify` use (built from the same names); the
+//!   registry [`layout::LAYOUTS`] lists them. `layout::prepared` holds what every layout shares (grid, head and
+//!   input-norm decisions, weight and embedding recipes, the record), split by role.
 //! - [`plan`]: the recipes each output tensor is computed by (transpose, q/k/v fusion, HWIO -> OIHW, bias
 //!   and normalisation folding, position-embedding resizing via [`resize`], sincos2d), as data that knows how
 //!   many values each makes.

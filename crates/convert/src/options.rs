@@ -292,4 +292,110 @@ impl Options {
     pub fn input_norm(&self) -> InputNorm {
         self.input_norm.unwrap_or(self.layout.default_input_norm())
     }
+
+    /// Every option that changes what is written, in one stable line: batch mode records it with each output
+    /// and converts a source again when it differs. The options are taken apart field by field, so that one
+    /// added to them cannot be left out of the line unnoticed: the build fails until it is placed here.
+    pub fn fingerprint(&self) -> String {
+        let Options {
+            layout,
+            dtype,
+            image_size,
+            resize,
+            head,
+            proj,
+            input_norm,
+            gelu,
+            tower,
+            tokenizer,
+            labels,
+            // These change how an output is written (replacing one, stopping, threads, band sizes), never its
+            // bytes.
+            overwrite: _,
+            cancel: _,
+            producers: _,
+            band_bytes: _,
+        } = self;
+        let or_default = |v: Option<String>| v.unwrap_or_else(|| "default".to_string());
+        let head = match head {
+            HeadChoice::Keep => "keep".to_string(),
+            HeadChoice::NumClasses(n) => format!("num-classes={n}"),
+            HeadChoice::Drop => "drop".to_string(),
+        };
+        let proj = proj.map(|p| match p {
+            ProjChoice::Head => "head",
+            ProjChoice::None => "none",
+        });
+        let tower = match tower {
+            TowerChoice::All => "all",
+            TowerChoice::Image => "image",
+        };
+        // The class names themselves, so that an edited labels file converts again; JSON keeps every name
+        // (spaces, commas) apart.
+        let labels = labels
+            .as_ref()
+            .map(|l| serde_json::to_string(l).unwrap_or_default());
+        format!(
+            "layout={} dtype={} image-size={} resize={} head={head} proj={} input-norm={} gelu={} tower={tower} tokenizer={} labels={}",
+            layout.as_str(),
+            dtype.as_str(),
+            or_default(image_size.map(|n| n.to_string())),
+            resize.as_str(),
+            or_default(proj.map(str::to_string)),
+            or_default(input_norm.map(|n| n.as_str().to_string())),
+            or_default(gelu.map(|g| g.as_str().to_string())),
+            or_default(tokenizer.as_ref().map(|p| p.to_string_lossy().into_owned())),
+            or_default(labels),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A named change of one option.
+    type Change = (&'static str, fn(&mut Options));
+
+    #[test]
+    fn the_fingerprint_moves_with_what_is_written_and_only_with_that() {
+        let base = Options::new(Layout::Timm);
+        let changes: Vec<Change> = vec![
+            ("layout", |o| o.layout = Layout::Hf),
+            ("dtype", |o| o.dtype = OutDType::BF16),
+            ("image size", |o| o.image_size = Some(64)),
+            ("resize", |o| o.resize = ResizeMethod::Bicubic),
+            ("head", |o| o.head = HeadChoice::Drop),
+            ("classes", |o| o.head = HeadChoice::NumClasses(0)),
+            ("proj", |o| o.proj = Some(ProjChoice::None)),
+            ("input norm", |o| o.input_norm = Some(InputNorm::Clip)),
+            ("gelu", |o| o.gelu = Some(Gelu::Tanh)),
+            ("tower", |o| o.tower = TowerChoice::Image),
+            ("tokenizer", |o| o.tokenizer = Some("spiece.model".into())),
+            ("labels", |o| {
+                o.labels = Some(vec!["a b".into(), "c".into()])
+            }),
+        ];
+        let mut seen = std::collections::BTreeSet::from([base.fingerprint()]);
+        for (what, change) in changes {
+            let mut o = base.clone();
+            change(&mut o);
+            assert!(seen.insert(o.fingerprint()), "{what}: {}", o.fingerprint());
+        }
+        // Two label lists that would read the same joined by spaces stay apart.
+        let mut a = base.clone();
+        a.labels = Some(vec!["a b".into()]);
+        let mut b = base.clone();
+        b.labels = Some(vec!["a".into(), "b".into()]);
+        assert_ne!(a.fingerprint(), b.fingerprint());
+        // How the output is written leaves it alone.
+        let mut o = base.clone();
+        o.overwrite = true;
+        o.producers = Some(3);
+        o.band_bytes = Some(1);
+        o.cancel = Some(std::sync::Arc::new(std::sync::atomic::AtomicBool::new(
+            true,
+        )));
+        assert_eq!(o.fingerprint(), base.fingerprint());
+    }
 }

@@ -334,11 +334,12 @@ mod tests {
         ),
     ];
 
-    /// Every (family, layout, tower) the converter writes for some fixture, with the fixture.
-    fn converting_pairs() -> (
-        Vec<(&'static str, Layout, TowerChoice, String)>,
-        Vec<String>,
-    ) {
+    /// A conversion the converter writes: the family, the layout, the towers and the fixture it was seen on.
+    type Pair = (&'static str, Layout, TowerChoice, String);
+
+    /// Every (family, layout, tower) the converter writes for some fixture, with the fixture; and the families
+    /// that have no fixture here.
+    fn converting_pairs() -> (Vec<Pair>, Vec<String>) {
         let mut pairs = Vec::new();
         let mut problems = Vec::new();
         for source in SOURCES {
