@@ -58,7 +58,7 @@ pub enum Error {
     },
 
     /// The conversion is one verify has no comparison for ([`crate::registry`]).
-    #[error("{}: verify cannot compare a {family} source with its {layout} conversion (--tower {tower}): {}", path.display(), why.describe())]
+    #[error("{}: verify cannot compare a {family} source with its {layout} conversion (--tower {tower}): {why}", path.display())]
     NoVerifyPath {
         /// The source file.
         path: PathBuf,
@@ -69,7 +69,7 @@ pub enum Error {
         /// Which towers the conversion holds.
         tower: &'static str,
         /// What is missing, or the declared reason.
-        why: crate::registry::Uncovered,
+        why: Uncovered,
     },
 
     /// A tensor the forward needs is missing from the file.
@@ -309,3 +309,23 @@ fn images_size(width: usize, height: usize, model: usize) -> String {
 
 /// The crate's result type.
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// Why a conversion has no verify path ([`Error::NoVerifyPath`]), as the registry (`crate::registry`) finds it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Uncovered {
+    /// The family has no reference entry.
+    #[error("the family has no verify reference: add its entry to REFERENCES in crates/verify/src/registry.rs")]
+    NoReference,
+    /// The family's entry has no route for the towers the conversion holds.
+    #[error("the family's verify entry has no route for these towers: give REFERENCES in crates/verify/src/registry.rs one, or declare the pair in GAPS with the reason")]
+    NoRoute,
+    /// The layout has no target entry, or its entry does not run the route.
+    #[error("the layout has no target for {route}: add one and list the route in TARGETS in crates/verify/src/registry.rs, or declare the pair in GAPS with the reason")]
+    NoTarget {
+        /// The route, in words.
+        route: &'static str,
+    },
+    /// The pair is declared unverifiable, for this reason.
+    #[error("{0}")]
+    Declared(&'static str),
+}

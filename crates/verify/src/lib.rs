@@ -335,7 +335,7 @@ pub fn verify(opts: &Options) -> Result<Report> {
             tower: registry::tower_name(tower),
             why: match route {
                 None => registry::Uncovered::NoRoute,
-                Some(r) => registry::Uncovered::NoTarget(r),
+                Some(r) => registry::Uncovered::NoTarget { route: r.as_str() },
             },
         }),
     }

@@ -16,8 +16,8 @@ use vitconv_convert::sources::{big_vision, paligemma, siglip, siglip2_naflex, vi
 use vitconv_convert::{Layout, TowerChoice};
 use vitconv_tensors::TensorFile;
 
+pub use crate::error::Uncovered;
 use crate::error::{Error, Result};
-use crate::references::Classifier;
 
 /// How a source and its conversion are run side by side: which inputs both see and which outputs are compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -51,10 +51,11 @@ impl Route {
 pub enum PixelReference {
     /// google-research/vision_transformer's module tree and semantics.
     VitJax,
-    /// big_vision's ViT, with the pooling the family builds its tower with where the keys cannot say it.
+    /// big_vision's ViT.
     BigVision {
-        /// `None`: read from the keys (`tok`, `gap`, `map`); `Some`: the family's own choice.
-        pool: Option<Classifier>,
+        /// Whether the family builds its tower with `pool_type='none'` (every token out, no pooling), which the
+        /// tower's keys cannot tell from `gap`; otherwise the pooling is read from the keys (`tok`, `gap`, `map`).
+        unpooled: bool,
     },
 }
 
@@ -93,13 +94,13 @@ pub const REFERENCES: &[ReferenceDef] = &[
         family: big_vision::FAMILY,
         whole: Some(Route::Pixels),
         image_tower: None,
-        pixels: Some(PixelReference::BigVision { pool: None }),
+        pixels: Some(PixelReference::BigVision { unpooled: false }),
     },
     ReferenceDef {
         family: siglip::FAMILY,
         whole: Some(Route::TwoTower),
         image_tower: Some(Route::Pixels),
-        pixels: Some(PixelReference::BigVision { pool: None }),
+        pixels: Some(PixelReference::BigVision { unpooled: false }),
     },
     ReferenceDef {
         family: siglip2_naflex::FAMILY,
@@ -114,9 +115,7 @@ pub const REFERENCES: &[ReferenceDef] = &[
         image_tower: Some(Route::Pixels),
         // PaliGemma builds its image tower with pool_type 'none', which the tower's keys cannot tell from
         // 'gap'; the family says so.
-        pixels: Some(PixelReference::BigVision {
-            pool: Some(Classifier::None),
-        }),
+        pixels: Some(PixelReference::BigVision { unpooled: true }),
     },
 ];
 
@@ -184,39 +183,6 @@ pub fn target(layout: Layout) -> Option<&'static TargetDef> {
     TARGETS.iter().find(|t| t.layout == layout)
 }
 
-/// Why a conversion has no verify path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Uncovered {
-    /// The family has no entry in [`REFERENCES`].
-    NoReference,
-    /// The family's entry has no route for the towers the conversion holds.
-    NoRoute,
-    /// The layout has no entry in [`TARGETS`], or its entry does not run the route.
-    NoTarget(Route),
-    /// The pair is declared in [`GAPS`].
-    Declared(&'static str),
-}
-
-impl Uncovered {
-    /// What is missing, in words, and where to add it.
-    pub fn describe(&self) -> String {
-        match self {
-            Uncovered::NoReference => {
-                "the family has no verify reference: add its entry to REFERENCES in crates/verify/src/registry.rs"
-                    .into()
-            }
-            Uncovered::NoRoute => {
-                "the family's verify entry has no route for these towers: give REFERENCES in crates/verify/src/registry.rs one, or declare the pair in GAPS with the reason".into()
-            }
-            Uncovered::NoTarget(route) => format!(
-                "the layout has no target for {}: add one and list the route in TARGETS in crates/verify/src/registry.rs, or declare the pair in GAPS with the reason",
-                route.as_str()
-            ),
-            Uncovered::Declared(reason) => (*reason).into(),
-        }
-    }
-}
-
 /// The route a conversion of `family` into `layout`, holding `tower`, is verified by.
 pub fn route(
     family: &str,
@@ -235,7 +201,9 @@ pub fn route(
         .ok_or(Uncovered::NoRoute)?;
     match target(layout) {
         Some(t) if t.routes.contains(&route) => Ok(route),
-        _ => Err(Uncovered::NoTarget(route)),
+        _ => Err(Uncovered::NoTarget {
+            route: route.as_str(),
+        }),
     }
 }
 
@@ -456,7 +424,7 @@ mod tests {
                     "{family} -> {} (--tower {}), e.g. {rel}: {}",
                     layout.as_str(),
                     tower_name(*tower),
-                    why.describe()
+                    why
                 )),
             }
         }
@@ -488,7 +456,7 @@ mod tests {
                 reference(source.name).is_some(),
                 "family {}: {}",
                 source.name,
-                Uncovered::NoReference.describe()
+                Uncovered::NoReference
             );
         }
         for def in LAYOUTS {
@@ -523,7 +491,9 @@ mod tests {
         );
         assert_eq!(
             route(siglip2_naflex::FAMILY, Layout::OpenClip, TowerChoice::All),
-            Err(Uncovered::NoTarget(Route::NaflexTwoTower))
+            Err(Uncovered::NoTarget {
+                route: Route::NaflexTwoTower.as_str()
+            })
         );
         assert_eq!(
             route(paligemma::FAMILY, Layout::Hf, TowerChoice::All),

@@ -175,7 +175,7 @@ impl Reference {
             Some(PixelReference::VitJax) => {
                 Reference::VitJax(vit_jax::VitJax::from_file(file, device)?)
             }
-            Some(PixelReference::BigVision { pool }) => {
+            Some(PixelReference::BigVision { unpooled }) => {
                 let tower = big_vision::image_tower(&file);
                 Reference::BigVision(big_vision::BigVision::from_file(
                     file,
@@ -183,7 +183,7 @@ impl Reference {
                     tower,
                     &big_vision::Options {
                         image_size: opts.image_size,
-                        pool,
+                        pool: unpooled.then_some(Classifier::None),
                     },
                 )?)
             }
@@ -193,7 +193,7 @@ impl Reference {
                     family: family.family,
                     layout: "any",
                     tower: "all",
-                    why: crate::registry::Uncovered::NoRoute,
+                    why: crate::error::Uncovered::NoRoute,
                 })
             }
         })
