@@ -79,6 +79,18 @@ fn fnv(hash: &mut u64, bytes: &[u8]) {
     }
 }
 
+/// The FNV-1a-64 of a file's tensors: names, dtypes, shapes and bytes, in order.
+fn hash_tensors(file: &TensorFile) -> u64 {
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    for t in file.tensors() {
+        fnv(&mut hash, t.name.as_bytes());
+        fnv(&mut hash, t.dtype.to_string().as_bytes());
+        fnv(&mut hash, format!("{:?}", t.shape).as_bytes());
+        fnv(&mut hash, &file.read(&t.name).expect("tensor bytes"));
+    }
+    hash
+}
+
 /// One line describing a run's output tensors, or `refused`.
 fn run(file: &TensorFile, opts: &Options, out: &Path) -> String {
     let Ok(conv) = prepare(file, opts) else {
@@ -88,13 +100,7 @@ fn run(file: &TensorFile, opts: &Options, out: &Path) -> String {
         return "refused".to_string();
     };
     let converted = TensorFile::open(&written.weights).expect("the written file opens");
-    let mut hash = 0xcbf2_9ce4_8422_2325u64;
-    for t in converted.tensors() {
-        fnv(&mut hash, t.name.as_bytes());
-        fnv(&mut hash, t.dtype.to_string().as_bytes());
-        fnv(&mut hash, format!("{:?}", t.shape).as_bytes());
-        fnv(&mut hash, &converted.read(&t.name).expect("tensor bytes"));
-    }
+    let hash = hash_tensors(&converted);
     format!("{} tensors {hash:016x}", converted.tensors().len())
 }
 
@@ -274,13 +280,7 @@ fn run_whole(file: &TensorFile, opts: &Options, out: &Path) -> String {
             .replace(&fixtures().display().to_string(), "<FIXTURES>")
     };
     let converted = TensorFile::open(&written.weights).expect("the written file opens");
-    let mut hash = 0xcbf2_9ce4_8422_2325u64;
-    for t in converted.tensors() {
-        fnv(&mut hash, t.name.as_bytes());
-        fnv(&mut hash, t.dtype.to_string().as_bytes());
-        fnv(&mut hash, format!("{:?}", t.shape).as_bytes());
-        fnv(&mut hash, &converted.read(&t.name).expect("tensor bytes"));
-    }
+    let mut hash = hash_tensors(&converted);
     for (k, v) in converted.metadata() {
         fnv(&mut hash, k.as_bytes());
         fnv(&mut hash, places(v).as_bytes());

@@ -88,7 +88,7 @@ pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Res
         a.heads.unwrap_or(0)
     );
     let head = clip_style::head_kind(proj);
-    let config = prep.config(DeclaredGelu::Quick, CLIP_LN_EPS, true, head, head_bias);
+    let config = prep.config_as(DeclaredGelu::Quick, CLIP_LN_EPS, true, head, head_bias);
     let mut meta = prep.metadata(source_name, &config);
     meta.insert(crate::meta::CLIP_KWARGS.to_string(), kwargs.to_string());
     meta.insert(crate::meta::EXACT.to_string(), "false".to_string());

@@ -315,13 +315,7 @@ pub fn plan(mut prep: Prepared<'_>, _fetch: &dyn Fetch, source_name: &str) -> Re
     } else {
         DeclaredHead::None
     };
-    let config = prep.config(
-        prep.gelu().into(),
-        prep.semantics().norm_eps,
-        false,
-        head,
-        None,
-    );
+    let config = prep.config(head, None);
     let mut meta = prep.metadata(source_name, &config);
     meta.insert(
         crate::meta::HF_ARCHITECTURE.to_string(),

@@ -477,13 +477,7 @@ pub fn plan(prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
         (false, true, _) => DeclaredHead::Map,
         (false, false, _) => DeclaredHead::None,
     };
-    let config = prep.config(
-        prep.gelu().into(),
-        prep.semantics().norm_eps,
-        false,
-        head,
-        None,
-    );
+    let config = prep.config(head, None);
     let mut meta = prep.metadata(source_name, &config);
     meta.insert(
         crate::meta::HF_ARCHITECTURE.to_string(),

@@ -166,13 +166,7 @@ pub fn plan(mut prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
         }
         None => format!("from transformers import {model}\nmodel = {model}.from_pretrained(OUTPUT_DIR)  # text input: token ids from the model's SentencePiece tokenizer (--tokenizer)", model = generation.model),
     };
-    let config = prep.config(
-        prep.gelu().into(),
-        prep.semantics().norm_eps,
-        false,
-        DeclaredHead::Map,
-        None,
-    );
+    let config = prep.config(DeclaredHead::Map, None);
     let mut meta = prep.metadata(source_name, &config);
     meta.insert(
         crate::meta::HF_ARCHITECTURE.to_string(),

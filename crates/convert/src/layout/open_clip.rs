@@ -77,13 +77,7 @@ pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Res
     let model_cfg = json!({"embed_dim": output_dim, "quick_gelu": false, "vision_cfg": vision_cfg});
     let python = "import json, torch\nfrom open_clip.model import _build_vision_tower\ncfg = json.load(open(CONFIG_JSON))\nvisual = _build_vision_tower(cfg['embed_dim'], cfg['vision_cfg'])".to_string();
     let head = clip_style::head_kind(proj);
-    let config = prep.config(
-        prep.gelu().into(),
-        prep.semantics().norm_eps,
-        false,
-        head,
-        head_bias,
-    );
+    let config = prep.config(head, head_bias);
     let mut meta = prep.metadata(source_name, &config);
     meta.insert(
         crate::meta::OPEN_CLIP_CONFIG.to_string(),

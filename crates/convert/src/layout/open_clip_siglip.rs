@@ -319,13 +319,7 @@ pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Res
     } else {
         DeclaredHead::Map
     };
-    let config = prep.config(
-        prep.gelu().into(),
-        prep.semantics().norm_eps,
-        false,
-        head,
-        None,
-    );
+    let config = prep.config(head, None);
     let mut meta = prep.metadata(source_name, &config);
     if let Some(kw) = timm_kwargs {
         meta.insert(crate::meta::TIMM_KWARGS.to_string(), kw);

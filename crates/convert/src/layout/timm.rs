@@ -149,13 +149,7 @@ pub(crate) fn metadata(
     } else {
         DeclaredHead::None
     };
-    let config = prep.config(
-        prep.gelu().into(),
-        prep.semantics().norm_eps,
-        false,
-        head,
-        None,
-    );
+    let config = prep.config(head, None);
     let mut meta = prep.metadata(source_name, &config);
     meta.insert(crate::meta::TIMM_KWARGS.to_string(), kwargs.to_string());
     meta.insert(

@@ -14,9 +14,22 @@ use crate::record::{
 };
 
 impl Prepared<'_> {
+    /// `vitconv.config` for an output that computes what its source does: the image tower's own LayerNorm eps
+    /// and GELU (or `--gelu`), no `ln_pre`, and the given head.
+    pub fn config(&self, head: DeclaredHead, head_bias: Option<Vec<f32>>) -> ConfigRecord {
+        self.config_as(
+            self.gelu().into(),
+            self.semantics().norm_eps,
+            false,
+            head,
+            head_bias,
+        )
+    }
+
     /// `vitconv.config`: the sizes and semantics the output declares, as the typed record that `verify` and
-    /// `inspect` read back ([`ConfigRecord`]).
-    pub fn config(
+    /// `inspect` read back ([`ConfigRecord`]); for a layout whose library fixes semantics of its own (OpenAI
+    /// CLIP's QuickGELU, eps and `ln_pre`), which it then declares instead of the source's.
+    pub fn config_as(
         &self,
         gelu: DeclaredGelu,
         ln_eps: f64,
@@ -167,13 +180,7 @@ mod tests {
 
     /// The record with the arguments every layout chooses fixed, so that what `Prepared` decides shows.
     fn config(p: &Prepared<'_>) -> ConfigRecord {
-        p.config(
-            DeclaredGelu::Tanh,
-            FLAX_LN_EPS,
-            false,
-            DeclaredHead::Head,
-            None,
-        )
+        p.config(DeclaredHead::Head, None)
     }
 
     #[test]
