@@ -16,24 +16,63 @@ pub enum Layout {
     Clip,
 }
 
+/// What the command line and the writer know of a layout: one row per layout, in [`Layout::facts`].
+struct Facts {
+    /// The name on the command line and in `vitconv.layout`.
+    name: &'static str,
+    /// Other names accepted for the layout (the library's or family's own name, a dashed spelling).
+    aliases: &'static [&'static str],
+    /// Whether the layout writes a whole folder for some models even where a weights file was named.
+    may_write_folder: bool,
+    /// The pixel normalisation its outputs take by default.
+    input_norm: InputNorm,
+}
+
 impl Layout {
     /// Every layout: the one list the command line, the converter and `verify` take their names from.
     pub const ALL: [Layout; 4] = [Layout::Timm, Layout::Hf, Layout::OpenClip, Layout::Clip];
 
-    /// Other names accepted for the layout (the library's or family's own name, a dashed spelling).
-    pub fn aliases(self) -> &'static [&'static str] {
+    /// Everything known of the layout here, in one arm per layout, so that a new layout is one arm (and its
+    /// place in [`Layout::ALL`]).
+    fn facts(self) -> Facts {
         match self {
-            Layout::Timm => &[],
-            Layout::Hf => &["transformers"],
-            Layout::OpenClip => &["open-clip"],
-            Layout::Clip => &["openai_clip"],
+            Layout::Timm => Facts {
+                name: "timm",
+                aliases: &[],
+                may_write_folder: false,
+                input_norm: InputNorm::Unit,
+            },
+            Layout::Hf => Facts {
+                name: "hf",
+                aliases: &["transformers"],
+                may_write_folder: false,
+                input_norm: InputNorm::Unit,
+            },
+            // open_clip writes a two-tower model as a folder: its text tower needs a config and tokenizer files.
+            // It takes CLIP-normalised pixels, as CLIP-style layouts do.
+            Layout::OpenClip => Facts {
+                name: "open_clip",
+                aliases: &["open-clip"],
+                may_write_folder: true,
+                input_norm: InputNorm::Clip,
+            },
+            Layout::Clip => Facts {
+                name: "clip",
+                aliases: &["openai_clip"],
+                may_write_folder: false,
+                input_norm: InputNorm::Clip,
+            },
         }
     }
 
-    /// Whether the layout writes a whole folder for some models even where a weights file was named (open_clip
-    /// writes a two-tower model as a folder: its text tower needs a config and tokenizer files).
+    /// Other names accepted for the layout (the library's or family's own name, a dashed spelling).
+    pub fn aliases(self) -> &'static [&'static str] {
+        self.facts().aliases
+    }
+
+    /// Whether the layout writes a whole folder for some models even where a weights file was named.
     pub fn may_write_folder(self) -> bool {
-        matches!(self, Layout::OpenClip)
+        self.facts().may_write_folder
     }
 
     /// The layout a name (as `--layout` and `vitconv.layout` write it, or an alias) stands for.
@@ -45,20 +84,12 @@ impl Layout {
 
     /// The name on the command line.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Layout::Timm => "timm",
-            Layout::Hf => "hf",
-            Layout::OpenClip => "open_clip",
-            Layout::Clip => "clip",
-        }
+        self.facts().name
     }
 
     /// CLIP-style layouts take CLIP-normalised pixels by default, the others the source's own [-1, 1].
     pub fn default_input_norm(self) -> InputNorm {
-        match self {
-            Layout::Timm | Layout::Hf => InputNorm::Unit,
-            Layout::OpenClip | Layout::Clip => InputNorm::Clip,
-        }
+        self.facts().input_norm
     }
 }
 
@@ -353,6 +384,21 @@ impl Options {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_layout_is_found_by_its_name_and_aliases_and_no_name_is_shared() {
+        let mut names = std::collections::BTreeSet::new();
+        for l in Layout::ALL {
+            for name in std::iter::once(l.as_str()).chain(l.aliases().iter().copied()) {
+                assert_eq!(Layout::parse(name), Some(l), "{name}");
+                assert!(names.insert(name), "{name} names two layouts");
+            }
+        }
+        assert_eq!(Layout::parse("keras"), None);
+        assert!(Layout::OpenClip.may_write_folder() && !Layout::Timm.may_write_folder());
+        assert_eq!(Layout::Clip.default_input_norm(), InputNorm::Clip);
+        assert_eq!(Layout::Hf.default_input_norm(), InputNorm::Unit);
+    }
 
     /// A named change of one option.
     type Change = (&'static str, fn(&mut Options));
