@@ -1686,6 +1686,47 @@ fn siglip2_naflex_conversions_pass_and_planted_bugs_exit_1() {
         "{r}"
     );
 
+    // hf Siglip2VisionModel: the image tower alone, its MAP head's output (pooler_output) before normalisation.
+    let hf_vision = d.join("hf-vision");
+    convert(NAFLEX, &hf_vision, "hf", &["--tower", "image"]);
+    let (code, r) = verify_json(NAFLEX, &hf_vision, &golden);
+    assert_eq!(code, Some(0), "{r}");
+    assert_eq!(r["layout"], "hf");
+    assert!(num(&r, &["features", "max_abs_diff"]) <= 1e-5, "{r}");
+    let (code, r) = verify_json(NAFLEX, &hf_vision, &[]);
+    assert_eq!(code, Some(0), "{r}");
+    // The same planted flatten order, and a declared erf GELU, are caught there too.
+    let vision_bug = |name: &str| {
+        let out = d.join(name);
+        std::fs::create_dir_all(&out).expect("creates");
+        for file in ["config.json", "preprocessor_config.json"] {
+            std::fs::copy(hf_vision.join(file), out.join(file)).expect("copies");
+        }
+        out
+    };
+    let vision_cyx = vision_bug("hf-vision-cyx");
+    plant_one(
+        &hf_vision.join("model.safetensors"),
+        &vision_cyx.join("model.safetensors"),
+        "embeddings.patch_embedding.weight",
+        channel_first,
+    );
+    let r = assert_caught(NAFLEX, &vision_cyx, &golden);
+    assert_eq!(r["features"]["within"], Value::Bool(false), "{r}");
+    let vision_erf = vision_bug("hf-vision-erf");
+    std::fs::copy(
+        hf_vision.join("model.safetensors"),
+        vision_erf.join("model.safetensors"),
+    )
+    .expect("copies");
+    let config = vision_erf.join("config.json");
+    let mut c: Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).expect("reads")).expect("JSON");
+    c["hidden_act"] = "gelu".into();
+    std::fs::write(&config, c.to_string()).expect("writes");
+    let r = assert_caught(NAFLEX, &vision_erf, &golden);
+    assert!(r.to_string().contains("hidden_act"), "{r}");
+
     // --image-size means nothing to a NaFlex model.
     let o = vitconv([
         "verify",

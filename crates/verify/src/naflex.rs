@@ -1,4 +1,4 @@
-//! The NaFlex comparison: a SigLIP 2 NaFlex source ([`crate::references::naflex`]) against an hf `Siglip2Model` folder (both towers) or a timm `NaFlexVit` (the image tower), on patch inputs of several aspect ratios.
+//! The NaFlex comparison: a SigLIP 2 NaFlex source ([`crate::references::naflex`]) against an hf `Siglip2Model` folder (both towers), an hf `Siglip2VisionModel` folder or a timm `NaFlexVit` (the image tower), on patch inputs of several aspect ratios.
 //!
 //! Both sides see the same [`NaflexInputs`] (each image resized to its own patch grid, patchified
 //! and padded, see [`crate::input::naflex`]) and, for two towers, the same token ids. Two towers
@@ -7,13 +7,15 @@
 //! Declared settings that contradict the source (a bicubic or unantialiased position resize, a
 //! GELU, a LayerNorm eps) fail the comparison on their own, as in a two-tower one.
 
-use tch::{Device, Kind};
+use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
 use crate::input::{self, NaflexInputs};
 use crate::references::naflex::{NaflexArch, NaflexTwoTower};
 use crate::references::{Classifier, Family, PosEmb, SourceArch};
 use crate::registry;
+use crate::targets::hf::read_json;
+use crate::targets::hf_siglip2::{self, HfSiglip2};
 use crate::targets::timm_naflex::{self, TimmNaflex};
 use crate::targets::two_tower::{self, DeclaredMismatch};
 use crate::targets::{self, Layout, TargetArch};
@@ -33,10 +35,15 @@ pub(crate) fn verify(opts: &Options, device: Device, family: &'static str) -> Re
         reason,
     };
     let hf_folder = two_tower::detect(&opts.converted)?;
-    let layout = match (hf_folder, opts.layout) {
-        (Some(Layout::Hf), None | Some(Layout::Hf)) => Layout::Hf,
+    // A transformers folder that is not a two-tower one may be the vision tower alone.
+    let hf_vision = hf_folder.is_none()
+        && targets::folder_layout(&opts.converted)? == Some(Layout::Hf)
+        && hf_siglip2::is_siglip2_vision(&read_json(&opts.converted.join("config.json"))?);
+    let (layout, tower) = match (hf_folder, opts.layout) {
+        (Some(Layout::Hf), None | Some(Layout::Hf)) => (Layout::Hf, TowerChoice::All),
+        (None, None | Some(Layout::Hf)) if hf_vision => (Layout::Hf, TowerChoice::Image),
         (None, None | Some(Layout::Timm)) if timm_naflex::is_naflex(&opts.converted) => {
-            Layout::Timm
+            (Layout::Timm, TowerChoice::Image)
         }
         (Some(Layout::Hf), Some(asked)) => {
             return Err(Error::LayoutMismatch {
@@ -51,19 +58,10 @@ pub(crate) fn verify(opts: &Options, device: Device, family: &'static str) -> Re
                     path: opts.converted.clone(),
                 });
             }
-            // Another hf folder of the family is its image tower alone, which the registry says why verify
-            // cannot run.
-            if targets::folder_layout(&opts.converted)? == Some(Layout::Hf) {
-                registry::check(&opts.source, family, Layout::Hf, TowerChoice::Image)?;
-            }
             return Err(mismatch(
-                "the source is a SigLIP 2 NaFlex model; the conversion is neither an hf Siglip2Model folder nor a timm NaFlexVit (embeds.proj.weight)".into(),
+                "the source is a SigLIP 2 NaFlex model; the conversion is neither an hf Siglip2Model or Siglip2VisionModel folder nor a timm NaFlexVit (embeds.proj.weight)".into(),
             ));
         }
-    };
-    let tower = match layout {
-        Layout::Hf => TowerChoice::All,
-        _ => TowerChoice::Image,
     };
     registry::check(&opts.source, family, layout, tower)?;
     // By default as many patches as the stored position grid has cells (256 for the released
@@ -108,8 +106,20 @@ pub(crate) fn verify(opts: &Options, device: Device, family: &'static str) -> Re
         declared,
     };
 
-    if layout == Layout::Timm {
-        let (target, parts) = TimmNaflex::open(&opts.converted, device, opts.precision.kind())?;
+    if tower == TowerChoice::Image {
+        let (target, parts, declared) = match layout {
+            Layout::Timm => {
+                let (m, parts) = TimmNaflex::open(&opts.converted, device, opts.precision.kind())?;
+                let declared = m.declared.clone();
+                (ImageTower::Timm(m), parts, declared)
+            }
+            _ => {
+                let (m, parts) = HfSiglip2::open(&opts.converted, device, opts.precision.kind())?;
+                let config = opts.converted.join("config.json");
+                let declared = two_tower::vision_declared(&config, Some(&read_json(&config)?), "")?;
+                (ImageTower::Hf(m), parts, declared)
+            }
+        };
         check(&parts.arch)?;
         notes.extend(parts.notes.iter().cloned());
         notes.push("the conversion holds the image tower only: compared is the MAP head's output before normalisation; the text tower and t/b are not part of it".into());
@@ -139,7 +149,6 @@ pub(crate) fn verify(opts: &Options, device: Device, family: &'static str) -> Re
             }
             (None, _) => None,
         };
-        let declared = target.declared.clone();
         declared_notes(&mut notes, &declared);
         let within =
             features.as_ref().is_some_and(|m| m.within) && logits.as_ref().is_none_or(|m| m.within);
@@ -302,6 +311,33 @@ fn source_arch(a: &NaflexArch) -> SourceArch {
         num_classes: a.num_classes,
         resnet: None,
         embed_in: 3,
+    }
+}
+
+/// A NaFlex image tower converted alone.
+enum ImageTower {
+    /// timm's `NaFlexVit`.
+    Timm(TimmNaflex),
+    /// transformers' `Siglip2VisionModel`.
+    Hf(HfSiglip2),
+}
+
+impl ImageTower {
+    /// The dtype the weights were loaded in.
+    fn kind(&self) -> Kind {
+        match self {
+            ImageTower::Timm(m) => m.kind(),
+            ImageTower::Hf(m) => m.kind(),
+        }
+    }
+
+    /// The MAP head's output before normalisation and, where the tower has a head after it, that head's
+    /// output (`Siglip2VisionModel`'s `pooler_output` is the MAP head's output: it has none).
+    fn forward(&self, inputs: &NaflexInputs) -> Result<(Tensor, Option<Tensor>)> {
+        match self {
+            ImageTower::Timm(m) => m.forward(inputs),
+            ImageTower::Hf(m) => Ok((m.forward(inputs)?, None)),
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! The transformers SigLIP 2 NaFlex image tower: the `vision_model` of a `Siglip2Model` folder (config.json `model_type` `siglip2` + model.safetensors) run from its own keys and config on patch inputs.
+//! The transformers SigLIP 2 NaFlex image tower: the `vision_model` of a `Siglip2Model` folder (config.json `model_type` `siglip2` + model.safetensors), or a `Siglip2VisionModel` folder (the tower alone, `model_type` `siglip2_vision_model`, its keys without the `vision_model.` prefix), run from its own keys and config on patch inputs.
 //!
 //! Semantics from transformers 5.24 (`models/siglip2/modeling_siglip2.py`,
 //! `configuration_siglip2.py`): `Siglip2VisionEmbeddings.patch_embedding` is an `nn.Linear`
@@ -98,9 +98,23 @@ pub fn is_siglip2(config: &serde_json::Value) -> bool {
             .is_some_and(|a| a.iter().any(|v| v.as_str() == Some("Siglip2Model")))
 }
 
-/// A transformers `Siglip2Model`'s vision tower, ready to run.
+/// Whether a folder's `config.json` is a `Siglip2VisionModel`'s (the NaFlex vision tower alone).
+pub fn is_siglip2_vision(config: &serde_json::Value) -> bool {
+    config.get("model_type").and_then(serde_json::Value::as_str) == Some(VISION_MODEL_TYPE)
+        || config
+            .get("architectures")
+            .and_then(serde_json::Value::as_array)
+            .is_some_and(|a| a.iter().any(|v| v.as_str() == Some("Siglip2VisionModel")))
+}
+
+/// `Siglip2VisionConfig.model_type`.
+const VISION_MODEL_TYPE: &str = "siglip2_vision_model";
+
+/// A transformers `Siglip2Model`'s or `Siglip2VisionModel`'s vision tower, ready to run.
 pub struct HfSiglip2 {
     p: Params,
+    /// Where the tower's keys start: `vision_model.` in a `Siglip2Model`, nothing in a `Siglip2VisionModel`.
+    prefix: &'static str,
     semantics: BlockSemantics,
     blocks: Vec<Block>,
     head: PoolingHead,
@@ -109,18 +123,25 @@ pub struct HfSiglip2 {
     hidden: usize,
 }
 
+/// The vision tower's key prefix inside a `Siglip2Model`.
 const PRE: &str = "vision_model.";
 
 impl HfSiglip2 {
-    /// Opens the vision tower of a `Siglip2Model` folder.
+    /// Opens the vision tower of a `Siglip2Model` folder, or a `Siglip2VisionModel` folder.
     pub(crate) fn open(dir: &Path, device: Device, kind: Kind) -> Result<(HfSiglip2, Parts)> {
         let config_path = dir.join("config.json");
         let weights_path = dir.join("model.safetensors");
         let top: serde_json::Value = read_json(&config_path)?;
-        let v = top
-            .get("vision_config")
-            .cloned()
-            .unwrap_or_else(|| serde_json::Value::Object(serde_json::Map::new()));
+        // A Siglip2VisionModel's config is the vision config itself, and its keys have no prefix.
+        let alone = is_siglip2_vision(&top);
+        let v = match alone {
+            true => top.clone(),
+            false => top
+                .get("vision_config")
+                .cloned()
+                .unwrap_or_else(|| serde_json::Value::Object(serde_json::Map::new())),
+        };
+        let prefix = if alone { "" } else { PRE };
         let vision: VisionConfig = serde_json::from_value(v).map_err(|e| Error::Unreadable {
             path: config_path.clone(),
             reason: format!("vision_config is not a Siglip2VisionConfig: {e}"),
@@ -143,7 +164,7 @@ impl HfSiglip2 {
             .num_channels
             .saturating_mul(patch)
             .saturating_mul(patch);
-        let name = format!("{PRE}embeddings.patch_embedding.weight");
+        let name = format!("{prefix}embeddings.patch_embedding.weight");
         if p.require_shape(&name, "the patch embedding")? != [d, width] {
             let found = p.require_shape(&name, "the patch embedding")?.to_vec();
             return Err(bad_shape(
@@ -153,7 +174,7 @@ impl HfSiglip2 {
                 &found,
             ));
         }
-        let pos_name = format!("{PRE}embeddings.position_embedding.weight");
+        let pos_name = format!("{prefix}embeddings.position_embedding.weight");
         let [rows, pd] = shape2(&p, &pos_name)?;
         let grid = rows.isqrt();
         if pd != d || rows != vision.num_patches || grid.saturating_mul(grid) != rows {
@@ -179,8 +200,8 @@ impl HfSiglip2 {
         let gelu = hidden_act(&config_path, &vision.hidden_act)?;
         let eps = vision.layer_norm_eps;
         let m = vision.intermediate_size;
-        let blocks = blocks_hf(&p, PRE, vision.num_hidden_layers, d, m)?;
-        let head = PoolingHead::load(&p, &format!("{PRE}head"), d, m)?;
+        let blocks = blocks_hf(&p, prefix, vision.num_hidden_layers, d, m)?;
+        let head = PoolingHead::load(&p, &format!("{prefix}head"), d, m)?;
         let arch = TargetArch {
             hidden: d,
             depth: vision.num_hidden_layers,
@@ -192,13 +213,15 @@ impl HfSiglip2 {
             class_token: false,
         };
         let mut notes = vec![format!(
-            "transformers semantics from config.json: Siglip2Model's vision_model (patches through a Linear, its {grid}x{grid} position grid resized per image the Siglip2VisionEmbeddings way, key padding masks, pooler_output = the attention pooling head), hidden_act {:?}, layer_norm_eps {eps:e}",
+            "transformers semantics from config.json: {} (patches through a Linear, its {grid}x{grid} position grid resized per image the Siglip2VisionEmbeddings way, key padding masks, pooler_output = the attention pooling head), hidden_act {:?}, layer_norm_eps {eps:e}",
+            if alone { "Siglip2VisionModel" } else { "Siglip2Model's vision_model" },
             vision.hidden_act
         )];
         let norm = input_norm(dir, &declared, &mut notes)?;
         Ok((
             HfSiglip2 {
                 p,
+                prefix,
                 semantics: BlockSemantics {
                     heads,
                     gelu,
@@ -221,6 +244,11 @@ impl HfSiglip2 {
         ))
     }
 
+    /// The dtype the weights were loaded in.
+    pub(crate) fn kind(&self) -> Kind {
+        self.p.kind()
+    }
+
     /// `get_image_features(...).pooler_output` on NaFlex inputs (`pixel_values` = the patches,
     /// `pixel_attention_mask` = the mask, `spatial_shapes`).
     pub(crate) fn forward(&self, inputs: &NaflexInputs) -> Result<Tensor> {
@@ -229,7 +257,7 @@ impl HfSiglip2 {
         let device = p.device();
         let x = inputs.patches.f_to_device(device)?.f_to_kind(p.kind())?;
         let n = x.size().get(1).copied().unwrap_or(0);
-        let emb = format!("{PRE}embeddings");
+        let emb = format!("{}embeddings", self.prefix);
         let x = ops::linear(
             &x,
             &p.load_any(&format!("{emb}.patch_embedding.weight"))?,
@@ -244,7 +272,7 @@ impl HfSiglip2 {
         for block in &self.blocks {
             x = block.forward_padded(&x, &self.semantics, &key_mask)?;
         }
-        let ln = pair(p, &format!("{PRE}post_layernorm"), &[d], &[d])?;
+        let ln = pair(p, &format!("{}post_layernorm", self.prefix), &[d], &[d])?;
         let x = self.semantics.norm(&x, &ln)?;
         self.head
             .forward_masked(&x, &self.semantics, Some(&key_mask))

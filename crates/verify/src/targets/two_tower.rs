@@ -305,6 +305,39 @@ fn scalar(p: &Params, name: &str) -> Result<Option<f64>> {
     }
 }
 
+/// The settings a transformers vision config declares that contradict the source (its LayerNorm eps, its
+/// GELU): `vision` is a two-tower config's `vision_config` (fields named under `field_prefix`) or a vision
+/// model's own config (no prefix); an absent field is the class's default.
+pub(crate) fn vision_declared(
+    config_path: &Path,
+    vision: Option<&serde_json::Value>,
+    field_prefix: &str,
+) -> Result<Vec<DeclaredMismatch>> {
+    let mut declared = Vec::new();
+    let eps = vision
+        .and_then(|v| v.get("layer_norm_eps"))
+        .and_then(serde_json::Value::as_f64)
+        .unwrap_or(SOURCE_EPS);
+    check_eps(
+        &mut declared,
+        config_path,
+        &format!("{field_prefix}layer_norm_eps"),
+        eps,
+    );
+    let act = vision
+        .and_then(|v| v.get("hidden_act"))
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("gelu_pytorch_tanh");
+    check_gelu(
+        &mut declared,
+        config_path,
+        &format!("{field_prefix}hidden_act"),
+        hidden_act(config_path, act)?,
+        act,
+    );
+    Ok(declared)
+}
+
 /// Compares a declared eps with the source's, recording a mismatch.
 fn check_eps(out: &mut Vec<DeclaredMismatch>, file: &Path, field: &str, eps: f64) {
     if (eps - SOURCE_EPS).abs() > SOURCE_EPS * 1e-9 {
@@ -405,29 +438,7 @@ fn open_hf(dir: &Path, device: Device, kind: Kind) -> Result<TwoTowerTarget> {
         let (m, parts) = HfSiglip::open(dir, device, kind)?;
         (ImageModel::Hf(m), parts)
     };
-    let mut declared = Vec::new();
-    let vision = top.get("vision_config");
-    let vision_eps = vision
-        .and_then(|v| v.get("layer_norm_eps"))
-        .and_then(serde_json::Value::as_f64)
-        .unwrap_or(SOURCE_EPS);
-    check_eps(
-        &mut declared,
-        &config_path,
-        "vision_config.layer_norm_eps",
-        vision_eps,
-    );
-    let vision_act = vision
-        .and_then(|v| v.get("hidden_act"))
-        .and_then(serde_json::Value::as_str)
-        .unwrap_or("gelu_pytorch_tanh");
-    check_gelu(
-        &mut declared,
-        &config_path,
-        "vision_config.hidden_act",
-        hidden_act(&config_path, vision_act)?,
-        vision_act,
-    );
+    let mut declared = vision_declared(&config_path, top.get("vision_config"), "vision_config.")?;
 
     let file = TensorFile::open(&weights_path)?;
     let declared_config = DeclaredConfig::from_metadata(&weights_path, file.metadata())?;
