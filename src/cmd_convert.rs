@@ -4,7 +4,7 @@
 //! With a directory as SOURCE it builds a [`vitconv_batch::Request`] and hands it to [`crate::cmd_batch`], which
 //! converts every checkpoint under it (`cmd_batch` imports nothing from here).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,8 +12,6 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::ValueEnum;
 use indicatif::{ProgressBar, ProgressStyle};
-use vitconv_convert::layout::py_str;
-use vitconv_convert::plan::OutputKind;
 use vitconv_convert::{
     Gelu, HeadChoice, InputNorm, Layout, Options, OutDType, ProjChoice, ResizeMethod, TowerChoice,
 };
@@ -290,26 +288,9 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
         println!("  - {n}");
     }
     println!("python:");
-    // The plan names the output by placeholders; put the real paths in so the lines run as printed.
-    let stem = args
-        .output
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let config_json = args.output.with_file_name(format!("{stem}.open_clip.json"));
-    // A folder loads itself: its own line replaces the constructor and the weights-loading lines.
-    let (python, load) = match &conv.plan.kind {
-        OutputKind::FileOrFolder { python } if written.folder => (python.as_str(), vec![]),
-        OutputKind::Directory { .. } => (conv.plan.python.as_str(), vec![]),
-        _ => (
-            conv.plan.python.as_str(),
-            load_lines(opts.layout, &written.weights),
-        ),
-    };
-    let python = python
-        .replace("OUTPUT_DIR", &py_str(&args.output.to_string_lossy()))
-        .replace("CONFIG_JSON", &py_str(&config_json.to_string_lossy()));
-    for line in python.lines().map(str::to_string).chain(load) {
+    // The plan names the output by placeholders; the real paths go in so that the lines run as printed.
+    let python = vitconv_convert::python(&conv, &written, opts.layout, &args.output);
+    for line in python {
         println!("  {line}");
     }
     if let Some(warning) = vitconv_convert::layout::def(opts.layout).and_then(|d| d.warning) {
@@ -350,25 +331,4 @@ fn run_batch(args: &ConvertArgs, opts: Options) -> anyhow::Result<ExitCode> {
         json: args.json,
     };
     crate::cmd_batch::run(&request, &printing)
-}
-
-/// The Python that loads the written weights into the model the plan's lines build: the layout's own line from
-/// the registry, given the expression that reads the file.
-fn load_lines(layout: Layout, weights: &Path) -> Vec<String> {
-    let Some(template) = vitconv_convert::layout::def(layout).and_then(|d| d.load_weights) else {
-        return vec![];
-    };
-    let w = py_str(&weights.to_string_lossy());
-    let (import, read) = if weights.extension().is_some_and(|e| e == "safetensors") {
-        (
-            "import safetensors.torch",
-            format!("safetensors.torch.load_file({w})"),
-        )
-    } else {
-        (
-            "import torch",
-            format!("torch.load({w}, weights_only=True)"),
-        )
-    };
-    vec![import.to_string(), template.replace("{read}", &read)]
 }

@@ -31,7 +31,7 @@ use crate::error::{Error, Result};
 use crate::exec::{self, BandScratch, Sink, BAND_BYTES};
 use crate::layout;
 use crate::layout::hf_files;
-use crate::options::{Options, OutDType};
+use crate::options::{Layout, Options, OutDType};
 use crate::plan::{OutTensor, OutputKind, Plan, OUTPUT_DIR_TOKEN};
 
 /// A checked conversion, ready to write.
@@ -96,6 +96,76 @@ pub struct Written {
     pub tensors: usize,
     /// How many bytes of tensor data were written.
     pub bytes: u64,
+}
+
+/// The Python that loads what a conversion wrote into OUTPUT, as the lines to print: the plan's lines (or a
+/// folder's own line, which replaces them), with the paths put in for the plan's placeholders as Python string
+/// literals, then the layout's line that loads a weights file where one was written.
+pub fn python(conv: &Conversion, written: &Written, layout: Layout, output: &Path) -> Vec<String> {
+    use crate::plan::{CONFIG_JSON_TOKEN, OUTPUT_DIR_TOKEN};
+    let path = |p: &Path| crate::layout::py_str(&p.to_string_lossy());
+    let (text, load) = match &conv.plan.kind {
+        OutputKind::FileOrFolder { python } if written.folder => (python.as_str(), false),
+        OutputKind::Directory { .. } => (conv.plan.python.as_str(), false),
+        _ => (conv.plan.python.as_str(), true),
+    };
+    // The one side file beside a weights file (open_clip's config) is the one the plan's lines read.
+    let config = written
+        .side_files
+        .first()
+        .map(|p| path(p))
+        .unwrap_or_default();
+    let text = fill(
+        text,
+        &[
+            (OUTPUT_DIR_TOKEN, &path(output)),
+            (CONFIG_JSON_TOKEN, &config),
+        ],
+    );
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let template = crate::layout::def(layout).and_then(|d| d.load_weights);
+    if let (true, Some(template)) = (load, template) {
+        let w = path(&written.weights);
+        let (import, read) = if written
+            .weights
+            .extension()
+            .is_some_and(|e| e == "safetensors")
+        {
+            (
+                "import safetensors.torch",
+                format!("safetensors.torch.load_file({w})"),
+            )
+        } else {
+            (
+                "import torch",
+                format!("torch.load({w}, weights_only=True)"),
+            )
+        };
+        lines.push(import.to_string());
+        lines.push(template.replace("{read}", &read));
+    }
+    lines
+}
+
+/// `text` with each placeholder of `fills` replaced by its value, in one pass from left to right, so that a value
+/// holding a placeholder's text (a path may) is written as it is, never replaced in turn.
+fn fill(text: &str, fills: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    loop {
+        let next = fills
+            .iter()
+            .filter_map(|&(token, value)| rest.find(token).map(|at| (at, token, value)))
+            .min_by_key(|&(at, _, _)| at);
+        let Some((at, token, value)) = next else {
+            out.push_str(rest);
+            return out;
+        };
+        let (before, after) = rest.split_at(at);
+        out.push_str(before);
+        out.push_str(value);
+        rest = after.get(token.len()..).unwrap_or_default();
+    }
 }
 
 /// Where a conversion's output goes: the name `name` inside the open directory `dir`.
@@ -799,6 +869,17 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+
+    #[test]
+    fn placeholders_are_filled_in_one_pass_and_a_path_holding_one_stays_as_it_is() {
+        let fills = [("@A@", "'/x/@B@'"), ("@B@", "'/y'")];
+        assert_eq!(
+            fill("open(@A@) + open(@B@) + @A@", &fills),
+            "open('/x/@B@') + open('/y') + '/x/@B@'"
+        );
+        assert_eq!(fill("nothing to fill", &fills), "nothing to fill");
+        assert_eq!(fill("@A", &fills), "@A");
+    }
     use crate::kernel::{encode_append, restandardise, transpose};
     use crate::model::Param;
     use crate::options::Layout;

@@ -79,7 +79,7 @@ pub mod resize;
 pub mod sources;
 pub mod tokenizer;
 
-pub use convert::{prepare, write, write_in, Conversion, Target, Written};
+pub use convert::{prepare, python, write, write_in, Conversion, Target, Written};
 pub use error::{Error, Part, Result};
 pub use options::{
     Gelu, HeadChoice, InputNorm, Layout, Options, OutDType, ProjChoice, ResizeMethod, TowerChoice,

@@ -203,15 +203,20 @@ pub enum OutputKind {
     /// One weights file when OUTPUT has a weights extension; otherwise a self-contained folder holding
     /// `model.safetensors` and the side files, which `python` (the folder's own loader line) builds from.
     FileOrFolder {
-        /// The Python line that loads the folder (`OUTPUT_DIR` stands for its path).
+        /// The Python line that loads the folder ([`OUTPUT_DIR_TOKEN`] stands for its path).
         python: String,
     },
 }
 
-/// Stands for the output folder's absolute path inside a [`OutputKind::Directory`] side file; the writer
-/// replaces it with the path written as JSON string content (for a loader that resolves a path from the current
-/// directory, not from the config's own folder).
+/// Stands for OUTPUT's path wherever a plan's text names it: in a [`OutputKind::Directory`] side file, where the
+/// writer puts in the path as JSON string content (for a loader that resolves a path from the current
+/// directory, not from the config's own folder), and in the Python a plan prints, where
+/// [`crate::convert::python`] puts in a Python string literal. The one placeholder scheme of a plan's text.
 pub const OUTPUT_DIR_TOKEN: &str = "@VITCONV_OUTPUT_DIR@";
+
+/// Stands for the path of the side file written beside a weights-file output (open_clip's JSON config), in the
+/// Python a plan prints; [`crate::convert::python`] puts in a Python string literal.
+pub const CONFIG_JSON_TOKEN: &str = "@VITCONV_CONFIG_JSON@";
 
 /// A side file written next to (or, for hf, inside) the output: e.g. `config.json`.
 #[derive(Debug, Clone, PartialEq)]

@@ -13,6 +13,7 @@ use crate::layout::hf_files::{self, dtype_name, pretty, CONFIG_FILE, PREPROCESSO
 use crate::layout::prepared::{name, BlockRole, BlockTable, Prepared};
 use crate::layout::recognise::{count_blocks, get, grid_side, Recognised, Shapes};
 use crate::model::Proj;
+use crate::plan::OUTPUT_DIR_TOKEN;
 use crate::plan::{Fetch, OutTensor, OutputKind, Plan, Recipe, SideFile};
 use crate::record::DeclaredHead;
 
@@ -306,9 +307,9 @@ pub fn plan(mut prep: Prepared<'_>, _fetch: &dyn Fetch, source_name: &str) -> Re
     cfg.insert("torch_dtype".into(), json!(dtype_name(prep.opts.dtype)));
     let preprocessor = hf_files::preprocessor("ViTImageProcessor", prep.image_size, prep.norm);
     let python = if classify || pooler.is_some() {
-        format!("from transformers import {arch_class}\nmodel = {arch_class}.from_pretrained(OUTPUT_DIR)")
+        format!("from transformers import {arch_class}\nmodel = {arch_class}.from_pretrained({OUTPUT_DIR_TOKEN})")
     } else {
-        "from transformers import ViTModel\nmodel = ViTModel.from_pretrained(OUTPUT_DIR, add_pooling_layer=False)".to_string()
+        format!("from transformers import ViTModel\nmodel = ViTModel.from_pretrained({OUTPUT_DIR_TOKEN}, add_pooling_layer=False)")
     };
     let head = if classify {
         DeclaredHead::Head

@@ -27,6 +27,7 @@ use crate::layout::hf_files::{self, dtype_name, pretty, CONFIG_FILE, PREPROCESSO
 use crate::layout::prepared::{BlockRole, BlockTable, MapRole, MapTable, Prepared};
 use crate::layout::recognise::{count_blocks, get, grid_side, Recognised, Shapes};
 use crate::model::Proj;
+use crate::plan::OUTPUT_DIR_TOKEN;
 use crate::plan::{OutTensor, OutputKind, Plan, Recipe, SideFile};
 use crate::record::DeclaredHead;
 
@@ -462,13 +463,13 @@ pub fn plan(prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
     hf_files::image_only_processor(&mut preprocessor);
     let python = match projection_dim {
         Some(width) => format!(
-            "import torch\nfrom safetensors.torch import load_file\nfrom transformers import {arch_class}\nmodel = {arch_class}.from_pretrained(OUTPUT_DIR)  # the image tokens: last_hidden_state\nw = load_file(OUTPUT_DIR + '/{}')\nprojector = torch.nn.Linear({d}, {width})  # PaliGemma's multi_modal_projector.linear: tokens to the LLM width\nprojector.load_state_dict({{'weight': w['{}'], 'bias': w['{}']}})",
+            "import torch\nfrom safetensors.torch import load_file\nfrom transformers import {arch_class}\nmodel = {arch_class}.from_pretrained({OUTPUT_DIR_TOKEN})  # the image tokens: last_hidden_state\nw = load_file({OUTPUT_DIR_TOKEN} + '/{}')\nprojector = torch.nn.Linear({d}, {width})  # PaliGemma's multi_modal_projector.linear: tokens to the LLM width\nprojector.load_state_dict({{'weight': w['{}'], 'bias': w['{}']}})",
             hf_files::WEIGHTS_FILE,
             names::PROJECTOR_W,
             names::PROJECTOR_B
         ),
         None => format!(
-            "from transformers import {arch_class}\nmodel = {arch_class}.from_pretrained(OUTPUT_DIR)"
+            "from transformers import {arch_class}\nmodel = {arch_class}.from_pretrained({OUTPUT_DIR_TOKEN})"
         ),
     };
     let head = match (classify, map.is_some(), projection_dim) {

@@ -20,6 +20,7 @@ use crate::layout::hf_files::{self, dtype_name, pretty, CONFIG_FILE, PREPROCESSO
 use crate::layout::hf_siglip::{self, names as vision_names, BLOCK};
 use crate::layout::prepared::{Prepared, TextRole, TextTable};
 use crate::model::TextPool;
+use crate::plan::OUTPUT_DIR_TOKEN;
 use crate::plan::{OutputKind, Plan, SideFile};
 use crate::record::DeclaredHead;
 
@@ -159,12 +160,12 @@ pub fn plan(mut prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
             side.extend(files);
             copied.push(model);
             if generation.overrides_tokenizer {
-                format!("from transformers import {model}, {image_processor}, PreTrainedTokenizerFast\nmodel = {model}.from_pretrained(OUTPUT_DIR)\nimage_processor = {image_processor}.from_pretrained(OUTPUT_DIR)\ntokenizer = PreTrainedTokenizerFast.from_pretrained(OUTPUT_DIR)  # not AutoTokenizer: see the notes; text: tokenizer(texts, padding='max_length', truncation=True)", model = generation.model, image_processor = generation.image_processor)
+                format!("from transformers import {model}, {image_processor}, PreTrainedTokenizerFast\nmodel = {model}.from_pretrained({OUTPUT_DIR_TOKEN})\nimage_processor = {image_processor}.from_pretrained({OUTPUT_DIR_TOKEN})\ntokenizer = PreTrainedTokenizerFast.from_pretrained({OUTPUT_DIR_TOKEN})  # not AutoTokenizer: see the notes; text: tokenizer(texts, padding='max_length', truncation=True)", model = generation.model, image_processor = generation.image_processor)
             } else {
-                format!("from transformers import {model}, {processor}\nmodel = {model}.from_pretrained(OUTPUT_DIR)\nprocessor = {processor}.from_pretrained(OUTPUT_DIR)  # text: processor(text=..., padding='max_length', truncation=True)", model = generation.model, processor = generation.processor)
+                format!("from transformers import {model}, {processor}\nmodel = {model}.from_pretrained({OUTPUT_DIR_TOKEN})\nprocessor = {processor}.from_pretrained({OUTPUT_DIR_TOKEN})  # text: processor(text=..., padding='max_length', truncation=True)", model = generation.model, processor = generation.processor)
             }
         }
-        None => format!("from transformers import {model}\nmodel = {model}.from_pretrained(OUTPUT_DIR)  # text input: token ids from the model's SentencePiece tokenizer (--tokenizer)", model = generation.model),
+        None => format!("from transformers import {model}\nmodel = {model}.from_pretrained({OUTPUT_DIR_TOKEN})  # text input: token ids from the model's SentencePiece tokenizer (--tokenizer)", model = generation.model),
     };
     let config = prep.config(DeclaredHead::Map, None);
     let mut meta = prep.metadata(source_name, &config);

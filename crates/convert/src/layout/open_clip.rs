@@ -12,6 +12,7 @@ use crate::error::{Part, Result};
 use crate::layout::clip_style::{self, names, tensor as t};
 use crate::layout::prepared::{mlp_ratio, Prepared};
 use crate::options::{Gelu, ProjChoice};
+use crate::plan::CONFIG_JSON_TOKEN;
 use crate::plan::{Fetch, OutputKind, Plan, Recipe, SideFile};
 
 /// Suffix replacing OUTPUT's extension for the open_clip config.
@@ -75,7 +76,7 @@ pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Res
         "norm_kwargs": {"eps": prep.semantics().norm_eps},
     });
     let model_cfg = json!({"embed_dim": output_dim, "quick_gelu": false, "vision_cfg": vision_cfg});
-    let python = "import json, torch\nfrom open_clip.model import _build_vision_tower\ncfg = json.load(open(CONFIG_JSON))\nvisual = _build_vision_tower(cfg['embed_dim'], cfg['vision_cfg'])".to_string();
+    let python = format!("import json, torch\nfrom open_clip.model import _build_vision_tower\ncfg = json.load(open({CONFIG_JSON_TOKEN}))\nvisual = _build_vision_tower(cfg['embed_dim'], cfg['vision_cfg'])");
     let head = clip_style::head_kind(proj);
     let config = prep.config(head, head_bias);
     let mut meta = prep.metadata(source_name, &config);

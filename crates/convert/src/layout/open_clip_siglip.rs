@@ -310,9 +310,9 @@ pub fn plan(mut prep: Prepared<'_>, fetch: &dyn Fetch, source_name: &str) -> Res
             let (files, spiece) = sp.files(t.context);
             side.extend(files);
             copied.push(spiece);
-            "import open_clip\nmodel, _, preprocess = open_clip.create_model_and_transforms('local-dir:' + OUTPUT_DIR)\ntokenizer = open_clip.get_tokenizer('local-dir:' + OUTPUT_DIR)".to_string()
+            format!("import open_clip\nmodel, _, preprocess = open_clip.create_model_and_transforms('local-dir:' + {OUTPUT_DIR_TOKEN})\ntokenizer = open_clip.get_tokenizer('local-dir:' + {OUTPUT_DIR_TOKEN})")
         }
-        None => "import open_clip\nmodel, _, preprocess = open_clip.create_model_and_transforms('local-dir:' + OUTPUT_DIR)  # text input: token ids from the model's SentencePiece tokenizer (--tokenizer)".to_string(),
+        None => format!("import open_clip\nmodel, _, preprocess = open_clip.create_model_and_transforms('local-dir:' + {OUTPUT_DIR_TOKEN})  # text input: token ids from the model's SentencePiece tokenizer (--tokenizer)"),
     };
     let head = if image_head.is_some() {
         DeclaredHead::Head

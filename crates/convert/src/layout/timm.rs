@@ -20,6 +20,7 @@ use crate::layout::prepared::{
 use crate::layout::recognise::{count_blocks, get, grid_side, Recognised, Shapes};
 use crate::model::{Norm, Param, Proj};
 use crate::options::Gelu;
+use crate::plan::OUTPUT_DIR_TOKEN;
 use crate::plan::{Fetch, OutTensor, OutputKind, Plan, Recipe, SideFile};
 use crate::record::DeclaredHead;
 
@@ -400,8 +401,7 @@ pub fn plan(prep: Prepared<'_>, _fetch: &dyn Fetch, source_name: &str) -> Result
             let folder = folder_config(&a, &kwargs, &pretrained_cfg_full, classes, prep.image_size);
             (
                 OutputKind::FileOrFolder {
-                    python: "import timm\nmodel = timm.create_model('local-dir:' + OUTPUT_DIR, pretrained=True)"
-                        .to_string(),
+                    python: format!("import timm\nmodel = timm.create_model('local-dir:' + {OUTPUT_DIR_TOKEN}, pretrained=True)"),
                 },
                 vec![SideFile {
                     name: FOLDER_CONFIG.to_string(),

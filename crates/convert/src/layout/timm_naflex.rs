@@ -20,6 +20,7 @@ use crate::layout::prepared::{mlp_ratio, Prepared};
 use crate::layout::recognise::{count_blocks, get, Recognised, Shapes};
 use crate::layout::timm::{self, folder_file, names as vit_names, py_kwargs, ATTN_POOL, BLOCK};
 use crate::model::Param;
+use crate::plan::OUTPUT_DIR_TOKEN;
 use crate::plan::{OutTensor, OutputKind, Plan, Recipe, SideFile};
 
 /// `NaFlexVit` state-dict names outside the blocks, the final norm, the pool and the head (which are
@@ -160,8 +161,7 @@ pub fn plan(
     let meta = timm::metadata(&prep, source_name, classes, &kwargs, &pretrained_cfg);
     let kind = OutputKind::FileOrFolder {
         python:
-            "import timm\nmodel = timm.create_model('local-dir:' + OUTPUT_DIR, pretrained=True)"
-                .to_string(),
+            format!("import timm\nmodel = timm.create_model('local-dir:' + {OUTPUT_DIR_TOKEN}, pretrained=True)"),
     };
     let side = vec![SideFile {
         name: timm::FOLDER_CONFIG.to_string(),
