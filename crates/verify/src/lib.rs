@@ -104,6 +104,20 @@ impl Precision {
         }
     }
 
+    /// The tolerance a comparison is judged against when none is given: for a forward in this precision of
+    /// weights stored as `stored` (where the file says), and with `embeddings` set for comparisons of a SigLIP
+    /// model's outputs (its embeddings, or its image tower alone), whose float32 bound is the tighter
+    /// [`TWO_TOWER_F32_TOLERANCE`]. Weights written in a narrower type than the forward runs in lost precision
+    /// already: the bound is then the looser of the two types'.
+    pub fn tolerance_for(self, stored: Option<Precision>, embeddings: bool) -> f64 {
+        match (self, stored) {
+            (Precision::F32, None | Some(Precision::F32)) if embeddings => TWO_TOWER_F32_TOLERANCE,
+            _ => stored
+                .map_or(F32_TOLERANCE, Precision::default_tolerance)
+                .max(self.default_tolerance()),
+        }
+    }
+
     /// The default tolerance for this precision.
     pub fn default_tolerance(self) -> f64 {
         match self {
@@ -394,17 +408,11 @@ fn verify_pixels(
             "{why}: drift reported, not judged; give --tolerance to judge it"
         ));
     }
-    // Weights written in a narrower type than the forward runs in lost precision already:
-    // the default tolerance is the looser of the two.
+    // A SigLIP image tower alone is held to the two-tower bound as well.
     let stored = target.declared.dtype.as_deref().and_then(Precision::parse);
-    let default_tolerance = match (source_two_tower, opts.precision, stored) {
-        // A SigLIP image tower alone is held to the two-tower bound as well.
-        (true, Precision::F32, None | Some(Precision::F32)) => TWO_TOWER_F32_TOLERANCE,
-        _ => stored
-            .map_or(F32_TOLERANCE, Precision::default_tolerance)
-            .max(opts.precision.default_tolerance()),
-    };
-    let tolerance = opts.tolerance.unwrap_or(default_tolerance);
+    let tolerance = opts
+        .tolerance
+        .unwrap_or(opts.precision.tolerance_for(stored, source_two_tower));
 
     let ref_features = match tout.features_kind {
         FeatureKind::Pooled => &out.pooled,
@@ -612,13 +620,9 @@ fn verify_two_tower(opts: &Options, device: Device, layout: Layout) -> Result<Re
         .dtype
         .as_deref()
         .and_then(Precision::parse);
-    let default_tolerance = match (opts.precision, stored) {
-        (Precision::F32, None | Some(Precision::F32)) => TWO_TOWER_F32_TOLERANCE,
-        _ => stored
-            .map_or(F32_TOLERANCE, Precision::default_tolerance)
-            .max(opts.precision.default_tolerance()),
-    };
-    let tolerance = opts.tolerance.unwrap_or(default_tolerance);
+    let tolerance = opts
+        .tolerance
+        .unwrap_or(opts.precision.tolerance_for(stored, true));
     let image_embeds = compare_tensors(&zi, &out.image_embeds, batch, tolerance)?;
     let text_embeds = compare_tensors(&zt, &out.text_embeds, texts, tolerance)?;
     let logits_per_image = compare_tensors(&logits, &out.logits_per_image, batch, tolerance)?;
@@ -824,6 +828,17 @@ fn compare_expect(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_tolerance_is_the_looser_of_the_forward_and_the_stored_weights() {
+        use Precision::{Bf16, F16, F32};
+        assert_eq!(F32.tolerance_for(None, false), F32_TOLERANCE);
+        assert_eq!(F32.tolerance_for(Some(F32), true), TWO_TOWER_F32_TOLERANCE);
+        assert_eq!(F32.tolerance_for(Some(Bf16), true), BF16_TOLERANCE);
+        assert_eq!(F32.tolerance_for(Some(F16), false), F16_TOLERANCE);
+        assert_eq!(F16.tolerance_for(Some(F32), true), F16_TOLERANCE);
+        assert_eq!(Bf16.tolerance_for(Some(F16), false), BF16_TOLERANCE);
+    }
 
     #[test]
     fn a_device_name_verify_does_not_know_is_refused() {

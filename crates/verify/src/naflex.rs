@@ -21,7 +21,7 @@ use crate::targets::two_tower::{self, DeclaredMismatch};
 use crate::targets::{self, Layout, TargetArch};
 use crate::{
     compare_expect, compare_tensors, device_name, timed, NaflexReport, Options, Precision, Report,
-    TwoTowerReport, F32_TOLERANCE, TWO_TOWER_F32_TOLERANCE,
+    TwoTowerReport, TWO_TOWER_F32_TOLERANCE,
 };
 use vitconv_convert::TowerChoice;
 
@@ -77,12 +77,7 @@ pub(crate) fn verify(opts: &Options, device: Device, family: &'static str) -> Re
     notes.push(input_note);
     let on_device = inputs.to_device(device)?;
     let stored = |dtype: Option<&str>| dtype.and_then(Precision::parse);
-    let default_tolerance = |stored: Option<Precision>| match (opts.precision, stored) {
-        (Precision::F32, None | Some(Precision::F32)) => TWO_TOWER_F32_TOLERANCE,
-        (p, s) => s
-            .map_or(F32_TOLERANCE, Precision::default_tolerance)
-            .max(p.default_tolerance()),
-    };
+    let default_tolerance = |stored| opts.precision.tolerance_for(stored, true);
     let check = |t: &TargetArch| -> Result<()> {
         let pairs = [
             ("image width", src.hidden, t.hidden),
