@@ -84,10 +84,9 @@ impl ExtArg {
 
 #[derive(clap::Args)]
 pub struct ConvertArgs {
-    /// The source checkpoint: an .npz (google-research/vision_transformer, big_vision, SigLIP, SigLIP 2 and its
-    /// NaFlex models, PaliGemma with --tower image), a big_vision
-    /// .bv workdir or step folder, an Orbax step or its parent, or a flax msgpack file. Any other directory
-    /// is a tree of sources: every checkpoint under it is converted (batch mode).
+    /// The source checkpoint, of a family and in a container listed above: a file, a big_vision .bv workdir or
+    /// step folder, or an Orbax step or its parent. Any other directory is a tree of sources: every checkpoint
+    /// under it is converted (batch mode).
     source: PathBuf,
     /// The output: a .pt/.pth/.bin or .safetensors weights file, or a folder (always for --layout hf and for
     /// open_clip two-tower models; for timm and open_clip when OUTPUT has no extension); in batch mode, the

@@ -29,19 +29,35 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// List the tensors of a tensor file (.npz, .npy, .safetensors, .pt, flax msgpack) or a JAX checkpoint
-    /// (big_vision .bv workdir, Orbax step), and say what model they hold.
+    /// List the tensors of a tensor file or a JAX checkpoint, and say what model they hold.
+    #[command(about = inspect_about())]
     Inspect(cmd_inspect::InspectArgs),
-    /// Convert a JAX ViT checkpoint (google-research/vision_transformer or big_vision .npz, SigLIP and SigLIP 2
-    /// two-tower models, NaFlex included, PaliGemma image towers, a big_vision .bv workdir, an Orbax step, a
-    /// flax msgpack file), or every checkpoint under a
-    /// directory, into timm, transformers, open_clip or OpenAI CLIP weights: a .safetensors/.pt file or a
-    /// self-contained folder.
-    #[command(name = "npz-to-pt")]
+    /// Convert a JAX ViT checkpoint, or every checkpoint under a directory, into timm, transformers, open_clip
+    /// or OpenAI CLIP weights.
+    #[command(name = "npz-to-pt", about = convert_about())]
     NpzToPt(cmd_convert::ConvertArgs),
     /// Run the source checkpoint and its conversion side by side on libtorch and compare their outputs
     /// (through the vitconv-verify executable beside this one).
     Verify(cmd_verify::VerifyArgs),
+}
+
+/// The formats and containers `inspect` reads, from the tensors crate's registry.
+fn inspect_about() -> String {
+    format!(
+        "List the tensors of a tensor file or JAX checkpoint ({}) and say what model they hold",
+        vitconv_tensors::containers().collect::<Vec<_>>().join(", ")
+    )
+}
+
+/// The families and containers `npz-to-pt` converts from, from the two registries.
+fn convert_about() -> String {
+    format!(
+        "Convert a JAX ViT checkpoint, or every checkpoint under a directory, into timm, transformers, open_clip or OpenAI CLIP weights (a .safetensors/.pt file or a self-contained folder). Families: {}. Containers: {}",
+        vitconv_convert::sources::described()
+            .collect::<Vec<_>>()
+            .join("; "),
+        vitconv_tensors::containers().collect::<Vec<_>>().join(", "),
+    )
 }
 
 fn main() -> ExitCode {

@@ -641,3 +641,32 @@ fn verify_without_its_executable_names_the_build_command() {
         stderr(&o)
     );
 }
+
+#[test]
+fn help_names_every_family_and_container_of_the_registries() {
+    for args in [&["npz-to-pt", "--help"][..], &["--help"][..]] {
+        let o = vitconv(args.iter().copied());
+        assert_eq!(o.status.code(), Some(0));
+        let help = String::from_utf8_lossy(&o.stdout).replace('\n', " ");
+        for family in vitconv_convert::sources::described() {
+            assert!(
+                help.contains(family),
+                "{args:?} does not name {family:?}: {help}"
+            );
+        }
+        for container in vitconv_tensors::containers() {
+            assert!(
+                help.contains(container),
+                "{args:?} does not name {container:?}"
+            );
+        }
+    }
+    let o = vitconv(["inspect", "--help"]);
+    let help = String::from_utf8_lossy(&o.stdout).replace('\n', " ");
+    for container in vitconv_tensors::containers() {
+        assert!(
+            help.contains(container),
+            "inspect --help does not name {container:?}"
+        );
+    }
+}

@@ -3,7 +3,8 @@
 //! Index:
 //! - `common`: paths to fixtures and the binary, tolerances, small helpers.
 //! - `inspect`: `vitconv inspect` on every format, grouping, stats, JSON, bad input.
-//! - `convert`: `vitconv npz-to-pt` on every golden case and layout, options, refusals.
+//! - `convert`: `vitconv npz-to-pt` on every golden case and layout, options, refusals; `--help` naming every
+//!   family and container of the registries.
 //! - `batch`: `vitconv npz-to-pt SRC_DIR OUT_DIR`: same relative paths, byte-identical to single conversions,
 //!   resuming (skip, touched source, changed options, `--force`), broken and refused files among good ones,
 //!   `--json`, usage errors, an interrupt.

@@ -648,8 +648,7 @@ pub(crate) struct Opened {
 
 /// One container format: whether it claims an input (by content, never by name alone), and how it opens it.
 pub(crate) struct Container {
-    /// The container's name, for documentation and tests.
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// The container's name, for `--help` (through [`containers`]) and tests.
     pub name: &'static str,
     claims: fn(&Probe<'_>) -> bool,
     open: fn(&Probe<'_>) -> Result<Opened>,
@@ -689,6 +688,11 @@ pub(crate) const CONTAINERS: &[Container] = &[
         open: orbax_open,
     },
 ];
+
+/// The name of every container this crate reads, in the order they are asked.
+pub fn containers() -> impl Iterator<Item = &'static str> {
+    CONTAINERS.iter().map(|c| c.name)
+}
 
 /// The opened file of a file probe.
 fn probe_file<'a>(p: &Probe<'a>) -> Result<(&'a Path, &'a File, u64)> {

@@ -22,6 +22,8 @@ use crate::model::Model;
 pub struct Source {
     /// The family's name in reports and metadata.
     pub name: &'static str,
+    /// What the family's files are, for a user: `--help` lists these, from this registry.
+    pub describes: &'static str,
     /// Whether a key/shape listing belongs to this family (the first family that claims a file reads it).
     pub claims: fn(&[TensorInfo]) -> bool,
     /// The listing as a model, or the reason it cannot be one.
@@ -33,30 +35,40 @@ pub const SOURCES: &[Source] = &[
     // Before siglip: a PaliGemma file has an image tower under `img/` too, beside its language model.
     Source {
         name: paligemma::FAMILY,
+        describes: "PaliGemma and PaliGemma 2 image towers (--tower image)",
         claims: paligemma::claims,
         read: paligemma::read,
     },
     Source {
         name: siglip2_naflex::FAMILY,
+        describes: "SigLIP 2 NaFlex two-tower models",
         claims: siglip2_naflex::claims,
         read: siglip2_naflex::read,
     },
     Source {
         name: siglip::FAMILY,
+        describes: "SigLIP and SigLIP 2 two-tower models",
         claims: siglip::claims,
         read: siglip::read,
     },
     Source {
         name: big_vision::FAMILY,
+        describes: "google-research/big_vision ViTs",
         claims: big_vision::claims,
         read: big_vision::read,
     },
     Source {
         name: vit_jax::FAMILY,
+        describes: "google-research/vision_transformer ViTs and hybrids",
         claims: vit_jax::claims,
         read: vit_jax::read,
     },
 ];
+
+/// What every family's files are, most specific first, as `--help` lists them.
+pub fn described() -> impl Iterator<Item = &'static str> {
+    SOURCES.iter().map(|s| s.describes)
+}
 
 /// Module trees of Hugging Face Flax vision models (as `flax_model.msgpack` holds them, with or without a
 /// `params/` root) and the transformers class each belongs to: recognised so that the refusal can say what the
