@@ -482,6 +482,19 @@ mod tests {
         serde_json::from_str(&f.contents).expect("JSON")
     }
 
+    /// `src`'s plan for `layout` with default options, `file` holding its values.
+    fn default_plan(src: &Model, file: &TensorFile, layout: Layout) -> Result<Plan> {
+        plan(src, &Options::new(layout), file, "checkpoint.npz")
+    }
+
+    /// The refusal of `src` by `layout`, in words ("" where it was accepted).
+    fn refused(src: &Model, file: &TensorFile, layout: Layout) -> String {
+        default_plan(src, file, layout)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
     /// The typed record a plan writes.
     fn record(p: &Plan) -> crate::record::ConfigRecord {
         crate::record::ConfigRecord::from_json(&p.metadata[crate::meta::CONFIG]).expect("record")
@@ -494,19 +507,13 @@ mod tests {
         assert_eq!(src.image.semantics, crate::model::Semantics::FLAX_ENCODER);
         src.image.semantics.norm_eps = 1e-5;
         src.image.semantics.activation = crate::model::Activation::GeluErf;
-        let hf = plan(&src, &Options::new(Layout::Hf), &file, "checkpoint.npz").expect("hf");
+        let hf = default_plan(&src, &file, Layout::Hf).expect("hf");
         let cfg = side_json(&hf, "config.json");
         assert_eq!(cfg["layer_norm_eps"], 1e-5);
         assert_eq!(cfg["hidden_act"], "gelu");
         assert_eq!(record(&hf).layer_norm_eps, 1e-5);
         assert_eq!(record(&hf).gelu, crate::record::DeclaredGelu::Erf);
-        let oc = plan(
-            &src,
-            &Options::new(Layout::OpenClip),
-            &file,
-            "checkpoint.npz",
-        )
-        .expect("open_clip");
+        let oc = default_plan(&src, &file, Layout::OpenClip).expect("open_clip");
         let oc_cfg: serde_json::Value =
             serde_json::from_str(&oc.metadata[crate::meta::OPEN_CLIP_CONFIG]).expect("JSON");
         assert_eq!(oc_cfg["vision_cfg"]["norm_kwargs"]["eps"], 1e-5, "{oc_cfg}");
@@ -519,10 +526,7 @@ mod tests {
             "gelu_pytorch_tanh"
         );
         // timm builds every LayerNorm with 1e-6 and cannot be told otherwise: refused, naming the value.
-        let err = plan(&src, &Options::new(Layout::Timm), &file, "checkpoint.npz")
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let err = refused(&src, &file, Layout::Timm);
         assert!(
             err.contains("eps 1e-5") && err.contains("--layout hf"),
             "{err}"
@@ -536,38 +540,23 @@ mod tests {
         let mut src = crate::sources::read(file.tensors()).expect("a SigLIP model");
         let text = src.text.as_mut().expect("a text tower");
         assert!(!text.semantics.causal);
-        let oc = plan(
-            &src,
-            &Options::new(Layout::OpenClip),
-            &file,
-            "checkpoint.npz",
-        )
-        .expect("open_clip");
+        let oc = default_plan(&src, &file, Layout::OpenClip).expect("open_clip");
         let text_cfg = &side_json(&oc, "open_clip_config.json")["model_cfg"]["text_cfg"];
         assert_eq!(text_cfg["no_causal_mask"], true);
         assert_eq!(text_cfg["pool_type"], "last");
-        plan(&src, &Options::new(Layout::Hf), &file, "checkpoint.npz").expect("SiglipModel");
+        default_plan(&src, &file, Layout::Hf).expect("SiglipModel");
 
         let text = src.text.as_mut().expect("a text tower");
         text.semantics.causal = true;
         text.semantics.norm_eps = 1e-5;
-        let oc = plan(
-            &src,
-            &Options::new(Layout::OpenClip),
-            &file,
-            "checkpoint.npz",
-        )
-        .expect("open_clip declares the mask");
+        let oc = default_plan(&src, &file, Layout::OpenClip).expect("open_clip declares the mask");
         let text_cfg = &side_json(&oc, "open_clip_config.json")["model_cfg"]["text_cfg"];
         assert_eq!(text_cfg["no_causal_mask"], false);
         assert_eq!(text_cfg["norm_kwargs"]["eps"], 1e-5);
         let declared = record(&oc).text.expect("a text record");
         assert!(declared.causal);
         assert_eq!(declared.layer_norm_eps, 1e-5);
-        let err = plan(&src, &Options::new(Layout::Hf), &file, "checkpoint.npz")
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let err = refused(&src, &file, Layout::Hf);
         assert!(err.contains("causal attention mask"), "{err}");
     }
 }
