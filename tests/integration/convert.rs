@@ -21,8 +21,6 @@ const CASES: [&str; 9] = [
     "vit-token-variants/opt-target-prefix.npz",
 ];
 
-const LAYOUTS: [&str; 4] = ["timm", "hf", "open_clip", "clip"];
-
 /// Metadata keys every converted file carries (the verify crate reads them).
 const META_KEYS: [&str; 5] = [
     "format",
@@ -142,7 +140,8 @@ fn every_golden_case_to_every_layout_in_both_formats() {
     let dir = scratch();
     for case in CASES {
         let src = fixture(case);
-        for layout in LAYOUTS {
+        // Every layout, by its command-line name: the converter's one list.
+        for layout in vitconv_convert::Layout::ALL.map(vitconv_convert::Layout::as_str) {
             for ext in [".pt", ".safetensors"] {
                 if layout == "hf" && ext == ".safetensors" {
                     continue; // hf writes a directory; one run per case covers it
