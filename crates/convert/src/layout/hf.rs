@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 use crate::arch::{Arch, Classifier, PatchEmbedKind, PosEmbKind};
 use crate::error::{Part, Result};
 use crate::layout::hf_files::{self, dtype_name, pretty, CONFIG_FILE, PREPROCESSOR_FILE};
-use crate::layout::prepared::{name, BlockRole, BlockTable, Prepared};
+use crate::layout::prepared::{linear, name, BlockRole, BlockTable, Prepared};
 use crate::layout::recognise::{count_blocks, get, grid_side, Recognised, Shapes};
 use crate::model::Proj;
 use crate::plan::OUTPUT_DIR_TOKEN;
@@ -250,21 +250,12 @@ pub fn plan(mut prep: Prepared<'_>, _fetch: &dyn Fetch, source_name: &str) -> Re
         Recipe::Copy(tower.final_norm.bias.clone()),
     ));
     if let (Some(r), Some(pre)) = (pooler, &tower.pre_logits) {
-        out.push(t(
-            names::POOLER_W,
-            0,
-            vec![r, d],
-            Recipe::Transpose {
-                src: pre.kernel.clone(),
-                rows: d,
-                cols: r,
-            },
-        ));
-        out.push(t(
-            names::POOLER_B,
-            0,
-            vec![r],
-            Recipe::Copy(pre.bias.clone()),
+        out.extend(linear(
+            pre,
+            d,
+            r,
+            &format!("{prefix}{}", names::POOLER_W),
+            &format!("{prefix}{}", names::POOLER_B),
         ));
     }
     let classes = if classify {

@@ -6,7 +6,7 @@ use serde_json::{json, Map, Value};
 
 use crate::model::Dense;
 use crate::options::{Gelu, InputNorm, OutDType};
-use crate::plan::{OutTensor, Recipe};
+use crate::plan::OutTensor;
 
 /// The classification head's weight, `classifier.weight` in both ViT and SigLIP classifiers.
 pub const CLASSIFIER_W: &str = "classifier.weight";
@@ -15,33 +15,7 @@ pub const CLASSIFIER_B: &str = "classifier.bias";
 
 /// The head as transformers' `classifier`: the `[features, classes]` kernel transposed, and its bias.
 pub(crate) fn classifier(head: &Dense, features: usize, classes: usize) -> [OutTensor; 2] {
-    linear(head, features, classes, CLASSIFIER_W, CLASSIFIER_B)
-}
-
-/// A dense `[features, out]` as an `nn.Linear` named `weight` and `bias`: the kernel transposed, the bias.
-pub(crate) fn linear(
-    head: &Dense,
-    features: usize,
-    classes: usize,
-    weight: &str,
-    bias: &str,
-) -> [OutTensor; 2] {
-    [
-        OutTensor {
-            name: weight.to_string(),
-            shape: vec![classes, features],
-            recipe: Recipe::Transpose {
-                src: head.kernel.clone(),
-                rows: features,
-                cols: classes,
-            },
-        },
-        OutTensor {
-            name: bias.to_string(),
-            shape: vec![classes],
-            recipe: Recipe::Copy(head.bias.clone()),
-        },
-    ]
+    super::prepared::linear(head, features, classes, CLASSIFIER_W, CLASSIFIER_B)
 }
 
 /// transformers' `hidden_act` name for a GELU.

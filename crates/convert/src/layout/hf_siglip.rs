@@ -413,7 +413,7 @@ pub fn plan(prep: Prepared<'_>, source_name: &str) -> Result<Plan> {
     }
     let projection_dim = a.num_classes.filter(|_| projector.is_some());
     if let (Some(head), Some(width)) = (projector, projection_dim) {
-        out.extend(hf_files::linear(
+        out.extend(crate::layout::prepared::linear(
             head,
             d,
             width,

@@ -15,7 +15,7 @@ pub const TIMM_LN_EPS: f64 = 1e-6;
 use crate::arch::{Arch, Classifier, PatchEmbedKind, PosEmbKind, ResNet};
 use crate::error::{Part, Result};
 use crate::layout::prepared::{
-    mlp_ratio, py_float, BlockRole, BlockTable, MapRole, MapTable, Prepared,
+    linear, mlp_ratio, py_float, BlockRole, BlockTable, MapRole, MapTable, Prepared,
 };
 use crate::layout::recognise::{count_blocks, get, grid_side, Recognised, Shapes};
 use crate::model::{Norm, Param, Proj};
@@ -204,20 +204,7 @@ pub(crate) fn tail_tensors(prep: &Prepared<'_>, out: &mut Vec<OutTensor>) -> Res
         0
     };
     if let (true, Some(head)) = (classes > 0, &tower.head) {
-        out.push(t(
-            names::HEAD_W,
-            vec![classes, d],
-            Recipe::Transpose {
-                src: head.kernel.clone(),
-                rows: d,
-                cols: classes,
-            },
-        ));
-        out.push(t(
-            names::HEAD_B,
-            vec![classes],
-            Recipe::Copy(head.bias.clone()),
-        ));
+        out.extend(linear(head, d, classes, names::HEAD_W, names::HEAD_B));
     }
 
     Ok(classes)
@@ -536,6 +523,25 @@ pub(crate) fn folder_file(
     text
 }
 
+/// What a timm encoder's state dict says of its blocks and pooling, shared by `VisionTransformer` and
+/// `NaFlexVit` (same block and head names): the depth, the MLP width, whether a class token is stored (under
+/// `cls`, the model's own name for it) and whether an attention-pool (MAP) head is; `None` where there are no
+/// blocks.
+pub(crate) fn encoder_shape(s: &Shapes<'_>, cls: &str) -> Option<(usize, usize, bool, bool)> {
+    let depth = count_blocks(s, "", names::QKV_W);
+    if depth == 0 {
+        return None;
+    }
+    let &[mlp, _] = get(s, &crate::layout::prepared::name(names::FC1_W, 0))? else {
+        return None;
+    };
+    let cls = s.contains_key(cls);
+    let map = ATTN_POOL
+        .first()
+        .is_some_and(|(latent, _)| s.contains_key(latent));
+    Some((depth, mlp, cls, map))
+}
+
 /// Recognises a timm `VisionTransformer` state dict (and its hybrid stem), or a `NaFlexVit` one
 /// ([`super::timm_naflex::recognise`]), for `inspect`, from [`names`].
 pub fn recognise(s: &Shapes<'_>) -> Option<Recognised> {
@@ -545,17 +551,7 @@ pub fn recognise(s: &Shapes<'_>) -> Option<Recognised> {
     let &[hidden, in_chans, patch, _] = get(s, names::PATCH_W)? else {
         return None;
     };
-    let depth = count_blocks(s, "", names::QKV_W);
-    if depth == 0 {
-        return None;
-    }
-    let &[mlp, _] = get(s, &crate::layout::prepared::name(names::FC1_W, 0))? else {
-        return None;
-    };
-    let cls = s.contains_key(names::CLS);
-    let map = ATTN_POOL
-        .first()
-        .is_some_and(|(latent, _)| s.contains_key(latent));
+    let (depth, mlp, cls, map) = encoder_shape(s, names::CLS)?;
     let &[_, rows, _] = get(s, names::POS)? else {
         return None;
     };

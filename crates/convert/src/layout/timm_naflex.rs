@@ -17,8 +17,8 @@ use crate::arch::{
 };
 use crate::error::{Part, Result};
 use crate::layout::prepared::{mlp_ratio, Prepared};
-use crate::layout::recognise::{count_blocks, get, Recognised, Shapes};
-use crate::layout::timm::{self, folder_file, names as vit_names, py_kwargs, ATTN_POOL, BLOCK};
+use crate::layout::recognise::{get, Recognised, Shapes};
+use crate::layout::timm::{self, folder_file, names as vit_names, py_kwargs, BLOCK};
 use crate::model::Param;
 use crate::plan::OUTPUT_DIR_TOKEN;
 use crate::plan::{OutTensor, OutputKind, Plan, Recipe, SideFile};
@@ -179,17 +179,7 @@ pub fn recognise(s: &Shapes<'_>) -> Option<Recognised> {
     let &[_, gh, gw, _] = get(s, names::POS)? else {
         return None;
     };
-    let depth = count_blocks(s, "", vit_names::QKV_W);
-    if depth == 0 {
-        return None;
-    }
-    let &[mlp, _] = get(s, &crate::layout::prepared::name(vit_names::FC1_W, 0))? else {
-        return None;
-    };
-    let cls = s.contains_key(names::CLS);
-    let map = ATTN_POOL
-        .first()
-        .is_some_and(|(latent, _)| s.contains_key(latent));
+    let (depth, mlp, cls, map) = timm::encoder_shape(s, names::CLS)?;
     let arch = Arch {
         patch: linear_patch_side(rows)?,
         patch_embed: PatchEmbedKind::Linear,

@@ -13,7 +13,7 @@ use vitconv_tensors::TensorInfo;
 use super::flax_tree::{
     check_attention, check_mlp, read_encoder, Encoder, Naming, BIG_VISION, IMAGE_ENCODER,
 };
-use super::keys::{dims, Keys};
+use super::keys::{dims, under, Keys};
 use crate::arch::{Arch, Classifier, PatchEmbedKind, PosEmbKind};
 use crate::error::{Error, Result};
 use crate::model::{
@@ -107,26 +107,14 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
             looked_for: "embedding/kernel under params/ or at the top",
         });
     };
-    let recognised = if root.is_empty() {
-        "big_vision checkpoint".to_string()
-    } else {
-        format!("big_vision checkpoint under {root}")
-    };
+    let recognised = under("big_vision checkpoint", root);
     // Training state is set aside first: it is not part of the model, and holds integer counters.
     let (state, weights) = split_training_state(tensors, root)?;
     let mut keys = Keys::new(&weights, &recognised);
     let (image, mut notes) = read_vit(&mut keys, root)?;
-    if let Some(t) = keys.unused() {
-        return Err(Error::Unmapped {
-            name: t.name.clone(),
-            shape: t.shape.clone(),
-            recognised: keys.recognised,
-        });
-    }
+    keys.check_all_used()?;
     notes.extend(training_state_note(&state));
-    let left_out: Vec<String> = state.iter().map(|t| t.name.clone()).collect();
-    let mut shapes = keys.shapes();
-    shapes.extend(state.iter().map(|t| (t.name.clone(), t.shape.clone())));
+    let (shapes, left_out) = keys.shapes_and_left_out(&state);
     Ok(Model {
         family: FAMILY,
         recognised: keys.recognised.clone(),

@@ -9,6 +9,16 @@ use crate::arch::{linear_patch_side, LINEAR_PATCH_CHANNELS};
 use crate::error::{Error, Result};
 use crate::model::Param;
 
+/// What a checkpoint was recognised as, with the root its tree sits under, for error messages
+/// (`big_vision checkpoint under params/`).
+pub(crate) fn under(what: &str, root: &str) -> String {
+    if root.is_empty() {
+        what.to_string()
+    } else {
+        format!("{what} under {root}")
+    }
+}
+
 /// A key -> tensor view with a record of what detection has accounted for.
 pub(crate) struct Keys<'a> {
     infos: BTreeMap<&'a str, &'a TensorInfo>,
@@ -171,6 +181,29 @@ impl<'a> Keys<'a> {
             .values()
             .find(|t| !self.used.contains(&t.name))
             .copied()
+    }
+
+    /// Refuses the listing when a tensor is left that no part of the model accounts for, naming it.
+    pub fn check_all_used(&self) -> Result<()> {
+        match self.unused() {
+            Some(t) => Err(Error::Unmapped {
+                name: t.name.clone(),
+                shape: t.shape.clone(),
+                recognised: self.recognised.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Every tensor's shape with the set-aside training state's, for the plan's completeness check, and the
+    /// names of that state, which the model leaves out (and says so).
+    pub fn shapes_and_left_out(
+        &self,
+        state: &[&TensorInfo],
+    ) -> (BTreeMap<String, Vec<usize>>, Vec<String>) {
+        let mut shapes = self.shapes();
+        shapes.extend(state.iter().map(|t| (t.name.clone(), t.shape.clone())));
+        (shapes, state.iter().map(|t| t.name.clone()).collect())
     }
 
     /// Every tensor's shape, for the plan's completeness check.

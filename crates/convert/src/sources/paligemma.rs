@@ -11,7 +11,7 @@
 use vitconv_tensors::TensorInfo;
 
 use super::big_vision::{read_vit_as, split_training_state, training_state_note, Pooling};
-use super::keys::{dims, Keys};
+use super::keys::{dims, under, Keys};
 use crate::error::{Error, Result};
 use crate::model::{size_words, LanguageArch, LanguageModel, Model};
 
@@ -45,24 +45,14 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
             looked_for: "img/embedding/kernel and llm/ under params/ or at the top",
         });
     };
-    let recognised = if root.is_empty() {
-        "PaliGemma checkpoint".to_string()
-    } else {
-        format!("PaliGemma checkpoint under {root}")
-    };
+    let recognised = under("PaliGemma checkpoint", root);
     let (state, weights) = split_training_state(tensors, root)?;
     let mut keys = Keys::new(&weights, &recognised);
     let img = format!("{root}img/");
     let (image, image_notes) = read_vit_as(&mut keys, &img, Pooling::None)?;
     let llm = format!("{root}llm/");
     let arch = read_gemma(&mut keys, &llm)?;
-    if let Some(t) = keys.unused() {
-        return Err(Error::Unmapped {
-            name: t.name.clone(),
-            shape: t.shape.clone(),
-            recognised: keys.recognised,
-        });
-    }
+    keys.check_all_used()?;
     // The head is the projection into the LLM's width: PaliGemma feeds its outputs to the LLM as tokens.
     let head = format!("{img}head/kernel");
     if image.arch.num_classes != Some(arch.width) {
@@ -131,9 +121,7 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
     ));
     notes.push(format!("stored dtypes: {}", dtype_mix(&weights)));
     notes.extend(training_state_note(&state));
-    let left_out: Vec<String> = state.iter().map(|t| t.name.clone()).collect();
-    let mut shapes = keys.shapes();
-    shapes.extend(state.iter().map(|t| (t.name.clone(), t.shape.clone())));
+    let (shapes, left_out) = keys.shapes_and_left_out(&state);
     Ok(Model {
         family: FAMILY,
         recognised: keys.recognised.clone(),

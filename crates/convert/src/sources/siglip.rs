@@ -12,7 +12,7 @@ use vitconv_tensors::TensorInfo;
 
 use super::big_vision::{dense_at, read_tower, split_training_state, training_state_note, Pooling};
 use super::flax_tree::{read_encoder, BIG_VISION, TEXT_ENCODER};
-use super::keys::{dims, Keys};
+use super::keys::{dims, under, Keys};
 use crate::arch::PatchEmbedKind;
 use crate::error::{Error, Result};
 use crate::model::{Logit, Model, Param, Semantics, TextArch, TextPool, TextTower};
@@ -75,11 +75,7 @@ pub(crate) fn read_two_tower(
         PatchEmbedKind::Conv => "big_vision two-tower checkpoint",
         PatchEmbedKind::Linear => "big_vision SigLIP 2 NaFlex two-tower checkpoint",
     };
-    let recognised = if root.is_empty() {
-        what.to_string()
-    } else {
-        format!("{what} under {root}")
-    };
+    let recognised = under(what, root);
     let (state, weights) = split_training_state(tensors, root)?;
     let mut keys = Keys::new(&weights, &recognised);
     let img = format!("{root}img/");
@@ -144,13 +140,7 @@ pub(crate) fn read_two_tower(
         true => Some(scalar(&mut keys, &bias_name, "logit bias b")?),
         false => None,
     };
-    if let Some(t) = keys.unused() {
-        return Err(Error::Unmapped {
-            name: t.name.clone(),
-            shape: t.shape.clone(),
-            recognised: keys.recognised,
-        });
-    }
+    keys.check_all_used()?;
     let stacked = enc.tree.stacked();
     let text = TextTower {
         arch: TextArch {
@@ -198,9 +188,7 @@ pub(crate) fn read_two_tower(
         );
     }
     notes.extend(training_state_note(&state));
-    let left_out: Vec<String> = state.iter().map(|t| t.name.clone()).collect();
-    let mut shapes = keys.shapes();
-    shapes.extend(state.iter().map(|t| (t.name.clone(), t.shape.clone())));
+    let (shapes, left_out) = keys.shapes_and_left_out(&state);
     Ok(Model {
         family,
         recognised: keys.recognised.clone(),

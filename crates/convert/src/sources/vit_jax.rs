@@ -8,7 +8,7 @@
 use vitconv_tensors::TensorInfo;
 
 use super::flax_tree::{read_encoder, Encoder, Naming, IMAGE_ENCODER, VIT_JAX};
-use super::keys::{dims, Keys};
+use super::keys::{dims, under, Keys};
 use crate::arch::{Arch, Classifier, PatchEmbedKind, PosEmbKind, ResNet};
 use crate::error::{Error, Result};
 use crate::model::{Dense, Model, Norm, Pool, PosEmbed, Semantics, Stem, Tower, Unit};
@@ -105,7 +105,7 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
         (Vec::new(), tensors.to_vec())
     };
     let tensors = weights.as_slice();
-    let mut keys = Keys::new(tensors, "vit_jax checkpoint");
+    let mut keys = Keys::new(tensors, &under("vit_jax checkpoint", prefix));
     if let Some(t) = tensors.iter().find(|t| !t.dtype.is_float()) {
         return Err(Error::NotFloat {
             name: t.name.clone(),
@@ -115,9 +115,6 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
     let names = JaxNames {
         prefix: prefix.to_string(),
     };
-    if !prefix.is_empty() {
-        keys.recognised = format!("vit_jax checkpoint under {prefix}");
-    }
 
     // Patch embedding: HWIO kernel [p, p, in, D].
     let [ph, in_chans, hidden] =
@@ -170,13 +167,7 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
         "head [features, classes]",
     )?;
 
-    if let Some(t) = keys.unused() {
-        return Err(Error::Unmapped {
-            name: t.name.clone(),
-            shape: t.shape.clone(),
-            recognised: keys.recognised,
-        });
-    }
+    keys.check_all_used()?;
     let arch = Arch {
         patch: ph,
         patch_embed: PatchEmbedKind::Conv,
@@ -204,9 +195,7 @@ pub fn read(tensors: &[TensorInfo]) -> Result<Model> {
         ));
     }
     notes.extend(crate::sources::big_vision::training_state_note(&state));
-    let left_out: Vec<String> = state.iter().map(|t| t.name.clone()).collect();
-    let mut shapes = keys.shapes();
-    shapes.extend(state.iter().map(|t| (t.name.clone(), t.shape.clone())));
+    let (shapes, left_out) = keys.shapes_and_left_out(&state);
     if linen {
         notes.push(
             "linen block names (MultiHeadDotProductAttention_0, LayerNorm_1, MlpBlock_0)"

@@ -7,6 +7,33 @@ use crate::error::{Part, Result};
 use crate::model::{Attention, Block, Dense, MapHead, Param, Pool, Proj};
 use crate::plan::{OutTensor, Recipe};
 
+/// A dense `[features, out]` as an `nn.Linear` named `weight` and `bias`: the kernel transposed to `[out,
+/// features]`, the bias as it is: the timm and transformers heads, poolers and projections.
+pub fn linear(
+    dense: &Dense,
+    features: usize,
+    out: usize,
+    weight: &str,
+    bias: &str,
+) -> [OutTensor; 2] {
+    [
+        OutTensor {
+            name: weight.to_string(),
+            shape: vec![out, features],
+            recipe: Recipe::Transpose {
+                src: dense.kernel.clone(),
+                rows: features,
+                cols: out,
+            },
+        },
+        OutTensor {
+            name: bias.to_string(),
+            shape: vec![out],
+            recipe: Recipe::Copy(dense.bias.clone()),
+        },
+    ]
+}
+
 impl<'a> Prepared<'a> {
     /// An attention's `(width, heads * head_dim)`, read off its `[D, H, Dh]` query kernel, so that one mapping
     /// serves every tower whatever its width.
