@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -25,6 +26,24 @@ where
         .args(args)
         .output()
         .expect("the vitconv binary runs")
+}
+
+/// The arguments of `vitconv npz-to-pt SRC OUT --layout LAYOUT EXTRA...`.
+pub fn npz_to_pt_args(src: &Path, out: &Path, layout: &str, extra: &[&str]) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec![
+        "npz-to-pt".into(),
+        src.into(),
+        out.into(),
+        "--layout".into(),
+        layout.into(),
+    ];
+    args.extend(extra.iter().map(Into::into));
+    args
+}
+
+/// Runs `vitconv npz-to-pt SRC OUT --layout LAYOUT EXTRA...`.
+pub fn npz_to_pt(src: &Path, out: &Path, layout: &str, extra: &[&str]) -> Output {
+    vitconv(npz_to_pt_args(src, out, layout, extra))
 }
 
 pub fn stdout(o: &Output) -> String {

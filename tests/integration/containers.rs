@@ -7,7 +7,7 @@ use std::path::Path;
 
 use vitconv_tensors::TensorFile;
 
-use crate::common::{assert_bad_input, fixture, scratch, stdout, vitconv};
+use crate::common::{assert_bad_input, fixture, npz_to_pt, scratch, stdout, vitconv};
 
 /// Every tensor of a written file, in order.
 fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
@@ -105,15 +105,7 @@ fn containers_convert_to_the_npz_conversion_bytes() {
         let want = dir.path().join("want.safetensors");
         let got = dir.path().join("got.safetensors");
         for (src, out) in [(fixture(npz), &want), (fixture(entry), &got)] {
-            let o = vitconv([
-                "npz-to-pt".as_ref(),
-                src.as_os_str(),
-                out.as_os_str(),
-                "--layout".as_ref(),
-                "timm".as_ref(),
-                "--drop-head".as_ref(),
-                "--force".as_ref(),
-            ]);
+            let o = npz_to_pt(&src, out, "timm", &["--drop-head", "--force"]);
             assert_eq!(
                 o.status.code(),
                 Some(0),
@@ -136,14 +128,12 @@ fn damaged_and_hostile_checkpoints_are_refused_by_name() {
     let step = case.join("checkpoint.bv-000000100");
     let kernel = step.join("params~embedding~kernel");
     let convert = |src: &Path| {
-        vitconv([
-            "npz-to-pt".as_ref(),
-            src.as_os_str(),
-            dir.path().join("out.safetensors").as_os_str(),
-            "--layout".as_ref(),
-            "timm".as_ref(),
-            "--drop-head".as_ref(),
-        ])
+        npz_to_pt(
+            src,
+            &dir.path().join("out.safetensors"),
+            "timm",
+            &["--drop-head"],
+        )
     };
 
     // A chunk cut short decodes to fewer bytes than its chunk shape needs.
@@ -304,15 +294,12 @@ fn batch_mode_finds_every_kind_of_checkpoint_and_resumes() {
         ),
     ] {
         let single = dir.path().join("single.safetensors");
-        let o = vitconv([
-            "npz-to-pt".as_ref(),
-            src.join(source).as_os_str(),
-            single.as_os_str(),
-            "--layout".as_ref(),
-            "timm".as_ref(),
-            "--drop-head".as_ref(),
-            "--force".as_ref(),
-        ]);
+        let o = npz_to_pt(
+            &src.join(source),
+            &single,
+            "timm",
+            &["--drop-head", "--force"],
+        );
         assert_eq!(o.status.code(), Some(0), "{}", crate::common::stderr(&o));
         assert!(tensors(&single) == tensors(&out.join(output)), "{source}");
     }

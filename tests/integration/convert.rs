@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use vitconv_tensors::{DType, Format, TensorFile};
 
-use crate::common::{assert_bad_input, fixture, listing, scratch, stderr, stdout, vitconv};
+use crate::common::{
+    assert_bad_input, fixture, listing, npz_to_pt, scratch, stderr, stdout, vitconv,
+};
 
 /// Every golden source and whether each layout holds it with default options.
 const CASES: [&str; 9] = [
@@ -65,14 +67,7 @@ fn holds(layout: &str, case: &str) -> bool {
 }
 
 fn convert(src: &Path, out: &Path, layout: &str, extra: &[&str]) -> std::process::Output {
-    let mut args: Vec<String> = vec![
-        "npz-to-pt".into(),
-        src.display().to_string(),
-        out.display().to_string(),
-    ];
-    args.extend(["--layout".into(), layout.into(), "--quiet".into()]);
-    args.extend(extra.iter().map(|s| s.to_string()));
-    vitconv(&args)
+    npz_to_pt(src, out, layout, &[&["--quiet"], extra].concat())
 }
 
 fn out_path(dir: &Path, case: &str, layout: &str, ext: &str) -> PathBuf {
@@ -580,14 +575,7 @@ fn an_interrupted_conversion_leaves_no_temporary_and_the_old_output() {
     assert_eq!(listing(&out_dir.join("kept")), Vec::<String>::new());
 
     // Uninterrupted, the same source converts: the test model is one the converter accepts.
-    let o = vitconv([
-        "npz-to-pt".as_ref(),
-        source.as_os_str(),
-        output.as_os_str(),
-        "--layout".as_ref(),
-        "timm".as_ref(),
-        "--quiet".as_ref(),
-    ]);
+    let o = npz_to_pt(&source, &output, "timm", &["--quiet"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(TensorFile::open(&output).is_ok());
 }
@@ -596,13 +584,7 @@ fn an_interrupted_conversion_leaves_no_temporary_and_the_old_output() {
 fn a_hybrid_as_a_timm_folder_is_refused_naming_the_weights_file_route() {
     let dir = scratch();
     let out = dir.path().join("folder");
-    let o = vitconv([
-        "npz-to-pt".as_ref(),
-        fixture("hybrid-r2/checkpoint.npz").as_os_str(),
-        out.as_os_str(),
-        "--layout".as_ref(),
-        "timm".as_ref(),
-    ]);
+    let o = npz_to_pt(&fixture("hybrid-r2/checkpoint.npz"), &out, "timm", &[]);
     assert_bad_input(&o, "timm's registered hybrids build their ResNet stem");
     assert!(
         stderr(&o).contains("name a .safetensors or .pt file"),

@@ -3,13 +3,15 @@
 //! a full disk) leaves no output, no temporary file, and any existing output byte-identical;
 //! `--force` is the only way to replace a file.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use vitconv_tensors::{DType, TensorFile};
 
 use crate::common::{
-    assert_bad_input, fixture, listing, scratch, stderr, stdout, stored, vitconv, zip_bytes, Member,
+    assert_bad_input, fixture, listing, npz_to_pt, npz_to_pt_args, scratch, stderr, stdout, stored,
+    vitconv, zip_bytes, Member,
 };
 
 /// The source every conversion here uses, and its layout.
@@ -28,17 +30,8 @@ const BROKEN_TAIL: usize = 16;
 /// vit-token checkpoint converts to about 480 KB), far above a small header.
 const FILE_SIZE_LIMIT_BLOCKS: u32 = 64;
 
-fn convert_args(src: &Path, out: &Path, layout: &str, extra: &[&str]) -> Vec<String> {
-    let mut args = vec![
-        "npz-to-pt".to_string(),
-        src.display().to_string(),
-        out.display().to_string(),
-        "--layout".into(),
-        layout.into(),
-        "--quiet".into(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
+fn convert_args(src: &Path, out: &Path, layout: &str, extra: &[&str]) -> Vec<OsString> {
+    npz_to_pt_args(src, out, layout, &[&["--quiet"], extra].concat())
 }
 
 fn convert(src: &Path, out: &Path, extra: &[&str]) -> Output {
@@ -953,13 +946,7 @@ fn a_folder_whose_path_a_config_must_name_is_refused_unless_utf8() {
     use std::os::unix::ffi::OsStrExt as _;
     let dir = scratch();
     let out = dir.path().join(std::ffi::OsStr::from_bytes(b"oc-\xff"));
-    let o = vitconv([
-        "npz-to-pt".as_ref(),
-        fixture(SIGLIP).as_os_str(),
-        out.as_os_str(),
-        "--layout".as_ref(),
-        "open_clip".as_ref(),
-    ]);
+    let o = npz_to_pt(&fixture(SIGLIP), &out, "open_clip", &[]);
     assert_bad_input(&o, "not valid UTF-8");
     assert!(listing(dir.path()).is_empty(), "{:?}", listing(dir.path()));
 }

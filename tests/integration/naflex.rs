@@ -10,7 +10,9 @@ use std::path::Path;
 use serde_json::Value;
 use vitconv_tensors::{Format, TensorFile, TensorSpec, Writer};
 
-use crate::common::{assert_bad_input, fixture, listing, scratch, stderr, stdout, vitconv};
+use crate::common::{
+    assert_bad_input, fixture, listing, npz_to_pt, scratch, stderr, stdout, vitconv,
+};
 
 const NAFLEX: &str = "siglip2/siglip2-naflex-tiny/checkpoint.npz";
 
@@ -19,15 +21,7 @@ fn json(path: &Path) -> Value {
 }
 
 fn convert(out: &Path, layout: &str, extra: &[&str]) -> std::process::Output {
-    let mut args: Vec<std::ffi::OsString> = vec![
-        "npz-to-pt".into(),
-        fixture(NAFLEX).into(),
-        out.into(),
-        "--layout".into(),
-        layout.into(),
-    ];
-    args.extend(extra.iter().map(Into::into));
-    vitconv(args)
+    npz_to_pt(&fixture(NAFLEX), out, layout, extra)
 }
 
 /// The fixture written again with `name` replaced by zeros of `shape`.
@@ -291,15 +285,7 @@ fn bad_kernel_rows_and_grids_are_named() {
         with_tensor(&src, name, &bad);
         let out = dir.path().join("out");
         for layout in ["hf", "timm"] {
-            let o = vitconv([
-                "npz-to-pt".as_ref(),
-                src.as_os_str(),
-                out.as_os_str(),
-                "--layout".as_ref(),
-                layout.as_ref(),
-                "--tower".as_ref(),
-                "image".as_ref(),
-            ]);
+            let o = npz_to_pt(&src, &out, layout, &["--tower", "image"]);
             assert_bad_input(&o, needle);
             assert!(stderr(&o).contains(name), "{}", stderr(&o));
             assert!(!out.exists());

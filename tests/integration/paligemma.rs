@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Map, Value};
 use vitconv_tensors::TensorFile;
 
-use crate::common::{assert_bad_input, fixture, listing, scratch, stderr, stdout, vitconv};
+use crate::common::{
+    assert_bad_input, fixture, listing, npz_to_pt, scratch, stderr, stdout, vitconv,
+};
 
 const TINY: &str = "siglip2/paligemma-tower-tiny/checkpoint.npz";
 const TINY_BF16: &str = "siglip2/paligemma-tower-tiny-bf16/checkpoint.npz";
@@ -199,13 +201,7 @@ fn converting_without_tower_image_is_refused_naming_the_llm() {
     let dir = scratch();
     for layout in ["hf", "timm"] {
         let out = dir.path().join(layout);
-        let o = vitconv([
-            "npz-to-pt".as_ref(),
-            fixture(TINY).as_os_str(),
-            out.as_os_str(),
-            "--layout".as_ref(),
-            layout.as_ref(),
-        ]);
+        let o = npz_to_pt(&fixture(TINY), &out, layout, &[]);
         assert_bad_input(&o, "--tower image");
         let err = stderr(&o);
         assert!(
@@ -223,15 +219,7 @@ fn clip_style_layouts_refuse_the_unpooled_tower() {
     let dir = scratch();
     for layout in ["open_clip", "clip"] {
         let out = dir.path().join(format!("{layout}.safetensors"));
-        let o = vitconv([
-            "npz-to-pt".as_ref(),
-            fixture(TINY).as_os_str(),
-            out.as_os_str(),
-            "--layout".as_ref(),
-            layout.as_ref(),
-            "--tower".as_ref(),
-            "image".as_ref(),
-        ]);
+        let o = npz_to_pt(&fixture(TINY), &out, layout, &["--tower", "image"]);
         assert_bad_input(&o, "unpooled tower whose head projects every token");
         assert!(!out.exists(), "{layout}: nothing written");
     }
@@ -304,15 +292,7 @@ fn tower_image_writes_the_vision_model_and_projector_and_reports_the_llm() {
 fn tower_image_to_timm_keeps_the_head_per_token() {
     let dir = scratch();
     let out = dir.path().join("timm.safetensors");
-    let o = vitconv([
-        "npz-to-pt".as_ref(),
-        fixture(TINY_BF16).as_os_str(),
-        out.as_os_str(),
-        "--layout".as_ref(),
-        "timm".as_ref(),
-        "--tower".as_ref(),
-        "image".as_ref(),
-    ]);
+    let o = npz_to_pt(&fixture(TINY_BF16), &out, "timm", &["--tower", "image"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let report = stdout(&o);
     assert!(report.contains("global_pool=''"), "{report}");

@@ -5,7 +5,7 @@
 use serde_json::Value;
 use vitconv_tensors::TensorFile;
 
-use crate::common::{assert_bad_input, fixture, listing, scratch, stdout, vitconv};
+use crate::common::{assert_bad_input, fixture, listing, npz_to_pt, scratch, stdout, vitconv};
 
 const TINY: &str = "big_vision/siglip-tiny/checkpoint.npz";
 const NOHEAD: &str = "big_vision/siglip-nohead/checkpoint.npz";
@@ -18,13 +18,7 @@ fn json(path: &std::path::Path) -> Value {
 fn hf_writes_a_siglip_model_folder() {
     let dir = scratch();
     let out = dir.path().join("hf");
-    let o = vitconv([
-        "npz-to-pt".as_ref(),
-        fixture(NOHEAD).as_os_str(),
-        out.as_os_str(),
-        "--layout".as_ref(),
-        "hf".as_ref(),
-    ]);
+    let o = npz_to_pt(&fixture(NOHEAD), &out, "hf", &[]);
     assert_eq!(o.status.code(), Some(0), "{}", crate::common::stderr(&o));
     assert_eq!(
         listing(&out),
@@ -71,13 +65,7 @@ fn hf_writes_a_siglip_model_folder() {
 fn open_clip_writes_a_folder_with_a_timm_image_tower_named_by_its_absolute_path() {
     let dir = scratch();
     let out = dir.path().join("oc");
-    let o = vitconv([
-        "npz-to-pt".as_ref(),
-        fixture(TINY).as_os_str(),
-        out.as_os_str(),
-        "--layout".as_ref(),
-        "open_clip".as_ref(),
-    ]);
+    let o = npz_to_pt(&fixture(TINY), &out, "open_clip", &[]);
     assert_eq!(o.status.code(), Some(0), "{}", crate::common::stderr(&o));
     assert_eq!(
         listing(&out),
@@ -128,37 +116,22 @@ fn one_tower_layouts_refuse_and_offer_tower_image() {
     let dir = scratch();
     for layout in ["timm", "clip"] {
         let out = dir.path().join(format!("{layout}.safetensors"));
-        let o = vitconv([
-            "npz-to-pt".as_ref(),
-            fixture(TINY).as_os_str(),
-            out.as_os_str(),
-            "--layout".as_ref(),
-            layout.as_ref(),
-        ]);
+        let o = npz_to_pt(&fixture(TINY), &out, layout, &[]);
         assert_bad_input(&o, "--tower image");
         assert!(!out.exists());
     }
     // transformers has no image projection: the image head is refused, naming open_clip.
     let out = dir.path().join("hf");
-    let o = vitconv([
-        "npz-to-pt".as_ref(),
-        fixture(TINY).as_os_str(),
-        out.as_os_str(),
-        "--layout".as_ref(),
-        "hf".as_ref(),
-    ]);
+    let o = npz_to_pt(&fixture(TINY), &out, "hf", &[]);
     assert_bad_input(&o, "--layout open_clip");
     assert!(!out.exists());
     // --tower image on a one-tower model.
-    let o = vitconv([
-        "npz-to-pt".as_ref(),
-        fixture("vit-token/checkpoint.npz").as_os_str(),
-        dir.path().join("x.pt").as_os_str(),
-        "--layout".as_ref(),
-        "timm".as_ref(),
-        "--tower".as_ref(),
-        "image".as_ref(),
-    ]);
+    let o = npz_to_pt(
+        &fixture("vit-token/checkpoint.npz"),
+        &dir.path().join("x.pt"),
+        "timm",
+        &["--tower", "image"],
+    );
     assert_bad_input(&o, "only one tower");
 }
 
@@ -166,15 +139,7 @@ fn one_tower_layouts_refuse_and_offer_tower_image() {
 fn tower_image_writes_the_image_tower_and_says_what_it_left_out() {
     let dir = scratch();
     let out = dir.path().join("img.safetensors");
-    let o = vitconv([
-        "npz-to-pt".as_ref(),
-        fixture(TINY).as_os_str(),
-        out.as_os_str(),
-        "--layout".as_ref(),
-        "timm".as_ref(),
-        "--tower".as_ref(),
-        "image".as_ref(),
-    ]);
+    let o = npz_to_pt(&fixture(TINY), &out, "timm", &["--tower", "image"]);
     assert_eq!(o.status.code(), Some(0), "{}", crate::common::stderr(&o));
     assert!(
         stdout(&o).contains("left out (--tower image)"),
@@ -206,14 +171,7 @@ fn batch_mode_writes_a_two_tower_open_clip_folder_per_file() {
     std::fs::copy(fixture(TINY), src.join("a/s.npz")).expect("copy");
     std::fs::copy(fixture("vit-token/checkpoint.npz"), src.join("v.npz")).expect("copy");
     let out = dir.path().join("out");
-    let o = vitconv([
-        "npz-to-pt".as_ref(),
-        src.as_os_str(),
-        out.as_os_str(),
-        "--layout".as_ref(),
-        "open_clip".as_ref(),
-        "--json".as_ref(),
-    ]);
+    let o = npz_to_pt(&src, &out, "open_clip", &["--json"]);
     assert_eq!(o.status.code(), Some(0), "{}", crate::common::stderr(&o));
     let summary: Value = serde_json::from_str(&stdout(&o)).expect("json");
     let outputs: Vec<&str> = summary["files"]
@@ -255,13 +213,7 @@ fn inspect_recognises_the_converted_two_tower_files() {
         ("open_clip", "open_clip_model.safetensors", "open_clip"),
     ] {
         let out = dir.path().join(layout);
-        let o = vitconv([
-            "npz-to-pt".as_ref(),
-            src.as_os_str(),
-            out.as_os_str(),
-            "--layout".as_ref(),
-            layout.as_ref(),
-        ]);
+        let o = npz_to_pt(&src, &out, layout, &[]);
         assert_eq!(o.status.code(), Some(0), "{}", crate::common::stderr(&o));
         let o = vitconv(["inspect".as_ref(), out.join(file).as_os_str()]);
         let s = stdout(&o);
@@ -314,13 +266,7 @@ fn a_fifo_or_device_as_the_tokenizer_is_refused_without_blocking() {
 fn the_source_line_names_both_towers_not_classes() {
     let dir = scratch();
     let out = dir.path().join("oc");
-    let o = vitconv([
-        "npz-to-pt".as_ref(),
-        fixture(TINY).as_os_str(),
-        out.as_os_str(),
-        "--layout".as_ref(),
-        "open_clip".as_ref(),
-    ]);
+    let o = npz_to_pt(&fixture(TINY), &out, "open_clip", &[]);
     assert_eq!(o.status.code(), Some(0), "{}", crate::common::stderr(&o));
     let first = stdout(&o).lines().next().unwrap_or_default().to_string();
     assert!(first.contains("SigLIP: image ViT/8 32 px"), "{first}");

@@ -11,7 +11,7 @@ use serde_json::Value;
 use vitconv_tensors::{DType, Format, TensorFile, TensorSpec, Writer};
 
 use crate::common::{
-    assert_bad_input, fixture, scratch, stderr, stdout, stored, vitconv, zip_bytes,
+    assert_bad_input, fixture, npz_to_pt_args, scratch, stderr, stdout, stored, vitconv, zip_bytes,
 };
 
 /// The verifier's default tolerance for float32 (`vitconv_verify::F32_TOLERANCE`): the JSON's
@@ -20,18 +20,12 @@ const F32_TOLERANCE: f64 = 1e-4;
 
 /// Converts `case/checkpoint.npz` (or another file under fixtures/) into `out`.
 fn convert(source: &str, out: &Path, layout: &str, extra: &[&str]) {
-    let src = fixture(source);
-    let mut args = vec![
-        "npz-to-pt".to_string(),
-        src.display().to_string(),
-        out.display().to_string(),
-    ];
-    args.extend([
-        "--layout".to_string(),
-        layout.to_string(),
-        "--quiet".to_string(),
-    ]);
-    args.extend(extra.iter().map(|s| s.to_string()));
+    let args = npz_to_pt_args(
+        &fixture(source),
+        out,
+        layout,
+        &[&["--quiet"], extra].concat(),
+    );
     let o = vitconv(&args);
     assert_eq!(
         o.status.code(),
