@@ -7,7 +7,7 @@
 
 use crate::arch::{Arch, Classifier, PatchEmbedKind, PosEmbKind};
 use crate::error::{Error, Part, Result};
-use crate::layout::prepared::{name, BlockRole, BlockTable, Prepared};
+use crate::layout::prepared::{name, norm_pair, BlockRole, BlockTable, Prepared};
 use crate::layout::recognise::{count_blocks, get, grid_side, Recognised, Shapes};
 use crate::model::{Param, Proj};
 use crate::options::ProjChoice;
@@ -191,17 +191,11 @@ pub fn push_blocks_and_ln_post(prep: &Prepared<'_>, out: &mut Vec<OutTensor>) {
     for (i, b) in tower.blocks.iter().enumerate() {
         out.extend(prep.block_tensors(BLOCK, names::PREFIX, i, b));
     }
-    out.push(tensor(
-        names::LN_POST_W,
-        0,
-        vec![d],
-        Recipe::Copy(tower.final_norm.scale.clone()),
-    ));
-    out.push(tensor(
-        names::LN_POST_B,
-        0,
-        vec![d],
-        Recipe::Copy(tower.final_norm.bias.clone()),
+    out.extend(norm_pair(
+        &tower.final_norm,
+        d,
+        &format!("{}{}", names::PREFIX, names::LN_POST_W),
+        &format!("{}{}", names::PREFIX, names::LN_POST_B),
     ));
 }
 

@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 use crate::arch::{Arch, Classifier, PatchEmbedKind, PosEmbKind};
 use crate::error::{Part, Result};
 use crate::layout::hf_files::{self, dtype_name, pretty, CONFIG_FILE, PREPROCESSOR_FILE};
-use crate::layout::prepared::{linear, name, BlockRole, BlockTable, Prepared};
+use crate::layout::prepared::{linear, name, norm_pair, BlockRole, BlockTable, Prepared};
 use crate::layout::recognise::{count_blocks, get, grid_side, Recognised, Shapes};
 use crate::model::Proj;
 use crate::plan::OUTPUT_DIR_TOKEN;
@@ -237,17 +237,11 @@ pub fn plan(mut prep: Prepared<'_>, _fetch: &dyn Fetch, source_name: &str) -> Re
     for (i, b) in tower.blocks.iter().enumerate() {
         out.extend(prep.block_tensors(BLOCK, prefix, i, b));
     }
-    out.push(t(
-        names::NORM_W,
-        0,
-        vec![d],
-        Recipe::Copy(tower.final_norm.scale.clone()),
-    ));
-    out.push(t(
-        names::NORM_B,
-        0,
-        vec![d],
-        Recipe::Copy(tower.final_norm.bias.clone()),
+    out.extend(norm_pair(
+        &tower.final_norm,
+        d,
+        &format!("{prefix}{}", names::NORM_W),
+        &format!("{prefix}{}", names::NORM_B),
     ));
     if let (Some(r), Some(pre)) = (pooler, &tower.pre_logits) {
         out.extend(linear(

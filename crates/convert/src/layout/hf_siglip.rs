@@ -329,15 +329,11 @@ pub fn vision_tensors(
     for (i, b) in tower.blocks.iter().enumerate() {
         out.extend(prep.block_tensors(BLOCK, prefix, i, b));
     }
-    out.push(t(
-        names::NORM_W,
-        vec![d],
-        Recipe::Copy(tower.final_norm.scale.clone()),
-    ));
-    out.push(t(
-        names::NORM_B,
-        vec![d],
-        Recipe::Copy(tower.final_norm.bias.clone()),
+    out.extend(crate::layout::prepared::norm_pair(
+        &tower.final_norm,
+        d,
+        &format!("{prefix}{}", names::NORM_W),
+        &format!("{prefix}{}", names::NORM_B),
     ));
     if let Some(map) = map {
         out.extend(prep.map_tensors(HEAD, prefix, map));

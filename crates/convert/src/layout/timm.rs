@@ -15,7 +15,7 @@ pub const TIMM_LN_EPS: f64 = 1e-6;
 use crate::arch::{Arch, Classifier, PatchEmbedKind, PosEmbKind, ResNet};
 use crate::error::{Part, Result};
 use crate::layout::prepared::{
-    linear, mlp_ratio, py_float, BlockRole, BlockTable, MapRole, MapTable, Prepared,
+    linear, mlp_ratio, norm_pair, py_float, BlockRole, BlockTable, MapRole, MapTable, Prepared,
 };
 use crate::layout::recognise::{count_blocks, get, grid_side, Recognised, Shapes};
 use crate::model::{Norm, Param, Proj};
@@ -185,15 +185,11 @@ pub(crate) fn tail_tensors(prep: &Prepared<'_>, out: &mut Vec<OutTensor>) -> Res
     let tower = prep.tower();
     let d = a.hidden;
     // With fc_norm=False timm applies `norm` to every token before pooling, like flax's encoder_norm.
-    out.push(t(
+    out.extend(norm_pair(
+        &tower.final_norm,
+        d,
         names::NORM_W,
-        vec![d],
-        Recipe::Copy(tower.final_norm.scale.clone()),
-    ));
-    out.push(t(
         names::NORM_B,
-        vec![d],
-        Recipe::Copy(tower.final_norm.bias.clone()),
     ));
     if let Some(map) = prep.map_head()? {
         out.extend(prep.map_tensors(ATTN_POOL, "", map));

@@ -21,7 +21,7 @@ use crate::tokenizer::SentencePiece;
 pub use grid::{MAX_GRID_CELLS, MAX_IMAGE_SIZE, MAX_TABLE_VALUES};
 pub use python::{exact_ratio, mlp_ratio, py_float, py_str};
 pub use tables::{name, BlockRole, BlockTable, MapRole, MapTable, TextRole, TextTable};
-pub use weights::linear;
+pub use weights::{linear, norm_pair};
 
 /// How a NaFlex model resizes its position grid to each image's patch grid, as `vitconv.config` declares it
 /// (`pos_resize`): bilinear with antialias and half-pixel centres, big_vision's `jax.image.scale_and_translate`

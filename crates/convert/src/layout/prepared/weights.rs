@@ -4,7 +4,7 @@
 use super::tables::{name, BlockRole, BlockTable, MapRole, MapTable, TextRole, TextTable};
 use super::Prepared;
 use crate::error::{Part, Result};
-use crate::model::{Attention, Block, Dense, MapHead, Param, Pool, Proj};
+use crate::model::{Attention, Block, Dense, MapHead, Norm, Param, Pool, Proj};
 use crate::plan::{OutTensor, Recipe};
 
 /// A dense `[features, out]` as an `nn.Linear` named `weight` and `bias`: the kernel transposed to `[out,
@@ -30,6 +30,22 @@ pub fn linear(
             name: bias.to_string(),
             shape: vec![out],
             recipe: Recipe::Copy(dense.bias.clone()),
+        },
+    ]
+}
+
+/// A LayerNorm of `width` as its `weight` and `bias` tensors, copied as they are: every layout's final norm.
+pub fn norm_pair(norm: &Norm, width: usize, weight: &str, bias: &str) -> [OutTensor; 2] {
+    [
+        OutTensor {
+            name: weight.to_string(),
+            shape: vec![width],
+            recipe: Recipe::Copy(norm.scale.clone()),
+        },
+        OutTensor {
+            name: bias.to_string(),
+            shape: vec![width],
+            recipe: Recipe::Copy(norm.bias.clone()),
         },
     ]
 }
